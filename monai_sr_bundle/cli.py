@@ -1,0 +1,117 @@
+"""Command line: ``monai-sr sr`` super-resolves files; ``monai-sr demo`` compares the methods on real images.
+
+Both go through the same entry points as the bundle configs (:mod:`monai_sr_bundle.inference`,
+:mod:`monai_sr_bundle.evaluation`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from monai_sr_bundle.errors import InputError
+
+DEMO_LIMIT = 8
+
+
+def _interactive() -> bool:
+    """Progress bars only on a terminal: in logs and pipes they bury the one-line error messages."""
+    return sys.stderr.isatty()
+
+
+def _sr(args: argparse.Namespace) -> None:
+    from monai_sr_bundle.inference import SRInferer, load_network, run_inference
+
+    network = load_network(args.method, args.scale, args.modality, args.weights, args.device)
+    inferer = SRInferer(scale=args.scale, tile_size=args.tile_size, progress=False)
+    written = run_inference(
+        args.inputs, network, inferer, args.output, args.device, allow_volume=args.slice_by_slice, progress=_interactive()
+    )
+    print(f"wrote {len(written)} image(s) to {args.output}")
+
+
+def demo_datalist(inputs: list[str] | None, limit: int) -> tuple[list[dict], str]:
+    """The demo's HR references: the user's files, else the NIH test split, else pydicom's chest CT slice."""
+    from monai_sr_bundle.data.datalist import nih_datalist
+    from monai_sr_bundle.data.paths import shared_data_dir
+    from monai_sr_bundle.inference import default_input, expand_inputs
+
+    if inputs:
+        return [{"label": p} for p in expand_inputs(inputs)], "your files"
+    if (shared_data_dir() / "nih_cxr14" / "images.csv").is_file():
+        return nih_datalist("test", limit=limit), f"the first {limit} NIH ChestX-ray14 test images"
+    return [{"label": default_input()}], "pydicom's CT_small.dcm chest CT slice (no ../shared/data found)"
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from monai_sr_bundle.evaluation import evaluate, format_table
+    from monai_sr_bundle.inference import load_network
+    from monai_sr_bundle.metrics import default_lpips_weights_path
+
+    datalist, source = demo_datalist(args.inputs, args.limit)
+    networks = {}
+    for method in args.methods.split(","):
+        try:
+            networks[method] = load_network(method, args.scale, args.modality, device=args.device)
+        except InputError as e:
+            logging.warning("skipping %s: %s", method, e)
+    if not networks:
+        raise InputError(f"none of the methods {args.methods!r} could be loaded.")
+    lpips = args.lpips and default_lpips_weights_path().is_file()
+    if args.lpips and not lpips:
+        logging.warning("LPIPS skipped: %s not found (set MONAI_SR_DATA)", default_lpips_weights_path())
+    print(f"demo: x{args.scale} SR of {source}, LR made by antialiased bicubic downsampling")
+    summary = evaluate(
+        datalist, networks, args.scale, args.output, device=args.device, lpips=lpips,
+        save_images=True, figures=args.figures, progress=_interactive(),
+    )
+    print(format_table(summary))
+    print(f"SR images, figures and metrics (metrics.csv, summary.md) are in {Path(args.output).resolve()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="monai-sr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--scale", type=int, default=4, help="SR factor (default 4)")
+        p.add_argument("--modality", default="cxr", help="weights family: models/<method>_<modality>_x<scale>.pt")
+        p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+
+    sr = sub.add_parser("sr", help="super-resolve images (PNG/JPEG, DICOM, NIfTI/NRRD/MHA) into a folder")
+    sr.add_argument("inputs", nargs="+", help="files, image folders or DICOM series folders")
+    sr.add_argument("-o", "--output", required=True, help="output folder (inputs are never overwritten)")
+    sr.add_argument("-m", "--method", default="vdsr", help="bicubic, srcnn or vdsr (default vdsr)")
+    sr.add_argument("--weights", help="a state dict to use instead of the shipped weights")
+    sr.add_argument("--tile-size", type=int, default=256, help="LR tile edge for bounded memory (default 256)")
+    sr.add_argument("--slice-by-slice", action="store_true", help="accept CT volumes and super-resolve each axial slice")
+    common(sr)
+    sr.set_defaults(func=_sr)
+
+    demo = sub.add_parser("demo", help="degrade real HR images, super-resolve them with each method, compare")
+    demo.add_argument("--input", dest="inputs", nargs="*", help="your own HR images or folders (default: NIH test images)")
+    demo.add_argument("-o", "--output", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--methods", default="bicubic,srcnn,vdsr", help="comma-separated methods")
+    demo.add_argument("--limit", type=int, default=DEMO_LIMIT, help=f"NIH test images to use (default {DEMO_LIMIT})")
+    demo.add_argument("--figures", type=int, default=3, help="side-by-side figures to write (default 3)")
+    demo.add_argument("--no-lpips", dest="lpips", action="store_false", help="skip LPIPS (needs the shared weights)")
+    common(demo)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

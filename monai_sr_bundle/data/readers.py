@@ -1,0 +1,408 @@
+"""Readers: PNG/JPEG, DICOM (file or series folder), NIfTI/NRRD/MHA -> MetaTensor (C, X, Y[, Z]) in [0, 1].
+
+Every reader maps modality values linearly to [0, 1] and records the map in the metadata
+(``intensity_range`` = the (lo, hi) modality values of 0 and 1, ``monochrome1`` when the DICOM was
+inverted, with ``monochrome1_pivot`` such that stored value = pivot - displayed value), so that writers
+can turn SR output back into the input's units (see :mod:`monai_sr_bundle.data.writers`). 8-bit PNGs map
+exactly to k/255 and 16-bit PNGs to k/65535, whatever values they hold. Geometry is an LPS affine
+(``meta["space"] == "LPS"``) with the first array axis along image columns (x), as MONAI's LoadImage
+lays out 2D images.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from monai_sr_bundle.errors import InputError
+
+PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".dicom", "")
+
+#: ITU-R BT.601 luma weights, the usual choice for RGB -> grayscale.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """``png`` (any PIL raster), ``dicom`` (file or series folder) or ``itk`` (NIfTI/NRRD/MHA), from the
+    name, falling back to the DICOM magic bytes for extension-less files."""
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_dir():
+        return "dicom"
+    if name.endswith(PNG_SUFFIXES):
+        return "png"
+    if name.endswith(ITK_SUFFIXES):
+        return "itk"
+    if name.endswith((".dcm", ".dicom")) or _has_dicom_magic(p):
+        return "dicom"
+    raise InputError(
+        f"{path}: unsupported file type; use PNG/JPEG/TIFF, DICOM (.dcm or a series folder) or NIfTI/NRRD/MHA."
+    )
+
+
+def _has_dicom_magic(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _normalize(arr: np.ndarray, intensity: str | Sequence[float], name: str) -> tuple[np.ndarray, tuple[float, float]]:
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name}: the image contains NaN or infinite values; fix or replace the file.")
+    if isinstance(intensity, str):
+        if intensity != "minmax":
+            raise InputError(f"unknown intensity mode {intensity!r}; use 'minmax' or a (lo, hi) pair.")
+        lo, hi = float(arr.min()), float(arr.max())
+    else:
+        lo, hi = (float(v) for v in intensity)
+    if hi <= lo:
+        hi = lo + 1.0  # a constant image stays constant; validation upstream decides whether to refuse it
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0), (lo, hi)
+
+
+def _to_gray(arr: np.ndarray, name: str, channel_axis: int) -> np.ndarray:
+    """Collapse RGB(A) to luminance with a warning; SR models here are single-channel.
+
+    Gray + alpha keeps the gray channel, and RGB whose channels are all equal (grayscale saved as
+    colour) keeps one channel exactly; neither warns, as nothing is lost.
+    """
+    n = arr.shape[channel_axis]
+    if n in (1, 2):
+        return np.take(arr, 0, axis=channel_axis)
+    if n not in (3, 4):
+        raise InputError(f"{name}: {n} channels is not a grayscale or RGB image.")
+    r, g, b = (np.take(arr, i, axis=channel_axis) for i in range(3))
+    if np.array_equal(r, g) and np.array_equal(r, b):
+        return r
+    warnings.warn(f"{name}: colour image converted to grayscale (ITU-R BT.601 luma).", stacklevel=3)
+    rgb = np.moveaxis(np.take(arr, [0, 1, 2], axis=channel_axis), channel_axis, -1).astype(np.float32)
+    return rgb @ _LUMA
+
+
+def _affine(spacing: Sequence[float], origin: Sequence[float] | None = None, direction: np.ndarray | None = None) -> torch.Tensor:
+    """4x4 LPS affine from per-axis spacing, origin and a 3x3 direction (columns = axis directions)."""
+    sp = np.ones(3)
+    sp[: len(spacing)] = spacing
+    d = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
+    a = np.eye(4)
+    a[:3, :3] = d * sp[None, :]
+    if origin is not None:
+        a[: len(origin), 3] = origin
+    return torch.as_tensor(a, dtype=torch.float64)
+
+
+def _meta_tensor(arr: np.ndarray, affine: torch.Tensor, path: str, fmt: str, rng: tuple[float, float], **extra) -> MetaTensor:
+    meta = {
+        "filename_or_obj": str(path),
+        "source_format": fmt,
+        "intensity_range": rng,
+        "space": "LPS",
+        "original_channel_dim": "no_channel",
+        **extra,
+    }
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(arr[None])), affine=affine, meta=meta)
+
+
+def _read_png(path: str, intensity) -> MetaTensor:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()  # PIL opens lazily; decoding here surfaces truncated or corrupt files
+            mode = img.mode
+            if mode == "P":  # palette: look up the colours (a gray palette becomes exact gray below)
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            elif mode == "1":
+                img = img.convert("L")
+            elif mode not in ("L", "LA", "RGB", "RGBA", "I", "F") and not mode.startswith("I;16"):
+                img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+            arr = np.asarray(img)
+    except Exception as e:  # PIL raises many types for truncated/corrupt files
+        raise InputError(f"{path}: cannot be read as an image ({type(e).__name__}: {e}); is the file complete?") from e
+    if arr.ndim == 3:  # PIL puts channels last: (Y, X, C)
+        arr = _to_gray(arr, path, channel_axis=-1)
+    if arr.ndim != 2:
+        raise InputError(f"{path}: expected a 2D image, got array shape {arr.shape}.")
+    arr = arr.T  # (Y, X) -> (X, Y): first axis along image columns, as MONAI's PILReader lays it out
+    if isinstance(intensity, str) and intensity == "minmax":
+        # fixed bit-depth range, so 8-bit PNGs map exactly to k/255 and writing back is lossless
+        if mode.startswith("I;16") or (mode == "I" and arr.min() >= 0 and arr.max() <= 65535):
+            intensity = (0.0, 65535.0)  # 16-bit (older Pillow opens 16-bit PNGs as mode "I")
+        elif mode in ("I", "F"):
+            pass  # 32-bit integer or float data (TIFF): data range
+        else:
+            intensity = (0.0, 255.0)
+    norm, rng = _normalize(arr, intensity, path)
+    return _meta_tensor(norm, _affine([1.0, 1.0]), path, "png", rng)
+
+
+def _check_nifti_finite(path: str) -> None:
+    """ITK's NIfTI reader silently turns NaN and infinity into 0, so look at float NIfTI data with nibabel."""
+    from monai.utils import optional_import
+
+    nib, has_nib = optional_import("nibabel")
+    if not has_nib:
+        return
+    try:
+        img = nib.load(path)
+        if img.get_data_dtype().kind not in "fc":
+            return
+        data = np.asanyarray(img.dataobj)
+    except Exception:
+        return  # unreadable files are reported by SimpleITK below
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: the image contains NaN or infinite values; fix or replace the file.")
+
+
+def _read_itk(path: str, intensity) -> MetaTensor:
+    import SimpleITK as sitk
+
+    if path.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_finite(path)
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(f"{path}: cannot be read as NIfTI/NRRD/MHA ({str(e).strip().splitlines()[-1]}).") from e
+    arr = sitk.GetArrayFromImage(img)  # (Z, Y, X) or (Y, X) [+ components]
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        arr = _to_gray(arr, path, channel_axis=-1)
+    arr = arr.T  # -> (X, Y[, Z])
+    dim = img.GetDimension()
+    if dim > 3:
+        raise InputError(f"{path}: {dim}D images are not supported; give a 2D image or a 3D volume.")
+    spacing, origin = list(img.GetSpacing()), list(img.GetOrigin())
+    direction = np.eye(3)
+    direction[:dim, :dim] = np.asarray(img.GetDirection()).reshape(dim, dim)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    norm, rng = _normalize(arr, intensity, path)
+    return _meta_tensor(norm, _affine(spacing, origin, direction), path, "itk", rng)
+
+
+def _apply_modality_lut(arr: np.ndarray, ds) -> np.ndarray:
+    try:  # pydicom >= 3
+        from pydicom.pixels import apply_modality_lut
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut
+    return apply_modality_lut(arr, ds)
+
+
+def _dcmread(path: str | os.PathLike):
+    """pydicom.dcmread with every failure, including a file cut short, as one InputError."""
+    import pydicom
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(str(path))
+        except Exception as e:
+            raise InputError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e}).") from e
+    for w in caught:
+        if "end of file" in str(w.message).lower():
+            raise InputError(f"{path}: the DICOM file is truncated ({w.message}); copy it again.")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return ds
+
+
+def _dicom_pixels(ds, path: str) -> np.ndarray:
+    if "PixelData" not in ds:
+        raise InputError(
+            f"{path}: the DICOM file has no pixel data (is it truncated, or a structured report or presentation state?)."
+        )
+    try:
+        arr = ds.pixel_array
+    except Exception as e:
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise InputError(
+            f"{path}: cannot decode DICOM pixel data (transfer syntax {ts}: {e}); the file may be truncated, and JPEG/JPEG 2000 "
+            "files need pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg."
+        ) from e
+    if getattr(ds, "SamplesPerPixel", 1) > 1:
+        arr = _to_gray(arr, path, channel_axis=-1)
+    if arr.ndim != 2:
+        raise InputError(f"{path}: multi-frame DICOM (shape {arr.shape}) is not supported; export single frames.")
+    return np.asarray(_apply_modality_lut(arr, ds), dtype=np.float32)
+
+
+def _floats(value, n: int) -> list[float] | None:
+    """``n`` floats from a DICOM multi-value, or None when absent, empty or malformed."""
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _dicom_direction(ds) -> np.ndarray:
+    d = np.eye(3)
+    iop = _floats(getattr(ds, "ImageOrientationPatient", None), 6)
+    if iop is not None:
+        row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
+        if np.linalg.norm(row) > 0 and np.linalg.norm(col) > 0:
+            row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
+            d[:, 0], d[:, 1], d[:, 2] = row, col, np.cross(row, col)
+    return d
+
+
+def _dicom_origin(ds) -> list[float]:
+    return _floats(getattr(ds, "ImagePositionPatient", None), 3) or [0.0, 0.0, 0.0]
+
+
+def _dicom_spacing(ds) -> list[float]:
+    # PixelSpacing first; radiographs often carry only ImagerPixelSpacing; some files hold zeros.
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        ps = _floats(getattr(ds, tag, None), 2)
+        if ps is not None and min(ps) > 0:
+            return [ps[1], ps[0]]  # DICOM gives (row spacing, column spacing); our x axis is columns
+    return [1.0, 1.0]
+
+
+def _is_monochrome1(ds) -> bool:
+    return str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
+
+
+def _read_dicom_file(path: str, intensity) -> MetaTensor:
+    ds = _dcmread(path)
+    arr = _dicom_pixels(ds, path)
+    mono1 = _is_monochrome1(ds)
+    extra = {}
+    if mono1:  # invert so that bright = dense, as in MONOCHROME2 and PNG radiographs
+        pivot = float(arr.max() + arr.min())
+        arr = pivot - arr
+        extra["monochrome1_pivot"] = pivot  # stored value = pivot - displayed value, for DICOM writers
+    norm, rng = _normalize(arr.T, intensity, path)
+    return _meta_tensor(
+        norm,
+        _affine(_dicom_spacing(ds), _dicom_origin(ds), _dicom_direction(ds)),
+        path,
+        "dicom",
+        rng,
+        monochrome1=mono1,
+        modality=str(getattr(ds, "Modality", "")),
+        **extra,
+    )
+
+
+def _read_dicom_series(folder: str, intensity) -> MetaTensor:
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    slices = []
+    for f in files:
+        if not (f.name.lower().endswith((".dcm", ".dicom")) or _has_dicom_magic(f)):
+            continue  # non-DICOM files (DICOMDIR-less exports carry readmes, thumbnails)
+        ds = _dcmread(f)  # a broken DICOM file stops the series: a silently missing slice is worse
+        if "PixelData" in ds:
+            slices.append((f, ds))
+    if not slices:
+        raise InputError(f"{folder}: the folder holds no DICOM images.")
+    uids = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in slices}
+    if len(uids) > 1:
+        raise InputError(f"{folder}: the folder holds {len(uids)} DICOM series; put one series per folder.")
+    normal = _dicom_direction(slices[0][1])[:, 2]
+
+    has_positions = all(_floats(getattr(ds, "ImagePositionPatient", None), 3) is not None for _, ds in slices)
+
+    def instance(ds) -> float:
+        try:
+            return float(getattr(ds, "InstanceNumber", 0) or 0)
+        except (TypeError, ValueError):
+            return 0.0
+
+    def position(ds) -> float:  # along the slice normal; InstanceNumber when positions are missing
+        return float(np.dot(normal, _dicom_origin(ds))) if has_positions else instance(ds)
+
+    slices.sort(key=lambda item: (position(item[1]), instance(item[1])))
+    arrays = [_dicom_pixels(ds, str(f)) for f, ds in slices]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise InputError(f"{folder}: slices have different sizes {sorted(shapes)}; the series is inconsistent.")
+    mono1 = _is_monochrome1(slices[0][1])
+    vol = np.stack([a.T for a in arrays], axis=-1)  # (X, Y, Z)
+    extra = {}
+    if mono1:
+        pivot = float(vol.max() + vol.min())
+        vol = pivot - vol
+        extra["monochrome1_pivot"] = pivot
+    first = slices[0][1]
+    spacing = _dicom_spacing(first)
+    positions = [position(ds) for _, ds in slices]
+    steps = np.diff(positions)
+    try:
+        thickness = float(getattr(first, "SliceThickness", 1.0) or 1.0)
+    except (TypeError, ValueError):
+        thickness = 1.0
+    dz = float(np.median(steps)) if len(steps) and has_positions else thickness
+    if dz <= 0:
+        dz = thickness if thickness > 0 else 1.0
+    elif has_positions and len(steps) and np.abs(steps - dz).max() > 0.1 * dz:
+        warnings.warn(f"{folder}: uneven slice spacing ({steps.min():.3g} to {steps.max():.3g} mm); using {dz:.3g} mm.", stacklevel=3)
+    norm, rng = _normalize(vol, intensity, folder)
+    return _meta_tensor(
+        norm,
+        _affine(spacing + [dz], _dicom_origin(first), _dicom_direction(first)),
+        folder,
+        "dicom",
+        rng,
+        monochrome1=mono1,
+        modality=str(getattr(first, "Modality", "")),
+        dicom_files=[str(f) for f, _ in slices],
+        **extra,
+    )
+
+
+def read_image(path: str | os.PathLike, intensity: str | Sequence[float] = "minmax") -> MetaTensor:
+    """Read one image or DICOM series into a float32 MetaTensor (1, X, Y[, Z]) in [0, 1].
+
+    Args:
+        path: PNG/JPEG/TIFF, DICOM file, DICOM series folder, or NIfTI/NRRD/MHA file.
+        intensity: ``"minmax"`` maps the data range (the bit-depth range for PNG) to [0, 1]; a
+            ``(lo, hi)`` pair in modality units (e.g. HU) fixes the map instead, clipping outside it.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: file not found.")
+    fmt = image_format(path)
+    if fmt == "png":
+        return _read_png(path, intensity)
+    if fmt == "itk":
+        return _read_itk(path, intensity)
+    if os.path.isdir(path):
+        return _read_dicom_series(path, intensity)
+    return _read_dicom_file(path, intensity)
+
+
+class LoadSRImage(Transform):
+    """Array transform around :func:`read_image`, so bundle configs can load any supported input."""
+
+    def __init__(self, intensity: str | Sequence[float] = "minmax") -> None:
+        self.intensity = intensity
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        return read_image(path, self.intensity)
+
+
+class LoadSRImaged(MapTransform):
+    """Dictionary form of :class:`LoadSRImage`: replaces the file paths under ``keys`` by images."""
+
+    def __init__(self, keys: KeysCollection, intensity: str | Sequence[float] = "minmax", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadSRImage(intensity)
+
+    def __call__(self, data: Mapping[Hashable, str]) -> dict[Hashable, MetaTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d

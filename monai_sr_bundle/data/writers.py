@@ -1,0 +1,342 @@
+"""Writers: MetaTensor (1, X, Y[, Z]) in [0, 1] -> PNG or NIfTI/NRRD/MHA in the input's units.
+
+The inverse of :mod:`monai_sr_bundle.data.readers`: values are mapped back with ``meta["intensity_range"]``
+(the modality values of 0 and 1), geometry comes from the LPS affine (first array axis = image columns).
+MONOCHROME1 DICOM inputs were inverted for display by the reader; PNG and NIfTI outputs keep the displayed
+(MONOCHROME2-like) image, and only a DICOM writer will re-invert (``meta["monochrome1_pivot"]``).
+DICOM output is not written yet: :func:`output_path_for` sends DICOM inputs to ``.nii.gz``.
+
+Every write is atomic (a hidden temporary file in the target folder, then ``os.replace``), creates the
+parent folders, and refuses to overwrite the image's own input file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES, image_format
+from monai_sr_bundle.errors import InputError
+
+#: output format name -> default extension
+FORMAT_EXTENSIONS = {"png": ".png", "nifti": ".nii.gz", "itk": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+#: extensions a single-file writer can produce atomically (.mhd/.nhdr would write a second data file)
+_ITK_OUT = (".nii.gz", ".nii", ".nrrd", ".mha")
+_DICOM_OUT = (".dcm", ".dicom")
+
+
+def _out_family(path: str | os.PathLike) -> str | None:
+    name = Path(path).name.lower()
+    if name.endswith(".png"):
+        return "png"
+    if name.endswith(_ITK_OUT):
+        return "itk"
+    if name.endswith(_DICOM_OUT):
+        return "dicom"
+    if name.endswith((".mhd", ".nhdr")):
+        raise InputError(f"{path}: detached-header output (.mhd/.nhdr) is not supported; use .mha or .nrrd.")
+    if name.endswith(PNG_SUFFIXES):
+        raise InputError(f"{path}: only PNG is written for 2D rasters (lossless); use .png.")
+    return None
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _input_paths(meta: Mapping) -> list[str]:
+    src = meta.get("filename_or_obj")
+    if isinstance(src, (list, tuple)):  # collated batch of one
+        src = src[0] if len(src) else None
+    paths = [str(src)] if src else []
+    return paths + [str(f) for f in meta.get("dicom_files", []) or []]
+
+
+def _resolve_path(path: str | os.PathLike, fmt: str | None) -> tuple[Path, str]:
+    """The path to write and its family (``png`` / ``itk``) from the extension, or from ``fmt``."""
+    path = Path(path)
+    family = _out_family(path)
+    if fmt is not None:
+        key = fmt.lower().lstrip(".")
+        if key in ("dicom", "dcm"):
+            family_fmt = "dicom"
+        elif key in FORMAT_EXTENSIONS:
+            family_fmt = "png" if key == "png" else "itk"
+        else:
+            raise InputError(f"{path}: unknown output format {fmt!r}; use one of {sorted(FORMAT_EXTENSIONS)}.")
+        if family is None and family_fmt != "dicom":
+            path = path.with_name(path.name + FORMAT_EXTENSIONS[key])
+        elif family is not None and family != family_fmt:
+            raise InputError(f"{path}: the extension does not match the requested format {fmt!r}.")
+        family = family_fmt
+    if family is None:
+        raise InputError(f"{path}: unknown output type; end the name with .png, .nii.gz, .nii, .nrrd or .mha.")
+    if family == "dicom":
+        raise InputError(f"{path}: DICOM output is not supported yet; write .nii.gz instead (see output_path_for).")
+    return path, family
+
+
+def _to_units(arr: np.ndarray, rng: Sequence[float] | None, default: tuple[float, float]) -> tuple[np.ndarray, float, float]:
+    lo, hi = (float(v) for v in (rng if rng is not None else default))
+    return np.clip(arr.astype(np.float64), 0.0, 1.0) * (hi - lo) + lo, lo, hi
+
+
+def _geometry(affine, ndim: int) -> tuple[list[float], list[float], list[float], int]:
+    """(spacing, origin, direction (row-major), dimension) for SimpleITK from an LPS affine.
+
+    A 2D image whose affine places it off the z = 0 plane or tilts it (a CT slice) is written as a
+    one-slice volume, so no geometry is lost.
+    """
+    a = np.eye(4)
+    if affine is not None:
+        m = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+        if m.shape == (3, 3):  # 2D homogeneous affine
+            a[:2, :2], a[:2, 3] = m[:2, :2], m[:2, 2]
+        elif m.shape == (4, 4):
+            a = m
+    lin = a[:3, :3].copy()
+    spacing = np.linalg.norm(lin, axis=0)
+    for i in range(3):
+        if spacing[i] <= 0 or not np.isfinite(spacing[i]):
+            spacing[i], lin[:, i] = 1.0, np.eye(3)[:, i]
+    direction, origin = lin / spacing[None, :], a[:3, 3]
+    if ndim == 2:
+        flat = np.allclose(direction[2, :2], 0) and np.allclose(direction[:2, 2], 0) and abs(origin[2]) < 1e-6
+        if flat:
+            return list(spacing[:2]), list(origin[:2]), list(direction[:2, :2].ravel()), 2
+    return list(spacing), list(origin), list(direction.ravel()), 3
+
+
+def _atomic(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a hidden temporary file beside ``path``, then move it into place."""
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    ext = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ext, dir=parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_png(arr: np.ndarray, rng, path: Path, name: str) -> None:
+    from PIL import Image
+
+    if arr.ndim == 3:
+        if arr.shape[2] != 1:
+            raise InputError(f"{name}: a PNG holds one 2D image, not a {arr.shape[2]}-slice volume; write .nii.gz instead.")
+        arr = arr[..., 0]
+    vals, lo, hi = _to_units(arr, rng, (0.0, 255.0))
+    if lo < 0 or hi > 65535:
+        warnings.warn(
+            f"{name}: intensity range ({lo:g}, {hi:g}) does not fit a PNG; writing the [0, 1] image as 16-bit.",
+            stacklevel=3,
+        )
+        vals, hi = np.clip(arr.astype(np.float64), 0.0, 1.0) * 65535.0, 65535.0
+    top, dtype = (255, np.uint8) if hi <= 255 else (65535, np.uint16)
+    pixels = np.clip(np.rint(vals), 0, top).astype(dtype).T  # (X, Y) -> rows (Y, X)
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _write_itk(arr: np.ndarray, rng, affine, path: Path, dtype) -> None:
+    import SimpleITK as sitk
+
+    vals, _, _ = _to_units(arr, rng, (0.0, 1.0))
+    dtype = np.dtype(dtype or np.float32)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        vals = np.clip(np.rint(vals), info.min, info.max)
+    spacing, origin, direction, dim = _geometry(affine, arr.ndim)
+    if dim == 3 and vals.ndim == 2:
+        vals = vals[..., None]
+    image = sitk.GetImageFromArray(np.ascontiguousarray(vals.astype(dtype).T))  # (X, Y[, Z]) -> (Z, Y, X)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    _atomic(path, lambda tmp: sitk.WriteImage(image, tmp, not path.name.lower().endswith(".nii")))
+
+
+def write_image(
+    img: MetaTensor | torch.Tensor | np.ndarray,
+    path: str | os.PathLike,
+    fmt: str | None = None,
+    *,
+    dtype: np.dtype | type | str | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write a (1, X, Y) or (1, X, Y, Z) image in [0, 1] to ``path`` in the input's units; return the path.
+
+    Args:
+        img: the image; a MetaTensor's ``meta["intensity_range"]`` (lo, hi) maps [0, 1] back to modality
+            units (without it: 8-bit for PNG, [0, 1] floats for NIfTI/NRRD/MHA) and its affine (LPS) gives
+            spacing, origin and direction. Values are clipped to [0, 1] first.
+        path: ``.png`` (8-bit when hi <= 255, else 16-bit; 2D only), ``.nii.gz``/``.nii``/``.nrrd``/``.mha``.
+        fmt: ``png``, ``nifti``, ``nrrd``, ``mha`` or ``itk``: the format when ``path`` has no extension
+            (the extension is appended); otherwise it must agree with the extension.
+        dtype: voxel type of NIfTI/NRRD/MHA output (default float32; integer types round and clip).
+        overwrite: replace an existing output file (never the image's own input).
+
+    Raises:
+        InputError: unsupported path or shape, non-finite values, the input file as the output, or a failed
+            write; nothing is left behind.
+    """
+    path, family = _resolve_path(path, fmt)
+    meta = dict(getattr(img, "meta", None) or {})
+    for src in _input_paths(meta):
+        if _same_file(path, src):
+            raise InputError(f"{path}: refusing to overwrite the input image; choose another output path.")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give an output file name.")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists; remove it or allow overwriting.")
+    if isinstance(img, torch.Tensor):
+        arr = img.detach().cpu().float().numpy() if img.dtype == torch.bfloat16 else img.detach().cpu().numpy()
+    else:
+        arr = np.asarray(img)
+    if arr.ndim not in (3, 4) or arr.shape[0] != 1:
+        raise InputError(f"{path}: expected an image of shape (1, X, Y) or (1, X, Y, Z), got {tuple(arr.shape)}.")
+    arr = arr[0]
+    if not np.isfinite(arr).all():
+        raise InputError(f"{path}: the image to write contains NaN or infinite values; nothing was written.")
+    rng = meta.get("intensity_range")
+    affine = getattr(img, "affine", None) if isinstance(img, MetaTensor) else meta.get("affine")
+    try:
+        if family == "png":
+            _write_png(arr, rng, path, str(path))
+        else:
+            _write_itk(arr, rng, affine, path, dtype)
+    except InputError:
+        raise
+    except Exception as e:  # disk full, permissions, writer errors
+        raise InputError(f"{path}: cannot be written ({type(e).__name__}: {e}).") from e
+    return path
+
+
+def _split_name(path: Path, family: str) -> tuple[str, str]:
+    """(stem, output extension) for an input of the given family."""
+    name, lower = path.name, path.name.lower()
+    if family == "png":
+        for suf in PNG_SUFFIXES:
+            if lower.endswith(suf):
+                return name[: -len(suf)], ".png"
+        return name, ".png"
+    if family == "itk":
+        for suf in sorted(ITK_SUFFIXES, key=len, reverse=True):
+            if lower.endswith(suf):
+                return name[: -len(suf)], {".nhdr": ".nrrd", ".mhd": ".mha"}.get(suf, suf)
+        return name, ".nii.gz"
+    for suf in _DICOM_OUT:  # DICOM file or series folder; names like CT.1.2.840... keep their dots
+        if lower.endswith(suf):
+            return name[: -len(suf)], ".nii.gz"
+    return name, ".nii.gz"
+
+
+def output_path_for(
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    suffix: str = "_sr",
+    *,
+    source_format: str | None = None,
+    fmt: str | None = None,
+) -> Path:
+    """The output file for ``input_path`` in ``out_dir``: ``<stem><suffix><ext>``.
+
+    The extension follows the input's family: PNG/JPEG/TIFF -> ``.png``; NIfTI/NRRD/MHA -> the same
+    (``.mhd`` -> ``.mha``, ``.nhdr`` -> ``.nrrd``); DICOM file or series folder -> ``.nii.gz`` (until DICOM
+    output exists). ``source_format`` (``png``/``itk``/``dicom``, e.g. from ``meta["source_format"]``)
+    skips looking at the input; ``fmt`` (see :func:`write_image`) forces the output format.
+
+    Raises:
+        InputError: when the result would be the input itself (e.g. empty suffix, same folder).
+    """
+    src = Path(input_path)
+    family = source_format
+    if family is None:
+        if src.exists():
+            family = image_format(src)
+        else:
+            lower = src.name.lower()
+            family = "png" if lower.endswith(PNG_SUFFIXES) else "itk" if lower.endswith(ITK_SUFFIXES) else "dicom"
+    if family not in ("png", "itk", "dicom"):
+        raise InputError(f"{input_path}: unknown source format {family!r}; use 'png', 'itk' or 'dicom'.")
+    stem, ext = _split_name(src, family)
+    if fmt is not None:
+        key = fmt.lower().lstrip(".")
+        if key not in FORMAT_EXTENSIONS:
+            raise InputError(f"{input_path}: unknown output format {fmt!r}; use one of {sorted(FORMAT_EXTENSIONS)}.")
+        ext = FORMAT_EXTENSIONS[key]
+    out = Path(out_dir) / f"{stem}{suffix}{ext}"
+    if _same_file(out, src):
+        raise InputError(f"{input_path}: the output path is the input itself; give a suffix or another output folder.")
+    return out
+
+
+class SaveSRImaged(MapTransform):
+    """Write the images under ``keys`` to ``output_dir``, named after their input (``meta["filename_or_obj"]``).
+
+    ``<output_dir>/<input stem>_<output_postfix><ext>`` with the extension of :func:`output_path_for`;
+    the written path is recorded in ``meta["saved_to"]``. Inputs with the same stem in different folders
+    map to the same output name, so give each its own ``output_dir`` if that can happen.
+
+    Args:
+        keys: keys of the images to write.
+        output_dir: folder for the outputs (created if missing).
+        output_postfix: added to the input's stem after an underscore (``""`` for none).
+        fmt: force an output format (``png``, ``nifti``, ``nrrd``, ``mha``); default follows the input.
+        dtype: voxel type of NIfTI/NRRD/MHA outputs (default float32).
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        output_postfix: str = "sr",
+        fmt: str | None = None,
+        dtype: np.dtype | type | str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = output_dir
+        self.suffix = f"_{output_postfix}" if output_postfix else ""
+        self.fmt = fmt
+        self.dtype = dtype
+
+    def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict[Hashable, MetaTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            meta = getattr(img, "meta", None) or {}
+            srcs = _input_paths(meta)
+            if not srcs:
+                raise InputError(f"{key}: the image has no meta['filename_or_obj'] to name its output after.")
+            fam = meta.get("source_format")
+            out = output_path_for(srcs[0], self.output_dir, self.suffix, source_format=fam if isinstance(fam, str) else None, fmt=self.fmt)
+            written = write_image(img, out, dtype=self.dtype)
+            if isinstance(img, MetaTensor):
+                img.meta["saved_to"] = str(written)
+        return d

@@ -1,0 +1,220 @@
+"""Evaluation of SR methods against HR references: LR synthesis, SR, metrics, tables and figures.
+
+One function, :func:`evaluate`, serves the bundle's ``evaluate.json``, the demo and the quality benchmark,
+so every reported number is computed the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from torch import nn
+
+from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.data.writers import output_path_for, write_image
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.inference import SRInferer, super_resolve, validate_input
+from monai_sr_bundle.metrics import (
+    InBoxMetric,
+    LPIPSMetric,
+    DISPLAY_VMAX,
+    MultiScaleSSIMMetric,
+    PSNRMetric,
+    SSIMMetric,
+    UQIMetric,
+    error_map,
+    error_map_to_display,
+    summarize,
+)
+from monai_sr_bundle.transforms.degradation import Degrade
+
+logger = logging.getLogger(__name__)
+
+#: metric name -> (label in tables, higher is better)
+METRICS = {
+    "psnr": ("PSNR (dB)", True),
+    "ssim": ("SSIM", True),
+    "ms_ssim": ("MS-SSIM", True),
+    "uqi": ("UQI", True),
+    "lpips": ("LPIPS", False),
+    "inbox_psnr": ("in-box PSNR (dB)", True),
+    "inbox_ssim": ("in-box SSIM", True),
+}
+
+
+def _metric_fns(lpips: bool) -> dict:
+    fns = {
+        "psnr": PSNRMetric(),
+        "ssim": SSIMMetric(),
+        "ms_ssim": MultiScaleSSIMMetric(),
+        "uqi": UQIMetric(),
+        "inbox_psnr": InBoxMetric(PSNRMetric()),
+        "inbox_ssim": InBoxMetric(SSIMMetric()),
+    }
+    if lpips:
+        fns["lpips"] = LPIPSMetric()
+    return fns
+
+
+def _plain(img: torch.Tensor) -> torch.Tensor:
+    return img.as_tensor() if isinstance(img, MetaTensor) else img
+
+
+def _score(fns: dict, sr: torch.Tensor, hr: torch.Tensor, boxes: torch.Tensor) -> dict[str, float]:
+    sr, hr = _plain(sr)[None], _plain(hr)[None]
+    row = {}
+    for name, fn in fns.items():
+        if name.startswith("inbox_"):
+            value = fn(sr, hr, boxes=[boxes])
+        elif name == "ms_ssim" and min(sr.shape[-2:]) < fn.min_size:
+            value = torch.tensor(float("nan"))  # too small for 5 scales: reported as missing, not as a score
+        else:
+            value = fn(sr, hr)
+        row[name] = float(torch.as_tensor(value).flatten()[0])
+    return row
+
+
+def _to_display(img: torch.Tensor) -> np.ndarray:
+    """(1, X, Y) in [0, 1] -> (rows, cols) uint8 for PIL."""
+    return (np.asarray(img[0], dtype=np.float32).T.clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def comparison_figure(panels: Mapping[str, torch.Tensor], path: str | os.PathLike, box: Sequence[float] | None = None) -> Path:
+    """Save panels side by side with titles; with ``box`` (x0, y0, x1, y1 at HR size) a second row shows
+    that region enlarged, where SR differences are visible. Panels must share one size."""
+    from PIL import Image, ImageDraw
+
+    images = {k: _to_display(v) for k, v in panels.items()}
+    rows, cols = next(iter(images.values())).shape
+    title_h = 24
+    zoom = None
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        side = max(x1 - x0, y1 - y0, 32)
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        x0, y0 = min(max(cx - side // 2, 0), cols - side), min(max(cy - side // 2, 0), rows - side)
+        zoom = (x0, y0, x0 + side, y0 + side)
+    canvas = Image.new("L", (cols * len(images), title_h + rows * (2 if zoom else 1)), 0)
+    draw = ImageDraw.Draw(canvas)
+    for i, (title, arr) in enumerate(images.items()):
+        tile = Image.fromarray(arr)
+        canvas.paste(tile, (i * cols, title_h))
+        draw.text((i * cols + 4, 4), title, fill=255)
+        if zoom:
+            canvas.paste(tile.crop(zoom).resize((cols, rows), Image.NEAREST), (i * cols, title_h + rows))
+            draw.rectangle((i * cols + zoom[0], title_h + zoom[1], i * cols + zoom[2], title_h + zoom[3]), outline=255)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
+    """Markdown table of mean ± sd per method and metric; "n/a" where a metric has no value, the mean alone
+    where there is a single value."""
+    metrics = [m for m in METRICS if any(m in s for s in summary.values())]
+    head = "| method | " + " | ".join(METRICS[m][0] + (" ↑" if METRICS[m][1] else " ↓") for m in metrics) + " |"
+    lines = [head, "|---" * (len(metrics) + 1) + "|"]
+    for method, stats in summary.items():
+        cells = []
+        for m in metrics:
+            mean, sd = stats.get(m, (math.nan, math.nan))
+            digits = 2 if "psnr" in m else 4
+            if math.isnan(mean):
+                cells.append("n/a")
+            elif math.isnan(sd):  # a single value (e.g. one image with boxes): no spread to report
+                cells.append(f"{mean:.{digits}f}")
+            else:
+                cells.append(f"{mean:.{digits}f} ± {sd:.{digits}f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluate(
+    datalist: Sequence[Mapping],
+    networks: Mapping[str, nn.Module],
+    scale: int,
+    output_dir: str | os.PathLike,
+    degradation: Mapping | None = None,
+    tile_size: int = 256,
+    device: str | torch.device = "cpu",
+    lpips: bool = True,
+    save_images: bool = False,
+    figures: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Degrade each HR image (``label``), super-resolve it with every network and score it against the HR.
+
+    Writes ``metrics.csv`` (one row per image and method), ``summary.json`` and ``summary.md`` (mean ± sd)
+    to ``output_dir``; with ``save_images`` the SR images, and for the first ``figures`` images a
+    comparison figure (LR | methods | HR | error map of the last method). Unreadable or unusable inputs are
+    reported and skipped. Returns ``{method: {metric: (mean, sd)}}``.
+
+    Args:
+        datalist: dicts with ``label`` (HR path) and optional ``boxes`` ((x0, y0, x1, y1) at HR size).
+        networks: method name -> network in eval mode, each at ``scale``.
+        degradation: keyword arguments of :class:`Degrade` (default: antialiased bicubic).
+        seed: LR synthesis of image ``i`` uses ``seed + i``, so noise presets are reproducible.
+    """
+    from tqdm import tqdm
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    inferer = SRInferer(scale=scale, tile_size=tile_size)
+    degrade = Degrade(scale=scale, **dict(degradation or {}))
+    fns = {name: _metric_fns(lpips) for name in networks}
+    rows, failures = [], []
+    for i, item in enumerate(tqdm(datalist, desc="evaluating", unit="image", disable=not progress)):
+        path = str(item["label"])
+        try:
+            hr = read_image(path)
+            if hr.ndim != 3:
+                raise InputError(f"{path}: evaluation takes 2D images, got a volume of shape {tuple(hr.shape[1:])}.")
+            hr = hr[:, : hr.shape[1] - hr.shape[1] % scale, : hr.shape[2] - hr.shape[2] % scale]
+            degrade.set_random_state(seed + i)
+            lr = degrade(hr)
+            validate_input(lr, path, scale)
+        except InputError as e:
+            logger.error(str(e))
+            failures.append(str(e))
+            continue
+        boxes = torch.as_tensor(item.get("boxes") or [], dtype=torch.float32).reshape(-1, 4)
+        panels = {"LR (nearest)": _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
+        for name, network in networks.items():
+            sr = super_resolve(lr, network, inferer, device)
+            rows.append({"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes)})
+            panels[name] = _plain(sr)
+            if save_images:
+                write_image(sr, output_path_for(path, out / name, source_format=hr.meta["source_format"]))
+        if i < figures:
+            panels["HR"] = _plain(hr)
+            last = list(networks)[-1]
+            err = error_map_to_display(error_map(panels[last][None], panels["HR"][None]))[0]
+            panels[f"|{last} - HR| (0-{DISPLAY_VMAX['abs']:g})"] = err
+            comparison_figure(panels, out / f"figure_{Path(path).stem}.png", boxes[0].tolist() if len(boxes) else None)
+    if not rows:
+        raise InputError("no image could be evaluated: " + " | ".join(failures))
+    summary = {
+        name: {m: summarize([r[m] for r in rows if r["method"] == name]) for m in rows[0] if m in METRICS}
+        for name in networks
+    }
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    n = len({r["image"] for r in rows})
+    (out / "summary.json").write_text(json.dumps({"images": n, "failures": failures, "summary": summary}, indent=2))
+    (out / "summary.md").write_text(format_table(summary) + f"\n\n{n} images; in-box metrics over the images with boxes.\n")
+    return summary

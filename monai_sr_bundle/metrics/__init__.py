@@ -1,0 +1,29 @@
+"""Image-quality metrics for super-resolution, MONAI-style (cumulative: call per batch, ``aggregate``,
+``reset``). Images are (B, C, X, Y) in [0, 1], 2D."""
+
+from .checks import check_image_pair
+from .error_map import DISPLAY_VMAX, error_map, error_map_to_display
+from .inbox import InBoxMetric, box_crop_slices
+from .lpips import LPIPS, LPIPSMetric, default_lpips_weights_path, load_lpips
+from .regression import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
+from .summary import summarize
+from .uqi import UQIMetric, compute_uqi
+
+__all__ = [
+    "DISPLAY_VMAX",
+    "InBoxMetric",
+    "LPIPS",
+    "LPIPSMetric",
+    "MultiScaleSSIMMetric",
+    "PSNRMetric",
+    "SSIMMetric",
+    "UQIMetric",
+    "box_crop_slices",
+    "check_image_pair",
+    "compute_uqi",
+    "default_lpips_weights_path",
+    "error_map",
+    "error_map_to_display",
+    "load_lpips",
+    "summarize",
+]

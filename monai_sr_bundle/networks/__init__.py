@@ -1,0 +1,8 @@
+"""SR networks: (B, C, X, Y) low-resolution in, (B, C, scale*X, scale*Y) out. ``_target_`` in the bundle
+configs is the registry."""
+
+from monai_sr_bundle.networks.bicubic import Bicubic
+from monai_sr_bundle.networks.srcnn import SRCNN
+from monai_sr_bundle.networks.vdsr import VDSR
+
+__all__ = ["Bicubic", "SRCNN", "VDSR"]

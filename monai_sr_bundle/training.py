@@ -1,0 +1,74 @@
+"""What the bundle's train config cannot say declaratively: finding the checkpoint to resume from, and
+publishing the best checkpoint as a plain, hashed state dict under ``models/``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from monai_sr_bundle.errors import InputError
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
+    """Newest ``checkpoint_epoch=N.pt`` in ``run_dir`` (by N), or None when training starts fresh."""
+    found = []
+    for p in Path(run_dir).glob("checkpoint_epoch=*.pt"):
+        m = re.fullmatch(r"checkpoint_epoch=(\d+)\.pt", p.name)
+        if m:
+            found.append((int(m.group(1)), str(p)))
+    return max(found)[1] if found else None
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def publish_weights(best_ckpt: str | os.PathLike, weights_path: str | os.PathLike, provenance: dict) -> str:
+    """Save the network state dict of ``best_ckpt`` to ``weights_path`` (atomically) and record its sha256
+    and ``provenance`` (training command, data split, best validation PSNR) in ``models/weights.json``."""
+    best_ckpt, weights_path = Path(best_ckpt), Path(weights_path)
+    if not best_ckpt.is_file():
+        raise InputError(f"{best_ckpt}: no best checkpoint was saved; did validation run at least once?")
+    state = torch.load(best_ckpt, map_location="cpu", weights_only=True)
+    # a key-metric checkpoint holds the network's state dict plus the saver's own bookkeeping, whose
+    # "_saved" list holds (best metric, name): the best validation score that the docstring promises
+    saved = (state.get("checkpointer") or {}).get("_saved") or []
+    if saved:
+        provenance = {**provenance, "best_val_psnr": round(float(max(p for p, _ in saved)), 4)}
+    state = {k: v for k, v in state.items() if k != "checkpointer"}
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights_path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, weights_path)
+    digest = sha256(weights_path)
+    manifest = weights_path.parent / "weights.json"
+    entries = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    entries[weights_path.name] = {"sha256": digest, **provenance}
+    manifest.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
+    return digest
+
+
+def attach_resume(trainer, run_dir: str | os.PathLike, best_saver, resume: bool = True) -> None:
+    """Save the whole training state every epoch to ``run_dir`` and, with ``resume``, continue from the
+    newest such checkpoint, including the best-so-far validation score kept by ``best_saver``.
+
+    Done here rather than in the config because these handlers refer to the trainer that holds them."""
+    from monai.handlers import CheckpointLoader, CheckpointSaver
+
+    state = {"network": trainer.network, "optimizer": trainer.optimizer, "trainer": trainer}
+    latest = latest_checkpoint(run_dir)
+    if resume and latest:
+        CheckpointLoader(load_path=latest, load_dict=state, map_location=trainer.state.device).attach(trainer)
+        best = Path(run_dir) / "best.pt"
+        if best.is_file():
+            CheckpointLoader(load_path=str(best), load_dict={"checkpointer": best_saver}).attach(trainer)
+    CheckpointSaver(save_dir=str(run_dir), save_dict=state, save_interval=1, n_saved=1).attach(trainer)

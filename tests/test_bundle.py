@@ -1,0 +1,299 @@
+"""The MONAI bundle as users run it: real ``python -m monai.bundle`` subprocesses from the bundle root.
+
+Every command writes under pytest's tmp_path (``--output_dir``, ``--run_dir``, ``--ckpt_path``, ``--filepath``)
+and uses freshly initialised weights saved there, so nothing depends on shipped weights and nothing is written
+inside the repository. The export commands tested here are the ones the README documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+
+import monai_sr_bundle
+from monai_sr_bundle.inference import SRInferer, load_network, load_weights, method_config, run_inference
+
+from conftest import DATA, needs_data
+
+BUNDLE = Path(monai_sr_bundle.__file__).resolve().parent
+REPO = BUNDLE.parent
+NIH = DATA / "nih_cxr14"
+SCALE = 4
+
+
+def bundle(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle <args>`` from the bundle root; stdout and stderr together in ``.stdout``."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *map(str, args)],
+        cwd=BUNDLE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return proc
+
+
+def _configs(*names: str) -> str:
+    return "[" + ",".join(f"'configs/{n}'" for n in names) + "]"
+
+
+def _method_configs(method: str) -> str:
+    return _configs("inference.json", f"methods/{method}.json")
+
+
+def _net(method: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return method_config(method, scale=SCALE).get_parsed_content("network_def").eval()
+
+
+def _png_pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bundle")
+
+
+@pytest.fixture(scope="module")
+def ckpts(work) -> dict[str, Path]:
+    """Freshly initialised srcnn/vdsr state dicts, built as the method overlays build them."""
+    out = {}
+    for method in ("srcnn", "vdsr"):
+        out[method] = work / f"{method}_init.pt"
+        torch.save(_net(method).state_dict(), out[method])
+    return out
+
+
+@pytest.fixture(scope="module")
+def inputs(work) -> Path:
+    """Two small PNGs and a float NIfTI in [0, 1] (so outputs can be compared without 8-bit rounding)."""
+    d = work / "inputs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (w, h) in (("a.png", (40, 36)), ("b.png", (36, 44))):
+        Image.fromarray((rng.random((h, w)) * 255).astype(np.uint8)).save(d / name)
+    arr = rng.random((32, 40)).astype(np.float32)
+    arr.flat[[0, -1]] = 0.0, 1.0
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(d / "c.nii.gz"))
+    return d
+
+
+EXPECTED_NAMES = ["a_sr.png", "b_sr.png", "c_sr.nii.gz"]
+
+
+def _check_sizes(out: Path) -> None:
+    assert sorted(p.name for p in out.iterdir()) == EXPECTED_NAMES
+    with Image.open(out / "a_sr.png") as im:
+        assert im.size == (40 * SCALE, 36 * SCALE)
+    with Image.open(out / "b_sr.png") as im:
+        assert im.size == (36 * SCALE, 44 * SCALE)
+    assert sitk.ReadImage(str(out / "c_sr.nii.gz")).GetSize()[:2] == (40 * SCALE, 32 * SCALE)
+
+
+@pytest.fixture(scope="module")
+def srcnn_out(work, inputs, ckpts) -> Path:
+    """Plain PyTorch inference with srcnn and a tmp checkpoint: the reference for the TRT and ONNX overlays."""
+    out = work / "out_srcnn"
+    _ok(bundle("run", "--config_file", "configs/inference.json", "--method", "srcnn", "--ckpt_path", ckpts["srcnn"],
+               "--input", inputs, "--output_dir", out))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- inference.json
+
+
+def test_run_bicubic(work, inputs):
+    out = work / "out_bicubic"
+    _ok(bundle("run", "--config_file", "configs/inference.json", "--method", "bicubic", "--input", inputs, "--output_dir", out))
+    _check_sizes(out)
+
+
+def test_run_srcnn_uses_given_ckpt(srcnn_out, inputs, ckpts, tmp_path):
+    _check_sizes(srcnn_out)
+    # the same as the in-process entry point with those weights (so --ckpt_path was honoured)
+    ref = run_inference(inputs, load_network("srcnn", weights=ckpts["srcnn"]), SRInferer(SCALE), tmp_path, progress=False)
+    for p in map(Path, ref):
+        if p.suffix == ".png":
+            assert np.array_equal(_png_pixels(p), _png_pixels(srcnn_out / p.name))
+        else:
+            a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(q))) for q in (p, srcnn_out / p.name))
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_run_unknown_method(work, inputs):
+    proc = bundle("run", "--config_file", "configs/inference.json", "--method", "espcn", "--input", inputs,
+                  "--output_dir", work / "out_unknown")
+    assert proc.returncode != 0
+    assert "unknown method 'espcn'; available: bicubic, srcnn, vdsr" in proc.stdout
+    assert not (work / "out_unknown").exists()
+
+
+def test_run_corrupt_among_good(work, inputs):
+    d = work / "with_corrupt"
+    d.mkdir()
+    for name in ("a.png", "b.png"):
+        (d / name).write_bytes((inputs / name).read_bytes())
+    (d / "broken.png").write_bytes((inputs / "a.png").read_bytes()[:300])  # cut short
+    out = work / "out_corrupt"
+    proc = bundle("run", "--config_file", "configs/inference.json", "--method", "bicubic", "--input", d, "--output_dir", out)
+    assert proc.returncode != 0
+    assert f"{d / 'broken.png'}: cannot be read as an image" in proc.stdout
+    assert "1 of 3 inputs failed" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a_sr.png", "b_sr.png"]
+
+
+# ------------------------------------------------------------------------------------------- TensorRT overlay
+
+
+def test_trt_overlay_falls_back_on_cpu(work, inputs, ckpts, srcnn_out):
+    out = work / "out_trt"
+    proc = _ok(bundle("run", "--config_file", _configs("inference.json", "inference_trt.json"), "--method", "srcnn",
+                      "--ckpt_path", ckpts["srcnn"], "--input", inputs, "--output_dir", out))
+    if importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available():
+        assert "trt_compile() has no effect" in proc.stdout
+    _check_sizes(out)
+    for name in EXPECTED_NAMES[:2]:
+        assert np.array_equal(_png_pixels(out / name), _png_pixels(srcnn_out / name))
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(d / "c_sr.nii.gz"))) for d in (out, srcnn_out))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- verify and export
+
+
+@pytest.mark.parametrize("method", ["bicubic", "srcnn", "vdsr"])
+def test_verify_net_in_out(method):
+    proc = _ok(bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+                      "--config_file", _method_configs(method)))
+    assert "data shape of network is verified with no error" in proc.stdout
+
+
+@pytest.mark.parametrize("method", ["srcnn", "vdsr"])
+def test_ckpt_export_torchscript(method, work, ckpts):
+    """TorchScript by tracing (the pre-upsampling's Python checks do not script); the traced graph keeps
+    the spatial size dynamic."""
+    ts = work / f"{method}.ts"
+    _ok(bundle("ckpt_export", "network_def", "--filepath", ts, "--ckpt_file", ckpts[method],
+               "--meta_file", "configs/metadata.json", "--config_file", _method_configs(method),
+               "--use_trace", "True", "--input_shape", "[1,1,32,32]"))
+    extra = {"metadata.json": ""}
+    model = torch.jit.load(str(ts), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["scale"] == SCALE
+    eager = load_network(method, weights=ckpts[method])
+    for shape in ((1, 1, 32, 32), (1, 1, 48, 40)):
+        x = torch.rand(shape)
+        with torch.no_grad():
+            y = model(x)
+            assert tuple(y.shape) == (shape[0], 1, shape[2] * SCALE, shape[3] * SCALE)
+            assert (y - eager(x)).abs().max().item() < 1e-5
+
+
+ONNX_KWARGS = (
+    "{'input_names': ['image'], 'output_names': ['pred'], "
+    "'dynamic_axes': {'image': {0: 'batch', 2: 'x', 3: 'y'}, 'pred': {0: 'batch', 2: 'X', 3: 'Y'}}}"
+)
+
+
+@pytest.fixture(scope="module")
+def onnx_models(work, ckpts) -> dict[str, Path]:
+    """srcnn and vdsr exported once with ``onnx_export`` (torch 2.13's dynamo exporter, dynamic batch and size)."""
+    out = {}
+    for method in ("srcnn", "vdsr"):
+        out[method] = work / f"{method}.onnx"
+        _ok(bundle("onnx_export", "network_def", "--filepath", out[method], "--ckpt_file", ckpts[method],
+                   "--meta_file", "configs/metadata.json", "--config_file", _method_configs(method),
+                   "--input_shape", "[1,1,32,32]", "--converter_kwargs", ONNX_KWARGS))
+    return out
+
+
+@pytest.mark.parametrize("method", ["srcnn", "vdsr"])
+def test_onnx_export_matches_torch(method, onnx_models, ckpts):
+    """ONNX Resize (cubic, a=-0.75, half_pixel, edge clamp) reproduces torch's bicubic, borders included:
+    measured max |ONNX - torch| ~1.3e-7 for srcnn and ~8e-6 for vdsr (20 float32 layers on random He-init
+    weights; borders no worse than the interior); the bar is 1e-4 everywhere."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_models[method]), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    eager = load_network(method, weights=ckpts[method])
+    for shape in ((1, 1, 32, 32), (1, 1, 48, 40)) + (((2, 1, 40, 48),) if method == "srcnn" else ()):
+        x = torch.rand(shape)
+        (y,) = session.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            ref = eager(x).numpy()
+        assert y.shape == ref.shape == (shape[0], 1, shape[2] * SCALE, shape[3] * SCALE)
+        diff = np.abs(y - ref)
+        assert diff.max() < 1e-4, (shape, float(diff.max()), float(diff[..., 8:-8, 8:-8].max()))
+
+
+def test_inference_onnx_overlay(work, inputs, onnx_models, srcnn_out):
+    out = work / "out_onnx"
+    _ok(bundle("run", "--config_file", _configs("inference.json", "inference_onnx.json"), "--method", "srcnn",
+               "--onnx_path", onnx_models["srcnn"], "--input", inputs, "--output_dir", out))
+    _check_sizes(out)
+    for name in EXPECTED_NAMES[:2]:  # 8-bit: at most one grey level apart
+        assert np.abs(_png_pixels(out / name) - _png_pixels(srcnn_out / name)).max() <= 1
+    a, b = (sitk.ReadImage(str(d / "c_sr.nii.gz")) for d in (out, srcnn_out))
+    assert np.abs(sitk.GetArrayFromImage(a) - sitk.GetArrayFromImage(b)).max() < 1e-4
+    assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+
+
+def test_inference_onnx_missing_model(work, inputs):
+    proc = bundle("run", "--config_file", _configs("inference.json", "inference_onnx.json"), "--method", "srcnn",
+                  "--onnx_path", work / "nope.onnx", "--input", inputs, "--output_dir", work / "out_nope")
+    assert proc.returncode != 0 and "ONNX model not found" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def _train(run_dir: Path, epochs: int) -> subprocess.CompletedProcess:
+    return _ok(bundle("run", "--config_file", _configs("train.json", "methods/srcnn.json"), "--train_limit", "4",
+                      "--val_limit", "2", "--max_epochs", str(epochs), "--patch_size", "32", "--run_dir", run_dir,
+                      "--ckpt_path", run_dir / "w.pt", timeout=400))
+
+
+@needs_data(NIH)
+def test_train_resume_publish(tmp_path):
+    run = tmp_path / "run"
+    first = _train(run, 1)
+    assert (run / "checkpoint_epoch=1.pt").is_file() and (run / "best.pt").is_file()
+    manifest = json.loads((run / "weights.json").read_text())["w.pt"]
+    assert manifest["sha256"] == hashlib.sha256((run / "w.pt").read_bytes()).hexdigest()
+    assert manifest["epochs"] == 1 and manifest["scale"] == SCALE and "train.json" in manifest["command"]
+    assert 5.0 < manifest["best_val_psnr"] < 60.0
+    assert "Epoch[1] Complete" in first.stdout
+
+    second = _train(run, 2)  # resumes from checkpoint_epoch=1.pt and trains only epoch 2
+    assert f"Restored all variables from {run / 'checkpoint_epoch=1.pt'}" in second.stdout
+    assert "Epoch[2] Complete" in second.stdout and "Epoch[1] Complete" not in second.stdout
+    state = torch.load(run / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert state["trainer"]["max_epochs"] == 2 and state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
+    manifest2 = json.loads((run / "weights.json").read_text())["w.pt"]
+    assert manifest2["epochs"] == 2 and manifest2["best_val_psnr"] >= manifest["best_val_psnr"]
+    assert manifest2["sha256"] == hashlib.sha256((run / "w.pt").read_bytes()).hexdigest()
+    # the published file is a plain state dict that the inference entry point loads strictly
+    net = load_weights(_net("srcnn"), run / "w.pt")
+    assert not any(k.startswith("checkpointer") for k in torch.load(run / "w.pt", weights_only=True))
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 32, 32)).shape == (1, 1, 128, 128)

@@ -1,0 +1,253 @@
+"""Evaluation (LR synthesis -> SR -> metrics, tables, figures) and the command line (``monai-sr sr|demo``),
+on tiny synthetic PNGs and on pydicom's CT slice, with the bicubic baseline (no weights needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_sr_bundle.cli import demo_datalist, main
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.evaluation import comparison_figure, evaluate, format_table
+from monai_sr_bundle.inference import load_network
+from monai_sr_bundle.transforms.degradation import Degrade, upsample
+
+BOX = [20.0, 30.0, 70.0, 90.0]  # (x0, y0, x1, y1): x along columns, y along rows
+
+
+def _png(path: Path, rows: int = 128, cols: int = 128, seed: int = 0) -> Path:
+    """A smooth, non-constant 8-bit image: gradients, a bright disc and mild texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    img = 0.3 + 0.3 * xx / cols + 0.2 * np.sin(yy / (5 + seed))
+    img += 0.3 * (((xx - cols * 0.4) ** 2 + (yy - rows * 0.6) ** 2) < (rows / 6) ** 2)
+    img += 0.03 * rng.standard_normal((rows, cols))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((img.clip(0, 1) * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def _hr(path: Path) -> torch.Tensor:
+    """(1, X, Y) in [0, 1], as the reader loads it: x along columns."""
+    return torch.from_numpy(np.asarray(Image.open(path)).T.astype(np.float32) / np.float32(255.0))[None]
+
+
+def _bicubic_sr(hr: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    """Independent of evaluate(): the default degradation, then bicubic upsampling clamped to [0, 1]."""
+    lr = Degrade(scale=scale)(hr)
+    return upsample(lr[None], scale, "bicubic").clamp(0, 1)[0]
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = np.mean((a.numpy().astype(np.float64) - b.numpy().astype(np.float64)) ** 2)
+    return float(10 * np.log10(1.0 / mse))
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def bicubic():
+    return load_network("bicubic", 4)
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_writes_everything_and_scores_match_numpy(tmp_path, bicubic, caplog):
+    a, b = _png(tmp_path / "in" / "a.png", seed=0), _png(tmp_path / "in" / "b.png", seed=1)
+    bad = tmp_path / "in" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    small = _png(tmp_path / "in" / "tiny.png", rows=16, cols=16)  # LR would be 4x4: refused by the inferer
+    datalist = [{"label": str(a), "boxes": [BOX]}, {"label": str(bad)}, {"label": str(b), "boxes": []}, {"label": str(small)}]
+    out = tmp_path / "out"
+    summary = evaluate(datalist, {"bicubic": bicubic}, 4, out, lpips=False, save_images=True, figures=3, progress=False)
+
+    # outputs
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["bicubic", "figure_a.png", "figure_b.png", "metrics.csv", "summary.json", "summary.md"]
+    assert sorted(p.name for p in (out / "bicubic").iterdir()) == ["a_sr.png", "b_sr.png"]  # nothing for the bad ones
+
+    # the bad inputs are reported by name and skipped
+    info = json.loads((out / "summary.json").read_text())
+    assert info["images"] == 2 and len(info["failures"]) == 2
+    assert str(bad) in info["failures"][0] and str(small) in info["failures"][1]
+    assert str(bad) in caplog.text and str(small) in caplog.text
+
+    # metrics.csv: one row per image and method, PSNR equal to an independent computation
+    rows = _read_csv(out / "metrics.csv")
+    assert [r["image"] for r in rows] == ["a.png", "b.png"] and {r["method"] for r in rows} == {"bicubic"}
+    assert {"psnr", "ssim", "ms_ssim", "uqi", "inbox_psnr", "inbox_ssim"} <= set(rows[0])
+    assert "lpips" not in rows[0]
+    srs = {}
+    for row, path in zip(rows, (a, b)):
+        hr = _hr(path)
+        sr = srs[path.name] = _bicubic_sr(hr)
+        assert float(row["psnr"]) == pytest.approx(_psnr(sr, hr), abs=1e-3)
+        assert 15 < float(row["psnr"]) < 60 and 0 < float(row["ssim"]) <= 1
+        assert math.isnan(float(row["ms_ssim"]))  # 128 px is too small for 5-scale MS-SSIM: missing, not a score
+        # the written SR image is the in-memory SR, quantised to the input's 8 bits
+        written = np.asarray(Image.open(out / "bicubic" / f"{path.stem}_sr.png")).T.astype(np.float64) / 255
+        assert written.shape == (128, 128)
+        np.testing.assert_allclose(written, sr[0].numpy(), atol=0.5 / 255 + 1e-6)
+
+    # in-box metrics: the box crop for the boxed image, NaN for the image without boxes
+    x0, y0, x1, y1 = (int(v) for v in BOX)
+    sr_a, hr_a = srs["a.png"], _hr(a)
+    inbox = _psnr(sr_a[:, x0:x1, y0:y1], hr_a[:, x0:x1, y0:y1])
+    assert float(rows[0]["inbox_psnr"]) == pytest.approx(inbox, abs=1e-3)
+    assert float(rows[0]["inbox_psnr"]) != pytest.approx(float(rows[0]["psnr"]), abs=1e-3)
+    assert math.isnan(float(rows[1]["inbox_psnr"])) and math.isnan(float(rows[1]["inbox_ssim"]))
+
+    # summary: mean ± sd over images; in-box over the boxed image only
+    psnrs = [float(r["psnr"]) for r in rows]
+    mean, sd = summary["bicubic"]["psnr"]
+    assert mean == pytest.approx(np.mean(psnrs)) and sd == pytest.approx(np.std(psnrs, ddof=1))
+    assert summary["bicubic"]["inbox_psnr"][0] == pytest.approx(inbox, abs=1e-3)
+    assert math.isnan(summary["bicubic"]["inbox_psnr"][1])  # one value: no sd
+    assert info["summary"]["bicubic"]["psnr"] == pytest.approx([mean, sd])
+    md = (out / "summary.md").read_text()
+    assert md.startswith("| method | PSNR (dB) ↑") and "| bicubic | " in md and "2 images" in md
+    assert "nan" not in md  # MS-SSIM missing -> n/a; in-box over one image -> the mean alone
+
+    # figures: LR | bicubic | HR | error map; with a box a second, zoomed row
+    fig_a, fig_b = Image.open(out / "figure_a.png"), Image.open(out / "figure_b.png")
+    assert fig_a.size == (4 * 128, 24 + 2 * 128) and fig_b.size == (4 * 128, 24 + 128)
+
+
+def test_evaluate_figures_limit_and_no_images(tmp_path, bicubic):
+    a = _png(tmp_path / "a.png")
+    evaluate([{"label": str(a)}], {"bicubic": bicubic}, 4, tmp_path / "o", lpips=False, figures=0, progress=False)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["metrics.csv", "summary.json", "summary.md"]
+
+
+def test_evaluate_all_bad_raises_and_names_them(tmp_path, bicubic):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    missing = tmp_path / "missing.png"
+    with pytest.raises(InputError, match="no image could be evaluated") as e:
+        evaluate([{"label": str(bad)}, {"label": str(missing)}], {"bicubic": bicubic}, 4, tmp_path / "o", lpips=False, progress=False)
+    assert str(bad) in str(e.value) and str(missing) in str(e.value)
+    assert not (tmp_path / "o" / "metrics.csv").exists()
+
+
+# --------------------------------------------------------------------------------------- format_table
+
+
+def test_format_table():
+    summary = {
+        "bicubic": {"psnr": (30.123, 1.234), "ssim": (0.9, 0.01), "lpips": (0.25, 0.05), "inbox_psnr": (math.nan, math.nan)},
+        "vdsr": {"psnr": (32.0, 1.0), "ssim": (0.95, 0.02)},
+        "one": {"psnr": (28.0, math.nan), "ssim": (0.5, math.nan), "inbox_psnr": (math.inf, math.nan)},
+    }
+    lines = format_table(summary).splitlines()
+    assert lines == [
+        "| method | PSNR (dB) ↑ | SSIM ↑ | LPIPS ↓ | in-box PSNR (dB) ↑ |",
+        "|---|---|---|---|---|",
+        "| bicubic | 30.12 ± 1.23 | 0.9000 ± 0.0100 | 0.2500 ± 0.0500 | n/a |",
+        "| vdsr | 32.00 ± 1.00 | 0.9500 ± 0.0200 | n/a | n/a |",
+        "| one | 28.00 | 0.5000 | n/a | inf |",  # a single image: no "± nan"
+    ]
+
+
+# ----------------------------------------------------------------------------------- comparison_figure
+
+
+def test_comparison_figure_sizes(tmp_path):
+    panels = {"LR": torch.rand(1, 64, 48), "SR": torch.rand(1, 64, 48), "HR": torch.rand(1, 64, 48)}  # X=64 cols, Y=48 rows
+    plain = comparison_figure(panels, tmp_path / "deep" / "plain.png")
+    assert plain == tmp_path / "deep" / "plain.png"
+    img = Image.open(plain)
+    assert img.size == (3 * 64, 24 + 48) and img.mode == "L"
+    # the first panel is the LR image, below the title strip
+    np.testing.assert_allclose(np.asarray(img)[24:, :64], (panels["LR"][0].numpy().T * 255 + 0.5).astype(np.uint8), atol=1)
+    zoomed = Image.open(comparison_figure(panels, tmp_path / "zoom.png", box=[5, 5, 20, 15]))
+    assert zoomed.size == (3 * 64, 24 + 2 * 48)
+    edge = Image.open(comparison_figure(panels, tmp_path / "edge.png", box=[50, 40, 64, 48]))  # box at the corner
+    assert edge.size == (3 * 64, 24 + 2 * 48)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "edge.png", "zoom.png"]  # no temporary files left
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_demo_on_own_files(tmp_path, capsys):
+    _png(tmp_path / "in" / "a.png", seed=0)
+    _png(tmp_path / "in" / "b.png", seed=2)
+    out = tmp_path / "out"
+    assert main(["demo", "--input", str(tmp_path / "in"), "-o", str(out), "--methods", "bicubic", "--no-lpips"]) == 0
+    stdout = capsys.readouterr().out
+    assert "your files" in stdout and "| bicubic |" in stdout
+    assert len(_read_csv(out / "metrics.csv")) == 2
+    assert sorted(p.name for p in (out / "bicubic").iterdir()) == ["a_sr.png", "b_sr.png"]
+    assert (out / "summary.md").is_file() and (out / "figure_a.png").is_file() and (out / "figure_b.png").is_file()
+
+
+def test_cli_demo_no_method_loads(tmp_path, capsys, caplog):
+    _png(tmp_path / "a.png")
+    assert main(["demo", "--input", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--methods", "nope", "--no-lpips"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the methods 'nope'" in err and "unknown method 'nope'" in caplog.text
+
+
+def test_cli_sr_writes_4x_png(tmp_path, capsys):
+    src = _png(tmp_path / "x.png", rows=64, cols=48)
+    out = tmp_path / "out"
+    assert main(["sr", str(src), "-o", str(out), "-m", "bicubic"]) == 0
+    assert "wrote 1 image(s)" in capsys.readouterr().out
+    written = Image.open(out / "x_sr.png")
+    assert written.size == (4 * 48, 4 * 64) and written.mode == "L"
+    sr = np.asarray(written).T.astype(np.float64) / 255
+    ref = upsample(_hr(src)[None], 4, "bicubic").clamp(0, 1)[0, 0].numpy()
+    np.testing.assert_allclose(sr, ref, atol=0.5 / 255 + 1e-6)
+
+
+def test_cli_sr_never_overwrites_input(tmp_path):
+    src = _png(tmp_path / "x.png", rows=32, cols=32)
+    before = src.read_bytes()
+    assert main(["sr", str(src), "-o", str(tmp_path), "-m", "bicubic"]) == 0
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png", "x_sr.png"]
+    assert Image.open(tmp_path / "x_sr.png").size == (128, 128)
+
+
+def test_cli_sr_missing_file(tmp_path, capsys):
+    missing = tmp_path / "nope.png"
+    assert main(["sr", str(missing), "-o", str(tmp_path / "o"), "-m", "bicubic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and str(missing) in err[0]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_cli_sr_unknown_method(tmp_path, capsys):
+    src = _png(tmp_path / "x.png", rows=32, cols=32)
+    assert main(["sr", str(src), "-o", str(tmp_path / "o"), "-m", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'nosuch'" in err and "bicubic" in err  # lists what is available
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_demo_fallback_without_shared_data(tmp_path, monkeypatch, capsys, caplog):
+    pytest.importorskip("pydicom")
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    monkeypatch.setenv("MONAI_SR_DATA", str(empty))
+    datalist, source = demo_datalist(None, 8)
+    assert len(datalist) == 1 and Path(datalist[0]["label"]).name == "CT_small.dcm" and "CT_small" in source
+    out = tmp_path / "out"
+    assert main(["demo", "-o", str(out), "--methods", "bicubic"]) == 0
+    assert "LPIPS skipped" in caplog.text and str(empty) in caplog.text
+    rows = _read_csv(out / "metrics.csv")
+    assert len(rows) == 1 and rows[0]["image"] == "CT_small.dcm" and "lpips" not in rows[0]
+    assert float(rows[0]["psnr"]) > 15
+    assert (out / "bicubic" / "CT_small_sr.nii.gz").is_file() and (out / "figure_CT_small.png").is_file()
+    assert "CT_small" in capsys.readouterr().out

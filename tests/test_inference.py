@@ -1,0 +1,381 @@
+"""The one SR entry point: SRInferer (tiles, volumes, geometry), run_inference (formats, bad inputs), expand_inputs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.data import MetaTensor
+from PIL import Image
+
+from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.inference import (
+    SRInferer,
+    expand_inputs,
+    method_config,
+    run_inference,
+    super_resolve,
+    validate_input,
+)
+from monai_sr_bundle.networks import Bicubic
+
+from conftest import DATA, needs_data
+
+pydicom = pytest.importorskip("pydicom")
+
+CT3 = DATA / "chest_ct" / "dcmqi_ct3slice"
+SCALE = 4
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _srcnn(seed: int = 0) -> torch.nn.Module:
+    """A freshly initialised SRCNN as the bundle overlay builds it (no trained weights needed)."""
+    torch.manual_seed(seed)
+    return method_config("srcnn", scale=SCALE).get_parsed_content("network_def").eval()
+
+
+def _smooth(shape, seed: int = 0) -> torch.Tensor:
+    """A smooth random image in [0, 1] (structure at several scales, like anatomy rather than noise)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand((1, 1, *(max(2, s // 4) for s in shape[-2:])), generator=g)
+    x = torch.nn.functional.interpolate(coarse, size=tuple(shape[-2:]), mode="bicubic", align_corners=False)
+    x = x + 0.1 * torch.rand((1, 1, *shape[-2:]), generator=g)
+    return ((x - x.min()) / (x.max() - x.min())).expand(*shape).contiguous()
+
+
+def _png(path, size=(40, 36), seed=0, mode="L") -> Path:
+    """A random 8-bit PNG of ``size`` = (width, height)."""
+    a = (np.random.default_rng(seed).random(size[::-1]) * 255).astype(np.uint8)
+    Image.fromarray(a, mode=mode).save(path)
+    return Path(path)
+
+
+def _nifti(path, arr: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
+    img = sitk.GetImageFromArray(arr)  # arr is (Z, Y, X) or (Y, X)
+    img.SetSpacing(spacing[: arr.ndim])
+    sitk.WriteImage(img, str(path))
+    return Path(path)
+
+
+def _dicom(path, pixels: np.ndarray, *, spacing=(0.5, 0.7), z: float = 0.0, instance: int = 1, series_uid="1.2.826.0.1.3680043.8.498.77") -> Path:
+    """Minimal uncompressed CT slice (pydicom 2 and 3); ``spacing`` = DICOM PixelSpacing (row, column)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    if int(pydicom.__version__.split(".")[0]) < 3:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.76", series_uid
+    ds.Modality, ds.InstanceNumber = "CT", instance
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelSpacing = list(spacing)
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [-10.0, -20.0, z], [1, 0, 0, 0, 1, 0]
+    ds.SliceThickness = 2.0
+    ds.PixelData = np.ascontiguousarray(pixels.astype("<u2")).tobytes()
+    try:
+        ds.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
+    except TypeError:
+        ds.save_as(str(path), write_like_original=False)  # pydicom 2
+    return Path(path)
+
+
+def _ct_series(folder, n=3, shape=(32, 36)) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(n):
+        _dicom(folder / f"s{k}.dcm", (rng.random(shape) * 1000).astype(np.uint16), z=2.0 * k, instance=k + 1)
+    return folder
+
+
+def _truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------- SRInferer
+
+
+def test_tiled_equals_whole_srcnn():
+    """Tiles keep their core and drop a margin (overlap * tile / 2 = 6 LR px here) wider than SRCNN's receptive
+    field (bicubic 2 + convs 8/4 = 4 LR px), so tiled and whole agree to float rounding: measured max |diff|
+    6e-8 here (<= 4e-7 over other tile sizes); the bar is 1e-5. (Gaussian-blended whole tiles, as
+    sliding_window_inference does, gave up to 5e-2 at seams.)"""
+    net = _srcnn()
+    x = _smooth((2, 1, 44, 52))
+    with torch.no_grad():
+        whole = SRInferer(SCALE, tile_size=64)(x, net)
+        tiled = SRInferer(SCALE, tile_size=24, overlap=0.5, sw_batch_size=3)(x, net)
+    assert tuple(tiled.shape) == tuple(whole.shape) == (2, 1, 44 * SCALE, 52 * SCALE)
+    diff = (tiled - whole).abs().max().item()
+    assert diff < 1e-5, diff
+    assert whole.std() > 0.05  # not a trivially clamped output
+
+
+def test_tiles_cover_every_pixel_once():
+    inferer = SRInferer(SCALE, tile_size=10, overlap=0.4)
+    for size in (10, 11, 23, 57):
+        cover = np.zeros(size, int)
+        for start, c0, c1 in inferer._windows(size):
+            assert 0 <= start <= c0 < c1 <= size and start + min(10, size) <= size
+            assert c0 - start >= 2 or start == 0  # a full margin (0.4 * 10 / 2) unless at the image edge
+            assert start + min(10, size) - c1 >= 2 or start + min(10, size) == size
+            cover[c0:c1] += 1
+        assert (cover == 1).all()
+
+
+def test_volume_is_slice_by_slice():
+    net = _srcnn(1)
+    vol = torch.stack([_smooth((1, 1, 32, 36), seed=k) for k in range(3)], dim=-1)  # (1, 1, 32, 36, 3)
+    inferer = SRInferer(SCALE)
+    with torch.no_grad():
+        out = inferer(vol, net)
+        per_slice = torch.stack([inferer(vol[..., k], net) for k in range(3)], dim=-1)
+    assert tuple(out.shape) == (1, 1, 32 * SCALE, 36 * SCALE, 3)
+    assert torch.equal(out, per_slice)
+
+
+def test_inferer_rejects_other_ranks():
+    with pytest.raises(InputError, match="expected a batch"):
+        SRInferer(SCALE)(torch.rand(1, 32, 32), Bicubic(SCALE))
+
+
+def _rotation(theta: float) -> np.ndarray:
+    c, s = np.cos(theta), np.sin(theta)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_geometry_follows_sr(ndim):
+    """Spacing / scale in-plane (z kept), direction kept, origin moved by half an LR pixel minus half an HR
+    pixel so the image's outer corners stay at the same physical place."""
+    spacing = np.array([0.5, 0.7, 2.5])
+    direction = _rotation(0.3)
+    origin = np.array([10.0, -20.0, 35.0])
+    affine = np.eye(4)
+    affine[:3, :3] = direction * spacing[None, :]
+    affine[:3, 3] = origin
+    shape = (1, 32, 36) if ndim == 2 else (1, 32, 36, 3)
+    img = MetaTensor(torch.rand(shape), affine=torch.as_tensor(affine), meta={"filename_or_obj": "x.nii.gz"})
+    out = super_resolve(img, Bicubic(SCALE), SRInferer(SCALE))
+    assert isinstance(out, MetaTensor)
+    assert tuple(out.shape[1:3]) == (32 * SCALE, 36 * SCALE) and out.shape[3:] == img.shape[3:]
+    a = out.affine.numpy()
+    out_spacing = np.linalg.norm(a[:3, :3], axis=0)
+    np.testing.assert_allclose(out_spacing, [0.5 / SCALE, 0.7 / SCALE, 2.5], rtol=1e-12)
+    np.testing.assert_allclose(a[:3, :3] / out_spacing[None, :], direction, atol=1e-12)
+    half = np.array([0.5 - 0.5 / SCALE, 0.5 - 0.5 / SCALE, 0.0])  # in LR pixels, along each axis
+    np.testing.assert_allclose(a[:3, 3], origin - direction @ (spacing * half), atol=1e-12)
+    # corners: LR voxel corner (-0.5, -0.5) and (X - 0.5, Y - 0.5) map to the same points as the HR ones
+    for lr_idx, hr_idx in (([-0.5, -0.5], [-0.5, -0.5]), ([31.5, 35.5], [32 * SCALE - 0.5, 36 * SCALE - 0.5])):
+        lr_pt = affine @ np.array([*lr_idx, 0.0, 1.0])
+        hr_pt = a @ np.array([*hr_idx, 0.0, 1.0])
+        np.testing.assert_allclose(hr_pt, lr_pt, atol=1e-9)
+    assert out.meta["filename_or_obj"] == "x.nii.gz"
+
+
+def test_plain_tensor_stays_plain():
+    out = SRInferer(SCALE)(torch.rand(1, 1, 32, 32), Bicubic(SCALE))
+    assert type(out) is torch.Tensor and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+# ------------------------------------------------------------------------------------------- run_inference
+
+
+def test_png_in_png_out(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _png(src / "a.png", (40, 36))
+    _png(src / "b.png", (33, 48), seed=1)
+    before = _snapshot(src)
+    written = run_inference(src, Bicubic(SCALE), SRInferer(SCALE), tmp_path / "out", progress=False)
+    assert sorted(Path(p).name for p in written) == ["a_sr.png", "b_sr.png"]
+    with Image.open(tmp_path / "out" / "a_sr.png") as im:
+        assert im.size == (160, 144) and im.mode == "L"
+    with Image.open(tmp_path / "out" / "b_sr.png") as im:
+        assert im.size == (132, 192)
+    assert _snapshot(src) == before  # inputs untouched: same bytes, same mtime
+
+
+def test_dicom_in_nifti_out(tmp_path):
+    src = _dicom(tmp_path / "cxr.dcm", (np.random.default_rng(0).random((40, 36)) * 4000).astype(np.uint16), spacing=(0.5, 0.7))
+    before = _snapshot(tmp_path)
+    written = run_inference([src], Bicubic(SCALE), SRInferer(SCALE), tmp_path / "out", progress=False)
+    assert [Path(p).name for p in written] == ["cxr_sr.nii.gz"]
+    img = sitk.ReadImage(written[0])
+    assert img.GetSize()[:2] == (36 * SCALE, 40 * SCALE)  # (columns, rows)
+    np.testing.assert_allclose(img.GetSpacing()[:2], [0.7 / SCALE, 0.5 / SCALE], rtol=1e-6)  # (x, y)
+    lr_corner = np.array([-10.0, -20.0]) - 0.5 * np.array([0.7, 0.5])
+    corner = img.TransformContinuousIndexToPhysicalPoint([-0.5, -0.5] + [0.0] * (img.GetDimension() - 2))
+    np.testing.assert_allclose(corner[:2], lr_corner, atol=1e-5)
+    arr = sitk.GetArrayFromImage(img)
+    assert arr.min() >= 0 and 3000 < arr.max() <= 4000  # back in the stored units
+    assert {p: v for p, v in _snapshot(tmp_path).items() if "out" not in p.parts} == before
+
+
+def test_output_folder_is_input_folder_keeps_inputs(tmp_path):
+    a = _png(tmp_path / "a.png")
+    before = a.read_bytes()
+    run_inference(a, Bicubic(SCALE), SRInferer(SCALE), tmp_path, progress=False)
+    assert a.read_bytes() == before and (tmp_path / "a_sr.png").is_file()
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    """name -> path of each kind of bad input, plus a good PNG."""
+    d = tmp_path / "in"
+    d.mkdir()
+    good = _png(d / "good.png")
+    rng = np.random.default_rng(0)
+    bad = {
+        "missing": d / "missing.png",
+        "truncated_png": _truncate(_png(d / "truncated.png", (64, 64))),
+        "truncated_dicom": _truncate(_dicom(d / "truncated.dcm", (rng.random((64, 64)) * 1000).astype(np.uint16)), 0.6),
+        "too_small": _png(d / "small.png", (31, 40)),  # 31 < 8 x scale 4
+        "constant": d / "constant.png",
+        "nan": d / "nan.nii.gz",
+        "volume_nifti": _nifti(d / "volume.nii.gz", rng.random((3, 36, 40)).astype(np.float32), (0.5, 0.5, 2.0)),
+        "volume_dicom": _ct_series(d / "ct_series"),
+    }
+    Image.fromarray(np.full((40, 40), 77, np.uint8)).save(bad["constant"])
+    nan = rng.random((40, 40)).astype(np.float32)
+    nan[3, 4] = np.nan
+    _nifti(bad["nan"], nan)
+    return good, bad
+
+
+EXPECTED = {
+    "missing": "file not found",
+    "truncated_png": "cannot be read as an image",
+    "truncated_dicom": "DICOM",
+    "too_small": "smaller than 32 px",
+    "constant": "constant",
+    "nan": "NaN",
+    "volume_nifti": "slice by slice",
+    "volume_dicom": "slice by slice",
+}
+
+
+def test_each_bad_input_names_itself(bad_inputs, tmp_path):
+    good, bad = bad_inputs
+    for kind, path in bad.items():
+        with pytest.raises(InputError) as e:
+            run_inference(path, Bicubic(SCALE), SRInferer(SCALE), tmp_path / "out", progress=False)
+        msg = str(e.value)
+        assert str(path) in msg and EXPECTED[kind] in msg, (kind, msg)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_bad_inputs_in_a_batch(bad_inputs, tmp_path):
+    """One sentence per bad input, nothing written for them, the good one still done, inputs untouched."""
+    good, bad = bad_inputs
+    before = _snapshot(good.parent)
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as e:
+        run_inference([*bad.values(), good], Bicubic(SCALE), SRInferer(SCALE), out, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{len(bad)} of {len(bad) + 1} inputs failed")
+    for kind, path in bad.items():
+        assert re.search(re.escape(str(path)) + r"\b", msg), kind
+    assert sorted(p.name for p in out.iterdir()) == ["good_sr.png"]  # no temporary or partial files either
+    assert _snapshot(good.parent) == before
+
+
+def test_volumes_with_allow_volume(bad_inputs, tmp_path):
+    _, bad = bad_inputs
+    out = tmp_path / "out"
+    written = run_inference(
+        [bad["volume_nifti"], bad["volume_dicom"]], Bicubic(SCALE), SRInferer(SCALE), out, allow_volume=True, progress=False
+    )
+    assert sorted(Path(p).name for p in written) == ["ct_series_sr.nii.gz", "volume_sr.nii.gz"]
+    vol = sitk.ReadImage(str(out / "volume_sr.nii.gz"))
+    assert vol.GetSize() == (40 * SCALE, 36 * SCALE, 3)
+    np.testing.assert_allclose(vol.GetSpacing(), [0.5 / SCALE, 0.5 / SCALE, 2.0], rtol=1e-6)
+    ct = sitk.ReadImage(str(out / "ct_series_sr.nii.gz"))
+    assert ct.GetSize() == (36 * SCALE, 32 * SCALE, 3)  # (columns, rows, slices)
+    np.testing.assert_allclose(ct.GetSpacing(), [0.7 / SCALE, 0.5 / SCALE, 2.0], rtol=1e-6)
+
+
+def test_validate_input_directly():
+    ok = torch.rand(1, 32, 40)
+    validate_input(ok, "ok.png", SCALE)
+    with pytest.raises(InputError, match=r"^v\.nii: is a 3D volume"):
+        validate_input(torch.rand(1, 32, 32, 3), "v.nii", SCALE)
+    validate_input(torch.rand(1, 32, 32, 3), "v.nii", SCALE, allow_volume=True)
+    with pytest.raises(InputError, match="x.png: expected a 2D image"):
+        validate_input(torch.rand(32, 32), "x.png", SCALE)
+    inf = ok.clone()
+    inf[0, 1, 1] = float("inf")
+    with pytest.raises(InputError, match="NaN or infinite"):
+        validate_input(inf, "inf.png", SCALE)
+    validate_input(torch.rand(1, 16, 16), "s.png", 2)  # 8 x scale 2
+    with pytest.raises(InputError, match="smaller than 16 px"):
+        validate_input(torch.rand(1, 15, 16), "s.png", 2)
+
+
+# ------------------------------------------------------------------------------------------- expand_inputs
+
+
+def test_expand_inputs_mixed_folder(tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    for name in ("b.png", "a.jpg", ".hidden.png"):
+        _png(d / name) if name.endswith(".png") else Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / name)
+    _nifti(d / "c.nii.gz", np.zeros((8, 8), np.float32))
+    _dicom(d / "d.dcm", np.zeros((8, 8), np.uint16))
+    _dicom(d / "noext", np.zeros((8, 8), np.uint16))  # found by its DICM magic
+    (d / "notes.txt").write_text("not an image")
+    (d / "sub").mkdir()
+    _png(d / "sub" / "deep.png")  # folders are not searched recursively
+    expected = [str(d / n) for n in ("a.jpg", "b.png", "c.nii.gz", "d.dcm", "noext")]
+    assert expand_inputs(d) == expected
+    # files are kept as given, in order, existing or not (the reader reports missing ones)
+    assert expand_inputs([d / "b.png", tmp_path / "gone.png"]) == [str(d / "b.png"), str(tmp_path / "gone.png")]
+
+
+def test_expand_inputs_dicom_folders(tmp_path):
+    series = _ct_series(tmp_path / "series")
+    assert expand_inputs(series) == [str(series)]  # one series -> one volume input
+    mixed = tmp_path / "two_series"
+    mixed.mkdir()
+    _dicom(mixed / "x1.dcm", np.zeros((8, 8), np.uint16), series_uid="1.2.3.1")
+    _dicom(mixed / "x2.dcm", np.zeros((8, 8), np.uint16), series_uid="1.2.3.2")
+    assert expand_inputs(mixed) == [str(mixed / "x1.dcm"), str(mixed / "x2.dcm")]
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(mixed / "x1.dcm", single / "only.dcm")
+    assert expand_inputs(single) == [str(single / "only.dcm")]  # one file is a 2D image, not a series
+    assert expand_inputs(tmp_path / "empty_missing") == [str(tmp_path / "empty_missing")]
+
+
+@needs_data(CT3)
+def test_expand_inputs_real_ct_series():
+    assert expand_inputs(CT3) == [str(CT3)]
+    vol = read_image(CT3)
+    assert tuple(vol.shape) == (1, 512, 512, 3) and vol.meta["source_format"] == "dicom"
+    with pytest.raises(InputError, match="slice by slice"):
+        validate_input(vol, str(CT3), SCALE)
+    validate_input(vol, str(CT3), SCALE, allow_volume=True)
+    # in-plane 0.81 mm; slices 1.0 mm apart by their positions (1.25 mm thick, overlapping)
+    np.testing.assert_allclose(np.linalg.norm(vol.affine[:3, :3].numpy(), axis=0), [0.810547, 0.810547, 1.0], rtol=1e-4)

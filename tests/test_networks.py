@@ -1,0 +1,131 @@
+"""SR networks (bicubic, SRCNN, VDSR) and building them from their bundle overlays (``load_network``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.inference import available_methods, load_network, load_weights, method_config
+from monai_sr_bundle.networks import SRCNN, VDSR, Bicubic
+
+NETWORKS = {"bicubic": Bicubic, "srcnn": SRCNN, "vdsr": VDSR}
+
+
+def _n_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("size", [(16, 16), (12, 20)])
+def test_output_shape(name, scale, size):
+    torch.manual_seed(0)
+    net = NETWORKS[name](scale=scale).eval()
+    x = torch.rand(2, 1, *size)
+    with torch.no_grad():
+        y = net(x)
+    assert tuple(y.shape) == (2, 1, size[0] * scale, size[1] * scale)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+def test_bicubic_is_torch_bicubic():
+    x = torch.rand(1, 1, 10, 14)
+    ref = F.interpolate(x, scale_factor=3, mode="bicubic", align_corners=False)
+    assert torch.equal(Bicubic(3)(x), ref)
+    assert _n_params(Bicubic(4)) == 0
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_vdsr_is_residual(scale):
+    """With its body zeroed, VDSR returns the bicubic pre-upsampling exactly: the body learns HR - bicubic."""
+    net = VDSR(scale=scale, depth=4).eval()
+    for p in net.body.parameters():
+        torch.nn.init.zeros_(p)
+    x = torch.rand(1, 1, 9, 13)
+    with torch.no_grad():
+        assert torch.equal(net(x), Bicubic(scale)(x))
+
+
+def test_parameter_counts():
+    # SRCNN 9-5-5 with 64/32 filters on one channel: 1*64*81+64 + 64*32*25+32 + 32*25+1
+    assert _n_params(SRCNN(4)) == 5248 + 51232 + 801 == 57281
+    # VDSR: 20 3x3 layers, 64 channels: first 640, 18 x (64*64*9+64), last 64*9+1
+    assert _n_params(VDSR(4)) == 640 + 18 * 36928 + 577 == 665921
+    # the scale is a pre-upsampling factor, not a layer: same weights for every scale
+    assert _n_params(SRCNN(2)) == _n_params(SRCNN(4)) and _n_params(VDSR(3)) == _n_params(VDSR(4))
+    assert _n_params(VDSR(4, depth=5, channels=16)) == 160 + 3 * (16 * 16 * 9 + 16) + 145
+
+
+def test_vdsr_rejects_too_shallow():
+    with pytest.raises(ValueError, match="depth"):
+        VDSR(depth=1)
+
+
+def test_methods_listed():
+    assert {"bicubic", "srcnn", "vdsr"} <= set(available_methods())
+
+
+def test_load_network_bicubic_needs_no_weights():
+    net = load_network("bicubic", scale=3)
+    assert isinstance(net, Bicubic) and net.scale == 3 and not net.training
+    with pytest.raises(InputError, match="no weights"):
+        load_network("bicubic", weights="whatever.pt")
+
+
+@pytest.mark.parametrize("method", ["srcnn", "vdsr"])
+def test_load_network_with_weights(method, tmp_path):
+    torch.manual_seed(1)
+    src = method_config(method, scale=4).get_parsed_content("network_def").eval()  # as the overlay builds it
+    path = tmp_path / f"{method}.pt"
+    torch.save(src.state_dict(), path)
+    net = load_network(method, scale=4, weights=path)
+    assert isinstance(net, NETWORKS[method]) and not net.training
+    x = torch.rand(1, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net(x), src(x))
+
+
+def test_load_network_missing_weights_names_file(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(InputError, match="weights file not found") as e:
+        load_network("srcnn", weights=missing)
+    assert str(missing) in str(e.value)
+
+
+def test_unknown_method_lists_available():
+    with pytest.raises(InputError, match="unknown method") as e:
+        load_network("espcn")
+    for name in available_methods():
+        assert name in str(e.value)
+    with pytest.raises(InputError, match="unknown method"):
+        method_config("../srcnn")
+
+
+def test_method_config_sets_scale():
+    net = method_config("vdsr", scale=2).get_parsed_content("network_def")
+    assert isinstance(net, VDSR) and net.scale == 2
+
+
+def test_load_weights_wrong_architecture(tmp_path):
+    path = tmp_path / "vdsr.pt"
+    torch.save(VDSR(4, depth=3, channels=8).state_dict(), path)
+    with pytest.raises(InputError, match="do not fit") as e:
+        load_weights(SRCNN(4), path)
+    assert str(path) in str(e.value)
+    # same layer names, other shapes (a narrower SRCNN) is refused too
+    torch.save(SRCNN(4, filters=(16, 8)).state_dict(), path)
+    with pytest.raises(InputError, match="do not fit"):
+        load_weights(SRCNN(4), path)
+
+
+def test_load_weights_not_a_state_dict(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(InputError) as e:
+        load_weights(SRCNN(4), path)
+    assert str(path) in str(e.value)
+    torch.save(torch.zeros(3), path)  # a tensor, not a state dict
+    with pytest.raises(InputError, match="do not fit"):
+        load_weights(SRCNN(4), path)

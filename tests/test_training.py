@@ -1,0 +1,190 @@
+"""Training glue: resuming from the newest checkpoint, publishing the best checkpoint as hashed weights, and
+the integrity of the weights shipped in ``monai_sr_bundle/models``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.inference import BUNDLE_ROOT, available_methods, load_network, method_config, weights_path
+from monai_sr_bundle.training import latest_checkpoint, publish_weights, sha256
+
+MODELS = BUNDLE_ROOT / "models"
+WEIGHT_NAME = re.compile(r"(?P<method>[a-z0-9_]+?)_(?P<modality>[a-z0-9]+)_x(?P<scale>\d+)\.pt")
+MAX_BYTES = 25 * 1024 * 1024
+
+
+def _srcnn(scale: int = 4) -> torch.nn.Module:
+    return method_config("srcnn", scale).get_parsed_content("network_def")
+
+
+def _best_checkpoint(path: Path, network: torch.nn.Module, scores=((30.5, "model_key_metric=30.5000.pt"), (31.25, "model_key_metric=31.2500.pt"))) -> Path:
+    """What MONAI's CheckpointSaver(save_dict={"model": net}, key_metric_save_state=True) writes: the
+    network's state dict flattened, plus the saver's own state under ``checkpointer``."""
+    state = dict(network.state_dict())
+    state["checkpointer"] = {"_saved": [tuple(s) for s in scores]}
+    torch.save(state, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------- latest_checkpoint
+
+
+def test_latest_checkpoint_by_epoch_number(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    assert latest_checkpoint(tmp_path / "never_created") is None
+    for name in ("checkpoint_epoch=9.pt", "checkpoint_epoch=10.pt", "checkpoint_epoch=2.pt", "best.pt",
+                 "checkpoint_epoch=x.pt", "checkpoint_epoch=11.pt.tmp", "model_key_metric=35.1.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=10.pt")  # 10 > 9, not "9" > "10"
+    assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint_epoch=10.pt")
+
+
+# ------------------------------------------------------------------------------------- publish_weights
+
+
+def test_publish_weights_plain_state_dict_and_manifest(tmp_path):
+    net = _srcnn()
+    best = _best_checkpoint(tmp_path / "best.pt", net)
+    models = tmp_path / "models"
+    models.mkdir()
+    other = {"sha256": "0" * 64, "command": "earlier run", "data": "elsewhere"}
+    (models / "weights.json").write_text(json.dumps({"vdsr_cxr_x4.pt": other}))
+    target = models / "srcnn_cxr_x4.pt"
+    provenance = {"command": "python -m monai.bundle run ...", "data": "NIH train split", "scale": 4}
+    digest = publish_weights(best, target, provenance)
+
+    assert digest == hashlib.sha256(target.read_bytes()).hexdigest() == sha256(target)
+    state = torch.load(target, map_location="cpu", weights_only=True)
+    assert "checkpointer" not in state and set(state) == set(net.state_dict())
+    fresh = _srcnn()
+    fresh.load_state_dict(state, strict=True)
+    for k, v in net.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)
+
+    manifest = json.loads((models / "weights.json").read_text())
+    assert manifest["vdsr_cxr_x4.pt"] == other  # other entries are kept
+    entry = manifest["srcnn_cxr_x4.pt"]
+    assert entry["sha256"] == digest
+    assert entry["command"] == provenance["command"] and entry["data"] == provenance["data"] and entry["scale"] == 4
+    assert entry["best_val_psnr"] == 31.25  # the best of the saver's key-metric scores
+    assert sorted(p.name for p in models.iterdir()) == ["srcnn_cxr_x4.pt", "weights.json"]  # no temporary file left
+
+    # publishing again (a later run) replaces the entry and the file, still keeping the others
+    net2 = _srcnn()
+    with torch.no_grad():
+        next(net2.parameters()).add_(1.0)
+    digest2 = publish_weights(_best_checkpoint(tmp_path / "best2.pt", net2, [(33.0, "m")]), target, provenance)
+    manifest = json.loads((models / "weights.json").read_text())
+    assert digest2 != digest and manifest["srcnn_cxr_x4.pt"]["sha256"] == digest2 == sha256(target)
+    assert manifest["srcnn_cxr_x4.pt"]["best_val_psnr"] == 33.0 and manifest["vdsr_cxr_x4.pt"] == other
+    assert list(manifest) == sorted(manifest)
+
+
+def test_publish_weights_through_load_network(tmp_path):
+    """The published file is what ``load_network(weights=...)`` takes."""
+    net = _srcnn()
+    target = tmp_path / "models" / "srcnn_cxr_x4.pt"  # the models folder is created
+    publish_weights(_best_checkpoint(tmp_path / "best.pt", net), target, {"command": "c", "data": "d"})
+    loaded = load_network("srcnn", 4, weights=target)
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net.eval()(x))
+
+
+def test_publish_weights_without_saver_state(tmp_path):
+    net = _srcnn()
+    torch.save(net.state_dict(), tmp_path / "best.pt")
+    publish_weights(tmp_path / "best.pt", tmp_path / "w.pt", {"command": "c", "data": "d"})
+    entry = json.loads((tmp_path / "weights.json").read_text())["w.pt"]
+    assert "best_val_psnr" not in entry and entry["sha256"] == sha256(tmp_path / "w.pt")
+
+
+def test_publish_weights_missing_best_checkpoint(tmp_path):
+    missing = tmp_path / "run" / "best.pt"
+    with pytest.raises(InputError) as e:
+        publish_weights(missing, tmp_path / "models" / "srcnn_cxr_x4.pt", {"command": "c", "data": "d"})
+    assert str(missing) in str(e.value) and "validation" in str(e.value)
+    assert not (tmp_path / "models").exists()
+
+
+# --------------------------------------------------------------------------------- shipped weights
+
+
+def check_weights_folder(models: Path) -> list[str]:
+    """Every ``*.pt`` in ``models`` has a ``weights.json`` entry with a matching sha256 and its provenance
+    (training command and data), is under 25 MB, is named ``<method>_<modality>_x<scale>.pt`` and loads
+    (strictly, ``weights_only``) into that method's network. Returns the names checked."""
+    files = sorted(models.glob("*.pt"))
+    manifest = models / "weights.json"
+    entries = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    assert isinstance(entries, dict), f"{manifest} must hold a JSON object"
+    for path in files:
+        assert path.name in entries, f"{path.name} has no entry in {manifest}"
+        entry = entries[path.name]
+        assert entry.get("sha256") == sha256(path), f"{path.name}: sha256 in weights.json does not match the file"
+        assert str(entry.get("command") or "").strip(), f"{path.name}: no training command recorded"
+        assert str(entry.get("data") or "").strip(), f"{path.name}: no training data recorded"
+        size = path.stat().st_size
+        assert size < MAX_BYTES, f"{path.name} is {size / 2**20:.1f} MB (limit 25 MB)"
+        m = WEIGHT_NAME.fullmatch(path.name)
+        assert m, f"{path.name} is not named <method>_<modality>_x<scale>.pt"
+        method, modality, scale = m["method"], m["modality"], int(m["scale"])
+        assert method in available_methods(), f"{path.name}: no configs/methods/{method}.json"
+        for key, value in (("scale", scale), ("modality", modality)):
+            if key in entry:
+                assert str(entry[key]) == str(value), f"{path.name}: weights.json says {key}={entry[key]!r}"
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert isinstance(state, dict) and "checkpointer" not in state, f"{path.name}: not a plain state dict"
+        network = load_network(method, scale, modality, weights=path)  # load_state_dict is strict
+        for k, v in network.state_dict().items():
+            assert torch.equal(v, state[k]), f"{path.name}: {k} differs after loading"
+    return [p.name for p in files]
+
+
+def test_shipped_weights():
+    checked = check_weights_folder(MODELS)  # passes trivially while nothing is shipped
+    for name in checked:  # the shipped files are where load_network looks by default
+        m = WEIGHT_NAME.fullmatch(name)
+        assert weights_path(m["method"], int(m["scale"]), m["modality"]) == MODELS / name
+        load_network(m["method"], int(m["scale"]), m["modality"])
+
+
+def test_shipped_weights_manifest_entries_are_well_formed():
+    manifest = MODELS / "weights.json"
+    if not manifest.is_file():
+        assert not list(MODELS.glob("*.pt")), f"{MODELS} holds weights but no weights.json"
+        return
+    for name, entry in json.loads(manifest.read_text()).items():
+        assert WEIGHT_NAME.fullmatch(name), f"weights.json entry {name!r} is not <method>_<modality>_x<scale>.pt"
+        assert re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", ""))), f"weights.json: {name} has no sha256"
+
+
+def test_weights_check_fails_without_entry_or_on_mismatch(tmp_path):
+    """The shipped-weights check is not vacuous: a .pt without an entry, or with a stale hash, or with no
+    provenance, fails it; a published one passes."""
+    models = tmp_path / "models"
+    assert check_weights_folder(models) == []
+    net = _srcnn()
+    target = models / "srcnn_cxr_x4.pt"
+    publish_weights(_best_checkpoint(tmp_path / "best.pt", net), target, {"command": "train it", "data": "NIH train"})
+    assert check_weights_folder(models) == ["srcnn_cxr_x4.pt"]
+
+    stray = models / "vdsr_cxr_x4.pt"
+    torch.save(method_config("vdsr", 4).get_parsed_content("network_def").state_dict(), stray)
+    with pytest.raises(AssertionError, match="vdsr_cxr_x4.pt has no entry"):
+        check_weights_folder(models)
+    stray.unlink()
+
+    manifest = json.loads((models / "weights.json").read_text())
+    good = dict(manifest["srcnn_cxr_x4.pt"])
+    for broken, match in (({**good, "sha256": "f" * 64}, "sha256"), ({**good, "command": ""}, "command"), ({**good, "data": None}, "data")):
+        (models / "weights.json").write_text(json.dumps({"srcnn_cxr_x4.pt": broken}))
+        with pytest.raises(AssertionError, match=match):
+            check_weights_folder(models)
