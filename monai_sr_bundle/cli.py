@@ -14,6 +14,8 @@ from pathlib import Path
 from monai_sr_bundle.errors import InputError
 
 DEMO_LIMIT = 8
+#: names that look like an image file: ``-o x.png`` (or ``-o.png``, argparse's ``-o .png``) is a mistake
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz", ".nrrd", ".mha")
 
 
 def _interactive() -> bool:
@@ -24,6 +26,12 @@ def _interactive() -> bool:
 def _sr(args: argparse.Namespace) -> None:
     from monai_sr_bundle.inference import SRInferer, load_network, run_inference
 
+    out = Path(args.output)
+    if out.name.lower().endswith(IMAGE_SUFFIXES) and not out.is_dir():
+        raise InputError(
+            f"{args.output}: -o takes an output folder, not an image file name; for an input named like '-o.png', "
+            "put it after '--' or write it as './-o.png'."
+        )
     network = load_network(args.method, args.scale, args.modality, args.weights, args.device)
     inferer = SRInferer(scale=args.scale, tile_size=args.tile_size, progress=False)
     written = run_inference(
@@ -81,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
 
     sr = sub.add_parser("sr", help="super-resolve images (PNG/JPEG, DICOM, NIfTI/NRRD/MHA) into a folder")
-    sr.add_argument("inputs", nargs="+", help="files, image folders or DICOM series folders")
+    sr.add_argument(
+        "inputs", nargs="+",
+        help="files, image folders or DICOM series folders (a name starting with '-' goes after '--', or as ./-name)",
+    )
     sr.add_argument("-o", "--output", required=True, help="output folder (inputs are never overwritten)")
     sr.add_argument("-m", "--method", default="vdsr", help="bicubic, srcnn or vdsr (default vdsr)")
     sr.add_argument("--weights", help="a state dict to use instead of the shipped weights")

@@ -183,11 +183,24 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
                 kinds[c] = image_format(c)
             except InputError:
                 continue
-        if kinds and set(kinds.values()) == {"dicom"} and _one_series(list(kinds)):
-            out.append(str(p))
+        if not kinds or (set(kinds.values()) == {"dicom"} and _one_series(list(kinds))):
+            out.append(str(p))  # a folder without images stays an input too, so that the reader reports it
         else:
             out.extend(str(c) for c in kinds)
     return out
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> None:
+    """Refuse, before any work, an output folder that is a file, lies under a file, or cannot be written."""
+    out = Path(output_dir)
+    existing = out
+    while not existing.exists() and existing != existing.parent:  # the nearest existing ancestor
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == out else f"lies under the file {existing}"
+        raise InputError(f"{output_dir}: the output folder {where}; give a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{output_dir}: no permission to write in {existing}; give another output folder.")
 
 
 def _one_series(files: list[Path]) -> bool:
@@ -237,6 +250,7 @@ def run_inference(
 
     if isinstance(allow_volume, str):  # the bundle CLI (fire) passes "--slice_by_slice false" as a string
         allow_volume = allow_volume.strip().lower() in ("1", "true", "yes", "on")
+    check_output_dir(output_dir)
     files = expand_inputs(inputs)
     if not files:
         raise InputError(f"{inputs}: no input images found.")

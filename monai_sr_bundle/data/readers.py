@@ -26,7 +26,10 @@ from monai_sr_bundle.errors import InputError
 
 PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-DICOM_SUFFIXES = (".dcm", ".dicom", "")
+
+#: the most voxels (times components) a NIfTI/NRRD/MHA header may claim: 2**30, a 4 GiB float32 volume,
+#: far above any CT; a corrupt or hostile header is refused before allocation (PNGs: PIL's MAX_IMAGE_PIXELS).
+MAX_VOXELS = 1 << 30
 
 #: ITU-R BT.601 luma weights, the usual choice for RGB -> grayscale.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -121,7 +124,18 @@ def _read_png(path: str, intensity) -> MetaTensor:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # a header claiming more than Image.MAX_IMAGE_PIXELS is refused before any pixel is allocated
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(
+            f"{path}: the header claims more pixels than can be decoded safely ({e}); is the file corrupt?"
+        ) from e
+    except Exception as e:
+        raise InputError(f"{path}: cannot be read as an image ({type(e).__name__}: {e}); is the file complete?") from e
+    try:
+        with img:
             img.load()  # PIL opens lazily; decoding here surfaces truncated or corrupt files
             mode = img.mode
             if mode == "P":  # palette: look up the colours (a gray palette becomes exact gray below)
@@ -171,19 +185,29 @@ def _check_nifti_finite(path: str) -> None:
 def _read_itk(path: str, intensity) -> MetaTensor:
     import SimpleITK as sitk
 
-    if path.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_finite(path)
     try:
-        img = sitk.ReadImage(str(path))
+        # the header first: shape and size are checked before any voxel is allocated
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        dim, size = reader.GetDimension(), reader.GetSize()
+        if dim > 3:
+            raise InputError(f"{path}: {dim}D images are not supported; give a 2D image or a 3D volume.")
+        n = int(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents()
+        if n > MAX_VOXELS:
+            raise InputError(
+                f"{path}: the header claims {'x'.join(map(str, size))} voxels, more than the {MAX_VOXELS} this reader "
+                "accepts; is the file corrupt?"
+            )
+        if path.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_finite(path)
+        img = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"{path}: cannot be read as NIfTI/NRRD/MHA ({str(e).strip().splitlines()[-1]}).") from e
     arr = sitk.GetArrayFromImage(img)  # (Z, Y, X) or (Y, X) [+ components]
     if img.GetNumberOfComponentsPerPixel() > 1:
         arr = _to_gray(arr, path, channel_axis=-1)
     arr = arr.T  # -> (X, Y[, Z])
-    dim = img.GetDimension()
-    if dim > 3:
-        raise InputError(f"{path}: {dim}D images are not supported; give a 2D image or a 3D volume.")
     spacing, origin = list(img.GetSpacing()), list(img.GetOrigin())
     direction = np.eye(3)
     direction[:dim, :dim] = np.asarray(img.GetDirection()).reshape(dim, dim)
@@ -227,10 +251,12 @@ def _dicom_pixels(ds, path: str) -> np.ndarray:
         arr = ds.pixel_array
     except Exception as e:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise InputError(
-            f"{path}: cannot decode DICOM pixel data (transfer syntax {ts}: {e}); the file may be truncated, and JPEG/JPEG 2000 "
-            "files need pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg."
-        ) from e
+        hint = (
+            "the file may be truncated, and JPEG/JPEG 2000 files need pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg"
+            if getattr(ts, "is_compressed", True)
+            else "the file is truncated or its header (Rows, Columns, Bits Allocated, ...) does not match its pixel data"
+        )
+        raise InputError(f"{path}: cannot decode DICOM pixel data (transfer syntax {ts}: {e}); {hint}.") from e
     if getattr(ds, "SamplesPerPixel", 1) > 1:
         arr = _to_gray(arr, path, channel_axis=-1)
     if arr.ndim != 2:
@@ -374,6 +400,8 @@ def read_image(path: str | os.PathLike, intensity: str | Sequence[float] = "minm
     path = str(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: file not found.")
+    if not (os.path.isfile(path) or os.path.isdir(path)):  # a FIFO would block forever, a device never end
+        raise InputError(f"{path}: not a regular file or folder (a pipe, socket or device); give an image file.")
     fmt = image_format(path)
     if fmt == "png":
         return _read_png(path, intensity)

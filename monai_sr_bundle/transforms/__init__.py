@@ -1,3 +1,6 @@
+"""Transforms, MONAI-style (array ``Foo`` and dictionary ``Food`` pairs): LR synthesis (degradation,
+artifacts), abnormality boxes, and the named degradation presets in ``configs/degradations``."""
+
 from monai_sr_bundle.transforms.artifacts import ARTIFACT_KINDS, ArtifactSpec, RandArtifacts, RandArtifactsd, render_artifact
 from monai_sr_bundle.transforms.boxes import (
     BoxesToMask,
@@ -9,4 +12,29 @@ from monai_sr_bundle.transforms.boxes import (
     crop_boxes,
     validate_boxes,
 )
+from monai_sr_bundle.transforms.degradation import Degrade, Degraded, downsample, upsample, zoom_geometry
 from monai_sr_bundle.transforms.presets import PRESET_KEYS, available_presets, load_preset
+
+__all__ = [
+    "ARTIFACT_KINDS",
+    "ArtifactSpec",
+    "BoxesToMask",
+    "BoxesToMaskd",
+    "CropBoxesd",
+    "Degrade",
+    "Degraded",
+    "PRESET_KEYS",
+    "RandArtifacts",
+    "RandArtifactsd",
+    "ScaleBoxes",
+    "ScaleBoxesd",
+    "as_boxes",
+    "available_presets",
+    "crop_boxes",
+    "downsample",
+    "load_preset",
+    "render_artifact",
+    "upsample",
+    "validate_boxes",
+    "zoom_geometry",
+]

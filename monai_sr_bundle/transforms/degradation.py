@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.transforms import MapTransform, RandomizableTransform
 
 from monai_sr_bundle.errors import InputError
 

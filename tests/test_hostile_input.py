@@ -1,0 +1,345 @@
+"""Hostile input through the public entry points (``run_inference`` and the ``monai-sr sr`` CLI).
+
+Each bad input must give an InputError (exit code 2 on the CLI) with one sentence naming it, write nothing
+for it, let the other inputs go on, leave every input untouched, and neither crash, hang nor allocate what a
+lying header claims. Names with spaces, unicode or a leading dash must work (on the CLI a name starting with
+'-' goes after '--' or as ./-name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import signal
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK  # noqa: F401  (imported up front, not under memory_cap)
+from PIL import Image
+
+from monai_sr_bundle.cli import main
+from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.inference import SRInferer, run_inference
+from monai_sr_bundle.networks import Bicubic
+
+pydicom = pytest.importorskip("pydicom")
+nib = pytest.importorskip("nibabel")
+
+SCALE = 4
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def no_hang():
+    """Fail, rather than hang, if an entry point blocks (e.g. reading a FIFO)."""
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def boom(signum, frame):
+        raise TimeoutError("the entry point hung on hostile input")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(30)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@contextlib.contextmanager
+def memory_cap(headroom: int = 2 << 30):
+    """Cap the address space at its current size + ``headroom`` so that a reader trusting a lying header
+    fails (and the test with it) instead of allocating gigabytes on a shared machine."""
+    try:
+        import resource
+
+        vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, StopIteration):
+        yield
+        return
+    cap = vm + headroom if hard == resource.RLIM_INFINITY else min(vm + headroom, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _png(path, size=(40, 36), seed=0) -> Path:
+    """A random 8-bit PNG of ``size`` = (width, height)."""
+    Image.fromarray((np.random.default_rng(seed).random(size[::-1]) * 255).astype(np.uint8)).save(path, format="PNG")
+    return Path(path)
+
+
+def _bomb_png(path, width: int, height: int) -> Path:
+    """A valid 8x8 PNG whose IHDR (and its CRC) is patched to claim ``width`` x ``height`` pixels: 70 bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, format="PNG")
+    b = bytearray(buf.getvalue())
+    assert b[12:16] == b"IHDR"
+    b[16:24] = struct.pack(">II", width, height)
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+    Path(path).write_bytes(bytes(b))
+    return Path(path)
+
+
+def _dicom(path, shape=(40, 36), **override) -> Path:
+    """An uncompressed 16-bit slice; ``override`` sets header elements after the pixel data (lies included)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    if int(pydicom.__version__.split(".")[0]) < 3:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = (np.random.default_rng(1).random(shape) * 1000).astype("<u2").tobytes()
+    for key, value in override.items():
+        setattr(ds, key, value)
+    try:
+        ds.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
+    except TypeError:
+        ds.save_as(str(path), write_like_original=False)  # pydicom 2
+    return Path(path)
+
+
+def _nifti(path, shape) -> Path:
+    nib.save(nib.Nifti1Image(np.random.default_rng(2).random(shape).astype(np.float32), np.eye(4)), str(path))
+    return Path(path)
+
+
+def _lying_nifti(path, shape=(30000, 30000, 2)) -> Path:
+    """A 352-byte float32 NIfTI header claiming ``shape`` (7 GB) followed by 256 bytes of data."""
+    img = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    img.header.set_data_shape(shape)
+    Path(path).write_bytes(img.header.binaryblock + b"\0" * 4 + bytes(256))
+    return Path(path)
+
+
+def _snapshot(folder: Path) -> dict:
+    """Bytes and mtime of every regular file (symlinks and FIFOs are not followed)."""
+    return {
+        p: (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def _run(inputs, out) -> list[str]:
+    return run_inference(inputs, Bicubic(SCALE), SRInferer(SCALE), out, progress=False)
+
+
+# --------------------------------------------------------------------- hostile inputs, one at a time
+
+# kind -> (builder(folder) -> path, text the message must hold)
+HOSTILE = {
+    "bomb_png_60000x60000": (lambda d: _bomb_png(d / "bomb.png", 60000, 60000), "more pixels than can be decoded safely"),
+    "bomb_png_10000x10000": (lambda d: _bomb_png(d / "bomb10k.png", 10000, 10000), "more pixels than can be decoded safely"),
+    "bomb_png_1x200M": (lambda d: _bomb_png(d / "bomb_line.png", 1, 200_000_000), "more pixels than can be decoded safely"),
+    "dicom_rows_lie": (lambda d: _dicom(d / "rows.dcm", Rows=60000, Columns=60000), "does not match its pixel data"),
+    "dicom_rows_slightly_more": (lambda d: _dicom(d / "rows41.dcm", Rows=41), "does not match its pixel data"),
+    "dicom_bits_allocated_64": (lambda d: _dicom(d / "bits64.dcm", BitsAllocated=64), "cannot decode DICOM pixel data"),
+    "dicom_bits_allocated_255": (lambda d: _dicom(d / "bits255.dcm", BitsAllocated=255), "cannot decode DICOM pixel data"),
+    "dicom_bits_allocated_0": (lambda d: _dicom(d / "bits0.dcm", BitsAllocated=0), "cannot decode DICOM pixel data"),
+    "dicom_samples_per_pixel_0": (lambda d: _dicom(d / "spp0.dcm", SamplesPerPixel=0), "cannot decode DICOM pixel data"),
+    "empty_png": (lambda d: (d / "empty.png").write_bytes(b"") or d / "empty.png", "cannot be read as an image"),
+    "empty_dcm": (lambda d: (d / "empty.dcm").write_bytes(b"") or d / "empty.dcm", "not a readable DICOM file"),
+    "folder_named_png": (lambda d: (d / "x.png").mkdir() or d / "x.png", "holds no DICOM images"),
+    "fifo_png": (lambda d: os.mkfifo(d / "fifo.png") or d / "fifo.png", "not a regular file"),
+    "dev_zero_dcm": (lambda d: os.symlink("/dev/zero", d / "zero.dcm") or d / "zero.dcm", "not a regular file"),
+    "nifti_4d_time_series": (lambda d: _nifti(d / "t4d.nii.gz", (40, 36, 5, 3)), "4D images are not supported"),
+    "nifti_4d_one_slice": (lambda d: _nifti(d / "t4d1.nii.gz", (40, 36, 1, 3)), "4D images are not supported"),
+    "nifti_5d": (lambda d: _nifti(d / "v5d.nii.gz", (40, 36, 4, 2, 3)), "5D images are not supported"),
+    "nifti_header_lie": (lambda d: _lying_nifti(d / "lie.nii"), "the header claims 30000x30000x2 voxels"),
+    "png_1x1": (lambda d: _png(d / "dot.png", (1, 1)), "smaller than 32 px"),
+    "png_1xN_line": (lambda d: _png(d / "line.png", (200, 1)), "smaller than 32 px"),
+    "png_Nx1_column": (lambda d: _png(d / "column.png", (1, 200)), "smaller than 32 px"),
+}
+if not hasattr(os, "mkfifo"):
+    del HOSTILE["fifo_png"]
+if not os.path.exists("/dev/zero"):
+    del HOSTILE["dev_zero_dcm"]
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_input_run_inference(kind, tmp_path):
+    """One sentence naming the bad input, nothing written for it, the good input done, inputs untouched."""
+    d = tmp_path / "in"
+    d.mkdir()
+    build, expected = HOSTILE[kind]
+    bad = build(d)
+    good = _png(d / "good.png")
+    before = _snapshot(d)
+    out = tmp_path / "out"
+    with memory_cap(), pytest.raises(InputError) as e:
+        _run([bad, good], out)
+    msg = str(e.value)
+    assert msg.startswith("1 of 2 inputs failed: "), msg
+    (sentence,) = msg.split(": ", 1)[1].split(" | ")
+    assert sentence.startswith(f"{bad}: ") and expected in sentence, sentence
+    assert "MemoryError" not in sentence and "allocate" not in sentence
+    assert sorted(p.name for p in out.iterdir()) == ["good_sr.png"]  # no partial or temporary files
+    assert _snapshot(d) == before
+
+
+def test_symlink_to_etc_passwd_leaks_nothing(tmp_path, caplog):
+    target = Path("/etc/passwd")
+    if not target.is_file():
+        pytest.skip("no /etc/passwd here")
+    secret = [line for line in target.read_text(errors="replace").splitlines() if line.strip()][:3]
+    d = tmp_path / "in"
+    d.mkdir()
+    os.symlink(target, d / "evil.png")
+    good = _png(d / "good.png")
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as e:
+        _run([d / "evil.png", good], out)
+    msg = str(e.value)
+    assert f"{d / 'evil.png'}: cannot be read as an image" in msg
+    for text in (msg, caplog.text):
+        assert str(target) not in text and not any(line in text for line in secret)
+    assert sorted(p.name for p in out.iterdir()) == ["good_sr.png"]
+    assert (d / "evil.png").is_symlink() and os.readlink(d / "evil.png") == str(target)
+
+
+@pytest.mark.parametrize("photometric", ["YBR_FULL", "RGB", "GARBAGE", ""])
+def test_dicom_odd_photometric_one_sample_is_a_sane_image(photometric, tmp_path):
+    """A colour (or unknown) PhotometricInterpretation with 1 sample per pixel is read as the gray image it holds."""
+    ref = read_image(_dicom(tmp_path / "ref.dcm"))
+    odd = _dicom(tmp_path / "odd.dcm", PhotometricInterpretation=photometric)
+    img = read_image(odd)
+    assert img.shape == ref.shape and np.array_equal(img.numpy(), ref.numpy())
+    assert [Path(p).name for p in _run(odd, tmp_path / "out")] == ["odd_sr.nii.gz"]
+
+
+def test_folder_without_images_is_reported_not_dropped(tmp_path):
+    """A folder holding only unreadable entries is reported by name instead of silently dropped."""
+    d = tmp_path / "junk"
+    d.mkdir()
+    (d / "notes.txt").write_text("no images")
+    good = _png(tmp_path / "good.png")
+    with pytest.raises(InputError, match=re.escape(f"{d}: the folder holds no DICOM images")):
+        _run([d, good], tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_sr.png"]
+
+
+# --------------------------------------------------------------------- the CLI with all of them at once
+
+
+def test_cli_hostile_batch(tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    kinds = list(HOSTILE)
+    bad = [HOSTILE[k][0](d) for k in kinds]
+    _png(d / "good.png")
+    before = _snapshot(d)
+    out = tmp_path / "out"
+    with memory_cap():
+        assert main(["sr", "-o", str(out), "-m", "bicubic", "--", *map(str, bad), str(d / "good.png")]) == 2
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(line) == 1 and line[0].startswith(f"error: {len(bad)} of {len(bad) + 1} inputs failed: "), err
+    for path, kind in zip(bad, kinds):
+        assert f"{path}: " in line[0] and HOSTILE[kind][1] in line[0], kind
+    assert sorted(p.name for p in out.iterdir()) == ["good_sr.png"]
+    assert _snapshot(d) == before
+
+
+# --------------------------------------------------------------------- names: spaces, unicode, leading dash
+
+NAMES = ["a b.png", "ünïcödé 画像.png", "-o.png", "--help.png", "semi;colon $(x).png"]
+
+
+def test_odd_names_work_through_run_inference(tmp_path):
+    d = tmp_path / "in dir ü"
+    d.mkdir()
+    for i, n in enumerate(NAMES):
+        _png(d / n, seed=i)
+    before = _snapshot(d)
+    written = _run([d / n for n in NAMES], tmp_path / "out")
+    assert [Path(p).name for p in written] == [n[: -len(".png")] + "_sr.png" for n in NAMES]
+    assert _snapshot(d) == before
+
+
+def test_odd_names_work_through_the_cli_after_double_dash(tmp_path, monkeypatch, capsys):
+    """Names starting with '-' go after '--' (or as ./-o.png); spaces and unicode need only shell quoting."""
+    monkeypatch.chdir(tmp_path)
+    for i, n in enumerate(NAMES):
+        _png(tmp_path / n, seed=i)
+    assert main(["sr", "-o", "out", "-m", "bicubic", "--", *NAMES]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(n[: -len(".png")] + "_sr.png" for n in NAMES)
+    assert main(["sr", "./-o.png", "-o", "out2", "-m", "bicubic"]) == 0
+    assert [p.name for p in (tmp_path / "out2").iterdir()] == ["-o_sr.png"]
+
+
+def test_cli_dash_name_without_double_dash_is_refused(tmp_path, monkeypatch, capsys):
+    """``sr good.png -o.png`` parses as ``-o .png``: refused, not a folder named '.png'."""
+    monkeypatch.chdir(tmp_path)
+    _png(tmp_path / "good.png")
+    _png(tmp_path / "-o.png")
+    before = _snapshot(tmp_path)
+    assert main(["sr", "good.png", "-o.png", "-m", "bicubic"]) == 2
+    err = capsys.readouterr().err
+    assert "error: .png: -o takes an output folder" in err and "'--'" in err
+    assert _snapshot(tmp_path) == before and not (tmp_path / ".png").exists()
+
+
+# --------------------------------------------------------------------- hostile output folders
+
+
+def test_output_folder_is_a_file(tmp_path, capsys):
+    src = _png(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.write_bytes(b"precious")
+    before = _snapshot(tmp_path)
+    with pytest.raises(InputError, match=rf"^{re.escape(str(out))}: the output folder is a file"):
+        _run(src, out)
+    assert main(["sr", str(src), "-o", str(out), "-m", "bicubic"]) == 2
+    assert f"error: {out}: the output folder is a file" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
+
+
+def test_output_folder_under_a_file(tmp_path):
+    src = _png(tmp_path / "a.png")
+    (tmp_path / "f").write_bytes(b"precious")
+    before = _snapshot(tmp_path)
+    out = tmp_path / "f" / "deeper" / "out"
+    with pytest.raises(InputError, match=rf"^{re.escape(str(out))}: the output folder lies under the file {re.escape(str(tmp_path / 'f'))}"):
+        _run(src, out)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")
+def test_output_folder_without_write_permission(tmp_path, capsys):
+    src = _png(tmp_path / "a.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        before = _snapshot(tmp_path)
+        with pytest.raises(InputError, match=rf"^{re.escape(str(locked / 'out'))}: no permission to write"):
+            _run(src, locked / "out")
+        assert main(["sr", str(src), "-o", str(locked), "-m", "bicubic"]) == 2
+        assert f"error: {locked}: no permission to write" in capsys.readouterr().err
+        assert _snapshot(tmp_path) == before and not any(locked.iterdir())
+    finally:
+        locked.chmod(0o700)
