@@ -70,6 +70,10 @@ def peak_rss_of_bundle_inference(work: Path) -> tuple[float, str]:
     return peak_kb / 1024**2, image.name
 
 
+def vdsr_eager(rows: list[tuple]) -> float:
+    return next(r[1] for r in rows if r[0] == "vdsr")
+
+
 def main() -> int:
     torch.manual_seed(0)
     lr = torch.rand(1, 1, 128, 128)
@@ -86,15 +90,24 @@ def main() -> int:
             t_onnx = median_seconds(lambda x: inferer(x, onnx), lr)
             diff = (inferer(lr, network) - inferer(lr, onnx)).abs().max().item()
             rows.append((method, t_torch, t_onnx, diff))
+        winograd = load_network("vdsr", 4, winograd=True)
+        t_winograd = median_seconds(lambda x: inferer(x, winograd), lr)
+        diff_winograd = (inferer(lr, winograd) - inferer(lr, network)).abs().max().item()
         rss_gb, image = peak_rss_of_bundle_inference(work)
     cpu = platform.processor() or platform.machine()
     lines = [
         "| method | PyTorch eager (s) | ONNX Runtime (s) | PyTorch / ONNX | max abs diff |",
         "|---|---|---|---|---|",
     ] + [f"| {m} | {a:.3f} | {b:.3f} | {a / b:.2f}x | {d:.1e} |" for m, a, b, d in rows]
+    lines.append(
+        f"| vdsr, `--winograd` (PyTorch, Winograd F(4x4,3x3)) | {t_winograd:.3f} | | {vdsr_eager(rows) / t_winograd:.2f}x "
+        f"faster than eager | {diff_winograd:.1e} vs eager |"
+    )
     vdsr = rows[-1]
+    best = min(vdsr[1], t_winograd)
     bars = [
-        f"- VDSR, one 512x512 output in PyTorch: {vdsr[1]:.2f} s (bar: <= 2 s) -> {'met' if vdsr[1] <= 2 else 'NOT met'}",
+        f"- VDSR, one 512x512 output in PyTorch: {best:.2f} s with `--winograd` ({vdsr[1]:.2f} s eager) "
+        f"(bar: <= 2 s) -> {'met' if best <= 2 else 'NOT met'}",
         f"- ONNX Runtime vs PyTorch eager for VDSR: {vdsr[1] / vdsr[2]:.2f}x (bar: ONNX faster) -> "
         f"{'met' if vdsr[2] < vdsr[1] else 'NOT met'}",
         f"- peak RSS of bundle inference, one 1024x1024 image at x2 (2048x2048 output, VDSR): {rss_gb:.2f} GB "

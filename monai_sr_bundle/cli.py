@@ -32,7 +32,7 @@ def _sr(args: argparse.Namespace) -> None:
             f"{args.output}: -o takes an output folder, not an image file name; for an input named like '-o.png', "
             "put it after '--' or write it as './-o.png'."
         )
-    network = load_network(args.method, args.scale, args.modality, args.weights, args.device)
+    network = load_network(args.method, args.scale, args.modality, args.weights, args.device, args.winograd)
     inferer = SRInferer(scale=args.scale, tile_size=args.tile_size, progress=False)
     written = run_inference(
         args.inputs, network, inferer, args.output, args.device, allow_volume=args.slice_by_slice, progress=_interactive()
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("-m", "--method", default="vdsr", help="bicubic, srcnn or vdsr (default vdsr)")
     sr.add_argument("--weights", help="a state dict to use instead of the shipped weights")
     sr.add_argument("--tile-size", type=int, default=256, help="LR tile edge for bounded memory (default 256)")
+    sr.add_argument("--winograd", action="store_true", help="CPU speed-up for VDSR (Winograd convolution; compiles first)")
     sr.add_argument("--slice-by-slice", action="store_true", help="accept CT volumes and super-resolve each axial slice")
     common(sr)
     sr.set_defaults(func=_sr)

@@ -339,3 +339,27 @@ def test_load_preset_bad(tmp_path):
         load_preset(tmp_path / "list.json")
     (tmp_path / "ok.json").write_text('{"scale": 2, "downsample": "area"}')
     assert load_preset(str(tmp_path / "ok.json")) == {"scale": 2, "downsample": "area"}
+
+
+def test_rand_sr_crop_pairs_are_aligned_and_seeded():
+    from monai_sr_bundle.transforms.degradation import RandSRCropd
+
+    hr = torch.rand(1, 64, 48)
+    lr = downsample(hr, 4, "area")  # with area downsampling an aligned LR patch is exactly the HR block mean
+    crop = RandSRCropd(lr_size=5, scale=4, num_samples=3).set_random_state(7)
+    pairs = crop({"image": lr, "label": hr, "other": 1})
+    assert len(pairs) == 3
+    for p in pairs:
+        assert p["image"].shape == (1, 5, 5) and p["label"].shape == (1, 20, 20) and p["other"] == 1
+        torch.testing.assert_close(downsample(p["label"], 4, "area"), p["image"])
+    again = RandSRCropd(lr_size=5, scale=4, num_samples=3).set_random_state(7)({"image": lr, "label": hr})
+    assert all(torch.equal(a["label"], b["label"]) for a, b in zip(pairs, again))
+
+
+def test_rand_sr_crop_refuses_mismatched_or_small_images():
+    from monai_sr_bundle.transforms.degradation import RandSRCropd
+
+    with pytest.raises(InputError, match="not 4x the LR size"):
+        RandSRCropd(lr_size=4, scale=4)({"image": torch.rand(1, 8, 8), "label": torch.rand(1, 30, 32)})
+    with pytest.raises(InputError, match="smaller than the patch size"):
+        RandSRCropd(lr_size=16, scale=4)({"image": torch.rand(1, 8, 8), "label": torch.rand(1, 32, 32)})

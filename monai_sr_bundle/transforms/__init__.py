@@ -12,7 +12,7 @@ from monai_sr_bundle.transforms.boxes import (
     crop_boxes,
     validate_boxes,
 )
-from monai_sr_bundle.transforms.degradation import Degrade, Degraded, downsample, upsample, zoom_geometry
+from monai_sr_bundle.transforms.degradation import Degrade, Degraded, RandSRCropd, downsample, upsample, zoom_geometry
 from monai_sr_bundle.transforms.presets import PRESET_KEYS, available_presets, load_preset
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "CropBoxesd",
     "Degrade",
     "Degraded",
+    "RandSRCropd",
     "PRESET_KEYS",
     "RandArtifacts",
     "RandArtifactsd",

@@ -171,3 +171,42 @@ class Degraded(MapTransform, RandomizableTransform):
         for key in self.key_iterator(d):
             d[self.lr_key] = self.degrade(d[key])
         return d
+
+
+class RandSRCropd(RandomizableTransform, MapTransform):
+    """Random aligned patch pairs from a whole LR image (``lr_key``) and its HR image (``hr_key``).
+
+    Cropping after degrading the whole image keeps training patches free of the border effects that
+    degrading a small HR patch would add (at x4 a 12-px LR patch would be mostly border), so the network
+    learns what whole-image inference needs.
+
+    Args:
+        lr_key: key of the LR image (C, x, y).
+        hr_key: key of the HR image (C, scale*x, scale*y).
+        lr_size: LR patch edge; the HR patch edge is ``lr_size * scale``.
+        scale: the SR factor linking the two images.
+        num_samples: pairs per image; a list of dicts is returned, as ``RandSpatialCropSamplesd`` does.
+    """
+
+    def __init__(self, lr_key: str = "image", hr_key: str = "label", lr_size: int = 16, scale: int = 4, num_samples: int = 1) -> None:
+        RandomizableTransform.__init__(self, prob=1.0)
+        MapTransform.__init__(self, [lr_key, hr_key])
+        self.lr_key, self.hr_key = lr_key, hr_key
+        self.lr_size, self.scale, self.num_samples = int(lr_size), int(scale), int(num_samples)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict[Hashable, torch.Tensor]]:
+        lr, hr = data[self.lr_key], data[self.hr_key]
+        x, y = lr.shape[-2:]
+        if tuple(hr.shape[-2:]) != (x * self.scale, y * self.scale):
+            raise InputError(f"HR size {tuple(hr.shape[-2:])} is not {self.scale}x the LR size {(x, y)}.")
+        if min(x, y) < self.lr_size:
+            raise InputError(f"LR image {(x, y)} is smaller than the patch size {self.lr_size}.")
+        s, n = self.scale, self.lr_size
+        out = []
+        for _ in range(self.num_samples):
+            i, j = int(self.R.randint(0, x - n + 1)), int(self.R.randint(0, y - n + 1))
+            d = dict(data)
+            d[self.lr_key] = lr[..., i : i + n, j : j + n]
+            d[self.hr_key] = hr[..., i * s : (i + n) * s, j * s : (j + n) * s]
+            out.append(d)
+        return out
