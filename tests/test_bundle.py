@@ -297,3 +297,16 @@ def test_train_resume_publish(tmp_path):
     assert not any(k.startswith("checkpointer") for k in torch.load(run / "w.pt", weights_only=True))
     with torch.no_grad():
         assert net(torch.rand(1, 1, 32, 32)).shape == (1, 1, 128, 128)
+
+
+@needs_data(NIH)
+def test_evaluate_config_on_nih_test_split(tmp_path):
+    out = tmp_path / "eval"
+    _ok(bundle("run", "--config_file", _configs("evaluate.json"), "--method", "bicubic", "--limit", "2",
+               "--output_dir", out, "--lpips", "false"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 2 and summary["failures"] == []
+    psnr_mean, _ = summary["summary"]["bicubic"]["psnr"]
+    assert 25.0 < psnr_mean < 50.0
+    assert (out / "metrics.csv").read_text().count("\n") == 3  # header + 2 images
+    assert list(out.glob("figure_*.png"))

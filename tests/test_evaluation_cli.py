@@ -19,6 +19,8 @@ from monai_sr_bundle.evaluation import comparison_figure, evaluate, format_table
 from monai_sr_bundle.inference import load_network
 from monai_sr_bundle.transforms.degradation import Degrade, upsample
 
+from conftest import DATA, needs_data
+
 BOX = [20.0, 30.0, 70.0, 90.0]  # (x0, y0, x1, y1): x along columns, y along rows
 
 
@@ -251,3 +253,14 @@ def test_cli_demo_fallback_without_shared_data(tmp_path, monkeypatch, capsys, ca
     assert float(rows[0]["psnr"]) > 15
     assert (out / "bicubic" / "CT_small_sr.nii.gz").is_file() and (out / "figure_CT_small.png").is_file()
     assert "CT_small" in capsys.readouterr().out
+
+
+@needs_data(DATA / "nih_cxr14")
+def test_cli_demo_default_uses_nih_test_images_and_shipped_weights(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--limit", "2", "--figures", "1", "--methods", "bicubic,srcnn", "--no-lpips"]) == 0
+    printed = capsys.readouterr().out
+    assert "NIH ChestX-ray14 test images" in printed and "| srcnn |" in printed
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2
+    assert len(list((out / "srcnn").glob("*_sr.png"))) == 2 and len(list(out.glob("figure_*.png"))) == 1
