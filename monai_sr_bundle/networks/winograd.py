@@ -111,9 +111,11 @@ class WinogradSequential(nn.Module):
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def _workspace(self, slot: int, n: int, h: int, w: int, c: int) -> torch.Tensor:
-        """Zero-bordered (N, tiles rows + 2, tile cols + 2, C) NHWC buffer, kept while (N, H, W) stays."""
-        if self._shape != (n, h, w):
-            self._shape, self._cache = (n, h, w), {}
+        """Zero-bordered (N, tiles rows + 2, tile cols + 2, C) NHWC buffer, kept while (N, H, W) stays and
+        the caller stays in or out of inference mode (an inference tensor cannot be updated outside it)."""
+        key = (n, h, w, torch.is_inference_mode_enabled())
+        if self._shape != key:
+            self._shape, self._cache = key, {}
         if (slot, c) not in self._cache:
             nb, tj = -(-h // (4 * BAND)), -(-w // 4)
             self._cache[(slot, c)] = torch.zeros(n, 4 * BAND * nb + 2, 4 * tj + 2, c)
