@@ -14,8 +14,6 @@ from pathlib import Path
 from monai_sr_bundle.errors import InputError
 
 DEMO_LIMIT = 8
-#: names that look like an image file: ``-o x.png`` (or ``-o.png``, argparse's ``-o .png``) is a mistake
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz", ".nrrd", ".mha")
 
 
 def _interactive() -> bool:
@@ -24,10 +22,12 @@ def _interactive() -> bool:
 
 
 def _sr(args: argparse.Namespace) -> None:
+    from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES
     from monai_sr_bundle.inference import SRInferer, load_network, run_inference
 
+    # an output named like an image (``-o x.png``, or argparse reading ``-o.png`` as ``-o .png``) is a mistake
     out = Path(args.output)
-    if out.name.lower().endswith(IMAGE_SUFFIXES) and not out.is_dir():
+    if out.name.lower().endswith(PNG_SUFFIXES + ITK_SUFFIXES + (".dcm", ".dicom")) and not out.is_dir():
         raise InputError(
             f"{args.output}: -o takes an output folder, not an image file name; for an input named like '-o.png', "
             "put it after '--' or write it as './-o.png'."

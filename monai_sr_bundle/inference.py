@@ -259,8 +259,6 @@ def run_inference(
     from monai_sr_bundle.data.readers import read_image
     from monai_sr_bundle.data.writers import output_path_for, write_image
 
-    if isinstance(allow_volume, str):  # the bundle CLI (fire) passes "--slice_by_slice false" as a string
-        allow_volume = allow_volume.strip().lower() in ("1", "true", "yes", "on")
     check_output_dir(output_dir)
     files = expand_inputs(inputs)
     if not files:

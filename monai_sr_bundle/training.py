@@ -61,8 +61,7 @@ def attach_resume(trainer, run_dir: str | os.PathLike, best_saver, resume: bool 
     """Save the whole training state every epoch to ``run_dir`` and, with ``resume``, continue from the
     newest such checkpoint, including the best-so-far validation score kept by ``best_saver``.
 
-    Done here rather than in the config because these handlers refer to the trainer that holds them.
-    Objects missing from an older checkpoint (e.g. a scheduler added since) start fresh."""
+    Done here rather than in the config because these handlers refer to the trainer that holds them."""
     from monai.handlers import CheckpointLoader, CheckpointSaver
 
     state = {"network": trainer.network, "optimizer": trainer.optimizer, "trainer": trainer}
@@ -70,9 +69,7 @@ def attach_resume(trainer, run_dir: str | os.PathLike, best_saver, resume: bool 
         state["lr_scheduler"] = lr_scheduler
     latest = latest_checkpoint(run_dir)
     if resume and latest:
-        saved = torch.load(latest, map_location="cpu", weights_only=True).keys()
-        load = {k: v for k, v in state.items() if k in saved}
-        CheckpointLoader(load_path=latest, load_dict=load, map_location=trainer.state.device).attach(trainer)
+        CheckpointLoader(load_path=latest, load_dict=state, map_location=trainer.state.device).attach(trainer)
         best = Path(run_dir) / "best.pt"
         if best.is_file():
             CheckpointLoader(load_path=str(best), load_dict={"checkpointer": best_saver}).attach(trainer)

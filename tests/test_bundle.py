@@ -307,6 +307,14 @@ def test_evaluate_config_on_nih_test_split(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 2 and summary["failures"] == []
     psnr_mean, _ = summary["summary"]["bicubic"]["psnr"]
+    assert "lpips" not in summary["summary"]["bicubic"]  # "--lpips false" reached the config as text and means off
     assert 25.0 < psnr_mean < 50.0
     assert (out / "metrics.csv").read_text().count("\n") == 3  # header + 2 images
     assert list(out.glob("figure_*.png"))
+
+
+def test_config_flag_reads_the_bundle_cli_text():
+    assert monai_sr_bundle.flag(True) is True and monai_sr_bundle.flag("False") is False
+    assert monai_sr_bundle.flag("false") is False and monai_sr_bundle.flag("true") is True  # fire keeps lowercase as text
+    with pytest.raises(monai_sr_bundle.errors.InputError, match="not a true/false setting"):
+        monai_sr_bundle.flag("flase")

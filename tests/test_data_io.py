@@ -24,6 +24,7 @@ from monai_sr_bundle.data.readers import LoadSRImaged, image_format, read_image
 from monai_sr_bundle.data.writers import SaveSRImaged, output_path_for, write_image
 from monai_sr_bundle.errors import InputError
 
+from conftest import make_dicom
 from conftest import needs_data as _needs
 
 pydicom = pytest.importorskip("pydicom")
@@ -61,66 +62,6 @@ def _small(a: np.ndarray) -> np.ndarray:
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
-def _pydicom_major() -> int:
-    return int(pydicom.__version__.split(".")[0])
-
-
-def make_dicom(
-    path,
-    pixels: np.ndarray,
-    *,
-    bits_stored: int | None = None,
-    slope: float | None = None,
-    intercept: float | None = None,
-    photometric: str = "MONOCHROME2",
-    pixel_spacing=None,
-    imager_pixel_spacing=None,
-    position=None,
-    orientation=None,
-    series_uid: str = "1.2.826.0.1.3680043.8.498.1",
-    instance: int = 1,
-    modality: str = "CT",
-):
-    """Write a minimal single-frame, uncompressed DICOM file (works with pydicom 2 and 3)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    rows, cols = pixels.shape
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    if _pydicom_major() < 3:
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.0", series_uid
-    ds.Modality, ds.InstanceNumber = modality, instance
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if pixel_spacing is not None:
-        ds.PixelSpacing = list(pixel_spacing)
-    if imager_pixel_spacing is not None:
-        ds.ImagerPixelSpacing = list(imager_pixel_spacing)
-    if position is not None:
-        ds.ImagePositionPatient = list(position)
-    if orientation is not None:
-        ds.ImageOrientationPatient = list(orientation)
-    ds.PixelData = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()
-    try:
-        ds.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
-    except TypeError:
-        ds.save_as(str(path), write_like_original=False)  # pydicom 2
-    return path
 
 
 # --------------------------------------------------------------------------------------------- CXR DICOM

@@ -28,6 +28,8 @@ from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import SRInferer, run_inference
 from monai_sr_bundle.networks import Bicubic
 
+from conftest import make_dicom
+
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
 
@@ -96,30 +98,8 @@ def _bomb_png(path, width: int, height: int) -> Path:
 
 def _dicom(path, shape=(40, 36), **override) -> Path:
     """An uncompressed 16-bit slice; ``override`` sets header elements after the pixel data (lies included)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    if int(pydicom.__version__.split(".")[0]) < 3:
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = (np.random.default_rng(1).random(shape) * 1000).astype("<u2").tobytes()
-    for key, value in override.items():
-        setattr(ds, key, value)
-    try:
-        ds.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
-    except TypeError:
-        ds.save_as(str(path), write_like_original=False)  # pydicom 2
-    return Path(path)
+    pixels = (np.random.default_rng(1).random(shape) * 1000).astype(np.uint16)
+    return make_dicom(path, pixels, **override)
 
 
 def _nifti(path, shape) -> Path:

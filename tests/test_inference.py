@@ -25,7 +25,7 @@ from monai_sr_bundle.inference import (
 )
 from monai_sr_bundle.networks import Bicubic
 
-from conftest import DATA, needs_data
+from conftest import DATA, make_dicom, needs_data
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -66,33 +66,9 @@ def _nifti(path, arr: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
 
 
 def _dicom(path, pixels: np.ndarray, *, spacing=(0.5, 0.7), z: float = 0.0, instance: int = 1, series_uid="1.2.826.0.1.3680043.8.498.77") -> Path:
-    """Minimal uncompressed CT slice (pydicom 2 and 3); ``spacing`` = DICOM PixelSpacing (row, column)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    if int(pydicom.__version__.split(".")[0]) < 3:
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.76", series_uid
-    ds.Modality, ds.InstanceNumber = "CT", instance
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelSpacing = list(spacing)
-    ds.ImagePositionPatient, ds.ImageOrientationPatient = [-10.0, -20.0, z], [1, 0, 0, 0, 1, 0]
-    ds.SliceThickness = 2.0
-    ds.PixelData = np.ascontiguousarray(pixels.astype("<u2")).tobytes()
-    try:
-        ds.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
-    except TypeError:
-        ds.save_as(str(path), write_like_original=False)  # pydicom 2
-    return Path(path)
+    """Minimal uncompressed CT slice; ``spacing`` = DICOM PixelSpacing (row, column)."""
+    return make_dicom(path, pixels.astype(np.uint16), pixel_spacing=spacing, position=[-10.0, -20.0, z],
+                      orientation=[1, 0, 0, 0, 1, 0], series_uid=series_uid, instance=instance, SliceThickness=2.0)
 
 
 def _ct_series(folder, n=3, shape=(32, 36)) -> Path:

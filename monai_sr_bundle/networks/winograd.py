@@ -124,7 +124,7 @@ class WinogradSequential(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        src = None  # the current buffer while inside a run of Winograd layers
+        src, h, w = None, 0, 0  # the current buffer (and its image size) while inside a run of Winograd layers
         for step in self.steps:
             if step[0] == "module":
                 if src is not None:  # leave the run: a fresh NCHW (channels_last) tensor
