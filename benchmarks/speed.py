@@ -70,7 +70,32 @@ def peak_rss_of_bundle_inference(work: Path) -> tuple[float, str]:
     return peak_kb / 1024**2, image.name
 
 
+def publish(path: Path, doc: str, lines: list[str], bars: list[str], issue: int) -> None:
+    """Write a benchmark page (``doc`` followed by the issue's bars) and print its table and bars."""
+    path.write_text(f"{doc}\nBars of issue {issue}:\n" + "\n".join(bars) + "\n")
+    print("\n".join(lines + [""] + bars))
+
+
+def timed_in_fresh_process(method: str, winograd: bool = False, onnx: Path | None = None) -> float:
+    """Median seconds of one 512x512 output, measured by this script in a new process (``--time``), so that
+    no timing inherits another's thread pools, allocator state or ONNX Runtime's spinning threads: the
+    situation of a user who runs one CLI command."""
+    cmd = [sys.executable, __file__, "--time", method] + (["--winograd"] if winograd else []) + (["--onnx", str(onnx)] if onnx else [])
+    return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+
+def time_one(method: str, winograd: bool, onnx: str | None) -> float:
+    torch.manual_seed(0)
+    network = OnnxNetwork(onnx) if onnx else load_network(method, 4, winograd=winograd)
+    return median_seconds(lambda x: SRInferer(scale=4)(x, network), torch.rand(1, 1, 128, 128))
+
+
 def main() -> int:
+    if "--time" in sys.argv:  # the child of timed_in_fresh_process
+        args = sys.argv[sys.argv.index("--time") + 1 :]
+        onnx = args[args.index("--onnx") + 1] if "--onnx" in args else None
+        print(time_one(args[0], "--winograd" in args, onnx))
+        return 0
     torch.manual_seed(0)
     lr = torch.rand(1, 1, 128, 128)
     rows = []
@@ -79,22 +104,20 @@ def main() -> int:
         work = Path(tmp)
         # first, while no other child process has run: RUSAGE_CHILDREN keeps the largest peak of any child
         rss_gb, image = peak_rss_of_bundle_inference(work)
-        # all PyTorch timings first: ONNX Runtime's idle threads spin for a while after each run and would
-        # slow PyTorch down if a session were alive
+        t_winograd = timed_in_fresh_process("vdsr", winograd=True)
         networks = {m: load_network(m, 4) for m in ("srcnn", "vdsr")}
-        t_torch = {m: median_seconds(lambda x: inferer(x, net), lr) for m, net in networks.items()}
-        winograd = load_network("vdsr", 4, winograd=True)
-        t_winograd = median_seconds(lambda x: inferer(x, winograd), lr)
         with torch.inference_mode():
-            diff_winograd = (inferer(lr, winograd) - inferer(lr, networks["vdsr"])).abs().max().item()
+            diff_winograd = (inferer(lr, load_network("vdsr", 4, winograd=True)) - inferer(lr, networks["vdsr"])).abs().max().item()
+        onnx_paths = {m: work / f"{m}.onnx" for m in networks}
+        for method, path in onnx_paths.items():
+            export_onnx(method, path)
+        times = {m: (timed_in_fresh_process(m), timed_in_fresh_process(m, onnx=p)) for m, p in onnx_paths.items()}
+        # only now an ONNX Runtime session in this process: its idle threads spin and would slow the children
         for method, network in networks.items():
-            onnx_path = work / f"{method}.onnx"
-            export_onnx(method, onnx_path)
-            onnx = OnnxNetwork(onnx_path)
-            t_onnx = median_seconds(lambda x: inferer(x, onnx), lr)
             with torch.inference_mode():
-                diff = (inferer(lr, network) - inferer(lr, onnx)).abs().max().item()
-            rows.append((method, t_torch[method], t_onnx, diff))
+                diff = (inferer(lr, network) - inferer(lr, OnnxNetwork(onnx_paths[method]))).abs().max().item()
+            rows.append((method, *times[method], diff))
+        t_torch = {m: t for m, (t, _) in times.items()}
     cpu = platform.processor() or platform.machine()
     lines = [
         "| method | PyTorch eager (s) | ONNX Runtime (s) | PyTorch / ONNX | max abs diff |",
@@ -122,8 +145,8 @@ Produced by (from the repository root):
     .venv/bin/python benchmarks/speed.py
 
 One 128x128 LR image to a 512x512 output at x4 through the project's inferer (`SRInferer`), median of
-{REPEATS} runs after a warm-up; ONNX models exported with the bundle's `onnx_export` command (see
-docs/deployment.md) and run by ONNX Runtime's CPU provider.
+{REPEATS} runs after a warm-up, each configuration timed in its own fresh process; ONNX models exported
+with the bundle's `onnx_export` command (see docs/deployment.md) and run by ONNX Runtime's CPU provider.
 
 {chr(10).join(lines)}
 
@@ -131,11 +154,8 @@ Memory: `python -m monai.bundle run --config_file configs/inference.json --metho
 `{image}` (1024x1024) with untrained x2 VDSR weights (only x4 is shipped; memory does not depend on the
 weight values), peak resident set size of that process: {rss_gb:.2f} GB.
 
-Bars of issue 2:
-{chr(10).join(bars)}
 """
-    (REPO / "docs" / "benchmarks.md").write_text(doc)
-    print("\n".join(lines + [""] + bars))
+    publish(REPO / "docs" / "benchmarks.md", doc, lines, bars, issue=2)
     return 0
 
 

@@ -1,5 +1,5 @@
 """NIH ChestX-ray14 datalists: the fixed patient-level split and the official boxes, on the real shared data
-and on a tiny synthetic folder of the same layout (so the logic is tested without the data)."""
+and on a tiny synthetic folder of the same layout (so the logic is tested without the data); datalist files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_sr_bundle.data.datalist import nih_datalist
+from monai_sr_bundle.data.datalist import load_datalist, nih_datalist
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
 
@@ -219,3 +219,26 @@ def test_default_location_follows_monai_sr_data(tmp_path, monkeypatch):
     monkeypatch.setenv("MONAI_SR_DATA", str(tmp_path / "elsewhere"))
     with pytest.raises(InputError, match="elsewhere"):
         nih_datalist("val")
+
+
+# ------------------------------------------------------------------------------------------ datalist files
+
+
+def test_load_datalist_resolves_paths_and_defaults_boxes(tmp_path):
+    (tmp_path / "list.json").write_text('{"training": [{"label": "a.png", "boxes": [[1, 2, 3, 4]]}, {"label": "/abs/b.png"}]}')
+    items = load_datalist(tmp_path / "list.json")
+    assert items == [{"label": str(tmp_path / "a.png"), "boxes": [[1, 2, 3, 4]]}, {"label": "/abs/b.png", "boxes": []}]
+    assert load_datalist(tmp_path / "list.json", limit=1) == items[:1]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [(None, "not found"), ("{oops", "not a datalist"), ('{"validation": []}', "not a datalist"),
+     ('{"training": []}', "'label' image path"), ('{"training": [{"image": "a.png"}]}', "'label' image path")],
+)  # fmt: skip
+def test_load_datalist_refuses_bad_files(tmp_path, text, message):
+    path = tmp_path / "list.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_datalist(path)

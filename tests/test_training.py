@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,3 +189,39 @@ def test_weights_check_fails_without_entry_or_on_mismatch(tmp_path):
         (models / "weights.json").write_text(json.dumps({"srcnn_cxr_x4.pt": broken}))
         with pytest.raises(AssertionError, match=match):
             check_weights_folder(models)
+
+
+def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
+    """The train config's preprocessing on a datalist file: the box mask travels as the HR target's last
+    channel, cropped and flipped with it, and the configured loss weights exactly those pixels."""
+    from monai.bundle import ConfigParser
+    from PIL import Image
+
+    from monai_sr_bundle.data.readers import read_image
+    from monai_sr_bundle.losses import BoxWeightedL1Loss
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "a.png")
+    box = [8.0, 16.0, 40.0, 30.0]
+    (tmp_path / "list.json").write_text(json.dumps({"training": [{"label": "a.png", "boxes": [box]}], "validation": [{"label": "a.png"}]}))
+    parser = ConfigParser()
+    parser.read_config([BUNDLE_ROOT / "configs" / "train.json", BUNDLE_ROOT / "configs" / "methods" / "srcnn.json"])
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "datalist_file": str(tmp_path / "list.json"), "box_weight": 3.0,
+                   "patch_size": 32, "samples_per_image": 6})  # fmt: skip
+    items = parser.get_parsed_content("train_datalist")
+    assert items[0]["label"] == str(tmp_path / "a.png") and parser.get_parsed_content("val_datalist")[0]["boxes"] == []
+    samples = parser.get_parsed_content("train#preprocessing")(items[0])
+    for s in samples:
+        assert s["label"].shape == (2, 32, 32) and s["image"].shape == (1, 8, 8)
+    hr = read_image(tmp_path / "a.png")[0]
+    whole = torch.zeros(64, 64)
+    whole[8:40, 16:30] = 1
+    for s in samples:  # the mask channel is cut from the same window as the HR channel, flipped alike
+        found = [(i, j, f) for i in range(33) for j in range(33) for f in (False, True)
+                 if torch.equal(s["label"][0].as_tensor(), (lambda t: t.flip(0) if f else t)(hr[i : i + 32, j : j + 32]))]  # fmt: skip
+        assert found
+        i, j, f = found[0]
+        window = whole[i : i + 32, j : j + 32]
+        assert torch.equal(s["label"][1].as_tensor(), window.flip(0) if f else window)
+    loss = parser.get_parsed_content("loss")
+    assert isinstance(loss, BoxWeightedL1Loss) and loss.box_weight == 3.0

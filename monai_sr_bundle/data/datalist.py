@@ -1,4 +1,5 @@
-"""Datalists for the NIH ChestX-ray14 subset: its fixed patient-level split and its official boxes."""
+"""Datalists: the NIH ChestX-ray14 subset with its fixed patient-level split and its official boxes, and
+datalist files in MONAI's decathlon form for anyone else's data (e.g. a MONAI Label datastore)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import csv
 import os
 from collections import defaultdict
 from pathlib import Path
+
+from monai.data import load_decathlon_datalist
 
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
@@ -73,3 +76,19 @@ def nih_datalist(
         raise InputError(f"{root}: no images in split {split!r} at resolution {resolution}.")
     return items
 
+
+
+def load_datalist(path: str | os.PathLike, key: str = "training", limit: int | None = None) -> list[dict]:
+    """Items of a decathlon-style datalist JSON (``{"training": [{"label": <HR image>, "boxes": [[x0, y0, x1,
+    y1], ...]}, ...], "validation": [...]}``); relative paths are taken from the file's folder and a missing
+    ``boxes`` means no boxes, so the train config treats these items as it treats ``nih_datalist``'s."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: datalist file not found.")
+    try:
+        items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key)
+    except (ValueError, KeyError, TypeError) as e:  # MONAI's messages for a missing key or a bad file
+        raise InputError(f"{path}: not a datalist with a {key!r} list of items ({e}).") from e
+    if not items or not all(isinstance(d, dict) and isinstance(d.get("label"), str) for d in items):
+        raise InputError(f"{path}: the {key!r} list must hold items with a 'label' image path.")
+    items = [{"boxes": [], **d} for d in items]
+    return items[:limit] if limit is not None else items

@@ -9,13 +9,16 @@ of 144 multiplies per channel pair: the input tiles and the filters are transfor
 — and transformed back (``A^T m A``). The transforms are written with PyTorch ops and fused by
 ``torch.compile``; the image is processed in bands of tile rows so that each band's intermediates stay in
 cache. Inference only (no autograd); fp32 results match ``nn.Conv2d`` to ~1e-5 for a 20-layer VDSR.
-The bands mean many short OpenMP regions: on a CPU shared with another busy process, use one thread or
-``OMP_WAIT_POLICY=passive``, or spinning threads stall each other (2 threads there: 2.5 s -> over 60 s).
+Each layer's bands are split between ``torch.get_num_threads()`` worker threads that each run their bands
+on one core (the ops release the GIL): one join per layer instead of thousands of short OpenMP regions,
+whose barriers made timings jitter from 1.6 to 4 s on a 2-vCPU machine. While a Winograd layer runs,
+torch's intra-op thread count is 1 for the whole process (it is restored afterwards).
 """
 
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -62,6 +65,14 @@ def _band(xb: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, relu: bool, out
 
 
 _band_compiled = torch.compile(_band, dynamic=False)
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A shared pool of ``workers`` threads (one per thread count asked for, kept for the process)."""
+    if workers not in _pools:
+        _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="winograd")
+    return _pools[workers]
 
 
 def _to_nchw(buf: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -121,31 +132,52 @@ class WinogradSequential(nn.Module):
             self._cache[(slot, c)] = torch.zeros(n, 4 * BAND * nb + 2, 4 * tj + 2, c)
         return self._cache[(slot, c)]
 
+    def _layer(self, src: torch.Tensor, dst: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, relu: bool, workers: int) -> None:
+        """One Winograd layer from ``src`` into ``dst``: contiguous runs of bands, one per worker thread."""
+        rows, cols = src.shape[1] - 2, src.shape[2] - 2
+        starts = list(range(0, rows, 4 * BAND))
+        per = -(-len(starts) // workers)
+        inference = torch.is_inference_mode_enabled()
+
+        def run(chunk: list[int]) -> None:
+            with torch.inference_mode(inference), torch.no_grad():  # thread-local modes, as in the caller
+                for r0 in chunk:
+                    self.band(src[:, r0 : r0 + 4 * BAND + 2], u, bias, relu, dst[:, 1 + r0 : 1 + r0 + 4 * BAND, 1 : cols + 1])
+
+        chunks = [starts[i : i + per] for i in range(0, len(starts), per)]
+        if len(chunks) == 1:
+            run(chunks[0])
+            return
+        list(_executor(len(chunks)).map(run, chunks))
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
+        threads = torch.get_num_threads()
         src, h, w = None, 0, 0  # the current buffer (and its image size) while inside a run of Winograd layers
-        for step in self.steps:
-            if step[0] == "module":
-                if src is not None:  # leave the run: a fresh NCHW (channels_last) tensor
-                    x, src = _to_nchw(src, h, w), None
-                x = step[1](x)
-                continue
-            _, u, bias, relu = step
-            if src is None:
-                n, c, h, w = x.shape
-                slot, src = 0, self._workspace(0, n, h, w, c)
-                src[:, 1 : h + 1, 1 : w + 1].copy_(x.permute(0, 2, 3, 1))
-            slot = 1 - slot
-            dst = self._workspace(slot, n, h, w, u.shape[-1])
-            rows, cols = src.shape[1] - 2, src.shape[2] - 2
-            for r0 in range(0, rows, 4 * BAND):
-                out = dst[:, 1 + r0 : 1 + r0 + 4 * BAND, 1 : cols + 1]
-                self.band(src[:, r0 : r0 + 4 * BAND + 2], u, bias, relu, out)
-            if rows > h or cols > w:  # tiles past the image edge: restore the zero border
-                dst[:, h + 1 :].zero_()
-                dst[:, :, w + 1 :].zero_()
-            src = dst
+        try:
+            for step in self.steps:
+                if step[0] == "module":
+                    torch.set_num_threads(threads)
+                    if src is not None:  # leave the run: a fresh NCHW (channels_last) tensor
+                        x, src = _to_nchw(src, h, w), None
+                    x = step[1](x)
+                    continue
+                _, u, bias, relu = step
+                if src is None:
+                    n, c, h, w = x.shape
+                    slot, src = 0, self._workspace(0, n, h, w, c)
+                    src[:, 1 : h + 1, 1 : w + 1].copy_(x.permute(0, 2, 3, 1))
+                slot = 1 - slot
+                dst = self._workspace(slot, n, h, w, u.shape[-1])
+                torch.set_num_threads(1)
+                self._layer(src, dst, u, bias, relu, threads)
+                if dst.shape[1] - 2 > h or dst.shape[2] - 2 > w:  # tiles past the image edge: restore the zero border
+                    dst[:, h + 1 :].zero_()
+                    dst[:, :, w + 1 :].zero_()
+                src = dst
+        finally:
+            torch.set_num_threads(threads)
         if src is not None:
             x = _to_nchw(src, h, w)
         return x

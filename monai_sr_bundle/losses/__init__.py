@@ -1,0 +1,3 @@
+from monai_sr_bundle.losses.box_weighted import BoxWeightedL1Loss
+
+__all__ = ["BoxWeightedL1Loss"]

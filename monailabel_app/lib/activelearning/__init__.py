@@ -1,0 +1,3 @@
+from lib.activelearning.boxes_first import ImagesWithoutBoxesFirst
+
+__all__ = ["ImagesWithoutBoxesFirst"]

@@ -1,0 +1,3 @@
+from lib.configs.super_resolution import SuperResolution
+
+__all__ = ["SuperResolution"]

@@ -1,0 +1,97 @@
+"""The app's local datastore: MONAI Label's ``LocalDatastore`` with the checks a hospital server needs in
+front of it. MONAI Label stores whatever id, tag and file a client sends (an id like ``../../x`` writes
+outside the studies folder); here ids and tags are plain names, uploads are real images of bounded size,
+and box labels are validated markups ROI documents that fit their image, or nothing is stored."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+from fastapi import HTTPException
+from monailabel.datastore.local import LocalDatastore
+
+from monai_sr_bundle.data.markups import markups_to_boxes
+from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.errors import InputError
+
+#: the label tag under which an image's abnormality boxes are kept
+BOX_TAG = "boxes"
+#: image ids and label tags: a plain file name, no path separators, no leading dot
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+EXTENSIONS = ("*.png", "*.jpg", "*.jpeg", "*.dcm", "*.nii.gz", "*.nii", "*.nrrd", "*.mha")
+MAX_BOXES_FILE = 1 << 20
+
+
+def check_name(value: object, what: str) -> str:
+    """``value`` if it is a plain name (see NAME), else a 422 naming it."""
+    if not isinstance(value, str) or not NAME.fullmatch(value) or ".." in value:
+        raise HTTPException(422, f"{what} {str(value)[:80]!r} is not a plain name (letters, digits, '_', '-', '.').")
+    return value
+
+
+def image_path(datastore, image_id: object) -> str:
+    """The file of a stored image; 422 for an id that is not a plain name, 404 for an unknown one."""
+    path = datastore.get_image_uri(check_name(image_id, "image id"))
+    if not path:
+        raise HTTPException(404, f"image {image_id!r} is not in the datastore.")
+    return path
+
+
+class SRDatastore(LocalDatastore):
+    """``LocalDatastore`` that refuses bad ids, tags and files with a 4xx before anything is stored.
+
+    Args:
+        studies: the studies folder.
+        max_upload_mb: largest image upload accepted.
+        auto_reload: watch the folder for files added by hand.
+    """
+
+    def __init__(self, studies: str, max_upload_mb: float = 512, auto_reload: bool = True) -> None:
+        self.studies, self.max_upload = studies, int(float(max_upload_mb) * (1 << 20))
+        super().__init__(studies, extensions=EXTENSIONS, auto_reload=auto_reload)
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict) -> str:
+        if image_id:
+            check_name(image_id, "image id")
+            if self.get_image_uri(image_id):
+                raise HTTPException(409, f"image {image_id!r} is already in the datastore; remove it first or upload under another id.")
+        size = os.path.getsize(image_filename)
+        if size > self.max_upload:
+            raise HTTPException(413, f"upload of {size / (1 << 20):.1f} MB is over the {self.max_upload / (1 << 20):g} MB limit of this server.")
+        try:
+            read_image(image_filename)
+        except InputError as e:
+            raise HTTPException(415, f"upload {image_id or ''} is not a readable image: {str(e).replace(image_filename, 'the file')}") from e
+        return super().add_image(image_id, image_filename, image_info)
+
+    def boxes_of(self, image_id: str, doc: object):
+        """(boxes (N, 4) in pixels, finding names) of a markups document on a stored image; 422 if it does not fit."""
+        image = read_image(image_path(self, image_id))
+        try:
+            return markups_to_boxes(doc, image.affine, image.shape[1:3], name=f"boxes of {image_id}")
+        except InputError as e:
+            raise HTTPException(422, str(e)) from e
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict) -> str:
+        if check_name(label_tag, "label tag") != BOX_TAG:
+            raise HTTPException(422, f"this app keeps only abnormality boxes: save them with tag {BOX_TAG!r}, not {label_tag!r}.")
+        image_path(self, image_id)
+        if os.path.getsize(label_filename) > MAX_BOXES_FILE:
+            raise HTTPException(413, f"a boxes file may be at most {MAX_BOXES_FILE >> 10} KB.")
+        try:
+            with open(label_filename, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise HTTPException(422, f"boxes of {image_id!r} are not JSON ({e}); send a 3D Slicer markups ROI file.") from e
+        _, findings = self.boxes_of(image_id, doc)
+        info = {**(label_info or {}), "findings": findings}
+        if label_filename.endswith(".json"):
+            return super().save_label(image_id, label_filename, BOX_TAG, info)
+        with tempfile.TemporaryDirectory() as tmp:  # the label keeps a .json name whatever the client called it
+            named = os.path.join(tmp, "boxes.json")
+            shutil.copyfile(label_filename, named)
+            return super().save_label(image_id, named, BOX_TAG, info)

@@ -1,0 +1,3 @@
+from lib.infers.super_resolution import SuperResolutionInfer
+
+__all__ = ["SuperResolutionInfer"]

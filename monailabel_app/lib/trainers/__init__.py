@@ -1,0 +1,3 @@
+from lib.trainers.super_resolution import SuperResolutionTrainer
+
+__all__ = ["SuperResolutionTrainer"]

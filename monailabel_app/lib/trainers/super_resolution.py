@@ -1,0 +1,101 @@
+"""Train task ``super_resolution``: fine-tunes a method on the datastore's images through the bundle's own
+train config (the project's one training path), with the pixels inside the annotators' boxes weighted up
+(``box_weight``, the box-weighted L1 loss). Each run publishes a new version next to the others in the
+app's model folder; the shipped weights are never overwritten."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from monai.bundle import run as bundle_run
+from monailabel.interfaces.tasks.train import TrainTask
+
+from lib import versions
+from lib.datastore import BOX_TAG, SRDatastore
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.inference import BUNDLE_ROOT, available_methods, method_config
+
+logger = logging.getLogger(__name__)
+
+#: every VAL_EVERY-th image (by id) validates, the others train
+VAL_EVERY = 5
+
+
+def datastore_datalist(datastore: SRDatastore) -> dict[str, list[dict]]:
+    """Decathlon-style datalist of the datastore: each image as the HR ``label`` with its boxes in pixels
+    (``[]`` when it has none yet); every VAL_EVERY-th image by id goes to ``validation``."""
+    items = []
+    for image_id in sorted(datastore.list_images()):
+        item = {"label": datastore.get_image_uri(image_id), "boxes": [], "findings": [], "id": image_id}
+        label = datastore.get_label_uri(image_id, BOX_TAG)
+        if label:
+            boxes, findings = datastore.boxes_of(image_id, json.loads(Path(label).read_text()))
+            item.update(boxes=boxes.tolist(), findings=findings)
+        items.append(item)
+    if len(items) < 2:
+        raise InputError(f"the datastore holds {len(items)} image(s); training needs at least 2 (one validates).")
+    val = items[::VAL_EVERY]
+    return {"training": [d for d in items if d not in val], "validation": val}
+
+
+class SuperResolutionTrainer(TrainTask):
+    """Fine-tune ``method`` at ``scale`` on the datastore.
+
+    Request keys (defaults in :meth:`config`): ``method``, ``max_epochs``, ``learning_rate`` (None keeps the
+    method's), ``box_weight``, ``init`` (``shipped``, ``latest`` or ``vN``: the weights to start from).
+    """
+
+    def __init__(self, model_dir: str, method: str, scale: int, modality: str = "cxr") -> None:
+        super().__init__("Fine-tune the SR method on the datastore's images, weighting the abnormality boxes")
+        self.model_dir, self.method, self.scale, self.modality = Path(model_dir), method, int(scale), modality
+
+    def config(self) -> dict:
+        return {"method": self.method, "max_epochs": 2, "learning_rate": None, "box_weight": 1.0, "init": versions.LATEST}
+
+    def stats(self) -> dict:
+        manifest = self.model_dir / "weights.json"
+        return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+    def __call__(self, request: dict, datastore: SRDatastore) -> dict:
+        params = {**self.config(), **request}
+        method, epochs, box_weight = str(params["method"]), int(params["max_epochs"]), float(params["box_weight"])
+        if method not in available_methods() or not method_config(method, self.scale, self.modality).get("has_weights", True):
+            raise InputError(f"method {method!r} cannot be trained; use one with weights ({', '.join(available_methods())}).")
+        if epochs < 1 or box_weight < 0:
+            raise InputError(f"max_epochs must be >= 1 and box_weight >= 0, got {epochs} and {box_weight}.")
+        init = versions.resolve(self.model_dir, method, self.scale, self.modality, params["init"])
+        target = versions.next_version(self.model_dir, method, self.scale, self.modality)
+        run_dir = self.model_dir / "runs" / f"{target.stem}_{time.strftime('%Y%m%d_%H%M%S')}"
+        run_dir.mkdir(parents=True)
+        datalist = datastore_datalist(datastore)
+        (run_dir / "datalist.json").write_text(json.dumps(datalist, indent=1))
+        n_train, n_boxes = len(datalist["training"]), sum(len(d["boxes"]) for d in datalist["training"])
+        logger.info(f"training {target.name} from {init.name}: {n_train} images ({n_boxes} boxes), {len(datalist['validation'])} validating")
+        overrides = {
+            "bundle_root": str(BUNDLE_ROOT),
+            "method": method,
+            "scale": self.scale,
+            "modality": self.modality,
+            "datalist_file": str(run_dir / "datalist.json"),
+            "init_weights": str(init),
+            "box_weight": box_weight,
+            "max_epochs": epochs,
+            "resume": False,
+            "ckpt_path": str(target),
+            "run_dir": str(run_dir),
+            "provenance#command": f"MONAI Label train task: {json.dumps(params, sort_keys=True)}",
+            "provenance#data": f"MONAI Label datastore {datastore.studies}: {n_train} training images "
+            f"({n_boxes} boxes), every {VAL_EVERY}th image by id validating; list in {run_dir / 'datalist.json'}",
+        }
+        if params["learning_rate"] is not None:
+            overrides["learning_rate"] = float(params["learning_rate"])
+        bundle_run(
+            config_file=[str(BUNDLE_ROOT / "configs" / "train.json"), str(BUNDLE_ROOT / "configs" / "methods" / f"{method}.json")],
+            meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
+            logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
+            **overrides,
+        )
+        return {"weights": target.name, **self.stats().get(target.name, {})}

@@ -1,0 +1,64 @@
+"""A real MONAI Label server running this project's app, for tests and benchmarks: started from a copy of
+the app in a temporary folder (MONAI Label writes logs, model and bin folders into its app), on a free
+loopback port, and stopped by its process id."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+APP = Path(__file__).resolve().parents[1] / "monailabel_app"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def label_server(root: Path, studies: Path, conf: dict[str, str], timeout: float = 90) -> Iterator[str]:
+    """Run the app on ``studies`` with ``--conf`` pairs ``conf``; yields its URL. ``root`` receives the app
+    copy, the server log and MONAI Label's session folder."""
+    app = root / "app"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "model", "bin", "__pycache__"))
+    port, log_path = free_port(), root / "server.log"
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    for key, value in conf.items():
+        cmd += ["--conf", key, str(value)]
+    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError("MONAI Label server exited:\n" + log_path.read_text()[-3000:])
+                try:
+                    if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"MONAI Label server did not answer in {timeout:g} s:\n" + log_path.read_text()[-3000:])
+                time.sleep(0.5)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

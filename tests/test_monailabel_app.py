@@ -1,0 +1,252 @@
+"""The MONAI Label app against a real server on 127.0.0.1 (started from a copy of the app in a temporary
+folder, stopped by its process id): SR equal to in-process inference, box labels saved and read back
+losslessly, a real one-epoch train task, the next-sample strategy, the boxes.csv import command, and hostile
+requests answered with a 4xx while the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, needs_data
+from label_server import APP, label_server
+from monai_sr_bundle.data.datalist import nih_datalist
+from monai_sr_bundle.data.markups import boxes_to_markups, markups_to_boxes
+from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.inference import SRInferer, default_input, load_network, run_inference
+
+requests = pytest.importorskip("requests", reason="requests comes with monailabel (pip install -e '.[test]')")
+pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
+
+NIH = DATA / "nih_cxr14"
+pytestmark = needs_data(NIH / "images_512")
+MAX_UPLOAD_MB = 2
+
+
+def with_boxes(n: int) -> list[dict]:
+    """The first ``n`` NIH test images that have official boxes."""
+    return [d for d in nih_datalist("test") if d["boxes"]][:n]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("monailabel")
+    studies = root / "studies"
+    studies.mkdir()
+    items = with_boxes(3)
+    for d in items:
+        shutil.copy(d["label"], studies)
+    shutil.copy(default_input(), studies / "ct_small.dcm")
+    conf = {"method": "srcnn", "max_upload_mb": MAX_UPLOAD_MB, "model_dir": root / "model"}
+    with label_server(root, studies, conf) as url:
+        yield SimpleNamespace(url=url, studies=studies, model=root / "model", items=items, root=root)
+
+
+def infer(server, image: str, params: dict | None = None, **files) -> requests.Response:
+    data = {"params": json.dumps(params or {})}
+    return requests.post(f"{server.url}/infer/super_resolution", params={"image": image, "output": "image"}, data=data, files=files or None, timeout=300)
+
+
+def in_process(path: str | Path, tmp_path: Path, method: str = "srcnn") -> np.ndarray:
+    (out,) = run_inference(path, load_network(method, 4), SRInferer(4), tmp_path / "local", progress=False)
+    return read_image(out).numpy()
+
+
+def response_image(response, tmp_path: Path, suffix: str) -> np.ndarray:
+    path = tmp_path / f"server{suffix}"
+    path.write_bytes(response.content)
+    return read_image(path).numpy()
+
+
+def test_info_lists_the_task_and_strategy(server):
+    info = requests.get(f"{server.url}/info/").json()
+    assert info["models"]["super_resolution"]["type"] == "others"
+    assert info["models"]["super_resolution"]["config"]["method"] == "srcnn"
+    assert "super_resolution" in info["trainers"] and "boxes_first" in info["strategies"]
+
+
+def test_sr_of_a_radiograph_equals_in_process_inference(server, tmp_path):
+    name = Path(server.items[0]["label"]).stem
+    r = infer(server, name)
+    assert r.status_code == 200, r.text
+    served = response_image(r, tmp_path, ".png")
+    assert served.shape == (1, 2048, 2048)
+    np.testing.assert_array_equal(served, in_process(server.studies / f"{name}.png", tmp_path))
+
+
+def test_sr_of_a_ct_dicom_equals_in_process_and_divides_spacing(server, tmp_path):
+    r = infer(server, "ct_small")
+    assert r.status_code == 200, r.text
+    path = tmp_path / "server.nii.gz"
+    path.write_bytes(r.content)
+    served, source = read_image(path), read_image(default_input())
+    np.testing.assert_array_equal(served.numpy(), in_process(default_input(), tmp_path))
+    spacing = lambda img: img.affine[:2, :2].norm(dim=0)  # noqa: E731
+    assert torch.allclose(spacing(served), spacing(source) / 4, atol=1e-6)
+
+
+def test_uploaded_file_is_super_resolved_like_the_stored_one(server, tmp_path):
+    path = server.studies / "ct_small.dcm"
+    r = infer(server, "", file=("upload.dcm", path.read_bytes()))
+    assert r.status_code == 200, r.text
+    assert np.array_equal(response_image(r, tmp_path, ".nii.gz"), response_image(infer(server, "ct_small"), tmp_path, "2.nii.gz"))
+
+
+def test_request_params_override_method_and_scale(server, tmp_path):
+    r = infer(server, "ct_small", {"method": "bicubic", "scale": 2})
+    assert r.status_code == 200, r.text
+    assert response_image(r, tmp_path, ".nii.gz").shape[1:3] == (256, 256)
+    assert infer(server, "ct_small", {"scale": "x"}).status_code == 422
+    assert infer(server, "ct_small", {"method": "nope"}).status_code == 422
+    assert infer(server, "ct_small", {"steps": 20}).status_code == 422  # CNN methods have no sampler
+    r = infer(server, "ct_small", {"scale": 3})  # no srcnn x3 weights: said plainly, no server path in it
+    assert r.status_code == 404 and "srcnn_cxr_x3.pt" in r.text and "/" not in r.json()["detail"].split(":")[0]
+
+
+def test_eight_concurrent_requests_all_succeed_and_match(server):
+    expected = infer(server, "ct_small").content
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: infer(server, "ct_small"), range(8)))
+    assert [r.status_code for r in responses] == [200] * 8
+    assert all(r.content == expected for r in responses)
+
+
+def box_doc(item: dict) -> bytes:
+    image = read_image(item["label"])
+    return json.dumps(boxes_to_markups(item["boxes"], item["findings"], image.affine), indent=1).encode()
+
+
+def test_boxes_are_saved_and_read_back_losslessly(server):
+    item = server.items[0]
+    name, raw = Path(item["label"]).stem, box_doc(item)
+    r = requests.put(f"{server.url}/datastore/label", params={"image": name, "tag": "boxes"}, files={"label": ("roi.json", raw)})
+    assert r.status_code == 200, r.text
+    back = requests.get(f"{server.url}/datastore/label", params={"label": name, "tag": "boxes"})
+    assert back.status_code == 200 and back.content == raw
+    image = read_image(item["label"])
+    boxes, findings = markups_to_boxes(json.loads(back.content), image.affine, image.shape[1:3])
+    assert findings == item["findings"] and torch.allclose(boxes, torch.tensor(item["boxes"]), atol=1e-4)
+
+
+def test_next_sample_is_an_image_without_boxes(server):
+    annotated = Path(server.items[0]["label"]).stem
+    picks = {requests.post(f"{server.url}/activelearning/boxes_first").json()["id"] for _ in range(12)}
+    assert picks and annotated not in picks
+
+
+def test_train_task_publishes_a_new_version_that_infer_can_use(server, tmp_path):
+    r = requests.post(f"{server.url}/train/super_resolution", json={"max_epochs": 1, "box_weight": 2.0})
+    assert r.status_code == 200, r.text
+    for _ in range(240):
+        status = requests.get(f"{server.url}/train/").json()
+        if status.get("status") in ("DONE", "ERROR"):
+            break
+        time.sleep(0.5)
+    assert status["status"] == "DONE", "\n".join(status.get("details", []))
+    weights = server.model / "srcnn_cxr_x4_v1.pt"
+    entry = json.loads((server.model / "weights.json").read_text())[weights.name]
+    assert weights.is_file() and entry["box_weight"] == 2.0 and entry["init_weights"].endswith("srcnn_cxr_x4.pt")
+    assert "1 boxes" not in entry["data"] and "boxes)" in entry["data"]
+    assert torch.load(weights, weights_only=True).keys() == load_network("srcnn", 4).state_dict().keys()
+    r = infer(server, "ct_small", {"weights": "v1"})
+    assert r.status_code == 200 and r.content != infer(server, "ct_small").content
+    assert infer(server, "ct_small", {"weights": "latest"}).content == r.content
+    assert infer(server, "ct_small", {"weights": "v9"}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "image, status",
+    [("../../etc/passwd", 422), ("/etc/passwd", 422), ("no_such_image", 404), (".hidden", 422)],
+)
+def test_hostile_image_ids_are_refused(server, image, status):
+    r = infer(server, image)
+    assert r.status_code == status and image in r.json()["detail"]
+
+
+def upload(server, image_id: str, name: str, body: bytes) -> requests.Response:
+    return requests.put(f"{server.url}/datastore/", params={"image": image_id}, files={"file": (name, body)})
+
+
+def test_bad_uploads_are_refused_and_nothing_is_stored(server):
+    before = sorted(p.name for p in server.studies.iterdir())
+    assert upload(server, "notes", "notes.png", b"these are not pixels").status_code == 415
+    big = upload(server, "big", "big.png", os.urandom(int((MAX_UPLOAD_MB + 1) * 2**20)))
+    assert big.status_code == 413 and "MB limit" in big.text
+    assert upload(server, "../escape", "x.png", Path(server.items[1]["label"]).read_bytes()).status_code == 422
+    stored = Path(server.items[1]["label"]).stem  # an existing id is never overwritten
+    assert upload(server, stored, "x.png", Path(server.items[2]["label"]).read_bytes()).status_code == 409
+    assert sorted(p.name for p in server.studies.iterdir()) == before
+    assert not (server.root.parent / "escape.png").exists()
+
+
+@pytest.mark.parametrize(
+    "body, tag, status, message",
+    [
+        (b"{not json", "boxes", 422, "not JSON"),
+        (b'{"markups": [{"type": "ROI", "name": "Mass", "center": [10, 10, 0], "size": [-4, 4, 1]}]}', "boxes", 422, "negative"),
+        (b'{"markups": [{"type": "ROI", "name": "Mass", "center": [5000, 10, 0], "size": [4, 4, 1]}]}', "boxes", 422, "outside"),
+        (b'{"markups": []}', "../../boxes", 422, "not a plain name"),
+        (b'{"markups": []}', "final", 422, "only abnormality boxes"),
+        (b" " * (2 << 20), "boxes", 413, "at most"),
+    ],
+)
+def test_bad_box_labels_are_refused_and_nothing_is_stored(server, body, tag, status, message):
+    name = Path(server.items[2]["label"]).stem
+    r = requests.put(f"{server.url}/datastore/label", params={"image": name, "tag": tag}, files={"label": ("roi.json", body)})
+    assert r.status_code == status and message in r.text
+    assert requests.get(f"{server.url}/datastore/label", params={"label": name, "tag": "boxes"}).status_code == 404
+
+
+def test_boxes_for_an_unknown_image_are_refused(server):
+    r = requests.put(f"{server.url}/datastore/label", params={"image": "ghost", "tag": "boxes"}, files={"label": ("r.json", b'{"markups": []}')})
+    assert r.status_code == 404
+
+
+def test_server_still_serves_after_hostile_requests(server):
+    assert requests.get(f"{server.url}/info/").status_code == 200
+    assert infer(server, "ct_small").status_code == 200
+
+
+def run_import(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(APP / "import_boxes.py"), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_import_boxes_csv_matches_the_datalist(tmp_path):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    items = with_boxes(3)
+    for d in items:
+        shutil.copy(d["label"], studies)
+    done = run_import("--studies", str(studies), "--csv", str(NIH / "boxes.csv"))
+    assert done.returncode == 0, done.stderr
+    assert f"images: {len(items)}" in done.stdout
+    for d in items:
+        image = read_image(d["label"])
+        doc = json.loads((studies / "labels" / "boxes" / f"{Path(d['label']).stem}.json").read_text())
+        boxes, findings = markups_to_boxes(doc, image.affine, image.shape[1:3])
+        assert findings == d["findings"] and torch.allclose(boxes, torch.tensor(d["boxes"]), atol=1e-4)
+    again = run_import("--studies", str(studies), "--csv", str(NIH / "boxes.csv"))
+    assert f"skipped_existing: {len(items)}" in again.stdout  # saved boxes are not replaced unless asked
+
+
+def test_import_boxes_refuses_bad_csv(tmp_path):
+    (tmp_path / "studies").mkdir()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,label,x,y\n00000001_000.png,Mass,1,2\n")
+    done = run_import("--studies", str(tmp_path / "studies"), "--csv", str(bad))
+    assert done.returncode == 2 and "missing column(s) w, h" in done.stderr
+    bad.write_text("image,label,x,y,w,h\n00000001_000.png,Mass,1,two,3,4\n")
+    done = run_import("--studies", str(tmp_path / "studies"), "--csv", str(bad))
+    assert done.returncode == 2 and "line 2" in done.stderr
+    assert run_import("--studies", str(tmp_path / "none"), "--csv", str(bad)).returncode == 2
