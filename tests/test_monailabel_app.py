@@ -145,14 +145,20 @@ def test_next_sample_is_an_image_without_boxes(server):
     assert picks and annotated not in picks
 
 
-def test_train_task_publishes_a_new_version_that_infer_can_use(server, tmp_path):
-    r = requests.post(f"{server.url}/train/super_resolution", json={"max_epochs": 1, "box_weight": 2.0})
+def train(server, params: dict) -> dict:
+    """Run the train task and wait for it; its final status (with the last log lines in ``details``)."""
+    r = requests.post(f"{server.url}/train/super_resolution", json=params)
     assert r.status_code == 200, r.text
-    for _ in range(240):
+    for _ in range(480):
         status = requests.get(f"{server.url}/train/").json()
         if status.get("status") in ("DONE", "ERROR"):
-            break
+            return status
         time.sleep(0.5)
+    pytest.fail("the train task did not finish in 4 minutes")
+
+
+def test_train_task_publishes_a_new_version_that_infer_can_use(server, tmp_path):
+    status = train(server, {"max_epochs": 1, "box_weight": 2.0})
     assert status["status"] == "DONE", "\n".join(status.get("details", []))
     weights = server.model / "srcnn_cxr_x4_v1.pt"
     entry = json.loads((server.model / "weights.json").read_text())[weights.name]
@@ -163,6 +169,15 @@ def test_train_task_publishes_a_new_version_that_infer_can_use(server, tmp_path)
     assert r.status_code == 200 and r.content != infer(server, "ct_small").content
     assert infer(server, "ct_small", {"weights": "latest"}).content == r.content
     assert infer(server, "ct_small", {"weights": "v9"}).status_code == 404
+
+
+@pytest.mark.parametrize("params, message", [({"max_epochs": "many"}, "must be numbers"), ({"box_weight": -1}, "0 <= box_weight"),
+                                             ({"method": "bicubic"}, "cannot be trained")])  # fmt: skip
+def test_bad_train_requests_fail_with_a_message_and_publish_nothing(server, params, message):
+    before = sorted(server.model.glob("*.pt"))
+    status = train(server, params)
+    assert status["status"] == "ERROR" and message in "\n".join(status["details"])
+    assert sorted(server.model.glob("*.pt")) == before
 
 
 @pytest.mark.parametrize(

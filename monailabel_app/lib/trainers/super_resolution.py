@@ -61,11 +61,16 @@ class SuperResolutionTrainer(TrainTask):
 
     def __call__(self, request: dict, datastore: SRDatastore) -> dict:
         params = {**self.config(), **request}
-        method, epochs, box_weight = str(params["method"]), int(params["max_epochs"]), float(params["box_weight"])
+        method = str(params["method"])
         if method not in available_methods() or not method_config(method, self.scale, self.modality).get("has_weights", True):
             raise InputError(f"method {method!r} cannot be trained; use one with weights ({', '.join(available_methods())}).")
-        if epochs < 1 or box_weight < 0:
-            raise InputError(f"max_epochs must be >= 1 and box_weight >= 0, got {epochs} and {box_weight}.")
+        try:
+            epochs, box_weight = int(params["max_epochs"]), float(params["box_weight"])
+            learning_rate = None if params["learning_rate"] is None else float(params["learning_rate"])
+        except (TypeError, ValueError) as e:
+            raise InputError(f"max_epochs, box_weight and learning_rate must be numbers ({e}).") from e
+        if not (1 <= epochs <= 10_000 and 0 <= box_weight <= 1e3 and (learning_rate is None or 0 < learning_rate < 1)):
+            raise InputError(f"need 1 <= max_epochs <= 10000, 0 <= box_weight <= 1000, 0 < learning_rate < 1; got {epochs}, {box_weight}, {learning_rate}.")
         init = versions.resolve(self.model_dir, method, self.scale, self.modality, params["init"])
         target = versions.next_version(self.model_dir, method, self.scale, self.modality)
         run_dir = self.model_dir / "runs" / f"{target.stem}_{time.strftime('%Y%m%d_%H%M%S')}"
@@ -90,8 +95,8 @@ class SuperResolutionTrainer(TrainTask):
             "provenance#data": f"MONAI Label datastore {datastore.studies}: {n_train} training images "
             f"({n_boxes} boxes), every {VAL_EVERY}th image by id validating; list in {run_dir / 'datalist.json'}",
         }
-        if params["learning_rate"] is not None:
-            overrides["learning_rate"] = float(params["learning_rate"])
+        if learning_rate is not None:
+            overrides["learning_rate"] = learning_rate
         bundle_run(
             config_file=[str(BUNDLE_ROOT / "configs" / "train.json"), str(BUNDLE_ROOT / "configs" / "methods" / f"{method}.json")],
             meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
