@@ -96,3 +96,34 @@ def make_dicom(
     except TypeError:
         ds.save_as(str(path), write_like_original=False)  # pydicom 2
     return Path(path)
+
+
+def ct_slice_volume() -> tuple[np.ndarray, np.ndarray]:
+    """pydicom's real CT slice as 3D Slicer holds it: voxels (1, rows, cols) and the IJK-to-RAS matrix."""
+    import pydicom
+
+    from monai_sr_bundle.inference import default_input
+
+    ds = pydicom.dcmread(default_input())
+    sy, sx = (float(v) for v in ds.PixelSpacing)
+    m = np.diag([-sx, -sy, 1.0, 1.0])  # an axial slice: LPS axes seen in RAS
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    m[:3, 3] = [-x, -y, z]
+    return ds.pixel_array[None].astype(np.int16), m
+
+
+@pytest.fixture(scope="module")
+def ct_label_server(tmp_path_factory):
+    """A real MONAI Label server running the app (srcnn) on a studies folder holding ``ct_small.dcm``;
+    yields (URL, studies folder)."""
+    import shutil
+
+    from label_server import label_server
+    from monai_sr_bundle.inference import default_input
+
+    root = tmp_path_factory.mktemp("ct_server")
+    studies = root / "studies"
+    studies.mkdir()
+    shutil.copy(default_input(), studies / "ct_small.dcm")
+    with label_server(root, studies, {"method": "srcnn", "model_dir": root / "model"}) as url:
+        yield url, studies

@@ -1,0 +1,254 @@
+"""3D Slicer module: super-resolution of the radiograph or CT volume on screen, shown beside the original,
+computed on this computer (a separate process running the monai-sr CLI) or by a MONAI Label server running
+monai-sr's app. The Logic holds no GUI code and delegates everything but the scene to SuperResolutionLib,
+which is tested outside Slicer (tests/test_slicer_lib.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+
+from SuperResolutionLib import (
+    ClientError,
+    MonaiLabelClient,
+    RunError,
+    SRRun,
+    VolumeError,
+    check_volume,
+    markups_document,
+    missing_dependencies,
+    read_volume,
+    write_volume,
+)
+
+METHODS = ("vdsr", "srcnn", "bicubic")
+
+
+def requirement() -> str:
+    """What "install dependencies" gives pip: the repository this module was loaded from (a development
+    install), else the published package name; either brings torch and MONAI."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return root if os.path.isfile(os.path.join(root, "pyproject.toml")) else "monai-sr"
+
+
+class SuperResolution(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        parent.title = "Super-Resolution"
+        parent.categories = ["Filtering"]
+        parent.contributors = ["monai-sr contributors"]
+        parent.helpText = (
+            "Super-resolve a chest radiograph or CT volume (in-plane, slice by slice) with bicubic, SRCNN or "
+            "VDSR, on this computer or on a MONAI Label server running the monai-sr app. See docs/slicer.md."
+        )
+        parent.acknowledgementText = "NIH ChestX-ray14 (NIH Clinical Center) trained the shipped weights."
+
+
+class SuperResolutionLogic(ScriptedLoadableModuleLogic):
+    """Scene in, scene out; no GUI. Every failure raises VolumeError, RunError or ClientError with a
+    sentence for the user, before the scene is changed."""
+
+    def python(self) -> str:
+        """Slicer's own Python launcher, which has the module's dependencies once installed."""
+        return shutil.which("PythonSlicer") or sys.executable
+
+    def missing(self) -> list[str]:
+        return missing_dependencies(self.python())
+
+    def write_input(self, volume_node, folder: str) -> str:
+        """The volume as a NIfTI file with its geometry (RAS matrix -> LPS file)."""
+        if volume_node is None or volume_node.GetImageData() is None:
+            raise VolumeError("the input volume has no image data; load an image first.")
+        if volume_node.GetImageData().GetNumberOfScalarComponents() != 1:
+            raise VolumeError("the input volume has several components per voxel (colour or vector); pick a grayscale volume.")
+        matrix = vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(matrix)
+        ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        path = os.path.join(folder, "input.nii.gz")
+        write_volume(check_volume(slicer.util.arrayFromVolume(volume_node)), ijk_to_ras, path)
+        return path
+
+    def start_local(self, volume_node, method: str, scale: int) -> SRRun:
+        """Start the SR process on the volume; poll ``run.running()``, then call :meth:`collect`."""
+        folder = tempfile.mkdtemp(prefix="monai_sr_")
+        try:
+            path = self.write_input(volume_node, folder)
+            os.mkdir(os.path.join(folder, "out"))
+            run = SRRun(path, os.path.join(folder, "out"), method=method, scale=scale, python=self.python()).start()
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        run.workdir = folder
+        return run
+
+    def collect(self, run: SRRun, input_node, output_node=None, timeout: float | None = None):
+        """The finished local run's result in the scene (see :meth:`finish`); its files are removed."""
+        try:
+            return self.finish(run.wait(timeout), input_node, output_node)
+        finally:
+            shutil.rmtree(run.workdir, ignore_errors=True)
+
+    def finish(self, result_path: str, input_node, output_node=None, name: str | None = None):
+        """Put an SR file into ``output_node`` (a new volume if None) with its geometry; returns the node."""
+        array, ijk_to_ras = read_volume(result_path)
+        if output_node is None:
+            output_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or f"{input_node.GetName()}_sr")
+        matrix = vtk.vtkMatrix4x4()
+        for r in range(4):
+            for c in range(4):
+                matrix.SetElement(r, c, float(ijk_to_ras[r, c]))
+        slicer.util.updateVolumeFromArray(output_node, array)
+        output_node.SetIJKToRASMatrix(matrix)
+        return output_node
+
+    def run_remote(self, volume_node, url: str, method: str, scale: int, output_node=None):
+        """SR by the MONAI Label app: the volume is sent with the request (not stored on the server)."""
+        client = MonaiLabelClient(url)
+        folder = tempfile.mkdtemp(prefix="monai_sr_")
+        try:
+            data = client.infer_file(self.write_input(volume_node, folder), {"method": method, "scale": scale})
+            result = os.path.join(folder, "sr.nii.gz")
+            with open(result, "wb") as f:
+                f.write(data)
+            return self.finish(result, volume_node, output_node)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def send_boxes(self, url: str, image_id: str, roi_nodes) -> int:
+        """Save the ROIs as the server image's abnormality boxes (each ROI named after its finding)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", image_id or ""):
+            raise ClientError(f"{image_id!r} is not a server image id; open the image from MONAI Label (Next Sample) first.")
+        rois = []
+        for node in roi_nodes:
+            center, size = [0.0] * 3, [0.0] * 3
+            node.GetCenter(center)
+            node.GetSize(size)
+            rotation = vtk.vtkMatrix4x4()
+            node.GetObjectToNodeMatrix(rotation)
+            orientation = [rotation.GetElement(r, c) for r in range(3) for c in range(3)]
+            rois.append((node.GetName(), center, size, orientation))
+        MonaiLabelClient(url).save_boxes(image_id, markups_document(rois))
+        return len(rois)
+
+
+class SuperResolutionWidget(ScriptedLoadableModuleWidget):
+    """UI only: reads the options, calls the Logic, shows the result side by side or the error."""
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        import qt
+
+        panel = slicer.util.loadUI(self.resourcePath("UI/SuperResolution.ui"))
+        self.layout.addWidget(panel)
+        self.ui = slicer.util.childWidgetVariables(panel)
+        panel.setMRMLScene(slicer.mrmlScene)
+        self.ui.methodCombo.addItems(list(METHODS))
+        self.logic = SuperResolutionLogic()
+        self.run = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self.poll)
+        self.ui.applyButton.clicked.connect(self.apply)
+        self.ui.cancelButton.clicked.connect(self.cancel)
+        self.ui.sendBoxesButton.clicked.connect(self.send_boxes)
+        self.ui.remoteCheck.toggled.connect(lambda on: self.ui.serverEdit.setEnabled(on))
+
+    def apply(self):
+        node, method, scale = self.ui.inputSelector.currentNode(), self.ui.methodCombo.currentText, self.ui.scaleSpin.value
+        try:
+            if self.ui.remoteCheck.checked:
+                with slicer.util.tryWithErrorDisplay("Super-resolution on the server failed.", waitCursor=True):
+                    self.show(self.logic.run_remote(node, self.ui.serverEdit.text, method, scale, self.ui.outputSelector.currentNode()))
+                return
+            missing = self.logic.missing()
+            if missing and not self.install(missing):
+                return
+            self.run = self.logic.start_local(node, method, scale)
+        except (VolumeError, RunError, ClientError) as e:
+            slicer.util.errorDisplay(str(e))
+            return
+        self.ui.applyButton.enabled, self.ui.cancelButton.enabled = False, True
+        self.ui.progressBar.setRange(0, 0)
+        self.timer.start()
+
+    def install(self, missing) -> bool:
+        if not slicer.util.confirmOkCancelDisplay(f"Super-resolution needs {', '.join(missing)} in Slicer's Python. Install {requirement()} now (several minutes)?"):
+            return False
+        with slicer.util.tryWithErrorDisplay("Installing the dependencies failed.", waitCursor=True):
+            slicer.util.pip_install(f'"{requirement()}"')
+        return not self.logic.missing()
+
+    def poll(self):
+        if self.run is None or self.run.running():
+            return
+        self.timer.stop()
+        run, self.run = self.run, None
+        self.ui.applyButton.enabled, self.ui.cancelButton.enabled = True, False
+        self.ui.progressBar.setRange(0, 1)
+        try:
+            self.show(self.logic.collect(run, self.ui.inputSelector.currentNode(), self.ui.outputSelector.currentNode()))
+        except (RunError, VolumeError) as e:
+            slicer.util.errorDisplay(str(e))
+
+    def cancel(self):
+        if self.run is not None:
+            self.run.cancel()
+
+    def show(self, output_node):
+        """Input | SR side by side, views linked."""
+        self.ui.outputSelector.setCurrentNode(output_node)
+        layout = slicer.app.layoutManager()
+        layout.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+        for view, node in (("Red", self.ui.inputSelector.currentNode()), ("Yellow", output_node)):
+            composite = layout.sliceWidget(view).mrmlSliceCompositeNode()
+            composite.SetBackgroundVolumeID(node.GetID())
+            composite.SetLinkedControl(True)
+        slicer.util.resetSliceViews()
+
+    def send_boxes(self):
+        node = self.ui.inputSelector.currentNode()
+        rois = slicer.util.getNodesByClass("vtkMRMLMarkupsROINode")
+        with slicer.util.tryWithErrorDisplay("Sending the boxes failed.", waitCursor=True):
+            n = self.logic.send_boxes(self.ui.serverEdit.text, node.GetName() if node else "", rois)
+            slicer.util.infoDisplay(f"Saved {n} box(es) on the server.")
+
+
+class SuperResolutionTest(ScriptedLoadableModuleTest):
+    """Run in Slicer with "Reload and Test": Logic end to end on pydicom's real CT slice, locally (bicubic x2)."""
+
+    def runTest(self):
+        slicer.mrmlScene.Clear()
+        self.test_local_bicubic()
+        self.test_bad_volume_leaves_scene_unchanged()
+
+    def test_local_bicubic(self):
+        from pydicom.data import get_testdata_file
+
+        node = slicer.util.loadVolume(get_testdata_file("CT_small.dcm"))
+        logic = SuperResolutionLogic()
+        run = logic.start_local(node, "bicubic", 2)
+        out = logic.collect(run, node, timeout=300)
+        self.assertEqual(slicer.util.arrayFromVolume(out).shape[1:], tuple(2 * s for s in slicer.util.arrayFromVolume(node).shape[1:]))
+        self.assertAlmostEqual(out.GetSpacing()[0], node.GetSpacing()[0] / 2, places=5)
+        self.delayDisplay("local super-resolution passed")
+
+    def test_bad_volume_leaves_scene_unchanged(self):
+        empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(VolumeError):
+            SuperResolutionLogic().start_local(empty, "bicubic", 2)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.delayDisplay("bad input refused")

@@ -1,0 +1,94 @@
+"""Local mode: super-resolve an image file in a separate process running the project's CLI
+(``python -m monai_sr_bundle.cli sr``), so Slicer's UI stays responsive, a run can be cancelled, and a crash
+or a missing dependency is a message rather than a dead Slicer (as SlicerMONAIAuto3DSeg runs its models)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+#: what the SR process imports; the module offers to pip-install the project when one is missing
+MODULES = ("torch", "monai", "monai_sr_bundle")
+
+
+class RunError(RuntimeError):
+    """The SR process failed or was cancelled; the message is the process's own error sentence."""
+
+
+def missing_dependencies(python: str = sys.executable) -> list[str]:
+    """The modules of MODULES that ``python`` cannot import."""
+    code = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
+    try:
+        done = subprocess.run([python, "-c", code, *MODULES], capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
+    except OSError as e:
+        raise RunError(f"cannot start Python at {python} ({e.strerror}).") from e
+    if done.returncode != 0:
+        raise RunError(f"Python at {python} failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}.")
+    return done.stdout.split()
+
+
+class SRRun:
+    """One SR run of ``input_path`` into ``output_dir`` (in-plane, slice by slice, so radiographs and CT
+    take the same path).
+
+    Args:
+        input_path: an image file (the module writes the volume as NIfTI first).
+        output_dir: an empty folder for the result.
+        method, scale: as the CLI takes them.
+        python: the interpreter that has the project installed (in Slicer: PythonSlicer).
+    """
+
+    def __init__(self, input_path: str, output_dir: str, method: str = "vdsr", scale: int = 4, python: str = sys.executable) -> None:
+        self.input_path, self.output_dir = os.path.abspath(input_path), Path(output_dir).absolute()
+        self.cmd = [python, "-m", "monai_sr_bundle.cli", "sr", self.input_path, "-o", str(self.output_dir),
+                    "-m", method, "--scale", str(int(scale)), "--slice-by-slice"]  # fmt: skip
+        self.process: subprocess.Popen | None = None
+        self.cancelled = False
+
+    def start(self) -> SRRun:
+        try:
+            self.process = subprocess.Popen(
+                self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                cwd=tempfile.gettempdir(),  # what the process imports must not depend on Slicer's working folder
+            )
+        except OSError as e:
+            raise RunError(f"cannot start the SR process ({e.strerror}): {self.cmd[0]}") from e
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def cancel(self) -> None:
+        """Stop the run and everything it started."""
+        if self.running():
+            self.cancelled = True
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def wait(self, timeout: float | None = None) -> str:
+        """The written SR file once the run ends; :class:`RunError` with the process's error if it failed."""
+        if self.process is None:
+            self.start()
+        try:
+            output, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            raise RunError(f"SR took longer than {timeout:g} s and was stopped.") from None
+        if self.cancelled:
+            raise RunError("SR was cancelled.")
+        lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
+        if self.process.returncode != 0:
+            errors = [line for line in lines if line.startswith("error:")] or lines[-1:] or [f"exit code {self.process.returncode}"]
+            raise RunError(errors[-1].removeprefix("error:").strip())
+        written = sorted(p for p in self.output_dir.iterdir() if p.is_file())
+        if len(written) != 1:
+            raise RunError(f"SR finished but wrote {len(written)} files to {self.output_dir}; expected one.")
+        return str(written[0])

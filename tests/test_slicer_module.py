@@ -1,0 +1,58 @@
+"""The Slicer module's files, checked without Slicer: the module compiles, its Logic uses no GUI code (so it
+runs headless and in the module's Test), the UI file holds every widget the Widget uses, and the extension's
+CMake lists every file it ships."""
+
+from __future__ import annotations
+
+import ast
+import py_compile
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+EXT = Path(__file__).resolve().parents[1] / "slicer_extension"
+MODULE = EXT / "SuperResolution" / "SuperResolution.py"
+GUI_MODULES = {"qt", "ctk", "slicer.qSlicerApplication"}
+GUI_ATTRIBUTES = {"app", "layoutManager", "errorDisplay", "infoDisplay", "confirmOkCancelDisplay", "tryWithErrorDisplay", "loadUI", "pip_install"}
+
+
+def tree() -> ast.Module:
+    return ast.parse(MODULE.read_text())
+
+
+def test_module_compiles(tmp_path):
+    py_compile.compile(str(MODULE), cfile=str(tmp_path / "m.pyc"), doraise=True)
+
+
+def test_module_has_the_template_classes():
+    classes = {node.name for node in tree().body if isinstance(node, ast.ClassDef)}
+    assert {"SuperResolution", "SuperResolutionWidget", "SuperResolutionLogic", "SuperResolutionTest"} <= classes
+
+
+def test_no_gui_module_at_import_and_none_in_logic():
+    top = [n for n in tree().body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    imported = {a.name for n in top for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
+    assert not imported & GUI_MODULES
+    logic = next(n for n in tree().body if isinstance(n, ast.ClassDef) and n.name == "SuperResolutionLogic")
+    names = {n.id for n in ast.walk(logic) if isinstance(n, ast.Name)}
+    attributes = {n.attr for n in ast.walk(logic) if isinstance(n, ast.Attribute)}
+    nested = {a.name for n in ast.walk(logic) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    assert not names & {"qt", "ctk"} and not attributes & GUI_ATTRIBUTES and not nested & GUI_MODULES
+
+
+def test_ui_file_has_every_widget_the_module_uses():
+    ui = ET.parse(EXT / "SuperResolution" / "Resources" / "UI" / "SuperResolution.ui")
+    declared = {w.get("name") for w in ui.iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    assert used and used <= declared
+
+
+def test_cmake_ships_every_library_file_and_resource():
+    cmake = (EXT / "SuperResolution" / "CMakeLists.txt").read_text()
+    lib = sorted(p.name for p in (EXT / "SuperResolution" / "SuperResolutionLib").glob("*.py"))
+    assert all(f"${{MODULE_NAME}}Lib/{name}" in cmake for name in lib)
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
+        assert resource in cmake and (EXT / "SuperResolution" / resource.replace("${MODULE_NAME}", "SuperResolution")).is_file()
+    top = (EXT / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert f"set({key}" in top
