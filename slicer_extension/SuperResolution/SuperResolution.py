@@ -171,7 +171,7 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         try:
             if self.ui.remoteCheck.checked:
                 with slicer.util.tryWithErrorDisplay("Super-resolution on the server failed.", waitCursor=True):
-                    self.show(self.logic.run_remote(node, self.ui.serverEdit.text, method, scale, self.ui.outputSelector.currentNode()))
+                    self.show_result(self.logic.run_remote(node, self.ui.serverEdit.text, method, scale, self.ui.outputSelector.currentNode()))
                 return
             missing = self.logic.missing()
             if missing and not self.install(missing):
@@ -199,7 +199,7 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         self.ui.applyButton.enabled, self.ui.cancelButton.enabled = True, False
         self.ui.progressBar.setRange(0, 1)
         try:
-            self.show(self.logic.collect(run, self.ui.inputSelector.currentNode(), self.ui.outputSelector.currentNode()))
+            self.show_result(self.logic.collect(run, self.ui.inputSelector.currentNode(), self.ui.outputSelector.currentNode()))
         except (RunError, VolumeError) as e:
             slicer.util.errorDisplay(str(e))
 
@@ -207,7 +207,7 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         if self.run is not None:
             self.run.cancel()
 
-    def show(self, output_node):
+    def show_result(self, output_node):
         """Input | SR side by side, views linked."""
         self.ui.outputSelector.setCurrentNode(output_node)
         layout = slicer.app.layoutManager()
