@@ -8,7 +8,6 @@ annotations. Images are matched by file stem; boxes are scaled to each stored im
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -18,34 +17,17 @@ from pathlib import Path
 from fastapi import HTTPException
 
 from lib.datastore import BOX_TAG, SRDatastore
+from monai_sr_bundle.data.datalist import read_boxes_csv
 from monai_sr_bundle.data.markups import boxes_to_markups
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
 
-COLUMNS = ("image", "label", "x", "y", "w", "h")
-
-
-def read_boxes_csv(path: str | Path) -> dict[str, list[tuple[str, list[float]]]]:
-    """``{image stem: [(finding, [x, y, w, h]), ...]}``; a missing column or a non-number is refused with its row."""
-    rows: dict[str, list] = defaultdict(list)
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}.")
-        for n, row in enumerate(reader, start=2):
-            try:
-                xywh = [float(row[k]) for k in "xywh"]
-            except (TypeError, ValueError) as e:
-                raise InputError(f"{path} line {n}: x, y, w, h must be numbers ({e}).") from e
-            rows[Path(row["image"]).name.split(".")[0]].append((row["label"], xywh))
-    return rows
-
-
 def import_boxes(studies: str, csv_path: str, csv_size: float = 1024, overwrite: bool = False) -> dict[str, int]:
     """Save each stored image's CSV boxes as its ``boxes`` label; returns counts of what was done."""
     store = SRDatastore(studies, auto_reload=False)
-    table = read_boxes_csv(csv_path)
+    table: dict[str, list] = defaultdict(list)
+    for image, rows in read_boxes_csv(csv_path).items():  # datastore ids are file stems
+        table[Path(image).name.split(".")[0]].extend(rows)
     counts = {"images": 0, "boxes": 0, "skipped_existing": 0, "not_in_datastore": 0, "refused": 0}
     stored = set(store.list_images())
     counts["not_in_datastore"] = len(set(table) - stored)
@@ -55,7 +37,7 @@ def import_boxes(studies: str, csv_path: str, csv_size: float = 1024, overwrite:
             continue
         image = read_image(store.get_image_uri(image_id))
         fx, fy = image.shape[1] / csv_size, image.shape[2] / csv_size
-        boxes = [[x * fx, y * fy, (x + w) * fx, (y + h) * fy] for _, (x, y, w, h) in table[image_id]]
+        boxes = [[x0 * fx, y0 * fy, x1 * fx, y1 * fy] for _, (x0, y0, x1, y1) in table[image_id]]
         doc = boxes_to_markups(boxes, [finding for finding, _ in table[image_id]], image.affine)
         with tempfile.TemporaryDirectory() as tmp:
             label = Path(tmp) / f"{image_id}.json"

@@ -18,6 +18,27 @@ SPLITS = ("train", "val", "test")
 NIH_BOX_RESOLUTION = 1024
 
 
+BOX_COLUMNS = ("image", "label", "x", "y", "w", "h")
+
+
+def read_boxes_csv(path: str | os.PathLike) -> dict[str, list[tuple[str, list[float]]]]:
+    """Boxes of a CSV in the NIH ``boxes.csv`` form (``image,label,x,y,w,h``) as ``{image: [(finding,
+    [x0, y0, x1, y1]), ...]}`` in the CSV's own pixels; a missing column or a non-number is refused with its line."""
+    rows: dict[str, list] = defaultdict(list)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in BOX_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(BOX_COLUMNS)}.")
+        for n, row in enumerate(reader, start=2):
+            try:
+                x, y, w, h = (float(row[k]) for k in "xywh")
+            except (TypeError, ValueError) as e:
+                raise InputError(f"{path} line {n}: x, y, w, h must be numbers ({e}).") from e
+            rows[row["image"]].append((row["label"], [x, y, x + w, y + h]))
+    return rows
+
+
 def nih_datalist(
     split: str = "train",
     data_dir: str | os.PathLike | None = None,
@@ -45,14 +66,9 @@ def nih_datalist(
     if not image_dir.is_dir():
         raise InputError(f"{image_dir}: no images at resolution {resolution}; use 512 or 1024.")
     factor = resolution / NIH_BOX_RESOLUTION
-    boxes, findings = defaultdict(list), defaultdict(list)
-    boxes_csv = root / "boxes.csv"
-    if boxes_csv.is_file():
-        with open(boxes_csv, newline="") as f:
-            for row in csv.DictReader(f):
-                x, y, w, h = (float(row[k]) * factor for k in ("x", "y", "w", "h"))
-                boxes[row["image"]].append([x, y, x + w, y + h])
-                findings[row["image"]].append(row["label"])
+    table_boxes = read_boxes_csv(root / "boxes.csv") if (root / "boxes.csv").is_file() else {}
+    boxes = defaultdict(list, {k: [[v * factor for v in b] for _, b in rows] for k, rows in table_boxes.items()})
+    findings = defaultdict(list, {k: [f for f, _ in rows] for k, rows in table_boxes.items()})
     items = []
     with open(table, newline="") as f:
         for row in csv.DictReader(f):

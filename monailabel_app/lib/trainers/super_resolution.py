@@ -37,8 +37,7 @@ def datastore_datalist(datastore: SRDatastore) -> dict[str, list[dict]]:
         items.append(item)
     if len(items) < 2:
         raise InputError(f"the datastore holds {len(items)} image(s); training needs at least 2 (one validates).")
-    val = items[::VAL_EVERY]
-    return {"training": [d for d in items if d not in val], "validation": val}
+    return {"training": [d for i, d in enumerate(items) if i % VAL_EVERY], "validation": items[::VAL_EVERY]}
 
 
 class SuperResolutionTrainer(TrainTask):
