@@ -249,8 +249,12 @@ def run_inference(
     device: str | torch.device = "cpu",
     allow_volume: bool = False,
     progress: bool = True,
+    intensity: str | Sequence[float] = "minmax",
 ) -> list[str]:
     """Super-resolve every input and write each result to ``output_dir`` in its input's format family.
+
+    ``intensity`` is the reader's map to [0, 1] and must be the one the weights were trained with:
+    ``"minmax"`` (the default) or a (lo, hi) window in modality units, e.g. HU for a CT model.
 
     A bad input is reported in one sentence and skipped (nothing is written for it) while the others go on;
     if any failed, an :class:`InputError` listing them is raised at the end. Returns the written paths."""
@@ -266,7 +270,7 @@ def run_inference(
     written, failures = [], []
     for path in tqdm(files, desc="super-resolving", unit="image", disable=not progress):
         try:
-            img = read_image(path)
+            img = read_image(path, intensity)
             validate_input(img, path, inferer.scale, allow_volume)
             target = output_path_for(path, output_dir, source_format=img.meta["source_format"])
             written.append(str(write_image(super_resolve(img, network, inferer, device), target)))

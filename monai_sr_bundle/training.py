@@ -44,7 +44,13 @@ def publish_weights(best_ckpt: str | os.PathLike, weights_path: str | os.PathLik
     saved = (state.get("checkpointer") or {}).get("_saved") or []
     if saved:
         provenance = {**provenance, "best_val_psnr": round(float(max(p for p, _ in saved)), 4)}
-    state = {k: v for k, v in state.items() if k != "checkpointer"}
+    return write_weights({k: v for k, v in state.items() if k != "checkpointer"}, weights_path, provenance)
+
+
+def write_weights(state: dict, weights_path: str | os.PathLike, provenance: dict) -> str:
+    """Save a plain state dict to ``weights_path`` atomically and record its sha256 and ``provenance`` in the
+    ``weights.json`` beside it; returns the sha256. Every published weight file goes through here."""
+    weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights_path.with_suffix(".tmp")
     torch.save(state, tmp)

@@ -209,6 +209,18 @@ def test_dicom_in_nifti_out(tmp_path):
     assert {p: v for p, v in _snapshot(tmp_path).items() if "out" not in p.parts} == before
 
 
+@needs_data(CT3)
+def test_hu_window_in_and_out(tmp_path):
+    """A CT model trained on a HU window reads its input through the same window (``intensity``), and the
+    output is written back in HU, inside the window."""
+    src = sorted(CT3.iterdir())[0]
+    written = run_inference(src, Bicubic(SCALE), SRInferer(SCALE), tmp_path, progress=False, intensity=(-1000, 400))
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(written[0]))
+    hu = read_image(src, intensity=(-4000, 4000))  # wide enough to hold the slice's full HU range
+    assert -1000 - 1e-3 <= arr.min() and arr.max() <= 400 + 1e-3
+    assert arr.min() < -900 and float(hu.min()) < (-1000 + 4000) / 8000  # air is clipped to the window's floor
+
+
 def test_output_folder_is_input_folder_keeps_inputs(tmp_path):
     a = _png(tmp_path / "a.png")
     before = a.read_bytes()

@@ -93,15 +93,17 @@ def nih_datalist(
     return items
 
 
-
-def load_datalist(path: str | os.PathLike, key: str = "training", limit: int | None = None) -> list[dict]:
+def load_datalist(
+    path: str | os.PathLike, key: str = "training", limit: int | None = None, base_dir: str | os.PathLike | None = None
+) -> list[dict]:
     """Items of a decathlon-style datalist JSON (``{"training": [{"label": <HR image>, "boxes": [[x0, y0, x1,
-    y1], ...]}, ...], "validation": [...]}``); relative paths are taken from the file's folder and a missing
-    ``boxes`` means no boxes, so the train config treats these items as it treats ``nih_datalist``'s."""
+    y1], ...]}, ...], "validation": [...]}``); relative paths are taken from ``base_dir`` (default: the file's
+    folder) and a missing ``boxes`` means no boxes, so the train config treats these items as it treats
+    ``nih_datalist``'s."""
     if not Path(path).is_file():
         raise InputError(f"{path}: datalist file not found.")
     try:
-        items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key)
+        items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key, base_dir=base_dir)
     except (ValueError, KeyError, TypeError) as e:  # MONAI's messages for a missing key or a bad file
         raise InputError(f"{path}: not a datalist with a {key!r} list of items ({e}).") from e
     if not items or not all(isinstance(d, dict) and isinstance(d.get("label"), str) for d in items):

@@ -1,0 +1,134 @@
+"""NVFlare client of one site (Client API): each round it receives the global weights, scores them on the
+site's validation images (PSNR, SSIM), trains them for the local epochs through the bundle's own train
+config on the site's training images, and sends back the weights with the number of steps taken.
+
+Only weights and those metrics leave the site; its images and datalist stay where its site config
+(:mod:`monai_sr_bundle.federated.sites`) says. NVFlare runs this script; the job (``job.py``) passes::
+
+    --method srcnn --scale 4 --modality cxr --intensity minmax --local_epochs 1 [--site_config PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.federated.sites import SiteData, load_site
+from monai_sr_bundle.inference import BUNDLE_ROOT, METHODS_DIR
+
+logger = logging.getLogger(__name__)
+#: the train config's handlers a federated round leaves out: the client scores the received global model
+#: itself before training, and a progress bar only clutters the site's log
+LOCAL_ONLY_HANDLERS = ("ValidationHandler", "ignite.handlers.ProgressBar")
+
+
+class SiteTrainer:
+    """The bundle's train config at one site, kept alive across rounds so that the optimizer state and the
+    learning-rate schedule (over all ``total_epochs`` of the job) carry on from round to round."""
+
+    def __init__(
+        self,
+        site: SiteData,
+        method: str,
+        scale: int,
+        modality: str,
+        intensity,
+        total_epochs: int,
+        work_dir: str | os.PathLike,
+        box_weight: float = 0.0,
+    ) -> None:
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE_ROOT / "configs" / "train.json"), str(METHODS_DIR / f"{method}.json")])
+        parser["train"]["handlers"] = [h for h in parser["train"]["handlers"] if h.get("_target_") not in LOCAL_ONLY_HANDLERS]
+        parser.update(
+            {
+                "bundle_root": str(BUNDLE_ROOT),
+                "method": method,
+                "scale": int(scale),
+                "modality": modality,
+                "intensity": intensity,
+                "datalist_file": str(site.datalist),
+                "data_dir": str(site.data_dir),
+                "val_limit": None,
+                "box_weight": float(box_weight),
+                "max_epochs": int(total_epochs),
+                "run_dir": str(Path(work_dir) / site.site),
+            }
+        )
+        parser.get_parsed_content("initialize")  # seeding, as the bundle's own run does
+        try:
+            self.trainer = parser.get_parsed_content("train#trainer")
+            self.evaluator = parser.get_parsed_content("validate#evaluator")
+        except Exception as e:  # a corrupt image surfaces here, wrapped by MONAI's dataset caching
+            raise InputError(f"site {site.site}: cannot load its images ({_first_line(e)}).") from e
+        self.network = self.trainer.network
+        self.site = site.site
+
+    def evaluate(self) -> dict[str, float]:
+        """PSNR and SSIM of the current network on the site's validation images."""
+        self.evaluator.run()
+        return {"psnr": float(self.evaluator.state.metrics["val_psnr"]), "ssim": float(self.evaluator.state.metrics["val_ssim"])}
+
+    def train(self, epochs: int) -> int:
+        """Train ``epochs`` more epochs; returns the optimizer steps taken."""
+        state = self.trainer.state
+        start = state.iteration
+        state.max_epochs = state.epoch + int(epochs)
+        self.trainer.run()
+        return self.trainer.state.iteration - start
+
+
+def _first_line(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_argument("--method", default="srcnn")
+    cli.add_argument("--scale", type=int, default=4)
+    cli.add_argument("--modality", default="cxr")
+    cli.add_argument("--intensity", default="minmax", type=lambda s: s if s == "minmax" else json.loads(s),
+                     help="'minmax' or a JSON [lo, hi] window in modality units (HU for CT)")
+    cli.add_argument("--local_epochs", type=int, default=1)
+    cli.add_argument("--box_weight", type=float, default=0.0)
+    cli.add_argument("--site_config", default=None, help="the site's config; default $MONAI_SR_SITE_CONFIG")
+    cli.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return cli.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    import nvflare.client as flare
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flare.init()
+    site_name = flare.get_site_name()
+    site = load_site(site_name, args.site_config)
+    logger.info(f"site {site_name}: {len(site.training)} training and {len(site.validation)} validation images")
+    trainer = None
+    while flare.is_running():
+        model = flare.receive()
+        if trainer is None:
+            total = int(model.total_rounds or 1) * args.local_epochs
+            work_dir = Path.cwd() / "monai_sr_runs"
+            trainer = SiteTrainer(site, args.method, args.scale, args.modality, args.intensity, total, work_dir, args.box_weight)
+        trainer.network.load_state_dict({k: torch.as_tensor(v) for k, v in model.params.items()})
+        metrics = trainer.evaluate()
+        logger.info(f"site {site_name} round {model.current_round}: global model PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}")
+        steps = trainer.train(args.local_epochs)
+        params = {k: v.detach().cpu() for k, v in trainer.network.state_dict().items()}
+        flare.send(flare.FLModel(params=params, metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": steps}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Build and run a federated SR job: NVFlare 2.9's ``FedAvgRecipe`` over the bundle's train config.
+
+A job config (``configs/federated/*.json``) names the method, rounds, local epochs, minimum sites and the
+sites themselves; ``sites`` maps each site name to its site config for a run on one machine, or to
+``null`` when the site supplies its own (``$MONAI_SR_SITE_CONFIG`` on its machine, as in production)::
+
+    python -m monai_sr_bundle.federated.job configs/federated/cxr_nih.json              # simulator
+    python -m monai_sr_bundle.federated.job configs/federated/cxr_nih.json --export DIR  # job folder
+
+The exported folder runs with ``nvflare simulator DIR -w WS -n <sites>`` and is submitted unchanged to a
+POC or production system (``nvflare job submit -j DIR``). The global model comes out as a bundle
+checkpoint (see :mod:`monai_sr_bundle.federated.controller`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from nvflare.apis.dxo import DataKind
+from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
+from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
+from nvflare.client.config import TransferType
+from nvflare.recipe.sim_env import SimEnv
+from nvflare.recipe.utils import set_per_site_config
+
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.federated.controller import REPORT_NAME, SRFedAvg
+from monai_sr_bundle.inference import available_methods, method_config, weights_path
+
+CLIENT_SCRIPT = Path(__file__).with_name("client.py")
+#: the server's app folder inside a simulator job workspace
+SERVER_APP = Path("server") / "simulate_job" / "app_server"
+REQUIRED = object()
+#: job config keys and their defaults
+JOB_KEYS = {
+    "name": REQUIRED,
+    "method": "srcnn",
+    "modality": "cxr",
+    "scale": 4,
+    "intensity": "minmax",
+    "num_rounds": 2,
+    "local_epochs": 1,
+    "min_clients": 1,
+    "initial_weights": None,
+    "box_weight": 0.0,
+    "privacy": None,
+    "wait_after_min_s": 1800,
+    "sites": REQUIRED,
+}
+#: NVFlare's PercentilePrivacy defaults: share only the diffs above the 10th percentile, clipped to 0.01 per step
+PRIVACY_DEFAULTS = {"percentile": 10, "gamma": 0.01}
+
+
+def load_job_config(path: str | os.PathLike, **overrides) -> dict:
+    """The job config at ``path`` with ``overrides`` (None values ignored), checked; site config paths are
+    made absolute from the job config's folder."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read the job config ({e}).") from e
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: a job config is a JSON object.")
+    unknown = sorted(set(config) - set(JOB_KEYS))
+    if unknown:
+        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(JOB_KEYS)}.")
+    config = {**JOB_KEYS, **config, **{k: v for k, v in overrides.items() if v is not None}}
+    missing = [k for k, v in config.items() if v is REQUIRED]
+    if missing:
+        raise InputError(f"{path}: missing {', '.join(missing)}.")
+    if config["method"] not in available_methods() or not method_config(config["method"]).get("has_weights", True):
+        raise InputError(f"{path}: method {config['method']!r} is not trainable; use one of srcnn, vdsr.")
+    sites = config["sites"]
+    if not isinstance(sites, dict) or not sites:
+        raise InputError(f"{path}: 'sites' must map each site name to its site config (or null).")
+    config["sites"] = {s: None if c is None else str((path.parent / c).resolve()) for s, c in sites.items()}
+    for key in ("num_rounds", "local_epochs", "min_clients", "scale"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise InputError(f"{path}: {key} must be a positive integer, got {config[key]!r}.")
+    if config["min_clients"] > len(sites):
+        raise InputError(f"{path}: min_clients is {config['min_clients']} but only {len(sites)} site(s) are listed.")
+    if config["privacy"] is True:
+        config["privacy"] = dict(PRIVACY_DEFAULTS)
+    elif config["privacy"]:
+        config["privacy"] = {**PRIVACY_DEFAULTS, **config["privacy"]}
+    return config
+
+
+def network_spec(method: str, scale: int, modality: str) -> dict:
+    """The method's network as NVFlare's ``{"class_path", "args"}``, resolved from its bundle overlay."""
+    parser = method_config(method, scale, modality)
+    definition = parser.get("network_def")
+    args = {k: parser.get_parsed_content(f"network_def#{k}") for k in definition if not k.startswith("_")}
+    return {"class_path": definition["_target_"], "args": args}
+
+
+def client_args(config: dict, site_config: str | None, threads: int = 0) -> str:
+    """Command-line arguments of :mod:`monai_sr_bundle.federated.client` for one site."""
+    args = [
+        "--method", config["method"], "--scale", str(config["scale"]), "--modality", config["modality"],
+        "--intensity", config["intensity"] if config["intensity"] == "minmax" else json.dumps(config["intensity"]),
+        "--local_epochs", str(config["local_epochs"]), "--box_weight", str(config["box_weight"]),
+    ]
+    if site_config:
+        args += ["--site_config", site_config]
+    if threads:
+        args += ["--threads", str(threads)]
+    return shlex.join(args)
+
+
+class SRFedAvgRecipe(FedAvgRecipe):
+    """NVFlare's PyTorch FedAvg recipe with :class:`SRFedAvg` as its controller. ``monai_sr_bundle`` is an
+    installed package at every site, so the job folder carries only the client script, not partial copies
+    of the package's modules (which would shadow the installed one and lack its configs and weights)."""
+
+    def __init__(self, *, controller_args: dict, **kwargs) -> None:
+        self.controller_args = controller_args
+        super().__init__(**kwargs)
+        self._job.set_app_packages(["monai_sr_bundle"])
+
+    def _create_controller(self, persistor_id, model_params, model_aggregator) -> SRFedAvg:
+        return SRFedAvg(
+            num_clients=self.min_clients,
+            num_rounds=self.num_rounds,
+            persistor_id=persistor_id,
+            model=model_params,
+            aggregator=model_aggregator,
+            task_name="train",
+            **self.controller_args,
+        )
+
+
+@contextmanager
+def _beside_client_script():
+    """NVFlare names the client script relative to the working folder and a site finds it by that name in
+    the job's ``custom`` folder; an absolute path would have to exist on every site's machine. So recipes
+    are built, exported and run from the script's folder."""
+    previous = os.getcwd()
+    os.chdir(CLIENT_SCRIPT.parent)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def export_job(config: dict, job_dir: str | os.PathLike, command: str = "") -> Path:
+    """Write the job folder of a checked job config, for ``nvflare simulator``, POC or production."""
+    job_dir = Path(job_dir).resolve()
+    with _beside_client_script():
+        build_recipe(config, command=command).export(str(job_dir))
+    return job_dir / config["name"]
+
+
+def build_recipe(config: dict, threads: int = 0, command: str = "") -> SRFedAvgRecipe:
+    """The FedAvg recipe of a checked job config (:func:`load_job_config`); ``command`` is recorded as the
+    global model's provenance. Export or run it through :func:`export_job` or :func:`run_simulation`."""
+    method, scale, modality = config["method"], config["scale"], config["modality"]
+    init = config["initial_weights"]
+    if init == "shipped":
+        init = str(weights_path(method, scale, modality))
+    if init and not Path(init).is_file():
+        raise InputError(f"initial weights {init} not found; use null (a fresh network), 'shipped' or a file.")
+    provenance = {
+        "command": command,
+        "job": config["name"],
+        "data": f"federated over sites {', '.join(config['sites'])}; each site's own datalist (none left its site)",
+        "scale": scale,
+        "modality": modality,
+        "intensity": config["intensity"],
+        "rounds": config["num_rounds"],
+        "local_epochs": config["local_epochs"],
+        "initial_weights": init,
+        "privacy": config["privacy"],
+    }
+
+    recipe = SRFedAvgRecipe(
+        controller_args={
+            "min_responses": config["min_clients"],
+            "wait_after_min_s": config["wait_after_min_s"],
+            "weights_name": f"{method}_{modality}_x{scale}.pt",
+            "provenance": provenance,
+        },
+        name=config["name"],
+        model=network_spec(method, scale, modality),
+        initial_ckpt=str(Path(init).resolve()) if init else None,
+        min_clients=config["min_clients"],
+        num_rounds=config["num_rounds"],
+        train_script=CLIENT_SCRIPT.name,
+        train_args=client_args(config, None, threads),
+        key_metric="psnr",
+        params_transfer_type=TransferType.DIFF if config["privacy"] else TransferType.FULL,
+    )
+    set_per_site_config(recipe, {s: {"train_args": client_args(config, c, threads)} for s, c in config["sites"].items()})
+    if config["privacy"]:
+        privacy = PercentilePrivacy(data_kinds=[DataKind.WEIGHT_DIFF], **config["privacy"])
+        recipe.add_client_output_filter(privacy, tasks=["train"])
+    return recipe
+
+
+def run_simulation(config: dict, workspace: str | os.PathLike, threads: int | None = None, command: str = "") -> Path:
+    """Run the job in NVFlare's simulator, all sites on this machine; returns the server's app folder
+    (global model under ``models/``, ``fl_report.json``)."""
+    sites = list(config["sites"])
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // len(sites))
+    workspace = Path(workspace).resolve()
+    env = SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace))
+    job_dir = workspace / config["name"]
+    try:
+        with _beside_client_script():
+            build_recipe(config, threads, command).run(env)
+    except RuntimeError as e:  # the simulator's exit status; which sites failed is in the server's report
+        report = job_dir / SERVER_APP / REPORT_NAME
+        rounds = json.loads(report.read_text())["rounds"] if report.is_file() else []
+        failed = sorted({site for r in rounds for site in r["failed"]})
+        raise InputError(
+            f"job {config['name']} stopped" + (f": site(s) {', '.join(failed)} failed" if failed else "")
+            + f"; each site's reason is in its own log, {job_dir}/<site>/log.txt."
+        ) from e
+    return job_dir / SERVER_APP
+
+
+def main(argv=None) -> int:
+    cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_argument("job_config", help="configs/federated/<job>.json")
+    cli.add_argument("--workspace", default="out/federated", help="simulator workspace (default out/federated)")
+    cli.add_argument("--export_dir", default=None, help="write the job folder here instead of running it")
+    cli.add_argument("--num_rounds", type=int)
+    cli.add_argument("--local_epochs", type=int)
+    cli.add_argument("--min_clients", type=int)
+    cli.add_argument("--privacy", action="store_true", default=None, help="attach PercentilePrivacy to the sites' results")
+    cli.add_argument("--threads", type=int, default=None, help="torch threads per simulated site")
+    args = cli.parse_args(argv)
+    command = shlex.join(["python", "-m", "monai_sr_bundle.federated.job", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        config = load_job_config(
+            args.job_config, num_rounds=args.num_rounds, local_epochs=args.local_epochs,
+            min_clients=args.min_clients, privacy=args.privacy,
+        )
+        if args.export_dir:
+            print(f"job folder: {export_job(config, args.export_dir, command)}")
+            return 0
+        app = run_simulation(config, Path(args.workspace).resolve(), args.threads, command)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"global model: {app / 'models'}\nreport: {app / 'fl_report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Federated training: site configs, the job builder, the client's local trainer, and NVFlare's real simulator
+(2 sites x 2 rounds; a failing site; an empty site), ending in a checkpoint the bundle's inference runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import DATA, needs_data
+from monai_sr_bundle.data.datalist import nih_datalist
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.federated.client import SiteTrainer, parse_args
+from monai_sr_bundle.federated.controller import REPORT_NAME
+from monai_sr_bundle.federated.job import SERVER_APP, export_job, load_job_config, network_spec, run_simulation
+from monai_sr_bundle.federated.sites import SITE_CONFIG_ENV, balanced_patient_split, load_site, write_example_sites
+from monai_sr_bundle.inference import BUNDLE_ROOT, weights_path
+from monai_sr_bundle.training import sha256
+
+REPO = Path(__file__).resolve().parents[1]
+FED_CONFIGS = REPO / "configs" / "federated"
+NIH = DATA / "nih_cxr14"
+CT = DATA / "chest_ct"
+pytestmark = needs_data(NIH)
+
+
+def make_site(folder: Path, name: str, training: list, validation: list) -> Path:
+    """A site config + datalist in ``folder`` whose image paths are absolute."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}_datalist.json").write_text(json.dumps({"training": training, "validation": validation}))
+    (folder / f"{name}.json").write_text(json.dumps({"datalist": f"{name}_datalist.json"}))
+    return folder / f"{name}.json"
+
+
+def nih_items(split: str, start: int, n: int) -> list[dict]:
+    return [{"label": d["label"], "boxes": d["boxes"]} for d in nih_datalist(split)[start : start + n]]
+
+
+def job_file(folder: Path, name: str, site_map: dict, **extra) -> Path:
+    config = {"name": name, "method": "srcnn", "num_rounds": 2, "local_epochs": 1, "min_clients": len(site_map), "sites": site_map, **extra}
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+# ---- sites ---------------------------------------------------------------------------------------------
+
+
+def test_example_sites_are_reproducible_and_split_nih_by_patient(tmp_path):
+    names = write_example_sites(tmp_path)
+    for name in names:  # the committed files are exactly what the documented command writes
+        for suffix in (".json", "_datalist.json"):
+            assert (tmp_path / f"{name}{suffix}").read_text() == (FED_CONFIGS / "sites" / f"{name}{suffix}").read_text()
+    patient = {Path(d["label"]).name: d["patient_id"] for d in nih_datalist("all")}
+    seen, images = {}, []
+    for i in (1, 2, 3):
+        site = load_site(f"cxr-site-{i}", FED_CONFIGS / "sites" / f"cxr-site-{i}.json")
+        for d in site.training + site.validation:
+            p = patient[Path(d["label"]).name]
+            assert seen.setdefault(p, i) == i, f"patient {p} is at two sites"
+        images += [Path(d["label"]).name for d in site.training]
+    assert sorted(images) == sorted(Path(d["label"]).name for d in nih_datalist("train"))
+
+
+@needs_data(CT)
+def test_ct_sites_load_dicom_slices():
+    for name in ("ct-site-1", "ct-site-2"):
+        site = load_site(name, FED_CONFIGS / "sites" / f"{name}.json")
+        assert site.training and site.validation
+        assert all(Path(d["label"]).is_relative_to(CT) for d in site.training + site.validation)
+
+
+def test_balanced_patient_split():
+    items = [{"patient_id": p, "i": i} for i, p in enumerate("aaabbcdddde")]
+    groups = balanced_patient_split(items, 3)
+    assert sorted(d["i"] for g in groups for d in g) == list(range(len(items)))
+    assert [len(g) for g in groups] == [4, 4, 3]
+    owners = {d["patient_id"]: k for k, g in enumerate(groups) for d in g}
+    assert all(owners[d["patient_id"]] == k for k, g in enumerate(groups) for d in g)
+
+
+def test_site_config_errors_name_the_site(tmp_path, monkeypatch):
+    monkeypatch.delenv(SITE_CONFIG_ENV, raising=False)
+    with pytest.raises(InputError, match=f"site h1: no site config.*{SITE_CONFIG_ENV}"):
+        load_site("h1")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match="site h1: cannot read its site config"):
+        load_site("h1", tmp_path / "bad.json")
+    (tmp_path / "nolist.json").write_text(json.dumps({"data_dir": "/x"}))
+    with pytest.raises(InputError, match="site h1: .* 'datalist'"):
+        load_site("h1", tmp_path / "nolist.json")
+    with pytest.raises(InputError, match="site h2: .*'training' list must hold items"):
+        load_site("h2", make_site(tmp_path, "empty", [], nih_items("val", 0, 1)))
+    with pytest.raises(InputError, match="site h3: 1 validation image"):
+        load_site("h3", make_site(tmp_path, "gone", nih_items("train", 0, 1), [{"label": str(tmp_path / "missing.png")}]))
+    (tmp_path / "y.json").write_text('{"datalist": "nope.json"}')
+    with pytest.raises(InputError, match="site h4: .*datalist file not found"):
+        load_site("h4", tmp_path / "y.json")
+
+
+def test_site_config_from_the_site_environment(tmp_path, monkeypatch):
+    """Production: the job carries no path; the site's own environment points at its config. Relative image
+    paths start at ``data_dir``, where ``${MONAI_SR_DATA}`` means the shared data folder."""
+    names = [Path(d["label"]).name for d in nih_datalist("train")[:2]]
+    (tmp_path / "list.json").write_text(json.dumps({"training": [{"label": names[0]}], "validation": [{"label": names[1]}]}))
+    (tmp_path / "site.json").write_text(json.dumps({"datalist": "list.json", "data_dir": "${MONAI_SR_DATA}/nih_cxr14/images_512"}))
+    monkeypatch.setenv(SITE_CONFIG_ENV, str(tmp_path / "site.json"))
+    monkeypatch.setenv("MONAI_SR_DATA", str(DATA))
+    site = load_site("hospital-a")
+    assert site.training[0]["label"] == str(NIH / "images_512" / names[0]) and site.training[0]["boxes"] == []
+
+
+# ---- job config and recipe -----------------------------------------------------------------------------
+
+
+def test_job_config_checks(tmp_path):
+    sites = {"a": "a.json", "b": None}
+    config = load_job_config(job_file(tmp_path, "ok", sites, privacy=True), num_rounds=3)
+    assert config["num_rounds"] == 3 and config["privacy"] == {"percentile": 10, "gamma": 0.01}
+    assert config["sites"] == {"a": str(tmp_path / "a.json"), "b": None}
+    for bad, match in [
+        ({"colour": 1}, "unknown key"),
+        ({"method": "bicubic"}, "not trainable"),
+        ({"num_rounds": 0}, "num_rounds must be a positive integer"),
+        ({"min_clients": 3}, "min_clients is 3 but only 2"),
+        ({"sites": {}}, "'sites' must map"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            load_job_config(job_file(tmp_path, "bad", sites, **bad))
+    (tmp_path / "noname.json").write_text(json.dumps({"sites": sites}))
+    with pytest.raises(InputError, match="missing name"):
+        load_job_config(tmp_path / "noname.json")
+    (tmp_path / "broken.json").write_text("[1, 2")
+    with pytest.raises(InputError, match="cannot read the job config"):
+        load_job_config(tmp_path / "broken.json")
+
+
+def test_network_spec_builds_the_bundle_network():
+    spec = network_spec("srcnn", 4, "cxr")
+    module, name = spec["class_path"].rsplit(".", 1)
+    network = getattr(__import__(module, fromlist=[name]), name)(**spec["args"])
+    network.load_state_dict(torch.load(weights_path("srcnn", 4, "cxr"), weights_only=True))
+
+
+def test_export_for_poc_and_production(tmp_path):
+    """The exported job: our controller on the server, the client script and per-site arguments on each site,
+    PercentilePrivacy on the sites' results when asked for; a null site carries no path."""
+    config = load_job_config(job_file(tmp_path, "exp", {"hospital-a": None, "hospital-b": "b.json"}, privacy=True))
+    export_job(config, tmp_path / "job")
+    server = (tmp_path / "job" / "exp" / "app_server" / "config" / "config_fed_server.json").read_text()
+    assert "monai_sr_bundle.federated.controller.SRFedAvg" in server and '"min_responses": 2' in server
+    a = (tmp_path / "job" / "exp" / "app_hospital-a" / "config" / "config_fed_client.json").read_text()
+    b = (tmp_path / "job" / "exp" / "app_hospital-b" / "config" / "config_fed_client.json").read_text()
+    assert "PercentilePrivacy" in a and "WEIGHT_DIFF" in a
+    assert "--site_config" not in a and f"--site_config {tmp_path / 'b.json'}" in b
+    assert '"task_script_path": "client.py"' in a  # found by name in the job's custom folder, at any site
+    assert [p.name for p in (tmp_path / "job" / "exp" / "app_hospital-a" / "custom").rglob("*.py")] == ["client.py"]
+
+
+def test_client_arguments():
+    args = parse_args(["--intensity", "[-1000, 400]", "--local_epochs", "2"])
+    assert args.intensity == [-1000, 400] and args.local_epochs == 2 and parse_args([]).intensity == "minmax"
+
+
+# ---- the client's local trainer ------------------------------------------------------------------------
+
+
+def test_site_trainer_scores_and_trains(tmp_path):
+    site = load_site("s", make_site(tmp_path, "s", nih_items("train", 0, 4), nih_items("val", 0, 1)))
+    trainer = SiteTrainer(site, "srcnn", 4, "cxr", "minmax", total_epochs=2, work_dir=tmp_path / "runs")
+    before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    metrics = trainer.evaluate()
+    assert set(metrics) == {"psnr", "ssim"} and 0 < metrics["ssim"] <= 1
+    assert trainer.train(1) == 1 and trainer.train(1) == 1  # 4 images x 2 patches, batch 8: one step an epoch
+    assert trainer.trainer.state.epoch == 2
+    assert any(not torch.equal(before[k], v) for k, v in trainer.network.state_dict().items())
+
+
+def test_site_trainer_refuses_a_corrupt_image_naming_the_site(tmp_path):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
+    site = load_site("s9", make_site(tmp_path, "s9", [{"label": str(tmp_path / "corrupt.png")}], nih_items("val", 0, 1)))
+    with pytest.raises(InputError, match="site s9: cannot load its images"):
+        SiteTrainer(site, "srcnn", 4, "cxr", "minmax", 1, tmp_path / "runs")
+
+
+@needs_data(CT)
+def test_site_trainer_windows_ct_in_hu(tmp_path):
+    site = load_site("ct-site-2", FED_CONFIGS / "sites" / "ct-site-2.json")
+    trainer = SiteTrainer(site, "srcnn", 4, "ct", [-1000, 400], 1, tmp_path / "runs")
+    image = trainer.evaluator.data_loader.dataset[0]["label"]
+    assert tuple(image.meta["intensity_range"]) == (-1000.0, 400.0)
+    assert trainer.train(1) >= 1
+
+
+# ---- NVFlare's simulator -------------------------------------------------------------------------------
+
+
+def _report(app: Path) -> dict:
+    return json.loads((app / REPORT_NAME).read_text())
+
+
+def test_simulator_two_sites_two_rounds(tmp_path):
+    """2 sites x 2 rounds from the shipped weights: both sites report PSNR/SSIM each round, the global model
+    changes and is published with its sha256, nothing about a site's images reaches the server, and the
+    bundle's inference config runs the checkpoint as-is."""
+    a = make_site(tmp_path / "a", "site-a", nih_items("train", 0, 4), nih_items("val", 0, 1))
+    b = make_site(tmp_path / "b", "site-b", nih_items("train", 200, 4), nih_items("val", 30, 1))
+    config = load_job_config(job_file(tmp_path, "two", {"site-a": str(a), "site-b": str(b)}, initial_weights="shipped"))
+    app = run_simulation(config, tmp_path / "ws")
+
+    report = _report(app)
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    for r in report["rounds"]:
+        assert set(r["sites"]) == {"site-a", "site-b"} and not r["failed"]
+        assert all(s["psnr"] > 20 and 0 < s["ssim"] <= 1 and s["steps"] == 1 for s in r["sites"].values())
+    ckpt = app / "models" / "srcnn_cxr_x4.pt"
+    manifest = json.loads((app / "models" / "weights.json").read_text())["srcnn_cxr_x4.pt"]
+    assert manifest["sha256"] == sha256(ckpt) and manifest["rounds_completed"] == 2 and "federated" in manifest["data"]
+    final = torch.load(ckpt, weights_only=True)
+    shipped = torch.load(weights_path("srcnn", 4, "cxr"), weights_only=True)
+    assert final.keys() == shipped.keys() and any(not torch.allclose(final[k], shipped[k]) for k in final)
+
+    image_names = [Path(d["label"]).name for d in nih_items("train", 0, 4) + nih_items("train", 200, 4)]
+    server_text = "".join(p.read_text(errors="ignore") for p in (tmp_path / "ws" / "two" / "server").rglob("*") if p.is_file() and p.suffix != ".pt")
+    assert not [n for n in image_names if n in server_text]
+
+    Image.fromarray((np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--method", "srcnn",
+         "--ckpt_path", str(ckpt), "--input", str(tmp_path / "in.png"), "--output_dir", str(tmp_path / "sr")],
+        cwd=BUNDLE_ROOT, check=True, capture_output=True,
+    )
+    assert Image.open(tmp_path / "sr" / "in_sr.png").size == (192, 192)
+
+
+def test_exported_job_with_a_failing_site_finishes_with_the_others(tmp_path):
+    """A site whose image turns out corrupt fails its round; it is reported, and the job ends normally with the
+    two others (min_clients 2). Runs the exported job folder with the ``nvflare simulator`` command."""
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
+    sites = {
+        "site-a": str(make_site(tmp_path / "a", "site-a", nih_items("train", 0, 4), nih_items("val", 0, 1))),
+        "site-b": str(make_site(tmp_path / "b", "site-b", nih_items("train", 200, 4), nih_items("val", 30, 1))),
+        "site-c": str(make_site(tmp_path / "c", "site-c", [{"label": str(tmp_path / "corrupt.png")}], nih_items("val", 60, 1))),
+    }
+    config = load_job_config(job_file(tmp_path, "three", sites, min_clients=2, num_rounds=1))
+    export_job(config, tmp_path / "job")
+    nvflare = Path(sys.executable).with_name("nvflare")
+    run = subprocess.run(
+        [str(nvflare), "simulator", str(tmp_path / "job" / "three"), "-w", str(tmp_path / "ws"), "-c", "site-a,site-b,site-c", "-t", "3"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    app = tmp_path / "ws" / SERVER_APP
+    report = _report(app)
+    assert list(report["rounds"][0]["failed"]) == ["site-c"] and set(report["rounds"][0]["sites"]) == {"site-a", "site-b"}
+    assert (app / "models" / "srcnn_cxr_x4.pt").is_file()
+    assert "site site-c: cannot load its images" in (tmp_path / "ws" / "site-c" / "log.txt").read_text()
+
+
+def test_an_empty_site_stops_the_job_naming_the_site(tmp_path):
+    """With min_clients 2 of 2, a site with an empty datalist stops the job: the job's error names the site, the
+    site's own log says why, and no global model is published."""
+    sites = {
+        "site-a": str(make_site(tmp_path / "a", "site-a", nih_items("train", 0, 4), nih_items("val", 0, 1))),
+        "site-e": str(make_site(tmp_path / "e", "site-e", [], nih_items("val", 30, 1))),
+    }
+    config = load_job_config(job_file(tmp_path, "empty", sites, num_rounds=1))
+    with pytest.raises(InputError, match="job empty stopped: site\\(s\\) site-e failed"):
+        run_simulation(config, tmp_path / "ws")
+    assert "site site-e: " in (tmp_path / "ws" / "empty" / "site-e" / "log.txt").read_text()
+    assert "'training' list must hold items" in (tmp_path / "ws" / "empty" / "site-e" / "log.txt").read_text()
+    assert not (tmp_path / "ws" / "empty" / SERVER_APP / "models").exists()
+
+
+def test_production_project_provisions_the_example_sites(tmp_path):
+    """``configs/federated/project.yml`` provisions a startup kit for the server, the admin and every site of
+    the chest X-ray job, under the same names."""
+    subprocess.run(
+        [str(Path(sys.executable).with_name("nvflare")), "provision", "-p", str(FED_CONFIGS / "project.yml"), "-w", str(tmp_path)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )
+    kits = tmp_path / "monai_sr_federation" / "prod_00"
+    sites = json.loads((FED_CONFIGS / "cxr_nih.json").read_text())["sites"]
+    for name in ["server1", "admin@coordinator.org", *sites]:
+        assert (kits / name / "startup").is_dir(), name
