@@ -18,7 +18,7 @@ from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.client import SiteTrainer, parse_args
 from monai_sr_bundle.federated.controller import REPORT_NAME
-from monai_sr_bundle.federated.job import SERVER_APP, export_job, load_job_config, network_spec, run_simulation
+from monai_sr_bundle.federated.job import SERVER_APP, client_args, export_job, load_job_config, network_spec, run_simulation
 from monai_sr_bundle.federated.sites import SITE_CONFIG_ENV, balanced_patient_split, load_site, write_example_sites
 from monai_sr_bundle.inference import BUNDLE_ROOT, weights_path
 from monai_sr_bundle.training import sha256
@@ -163,9 +163,13 @@ def test_export_for_poc_and_production(tmp_path):
     assert [p.name for p in (tmp_path / "job" / "exp" / "app_hospital-a" / "custom").rglob("*.py")] == ["client.py"]
 
 
-def test_client_arguments():
-    args = parse_args(["--intensity", "[-1000, 400]", "--local_epochs", "2"])
-    assert args.intensity == [-1000, 400] and args.local_epochs == 2 and parse_args([]).intensity == "minmax"
+def test_client_arguments_survive_nvflares_whitespace_split(tmp_path):
+    config = load_job_config(job_file(tmp_path, "ct", {"a": "a.json"}, modality="ct", intensity=[-1000, 400], local_epochs=2))
+    args = parse_args(client_args(config, config["sites"]["a"], threads=1).split())
+    assert args.intensity == [-1000, 400] and args.local_epochs == 2 and args.modality == "ct" and args.threads == 1
+    assert args.site_config == str(tmp_path / "a.json") and parse_args([]).intensity == "minmax"
+    with pytest.raises(InputError, match="split on whitespace"):
+        client_args(config, str(tmp_path / "my site.json"))
 
 
 # ---- the client's local trainer ------------------------------------------------------------------------
@@ -187,6 +191,21 @@ def test_site_trainer_refuses_a_corrupt_image_naming_the_site(tmp_path):
     site = load_site("s9", make_site(tmp_path, "s9", [{"label": str(tmp_path / "corrupt.png")}], nih_items("val", 0, 1)))
     with pytest.raises(InputError, match="site s9: cannot load its images"):
         SiteTrainer(site, "srcnn", 4, "cxr", "minmax", 1, tmp_path / "runs")
+
+
+def test_site_trainer_refuses_wrong_shapes_naming_the_site(tmp_path):
+    """An image smaller than the training patch, or a volume among 2D images, fails the round with one
+    sentence naming the site, not a traceback from inside the data loader."""
+    Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp_path / "tiny.png")
+    site = load_site("s7", make_site(tmp_path, "s7", [{"label": str(tmp_path / "tiny.png")}], nih_items("val", 0, 1)))
+    with pytest.raises(InputError, match="site s7: training failed .*smaller than the patch"):
+        SiteTrainer(site, "srcnn", 4, "cxr", "minmax", 1, tmp_path / "runs").train(1)
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.Image([32, 32, 8], sitk.sitkFloat32), str(tmp_path / "volume.nii.gz"))
+    site = load_site("s8", make_site(tmp_path, "s8", nih_items("train", 0, 1), [{"label": str(tmp_path / "volume.nii.gz")}]))
+    with pytest.raises(InputError, match="site s8: "):
+        SiteTrainer(site, "srcnn", 4, "cxr", "minmax", 1, tmp_path / "runs").evaluate()
 
 
 @needs_data(CT)

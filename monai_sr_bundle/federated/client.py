@@ -73,7 +73,10 @@ class SiteTrainer:
 
     def evaluate(self) -> dict[str, float]:
         """PSNR and SSIM of the current network on the site's validation images."""
-        self.evaluator.run()
+        try:
+            self.evaluator.run()
+        except Exception as e:  # e.g. an image too small for the scale: the round fails, naming the site
+            raise InputError(f"site {self.site}: validation failed ({_first_line(e)}).") from e
         return {"psnr": float(self.evaluator.state.metrics["val_psnr"]), "ssim": float(self.evaluator.state.metrics["val_ssim"])}
 
     def train(self, epochs: int) -> int:
@@ -81,7 +84,10 @@ class SiteTrainer:
         state = self.trainer.state
         start = state.iteration
         state.max_epochs = state.epoch + int(epochs)
-        self.trainer.run()
+        try:
+            self.trainer.run()
+        except Exception as e:  # e.g. an image smaller than the training patch
+            raise InputError(f"site {self.site}: training failed ({_first_line(e)}).") from e
         return self.trainer.state.iteration - start
 
 

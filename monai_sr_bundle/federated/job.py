@@ -101,17 +101,22 @@ def network_spec(method: str, scale: int, modality: str) -> dict:
 
 
 def client_args(config: dict, site_config: str | None, threads: int = 0) -> str:
-    """Command-line arguments of :mod:`monai_sr_bundle.federated.client` for one site."""
+    """Command-line arguments of :mod:`monai_sr_bundle.federated.client` for one site. NVFlare splits them
+    on whitespace with no shell quoting, so no argument may contain any (a HU window is written ``[-1000,400]``)."""
+    window = config["intensity"]
     args = [
         "--method", config["method"], "--scale", str(config["scale"]), "--modality", config["modality"],
-        "--intensity", config["intensity"] if config["intensity"] == "minmax" else json.dumps(config["intensity"]),
+        "--intensity", window if window == "minmax" else json.dumps(window, separators=(",", ":")),
         "--local_epochs", str(config["local_epochs"]), "--box_weight", str(config["box_weight"]),
     ]
     if site_config:
         args += ["--site_config", site_config]
     if threads:
         args += ["--threads", str(threads)]
-    return shlex.join(args)
+    spaced = [a for a in args if not a or any(c.isspace() for c in a)]
+    if spaced:
+        raise InputError(f"{spaced[0]!r}: NVFlare passes the site's arguments split on whitespace; use a path without spaces.")
+    return " ".join(args)
 
 
 class SRFedAvgRecipe(FedAvgRecipe):
