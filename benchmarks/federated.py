@@ -3,13 +3,14 @@ NVFlare's PercentilePrivacy filter, all scored on the NIH ChestX-ray14 test spli
 
 - centralized: the bundle's train config on the three example sites' images pooled, ``rounds * local_epochs`` epochs;
 - single-site: the same on cxr-site-1's images alone;
-- federated: ``configs/federated/cxr_nih.json`` in NVFlare's simulator, ``rounds`` rounds of ``local_epochs``;
+- federated: ``configs/federated/cxr_nih.json`` in NVFlare's simulator, ``rounds`` rounds of ``local_epochs``
+  (local batch 3: the method's 8 split over 3 sites, so an epoch takes as many steps as centralized);
 - federated + privacy: the same with PercentilePrivacy on the sites' weight differences.
 
 Every run starts from a fresh network and ends with its last weights (no model selection), and the
 centralized and single-site runs go through the federated client's own ``SiteTrainer``, so the only
 difference is where the data sits. Writes docs/federated_results.md.
-Run: .venv/bin/python benchmarks/federated.py [--rounds 8 --local_epochs 2 --limit N]
+Run: .venv/bin/python benchmarks/federated.py [--rounds 8 --local_epochs 2 --batch_size B --limit N]
 """
 
 from __future__ import annotations
@@ -71,12 +72,13 @@ def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_argument("--rounds", type=int, default=8)
     cli.add_argument("--local_epochs", type=int, default=2)
+    cli.add_argument("--batch_size", type=int, default=None, help="federated local batch (default: the job config's, 3)")
     cli.add_argument("--limit", type=int, default=None, help="first N test images (default: all 116)")
     cli.add_argument("--work", default=str(REPO / "out" / "benchmark_federated"))
     args = cli.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    config = load_job_config(JOB, num_rounds=args.rounds, local_epochs=args.local_epochs)
+    config = load_job_config(JOB, num_rounds=args.rounds, local_epochs=args.local_epochs, batch_size=args.batch_size)
     epochs = args.rounds * args.local_epochs
     minutes, weights = {}, {}
     runs = {
@@ -96,13 +98,14 @@ def main() -> int:
     psnr = {n: summary[n]["psnr"][0] for n in summary}
     gap = psnr["centralized"] - psnr["federated"]
     command = f"python benchmarks/federated.py --rounds {args.rounds} --local_epochs {args.local_epochs}" + (
-        f" --limit {args.limit}" if args.limit else ""
-    )
+        f" --batch_size {args.batch_size}" if args.batch_size else ""
+    ) + (f" --limit {args.limit}" if args.limit else "")
     sites = ", ".join(f"{s} ({len(load_site(s, p).training)} images)" for s, p in config["sites"].items())
     doc = f"""# Federated training: results
 
 {config['method'].upper()} x4 from a fresh network, {epochs} epochs of the bundle's train config in every run
-(federated: {args.rounds} rounds x {args.local_epochs} local epochs), last weights kept (no selection), scored on the
+(federated: {args.rounds} rounds x {args.local_epochs} local epochs with a local batch of {config['batch_size'] or "the method's"} images;
+centralized and single-site: the method's own recipe, batch 8), last weights kept (no selection), scored on the
 NIH ChestX-ray14 test split ({len(nih_datalist('test', limit=args.limit))} images; LR = antialiased bicubic x4).
 Sites: {sites}, the NIH train split partitioned by patient (`configs/federated/sites/`).
 Privacy: NVFlare's PercentilePrivacy (percentile 10, gamma 0.01) on each site's weight difference.

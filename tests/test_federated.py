@@ -128,6 +128,7 @@ def test_job_config_checks(tmp_path):
         ({"colour": 1}, "unknown key"),
         ({"method": "bicubic"}, "not trainable"),
         ({"num_rounds": 0}, "num_rounds must be a positive integer"),
+        ({"batch_size": "8"}, "batch_size must be a positive integer"),
         ({"min_clients": 3}, "min_clients is 3 but only 2"),
         ({"sites": {}}, "'sites' must map"),
     ]:
@@ -164,9 +165,10 @@ def test_export_for_poc_and_production(tmp_path):
 
 
 def test_client_arguments_survive_nvflares_whitespace_split(tmp_path):
-    config = load_job_config(job_file(tmp_path, "ct", {"a": "a.json"}, modality="ct", intensity=[-1000, 400], local_epochs=2))
+    config = load_job_config(job_file(tmp_path, "ct", {"a": "a.json"}, modality="ct", intensity=[-1000, 400], local_epochs=2, batch_size=3))
     args = parse_args(client_args(config, config["sites"]["a"], threads=1).split())
     assert args.intensity == [-1000, 400] and args.local_epochs == 2 and args.modality == "ct" and args.threads == 1
+    assert args.batch_size == 3 and parse_args([]).batch_size is None
     assert args.site_config == str(tmp_path / "a.json") and parse_args([]).intensity == "minmax"
     with pytest.raises(InputError, match="split on whitespace"):
         client_args(config, str(tmp_path / "my site.json"))
@@ -183,6 +185,8 @@ def test_site_trainer_scores_and_trains(tmp_path):
     assert set(metrics) == {"psnr", "ssim"} and 0 < metrics["ssim"] <= 1
     assert trainer.train(1) == 1 and trainer.train(1) == 1  # 4 images x 2 patches, batch 8: one step an epoch
     assert trainer.trainer.state.epoch == 2
+    small = SiteTrainer(site, "srcnn", 4, "cxr", "minmax", total_epochs=1, work_dir=tmp_path / "runs", batch_size=2)
+    assert small.train(1) == 2
     assert any(not torch.equal(before[k], v) for k, v in trainer.network.state_dict().items())
 
 

@@ -43,6 +43,7 @@ class SiteTrainer:
         total_epochs: int,
         work_dir: str | os.PathLike,
         box_weight: float = 0.0,
+        batch_size: int | None = None,
     ) -> None:
         parser = ConfigParser()
         parser.read_config([str(BUNDLE_ROOT / "configs" / "train.json"), str(METHODS_DIR / f"{method}.json")])
@@ -62,6 +63,8 @@ class SiteTrainer:
                 "run_dir": str(Path(work_dir) / site.site),
             }
         )
+        if batch_size:
+            parser["batch_size"] = int(batch_size)
         parser.get_parsed_content("initialize")  # seeding, as the bundle's own run does
         try:
             self.trainer = parser.get_parsed_content("train#trainer")
@@ -106,6 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="'minmax' or a JSON [lo, hi] window in modality units (HU for CT)")
     cli.add_argument("--local_epochs", type=int, default=1)
     cli.add_argument("--box_weight", type=float, default=0.0)
+    cli.add_argument("--batch_size", type=int, default=None, help="local batch size (default: the method's)")
     cli.add_argument("--site_config", default=None, help="the site's config; default $MONAI_SR_SITE_CONFIG")
     cli.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     return cli.parse_args(argv)
@@ -127,7 +131,9 @@ def main(argv=None) -> None:
         if trainer is None:
             total = int(model.total_rounds or 1) * args.local_epochs
             work_dir = Path.cwd() / "monai_sr_runs"
-            trainer = SiteTrainer(site, args.method, args.scale, args.modality, args.intensity, total, work_dir, args.box_weight)
+            trainer = SiteTrainer(
+                site, args.method, args.scale, args.modality, args.intensity, total, work_dir, args.box_weight, args.batch_size
+            )
         trainer.network.load_state_dict({k: torch.as_tensor(v) for k, v in model.params.items()})
         metrics = trainer.evaluate()
         logger.info(f"site {site_name} round {model.current_round}: global model PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}")

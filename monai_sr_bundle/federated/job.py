@@ -49,6 +49,7 @@ JOB_KEYS = {
     "min_clients": 1,
     "initial_weights": None,
     "box_weight": 0.0,
+    "batch_size": None,
     "privacy": None,
     "wait_after_min_s": 1800,
     "sites": REQUIRED,
@@ -80,7 +81,7 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
     if not isinstance(sites, dict) or not sites:
         raise InputError(f"{path}: 'sites' must map each site name to its site config (or null).")
     config["sites"] = {s: None if c is None else str((path.parent / c).resolve()) for s, c in sites.items()}
-    for key in ("num_rounds", "local_epochs", "min_clients", "scale"):
+    for key in ("num_rounds", "local_epochs", "min_clients", "scale") + (("batch_size",) if config["batch_size"] is not None else ()):
         if not isinstance(config[key], int) or config[key] < 1:
             raise InputError(f"{path}: {key} must be a positive integer, got {config[key]!r}.")
     if config["min_clients"] > len(sites):
@@ -111,6 +112,8 @@ def client_args(config: dict, site_config: str | None, threads: int = 0) -> str:
     ]
     if site_config:
         args += ["--site_config", site_config]
+    if config["batch_size"]:
+        args += ["--batch_size", str(config["batch_size"])]
     if threads:
         args += ["--threads", str(threads)]
     spaced = [a for a in args if not a or any(c.isspace() for c in a)]
