@@ -190,6 +190,25 @@ def test_site_trainer_scores_and_trains(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in trainer.network.state_dict().items())
 
 
+def test_site_trainer_refuses_a_bad_global_model(tmp_path):
+    """Weights from the server that do not fit, or hold NaN, are refused before any training or scoring."""
+    site = load_site("s5", make_site(tmp_path, "s5", nih_items("train", 0, 1), nih_items("val", 0, 1)))
+    trainer = SiteTrainer(site, "srcnn", 4, "cxr", "minmax", 1, tmp_path / "runs")
+    good = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    first = next(iter(good))
+    for bad in (
+        {**good, first: torch.full_like(good[first], float("nan"))},
+        {k: v for k, v in good.items() if k != first},
+        {**good, first: torch.zeros(3, 3)},
+        {**good, first: np.array(["x"] * 4)},
+        None,
+    ):
+        with pytest.raises(InputError, match="site s5: the global model does not fit"):
+            trainer.load_global(bad)
+    assert all(torch.equal(v, good[k]) for k, v in trainer.network.state_dict().items())
+    trainer.load_global({k: v.numpy() for k, v in good.items()})  # NVFlare's numpy exchange format
+
+
 def test_site_trainer_refuses_a_corrupt_image_naming_the_site(tmp_path):
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
     site = load_site("s9", make_site(tmp_path, "s9", [{"label": str(tmp_path / "corrupt.png")}], nih_items("val", 0, 1)))

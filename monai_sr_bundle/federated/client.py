@@ -74,6 +74,18 @@ class SiteTrainer:
         self.network = self.trainer.network
         self.site = site.site
 
+    def load_global(self, params: dict) -> None:
+        """Load the server's global weights, refusing any that do not fit this network or are not finite:
+        a site never trains on, or sends back, a corrupted model."""
+        try:
+            state = {k: torch.as_tensor(v) for k, v in dict(params or {}).items()}
+            bad = [k for k, v in state.items() if not (v.is_floating_point() and torch.isfinite(v).all())]
+            if bad:
+                raise ValueError(f"non-finite or non-float values in {bad[0]}")
+            self.network.load_state_dict(state)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise InputError(f"site {self.site}: the global model does not fit this network ({_first_line(e)}).") from e
+
     def evaluate(self) -> dict[str, float]:
         """PSNR and SSIM of the current network on the site's validation images."""
         try:
@@ -134,7 +146,7 @@ def main(argv=None) -> None:
             trainer = SiteTrainer(
                 site, args.method, args.scale, args.modality, args.intensity, total, work_dir, args.box_weight, args.batch_size
             )
-        trainer.network.load_state_dict({k: torch.as_tensor(v) for k, v in model.params.items()})
+        trainer.load_global(model.params)
         metrics = trainer.evaluate()
         logger.info(f"site {site_name} round {model.current_round}: global model PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}")
         steps = trainer.train(args.local_epochs)
