@@ -124,6 +124,7 @@ def test_job_config_checks(tmp_path):
     config = load_job_config(job_file(tmp_path, "ok", sites, privacy=True), num_rounds=3)
     assert config["num_rounds"] == 3 and config["privacy"] == {"percentile": 10, "gamma": 0.01}
     assert config["sites"] == {"a": str(tmp_path / "a.json"), "b": None}
+    assert load_job_config(job_file(tmp_path, "w", sites, initial_weights="w.pt"))["initial_weights"] == str(tmp_path / "w.pt")
     for bad, match in [
         ({"colour": 1}, "unknown key"),
         ({"method": "bicubic"}, "not trainable"),

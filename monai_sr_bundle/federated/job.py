@@ -59,8 +59,8 @@ PRIVACY_DEFAULTS = {"percentile": 10, "gamma": 0.01}
 
 
 def load_job_config(path: str | os.PathLike, **overrides) -> dict:
-    """The job config at ``path`` with ``overrides`` (None values ignored), checked; site config paths are
-    made absolute from the job config's folder."""
+    """The job config at ``path`` with ``overrides`` (None values ignored), checked; site config and initial
+    weights paths are made absolute from the job config's folder."""
     path = Path(path)
     try:
         config = json.loads(path.read_text())
@@ -81,6 +81,8 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
     if not isinstance(sites, dict) or not sites:
         raise InputError(f"{path}: 'sites' must map each site name to its site config (or null).")
     config["sites"] = {s: None if c is None else str((path.parent / c).resolve()) for s, c in sites.items()}
+    if config["initial_weights"] not in (None, "shipped"):
+        config["initial_weights"] = str((path.parent / str(config["initial_weights"])).resolve())
     for key in ("num_rounds", "local_epochs", "min_clients", "scale") + (("batch_size",) if config["batch_size"] is not None else ()):
         if not isinstance(config[key], int) or config[key] < 1:
             raise InputError(f"{path}: {key} must be a positive integer, got {config[key]!r}.")
