@@ -130,6 +130,8 @@ def test_job_config_checks(tmp_path):
         ({"method": "bicubic"}, "not trainable"),
         ({"num_rounds": 0}, "num_rounds must be a positive integer"),
         ({"batch_size": "8"}, "batch_size must be a positive integer"),
+        ({"privacy": "yes"}, "privacy must be null, true"),
+        ({"privacy": {"epsilon": 1}}, "privacy takes numbers for percentile and gamma only"),
         ({"min_clients": 3}, "min_clients is 3 but only 2"),
         ({"sites": {}}, "'sites' must map"),
     ]:

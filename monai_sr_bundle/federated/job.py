@@ -88,10 +88,16 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
             raise InputError(f"{path}: {key} must be a positive integer, got {config[key]!r}.")
     if config["min_clients"] > len(sites):
         raise InputError(f"{path}: min_clients is {config['min_clients']} but only {len(sites)} site(s) are listed.")
-    if config["privacy"] is True:
-        config["privacy"] = dict(PRIVACY_DEFAULTS)
-    elif config["privacy"]:
-        config["privacy"] = {**PRIVACY_DEFAULTS, **config["privacy"]}
+    privacy = config["privacy"]
+    if privacy is True:
+        privacy = dict(PRIVACY_DEFAULTS)
+    elif isinstance(privacy, dict):
+        privacy = {**PRIVACY_DEFAULTS, **privacy}
+        if set(privacy) != set(PRIVACY_DEFAULTS) or not all(isinstance(v, (int, float)) for v in privacy.values()):
+            raise InputError(f"{path}: privacy takes numbers for {' and '.join(PRIVACY_DEFAULTS)} only, got {config['privacy']!r}.")
+    elif privacy not in (None, False):
+        raise InputError(f"{path}: privacy must be null, true or {{\"percentile\": p, \"gamma\": g}}, got {privacy!r}.")
+    config["privacy"] = privacy or None
     return config
 
 
