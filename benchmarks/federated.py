@@ -28,7 +28,7 @@ from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.evaluation import evaluate, format_table
 from monai_sr_bundle.federated.client import SiteTrainer
 from monai_sr_bundle.federated.job import PRIVACY_DEFAULTS, load_job_config, run_simulation
-from monai_sr_bundle.federated.sites import load_site
+from monai_sr_bundle.federated.sites import SiteData, load_site
 from monai_sr_bundle.inference import load_network
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,25 +36,19 @@ JOB = REPO / "configs" / "federated" / "cxr_nih.json"
 BAR_DB = 0.3
 
 
-def pooled_site_config(config: dict, work: Path) -> Path:
-    """A site config whose datalist pools every site's training and validation images (centralized)."""
-    lists = {"training": [], "validation": []}
-    data_dirs = set()
-    for site, path in config["sites"].items():
-        data = load_site(site, path)
-        lists["training"] += data.training
-        lists["validation"] += data.validation
-        data_dirs.add(str(data.data_dir))
-    (work / "pooled_datalist.json").write_text(json.dumps(lists))
-    (work / "pooled.json").write_text(json.dumps({"datalist": "pooled_datalist.json", "data_dir": data_dirs.pop()}))
-    return work / "pooled.json"
+def pooled_site(sites: dict[str, SiteData], work: Path) -> SiteData:
+    """One site holding every site's training and validation images (centralized training)."""
+    training = [d for site in sites.values() for d in site.training]
+    validation = [d for site in sites.values() for d in site.validation]
+    datalist = work / "pooled_datalist.json"  # the train config reads its data from a datalist file
+    datalist.write_text(json.dumps({"training": training, "validation": validation}))  # absolute image paths
+    return SiteData("centralized", datalist, work, training, validation)
 
 
-def train_locally(name: str, site_config: Path, config: dict, epochs: int, work: Path) -> Path:
-    site = load_site(name, site_config)
+def train_locally(site: SiteData, config: dict, epochs: int, work: Path) -> Path:
     trainer = SiteTrainer(site, config["method"], config["scale"], config["modality"], config["intensity"], epochs, work / "runs")
     trainer.train(epochs)
-    target = work / f"{name}.pt"
+    target = work / f"{site.site}.pt"
     torch.save(trainer.network.state_dict(), target)
     return target
 
@@ -80,10 +74,12 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     config = load_job_config(JOB, num_rounds=args.rounds, local_epochs=args.local_epochs, batch_size=args.batch_size)
     epochs = args.rounds * args.local_epochs
+    sites = {name: load_site(name, path) for name, path in config["sites"].items()}
+    test = nih_datalist("test", limit=args.limit)
     minutes, weights = {}, {}
     runs = {
-        "centralized": lambda: train_locally("centralized", pooled_site_config(config, work), config, epochs, work),
-        "single-site": lambda: train_locally("cxr-site-1", Path(config["sites"]["cxr-site-1"]), config, epochs, work),
+        "centralized": lambda: train_locally(pooled_site(sites, work), config, epochs, work),
+        "single-site": lambda: train_locally(sites["cxr-site-1"], config, epochs, work),
         "federated": lambda: train_federated("federated", config, work, privacy=False),
         "federated+privacy": lambda: train_federated("federated_privacy", config, work, privacy=True),
     }
@@ -94,20 +90,19 @@ def main() -> int:
         print(f"{name}: trained in {minutes[name]:.1f} min -> {weights[name]}", flush=True)
     networks = {"bicubic": load_network("bicubic", config["scale"])}
     networks.update({n: load_network(config["method"], config["scale"], weights=w) for n, w in weights.items()})
-    summary = evaluate(nih_datalist("test", limit=args.limit), networks, config["scale"], work / "eval", lpips=False)
+    summary = evaluate(test, networks, config["scale"], work / "eval", lpips=False)
     psnr = {n: summary[n]["psnr"][0] for n in summary}
     gap = psnr["centralized"] - psnr["federated"]
     command = f"python benchmarks/federated.py --rounds {args.rounds} --local_epochs {args.local_epochs}" + (
         f" --batch_size {args.batch_size}" if args.batch_size else ""
     ) + (f" --limit {args.limit}" if args.limit else "")
-    sites = ", ".join(f"{s} ({len(load_site(s, p).training)} images)" for s, p in config["sites"].items())
     doc = f"""# Federated training: results
 
 {config['method'].upper()} x4 from a fresh network, {epochs} epochs of the bundle's train config in every run
 (federated: {args.rounds} rounds x {args.local_epochs} local epochs with a local batch of {config['batch_size'] or "the method's"} images;
 centralized and single-site: the method's own recipe, batch 8), last weights kept (no selection), scored on the
-NIH ChestX-ray14 test split ({len(nih_datalist('test', limit=args.limit))} images; LR = antialiased bicubic x4).
-Sites: {sites}, the NIH train split partitioned by patient (`configs/federated/sites/`).
+NIH ChestX-ray14 test split ({len(test)} images; LR = antialiased bicubic x4).
+Sites: {", ".join(f"{name} ({len(site.training)} images)" for name, site in sites.items())}, the NIH train split partitioned by patient (`configs/federated/sites/`).
 Privacy: NVFlare's PercentilePrivacy (percentile 10, gamma 0.01) on each site's weight difference.
 
 Produced by (from the repository root, on a 2-core CPU):

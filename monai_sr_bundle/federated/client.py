@@ -61,10 +61,9 @@ class SiteTrainer:
                 "box_weight": float(box_weight),
                 "max_epochs": int(total_epochs),
                 "run_dir": str(Path(work_dir) / site.site),
+                **({"batch_size": int(batch_size)} if batch_size else {}),
             }
         )
-        if batch_size:
-            parser["batch_size"] = int(batch_size)
         parser.get_parsed_content("initialize")  # seeding, as the bundle's own run does
         try:
             self.trainer = parser.get_parsed_content("train#trainer")
