@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(PY) -m monai_sr_bundle.cli demo --output out/demo
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 benchmark: $(STAMP)

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.evaluation import evaluate, format_table
 from monai_sr_bundle.federated.client import SiteTrainer
 from monai_sr_bundle.federated.job import PRIVACY_DEFAULTS, load_job_config, run_simulation
 from monai_sr_bundle.federated.sites import SiteData, load_site
-from monai_sr_bundle.inference import load_network
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "configs" / "federated" / "cxr_nih.json"
@@ -46,7 +46,9 @@ def pooled_site(sites: dict[str, SiteData], work: Path) -> SiteData:
 
 
 def train_locally(site: SiteData, config: dict, epochs: int, work: Path) -> Path:
-    trainer = SiteTrainer(site, config["method"], config["scale"], config["modality"], config["intensity"], epochs, work / "runs")
+    trainer = SiteTrainer(
+        site, config["method"], config["scale"], config["modality"], config["intensity"], epochs, work / "runs"
+    )
     trainer.train(epochs)
     target = work / f"{site.site}.pt"
     torch.save(trainer.network.state_dict(), target)
@@ -66,7 +68,9 @@ def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_argument("--rounds", type=int, default=8)
     cli.add_argument("--local_epochs", type=int, default=2)
-    cli.add_argument("--batch_size", type=int, default=None, help="federated local batch (default: the job config's, 3)")
+    cli.add_argument(
+        "--batch_size", type=int, default=None, help="federated local batch (default: the job config's, 3)"
+    )
     cli.add_argument("--limit", type=int, default=None, help="first N test images (default: all 116)")
     cli.add_argument("--work", default=str(REPO / "out" / "benchmark_federated"))
     args = cli.parse_args()
@@ -88,21 +92,28 @@ def main() -> int:
         weights[name] = run()
         minutes[name] = (time.perf_counter() - start) / 60
         print(f"{name}: trained in {minutes[name]:.1f} min -> {weights[name]}", flush=True)
-    networks = {"bicubic": load_network("bicubic", config["scale"])}
-    networks.update({n: load_network(config["method"], config["scale"], weights=w) for n, w in weights.items()})
-    summary = evaluate(test, networks, config["scale"], work / "eval", lpips=False)
+    baseline = methods.get(methods.baseline_name(), config["scale"])
+    trained = methods.get(config["method"], config["scale"])
+    networks = {baseline.name: baseline.load(), **{n: trained.load(w) for n, w in weights.items()}}
+    inferers = {baseline.name: baseline.inferer(), **{n: trained.inferer() for n in weights}}
+    summary = evaluate(test, networks, config["scale"], work / "eval", inferers=inferers, lpips=False)
     psnr = {n: summary[n]["psnr"][0] for n in summary}
     gap = psnr["centralized"] - psnr["federated"]
-    command = f"python benchmarks/federated.py --rounds {args.rounds} --local_epochs {args.local_epochs}" + (
-        f" --batch_size {args.batch_size}" if args.batch_size else ""
-    ) + (f" --limit {args.limit}" if args.limit else "")
-    doc = f"""# Federated training: results
+    command = (
+        f"python benchmarks/federated.py --rounds {args.rounds} --local_epochs {args.local_epochs}"
+        + (f" --batch_size {args.batch_size}" if args.batch_size else "")
+        + (f" --limit {args.limit}" if args.limit else "")
+    )
+    doc = (
+        f"""# Federated training: results
 
-{config['method'].upper()} x4 from a fresh network, {epochs} epochs of the bundle's train config in every run
-(federated: {args.rounds} rounds x {args.local_epochs} local epochs with a local batch of {config['batch_size'] or "the method's"} images;
+{config["method"].upper()} x4 from a fresh network, {epochs} epochs of the bundle's train config in every run
+(federated: {args.rounds} rounds x {args.local_epochs} local epochs with a local batch of
+{config["batch_size"] or "the method's"} images;
 centralized and single-site: the method's own recipe, batch 8), last weights kept (no selection), scored on the
 NIH ChestX-ray14 test split ({len(test)} images; LR = antialiased bicubic x4).
-Sites: {", ".join(f"{name} ({len(site.training)} images)" for name, site in sites.items())}, the NIH train split partitioned by patient (`configs/federated/sites/`).
+Sites: {", ".join(f"{name} ({len(site.training)} images)" for name, site in sites.items())}, the NIH train split
+partitioned by patient (`configs/federated/sites/`).
 Privacy: NVFlare's PercentilePrivacy (percentile 10, gamma 0.01) on each site's weight difference.
 
 Produced by (from the repository root, on a 2-core CPU):
@@ -113,12 +124,16 @@ Produced by (from the repository root, on a 2-core CPU):
 
 | run | PSNR vs centralized (dB) | training time (min) |
 |---|---|---|
-""" + "\n".join(f"| {n} | {psnr[n] - psnr['centralized']:+.2f} | {minutes[n]:.1f} |" for n in weights) + f"""
-
-- Bar: federated within {BAR_DB} dB PSNR of centralized: {gap:+.2f} dB gap -> {'met' if abs(gap) <= BAR_DB else 'NOT met'}.
-- Single-site (cxr-site-1 alone): {psnr['single-site'] - psnr['centralized']:+.2f} dB vs centralized.
-- Privacy filter cost: {psnr['federated+privacy'] - psnr['federated']:+.2f} dB vs federated without it.
 """
+        + "\n".join(f"| {n} | {psnr[n] - psnr['centralized']:+.2f} | {minutes[n]:.1f} |" for n in weights)
+        + f"""
+
+- Bar: federated within {BAR_DB} dB PSNR of centralized: {gap:+.2f} dB gap ->
+  {"met" if abs(gap) <= BAR_DB else "NOT met"}.
+- Single-site (cxr-site-1 alone): {psnr["single-site"] - psnr["centralized"]:+.2f} dB vs centralized.
+- Privacy filter cost: {psnr["federated+privacy"] - psnr["federated"]:+.2f} dB vs federated without it.
+"""
+    )
     (REPO / "docs" / "federated_results.md").write_text(doc)
     print(doc)
     return 0

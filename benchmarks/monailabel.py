@@ -1,7 +1,7 @@
 """MONAI Label app benchmark: SR round trip of a 512x512 radiograph through the real server vs the same
 inference in-process, and 8 concurrent infer requests. Writes docs/monailabel_benchmark.md.
 
-Run: .venv/bin/python benchmarks/monailabel.py [--method srcnn]
+Run: .venv/bin/python benchmarks/monailabel.py [--method NAME]
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ sys.path.insert(0, str(REPO / "tests"))
 from label_server import label_server  # noqa: E402
 from speed import REPEATS, median_seconds, publish  # noqa: E402
 
+from monai_sr_bundle import methods  # noqa: E402
 from monai_sr_bundle.data.datalist import nih_datalist  # noqa: E402
-from monai_sr_bundle.inference import SRInferer, load_network, run_inference  # noqa: E402
+from monai_sr_bundle.inference import run_inference  # noqa: E402
 
 CONCURRENT = 8
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--method", default="srcnn")
+    parser.add_argument("--method", default=methods.default_name())
     args = parser.parse_args()
     image = Path(nih_datalist("test", limit=1)[0]["label"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,12 +40,17 @@ def main() -> int:
         studies = tmp / "studies"
         studies.mkdir()
         shutil.copy(image, studies)
-        network = load_network(args.method, 4)
-        local = median_seconds(lambda _: run_inference(str(studies / image.name), network, SRInferer(4), tmp / "local", progress=False), None)
+        method = methods.get(args.method, 4)
+        network, inferer = method.load(), method.inferer()
+        local = median_seconds(
+            lambda _: run_inference(str(studies / image.name), network, inferer, tmp / "local", progress=False), None
+        )
         with label_server(tmp, studies, {"method": args.method, "model_dir": tmp / "model"}) as url:
 
             def call() -> requests.Response:
-                r = requests.post(f"{url}/infer/super_resolution", params={"image": image.stem, "output": "image"}, timeout=600)
+                r = requests.post(
+                    f"{url}/infer/super_resolution", params={"image": image.stem, "output": "image"}, timeout=600
+                )
                 r.raise_for_status()
                 return r
 
@@ -52,7 +58,16 @@ def main() -> int:
             expected = call().content
             start = time.perf_counter()
             with ThreadPoolExecutor(CONCURRENT) as pool:
-                results = list(pool.map(lambda _: requests.post(f"{url}/infer/super_resolution", params={"image": image.stem, "output": "image"}, timeout=600), range(CONCURRENT)))
+                results = list(
+                    pool.map(
+                        lambda _: requests.post(
+                            f"{url}/infer/super_resolution",
+                            params={"image": image.stem, "output": "image"},
+                            timeout=600,
+                        ),
+                        range(CONCURRENT),
+                    )
+                )
             wall = time.perf_counter() - start
     errors = sum(r.status_code != 200 for r in results)
     different = sum(r.status_code == 200 and r.content != expected for r in results)
@@ -66,7 +81,8 @@ def main() -> int:
         f"| {CONCURRENT} concurrent requests, wall time | {wall:.2f} |",
     ]
     bars = [
-        f"- round trip at most 1 s slower than in-process: {overhead:+.2f} s -> {'met' if overhead <= 1 else 'NOT met'}",
+        f"- round trip at most 1 s slower than in-process: {overhead:+.2f} s -> "
+        f"{'met' if overhead <= 1 else 'NOT met'}",
         f"- {CONCURRENT} concurrent requests: {errors} errors, {different} results differing from the sequential one "
         f"-> {'met' if errors == 0 and different == 0 else 'NOT met'}",
     ]

@@ -2,7 +2,7 @@
 SuperResolutionLib) vs the same SR from the command line on the same 512x512 radiograph, process start-up
 included in both. Writes docs/slicer_benchmark.md.
 
-Run: .venv/bin/python benchmarks/slicer_local.py [--method srcnn]
+Run: .venv/bin/python benchmarks/slicer_local.py [--method NAME]
 """
 
 from __future__ import annotations
@@ -21,17 +21,18 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "slicer_extension" / "SuperResolution"))
 
-from SuperResolutionLib import SRRun, read_volume, write_volume  # noqa: E402
 from speed import publish  # noqa: E402
 
+from monai_sr_bundle import methods  # noqa: E402
 from monai_sr_bundle.data.datalist import nih_datalist  # noqa: E402
+from SuperResolutionLib import SRRun, read_volume, write_volume  # noqa: E402
 
 RUNS = 3
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--method", default="srcnn")
+    parser.add_argument("--method", default=methods.default_name())
     args = parser.parse_args()
     image = Path(nih_datalist("test", limit=1)[0]["label"])
     pixels = np.asarray(Image.open(image))[None]  # (K=1, J=rows, I=cols), as Slicer holds a PNG
@@ -39,8 +40,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(RUNS):
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "monai_sr_bundle.cli", "sr", str(image), "-o", f"{tmp}/cli{i}", "-m", args.method],
-                           check=True, capture_output=True)  # fmt: skip
+            command = [sys.executable, "-m", "monai_sr_bundle.cli", "sr", str(image), "-o", f"{tmp}/cli{i}"]
+            subprocess.run([*command, "-m", args.method], check=True, capture_output=True)
             cli.append(time.perf_counter() - start)
             start = time.perf_counter()
             os.makedirs(f"{tmp}/mod{i}/out")
@@ -56,7 +57,9 @@ def main() -> int:
         f"| Slicer local mode (SuperResolutionLib: volume -> NIfTI -> SR process -> volume) | {m:.2f} |",
         f"| overhead | {m - c:+.2f} |",
     ]
-    bars = [f"- local mode at most 2 s more than the command line: {m - c:+.2f} s -> {'met' if m - c <= 2 else 'NOT met'}"]
+    bars = [
+        f"- local mode at most 2 s more than the command line: {m - c:+.2f} s -> {'met' if m - c <= 2 else 'NOT met'}"
+    ]
     doc = f"""# Slicer local mode: overhead over the command line
 
 Machine: {os.cpu_count()} CPU cores. Produced by (from the repository root):

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
-from monai_sr_bundle.inference import BUNDLE_ROOT, OnnxNetwork, SRInferer, load_network, method_config
+from monai_sr_bundle.methods import BUNDLE_ROOT
+from monai_sr_bundle.onnx_runtime import OnnxNetwork
 
 REPO = Path(__file__).resolve().parents[1]
 REPEATS = 5
@@ -44,9 +46,20 @@ def bundle(*args: str) -> None:
 def export_onnx(method: str, path: Path) -> None:
     """The README's onnx_export command for the shipped x4 weights."""
     bundle(
-        "onnx_export", "network_def", "--filepath", str(path),
-        "--ckpt_file", f"models/{method}_cxr_x4.pt", "--meta_file", "configs/metadata.json",
-        "--config_file", f"['configs/inference.json','configs/methods/{method}.json']", "--input_shape", "[1,1,32,32]",
+        "onnx_export",
+        "network_def",
+        "--filepath",
+        str(path),
+        "--ckpt_file",
+        str(methods.get(method).weights_path),
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--method",
+        method,
+        "--input_shape",
+        "[1,1,32,32]",
         "--converter_kwargs",
         "{'input_names': ['image'], 'output_names': ['pred'], "
         "'dynamic_axes': {'image': {0: 'batch', 2: 'x', 3: 'y'}, 'pred': {0: 'batch', 2: 'X', 3: 'Y'}}}",
@@ -55,14 +68,25 @@ def export_onnx(method: str, path: Path) -> None:
 
 def peak_rss_of_bundle_inference(work: Path) -> tuple[float, str]:
     """Peak RSS (GB) of `monai.bundle run inference.json` on one 1024x1024 NIH radiograph at x2 with the
-    VDSR architecture (untrained x2 weights: memory does not depend on weight values)."""
+    default method's network (untrained x2 weights: memory does not depend on weight values)."""
     image = sorted((shared_data_dir() / "nih_cxr14" / "images_1024").glob("*.png"))[0]
-    ckpt = work / "vdsr_x2.pt"
-    torch.save(method_config("vdsr", 2).get_parsed_content("network_def").state_dict(), ckpt)
+    ckpt = work / "default_x2.pt"
+    torch.save(methods.get(methods.default_name(), 2).network().state_dict(), ckpt)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # 0: this must be the first child
     bundle(
-        "run", "--config_file", "configs/inference.json", "--method", "vdsr", "--scale", "2",
-        "--ckpt_path", str(ckpt), "--input", str(image), "--output_dir", str(work / "sr"),
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--method",
+        methods.default_name(),
+        "--scale",
+        "2",
+        "--ckpt_path",
+        str(ckpt),
+        "--input",
+        str(image),
+        "--output_dir",
+        str(work / "sr"),
     )
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if peak_kb <= before:
@@ -80,14 +104,19 @@ def timed_in_fresh_process(method: str, winograd: bool = False, onnx: Path | Non
     """Median seconds of one 512x512 output, measured by this script in a new process (``--time``), so that
     no timing inherits another's thread pools, allocator state or ONNX Runtime's spinning threads: the
     situation of a user who runs one CLI command."""
-    cmd = [sys.executable, __file__, "--time", method] + (["--winograd"] if winograd else []) + (["--onnx", str(onnx)] if onnx else [])
+    cmd = (
+        [sys.executable, __file__, "--time", method]
+        + (["--winograd"] if winograd else [])
+        + (["--onnx", str(onnx)] if onnx else [])
+    )
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
 def time_one(method: str, winograd: bool, onnx: str | None) -> float:
     torch.manual_seed(0)
-    network = OnnxNetwork(onnx) if onnx else load_network(method, 4, winograd=winograd)
-    return median_seconds(lambda x: SRInferer(scale=4)(x, network), torch.rand(1, 1, 128, 128))
+    sr = methods.get(method, 4)
+    network, inferer = OnnxNetwork(onnx) if onnx else sr.load(winograd=winograd), sr.inferer()
+    return median_seconds(lambda x: inferer(x, network), torch.rand(1, 1, 128, 128))
 
 
 def main() -> int:
@@ -99,15 +128,18 @@ def main() -> int:
     torch.manual_seed(0)
     lr = torch.rand(1, 1, 128, 128)
     rows = []
-    inferer = SRInferer(scale=4)
+    default = methods.default_name()
+    trained = [m for m in methods.trainable_names() if methods.get(m, 4).weights_available]
+    inferer = methods.get(default, 4).inferer()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # first, while no other child process has run: RUSAGE_CHILDREN keeps the largest peak of any child
         rss_gb, image = peak_rss_of_bundle_inference(work)
-        t_winograd = timed_in_fresh_process("vdsr", winograd=True)
-        networks = {m: load_network(m, 4) for m in ("srcnn", "vdsr")}
+        t_winograd = timed_in_fresh_process(default, winograd=True)
+        networks = {m: methods.get(m, 4).load() for m in trained}
         with torch.inference_mode():
-            diff_winograd = (inferer(lr, load_network("vdsr", 4, winograd=True)) - inferer(lr, networks["vdsr"])).abs().max().item()
+            fast = methods.get(default, 4).load(winograd=True)
+            diff_winograd = (inferer(lr, fast) - inferer(lr, networks[default])).abs().max().item()
         onnx_paths = {m: work / f"{m}.onnx" for m in networks}
         for method, path in onnx_paths.items():
             export_onnx(method, path)
@@ -115,7 +147,8 @@ def main() -> int:
         # only now an ONNX Runtime session in this process: its idle threads spin and would slow the children
         for method, network in networks.items():
             with torch.inference_mode():
-                diff = (inferer(lr, network) - inferer(lr, OnnxNetwork(onnx_paths[method]))).abs().max().item()
+                own = methods.get(method, 4).inferer()
+                diff = (own(lr, network) - own(lr, OnnxNetwork(onnx_paths[method]))).abs().max().item()
             rows.append((method, *times[method], diff))
         t_torch = {m: t for m, (t, _) in times.items()}
     cpu = platform.processor() or platform.machine()
@@ -124,17 +157,18 @@ def main() -> int:
         "|---|---|---|---|---|",
     ] + [f"| {m} | {a:.3f} | {b:.3f} | {a / b:.2f}x | {d:.1e} |" for m, a, b, d in rows]
     lines.append(
-        f"| vdsr, `--winograd` (PyTorch, Winograd F(4x4,3x3)) | {t_winograd:.3f} | | {t_torch['vdsr'] / t_winograd:.2f}x "
+        f"| {default}, `--winograd` (PyTorch, Winograd F(4x4,3x3)) | {t_winograd:.3f} | | "
+        f"{t_torch[default] / t_winograd:.2f}x "
         f"faster than eager | {diff_winograd:.1e} vs eager |"
     )
-    vdsr = next(r for r in rows if r[0] == "vdsr")
-    best = min(vdsr[1], t_winograd)
+    top = next(r for r in rows if r[0] == default)
+    best = min(top[1], t_winograd)
     bars = [
-        f"- VDSR, one 512x512 output in PyTorch: {best:.2f} s with `--winograd` ({vdsr[1]:.2f} s eager) "
-        f"(bar: <= 2 s) -> {'met' if best <= 2 else 'NOT met'}",
-        f"- ONNX Runtime vs PyTorch eager for VDSR: {vdsr[1] / vdsr[2]:.2f}x (bar: ONNX faster) -> "
-        f"{'met' if vdsr[2] < vdsr[1] else 'NOT met'}",
-        f"- peak RSS of bundle inference, one 1024x1024 image at x2 (2048x2048 output, VDSR): {rss_gb:.2f} GB "
+        f"- {default} (the default method), one 512x512 output in PyTorch: {best:.2f} s with `--winograd` "
+        f"({top[1]:.2f} s eager) (bar: <= 2 s) -> {'met' if best <= 2 else 'NOT met'}",
+        f"- ONNX Runtime vs PyTorch eager for {default}: {top[1] / top[2]:.2f}x (bar: ONNX faster) -> "
+        f"{'met' if top[2] < top[1] else 'NOT met'}",
+        f"- peak RSS of bundle inference, one 1024x1024 image at x2 (2048x2048 output, {default}): {rss_gb:.2f} GB "
         f"(bar: < 3 GB) -> {'met' if rss_gb < 3 else 'NOT met'}",
     ]
     doc = f"""# Speed and memory
@@ -144,13 +178,13 @@ Produced by (from the repository root):
 
     .venv/bin/python benchmarks/speed.py
 
-One 128x128 LR image to a 512x512 output at x4 through the project's inferer (`SRInferer`), median of
+One 128x128 LR image to a 512x512 output at x4 through each method's tiling inferer, median of
 {REPEATS} runs after a warm-up, each configuration timed in its own fresh process; ONNX models exported
 with the bundle's `onnx_export` command (see docs/deployment.md) and run by ONNX Runtime's CPU provider.
 
 {chr(10).join(lines)}
 
-Memory: `python -m monai.bundle run --config_file configs/inference.json --method vdsr --scale 2` on
+Memory: `python -m monai.bundle run --config_file configs/inference.json --method {default} --scale 2` on
 `{image}` (1024x1024) with untrained x2 VDSR weights (only x4 is shipped; memory does not depend on the
 weight values), peak resident set size of that process: {rss_gb:.2f} GB.
 

@@ -22,11 +22,11 @@ from torch import nn
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import output_path_for, write_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import SRInferer, super_resolve, validate_input
+from monai_sr_bundle.inference import super_resolve, validate_input
 from monai_sr_bundle.metrics import (
+    DISPLAY_VMAX,
     InBoxMetric,
     LPIPSMetric,
-    DISPLAY_VMAX,
     MultiScaleSSIMMetric,
     PSNRMetric,
     SSIMMetric,
@@ -35,7 +35,10 @@ from monai_sr_bundle.metrics import (
     error_map_to_display,
     summarize,
 )
+from monai_sr_bundle.tiling import SRInferer
+from monai_sr_bundle.transforms.artifacts import RandArtifacts
 from monai_sr_bundle.transforms.degradation import Degrade
+from monai_sr_bundle.transforms.presets import degradation_args
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +91,9 @@ def _to_display(img: torch.Tensor) -> np.ndarray:
     return (np.asarray(img[0], dtype=np.float32).T.clip(0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def comparison_figure(panels: Mapping[str, torch.Tensor], path: str | os.PathLike, box: Sequence[float] | None = None) -> Path:
+def comparison_figure(
+    panels: Mapping[str, torch.Tensor], path: str | os.PathLike, box: Sequence[float] | None = None
+) -> Path:
     """Save panels side by side with titles; with ``box`` (x0, y0, x1, y1 at HR size) a second row shows
     that region enlarged, where SR differences are visible. Panels must share one size."""
     from PIL import Image, ImageDraw
@@ -146,7 +151,8 @@ def evaluate(
     networks: Mapping[str, nn.Module],
     scale: int,
     output_dir: str | os.PathLike,
-    degradation: Mapping | None = None,
+    degradation: str | os.PathLike | Mapping | None = None,
+    inferers: Mapping[str, SRInferer] | None = None,
     tile_size: int = 256,
     device: str | torch.device = "cpu",
     lpips: bool = True,
@@ -165,15 +171,20 @@ def evaluate(
     Args:
         datalist: dicts with ``label`` (HR path) and optional ``boxes`` ((x0, y0, x1, y1) at HR size).
         networks: method name -> network in eval mode, each at ``scale``.
-        degradation: keyword arguments of :class:`Degrade` (default: antialiased bicubic).
+        degradation: a degradation preset (name or path) or its keys (default: antialiased bicubic); a
+            preset's artifacts are drawn on the LR image only.
+        inferers: method name -> its tiling inferer (:meth:`monai_sr_bundle.methods.Method.inferer`); the
+            others get core-crop tiles of ``tile_size`` with the default context.
         seed: LR synthesis of image ``i`` uses ``seed + i``, so noise presets are reproducible.
     """
     from tqdm import tqdm
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    inferer = SRInferer(scale=scale, tile_size=tile_size)
-    degrade = Degrade(scale=scale, **dict(degradation or {}))
+    inferers = {name: (inferers or {}).get(name) or SRInferer(scale=scale, tile_size=tile_size) for name in networks}
+    degrade_args, artifact_args = degradation_args(degradation, scale)
+    degrade = Degrade(scale=scale, **degrade_args)
+    artifacts = RandArtifacts(**artifact_args) if artifact_args else None
     fns = {name: _metric_fns(lpips) for name in networks}
     rows, failures = [], []
     for i, item in enumerate(tqdm(datalist, desc="evaluating", unit="image", disable=not progress)):
@@ -185,6 +196,8 @@ def evaluate(
             hr = hr[:, : hr.shape[1] - hr.shape[1] % scale, : hr.shape[2] - hr.shape[2] % scale]
             degrade.set_random_state(seed + i)
             lr = degrade(hr)
+            if artifacts is not None:
+                lr = artifacts.set_random_state(seed + i)(lr)
             validate_input(lr, path, scale)
         except InputError as e:
             logger.error(str(e))
@@ -193,7 +206,7 @@ def evaluate(
         boxes = torch.as_tensor(item.get("boxes") or [], dtype=torch.float32).reshape(-1, 4)
         panels = {"LR (nearest)": _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
         for name, network in networks.items():
-            sr = super_resolve(lr, network, inferer, device)
+            sr = super_resolve(lr, network, inferers[name], device)
             rows.append({"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes)})
             panels[name] = _plain(sr)
             if save_images:
@@ -216,5 +229,7 @@ def evaluate(
         writer.writerows(rows)
     n = len({r["image"] for r in rows})
     (out / "summary.json").write_text(json.dumps({"images": n, "failures": failures, "summary": summary}, indent=2))
-    (out / "summary.md").write_text(format_table(summary) + f"\n\n{n} images; in-box metrics over the images with boxes.\n")
+    (out / "summary.md").write_text(
+        format_table(summary) + f"\n\n{n} images; in-box metrics over the images with boxes.\n"
+    )
     return summary

@@ -1,5 +1,6 @@
 """What the bundle's train config cannot say declaratively: finding the checkpoint to resume from, and
-publishing the best checkpoint as a plain, hashed state dict under ``models/``."""
+publishing the best checkpoint as a plain, hashed state dict under ``models/``; and the train config
+itself (``train.json`` over the ``inference.json`` base) for the surfaces that train in process."""
 
 from __future__ import annotations
 
@@ -12,6 +13,21 @@ from pathlib import Path
 import torch
 
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.methods import BUNDLE_ROOT
+
+#: the train stage: ``train.json`` says what differs from the ``inference.json`` base
+TRAIN_CONFIGS = [str(BUNDLE_ROOT / "configs" / "inference.json"), str(BUNDLE_ROOT / "configs" / "train.json")]
+
+
+def train_parser():
+    """The bundle's train config, parsed lazily, with ``bundle_root`` at this package; the method is chosen
+    with the ``method`` key, as ``--method`` does on the command line."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(TRAIN_CONFIGS)
+    parser["bundle_root"] = str(BUNDLE_ROOT)
+    return parser
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:

@@ -22,6 +22,7 @@ from monai_sr_bundle.data.markups import boxes_to_markups
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
 
+
 def import_boxes(studies: str, csv_path: str, csv_size: float = 1024, overwrite: bool = False) -> dict[str, int]:
     """Save each stored image's CSV boxes as its ``boxes`` label; returns counts of what was done."""
     store = SRDatastore(studies, auto_reload=False)

@@ -3,7 +3,7 @@ annotators' abnormality boxes, and fine-tunes the SR method on them.
 
 Start (from the repository root):
     .venv/bin/python -m monailabel.main start_server --app monailabel_app --studies <folder> \
-        --host 127.0.0.1 --port 8000 [--conf method vdsr --conf scale 4 --conf weights latest]
+        --host 127.0.0.1 --port 8000 [--conf method <name> --conf scale 4 --conf weights latest]
 See docs/monailabel.md.
 """
 
@@ -20,6 +20,7 @@ from monailabel.tasks.activelearning.random import Random
 import monai_sr_bundle
 from lib.configs import SuperResolution
 from lib.datastore import SRDatastore, image_path
+from monai_sr_bundle import methods
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ class SuperResolutionApp(MONAILabelApp):
 
     def init_strategies(self) -> dict:
         return {**self.task.strategy(), "random": Random()}
+
+    def info(self) -> dict:
+        """MONAI Label's info plus ``methods``: each method this server can run, as ``monai-sr methods --json``
+        describes it, so that a client (the 3D Slicer module) offers exactly these."""
+        settings = self.task.settings
+        return {**super().info(), "methods": methods.describe_all(int(settings["scale"]), settings["modality"])}
 
     def infer(self, request: dict, datastore=None):
         """Resolve the image before MONAI Label does: a datastore id (a plain name that exists), or the file

@@ -119,6 +119,7 @@ def ct_label_server(tmp_path_factory):
     import shutil
 
     from label_server import label_server
+
     from monai_sr_bundle.inference import default_input
 
     root = tmp_path_factory.mktemp("ct_server")

@@ -52,7 +52,9 @@ def label_server(root: Path, studies: Path, conf: dict[str, str], timeout: float
                 except requests.ConnectionError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"MONAI Label server did not answer in {timeout:g} s:\n" + log_path.read_text()[-3000:])
+                    raise RuntimeError(
+                        f"MONAI Label server did not answer in {timeout:g} s:\n" + log_path.read_text()[-3000:]
+                    )
                 time.sleep(0.5)
             yield url
         finally:

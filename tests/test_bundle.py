@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import DATA, needs_data
 from PIL import Image
 
 import monai_sr_bundle
-from monai_sr_bundle.inference import SRInferer, load_network, load_weights, method_config, run_inference
-
-from conftest import DATA, needs_data
+from monai_sr_bundle import methods
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.inference import run_inference
+from monai_sr_bundle.methods import load_weights
 
 BUNDLE = Path(monai_sr_bundle.__file__).resolve().parent
 REPO = BUNDLE.parent
@@ -55,13 +57,14 @@ def _configs(*names: str) -> str:
     return "[" + ",".join(f"'configs/{n}'" for n in names) + "]"
 
 
-def _method_configs(method: str) -> str:
-    return _configs("inference.json", f"methods/{method}.json")
+def _method_args(method: str) -> tuple[str, ...]:
+    """How the docs write the export commands: the inference config, the method chosen with --method."""
+    return ("--config_file", "configs/inference.json", "--method", method)
 
 
 def _net(method: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return method_config(method, scale=SCALE).get_parsed_content("network_def").eval()
+    return methods.get(method, scale=SCALE).network().eval()
 
 
 def _png_pixels(path) -> np.ndarray:
@@ -114,8 +117,21 @@ def _check_sizes(out: Path) -> None:
 def srcnn_out(work, inputs, ckpts) -> Path:
     """Plain PyTorch inference with srcnn and a tmp checkpoint: the reference for the TRT and ONNX overlays."""
     out = work / "out_srcnn"
-    _ok(bundle("run", "--config_file", "configs/inference.json", "--method", "srcnn", "--ckpt_path", ckpts["srcnn"],
-               "--input", inputs, "--output_dir", out))
+    _ok(
+        bundle(
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--method",
+            "srcnn",
+            "--ckpt_path",
+            ckpts["srcnn"],
+            "--input",
+            inputs,
+            "--output_dir",
+            out,
+        )
+    )
     return out
 
 
@@ -124,14 +140,27 @@ def srcnn_out(work, inputs, ckpts) -> Path:
 
 def test_run_bicubic(work, inputs):
     out = work / "out_bicubic"
-    _ok(bundle("run", "--config_file", "configs/inference.json", "--method", "bicubic", "--input", inputs, "--output_dir", out))
+    _ok(
+        bundle(
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--method",
+            "bicubic",
+            "--input",
+            inputs,
+            "--output_dir",
+            out,
+        )
+    )
     _check_sizes(out)
 
 
 def test_run_srcnn_uses_given_ckpt(srcnn_out, inputs, ckpts, tmp_path):
     _check_sizes(srcnn_out)
     # the same as the in-process entry point with those weights (so --ckpt_path was honoured)
-    ref = run_inference(inputs, load_network("srcnn", weights=ckpts["srcnn"]), SRInferer(SCALE), tmp_path, progress=False)
+    srcnn = methods.get("srcnn", SCALE)
+    ref = run_inference(inputs, srcnn.load(ckpts["srcnn"]), srcnn.inferer(), tmp_path, progress=False)
     for p in map(Path, ref):
         if p.suffix == ".png":
             assert np.array_equal(_png_pixels(p), _png_pixels(srcnn_out / p.name))
@@ -141,8 +170,17 @@ def test_run_srcnn_uses_given_ckpt(srcnn_out, inputs, ckpts, tmp_path):
 
 
 def test_run_unknown_method(work, inputs):
-    proc = bundle("run", "--config_file", "configs/inference.json", "--method", "espcn", "--input", inputs,
-                  "--output_dir", work / "out_unknown")
+    proc = bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--method",
+        "espcn",
+        "--input",
+        inputs,
+        "--output_dir",
+        work / "out_unknown",
+    )
     assert proc.returncode != 0
     assert "unknown method 'espcn'; available: bicubic, srcnn, vdsr" in proc.stdout
     assert not (work / "out_unknown").exists()
@@ -155,7 +193,9 @@ def test_run_corrupt_among_good(work, inputs):
         (d / name).write_bytes((inputs / name).read_bytes())
     (d / "broken.png").write_bytes((inputs / "a.png").read_bytes()[:300])  # cut short
     out = work / "out_corrupt"
-    proc = bundle("run", "--config_file", "configs/inference.json", "--method", "bicubic", "--input", d, "--output_dir", out)
+    proc = bundle(
+        "run", "--config_file", "configs/inference.json", "--method", "bicubic", "--input", d, "--output_dir", out
+    )
     assert proc.returncode != 0
     assert f"{d / 'broken.png'}: cannot be read as an image" in proc.stdout
     assert "1 of 3 inputs failed" in proc.stdout
@@ -167,8 +207,21 @@ def test_run_corrupt_among_good(work, inputs):
 
 def test_trt_overlay_falls_back_on_cpu(work, inputs, ckpts, srcnn_out):
     out = work / "out_trt"
-    proc = _ok(bundle("run", "--config_file", _configs("inference.json", "inference_trt.json"), "--method", "srcnn",
-                      "--ckpt_path", ckpts["srcnn"], "--input", inputs, "--output_dir", out))
+    proc = _ok(
+        bundle(
+            "run",
+            "--config_file",
+            _configs("inference.json", "inference_trt.json"),
+            "--method",
+            "srcnn",
+            "--ckpt_path",
+            ckpts["srcnn"],
+            "--input",
+            inputs,
+            "--output_dir",
+            out,
+        )
+    )
     if importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available():
         assert "trt_compile() has no effect" in proc.stdout
     _check_sizes(out)
@@ -183,8 +236,9 @@ def test_trt_overlay_falls_back_on_cpu(work, inputs, ckpts, srcnn_out):
 
 @pytest.mark.parametrize("method", ["bicubic", "srcnn", "vdsr"])
 def test_verify_net_in_out(method):
-    proc = _ok(bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-                      "--config_file", _method_configs(method)))
+    proc = _ok(
+        bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", *_method_args(method))
+    )
     assert "data shape of network is verified with no error" in proc.stdout
 
 
@@ -193,13 +247,27 @@ def test_ckpt_export_torchscript(method, work, ckpts):
     """TorchScript by tracing (the pre-upsampling's Python checks do not script); the traced graph keeps
     the spatial size dynamic."""
     ts = work / f"{method}.ts"
-    _ok(bundle("ckpt_export", "network_def", "--filepath", ts, "--ckpt_file", ckpts[method],
-               "--meta_file", "configs/metadata.json", "--config_file", _method_configs(method),
-               "--use_trace", "True", "--input_shape", "[1,1,32,32]"))
+    _ok(
+        bundle(
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            ts,
+            "--ckpt_file",
+            ckpts[method],
+            "--meta_file",
+            "configs/metadata.json",
+            *_method_args(method),
+            "--use_trace",
+            "True",
+            "--input_shape",
+            "[1,1,32,32]",
+        )
+    )
     extra = {"metadata.json": ""}
     model = torch.jit.load(str(ts), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["scale"] == SCALE
-    eager = load_network(method, weights=ckpts[method])
+    eager = methods.get(method, SCALE).load(ckpts[method])
     for shape in ((1, 1, 32, 32), (1, 1, 48, 40)):
         x = torch.rand(shape)
         with torch.no_grad():
@@ -220,9 +288,23 @@ def onnx_models(work, ckpts) -> dict[str, Path]:
     out = {}
     for method in ("srcnn", "vdsr"):
         out[method] = work / f"{method}.onnx"
-        _ok(bundle("onnx_export", "network_def", "--filepath", out[method], "--ckpt_file", ckpts[method],
-                   "--meta_file", "configs/metadata.json", "--config_file", _method_configs(method),
-                   "--input_shape", "[1,1,32,32]", "--converter_kwargs", ONNX_KWARGS))
+        _ok(
+            bundle(
+                "onnx_export",
+                "network_def",
+                "--filepath",
+                out[method],
+                "--ckpt_file",
+                ckpts[method],
+                "--meta_file",
+                "configs/metadata.json",
+                *_method_args(method),
+                "--input_shape",
+                "[1,1,32,32]",
+                "--converter_kwargs",
+                ONNX_KWARGS,
+            )
+        )
     return out
 
 
@@ -235,7 +317,7 @@ def test_onnx_export_matches_torch(method, onnx_models, ckpts):
 
     session = ort.InferenceSession(str(onnx_models[method]), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
-    eager = load_network(method, weights=ckpts[method])
+    eager = methods.get(method, SCALE).load(ckpts[method])
     for shape in ((1, 1, 32, 32), (1, 1, 48, 40)) + (((2, 1, 40, 48),) if method == "srcnn" else ()):
         x = torch.rand(shape)
         (y,) = session.run(None, {"image": x.numpy()})
@@ -248,8 +330,21 @@ def test_onnx_export_matches_torch(method, onnx_models, ckpts):
 
 def test_inference_onnx_overlay(work, inputs, onnx_models, srcnn_out):
     out = work / "out_onnx"
-    _ok(bundle("run", "--config_file", _configs("inference.json", "inference_onnx.json"), "--method", "srcnn",
-               "--onnx_path", onnx_models["srcnn"], "--input", inputs, "--output_dir", out))
+    _ok(
+        bundle(
+            "run",
+            "--config_file",
+            _configs("inference.json", "inference_onnx.json"),
+            "--method",
+            "srcnn",
+            "--onnx_path",
+            onnx_models["srcnn"],
+            "--input",
+            inputs,
+            "--output_dir",
+            out,
+        )
+    )
     _check_sizes(out)
     for name in EXPECTED_NAMES[:2]:  # 8-bit: at most one grey level apart
         assert np.abs(_png_pixels(out / name) - _png_pixels(srcnn_out / name)).max() <= 1
@@ -258,19 +353,75 @@ def test_inference_onnx_overlay(work, inputs, onnx_models, srcnn_out):
     assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
 
 
+def test_inference_onnx_overlay_finds_the_model_next_to_the_weights(work, inputs, onnx_models, srcnn_out):
+    """As the model card writes it (no --onnx_path): the .onnx beside the method's weights file."""
+    out = work / "out_onnx_default"
+    _ok(
+        bundle(
+            "run",
+            "--config_file",
+            _configs("inference.json", "inference_onnx.json"),
+            "--method",
+            "srcnn",
+            "--ckpt_path",
+            onnx_models["srcnn"].with_suffix(".pt"),
+            "--input",
+            inputs,
+            "--output_dir",
+            out,
+        )
+    )
+    _check_sizes(out)
+    for name in EXPECTED_NAMES[:2]:
+        assert np.abs(_png_pixels(out / name) - _png_pixels(srcnn_out / name)).max() <= 1
+
+
 def test_inference_onnx_missing_model(work, inputs):
-    proc = bundle("run", "--config_file", _configs("inference.json", "inference_onnx.json"), "--method", "srcnn",
-                  "--onnx_path", work / "nope.onnx", "--input", inputs, "--output_dir", work / "out_nope")
+    proc = bundle(
+        "run",
+        "--config_file",
+        _configs("inference.json", "inference_onnx.json"),
+        "--method",
+        "srcnn",
+        "--onnx_path",
+        work / "nope.onnx",
+        "--input",
+        inputs,
+        "--output_dir",
+        work / "out_nope",
+    )
     assert proc.returncode != 0 and "ONNX model not found" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------- training
 
 
-def _train(run_dir: Path, epochs: int) -> subprocess.CompletedProcess:
-    return _ok(bundle("run", "--config_file", _configs("train.json", "methods/srcnn.json"), "--train_limit", "4",
-                      "--val_limit", "2", "--max_epochs", str(epochs), "--patch_size", "32", "--run_dir", run_dir,
-                      "--ckpt_path", run_dir / "w.pt", timeout=400))
+TRAIN = _configs("inference.json", "train.json")
+
+
+def _train(run_dir: Path, epochs: int, config_file: str = TRAIN, limit: int = 4) -> subprocess.CompletedProcess:
+    return _ok(
+        bundle(
+            "run",
+            "--config_file",
+            config_file,
+            "--method",
+            "srcnn",
+            "--train_limit",
+            str(limit),
+            "--val_limit",
+            "2",
+            "--max_epochs",
+            str(epochs),
+            "--patch_size",
+            "32",
+            "--run_dir",
+            run_dir,
+            "--ckpt_path",
+            run_dir / "w.pt",
+            timeout=400,
+        )
+    )
 
 
 @needs_data(NIH)
@@ -300,10 +451,36 @@ def test_train_resume_publish(tmp_path):
 
 
 @needs_data(NIH)
+def test_train_method_is_the_one_named_even_with_another_overlay_merged(tmp_path):
+    """--method picks the network: merging methods/vdsr.json as a third config (the old way to choose a
+    method) cannot make a SRCNN run publish weights of another architecture."""
+    run = tmp_path / "run"
+    _train(run, 1, _configs("inference.json", "train.json", "methods/vdsr.json"), limit=2)
+    net = load_weights(_net("srcnn"), run / "w.pt")  # strict
+    assert isinstance(net, type(methods.get("srcnn").network()))
+    with pytest.raises(InputError, match="do not fit"):
+        load_weights(_net("vdsr"), run / "w.pt")
+    assert "--method srcnn" in json.loads((run / "weights.json").read_text())["w.pt"]["command"]
+
+
+@needs_data(NIH)
 def test_evaluate_config_on_nih_test_split(tmp_path):
     out = tmp_path / "eval"
-    _ok(bundle("run", "--config_file", _configs("evaluate.json"), "--method", "bicubic", "--limit", "2",
-               "--output_dir", out, "--lpips", "false"))
+    _ok(
+        bundle(
+            "run",
+            "--config_file",
+            _configs("inference.json", "evaluate.json"),
+            "--method",
+            "bicubic",
+            "--limit",
+            "2",
+            "--output_dir",
+            out,
+            "--lpips",
+            "false",
+        )
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 2 and summary["failures"] == []
     psnr_mean, _ = summary["summary"]["bicubic"]["psnr"]
@@ -315,6 +492,8 @@ def test_evaluate_config_on_nih_test_split(tmp_path):
 
 def test_config_flag_reads_the_bundle_cli_text():
     assert monai_sr_bundle.flag(True) is True and monai_sr_bundle.flag("False") is False
-    assert monai_sr_bundle.flag("false") is False and monai_sr_bundle.flag("true") is True  # fire keeps lowercase as text
+    assert (
+        monai_sr_bundle.flag("false") is False and monai_sr_bundle.flag("true") is True
+    )  # fire keeps lowercase as text
     with pytest.raises(monai_sr_bundle.errors.InputError, match="not a true/false setting"):
         monai_sr_bundle.flag("flase")

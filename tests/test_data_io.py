@@ -17,15 +17,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from conftest import make_dicom
+from conftest import needs_data as _needs
 from PIL import Image
 
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.readers import LoadSRImaged, image_format, read_image
 from monai_sr_bundle.data.writers import SaveSRImaged, output_path_for, write_image
 from monai_sr_bundle.errors import InputError
-
-from conftest import make_dicom
-from conftest import needs_data as _needs
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -99,7 +98,9 @@ def test_cxr_dicom_looks_right(cxr_images, nih_template, name):
     X, Y = a.shape
     ys = slice(int(0.3 * Y), int(0.6 * Y))
     centre = a[int(0.45 * X) : int(0.55 * X), ys].mean()
-    lungs = np.concatenate([a[int(0.2 * X) : int(0.35 * X), ys].ravel(), a[int(0.65 * X) : int(0.8 * X), ys].ravel()]).mean()
+    lungs = np.concatenate(
+        [a[int(0.2 * X) : int(0.35 * X), ys].ravel(), a[int(0.65 * X) : int(0.8 * X), ys].ravel()]
+    ).mean()
     abdomen = a[int(0.3 * X) : int(0.7 * X), int(0.88 * Y) : int(0.97 * Y)].mean()
     assert centre > lungs + 0.15, (centre, lungs)  # MONOCHROME1 inverted: dense = bright
     assert abdomen > lungs + 0.15, (abdomen, lungs)  # soft tissue below the diaphragm at the bottom
@@ -345,7 +346,9 @@ def test_write_png_from_modality_range_and_plain_tensor(tmp_path):
     out = write_image(img, tmp_path / "cr.png")  # range (0, 1900) -> 16-bit, the modality values
     assert np.array_equal(np.asarray(Image.open(out)), np.arange(20).reshape(4, 5) * 100)
     plain = torch.linspace(0, 1, 6).reshape(1, 3, 2)  # no meta: 8-bit
-    assert np.array_equal(np.asarray(Image.open(write_image(plain, tmp_path / "t.png"))), [[0, 102, 204], [51, 153, 255]])
+    assert np.array_equal(
+        np.asarray(Image.open(write_image(plain, tmp_path / "t.png"))), [[0, 102, 204], [51, 153, 255]]
+    )
 
 
 @needs_ct
@@ -358,7 +361,9 @@ def test_write_nifti_keeps_ct_geometry(tmp_path):
     a = img.affine.numpy()
     np.testing.assert_allclose(back.GetSpacing(), np.linalg.norm(a[:3, :3], axis=0), rtol=1e-6)
     np.testing.assert_allclose(back.GetOrigin(), a[:3, 3], atol=1e-4)
-    np.testing.assert_allclose(np.reshape(back.GetDirection(), (3, 3)), a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        np.reshape(back.GetDirection(), (3, 3)), a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0), atol=1e-6
+    )
     again = read_image(out)
     torch.testing.assert_close(again.affine, img.affine, atol=1e-4, rtol=0)
     assert again.meta["intensity_range"] == pytest.approx(img.meta["intensity_range"])

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_data
 from PIL import Image
 
 from monai_sr_bundle.data.datalist import load_datalist, nih_datalist
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
-
-from conftest import needs_data
 
 NIH = shared_data_dir() / "nih_cxr14"
 needs_nih = needs_data(NIH / "images_512")
@@ -143,7 +142,20 @@ def _make_nih(root: Path, with_boxes: bool = True) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "images.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "patient_id", "labels", "age", "sex", "view", "original_size", "original_spacing_mm", "n_boxes", "split"])
+        w.writerow(
+            [
+                "image",
+                "patient_id",
+                "labels",
+                "age",
+                "sex",
+                "view",
+                "original_size",
+                "original_spacing_mm",
+                "n_boxes",
+                "split",
+            ]
+        )
         for name, pid, labels, split, _, _ in IMAGES:
             n = sum(b[0] == name for b in BOXES)
             w.writerow([name, pid, labels, 50, "F", "PA", "2048x2048", 0.143, n, split])
@@ -225,7 +237,9 @@ def test_default_location_follows_monai_sr_data(tmp_path, monkeypatch):
 
 
 def test_load_datalist_resolves_paths_and_defaults_boxes(tmp_path):
-    (tmp_path / "list.json").write_text('{"training": [{"label": "a.png", "boxes": [[1, 2, 3, 4]]}, {"label": "/abs/b.png"}]}')
+    (tmp_path / "list.json").write_text(
+        '{"training": [{"label": "a.png", "boxes": [[1, 2, 3, 4]]}, {"label": "/abs/b.png"}]}'
+    )
     items = load_datalist(tmp_path / "list.json")
     assert items == [{"label": str(tmp_path / "a.png"), "boxes": [[1, 2, 3, 4]]}, {"label": "/abs/b.png", "boxes": []}]
     assert load_datalist(tmp_path / "list.json", limit=1) == items[:1]

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, needs_data
 from PIL import Image
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.cli import demo_datalist, main
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.evaluation import comparison_figure, evaluate, format_table
-from monai_sr_bundle.inference import load_network
-from monai_sr_bundle.transforms.degradation import Degrade, upsample
-
-from conftest import DATA, needs_data
+from monai_sr_bundle.networks.bicubic import upsample
+from monai_sr_bundle.transforms.degradation import Degrade
 
 BOX = [20.0, 30.0, 70.0, 90.0]  # (x0, y0, x1, y1): x along columns, y along rows
 
@@ -59,7 +59,7 @@ def _read_csv(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def bicubic():
-    return load_network("bicubic", 4)
+    return methods.get("bicubic", 4).load()
 
 
 # ------------------------------------------------------------------------------------------- evaluate
@@ -70,7 +70,12 @@ def test_evaluate_writes_everything_and_scores_match_numpy(tmp_path, bicubic, ca
     bad = tmp_path / "in" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     small = _png(tmp_path / "in" / "tiny.png", rows=16, cols=16)  # LR would be 4x4: refused by the inferer
-    datalist = [{"label": str(a), "boxes": [BOX]}, {"label": str(bad)}, {"label": str(b), "boxes": []}, {"label": str(small)}]
+    datalist = [
+        {"label": str(a), "boxes": [BOX]},
+        {"label": str(bad)},
+        {"label": str(b), "boxes": []},
+        {"label": str(small)},
+    ]
     out = tmp_path / "out"
     summary = evaluate(datalist, {"bicubic": bicubic}, 4, out, lpips=False, save_images=True, figures=3, progress=False)
 
@@ -132,12 +137,55 @@ def test_evaluate_figures_limit_and_no_images(tmp_path, bicubic):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["metrics.csv", "summary.json", "summary.md"]
 
 
+def test_evaluate_degradation_preset_and_inferers(tmp_path, bicubic):
+    """A preset name is the same LR synthesis as its keys; a preset for another scale is refused; a given
+    inferer is the one used."""
+    a = _png(tmp_path / "a.png")
+    quiet = {"lpips": False, "figures": 0, "progress": False}
+    by_name = evaluate(
+        [{"label": str(a)}],
+        {"bicubic": bicubic},
+        4,
+        tmp_path / "n",
+        degradation="bicubic_x4",
+        inferers={"bicubic": methods.get("bicubic", 4).inferer()},
+        **quiet,
+    )
+    default = evaluate([{"label": str(a)}], {"bicubic": bicubic}, 4, tmp_path / "d", **quiet)
+    assert by_name["bicubic"]["psnr"][0] == pytest.approx(default["bicubic"]["psnr"][0], abs=1e-6)
+    with pytest.raises(InputError, match="made for x4, not x2"):
+        evaluate(
+            [{"label": str(a)}],
+            {"bicubic": methods.get("bicubic", 2).load()},
+            2,
+            tmp_path / "x2",
+            degradation="bicubic_x4",
+            lpips=False,
+            progress=False,
+        )
+    calls = []
+
+    def spy(x, network):
+        calls.append(tuple(x.shape))
+        return methods.get("bicubic", 4).inferer()(x, network)
+
+    evaluate([{"label": str(a)}], {"bicubic": bicubic}, 4, tmp_path / "s", inferers={"bicubic": spy}, **quiet)
+    assert calls
+
+
 def test_evaluate_all_bad_raises_and_names_them(tmp_path, bicubic):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     missing = tmp_path / "missing.png"
     with pytest.raises(InputError, match="no image could be evaluated") as e:
-        evaluate([{"label": str(bad)}, {"label": str(missing)}], {"bicubic": bicubic}, 4, tmp_path / "o", lpips=False, progress=False)
+        evaluate(
+            [{"label": str(bad)}, {"label": str(missing)}],
+            {"bicubic": bicubic},
+            4,
+            tmp_path / "o",
+            lpips=False,
+            progress=False,
+        )
     assert str(bad) in str(e.value) and str(missing) in str(e.value)
     assert not (tmp_path / "o" / "metrics.csv").exists()
 
@@ -147,7 +195,12 @@ def test_evaluate_all_bad_raises_and_names_them(tmp_path, bicubic):
 
 def test_format_table():
     summary = {
-        "bicubic": {"psnr": (30.123, 1.234), "ssim": (0.9, 0.01), "lpips": (0.25, 0.05), "inbox_psnr": (math.nan, math.nan)},
+        "bicubic": {
+            "psnr": (30.123, 1.234),
+            "ssim": (0.9, 0.01),
+            "lpips": (0.25, 0.05),
+            "inbox_psnr": (math.nan, math.nan),
+        },
         "vdsr": {"psnr": (32.0, 1.0), "ssim": (0.95, 0.02)},
         "one": {"psnr": (28.0, math.nan), "ssim": (0.5, math.nan), "inbox_psnr": (math.inf, math.nan)},
     }
@@ -165,13 +218,19 @@ def test_format_table():
 
 
 def test_comparison_figure_sizes(tmp_path):
-    panels = {"LR": torch.rand(1, 64, 48), "SR": torch.rand(1, 64, 48), "HR": torch.rand(1, 64, 48)}  # X=64 cols, Y=48 rows
+    panels = {
+        "LR": torch.rand(1, 64, 48),
+        "SR": torch.rand(1, 64, 48),
+        "HR": torch.rand(1, 64, 48),
+    }  # X=64 cols, Y=48 rows
     plain = comparison_figure(panels, tmp_path / "deep" / "plain.png")
     assert plain == tmp_path / "deep" / "plain.png"
     img = Image.open(plain)
     assert img.size == (3 * 64, 24 + 48) and img.mode == "L"
     # the first panel is the LR image, below the title strip
-    np.testing.assert_allclose(np.asarray(img)[24:, :64], (panels["LR"][0].numpy().T * 255 + 0.5).astype(np.uint8), atol=1)
+    np.testing.assert_allclose(
+        np.asarray(img)[24:, :64], (panels["LR"][0].numpy().T * 255 + 0.5).astype(np.uint8), atol=1
+    )
     zoomed = Image.open(comparison_figure(panels, tmp_path / "zoom.png", box=[5, 5, 20, 15]))
     assert zoomed.size == (3 * 64, 24 + 2 * 48)
     edge = Image.open(comparison_figure(panels, tmp_path / "edge.png", box=[50, 40, 64, 48]))  # box at the corner
@@ -196,7 +255,10 @@ def test_cli_demo_on_own_files(tmp_path, capsys):
 
 def test_cli_demo_no_method_loads(tmp_path, capsys, caplog):
     _png(tmp_path / "a.png")
-    assert main(["demo", "--input", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--methods", "nope", "--no-lpips"]) == 2
+    assert (
+        main(["demo", "--input", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--methods", "nope", "--no-lpips"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "none of the methods 'nope'" in err and "unknown method 'nope'" in caplog.text
 
@@ -258,7 +320,10 @@ def test_cli_demo_fallback_without_shared_data(tmp_path, monkeypatch, capsys, ca
 @needs_data(DATA / "nih_cxr14")
 def test_cli_demo_default_uses_nih_test_images_and_shipped_weights(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "--limit", "2", "--figures", "1", "--methods", "bicubic,srcnn", "--no-lpips"]) == 0
+    assert (
+        main(["demo", "-o", str(out), "--limit", "2", "--figures", "1", "--methods", "bicubic,srcnn", "--no-lpips"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "NIH ChestX-ray14 test images" in printed and "| srcnn |" in printed
     rows = (out / "metrics.csv").read_text().splitlines()

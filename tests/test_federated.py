@@ -11,16 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, needs_data
 from PIL import Image
 
-from conftest import DATA, needs_data
+from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.client import SiteTrainer, parse_args
 from monai_sr_bundle.federated.controller import REPORT_NAME
-from monai_sr_bundle.federated.job import SERVER_APP, client_args, export_job, load_job_config, network_spec, run_simulation
+from monai_sr_bundle.federated.job import SERVER_APP, client_args, export_job, load_job_config, run_simulation
 from monai_sr_bundle.federated.sites import SITE_CONFIG_ENV, balanced_patient_split, load_site, write_example_sites
-from monai_sr_bundle.inference import BUNDLE_ROOT, weights_path
+from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.training import sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,15 @@ def nih_items(split: str, start: int, n: int) -> list[dict]:
 
 
 def job_file(folder: Path, name: str, site_map: dict, **extra) -> Path:
-    config = {"name": name, "method": "srcnn", "num_rounds": 2, "local_epochs": 1, "min_clients": len(site_map), "sites": site_map, **extra}
+    config = {
+        "name": name,
+        "method": "srcnn",
+        "num_rounds": 2,
+        "local_epochs": 1,
+        "min_clients": len(site_map),
+        "sites": site_map,
+        **extra,
+    }
     path = folder / f"{name}.json"
     path.write_text(json.dumps(config))
     return path
@@ -90,7 +99,7 @@ def test_site_config_errors_name_the_site(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=f"site h1: no site config.*{SITE_CONFIG_ENV}"):
         load_site("h1")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(InputError, match="site h1: cannot read its site config"):
+    with pytest.raises(InputError, match="site h1: its site config .* is not readable JSON"):
         load_site("h1", tmp_path / "bad.json")
     (tmp_path / "nolist.json").write_text(json.dumps({"data_dir": "/x"}))
     with pytest.raises(InputError, match="site h1: .* 'datalist'"):
@@ -98,7 +107,9 @@ def test_site_config_errors_name_the_site(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="site h2: .*'training' list must hold items"):
         load_site("h2", make_site(tmp_path, "empty", [], nih_items("val", 0, 1)))
     with pytest.raises(InputError, match="site h3: 1 validation image"):
-        load_site("h3", make_site(tmp_path, "gone", nih_items("train", 0, 1), [{"label": str(tmp_path / "missing.png")}]))
+        load_site(
+            "h3", make_site(tmp_path, "gone", nih_items("train", 0, 1), [{"label": str(tmp_path / "missing.png")}])
+        )
     (tmp_path / "y.json").write_text('{"datalist": "nope.json"}')
     with pytest.raises(InputError, match="site h4: .*datalist file not found"):
         load_site("h4", tmp_path / "y.json")
@@ -108,8 +119,12 @@ def test_site_config_from_the_site_environment(tmp_path, monkeypatch):
     """Production: the job carries no path; the site's own environment points at its config. Relative image
     paths start at ``data_dir``, where ``${MONAI_SR_DATA}`` means the shared data folder."""
     names = [Path(d["label"]).name for d in nih_datalist("train")[:2]]
-    (tmp_path / "list.json").write_text(json.dumps({"training": [{"label": names[0]}], "validation": [{"label": names[1]}]}))
-    (tmp_path / "site.json").write_text(json.dumps({"datalist": "list.json", "data_dir": "${MONAI_SR_DATA}/nih_cxr14/images_512"}))
+    (tmp_path / "list.json").write_text(
+        json.dumps({"training": [{"label": names[0]}], "validation": [{"label": names[1]}]})
+    )
+    (tmp_path / "site.json").write_text(
+        json.dumps({"datalist": "list.json", "data_dir": "${MONAI_SR_DATA}/nih_cxr14/images_512"})
+    )
     monkeypatch.setenv(SITE_CONFIG_ENV, str(tmp_path / "site.json"))
     monkeypatch.setenv("MONAI_SR_DATA", str(DATA))
     site = load_site("hospital-a")
@@ -124,10 +139,11 @@ def test_job_config_checks(tmp_path):
     config = load_job_config(job_file(tmp_path, "ok", sites, privacy=True), num_rounds=3)
     assert config["num_rounds"] == 3 and config["privacy"] == {"percentile": 10, "gamma": 0.01}
     assert config["sites"] == {"a": str(tmp_path / "a.json"), "b": None}
-    assert load_job_config(job_file(tmp_path, "w", sites, initial_weights="w.pt"))["initial_weights"] == str(tmp_path / "w.pt")
+    assert load_job_config(job_file(tmp_path, "w", sites, initial_weights="w.pt"))["initial_weights"] == str(
+        tmp_path / "w.pt"
+    )
     for bad, match in [
         ({"colour": 1}, "unknown key"),
-        ({"method": "bicubic"}, "not trainable"),
         ({"num_rounds": 0}, "num_rounds must be a positive integer"),
         ({"batch_size": "8"}, "batch_size must be a positive integer"),
         ({"privacy": "yes"}, "privacy must be null, true"),
@@ -137,19 +153,31 @@ def test_job_config_checks(tmp_path):
     ]:
         with pytest.raises(InputError, match=match):
             load_job_config(job_file(tmp_path, "bad", sites, **bad))
-    (tmp_path / "noname.json").write_text(json.dumps({"sites": sites}))
+    (tmp_path / "noname.json").write_text(json.dumps({"method": "srcnn", "sites": sites}))
     with pytest.raises(InputError, match="missing name"):
         load_job_config(tmp_path / "noname.json")
+    (tmp_path / "nomethod.json").write_text(json.dumps({"name": "x", "sites": sites}))  # no default method
+    with pytest.raises(InputError, match="missing method"):
+        load_job_config(tmp_path / "nomethod.json")
     (tmp_path / "broken.json").write_text("[1, 2")
-    with pytest.raises(InputError, match="cannot read the job config"):
+    with pytest.raises(InputError, match="the job config is not readable JSON"):
         load_job_config(tmp_path / "broken.json")
 
 
+def test_job_config_refuses_a_method_that_cannot_be_trained(tmp_path):
+    untrainable = sorted(set(methods.names()) - set(methods.trainable_names()))
+    assert untrainable  # the interpolation baseline
+    for method in untrainable + ["nope"]:
+        with pytest.raises(InputError, match=f"method '{method}' cannot be trained; use one of ") as e:
+            load_job_config(job_file(tmp_path, "bad", {"a": "a.json"}, method=method))
+        assert str(e.value).rstrip(".").endswith(", ".join(methods.trainable_names()))
+
+
 def test_network_spec_builds_the_bundle_network():
-    spec = network_spec("srcnn", 4, "cxr")
+    spec = methods.get("srcnn", 4, "cxr").network_spec()
     module, name = spec["class_path"].rsplit(".", 1)
     network = getattr(__import__(module, fromlist=[name]), name)(**spec["args"])
-    network.load_state_dict(torch.load(weights_path("srcnn", 4, "cxr"), weights_only=True))
+    network.load_state_dict(torch.load(methods.get("srcnn", 4, "cxr").weights_path, weights_only=True))
 
 
 def test_export_for_poc_and_production(tmp_path):
@@ -168,11 +196,16 @@ def test_export_for_poc_and_production(tmp_path):
 
 
 def test_client_arguments_survive_nvflares_whitespace_split(tmp_path):
-    config = load_job_config(job_file(tmp_path, "ct", {"a": "a.json"}, modality="ct", intensity=[-1000, 400], local_epochs=2, batch_size=3))
+    config = load_job_config(
+        job_file(tmp_path, "ct", {"a": "a.json"}, modality="ct", intensity=[-1000, 400], local_epochs=2, batch_size=3)
+    )
     args = parse_args(client_args(config, config["sites"]["a"], threads=1).split())
     assert args.intensity == [-1000, 400] and args.local_epochs == 2 and args.modality == "ct" and args.threads == 1
-    assert args.batch_size == 3 and parse_args([]).batch_size is None
-    assert args.site_config == str(tmp_path / "a.json") and parse_args([]).intensity == "minmax"
+    assert args.method == "srcnn"
+    assert args.batch_size == 3 and parse_args(["--method", "srcnn"]).batch_size is None
+    assert args.site_config == str(tmp_path / "a.json") and parse_args(["--method", "srcnn"]).intensity == "minmax"
+    with pytest.raises(SystemExit):  # the method has no default
+        parse_args([])
     with pytest.raises(InputError, match="split on whitespace"):
         client_args(config, str(tmp_path / "my site.json"))
 
@@ -214,7 +247,9 @@ def test_site_trainer_refuses_a_bad_global_model(tmp_path):
 
 def test_site_trainer_refuses_a_corrupt_image_naming_the_site(tmp_path):
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
-    site = load_site("s9", make_site(tmp_path, "s9", [{"label": str(tmp_path / "corrupt.png")}], nih_items("val", 0, 1)))
+    site = load_site(
+        "s9", make_site(tmp_path, "s9", [{"label": str(tmp_path / "corrupt.png")}], nih_items("val", 0, 1))
+    )
     with pytest.raises(InputError, match="site s9: cannot load its images"):
         SiteTrainer(site, "srcnn", 4, "cxr", "minmax", 1, tmp_path / "runs")
 
@@ -229,7 +264,9 @@ def test_site_trainer_refuses_wrong_shapes_naming_the_site(tmp_path):
     import SimpleITK as sitk
 
     sitk.WriteImage(sitk.Image([32, 32, 8], sitk.sitkFloat32), str(tmp_path / "volume.nii.gz"))
-    site = load_site("s8", make_site(tmp_path, "s8", nih_items("train", 0, 1), [{"label": str(tmp_path / "volume.nii.gz")}]))
+    site = load_site(
+        "s8", make_site(tmp_path, "s8", nih_items("train", 0, 1), [{"label": str(tmp_path / "volume.nii.gz")}])
+    )
     with pytest.raises(InputError, match="site s8: "):
         SiteTrainer(site, "srcnn", 4, "cxr", "minmax", 1, tmp_path / "runs").evaluate()
 
@@ -268,18 +305,38 @@ def test_simulator_two_sites_two_rounds(tmp_path):
     manifest = json.loads((app / "models" / "weights.json").read_text())["srcnn_cxr_x4.pt"]
     assert manifest["sha256"] == sha256(ckpt) and manifest["rounds_completed"] == 2 and "federated" in manifest["data"]
     final = torch.load(ckpt, weights_only=True)
-    shipped = torch.load(weights_path("srcnn", 4, "cxr"), weights_only=True)
+    shipped = torch.load(methods.get("srcnn", 4, "cxr").weights_path, weights_only=True)
     assert final.keys() == shipped.keys() and any(not torch.allclose(final[k], shipped[k]) for k in final)
 
     image_names = [Path(d["label"]).name for d in nih_items("train", 0, 4) + nih_items("train", 200, 4)]
-    server_text = "".join(p.read_text(errors="ignore") for p in (tmp_path / "ws" / "two" / "server").rglob("*") if p.is_file() and p.suffix != ".pt")
+    server_text = "".join(
+        p.read_text(errors="ignore")
+        for p in (tmp_path / "ws" / "two" / "server").rglob("*")
+        if p.is_file() and p.suffix != ".pt"
+    )
     assert not [n for n in image_names if n in server_text]
 
     Image.fromarray((np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
     subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--method", "srcnn",
-         "--ckpt_path", str(ckpt), "--input", str(tmp_path / "in.png"), "--output_dir", str(tmp_path / "sr")],
-        cwd=BUNDLE_ROOT, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--method",
+            "srcnn",
+            "--ckpt_path",
+            str(ckpt),
+            "--input",
+            str(tmp_path / "in.png"),
+            "--output_dir",
+            str(tmp_path / "sr"),
+        ],
+        cwd=BUNDLE_ROOT,
+        check=True,
+        capture_output=True,
     )
     assert Image.open(tmp_path / "sr" / "in_sr.png").size == (192, 192)
 
@@ -291,19 +348,36 @@ def test_exported_job_with_a_failing_site_finishes_with_the_others(tmp_path):
     sites = {
         "site-a": str(make_site(tmp_path / "a", "site-a", nih_items("train", 0, 4), nih_items("val", 0, 1))),
         "site-b": str(make_site(tmp_path / "b", "site-b", nih_items("train", 200, 4), nih_items("val", 30, 1))),
-        "site-c": str(make_site(tmp_path / "c", "site-c", [{"label": str(tmp_path / "corrupt.png")}], nih_items("val", 60, 1))),
+        "site-c": str(
+            make_site(tmp_path / "c", "site-c", [{"label": str(tmp_path / "corrupt.png")}], nih_items("val", 60, 1))
+        ),
     }
     config = load_job_config(job_file(tmp_path, "three", sites, min_clients=2, num_rounds=1))
     export_job(config, tmp_path / "job")
     nvflare = Path(sys.executable).with_name("nvflare")
     run = subprocess.run(
-        [str(nvflare), "simulator", str(tmp_path / "job" / "three"), "-w", str(tmp_path / "ws"), "-c", "site-a,site-b,site-c", "-t", "3"],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(nvflare),
+            "simulator",
+            str(tmp_path / "job" / "three"),
+            "-w",
+            str(tmp_path / "ws"),
+            "-c",
+            "site-a,site-b,site-c",
+            "-t",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     app = tmp_path / "ws" / SERVER_APP
     report = _report(app)
-    assert list(report["rounds"][0]["failed"]) == ["site-c"] and set(report["rounds"][0]["sites"]) == {"site-a", "site-b"}
+    assert list(report["rounds"][0]["failed"]) == ["site-c"] and set(report["rounds"][0]["sites"]) == {
+        "site-a",
+        "site-b",
+    }
     assert (app / "models" / "srcnn_cxr_x4.pt").is_file()
     assert "site site-c: cannot load its images" in (tmp_path / "ws" / "site-c" / "log.txt").read_text()
 
@@ -327,8 +401,17 @@ def test_production_project_provisions_the_example_sites(tmp_path):
     """``configs/federated/project.yml`` provisions a startup kit for the server, the admin and every site of
     the chest X-ray job, under the same names."""
     subprocess.run(
-        [str(Path(sys.executable).with_name("nvflare")), "provision", "-p", str(FED_CONFIGS / "project.yml"), "-w", str(tmp_path)],
-        check=True, capture_output=True, cwd=tmp_path,
+        [
+            str(Path(sys.executable).with_name("nvflare")),
+            "provision",
+            "-p",
+            str(FED_CONFIGS / "project.yml"),
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     kits = tmp_path / "monai_sr_federation" / "prod_00"
     sites = json.loads((FED_CONFIGS / "cxr_nih.json").read_text())["sites"]

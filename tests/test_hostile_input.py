@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK  # noqa: F401  (imported up front, not under memory_cap)
+from conftest import make_dicom
 from PIL import Image
 
 from monai_sr_bundle.cli import main
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import SRInferer, run_inference
+from monai_sr_bundle.inference import run_inference
 from monai_sr_bundle.networks import Bicubic
-
-from conftest import make_dicom
+from monai_sr_bundle.tiling import SRInferer
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -132,15 +132,30 @@ def _run(inputs, out) -> list[str]:
 
 # kind -> (builder(folder) -> path, text the message must hold)
 HOSTILE = {
-    "bomb_png_60000x60000": (lambda d: _bomb_png(d / "bomb.png", 60000, 60000), "more pixels than can be decoded safely"),
-    "bomb_png_10000x10000": (lambda d: _bomb_png(d / "bomb10k.png", 10000, 10000), "more pixels than can be decoded safely"),
-    "bomb_png_1x200M": (lambda d: _bomb_png(d / "bomb_line.png", 1, 200_000_000), "more pixels than can be decoded safely"),
+    "bomb_png_60000x60000": (
+        lambda d: _bomb_png(d / "bomb.png", 60000, 60000),
+        "more pixels than can be decoded safely",
+    ),
+    "bomb_png_10000x10000": (
+        lambda d: _bomb_png(d / "bomb10k.png", 10000, 10000),
+        "more pixels than can be decoded safely",
+    ),
+    "bomb_png_1x200M": (
+        lambda d: _bomb_png(d / "bomb_line.png", 1, 200_000_000),
+        "more pixels than can be decoded safely",
+    ),
     "dicom_rows_lie": (lambda d: _dicom(d / "rows.dcm", Rows=60000, Columns=60000), "does not match its pixel data"),
     "dicom_rows_slightly_more": (lambda d: _dicom(d / "rows41.dcm", Rows=41), "does not match its pixel data"),
     "dicom_bits_allocated_64": (lambda d: _dicom(d / "bits64.dcm", BitsAllocated=64), "cannot decode DICOM pixel data"),
-    "dicom_bits_allocated_255": (lambda d: _dicom(d / "bits255.dcm", BitsAllocated=255), "cannot decode DICOM pixel data"),
+    "dicom_bits_allocated_255": (
+        lambda d: _dicom(d / "bits255.dcm", BitsAllocated=255),
+        "cannot decode DICOM pixel data",
+    ),
     "dicom_bits_allocated_0": (lambda d: _dicom(d / "bits0.dcm", BitsAllocated=0), "cannot decode DICOM pixel data"),
-    "dicom_samples_per_pixel_0": (lambda d: _dicom(d / "spp0.dcm", SamplesPerPixel=0), "cannot decode DICOM pixel data"),
+    "dicom_samples_per_pixel_0": (
+        lambda d: _dicom(d / "spp0.dcm", SamplesPerPixel=0),
+        "cannot decode DICOM pixel data",
+    ),
     "empty_png": (lambda d: (d / "empty.png").write_bytes(b"") or d / "empty.png", "cannot be read as an image"),
     "empty_dcm": (lambda d: (d / "empty.dcm").write_bytes(b"") or d / "empty.dcm", "not a readable DICOM file"),
     "folder_named_png": (lambda d: (d / "x.png").mkdir() or d / "x.png", "holds no DICOM images"),
@@ -303,7 +318,10 @@ def test_output_folder_under_a_file(tmp_path):
     (tmp_path / "f").write_bytes(b"precious")
     before = _snapshot(tmp_path)
     out = tmp_path / "f" / "deeper" / "out"
-    with pytest.raises(InputError, match=rf"^{re.escape(str(out))}: the output folder lies under the file {re.escape(str(tmp_path / 'f'))}"):
+    with pytest.raises(
+        InputError,
+        match=rf"^{re.escape(str(out))}: the output folder lies under the file {re.escape(str(tmp_path / 'f'))}",
+    ):
         _run(src, out)
     assert _snapshot(tmp_path) == before
 

@@ -1,4 +1,4 @@
-"""The one SR entry point: SRInferer (tiles, volumes, geometry), run_inference (formats, bad inputs), expand_inputs."""
+"""The file pipeline: geometry through SR, run_inference (formats, bad inputs), expand_inputs. Tiles: test_tiling.py."""
 
 from __future__ import annotations
 
@@ -10,22 +10,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import DATA, make_dicom, needs_data
 from monai.data import MetaTensor
 from PIL import Image
 
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import (
-    SRInferer,
-    expand_inputs,
-    method_config,
-    run_inference,
-    super_resolve,
-    validate_input,
-)
+from monai_sr_bundle.inference import expand_inputs, run_inference, super_resolve, validate_input
 from monai_sr_bundle.networks import Bicubic
-
-from conftest import DATA, make_dicom, needs_data
+from monai_sr_bundle.tiling import SRInferer
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -34,21 +27,6 @@ SCALE = 4
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def _srcnn(seed: int = 0) -> torch.nn.Module:
-    """A freshly initialised SRCNN as the bundle overlay builds it (no trained weights needed)."""
-    torch.manual_seed(seed)
-    return method_config("srcnn", scale=SCALE).get_parsed_content("network_def").eval()
-
-
-def _smooth(shape, seed: int = 0) -> torch.Tensor:
-    """A smooth random image in [0, 1] (structure at several scales, like anatomy rather than noise)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand((1, 1, *(max(2, s // 4) for s in shape[-2:])), generator=g)
-    x = torch.nn.functional.interpolate(coarse, size=tuple(shape[-2:]), mode="bicubic", align_corners=False)
-    x = x + 0.1 * torch.rand((1, 1, *shape[-2:]), generator=g)
-    return ((x - x.min()) / (x.max() - x.min())).expand(*shape).contiguous()
 
 
 def _png(path, size=(40, 36), seed=0, mode="L") -> Path:
@@ -65,10 +43,26 @@ def _nifti(path, arr: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
     return Path(path)
 
 
-def _dicom(path, pixels: np.ndarray, *, spacing=(0.5, 0.7), z: float = 0.0, instance: int = 1, series_uid="1.2.826.0.1.3680043.8.498.77") -> Path:
+def _dicom(
+    path,
+    pixels: np.ndarray,
+    *,
+    spacing=(0.5, 0.7),
+    z: float = 0.0,
+    instance: int = 1,
+    series_uid="1.2.826.0.1.3680043.8.498.77",
+) -> Path:
     """Minimal uncompressed CT slice; ``spacing`` = DICOM PixelSpacing (row, column)."""
-    return make_dicom(path, pixels.astype(np.uint16), pixel_spacing=spacing, position=[-10.0, -20.0, z],
-                      orientation=[1, 0, 0, 0, 1, 0], series_uid=series_uid, instance=instance, SliceThickness=2.0)
+    return make_dicom(
+        path,
+        pixels.astype(np.uint16),
+        pixel_spacing=spacing,
+        position=[-10.0, -20.0, z],
+        orientation=[1, 0, 0, 0, 1, 0],
+        series_uid=series_uid,
+        instance=instance,
+        SliceThickness=2.0,
+    )
 
 
 def _ct_series(folder, n=3, shape=(32, 36)) -> Path:
@@ -89,51 +83,7 @@ def _snapshot(folder: Path) -> dict:
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-# ------------------------------------------------------------------------------------------- SRInferer
-
-
-def test_tiled_equals_whole_srcnn():
-    """Tiles keep their core and drop a margin (overlap * tile / 2 = 6 LR px here) wider than SRCNN's receptive
-    field (bicubic 2 + convs 8/4 = 4 LR px), so tiled and whole agree to float rounding: measured max |diff|
-    6e-8 here (<= 4e-7 over other tile sizes); the bar is 1e-5. (Gaussian-blended whole tiles, as
-    sliding_window_inference does, gave up to 5e-2 at seams.)"""
-    net = _srcnn()
-    x = _smooth((2, 1, 44, 52))
-    with torch.no_grad():
-        whole = SRInferer(SCALE, tile_size=64)(x, net)
-        tiled = SRInferer(SCALE, tile_size=24, overlap=0.5, sw_batch_size=3)(x, net)
-    assert tuple(tiled.shape) == tuple(whole.shape) == (2, 1, 44 * SCALE, 52 * SCALE)
-    diff = (tiled - whole).abs().max().item()
-    assert diff < 1e-5, diff
-    assert whole.std() > 0.05  # not a trivially clamped output
-
-
-def test_tiles_cover_every_pixel_once():
-    inferer = SRInferer(SCALE, tile_size=10, overlap=0.4)
-    for size in (10, 11, 23, 57):
-        cover = np.zeros(size, int)
-        for start, c0, c1 in inferer._windows(size):
-            assert 0 <= start <= c0 < c1 <= size and start + min(10, size) <= size
-            assert c0 - start >= 2 or start == 0  # a full margin (0.4 * 10 / 2) unless at the image edge
-            assert start + min(10, size) - c1 >= 2 or start + min(10, size) == size
-            cover[c0:c1] += 1
-        assert (cover == 1).all()
-
-
-def test_volume_is_slice_by_slice():
-    net = _srcnn(1)
-    vol = torch.stack([_smooth((1, 1, 32, 36), seed=k) for k in range(3)], dim=-1)  # (1, 1, 32, 36, 3)
-    inferer = SRInferer(SCALE)
-    with torch.no_grad():
-        out = inferer(vol, net)
-        per_slice = torch.stack([inferer(vol[..., k], net) for k in range(3)], dim=-1)
-    assert tuple(out.shape) == (1, 1, 32 * SCALE, 36 * SCALE, 3)
-    assert torch.equal(out, per_slice)
-
-
-def test_inferer_rejects_other_ranks():
-    with pytest.raises(InputError, match="expected a batch"):
-        SRInferer(SCALE)(torch.rand(1, 32, 32), Bicubic(SCALE))
+# ------------------------------------------------------------------------------------------- geometry
 
 
 def _rotation(theta: float) -> np.ndarray:
@@ -194,7 +144,9 @@ def test_png_in_png_out(tmp_path):
 
 
 def test_dicom_in_nifti_out(tmp_path):
-    src = _dicom(tmp_path / "cxr.dcm", (np.random.default_rng(0).random((40, 36)) * 4000).astype(np.uint16), spacing=(0.5, 0.7))
+    src = _dicom(
+        tmp_path / "cxr.dcm", (np.random.default_rng(0).random((40, 36)) * 4000).astype(np.uint16), spacing=(0.5, 0.7)
+    )
     before = _snapshot(tmp_path)
     written = run_inference([src], Bicubic(SCALE), SRInferer(SCALE), tmp_path / "out", progress=False)
     assert [Path(p).name for p in written] == ["cxr_sr.nii.gz"]
@@ -293,7 +245,12 @@ def test_volumes_with_allow_volume(bad_inputs, tmp_path):
     _, bad = bad_inputs
     out = tmp_path / "out"
     written = run_inference(
-        [bad["volume_nifti"], bad["volume_dicom"]], Bicubic(SCALE), SRInferer(SCALE), out, allow_volume=True, progress=False
+        [bad["volume_nifti"], bad["volume_dicom"]],
+        Bicubic(SCALE),
+        SRInferer(SCALE),
+        out,
+        allow_volume=True,
+        progress=False,
     )
     assert sorted(Path(p).name for p in written) == ["ct_series_sr.nii.gz", "volume_sr.nii.gz"]
     vol = sitk.ReadImage(str(out / "volume_sr.nii.gz"))

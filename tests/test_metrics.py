@@ -98,8 +98,14 @@ def test_ssim_matches_skimage_gaussian():
     sr, hr = make_pair(2, 64, seed=3)
     values = SSIMMetric()(sr, hr).flatten().numpy()
     expected = [
-        structural_similarity(h[0].numpy().astype(np.float64), s[0].numpy().astype(np.float64), data_range=1.0,
-                              gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        structural_similarity(
+            h[0].numpy().astype(np.float64),
+            s[0].numpy().astype(np.float64),
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
         for s, h in zip(sr, hr)
     ]
     # same window, same valid region (skimage crops half a window): only float32 vs float64 differs
@@ -232,9 +238,10 @@ def test_inbox_psnr_and_ssim_match_crops_by_hand():
 
     def by_hand(i, x0, y0, x1, y1):
         a, b = sr[i, 0, x0:x1, y0:y1].double().numpy(), hr[i, 0, x0:x1, y0:y1].double().numpy()
-        return (peak_signal_noise_ratio(b, a, data_range=1.0),
-                structural_similarity(b, a, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                      use_sample_covariance=False))
+        return (
+            peak_signal_noise_ratio(b, a, data_range=1.0),
+            structural_similarity(b, a, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False),
+        )
 
     b0, b1, b2 = by_hand(0, 5, 10, 30, 40), by_hand(0, 20, 2, 60, 22), by_hand(2, 33, 12, 51, 45)
     np.testing.assert_allclose(p[[0, 2]], [(b0[0] + b1[0]) / 2, b2[0]], rtol=1e-5)

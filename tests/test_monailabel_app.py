@@ -18,13 +18,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import DATA, needs_data
 from label_server import APP, label_server
+
+from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.markups import boxes_to_markups, markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
-from monai_sr_bundle.inference import SRInferer, default_input, load_network, run_inference
+from monai_sr_bundle.inference import default_input, run_inference
 
 requests = pytest.importorskip("requests", reason="requests comes with monailabel (pip install -e '.[test]')")
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
@@ -55,11 +56,18 @@ def server(tmp_path_factory):
 
 def infer(server, image: str, params: dict | None = None, **files) -> requests.Response:
     data = {"params": json.dumps(params or {})}
-    return requests.post(f"{server.url}/infer/super_resolution", params={"image": image, "output": "image"}, data=data, files=files or None, timeout=300)
+    return requests.post(
+        f"{server.url}/infer/super_resolution",
+        params={"image": image, "output": "image"},
+        data=data,
+        files=files or None,
+        timeout=300,
+    )
 
 
 def in_process(path: str | Path, tmp_path: Path, method: str = "srcnn") -> np.ndarray:
-    (out,) = run_inference(path, load_network(method, 4), SRInferer(4), tmp_path / "local", progress=False)
+    sr_method = methods.get(method, 4)  # the server's tiles: the method's own inferer at 256 px
+    (out,) = run_inference(path, sr_method.load(), sr_method.inferer(256), tmp_path / "local", progress=False)
     return read_image(out).numpy()
 
 
@@ -74,6 +82,16 @@ def test_info_lists_the_task_and_strategy(server):
     assert info["models"]["super_resolution"]["type"] == "others"
     assert info["models"]["super_resolution"]["config"]["method"] == "srcnn"
     assert "super_resolution" in info["trainers"] and "boxes_first" in info["strategies"]
+    assert [m["name"] for m in info["methods"]] == methods.names()
+    assert info["methods"] == methods.describe_all(4, "cxr")
+
+
+@pytest.mark.parametrize("option", [{"seed": 1}, {"steps": 10}])
+def test_sampling_options_for_a_deterministic_method_are_refused(server, option):
+    r = infer(server, "ct_small", {"method": "vdsr", **option})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert "'vdsr'" in detail and next(iter(option)) in detail
 
 
 def test_sr_of_a_radiograph_equals_in_process_inference(server, tmp_path):
@@ -100,7 +118,9 @@ def test_uploaded_file_is_super_resolved_like_the_stored_one(server, tmp_path):
     path = server.studies / "ct_small.dcm"
     r = infer(server, "", file=("upload.dcm", path.read_bytes()))
     assert r.status_code == 200, r.text
-    assert np.array_equal(response_image(r, tmp_path, ".nii.gz"), response_image(infer(server, "ct_small"), tmp_path, "2.nii.gz"))
+    assert np.array_equal(
+        response_image(r, tmp_path, ".nii.gz"), response_image(infer(server, "ct_small"), tmp_path, "2.nii.gz")
+    )
 
 
 def test_request_params_override_method_and_scale(server, tmp_path):
@@ -130,7 +150,9 @@ def box_doc(item: dict) -> bytes:
 def test_boxes_are_saved_and_read_back_losslessly(server):
     item = server.items[0]
     name, raw = Path(item["label"]).stem, box_doc(item)
-    r = requests.put(f"{server.url}/datastore/label", params={"image": name, "tag": "boxes"}, files={"label": ("roi.json", raw)})
+    r = requests.put(
+        f"{server.url}/datastore/label", params={"image": name, "tag": "boxes"}, files={"label": ("roi.json", raw)}
+    )
     assert r.status_code == 200, r.text
     back = requests.get(f"{server.url}/datastore/label", params={"label": name, "tag": "boxes"})
     assert back.status_code == 200 and back.content == raw
@@ -164,15 +186,18 @@ def test_train_task_publishes_a_new_version_that_infer_can_use(server, tmp_path)
     entry = json.loads((server.model / "weights.json").read_text())[weights.name]
     assert weights.is_file() and entry["box_weight"] == 2.0 and entry["init_weights"].endswith("srcnn_cxr_x4.pt")
     assert "1 boxes" not in entry["data"] and "boxes)" in entry["data"]
-    assert torch.load(weights, weights_only=True).keys() == load_network("srcnn", 4).state_dict().keys()
+    assert torch.load(weights, weights_only=True).keys() == methods.get("srcnn", 4).load().state_dict().keys()
     r = infer(server, "ct_small", {"weights": "v1"})
     assert r.status_code == 200 and r.content != infer(server, "ct_small").content
     assert infer(server, "ct_small", {"weights": "latest"}).content == r.content
     assert infer(server, "ct_small", {"weights": "v9"}).status_code == 404
 
 
-@pytest.mark.parametrize("params, message", [({"max_epochs": "many"}, "must be numbers"), ({"box_weight": -1}, "0 <= box_weight"),
-                                             ({"method": "bicubic"}, "cannot be trained")])  # fmt: skip
+BAD_TRAIN = [({"max_epochs": "many"}, "must be numbers"), ({"box_weight": -1}, "0 <= box_weight"),
+             ({"method": "bicubic"}, "cannot be trained")]  # fmt: skip
+
+
+@pytest.mark.parametrize("params, message", BAD_TRAIN)
 def test_bad_train_requests_fail_with_a_message_and_publish_nothing(server, params, message):
     before = sorted(server.model.glob("*.pt"))
     status = train(server, params)
@@ -209,8 +234,18 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(server):
     "body, tag, status, message",
     [
         (b"{not json", "boxes", 422, "not JSON"),
-        (b'{"markups": [{"type": "ROI", "name": "Mass", "center": [10, 10, 0], "size": [-4, 4, 1]}]}', "boxes", 422, "negative"),
-        (b'{"markups": [{"type": "ROI", "name": "Mass", "center": [5000, 10, 0], "size": [4, 4, 1]}]}', "boxes", 422, "outside"),
+        (
+            b'{"markups": [{"type": "ROI", "name": "Mass", "center": [10, 10, 0], "size": [-4, 4, 1]}]}',
+            "boxes",
+            422,
+            "negative",
+        ),
+        (
+            b'{"markups": [{"type": "ROI", "name": "Mass", "center": [5000, 10, 0], "size": [4, 4, 1]}]}',
+            "boxes",
+            422,
+            "outside",
+        ),
         (b'{"markups": []}', "../../boxes", 422, "not a plain name"),
         (b'{"markups": []}', "final", 422, "only abnormality boxes"),
         (b" " * (2 << 20), "boxes", 413, "at most"),
@@ -218,13 +253,19 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(server):
 )
 def test_bad_box_labels_are_refused_and_nothing_is_stored(server, body, tag, status, message):
     name = Path(server.items[2]["label"]).stem
-    r = requests.put(f"{server.url}/datastore/label", params={"image": name, "tag": tag}, files={"label": ("roi.json", body)})
+    r = requests.put(
+        f"{server.url}/datastore/label", params={"image": name, "tag": tag}, files={"label": ("roi.json", body)}
+    )
     assert r.status_code == status and message in r.text
     assert requests.get(f"{server.url}/datastore/label", params={"label": name, "tag": "boxes"}).status_code == 404
 
 
 def test_boxes_for_an_unknown_image_are_refused(server):
-    r = requests.put(f"{server.url}/datastore/label", params={"image": "ghost", "tag": "boxes"}, files={"label": ("r.json", b'{"markups": []}')})
+    r = requests.put(
+        f"{server.url}/datastore/label",
+        params={"image": "ghost", "tag": "boxes"},
+        files={"label": ("r.json", b'{"markups": []}')},
+    )
     assert r.status_code == 404
 
 
@@ -234,7 +275,9 @@ def test_server_still_serves_after_hostile_requests(server):
 
 
 def run_import(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(APP / "import_boxes.py"), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(APP / "import_boxes.py"), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_import_boxes_csv_matches_the_datalist(tmp_path):

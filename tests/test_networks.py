@@ -1,4 +1,4 @@
-"""SR networks (bicubic, SRCNN, VDSR) and building them from their bundle overlays (``load_network``)."""
+"""SR networks (bicubic, SRCNN, VDSR) and building them from their bundle overlays (``methods.get(...).load``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import available_methods, load_network, load_weights, method_config
+from monai_sr_bundle.methods import load_weights
 from monai_sr_bundle.networks import SRCNN, VDSR, Bicubic
 
 NETWORKS = {"bicubic": Bicubic, "srcnn": SRCNN, "vdsr": VDSR}
@@ -64,23 +65,23 @@ def test_vdsr_rejects_too_shallow():
 
 
 def test_methods_listed():
-    assert {"bicubic", "srcnn", "vdsr"} <= set(available_methods())
+    assert {"bicubic", "srcnn", "vdsr"} <= set(methods.names())
 
 
 def test_load_network_bicubic_needs_no_weights():
-    net = load_network("bicubic", scale=3)
+    net = methods.get("bicubic", 3).load()
     assert isinstance(net, Bicubic) and net.scale == 3 and not net.training
     with pytest.raises(InputError, match="no weights"):
-        load_network("bicubic", weights="whatever.pt")
+        methods.get("bicubic", 4).load("whatever.pt")
 
 
 @pytest.mark.parametrize("method", ["srcnn", "vdsr"])
 def test_load_network_with_weights(method, tmp_path):
     torch.manual_seed(1)
-    src = method_config(method, scale=4).get_parsed_content("network_def").eval()  # as the overlay builds it
+    src = methods.get(method, scale=4).network().eval()  # as the overlay builds it
     path = tmp_path / f"{method}.pt"
     torch.save(src.state_dict(), path)
-    net = load_network(method, scale=4, weights=path)
+    net = methods.get(method, 4).load(path)
     assert isinstance(net, NETWORKS[method]) and not net.training
     x = torch.rand(1, 1, 8, 8)
     with torch.no_grad():
@@ -90,21 +91,21 @@ def test_load_network_with_weights(method, tmp_path):
 def test_load_network_missing_weights_names_file(tmp_path):
     missing = tmp_path / "nope.pt"
     with pytest.raises(InputError, match="weights file not found") as e:
-        load_network("srcnn", weights=missing)
+        methods.get("srcnn", 4).load(missing)
     assert str(missing) in str(e.value)
 
 
 def test_unknown_method_lists_available():
     with pytest.raises(InputError, match="unknown method") as e:
-        load_network("espcn")
-    for name in available_methods():
+        methods.get("espcn", 4).load()
+    for name in methods.names():
         assert name in str(e.value)
     with pytest.raises(InputError, match="unknown method"):
-        method_config("../srcnn")
+        methods.get("../srcnn")
 
 
 def test_method_config_sets_scale():
-    net = method_config("vdsr", scale=2).get_parsed_content("network_def")
+    net = methods.get("vdsr", scale=2).network()
     assert isinstance(net, VDSR) and net.scale == 2
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import ct_slice_volume
+
+from monai_sr_bundle import methods
 from monai_sr_bundle.data.markups import boxes_to_markups, markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
 
@@ -27,6 +28,7 @@ from SuperResolutionLib import (  # noqa: E402
     SRRun,
     VolumeError,
     check_volume,
+    list_methods,
     missing_dependencies,
     read_volume,
     write_volume,
@@ -53,7 +55,11 @@ def test_geometry_round_trip_through_simpleitk_and_the_reader(tmp_path):
     back, m2 = read_volume(str(tmp_path / "v.nii.gz"))
     assert np.array_equal(back, array) and np.allclose(m2, m, atol=1e-6)
     # the project's reader sees the same voxel-to-LPS map, axes (I, J, K)
-    assert np.allclose(read_image(tmp_path / "v.nii.gz").affine.numpy()[:3], np.vstack([lps.T @ np.eye(3), [-15.0, 120.0, 44.5]]).T, atol=1e-6)
+    assert np.allclose(
+        read_image(tmp_path / "v.nii.gz").affine.numpy()[:3],
+        np.vstack([lps.T @ np.eye(3), [-15.0, 120.0, 44.5]]).T,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,8 +87,16 @@ def test_local_run_matches_the_cli_and_divides_spacing(tmp_path):
     assert np.allclose(m_sr[:3, :3] / np.linalg.norm(m_sr[:3, :3], axis=0), np.sign(m[:3, :3]))  # direction kept
     # same physical extent: the first SR voxel centre sits (1 - 1/4) / 2 of an LR voxel before the LR one
     assert np.allclose(m_sr[:3, 3], m[:3, 3] + m[:3, :2] @ [-3 / 8, -3 / 8], atol=1e-4)
-    cli = subprocess.run([sys.executable, "-m", "monai_sr_bundle.cli", "sr", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "cli"),
-                          "-m", "srcnn", "--slice-by-slice"], capture_output=True, text=True, check=True)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "monai_sr_bundle.cli",
+        "sr",
+        str(tmp_path / "in.nii.gz"),
+        "-o",
+        str(tmp_path / "cli"),
+    ]
+    cli = subprocess.run([*command, "-m", "srcnn", "--slice-by-slice"], capture_output=True, text=True, check=True)
     assert "wrote 1 image" in cli.stdout
     assert np.array_equal(read_volume(str(next((tmp_path / "cli").iterdir())))[0], sr)
 
@@ -107,7 +121,9 @@ def test_failing_run_reports_the_cli_sentence(tmp_path):
 
 def test_missing_dependency_is_reported(tmp_path):
     bare = tmp_path / "bare"
-    subprocess.run([str(Path(sys.base_prefix) / "bin" / "python3"), "-m", "venv", "--without-pip", str(bare)], check=True)
+    subprocess.run(
+        [str(Path(sys.base_prefix) / "bin" / "python3"), "-m", "venv", "--without-pip", str(bare)], check=True
+    )
     python = str(bare / "bin" / "python")
     assert missing_dependencies(python) == ["torch", "monai", "monai_sr_bundle"]
     assert missing_dependencies() == []
@@ -115,7 +131,16 @@ def test_missing_dependency_is_reported(tmp_path):
     with pytest.raises(RunError, match="No module named"):
         run(tmp_path, array, m, python=python).start().wait(60)
     with pytest.raises(RunError, match="cannot start"):
-        SRRun("x.nii.gz", str(tmp_path), python=str(tmp_path / "no_python")).start()
+        SRRun("x.nii.gz", str(tmp_path), "srcnn", python=str(tmp_path / "no_python")).start()
+    with pytest.raises(RunError, match="No module named"):
+        list_methods(python)
+
+
+def test_list_methods_asks_the_installed_cli():
+    found = list_methods()
+    assert [m["name"] for m in found] == methods.names()
+    assert found == methods.describe_all()
+    assert [m["name"] for m in found if m["default"]] == [methods.default_name()]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +151,7 @@ def server(ct_label_server):
 def test_client_infers_uploads_and_keeps_boxes(server, tmp_path):
     client = MonaiLabelClient(server)
     assert "super_resolution" in client.info()["models"]
+    assert [m["name"] for m in client.methods()] == methods.names()
     (tmp_path / "sr.nii.gz").write_bytes(client.infer("ct_small"))
     assert read_image(tmp_path / "sr.nii.gz").shape[1:3] == (512, 512)
     array, m = ct_slice_volume()
@@ -142,7 +168,9 @@ def test_client_errors_are_messages(server, tmp_path):
     with pytest.raises(ClientError, match=r"refused \(404\): image 'ghost' is not in the datastore"):
         MonaiLabelClient(server).infer("ghost")
     with pytest.raises(ClientError, match=r"refused \(422\).*negative or zero size"):
-        MonaiLabelClient(server).save_boxes("ct_small", {"markups": [{"type": "ROI", "name": "x", "center": [0, 0, 0], "size": [-1, 1, 1]}]})
+        MonaiLabelClient(server).save_boxes(
+            "ct_small", {"markups": [{"type": "ROI", "name": "x", "center": [0, 0, 0], "size": [-1, 1, 1]}]}
+        )
     with pytest.raises(ClientError, match="cannot reach the MONAI Label server"):
         MonaiLabelClient("http://127.0.0.1:9", timeout=5).info()
     with pytest.raises(ClientError, match="not a server address"):

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ct_slice_volume
+
+from monai_sr_bundle import methods
 from monai_sr_bundle.data.markups import markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
 
@@ -89,9 +90,16 @@ def module(monkeypatch):
     scene = Scene()
     slicer = types.ModuleType("slicer")
     slicer.mrmlScene = scene
-    slicer.util = types.SimpleNamespace(arrayFromVolume=lambda n: n.array, updateVolumeFromArray=lambda n, a: setattr(n, "array", a))
+    slicer.util = types.SimpleNamespace(
+        arrayFromVolume=lambda n: n.array, updateVolumeFromArray=lambda n, a: setattr(n, "array", a)
+    )
     base = types.ModuleType("slicer.ScriptedLoadableModule")
-    for cls in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest", "ScriptedLoadableModuleWidget"):
+    for cls in (
+        "ScriptedLoadableModule",
+        "ScriptedLoadableModuleLogic",
+        "ScriptedLoadableModuleTest",
+        "ScriptedLoadableModuleWidget",
+    ):
         setattr(base, cls, type(cls, (), {}))
     vtk = types.ModuleType("vtk")
     vtk.vtkMatrix4x4 = Matrix
@@ -116,7 +124,9 @@ def test_local_mode_adds_the_sr_volume_with_its_geometry(module):
     out = logic.collect(run, node, timeout=300)
     assert module.scene.nodes == [out] and out.GetName() == "ct_sr" and not Path(run.workdir).exists()
     assert out.array.shape == (1, 512, 512)
-    assert np.allclose(np.linalg.norm(out.matrix.m[:3, :3], axis=0), np.linalg.norm(node.matrix.m[:3, :3], axis=0) / [4, 4, 1])
+    assert np.allclose(
+        np.linalg.norm(out.matrix.m[:3, :3], axis=0), np.linalg.norm(node.matrix.m[:3, :3], axis=0) / [4, 4, 1]
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,6 +148,16 @@ def test_failing_local_run_is_a_message(module):
     with pytest.raises(module.RunError, match="smaller than"):
         logic.collect(run, node, timeout=120)
     assert module.scene.nodes == [] and not Path(run.workdir).exists()
+
+
+def test_methods_local_and_remote_list_the_registry_default_first(module, ct_label_server):
+    url, _ = ct_label_server
+    logic = module.SuperResolutionLogic()
+    for found in (logic.methods(), logic.methods(url)):
+        assert sorted(m["name"] for m in found) == methods.names()
+        assert found[0]["name"] == methods.default_name() and found[0]["default"]
+    with pytest.raises(module.ClientError, match="cannot reach"):
+        logic.methods("http://127.0.0.1:9")
 
 
 def test_remote_mode_and_send_boxes(module, ct_label_server):

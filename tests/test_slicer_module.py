@@ -13,7 +13,16 @@ from pathlib import Path
 EXT = Path(__file__).resolve().parents[1] / "slicer_extension"
 MODULE = EXT / "SuperResolution" / "SuperResolution.py"
 GUI_MODULES = {"qt", "ctk", "slicer.qSlicerApplication"}
-GUI_ATTRIBUTES = {"app", "layoutManager", "errorDisplay", "infoDisplay", "confirmOkCancelDisplay", "tryWithErrorDisplay", "loadUI", "pip_install"}
+GUI_ATTRIBUTES = {
+    "app",
+    "layoutManager",
+    "errorDisplay",
+    "infoDisplay",
+    "confirmOkCancelDisplay",
+    "tryWithErrorDisplay",
+    "loadUI",
+    "pip_install",
+}
 
 
 def tree() -> ast.Module:
@@ -52,7 +61,27 @@ def test_cmake_ships_every_library_file_and_resource():
     lib = sorted(p.name for p in (EXT / "SuperResolution" / "SuperResolutionLib").glob("*.py"))
     assert all(f"${{MODULE_NAME}}Lib/{name}" in cmake for name in lib)
     for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
-        assert resource in cmake and (EXT / "SuperResolution" / resource.replace("${MODULE_NAME}", "SuperResolution")).is_file()
+        assert (
+            resource in cmake
+            and (EXT / "SuperResolution" / resource.replace("${MODULE_NAME}", "SuperResolution")).is_file()
+        )
     top = (EXT / "CMakeLists.txt").read_text()
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+    for key in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CATEGORY",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+    ):
         assert f"set({key}" in top
+
+
+def test_module_lists_no_method_names_itself():
+    """The methods come from the registry (locally or from the server), so a new method needs no module change."""
+    from monai_sr_bundle import methods
+
+    strings = {n.value for n in ast.walk(tree()) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert not strings & set(methods.names())
+    assigned = {getattr(t, "id", "") for n in tree().body if isinstance(n, ast.Assign) for t in n.targets}
+    assert "METHODS" not in assigned

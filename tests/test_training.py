@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import BUNDLE_ROOT, available_methods, load_network, method_config, weights_path
-from monai_sr_bundle.training import latest_checkpoint, publish_weights, sha256
+from monai_sr_bundle.methods import BUNDLE_ROOT
+from monai_sr_bundle.training import latest_checkpoint, publish_weights, sha256, train_parser
 
 MODELS = BUNDLE_ROOT / "models"
 WEIGHT_NAME = re.compile(r"(?P<method>[a-z0-9_]+?)_(?P<modality>[a-z0-9]+)_x(?P<scale>\d+)\.pt")
@@ -22,10 +23,14 @@ MAX_BYTES = 25 * 1024 * 1024
 
 
 def _srcnn(scale: int = 4) -> torch.nn.Module:
-    return method_config("srcnn", scale).get_parsed_content("network_def")
+    return methods.get("srcnn", scale).network()
 
 
-def _best_checkpoint(path: Path, network: torch.nn.Module, scores=((30.5, "model_key_metric=30.5000.pt"), (31.25, "model_key_metric=31.2500.pt"))) -> Path:
+def _best_checkpoint(
+    path: Path,
+    network: torch.nn.Module,
+    scores=((30.5, "model_key_metric=30.5000.pt"), (31.25, "model_key_metric=31.2500.pt")),
+) -> Path:
     """What MONAI's CheckpointSaver(save_dict={"model": net}, key_metric_save_state=True) writes: the
     network's state dict flattened, plus the saver's own state under ``checkpointer``."""
     state = dict(network.state_dict())
@@ -40,8 +45,15 @@ def _best_checkpoint(path: Path, network: torch.nn.Module, scores=((30.5, "model
 def test_latest_checkpoint_by_epoch_number(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     assert latest_checkpoint(tmp_path / "never_created") is None
-    for name in ("checkpoint_epoch=9.pt", "checkpoint_epoch=10.pt", "checkpoint_epoch=2.pt", "best.pt",
-                 "checkpoint_epoch=x.pt", "checkpoint_epoch=11.pt.tmp", "model_key_metric=35.1.pt"):
+    for name in (
+        "checkpoint_epoch=9.pt",
+        "checkpoint_epoch=10.pt",
+        "checkpoint_epoch=2.pt",
+        "best.pt",
+        "checkpoint_epoch=x.pt",
+        "checkpoint_epoch=11.pt.tmp",
+        "model_key_metric=35.1.pt",
+    ):
         (tmp_path / name).write_bytes(b"")
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=10.pt")  # 10 > 9, not "9" > "10"
     assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint_epoch=10.pt")
@@ -89,11 +101,11 @@ def test_publish_weights_plain_state_dict_and_manifest(tmp_path):
 
 
 def test_publish_weights_through_load_network(tmp_path):
-    """The published file is what ``load_network(weights=...)`` takes."""
+    """The published file is what ``Method.load(weights)`` takes."""
     net = _srcnn()
     target = tmp_path / "models" / "srcnn_cxr_x4.pt"  # the models folder is created
     publish_weights(_best_checkpoint(tmp_path / "best.pt", net), target, {"command": "c", "data": "d"})
-    loaded = load_network("srcnn", 4, weights=target)
+    loaded = methods.get("srcnn", 4).load(target)
     x = torch.rand(1, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net.eval()(x))
@@ -137,13 +149,13 @@ def check_weights_folder(models: Path) -> list[str]:
         m = WEIGHT_NAME.fullmatch(path.name)
         assert m, f"{path.name} is not named <method>_<modality>_x<scale>.pt"
         method, modality, scale = m["method"], m["modality"], int(m["scale"])
-        assert method in available_methods(), f"{path.name}: no configs/methods/{method}.json"
+        assert method in methods.names(), f"{path.name}: no configs/methods/{method}.json"
         for key, value in (("scale", scale), ("modality", modality)):
             if key in entry:
                 assert str(entry[key]) == str(value), f"{path.name}: weights.json says {key}={entry[key]!r}"
         state = torch.load(path, map_location="cpu", weights_only=True)
         assert isinstance(state, dict) and "checkpointer" not in state, f"{path.name}: not a plain state dict"
-        network = load_network(method, scale, modality, weights=path)  # load_state_dict is strict
+        network = methods.get(method, scale, modality).load(path)  # load_state_dict is strict
         for k, v in network.state_dict().items():
             assert torch.equal(v, state[k]), f"{path.name}: {k} differs after loading"
     return [p.name for p in files]
@@ -151,10 +163,10 @@ def check_weights_folder(models: Path) -> list[str]:
 
 def test_shipped_weights():
     checked = check_weights_folder(MODELS)  # passes trivially while nothing is shipped
-    for name in checked:  # the shipped files are where load_network looks by default
+    for name in checked:  # the shipped files are where Method.load looks by default
         m = WEIGHT_NAME.fullmatch(name)
-        assert weights_path(m["method"], int(m["scale"]), m["modality"]) == MODELS / name
-        load_network(m["method"], int(m["scale"]), m["modality"])
+        assert methods.get(m["method"], int(m["scale"]), m["modality"]).weights_path == MODELS / name
+        methods.get(m["method"], int(m["scale"]), m["modality"]).load()
 
 
 def test_shipped_weights_manifest_entries_are_well_formed():
@@ -178,14 +190,18 @@ def test_weights_check_fails_without_entry_or_on_mismatch(tmp_path):
     assert check_weights_folder(models) == ["srcnn_cxr_x4.pt"]
 
     stray = models / "vdsr_cxr_x4.pt"
-    torch.save(method_config("vdsr", 4).get_parsed_content("network_def").state_dict(), stray)
+    torch.save(methods.get("vdsr", 4).network().state_dict(), stray)
     with pytest.raises(AssertionError, match="vdsr_cxr_x4.pt has no entry"):
         check_weights_folder(models)
     stray.unlink()
 
     manifest = json.loads((models / "weights.json").read_text())
     good = dict(manifest["srcnn_cxr_x4.pt"])
-    for broken, match in (({**good, "sha256": "f" * 64}, "sha256"), ({**good, "command": ""}, "command"), ({**good, "data": None}, "data")):
+    for broken, match in (
+        ({**good, "sha256": "f" * 64}, "sha256"),
+        ({**good, "command": ""}, "command"),
+        ({**good, "data": None}, "data"),
+    ):
         (models / "weights.json").write_text(json.dumps({"srcnn_cxr_x4.pt": broken}))
         with pytest.raises(AssertionError, match=match):
             check_weights_folder(models)
@@ -194,7 +210,6 @@ def test_weights_check_fails_without_entry_or_on_mismatch(tmp_path):
 def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
     """The train config's preprocessing on a datalist file: the box mask travels as the HR target's last
     channel, cropped and flipped with it, and the configured loss weights exactly those pixels."""
-    from monai.bundle import ConfigParser
     from PIL import Image
 
     from monai_sr_bundle.data.readers import read_image
@@ -203,10 +218,11 @@ def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "a.png")
     box = [8.0, 16.0, 40.0, 30.0]
-    (tmp_path / "list.json").write_text(json.dumps({"training": [{"label": "a.png", "boxes": [box]}], "validation": [{"label": "a.png"}]}))
-    parser = ConfigParser()
-    parser.read_config([BUNDLE_ROOT / "configs" / "train.json", BUNDLE_ROOT / "configs" / "methods" / "srcnn.json"])
-    parser.update({"bundle_root": str(BUNDLE_ROOT), "datalist_file": str(tmp_path / "list.json"), "box_weight": 3.0,
+    (tmp_path / "list.json").write_text(
+        json.dumps({"training": [{"label": "a.png", "boxes": [box]}], "validation": [{"label": "a.png"}]})
+    )
+    parser = train_parser()  # inference.json + train.json, as `--method srcnn` runs it
+    parser.update({"method": "srcnn", "datalist_file": str(tmp_path / "list.json"), "box_weight": 3.0,
                    "patch_size": 32, "samples_per_image": 6})  # fmt: skip
     items = parser.get_parsed_content("train_datalist")
     assert items[0]["label"] == str(tmp_path / "a.png") and parser.get_parsed_content("val_datalist")[0]["boxes"] == []
@@ -217,11 +233,34 @@ def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
     whole = torch.zeros(64, 64)
     whole[8:40, 16:30] = 1
     for s in samples:  # the mask channel is cut from the same window as the HR channel, flipped alike
-        found = [(i, j, f) for i in range(33) for j in range(33) for f in (False, True)
-                 if torch.equal(s["label"][0].as_tensor(), (lambda t: t.flip(0) if f else t)(hr[i : i + 32, j : j + 32]))]  # fmt: skip
+        label = s["label"][0].as_tensor()
+        windows = [(i, j, f) for i in range(33) for j in range(33) for f in (False, True)]
+        found = [
+            (i, j, f)
+            for i, j, f in windows
+            if torch.equal(label, (lambda t: t.flip(0) if f else t)(hr[i : i + 32, j : j + 32]))
+        ]
         assert found
         i, j, f = found[0]
         window = whole[i : i + 32, j : j + 32]
         assert torch.equal(s["label"][1].as_tensor(), window.flip(0) if f else window)
     loss = parser.get_parsed_content("loss")
     assert isinstance(loss, BoxWeightedL1Loss) and loss.box_weight == 3.0
+
+
+def test_train_parser_takes_the_method_from_the_method_key():
+    """``train_parser()`` is inference.json + train.json; ``method`` alone picks the network, its training
+    settings (its overlay's ``training``), the weights it publishes and its run folder."""
+    parser = train_parser()
+    parser["method"] = "vdsr"
+    vdsr = methods.get("vdsr", 4)
+    assert parser.get_parsed_content("learning_rate") == vdsr.training["learning_rate"]
+    assert parser.get_parsed_content("patch_size") == vdsr.training["patch_size"]
+    assert isinstance(parser.get_parsed_content("network"), type(vdsr.network()))
+    assert Path(parser.get_parsed_content("ckpt_path")) == MODELS / "vdsr_cxr_x4.pt"
+    assert Path(parser.get_parsed_content("run_dir")).name == "vdsr_cxr_x4"
+    parser = train_parser()
+    parser["method"] = "bicubic"
+    with pytest.raises(RuntimeError) as e:  # MONAI wraps the InputError of a method without parameters
+        parser.get_parsed_content("network")
+    assert "nothing to train" in str(e.value.__cause__ or e.value)

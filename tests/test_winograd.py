@@ -45,8 +45,13 @@ def test_vdsr_matches_eager(shape):
 def test_sequential_without_relu_or_bias_and_repeat_calls():
     torch.manual_seed(1)
     seq = _randomize(
-        nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.Conv2d(32, 16, 3, padding=1), nn.Tanh(),
-                      nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 8, 1))  # fmt: skip
+        nn.Sequential(
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.Conv2d(32, 16, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.Conv2d(16, 8, 1),
+        )  # fmt: skip
     )
     fast = winograd_inference(seq, compile=False)
     assert [s[0] for s in fast.steps] == ["wino", "wino", "module", "wino", "module"]
@@ -65,13 +70,13 @@ def test_compiled_path():
 
 
 def test_load_network_winograd_option(tmp_path):
-    from monai_sr_bundle.inference import load_network
+    from monai_sr_bundle import methods
 
     torch.manual_seed(1)
     weights = tmp_path / "vdsr.pt"
     torch.save(_randomize(VDSR(scale=4)).state_dict(), weights)
-    plain = load_network("vdsr", 4, weights=weights)
-    fast = load_network("vdsr", 4, weights=weights, winograd=True)
+    plain = methods.get("vdsr", 4).load(weights)
+    fast = methods.get("vdsr", 4).load(weights, winograd=True)
     x = torch.rand(1, 1, 12, 10)
     with torch.inference_mode():  # the buffers made here must not break a later call outside inference mode
         assert (plain(x) - fast(x)).abs().max().item() < 1e-4

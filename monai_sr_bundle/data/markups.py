@@ -71,7 +71,11 @@ def boxes_to_markups(boxes: Any, findings: Sequence[str], affine: Any) -> dict:
 
 
 def _numbers(value: Any, n: int, what: str) -> np.ndarray:
-    if not isinstance(value, list) or len(value) != n or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if (
+        not isinstance(value, list)
+        or len(value) != n
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         raise InputError(f"{what} must be a list of {n} numbers, got {str(value)[:80]!r}.")
     arr = np.asarray(value, dtype=np.float64)
     if not np.isfinite(arr).all():
@@ -92,11 +96,15 @@ def _finding(roi: dict, where: str) -> str:
     if name is None:
         raise InputError(f"{where} has no finding name; name the ROI after its finding (e.g. 'Nodule').")
     if len(name) > MAX_FINDING_LENGTH or not name.isprintable():
-        raise InputError(f"{where} has a finding name that is not printable text of at most {MAX_FINDING_LENGTH} characters.")
+        raise InputError(
+            f"{where} has a finding name that is not printable text of at most {MAX_FINDING_LENGTH} characters."
+        )
     return name
 
 
-def markups_to_boxes(doc: Any, affine: Any, spatial_shape: Sequence[int], name: str = "boxes") -> tuple[torch.Tensor, list[str]]:
+def markups_to_boxes(
+    doc: Any, affine: Any, spatial_shape: Sequence[int], name: str = "boxes"
+) -> tuple[torch.Tensor, list[str]]:
     """Boxes (N, 4) in pixel-edge coordinates and their finding names from a markups ROI document.
 
     Args:
@@ -119,7 +127,10 @@ def markups_to_boxes(doc: Any, affine: Any, spatial_shape: Sequence[int], name: 
     for i, roi in enumerate(rois):
         where = f"`{name}` markup {i}"
         if not isinstance(roi, dict) or roi.get("type") != "ROI":
-            raise InputError(f"{where} is not an ROI (type {roi.get('type') if isinstance(roi, dict) else roi!r}); save boxes with Slicer's ROI tool.")
+            raise InputError(
+                f"{where} is not an ROI (type {roi.get('type') if isinstance(roi, dict) else roi!r}); save "
+                "boxes with Slicer's ROI tool."
+            )
         system = roi.get("coordinateSystem", "LPS")
         if system not in ("LPS", "RAS") or roi.get("coordinateUnits", "mm") != "mm":
             raise InputError(f"{where}: coordinates must be LPS or RAS in mm.")
@@ -127,7 +138,11 @@ def markups_to_boxes(doc: Any, affine: Any, spatial_shape: Sequence[int], name: 
         size = _numbers(roi.get("size"), 3, f"{where} 'size'")
         if size[0] <= 0 or size[1] <= 0 or size[2] < 0:
             raise InputError(f"{where} has a negative or zero size {size.tolist()}; draw the box again.")
-        rotation = np.eye(3) if "orientation" not in roi else _numbers(roi["orientation"], 9, f"{where} 'orientation'").reshape(3, 3)
+        rotation = (
+            np.eye(3)
+            if "orientation" not in roi
+            else _numbers(roi["orientation"], 9, f"{where} 'orientation'").reshape(3, 3)
+        )
         flip = np.diag([-1.0, -1.0, 1.0]) if system == "RAS" else np.eye(3)
         corners = [center + rotation @ (np.array([sx, sy, 0.0]) * size / 2) for sx in (-1, 1) for sy in (-1, 1)]
         index = np.stack([(directions.T @ (flip @ c - origin)) / spacing for c in corners])
@@ -136,4 +151,3 @@ def markups_to_boxes(doc: Any, affine: Any, spatial_shape: Sequence[int], name: 
         findings.append(_finding(roi, where))
     b = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
     return validate_boxes(b, spatial_shape, name=name).float(), findings
-

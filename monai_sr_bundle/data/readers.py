@@ -96,7 +96,9 @@ def _to_gray(arr: np.ndarray, name: str, channel_axis: int) -> np.ndarray:
     return rgb @ _LUMA
 
 
-def _affine(spacing: Sequence[float], origin: Sequence[float] | None = None, direction: np.ndarray | None = None) -> torch.Tensor:
+def _affine(
+    spacing: Sequence[float], origin: Sequence[float] | None = None, direction: np.ndarray | None = None
+) -> torch.Tensor:
     """4x4 LPS affine from per-axis spacing, origin and a 3x3 direction (columns = axis directions)."""
     sp = np.ones(3)
     sp[: len(spacing)] = spacing
@@ -108,7 +110,9 @@ def _affine(spacing: Sequence[float], origin: Sequence[float] | None = None, dir
     return torch.as_tensor(a, dtype=torch.float64)
 
 
-def _meta_tensor(arr: np.ndarray, affine: torch.Tensor, path: str, fmt: str, rng: tuple[float, float], **extra) -> MetaTensor:
+def _meta_tensor(
+    arr: np.ndarray, affine: torch.Tensor, path: str, fmt: str, rng: tuple[float, float], **extra
+) -> MetaTensor:
     meta = {
         "filename_or_obj": str(path),
         "source_format": fmt,
@@ -245,16 +249,19 @@ def _dcmread(path: str | os.PathLike):
 def _dicom_pixels(ds, path: str) -> np.ndarray:
     if "PixelData" not in ds:
         raise InputError(
-            f"{path}: the DICOM file has no pixel data (is it truncated, or a structured report or presentation state?)."
+            f"{path}: the DICOM file has no pixel data (is it truncated, or a structured report or "
+            "presentation state?)."
         )
     try:
         arr = ds.pixel_array
     except Exception as e:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         hint = (
-            "the file may be truncated, and JPEG/JPEG 2000 files need pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg"
+            "the file may be truncated, and JPEG/JPEG 2000 files need pylibjpeg, pylibjpeg-libjpeg and "
+            "pylibjpeg-openjpeg"
             if getattr(ts, "is_compressed", True)
-            else "the file is truncated or its header (Rows, Columns, Bits Allocated, ...) does not match its pixel data"
+            else "the file is truncated or its header (Rows, Columns, Bits Allocated, ...) does not match its "
+            "pixel data"
         )
         raise InputError(f"{path}: cannot decode DICOM pixel data (transfer syntax {ts}: {e}); {hint}.") from e
     if getattr(ds, "SamplesPerPixel", 1) > 1:
@@ -374,7 +381,10 @@ def _read_dicom_series(folder: str, intensity) -> MetaTensor:
     if dz <= 0:
         dz = thickness if thickness > 0 else 1.0
     elif has_positions and len(steps) and np.abs(steps - dz).max() > 0.1 * dz:
-        warnings.warn(f"{folder}: uneven slice spacing ({steps.min():.3g} to {steps.max():.3g} mm); using {dz:.3g} mm.", stacklevel=3)
+        warnings.warn(
+            f"{folder}: uneven slice spacing ({steps.min():.3g} to {steps.max():.3g} mm); using {dz:.3g} mm.",
+            stacklevel=3,
+        )
     norm, rng = _normalize(vol, intensity, folder)
     return _meta_tensor(
         norm,
@@ -425,7 +435,9 @@ class LoadSRImage(Transform):
 class LoadSRImaged(MapTransform):
     """Dictionary form of :class:`LoadSRImage`: replaces the file paths under ``keys`` by images."""
 
-    def __init__(self, keys: KeysCollection, intensity: str | Sequence[float] = "minmax", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, intensity: str | Sequence[float] = "minmax", allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadSRImage(intensity)
 

@@ -90,7 +90,9 @@ def _resolve_path(path: str | os.PathLike, fmt: str | None) -> tuple[Path, str]:
     return path, family
 
 
-def _to_units(arr: np.ndarray, rng: Sequence[float] | None, default: tuple[float, float]) -> tuple[np.ndarray, float, float]:
+def _to_units(
+    arr: np.ndarray, rng: Sequence[float] | None, default: tuple[float, float]
+) -> tuple[np.ndarray, float, float]:
     lo, hi = (float(v) for v in (rng if rng is not None else default))
     return np.clip(arr.astype(np.float64), 0.0, 1.0) * (hi - lo) + lo, lo, hi
 
@@ -147,7 +149,9 @@ def _write_png(arr: np.ndarray, rng, path: Path, name: str) -> None:
 
     if arr.ndim == 3:
         if arr.shape[2] != 1:
-            raise InputError(f"{name}: a PNG holds one 2D image, not a {arr.shape[2]}-slice volume; write .nii.gz instead.")
+            raise InputError(
+                f"{name}: a PNG holds one 2D image, not a {arr.shape[2]}-slice volume; write .nii.gz instead."
+            )
         arr = arr[..., 0]
     vals, lo, hi = _to_units(arr, rng, (0.0, 255.0))
     if lo < 0 or hi > 65535:
@@ -335,7 +339,9 @@ class SaveSRImaged(MapTransform):
             if not srcs:
                 raise InputError(f"{key}: the image has no meta['filename_or_obj'] to name its output after.")
             fam = meta.get("source_format")
-            out = output_path_for(srcs[0], self.output_dir, self.suffix, source_format=fam if isinstance(fam, str) else None, fmt=self.fmt)
+            out = output_path_for(
+                srcs[0], self.output_dir, self.suffix, source_format=fam if isinstance(fam, str) else None, fmt=self.fmt
+            )
             written = write_image(img, out, dtype=self.dtype)
             if isinstance(img, MetaTensor):
                 img.meta["saved_to"] = str(written)

@@ -5,7 +5,7 @@ config on the site's training images, and sends back the weights with the number
 Only weights and those metrics leave the site; its images and datalist stay where its site config
 (:mod:`monai_sr_bundle.federated.sites`) says. NVFlare runs this script; the job (``job.py``) passes::
 
-    --method srcnn --scale 4 --modality cxr --intensity minmax --local_epochs 1 [--site_config PATH]
+    --method <name> --scale 4 --modality cxr --intensity minmax --local_epochs 1 [--site_config PATH]
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ import os
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.sites import SiteData, load_site
-from monai_sr_bundle.inference import BUNDLE_ROOT, METHODS_DIR
+from monai_sr_bundle.training import train_parser
 
 logger = logging.getLogger(__name__)
 #: the train config's handlers a federated round leaves out: the client scores the received global model
@@ -45,12 +44,12 @@ class SiteTrainer:
         box_weight: float = 0.0,
         batch_size: int | None = None,
     ) -> None:
-        parser = ConfigParser()
-        parser.read_config([str(BUNDLE_ROOT / "configs" / "train.json"), str(METHODS_DIR / f"{method}.json")])
-        parser["train"]["handlers"] = [h for h in parser["train"]["handlers"] if h.get("_target_") not in LOCAL_ONLY_HANDLERS]
+        parser = train_parser()
+        parser["train"]["handlers"] = [
+            h for h in parser["train"]["handlers"] if h.get("_target_") not in LOCAL_ONLY_HANDLERS
+        ]
         parser.update(
             {
-                "bundle_root": str(BUNDLE_ROOT),
                 "method": method,
                 "scale": int(scale),
                 "modality": modality,
@@ -91,7 +90,10 @@ class SiteTrainer:
             self.evaluator.run()
         except Exception as e:  # e.g. an image too small for the scale: the round fails, naming the site
             raise InputError(f"site {self.site}: validation failed ({_first_line(e)}).") from e
-        return {"psnr": float(self.evaluator.state.metrics["val_psnr"]), "ssim": float(self.evaluator.state.metrics["val_ssim"])}
+        return {
+            "psnr": float(self.evaluator.state.metrics["val_psnr"]),
+            "ssim": float(self.evaluator.state.metrics["val_ssim"]),
+        }
 
     def train(self, epochs: int) -> int:
         """Train ``epochs`` more epochs; returns the optimizer steps taken."""
@@ -113,11 +115,15 @@ def _first_line(e: BaseException) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cli.add_argument("--method", default="srcnn")
+    cli.add_argument("--method", required=True, help="a trainable method (monai-sr methods)")
     cli.add_argument("--scale", type=int, default=4)
     cli.add_argument("--modality", default="cxr")
-    cli.add_argument("--intensity", default="minmax", type=lambda s: s if s == "minmax" else json.loads(s),
-                     help="'minmax' or a JSON [lo, hi] window in modality units (HU for CT)")
+    cli.add_argument(
+        "--intensity",
+        default="minmax",
+        type=lambda s: s if s == "minmax" else json.loads(s),
+        help="'minmax' or a JSON [lo, hi] window in modality units (HU for CT)",
+    )
     cli.add_argument("--local_epochs", type=int, default=1)
     cli.add_argument("--box_weight", type=float, default=0.0)
     cli.add_argument("--batch_size", type=int, default=None, help="local batch size (default: the method's)")
@@ -143,11 +149,22 @@ def main(argv=None) -> None:
             total = int(model.total_rounds or 1) * args.local_epochs
             work_dir = Path.cwd() / "monai_sr_runs"
             trainer = SiteTrainer(
-                site, args.method, args.scale, args.modality, args.intensity, total, work_dir, args.box_weight, args.batch_size
+                site,
+                args.method,
+                args.scale,
+                args.modality,
+                args.intensity,
+                total,
+                work_dir,
+                args.box_weight,
+                args.batch_size,
             )
         trainer.load_global(model.params)
         metrics = trainer.evaluate()
-        logger.info(f"site {site_name} round {model.current_round}: global model PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}")
+        logger.info(
+            f"site {site_name} round {model.current_round}: global model PSNR {metrics['psnr']:.3f} dB, "
+            f"SSIM {metrics['ssim']:.4f}"
+        )
         steps = trainer.train(args.local_epochs)
         params = {k: v.detach().cpu() for k, v in trainer.network.state_dict().items()}
         flare.send(flare.FLModel(params=params, metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": steps}))

@@ -57,7 +57,9 @@ class SRFedAvg(FedAvg):
     def sample_clients(self, num_clients: int | None = None) -> list[str]:
         return super().sample_clients(None)
 
-    def send_model(self, task_name="train", data=None, targets=None, min_responses=None, timeout=0, callback=None) -> None:
+    def send_model(
+        self, task_name="train", data=None, targets=None, min_responses=None, timeout=0, callback=None
+    ) -> None:
         self.broadcast_model(
             data=data,
             task_name=task_name,

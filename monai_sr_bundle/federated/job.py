@@ -29,9 +29,10 @@ from nvflare.client.config import TransferType
 from nvflare.recipe.sim_env import SimEnv
 from nvflare.recipe.utils import set_per_site_config
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.controller import REPORT_NAME, SRFedAvg
-from monai_sr_bundle.inference import available_methods, method_config, weights_path
+from monai_sr_bundle.jsonfile import read_json_object
 
 CLIENT_SCRIPT = Path(__file__).with_name("client.py")
 #: the server's app folder inside a simulator job workspace
@@ -40,7 +41,7 @@ REQUIRED = object()
 #: job config keys and their defaults
 JOB_KEYS = {
     "name": REQUIRED,
-    "method": "srcnn",
+    "method": REQUIRED,
     "modality": "cxr",
     "scale": 4,
     "intensity": "minmax",
@@ -62,28 +63,24 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
     """The job config at ``path`` with ``overrides`` (None values ignored), checked; site config and initial
     weights paths are made absolute from the job config's folder."""
     path = Path(path)
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot read the job config ({e}).") from e
-    if not isinstance(config, dict):
-        raise InputError(f"{path}: a job config is a JSON object.")
-    unknown = sorted(set(config) - set(JOB_KEYS))
-    if unknown:
-        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(JOB_KEYS)}.")
+    config = read_json_object(path, f"{path}: the job config", JOB_KEYS)
     config = {**JOB_KEYS, **config, **{k: v for k, v in overrides.items() if v is not None}}
     missing = [k for k, v in config.items() if v is REQUIRED]
     if missing:
         raise InputError(f"{path}: missing {', '.join(missing)}.")
-    if config["method"] not in available_methods() or not method_config(config["method"]).get("has_weights", True):
-        raise InputError(f"{path}: method {config['method']!r} is not trainable; use one of srcnn, vdsr.")
+    if config["method"] not in methods.trainable_names():
+        raise InputError(
+            f"{path}: method {config['method']!r} cannot be trained; use one of {', '.join(methods.trainable_names())}."
+        )
     sites = config["sites"]
     if not isinstance(sites, dict) or not sites:
         raise InputError(f"{path}: 'sites' must map each site name to its site config (or null).")
     config["sites"] = {s: None if c is None else str((path.parent / c).resolve()) for s, c in sites.items()}
     if config["initial_weights"] not in (None, "shipped"):
         config["initial_weights"] = str((path.parent / str(config["initial_weights"])).resolve())
-    for key in ("num_rounds", "local_epochs", "min_clients", "scale") + (("batch_size",) if config["batch_size"] is not None else ()):
+    for key in ("num_rounds", "local_epochs", "min_clients", "scale") + (
+        ("batch_size",) if config["batch_size"] is not None else ()
+    ):
         if not isinstance(config[key], int) or config[key] < 1:
             raise InputError(f"{path}: {key} must be a positive integer, got {config[key]!r}.")
     if config["min_clients"] > len(sites):
@@ -94,19 +91,13 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
     elif isinstance(privacy, dict):
         privacy = {**PRIVACY_DEFAULTS, **privacy}
         if set(privacy) != set(PRIVACY_DEFAULTS) or not all(isinstance(v, (int, float)) for v in privacy.values()):
-            raise InputError(f"{path}: privacy takes numbers for {' and '.join(PRIVACY_DEFAULTS)} only, got {config['privacy']!r}.")
+            raise InputError(
+                f"{path}: privacy takes numbers for {' and '.join(PRIVACY_DEFAULTS)} only, got {config['privacy']!r}."
+            )
     elif privacy not in (None, False):
-        raise InputError(f"{path}: privacy must be null, true or {{\"percentile\": p, \"gamma\": g}}, got {privacy!r}.")
+        raise InputError(f'{path}: privacy must be null, true or {{"percentile": p, "gamma": g}}, got {privacy!r}.')
     config["privacy"] = privacy or None
     return config
-
-
-def network_spec(method: str, scale: int, modality: str) -> dict:
-    """The method's network as NVFlare's ``{"class_path", "args"}``, resolved from its bundle overlay."""
-    parser = method_config(method, scale, modality)
-    definition = parser.get("network_def")
-    args = {k: parser.get_parsed_content(f"network_def#{k}") for k in definition if not k.startswith("_")}
-    return {"class_path": definition["_target_"], "args": args}
 
 
 def client_args(config: dict, site_config: str | None, threads: int = 0) -> str:
@@ -114,9 +105,18 @@ def client_args(config: dict, site_config: str | None, threads: int = 0) -> str:
     on whitespace with no shell quoting, so no argument may contain any (a HU window is written ``[-1000,400]``)."""
     window = config["intensity"]
     args = [
-        "--method", config["method"], "--scale", str(config["scale"]), "--modality", config["modality"],
-        "--intensity", window if window == "minmax" else json.dumps(window, separators=(",", ":")),
-        "--local_epochs", str(config["local_epochs"]), "--box_weight", str(config["box_weight"]),
+        "--method",
+        config["method"],
+        "--scale",
+        str(config["scale"]),
+        "--modality",
+        config["modality"],
+        "--intensity",
+        window if window == "minmax" else json.dumps(window, separators=(",", ":")),
+        "--local_epochs",
+        str(config["local_epochs"]),
+        "--box_weight",
+        str(config["box_weight"]),
     ]
     if site_config:
         args += ["--site_config", site_config]
@@ -126,7 +126,9 @@ def client_args(config: dict, site_config: str | None, threads: int = 0) -> str:
         args += ["--threads", str(threads)]
     spaced = [a for a in args if not a or any(c.isspace() for c in a)]
     if spaced:
-        raise InputError(f"{spaced[0]!r}: NVFlare passes the site's arguments split on whitespace; use a path without spaces.")
+        raise InputError(
+            f"{spaced[0]!r}: NVFlare passes the site's arguments split on whitespace; use a path without spaces."
+        )
     return " ".join(args)
 
 
@@ -179,7 +181,7 @@ def build_recipe(config: dict, threads: int = 0, command: str = "") -> SRFedAvgR
     method, scale, modality = config["method"], config["scale"], config["modality"]
     init = config["initial_weights"]
     if init == "shipped":
-        init = str(weights_path(method, scale, modality))
+        init = str(methods.get(method, scale, modality).weights_path)
     if init and not Path(init).is_file():
         raise InputError(f"initial weights {init} not found; use null (a fresh network), 'shipped' or a file.")
     provenance = {
@@ -199,11 +201,11 @@ def build_recipe(config: dict, threads: int = 0, command: str = "") -> SRFedAvgR
         controller_args={
             "min_responses": config["min_clients"],
             "wait_after_min_s": config["wait_after_min_s"],
-            "weights_name": f"{method}_{modality}_x{scale}.pt",
+            "weights_name": methods.get(method, scale, modality).weights_name,
             "provenance": provenance,
         },
         name=config["name"],
-        model=network_spec(method, scale, modality),
+        model=methods.get(method, scale, modality).network_spec(),
         initial_ckpt=str(Path(init).resolve()) if init else None,
         min_clients=config["min_clients"],
         num_rounds=config["num_rounds"],
@@ -212,7 +214,9 @@ def build_recipe(config: dict, threads: int = 0, command: str = "") -> SRFedAvgR
         key_metric="psnr",
         params_transfer_type=TransferType.DIFF if config["privacy"] else TransferType.FULL,
     )
-    set_per_site_config(recipe, {s: {"train_args": client_args(config, c, threads)} for s, c in config["sites"].items()})
+    set_per_site_config(
+        recipe, {s: {"train_args": client_args(config, c, threads)} for s, c in config["sites"].items()}
+    )
     if config["privacy"]:
         privacy = PercentilePrivacy(data_kinds=[DataKind.WEIGHT_DIFF], **config["privacy"])
         recipe.add_client_output_filter(privacy, tasks=["train"])
@@ -236,7 +240,8 @@ def run_simulation(config: dict, workspace: str | os.PathLike, threads: int | No
         rounds = json.loads(report.read_text())["rounds"] if report.is_file() else []
         failed = sorted({site for r in rounds for site in r["failed"]})
         raise InputError(
-            f"job {config['name']} stopped" + (f": site(s) {', '.join(failed)} failed" if failed else "")
+            f"job {config['name']} stopped"
+            + (f": site(s) {', '.join(failed)} failed" if failed else "")
             + f"; each site's reason is in its own log, {job_dir}/<site>/log.txt."
         ) from e
     return job_dir / SERVER_APP
@@ -250,14 +255,21 @@ def main(argv=None) -> int:
     cli.add_argument("--num_rounds", type=int)
     cli.add_argument("--local_epochs", type=int)
     cli.add_argument("--min_clients", type=int)
-    cli.add_argument("--privacy", action="store_true", default=None, help="attach PercentilePrivacy to the sites' results")
+    cli.add_argument(
+        "--privacy", action="store_true", default=None, help="attach PercentilePrivacy to the sites' results"
+    )
     cli.add_argument("--threads", type=int, default=None, help="torch threads per simulated site")
     args = cli.parse_args(argv)
-    command = shlex.join(["python", "-m", "monai_sr_bundle.federated.job", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(
+        ["python", "-m", "monai_sr_bundle.federated.job", *(argv if argv is not None else sys.argv[1:])]
+    )
     try:
         config = load_job_config(
-            args.job_config, num_rounds=args.num_rounds, local_epochs=args.local_epochs,
-            min_clients=args.min_clients, privacy=args.privacy,
+            args.job_config,
+            num_rounds=args.num_rounds,
+            local_epochs=args.local_epochs,
+            min_clients=args.min_clients,
+            privacy=args.privacy,
         )
         if args.export_dir:
             print(f"job folder: {export_job(config, args.export_dir, command)}")

@@ -28,6 +28,7 @@ from string import Template
 from monai_sr_bundle.data.datalist import load_datalist, nih_datalist
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.jsonfile import read_json_object
 
 SITE_CONFIG_ENV = "MONAI_SR_SITE_CONFIG"
 
@@ -53,13 +54,12 @@ def load_site(site: str, config_path: str | os.PathLike | None = None) -> SiteDa
     hold at least one item and every image must be a readable file. Every error names the site."""
     path = config_path or os.environ.get(SITE_CONFIG_ENV)
     if not path:
-        raise InputError(f"site {site}: no site config; pass --site_config or set {SITE_CONFIG_ENV} on the site's machine.")
+        raise InputError(
+            f"site {site}: no site config; pass --site_config or set {SITE_CONFIG_ENV} on the site's machine."
+        )
     path = Path(path)
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"site {site}: cannot read its site config {path} ({e}).") from e
-    if not isinstance(config, dict) or not isinstance(config.get("datalist"), str):
+    config = read_json_object(path, f"site {site}: its site config {path}")
+    if not isinstance(config.get("datalist"), str):
         raise InputError(f"site {site}: {path} must be a JSON object with a 'datalist' path.")
     datalist = (path.parent / _expand(config["datalist"])).resolve()
     data_dir = Path(_expand(config["data_dir"])) if config.get("data_dir") else datalist.parent
@@ -69,10 +69,13 @@ def load_site(site: str, config_path: str | os.PathLike | None = None) -> SiteDa
             lists[key] = load_datalist(datalist, key, base_dir=data_dir)
         except InputError as e:
             raise InputError(f"site {site}: {e}") from e
-        missing = [d["label"] for d in lists[key] if not (os.path.isfile(d["label"]) and os.access(d["label"], os.R_OK))]
+        missing = [
+            d["label"] for d in lists[key] if not (os.path.isfile(d["label"]) and os.access(d["label"], os.R_OK))
+        ]
         if missing:
             raise InputError(
-                f"site {site}: {len(missing)} {key} image(s) of {datalist} are missing or unreadable, e.g. {missing[0]}."
+                f"site {site}: {len(missing)} {key} image(s) of {datalist} are missing or unreadable, e.g. "
+                f"{missing[0]}."
             )
     return SiteData(site, datalist, data_dir, lists["training"], lists["validation"])
 
@@ -104,10 +107,16 @@ def write_example_sites(out: str | os.PathLike, n_cxr_sites: int = 3) -> list[st
     for i in range(n_cxr_sites):
         site = f"cxr-site-{i + 1}"
         lists = {
-            key: [{"label": Path(d["label"]).name, "boxes": [[round(v, 2) for v in b] for b in d["boxes"]]} for d in splits[split][i]]
+            key: [
+                {"label": Path(d["label"]).name, "boxes": [[round(v, 2) for v in b] for b in d["boxes"]]}
+                for d in splits[split][i]
+            ]
             for key, split in (("training", "train"), ("validation", "val"))
         }
-        note = f"NIH ChestX-ray14 train and val splits, patients partitioned over {n_cxr_sites} sites; this is site {i + 1}"
+        note = (
+            f"NIH ChestX-ray14 train and val splits, patients partitioned over {n_cxr_sites} sites; "
+            f"this is site {i + 1}"
+        )
         _write_site(out, site, lists, "${MONAI_SR_DATA}/nih_cxr14/images_512", note)
         names.append(site)
     ct_root = shared_data_dir() / "chest_ct"

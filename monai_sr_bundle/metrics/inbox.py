@@ -119,8 +119,10 @@ class InBoxMetric(CumulativeIterationMetric):
                 continue
             arr = np.asarray(torch.as_tensor(image_boxes).detach().cpu(), dtype=np.float64).reshape(-1, 4)
             crops = [box_crop_slices(b, y.shape[2:], self.min_size, self.small_box) for b in arr]
-            values = [self._per_image(y_pred[i : i + 1, :, sx, sy], y[i : i + 1, :, sx, sy])
-                      for sx, sy in (c for c in crops if c is not None)]
+            values = [
+                self._per_image(y_pred[i : i + 1, :, sx, sy], y[i : i + 1, :, sx, sy])
+                for sx, sy in (c for c in crops if c is not None)
+            ]
             if values:
                 out[i, 0] = torch.cat(values).double().mean().float()
         return out

@@ -26,8 +26,10 @@ def compute_uqi(y_pred: torch.Tensor, y: torch.Tensor, win_size: int = 8) -> tor
     """
     y_pred, y = check_image_pair(y_pred, y, name="UQI")
     if min(y.shape[2:]) < win_size:
-        raise ValueError(f"UQI with a {win_size}-pixel window needs images of at least {win_size} px per side, "
-                         f"got {tuple(y.shape[2:])}.")
+        raise ValueError(
+            f"UQI with a {win_size}-pixel window needs images of at least {win_size} px per side, "
+            f"got {tuple(y.shape[2:])}."
+        )
     b, c = y.shape[:2]
     x1 = y_pred.double().reshape(b * c, 1, *y.shape[2:])
     x2 = y.double().reshape(b * c, 1, *y.shape[2:])

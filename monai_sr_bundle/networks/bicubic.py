@@ -1,12 +1,33 @@
-"""Bicubic interpolation as a network, so the baseline runs through the same bundle, export and
-inference paths as the learned methods."""
+"""Interpolation: the bicubic baseline as a network, and ``upsample``, the pre-upsampling that SRCNN, VDSR
+and RUNet run inside their ``forward``. The baseline runs through the same bundle, export and inference
+paths as the learned methods."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from monai_sr_bundle.transforms.degradation import upsample
+from monai_sr_bundle.errors import InputError
+
+UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest")
+#: LR pixels that one output pixel of ``upsample`` reads on each side (the bicubic kernel's support)
+UPSAMPLE_HALO = 2
+
+
+def upsample(x: torch.Tensor, scale: int, mode: str = "bicubic") -> torch.Tensor:
+    """Enlarge a batch (B, C, X, Y) by an integer ``scale``. Output is not clamped, so networks see the
+    interpolant as is."""
+    if mode not in UPSAMPLE_MODES:
+        raise InputError(f"unknown upsample mode {mode!r}; use one of {UPSAMPLE_MODES}.")
+    kwargs = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(x, scale_factor=scale, mode=mode, **kwargs)
+
+
+def pre_upsampled_halo(hr_radius: int, scale: int) -> int:
+    """LR context (pixels per side) of a network that upsamples first and then reads ``hr_radius`` HR pixels
+    around each output pixel: what a tile must carry beyond its core for tiled SR to equal whole-image SR."""
+    return -(-hr_radius // scale) + UPSAMPLE_HALO
 
 
 class Bicubic(nn.Module):
@@ -21,6 +42,7 @@ class Bicubic(nn.Module):
         super().__init__()
         self.scale = int(scale)
         self.mode = mode
+        self.halo = UPSAMPLE_HALO
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return upsample(x, self.scale, self.mode)

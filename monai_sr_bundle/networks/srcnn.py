@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_sr_bundle.transforms.degradation import upsample
+from monai_sr_bundle.networks.bicubic import pre_upsampled_halo, upsample
 
 
 class SRCNN(nn.Module):
@@ -37,6 +37,7 @@ class SRCNN(nn.Module):
         self.scale = int(scale)
         self.pre_upsample = pre_upsample
         self.residual = residual
+        self.halo = pre_upsampled_halo(sum(k // 2 for k in kernels), self.scale)
         f1, f2 = filters
         k1, k2, k3 = kernels
         self.body = nn.Sequential(

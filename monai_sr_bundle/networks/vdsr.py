@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_sr_bundle.transforms.degradation import upsample
+from monai_sr_bundle.networks.bicubic import pre_upsampled_halo, upsample
 
 
 class VDSR(nn.Module):
@@ -30,6 +30,7 @@ class VDSR(nn.Module):
             raise ValueError(f"VDSR needs depth >= 2, got {depth}.")
         self.scale = int(scale)
         self.pre_upsample = pre_upsample
+        self.halo = pre_upsampled_halo(depth, self.scale)  # each 3x3 layer reads one more HR pixel
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
             layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]

@@ -132,7 +132,9 @@ class WinogradSequential(nn.Module):
             self._cache[(slot, c)] = torch.zeros(n, 4 * BAND * nb + 2, 4 * tj + 2, c)
         return self._cache[(slot, c)]
 
-    def _layer(self, src: torch.Tensor, dst: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, relu: bool, workers: int) -> None:
+    def _layer(
+        self, src: torch.Tensor, dst: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, relu: bool, workers: int
+    ) -> None:
         """One Winograd layer from ``src`` into ``dst``: contiguous runs of bands, one per worker thread."""
         rows, cols = src.shape[1] - 2, src.shape[2] - 2
         starts = list(range(0, rows, 4 * BAND))
@@ -142,7 +144,9 @@ class WinogradSequential(nn.Module):
         def run(chunk: list[int]) -> None:
             with torch.inference_mode(inference), torch.no_grad():  # thread-local modes, as in the caller
                 for r0 in chunk:
-                    self.band(src[:, r0 : r0 + 4 * BAND + 2], u, bias, relu, dst[:, 1 + r0 : 1 + r0 + 4 * BAND, 1 : cols + 1])
+                    self.band(
+                        src[:, r0 : r0 + 4 * BAND + 2], u, bias, relu, dst[:, 1 + r0 : 1 + r0 + 4 * BAND, 1 : cols + 1]
+                    )
 
         chunks = [starts[i : i + per] for i in range(0, len(starts), per)]
         if len(chunks) == 1:

@@ -1,7 +1,13 @@
 """Transforms, MONAI-style (array ``Foo`` and dictionary ``Food`` pairs): LR synthesis (degradation,
 artifacts), abnormality boxes, and the named degradation presets in ``configs/degradations``."""
 
-from monai_sr_bundle.transforms.artifacts import ARTIFACT_KINDS, ArtifactSpec, RandArtifacts, RandArtifactsd, render_artifact
+from monai_sr_bundle.transforms.artifacts import (
+    ARTIFACT_KINDS,
+    ArtifactSpec,
+    RandArtifacts,
+    RandArtifactsd,
+    render_artifact,
+)
 from monai_sr_bundle.transforms.boxes import (
     BoxesToMask,
     BoxesToMaskd,

@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
-
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+from PIL import Image, ImageDraw, ImageFont
 
 from monai_sr_bundle.errors import InputError
 
@@ -70,7 +69,9 @@ def _range(value: float | Sequence[float], name: str) -> tuple[float, float]:
         return float(value), float(value)
     vals = tuple(float(v) for v in value)
     if len(vals) != 2 or vals[0] > vals[1]:
-        raise InputError(f"RandArtifacts `{name}` must be a number or a (low, high) pair with low <= high, got {value!r}.")
+        raise InputError(
+            f"RandArtifacts `{name}` must be a number or a (low, high) pair with low <= high, got {value!r}."
+        )
     return vals  # type: ignore[return-value]
 
 

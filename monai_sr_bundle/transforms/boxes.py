@@ -13,7 +13,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
-
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
@@ -49,9 +48,7 @@ def as_boxes(boxes: Any, name: str = "boxes") -> torch.Tensor:
     return t if t.is_floating_point() else t.to(torch.float32)
 
 
-def validate_boxes(
-    boxes: Any, spatial_shape: Sequence[int], name: str = "boxes", tol: float = 1e-3
-) -> torch.Tensor:
+def validate_boxes(boxes: Any, spatial_shape: Sequence[int], name: str = "boxes", tol: float = 1e-3) -> torch.Tensor:
     """Check that boxes are (N, 4), finite, of positive size and inside an image of ``spatial_shape`` (X, Y).
 
     Args:
@@ -74,7 +71,9 @@ def validate_boxes(
         if not all(math.isfinite(v) for v in row):
             raise InputError(f"{desc} has a non-finite coordinate; remove or fix that box.")
         if x1 <= x0 or y1 <= y0:
-            raise InputError(f"{desc} has a non-positive size; boxes must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0.")
+            raise InputError(
+                f"{desc} has a non-positive size; boxes must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0."
+            )
         if x0 < -tol or y0 < -tol or x1 > sx + tol or y1 > sy + tol:
             raise InputError(
                 f"{desc} extends outside the image of spatial shape ({sx}, {sy}); scale the boxes to this "

@@ -17,9 +17,9 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.networks.bicubic import UPSAMPLE_MODES, upsample
 
 DOWNSAMPLE_MODES = ("bicubic_aa", "bicubic", "area")
-UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest")
 NOISE_KINDS = ("none", "gaussian", "poisson")
 
 
@@ -42,15 +42,6 @@ def downsample(img: torch.Tensor, scale: int, mode: str = "bicubic_aa") -> torch
     else:
         y = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=mode == "bicubic_aa")
     return y[0].clamp(0.0, 1.0)
-
-
-def upsample(x: torch.Tensor, scale: int, mode: str = "bicubic") -> torch.Tensor:
-    """Enlarge a batch (B, C, X, Y) by an integer ``scale``: the bicubic baseline and the pre-upsampling of
-    SRCNN/VDSR/RUNet. Output is not clamped, so networks see the interpolant as is."""
-    if mode not in UPSAMPLE_MODES:
-        raise InputError(f"unknown upsample mode {mode!r}; use one of {UPSAMPLE_MODES}.")
-    kwargs = {} if mode == "nearest" else {"align_corners": False}
-    return F.interpolate(x, scale_factor=scale, mode=mode, **kwargs)
 
 
 def zoom_geometry(src: torch.Tensor, out: torch.Tensor, zoom: float) -> torch.Tensor:
@@ -153,7 +144,9 @@ class Degraded(MapTransform, RandomizableTransform):
     """Dictionary form of :class:`Degrade`: reads ``keys`` (the HR image) and writes the LR image to
     ``lr_key``, leaving the HR target untouched."""
 
-    def __init__(self, keys: KeysCollection = "hr", lr_key: str = "lr", allow_missing_keys: bool = False, **kwargs) -> None:
+    def __init__(
+        self, keys: KeysCollection = "hr", lr_key: str = "lr", allow_missing_keys: bool = False, **kwargs
+    ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=1.0)
         if len(self.keys) != 1:
@@ -188,7 +181,9 @@ class RandSRCropd(RandomizableTransform, MapTransform):
         num_samples: pairs per image; a list of dicts is returned, as ``RandSpatialCropSamplesd`` does.
     """
 
-    def __init__(self, lr_key: str = "image", hr_key: str = "label", lr_size: int = 16, scale: int = 4, num_samples: int = 1) -> None:
+    def __init__(
+        self, lr_key: str = "image", hr_key: str = "label", lr_size: int = 16, scale: int = 4, num_samples: int = 1
+    ) -> None:
         RandomizableTransform.__init__(self, prob=1.0)
         MapTransform.__init__(self, [lr_key, hr_key])
         self.lr_key, self.hr_key = lr_key, hr_key

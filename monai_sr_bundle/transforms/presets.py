@@ -1,31 +1,36 @@
-"""Named LR-synthesis presets: ``configs/degradations/<name>.json`` at the repository root.
+"""Named LR-synthesis presets: ``configs/degradations/<name>.json`` in the bundle, read by the ``degradation``
+key of the train and evaluate configs (``--degradation realistic_x4``).
 
-A preset is a JSON object of ``Degraded`` keyword arguments (scale, downsample, blur_sigma, noise,
+A preset is a JSON object of ``Degrade`` keyword arguments (scale, downsample, blur_sigma, noise,
 noise_std, poisson_peak, pre_upsample), a ``description``, and optionally ``artifacts``: keyword
-arguments of :class:`~monai_sr_bundle.transforms.artifacts.RandArtifactsd`, to apply on the LR key only.
-Naming them keeps experiments comparable: a results table says which degradation it was measured on.
+arguments of :class:`~monai_sr_bundle.transforms.artifacts.RandArtifactsd`, applied to the LR image only
+so that the HR target stays clean. Naming them keeps experiments comparable: a results table says which
+degradation it was measured on.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from monai.transforms import Compose
+
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.jsonfile import read_json_object
+from monai_sr_bundle.transforms.artifacts import RandArtifactsd
+from monai_sr_bundle.transforms.degradation import Degraded
 
-__all__ = ["PRESET_DIR", "PRESET_KEYS", "available_presets", "load_preset"]
+__all__ = ["PRESET_DIR", "PRESET_KEYS", "available_presets", "degradation_args", "load_preset", "lr_synthesis"]
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "degradations"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "degradations"
 
-# keys a preset may hold: the Degraded keyword arguments, plus "description" and "artifacts"
+# keys a preset may hold: the Degrade keyword arguments, plus "description" and "artifacts"
 PRESET_KEYS = frozenset(
     {
         "description",
         "artifacts",
-        "keys",
-        "lr_key",
         "scale",
         "downsample",
         "blur_sigma",
@@ -64,18 +69,42 @@ def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
             f"Degradation preset {str(name_or_path)!r} not found; available presets: "
             f"{', '.join(available_presets()) or '(none)'} (or give a path to a JSON file)."
         )
-    try:
-        preset = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"Degradation preset {str(path)!r} is not readable JSON ({e}).") from e
-    if not isinstance(preset, dict):
-        raise InputError(f"Degradation preset {str(path)!r} must hold a JSON object of Degraded arguments.")
-    unknown = sorted(set(preset) - PRESET_KEYS)
-    if unknown:
-        raise InputError(
-            f"Degradation preset {str(path)!r} has unknown keys {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(PRESET_KEYS))}."
-        )
+    preset = read_json_object(path, f"Degradation preset {str(path)!r}", sorted(PRESET_KEYS))
     if "artifacts" in preset and not isinstance(preset["artifacts"], dict):
-        raise InputError(f"Degradation preset {str(path)!r}: `artifacts` must be an object of RandArtifactsd arguments.")
+        raise InputError(
+            f"Degradation preset {str(path)!r}: `artifacts` must be an object of RandArtifactsd arguments."
+        )
     return preset
+
+
+def degradation_args(degradation: str | os.PathLike | Mapping | None, scale: int) -> tuple[dict, dict | None]:
+    """``Degrade`` keyword arguments (without ``scale``) and ``RandArtifacts`` ones (None without
+    artifacts) of a preset name or path, or of a mapping with the same keys; a preset made for another
+    scale is refused."""
+    if isinstance(degradation, (str, os.PathLike)):
+        name, preset = str(degradation), load_preset(degradation)
+    else:
+        name, preset = "degradation", dict(degradation or {})
+        unknown = sorted(set(preset) - PRESET_KEYS)
+        if unknown:
+            raise InputError(
+                f"degradation has unknown keys {', '.join(unknown)}; allowed: {', '.join(sorted(PRESET_KEYS))}."
+            )
+    if preset.get("scale", scale) != scale:
+        raise InputError(f"degradation {name!r} is made for x{preset['scale']}, not x{scale}; pick one for x{scale}.")
+    artifacts = preset.get("artifacts")
+    if artifacts is not None and not isinstance(artifacts, Mapping):
+        raise InputError(f"degradation {name!r}: `artifacts` must be an object of RandArtifactsd arguments.")
+    return {k: v for k, v in preset.items() if k not in ("description", "artifacts", "scale")}, artifacts
+
+
+def lr_synthesis(
+    degradation: str | os.PathLike | Mapping | None, scale: int, hr_key: str = "label", lr_key: str = "image"
+) -> Compose:
+    """The dictionary transforms that make the LR input ``lr_key`` from the HR image ``hr_key``: the
+    degradation, then the preset's artifacts on the LR image only."""
+    kwargs, artifacts = degradation_args(degradation, scale)
+    transforms = [Degraded(keys=hr_key, lr_key=lr_key, scale=scale, **kwargs)]
+    if artifacts:
+        transforms.append(RandArtifactsd(keys=lr_key, **artifacts))
+    return Compose(transforms)

@@ -58,14 +58,22 @@ class SRDatastore(LocalDatastore):
         if image_id:
             check_name(image_id, "image id")
             if self.get_image_uri(image_id):
-                raise HTTPException(409, f"image {image_id!r} is already in the datastore; remove it first or upload under another id.")
+                raise HTTPException(
+                    409, f"image {image_id!r} is already in the datastore; remove it first or upload under another id."
+                )
         size = os.path.getsize(image_filename)
         if size > self.max_upload:
-            raise HTTPException(413, f"upload of {size / (1 << 20):.1f} MB is over the {self.max_upload / (1 << 20):g} MB limit of this server.")
+            raise HTTPException(
+                413,
+                f"upload of {size / (1 << 20):.1f} MB is over the {self.max_upload / (1 << 20):g} MB limit "
+                "of this server.",
+            )
         try:
             read_image(image_filename)
         except InputError as e:
-            raise HTTPException(415, f"upload {image_id or ''} is not a readable image: {str(e).replace(image_filename, 'the file')}") from e
+            raise HTTPException(
+                415, f"upload {image_id or ''} is not a readable image: {str(e).replace(image_filename, 'the file')}"
+            ) from e
         return super().add_image(image_id, image_filename, image_info)
 
     def boxes_of(self, image_id: str, doc: object):
@@ -78,7 +86,9 @@ class SRDatastore(LocalDatastore):
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict) -> str:
         if check_name(label_tag, "label tag") != BOX_TAG:
-            raise HTTPException(422, f"this app keeps only abnormality boxes: save them with tag {BOX_TAG!r}, not {label_tag!r}.")
+            raise HTTPException(
+                422, f"this app keeps only abnormality boxes: save them with tag {BOX_TAG!r}, not {label_tag!r}."
+            )
         image_path(self, image_id)
         if os.path.getsize(label_filename) > MAX_BOXES_FILE:
             raise HTTPException(413, f"a boxes file may be at most {MAX_BOXES_FILE >> 10} KB.")
@@ -86,7 +96,9 @@ class SRDatastore(LocalDatastore):
             with open(label_filename, encoding="utf-8") as f:
                 doc = json.load(f)
         except (ValueError, UnicodeDecodeError) as e:
-            raise HTTPException(422, f"boxes of {image_id!r} are not JSON ({e}); send a 3D Slicer markups ROI file.") from e
+            raise HTTPException(
+                422, f"boxes of {image_id!r} are not JSON ({e}); send a 3D Slicer markups ROI file."
+            ) from e
         _, findings = self.boxes_of(image_id, doc)
         info = {**(label_info or {}), "findings": findings}
         if label_filename.endswith(".json"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
-from monai_sr_bundle.inference import weights_path
+from monai_sr_bundle import methods
 
 SHIPPED = "shipped"
 LATEST = "latest"
@@ -34,11 +34,13 @@ def resolve(model_dir: str | Path, method: str, scale: int, modality: str, choic
     trained = versions(model_dir, method, scale, modality)
     text = str(choice).strip().lower()
     if text == SHIPPED or (text == LATEST and not trained):
-        return weights_path(method, scale, modality)
+        return methods.get(method, scale, modality).weights_path
     if text == LATEST:
         return trained[max(trained)]
     number = text[1:] if text.startswith("v") else text
     if not number.isdigit() or int(number) not in trained:
         have = ", ".join(f"v{n}" for n in sorted(trained)) or "none yet"
-        raise HTTPException(404, f"weights {choice!r} of {method} x{scale}: use 'shipped', 'latest' or a trained version ({have}).")
+        raise HTTPException(
+            404, f"weights {choice!r} of {method} x{scale}: use 'shipped', 'latest' or a trained version ({have})."
+        )
     return trained[int(number)]

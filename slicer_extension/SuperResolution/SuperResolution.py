@@ -28,13 +28,12 @@ from SuperResolutionLib import (
     SRRun,
     VolumeError,
     check_volume,
+    list_methods,
     markups_document,
     missing_dependencies,
     read_volume,
     write_volume,
 )
-
-METHODS = ("vdsr", "srcnn", "bicubic")
 
 
 def requirement() -> str:
@@ -51,8 +50,8 @@ class SuperResolution(ScriptedLoadableModule):
         parent.categories = ["Filtering"]
         parent.contributors = ["monai-sr contributors"]
         parent.helpText = (
-            "Super-resolve a chest radiograph or CT volume (in-plane, slice by slice) with bicubic, SRCNN or "
-            "VDSR, on this computer or on a MONAI Label server running the monai-sr app. See docs/slicer.md."
+            "Super-resolve a chest radiograph or CT volume (in-plane, slice by slice) with one of monai-sr's "
+            "methods, on this computer or on a MONAI Label server running the monai-sr app. See docs/slicer.md."
         )
         parent.acknowledgementText = "NIH ChestX-ray14 (NIH Clinical Center) trained the shipped weights."
 
@@ -68,12 +67,19 @@ class SuperResolutionLogic(ScriptedLoadableModuleLogic):
     def missing(self) -> list[str]:
         return missing_dependencies(self.python())
 
+    def methods(self, url: str | None = None) -> list[dict]:
+        """The methods on offer, the default first: those of the local install, or of the server at ``url``."""
+        found = MonaiLabelClient(url).methods() if url else list_methods(self.python())
+        return sorted(found, key=lambda m: not m.get("default"))
+
     def write_input(self, volume_node, folder: str) -> str:
         """The volume as a NIfTI file with its geometry (RAS matrix -> LPS file)."""
         if volume_node is None or volume_node.GetImageData() is None:
             raise VolumeError("the input volume has no image data; load an image first.")
         if volume_node.GetImageData().GetNumberOfScalarComponents() != 1:
-            raise VolumeError("the input volume has several components per voxel (colour or vector); pick a grayscale volume.")
+            raise VolumeError(
+                "the input volume has several components per voxel (colour or vector); pick a grayscale volume."
+            )
         matrix = vtk.vtkMatrix4x4()
         volume_node.GetIJKToRASMatrix(matrix)
         ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
@@ -105,7 +111,9 @@ class SuperResolutionLogic(ScriptedLoadableModuleLogic):
         """Put an SR file into ``output_node`` (a new volume if None) with its geometry; returns the node."""
         array, ijk_to_ras = read_volume(result_path)
         if output_node is None:
-            output_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or f"{input_node.GetName()}_sr")
+            output_node = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", name or f"{input_node.GetName()}_sr"
+            )
         matrix = vtk.vtkMatrix4x4()
         for r in range(4):
             for c in range(4):
@@ -130,7 +138,9 @@ class SuperResolutionLogic(ScriptedLoadableModuleLogic):
     def send_boxes(self, url: str, image_id: str, roi_nodes) -> int:
         """Save the ROIs as the server image's abnormality boxes (each ROI named after its finding)."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", image_id or ""):
-            raise ClientError(f"{image_id!r} is not a server image id; open the image from MONAI Label (Next Sample) first.")
+            raise ClientError(
+                f"{image_id!r} is not a server image id; open the image from MONAI Label (Next Sample) first."
+            )
         rois = []
         for node in roi_nodes:
             center, size = [0.0] * 3, [0.0] * 3
@@ -155,7 +165,6 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(panel)
         self.ui = slicer.util.childWidgetVariables(panel)
         panel.setMRMLScene(slicer.mrmlScene)
-        self.ui.methodCombo.addItems(list(METHODS))
         self.logic = SuperResolutionLogic()
         self.run = None
         self.timer = qt.QTimer()
@@ -164,18 +173,47 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         self.ui.applyButton.clicked.connect(self.apply)
         self.ui.cancelButton.clicked.connect(self.cancel)
         self.ui.sendBoxesButton.clicked.connect(self.send_boxes)
-        self.ui.remoteCheck.toggled.connect(lambda on: self.ui.serverEdit.setEnabled(on))
+        self.ui.remoteCheck.toggled.connect(self.remote_toggled)
+        self.ui.serverEdit.editingFinished.connect(self.list_methods)
+        self.list_methods()
+
+    def remote_toggled(self, on: bool):
+        self.ui.serverEdit.setEnabled(on)
+        self.list_methods()
+
+    def list_methods(self):
+        """Fill the method list from where SR runs: the local install (if installed yet) or the server."""
+        self.ui.methodCombo.clear()
+        try:
+            if not self.ui.remoteCheck.checked and self.logic.missing():
+                return  # listed once Apply has installed the dependencies
+            found = self.logic.methods(self.ui.serverEdit.text if self.ui.remoteCheck.checked else None)
+        except (RunError, ClientError) as e:
+            slicer.util.errorDisplay(f"Cannot list the super-resolution methods: {e}")
+            return
+        self.ui.methodCombo.addItems([m["name"] for m in found])
 
     def apply(self):
-        node, method, scale = self.ui.inputSelector.currentNode(), self.ui.methodCombo.currentText, self.ui.scaleSpin.value
+        node, method, scale = (
+            self.ui.inputSelector.currentNode(),
+            self.ui.methodCombo.currentText,
+            self.ui.scaleSpin.value,
+        )
         try:
             if self.ui.remoteCheck.checked:
                 with slicer.util.tryWithErrorDisplay("Super-resolution on the server failed.", waitCursor=True):
-                    self.show_result(self.logic.run_remote(node, self.ui.serverEdit.text, method, scale, self.ui.outputSelector.currentNode()))
+                    self.show_result(
+                        self.logic.run_remote(
+                            node, self.ui.serverEdit.text, method, scale, self.ui.outputSelector.currentNode()
+                        )
+                    )
                 return
             missing = self.logic.missing()
             if missing and not self.install(missing):
                 return
+            if not method:
+                self.list_methods()
+                method = self.ui.methodCombo.currentText
             self.run = self.logic.start_local(node, method, scale)
         except (VolumeError, RunError, ClientError) as e:
             slicer.util.errorDisplay(str(e))
@@ -185,7 +223,10 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         self.timer.start()
 
     def install(self, missing) -> bool:
-        if not slicer.util.confirmOkCancelDisplay(f"Super-resolution needs {', '.join(missing)} in Slicer's Python. Install {requirement()} now (several minutes)?"):
+        if not slicer.util.confirmOkCancelDisplay(
+            f"Super-resolution needs {', '.join(missing)} in Slicer's Python. Install {requirement()} now "
+            "(several minutes)?"
+        ):
             return False
         with slicer.util.tryWithErrorDisplay("Installing the dependencies failed.", waitCursor=True):
             slicer.util.pip_install(f'"{requirement()}"')
@@ -199,7 +240,9 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         self.ui.applyButton.enabled, self.ui.cancelButton.enabled = True, False
         self.ui.progressBar.setRange(0, 1)
         try:
-            self.show_result(self.logic.collect(run, self.ui.inputSelector.currentNode(), self.ui.outputSelector.currentNode()))
+            self.show_result(
+                self.logic.collect(run, self.ui.inputSelector.currentNode(), self.ui.outputSelector.currentNode())
+            )
         except (RunError, VolumeError) as e:
             slicer.util.errorDisplay(str(e))
 
@@ -227,21 +270,28 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
 
 
 class SuperResolutionTest(ScriptedLoadableModuleTest):
-    """Run in Slicer with "Reload and Test": Logic end to end on pydicom's real CT slice, locally (bicubic x2)."""
+    """Run in Slicer with "Reload and Test": Logic end to end on pydicom's real CT slice, locally (x2 with the
+    method that needs no weights, interpolation)."""
 
     def runTest(self):
         slicer.mrmlScene.Clear()
-        self.test_local_bicubic()
+        self.test_local_interpolation()
         self.test_bad_volume_leaves_scene_unchanged()
 
-    def test_local_bicubic(self):
+    def interpolation(self, logic) -> str:
+        return next(m["name"] for m in logic.methods() if not m["trainable"])
+
+    def test_local_interpolation(self):
         from pydicom.data import get_testdata_file
 
         node = slicer.util.loadVolume(get_testdata_file("CT_small.dcm"))
         logic = SuperResolutionLogic()
-        run = logic.start_local(node, "bicubic", 2)
+        run = logic.start_local(node, self.interpolation(logic), 2)
         out = logic.collect(run, node, timeout=300)
-        self.assertEqual(slicer.util.arrayFromVolume(out).shape[1:], tuple(2 * s for s in slicer.util.arrayFromVolume(node).shape[1:]))
+        self.assertEqual(
+            slicer.util.arrayFromVolume(out).shape[1:],
+            tuple(2 * s for s in slicer.util.arrayFromVolume(node).shape[1:]),
+        )
         self.assertAlmostEqual(out.GetSpacing()[0], node.GetSpacing()[0] / 2, places=5)
         self.delayDisplay("local super-resolution passed")
 
@@ -249,6 +299,6 @@ class SuperResolutionTest(ScriptedLoadableModuleTest):
         empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
         before = slicer.mrmlScene.GetNumberOfNodes()
         with self.assertRaises(VolumeError):
-            SuperResolutionLogic().start_local(empty, "bicubic", 2)
+            SuperResolutionLogic().start_local(empty, self.interpolation(SuperResolutionLogic()), 2)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("bad input refused")

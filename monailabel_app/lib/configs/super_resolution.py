@@ -9,24 +9,31 @@ from lib import versions
 from lib.activelearning import ImagesWithoutBoxesFirst
 from lib.infers import SuperResolutionInfer
 from lib.trainers import SuperResolutionTrainer
-from monai_sr_bundle.inference import available_methods
+from monai_sr_bundle import methods
 
 #: ``--conf`` keys and their defaults
-DEFAULTS = {"method": "vdsr", "scale": "4", "modality": "cxr", "weights": versions.SHIPPED, "tile_size": "256"}
+DEFAULTS = {"method": None, "scale": "4", "modality": "cxr", "weights": versions.SHIPPED, "tile_size": "256"}
 
 
 class SuperResolution(TaskConfig):
     def init(self, name: str, model_dir: str, conf: dict, planner, **kwargs) -> None:
         super().init(name, model_dir, conf, planner, **kwargs)
         self.settings = {k: conf.get(k, v) for k, v in DEFAULTS.items()}
-        if self.settings["method"] not in available_methods():
-            raise ValueError(f"--conf method {self.settings['method']!r} is unknown; available: {', '.join(available_methods())}.")
+        self.settings["method"] = self.settings["method"] or methods.default_name()
+        if self.settings["method"] not in methods.names():
+            raise ValueError(
+                f"--conf method {self.settings['method']!r} is unknown; available: {', '.join(methods.names())}."
+            )
         if not str(self.settings["scale"]).isdigit() or not str(self.settings["tile_size"]).isdigit():
             raise ValueError("--conf scale and tile_size must be whole numbers.")
 
     def infer(self) -> dict:
         s = self.settings
-        return {self.name: SuperResolutionInfer(self.model_dir, s["method"], int(s["scale"]), s["modality"], s["weights"], int(s["tile_size"]))}
+        return {
+            self.name: SuperResolutionInfer(
+                self.model_dir, s["method"], int(s["scale"]), s["modality"], s["weights"], int(s["tile_size"])
+            )
+        }
 
     def trainer(self) -> SuperResolutionTrainer:
         s = self.settings

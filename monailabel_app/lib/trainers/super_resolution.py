@@ -15,8 +15,10 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from lib import versions
 from lib.datastore import BOX_TAG, SRDatastore
+from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import BUNDLE_ROOT, available_methods, method_config
+from monai_sr_bundle.methods import BUNDLE_ROOT
+from monai_sr_bundle.training import TRAIN_CONFIGS
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,13 @@ class SuperResolutionTrainer(TrainTask):
         self.model_dir, self.method, self.scale, self.modality = Path(model_dir), method, int(scale), modality
 
     def config(self) -> dict:
-        return {"method": self.method, "max_epochs": 2, "learning_rate": None, "box_weight": 1.0, "init": versions.LATEST}
+        return {
+            "method": self.method,
+            "max_epochs": 2,
+            "learning_rate": None,
+            "box_weight": 1.0,
+            "init": versions.LATEST,
+        }
 
     def stats(self) -> dict:
         manifest = self.model_dir / "weights.json"
@@ -61,15 +69,18 @@ class SuperResolutionTrainer(TrainTask):
     def __call__(self, request: dict, datastore: SRDatastore) -> dict:
         params = {**self.config(), **request}
         method = str(params["method"])
-        if method not in available_methods() or not method_config(method, self.scale, self.modality).get("has_weights", True):
-            raise InputError(f"method {method!r} cannot be trained; use one with weights ({', '.join(available_methods())}).")
+        if method not in methods.trainable_names():
+            raise InputError(f"method {method!r} cannot be trained; use one of {', '.join(methods.trainable_names())}.")
         try:
             epochs, box_weight = int(params["max_epochs"]), float(params["box_weight"])
             learning_rate = None if params["learning_rate"] is None else float(params["learning_rate"])
         except (TypeError, ValueError) as e:
             raise InputError(f"max_epochs, box_weight and learning_rate must be numbers ({e}).") from e
         if not (1 <= epochs <= 10_000 and 0 <= box_weight <= 1e3 and (learning_rate is None or 0 < learning_rate < 1)):
-            raise InputError(f"need 1 <= max_epochs <= 10000, 0 <= box_weight <= 1000, 0 < learning_rate < 1; got {epochs}, {box_weight}, {learning_rate}.")
+            raise InputError(
+                "need 1 <= max_epochs <= 10000, 0 <= box_weight <= 1000, 0 < learning_rate < 1; got "
+                f"{epochs}, {box_weight}, {learning_rate}."
+            )
         init = versions.resolve(self.model_dir, method, self.scale, self.modality, params["init"])
         target = versions.next_version(self.model_dir, method, self.scale, self.modality)
         run_dir = self.model_dir / "runs" / f"{target.stem}_{time.strftime('%Y%m%d_%H%M%S')}"
@@ -77,7 +88,10 @@ class SuperResolutionTrainer(TrainTask):
         datalist = datastore_datalist(datastore)
         (run_dir / "datalist.json").write_text(json.dumps(datalist, indent=1))
         n_train, n_boxes = len(datalist["training"]), sum(len(d["boxes"]) for d in datalist["training"])
-        logger.info(f"training {target.name} from {init.name}: {n_train} images ({n_boxes} boxes), {len(datalist['validation'])} validating")
+        logger.info(
+            f"training {target.name} from {init.name}: {n_train} images ({n_boxes} boxes), "
+            f"{len(datalist['validation'])} validating"
+        )
         overrides = {
             "bundle_root": str(BUNDLE_ROOT),
             "method": method,
@@ -97,7 +111,7 @@ class SuperResolutionTrainer(TrainTask):
         if learning_rate is not None:
             overrides["learning_rate"] = learning_rate
         bundle_run(
-            config_file=[str(BUNDLE_ROOT / "configs" / "train.json"), str(BUNDLE_ROOT / "configs" / "methods" / f"{method}.json")],
+            config_file=TRAIN_CONFIGS,
             meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
             logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
             **overrides,

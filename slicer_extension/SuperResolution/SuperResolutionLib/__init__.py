@@ -4,7 +4,7 @@ all of which Slicer ships; the SR itself runs in a separate process (local) or o
 
 from SuperResolutionLib.client import ClientError, MonaiLabelClient, markups_document
 from SuperResolutionLib.geometry import VolumeError, check_volume, read_volume, write_volume
-from SuperResolutionLib.runner import RunError, SRRun, missing_dependencies
+from SuperResolutionLib.runner import RunError, SRRun, list_methods, missing_dependencies
 
 __all__ = [
     "ClientError",
@@ -13,6 +13,7 @@ __all__ = [
     "SRRun",
     "VolumeError",
     "check_volume",
+    "list_methods",
     "markups_document",
     "missing_dependencies",
     "read_volume",

@@ -25,7 +25,10 @@ def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> t
     for name, value in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     for name, (filename, data) in files.items():
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
         parts.append(head.encode() + data + b"\r\n")
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
@@ -64,26 +67,58 @@ class MonaiLabelClient:
     def info(self) -> dict:
         return json.loads(self._request("GET", "/info/"))
 
+    def methods(self) -> list[dict]:
+        """The methods the server runs, as the monai-sr app lists them in its info."""
+        methods = self.info().get("methods")
+        if not isinstance(methods, list):
+            raise ClientError(
+                f"the server at {self.url} lists no super-resolution methods; is it running the monai-sr app?"
+            )
+        return methods
+
     def upload(self, path: str, image_id: str) -> str:
         """Store an image file under ``image_id``; returns the id the server gave it."""
         with open(path, "rb") as f:
             data = f.read()
-        answer = self._request("PUT", "/datastore/", {"image": image_id}, fields={"params": "{}"}, files={"file": (os.path.basename(path), data)})
+        answer = self._request(
+            "PUT",
+            "/datastore/",
+            {"image": image_id},
+            fields={"params": "{}"},
+            files={"file": (os.path.basename(path), data)},
+        )
         return json.loads(answer)["image"]
 
     def infer(self, image_id: str, params: dict | None = None) -> bytes:
         """The SR image file (its bytes) of a stored image; ``params`` override method, scale, weights."""
-        return self._request("POST", f"/infer/{TASK}", {"image": image_id, "output": "image"}, fields={"params": json.dumps(params or {})})
+        return self._request(
+            "POST",
+            f"/infer/{TASK}",
+            {"image": image_id, "output": "image"},
+            fields={"params": json.dumps(params or {})},
+        )
 
     def infer_file(self, path: str, params: dict | None = None) -> bytes:
         """The SR image file (its bytes) of a local image file, sent with the request and not stored."""
         with open(path, "rb") as f:
             data = f.read()
-        return self._request("POST", f"/infer/{TASK}", {"output": "image"}, fields={"params": json.dumps(params or {})}, files={"file": (os.path.basename(path), data)})
+        return self._request(
+            "POST",
+            f"/infer/{TASK}",
+            {"output": "image"},
+            fields={"params": json.dumps(params or {})},
+            files={"file": (os.path.basename(path), data)},
+        )
 
     def save_boxes(self, image_id: str, doc: dict) -> None:
         """Store a markups ROI document as the image's abnormality boxes (validated by the server)."""
-        self._request("PUT", "/datastore/label", {"image": image_id, "tag": BOX_TAG}, fields={"params": "{}"}, files={"label": ("boxes.json", json.dumps(doc).encode())})
+        self._request(
+            "PUT",
+            "/datastore/label",
+            {"image": image_id, "tag": BOX_TAG},
+            fields={"params": "{}"},
+            files={"label": ("boxes.json", json.dumps(doc).encode())},
+        )
 
     def boxes(self, image_id: str) -> dict:
         return json.loads(self._request("GET", "/datastore/label", {"label": image_id, "tag": BOX_TAG}))
@@ -94,9 +129,17 @@ def markups_document(rois: list[tuple[str, list[float], list[float], list[float]
     in RAS mm, size in mm, 3x3 orientation flattened row by row), as the ROI nodes report them."""
     return {
         "markups": [
-            {"type": "ROI", "name": name, "coordinateSystem": "RAS", "coordinateUnits": "mm", "roiType": "Box",
-             "center": [float(v) for v in center], "size": [float(v) for v in size],
-             "orientation": [float(v) for v in orientation], "controlPoints": [{"label": name, "position": [float(v) for v in center]}]}  # fmt: skip
+            {
+                "type": "ROI",
+                "name": name,
+                "coordinateSystem": "RAS",
+                "coordinateUnits": "mm",
+                "roiType": "Box",
+                "center": [float(v) for v in center],
+                "size": [float(v) for v in size],
+                "orientation": [float(v) for v in orientation],
+                "controlPoints": [{"label": name, "position": [float(v) for v in center]}],
+            }  # fmt: skip
             for name, center, size, orientation in rois
         ]
     }

@@ -21,7 +21,10 @@ def check_volume(array: np.ndarray | None, name: str = "the input volume") -> np
         raise VolumeError(f"{name} has no image data; load an image first.")
     array = np.asarray(array)
     if array.ndim != 3:
-        raise VolumeError(f"{name} is {array.ndim}D with shape {array.shape}; pick a 2D radiograph or a 3D volume (not a 4D/vector volume).")
+        raise VolumeError(
+            f"{name} is {array.ndim}D with shape {array.shape}; pick a 2D radiograph or a 3D volume (not a "
+            "4D/vector volume)."
+        )
     if array.size == 0 or min(array.shape[1:]) < 2:
         raise VolumeError(f"{name} has no pixels in-plane (shape {array.shape}).")
     if not np.isfinite(array).all():

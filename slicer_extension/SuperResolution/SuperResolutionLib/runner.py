@@ -4,6 +4,7 @@ or a missing dependency is a message rather than a dead Slicer (as SlicerMONAIAu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,12 +24,37 @@ def missing_dependencies(python: str = sys.executable) -> list[str]:
     """The modules of MODULES that ``python`` cannot import."""
     code = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
     try:
-        done = subprocess.run([python, "-c", code, *MODULES], capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
+        done = subprocess.run(
+            [python, "-c", code, *MODULES], capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir()
+        )
     except OSError as e:
         raise RunError(f"cannot start Python at {python} ({e.strerror}).") from e
     if done.returncode != 0:
         raise RunError(f"Python at {python} failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}.")
     return done.stdout.split()
+
+
+def list_methods(python: str = sys.executable) -> list[dict]:
+    """The methods the project installed for ``python`` offers, as ``monai-sr methods --json`` describes them
+    (name, family, trainable, stochastic, weights available, default): the module lists no names itself."""
+    try:
+        done = subprocess.run(
+            [python, "-m", "monai_sr_bundle.cli", "methods", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tempfile.gettempdir(),
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RunError(f"cannot list the methods with {python} ({e}).") from e
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    if done.returncode != 0:
+        errors = [line for line in lines if line.startswith("error:")] or lines[-1:] or [f"exit code {done.returncode}"]
+        raise RunError(errors[-1].removeprefix("error:").strip())
+    try:
+        return json.loads(done.stdout)
+    except ValueError as e:
+        raise RunError(f"the method list from {python} is not JSON ({e}).") from e
 
 
 class SRRun:
@@ -42,7 +68,9 @@ class SRRun:
         python: the interpreter that has the project installed (in Slicer: PythonSlicer).
     """
 
-    def __init__(self, input_path: str, output_dir: str, method: str = "vdsr", scale: int = 4, python: str = sys.executable) -> None:
+    def __init__(
+        self, input_path: str, output_dir: str, method: str, scale: int = 4, python: str = sys.executable
+    ) -> None:
         self.input_path, self.output_dir = os.path.abspath(input_path), Path(output_dir).absolute()
         self.cmd = [python, "-m", "monai_sr_bundle.cli", "sr", self.input_path, "-o", str(self.output_dir),
                     "-m", method, "--scale", str(int(scale)), "--slice-by-slice"]  # fmt: skip
@@ -52,7 +80,11 @@ class SRRun:
     def start(self) -> SRRun:
         try:
             self.process = subprocess.Popen(
-                self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                self.cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
                 cwd=tempfile.gettempdir(),  # what the process imports must not depend on Slicer's working folder
             )
         except OSError as e:
@@ -86,7 +118,11 @@ class SRRun:
             raise RunError("SR was cancelled.")
         lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
         if self.process.returncode != 0:
-            errors = [line for line in lines if line.startswith("error:")] or lines[-1:] or [f"exit code {self.process.returncode}"]
+            errors = (
+                [line for line in lines if line.startswith("error:")]
+                or lines[-1:]
+                or [f"exit code {self.process.returncode}"]
+            )
             raise RunError(errors[-1].removeprefix("error:").strip())
         written = sorted(p for p in self.output_dir.iterdir() if p.is_file())
         if len(written) != 1:

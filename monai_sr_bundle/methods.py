@@ -1,0 +1,344 @@
+"""The method registry: one :class:`Method` per overlay ``configs/methods/<name>.json``, the one list that
+every surface reads (CLI, bundle configs, MONAI Label, 3D Slicer, NVFlare, model card).
+
+An overlay names its network and the method's training settings, nothing else; the file name is the
+method's name, written nowhere else::
+
+    {"network_def": {"_target_": "monai_sr_bundle.networks.MyNet", "scale": "@scale"},
+     "training": {"learning_rate": 0.0005, "max_epochs": 20}}
+
+What a surface needs to know is derived from the network rather than declared twice: ``family`` is the
+network's module (``networks/<family>.py``), ``trainable`` whether it has parameters, ``stochastic`` and
+``exportable`` its class attributes of those names, ``halo`` the LR context a tile needs. Further overlay
+folders (a site's own methods) are listed in ``$MONAI_SR_METHODS`` (``os.pathsep``-separated).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+from torch import nn
+
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.jsonfile import read_json_object
+
+BUNDLE_ROOT = Path(__file__).resolve().parent
+METHODS_DIR = BUNDLE_ROOT / "configs" / "methods"
+#: keys an overlay may hold
+OVERLAY_KEYS = ("network_def", "training", "default")
+#: options that only a stochastic method's sampler takes
+SAMPLING_OPTIONS = ("steps", "seed", "samples")
+
+
+def overlay_dirs() -> list[Path]:
+    """The package's overlay folder, then those of ``$MONAI_SR_METHODS``."""
+    extra = [Path(p) for p in os.environ.get("MONAI_SR_METHODS", "").split(os.pathsep) if p]
+    return [METHODS_DIR, *extra]
+
+
+def overlays() -> dict[str, Path]:
+    """Method name -> overlay file, sorted by name; a name defined twice is refused."""
+    found: dict[str, Path] = {}
+    for folder in overlay_dirs():
+        for path in sorted(folder.glob("*.json")):
+            if path.stem in found:
+                raise InputError(
+                    f"method {path.stem!r} is defined twice, in {found[path.stem]} and {path}; rename one."
+                )
+            found[path.stem] = path
+    return dict(sorted(found.items()))
+
+
+def names() -> list[str]:
+    """The methods there are, sorted."""
+    return list(overlays())
+
+
+def default_name() -> str:
+    """The method the surfaces use when none is given: the overlay that says ``"default": true``."""
+    marked = [name for name, path in overlays().items() if _read_overlay(name, path).get("default") is True]
+    if len(marked) != 1:
+        raise InputError(
+            f'exactly one method overlay must say "default": true; found {len(marked)} ({", ".join(marked) or "none"}).'
+        )
+    return marked[0]
+
+
+def trainable_names() -> list[str]:
+    return [name for name in names() if get(name).trainable]
+
+
+def baseline_name() -> str:
+    """The reference the learned methods are compared with: the first method without parameters
+    (interpolation)."""
+    untrained = [name for name in names() if not get(name).trainable]
+    if not untrained:
+        raise InputError("no method without parameters (an interpolation baseline) is registered.")
+    return untrained[0]
+
+
+def _read_overlay(name: str, path: Path) -> dict:
+    return read_json_object(path, f"method {name!r}: its overlay {path}", OVERLAY_KEYS)
+
+
+def get(name: str, scale: int = 4, modality: str = "cxr", bundle_root: str | os.PathLike | None = None) -> Method:
+    """The method ``name`` at ``scale`` for ``modality``; an unknown name is refused with the list."""
+    found = overlays()
+    if name not in found:
+        raise InputError(f"unknown method {name!r}; available: {', '.join(found)} ('monai-sr methods' describes them).")
+    return Method(name, found[name], scale, modality, bundle_root)
+
+
+class Method:
+    """One SR method at one scale and modality, resolved from its overlay.
+
+    Args:
+        name: the overlay's file name.
+        overlay: the overlay file.
+        scale: the SR factor.
+        modality: the weights family (``cxr``, ``ct``).
+        bundle_root: the bundle whose ``models/`` holds the shipped weights (default: this package).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        overlay: Path,
+        scale: int = 4,
+        modality: str = "cxr",
+        bundle_root: str | os.PathLike | None = None,
+    ) -> None:
+        if int(scale) != scale or int(scale) < 1:
+            raise InputError(f"method {name!r}: scale must be a positive whole number, got {scale!r}.")
+        self.name, self.overlay, self.scale, self.modality = name, Path(overlay), int(scale), str(modality)
+        self.bundle_root = Path(bundle_root or BUNDLE_ROOT)
+        self.config = _read_overlay(name, self.overlay)
+        definition = self.config.get("network_def")
+        if not isinstance(definition, dict) or not isinstance(definition.get("_target_"), str):
+            raise InputError(
+                f'method {name!r}: its overlay {self.overlay} needs "network_def" with a "_target_" (the '
+                "network class)."
+            )
+        training = self.config.get("training", {})
+        if not isinstance(training, dict):
+            raise InputError(
+                f'method {name!r}: "training" in {self.overlay} must be an object of train config settings.'
+            )
+        self.training: dict = training
+
+    def __repr__(self) -> str:
+        return f"Method({self.name!r}, scale={self.scale}, modality={self.modality!r})"
+
+    def _parser(self) -> ConfigParser:
+        """The overlay's network_def with ``@scale`` and ``@modality`` defined (a copy: parsing rewrites it)."""
+        return ConfigParser(
+            {"scale": self.scale, "modality": self.modality, "network_def": copy.deepcopy(self.config["network_def"])}
+        )
+
+    def network_spec(self) -> dict:
+        """The network as ``{"class_path", "args"}`` with its arguments resolved (NVFlare's model spec)."""
+        parser = self._parser()
+        args = {
+            k: parser.get_parsed_content(f"network_def#{k}")
+            for k in self.config["network_def"]
+            if not k.startswith("_")
+        }
+        return {"class_path": self.config["network_def"]["_target_"], "args": args}
+
+    def network(self, weights: str | os.PathLike | None = None) -> nn.Module:
+        """A new network of this method (fresh parameters, or ``weights`` loaded), in train mode."""
+        try:
+            network = self._parser().get_parsed_content("network_def")
+        except Exception as e:  # a missing module, a wrong class name or bad arguments, as MONAI reports them
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(
+                f"method {self.name!r}: its network_def in {self.overlay} cannot be built ({reason}); check "
+                'its "_target_" and arguments.'
+            ) from e
+        if not isinstance(network, nn.Module):
+            raise InputError(
+                f'method {self.name!r}: "_target_" in {self.overlay} built a {type(network).__name__}, not '
+                "a torch nn.Module."
+            )
+        if weights is not None:
+            if not any(True for _ in network.parameters()):
+                raise InputError(
+                    f"method {self.name!r} has no weights (it has no parameters); drop the weights argument."
+                )
+            load_weights(network, weights)
+        return network
+
+    @cached_property
+    def _probe(self) -> nn.Module:
+        return self.network()
+
+    @property
+    def network_class(self) -> type:
+        return type(self._probe)
+
+    @property
+    def family(self) -> str:
+        """The network's module name (its file under ``networks/``); several methods may share one."""
+        return self.network_class.__module__.rsplit(".", 1)[-1]
+
+    @property
+    def trainable(self) -> bool:
+        return any(True for _ in self._probe.parameters())
+
+    @property
+    def stochastic(self) -> bool:
+        return bool(getattr(self._probe, "stochastic", False))
+
+    @property
+    def exportable(self) -> bool:
+        """Whether ``forward`` exports to ONNX as one graph (a sampler's loop does not)."""
+        return bool(getattr(self._probe, "exportable", True))
+
+    @property
+    def halo(self) -> int:
+        """LR pixels of context each tile needs for exact tiled SR; a network that does not declare its
+        receptive field (``halo``) gets an eighth of a 256-pixel tile."""
+        return int(getattr(self._probe, "halo", 32))
+
+    @property
+    def weights_name(self) -> str:
+        return f"{self.name}_{self.modality}_x{self.scale}.pt"
+
+    @property
+    def weights_path(self) -> Path:
+        """Where the method's shipped (or published) weights live: ``models/<name>_<modality>_x<scale>.pt``."""
+        return self.bundle_root / "models" / self.weights_name
+
+    @property
+    def weights_available(self) -> bool:
+        return self.trainable and self.weights_path.is_file()
+
+    def trainable_network(self, weights: str | os.PathLike | None = None) -> nn.Module:
+        """A network to train, fresh or from ``weights``; a method without parameters is refused."""
+        if not self.trainable:
+            raise InputError(f"method {self.name!r} has nothing to train; train one of {', '.join(trainable_names())}.")
+        return self.network(weights)
+
+    def load(
+        self,
+        weights: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        winograd: bool = False,
+        steps: int | None = None,
+    ) -> nn.Module:
+        """The network in eval mode on ``device`` with its weights: ``weights`` if given, else the shipped
+        ones (a method without parameters takes none). ``steps`` sets a stochastic network's sampler steps.
+        ``winograd`` swaps VDSR-style 3x3 convolutions for Winograd F(4x4, 3x3) on the CPU (same output to
+        ~1e-5, about 2x faster after a compile per image size)."""
+        self.check_sampling(steps=steps)
+        if self.trainable:
+            if weights is None and not self.weights_path.is_file():
+                raise InputError(
+                    f"method {self.name!r} has no {self.modality} x{self.scale} weights "
+                    f"({self.weights_name}); train it first or pass weights."
+                )
+            network = self.network(weights if weights is not None else self.weights_path)
+        else:
+            network = self.network(weights)
+        network = network.to(device).eval()
+        if steps is not None:
+            network.steps = steps
+        if winograd:
+            if torch.device(device).type != "cpu":
+                raise InputError("--winograd is a CPU speed-up; drop it on a GPU.")
+            from monai_sr_bundle.networks.winograd import winograd_inference
+
+            network = winograd_inference(network)
+        return network
+
+    def check_sampling(self, **options) -> None:
+        """Refuse sampler options (``steps``, ``seed``, ``samples``) for a deterministic method, and values
+        that are not positive whole numbers (``seed`` may be 0)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        unknown = sorted(set(given) - set(SAMPLING_OPTIONS))
+        if unknown:
+            raise InputError(f"unknown sampling option(s) {', '.join(unknown)}; use {', '.join(SAMPLING_OPTIONS)}.")
+        if given and not self.stochastic:
+            raise InputError(
+                f"method {self.name!r} is deterministic and has no sampler: drop {', '.join(given)} "
+                "(options of stochastic methods only)."
+            )
+        for key, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1):
+                raise InputError(
+                    f"method {self.name!r}: {key} must be a whole "
+                    f"number{' >= 0' if key == 'seed' else ' >= 1'}, got {value!r}."
+                )
+        if given.get("samples", 1) > 1:
+            raise InputError(
+                f"method {self.name!r}: several samples (mean and uncertainty maps) are not available yet; "
+                "drop samples."
+            )
+
+    def inferer(self, tile_size: int = 256, seed: int | None = None, progress: bool = False):
+        """The tiling inferer this method needs: exact core-crop with its halo, or seeded blending."""
+        from monai_sr_bundle.tiling import SRInferer
+
+        self.check_sampling(seed=seed)
+        merge = "blend" if self.stochastic else "crop"
+        return SRInferer(self.scale, tile_size, halo=self.halo, merge=merge, seed=seed or 0, progress=progress)
+
+    def setting(self, key: str, default):
+        """A training setting of the method (its overlay's ``training``), else the train config's ``default``."""
+        return self.training.get(key, default)
+
+    def describe(self) -> dict:
+        """What a client needs to list and offer the method."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "trainable": self.trainable,
+            "stochastic": self.stochastic,
+            "exportable": self.exportable,
+            "scale": self.scale,
+            "modality": self.modality,
+            "weights": self.weights_name if self.trainable else None,
+            "weights_available": self.weights_available,
+            "default": self.config.get("default") is True,
+        }
+
+
+def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a plain state dict (``torch.load(..., weights_only=True)``) into ``network``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: weights file not found; train the method first or pass --weights.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+    except (RuntimeError, KeyError, EOFError, OSError, TypeError, AttributeError, pickle.UnpicklingError) as e:
+        raise InputError(f"{path}: weights do not fit this network ({str(e).splitlines()[0]}).") from e
+    return network
+
+
+def describe_all(scale: int = 4, modality: str = "cxr") -> list[dict]:
+    return [get(name, scale, modality).describe() for name in names()]
+
+
+def markdown_table(scale: int = 4, modality: str = "cxr") -> str:
+    """The methods as a Markdown table (the model card's list is this table)."""
+    lines = ["| method | family | trainable | stochastic | ONNX export | weights |", "|---|---|---|---|---|---|"]
+    for d in describe_all(scale, modality):
+        weights = (
+            "none needed"
+            if not d["trainable"]
+            else (f"`{d['weights']}`" if d["weights_available"] else "not trained yet")
+        )
+        yes = {True: "yes", False: "no"}
+        name = f"`{d['name']}`" + (" (default)" if d["default"] else "")
+        lines.append(
+            f"| {name} | {d['family']} | {yes[d['trainable']]} | {yes[d['stochastic']]} | "
+            f"{yes[d['exportable']]} | {weights} |"
+        )
+    return "\n".join(lines)
