@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--weights", help="a state dict to use instead of the shipped weights")
     sr.add_argument("--tile-size", type=int, default=256, help="LR tile edge for bounded memory (default 256)")
     sr.add_argument(
-        "--winograd", action="store_true", help="CPU speed-up for VDSR (Winograd convolution; compiles first)"
+        "--winograd", action="store_true", help="CPU speed-up of 3x3 convolution stacks (Winograd; compiles first)"
     )
     sr.add_argument(
         "--slice-by-slice", action="store_true", help="accept CT volumes and super-resolve each axial slice"

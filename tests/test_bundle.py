@@ -48,6 +48,11 @@ def bundle(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+def run(config: str, method: str, *args) -> subprocess.CompletedProcess:
+    """``monai.bundle run`` of ``config`` (one file or a merged list) for ``method``."""
+    return bundle("run", "--config_file", config, "--method", method, *args)
+
+
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, proc.stdout[-4000:]
     return proc
@@ -117,21 +122,7 @@ def _check_sizes(out: Path) -> None:
 def srcnn_out(work, inputs, ckpts) -> Path:
     """Plain PyTorch inference with srcnn and a tmp checkpoint: the reference for the TRT and ONNX overlays."""
     out = work / "out_srcnn"
-    _ok(
-        bundle(
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--method",
-            "srcnn",
-            "--ckpt_path",
-            ckpts["srcnn"],
-            "--input",
-            inputs,
-            "--output_dir",
-            out,
-        )
-    )
+    _ok(run("configs/inference.json", "srcnn", "--ckpt_path", ckpts["srcnn"], "--input", inputs, "--output_dir", out))
     return out
 
 
@@ -140,19 +131,7 @@ def srcnn_out(work, inputs, ckpts) -> Path:
 
 def test_run_bicubic(work, inputs):
     out = work / "out_bicubic"
-    _ok(
-        bundle(
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--method",
-            "bicubic",
-            "--input",
-            inputs,
-            "--output_dir",
-            out,
-        )
-    )
+    _ok(run("configs/inference.json", "bicubic", "--input", inputs, "--output_dir", out))
     _check_sizes(out)
 
 
@@ -170,17 +149,7 @@ def test_run_srcnn_uses_given_ckpt(srcnn_out, inputs, ckpts, tmp_path):
 
 
 def test_run_unknown_method(work, inputs):
-    proc = bundle(
-        "run",
-        "--config_file",
-        "configs/inference.json",
-        "--method",
-        "espcn",
-        "--input",
-        inputs,
-        "--output_dir",
-        work / "out_unknown",
-    )
+    proc = run("configs/inference.json", "espcn", "--input", inputs, "--output_dir", work / "out_unknown")
     assert proc.returncode != 0
     assert "unknown method 'espcn'; available: bicubic, srcnn, vdsr" in proc.stdout
     assert not (work / "out_unknown").exists()
@@ -208,11 +177,8 @@ def test_run_corrupt_among_good(work, inputs):
 def test_trt_overlay_falls_back_on_cpu(work, inputs, ckpts, srcnn_out):
     out = work / "out_trt"
     proc = _ok(
-        bundle(
-            "run",
-            "--config_file",
+        run(
             _configs("inference.json", "inference_trt.json"),
-            "--method",
             "srcnn",
             "--ckpt_path",
             ckpts["srcnn"],
@@ -331,11 +297,8 @@ def test_onnx_export_matches_torch(method, onnx_models, ckpts):
 def test_inference_onnx_overlay(work, inputs, onnx_models, srcnn_out):
     out = work / "out_onnx"
     _ok(
-        bundle(
-            "run",
-            "--config_file",
+        run(
             _configs("inference.json", "inference_onnx.json"),
-            "--method",
             "srcnn",
             "--onnx_path",
             onnx_models["srcnn"],
@@ -357,11 +320,8 @@ def test_inference_onnx_overlay_finds_the_model_next_to_the_weights(work, inputs
     """As the model card writes it (no --onnx_path): the .onnx beside the method's weights file."""
     out = work / "out_onnx_default"
     _ok(
-        bundle(
-            "run",
-            "--config_file",
+        run(
             _configs("inference.json", "inference_onnx.json"),
-            "--method",
             "srcnn",
             "--ckpt_path",
             onnx_models["srcnn"].with_suffix(".pt"),
@@ -377,11 +337,8 @@ def test_inference_onnx_overlay_finds_the_model_next_to_the_weights(work, inputs
 
 
 def test_inference_onnx_missing_model(work, inputs):
-    proc = bundle(
-        "run",
-        "--config_file",
+    proc = run(
         _configs("inference.json", "inference_onnx.json"),
-        "--method",
         "srcnn",
         "--onnx_path",
         work / "nope.onnx",
@@ -401,11 +358,8 @@ TRAIN = _configs("inference.json", "train.json")
 
 def _train(run_dir: Path, epochs: int, config_file: str = TRAIN, limit: int = 4) -> subprocess.CompletedProcess:
     return _ok(
-        bundle(
-            "run",
-            "--config_file",
+        run(
             config_file,
-            "--method",
             "srcnn",
             "--train_limit",
             str(limit),
@@ -467,11 +421,8 @@ def test_train_method_is_the_one_named_even_with_another_overlay_merged(tmp_path
 def test_evaluate_config_on_nih_test_split(tmp_path):
     out = tmp_path / "eval"
     _ok(
-        bundle(
-            "run",
-            "--config_file",
+        run(
             _configs("inference.json", "evaluate.json"),
-            "--method",
             "bicubic",
             "--limit",
             "2",

@@ -68,8 +68,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 @needs_cxr
 @pytest.mark.parametrize(
-    "name, rows, cols, mono1",
-    [(J2K, 1955, 1841, True), (DWV, 440, 440, True), (SIIM_GLOB, 1024, 1024, False)],
+    "name, rows, cols, mono1", [(J2K, 1955, 1841, True), (DWV, 440, 440, True), (SIIM_GLOB, 1024, 1024, False)]
 )
 def test_cxr_dicom_loads(cxr_images, name, rows, cols, mono1):
     img = cxr_images[name]
@@ -131,10 +130,7 @@ def test_cxr_dicom_pixel_spacing_in_affine(cxr_images, tmp_path):
 # ------------------------------------------------------------------------------------ synthetic DICOM
 
 
-@pytest.mark.parametrize(
-    "dtype, bits",
-    [(np.uint8, 8), (np.uint16, 12), (np.uint16, 16), (np.int16, 16)],
-)
+@pytest.mark.parametrize("dtype, bits", [(np.uint8, 8), (np.uint16, 12), (np.uint16, 16), (np.int16, 16)])
 def test_dicom_bit_depth_and_rescale(tmp_path, dtype, bits):
     info = np.iinfo(dtype)
     top = min(info.max, 2**bits - 1) if info.min == 0 else 2 ** (bits - 1) - 1

@@ -206,8 +206,7 @@ def test_bad_train_requests_fail_with_a_message_and_publish_nothing(server, para
 
 
 @pytest.mark.parametrize(
-    "image, status",
-    [("../../etc/passwd", 422), ("/etc/passwd", 422), ("no_such_image", 404), (".hidden", 422)],
+    "image, status", [("../../etc/passwd", 422), ("/etc/passwd", 422), ("no_such_image", 404), (".hidden", 422)]
 )
 def test_hostile_image_ids_are_refused(server, image, status):
     r = infer(server, image)

@@ -40,10 +40,7 @@ def read_boxes_csv(path: str | os.PathLike) -> dict[str, list[tuple[str, list[fl
 
 
 def nih_datalist(
-    split: str = "train",
-    data_dir: str | os.PathLike | None = None,
-    resolution: int = 512,
-    limit: int | None = None,
+    split: str = "train", data_dir: str | os.PathLike | None = None, resolution: int = 512, limit: int | None = None
 ) -> list[dict]:
     """One dict per image of ``split``: ``label`` (the HR path), ``boxes`` ((x0, y0, x1, y1) at ``resolution``),
     ``findings`` (box labels), ``labels`` (image-level NIH labels), ``patient_id``.

@@ -121,10 +121,7 @@ def write_example_sites(out: str | os.PathLike, n_cxr_sites: int = 3) -> list[st
         names.append(site)
     ct_root = shared_data_dir() / "chest_ct"
     ct_site_2 = sorted((ct_root / "dcmqi_ct3slice").iterdir()) + sorted((ct_root / "lungmask_testdata").iterdir())
-    ct_files = {
-        "ct-site-1": sorted((ct_root / "totalsegmentator_example_ct_dicom").iterdir()),
-        "ct-site-2": ct_site_2,
-    }
+    ct_files = {"ct-site-1": sorted((ct_root / "totalsegmentator_example_ct_dicom").iterdir()), "ct-site-2": ct_site_2}
     for site, files in ct_files.items():
         rel = [str(f.relative_to(ct_root)) for f in files if f.is_file()]
         n_val = max(1, len(rel) // 5)

@@ -29,52 +29,15 @@ _WEIGHT_FILES = {"alex": "lpips_alex_full_v0.1.npz", "vgg": "lpips_vgg16_full_v0
 
 # (layer kind, args) in torchvision's ``features`` order, so the archive's ``features.{i}`` keys line up.
 # Each config lists (out_channels, kernel, stride, padding) for convs and "M"/(kernel, stride) for max pools.
-_ALEX = [
-    (64, 11, 4, 2),
-    "R",
-    ("M", 3, 2),
-    (192, 5, 1, 2),
-    "R",
-    ("M", 3, 2),
-    (384, 3, 1, 1),
-    "R",
-    (256, 3, 1, 1),
-    "R",
-    (256, 3, 1, 1),
-    "R",
-]
-_VGG16 = [
-    (64, 3, 1, 1),
-    "R",
-    (64, 3, 1, 1),
-    "R",
-    ("M", 2, 2),
-    (128, 3, 1, 1),
-    "R",
-    (128, 3, 1, 1),
-    "R",
-    ("M", 2, 2),
-    (256, 3, 1, 1),
-    "R",
-    (256, 3, 1, 1),
-    "R",
-    (256, 3, 1, 1),
-    "R",
-    ("M", 2, 2),
-    (512, 3, 1, 1),
-    "R",
-    (512, 3, 1, 1),
-    "R",
-    (512, 3, 1, 1),
-    "R",
-    ("M", 2, 2),
-    (512, 3, 1, 1),
-    "R",
-    (512, 3, 1, 1),
-    "R",
-    (512, 3, 1, 1),
-    "R",
-]
+# fmt: off
+_ALEX = [(64, 11, 4, 2), "R", ("M", 3, 2), (192, 5, 1, 2), "R", ("M", 3, 2), (384, 3, 1, 1), "R",
+         (256, 3, 1, 1), "R", (256, 3, 1, 1), "R"]
+_VGG16 = [(64, 3, 1, 1), "R", (64, 3, 1, 1), "R", ("M", 2, 2),
+          (128, 3, 1, 1), "R", (128, 3, 1, 1), "R", ("M", 2, 2),
+          (256, 3, 1, 1), "R", (256, 3, 1, 1), "R", (256, 3, 1, 1), "R", ("M", 2, 2),
+          (512, 3, 1, 1), "R", (512, 3, 1, 1), "R", (512, 3, 1, 1), "R", ("M", 2, 2),
+          (512, 3, 1, 1), "R", (512, 3, 1, 1), "R", (512, 3, 1, 1), "R"]
+# fmt: on
 # LPIPS reads the ReLU outputs that end these ``features`` index ranges (exclusive ends)
 _TAPS = {"alex": (2, 5, 8, 10, 12), "vgg": (4, 9, 16, 23, 30)}
 # smallest input side that leaves every tapped feature map non-empty
