@@ -48,9 +48,9 @@ def bundle(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
-def run(config: str, method: str, *args) -> subprocess.CompletedProcess:
+def run_config(config: str, method: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``monai.bundle run`` of ``config`` (one file or a merged list) for ``method``."""
-    return bundle("run", "--config_file", config, "--method", method, *args)
+    return bundle("run", "--config_file", config, "--method", method, *args, timeout=timeout)
 
 
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -122,7 +122,11 @@ def _check_sizes(out: Path) -> None:
 def srcnn_out(work, inputs, ckpts) -> Path:
     """Plain PyTorch inference with srcnn and a tmp checkpoint: the reference for the TRT and ONNX overlays."""
     out = work / "out_srcnn"
-    _ok(run("configs/inference.json", "srcnn", "--ckpt_path", ckpts["srcnn"], "--input", inputs, "--output_dir", out))
+    _ok(
+        run_config(
+            "configs/inference.json", "srcnn", "--ckpt_path", ckpts["srcnn"], "--input", inputs, "--output_dir", out
+        )
+    )
     return out
 
 
@@ -131,7 +135,7 @@ def srcnn_out(work, inputs, ckpts) -> Path:
 
 def test_run_bicubic(work, inputs):
     out = work / "out_bicubic"
-    _ok(run("configs/inference.json", "bicubic", "--input", inputs, "--output_dir", out))
+    _ok(run_config("configs/inference.json", "bicubic", "--input", inputs, "--output_dir", out))
     _check_sizes(out)
 
 
@@ -149,7 +153,7 @@ def test_run_srcnn_uses_given_ckpt(srcnn_out, inputs, ckpts, tmp_path):
 
 
 def test_run_unknown_method(work, inputs):
-    proc = run("configs/inference.json", "espcn", "--input", inputs, "--output_dir", work / "out_unknown")
+    proc = run_config("configs/inference.json", "espcn", "--input", inputs, "--output_dir", work / "out_unknown")
     assert proc.returncode != 0
     assert "unknown method 'espcn'; available: bicubic, srcnn, vdsr" in proc.stdout
     assert not (work / "out_unknown").exists()
@@ -177,7 +181,7 @@ def test_run_corrupt_among_good(work, inputs):
 def test_trt_overlay_falls_back_on_cpu(work, inputs, ckpts, srcnn_out):
     out = work / "out_trt"
     proc = _ok(
-        run(
+        run_config(
             _configs("inference.json", "inference_trt.json"),
             "srcnn",
             "--ckpt_path",
@@ -297,7 +301,7 @@ def test_onnx_export_matches_torch(method, onnx_models, ckpts):
 def test_inference_onnx_overlay(work, inputs, onnx_models, srcnn_out):
     out = work / "out_onnx"
     _ok(
-        run(
+        run_config(
             _configs("inference.json", "inference_onnx.json"),
             "srcnn",
             "--onnx_path",
@@ -320,7 +324,7 @@ def test_inference_onnx_overlay_finds_the_model_next_to_the_weights(work, inputs
     """As the model card writes it (no --onnx_path): the .onnx beside the method's weights file."""
     out = work / "out_onnx_default"
     _ok(
-        run(
+        run_config(
             _configs("inference.json", "inference_onnx.json"),
             "srcnn",
             "--ckpt_path",
@@ -337,7 +341,7 @@ def test_inference_onnx_overlay_finds_the_model_next_to_the_weights(work, inputs
 
 
 def test_inference_onnx_missing_model(work, inputs):
-    proc = run(
+    proc = run_config(
         _configs("inference.json", "inference_onnx.json"),
         "srcnn",
         "--onnx_path",
@@ -358,7 +362,7 @@ TRAIN = _configs("inference.json", "train.json")
 
 def _train(run_dir: Path, epochs: int, config_file: str = TRAIN, limit: int = 4) -> subprocess.CompletedProcess:
     return _ok(
-        run(
+        run_config(
             config_file,
             "srcnn",
             "--train_limit",
@@ -421,7 +425,7 @@ def test_train_method_is_the_one_named_even_with_another_overlay_merged(tmp_path
 def test_evaluate_config_on_nih_test_split(tmp_path):
     out = tmp_path / "eval"
     _ok(
-        run(
+        run_config(
             _configs("inference.json", "evaluate.json"),
             "bicubic",
             "--limit",
