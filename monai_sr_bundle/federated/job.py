@@ -178,10 +178,11 @@ def export_job(config: dict, job_dir: str | os.PathLike, command: str = "") -> P
 def build_recipe(config: dict, threads: int = 0, command: str = "") -> SRFedAvgRecipe:
     """The FedAvg recipe of a checked job config (:func:`load_job_config`); ``command`` is recorded as the
     global model's provenance. Export or run it through :func:`export_job` or :func:`run_simulation`."""
-    method, scale, modality = config["method"], config["scale"], config["modality"]
+    scale, modality = config["scale"], config["modality"]
+    method = methods.get(config["method"], scale, modality)
     init = config["initial_weights"]
     if init == "shipped":
-        init = str(methods.get(method, scale, modality).weights_path)
+        init = str(method.weights_path)
     if init and not Path(init).is_file():
         raise InputError(f"initial weights {init} not found; use null (a fresh network), 'shipped' or a file.")
     provenance = {
@@ -201,11 +202,11 @@ def build_recipe(config: dict, threads: int = 0, command: str = "") -> SRFedAvgR
         controller_args={
             "min_responses": config["min_clients"],
             "wait_after_min_s": config["wait_after_min_s"],
-            "weights_name": methods.get(method, scale, modality).weights_name,
+            "weights_name": method.weights_name,
             "provenance": provenance,
         },
         name=config["name"],
-        model=methods.get(method, scale, modality).network_spec(),
+        model=method.network_spec(),
         initial_ckpt=str(Path(init).resolve()) if init else None,
         min_clients=config["min_clients"],
         num_rounds=config["num_rounds"],

@@ -69,11 +69,17 @@ def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
             f"Degradation preset {str(name_or_path)!r} not found; available presets: "
             f"{', '.join(available_presets()) or '(none)'} (or give a path to a JSON file)."
         )
-    preset = read_json_object(path, f"Degradation preset {str(path)!r}", sorted(PRESET_KEYS))
-    if "artifacts" in preset and not isinstance(preset["artifacts"], dict):
-        raise InputError(
-            f"Degradation preset {str(path)!r}: `artifacts` must be an object of RandArtifactsd arguments."
-        )
+    what = f"Degradation preset {str(path)!r}"
+    return _checked(read_json_object(path, what, sorted(PRESET_KEYS)), what)
+
+
+def _checked(preset: dict, what: str) -> dict:
+    """``preset`` if its keys are preset keys and its ``artifacts`` (if any) an object."""
+    unknown = sorted(set(preset) - PRESET_KEYS)
+    if unknown:
+        raise InputError(f"{what} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(PRESET_KEYS))}.")
+    if not isinstance(preset.get("artifacts", {}), Mapping):
+        raise InputError(f"{what}: `artifacts` must be an object of RandArtifactsd arguments.")
     return preset
 
 
@@ -84,18 +90,11 @@ def degradation_args(degradation: str | os.PathLike | Mapping | None, scale: int
     if isinstance(degradation, (str, os.PathLike)):
         name, preset = str(degradation), load_preset(degradation)
     else:
-        name, preset = "degradation", dict(degradation or {})
-        unknown = sorted(set(preset) - PRESET_KEYS)
-        if unknown:
-            raise InputError(
-                f"degradation has unknown keys {', '.join(unknown)}; allowed: {', '.join(sorted(PRESET_KEYS))}."
-            )
+        name, preset = "degradation", _checked(dict(degradation or {}), "the degradation")
     if preset.get("scale", scale) != scale:
         raise InputError(f"degradation {name!r} is made for x{preset['scale']}, not x{scale}; pick one for x{scale}.")
-    artifacts = preset.get("artifacts")
-    if artifacts is not None and not isinstance(artifacts, Mapping):
-        raise InputError(f"degradation {name!r}: `artifacts` must be an object of RandArtifactsd arguments.")
-    return {k: v for k, v in preset.items() if k not in ("description", "artifacts", "scale")}, artifacts
+    kwargs = {k: v for k, v in preset.items() if k not in ("description", "artifacts", "scale")}
+    return kwargs, preset.get("artifacts")
 
 
 def lr_synthesis(
