@@ -12,7 +12,7 @@ from PIL import Image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import upsample
 from monai_sr_bundle.transforms.degradation import Degrade, Degraded, downsample, zoom_geometry
-from monai_sr_bundle.transforms.presets import available_presets, load_preset
+from monai_sr_bundle.transforms.presets import available_presets, load_preset, lr_synthesis
 
 
 def _rand(*shape, seed=0, lo=0.0, hi=1.0) -> torch.Tensor:
@@ -374,3 +374,24 @@ def test_rand_sr_crop_refuses_mismatched_or_small_images():
         RandSRCropd(lr_size=4, scale=4)({"image": torch.rand(1, 8, 8), "label": torch.rand(1, 30, 32)})
     with pytest.raises(InputError, match="smaller than the patch size"):
         RandSRCropd(lr_size=16, scale=4)({"image": torch.rand(1, 8, 8), "label": torch.rand(1, 32, 32)})
+
+
+def test_lr_synthesis_puts_a_presets_artifacts_on_the_lr_only():
+    """The ADSR preset through the train config's transform: artifacts drawn on the LR image, the HR target
+    untouched; the same seed gives the same LR."""
+    hr = _rand(1, 64, 64, seed=3, lo=0.2, hi=0.4)  # darker than the artifacts (intensity 0.9-1.0)
+    plain = lr_synthesis("bicubic_x4", 4)({"label": hr.clone()})["image"]
+    drawn = []
+    for seed in range(6):  # the preset draws artifacts with probability 0.5
+        out = lr_synthesis("adsr_artifacts_x4", 4).set_random_state(seed)({"label": hr.clone()})
+        assert torch.equal(out["label"], hr)
+        again = lr_synthesis("adsr_artifacts_x4", 4).set_random_state(seed)({"label": hr.clone()})["image"]
+        assert torch.equal(out["image"], again)
+        drawn.append(not torch.equal(out["image"], plain))
+    assert any(drawn) and not all(drawn)
+    with pytest.raises(InputError, match="made for x4, not x2"):
+        lr_synthesis("adsr_artifacts_x4", 2)
+    with pytest.raises(InputError, match=r"the degradation has unknown key\(s\) blur"):
+        lr_synthesis({"blur": 1.0}, 4)
+    with pytest.raises(InputError, match="`artifacts` must be an object"):
+        lr_synthesis({"artifacts": [1]}, 4)

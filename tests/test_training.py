@@ -264,3 +264,15 @@ def test_train_parser_takes_the_method_from_the_method_key():
     with pytest.raises(RuntimeError) as e:  # MONAI wraps the InputError of a method without parameters
         parser.get_parsed_content("network")
     assert "nothing to train" in str(e.value.__cause__ or e.value)
+
+
+def test_train_config_reads_a_degradation_preset():
+    """``--degradation <preset>`` reaches the training and validation pipelines: the ADSR preset adds its
+    artifacts on the LR key ``image`` only, after the degradation."""
+    parser = train_parser()
+    parser["degradation"] = "adsr_artifacts_x4"
+    load, synthesis = parser.get_parsed_content("pairs")
+    degrade, artifacts = synthesis.transforms
+    assert type(load).__name__ == "LoadSRImaged" and type(degrade).__name__ == "Degraded"
+    assert type(artifacts).__name__ == "RandArtifactsd" and list(artifacts.keys) == ["image"]
+    assert degrade.lr_key == "image" and list(degrade.keys) == ["label"]
