@@ -191,6 +191,9 @@ def test_train_task_publishes_a_new_version_that_infer_can_use(server, tmp_path)
     assert r.status_code == 200 and r.content != infer(server, "ct_small").content
     assert infer(server, "ct_small", {"weights": "latest"}).content == r.content
     assert infer(server, "ct_small", {"weights": "v9"}).status_code == 404
+    for other in ("v\u00b2", "v\u0661", "v" + "9" * 40):  # superscript two, Arabic-Indic one, too many digits
+        refused = infer(server, "ct_small", {"weights": other})
+        assert refused.status_code == 404 and "'shipped', 'latest' or a trained version (v1)" in refused.text
 
 
 BAD_TRAIN = [({"max_epochs": "many"}, "must be numbers"), ({"box_weight": -1}, "0 <= box_weight"),

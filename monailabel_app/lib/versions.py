@@ -38,7 +38,7 @@ def resolve(model_dir: str | Path, method: str, scale: int, modality: str, choic
     if text == LATEST:
         return trained[max(trained)]
     number = text[1:] if text.startswith("v") else text
-    if not number.isdigit() or int(number) not in trained:
+    if not re.fullmatch(r"[0-9]{1,9}", number) or int(number) not in trained:  # ASCII: '²' and '١' are digits too
         have = ", ".join(f"v{n}" for n in sorted(trained)) or "none yet"
         raise HTTPException(
             404, f"weights {choice!r} of {method} x{scale}: use 'shipped', 'latest' or a trained version ({have})."
