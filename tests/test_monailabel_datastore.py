@@ -13,9 +13,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 from conftest import DATA, needs_data
 from label_server import APP, label_server
+from PIL import Image
 
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.markups import boxes_to_markups
@@ -124,3 +127,46 @@ def test_saves_during_an_import_survive_restart_and_rebuild(studies, tmp_path):
     (folder / "datastore_v2.json").unlink()  # lost, or deleted by hand: the index is rebuilt from the files
     with label_server(tmp_path / "rebuilt", folder, {"method": "bicubic"}) as url:
         all_there(url)
+
+
+CR_DICOM = DATA / "cxr_dicom" / "pydicom-data_RG1_J2KI_CR_chest.dcm"  # 1955x1841: not a multiple of 4
+
+
+@needs_data(CR_DICOM.parent)
+def test_images_training_cannot_use_are_left_out_not_failing_every_train(tmp_path):
+    """A CT volume, a 7x7 radiograph and a real CR whose size is not a multiple of the scale are accepted
+    as uploads (infer serves them); training leaves out the first two by name and crops the third, and
+    the train request succeeds."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    for d in nih_datalist("train")[:2]:
+        shutil.copy(d["label"], folder)
+    volume = tmp_path / "volume.nii.gz"
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.random.default_rng(0).random((6, 64, 64)).astype(np.float32)), str(volume)
+    )
+    tiny = tmp_path / "tiny.png"
+    shutil.copy(DATA / "nih_cxr14" / "images_512" / Path(nih_datalist("train")[2]["label"]).name, tiny)
+    Image.open(tiny).resize((7, 7)).save(tiny)
+    with label_server(tmp_path / "server", folder, {"method": "srcnn", "model_dir": tmp_path / "model"}) as url:
+        for path, image_id in ((volume, "volume"), (tiny, "tiny"), (CR_DICOM, "cr")):
+            put = requests.put(
+                f"{url}/datastore/", params={"image": image_id}, files={"file": (path.name, path.read_bytes())}
+            )
+            assert put.status_code == 200, put.text
+        r = requests.post(f"{url}/train/super_resolution", json={"max_epochs": 1}, timeout=60)
+        assert r.status_code == 200, r.text
+        for _ in range(480):
+            status = requests.get(f"{url}/train/", timeout=30).json()
+            if status.get("status") in ("DONE", "ERROR"):
+                break
+            time.sleep(0.5)
+        details = "\n".join(status.get("details", []))
+        assert status.get("status") == "DONE", details
+    log = (tmp_path / "server" / "server.log").read_text()
+    assert "training leaves out image volume" in log and "training leaves out image tiny" in log
+    assert "training leaves out image cr" not in log
+    datalist = json.loads(next((tmp_path / "model" / "runs").glob("*/datalist.json")).read_text())
+    used = {d["id"] for d in datalist["training"] + datalist["validation"]}
+    assert "cr" in used and not {"volume", "tiny"} & used
+    assert (tmp_path / "model" / "srcnn_cxr_x4_v1.pt").is_file()

@@ -142,7 +142,9 @@ class Degrade(RandomizableTransform):
 
 class Degraded(MapTransform, RandomizableTransform):
     """Dictionary form of :class:`Degrade`: reads ``keys`` (the HR image) and writes the LR image to
-    ``lr_key``, leaving the HR target untouched."""
+    ``lr_key``. The HR target is left as it is, except that an HR image whose size is not a multiple of the
+    scale (a 1841x1955 radiograph at x4) loses its last rows and columns, as evaluation crops it, so that the
+    pair stays aligned."""
 
     def __init__(
         self, keys: KeysCollection = "hr", lr_key: str = "lr", allow_missing_keys: bool = False, **kwargs
@@ -161,7 +163,11 @@ class Degraded(MapTransform, RandomizableTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
+        s = self.degrade.scale
         for key in self.key_iterator(d):
+            x, y = d[key].shape[-2:]
+            if x % s or y % s:
+                d[key] = d[key][..., : x - x % s, : y - y % s]
             d[self.lr_key] = self.degrade(d[key])
         return d
 

@@ -16,9 +16,11 @@ from monailabel.interfaces.tasks.train import TrainTask
 from lib import versions
 from lib.datastore import BOX_TAG, SRDatastore
 from monai_sr_bundle import methods
+from monai_sr_bundle.data.markups import markups_to_boxes
+from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
-from monai_sr_bundle.training import TRAIN_CONFIGS
+from monai_sr_bundle.training import TRAIN_CONFIGS, train_parser
 
 logger = logging.getLogger(__name__)
 
@@ -26,19 +28,29 @@ logger = logging.getLogger(__name__)
 VAL_EVERY = 5
 
 
-def datastore_datalist(datastore: SRDatastore) -> dict[str, list[dict]]:
+def datastore_datalist(datastore: SRDatastore, min_size: int = 0) -> dict[str, list[dict]]:
     """Decathlon-style datalist of the datastore: each image as the HR ``label`` with its boxes in pixels
-    (``[]`` when it has none yet); every VAL_EVERY-th image by id goes to ``validation``."""
+    (``[]`` when it has none yet); every VAL_EVERY-th image by id goes to ``validation``. Images a training
+    run cannot use (a volume, or smaller than ``min_size`` in-plane) are left out with a warning naming
+    them, so one such upload does not fail every train request."""
     items = []
     for image_id in sorted(datastore.list_images()):
+        image = read_image(datastore.get_image_uri(image_id))
+        if image.ndim != 3 or min(image.shape[1:3]) < min_size:
+            shape = "x".join(str(n) for n in image.shape[1:])
+            logger.warning(f"training leaves out image {image_id}: {shape} is not a 2D image of at least {min_size} px")
+            continue
         item = {"label": datastore.get_image_uri(image_id), "boxes": [], "findings": [], "id": image_id}
         label = datastore.get_label_uri(image_id, BOX_TAG)
         if label:
-            boxes, findings = datastore.boxes_of(image_id, json.loads(Path(label).read_text()))
+            doc = json.loads(Path(label).read_text())
+            boxes, findings = markups_to_boxes(doc, image.affine, image.shape[1:3], name=f"boxes of {image_id}")
             item.update(boxes=boxes.tolist(), findings=findings)
         items.append(item)
     if len(items) < 2:
-        raise InputError(f"the datastore holds {len(items)} image(s); training needs at least 2 (one validates).")
+        raise InputError(
+            f"the datastore holds {len(items)} image(s) that training can use; it needs at least 2 (one validates)."
+        )
     return {"training": [d for i, d in enumerate(items) if i % VAL_EVERY], "validation": items[::VAL_EVERY]}
 
 
@@ -83,9 +95,11 @@ class SuperResolutionTrainer(TrainTask):
             )
         init = versions.resolve(self.model_dir, method, self.scale, self.modality, params["init"])
         target = versions.next_version(self.model_dir, method, self.scale, self.modality)
+        settings = train_parser()
+        settings.update({"method": method, "scale": self.scale, "modality": self.modality})
+        datalist = datastore_datalist(datastore, min_size=int(settings.get_parsed_content("patch_size")))
         run_dir = self.model_dir / "runs" / f"{target.stem}_{time.strftime('%Y%m%d_%H%M%S')}"
         run_dir.mkdir(parents=True)
-        datalist = datastore_datalist(datastore)
         (run_dir / "datalist.json").write_text(json.dumps(datalist, indent=1))
         n_train, n_boxes = len(datalist["training"]), sum(len(d["boxes"]) for d in datalist["training"])
         logger.info(
