@@ -271,6 +271,27 @@ def test_boxes_for_an_unknown_image_are_refused(server):
     assert r.status_code == 404
 
 
+def test_label_info_cannot_rewrite_what_the_label_says(server):
+    """``PUT /datastore/label/info`` (MONAI Label's) takes notes, not findings: those come from the boxes."""
+    name = Path(server.items[0]["label"]).stem  # its boxes were saved above
+
+    def put_info(image_id: str, info) -> requests.Response:
+        url = f"{server.url}/datastore/label/info"
+        return requests.put(url, params={"label": image_id, "tag": "boxes"}, data={"info": json.dumps(info)})
+
+    def findings() -> list:
+        got = requests.get(f"{server.url}/datastore/label/info", params={"label": name, "tag": "boxes"})
+        return got.json()["findings"]
+
+    before = findings()
+    for info, status in (({"findings": ["Fake"]}, 422), ({"name": "x.json"}, 422)):
+        r = put_info(name, info)
+        assert r.status_code == status and "detail" in r.json(), r.text
+    assert put_info("ghost", {"note": "x"}).status_code == 404
+    assert put_info(name, {"note": "checked twice"}).status_code == 200
+    assert findings() == before == server.items[0]["findings"]
+
+
 def test_server_still_serves_after_hostile_requests(server):
     assert requests.get(f"{server.url}/info/").status_code == 200
     assert infer(server, "ct_small").status_code == 200

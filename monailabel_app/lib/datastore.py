@@ -33,6 +33,8 @@ EXTENSIONS = ("*.png", "*.jpg", "*.jpeg", "*.dcm", "*.nii.gz", "*.nii", "*.nrrd"
 #: what the label folders hold: boxes as markups ROI JSON
 LABEL_EXTENSIONS = ("*.json",)
 MAX_BOXES_FILE = 1 << 20
+#: label info the server records when a label is saved
+RECORDED_INFO = ("findings", "name", "ts")
 
 
 def check_name(value: object, what: str) -> str:
@@ -149,6 +151,23 @@ class SRDatastore(LocalDatastore):
             obj.labels[BOX_TAG] = DataModel(info=info, ext=".json")
             self._update_datastore_file(lock=False)
         return image_id
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict) -> None:
+        """Add a client's notes to a stored label; what the server records from the label itself (its
+        findings, file name, time) cannot be overwritten this way."""
+        check_name(label_id, "image id")
+        check_name(label_tag, "label tag")
+        if not isinstance(info, dict):
+            raise HTTPException(422, "label info must be a JSON object.")
+        recorded = sorted(set(info) & set(RECORDED_INFO))
+        if recorded:
+            raise HTTPException(
+                422,
+                f"{', '.join(recorded)} of a label come from the label itself; save the label again to change them.",
+            )
+        if not self.get_label_uri(label_id, label_tag):
+            raise HTTPException(404, f"image {label_id!r} has no {label_tag!r} label.")
+        super().update_label_info(label_id, label_tag, info)
 
     def _reload_index(self) -> None:
         """Read ``datastore_v2.json`` again; the caller holds the datastore's lock. Always, not when its time
