@@ -37,7 +37,7 @@ from monai_sr_bundle.metrics import (
 )
 from monai_sr_bundle.tiling import SRInferer
 from monai_sr_bundle.transforms.artifacts import RandArtifacts
-from monai_sr_bundle.transforms.degradation import Degrade
+from monai_sr_bundle.transforms.degradation import Degrade, crop_to_scale
 from monai_sr_bundle.transforms.presets import degradation_args
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def evaluate(
             hr = read_image(path)
             if hr.ndim != 3:
                 raise InputError(f"{path}: evaluation takes 2D images, got a volume of shape {tuple(hr.shape[1:])}.")
-            hr = hr[:, : hr.shape[1] - hr.shape[1] % scale, : hr.shape[2] - hr.shape[2] % scale]
+            hr = crop_to_scale(hr, scale)
             degrade.set_random_state(seed + i)
             lr = degrade(hr)
             if artifacts is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
@@ -62,7 +62,7 @@ def names() -> list[str]:
 
 def default_name() -> str:
     """The method the surfaces use when none is given: the overlay that says ``"default": true``."""
-    marked = [name for name, path in overlays().items() if _read_overlay(name, path).get("default") is True]
+    marked = [name for name in names() if get(name).config.get("default") is True]
     if len(marked) != 1:
         raise InputError(
             f'exactly one method overlay must say "default": true; found {len(marked)} ({", ".join(marked) or "none"}).'
@@ -83,16 +83,18 @@ def baseline_name() -> str:
     return untrained[0]
 
 
-def _read_overlay(name: str, path: Path) -> dict:
-    return read_json_object(path, f"method {name!r}: its overlay {path}", OVERLAY_KEYS)
-
-
 def get(name: str, scale: int = 4, modality: str = "cxr", bundle_root: str | os.PathLike | None = None) -> Method:
-    """The method ``name`` at ``scale`` for ``modality``; an unknown name is refused with the list."""
+    """The method ``name`` at ``scale`` for ``modality``; an unknown name is refused with the list. Resolved
+    once per overlay version: a server asks for every request, and the capabilities build a network."""
     found = overlays()
     if name not in found:
         raise InputError(f"unknown method {name!r}; available: {', '.join(found)} ('monai-sr methods' describes them).")
-    return Method(name, found[name], scale, modality, bundle_root)
+    return _resolved(name, str(found[name]), found[name].stat().st_mtime_ns, scale, modality, str(bundle_root or ""))
+
+
+@lru_cache(maxsize=128)
+def _resolved(name: str, overlay: str, version: int, scale: int, modality: str, bundle_root: str) -> Method:
+    return Method(name, Path(overlay), scale, modality, bundle_root or None)
 
 
 class Method:
@@ -118,7 +120,7 @@ class Method:
             raise InputError(f"method {name!r}: scale must be a positive whole number, got {scale!r}.")
         self.name, self.overlay, self.scale, self.modality = name, Path(overlay), int(scale), str(modality)
         self.bundle_root = Path(bundle_root or BUNDLE_ROOT)
-        self.config = _read_overlay(name, self.overlay)
+        self.config = read_json_object(self.overlay, f"method {name!r}: its overlay {self.overlay}", OVERLAY_KEYS)
         definition = self.config.get("network_def")
         if not isinstance(definition, dict) or not isinstance(definition.get("_target_"), str):
             raise InputError(
@@ -167,7 +169,7 @@ class Method:
                 "a torch nn.Module."
             )
         if weights is not None:
-            if not any(True for _ in network.parameters()):
+            if not self.trainable:
                 raise InputError(
                     f"method {self.name!r} has no weights (it has no parameters); drop the weights argument."
                 )

@@ -44,6 +44,13 @@ def downsample(img: torch.Tensor, scale: int, mode: str = "bicubic_aa") -> torch
     return y[0].clamp(0.0, 1.0)
 
 
+def crop_to_scale(img: torch.Tensor, scale: int) -> torch.Tensor:
+    """``img`` (..., X, Y) without the last rows and columns that keep X and Y from being multiples of
+    ``scale`` (a 1841x1955 radiograph at x4), so that an HR image and its LR image stay aligned."""
+    x, y = img.shape[-2:]
+    return img[..., : x - x % scale, : y - y % scale] if x % scale or y % scale else img
+
+
 def zoom_geometry(src: torch.Tensor, out: torch.Tensor, zoom: float) -> torch.Tensor:
     """Give ``out`` (resized from ``src`` by ``zoom`` in-plane) the metadata of ``src`` with its affine
     updated: spacing divided by ``zoom`` and the origin moved so that the image corners stay in place."""
@@ -163,11 +170,8 @@ class Degraded(MapTransform, RandomizableTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        s = self.degrade.scale
         for key in self.key_iterator(d):
-            x, y = d[key].shape[-2:]
-            if x % s or y % s:
-                d[key] = d[key][..., : x - x % s, : y - y % s]
+            d[key] = crop_to_scale(d[key], self.degrade.scale)
             d[self.lr_key] = self.degrade(d[key])
         return d
 
