@@ -22,6 +22,15 @@ from monai_sr_bundle.tiling import SRInferer
 logger = logging.getLogger(__name__)
 
 
+def check_size(shape: Sequence[int], name: str, scale: int) -> None:
+    """Refuse an image too small to super-resolve at ``scale``; ``shape`` is spatial (X, Y[, Z]), so a header's
+    shape can be checked before any pixel is decoded."""
+    if min(shape[:2]) < 8 * scale:
+        raise InputError(
+            f"{name}: image {tuple(shape[:2])} is smaller than {8 * scale} px (8x the scale {scale}) in-plane."
+        )
+
+
 def validate_input(img: torch.Tensor, name: str, scale: int, allow_volume: bool = False) -> None:
     """Refuse inputs that SR cannot handle sensibly, with one sentence naming the input."""
     if img.ndim not in (3, 4):
@@ -31,10 +40,7 @@ def validate_input(img: torch.Tensor, name: str, scale: int, allow_volume: bool 
             f"{name}: is a 3D volume {tuple(img.shape[1:])} and the methods are 2D; to super-resolve it in-plane, "
             "slice by slice, ask for it (--slice_by_slice True)."
         )
-    if min(img.shape[1:3]) < 8 * scale:
-        raise InputError(
-            f"{name}: image {tuple(img.shape[1:3])} is smaller than {8 * scale} px (8x the scale {scale}) in-plane."
-        )
+    check_size(img.shape[1:], name, scale)
     if not torch.isfinite(img).all():
         raise InputError(f"{name}: the image contains NaN or infinite values.")
     if float(img.max() - img.min()) == 0.0:

@@ -1,9 +1,8 @@
 """MONAI Label app ``monai-sr``: serves super-resolution of the studies' chest X-rays and CT, collects the
 annotators' abnormality boxes, and fine-tunes the SR method on them.
 
-Start (from the repository root):
-    .venv/bin/python -m monailabel.main start_server --app monailabel_app --studies <folder> \
-        --host 127.0.0.1 --port 8000 [--conf method <name> --conf scale 4 --conf weights latest]
+Start it with its launcher, which puts MONAI Label's server behind this app's gateway (``lib/gateway.py``):
+    .venv/bin/python monailabel_app/serve.py --studies <folder> [--port 8000] [--conf method <name> ...]
 See docs/monailabel.md.
 """
 
@@ -11,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
-from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.random import Random
 
@@ -30,7 +27,9 @@ TASK = "super_resolution"
 
 class SuperResolutionApp(MONAILabelApp):
     """``--conf`` keys: ``method``, ``scale``, ``modality``, ``weights`` (``shipped``, ``latest``, ``vN``),
-    ``tile_size``, ``model_dir`` (trained versions; default ``<app>/model``), ``max_upload_mb`` (default 512)."""
+    ``tile_size``, ``model_dir`` (trained versions; default ``<app>/model``), ``max_upload_mb`` (default 512),
+    ``max_output_mp`` (largest SR result in megapixels, default 64), ``max_pending`` (SR requests admitted at
+    once, default 8)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict) -> None:
         self.model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
@@ -49,7 +48,13 @@ class SuperResolutionApp(MONAILabelApp):
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):  # DICOMweb, XNAT, DSA: MONAI Label's own
             return super().init_datastore()
-        return SRDatastore(self.studies, max_upload_mb=float(self.conf.get("max_upload_mb", 512)))
+        settings = self.task.settings
+        return SRDatastore(
+            self.studies,
+            max_upload_mb=float(self.conf.get("max_upload_mb", 512)),
+            scale=int(settings["scale"]),
+            max_output_mp=float(settings["max_output_mp"]),
+        )
 
     def init_infers(self) -> dict:
         return self.task.infer()
@@ -66,14 +71,25 @@ class SuperResolutionApp(MONAILabelApp):
         settings = self.task.settings
         return {**super().info(), "methods": methods.describe_all(int(settings["scale"]), settings["modality"])}
 
+    def server_mode(self, mode: bool) -> None:
+        """Refuse to serve without the gateway: MONAI Label's own server exposes endpoints that delete studies,
+        unpack archives anywhere and show the server's logs to anyone."""
+        from monailabel.app import app
+
+        if mode and getattr(app.state, "gateway", None) is None:
+            raise RuntimeError(
+                "start this app with monailabel_app/serve.py (MONAI Label's start_server leaves its stock "
+                "endpoints open); see docs/monailabel.md, Deployment."
+            )
+        super().server_mode(mode)
+
     def infer(self, request: dict, datastore=None):
-        """Resolve the image before MONAI Label does: a datastore id (a plain name that exists), or the file
-        the infer endpoint itself stored from an upload. Any other path is refused, so a request cannot make
-        the server read its own files."""
+        """SR of a datastore image: ``image`` is an id (a plain name that exists), never a path, so a request
+        cannot make the server read its own files."""
         image = request.get("image")
-        if not isinstance(image, str):
-            raise HTTPException(422, "give one image id (or upload one file) to super-resolve.")
-        uploaded = os.path.dirname(image) == tempfile.gettempdir() and os.path.basename(image).startswith("tmp")
-        if not (uploaded and os.path.isfile(image)):
-            request = {**request, "image": image_path(datastore or self.datastore(), image)}
-        return super().infer(request, datastore)
+        path = image_path(datastore or self.datastore(), image)
+        return super().infer({**request, "image": path, "image_name": image}, datastore)
+
+    def infer_upload(self, path: str, name: str, request: dict):
+        """SR of a file the gateway received (``name``: the client's file name, used in messages)."""
+        return super().infer({**request, "image": path, "image_name": name})

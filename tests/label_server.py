@@ -27,17 +27,25 @@ def free_port() -> int:
 
 
 @contextmanager
-def label_server(root: Path, studies: Path, conf: dict[str, str], timeout: float = 90) -> Iterator[str]:
-    """Run the app on ``studies`` with ``--conf`` pairs ``conf``; yields its URL. ``root`` receives the app
-    copy, the server log and MONAI Label's session folder."""
+def label_server(
+    root: Path,
+    studies: Path,
+    conf: dict[str, str],
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    ready_status: int = 200,
+    timeout: float = 90,
+) -> Iterator[str]:
+    """Run the app through its launcher on ``studies`` with ``--conf`` pairs ``conf``, other launcher
+    ``options`` and extra environment ``env``; yields its URL once ``/info/`` answers ``ready_status``.
+    ``root`` receives the app copy and the server log."""
     app = root / "app"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "model", "bin", "__pycache__"))
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "model", "bin", "tmp", "__pycache__"))
     port, log_path = free_port(), root / "server.log"
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    cmd = [sys.executable, str(app / "serve.py"), "--studies", str(studies), "--port", str(port), *options]
     for key, value in conf.items():
         cmd += ["--conf", key, str(value)]
-    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
+    env = {**os.environ, **(env or {})}
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -47,7 +55,7 @@ def label_server(root: Path, studies: Path, conf: dict[str, str], timeout: float
                 if proc.poll() is not None:
                     raise RuntimeError("MONAI Label server exited:\n" + log_path.read_text()[-3000:])
                 try:
-                    if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                    if requests.get(f"{url}/info/", timeout=2).status_code == ready_status:
                         break
                 except requests.ConnectionError:
                     pass

@@ -224,7 +224,7 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(server):
     before = sorted(p.name for p in server.studies.iterdir())
     assert upload(server, "notes", "notes.png", b"these are not pixels").status_code == 415
     big = upload(server, "big", "big.png", os.urandom(int((MAX_UPLOAD_MB + 1) * 2**20)))
-    assert big.status_code == 413 and "MB limit" in big.text
+    assert big.status_code == 413 and "at most 2.062 MB" in big.text
     assert upload(server, "../escape", "x.png", Path(server.items[1]["label"]).read_bytes()).status_code == 422
     stored = Path(server.items[1]["label"]).stem  # an existing id is never overwritten
     assert upload(server, stored, "x.png", Path(server.items[2]["label"]).read_bytes()).status_code == 409

@@ -134,9 +134,10 @@ CR_DICOM = DATA / "cxr_dicom" / "pydicom-data_RG1_J2KI_CR_chest.dcm"  # 1955x184
 
 @needs_data(CR_DICOM.parent)
 def test_images_training_cannot_use_are_left_out_not_failing_every_train(tmp_path):
-    """A CT volume, a 7x7 radiograph and a real CR whose size is not a multiple of the scale are accepted
-    as uploads (infer serves them); training leaves out the first two by name and crops the third, and
-    the train request succeeds."""
+    """A CT volume and a real CR whose size is not a multiple of the scale are accepted as uploads (infer
+    serves them); a 7x7 radiograph is refused as infer refuses it, and when put in the studies folder by
+    hand, training leaves it out by name, as it leaves out the volume; it crops the CR, and the train
+    request succeeds."""
     folder = tmp_path / "studies"
     folder.mkdir()
     for d in nih_datalist("train")[:2]:
@@ -149,11 +150,12 @@ def test_images_training_cannot_use_are_left_out_not_failing_every_train(tmp_pat
     shutil.copy(DATA / "nih_cxr14" / "images_512" / Path(nih_datalist("train")[2]["label"]).name, tiny)
     Image.open(tiny).resize((7, 7)).save(tiny)
     with label_server(tmp_path / "server", folder, {"method": "srcnn", "model_dir": tmp_path / "model"}) as url:
-        for path, image_id in ((volume, "volume"), (tiny, "tiny"), (CR_DICOM, "cr")):
+        for path, image_id, status in ((volume, "volume", 200), (tiny, "tiny", 422), (CR_DICOM, "cr", 200)):
             put = requests.put(
                 f"{url}/datastore/", params={"image": image_id}, files={"file": (path.name, path.read_bytes())}
             )
-            assert put.status_code == 200, put.text
+            assert put.status_code == status, put.text
+        shutil.copy(tiny, folder)
         r = requests.post(f"{url}/train/super_resolution", json={"max_epochs": 1}, timeout=60)
         assert r.status_code == 200, r.text
         for _ in range(480):

@@ -399,6 +399,68 @@ def _read_dicom_series(folder: str, intensity) -> MetaTensor:
     )
 
 
+def _raster_size(path: str) -> tuple[int, int]:
+    """(X, Y) of a PIL raster from its header. PNG and JPEG are opened by their plugin class, which skips
+    PIL's decompression-bomb check: a header that claims billions of pixels is reported, not refused."""
+    from PIL import Image, JpegImagePlugin, PngImagePlugin
+
+    header_only = {".png": PngImagePlugin.PngImageFile, ".jpg": JpegImagePlugin.JpegImageFile}
+    opener = header_only.get(Path(path).suffix.lower().replace(".jpeg", ".jpg"), Image.open)
+    try:
+        try:
+            img = opener(path)
+        except SyntaxError:  # named .png but another format: let PIL sniff it
+            img = Image.open(path)
+        with img:
+            return img.size
+    except Exception as e:
+        raise InputError(f"{path}: cannot be read as an image ({type(e).__name__}: {e}); is the file complete?") from e
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The spatial shape :func:`read_image` gives, (X, Y) or (X, Y, Z), read from the header alone: a server
+    can refuse an image too large to super-resolve before a pixel is decoded."""
+    import pydicom
+
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: file not found.")
+    fmt = image_format(path)
+    if fmt == "png":
+        return _raster_size(path)
+    if fmt == "itk":
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            raise InputError(f"{path}: cannot be read as NIfTI/NRRD/MHA ({str(e).strip().splitlines()[-1]}).") from e
+        size = reader.GetSize()
+        return tuple(size[:2]) if len(size) == 3 and size[2] == 1 else tuple(size)
+    files = (
+        [
+            f
+            for f in sorted(Path(path).iterdir())
+            if f.is_file() and (f.suffix.lower() in (".dcm", ".dicom") or _has_dicom_magic(f))
+        ]
+        if os.path.isdir(path)
+        else [Path(path)]
+    )
+    headers = []
+    for f in files:
+        try:
+            headers.append(pydicom.dcmread(str(f), stop_before_pixels=True))
+        except Exception as e:
+            raise InputError(f"{f}: not a readable DICOM file ({type(e).__name__}: {e}).") from e
+    if not headers or any("Rows" not in ds or "Columns" not in ds for ds in headers):
+        raise InputError(f"{path}: no DICOM image header (Rows, Columns) found.")
+    frames = len(headers) if os.path.isdir(path) else int(getattr(headers[0], "NumberOfFrames", 1) or 1)
+    shape = (int(headers[0].Columns), int(headers[0].Rows))
+    return shape + (frames,) if frames > 1 or os.path.isdir(path) else shape
+
+
 def read_image(path: str | os.PathLike, intensity: str | Sequence[float] = "minmax") -> MetaTensor:
     """Read one image or DICOM series into a float32 MetaTensor (1, X, Y[, Z]) in [0, 1].
 

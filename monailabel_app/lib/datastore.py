@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
+import math
 import os
 import re
 import shutil
@@ -19,11 +21,14 @@ import time
 
 from fastapi import HTTPException
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, LocalDatastore, LocalDatastoreModel
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
 from monai_sr_bundle.data.markups import markups_to_boxes
-from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.data.readers import image_shape, read_image
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.inference import check_size
+
+logger = logging.getLogger(__name__)
 
 #: the label tag under which an image's abnormality boxes are kept
 BOX_TAG = "boxes"
@@ -44,6 +49,34 @@ def check_name(value: object, what: str) -> str:
     return value
 
 
+def mb(n: int) -> str:
+    """A byte limit in MB for a message."""
+    return f"{n / (1 << 20):.4g} MB"
+
+
+def check_image(path: str, name: str, scale: int, max_output_mp: float) -> tuple[int, ...]:
+    """The image's spatial shape, read from its header before any pixel is decoded; 415 if it is not an image,
+    422 if it is too small to super-resolve at ``scale``, 413 if its SR would exceed ``max_output_mp``
+    megapixels (a 12 KB PNG may declare 30000x30000). The one acceptance rule of uploads and infer."""
+    try:
+        shape = image_shape(path)
+    except InputError as e:
+        raise HTTPException(415, str(e).replace(path, name)) from e
+    try:
+        check_size(shape, name, scale)
+    except InputError as e:
+        raise HTTPException(422, str(e)) from e
+    megapixels = math.prod(shape) * scale**2 / 1e6
+    if megapixels > max_output_mp:
+        size = "x".join(map(str, shape))
+        raise HTTPException(
+            413,
+            f"{name}: {size} at x{scale} would be {megapixels:.0f} megapixels; this server's limit is "
+            f"{max_output_mp:g} (--conf max_output_mp).",
+        )
+    return shape
+
+
 def image_path(datastore, image_id: object) -> str:
     """The file of a stored image; 422 for an id that is not a plain name, 404 for an unknown one."""
     path = datastore.get_image_uri(check_name(image_id, "image id"))
@@ -58,11 +91,21 @@ class SRDatastore(LocalDatastore):
     Args:
         studies: the studies folder.
         max_upload_mb: largest image upload accepted.
+        scale, max_output_mp: an upload must be large enough to super-resolve at ``scale`` and its SR at
+            most ``max_output_mp`` megapixels (the infer task's rule).
         auto_reload: watch the folder for files added by hand.
     """
 
-    def __init__(self, studies: str, max_upload_mb: float = 512, auto_reload: bool = True) -> None:
+    def __init__(
+        self,
+        studies: str,
+        max_upload_mb: float = 512,
+        scale: int = 4,
+        max_output_mp: float = 64,
+        auto_reload: bool = True,
+    ) -> None:
         self.studies, self.max_upload = studies, int(float(max_upload_mb) * (1 << 20))
+        self.scale, self.max_output_mp = scale, max_output_mp
         # the label patterns go in too, so that MONAI Label's folder watcher sees boxes written by another process
         super().__init__(studies, extensions=EXTENSIONS + LABEL_EXTENSIONS, auto_reload=auto_reload)
 
@@ -100,16 +143,15 @@ class SRDatastore(LocalDatastore):
         size = os.path.getsize(image_filename)
         if size > self.max_upload:
             raise HTTPException(
-                413,
-                f"upload of {size / (1 << 20):.1f} MB is over the {self.max_upload / (1 << 20):g} MB limit "
-                "of this server.",
+                413, f"the upload is {size:,} bytes; this server accepts at most {mb(self.max_upload)}."
             )
+        check_image(image_filename, image_id or name, self.scale, self.max_output_mp)
         try:
             read_image(image_filename)
         except InputError as e:
-            raise HTTPException(
-                415, f"upload {image_id or ''} is not a readable image: {str(e).replace(image_filename, 'the file')}"
-            ) from e
+            raise HTTPException(422, str(e).replace(image_filename, image_id or name)) from e
+        with FileLock(self._lock_file):  # MONAI Label adds to the index it holds: make it the latest
+            self._reload_index()
         return super().add_image(image_id, image_filename, image_info)
 
     def boxes_of(self, image_id: str, doc: object):
@@ -131,9 +173,9 @@ class SRDatastore(LocalDatastore):
         try:
             with open(label_filename, encoding="utf-8") as f:
                 doc = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise HTTPException(
-                422, f"boxes of {image_id!r} are not JSON ({e}); send a 3D Slicer markups ROI file."
+                422, f"boxes of {image_id!r} are not JSON ({type(e).__name__}); send a 3D Slicer markups ROI file."
             ) from e
         _, findings = self.boxes_of(image_id, doc)
         folder = self._datastore.label_path(BOX_TAG)
@@ -169,10 +211,64 @@ class SRDatastore(LocalDatastore):
             raise HTTPException(404, f"image {label_id!r} has no {label_tag!r} label.")
         super().update_label_info(label_id, label_tag, info)
 
+    def update_image_info(self, image_id: str, info: dict) -> None:
+        image_path(self, image_id)
+        super().update_image_info(image_id, info)
+
+    def remove_image(self, image_id: str) -> None:
+        image_path(self, image_id)
+        super().remove_image(image_id)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        if not self.get_label_uri(check_name(label_id, "image id"), check_name(label_tag, "label tag")):
+            raise HTTPException(404, f"image {label_id!r} has no {label_tag!r} label.")
+        super().remove_label(label_id, label_tag)
+
+    def _reconcile_datastore(self) -> None:
+        """The index made again from the files: every image in the studies folder and its boxes file, with the
+        info recorded for those still there. MONAI Label's rescan changes the live index step by step (a
+        reader saw images vanish) without the lock (a save made meanwhile was dropped); this one builds the
+        new index aside, under the lock, and swaps it in at once."""
+        with FileLock(self._lock_file):
+            self._reload_index()
+            index = self._datastore.model_copy(deep=True)
+            boxes_dir, now = index.label_path(BOX_TAG), int(time.time())
+            boxes = set(self._list_files(boxes_dir, LABEL_EXTENSIONS)) if os.path.isdir(boxes_dir) else set()
+            objects = {}
+            for file in self._list_files(index.image_path(), EXTENSIONS):
+                image_id, ext = self._to_id(file)
+                obj = index.objects.get(image_id)
+                if obj is None or obj.image.ext != ext:
+                    obj = ImageLabelModel(image=DataModel(info={"ts": now, "name": file}, ext=ext))
+                label = obj.labels.get(BOX_TAG)
+                name = f"{image_id}.json"
+                obj.labels = (
+                    {BOX_TAG: label or DataModel(info={"ts": now, "name": name}, ext=".json")} if name in boxes else {}
+                )
+                objects[image_id] = obj
+            index.objects = objects
+            if index != self._datastore:
+                self._datastore = index
+                self._update_datastore_file(lock=False)
+
     def _reload_index(self) -> None:
         """Read ``datastore_v2.json`` again; the caller holds the datastore's lock. Always, not when its time
-        stamp changed: two writes within the file system's time stamp granularity look like one."""
+        stamp changed: two writes within the file system's time stamp granularity look like one. The index is
+        complete before it is swapped in: MONAI Label's reload showed other threads an index without its base
+        folder for a moment, and a save made then wrote its label under the server's working folder."""
         if os.path.exists(self._datastore_config_path):
             with open(self._datastore_config_path) as f:
-                self._datastore = LocalDatastoreModel.model_validate_json(f.read())
-            self._datastore.base_path = self._datastore_path
+                index = LocalDatastoreModel.model_validate_json(f.read())
+            index.base_path = self._datastore_path
+            self._datastore = index
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+    def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
+        """MONAI Label's reload (its folder watcher calls it when another process wrote the index)."""
+        try:
+            with FileLock(self._lock_file):
+                self._reload_index()
+        except ValueError as e:
+            logger.error(f"the datastore index cannot be read: {e}")
+            if throw_exception:
+                raise

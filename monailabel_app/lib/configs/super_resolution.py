@@ -12,7 +12,14 @@ from lib.trainers import SuperResolutionTrainer
 from monai_sr_bundle import methods
 
 #: ``--conf`` keys and their defaults
-DEFAULTS = {"method": None, "scale": "4", "modality": "cxr", "weights": versions.SHIPPED, "tile_size": "256"}
+DEFAULTS = {
+    "method": None,
+    "scale": "4",
+    "modality": "cxr",
+    "weights": versions.SHIPPED,
+    "tile_size": "256",
+    "max_output_mp": "64",
+}
 
 
 class SuperResolution(TaskConfig):
@@ -24,14 +31,20 @@ class SuperResolution(TaskConfig):
             raise ValueError(
                 f"--conf method {self.settings['method']!r} is unknown; available: {', '.join(methods.names())}."
             )
-        if not str(self.settings["scale"]).isdigit() or not str(self.settings["tile_size"]).isdigit():
-            raise ValueError("--conf scale and tile_size must be whole numbers.")
+        if not all(str(self.settings[k]).isdigit() for k in ("scale", "tile_size", "max_output_mp")):
+            raise ValueError("--conf scale, tile_size and max_output_mp must be whole numbers.")
 
     def infer(self) -> dict:
         s = self.settings
         return {
             self.name: SuperResolutionInfer(
-                self.model_dir, s["method"], int(s["scale"]), s["modality"], s["weights"], int(s["tile_size"])
+                self.model_dir,
+                s["method"],
+                int(s["scale"]),
+                s["modality"],
+                s["weights"],
+                int(s["tile_size"]),
+                int(s["max_output_mp"]),
             )
         }
 

@@ -13,6 +13,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib import versions
+from lib.datastore import check_image
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import run_inference
@@ -40,6 +41,7 @@ class SuperResolutionInfer(InferTask):
         model_dir: where the app's trained versions live.
         method, scale, modality, weights: defaults of every request.
         tile_size: LR tile edge of the inferer (bounds memory on large radiographs).
+        max_output_mp: largest SR result in megapixels; a larger request is refused from the image's header.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class SuperResolutionInfer(InferTask):
         modality: str = "cxr",
         weights: str = versions.SHIPPED,
         tile_size: int = 256,
+        max_output_mp: int = 64,
     ) -> None:
         super().__init__(
             type=InferType.OTHERS,
@@ -59,6 +62,7 @@ class SuperResolutionInfer(InferTask):
             config={"method": method, "scale": scale, "weights": weights, "methods": methods.names()},
         )
         self.model_dir, self.modality, self.tile_size = model_dir, modality, int(tile_size)
+        self.max_output_mp = max_output_mp
         self._networks: dict[tuple, object] = {}
         self._lock = threading.Lock()
 
@@ -94,14 +98,15 @@ class SuperResolutionInfer(InferTask):
             method.check_sampling(**sampling)
         except InputError as e:
             raise HTTPException(422, str(e)) from e
+        image, name = request["image"], str(request.get("image_name", "the image"))
+        check_image(image, name, scale, self.max_output_mp)
         network, path = self.network(method, str(request.get("weights", config["weights"])), sampling.get("steps"))
         inferer = method.inferer(self.tile_size, seed=sampling.get("seed"))
-        image = request["image"]
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 (written,) = run_inference(image, network, inferer, tmp, allow_volume=True, progress=False)
             except InputError as e:
-                raise HTTPException(422, str(e).replace(str(image), Path(image).name)) from e
+                raise HTTPException(422, str(e).replace(str(image), name)) from e
             suffix = "".join(Path(written).suffixes[-2:]) if written.endswith(".nii.gz") else Path(written).suffix
             fd, result = tempfile.mkstemp(suffix=suffix)
             os.close(fd)

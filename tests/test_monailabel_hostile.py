@@ -1,0 +1,366 @@
+"""Hostile clients against the real server, started as a hospital starts it (``monailabel_app/serve.py``):
+every stock MONAI Label endpoint the app does not need is closed, uploads are bounded and leave no temp file,
+infer cannot read the server's files, no reply names a server path, the server answers while it infers and
+turns excess requests away, and what MONAI Label itself answered with a 500 is a 4xx with one sentence.
+Each test checks its status code and that nothing was stored, deleted or leaked."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import tarfile
+import tempfile
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import DATA, needs_data
+from label_server import label_server
+from PIL import Image
+
+from monai_sr_bundle.data.datalist import nih_datalist
+from monai_sr_bundle.inference import default_input
+
+requests = pytest.importorskip("requests", reason="requests comes with monailabel (pip install -e '.[test]')")
+pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
+
+NIH = DATA / "nih_cxr14"
+pytestmark = needs_data(NIH / "images_512")
+ORIGIN = "https://viewer.hospital.example"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    studies = root / "studies"
+    studies.mkdir()
+    for d in nih_datalist("test")[:2]:
+        shutil.copy(d["label"], studies)
+    shutil.copy(default_input(), studies / "ct_small.dcm")
+    conf = {"method": "srcnn", "max_upload_mb": 2, "max_pending": 2, "model_dir": root / "model"}
+    with label_server(root, studies, conf, options=("--cors_origin", ORIGIN)) as url:
+        yield SimpleNamespace(url=url, root=root, studies=studies, tmp=root / "app" / "tmp", ids=ids(studies))
+
+
+def ids(studies: Path) -> list[str]:
+    return sorted(p.name.split(".")[0] for p in studies.iterdir() if p.suffix in (".png", ".dcm"))
+
+
+def snapshot(server) -> dict:
+    """What a request must not change: the studies folder (labels too), the server's private temp folder and
+    the shared temp folder's ``tmp*`` entries."""
+    shared = {p.name for p in Path(tempfile.gettempdir()).glob("tmp*")}
+    return {
+        "studies": sorted(
+            str(p.relative_to(server.studies)) for p in server.studies.rglob("*") if ".lock" not in p.name
+        ),
+        "private_tmp": sorted(p.name for p in server.tmp.iterdir()),
+        "shared_tmp": shared,
+    }
+
+
+def unchanged(server, before: dict, wait: float = 3.0) -> None:
+    """The snapshot comes back to ``before`` (a sent result is removed just after its reply)."""
+    deadline = time.monotonic() + wait
+    while True:
+        after = snapshot(server)
+        new_shared = after["shared_tmp"] - before["shared_tmp"]
+        if after["studies"] == before["studies"] and after["private_tmp"] == before["private_tmp"] and not new_shared:
+            return
+        if time.monotonic() > deadline:
+            assert after["studies"] == before["studies"]
+            assert after["private_tmp"] == before["private_tmp"], "temp files left in the server's folder"
+            assert not new_shared, f"temp files left in {tempfile.gettempdir()}: {new_shared}"
+        time.sleep(0.2)
+
+
+def no_leak(server, text: str) -> None:
+    for private in (server.studies, server.root, tempfile.gettempdir(), Path.home()):
+        assert str(private) not in text, f"reply names {private}: {text[:300]}"
+    assert "/tmp" not in text and "tmp" not in text.replace("<tmp>", "")
+
+
+def infer(server, image: str = "", params=None, timeout: float = 300, **files) -> requests.Response:
+    data = {"params": params if isinstance(params, str) else json.dumps(params or {})}
+    return requests.post(
+        f"{server.url}/infer/super_resolution",
+        params={"image": image, "output": "image"} if image else {"output": "image"},
+        data=data,
+        files=files or None,
+        timeout=timeout,
+    )
+
+
+def png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG of a few KB that declares ``width`` x ``height`` gray pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\0" * (width + 1) * 64, 9)  # 64 rows; the rest is missing, never read
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+CLOSED = [
+    ("DELETE", "/datastore/image?id={id}"),
+    ("DELETE", "/datastore/?id={id}"),
+    ("DELETE", "/datastore/label?id={id}&tag=boxes"),
+    ("GET", "/logs/?text=true"),
+    ("GET", "/logs/gpu"),
+    ("GET", "/datastore/dataset"),
+    ("GET", "/model/super_resolution"),
+    ("PUT", "/model/super_resolution"),
+    ("DELETE", "/model/super_resolution"),
+    ("POST", "/reload"),
+    ("POST", "/batch/infer/super_resolution"),
+    ("POST", "/scoring/"),
+    ("GET", "/proxy/dicom/qido/studies"),
+    ("POST", "/infer/wsi/super_resolution"),
+    ("PUT", "/updatelabelinfo"),
+    ("GET", "/session/abc"),
+]
+
+
+@pytest.mark.parametrize("method, path", CLOSED)
+def test_stock_endpoints_the_app_does_not_need_are_closed(server, method, path):
+    before = snapshot(server)
+    r = requests.request(method, server.url + path.format(id=server.ids[0]), timeout=30)
+    assert r.status_code == 404 and "not served by this server" in r.json()["detail"]
+    unchanged(server, before)
+
+
+def test_session_archives_cannot_write_outside(server):
+    """MONAI Label's session upload unpacked ``../`` and absolute member names anywhere; it is closed."""
+    target = server.root / "escaped.txt"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("../../escaped.txt", str(target)):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"owo"))
+    before = snapshot(server)
+    r = requests.put(
+        f"{server.url}/session/", params={"uncompress": "true"}, files={"files": ("x.tar.gz", buf.getvalue())}
+    )
+    assert r.status_code == 404 and not target.exists() and not (server.root.parent / "escaped.txt").exists()
+    r = requests.post(f"{server.url}/infer/super_resolution", params={"session_id": "abc"}, timeout=30)
+    assert r.status_code == 404 and "sessions are turned off" in r.text
+    unchanged(server, before)
+
+
+def test_cors_answers_only_the_configured_origin(server):
+    for origin, allowed in ((ORIGIN, True), ("https://evil.example", False)):
+        preflight = requests.options(
+            f"{server.url}/datastore/label",
+            headers={"Origin": origin, "Access-Control-Request-Method": "PUT"},
+            timeout=30,
+        )
+        got = requests.get(f"{server.url}/info/", headers={"Origin": origin}, timeout=30)
+        assert (preflight.headers.get("access-control-allow-origin") == origin) is allowed
+        assert (got.headers.get("access-control-allow-origin") == origin) is allowed
+        assert "*" not in got.headers.get("access-control-allow-origin", "")
+
+
+def test_infer_cannot_read_the_servers_files(server):
+    """Only datastore ids and the request's own upload are read: not a temp file, not by params."""
+    planted = [Path(tempfile.gettempdir()) / "tmp_planted.png", server.tmp / "tmp_planted.png"]
+    for p in planted:
+        p.write_bytes(png(64, 64))
+    before = snapshot(server)
+    try:
+        for p in planted:
+            r = infer(server, str(p))
+            assert r.status_code == 422 and "not a plain name" in r.text
+            r = infer(server, server.ids[0], {"image": str(p)})
+            assert r.status_code == 422 and "params may not set image" in r.text
+            no_leak(server, r.text.replace(str(p), ""))
+    finally:
+        for p in planted:
+            p.unlink()
+    after = snapshot(server)
+    assert after["studies"] == before["studies"]
+
+
+def test_no_reply_names_a_server_path(server):
+    sample = requests.post(f"{server.url}/activelearning/boxes_first", timeout=30)
+    info = requests.get(f"{server.url}/datastore/image/info", params={"image": server.ids[0]}, timeout=30)
+    everything = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=30)
+    missing_weights = infer(server, "ct_small", {"scale": 3})
+    unreadable = infer(server, file=("scan.png", b"not a png"))
+    for r, status in ((sample, 200), (info, 200), (everything, 200), (missing_weights, 404), (unreadable, 415)):
+        assert r.status_code == status, r.text
+        no_leak(server, r.text)
+    assert "<studies>" in sample.text  # the path is there, as a label
+
+
+def test_failed_and_successful_uploads_leave_no_temp_files(server):
+    before = snapshot(server)
+    responses = [
+        infer(server, file=("broken.png", png(64, 64)[:200])),  # truncated: the header reads, the pixels do not
+        infer(server, file=("ok.png", png(64, 64))),
+        infer(server, file=("big.png", b"\0" * (3 << 20))),  # over max_upload_mb 2
+        requests.put(f"{server.url}/datastore/", files={"file": ("junk.png", b"junk")}, timeout=30),
+        requests.put(
+            f"{server.url}/datastore/label",
+            params={"image": server.ids[0], "tag": "boxes"},
+            files={"label": ("b.json", b"{oops")},
+            timeout=30,
+        ),
+        requests.put(f"{server.url}/datastore/", files={"file": ("x." + "p" * 300, b"12")}, timeout=30),
+    ]
+    assert [r.status_code for r in responses] == [422, 200, 413, 415, 422, 415], [r.text for r in responses]
+    unchanged(server, before)
+
+
+@pytest.mark.parametrize("size, status", [((30000, 30000), 413), ((3000, 3000), 413), ((7, 7), 422), ((1, 1), 422)])
+def test_image_size_is_checked_from_the_header_on_infer_and_upload(server, size, status):
+    body = bomb_png(*size) if size[0] > 1000 else png(*size)
+    before = snapshot(server)
+    started = time.monotonic()
+    r = infer(server, file=("big.png", body))
+    assert r.status_code == status and ("px" in r.text or "megapixels" in r.text), r.text
+    assert time.monotonic() - started < 10  # refused from the header, nothing decoded
+    up = requests.put(
+        f"{server.url}/datastore/", params={"image": "sized"}, files={"file": ("s.png", body)}, timeout=30
+    )
+    assert up.status_code == status, up.text  # the same rule as infer
+    unchanged(server, before)
+
+
+HOSTILE_500S = [
+    ("params not JSON", lambda s: infer(s, "ct_small", "{nope"), 422, "not JSON"),
+    ("params a JSON list", lambda s: infer(s, "ct_small", "[1, 2]"), 422, "JSON object, not a JSON array"),
+    ("unknown infer task", lambda s: requests.post(f"{s.url}/infer/nope", params={"image": "ct_small"}), 404, "nope"),
+    ("unknown strategy", lambda s: requests.post(f"{s.url}/activelearning/nope"), 404, "boxes_first"),
+    ("unknown trainer", lambda s: requests.post(f"{s.url}/train/nope", json={}), 404, "super_resolution"),
+    ("bad output", lambda s: requests.post(f"{s.url}/infer/super_resolution?image=ct_small&output=dicom_seg"),
+     422, "output"),
+    ("label info a JSON list", lambda s: requests.put(f"{s.url}/datastore/label/info",
+     params={"label": s.ids[0], "tag": "boxes"}, data={"info": "[1]"}), 422, "JSON object"),
+    ("label info not JSON", lambda s: requests.put(f"{s.url}/datastore/label/info",
+     params={"label": s.ids[0], "tag": "boxes"}, data={"info": "{"}), 422, "not JSON"),
+    ("image info of an unknown image", lambda s: requests.put(f"{s.url}/datastore/image/info",
+     params={"image": "ghost"}, data={"info": "{}"}), 404, "ghost"),
+    ("label nested 100000 deep", lambda s: requests.put(f"{s.url}/datastore/label",
+     params={"image": s.ids[0], "tag": "boxes"}, files={"label": ("b.json", b"[" * 100000)}), 422, "not JSON"),
+    ("a 300 KB train body", lambda s: requests.post(f"{s.url}/train/super_resolution",
+     json={"note": "x" * 300_000}), 413, "at most"),
+    ("chunked body", lambda s: requests.put(f"{s.url}/datastore/", data=iter([b"a", b"b"])), 411, "Content-Length"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("what, call, status, message", HOSTILE_500S, ids=[h[0] for h in HOSTILE_500S])
+def test_what_was_a_500_is_a_4xx_with_one_sentence(server, what, call, status, message):
+    before = snapshot(server)
+    r = call(server)
+    assert r.status_code == status and message in r.json()["detail"], r.text
+    no_leak(server, r.text)
+    unchanged(server, before)
+    if "train" in what:
+        assert requests.get(f"{server.url}/train/", timeout=30).status_code == 404  # nothing was submitted
+
+
+def test_the_server_answers_while_it_infers(server):
+    """The SR runs in a worker thread: /info answers during a VDSR infer (of the small CT slice here; the
+    512x512 radiograph bar is measured by benchmarks/monailabel.py)."""
+    done = threading.Event()
+    result = {}
+
+    def sr():
+        result["r"] = infer(server, "ct_small", {"method": "vdsr"})
+        done.set()
+
+    thread = threading.Thread(target=sr)
+    thread.start()
+    answered_during = 0
+    while not done.is_set():
+        r = requests.get(f"{server.url}/info/", timeout=30)
+        answered_during += r.status_code == 200 and not done.is_set()
+        time.sleep(0.05)
+    thread.join()
+    assert result["r"].status_code == 200 and answered_during >= 3
+
+
+def test_requests_beyond_the_queue_are_turned_away_not_held(server):
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda _: infer(server, "ct_small", {"method": "vdsr"}), range(6)))
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) == {200, 503} and codes.count(200) >= 2, codes
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["retry-after"] == "60" and "busy" in busy.json()["detail"]
+    assert infer(server, "ct_small").status_code == 200  # and then it serves again
+
+
+def test_a_train_request_cannot_hold_the_server(server):
+    """MONAI Label's ``run_sync`` would train inside the request; the train task always runs in the background."""
+    started = time.monotonic()
+    r = requests.post(
+        f"{server.url}/train/super_resolution", params={"run_sync": "true"}, json={"max_epochs": "many"}, timeout=60
+    )
+    assert r.status_code == 200 and time.monotonic() - started < 10
+    for _ in range(120):
+        status = requests.get(f"{server.url}/train/", timeout=30).json()
+        if status["status"] in ("DONE", "ERROR"):
+            break
+        time.sleep(0.5)
+    assert status["status"] == "ERROR" and "must be numbers" in "\n".join(status["details"])
+    no_leak(server, json.dumps(status))
+
+
+def test_auth_on_closes_every_route_to_anonymous_clients(tmp_path):
+    """With MONAI Label's auth on (``MONAI_LABEL_AUTH_ENABLE``), this app's own routes answer 401 too."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(default_input(), studies / "ct_small.dcm")
+    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": "http://127.0.0.1:9/realms/none"}
+    with label_server(tmp_path, studies, {"method": "bicubic"}, env=env, ready_status=401) as url:
+        calls = [
+            requests.get(f"{url}/info/"),
+            requests.post(f"{url}/infer/super_resolution", params={"image": "ct_small"}),
+            requests.put(f"{url}/datastore/", files={"file": ("a.png", png(64, 64))}),
+            requests.put(f"{url}/datastore/label", params={"image": "ct_small"}, files={"label": ("b.json", b"{}")}),
+            requests.post(f"{url}/train/super_resolution", json={}),
+            requests.get(f"{url}/datastore/label", params={"label": "ct_small", "tag": "boxes"}),
+        ]
+        assert [r.status_code for r in calls] == [401] * len(calls), [r.text for r in calls]
+    assert ids(studies) == ["ct_small"] and not list((studies / "labels").rglob("*.json"))
+
+
+def test_deletes_when_allowed_refuse_unknown_ids_and_remove_the_files(tmp_path):
+    """``--allow_delete`` opens MONAI Label's DELETE endpoints; an unknown image or label is a 404 (MONAI
+    Label answered 500) and a known image goes with its boxes."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(default_input(), studies / "ct_small.dcm")
+    shutil.copy(default_input(), studies / "other.dcm")
+    with label_server(tmp_path, studies, {"method": "bicubic"}, options=("--allow_delete",)) as url:
+        saved = requests.put(
+            f"{url}/datastore/label",
+            params={"image": "ct_small", "tag": "boxes"},
+            files={"label": ("b.json", b'{"markups": []}')},
+        )
+        assert saved.status_code == 200, saved.text
+        for path in (
+            "/datastore/image?id=ghost",
+            "/datastore/label?id=ghost&tag=boxes",
+            "/datastore/label?id=other&tag=boxes",
+        ):
+            r = requests.delete(url + path, timeout=30)
+            assert r.status_code == 404 and ("ghost" in r.text or "other" in r.text), r.text
+        assert ids(studies) == ["ct_small", "other"]
+        assert requests.delete(f"{url}/datastore/image", params={"id": "ct_small"}, timeout=30).status_code == 200
+    assert ids(studies) == ["other"] and not (studies / "labels" / "boxes" / "ct_small.json").exists()
