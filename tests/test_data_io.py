@@ -9,7 +9,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import struct
+import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,7 @@ from conftest import needs_data as _needs
 from PIL import Image
 
 from monai_sr_bundle.data.paths import shared_data_dir
-from monai_sr_bundle.data.readers import LoadSRImaged, image_format, read_image
+from monai_sr_bundle.data.readers import LoadSRImaged, image_format, image_shape, read_image
 from monai_sr_bundle.data.writers import SaveSRImaged, output_path_for, write_image
 from monai_sr_bundle.errors import InputError
 
@@ -500,3 +503,73 @@ def test_bad_input_non_finite_volume(tmp_path, ext, bad):
     vol[1, 2, 3] = bad  # ITK's NIfTI reader turns these into 0 silently; the reader must still refuse
     sitk.WriteImage(sitk.GetImageFromArray(vol), str(tmp_path / f"bad{ext}"))
     assert "NaN" in _raises_naming(tmp_path / f"bad{ext}")
+
+
+# ------------------------------------------------------------------------------------------- header shape
+
+
+@needs_cxr
+def test_image_shape_of_cxr_dicom_matches_the_pixels(cxr_images):
+    for name, image in cxr_images.items():
+        assert image_shape(_cxr_path(name)) == tuple(image.shape[1:]), name
+
+
+@needs_ct
+@pytest.mark.parametrize("folder, shape, spacing", CT_SERIES[-2:])
+def test_image_shape_of_a_ct_series_matches(folder, shape, spacing):
+    assert image_shape(CT_DIR / folder) == shape
+
+
+@pytest.mark.parametrize(
+    "ext, shape",
+    [(ext, (40, 30)) for ext in (".png", ".jpg", ".nii.gz", ".nrrd", ".mha")]
+    + [(ext, (40, 30, 5)) for ext in (".nii.gz", ".nrrd", ".mha")],
+)
+def test_image_shape_matches_read_image(tmp_path, ext, shape):
+    arr = np.random.default_rng(0).integers(0, 255, shape[::-1], dtype=np.uint8)  # (Z, Y, X) / (Y, X)
+    path = tmp_path / f"img{ext}"
+    if ext in (".png", ".jpg"):
+        Image.fromarray(arr).save(path)
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(arr.astype(np.int16)), str(path))
+    assert image_shape(path) == tuple(read_image(path).shape[1:]) == shape
+    named_wrongly = tmp_path / "jpeg_inside.png"  # a PNG name on JPEG bytes: PIL sniffs it, as read_image does
+    shutil.copy(path, named_wrongly)
+    if ext == ".jpg":
+        assert image_shape(named_wrongly) == shape
+
+
+def test_image_shape_of_a_16bit_png_and_the_demo_dicom(tmp_path):
+    path = tmp_path / "16.png"
+    Image.fromarray(np.arange(60 * 50, dtype=np.uint16).reshape(50, 60)).save(path)
+    assert image_shape(path) == tuple(read_image(path).shape[1:]) == (60, 50)
+    ct = pydicom.data.get_testdata_file("CT_small.dcm")
+    assert image_shape(ct) == tuple(read_image(ct).shape[1:])
+
+
+def test_image_shape_reads_a_huge_header_without_decoding(tmp_path):
+    """A few KB of PNG that declares 30000 x 20000 pixels: the shape comes back at once, nothing is decoded
+    (read_image refuses it as a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 20000, 8, 0, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 30001)) + chunk(b"IEND", b"")
+    )
+    started = time.monotonic()
+    assert image_shape(path) == (30000, 20000) and time.monotonic() - started < 1
+    assert path.stat().st_size < 1000
+    _raises_naming(path)
+
+
+def test_image_shape_refuses_what_is_not_an_image(tmp_path):
+    (tmp_path / "notes.png").write_text("not pixels")
+    (tmp_path / "fake.dcm").write_text("this is not DICOM\n" * 20)
+    (tmp_path / "fake.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    (tmp_path / "empty").mkdir()
+    for name in ("notes.png", "fake.dcm", "fake.nii.gz", "empty", "missing.png"):
+        with pytest.raises(InputError, match=name):
+            image_shape(tmp_path / name)

@@ -79,6 +79,8 @@ def roi(**changes):
         (roi(size=[-5, 10, 1]), "negative or zero size"),
         (roi(size=[10, 0, 1]), "negative or zero size"),
         (roi(center=[98, 50, 0]), "extends outside the image"),
+        (roi(center=[50, 50, 5000]), "off the image's plane"),
+        (roi(center=[50, 50, 1.2]), "off the image's plane"),  # a 1 mm thick box 1.2 mm above the radiograph
         (roi(coordinateUnits="um"), "LPS or RAS in mm"),
         (roi(name="", controlPoints=[]), "no finding name"),
         (roi(name="x" * 500), "printable text"),
@@ -89,6 +91,15 @@ def roi(**changes):
 def test_malformed_documents_are_refused(doc, message):
     with pytest.raises(InputError, match=message):
         markups_to_boxes(doc, torch.eye(4), (100, 100), name="img1")
+
+
+def test_boxes_meet_a_slice_of_their_image():
+    """A box whose slab touches the radiograph's plane, or any slice of a volume, is read."""
+    assert markups_to_boxes(roi(center=[50, 50, 0.9]), torch.eye(4), (100, 100))[0].shape == (1, 4)
+    assert markups_to_boxes(roi(center=[50, 50, 3], size=[10, 10, 8]), torch.eye(4), (100, 100))[0].shape == (1, 4)
+    assert markups_to_boxes(roi(center=[50, 50, 7]), torch.eye(4), (100, 100, 10))[0].shape == (1, 4)
+    with pytest.raises(InputError, match="slice 11.0 of 10"):
+        markups_to_boxes(roi(center=[50, 50, 11]), torch.eye(4), (100, 100, 10))
 
 
 def test_findings_must_match_boxes():

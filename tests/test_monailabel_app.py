@@ -248,6 +248,12 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(server):
             422,
             "outside",
         ),
+        (
+            b'{"markups": [{"type": "ROI", "name": "Mass", "center": [10, 10, 5000], "size": [4, 4, 1]}]}',
+            "boxes",
+            422,
+            "off the image's plane",
+        ),
         (b'{"markups": []}', "../../boxes", 422, "not a plain name"),
         (b'{"markups": []}', "final", 422, "only abnormality boxes"),
         (b" " * (2 << 20), "boxes", 413, "at most"),
@@ -290,6 +296,21 @@ def test_label_info_cannot_rewrite_what_the_label_says(server):
     assert put_info("ghost", {"note": "x"}).status_code == 404
     assert put_info(name, {"note": "checked twice"}).status_code == 200
     assert findings() == before == server.items[0]["findings"]
+
+
+def test_a_failed_train_says_its_root_cause(monkeypatch):
+    """The bundle wraps a failure in 'Failed to evaluate ConfigExpression ...'; the train task's error ends
+    in the innermost cause."""
+    monkeypatch.syspath_prepend(str(APP))
+    from lib.trainers.super_resolution import root_cause
+
+    try:
+        try:
+            raise FileNotFoundError("x.png: no such file\nthe second line says it")
+        except FileNotFoundError as inner:
+            raise RuntimeError("Failed to evaluate ConfigExpression: $@trainer.run()") from inner
+    except RuntimeError as e:
+        assert root_cause(e) == "FileNotFoundError: the second line says it"
 
 
 def test_server_still_serves_after_hostile_requests(server):

@@ -136,8 +136,8 @@ CR_DICOM = DATA / "cxr_dicom" / "pydicom-data_RG1_J2KI_CR_chest.dcm"  # 1955x184
 def test_images_training_cannot_use_are_left_out_not_failing_every_train(tmp_path):
     """A CT volume and a real CR whose size is not a multiple of the scale are accepted as uploads (infer
     serves them); a 7x7 radiograph is refused as infer refuses it, and when put in the studies folder by
-    hand, training leaves it out by name, as it leaves out the volume; it crops the CR, and the train
-    request succeeds."""
+    hand, training leaves it out by name, as it leaves out the volume and a truncated file; it crops the CR,
+    and the train request succeeds."""
     folder = tmp_path / "studies"
     folder.mkdir()
     for d in nih_datalist("train")[:2]:
@@ -156,6 +156,7 @@ def test_images_training_cannot_use_are_left_out_not_failing_every_train(tmp_pat
             )
             assert put.status_code == status, put.text
         shutil.copy(tiny, folder)
+        (folder / "broken.png").write_bytes(tiny.read_bytes()[:60])  # by hand too, and cut short
         r = requests.post(f"{url}/train/super_resolution", json={"max_epochs": 1}, timeout=60)
         assert r.status_code == 200, r.text
         for _ in range(480):
@@ -166,9 +167,10 @@ def test_images_training_cannot_use_are_left_out_not_failing_every_train(tmp_pat
         details = "\n".join(status.get("details", []))
         assert status.get("status") == "DONE", details
     log = (tmp_path / "server" / "server.log").read_text()
-    assert "training leaves out image volume" in log and "training leaves out image tiny" in log
+    for left_out in ("volume", "tiny", "broken"):
+        assert f"training leaves out image {left_out}" in log
     assert "training leaves out image cr" not in log
     datalist = json.loads(next((tmp_path / "model" / "runs").glob("*/datalist.json")).read_text())
     used = {d["id"] for d in datalist["training"] + datalist["validation"]}
-    assert "cr" in used and not {"volume", "tiny"} & used
+    assert "cr" in used and not {"volume", "tiny", "broken"} & used
     assert (tmp_path / "model" / "srcnn_cxr_x4_v1.pt").is_file()

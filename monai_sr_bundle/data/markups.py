@@ -110,12 +110,13 @@ def markups_to_boxes(
     Args:
         doc: the parsed JSON (a dict with a ``markups`` list of ROIs).
         affine: 4x4 LPS affine of the image the boxes are drawn on.
-        spatial_shape: (X, Y) of that image.
+        spatial_shape: (X, Y) of that image, or (X, Y, Z) of a volume: a box must meet one of its slices.
         name: how to call the document in errors (e.g. the image id).
 
     Raises:
         InputError: one sentence naming the first problem: not a markups document, a markup that is not
-            an ROI, a coordinate that is not a number, a negative or zero size, a box outside the image.
+            an ROI, a coordinate that is not a number, a negative or zero size, a box outside the image or
+            off its plane (a box at z = 5000 mm on a radiograph).
     """
     if not isinstance(doc, dict) or not isinstance(doc.get("markups"), list):
         raise InputError(f"`{name}` is not a 3D Slicer markups document: it needs a 'markups' list of ROIs.")
@@ -123,6 +124,7 @@ def markups_to_boxes(
     if len(rois) > MAX_BOXES:
         raise InputError(f"`{name}` has {len(rois)} markups; at most {MAX_BOXES} boxes are accepted per image.")
     directions, spacing, origin = _geometry(affine)
+    depth = int(spatial_shape[2]) if len(spatial_shape) > 2 else 1
     boxes, findings = [], []
     for i, roi in enumerate(rois):
         where = f"`{name}` markup {i}"
@@ -146,8 +148,13 @@ def markups_to_boxes(
         flip = np.diag([-1.0, -1.0, 1.0]) if system == "RAS" else np.eye(3)
         corners = [center + rotation @ (np.array([sx, sy, 0.0]) * size / 2) for sx in (-1, 1) for sy in (-1, 1)]
         index = np.stack([(directions.T @ (flip @ c - origin)) / spacing for c in corners])
+        slice_at, reach = float(index[:, 2].mean()), size[2] / 2 / spacing[2] + 0.5
+        if not -reach <= slice_at <= depth - 1 + reach:
+            raise InputError(
+                f"{where} lies off the image's plane (at slice {slice_at:.1f} of {depth}); draw it on the image."
+            )
         lo, hi = index.min(axis=0)[:2] + 0.5, index.max(axis=0)[:2] + 0.5
         boxes.append([lo[0], lo[1], hi[0], hi[1]])
         findings.append(_finding(roi, where))
     b = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
-    return validate_boxes(b, spatial_shape, name=name).float(), findings
+    return validate_boxes(b, spatial_shape[:2], name=name).float(), findings

@@ -158,7 +158,7 @@ class SRDatastore(LocalDatastore):
         """(boxes (N, 4) in pixels, finding names) of a markups document on a stored image; 422 if it does not fit."""
         image = read_image(image_path(self, image_id))
         try:
-            return markups_to_boxes(doc, image.affine, image.shape[1:3], name=f"boxes of {image_id}")
+            return markups_to_boxes(doc, image.affine, image.shape[1:], name=f"boxes of {image_id}")
         except InputError as e:
             raise HTTPException(422, str(e)) from e
 

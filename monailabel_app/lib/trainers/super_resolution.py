@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -31,11 +32,15 @@ VAL_EVERY = 5
 def datastore_datalist(datastore: SRDatastore, min_size: int = 0) -> dict[str, list[dict]]:
     """Decathlon-style datalist of the datastore: each image as the HR ``label`` with its boxes in pixels
     (``[]`` when it has none yet); every VAL_EVERY-th image by id goes to ``validation``. Images a training
-    run cannot use (a volume, or smaller than ``min_size`` in-plane) are left out with a warning naming
-    them, so one such upload does not fail every train request."""
+    run cannot use (unreadable, a volume, or smaller than ``min_size`` in-plane) are left out with a warning
+    naming them, so one such file does not fail every train request."""
     items = []
     for image_id in sorted(datastore.list_images()):
-        image = read_image(datastore.get_image_uri(image_id))
+        try:
+            image = read_image(datastore.get_image_uri(image_id))
+        except InputError as e:  # a file put in the studies folder by hand is not checked as uploads are
+            logger.warning(f"training leaves out image {image_id}: {str(e).split(': ', 1)[-1]}")
+            continue
         if image.ndim != 3 or min(image.shape[1:3]) < min_size:
             shape = "x".join(str(n) for n in image.shape[1:])
             logger.warning(f"training leaves out image {image_id}: {shape} is not a 2D image of at least {min_size} px")
@@ -44,7 +49,7 @@ def datastore_datalist(datastore: SRDatastore, min_size: int = 0) -> dict[str, l
         label = datastore.get_label_uri(image_id, BOX_TAG)
         if label:
             doc = json.loads(Path(label).read_text())
-            boxes, findings = markups_to_boxes(doc, image.affine, image.shape[1:3], name=f"boxes of {image_id}")
+            boxes, findings = markups_to_boxes(doc, image.affine, image.shape[1:], name=f"boxes of {image_id}")
             item.update(boxes=boxes.tolist(), findings=findings)
         items.append(item)
     if len(items) < 2:
@@ -52,6 +57,14 @@ def datastore_datalist(datastore: SRDatastore, min_size: int = 0) -> dict[str, l
             f"the datastore holds {len(items)} image(s) that training can use; it needs at least 2 (one validates)."
         )
     return {"training": [d for i, d in enumerate(items) if i % VAL_EVERY], "validation": items[::VAL_EVERY]}
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost error of a chain, as one line: the bundle's own message ('Failed to evaluate
+    ConfigExpression ...') says where it failed, the innermost error why."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
 
 
 class SuperResolutionTrainer(TrainTask):
@@ -124,10 +137,14 @@ class SuperResolutionTrainer(TrainTask):
         }
         if learning_rate is not None:
             overrides["learning_rate"] = learning_rate
-        bundle_run(
-            config_file=TRAIN_CONFIGS,
-            meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
-            logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
-            **overrides,
-        )
+        try:
+            bundle_run(
+                config_file=TRAIN_CONFIGS,
+                meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
+                logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
+                **overrides,
+            )
+        except Exception as e:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed run publishes nothing and leaves nothing
+            raise RuntimeError(f"training {target.name} failed: {root_cause(e)}") from e
         return {"weights": target.name, **self.stats().get(target.name, {})}
