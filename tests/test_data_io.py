@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import struct
 import time
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_dicom
 from conftest import needs_data as _needs
-from PIL import Image
+from PIL import Image, ImageFile
 
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.readers import LoadSRImaged, image_format, image_shape, read_image
@@ -508,9 +509,66 @@ def test_bad_input_non_finite_volume(tmp_path, ext, bad):
 # ------------------------------------------------------------------------------------------- header shape
 
 
+def _pil(path, shape, dtype=np.uint8, channels=0) -> Path:
+    """A random PIL raster of (X, Y) ``shape`` (``channels`` > 0: colour)."""
+    rows_cols = shape[::-1] + ((channels,) if channels else ())
+    Image.fromarray(np.random.default_rng(0).integers(0, 200, rows_cols).astype(dtype)).save(path)
+    return Path(path)
+
+
+def _itk(path, shape) -> Path:
+    """A random int16 NIfTI/NRRD/MHA of (X, Y[, Z]) ``shape``."""
+    arr = np.random.default_rng(0).integers(-1000, 1000, shape[::-1]).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    return Path(path)
+
+
+def _dicom_folder(d) -> Path:
+    """Three 6-row x 4-column CT slices, with what exports carry beside them and read_image leaves out: a readme,
+    a structured report and a hidden macOS ``._`` file."""
+    d.mkdir()
+    for i in range(3):
+        make_dicom(d / f"s{i}.dcm", np.full((6, 4), i, np.uint16), position=[0, 0, 2.0 * i], instance=i + 1)
+    (d / "README.txt").write_text("exported slices")
+    shutil.copy(pydicom.data.get_testdata_file("test-SR.dcm"), d / "report.dcm")
+    (d / "._s0.dcm").write_bytes(b"\0\5\26\7 AppleDouble resource fork")
+    return d
+
+
+# case -> builder(tmp_path) -> the file or folder
+SHAPE_CASES = {
+    "png_8bit": lambda d: _pil(d / "g.png", (40, 30)),
+    "png_16bit": lambda d: _pil(d / "g16.png", (40, 30), np.uint16),
+    "jpeg_rgb": lambda d: _pil(d / "c.jpg", (40, 30), channels=3),
+    "jpeg_named_png": lambda d: _pil(d / "c.jpg", (40, 30)).rename(d / "jpeg_inside.png") or d / "jpeg_inside.png",
+    "bmp": lambda d: _pil(d / "b.bmp", (40, 30)),
+    "tiff_16bit": lambda d: _pil(d / "t.tif", (40, 30), np.uint16),
+    "dicom_ct_small": lambda d: Path(pydicom.data.get_testdata_file("CT_small.dcm")),
+    "dicom_rgb": lambda d: Path(pydicom.data.get_testdata_file("SC_rgb_small_odd.dcm")),
+    "dicom_series": lambda d: _dicom_folder(d / "series"),
+    "nifti_2d": lambda d: _itk(d / "p.nii", (40, 30)),
+    "nifti_3d": lambda d: _itk(d / "v.nii.gz", (40, 30, 5)),
+    "nifti_one_slice": lambda d: _itk(d / "s.nii.gz", (40, 30, 1)),
+    "nrrd_3d": lambda d: _itk(d / "v.nrrd", (40, 30, 5)),
+    "mha_3d": lambda d: _itk(d / "v.mha", (40, 30, 5)),
+}
+
+
+@pytest.mark.parametrize("case", list(SHAPE_CASES))
+def test_image_shape_matches_read_image(tmp_path, case):
+    path = SHAPE_CASES[case](tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # colour images are converted to grayscale with a warning
+        expected = tuple(read_image(path).shape[1:])
+    assert image_shape(path) == expected
+    assert expected == {"dicom_ct_small": (128, 128), "dicom_rgb": (3, 3), "dicom_series": (4, 6, 3)}.get(
+        case, (40, 30, 5) if case.endswith("3d") else (40, 30)
+    )
+
+
 @needs_cxr
 def test_image_shape_of_cxr_dicom_matches_the_pixels(cxr_images):
-    for name, image in cxr_images.items():
+    for name, image in cxr_images.items():  # JPEG 2000, uncompressed and JPEG baseline pixel data
         assert image_shape(_cxr_path(name)) == tuple(image.shape[1:]), name
 
 
@@ -520,56 +578,73 @@ def test_image_shape_of_a_ct_series_matches(folder, shape, spacing):
     assert image_shape(CT_DIR / folder) == shape
 
 
-@pytest.mark.parametrize(
-    "ext, shape",
-    [(ext, (40, 30)) for ext in (".png", ".jpg", ".nii.gz", ".nrrd", ".mha")]
-    + [(ext, (40, 30, 5)) for ext in (".nii.gz", ".nrrd", ".mha")],
-)
-def test_image_shape_matches_read_image(tmp_path, ext, shape):
-    arr = np.random.default_rng(0).integers(0, 255, shape[::-1], dtype=np.uint8)  # (Z, Y, X) / (Y, X)
-    path = tmp_path / f"img{ext}"
-    if ext in (".png", ".jpg"):
-        Image.fromarray(arr).save(path)
-    else:
-        sitk.WriteImage(sitk.GetImageFromArray(arr.astype(np.int16)), str(path))
-    assert image_shape(path) == tuple(read_image(path).shape[1:]) == shape
-    named_wrongly = tmp_path / "jpeg_inside.png"  # a PNG name on JPEG bytes: PIL sniffs it, as read_image does
-    shutil.copy(path, named_wrongly)
-    if ext == ".jpg":
-        assert image_shape(named_wrongly) == shape
-
-
-def test_image_shape_of_a_16bit_png_and_the_demo_dicom(tmp_path):
-    path = tmp_path / "16.png"
-    Image.fromarray(np.arange(60 * 50, dtype=np.uint16).reshape(50, 60)).save(path)
-    assert image_shape(path) == tuple(read_image(path).shape[1:]) == (60, 50)
-    ct = pydicom.data.get_testdata_file("CT_small.dcm")
-    assert image_shape(ct) == tuple(read_image(ct).shape[1:])
-
-
-def test_image_shape_reads_a_huge_header_without_decoding(tmp_path):
-    """A few KB of PNG that declares 30000 x 20000 pixels: the shape comes back at once, nothing is decoded
-    (read_image refuses it as a decompression bomb)."""
+def _png_header(path, width: int, height: int) -> Path:
+    """A real PNG that declares ``width`` x ``height`` 8-bit gray pixels and holds one row of them."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    ihdr = struct.pack(">IIBBBBB", 30000, 20000, 8, 0, 0, 0, 0)
-    path = tmp_path / "bomb.png"
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 30001)) + chunk(b"IEND", b"")
-    )
-    started = time.monotonic()
-    assert image_shape(path) == (30000, 20000) and time.monotonic() - started < 1
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1), 9)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return Path(path)
+
+
+def _bmp_header(path, width: int, height: int) -> Path:
+    """A 24-bit BMP header that declares ``width`` x ``height`` pixels and holds none."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    Path(path).write_bytes(b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + info)
+    return Path(path)
+
+
+@pytest.mark.parametrize(
+    "name, size",
+    [("a.png", (3000, 3000)), ("b.png", (30000, 30000)), ("c.png", (30000, 20000)), ("d.bmp", (30000, 30000))],
+)
+def test_image_shape_reads_a_huge_header_without_decoding(tmp_path, monkeypatch, name, size):
+    """A file of a few hundred bytes that declares up to 900 million pixels: the shape comes back at once, and
+    nothing is decoded, also where PIL's decompression-bomb check makes read_image refuse the file."""
+    path = (_png_header if name.endswith(".png") else _bmp_header)(tmp_path / name, *size)
     assert path.stat().st_size < 1000
+    with monkeypatch.context() as m:
+        m.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("image_shape decoded pixels"))
+        started = time.monotonic()
+        assert image_shape(path) == size
+        assert time.monotonic() - started < 1
+    if size[0] * size[1] > 2 * Image.MAX_IMAGE_PIXELS:
+        assert "decoded safely" in _raises_naming(path)
+
+
+# case -> builder(tmp_path) -> a file or folder that both image_shape and read_image refuse
+NOT_AN_IMAGE = {
+    "missing": lambda d: d / "missing.png",
+    "text_file": lambda d: (d / "notes.txt").write_text("hello") and d / "notes.txt",
+    "text_named_png": lambda d: (d / "notes.png").write_text("not pixels") and d / "notes.png",
+    "text_named_dcm": lambda d: (d / "fake.dcm").write_text("this is not DICOM\n" * 20) and d / "fake.dcm",
+    "garbage_nifti": lambda d: (d / "fake.nii.gz").write_bytes(b"\x1f\x8b garbage") and d / "fake.nii.gz",
+    "png_cut_in_header": lambda d: _cut(_pil(d / "g.png", (40, 30)), 20),
+    "dicom_cut_in_header": lambda d: _cut(
+        shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), d / "ct.dcm"), 300
+    ),
+    "nifti_cut_in_header": lambda d: _cut(_itk(d / "v.nii", (40, 30, 5)), 100),
+    "dicom_structured_report": lambda d: Path(pydicom.data.get_testdata_file("test-SR.dcm")),
+    "dicom_multi_frame": lambda d: make_dicom(d / "mf.dcm", np.zeros((12, 4), np.uint16), Rows=6, NumberOfFrames=2),
+    "empty_folder": lambda d: (d / "empty").mkdir() or d / "empty",
+    "series_of_two_sizes": lambda d: (
+        make_dicom(_dicom_folder(d / "two") / "big.dcm", np.zeros((8, 4), np.uint16)).parent
+    ),
+}
+
+
+def _cut(path, n: int) -> Path:
+    path = Path(path)
+    path.write_bytes(path.read_bytes()[:n])
+    return path
+
+
+@pytest.mark.parametrize("case", list(NOT_AN_IMAGE))
+def test_image_shape_refuses_what_read_image_refuses(tmp_path, case):
+    path = NOT_AN_IMAGE[case](tmp_path)
+    with pytest.raises(InputError, match=re.escape(f"{path}: ")):
+        image_shape(path)
     _raises_naming(path)
-
-
-def test_image_shape_refuses_what_is_not_an_image(tmp_path):
-    (tmp_path / "notes.png").write_text("not pixels")
-    (tmp_path / "fake.dcm").write_text("this is not DICOM\n" * 20)
-    (tmp_path / "fake.nii.gz").write_bytes(b"\x1f\x8b garbage")
-    (tmp_path / "empty").mkdir()
-    for name in ("notes.png", "fake.dcm", "fake.nii.gz", "empty", "missing.png"):
-        with pytest.raises(InputError, match=name):
-            image_shape(tmp_path / name)

@@ -12,6 +12,7 @@ lays out 2D images.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -186,28 +187,43 @@ def _check_nifti_finite(path: str) -> None:
         raise InputError(f"{path}: the image contains NaN or infinite values; fix or replace the file.")
 
 
+def _itk_error(path: str, e: RuntimeError) -> InputError:
+    return InputError(f"{path}: cannot be read as NIfTI/NRRD/MHA ({str(e).strip().splitlines()[-1]}).")
+
+
+def _itk_header(path: str):
+    """A SimpleITK reader that has read the header only, so shape and size can be checked before any voxel
+    is allocated; 4D and higher images are refused."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise _itk_error(path, e) from e
+    if reader.GetDimension() > 3:
+        raise InputError(f"{path}: {reader.GetDimension()}D images are not supported; give a 2D image or a 3D volume.")
+    return reader
+
+
 def _read_itk(path: str, intensity) -> MetaTensor:
     import SimpleITK as sitk
 
+    reader = _itk_header(path)
+    dim, size = reader.GetDimension(), reader.GetSize()
+    n = int(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents()
+    if n > MAX_VOXELS:
+        raise InputError(
+            f"{path}: the header claims {'x'.join(map(str, size))} voxels, more than the {MAX_VOXELS} this reader "
+            "accepts; is the file corrupt?"
+        )
+    if path.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_finite(path)
     try:
-        # the header first: shape and size are checked before any voxel is allocated
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        dim, size = reader.GetDimension(), reader.GetSize()
-        if dim > 3:
-            raise InputError(f"{path}: {dim}D images are not supported; give a 2D image or a 3D volume.")
-        n = int(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents()
-        if n > MAX_VOXELS:
-            raise InputError(
-                f"{path}: the header claims {'x'.join(map(str, size))} voxels, more than the {MAX_VOXELS} this reader "
-                "accepts; is the file corrupt?"
-            )
-        if path.lower().endswith((".nii", ".nii.gz")):
-            _check_nifti_finite(path)
         img = reader.Execute()
     except RuntimeError as e:
-        raise InputError(f"{path}: cannot be read as NIfTI/NRRD/MHA ({str(e).strip().splitlines()[-1]}).") from e
+        raise _itk_error(path, e) from e
     arr = sitk.GetArrayFromImage(img)  # (Z, Y, X) or (Y, X) [+ components]
     if img.GetNumberOfComponentsPerPixel() > 1:
         arr = _to_gray(arr, path, channel_axis=-1)
@@ -229,14 +245,14 @@ def _apply_modality_lut(arr: np.ndarray, ds) -> np.ndarray:
     return apply_modality_lut(arr, ds)
 
 
-def _dcmread(path: str | os.PathLike):
+def _dcmread(path: str | os.PathLike, stop_before_pixels: bool = False):
     """pydicom.dcmread with every failure, including a file cut short, as one InputError."""
     import pydicom
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(str(path))
+            ds = pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
         except Exception as e:
             raise InputError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e}).") from e
     for w in caught:
@@ -330,20 +346,43 @@ def _read_dicom_file(path: str, intensity) -> MetaTensor:
     )
 
 
-def _read_dicom_series(folder: str, intensity) -> MetaTensor:
+def _dicom_size(ds, path: str | os.PathLike) -> tuple[int, int]:
+    """(X, Y) = (Columns, Rows) of a single-frame DICOM image, from its header."""
+    if "Rows" not in ds or "Columns" not in ds:
+        raise InputError(f"{path}: the DICOM file holds no image (no Rows, Columns); is it a structured report?")
+    try:
+        size, frames = (int(ds.Columns), int(ds.Rows)), int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{path}: the DICOM header's Rows, Columns or NumberOfFrames is not a number ({e}).") from e
+    if frames > 1:
+        raise InputError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export single frames.")
+    return size
+
+
+def _dicom_series(folder: str, stop_before_pixels: bool = False) -> list[tuple[Path, object]]:
+    """(file, dataset) of each image of a one-series folder, unsorted; all slices the same size. Without
+    pixel data (``stop_before_pixels``) an image is told by its Rows instead of its PixelData."""
     files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
     slices = []
     for f in files:
         if not (f.name.lower().endswith((".dcm", ".dicom")) or _has_dicom_magic(f)):
             continue  # non-DICOM files (DICOMDIR-less exports carry readmes, thumbnails)
-        ds = _dcmread(f)  # a broken DICOM file stops the series: a silently missing slice is worse
-        if "PixelData" in ds:
+        ds = _dcmread(f, stop_before_pixels)  # a broken DICOM file stops the series: a silently missing slice is worse
+        if ("Rows" if stop_before_pixels else "PixelData") in ds:
             slices.append((f, ds))
     if not slices:
         raise InputError(f"{folder}: the folder holds no DICOM images.")
     uids = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in slices}
     if len(uids) > 1:
         raise InputError(f"{folder}: the folder holds {len(uids)} DICOM series; put one series per folder.")
+    sizes = {_dicom_size(ds, f) for f, ds in slices}
+    if len(sizes) > 1:
+        raise InputError(f"{folder}: slices have different sizes {sorted(sizes)}; the series is inconsistent.")
+    return slices
+
+
+def _read_dicom_series(folder: str, intensity) -> MetaTensor:
+    slices = _dicom_series(folder)
     normal = _dicom_direction(slices[0][1])[:, 2]
 
     has_positions = all(_floats(getattr(ds, "ImagePositionPatient", None), 3) is not None for _, ds in slices)
@@ -359,9 +398,6 @@ def _read_dicom_series(folder: str, intensity) -> MetaTensor:
 
     slices.sort(key=lambda item: (position(item[1]), instance(item[1])))
     arrays = [_dicom_pixels(ds, str(f)) for f, ds in slices]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise InputError(f"{folder}: slices have different sizes {sorted(shapes)}; the series is inconsistent.")
     mono1 = _is_monochrome1(slices[0][1])
     vol = np.stack([a.T for a in arrays], axis=-1)  # (X, Y, Z)
     extra = {}
@@ -400,65 +436,53 @@ def _read_dicom_series(folder: str, intensity) -> MetaTensor:
 
 
 def _raster_size(path: str) -> tuple[int, int]:
-    """(X, Y) of a PIL raster from its header. PNG and JPEG are opened by their plugin class, which skips
-    PIL's decompression-bomb check: a header that claims billions of pixels is reported, not refused."""
-    from PIL import Image, JpegImagePlugin, PngImagePlugin
+    """(X, Y) of a PIL raster from its header; a header claiming billions of pixels is reported, not refused."""
+    from PIL import Image
 
-    header_only = {".png": PngImagePlugin.PngImageFile, ".jpg": JpegImagePlugin.JpegImageFile}
-    opener = header_only.get(Path(path).suffix.lower().replace(".jpeg", ".jpg"), Image.open)
+    Image.init()
     try:
-        try:
-            img = opener(path)
-        except SyntaxError:  # named .png but another format: let PIL sniff it
-            img = Image.open(path)
-        with img:
-            return img.size
+        with open(path, "rb") as fp:
+            prefix = fp.read(16)
+            # Image.open's format sniffing minus its bomb check: thread-safe, unlike lifting MAX_IMAGE_PIXELS
+            for factory, accept in (Image.OPEN[fmt] for fmt in Image.ID):
+                verdict = not accept or accept(prefix)
+                if not verdict or isinstance(verdict, str):  # a str: recognised but unsupported
+                    continue
+                fp.seek(0)
+                try:
+                    with factory(fp, path) as img:
+                        return img.size
+                except (SyntaxError, IndexError, TypeError, struct.error):
+                    continue  # not this format after all, as Image.open decides
     except Exception as e:
         raise InputError(f"{path}: cannot be read as an image ({type(e).__name__}: {e}); is the file complete?") from e
+    raise InputError(f"{path}: cannot be read as an image (no known image format); is the file complete?")
 
 
-def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
-    """The spatial shape :func:`read_image` gives, (X, Y) or (X, Y, Z), read from the header alone: a server
-    can refuse an image too large to super-resolve before a pixel is decoded."""
-    import pydicom
-
+def _existing(path: str | os.PathLike) -> str:
     path = str(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: file not found.")
+    if not (os.path.isfile(path) or os.path.isdir(path)):  # a FIFO would block forever, a device never end
+        raise InputError(f"{path}: not a regular file or folder (a pipe, socket or device); give an image file.")
+    return path
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The spatial shape :func:`read_image` gives, (X, Y) or (X, Y, Z), read from the header alone, so that a
+    server can refuse an image too large to super-resolve before a pixel is decoded (a 12 KB PNG may declare
+    30000x30000). A header bigger than read_image would decode is reported, not refused: the caller decides."""
+    path = _existing(path)
     fmt = image_format(path)
     if fmt == "png":
         return _raster_size(path)
     if fmt == "itk":
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(path)
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as e:
-            raise InputError(f"{path}: cannot be read as NIfTI/NRRD/MHA ({str(e).strip().splitlines()[-1]}).") from e
-        size = reader.GetSize()
-        return tuple(size[:2]) if len(size) == 3 and size[2] == 1 else tuple(size)
-    files = (
-        [
-            f
-            for f in sorted(Path(path).iterdir())
-            if f.is_file() and (f.suffix.lower() in (".dcm", ".dicom") or _has_dicom_magic(f))
-        ]
-        if os.path.isdir(path)
-        else [Path(path)]
-    )
-    headers = []
-    for f in files:
-        try:
-            headers.append(pydicom.dcmread(str(f), stop_before_pixels=True))
-        except Exception as e:
-            raise InputError(f"{f}: not a readable DICOM file ({type(e).__name__}: {e}).") from e
-    if not headers or any("Rows" not in ds or "Columns" not in ds for ds in headers):
-        raise InputError(f"{path}: no DICOM image header (Rows, Columns) found.")
-    frames = len(headers) if os.path.isdir(path) else int(getattr(headers[0], "NumberOfFrames", 1) or 1)
-    shape = (int(headers[0].Columns), int(headers[0].Rows))
-    return shape + (frames,) if frames > 1 or os.path.isdir(path) else shape
+        size = _itk_header(path).GetSize()
+        return size[:2] if len(size) == 3 and size[2] == 1 else size
+    if os.path.isdir(path):
+        slices = _dicom_series(path, stop_before_pixels=True)
+        return (*_dicom_size(slices[0][1], path), len(slices))
+    return _dicom_size(_dcmread(path, stop_before_pixels=True), path)
 
 
 def read_image(path: str | os.PathLike, intensity: str | Sequence[float] = "minmax") -> MetaTensor:
@@ -469,11 +493,7 @@ def read_image(path: str | os.PathLike, intensity: str | Sequence[float] = "minm
         intensity: ``"minmax"`` maps the data range (the bit-depth range for PNG) to [0, 1]; a
             ``(lo, hi)`` pair in modality units (e.g. HU) fixes the map instead, clipping outside it.
     """
-    path = str(path)
-    if not os.path.exists(path):
-        raise InputError(f"{path}: file not found.")
-    if not (os.path.isfile(path) or os.path.isdir(path)):  # a FIFO would block forever, a device never end
-        raise InputError(f"{path}: not a regular file or folder (a pipe, socket or device); give an image file.")
+    path = _existing(path)
     fmt = image_format(path)
     if fmt == "png":
         return _read_png(path, intensity)

@@ -38,6 +38,8 @@ EXTENSIONS = ("*.png", "*.jpg", "*.jpeg", "*.dcm", "*.nii.gz", "*.nii", "*.nrrd"
 #: what the label folders hold: boxes as markups ROI JSON
 LABEL_EXTENSIONS = ("*.json",)
 MAX_BOXES_FILE = 1 << 20
+#: default of ``--conf max_upload_mb``
+MAX_UPLOAD_MB = 512
 #: label info the server records when a label is saved
 RECORDED_INFO = ("findings", "name", "ts")
 
@@ -47,6 +49,11 @@ def check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not NAME.fullmatch(value) or ".." in value:
         raise HTTPException(422, f"{what} {str(value)[:80]!r} is not a plain name (letters, digits, '_', '-', '.').")
     return value
+
+
+def upload_limit(max_upload_mb: object) -> int:
+    """``--conf max_upload_mb`` in bytes."""
+    return int(float(max_upload_mb) * (1 << 20))
 
 
 def mb(n: int) -> str:
@@ -99,12 +106,12 @@ class SRDatastore(LocalDatastore):
     def __init__(
         self,
         studies: str,
-        max_upload_mb: float = 512,
+        max_upload_mb: float = MAX_UPLOAD_MB,
         scale: int = 4,
         max_output_mp: float = 64,
         auto_reload: bool = True,
     ) -> None:
-        self.studies, self.max_upload = studies, int(float(max_upload_mb) * (1 << 20))
+        self.studies, self.max_upload = studies, upload_limit(max_upload_mb)
         self.scale, self.max_output_mp = scale, max_output_mp
         # the label patterns go in too, so that MONAI Label's folder watcher sees boxes written by another process
         super().__init__(studies, extensions=EXTENSIONS + LABEL_EXTENSIONS, auto_reload=auto_reload)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.middleware.cors import CORSMiddleware
 
-from lib.datastore import BOX_TAG, EXTENSIONS, MAX_BOXES_FILE, check_name, mb
+from lib.datastore import BOX_TAG, EXTENSIONS, MAX_BOXES_FILE, MAX_UPLOAD_MB, check_name, mb, upload_limit
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +384,7 @@ class Gateway:
 def build(stock, conf: dict, cors_origins: list[str], allow_delete: bool, private_paths: dict[str, str]):
     """The ASGI app to serve: CORS for ``cors_origins`` only (none by default: MONAI Label's answers any
     origin with credentials), then the gateway over ``stock``."""
-    max_upload = math.floor(float(conf.get("max_upload_mb", 512)) * (1 << 20))
+    max_upload = upload_limit(conf.get("max_upload_mb", MAX_UPLOAD_MB))
     queue = InferQueue(int(conf.get("max_pending", 8)))
     stock.user_middleware = [m for m in stock.user_middleware if m.cls is not CORSMiddleware]
     routes = ROUTES + (DELETE_ROUTES if allow_delete else ())
