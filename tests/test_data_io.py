@@ -535,35 +535,32 @@ def _dicom_folder(d) -> Path:
     return d
 
 
-# case -> builder(tmp_path) -> the file or folder
+# case -> (builder(tmp_path) -> the file or folder, the shape read_image gives)
 SHAPE_CASES = {
-    "png_8bit": lambda d: _pil(d / "g.png", (40, 30)),
-    "png_16bit": lambda d: _pil(d / "g16.png", (40, 30), np.uint16),
-    "jpeg_rgb": lambda d: _pil(d / "c.jpg", (40, 30), channels=3),
-    "jpeg_named_png": lambda d: _pil(d / "c.jpg", (40, 30)).rename(d / "jpeg_inside.png") or d / "jpeg_inside.png",
-    "bmp": lambda d: _pil(d / "b.bmp", (40, 30)),
-    "tiff_16bit": lambda d: _pil(d / "t.tif", (40, 30), np.uint16),
-    "dicom_ct_small": lambda d: Path(pydicom.data.get_testdata_file("CT_small.dcm")),
-    "dicom_rgb": lambda d: Path(pydicom.data.get_testdata_file("SC_rgb_small_odd.dcm")),
-    "dicom_series": lambda d: _dicom_folder(d / "series"),
-    "nifti_2d": lambda d: _itk(d / "p.nii", (40, 30)),
-    "nifti_3d": lambda d: _itk(d / "v.nii.gz", (40, 30, 5)),
-    "nifti_one_slice": lambda d: _itk(d / "s.nii.gz", (40, 30, 1)),
-    "nrrd_3d": lambda d: _itk(d / "v.nrrd", (40, 30, 5)),
-    "mha_3d": lambda d: _itk(d / "v.mha", (40, 30, 5)),
+    "png_8bit": (lambda d: _pil(d / "g.png", (40, 30)), (40, 30)),
+    "png_16bit": (lambda d: _pil(d / "g16.png", (40, 30), np.uint16), (40, 30)),
+    "jpeg_rgb": (lambda d: _pil(d / "c.jpg", (40, 30), channels=3), (40, 30)),
+    "jpeg_named_png": (lambda d: _pil(d / "c.jpg", (40, 30)).rename(d / "jpeg_inside.png"), (40, 30)),
+    "bmp": (lambda d: _pil(d / "b.bmp", (40, 30)), (40, 30)),
+    "tiff_16bit": (lambda d: _pil(d / "t.tif", (40, 30), np.uint16), (40, 30)),
+    "dicom_ct_small": (lambda d: pydicom.data.get_testdata_file("CT_small.dcm"), (128, 128)),
+    "dicom_rgb": (lambda d: pydicom.data.get_testdata_file("SC_rgb_small_odd.dcm"), (3, 3)),
+    "dicom_series": (lambda d: _dicom_folder(d / "series"), (4, 6, 3)),
+    "nifti_2d": (lambda d: _itk(d / "p.nii", (40, 30)), (40, 30)),
+    "nifti_3d": (lambda d: _itk(d / "v.nii.gz", (40, 30, 5)), (40, 30, 5)),
+    "nifti_one_slice": (lambda d: _itk(d / "s.nii.gz", (40, 30, 1)), (40, 30)),
+    "nrrd_3d": (lambda d: _itk(d / "v.nrrd", (40, 30, 5)), (40, 30, 5)),
+    "mha_3d": (lambda d: _itk(d / "v.mha", (40, 30, 5)), (40, 30, 5)),
 }
 
 
 @pytest.mark.parametrize("case", list(SHAPE_CASES))
 def test_image_shape_matches_read_image(tmp_path, case):
-    path = SHAPE_CASES[case](tmp_path)
+    build, shape = SHAPE_CASES[case]
+    path = build(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # colour images are converted to grayscale with a warning
-        expected = tuple(read_image(path).shape[1:])
-    assert image_shape(path) == expected
-    assert expected == {"dicom_ct_small": (128, 128), "dicom_rgb": (3, 3), "dicom_series": (4, 6, 3)}.get(
-        case, (40, 30, 5) if case.endswith("3d") else (40, 30)
-    )
+        assert image_shape(path) == tuple(read_image(path).shape[1:]) == shape
 
 
 @needs_cxr
@@ -615,31 +612,35 @@ def test_image_shape_reads_a_huge_header_without_decoding(tmp_path, monkeypatch,
         assert "decoded safely" in _raises_naming(path)
 
 
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _cut(path, n: int) -> Path:
+    """``path`` cut to its first ``n`` bytes."""
+    return _file(Path(path), Path(path).read_bytes()[:n])
+
+
 # case -> builder(tmp_path) -> a file or folder that both image_shape and read_image refuse
 NOT_AN_IMAGE = {
     "missing": lambda d: d / "missing.png",
-    "text_file": lambda d: (d / "notes.txt").write_text("hello") and d / "notes.txt",
-    "text_named_png": lambda d: (d / "notes.png").write_text("not pixels") and d / "notes.png",
-    "text_named_dcm": lambda d: (d / "fake.dcm").write_text("this is not DICOM\n" * 20) and d / "fake.dcm",
-    "garbage_nifti": lambda d: (d / "fake.nii.gz").write_bytes(b"\x1f\x8b garbage") and d / "fake.nii.gz",
+    "text_file": lambda d: _file(d / "notes.txt", b"hello"),
+    "text_named_png": lambda d: _file(d / "notes.png", b"not pixels"),
+    "text_named_dcm": lambda d: _file(d / "fake.dcm", b"this is not DICOM\n" * 20),
+    "garbage_nifti": lambda d: _file(d / "fake.nii.gz", b"\x1f\x8b garbage"),
     "png_cut_in_header": lambda d: _cut(_pil(d / "g.png", (40, 30)), 20),
     "dicom_cut_in_header": lambda d: _cut(
         shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), d / "ct.dcm"), 300
     ),
     "nifti_cut_in_header": lambda d: _cut(_itk(d / "v.nii", (40, 30, 5)), 100),
-    "dicom_structured_report": lambda d: Path(pydicom.data.get_testdata_file("test-SR.dcm")),
+    "dicom_structured_report": lambda d: pydicom.data.get_testdata_file("test-SR.dcm"),
     "dicom_multi_frame": lambda d: make_dicom(d / "mf.dcm", np.zeros((12, 4), np.uint16), Rows=6, NumberOfFrames=2),
     "empty_folder": lambda d: (d / "empty").mkdir() or d / "empty",
     "series_of_two_sizes": lambda d: (
         make_dicom(_dicom_folder(d / "two") / "big.dcm", np.zeros((8, 4), np.uint16)).parent
     ),
 }
-
-
-def _cut(path, n: int) -> Path:
-    path = Path(path)
-    path.write_bytes(path.read_bytes()[:n])
-    return path
 
 
 @pytest.mark.parametrize("case", list(NOT_AN_IMAGE))
