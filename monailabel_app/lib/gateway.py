@@ -4,10 +4,11 @@ only what this app needs and every reply is safe to show a client.
 MONAI Label mounts many stock endpoints that this app does not use and a client should not reach (datastore
 DELETE, archive-unpacking sessions, server logs, model upload, dataset download, reload, DICOM proxy,
 batch/WSI infer, scoring). The gateway answers 404 for anything not listed in :data:`ROUTES`, bounds every
-request body before it is read, answers the upload routes (infer, image and box uploads, label info) with
-this module's own handlers (temp files removed on every path, SR run in a worker thread so the server keeps
-answering, a bounded queue), and rewrites every JSON or text reply so that no server path or temp name
-reaches a client; a 5xx says one sentence and the log keeps the trace.
+request body before it is read, answers the routes that take input (infer, image and box uploads, label
+info, train, next sample) with this module's own handlers (temp files removed on every path, unknown task
+names a 404, SR run in a worker thread so the server keeps answering, a bounded queue), and rewrites every
+JSON or text reply so that no server path or temp name reaches a client; a 5xx says one sentence and the
+log keeps the trace.
 """
 
 from __future__ import annotations
