@@ -313,6 +313,15 @@ def test_a_failed_train_says_its_root_cause(monkeypatch):
         assert root_cause(e) == "FileNotFoundError: the second line says it"
 
 
+def test_replies_are_scrubbed_of_private_folders_but_not_of_the_root(monkeypatch):
+    monkeypatch.syspath_prepend(str(APP))
+    from lib.gateway import Gateway
+
+    gateway = Gateway(None, None, (), 1, {"/srv/studies": "<studies>", "/srv/studies/x/tmp": "<tmp>", "/": "<root>"})
+    body = b'{"path": "/srv/studies/a.png", "tmp": "/srv/studies/x/tmp/tmpab.png", "type": "image/png"}'
+    assert gateway.scrub(body) == b'{"path": "<studies>/a.png", "tmp": "<tmp>/tmpab.png", "type": "image/png"}'
+
+
 def test_server_still_serves_after_hostile_requests(server):
     assert requests.get(f"{server.url}/info/").status_code == 200
     assert infer(server, "ct_small").status_code == 200

@@ -302,7 +302,8 @@ class Gateway:
             "upload": max_upload + FORM_OVERHEAD,
             "label": MAX_BOXES_FILE + FORM_OVERHEAD,
         }
-        variants = {v: label for p, label in private_paths.items() if p for v in {p, os.path.realpath(p)}}
+        # the root folder is no secret, and replacing it would garble every reply (a home of '/')
+        variants = {v: label for p, label in private_paths.items() if p for v in {p, os.path.realpath(p)} if v != "/"}
         self.private = sorted(variants.items(), key=lambda kv: len(kv[0]), reverse=True)
 
     async def __call__(self, scope, receive, send) -> None:
