@@ -1,0 +1,63 @@
+"""SR3 and the diffusion samplers, on a tiny denoiser and a short schedule: shapes, range, bit-for-bit
+seeding, the samplers' step counts, and bad sampler settings refused in one sentence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_sr_bundle.diffusion.samplers import SAMPLERS, make_sampler
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.networks.sr3 import SR3
+from monai_sr_bundle.tiling import SRInferer
+
+
+def tiny(**kw) -> SR3:
+    torch.manual_seed(0)
+    return SR3(channels=(8, 8), norm_num_groups=8, train_steps=10, steps=3, **kw).eval()
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_sr3_maps_lr_to_sr_and_a_seed_fixes_the_result(sampler):
+    net, lr = tiny(sampler=sampler), torch.rand(2, 1, 8, 12)
+    with torch.inference_mode():
+        runs = [net(lr, torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    assert runs[0].shape == (2, 1, 32, 48) and 0 <= runs[0].min() and runs[0].max() <= 1
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    # the sample is a residual over bicubic: the SR stays near the upsampled LR (untrained, scale 0.1)
+    assert (runs[0] - net.condition(lr).clamp(0, 1)).abs().mean() < 0.5
+
+
+def test_sr3_tiles_blend_and_reproduce_with_the_same_seed():
+    net, lr = tiny(), torch.rand(1, 1, 40, 40)
+    inferer = SRInferer(4, tile_size=16, halo=4, merge="blend", seed=3)
+    with torch.inference_mode():
+        a, b = inferer(lr, net), inferer(lr, net)
+    assert a.shape == (1, 1, 160, 160) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name, steps, count", [("ddim", 4, 4), ("ddpm", 10, 10), ("ddpm", 5, 5)])
+def test_samplers_take_the_steps_asked(name, steps, count):
+    sampler = make_sampler(name, steps, train_steps=10)
+    assert len(sampler.timesteps) == count and int(sampler.timesteps[0]) >= int(sampler.timesteps[-1])
+
+
+@pytest.mark.parametrize(
+    "name, steps, message",
+    [("euler", 5, "unknown sampler 'euler'"), ("ddim", 0, "from 1 to 10"), ("ddim", 11, "from 1 to 10"),
+     ("ddim", 2.5, "whole number"), ("ddim", True, "whole number")],
+)  # fmt: skip
+def test_bad_sampler_settings_are_refused(name, steps, message):
+    with pytest.raises(InputError, match=message):
+        make_sampler(name, steps, train_steps=10)
+    with pytest.raises(InputError, match=message):  # the method refuses them when it is built
+        SR3(channels=(8, 8), norm_num_groups=8, train_steps=10, sampler=name, steps=steps)
+
+
+def test_sr3_state_dict_is_the_denoiser_and_loads_strictly():
+    a, b = tiny(), SR3(channels=(8, 8), norm_num_groups=8, train_steps=10, steps=3).eval()
+    assert all(k.startswith("denoiser.") for k in a.state_dict())
+    b.load_state_dict(a.state_dict(), strict=True)
+    lr = torch.rand(1, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(a(lr, torch.Generator().manual_seed(1)), b(lr, torch.Generator().manual_seed(1)))
