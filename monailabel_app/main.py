@@ -16,7 +16,7 @@ from monailabel.tasks.activelearning.random import Random
 
 import monai_sr_bundle
 from lib.configs import SuperResolution
-from lib.datastore import MAX_UPLOAD_MB, SRDatastore, image_path
+from lib.datastore import SRDatastore, image_path
 from monai_sr_bundle import methods
 
 logger = logging.getLogger(__name__)
@@ -49,12 +49,7 @@ class SuperResolutionApp(MONAILabelApp):
         if self.studies.startswith(("http://", "https://")):  # DICOMweb, XNAT, DSA: MONAI Label's own
             return super().init_datastore()
         settings = self.task.settings
-        return SRDatastore(
-            self.studies,
-            max_upload_mb=self.conf.get("max_upload_mb", MAX_UPLOAD_MB),
-            scale=int(settings["scale"]),
-            max_output_mp=float(settings["max_output_mp"]),
-        )
+        return SRDatastore(self.studies, scale=int(settings["scale"]), max_output_mp=float(settings["max_output_mp"]))
 
     def init_infers(self) -> dict:
         return self.task.infer()

@@ -51,11 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     system_tmp = tempfile.gettempdir()
     tmp = private_tmp()
-    os.environ["MONAI_LABEL_SESSIONS"] = "false"
     from monailabel.config import settings
     from monailabel.main import Main
 
-    settings.MONAI_LABEL_SESSIONS = False
+    settings.MONAI_LABEL_SESSIONS = False  # exported with the other settings below
     ml_args = argparse.Namespace(app=str(APP_DIR), studies=args.studies, conf=args.conf, port=args.port, dryrun=False)
     launcher = Main()
     launcher.start_server_validate_args(ml_args)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from monai_sr_bundle.data.paths import shared_data_dir
 
 DATA = shared_data_dir()
+
+
+def png_declaring(path: str | Path, width: int, height: int) -> Path:
+    """A valid 8x8 PNG whose IHDR (and its CRC) is patched to claim ``width`` x ``height`` pixels: 70 bytes
+    that a reader must size from the header without decoding, or refuse."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, format="PNG")
+    b = bytearray(buf.getvalue())
+    assert b[12:16] == b"IHDR"
+    b[16:24] = struct.pack(">II", width, height)
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+    Path(path).write_bytes(bytes(b))
+    return Path(path)
 
 
 def needs_data(folder: str | Path):

@@ -13,7 +13,6 @@ import shutil
 import struct
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from conftest import make_dicom
+from conftest import make_dicom, png_declaring
 from conftest import needs_data as _needs
 from PIL import Image, ImageFile
 
@@ -575,18 +574,6 @@ def test_image_shape_of_a_ct_series_matches(folder, shape, spacing):
     assert image_shape(CT_DIR / folder) == shape
 
 
-def _png_header(path, width: int, height: int) -> Path:
-    """A real PNG that declares ``width`` x ``height`` 8-bit gray pixels and holds one row of them."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * (width + 1), 9)
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    return Path(path)
-
-
 def _bmp_header(path, width: int, height: int) -> Path:
     """A 24-bit BMP header that declares ``width`` x ``height`` pixels and holds none."""
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
@@ -601,7 +588,7 @@ def _bmp_header(path, width: int, height: int) -> Path:
 def test_image_shape_reads_a_huge_header_without_decoding(tmp_path, monkeypatch, name, size):
     """A file of a few hundred bytes that declares up to 900 million pixels: the shape comes back at once, and
     nothing is decoded, also where PIL's decompression-bomb check makes read_image refuse the file."""
-    path = (_png_header if name.endswith(".png") else _bmp_header)(tmp_path / name, *size)
+    path = (png_declaring if name.endswith(".png") else _bmp_header)(tmp_path / name, *size)
     assert path.stat().st_size < 1000
     with monkeypatch.context() as m:
         m.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("image_shape decoded pixels"))

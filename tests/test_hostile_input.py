@@ -9,18 +9,15 @@ lying header claims. Names with spaces, unicode or a leading dash must work (on 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import signal
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK  # noqa: F401  (imported up front, not under memory_cap)
-from conftest import make_dicom
+from conftest import make_dicom, png_declaring
 from PIL import Image
 
 from monai_sr_bundle.cli import main
@@ -84,18 +81,6 @@ def _png(path, size=(40, 36), seed=0) -> Path:
     return Path(path)
 
 
-def _bomb_png(path, width: int, height: int) -> Path:
-    """A valid 8x8 PNG whose IHDR (and its CRC) is patched to claim ``width`` x ``height`` pixels: 70 bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, format="PNG")
-    b = bytearray(buf.getvalue())
-    assert b[12:16] == b"IHDR"
-    b[16:24] = struct.pack(">II", width, height)
-    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
-    Path(path).write_bytes(bytes(b))
-    return Path(path)
-
-
 def _dicom(path, shape=(40, 36), **override) -> Path:
     """An uncompressed 16-bit slice; ``override`` sets header elements after the pixel data (lies included)."""
     pixels = (np.random.default_rng(1).random(shape) * 1000).astype(np.uint16)
@@ -133,15 +118,15 @@ def _run(inputs, out) -> list[str]:
 # kind -> (builder(folder) -> path, text the message must hold)
 HOSTILE = {
     "bomb_png_60000x60000": (
-        lambda d: _bomb_png(d / "bomb.png", 60000, 60000),
+        lambda d: png_declaring(d / "bomb.png", 60000, 60000),
         "more pixels than can be decoded safely",
     ),
     "bomb_png_10000x10000": (
-        lambda d: _bomb_png(d / "bomb10k.png", 10000, 10000),
+        lambda d: png_declaring(d / "bomb10k.png", 10000, 10000),
         "more pixels than can be decoded safely",
     ),
     "bomb_png_1x200M": (
-        lambda d: _bomb_png(d / "bomb_line.png", 1, 200_000_000),
+        lambda d: png_declaring(d / "bomb_line.png", 1, 200_000_000),
         "more pixels than can be decoded safely",
     ),
     "dicom_rows_lie": (lambda d: _dicom(d / "rows.dcm", Rows=60000, Columns=60000), "does not match its pixel data"),

@@ -10,7 +10,6 @@ server and ``import_boxes.py``) never drop each other's saves."""
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import math
@@ -38,8 +37,6 @@ EXTENSIONS = ("*.png", "*.jpg", "*.jpeg", "*.dcm", "*.nii.gz", "*.nii", "*.nrrd"
 #: what the label folders hold: boxes as markups ROI JSON
 LABEL_EXTENSIONS = ("*.json",)
 MAX_BOXES_FILE = 1 << 20
-#: default of ``--conf max_upload_mb``
-MAX_UPLOAD_MB = 512
 #: label info the server records when a label is saved
 RECORDED_INFO = ("findings", "name", "ts")
 
@@ -51,14 +48,14 @@ def check_name(value: object, what: str) -> str:
     return value
 
 
-def upload_limit(max_upload_mb: object) -> int:
-    """``--conf max_upload_mb`` in bytes."""
-    return int(float(max_upload_mb) * (1 << 20))
-
-
-def mb(n: int) -> str:
-    """A byte limit in MB for a message."""
-    return f"{n / (1 << 20):.4g} MB"
+def known_suffix(name: str, patterns=EXTENSIONS) -> str | None:
+    """The longest of ``patterns`` (``*.nii.gz``, ...) that ``name`` ends with, in any case, as a suffix
+    (``.nii.gz``), after at least one character of stem; None if none."""
+    lower = name.lower()
+    for pattern in sorted(patterns, key=len, reverse=True):
+        if lower.endswith(pattern[1:]) and len(lower) > len(pattern) - 1:
+            return pattern[1:]
+    return None
 
 
 def check_image(path: str, name: str, scale: int, max_output_mp: float) -> tuple[int, ...]:
@@ -97,22 +94,13 @@ class SRDatastore(LocalDatastore):
 
     Args:
         studies: the studies folder.
-        max_upload_mb: largest image upload accepted.
         scale, max_output_mp: an upload must be large enough to super-resolve at ``scale`` and its SR at
             most ``max_output_mp`` megapixels (the infer task's rule).
         auto_reload: watch the folder for files added by hand.
     """
 
-    def __init__(
-        self,
-        studies: str,
-        max_upload_mb: float = MAX_UPLOAD_MB,
-        scale: int = 4,
-        max_output_mp: float = 64,
-        auto_reload: bool = True,
-    ) -> None:
-        self.studies, self.max_upload = studies, upload_limit(max_upload_mb)
-        self.scale, self.max_output_mp = scale, max_output_mp
+    def __init__(self, studies: str, scale: int = 4, max_output_mp: float = 64, auto_reload: bool = True) -> None:
+        self.studies, self.scale, self.max_output_mp = studies, scale, max_output_mp
         # the label patterns go in too, so that MONAI Label's folder watcher sees boxes written by another process
         super().__init__(studies, extensions=EXTENSIONS + LABEL_EXTENSIONS, auto_reload=auto_reload)
 
@@ -122,17 +110,13 @@ class SRDatastore(LocalDatastore):
         is_images = os.path.realpath(path) == os.path.realpath(self._datastore.image_path())
         allowed = EXTENSIONS if is_images else LABEL_EXTENSIONS
         names = [n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))]
-        return {n: n for n in names if any(fnmatch.fnmatch(n.lower(), p) for p in allowed)}
+        return {n: n for n in names if known_suffix(n, allowed)}
 
     def _to_id(self, file: str) -> tuple[str, str]:
         """(id, suffix) of a stored file name: the suffix is the known extension it ends with, in any case,
         removed once from the end (MONAI Label removes every occurrence: ``evil.png.png`` became ``evil``)."""
-        lower = file.lower()
-        for pattern in sorted(EXTENSIONS + LABEL_EXTENSIONS, key=len, reverse=True):
-            if lower.endswith(pattern[1:]):
-                cut = len(pattern) - 1
-                return file[:-cut], file[-cut:]
-        return super()._to_id(file)
+        suffix = known_suffix(file, EXTENSIONS + LABEL_EXTENSIONS)
+        return (file[: -len(suffix)], file[-len(suffix) :]) if suffix else super()._to_id(file)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict) -> str:
         if image_id:
@@ -141,22 +125,12 @@ class SRDatastore(LocalDatastore):
                 raise HTTPException(
                     409, f"image {image_id!r} is already in the datastore; remove it first or upload under another id."
                 )
-        name = os.path.basename(image_filename)
-        if not any(fnmatch.fnmatch(name.lower(), p) for p in EXTENSIONS):
-            raise HTTPException(
-                415,
-                f"this server keeps images as {', '.join(e[2:] for e in EXTENSIONS)} files; convert the upload first.",
-            )
-        size = os.path.getsize(image_filename)
-        if size > self.max_upload:
-            raise HTTPException(
-                413, f"the upload is {size:,} bytes; this server accepts at most {mb(self.max_upload)}."
-            )
-        check_image(image_filename, image_id or name, self.scale, self.max_output_mp)
+        name = image_id or os.path.basename(image_filename)  # the gateway checked its suffix and size
+        check_image(image_filename, name, self.scale, self.max_output_mp)
         try:
             read_image(image_filename)
         except InputError as e:
-            raise HTTPException(422, str(e).replace(image_filename, image_id or name)) from e
+            raise HTTPException(422, str(e).replace(image_filename, name)) from e
         with FileLock(self._lock_file):  # MONAI Label adds to the index it holds: make it the latest
             self._reload_index()
         return super().add_image(image_id, image_filename, image_info)

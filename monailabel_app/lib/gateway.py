@@ -36,10 +36,12 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.middleware.cors import CORSMiddleware
 
-from lib.datastore import BOX_TAG, EXTENSIONS, MAX_BOXES_FILE, MAX_UPLOAD_MB, check_name, mb, upload_limit
+from lib.datastore import BOX_TAG, EXTENSIONS, MAX_BOXES_FILE, check_name, known_suffix
 
 logger = logging.getLogger(__name__)
 
+#: default of ``--conf max_upload_mb``, the largest image upload (infer and datastore)
+MAX_UPLOAD_MB = 512
 #: body limit of every request that is not an upload: JSON settings, forms of label info
 SMALL_BODY = 64 << 10
 #: the most of a refused body read before answering
@@ -84,6 +86,11 @@ ROUTES = (
 DELETE_ROUTES = (_route("DELETE", r"/datastore/(image|label)"),)
 
 
+def mb(n: int) -> str:
+    """A byte limit in MB for a message."""
+    return f"{n / (1 << 20):.4g} MB"
+
+
 def json_object(text: object, what: str) -> dict:
     """``text`` parsed as a JSON object, else a 422 naming ``what``."""
     try:
@@ -110,10 +117,9 @@ def known(name: str, kind: str):
 
 def upload_suffix(filename: str | None) -> str:
     """The known image suffix an upload's file name ends with (any case), else a 415."""
-    name = os.path.basename(filename or "").lower()
-    for pattern in sorted(EXTENSIONS, key=len, reverse=True):
-        if name.endswith(pattern[1:]) and len(name) > len(pattern) - 1:
-            return pattern[1:]
+    suffix = known_suffix(os.path.basename(filename or ""))
+    if suffix:
+        return suffix
     raise HTTPException(
         415, f"uploads are accepted as {', '.join(e[2:] for e in EXTENSIONS)} files; name the file with one of them."
     )
@@ -386,7 +392,7 @@ class Gateway:
 def build(stock, conf: dict, cors_origins: list[str], allow_delete: bool, private_paths: dict[str, str]):
     """The ASGI app to serve: CORS for ``cors_origins`` only (none by default: MONAI Label's answers any
     origin with credentials), then the gateway over ``stock``."""
-    max_upload = upload_limit(conf.get("max_upload_mb", MAX_UPLOAD_MB))
+    max_upload = int(float(conf.get("max_upload_mb", MAX_UPLOAD_MB)) * (1 << 20))
     queue = InferQueue(int(conf.get("max_pending", 8)))
     stock.user_middleware = [m for m in stock.user_middleware if m.cls is not CORSMiddleware]
     routes = ROUTES + (DELETE_ROUTES if allow_delete else ())
