@@ -129,7 +129,9 @@ def main() -> int:
     lr = torch.rand(1, 1, 128, 128)
     rows = []
     default = methods.default_name()
-    trained = [m for m in methods.trainable_names() if methods.get(m, 4).weights_available]
+    trained = [
+        m for m in methods.trainable_names() if methods.get(m, 4).weights_available and methods.get(m, 4).exportable
+    ]
     inferer = methods.get(default, 4).inferer()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -37,7 +37,10 @@ def _sr(args: argparse.Namespace) -> None:
         )
     method = methods.get(args.method or methods.default_name(), args.scale, args.modality)
     inferer = method.inferer(args.tile_size, seed=args.seed)
-    network = method.load(args.weights, args.device, args.winograd, steps=args.steps)
+    method.check_sampling(samples=args.samples)
+    network = method.load(
+        args.weights, args.device, args.winograd, steps=args.steps, sampler=args.sampler, progress=_interactive()
+    )
     written = run_inference(
         args.inputs,
         network,
@@ -46,6 +49,7 @@ def _sr(args: argparse.Namespace) -> None:
         args.device,
         allow_volume=args.slice_by_slice,
         progress=_interactive(),
+        samples=args.samples or 1,
     )
     print(f"wrote {len(written)} image(s) to {args.output}")
 
@@ -130,7 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--slice-by-slice", action="store_true", help="accept CT volumes and super-resolve each axial slice"
     )
     sr.add_argument("--seed", type=int, help="stochastic methods: seed of the sampler's noise (same seed, same bytes)")
-    sr.add_argument("--steps", type=int, help="stochastic methods: sampler steps")
+    sr.add_argument("--steps", type=int, help="stochastic methods: sampler steps (default: the method's)")
+    sr.add_argument("--sampler", help="stochastic methods: ddpm, ddim or dpmpp (DPM-Solver++; default: the method's)")
+    sr.add_argument(
+        "--samples",
+        type=int,
+        help="stochastic methods: draws per image; above 1 the SR is their mean and std and LR-consistency "
+        "maps are written beside it",
+    )
     common(sr)
     sr.set_defaults(func=_sr)
 

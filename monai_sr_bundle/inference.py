@@ -18,6 +18,7 @@ from torch import nn
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.tiling import SRInferer
+from monai_sr_bundle.transforms.degradation import zoom_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,27 @@ def super_resolve(
         return inferer(image[None].to(device), network)[0].cpu()
 
 
+def sample_maps(
+    image: MetaTensor, network: nn.Module, inferer: SRInferer, samples: int, device: str | torch.device = "cpu"
+) -> dict[str, MetaTensor]:
+    """``samples`` SR draws of one loaded image -> the mean SR image (``"sr"``) and the uncertainty maps of
+    :mod:`monai_sr_bundle.diffusion.uncertainty`, each with the SR's geometry. A map's ``intensity_range``
+    is (0, the image's range), so it is written as a spread in the input's units."""
+    from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
+
+    batch = image[None].to(device)
+    with torch.inference_mode():
+        maps = uncertainty_maps(batch, inferer.draw(batch, network, samples), inferer.scale)
+    out = {}
+    for key, value in maps.items():
+        result = zoom_geometry(image, value[0].cpu(), inferer.scale)
+        if key != "sr" and "intensity_range" in result.meta:
+            lo, hi = result.meta["intensity_range"]
+            result.meta["intensity_range"] = (0.0, float(hi) - float(lo))
+        out[key] = result
+    return out
+
+
 def run_inference(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     network: nn.Module,
@@ -123,8 +145,13 @@ def run_inference(
     allow_volume: bool = False,
     progress: bool = True,
     intensity: str | Sequence[float] = "minmax",
+    samples: int = 1,
 ) -> list[str]:
     """Super-resolve every input and write each result to ``output_dir`` in its input's format family.
+
+    With ``samples`` > 1 (stochastic methods) the SR image is the mean of that many draws, and the
+    uncertainty maps are written beside it as ``<stem>_sr_std`` and ``<stem>_sr_lr_consistency`` (NIfTI
+    for PNG inputs, else the input's family), with the SR's geometry.
 
     ``intensity`` is the reader's map to [0, 1] and must be the one the weights were trained with:
     ``"minmax"`` (the default) or a (lo, hi) window in modality units, e.g. HU for a CT model.
@@ -146,7 +173,17 @@ def run_inference(
             img = read_image(path, intensity)
             validate_input(img, path, inferer.scale, allow_volume)
             target = output_path_for(path, output_dir, source_format=img.meta["source_format"])
-            written.append(str(write_image(super_resolve(img, network, inferer, device), target)))
+            if samples == 1:
+                written.append(str(write_image(super_resolve(img, network, inferer, device), target)))
+                continue
+            maps = sample_maps(img, network, inferer, samples, device)
+            written.append(str(write_image(maps.pop("sr"), target)))
+            for key, value in maps.items():  # floats in the input's units: a PNG's 8 bits would erase them
+                fmt = "nifti" if img.meta["source_format"] == "png" else None
+                map_path = output_path_for(
+                    path, output_dir, f"_sr_{key}", source_format=img.meta["source_format"], fmt=fmt
+                )
+                written.append(str(write_image(value, map_path)))
         except InputError as e:
             logger.error(str(e))
             failures.append(str(e))

@@ -33,7 +33,9 @@ METHODS_DIR = BUNDLE_ROOT / "configs" / "methods"
 #: keys an overlay may hold
 OVERLAY_KEYS = ("network_def", "training", "default")
 #: options that only a stochastic method's sampler takes
-SAMPLING_OPTIONS = ("steps", "seed", "samples")
+SAMPLING_OPTIONS = ("sampler", "steps", "seed", "samples")
+#: most draws per image for the uncertainty maps (each is a whole sampling run)
+MAX_SAMPLES = 64
 
 
 def overlay_dirs() -> list[Path]:
@@ -233,12 +235,15 @@ class Method:
         device: str | torch.device = "cpu",
         winograd: bool = False,
         steps: int | None = None,
+        sampler: str | None = None,
+        progress: bool = False,
     ) -> nn.Module:
         """The network in eval mode on ``device`` with its weights: ``weights`` if given, else the shipped
-        ones (a method without parameters takes none). ``steps`` sets a stochastic network's sampler steps.
+        ones (a method without parameters takes none). ``sampler`` and ``steps`` set a stochastic network's
+        sampler (steps no more than it was trained with); ``progress`` shows a bar over its steps.
         ``winograd`` swaps VDSR-style 3x3 convolutions for Winograd F(4x4, 3x3) on the CPU (same output to
         ~1e-5, about 2x faster after a compile per image size)."""
-        self.check_sampling(steps=steps)
+        self.check_sampling(sampler=sampler, steps=steps)
         if self.trainable:
             if weights is None and not self.weights_path.is_file():
                 raise InputError(
@@ -251,6 +256,16 @@ class Method:
         network = network.to(device).eval()
         if steps is not None:
             network.steps = steps
+        if sampler is not None:
+            if not hasattr(network, "sampler"):
+                raise InputError(f"method {self.name!r} has a sampler of its own; drop sampler.")
+            network.sampler = sampler
+        if (steps or sampler) and hasattr(network, "train_steps"):
+            from monai_sr_bundle.diffusion.samplers import make_sampler
+
+            make_sampler(network.sampler, network.steps, network.train_steps)  # steps beyond training: refused
+        if progress and self.stochastic:
+            network.progress = True
         if winograd:
             if torch.device(device).type != "cpu":
                 raise InputError("--winograd is a CPU speed-up; drop it on a GPU.")
@@ -260,8 +275,9 @@ class Method:
         return network
 
     def check_sampling(self, **options) -> None:
-        """Refuse sampler options (``steps``, ``seed``, ``samples``) for a deterministic method, and values
-        that are not positive whole numbers (``seed`` may be 0)."""
+        """Refuse sampler options (``sampler``, ``steps``, ``seed``, ``samples``) for a deterministic method,
+        an unknown sampler, and numbers that are not positive whole numbers (``seed`` may be 0, ``samples``
+        is at most ``MAX_SAMPLES``)."""
         given = {k: v for k, v in options.items() if v is not None}
         unknown = sorted(set(given) - set(SAMPLING_OPTIONS))
         if unknown:
@@ -271,25 +287,52 @@ class Method:
                 f"method {self.name!r} is deterministic and has no sampler: drop {', '.join(given)} "
                 "(options of stochastic methods only)."
             )
+        sampler = given.pop("sampler", None)
+        if sampler is not None:
+            from monai_sr_bundle.diffusion.samplers import SAMPLERS
+
+            if not isinstance(sampler, str) or sampler not in SAMPLERS:
+                raise InputError(
+                    f"method {self.name!r}: unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}."
+                )
         for key, value in given.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1):
                 raise InputError(
                     f"method {self.name!r}: {key} must be a whole "
                     f"number{' >= 0' if key == 'seed' else ' >= 1'}, got {value!r}."
                 )
-        if given.get("samples", 1) > 1:
+        if given.get("samples", 1) > MAX_SAMPLES:
             raise InputError(
-                f"method {self.name!r}: several samples (mean and uncertainty maps) are not available yet; "
-                "drop samples."
+                f"method {self.name!r}: samples must be at most {MAX_SAMPLES} (each is a whole sampling run), "
+                f"got {given['samples']}."
             )
 
     def inferer(self, tile_size: int = 256, seed: int | None = None, progress: bool = False):
-        """The tiling inferer this method needs: exact core-crop with its halo, or seeded blending."""
+        """The tiling inferer this method needs: exact core-crop with its halo, or seeded blending; tiles no
+        larger than the network's ``max_tile`` when it declares one."""
         from monai_sr_bundle.tiling import SRInferer
 
         self.check_sampling(seed=seed)
         merge = "blend" if self.stochastic else "crop"
+        tile_size = min(int(tile_size), int(getattr(self._probe, "max_tile", tile_size)))
         return SRInferer(self.scale, tile_size, halo=self.halo, merge=merge, seed=seed or 0, progress=progress)
+
+    def prepare_batch(self, network: nn.Module):
+        """How the trainer turns a batch into the network's inputs and targets: as it comes for a network
+        trained on its SR output, noised at random timesteps for a denoiser (a diffusion method)."""
+        from monai.engines import PrepareBatchDefault
+
+        from monai_sr_bundle.diffusion.training import DiffusionPrepareBatch, is_denoiser
+
+        return DiffusionPrepareBatch(network) if is_denoiser(network) else PrepareBatchDefault()
+
+    def train_inferer(self):
+        """The trainer's forward pass: the SR output, or a denoiser's noise estimate."""
+        from monai.inferers import SimpleInferer
+
+        from monai_sr_bundle.diffusion.training import DenoiserInferer, is_denoiser
+
+        return DenoiserInferer() if is_denoiser(self._probe) else SimpleInferer()
 
     def setting(self, key: str, default):
         """A training setting of the method (its overlay's ``training``), else the train config's ``default``."""

@@ -145,13 +145,22 @@ class SRInferer(Inferer):
         return out if norm is None else out / norm
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        return zoom_geometry(inputs, self.draw(inputs, network)[0], self.scale)
+
+    def draw(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], samples: int = 1) -> torch.Tensor:
+        """``samples`` SR images of the batch, stacked first (samples, B, C, ...), clamped to [0, 1]; a
+        stochastic network draws them in turn from one generator, so a seed fixes all of them."""
         x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         x = x.to(torch.float32)
-        generator = torch.Generator(x.device).manual_seed(self.seed) if self.merge == "blend" else None
-        if x.ndim == 4:
-            out = self._infer_2d(x, network, generator)
-        elif x.ndim == 5:
-            out = torch.stack([self._infer_2d(x[..., k], network, generator) for k in range(x.shape[-1])], dim=-1)
-        else:
+        if x.ndim not in (4, 5):
             raise InputError(f"expected a batch (B, C, X, Y) or (B, C, X, Y, Z), got shape {tuple(x.shape)}.")
-        return zoom_geometry(inputs, out.clamp(0.0, 1.0), self.scale)
+        generator = torch.Generator(x.device).manual_seed(self.seed) if self.merge == "blend" else None
+        out = []
+        for _ in range(samples):
+            if x.ndim == 4:
+                out.append(self._infer_2d(x, network, generator))
+            else:
+                out.append(
+                    torch.stack([self._infer_2d(x[..., k], network, generator) for k in range(x.shape[-1])], dim=-1)
+                )
+        return torch.stack(out).clamp(0.0, 1.0)

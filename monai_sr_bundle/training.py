@@ -96,3 +96,15 @@ def attach_resume(trainer, run_dir: str | os.PathLike, best_saver, resume: bool 
         if best.is_file():
             CheckpointLoader(load_path=str(best), load_dict={"checkpointer": best_saver}).attach(trainer)
     CheckpointSaver(save_dir=str(run_dir), save_dict=state, save_interval=1, n_saved=1).attach(trainer)
+
+
+def validate_at_end(trainer, evaluator, interval: int) -> None:
+    """Validate after the last epoch as well when ``interval`` skips it, so that every run has a best
+    checkpoint to publish (a diffusion method validates rarely: each validation image is a sampling run)."""
+    from ignite.engine import Events
+
+    def last(engine) -> None:
+        if engine.state.epoch % interval:
+            evaluator.run(engine.state.epoch)
+
+    trainer.add_event_handler(Events.COMPLETED, last)

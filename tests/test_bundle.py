@@ -155,7 +155,7 @@ def test_run_srcnn_uses_given_ckpt(srcnn_out, inputs, ckpts, tmp_path):
 def test_run_unknown_method(work, inputs):
     proc = run_config("configs/inference.json", "espcn", "--input", inputs, "--output_dir", work / "out_unknown")
     assert proc.returncode != 0
-    assert "unknown method 'espcn'; available: bicubic, srcnn, vdsr" in proc.stdout
+    assert f"unknown method 'espcn'; available: {', '.join(methods.names())}" in proc.stdout
     assert not (work / "out_unknown").exists()
 
 

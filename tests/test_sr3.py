@@ -36,7 +36,7 @@ def test_sr3_tiles_blend_and_reproduce_with_the_same_seed():
     assert a.shape == (1, 1, 160, 160) and torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name, steps, count", [("ddim", 4, 4), ("ddpm", 10, 10), ("ddpm", 5, 5)])
+@pytest.mark.parametrize("name, steps, count", [("ddim", 4, 4), ("ddpm", 10, 10), ("ddpm", 5, 5), ("dpmpp", 4, 4)])
 def test_samplers_take_the_steps_asked(name, steps, count):
     sampler = make_sampler(name, steps, train_steps=10)
     assert len(sampler.timesteps) == count and int(sampler.timesteps[0]) >= int(sampler.timesteps[-1])

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
+from torch.nn.functional import pad, pixel_shuffle, pixel_unshuffle
+from tqdm import tqdm
 
 from monai_sr_bundle.diffusion.samplers import make_sampler
 from monai_sr_bundle.networks.bicubic import upsample
@@ -26,19 +28,28 @@ class SR3(nn.Module):
     Args:
         scale: SR factor.
         channels, num_res_blocks, attention_levels, norm_num_groups: the denoiser U-Net, one level per
-            entry of ``channels``; attention nowhere by default (at 64x64 tokens it doubles the CPU time of a
-            step).
+            entry of ``channels``; no attention in the levels by default (at 64x64 positions it doubles the
+            CPU time of a step), only in the U-Net's middle block, where MONAI always puts it.
         train_steps: length of the noise schedule (linear betas ``beta_start`` -> ``beta_end``).
         sampler: ``ddim`` or ``ddpm`` (see :mod:`monai_sr_bundle.diffusion.samplers`).
         steps: sampler steps at inference; the registry sets it per request.
-        residual_scale: the HR residual over bicubic is divided by it, so the diffused sample has roughly
-            unit spread.
+        residual_scale: the HR residual over bicubic is divided by it; at x4 on NIH images the residual's
+            standard deviation is about 0.02, so 0.04 gives the sample the spread of an image in [-1, 1],
+            the scale the noise schedule was designed for.
+        unshuffle: the denoiser works on ``unshuffle`` x ``unshuffle`` pixel blocks folded into channels
+            (pixel unshuffle), so its first level runs at a quarter of the pixels for 2: on a CPU a 512x512
+            step takes 0.5 s instead of 5.8 s with the same channels, and a training patch covers 4x the area.
     """
 
     #: draws noise: tiles are blended and seeded (see :mod:`monai_sr_bundle.tiling`)
     stochastic = True
     #: the sampling loop is not one traceable graph
     exportable = False
+    #: a progress bar over the sampler's steps (a terminal's user waits for each step)
+    progress = False
+    #: largest LR tile: the U-Net's middle block attends over all its positions, whose cost grows with the
+    #: square of their number (a 128-pixel LR tile: 64x64 positions, about 0.5 s a step on 2 CPU cores)
+    max_tile = 128
 
     def __init__(
         self,
@@ -52,36 +63,49 @@ class SR3(nn.Module):
         beta_end: float = 0.02,
         sampler: str = "ddim",
         steps: int = 20,
-        residual_scale: float = 0.1,
+        residual_scale: float = 0.04,
+        unshuffle: int = 2,
     ) -> None:
         super().__init__()
         make_sampler(sampler, steps, int(train_steps), beta_start, beta_end)  # a bad sampler or steps: now
         self.scale, self.train_steps, self.betas = int(scale), int(train_steps), (float(beta_start), float(beta_end))
         self.sampler, self.steps, self.residual_scale = sampler, int(steps), float(residual_scale)
+        self.unshuffle = int(unshuffle)
+        self.multiple = self.unshuffle * 2 ** (len(channels) - 1)
         self.denoiser = DiffusionModelUNet(
             spatial_dims=2,
-            in_channels=2,
-            out_channels=1,
+            in_channels=2 * self.unshuffle**2,
+            out_channels=self.unshuffle**2,
             channels=tuple(channels),
             num_res_blocks=num_res_blocks,
             attention_levels=tuple(attention_levels or [False] * len(channels)),
             norm_num_groups=norm_num_groups,
             num_head_channels=channels[-1],
+            use_flash_attention=True,  # the middle block always attends: never hold the tokens' full matrix
         )
 
     def condition(self, lr: torch.Tensor) -> torch.Tensor:
         """The bicubic-upsampled LR image, which the SR adds its residual to."""
         return upsample(lr, self.scale)
 
+    def sample_of(self, hr: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The diffused sample of an HR image: its residual over bicubic, scaled to roughly unit spread."""
+        return (hr - condition) / self.residual_scale
+
     def predict_noise(self, noisy: torch.Tensor, condition: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The denoiser's noise estimate for ``noisy`` at timesteps ``t`` (B,), given the upsampled LR."""
-        return self.denoiser(torch.cat([noisy, condition * 2 - 1], dim=1), timesteps=t)
+        """The denoiser's noise estimate for ``noisy`` at timesteps ``t`` (B,), given the upsampled LR. Sides
+        are padded (reflected) to what the folding and the U-Net's halvings divide, then cropped back."""
+        h, w = noisy.shape[-2:]
+        x = torch.cat([noisy, condition * 2 - 1], dim=1)
+        x = pad(x, (0, -w % self.multiple, 0, -h % self.multiple), mode="reflect")
+        out = pixel_shuffle(self.denoiser(pixel_unshuffle(x, self.unshuffle), timesteps=t), self.unshuffle)
+        return out[..., :h, :w]
 
     def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         condition = self.condition(lr)
         sampler = make_sampler(self.sampler, self.steps, self.train_steps, *self.betas)
         x = torch.randn(condition.shape, generator=generator, device=lr.device, dtype=lr.dtype)
-        for t in sampler.timesteps:
+        for t in tqdm(sampler.timesteps, desc=f"{self.sampler} steps", leave=False, disable=not self.progress):
             noise = self.predict_noise(x, condition, t.expand(len(x)).to(lr.device))
             x, _ = sampler.step(noise, int(t), x, generator=generator)
         return (condition + x * self.residual_scale).clamp(0, 1)

@@ -15,6 +15,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from lib import versions
 from lib.datastore import check_image
 from monai_sr_bundle import methods
+from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import run_inference
 
@@ -35,7 +36,9 @@ class SuperResolutionInfer(InferTask):
     """SR of a datastore image (or an uploaded file); the result is in the input's format family with the
     spacing divided by the scale. Request params ``method``, ``scale`` and ``weights`` (``shipped``,
     ``latest`` or a trained version ``vN``) override the app's defaults for that request; the sampler's
-    ``steps``, ``seed`` and ``samples`` are refused for deterministic methods.
+    ``sampler``, ``steps``, ``seed`` and ``samples`` are refused for deterministic methods. With ``samples``
+    > 1 the result is the mean SR image, or with ``map`` (``std``, ``lr_consistency``) that uncertainty map:
+    a client asks once per map with the same seed, and gets the maps of the very draws behind its SR image.
 
     Args:
         model_dir: where the app's trained versions live.
@@ -69,18 +72,19 @@ class SuperResolutionInfer(InferTask):
     def is_valid(self) -> bool:
         return True
 
-    def network(self, method: methods.Method, weights: str, steps: int | None):
-        """The network for a request, built once per (method, scale, weights file, steps) and then shared."""
+    def network(self, method: methods.Method, weights: str, steps: int | None, sampler: str | None):
+        """The network for a request, built once per (method, scale, weights file, sampler, steps) and then
+        shared."""
         path = (
             versions.resolve(self.model_dir, method.name, method.scale, self.modality, weights)
             if method.trainable
             else None
         )
-        key = (method.name, method.scale, str(path), steps)
+        key = (method.name, method.scale, str(path), steps, sampler)
         with self._lock:
             if key not in self._networks:
                 try:
-                    self._networks[key] = method.load(path, steps=steps)
+                    self._networks[key] = method.load(path, steps=steps, sampler=sampler)
                 except InputError as e:  # said without the server's paths
                     raise HTTPException(
                         404,
@@ -98,17 +102,28 @@ class SuperResolutionInfer(InferTask):
             method.check_sampling(**sampling)
         except InputError as e:
             raise HTTPException(422, str(e)) from e
+        samples, chosen = sampling.get("samples", 1), request.get("map")
+        if chosen is not None and (samples < 2 or chosen not in MAPS):
+            raise HTTPException(
+                422, f"map {chosen!r}: ask for one of {', '.join(MAPS)} together with samples of 2 or more."
+            )
         image, name = request["image"], str(request.get("image_name", "the image"))
         check_image(image, name, scale, self.max_output_mp)
-        network, path = self.network(method, str(request.get("weights", config["weights"])), sampling.get("steps"))
+        weights = str(request.get("weights", config["weights"]))
+        network, path = self.network(method, weights, sampling.get("steps"), sampling.get("sampler"))
         inferer = method.inferer(self.tile_size, seed=sampling.get("seed"))
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                (written,) = run_inference(image, network, inferer, tmp, allow_volume=True, progress=False)
+                written = run_inference(
+                    image, network, inferer, tmp, allow_volume=True, progress=False, samples=samples
+                )[0 if chosen is None else 1 + MAPS.index(chosen)]
             except InputError as e:
                 raise HTTPException(422, str(e).replace(str(image), name)) from e
             suffix = "".join(Path(written).suffixes[-2:]) if written.endswith(".nii.gz") else Path(written).suffix
             fd, result = tempfile.mkstemp(suffix=suffix)
             os.close(fd)
             shutil.move(written, result)
-        return result, {"method": method.name, "scale": scale, "weights": path.name if path else None}
+        answer = {"method": method.name, "scale": scale, "weights": path.name if path else None}
+        if samples > 1:
+            answer.update(samples=samples, map=chosen or "sr", maps=list(MAPS))
+        return result, answer

@@ -1,0 +1,339 @@
+"""Diffusion benchmark of the shipped sr3 weights on this machine's CPU: quality against bicubic and VDSR,
+the sampler table, speed (PyTorch vs ONNX Runtime denoiser), and whether the uncertainty map means
+something. Each part keeps its figures in out/benchmark_diffusion/<part>.json, so the parts can run apart
+(sampling on a CPU takes hours); docs/diffusion.md is rewritten from the parts measured so far.
+
+Run: .venv/bin/python benchmarks/diffusion.py --part residual|speed|samplers|quality|uncertainty|all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from monai_sr_bundle import methods
+from monai_sr_bundle.data.datalist import nih_datalist
+from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.diffusion.samplers import SAMPLERS
+from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
+from monai_sr_bundle.evaluation import evaluate
+from monai_sr_bundle.metrics import LPIPSMetric, PSNRMetric, SSIMMetric
+from monai_sr_bundle.onnx_runtime import OnnxDenoiser, export_denoiser
+from monai_sr_bundle.transforms.degradation import downsample
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "out" / "benchmark_diffusion"
+METHOD = "sr3"
+#: (sampler, steps) rows of the sampler table; the first is the reference chain
+SAMPLER_ROWS = [("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmpp", 20), ("dpmpp", 10)]
+CROPS, CROP = 8, 256
+QUALITY_STEPS = 20
+MEAN_OF = 8
+
+
+def sr3(sampler: str | None = None, steps: int | None = None) -> tuple[nn.Module, object]:
+    method = methods.get(METHOD, 4)
+    return method.load(sampler=sampler, steps=steps), method.inferer(seed=0)
+
+
+def crops() -> list[tuple[str, torch.Tensor]]:
+    """The sampler table's fixed inputs: the central 256x256 crop of the first CROPS NIH test images."""
+    out = []
+    for item in nih_datalist("test", limit=CROPS):
+        hr = read_image(item["label"])
+        x0, y0 = (hr.shape[1] - CROP) // 2, (hr.shape[2] - CROP) // 2
+        out.append((Path(item["label"]).name, hr[:, x0 : x0 + CROP, y0 : y0 + CROP]))
+    return out
+
+
+def part_residual() -> dict:
+    """The spread of the HR residual over bicubic on the NIH train split at x4: what ``residual_scale``
+    divides by so that sr3's diffused sample spreads like an image in [-1, 1]."""
+    from monai_sr_bundle.networks.bicubic import upsample
+
+    stds = []
+    for item in nih_datalist("train"):
+        hr = read_image(item["label"]).as_tensor()
+        stds.append(float((hr - upsample(downsample(hr, 4)[None], 4)[0]).std()))
+    return {"images": len(stds), "mean_std": statistics.mean(stds), "min": min(stds), "max": max(stds)}
+
+
+def part_speed() -> dict:
+    """Seconds for one 512x512 output (a 128x128 LR image) at 20 steps, PyTorch and ONNX Runtime denoiser."""
+    lr = torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_denoiser(sr3()[0], Path(tmp) / "denoiser.onnx")
+        for sampler in ("ddim", "dpmpp"):
+            network, inferer = sr3(sampler, QUALITY_STEPS)
+            for runtime in ("pytorch", "onnxruntime"):
+                if runtime == "onnxruntime":
+                    network.denoiser = OnnxDenoiser(path)
+                times = []
+                with torch.inference_mode():
+                    for _ in range(3):
+                        start = time.perf_counter()
+                        inferer(lr, network)
+                        times.append(time.perf_counter() - start)
+                seconds = statistics.median(times)
+                rows[f"{sampler} {QUALITY_STEPS}, {runtime}"] = {
+                    "seconds": seconds,
+                    "per_step": seconds / QUALITY_STEPS,
+                }
+                print(f"{sampler} {runtime}: {seconds:.2f} s", flush=True)
+    return rows
+
+
+def _scores(sr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+    fns = {"psnr": PSNRMetric(), "ssim": SSIMMetric(), "lpips": LPIPSMetric()}
+    return {k: float(fn(sr.as_tensor()[None], hr.as_tensor()[None]).flatten()[0]) for k, fn in fns.items()}
+
+
+def part_samplers() -> dict:
+    """PSNR, SSIM, LPIPS and seconds per crop of each sampler row, seed 0 for every crop."""
+    rows = {}
+    inputs = crops()
+    for sampler, steps in SAMPLER_ROWS:
+        network, inferer = sr3(sampler, steps)
+        scores, seconds = [], []
+        for _, hr in inputs:
+            lr = downsample(hr, 4)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                sr = inferer(lr[None], network)[0]
+            seconds.append(time.perf_counter() - start)
+            scores.append(_scores(sr, hr))
+        row = {k: statistics.mean(s[k] for s in scores) for k in scores[0]}
+        rows[f"{sampler} {steps}"] = {**row, "seconds": statistics.mean(seconds)}
+        print(f"{sampler} {steps}: {rows[f'{sampler} {steps}']}", flush=True)
+    return rows
+
+
+class MeanOf(nn.Module):
+    """The mean of ``n`` draws of a stochastic network, as ``samples n`` makes it."""
+
+    def __init__(self, network: nn.Module, n: int) -> None:
+        super().__init__()
+        self.network, self.n = network, n
+
+    def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.stack([self.network(lr, generator) for _ in range(self.n)]).mean(0)
+
+
+def part_quality(limit: int, mean_limit: int, sampler: str) -> dict:
+    """bicubic, VDSR and one sr3 sample on the first ``limit`` test images; VDSR and the mean of MEAN_OF
+    samples on the first ``mean_limit``."""
+    vdsr = methods.get("vdsr", 4)
+    bicubic = methods.get(methods.baseline_name(), 4)
+    network, inferer = sr3(sampler, QUALITY_STEPS)
+    single = evaluate(
+        nih_datalist("test", limit=limit),
+        {"bicubic": bicubic.load(), "vdsr": vdsr.load(), f"sr3 ({sampler} {QUALITY_STEPS}, 1 sample)": network},
+        4,
+        WORK / "quality_single",
+        inferers={
+            "bicubic": bicubic.inferer(),
+            "vdsr": vdsr.inferer(),
+            f"sr3 ({sampler} {QUALITY_STEPS}, 1 sample)": inferer,
+        },
+    )
+    mean = evaluate(
+        nih_datalist("test", limit=mean_limit),
+        {"vdsr": vdsr.load(), f"sr3 ({sampler} {QUALITY_STEPS}, mean of {MEAN_OF})": MeanOf(network, MEAN_OF)},
+        4,
+        WORK / "quality_mean",
+        inferers={"vdsr": vdsr.inferer(), f"sr3 ({sampler} {QUALITY_STEPS}, mean of {MEAN_OF})": inferer},
+        lpips=True,
+    )
+    keep = ("psnr", "ssim", "lpips")
+    return {
+        "single": {
+            "images": limit,
+            "rows": {m: {k: v[0] for k, v in s.items() if k in keep} for m, s in single.items()},
+        },
+        "mean": {
+            "images": mean_limit,
+            "rows": {m: {k: v[0] for k, v in s.items() if k in keep} for m, s in mean.items()},
+        },
+    }
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps (average ranks are not needed: ties are rare in float maps)."""
+    ra = a.flatten().argsort().argsort().double()
+    rb = b.flatten().argsort().argsort().double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def part_uncertainty(limit: int, sampler: str) -> dict:
+    """Per test image, Spearman between the std map of MEAN_OF draws and |mean SR - HR|; the median."""
+    network, inferer = sr3(sampler, QUALITY_STEPS)
+    values = []
+    for item in nih_datalist("test", limit=limit):
+        hr = read_image(item["label"])
+        lr = downsample(hr, 4)[None]
+        with torch.inference_mode():
+            maps = uncertainty_maps(lr, inferer.draw(lr, network, MEAN_OF), 4)
+        values.append(spearman(maps["std"], (maps["sr"][0] - hr.as_tensor()).abs()))
+        print(f"{Path(item['label']).name}: {values[-1]:.3f}", flush=True)
+    return {"images": limit, "median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _samplers(rows: dict) -> tuple[list[str], list[str]]:
+    text = [f"{CROPS} fixed inputs: the central {CROP}x{CROP} crop of the first {CROPS} test images.", ""]
+    text += _table(
+        ["sampler", "PSNR (dB)", "SSIM", "LPIPS", "seconds per crop"],
+        [
+            [k, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}", f"{v['seconds']:.1f}"]
+            for k, v in rows.items()
+        ],
+    )
+    ref_name = f"{SAMPLER_ROWS[0][0]} {SAMPLER_ROWS[0][1]}"
+    ref = rows[ref_name]
+    fast = {k: v for k, v in rows.items() if int(k.split()[1]) <= 20}
+    best = min(fast, key=lambda k: (ref["psnr"] - fast[k]["psnr"]) / 0.3 + (fast[k]["lpips"] - ref["lpips"]) / 0.01)
+    b = fast[best]
+    speedup = ref["seconds"] / b["seconds"]
+    ok = ref["psnr"] - b["psnr"] <= 0.3 and b["lpips"] - ref["lpips"] <= 0.01 and speedup >= 25
+    bar = (
+        f"- best <= 20-step sampler ({best}) vs {ref_name}: PSNR {b['psnr'] - ref['psnr']:+.2f} dB, LPIPS "
+        f"{b['lpips'] - ref['lpips']:+.4f}, {speedup:.0f}x faster (bar: within 0.3 dB and 0.01 LPIPS, >= 25x "
+        f"faster) -> {_verdict(ok)}"
+    )
+    return text, [bar]
+
+
+def _quality(q: dict) -> tuple[list[str], list[str]]:
+    text, bars = [], []
+    for key, title in (("single", "one sample"), ("mean", f"mean of {MEAN_OF} samples")):
+        part = q[key]
+        text += [f"First {part['images']} test images, {title}:", ""]
+        rows = [[m, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}"] for m, v in part["rows"].items()]
+        text += _table(["method", "PSNR (dB)", "SSIM", "LPIPS"], rows) + [""]
+        vdsr, ours = part["rows"]["vdsr"], next(v for k, v in part["rows"].items() if k.startswith("sr3"))
+        on = f"on the same {part['images']} images"
+        if key == "single":
+            bars.append(
+                f"- sr3, one sample at {QUALITY_STEPS} steps: LPIPS {ours['lpips']:.4f} vs VDSR {vdsr['lpips']:.4f} "
+                f"{on} (bar: lower than VDSR's) -> {_verdict(ours['lpips'] < vdsr['lpips'])}"
+            )
+        else:
+            bars.append(
+                f"- sr3 mean of {MEAN_OF}: PSNR {ours['psnr']:.2f} dB vs VDSR {vdsr['psnr']:.2f} dB {on} "
+                f"(bar: within 0.5 dB) -> {_verdict(vdsr['psnr'] - ours['psnr'] <= 0.5)}"
+            )
+    return text, bars
+
+
+def _speed(rows: dict) -> tuple[list[str], list[str]]:
+    text = ["One 128x128 LR image to a 512x512 output, median of 3 runs.", ""]
+    text += _table(
+        ["sampler, runtime", "seconds per image", "seconds per step"],
+        [[k, f"{v['seconds']:.2f}", f"{v['per_step']:.3f}"] for k, v in rows.items()],
+    )
+    best = min(v["seconds"] for v in rows.values())
+    return text, [
+        f"- one 512x512 output at {QUALITY_STEPS} steps: {best:.1f} s (bar: <= 60 s) -> {_verdict(best <= 60)}"
+    ]
+
+
+def _uncertainty(u: dict) -> tuple[list[str], list[str]]:
+    text = [
+        f"Per image, the Spearman correlation between the std map of {MEAN_OF} samples and |mean SR - HR|, first "
+        f"{u['images']} test images: median {u['median']:.3f} (min {u['min']:.3f}, max {u['max']:.3f})."
+    ]
+    return text, [
+        f"- median Spearman(std, |SR - HR|) {u['median']:.3f} (bar: >= 0.3) -> {_verdict(u['median'] >= 0.3)}"
+    ]
+
+
+def _residual(r: dict) -> tuple[list[str], list[str]]:
+    text = [
+        f"Standard deviation of HR - bicubic(LR) per image over the {r['images']} train images: mean "
+        f"{r['mean_std']:.4f} (min {r['min']:.4f}, max {r['max']:.4f}); sr3 divides the residual by "
+        "`residual_scale` 0.04, so its sample spreads like an image in [-1, 1]."
+    ]
+    return text, []
+
+
+#: part -> (section title, its text and bars from the part's figures)
+SECTIONS = {
+    "samplers": ("Samplers", _samplers),
+    "quality": ("Quality", _quality),
+    "speed": ("Speed", _speed),
+    "uncertainty": ("Uncertainty", _uncertainty),
+    "residual": ("The diffused sample", _residual),
+}
+
+
+def write_doc() -> None:
+    """docs/diffusion.md from the parts measured so far; a part not measured yet says so."""
+    parts = {p.stem: json.loads(p.read_text()) for p in WORK.glob("*.json")}
+    out = [
+        "# Diffusion SR (sr3): quality, samplers, speed, uncertainty",
+        "",
+        "NIH ChestX-ray14 test split, x4, HR = the 512x512 PNGs, LR = antialiased bicubic x4. The shipped",
+        "`sr3_cxr_x4.pt` weights (see `monai_sr_bundle/models/weights.json` for how they were trained); seed 0.",
+        "Each part is re-run with the command under its title (from the repository root, on this 2-core CPU).",
+        "",
+    ]
+    bars = []
+    for name, (title, render) in SECTIONS.items():
+        out += [f"## {title}", ""]
+        if name not in parts:
+            out += ["Not measured yet.", ""]
+            continue
+        text, found = render(parts[name])
+        out += [f"    .venv/bin/python benchmarks/diffusion.py --part {name}", "", *text, ""]
+        bars += found
+    out += ["Bars of issue 12:", *bars, ""]
+    (REPO / "docs" / "diffusion.md").write_text("\n".join(out))
+    print("\n".join(bars))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--part", choices=["residual", "speed", "samplers", "quality", "uncertainty", "all", "doc"], default="all"
+    )
+    parser.add_argument("--limit", type=int, default=116, help="test images for one sample (default: all 116)")
+    parser.add_argument(
+        "--mean-limit", type=int, default=40, help=f"test images for the mean of {MEAN_OF} (default 40)"
+    )
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default="dpmpp", help="sampler of the quality parts")
+    args = parser.parse_args()
+    if args.part not in ("residual", "doc") and not methods.get(METHOD, 4).weights_available:
+        print(f"no shipped {METHOD} weights ({methods.get(METHOD, 4).weights_name}); train them first", file=sys.stderr)
+        return 2
+    WORK.mkdir(parents=True, exist_ok=True)
+    parts = {
+        "residual": part_residual,
+        "speed": part_speed,
+        "samplers": part_samplers,
+        "quality": lambda: part_quality(args.limit, args.mean_limit, args.sampler),
+        "uncertainty": lambda: part_uncertainty(args.mean_limit, args.sampler),
+    }
+    for name in parts if args.part == "all" else [] if args.part == "doc" else [args.part]:
+        (WORK / f"{name}.json").write_text(json.dumps(parts[name](), indent=2))
+    write_doc()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""One training step of a diffusion SR method on MONAI's ``SupervisedTrainer``: the prepare-batch noises the
+HR target at random timesteps and conditions on the LR image, the inferer asks the denoiser for the noise,
+and the train config's loss compares it with the noise drawn. The batch is the one every method trains on
+(``image`` LR, ``label`` HR with the box mask as an optional last channel), so the CLI, the MONAI Label
+trainer and the NVFlare client train a diffusion method unchanged."""
+
+from __future__ import annotations
+
+import torch
+from monai.engines.utils import PrepareBatch
+from monai.inferers import Inferer
+from torch import nn
+
+from monai_sr_bundle.diffusion.samplers import make_sampler
+
+
+def is_denoiser(network: nn.Module) -> bool:
+    """Whether ``network`` trains as a denoiser (it has ``predict_noise``) rather than on its SR output."""
+    return callable(getattr(network, "predict_noise", None))
+
+
+class DiffusionPrepareBatch(PrepareBatch):
+    """``(noisy sample, noise [+ box mask]), kwargs {condition, timesteps}`` from an SR batch.
+
+    The sample is the network's (``network.sample_of(hr, condition)``), so a method that diffuses a residual
+    or a latent says so in one place; timesteps are uniform over the training schedule, drawn from torch's
+    global generator (seeded by the train config's ``set_determinism``).
+
+    Args:
+        network: the diffusion method being trained (``condition``, ``sample_of``, ``predict_noise``,
+            ``train_steps``, ``betas``).
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+        self.schedule = make_sampler("ddpm", network.train_steps, network.train_steps, *network.betas)
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        lr = batchdata["image"].to(device=device, non_blocking=non_blocking)
+        label = batchdata["label"].to(device=device, non_blocking=non_blocking)
+        hr, mask = label[:, :1], label[:, 1:]
+        with torch.no_grad():
+            condition = self.network.condition(lr)
+            sample = self.network.sample_of(hr, condition)
+        noise = torch.randn_like(sample)
+        t = torch.randint(0, self.network.train_steps, (len(sample),), device=sample.device)
+        noisy = self.schedule.add_noise(original_samples=sample, noise=noise, timesteps=t)
+        return noisy, torch.cat([noise, mask], dim=1), (), {"condition": condition, "timesteps": t}
+
+
+class DenoiserInferer(Inferer):
+    """The training forward pass of a diffusion method: its noise estimate, not a sampled SR image."""
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+        return network.predict_noise(inputs, kwargs["condition"], kwargs["timesteps"])

@@ -1,0 +1,86 @@
+"""A diffusion method served by the real MONAI Label server: the sampler options of a request, the mean of
+several samples equal to in-process inference, its uncertainty maps fetched by a second infer with the same
+seed, and every bad sampling option answered 422 while the server keeps serving. The method is a tiny SR3
+registered for the server through ``$MONAI_SR_METHODS`` with a trained version in its model folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from label_server import label_server
+from PIL import Image
+from test_diffusion import NAME, OVERLAY
+from test_monailabel_app import NIH, infer, response_image, with_boxes
+
+from monai_sr_bundle import methods
+from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.inference import run_inference
+
+pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
+pytestmark = pytest.mark.skipif(
+    not (NIH / "images_512").is_dir(), reason=f"{NIH / 'images_512'} not found (set MONAI_SR_DATA)"
+)
+SAMPLING = {"method": NAME, "weights": "v1", "sampler": "ddim", "steps": 2, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def diffusion_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("monailabel_diffusion")
+    overlays, studies, model = root / "overlays", root / "studies", root / "model"
+    for folder in (overlays, studies, model):
+        folder.mkdir()
+    (overlays / f"{NAME}.json").write_text(json.dumps(OVERLAY))
+    item = with_boxes(1)[0]  # a 96-pixel crop: each LR pixel is a sampling run's work for every step
+    Image.open(item["label"]).crop((200, 200, 296, 296)).save(studies / "cxr.png")
+    env = {"MONAI_SR_METHODS": str(overlays)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MONAI_SR_METHODS", str(overlays))
+        torch.manual_seed(0)
+        network = methods.get(NAME).network()
+        with torch.no_grad():
+            for p in network.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        torch.save(network.state_dict(), model / f"{NAME}_cxr_x4_v1.pt")
+    with label_server(root, studies, {"method": "srcnn", "model_dir": model}, env=env) as url:
+        yield type("Server", (), {"url": url, "studies": studies, "model": model, "overlays": overlays})
+
+
+def test_several_samples_and_their_maps(diffusion_server, tmp_path, monkeypatch):
+    r = infer(diffusion_server, "cxr", {**SAMPLING, "samples": 2})
+    assert r.status_code == 200, r.text
+    served = response_image(r, tmp_path, ".png")
+    monkeypatch.setenv("MONAI_SR_METHODS", str(diffusion_server.overlays))
+    method = methods.get(NAME)
+    network = method.load(diffusion_server.model / f"{NAME}_cxr_x4_v1.pt", sampler="ddim", steps=2)
+    local = run_inference(
+        diffusion_server.studies / "cxr.png", network, method.inferer(256, seed=3), tmp_path / "local",
+        progress=False, samples=2,
+    )  # fmt: skip
+    assert np.array_equal(served, read_image(local[0]).numpy())
+    for k, key in enumerate(("std", "lr_consistency"), start=1):
+        r = infer(diffusion_server, "cxr", {**SAMPLING, "samples": 2, "map": key})
+        assert r.status_code == 200, r.text
+        path = tmp_path / f"served_{key}.nii.gz"
+        path.write_bytes(r.content)
+        assert np.array_equal(
+            sitk.GetArrayFromImage(sitk.ReadImage(path)), sitk.GetArrayFromImage(sitk.ReadImage(local[k]))
+        )
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [({"steps": 0}, "steps must be"), ({"steps": -1}, "steps must be"), ({"steps": 21}, "from 1 to 20"),
+     ({"steps": "5"}, "steps must be"), ({"steps": 2.5}, "steps must be"), ({"sampler": "euler"}, "unknown sampler"),
+     ({"sampler": ["ddim"]}, "unknown sampler"), ({"map": ["std"], "samples": 2}, "map ['std']"),
+     ({"seed": "a"}, "seed must be"), ({"seed": 1.5}, "seed must be"), ({"samples": 0}, "samples must be"),
+     ({"samples": 65}, "at most 64"), ({"samples": 2, "map": "foo"}, "map 'foo'"), ({"map": "std"}, "samples of 2"),
+     ({"method": "vdsr", "sampler": "ddim", "weights": "shipped"}, "deterministic")],
+)  # fmt: skip
+def test_bad_sampling_options_are_refused_and_the_server_keeps_serving(diffusion_server, params, message):
+    r = infer(diffusion_server, "cxr", {**SAMPLING, **params})
+    assert r.status_code in (404, 422) and message in r.json()["detail"], r.text
+    assert infer(diffusion_server, "cxr", SAMPLING).status_code == 200
