@@ -1,10 +1,12 @@
 """The Slicer module's GUI-free library, outside Slicer and for real: volume geometry through SimpleITK and
-the project's reader, the local SR process (the real CLI: result, cancel, failure, missing dependency), and
-the MONAI Label client against the real server."""
+the project's reader, the local SR process (the real CLI: result, a stochastic method's SR and uncertainty
+maps, cancel, failure, bad sampling options, missing dependency), and the MONAI Label client against the real
+server."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import ct_slice_volume
+from test_diffusion import NAME, OVERLAY
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.markups import boxes_to_markups, markups_to_boxes
@@ -72,16 +75,48 @@ def test_bad_volumes_are_refused(array, message):
         check_volume(array)
 
 
-def run(tmp_path: Path, array: np.ndarray, m: np.ndarray, method: str = "srcnn", **kw) -> SRRun:
-    write_volume(array, m, str(tmp_path / "in.nii.gz"))
-    (tmp_path / "out").mkdir()
-    return SRRun(str(tmp_path / "in.nii.gz"), str(tmp_path / "out"), method=method, **kw)
+def run(folder: Path, array: np.ndarray, m: np.ndarray, method: str = "srcnn", **kw) -> SRRun:
+    (folder / "out").mkdir(parents=True)
+    write_volume(array, m, str(folder / "in.nii.gz"))
+    return SRRun(str(folder / "in.nii.gz"), str(folder / "out"), method=method, **kw)
+
+
+def tiny_diffusion(folder: Path) -> tuple[str, str]:
+    """test_diffusion's tiny SR3 as an overlay in ``folder`` with random weights saved there (every parameter
+    non-zero, so that its draws differ); returns (the folder for $MONAI_SR_METHODS, the weights file)."""
+    folder.mkdir()
+    (folder / f"{NAME}.json").write_text(json.dumps(OVERLAY))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MONAI_SR_METHODS", str(folder))
+        network = methods.get(NAME).network()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    torch.save(network.state_dict(), folder / "w.pt")
+    return str(folder), str(folder / "w.pt")
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch) -> str:
+    """The tiny SR3 registered for this test and the SR processes it starts (20 training steps); returns
+    its weights file."""
+    overlays, weights = tiny_diffusion(tmp_path / "tiny")
+    monkeypatch.setenv("MONAI_SR_METHODS", overlays)
+    return weights
+
+
+def crop() -> tuple[np.ndarray, np.ndarray]:
+    """40 x 40 px of the CT slice: every step of a sampler's every draw runs over each SR pixel."""
+    array, m = ct_slice_volume()
+    return array[:, :40, :40], m
 
 
 def test_local_run_matches_the_cli_and_divides_spacing(tmp_path):
     array, m = ct_slice_volume()
     result = run(tmp_path, array, m).start().wait(300)
-    sr, m_sr = read_volume(result)
+    assert list(result) == ["sr"]
+    sr, m_sr = read_volume(result["sr"])
     assert sr.shape == (1, 512, 512)
     assert np.allclose(np.linalg.norm(m_sr[:3, :3], axis=0), np.linalg.norm(m[:3, :3], axis=0) / [4, 4, 1])
     assert np.allclose(m_sr[:3, :3] / np.linalg.norm(m_sr[:3, :3], axis=0), np.sign(m[:3, :3]))  # direction kept
@@ -99,6 +134,42 @@ def test_local_run_matches_the_cli_and_divides_spacing(tmp_path):
     cli = subprocess.run([*command, "-m", "srcnn", "--slice-by-slice"], capture_output=True, text=True, check=True)
     assert "wrote 1 image" in cli.stdout
     assert np.array_equal(read_volume(str(next((tmp_path / "cli").iterdir())))[0], sr)
+
+
+def test_stochastic_run_returns_the_sr_and_its_maps_and_a_seed_repeats_it(tiny, tmp_path):
+    options = {"weights": tiny, "sampler": "ddim", "steps": 2, "seed": 7, "samples": 2}
+    jobs = [run(tmp_path / name, *crop(), method=NAME, **options).start() for name in ("a", "b")]  # side by side
+    first, second = (job.wait(300) for job in jobs)
+    assert {k: Path(v).name for k, v in first.items()} == {
+        "sr": "in_sr.nii.gz", "std": "in_sr_std.nii.gz", "lr_consistency": "in_sr_lr_consistency.nii.gz"
+    }  # fmt: skip
+    assert all(Path(first[k]).read_bytes() == Path(second[k]).read_bytes() for k in first)
+    sr, m_sr = read_volume(first["sr"])
+    assert sr.shape == (1, 160, 160)
+    for key in ("std", "lr_consistency"):
+        values, m_map = read_volume(first[key])
+        assert values.shape == sr.shape and np.array_equal(m_map, m_sr) and values.min() >= 0
+    assert read_volume(first["std"])[0].max() > 0  # the two draws differ
+
+
+def test_bad_sampling_options_are_the_cli_sentence_and_write_nothing(tiny, tmp_path):
+    cases = [
+        (NAME, {"steps": 0}, "steps must be a whole number >= 1, got 0."),
+        (NAME, {"steps": 21}, "from 1 to 20 (the training steps), got 21."),
+        (NAME, {"sampler": "euler"}, "unknown sampler 'euler'; use one of ddpm, ddim, dpmpp."),
+        (NAME, {"samples": 0}, "samples must be a whole number >= 1, got 0."),
+        (NAME, {"samples": 65}, "samples must be at most 64"),
+        ("bicubic", {"sampler": "ddim", "steps": 2, "seed": 1, "samples": 2}, "is deterministic and has no sampler"),
+    ]
+    jobs = [
+        run(tmp_path / str(i), *crop(), method=method, weights=tiny if method == NAME else None, **options).start()
+        for i, (method, options, _) in enumerate(cases)
+    ]  # side by side: each process spends seconds importing torch before it refuses
+    for job, (_, options, message) in zip(jobs, cases):
+        with pytest.raises(RunError, match=re.escape(message)) as refused:
+            job.wait(300)
+        assert "\n" not in str(refused.value) and str(refused.value).endswith("."), options  # one sentence
+        assert list(job.output_dir.iterdir()) == []
 
 
 def test_local_run_can_be_cancelled(tmp_path):

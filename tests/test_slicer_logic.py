@@ -1,12 +1,16 @@
 """The module's Logic end to end outside Slicer. Only Slicer's application cannot run here, so a thin
 stand-in provides the few scene calls the Logic makes (arrayFromVolume, updateVolumeFromArray,
 AddNewNodeByClass, volume and ROI nodes, vtkMatrix4x4); everything behind them is real: the SR process
-running the CLI, the MONAI Label server, the files and their geometry."""
+running the CLI, the MONAI Label server, the files and their geometry. A stochastic method is test_diffusion's
+tiny SR3, registered for the local runs and the server."""
 
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
+import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -14,10 +18,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import ct_slice_volume
+from label_server import label_server
+from test_slicer_lib import NAME, crop, tiny_diffusion
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.markups import markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.inference import default_input
+from monai_sr_bundle.transforms.degradation import downsample
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "slicer_extension" / "SuperResolution"
 
@@ -112,6 +120,23 @@ def module(monkeypatch):
     return mod
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real MONAI Label server running the app (srcnn by default, the newest trained version of a method
+    else its shipped weights) on a studies folder holding ``ct_small.dcm``, with the tiny SR3 registered and
+    trained once; yields (URL, studies folder)."""
+    root = tmp_path_factory.mktemp("slicer_server")
+    studies, model = root / "studies", root / "model"
+    studies.mkdir()
+    model.mkdir()
+    shutil.copy(default_input(), studies / "ct_small.dcm")
+    overlays, weights = tiny_diffusion(root / "tiny")
+    shutil.copy(weights, model / f"{NAME}_cxr_x4_v1.pt")
+    conf = {"method": "srcnn", "model_dir": model, "weights": "latest"}
+    with label_server(root, studies, conf, env={"MONAI_SR_METHODS": overlays}) as url:
+        yield url, studies
+
+
 def ct_node() -> Volume:
     return Volume("ct", *ct_slice_volume())
 
@@ -121,7 +146,9 @@ def test_local_mode_adds_the_sr_volume_with_its_geometry(module):
     logic = module.SuperResolutionLogic()
     assert logic.missing() == []
     run = logic.start_local(node, "srcnn", 4)
-    out = logic.collect(run, node, timeout=300)
+    nodes = logic.collect(run, node, timeout=300)
+    assert list(nodes) == ["sr"]
+    out = nodes["sr"]
     assert module.scene.nodes == [out] and out.GetName() == "ct_sr" and not Path(run.workdir).exists()
     assert out.array.shape == (1, 512, 512)
     assert np.allclose(
@@ -150,21 +177,24 @@ def test_failing_local_run_is_a_message(module):
     assert module.scene.nodes == [] and not Path(run.workdir).exists()
 
 
-def test_methods_local_and_remote_list_the_registry_default_first(module, ct_label_server):
-    url, _ = ct_label_server
+def test_methods_local_and_remote_list_the_registry_default_first(module, server):
+    url, _ = server
     logic = module.SuperResolutionLogic()
-    for found in (logic.methods(), logic.methods(url)):
-        assert sorted(m["name"] for m in found) == methods.names()
+    local, remote = logic.methods(), logic.methods(url)
+    assert sorted(m["name"] for m in local) == methods.names()
+    assert sorted(m["name"] for m in remote) == sorted([*methods.names(), NAME])  # the server's own method too
+    for found in (local, remote):
         assert found[0]["name"] == methods.default_name() and found[0]["default"]
+    assert {m["name"] for m in remote if m["stochastic"]} == {"sr3", NAME}  # what enables the sampling options
     with pytest.raises(module.ClientError, match="cannot reach"):
         logic.methods("http://127.0.0.1:9")
 
 
-def test_remote_mode_and_send_boxes(module, ct_label_server):
-    url, studies = ct_label_server
+def test_remote_mode_and_send_boxes(module, server):
+    url, studies = server
     node = ct_node()
     logic = module.SuperResolutionLogic()
-    out = logic.run_remote(node, url, "srcnn", 4)
+    out = logic.run_remote(node, url, "srcnn", 4)["sr"]
     assert out.array.shape == (1, 512, 512) and module.scene.nodes == [out]
     # boxes drawn on the stored image (its RAS frame is the reader's LPS affine with x, y negated)
     image = read_image(studies / "ct_small.dcm")
@@ -177,13 +207,80 @@ def test_remote_mode_and_send_boxes(module, ct_label_server):
     assert findings == ["Nodule"] and torch.allclose(boxes, torch.tensor([[10.0, 20.0, 40.0, 60.0]]), atol=1e-3)
 
 
-def test_remote_errors_leave_the_scene_unchanged(module, ct_label_server):
-    url, _ = ct_label_server
+def test_remote_errors_leave_the_scene_unchanged(module, server):
+    url, _ = server
     logic = module.SuperResolutionLogic()
     with pytest.raises(module.ClientError, match="cannot reach"):
         logic.run_remote(ct_node(), "http://127.0.0.1:9", "srcnn", 4)
     with pytest.raises(module.ClientError, match=r"refused \(422\): unknown method"):
         logic.run_remote(ct_node(), url, "nope", 4)
+    with pytest.raises(module.ClientError, match=r"refused \(422\): method 'tiny_diffusion': unknown sampler 'euler'"):
+        logic.run_remote(ct_node(), url, NAME, 4, sampler="euler", samples=2)
+    with pytest.raises(module.ClientError, match=r"refused \(422\): method 'srcnn' is deterministic"):
+        logic.run_remote(ct_node(), url, "srcnn", 4, steps=2)
     with pytest.raises(module.ClientError, match="not a server image id"):
         logic.send_boxes(url, "../x", [])
     assert module.scene.nodes == []
+
+
+def crop_node() -> Volume:
+    return Volume("ct", *crop())
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch) -> str:
+    """The tiny SR3 registered for this test and the SR processes it starts; returns its weights file."""
+    overlays, weights = tiny_diffusion(tmp_path / "tiny")
+    monkeypatch.setenv("MONAI_SR_METHODS", overlays)
+    return weights
+
+
+def test_local_stochastic_run_adds_the_maps_beside_the_sr(module, tiny):
+    node = crop_node()
+    logic = module.SuperResolutionLogic()
+    run = logic.start_local(node, NAME, 4, tiny, sampler="dpmpp", steps=2, seed=3, samples=2)
+    nodes = logic.collect(run, node, timeout=300)
+    assert {k: n.GetName() for k, n in nodes.items()} == {
+        "sr": "ct_sr", "std": "ct_sr_std", "lr_consistency": "ct_sr_lr_consistency"
+    }  # fmt: skip
+    assert module.scene.nodes == list(nodes.values()) and not Path(run.workdir).exists()
+    assert nodes["sr"].array.shape == (1, 160, 160)
+    for key in ("std", "lr_consistency"):
+        assert nodes[key].array.shape == nodes["sr"].array.shape
+        assert np.array_equal(nodes[key].matrix.m, nodes["sr"].matrix.m)  # the SR's geometry
+
+
+def test_cancelled_stochastic_run_leaves_no_output_and_no_temp_files(module, tiny, tmp_path, monkeypatch):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setenv("TMPDIR", str(temp))  # the SR process's own temp files too
+    node, logic = ct_node(), module.SuperResolutionLogic()
+    options = {"sampler": "ddpm", "steps": 20, "samples": 64}  # 64 x 20 denoiser passes over 512 x 512 px
+    runs = [logic.start_local(node, NAME, 4, tiny, **options) for _ in range(2)]
+    logic.discard(runs[1])  # as when the module is reloaded
+    time.sleep(1.0)
+    assert runs[0].running()
+    runs[0].cancel()
+    with pytest.raises(module.RunError, match="cancelled"):
+        logic.collect(runs[0], node)
+    assert not any(run.running() for run in runs)
+    assert module.scene.nodes == [] and list(temp.iterdir()) == []
+
+
+def test_remote_stochastic_run_fetches_the_maps_of_its_own_draws(module, server):
+    """No seed given: the Logic picks one for the SR and its maps alike, so the LR-consistency map is that
+    of the very SR it came with: |degrade(SR) - LR|, each LR pixel spread over its scale x scale SR pixels."""
+    url, _ = server
+    node, mine = crop_node(), Volume("mine")
+    logic = module.SuperResolutionLogic()
+    nodes = logic.run_remote(node, url, NAME, 4, mine, sampler="ddim", steps=2, samples=2)
+    assert nodes["sr"] is mine and sorted(nodes) == ["lr_consistency", "sr", "std"]
+    assert sorted(n.GetName() for n in module.scene.nodes) == ["ct_sr_lr_consistency", "ct_sr_std"]
+    lo, span = node.array.min(), np.ptp(node.array)  # the reader's map to [0, 1], where SR is degraded
+    shrunk = downsample(torch.from_numpy((mine.array - lo) / span), 4).numpy()
+    gap = np.abs(shrunk - (node.array - lo) / span) * span
+    lr_consistency = nodes["lr_consistency"].array
+    assert lr_consistency.shape == mine.array.shape and np.array_equal(nodes["std"].matrix.m, mine.matrix.m)
+    assert np.abs(lr_consistency[:, ::4, ::4] - gap).max() < 1e-4 * span
+    assert nodes["std"].array.max() > 0

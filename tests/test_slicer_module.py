@@ -1,6 +1,6 @@
 """The Slicer module's files, checked without Slicer: the module compiles, its Logic uses no GUI code (so it
-runs headless and in the module's Test), the UI file holds every widget the Widget uses, and the extension's
-CMake lists every file it ships."""
+runs headless and in the module's Test), the UI file holds every widget the Widget uses and the project's
+sampling options, and the extension's CMake lists every file it ships."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 EXT = Path(__file__).resolve().parents[1] / "slicer_extension"
 MODULE = EXT / "SuperResolution" / "SuperResolution.py"
+UI = EXT / "SuperResolution" / "Resources" / "UI" / "SuperResolution.ui"
 GUI_MODULES = {"qt", "ctk", "slicer.qSlicerApplication"}
 GUI_ATTRIBUTES = {
     "app",
@@ -50,7 +51,7 @@ def test_no_gui_module_at_import_and_none_in_logic():
 
 
 def test_ui_file_has_every_widget_the_module_uses():
-    ui = ET.parse(EXT / "SuperResolution" / "Resources" / "UI" / "SuperResolution.ui")
+    ui = ET.parse(UI)
     declared = {w.get("name") for w in ui.iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
     assert used and used <= declared
@@ -85,3 +86,17 @@ def test_module_lists_no_method_names_itself():
     assert not strings & set(methods.names())
     assigned = {getattr(t, "id", "") for n in tree().body if isinstance(n, ast.Assign) for t in n.targets}
     assert "METHODS" not in assigned
+
+
+def test_sampling_options_match_the_project_and_start_disabled():
+    """The UI holds the samplers and the most samples (data the Widget reads, no names in its code); they are
+    the project's, and the options stay off until a stochastic method is picked."""
+    from monai_sr_bundle.diffusion.samplers import SAMPLERS
+    from monai_sr_bundle.methods import MAX_SAMPLES
+
+    widgets = {w.get("name"): w for w in ET.parse(UI).iter("widget")}
+    sampler = [item.findtext("property/string") for item in widgets["samplerCombo"].findall("item")]
+    assert sorted(sampler[1:]) == sorted(SAMPLERS) and "default" in sampler[0]
+    assert widgets["samplesSpin"].findtext("property[@name='maximum']/number") == str(MAX_SAMPLES)
+    for name in ("samplerCombo", "stepsSpin", "seedSpin", "samplesSpin"):
+        assert widgets[name].findtext("property[@name='enabled']/bool") == "false"

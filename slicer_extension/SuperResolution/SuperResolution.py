@@ -6,6 +6,7 @@ which is tested outside Slicer (tests/test_slicer_lib.py)."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import sys
@@ -87,51 +88,74 @@ class SuperResolutionLogic(ScriptedLoadableModuleLogic):
         write_volume(check_volume(slicer.util.arrayFromVolume(volume_node)), ijk_to_ras, path)
         return path
 
-    def start_local(self, volume_node, method: str, scale: int) -> SRRun:
-        """Start the SR process on the volume; poll ``run.running()``, then call :meth:`collect`."""
+    def start_local(self, volume_node, method: str, scale: int, weights: str | None = None, **sampling) -> SRRun:
+        """Start the SR process on the volume; poll ``run.running()``, then call :meth:`collect` (or
+        :meth:`discard`). ``weights`` replaces the method's shipped ones; ``sampling`` holds a stochastic
+        method's ``sampler``, ``steps``, ``seed`` and ``samples`` (None: the method's default)."""
         folder = tempfile.mkdtemp(prefix="monai_sr_")
         try:
             path = self.write_input(volume_node, folder)
             os.mkdir(os.path.join(folder, "out"))
-            run = SRRun(path, os.path.join(folder, "out"), method=method, scale=scale, python=self.python()).start()
+            run = SRRun(path, os.path.join(folder, "out"), method, scale, self.python(), weights, **sampling).start()
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         run.workdir = folder
         return run
 
-    def collect(self, run: SRRun, input_node, output_node=None, timeout: float | None = None):
-        """The finished local run's result in the scene (see :meth:`finish`); its files are removed."""
+    def collect(self, run: SRRun, input_node, output_node=None, timeout: float | None = None) -> dict:
+        """The finished local run's results in the scene (see :meth:`finish`); its files are removed."""
         try:
             return self.finish(run.wait(timeout), input_node, output_node)
         finally:
             shutil.rmtree(run.workdir, ignore_errors=True)
 
-    def finish(self, result_path: str, input_node, output_node=None, name: str | None = None):
-        """Put an SR file into ``output_node`` (a new volume if None) with its geometry; returns the node."""
-        array, ijk_to_ras = read_volume(result_path)
-        if output_node is None:
-            output_node = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode", name or f"{input_node.GetName()}_sr"
-            )
-        matrix = vtk.vtkMatrix4x4()
-        for r in range(4):
-            for c in range(4):
-                matrix.SetElement(r, c, float(ijk_to_ras[r, c]))
-        slicer.util.updateVolumeFromArray(output_node, array)
-        output_node.SetIJKToRASMatrix(matrix)
-        return output_node
+    def discard(self, run: SRRun) -> None:
+        """Stop a local run and remove its files (the module reloaded or Slicer quitting while it runs)."""
+        run.cancel()
+        shutil.rmtree(run.workdir, ignore_errors=True)
 
-    def run_remote(self, volume_node, url: str, method: str, scale: int, output_node=None):
-        """SR by the MONAI Label app: the volume is sent with the request (not stored on the server)."""
+    def finish(self, results: dict[str, str], input_node, output_node=None) -> dict:
+        """Put the SR file of ``results`` into ``output_node`` (a new volume ``<input>_sr`` if None) and each
+        uncertainty map beside it into a new volume ``<input>_sr_<map>``, each with its geometry; returns
+        the nodes under the same keys. Every file is read before the scene is touched."""
+        volumes = {key: read_volume(path) for key, path in results.items()}
+        nodes = {}
+        for key, (array, ijk_to_ras) in volumes.items():
+            node = output_node if key == "sr" else None
+            if node is None:
+                name = f"{input_node.GetName()}_sr" + ("" if key == "sr" else f"_{key}")
+                node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+            matrix = vtk.vtkMatrix4x4()
+            for r in range(4):
+                for c in range(4):
+                    matrix.SetElement(r, c, float(ijk_to_ras[r, c]))
+            slicer.util.updateVolumeFromArray(node, array)
+            node.SetIJKToRASMatrix(matrix)
+            nodes[key] = node
+        return nodes
+
+    def run_remote(self, volume_node, url: str, method: str, scale: int, output_node=None, **sampling) -> dict:
+        """SR by the MONAI Label app: the volume is sent with the request (not stored on the server). With
+        several samples the server is then asked for each uncertainty map it offers, with the SR's seed (one
+        is picked if none is given) so the maps are those of the very draws behind the SR."""
+        params = {"method": method, "scale": scale, **{k: v for k, v in sampling.items() if v is not None}}
+        if params.get("samples", 1) > 1 and "seed" not in params:
+            params["seed"] = random.randrange(2**31)
         client = MonaiLabelClient(url)
         folder = tempfile.mkdtemp(prefix="monai_sr_")
         try:
-            data = client.infer_file(self.write_input(volume_node, folder), {"method": method, "scale": scale})
-            result = os.path.join(folder, "sr.nii.gz")
-            with open(result, "wb") as f:
-                f.write(data)
-            return self.finish(result, volume_node, output_node)
+            path = self.write_input(volume_node, folder)
+            data, answer = client.infer_file(path, params)
+            replies = {"sr": data}
+            for key in answer.get("maps", []):
+                replies[key] = client.infer_file(path, {**params, "map": key})[0]
+            results = {}
+            for key, data in replies.items():
+                results[key] = os.path.join(folder, f"{key}.nii.gz")
+                with open(results[key], "wb") as f:
+                    f.write(data)
+            return self.finish(results, volume_node, output_node)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -167,6 +191,7 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         panel.setMRMLScene(slicer.mrmlScene)
         self.logic = SuperResolutionLogic()
         self.run = None
+        self.methods = {}  # name -> the method's description, which says whether it is stochastic
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
         self.timer.timeout.connect(self.poll)
@@ -175,7 +200,15 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         self.ui.sendBoxesButton.clicked.connect(self.send_boxes)
         self.ui.remoteCheck.toggled.connect(self.remote_toggled)
         self.ui.serverEdit.editingFinished.connect(self.list_methods)
+        self.ui.methodCombo.currentTextChanged.connect(self.method_changed)
         self.list_methods()
+
+    def cleanup(self):
+        """Reloading the module or quitting Slicer stops a local run and leaves none of its files."""
+        self.timer.stop()
+        if self.run is not None:
+            self.logic.discard(self.run)
+            self.run = None
 
     def remote_toggled(self, on: bool):
         self.ui.serverEdit.setEnabled(on)
@@ -183,6 +216,7 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
 
     def list_methods(self):
         """Fill the method list from where SR runs: the local install (if installed yet) or the server."""
+        self.methods = {}
         self.ui.methodCombo.clear()
         try:
             if not self.ui.remoteCheck.checked and self.logic.missing():
@@ -191,7 +225,26 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         except (RunError, ClientError) as e:
             slicer.util.errorDisplay(f"Cannot list the super-resolution methods: {e}")
             return
-        self.ui.methodCombo.addItems([m["name"] for m in found])
+        self.methods = {m["name"]: m for m in found}
+        self.ui.methodCombo.addItems(list(self.methods))
+
+    def method_changed(self, name: str):
+        """The sampling options apply to stochastic methods only (the CLI and the server refuse them otherwise)."""
+        stochastic = bool(self.methods.get(name, {}).get("stochastic"))
+        for widget in (self.ui.samplerCombo, self.ui.stepsSpin, self.ui.seedSpin, self.ui.samplesSpin):
+            widget.enabled = stochastic
+
+    def sampling(self) -> dict:
+        """The sampling options of a stochastic method, none for a deterministic one; the sampler's first
+        entry and steps 0 stand for the method's default (None)."""
+        if not self.methods.get(self.ui.methodCombo.currentText, {}).get("stochastic"):
+            return {}
+        return {
+            "sampler": self.ui.samplerCombo.currentText if self.ui.samplerCombo.currentIndex > 0 else None,
+            "steps": self.ui.stepsSpin.value or None,
+            "seed": self.ui.seedSpin.value,
+            "samples": self.ui.samplesSpin.value,
+        }
 
     def apply(self):
         node, method, scale = (
@@ -204,7 +257,12 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
                 with slicer.util.tryWithErrorDisplay("Super-resolution on the server failed.", waitCursor=True):
                     self.show_result(
                         self.logic.run_remote(
-                            node, self.ui.serverEdit.text, method, scale, self.ui.outputSelector.currentNode()
+                            node,
+                            self.ui.serverEdit.text,
+                            method,
+                            scale,
+                            self.ui.outputSelector.currentNode(),
+                            **self.sampling(),
                         )
                     )
                 return
@@ -214,7 +272,7 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
             if not method:
                 self.list_methods()
                 method = self.ui.methodCombo.currentText
-            self.run = self.logic.start_local(node, method, scale)
+            self.run = self.logic.start_local(node, method, scale, **self.sampling())
         except (VolumeError, RunError, ClientError) as e:
             slicer.util.errorDisplay(str(e))
             return
@@ -250,13 +308,22 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         if self.run is not None:
             self.run.cancel()
 
-    def show_result(self, output_node):
-        """Input | SR side by side, views linked."""
-        self.ui.outputSelector.setCurrentNode(output_node)
+    def show_result(self, nodes: dict):
+        """Input | SR side by side, or with uncertainty maps input | SR over the maps; views linked."""
+        self.ui.outputSelector.setCurrentNode(nodes["sr"])
+        maps = [nodes[key] for key in sorted(nodes) if key != "sr"]  # in one order, wherever SR ran
+        shown = [self.ui.inputSelector.currentNode(), nodes["sr"], *maps]
         layout = slicer.app.layoutManager()
-        layout.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-        for view, node in (("Red", self.ui.inputSelector.currentNode()), ("Yellow", output_node)):
-            composite = layout.sliceWidget(view).mrmlSliceCompositeNode()
+        layout.setLayout(
+            slicer.vtkMRMLLayoutNode.SlicerLayoutTwoOverTwoView
+            if len(shown) > 2
+            else slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+        )
+        orientation = layout.sliceWidget("Red").mrmlSliceNode().GetOrientation()
+        for view, node in zip(("Red", "Yellow", "Green", "Slice4"), shown):
+            widget = layout.sliceWidget(view)
+            widget.mrmlSliceNode().SetOrientation(orientation)  # a layout's views differ; SR is in-plane
+            composite = widget.mrmlSliceCompositeNode()
             composite.SetBackgroundVolumeID(node.GetID())
             composite.SetLinkedControl(True)
         slicer.util.resetSliceViews()
@@ -287,7 +354,7 @@ class SuperResolutionTest(ScriptedLoadableModuleTest):
         node = slicer.util.loadVolume(get_testdata_file("CT_small.dcm"))
         logic = SuperResolutionLogic()
         run = logic.start_local(node, self.interpolation(logic), 2)
-        out = logic.collect(run, node, timeout=300)
+        out = logic.collect(run, node, timeout=300)["sr"]
         self.assertEqual(
             slicer.util.arrayFromVolume(out).shape[1:],
             tuple(2 * s for s in slicer.util.arrayFromVolume(node).shape[1:]),

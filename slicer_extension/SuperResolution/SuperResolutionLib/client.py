@@ -4,6 +4,8 @@ whose message says what to do: the server's own 4xx sentence, or that the server
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
 import urllib.error
@@ -33,6 +35,19 @@ def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> t
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def _form_parts(body: bytes, content_type: str) -> dict[str, bytes]:
+    """The named parts of a multipart answer (MONAI Label's ``output=all``); none if it is not multipart."""
+    message = email.message_from_bytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body, policy=email.policy.HTTP
+    )
+    if not message.is_multipart():
+        return {}
+    return {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in message.iter_parts()
+    }
+
+
 class MonaiLabelClient:
     """Args:
     url: the server, e.g. ``http://127.0.0.1:8000``.
@@ -46,6 +61,10 @@ class MonaiLabelClient:
         self.url, self.timeout = url.strip().rstrip("/"), timeout
 
     def _request(self, method: str, path: str, query: dict | None = None, fields=None, files=None) -> bytes:
+        return self._exchange(method, path, query, fields, files)[0]
+
+    def _exchange(self, method: str, path: str, query: dict | None, fields, files) -> tuple[bytes, str]:
+        """(body, content type) of the answer."""
         url = f"{self.url}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
         body, headers = None, {}
         if fields is not None or files is not None:
@@ -53,7 +72,7 @@ class MonaiLabelClient:
         request = urllib.request.Request(url, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.read()
+                return response.read(), response.headers.get("Content-Type", "")
         except urllib.error.HTTPError as e:
             try:
                 detail = json.loads(e.read()).get("detail", "")
@@ -98,17 +117,22 @@ class MonaiLabelClient:
             fields={"params": json.dumps(params or {})},
         )
 
-    def infer_file(self, path: str, params: dict | None = None) -> bytes:
-        """The SR image file (its bytes) of a local image file, sent with the request and not stored."""
+    def infer_file(self, path: str, params: dict | None = None) -> tuple[bytes, dict]:
+        """The SR image file (its bytes) of a local image file, sent with the request and not stored, and the
+        server's account of it (its params: method, weights, and for several samples the maps on offer)."""
         with open(path, "rb") as f:
             data = f.read()
-        return self._request(
+        body, content_type = self._exchange(
             "POST",
             f"/infer/{TASK}",
-            {"output": "image"},
+            {"output": "all"},
             fields={"params": json.dumps(params or {})},
             files={"file": (os.path.basename(path), data)},
         )
+        parts = _form_parts(body, content_type)
+        if "image" not in parts:
+            raise ClientError(f"the server at {self.url} answered without an image; is it running the monai-sr app?")
+        return parts["image"], json.loads(parts.get("params") or "{}")
 
     def save_boxes(self, image_id: str, doc: dict) -> None:
         """Store a markups ROI document as the image's abnormality boxes (validated by the server)."""

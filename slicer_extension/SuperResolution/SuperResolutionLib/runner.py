@@ -62,18 +62,37 @@ class SRRun:
     take the same path).
 
     Args:
-        input_path: an image file (the module writes the volume as NIfTI first).
+        input_path: an image file with no dot in its name before the extension (the module writes
+            ``input.nii.gz``): the results are named after it.
         output_dir: an empty folder for the result.
         method, scale: as the CLI takes them.
         python: the interpreter that has the project installed (in Slicer: PythonSlicer).
+        weights: a state dict to use instead of the method's shipped weights.
+        sampler, steps, seed, samples: a stochastic method's sampling options, passed only when given (the
+            CLI refuses bad values and any of them for a deterministic method).
     """
 
     def __init__(
-        self, input_path: str, output_dir: str, method: str, scale: int = 4, python: str = sys.executable
+        self,
+        input_path: str,
+        output_dir: str,
+        method: str,
+        scale: int = 4,
+        python: str = sys.executable,
+        weights: str | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+        samples: int | None = None,
     ) -> None:
         self.input_path, self.output_dir = os.path.abspath(input_path), Path(output_dir).absolute()
         self.cmd = [python, "-m", "monai_sr_bundle.cli", "sr", self.input_path, "-o", str(self.output_dir),
                     "-m", method, "--scale", str(int(scale)), "--slice-by-slice"]  # fmt: skip
+        options = {"weights": weights, "sampler": sampler, "steps": steps, "seed": seed, "samples": samples}
+        for key, value in options.items():
+            if value is not None:
+                self.cmd += [f"--{key}", str(value)]
+        self.stem = Path(input_path).name.split(".")[0]
         self.process: subprocess.Popen | None = None
         self.cancelled = False
 
@@ -105,17 +124,30 @@ class SRRun:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
-    def wait(self, timeout: float | None = None) -> str:
-        """The written SR file once the run ends; :class:`RunError` with the process's error if it failed."""
+    def _written(self) -> list[Path]:
+        """The files the run wrote so far: ``<stem>_sr.<ext>`` and its maps ``<stem>_sr_<map>.<ext>``."""
+        return sorted(p for p in self.output_dir.iterdir() if p.is_file() and p.name.startswith(f"{self.stem}_sr"))
+
+    def _fail(self, message: str) -> RunError:
+        """The error to raise, once what a failed or stopped run wrote is removed (a map without its SR,
+        a half-written file)."""
+        for path in self._written():
+            path.unlink()
+        return RunError(message)
+
+    def wait(self, timeout: float | None = None) -> dict[str, str]:
+        """The written files once the run ends, ``{"sr": SR file}`` plus, for several samples of a stochastic
+        method, each map's file under its name (``{"std": ..., "lr_consistency": ...}``, as the CLI names
+        them); :class:`RunError` with the process's error if it failed, and then nothing is left written."""
         if self.process is None:
             self.start()
         try:
             output, _ = self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.cancel()
-            raise RunError(f"SR took longer than {timeout:g} s and was stopped.") from None
+            raise self._fail(f"SR took longer than {timeout:g} s and was stopped.") from None
         if self.cancelled:
-            raise RunError("SR was cancelled.")
+            raise self._fail("SR was cancelled.")
         lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
         if self.process.returncode != 0:
             errors = (
@@ -123,8 +155,9 @@ class SRRun:
                 or lines[-1:]
                 or [f"exit code {self.process.returncode}"]
             )
-            raise RunError(errors[-1].removeprefix("error:").strip())
-        written = sorted(p for p in self.output_dir.iterdir() if p.is_file())
-        if len(written) != 1:
-            raise RunError(f"SR finished but wrote {len(written)} files to {self.output_dir}; expected one.")
-        return str(written[0])
+            raise self._fail(errors[-1].removeprefix("error:").strip())
+        prefix = f"{self.stem}_sr"
+        results = {p.name.split(".")[0].removeprefix(prefix).lstrip("_") or "sr": str(p) for p in self._written()}
+        if "sr" not in results:
+            raise RunError(f"SR finished but wrote no {prefix} file to {self.output_dir}.")
+        return results
