@@ -3,7 +3,7 @@ the sampler table, speed (PyTorch vs ONNX Runtime denoiser), and whether the unc
 something. Each part keeps its figures in out/benchmark_diffusion/<part>.json, so the parts can run apart
 (sampling on a CPU takes hours); docs/diffusion.md is rewritten from the parts measured so far.
 
-Run: .venv/bin/python benchmarks/diffusion.py --part residual|speed|samplers|quality|uncertainty|all
+Run: .venv/bin/python benchmarks/diffusion.py --part residual|speed|samplers|quality|mean|all
 """
 
 from __future__ import annotations
@@ -92,14 +92,19 @@ def part_speed() -> dict:
     return rows
 
 
-def _scores(sr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
-    fns = {"psnr": PSNRMetric(), "ssim": SSIMMetric(), "lpips": LPIPSMetric()}
-    return {k: float(fn(sr.as_tensor()[None], hr.as_tensor()[None]).flatten()[0]) for k, fn in fns.items()}
+def _metrics() -> dict:
+    return {"psnr": PSNRMetric(), "ssim": SSIMMetric(), "lpips": LPIPSMetric()}
+
+
+def _scores(sr: torch.Tensor, hr: torch.Tensor, fns: dict) -> dict[str, float]:
+    """PSNR, SSIM and LPIPS of one SR image (C, X, Y) against its HR image."""
+    sr, hr = (t.as_tensor() if hasattr(t, "as_tensor") else t for t in (sr, hr))
+    return {k: float(fn(sr[None], hr[None]).flatten()[0]) for k, fn in fns.items()}
 
 
 def part_samplers() -> dict:
     """PSNR, SSIM, LPIPS and seconds per crop of each sampler row, seed 0 for every crop."""
-    rows = {}
+    rows, fns = {}, _metrics()
     inputs = crops()
     for sampler, steps in SAMPLER_ROWS:
         network, inferer = sr3(sampler, steps)
@@ -110,60 +115,28 @@ def part_samplers() -> dict:
             with torch.inference_mode():
                 sr = inferer(lr[None], network)[0]
             seconds.append(time.perf_counter() - start)
-            scores.append(_scores(sr, hr))
+            scores.append(_scores(sr, hr, fns))
         row = {k: statistics.mean(s[k] for s in scores) for k in scores[0]}
         rows[f"{sampler} {steps}"] = {**row, "seconds": statistics.mean(seconds)}
         print(f"{sampler} {steps}: {rows[f'{sampler} {steps}']}", flush=True)
     return rows
 
 
-class MeanOf(nn.Module):
-    """The mean of ``n`` draws of a stochastic network, as ``samples n`` makes it."""
-
-    def __init__(self, network: nn.Module, n: int) -> None:
-        super().__init__()
-        self.network, self.n = network, n
-
-    def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.stack([self.network(lr, generator) for _ in range(self.n)]).mean(0)
-
-
-def part_quality(limit: int, mean_limit: int, sampler: str) -> dict:
-    """bicubic, VDSR and one sr3 sample on the first ``limit`` test images; VDSR and the mean of MEAN_OF
-    samples on the first ``mean_limit``."""
+def part_quality(limit: int, sampler: str) -> dict:
+    """bicubic, VDSR and one sr3 sample on the first ``limit`` test images."""
     vdsr = methods.get("vdsr", 4)
     bicubic = methods.get(methods.baseline_name(), 4)
     network, inferer = sr3(sampler, QUALITY_STEPS)
+    ours = f"sr3 ({sampler} {QUALITY_STEPS}, 1 sample)"
     single = evaluate(
         nih_datalist("test", limit=limit),
-        {"bicubic": bicubic.load(), "vdsr": vdsr.load(), f"sr3 ({sampler} {QUALITY_STEPS}, 1 sample)": network},
+        {"bicubic": bicubic.load(), "vdsr": vdsr.load(), ours: network},
         4,
-        WORK / "quality_single",
-        inferers={
-            "bicubic": bicubic.inferer(),
-            "vdsr": vdsr.inferer(),
-            f"sr3 ({sampler} {QUALITY_STEPS}, 1 sample)": inferer,
-        },
-    )
-    mean = evaluate(
-        nih_datalist("test", limit=mean_limit),
-        {"vdsr": vdsr.load(), f"sr3 ({sampler} {QUALITY_STEPS}, mean of {MEAN_OF})": MeanOf(network, MEAN_OF)},
-        4,
-        WORK / "quality_mean",
-        inferers={"vdsr": vdsr.inferer(), f"sr3 ({sampler} {QUALITY_STEPS}, mean of {MEAN_OF})": inferer},
-        lpips=True,
+        WORK / "quality",
+        inferers={"bicubic": bicubic.inferer(), "vdsr": vdsr.inferer(), ours: inferer},
     )
     keep = ("psnr", "ssim", "lpips")
-    return {
-        "single": {
-            "images": limit,
-            "rows": {m: {k: v[0] for k, v in s.items() if k in keep} for m, s in single.items()},
-        },
-        "mean": {
-            "images": mean_limit,
-            "rows": {m: {k: v[0] for k, v in s.items() if k in keep} for m, s in mean.items()},
-        },
-    }
+    return {"images": limit, "rows": {m: {k: v[0] for k, v in s.items() if k in keep} for m, s in single.items()}}
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -173,18 +146,27 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-def part_uncertainty(limit: int, sampler: str) -> dict:
-    """Per test image, Spearman between the std map of MEAN_OF draws and |mean SR - HR|; the median."""
+def part_mean(limit: int, sampler: str) -> dict:
+    """On the first ``limit`` test images, MEAN_OF draws as ``samples`` makes them: the mean SR scored
+    against VDSR on the same LR images, and per image the Spearman correlation between the std map and
+    |mean SR - HR| (does the spread point at the errors?)."""
     network, inferer = sr3(sampler, QUALITY_STEPS)
-    values = []
+    vdsr = methods.get("vdsr", 4)
+    vdsr_net, vdsr_inferer = vdsr.load(), vdsr.inferer()
+    ours = f"sr3 ({sampler} {QUALITY_STEPS}, mean of {MEAN_OF})"
+    fns, scores, rhos = _metrics(), {"vdsr": [], ours: []}, []
     for item in nih_datalist("test", limit=limit):
-        hr = read_image(item["label"])
+        hr = read_image(item["label"]).as_tensor()
         lr = downsample(hr, 4)[None]
         with torch.inference_mode():
             maps = uncertainty_maps(lr, inferer.draw(lr, network, MEAN_OF), 4)
-        values.append(spearman(maps["std"], (maps["sr"][0] - hr.as_tensor()).abs()))
-        print(f"{Path(item['label']).name}: {values[-1]:.3f}", flush=True)
-    return {"images": limit, "median": statistics.median(values), "min": min(values), "max": max(values)}
+            scores["vdsr"].append(_scores(vdsr_inferer(lr, vdsr_net)[0].clamp(0, 1), hr, fns))
+        scores[ours].append(_scores(maps["sr"][0], hr, fns))
+        rhos.append(spearman(maps["std"], (maps["sr"][0] - hr).abs()))
+        print(f"{Path(item['label']).name}: {scores[ours][-1]} rho {rhos[-1]:.3f}", flush=True)
+    rows = {m: {k: statistics.mean(s[k] for s in v) for k in v[0]} for m, v in scores.items()}
+    spread = {"median": statistics.median(rhos), "min": min(rhos), "max": max(rhos)}
+    return {"images": limit, "rows": rows, "spearman": spread}
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -219,26 +201,20 @@ def _samplers(rows: dict) -> tuple[list[str], list[str]]:
     return text, [bar]
 
 
+def _rows_vs_vdsr(part: dict, title: str) -> tuple[list[str], dict, dict]:
+    """The table of one quality part and its (VDSR, sr3) rows."""
+    text = [f"First {part['images']} test images, {title}:", ""]
+    rows = [[m, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}"] for m, v in part["rows"].items()]
+    text += _table(["method", "PSNR (dB)", "SSIM", "LPIPS"], rows)
+    return text, part["rows"]["vdsr"], next(v for k, v in part["rows"].items() if k.startswith(METHOD))
+
+
 def _quality(q: dict) -> tuple[list[str], list[str]]:
-    text, bars = [], []
-    for key, title in (("single", "one sample"), ("mean", f"mean of {MEAN_OF} samples")):
-        part = q[key]
-        text += [f"First {part['images']} test images, {title}:", ""]
-        rows = [[m, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}"] for m, v in part["rows"].items()]
-        text += _table(["method", "PSNR (dB)", "SSIM", "LPIPS"], rows) + [""]
-        vdsr, ours = part["rows"]["vdsr"], next(v for k, v in part["rows"].items() if k.startswith("sr3"))
-        on = f"on the same {part['images']} images"
-        if key == "single":
-            bars.append(
-                f"- sr3, one sample at {QUALITY_STEPS} steps: LPIPS {ours['lpips']:.4f} vs VDSR {vdsr['lpips']:.4f} "
-                f"{on} (bar: lower than VDSR's) -> {_verdict(ours['lpips'] < vdsr['lpips'])}"
-            )
-        else:
-            bars.append(
-                f"- sr3 mean of {MEAN_OF}: PSNR {ours['psnr']:.2f} dB vs VDSR {vdsr['psnr']:.2f} dB {on} "
-                f"(bar: within 0.5 dB) -> {_verdict(vdsr['psnr'] - ours['psnr'] <= 0.5)}"
-            )
-    return text, bars
+    text, vdsr, ours = _rows_vs_vdsr(q, "one sample")
+    return text, [
+        f"- sr3, one sample at {QUALITY_STEPS} steps: LPIPS {ours['lpips']:.4f} vs VDSR {vdsr['lpips']:.4f} on the "
+        f"same {q['images']} images (bar: lower than VDSR's) -> {_verdict(ours['lpips'] < vdsr['lpips'])}"
+    ]
 
 
 def _speed(rows: dict) -> tuple[list[str], list[str]]:
@@ -253,13 +229,18 @@ def _speed(rows: dict) -> tuple[list[str], list[str]]:
     ]
 
 
-def _uncertainty(u: dict) -> tuple[list[str], list[str]]:
-    text = [
-        f"Per image, the Spearman correlation between the std map of {MEAN_OF} samples and |mean SR - HR|, first "
-        f"{u['images']} test images: median {u['median']:.3f} (min {u['min']:.3f}, max {u['max']:.3f})."
+def _mean(m: dict) -> tuple[list[str], list[str]]:
+    text, vdsr, ours = _rows_vs_vdsr(m, f"mean of {MEAN_OF} samples (VDSR on the same LR images)")
+    rho = m["spearman"]
+    text += [
+        "",
+        f"Per image, the Spearman correlation between the std map of the {MEAN_OF} samples and |mean SR - HR|: "
+        f"median {rho['median']:.3f} (min {rho['min']:.3f}, max {rho['max']:.3f}).",
     ]
     return text, [
-        f"- median Spearman(std, |SR - HR|) {u['median']:.3f} (bar: >= 0.3) -> {_verdict(u['median'] >= 0.3)}"
+        f"- sr3 mean of {MEAN_OF}: PSNR {ours['psnr']:.2f} dB vs VDSR {vdsr['psnr']:.2f} dB on the same "
+        f"{m['images']} images (bar: within 0.5 dB) -> {_verdict(vdsr['psnr'] - ours['psnr'] <= 0.5)}",
+        f"- median Spearman(std, |SR - HR|) {rho['median']:.3f} (bar: >= 0.3) -> {_verdict(rho['median'] >= 0.3)}",
     ]
 
 
@@ -277,7 +258,7 @@ SECTIONS = {
     "samplers": ("Samplers", _samplers),
     "quality": ("Quality", _quality),
     "speed": ("Speed", _speed),
-    "uncertainty": ("Uncertainty", _uncertainty),
+    "mean": (f"Mean of {MEAN_OF} samples and the uncertainty map", _mean),
     "residual": ("The diffused sample", _residual),
 }
 
@@ -310,7 +291,7 @@ def write_doc() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--part", choices=["residual", "speed", "samplers", "quality", "uncertainty", "all", "doc"], default="all"
+        "--part", choices=["residual", "speed", "samplers", "quality", "mean", "all", "doc"], default="all"
     )
     parser.add_argument("--limit", type=int, default=116, help="test images for one sample (default: all 116)")
     parser.add_argument(
@@ -326,8 +307,8 @@ def main() -> int:
         "residual": part_residual,
         "speed": part_speed,
         "samplers": part_samplers,
-        "quality": lambda: part_quality(args.limit, args.mean_limit, args.sampler),
-        "uncertainty": lambda: part_uncertainty(args.mean_limit, args.sampler),
+        "quality": lambda: part_quality(args.limit, args.sampler),
+        "mean": lambda: part_mean(args.mean_limit, args.sampler),
     }
     for name in parts if args.part == "all" else [] if args.part == "doc" else [args.part]:
         (WORK / f"{name}.json").write_text(json.dumps(parts[name](), indent=2))

@@ -327,7 +327,7 @@ class Method:
         return DiffusionPrepareBatch(network) if is_denoiser(network) else PrepareBatchDefault()
 
     def train_inferer(self):
-        """The trainer's forward pass: the SR output, or a denoiser's noise estimate."""
+        """The trainer's forward pass: the SR output, or a denoiser's estimate."""
         from monai.inferers import SimpleInferer
 
         from monai_sr_bundle.diffusion.training import DenoiserInferer, is_denoiser

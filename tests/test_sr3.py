@@ -61,3 +61,46 @@ def test_sr3_state_dict_is_the_denoiser_and_loads_strictly():
     lr = torch.rand(1, 1, 8, 8)
     with torch.inference_mode():
         assert torch.equal(a(lr, torch.Generator().manual_seed(1)), b(lr, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_an_oracle_denoiser_recovers_the_hr_image_for_every_prediction(prediction, residual):
+    """Given the denoiser that knows the HR image, every sampler lands on it: the prediction the network
+    declares, the sampler's reading of it and the sample <-> image mapping agree."""
+    hr = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    lr = torch.nn.functional.avg_pool2d(hr, 4)
+    for sampler in SAMPLERS:
+        net = tiny(prediction=prediction, residual=residual, sampler=sampler)
+        x0 = net.sample_of(hr, net.condition(lr))
+        alpha_bar = make_sampler("ddpm", 10, 10).alphas_cumprod
+
+        def oracle(noisy, condition, t, x0=x0, alpha_bar=alpha_bar):
+            a = alpha_bar[t].view(-1, 1, 1, 1)
+            eps = (noisy - a.sqrt() * x0) / (1 - a).sqrt()
+            return {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+
+        net.denoise = oracle
+        with torch.inference_mode():
+            sr = net(lr, torch.Generator().manual_seed(0))
+        assert torch.allclose(sr, hr, atol=1e-3), (sampler, (sr - hr).abs().max())
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_the_training_target_is_what_the_denoiser_predicts(prediction):
+    from monai_sr_bundle.diffusion.training import DiffusionPrepareBatch
+
+    net, hr = tiny(prediction=prediction), torch.rand(2, 1, 16, 16)
+    lr = torch.nn.functional.avg_pool2d(hr, 4)
+    torch.manual_seed(1)
+    noisy, target, _, kwargs = DiffusionPrepareBatch(net)({"image": lr, "label": hr})
+    a = make_sampler("ddpm", 10, 10).alphas_cumprod[kwargs["timesteps"]].view(-1, 1, 1, 1)
+    x0 = net.sample_of(hr, kwargs["condition"])
+    eps = (noisy - a.sqrt() * x0) / (1 - a).sqrt()
+    want = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+    assert target.shape == (2, 1, 16, 16) and torch.allclose(target, want, atol=1e-4)
+
+
+def test_an_unknown_prediction_is_refused():
+    with pytest.raises(InputError, match="unknown prediction 'x0'"):
+        tiny(prediction="x0")

@@ -18,10 +18,13 @@ class DPMSolverPP:
 
     Args:
         num_train_timesteps, beta_start, beta_end: the linear schedule the denoiser was trained on.
+        prediction_type: what the denoiser predicts (one of PREDICTIONS).
         kwargs: MONAI scheduler arguments that do not apply (``schedule``, ``clip_sample``), ignored.
     """
 
-    def __init__(self, num_train_timesteps: int, beta_start: float, beta_end: float, **kwargs) -> None:
+    def __init__(
+        self, num_train_timesteps: int, beta_start: float, beta_end: float, prediction_type: str, **kwargs
+    ) -> None:
         from diffusers import DPMSolverMultistepScheduler
 
         self.num_train_timesteps = num_train_timesteps
@@ -32,7 +35,7 @@ class DPMSolverPP:
             beta_schedule="linear",
             algorithm_type="dpmsolver++",
             solver_order=2,
-            prediction_type="epsilon",
+            prediction_type=prediction_type,
             lower_order_final=True,
         )
 
@@ -53,16 +56,26 @@ class DPMSolverPP:
 
 
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmpp": DPMSolverPP}
+#: what a denoiser may predict, by the schedulers' names: the noise, the clean sample (x0), or the velocity
+#: sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * x0 (Salimans & Ho 2022)
+PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
 
 def make_sampler(
-    name: str, steps: int, train_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    name: str,
+    steps: int,
+    train_steps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    prediction: str = "epsilon",
 ) -> Scheduler | DPMSolverPP:
     """Sampler ``name`` over a linear beta schedule of ``train_steps`` (SR3's and LDM's 1e-4 -> 0.02 by
-    default), set to sample in ``steps`` steps. Samples are not clipped: the methods denoise residuals and
-    clamp their own output."""
+    default) for a denoiser that predicts ``prediction``, set to sample in ``steps`` steps. Samples are not
+    clipped: the methods denoise residuals and clamp their own output."""
     if name not in SAMPLERS:
         raise InputError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}.")
+    if prediction not in PREDICTIONS:
+        raise InputError(f"unknown prediction {prediction!r}; use one of {', '.join(PREDICTIONS)}.")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= train_steps:
         raise InputError(
             f"sampler steps must be a whole number from 1 to {train_steps} (the training steps), got {steps!r}."
@@ -73,6 +86,7 @@ def make_sampler(
         clip_sample=False,
         beta_start=beta_start,
         beta_end=beta_end,
+        prediction_type=prediction,
     )
     sampler.set_timesteps(steps)
     return sampler

@@ -1,6 +1,7 @@
 """One training step of a diffusion SR method on MONAI's ``SupervisedTrainer``: the prepare-batch noises the
-HR target at random timesteps and conditions on the LR image, the inferer asks the denoiser for the noise,
-and the train config's loss compares it with the noise drawn. The batch is the one every method trains on
+HR target at random timesteps and conditions on the LR image, the inferer asks the denoiser for its estimate,
+and the train config's loss compares it with what it should have found (the noise drawn, the clean sample or
+the velocity, as the network's ``prediction`` says). The batch is the one every method trains on
 (``image`` LR, ``label`` HR with the box mask as an optional last channel), so the CLI, the MONAI Label
 trainer and the NVFlare client train a diffusion method unchanged."""
 
@@ -15,20 +16,20 @@ from monai_sr_bundle.diffusion.samplers import make_sampler
 
 
 def is_denoiser(network: nn.Module) -> bool:
-    """Whether ``network`` trains as a denoiser (it has ``predict_noise``) rather than on its SR output."""
-    return callable(getattr(network, "predict_noise", None))
+    """Whether ``network`` trains as a denoiser (it has ``denoise``) rather than on its SR output."""
+    return callable(getattr(network, "denoise", None))
 
 
 class DiffusionPrepareBatch(PrepareBatch):
-    """``(noisy sample, noise [+ box mask]), kwargs {condition, timesteps}`` from an SR batch.
+    """``(noisy sample, target [+ box mask]), kwargs {condition, timesteps}`` from an SR batch.
 
     The sample is the network's (``network.sample_of(hr, condition)``), so a method that diffuses a residual
     or a latent says so in one place; timesteps are uniform over the training schedule, drawn from torch's
     global generator (seeded by the train config's ``set_determinism``).
 
     Args:
-        network: the diffusion method being trained (``condition``, ``sample_of``, ``predict_noise``,
-            ``train_steps``, ``betas``).
+        network: the diffusion method being trained (``condition``, ``sample_of``, ``denoise``,
+            ``train_steps``, ``betas``, ``prediction``).
     """
 
     def __init__(self, network: nn.Module) -> None:
@@ -45,11 +46,17 @@ class DiffusionPrepareBatch(PrepareBatch):
         noise = torch.randn_like(sample)
         t = torch.randint(0, self.network.train_steps, (len(sample),), device=sample.device)
         noisy = self.schedule.add_noise(original_samples=sample, noise=noise, timesteps=t)
-        return noisy, torch.cat([noise, mask], dim=1), (), {"condition": condition, "timesteps": t}
+        if self.network.prediction == "sample":
+            target = sample
+        elif self.network.prediction == "v_prediction":
+            target = self.schedule.get_velocity(sample, noise, t)
+        else:
+            target = noise
+        return noisy, torch.cat([target, mask], dim=1), (), {"condition": condition, "timesteps": t}
 
 
 class DenoiserInferer(Inferer):
-    """The training forward pass of a diffusion method: its noise estimate, not a sampled SR image."""
+    """The training forward pass of a diffusion method: its denoiser's estimate, not a sampled SR image."""
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
-        return network.predict_noise(inputs, kwargs["condition"], kwargs["timesteps"])
+        return network.denoise(inputs, kwargs["condition"], kwargs["timesteps"])

@@ -2,8 +2,9 @@
 via Iterative Refinement", 2021, https://arxiv.org/abs/2104.07636).
 
 The denoiser, MONAI's ``DiffusionModelUNet``, sees the noisy sample concatenated with the bicubic-upsampled
-LR image (in [-1, 1]) and predicts the noise. The sample is the HR residual over bicubic, divided by
-``residual_scale``: bicubic already holds the low frequencies, so the chain spends its steps on the detail.
+LR image (in [-1, 1]) and predicts the noise (or, for comparison, the clean sample or the velocity). The
+sample is the HR residual over bicubic, divided by ``residual_scale``: bicubic already holds the low
+frequencies, so the chain spends its steps on the detail (or, for comparison, the HR image in [-1, 1]).
 ``forward(lr)`` runs the whole sampler, so the module maps LR to SR like every method (tiling, weights and
 FedAvg work unchanged); its state dict is the denoiser's.
 """
@@ -36,6 +37,9 @@ class SR3(nn.Module):
         residual_scale: the HR residual over bicubic is divided by it; at x4 on NIH images the residual's
             standard deviation is about 0.02, so 0.04 gives the sample the spread of an image in [-1, 1],
             the scale the noise schedule was designed for.
+        residual: diffuse the residual over bicubic (else the HR image itself, mapped to [-1, 1]).
+        prediction: what the denoiser predicts, one of
+            :data:`~monai_sr_bundle.diffusion.samplers.PREDICTIONS` (noise, clean sample, velocity).
         unshuffle: the denoiser works on ``unshuffle`` x ``unshuffle`` pixel blocks folded into channels
             (pixel unshuffle), so its first level runs at a quarter of the pixels for 2: on a CPU a 512x512
             step takes 0.5 s instead of 5.8 s with the same channels, and a training patch covers 4x the area.
@@ -65,11 +69,15 @@ class SR3(nn.Module):
         steps: int = 20,
         residual_scale: float = 0.04,
         unshuffle: int = 2,
+        residual: bool = True,
+        prediction: str = "epsilon",
     ) -> None:
         super().__init__()
-        make_sampler(sampler, steps, int(train_steps), beta_start, beta_end)  # a bad sampler or steps: now
+        # a bad sampler, steps or prediction: refused now, not at the first request
+        make_sampler(sampler, steps, int(train_steps), beta_start, beta_end, prediction)
         self.scale, self.train_steps, self.betas = int(scale), int(train_steps), (float(beta_start), float(beta_end))
         self.sampler, self.steps, self.residual_scale = sampler, int(steps), float(residual_scale)
+        self.residual, self.prediction = bool(residual), prediction
         self.unshuffle = int(unshuffle)
         self.multiple = self.unshuffle * 2 ** (len(channels) - 1)
         self.denoiser = DiffusionModelUNet(
@@ -90,11 +98,16 @@ class SR3(nn.Module):
 
     def sample_of(self, hr: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """The diffused sample of an HR image: its residual over bicubic, scaled to roughly unit spread."""
-        return (hr - condition) / self.residual_scale
+        return (hr - condition) / self.residual_scale if self.residual else hr * 2 - 1
 
-    def predict_noise(self, noisy: torch.Tensor, condition: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The denoiser's noise estimate for ``noisy`` at timesteps ``t`` (B,), given the upsampled LR. Sides
-        are padded (reflected) to what the folding and the U-Net's halvings divide, then cropped back."""
+    def image_of(self, sample: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The SR image in [0, 1] of a denoised sample (the inverse of :meth:`sample_of`)."""
+        image = condition + sample * self.residual_scale if self.residual else (sample + 1) / 2
+        return image.clamp(0, 1)
+
+    def denoise(self, noisy: torch.Tensor, condition: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The denoiser's estimate (of ``prediction``) for ``noisy`` at timesteps ``t`` (B,), given the upsampled
+        LR. Sides are padded (reflected) to what the folding and the U-Net's halvings divide, then cropped."""
         h, w = noisy.shape[-2:]
         x = torch.cat([noisy, condition * 2 - 1], dim=1)
         x = pad(x, (0, -w % self.multiple, 0, -h % self.multiple), mode="reflect")
@@ -103,9 +116,9 @@ class SR3(nn.Module):
 
     def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         condition = self.condition(lr)
-        sampler = make_sampler(self.sampler, self.steps, self.train_steps, *self.betas)
+        sampler = make_sampler(self.sampler, self.steps, self.train_steps, *self.betas, self.prediction)
         x = torch.randn(condition.shape, generator=generator, device=lr.device, dtype=lr.dtype)
         for t in tqdm(sampler.timesteps, desc=f"{self.sampler} steps", leave=False, disable=not self.progress):
-            noise = self.predict_noise(x, condition, t.expand(len(x)).to(lr.device))
-            x, _ = sampler.step(noise, int(t), x, generator=generator)
-        return (condition + x * self.residual_scale).clamp(0, 1)
+            estimate = self.denoise(x, condition, t.expand(len(x)).to(lr.device))
+            x, _ = sampler.step(estimate, int(t), x, generator=generator)
+        return self.image_of(x, condition)
