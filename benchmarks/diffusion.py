@@ -3,7 +3,7 @@ the sampler table, speed (PyTorch vs ONNX Runtime denoiser), and whether the unc
 something. Each part keeps its figures in out/benchmark_diffusion/<part>.json, so the parts can run apart
 (sampling on a CPU takes hours); docs/diffusion.md is rewritten from the parts measured so far.
 
-Run: .venv/bin/python benchmarks/diffusion.py --part residual|speed|samplers|quality|mean|all
+Run: .venv/bin/python benchmarks/diffusion.py --part residual|speed|samplers|quality|mean|ablation|all
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def sr3(sampler: str | None = None, steps: int | None = None) -> tuple[nn.Module
     return method.load(sampler=sampler, steps=steps), method.inferer(seed=0)
 
 
-def crops() -> list[tuple[str, torch.Tensor]]:
-    """The sampler table's fixed inputs: the central 256x256 crop of the first CROPS NIH test images."""
+def crops(split: str = "test") -> list[tuple[str, torch.Tensor]]:
+    """Fixed inputs: the central 256x256 crop of the first CROPS NIH images of ``split``."""
     out = []
-    for item in nih_datalist("test", limit=CROPS):
+    for item in nih_datalist(split, limit=CROPS):
         hr = read_image(item["label"])
         x0, y0 = (hr.shape[1] - CROP) // 2, (hr.shape[2] - CROP) // 2
         out.append((Path(item["label"]).name, hr[:, x0 : x0 + CROP, y0 : y0 + CROP]))
@@ -100,6 +100,49 @@ def _scores(sr: torch.Tensor, hr: torch.Tensor, fns: dict) -> dict[str, float]:
     """PSNR, SSIM and LPIPS of one SR image (C, X, Y) against its HR image."""
     sr, hr = (t.as_tensor() if hasattr(t, "as_tensor") else t for t in (sr, hr))
     return {k: float(fn(sr[None], hr[None]).flatten()[0]) for k, fn in fns.items()}
+
+
+#: the choices of issue 12, compared at one short training budget: variant -> SR3 arguments
+VARIANTS = {
+    "noise, residual (shipped)": {"prediction": "epsilon", "residual": True},
+    "x0, residual": {"prediction": "sample", "residual": True},
+    "v, residual": {"prediction": "v_prediction", "residual": True},
+    "noise, image": {"prediction": "epsilon", "residual": False},
+}
+
+
+def part_ablation(epochs: int) -> dict:
+    """Each variant trained for ``epochs`` through the bundle's train config (the shipped recipe otherwise),
+    then one DDIM-20 sample of each of the CROPS validation crops scored: the choice is made on validation
+    images, not on the test split."""
+    from monai.bundle import run
+
+    bundle, method = REPO / "monai_sr_bundle", methods.get(METHOD, 4)
+    args = method.network_spec()["args"]
+    inputs, fns, rows = crops("val"), _metrics(), {}
+    for name, choice in VARIANTS.items():
+        folder = WORK / "ablation" / name.replace(", ", "_").split(" ")[0]
+        ckpt = folder / "sr3.pt"
+        if not ckpt.is_file():  # a finished variant is kept; an interrupted one resumes from its run folder
+            run(
+                config_file=[str(bundle / "configs" / "inference.json"), str(bundle / "configs" / "train.json")],
+                bundle_root=str(bundle),
+                method=METHOD,
+                network=f"$monai_sr_bundle.networks.SR3(**{ {**args, **choice}!r}).to(@device)",
+                run_dir=str(folder / "run"),
+                ckpt_path=str(ckpt),
+                max_epochs=epochs,
+            )
+        network = method.network_class(**{**args, **choice, "steps": QUALITY_STEPS}).eval()
+        network.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        inferer = method.inferer(seed=0)
+        scores = []
+        for _, hr in inputs:
+            with torch.inference_mode():
+                scores.append(_scores(inferer(downsample(hr, 4)[None], network)[0], hr, fns))
+        rows[name] = {k: statistics.mean(s[k] for s in scores) for k in scores[0]}
+        print(f"{name}: {rows[name]}", flush=True)
+    return {"epochs": epochs, "rows": rows}
 
 
 def part_samplers() -> dict:
@@ -253,6 +296,19 @@ def _residual(r: dict) -> tuple[list[str], list[str]]:
     return text, []
 
 
+def _ablation(a: dict) -> tuple[list[str], list[str]]:
+    text = [
+        f"Each variant trained {a['epochs']} epochs with the shipped recipe otherwise (seed 0), then one DDIM "
+        f"{QUALITY_STEPS} sample of the central {CROP}x{CROP} crop of the first {CROPS} validation images:",
+        "",
+    ]
+    text += _table(
+        ["variant (prediction, sample)", "PSNR (dB)", "SSIM", "LPIPS"],
+        [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}"] for k, v in a["rows"].items()],
+    )
+    return text, []
+
+
 #: part -> (section title, its text and bars from the part's figures)
 SECTIONS = {
     "samplers": ("Samplers", _samplers),
@@ -260,7 +316,11 @@ SECTIONS = {
     "speed": ("Speed", _speed),
     "mean": (f"Mean of {MEAN_OF} samples and the uncertainty map", _mean),
     "residual": ("The diffused sample", _residual),
+    "ablation": ("What the denoiser predicts, and what it diffuses", _ablation),
 }
+
+#: part -> (its figure, the option that set it): the command under each title is the one that was run
+OPTIONS = {"quality": ("images", "--limit"), "mean": ("images", "--mean-limit"), "ablation": ("epochs", "--epochs")}
 
 
 def write_doc() -> None:
@@ -281,7 +341,8 @@ def write_doc() -> None:
             out += ["Not measured yet.", ""]
             continue
         text, found = render(parts[name])
-        out += [f"    .venv/bin/python benchmarks/diffusion.py --part {name}", "", *text, ""]
+        option = f" {OPTIONS[name][1]} {parts[name][OPTIONS[name][0]]}" if name in OPTIONS else ""
+        out += [f"    .venv/bin/python benchmarks/diffusion.py --part {name}{option}", "", *text, ""]
         bars += found
     out += ["Bars of issue 12:", *bars, ""]
     (REPO / "docs" / "diffusion.md").write_text("\n".join(out))
@@ -291,15 +352,16 @@ def write_doc() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--part", choices=["residual", "speed", "samplers", "quality", "mean", "all", "doc"], default="all"
+        "--part", choices=["residual", "speed", "samplers", "quality", "mean", "ablation", "all", "doc"], default="all"
     )
     parser.add_argument("--limit", type=int, default=116, help="test images for one sample (default: all 116)")
     parser.add_argument(
         "--mean-limit", type=int, default=40, help=f"test images for the mean of {MEAN_OF} (default 40)"
     )
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs of each ablation variant")
     parser.add_argument("--sampler", choices=list(SAMPLERS), default="dpmpp", help="sampler of the quality parts")
     args = parser.parse_args()
-    if args.part not in ("residual", "doc") and not methods.get(METHOD, 4).weights_available:
+    if args.part not in ("residual", "ablation", "doc") and not methods.get(METHOD, 4).weights_available:
         print(f"no shipped {METHOD} weights ({methods.get(METHOD, 4).weights_name}); train them first", file=sys.stderr)
         return 2
     WORK.mkdir(parents=True, exist_ok=True)
@@ -309,6 +371,7 @@ def main() -> int:
         "samplers": part_samplers,
         "quality": lambda: part_quality(args.limit, args.sampler),
         "mean": lambda: part_mean(args.mean_limit, args.sampler),
+        "ablation": lambda: part_ablation(args.epochs),
     }
     for name in parts if args.part == "all" else [] if args.part == "doc" else [args.part]:
         (WORK / f"{name}.json").write_text(json.dumps(parts[name](), indent=2))
