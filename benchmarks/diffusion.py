@@ -102,6 +102,23 @@ def _scores(sr: torch.Tensor, hr: torch.Tensor, fns: dict) -> dict[str, float]:
     return {k: float(fn(sr[None], hr[None]).flatten()[0]) for k, fn in fns.items()}
 
 
+def _average(scores: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's mean over images."""
+    return {k: statistics.mean(s[k] for s in scores) for k in scores[0]}
+
+
+def _score_crops(inputs: list, network: nn.Module, inferer, fns: dict) -> dict[str, float]:
+    """Mean PSNR, SSIM, LPIPS and seconds of super-resolving the x4-degraded ``inputs`` (name, HR crop)."""
+    scores = []
+    for _, hr in inputs:
+        lr = downsample(hr, 4)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            sr = inferer(lr[None], network)[0]
+        scores.append({**_scores(sr, hr, fns), "seconds": time.perf_counter() - start})
+    return _average(scores)
+
+
 #: the choices of issue 12, compared at one short training budget: variant -> SR3 arguments
 VARIANTS = {
     "noise, residual (shipped)": {"prediction": "epsilon", "residual": True},
@@ -135,12 +152,7 @@ def part_ablation(epochs: int) -> dict:
             )
         network = method.network_class(**{**args, **choice, "steps": QUALITY_STEPS}).eval()
         network.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-        inferer = method.inferer(seed=0)
-        scores = []
-        for _, hr in inputs:
-            with torch.inference_mode():
-                scores.append(_scores(inferer(downsample(hr, 4)[None], network)[0], hr, fns))
-        rows[name] = {k: statistics.mean(s[k] for s in scores) for k in scores[0]}
+        rows[name] = _score_crops(inputs, network, method.inferer(seed=0), fns)
         print(f"{name}: {rows[name]}", flush=True)
     return {"epochs": epochs, "rows": rows}
 
@@ -150,17 +162,7 @@ def part_samplers() -> dict:
     rows, fns = {}, _metrics()
     inputs = crops()
     for sampler, steps in SAMPLER_ROWS:
-        network, inferer = sr3(sampler, steps)
-        scores, seconds = [], []
-        for _, hr in inputs:
-            lr = downsample(hr, 4)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                sr = inferer(lr[None], network)[0]
-            seconds.append(time.perf_counter() - start)
-            scores.append(_scores(sr, hr, fns))
-        row = {k: statistics.mean(s[k] for s in scores) for k in scores[0]}
-        rows[f"{sampler} {steps}"] = {**row, "seconds": statistics.mean(seconds)}
+        rows[f"{sampler} {steps}"] = _score_crops(inputs, *sr3(sampler, steps), fns)
         print(f"{sampler} {steps}: {rows[f'{sampler} {steps}']}", flush=True)
     return rows
 
@@ -207,13 +209,18 @@ def part_mean(limit: int, sampler: str) -> dict:
         scores[ours].append(_scores(maps["sr"][0], hr, fns))
         rhos.append(spearman(maps["std"], (maps["sr"][0] - hr).abs()))
         print(f"{Path(item['label']).name}: {scores[ours][-1]} rho {rhos[-1]:.3f}", flush=True)
-    rows = {m: {k: statistics.mean(s[k] for s in v) for k in v[0]} for m, v in scores.items()}
+    rows = {m: _average(v) for m, v in scores.items()}
     spread = {"median": statistics.median(rhos), "min": min(rhos), "max": max(rhos)}
     return {"images": limit, "rows": rows, "spearman": spread}
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _cells(v: dict) -> list[str]:
+    """PSNR, SSIM and LPIPS of a row, as the tables print them."""
+    return [f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}"]
 
 
 def _verdict(ok: bool) -> str:
@@ -224,10 +231,7 @@ def _samplers(rows: dict) -> tuple[list[str], list[str]]:
     text = [f"{CROPS} fixed inputs: the central {CROP}x{CROP} crop of the first {CROPS} test images.", ""]
     text += _table(
         ["sampler", "PSNR (dB)", "SSIM", "LPIPS", "seconds per crop"],
-        [
-            [k, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}", f"{v['seconds']:.1f}"]
-            for k, v in rows.items()
-        ],
+        [[k, *_cells(v), f"{v['seconds']:.1f}"] for k, v in rows.items()],
     )
     ref_name = f"{SAMPLER_ROWS[0][0]} {SAMPLER_ROWS[0][1]}"
     ref = rows[ref_name]
@@ -247,7 +251,7 @@ def _samplers(rows: dict) -> tuple[list[str], list[str]]:
 def _rows_vs_vdsr(part: dict, title: str) -> tuple[list[str], dict, dict]:
     """The table of one quality part and its (VDSR, sr3) rows."""
     text = [f"First {part['images']} test images, {title}:", ""]
-    rows = [[m, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}"] for m, v in part["rows"].items()]
+    rows = [[m, *_cells(v)] for m, v in part["rows"].items()]
     text += _table(["method", "PSNR (dB)", "SSIM", "LPIPS"], rows)
     return text, part["rows"]["vdsr"], next(v for k, v in part["rows"].items() if k.startswith(METHOD))
 
@@ -303,8 +307,7 @@ def _ablation(a: dict) -> tuple[list[str], list[str]]:
         "",
     ]
     text += _table(
-        ["variant (prediction, sample)", "PSNR (dB)", "SSIM", "LPIPS"],
-        [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}"] for k, v in a["rows"].items()],
+        ["variant (prediction, sample)", "PSNR (dB)", "SSIM", "LPIPS"], [[k, *_cells(v)] for k, v in a["rows"].items()]
     )
     return text, []
 

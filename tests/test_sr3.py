@@ -63,6 +63,17 @@ def test_sr3_state_dict_is_the_denoiser_and_loads_strictly():
         assert torch.equal(a(lr, torch.Generator().manual_seed(1)), b(lr, torch.Generator().manual_seed(1)))
 
 
+#: the noise schedule of ``tiny``
+ALPHA_BAR = make_sampler("ddpm", 10, 10).alphas_cumprod
+
+
+def ideal(prediction: str, noisy: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What a perfect denoiser predicts for ``noisy`` made from the clean sample ``x0`` at timesteps ``t``."""
+    a = ALPHA_BAR[t].view(-1, 1, 1, 1)
+    eps = (noisy - a.sqrt() * x0) / (1 - a).sqrt()
+    return {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("residual", [True, False])
 def test_an_oracle_denoiser_recovers_the_hr_image_for_every_prediction(prediction, residual):
@@ -73,14 +84,7 @@ def test_an_oracle_denoiser_recovers_the_hr_image_for_every_prediction(predictio
     for sampler in SAMPLERS:
         net = tiny(prediction=prediction, residual=residual, sampler=sampler)
         x0 = net.sample_of(hr, net.condition(lr))
-        alpha_bar = make_sampler("ddpm", 10, 10).alphas_cumprod
-
-        def oracle(noisy, condition, t, x0=x0, alpha_bar=alpha_bar):
-            a = alpha_bar[t].view(-1, 1, 1, 1)
-            eps = (noisy - a.sqrt() * x0) / (1 - a).sqrt()
-            return {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
-
-        net.denoise = oracle
+        net.denoise = lambda noisy, condition, t, x0=x0: ideal(prediction, noisy, x0, t)
         with torch.inference_mode():
             sr = net(lr, torch.Generator().manual_seed(0))
         assert torch.allclose(sr, hr, atol=1e-3), (sampler, (sr - hr).abs().max())
@@ -94,10 +98,7 @@ def test_the_training_target_is_what_the_denoiser_predicts(prediction):
     lr = torch.nn.functional.avg_pool2d(hr, 4)
     torch.manual_seed(1)
     noisy, target, _, kwargs = DiffusionPrepareBatch(net)({"image": lr, "label": hr})
-    a = make_sampler("ddpm", 10, 10).alphas_cumprod[kwargs["timesteps"]].view(-1, 1, 1, 1)
-    x0 = net.sample_of(hr, kwargs["condition"])
-    eps = (noisy - a.sqrt() * x0) / (1 - a).sqrt()
-    want = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+    want = ideal(prediction, noisy, net.sample_of(hr, kwargs["condition"]), kwargs["timesteps"])
     assert target.shape == (2, 1, 16, 16) and torch.allclose(target, want, atol=1e-4)
 
 
