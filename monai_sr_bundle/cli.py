@@ -135,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sr.add_argument("--seed", type=int, help="stochastic methods: seed of the sampler's noise (same seed, same bytes)")
     sr.add_argument("--steps", type=int, help="stochastic methods: sampler steps (default: the method's)")
-    sr.add_argument("--sampler", help="stochastic methods: ddpm, ddim or dpmpp (DPM-Solver++; default: the method's)")
+    sr.add_argument(
+        "--sampler",
+        help="stochastic methods: ddpm, ddim, dpmpp (DPM-Solver++) or dpmpp_sde (its stochastic form); "
+        "default: the method's",
+    )
     sr.add_argument(
         "--samples",
         type=int,

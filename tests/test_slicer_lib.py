@@ -156,7 +156,7 @@ def test_bad_sampling_options_are_the_cli_sentence_and_write_nothing(tiny, tmp_p
     cases = [
         (NAME, {"steps": 0}, "steps must be a whole number >= 1, got 0."),
         (NAME, {"steps": 21}, "from 1 to 20 (the training steps), got 21."),
-        (NAME, {"sampler": "euler"}, "unknown sampler 'euler'; use one of ddpm, ddim, dpmpp."),
+        (NAME, {"sampler": "euler"}, "unknown sampler 'euler'; use one of ddpm, ddim, dpmpp, dpmpp_sde."),
         (NAME, {"samples": 0}, "samples must be a whole number >= 1, got 0."),
         (NAME, {"samples": 65}, "samples must be at most 64"),
         ("bicubic", {"sampler": "ddim", "steps": 2, "seed": 1, "samples": 2}, "is deterministic and has no sampler"),

@@ -32,7 +32,7 @@ class SR3(nn.Module):
             entry of ``channels``; no attention in the levels by default (at 64x64 positions it doubles the
             CPU time of a step), only in the U-Net's middle block, where MONAI always puts it.
         train_steps: length of the noise schedule (linear betas ``beta_start`` -> ``beta_end``).
-        sampler: ``ddim`` or ``ddpm`` (see :mod:`monai_sr_bundle.diffusion.samplers`).
+        sampler: one of :data:`monai_sr_bundle.diffusion.samplers.SAMPLERS`.
         steps: sampler steps at inference; the registry sets it per request.
         residual_scale: the HR residual over bicubic is divided by it; at x4 on NIH images the residual's
             standard deviation is about 0.02, so 0.04 gives the sample the spread of an image in [-1, 1],
