@@ -57,7 +57,7 @@ def label_server(
                 try:
                     if requests.get(f"{url}/info/", timeout=2).status_code == ready_status:
                         break
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting up
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError(
