@@ -44,6 +44,11 @@ MEAN_OF = 8
 MIN_IMAGES = 40
 
 
+def sr3_args() -> dict:
+    """The shipped sr3 network's arguments (its overlay's ``network_def``): default sampler and steps included."""
+    return methods.get(METHOD, 4).network_spec()["args"]
+
+
 def sr3(sampler: str | None = None, steps: int | None = None) -> tuple[nn.Module, object]:
     method = methods.get(METHOD, 4)
     return method.load(sampler=sampler, steps=steps), method.inferer(seed=0)
@@ -137,11 +142,11 @@ VARIANTS = {
 NOISE_LEVELS = (100, 500, 900, 999)
 
 
-def _clean_estimates(network: nn.Module, inputs: list) -> dict[str, float]:
+def _clean_estimates(network: nn.Module, inputs: list, psnr: PSNRMetric) -> dict[str, float]:
     """Mean PSNR of the image the denoiser's one-step x0 estimate gives, from each HR crop of ``inputs``
     noised to each of NOISE_LEVELS (seed 0): the sampler's first steps start from this guess."""
     schedule = make_sampler("ddim", network.train_steps, network.train_steps, *network.betas, network.prediction)
-    psnr, found = PSNRMetric(), {t: [] for t in NOISE_LEVELS}
+    found = {t: [] for t in NOISE_LEVELS}
     for _, hr in inputs:
         hr = hr.as_tensor()[None]
         condition = network.condition(downsample(hr[0], 4)[None])
@@ -166,9 +171,12 @@ def part_ablation(epochs: int) -> dict:
     denoiser's own average (the variants differ in the denoiser, not in the draw)."""
     from monai.bundle import run
 
-    bundle, method = REPO / "monai_sr_bundle", methods.get(METHOD, 4)
-    args = method.network_spec()["args"]
+    bundle, method, args = REPO / "monai_sr_bundle", methods.get(METHOD, 4), sr3_args()
     inputs, fns, rows = crops("val"), _metrics(), {}
+
+    def score(network: nn.Module, inferer) -> dict[str, float]:
+        return {**_score_crops(inputs, network, inferer, fns), **_clean_estimates(network, inputs, fns["psnr"])}
+
     for name, choice in VARIANTS.items():
         folder = WORK / "ablation" / name.replace(", ", "_").split(" ")[0]
         ckpt = folder / "sr3.pt"
@@ -184,10 +192,9 @@ def part_ablation(epochs: int) -> dict:
             )
         network = method.network_class(**{**args, **choice, "sampler": "ddim", "steps": QUALITY_STEPS}).eval()
         network.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-        rows[name] = {**_score_crops(inputs, network, method.inferer(seed=0), fns), **_clean_estimates(network, inputs)}
+        rows[name] = score(network, method.inferer(seed=0))
         print(f"{name}: {rows[name]}", flush=True)
-    network, inferer = sr3("ddim", QUALITY_STEPS)  # the full budget, for scale
-    rows[SHIPPED] = {**_score_crops(inputs, network, inferer, fns), **_clean_estimates(network, inputs)}
+    rows[SHIPPED] = score(*sr3("ddim", QUALITY_STEPS))  # the full budget, for scale
     return {"epochs": epochs, "rows": rows}
 
 
@@ -280,7 +287,7 @@ def _samplers(rows: dict) -> tuple[list[str], list[str]]:
     ref = rows[ref_name]
     fast = {k: v for k, v in rows.items() if int(k.split()[1]) <= 20}
     best = min(fast, key=lambda k: (ref["psnr"] - fast[k]["psnr"]) / 0.3 + (fast[k]["lpips"] - ref["lpips"]) / 0.01)
-    args = methods.get(METHOD, 4).network_spec()["args"]
+    args = sr3_args()
     default = f"{args['sampler']} {args['steps']}"
     judged = [("best <= 20-step sampler", best)]
     if default in rows.keys() - {best}:
@@ -424,7 +431,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of each ablation variant")
     parser.add_argument("--sampler", choices=list(SAMPLERS), help="sampler of the quality parts (default: sr3's)")
     args = parser.parse_args()
-    args.sampler = args.sampler or methods.get(METHOD, 4).network_spec()["args"]["sampler"]
+    args.sampler = args.sampler or sr3_args()["sampler"]
     if args.part not in ("residual", "ablation", "doc") and not methods.get(METHOD, 4).weights_available:
         print(f"no shipped {METHOD} weights ({methods.get(METHOD, 4).weights_name}); train them first", file=sys.stderr)
         return 2
