@@ -69,7 +69,7 @@ def demo_datalist(inputs: list[str] | None, limit: int) -> tuple[list[dict], str
 
 def _demo(args: argparse.Namespace) -> None:
     from monai_sr_bundle.evaluation import evaluate, format_table
-    from monai_sr_bundle.metrics import default_lpips_weights_path
+    from monai_sr_bundle.networks.imagenet import default_weights_path
 
     datalist, source = demo_datalist(args.inputs, args.limit)
     networks, inferers = {}, {}
@@ -81,9 +81,9 @@ def _demo(args: argparse.Namespace) -> None:
             logging.warning("skipping %s: %s", name, e)
     if not networks:
         raise InputError(f"none of the methods {args.methods!r} could be loaded.")
-    lpips = args.lpips and default_lpips_weights_path().is_file()
+    lpips = args.lpips and default_weights_path().is_file()
     if args.lpips and not lpips:
-        logging.warning("LPIPS skipped: %s not found (set MONAI_SR_DATA)", default_lpips_weights_path())
+        logging.warning("LPIPS skipped: %s not found (set MONAI_SR_DATA)", default_weights_path())
     print(f"demo: x{args.scale} SR of {source}, LR made by antialiased bicubic downsampling")
     summary = evaluate(
         datalist,

@@ -24,12 +24,12 @@ from monai_sr_bundle.metrics import (
     SSIMMetric,
     UQIMetric,
     box_crop_slices,
-    default_lpips_weights_path,
     error_map,
     error_map_to_display,
     load_lpips,
     summarize,
 )
+from monai_sr_bundle.networks.imagenet import default_weights_path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MONAI_SR_DATA") or REPO.parent / "shared" / "data")
@@ -183,7 +183,7 @@ def test_lpips_alex_known_answer():
 
 @needs_alex
 def test_lpips_grayscale_cache_and_gradients():
-    assert load_lpips() is load_lpips("alex", default_lpips_weights_path("alex"))
+    assert load_lpips() is load_lpips("alex", default_weights_path("alex"))
     sr, hr = make_pair(2, 48, seed=6)
     net = load_lpips()
     assert net(hr, hr).abs().max().item() < 1e-6
@@ -211,13 +211,13 @@ def test_lpips_vgg_runs():
 def test_lpips_missing_weights_is_input_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MONAI_SR_DATA", str(tmp_path))
     expected = tmp_path / "weights" / "lpips_alex_full_v0.1.npz"
-    assert default_lpips_weights_path() == expected
+    assert default_weights_path() == expected
     with pytest.raises(InputError, match="MONAI_SR_DATA") as info:
         LPIPSMetric()
     assert str(expected) in str(info.value)
     with pytest.raises(InputError, match="nowhere.npz"):
         LPIPS(weights_path=tmp_path / "nowhere.npz")
-    with pytest.raises(ValueError, match="net must be one of"):
+    with pytest.raises(ValueError, match="must be one of"):
         LPIPS(net="squeeze")
 
 

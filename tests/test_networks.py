@@ -1,4 +1,4 @@
-"""SR networks (bicubic, SRCNN, VDSR) and building them from their bundle overlays (``methods.get(...).load``)."""
+"""SR networks (bicubic, SRCNN, VDSR, SRResNet) and building them from their overlays (``methods.get(...).load``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import load_weights
-from monai_sr_bundle.networks import SRCNN, VDSR, Bicubic
+from monai_sr_bundle.networks import SRCNN, VDSR, Bicubic, SRResNet
+from monai_sr_bundle.networks.srresnet import upsampling_factors
+from monai_sr_bundle.tiling import SRInferer
 
 NETWORKS = {"bicubic": Bicubic, "srcnn": SRCNN, "vdsr": VDSR}
 
@@ -130,3 +132,53 @@ def test_load_weights_not_a_state_dict(tmp_path):
     torch.save(torch.zeros(3), path)  # a tensor, not a state dict
     with pytest.raises(InputError, match="do not fit"):
         load_weights(SRCNN(4), path)
+
+
+# ---------------------------------------------------------------- SRResNet
+
+
+def test_srresnet_parameter_count_is_the_papers():
+    # head 9x9 (5248) + PReLU (64); 16 blocks of 2 convs, 2 BNs, 1 PReLU; closing conv + BN; two x2 stages
+    # (conv 64 -> 256, PReLU); tail 9x9 (5185): SRGAN's generator on one channel, ~1.5M parameters
+    block = 2 * (64 * 64 * 9 + 64) + 2 * 128 + 64
+    assert _n_params(SRResNet(4)) == 5312 + 16 * block + 36928 + 128 + 2 * (64 * 256 * 9 + 256 + 64) + 5185
+    assert _n_params(SRResNet(2)) < _n_params(SRResNet(4))  # one upsampling stage per factor of two
+
+
+@pytest.mark.parametrize("scale, stages", [(2, [2]), (3, [3]), (4, [2, 2]), (8, [2, 2, 2]), (6, [2, 3])])
+def test_srresnet_scales(scale, stages):
+    net = SRResNet(scale, channels=8, blocks=1).eval()
+    assert upsampling_factors(scale) == stages
+    with torch.no_grad():
+        assert tuple(net(torch.rand(1, 1, 7, 9)).shape) == (1, 1, 7 * scale, 9 * scale)
+
+
+@pytest.mark.parametrize("scale", [1, 5, 9])
+def test_srresnet_refuses_other_scales(scale):
+    with pytest.raises(InputError, match=f"scale {scale}"):
+        SRResNet(scale)
+
+
+def test_srresnet_residual_starts_at_bicubic():
+    x = torch.rand(2, 1, 10, 12)
+    with torch.no_grad():
+        assert torch.equal(SRResNet(4, channels=8, blocks=2, residual=True).eval()(x), Bicubic(4)(x))
+        assert not torch.allclose(SRResNet(4, channels=8, blocks=2).eval()(x), Bicubic(4)(x), atol=1e-2)
+
+
+def test_srresnet_halo_makes_tiles_exact():
+    """The declared halo (LR pixels) is the receptive field: tiles with it equal one pass, tiles with one
+    pixel less do not (the contract test's image is too small to tile a 16-block network)."""
+    torch.manual_seed(0)
+    net = SRResNet(4, channels=8, blocks=2).eval()
+    for p in net.parameters():  # weights far from zero, so the image's edges reach every output pixel
+        p.data.normal_(0, 0.3)
+    x = torch.rand(1, 1, 50, 46)
+    # head 4, blocks 2 x 2, closing conv 1, x2 convs at LR (1) and at 2x (1/2), 9x9 tail at 4x (1): 11.5
+    assert net.halo == 12
+    with torch.no_grad():
+        whole = SRInferer(4, tile_size=64)(x, net)
+        tiled = SRInferer(4, tile_size=2 * net.halo + 6, halo=net.halo)(x, net)
+        short = SRInferer(4, tile_size=2 * net.halo + 6, halo=net.halo - 1)(x, net)
+    assert (tiled - whole).abs().max().item() < 1e-4 * whole.abs().max().item()
+    assert (short - whole).abs().max().item() > 1e-3 * whole.abs().max().item()

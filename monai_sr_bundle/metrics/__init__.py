@@ -4,7 +4,7 @@
 from .checks import check_image_pair
 from .error_map import DISPLAY_VMAX, error_map, error_map_to_display
 from .inbox import InBoxMetric, box_crop_slices
-from .lpips import LPIPS, LPIPSMetric, default_lpips_weights_path, load_lpips
+from .lpips import LPIPS, LPIPSMetric, load_lpips
 from .regression import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
 from .summary import summarize
 from .uqi import UQIMetric, compute_uqi
@@ -21,7 +21,6 @@ __all__ = [
     "box_crop_slices",
     "check_image_pair",
     "compute_uqi",
-    "default_lpips_weights_path",
     "error_map",
     "error_map_to_display",
     "load_lpips",

@@ -12,66 +12,26 @@ import functools
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 from monai.metrics.regression import RegressionMetric
 from monai.utils import MetricReduction
 
-from ..data.paths import shared_data_dir
-from ..errors import InputError
+from ..networks.imagenet import ImageNetFeatures, check_net, default_weights_path, read_archive
 from .checks import CheckedInputsMixin
 
-__all__ = ["LPIPS", "LPIPSMetric", "load_lpips", "default_lpips_weights_path", "DATA_ENV_VAR"]
+__all__ = ["LPIPS", "LPIPSMetric", "load_lpips"]
 
-DATA_ENV_VAR = "MONAI_SR_DATA"
-_WEIGHT_FILES = {"alex": "lpips_alex_full_v0.1.npz", "vgg": "lpips_vgg16_full_v0.1.npz"}
-
-# (layer kind, args) in torchvision's ``features`` order, so the archive's ``features.{i}`` keys line up.
-# Each config lists (out_channels, kernel, stride, padding) for convs and "M"/(kernel, stride) for max pools.
-# fmt: off
-_ALEX = [(64, 11, 4, 2), "R", ("M", 3, 2), (192, 5, 1, 2), "R", ("M", 3, 2), (384, 3, 1, 1), "R",
-         (256, 3, 1, 1), "R", (256, 3, 1, 1), "R"]
-_VGG16 = [(64, 3, 1, 1), "R", (64, 3, 1, 1), "R", ("M", 2, 2),
-          (128, 3, 1, 1), "R", (128, 3, 1, 1), "R", ("M", 2, 2),
-          (256, 3, 1, 1), "R", (256, 3, 1, 1), "R", (256, 3, 1, 1), "R", ("M", 2, 2),
-          (512, 3, 1, 1), "R", (512, 3, 1, 1), "R", (512, 3, 1, 1), "R", ("M", 2, 2),
-          (512, 3, 1, 1), "R", (512, 3, 1, 1), "R", (512, 3, 1, 1), "R"]
-# fmt: on
-# LPIPS reads the ReLU outputs that end these ``features`` index ranges (exclusive ends)
-_TAPS = {"alex": (2, 5, 8, 10, 12), "vgg": (4, 9, 16, 23, 30)}
+# the activations LPIPS compares
+_TAPS = {
+    "alex": ["relu1", "relu2", "relu3", "relu4", "relu5"],
+    "vgg": ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"],
+}
 # smallest input side that leaves every tapped feature map non-empty
 _MIN_SIZE = {"alex": 31, "vgg": 16}
 # LPIPS's input normalisation, applied to images in [-1, 1]
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
-
-
-def default_lpips_weights_path(net: str = "alex") -> Path:
-    """Where the LPIPS weights are looked for: ``$MONAI_SR_DATA/weights/<file>``, where ``MONAI_SR_DATA``
-    defaults to ``<repo>/../shared/data``."""
-    return shared_data_dir() / "weights" / _WEIGHT_FILES[_check_net(net)]
-
-
-def _check_net(net: str) -> str:
-    if net not in _WEIGHT_FILES:
-        raise ValueError(f"LPIPS net must be one of {sorted(_WEIGHT_FILES)}, got {net!r}.")
-    return net
-
-
-def _build_features(config: list) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    in_ch = 3
-    for item in config:
-        if item == "R":
-            layers.append(nn.ReLU(inplace=False))
-        elif item[0] == "M":
-            layers.append(nn.MaxPool2d(kernel_size=item[1], stride=item[2]))
-        else:
-            out_ch, k, s, p = item
-            layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=k, stride=s, padding=p))
-            in_ch = out_ch
-    return nn.Sequential(*layers)
 
 
 class LPIPS(nn.Module):
@@ -84,7 +44,7 @@ class LPIPS(nn.Module):
 
     Args:
         net: ``"alex"`` (AlexNet, the LPIPS default) or ``"vgg"`` (VGG16).
-        weights_path: the ``.npz`` archive; default :func:`default_lpips_weights_path`.
+        weights_path: the ``.npz`` archive; default :func:`~monai_sr_bundle.networks.imagenet.default_weights_path`.
 
     Inputs are (B, C, X, Y) in [0, 1] with C = 1 (repeated to RGB) or C = 3 (RGB), at least 31 px per side
     for AlexNet and 16 for VGG16. The parameters are frozen (``requires_grad=False``); gradients still flow
@@ -96,33 +56,19 @@ class LPIPS(nn.Module):
 
     def __init__(self, net: str = "alex", weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
-        self.net = _check_net(net)
+        self.net = check_net(net)
         self.min_size = _MIN_SIZE[net]
-        self.features = _build_features(_ALEX if net == "alex" else _VGG16)
+        path = Path(weights_path) if weights_path is not None else default_weights_path(net)
+        self.backbone = ImageNetFeatures(net, path)
         self.taps = _TAPS[net]
-        channels = [self.features[end - 2].out_channels for end in self.taps]  # conv just before each tap's ReLU
-        self.lins = nn.ModuleList(nn.Conv2d(ch, 1, kernel_size=1, bias=False) for ch in channels)
+        lins = read_archive(path, [f"lin{i}.model.1.weight" for i in range(len(self.taps))], "LPIPS")
+        self.lins = nn.ModuleList(nn.Conv2d(self.backbone.channels(t), 1, kernel_size=1, bias=False) for t in self.taps)
+        for i, lin in enumerate(self.lins):
+            lin.weight.data.copy_(lins[f"lin{i}.model.1.weight"])
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
-        self._load(Path(weights_path) if weights_path is not None else default_lpips_weights_path(net))
         self.requires_grad_(False)
         self.eval()
-
-    def _load(self, path: Path) -> None:
-        if not path.is_file():
-            raise InputError(
-                f"LPIPS weights file {path} does not exist; pass weights_path= or set {DATA_ENV_VAR} to the "
-                f"shared data folder that holds weights/{path.name}."
-            )
-        try:
-            with np.load(path) as archive:
-                arrays = {k: torch.from_numpy(np.array(archive[k], dtype=np.float32)) for k in archive.files}
-            state = {k: v for k, v in arrays.items() if k.startswith("features.")}
-            for i in range(len(self.lins)):
-                state[f"lins.{i}.weight"] = arrays[f"lin{i}.model.1.weight"]
-            self.load_state_dict(state, strict=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise InputError(f"LPIPS weights file {path} is not a valid LPIPS {self.net} v0.1 archive ({e}).") from e
 
     def forward(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Return the per-image distance, shape (B, 1)."""
@@ -142,11 +88,7 @@ class LPIPS(nn.Module):
             both = both.expand(-1, 3, -1, -1)
         h = ((both * 2 - 1) - self.shift) / self.scale
         total = both.new_zeros(n, 1)
-        start = 0
-        for end, lin in zip(self.taps, self.lins):
-            for layer in self.features[start:end]:
-                h = layer(h)
-            start = end
+        for h, lin in zip(self.backbone(h, self.taps), self.lins):
             unit = h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
             diff = (unit[:n] - unit[n:]).pow(2)
             total = total + lin(diff).mean(dim=(2, 3))
@@ -163,8 +105,8 @@ def load_lpips(net: str = "alex", weights_path: str | os.PathLike | None = None)
 
     The instance is shared: move it between devices if needed, but do not train or modify it.
     """
-    path = Path(weights_path) if weights_path is not None else default_lpips_weights_path(net)
-    return _cached_lpips(_check_net(net), str(path.resolve()))
+    path = Path(weights_path) if weights_path is not None else default_weights_path(net)
+    return _cached_lpips(check_net(net), str(path.resolve()))
 
 
 class LPIPSMetric(CheckedInputsMixin, RegressionMetric):
@@ -177,7 +119,7 @@ class LPIPSMetric(CheckedInputsMixin, RegressionMetric):
     Args:
         net: ``"alex"`` (default, LPIPS v0.1) or ``"vgg"``.
         weights_path: the ``.npz`` archive; default ``$MONAI_SR_DATA/weights/...`` (see
-            :func:`default_lpips_weights_path`).
+            :func:`~monai_sr_bundle.networks.imagenet.default_weights_path`).
         reduction: MONAI reduction applied by ``aggregate`` (``"none"`` gives per-image values).
         get_not_nans: whether ``aggregate`` also returns the count of non-NaN values.
 

@@ -4,6 +4,7 @@ configs is the registry."""
 from monai_sr_bundle.networks.bicubic import Bicubic
 from monai_sr_bundle.networks.sr3 import SR3
 from monai_sr_bundle.networks.srcnn import SRCNN
+from monai_sr_bundle.networks.srresnet import SRResNet
 from monai_sr_bundle.networks.vdsr import VDSR
 
-__all__ = ["Bicubic", "SR3", "SRCNN", "VDSR"]
+__all__ = ["Bicubic", "SR3", "SRCNN", "SRResNet", "VDSR"]
