@@ -31,7 +31,7 @@ from monai_sr_bundle.jsonfile import read_json_object
 BUNDLE_ROOT = Path(__file__).resolve().parent
 METHODS_DIR = BUNDLE_ROOT / "configs" / "methods"
 #: keys an overlay may hold
-OVERLAY_KEYS = ("network_def", "training", "default")
+OVERLAY_KEYS = ("network_def", "discriminator_def", "training", "default")
 #: options that only a stochastic method's sampler takes
 SAMPLING_OPTIONS = ("sampler", "steps", "seed", "samples")
 #: most draws per image for the uncertainty maps (each is a whole sampling run)
@@ -123,12 +123,12 @@ class Method:
         self.name, self.overlay, self.scale, self.modality = name, Path(overlay), int(scale), str(modality)
         self.bundle_root = Path(bundle_root or BUNDLE_ROOT)
         self.config = read_json_object(self.overlay, f"method {name!r}: its overlay {self.overlay}", OVERLAY_KEYS)
-        definition = self.config.get("network_def")
-        if not isinstance(definition, dict) or not isinstance(definition.get("_target_"), str):
-            raise InputError(
-                f'method {name!r}: its overlay {self.overlay} needs "network_def" with a "_target_" (the '
-                "network class)."
-            )
+        for key in ("network_def", *(["discriminator_def"] if "discriminator_def" in self.config else [])):
+            definition = self.config.get(key)
+            if not isinstance(definition, dict) or not isinstance(definition.get("_target_"), str):
+                raise InputError(
+                    f'method {name!r}: its overlay {self.overlay} needs "{key}" with a "_target_" (the network class).'
+                )
         training = self.config.get("training", {})
         if not isinstance(training, dict):
             raise InputError(
@@ -140,9 +140,14 @@ class Method:
         return f"Method({self.name!r}, scale={self.scale}, modality={self.modality!r})"
 
     def _parser(self) -> ConfigParser:
-        """The overlay's network_def with ``@scale`` and ``@modality`` defined (a copy: parsing rewrites it)."""
+        """The overlay's network definitions with ``@scale`` and ``@modality`` defined (a copy: parsing rewrites
+        it)."""
         return ConfigParser(
-            {"scale": self.scale, "modality": self.modality, "network_def": copy.deepcopy(self.config["network_def"])}
+            {
+                "scale": self.scale,
+                "modality": self.modality,
+                **{k: copy.deepcopy(v) for k, v in self.config.items() if k.endswith("_def")},
+            }
         )
 
     def network_spec(self) -> dict:
@@ -157,19 +162,7 @@ class Method:
 
     def network(self, weights: str | os.PathLike | None = None) -> nn.Module:
         """A new network of this method (fresh parameters, or ``weights`` loaded), in train mode."""
-        try:
-            network = self._parser().get_parsed_content("network_def")
-        except Exception as e:  # a missing module, a wrong class name or bad arguments, as MONAI reports them
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(
-                f"method {self.name!r}: its network_def in {self.overlay} cannot be built ({reason}); check "
-                'its "_target_" and arguments.'
-            ) from e
-        if not isinstance(network, nn.Module):
-            raise InputError(
-                f'method {self.name!r}: "_target_" in {self.overlay} built a {type(network).__name__}, not '
-                "a torch nn.Module."
-            )
+        network = self._build("network_def")
         if weights is not None:
             if not self.trainable:
                 raise InputError(
@@ -177,6 +170,34 @@ class Method:
                 )
             load_weights(network, weights)
         return network
+
+    def discriminator(self) -> nn.Module:
+        """A new discriminator for GAN training (the overlay's ``discriminator_def``), in train mode."""
+        if not self.adversarial:
+            raise InputError(f"method {self.name!r} has no discriminator (its overlay has no discriminator_def).")
+        return self._build("discriminator_def")
+
+    def _build(self, key: str) -> nn.Module:
+        """The module the overlay's ``key`` defines, or one sentence saying why it cannot be built."""
+        try:
+            module = self._parser().get_parsed_content(key)
+        except Exception as e:  # a missing module, a wrong class name or bad arguments, as MONAI reports them
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(
+                f"method {self.name!r}: its {key} in {self.overlay} cannot be built ({reason}); check "
+                'its "_target_" and arguments.'
+            ) from e
+        if not isinstance(module, nn.Module):
+            raise InputError(
+                f'method {self.name!r}: "_target_" of {key} in {self.overlay} built a {type(module).__name__}, '
+                "not a torch nn.Module."
+            )
+        return module
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the method trains as a GAN (``configs/train_gan.json``): its overlay defines a discriminator."""
+        return "discriminator_def" in self.config
 
     @cached_property
     def _probe(self) -> nn.Module:
@@ -345,6 +366,7 @@ class Method:
             "family": self.family,
             "trainable": self.trainable,
             "stochastic": self.stochastic,
+            "adversarial": self.adversarial,
             "exportable": self.exportable,
             "scale": self.scale,
             "modality": self.modality,

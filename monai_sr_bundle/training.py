@@ -1,6 +1,7 @@
-"""What the bundle's train config cannot say declaratively: finding the checkpoint to resume from, and
-publishing the best checkpoint as a plain, hashed state dict under ``models/``; and the train config
-itself (``train.json`` over the ``inference.json`` base) for the surfaces that train in process."""
+"""What the bundle's train config cannot say declaratively: finding the checkpoint to resume from, stopping
+on a non-finite loss, publishing the best checkpoint as a plain, hashed state dict under ``models/``; and the
+train config itself (``train.json`` over the ``inference.json`` base, plus ``train_gan.json`` for a GAN) for
+the surfaces that train in process."""
 
 from __future__ import annotations
 
@@ -12,22 +13,72 @@ from pathlib import Path
 
 import torch
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
 
+CONFIGS = BUNDLE_ROOT / "configs"
 #: the train stage: ``train.json`` says what differs from the ``inference.json`` base
-TRAIN_CONFIGS = [str(BUNDLE_ROOT / "configs" / "inference.json"), str(BUNDLE_ROOT / "configs" / "train.json")]
+TRAIN_CONFIGS = [str(CONFIGS / "inference.json"), str(CONFIGS / "train.json")]
+#: the GAN stage over the train stage: the adversarial trainer, the discriminator and the losses
+GAN_CONFIG = str(CONFIGS / "train_gan.json")
 
 
-def train_parser():
-    """The bundle's train config, parsed lazily, with ``bundle_root`` at this package; the method is chosen
-    with the ``method`` key, as ``--method`` does on the command line."""
+def train_configs(method: str) -> list[str]:
+    """The config files that train ``method``: the train stage, and the GAN stage over it for a method that
+    defines a discriminator."""
+    return TRAIN_CONFIGS + ([GAN_CONFIG] if methods.get(method).adversarial else [])
+
+
+def train_parser(method: str | None = None):
+    """The bundle's train config for ``method`` (default: the default method), parsed lazily, with
+    ``bundle_root`` at this package and the ``method`` key set, as ``--method`` does on the command line."""
     from monai.bundle import ConfigParser
 
+    method = method or methods.default_name()
     parser = ConfigParser()
-    parser.read_config(TRAIN_CONFIGS)
+    parser.read_config(train_configs(method))
     parser["bundle_root"] = str(BUNDLE_ROOT)
+    parser["method"] = method
     return parser
+
+
+def check_stage(method, adversarial: bool) -> None:
+    """Refuse to train a GAN method without the GAN stage (it would silently train its generator alone) or
+    a method without a discriminator with it."""
+    if method.adversarial and not adversarial:
+        raise InputError(
+            f"method {method.name!r} trains as a GAN: add configs/train_gan.json after configs/train.json "
+            "to --config_file."
+        )
+    if adversarial and not method.adversarial:
+        raise InputError(
+            f"method {method.name!r} has no discriminator: drop configs/train_gan.json from --config_file."
+        )
+
+
+def stop_on_nan(trainer, run_dir: str | os.PathLike) -> None:
+    """Stop training with one sentence when a loss stops being finite, before the epoch's checkpoint is
+    written: the checkpoints of the epochs before stay the last good ones to resume from."""
+    from ignite.engine import Events
+
+    def check(engine) -> None:
+        output = engine.state.output
+        if isinstance(output, list):  # decollated: every item holds the batch's losses
+            output = output[0] if output else {}
+        for key, value in (output if isinstance(output, dict) else {}).items():
+            if "loss" not in str(key) or not isinstance(value, (torch.Tensor, float)):
+                continue
+            value = torch.as_tensor(value, dtype=torch.float32)
+            if not torch.isfinite(value).all():
+                last = latest_checkpoint(run_dir) or "none (no epoch finished)"
+                raise InputError(
+                    f"training stopped at epoch {engine.state.epoch}, iteration {engine.state.iteration}: the "
+                    f"{key} is {value.mean().item()}; the last good checkpoint is {last}; lower learning_rate "
+                    "and resume from it."
+                )
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, check)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
@@ -87,6 +138,9 @@ def attach_resume(trainer, run_dir: str | os.PathLike, best_saver, resume: bool 
     from monai.handlers import CheckpointLoader, CheckpointSaver
 
     state = {"network": trainer.network, "optimizer": trainer.optimizer, "trainer": trainer}
+    for part in ("discriminator", "d_optimizer"):  # a GAN's other half (SRAdversarialTrainer)
+        if hasattr(trainer, part):
+            state[part] = getattr(trainer, part)
     if lr_scheduler is not None:
         state["lr_scheduler"] = lr_scheduler
     latest = latest_checkpoint(run_dir)

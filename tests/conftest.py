@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -11,9 +12,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 
 DATA = shared_data_dir()
+
+#: a GAN method small enough to train in seconds, registered by the ``tiny_gan`` fixture
+TINY_GAN = "tiny_gan"
+TINY_GAN_OVERLAY = {
+    "network_def": {"_target_": "monai_sr_bundle.networks.SRResNet", "scale": "@scale", "channels": 8, "blocks": 1},
+    "discriminator_def": {
+        "_target_": "monai_sr_bundle.networks.discriminator.SRGANDiscriminator",
+        "channels": 4,
+        "pool": 2,
+        "dense": 8,
+    },
+    "training": {
+        "patch_size": 32,
+        "batch_size": 2,
+        "samples_per_image": 1,
+        "val_limit": 1,
+        "perceptual_layers": {"relu1_2": 1.0},
+        "relativistic": True,
+    },
+}
 
 
 def png_declaring(path: str | Path, width: int, height: int) -> Path:
@@ -145,3 +167,13 @@ def ct_label_server(tmp_path_factory):
     shutil.copy(default_input(), studies / "ct_small.dcm")
     with label_server(root, studies, {"method": "srcnn", "model_dir": root / "model"}) as url:
         yield url, studies
+
+
+@pytest.fixture
+def tiny_gan(tmp_path, monkeypatch):
+    """The tiny GAN as a throwaway method (``$MONAI_SR_METHODS``, inherited by subprocesses)."""
+    folder = tmp_path / "overlays"
+    folder.mkdir()
+    (folder / f"{TINY_GAN}.json").write_text(json.dumps(TINY_GAN_OVERLAY))
+    monkeypatch.setenv("MONAI_SR_METHODS", str(folder))
+    return methods.get(TINY_GAN)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, needs_data
+from conftest import DATA, TINY_GAN, needs_data
 from PIL import Image
 
 from monai_sr_bundle import methods
@@ -237,6 +237,7 @@ def test_site_trainer_refuses_a_bad_global_model(tmp_path):
         {k: v for k, v in good.items() if k != first},
         {**good, first: torch.zeros(3, 3)},
         {**good, first: np.array(["x"] * 4)},
+        {**good, first: torch.ones_like(good[first], dtype=torch.bool)},
         None,
     ):
         with pytest.raises(InputError, match="site s5: the global model does not fit"):
@@ -356,6 +357,38 @@ def test_simulator_trains_the_diffusion_job(tmp_path):
     # scored on a sampled SR: after one step the denoiser is untrained, so only a finite score is asked
     assert all(0 < s["psnr"] < 100 and s["steps"] >= 1 for s in round_["sites"].values())
     methods.load_weights(methods.get("sr3").network(), app / "models" / "sr3_cxr_x4.pt")
+
+
+def test_simulator_trains_a_gan_generator_keeping_the_discriminator_at_the_sites(tmp_path, tiny_gan):
+    """A GAN method (the tiny one, from a throwaway overlay folder the site processes inherit) at 2 sites x 2
+    rounds: the client trains it with the GAN stage, the server averages and publishes the generator alone,
+    and the discriminators never reach it."""
+    a = make_site(tmp_path / "a", "site-a", nih_items("train", 0, 2), nih_items("val", 0, 1))
+    b = make_site(tmp_path / "b", "site-b", nih_items("train", 200, 2), nih_items("val", 30, 1))
+    config = load_job_config(job_file(tmp_path, "gan", {"site-a": str(a), "site-b": str(b)}, method=TINY_GAN))
+    app = run_simulation(config, tmp_path / "ws")
+    report = _report(app)
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert all(set(r["sites"]) == {"site-a", "site-b"} and not r["failed"] for r in report["rounds"])
+    published = torch.load(app / "models" / f"{TINY_GAN}_cxr_x4.pt", weights_only=True)
+    assert published.keys() == tiny_gan.network().state_dict().keys()  # the generator, nothing of the critic
+    tiny_gan.network(app / "models" / f"{TINY_GAN}_cxr_x4.pt")
+
+
+def test_a_sites_discriminator_carries_on_across_rounds(tmp_path, tiny_gan):
+    """Between rounds the site loads the global generator; its discriminator and its optimizer keep their
+    state (Adam's step count goes on) instead of starting over."""
+    site = load_site("s7", make_site(tmp_path, "s7", nih_items("train", 0, 2), nih_items("val", 0, 1)))
+    trainer = SiteTrainer(site, TINY_GAN, 4, "cxr", "minmax", 2, tmp_path / "runs")
+    generator = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    assert trainer.train(1) == 1
+    critic = {k: v.clone() for k, v in trainer.trainer.discriminator.state_dict().items()}
+    trainer.load_global(generator)  # the next round starts from the (here: initial) global generator
+    assert trainer.train(1) == 1
+    steps = {int(s["step"]) for s in trainer.trainer.d_optimizer.state_dict()["state"].values()}
+    assert steps == {2}
+    after = trainer.trainer.discriminator.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in critic.items())
 
 
 def test_exported_job_with_a_failing_site_finishes_with_the_others(tmp_path):

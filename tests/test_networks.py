@@ -1,4 +1,5 @@
-"""SR networks (bicubic, SRCNN, VDSR, SRResNet) and building them from their overlays (``methods.get(...).load``)."""
+"""SR networks (bicubic, SRCNN, VDSR, SRResNet, RRDBNet, SRGANVDSR, RUNet) and building them from their overlays
+(``methods.get(...).load``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import load_weights
-from monai_sr_bundle.networks import SRCNN, VDSR, Bicubic, SRResNet
+from monai_sr_bundle.networks import SRCNN, SRGANVDSR, VDSR, Bicubic, RRDBNet, RUNet, SRResNet
 from monai_sr_bundle.networks.srresnet import upsampling_factors
 from monai_sr_bundle.tiling import SRInferer
 
@@ -143,6 +144,9 @@ def test_srresnet_parameter_count_is_the_papers():
     block = 2 * (64 * 64 * 9 + 64) + 2 * 128 + 64
     assert _n_params(SRResNet(4)) == 5312 + 16 * block + 36928 + 128 + 2 * (64 * 256 * 9 + 256 + 64) + 5185
     assert _n_params(SRResNet(2)) < _n_params(SRResNet(4))  # one upsampling stage per factor of two
+    # without BatchNorm (EDSR's choice): the 33 BN layers' 128 parameters each are gone, nothing else
+    assert _n_params(SRResNet(4)) - _n_params(SRResNet(4, batch_norm=False)) == 33 * 128
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in SRResNet(4, blocks=2, batch_norm=False).modules())
 
 
 @pytest.mark.parametrize("scale, stages", [(2, [2]), (3, [3]), (4, [2, 2]), (8, [2, 2, 2]), (6, [2, 3])])
@@ -182,3 +186,203 @@ def test_srresnet_halo_makes_tiles_exact():
         short = SRInferer(4, tile_size=2 * net.halo + 6, halo=net.halo - 1)(x, net)
     assert (tiled - whole).abs().max().item() < 1e-4 * whole.abs().max().item()
     assert (short - whole).abs().max().item() > 1e-3 * whole.abs().max().item()
+
+
+def _far_reaching(net: torch.nn.Module, gain: float) -> None:
+    """Positive weights on the bottom-right tap of every spatial convolution only (dense weights elsewhere):
+    every path through the network adds up instead of cancelling and reads as far right and down as it can,
+    so the edge of the receptive field weighs enough to be seen in float32 (with whole 3x3 kernels of
+    random sign it fades by ~3x per layer, below float precision in a 20-layer RRDB)."""
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            w = torch.zeros_like(m.weight)
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1:
+                w[..., -1, -1].uniform_(0, 2 * gain / m.weight.shape[1])
+            else:
+                w.uniform_(0, 2 * gain / m.weight[0].numel())
+            m.weight.data.copy_(w)
+            if m.bias is not None:
+                m.bias.data.uniform_(0, 0.1)
+
+
+def _tiling_errors(net: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """Largest |tiled - whole| with tiles carrying the declared halo, and with one pixel less. The output
+    is mapped onto [0, 1] first, so that SRInferer's clamp hides nothing."""
+    net = net.eval().to(dtype)
+    with torch.no_grad():
+        raw = net(x.to(dtype))
+    lo, hi = raw.min().item(), raw.max().item()
+
+    def unit(t: torch.Tensor) -> torch.Tensor:
+        return ((net(t.to(dtype)) - lo) / (hi - lo)).float()
+
+    s, tile = net.scale, 2 * net.halo + 6
+    with torch.no_grad():
+        whole = SRInferer(s, tile_size=1000)(x, unit)
+        tiled = SRInferer(s, tile_size=tile, halo=net.halo)(x, unit)
+        short = SRInferer(s, tile_size=tile, halo=net.halo - 1)(x, unit)
+    return (tiled - whole).abs().max().item(), (short - whole).abs().max().item()
+
+
+# ---------------------------------------------------------------- RRDBNet (ESRGAN)
+
+
+def test_rrdb_parameter_count_is_the_papers():
+    # a dense block: four convs adding 32 channels to 64, 96, 128, 160 inputs, one from 192 back to 64
+    dense = sum((64 + 32 * i) * 32 * 9 + 32 for i in range(4)) + 192 * 64 * 9 + 64
+    conv = 64 * 64 * 9 + 64
+    # head 3x3 (640); 23 RRDBs of 3 dense blocks; trunk conv; two upsampling convs; HR conv; 3x3 to the image
+    assert _n_params(RRDBNet(4)) == 640 + 23 * 3 * dense + conv + 2 * conv + conv + 577 == 16_695_681
+    # on RGB it is ESRGAN's published RRDB_ESRGAN_x4 generator: 16,697,987 parameters
+    assert _n_params(RRDBNet(4, in_channels=3)) == 16_697_987
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_rrdb_shapes(scale):
+    net = RRDBNet(scale, channels=8, growth=4, blocks=1).eval()
+    with torch.no_grad():
+        y = net(torch.rand(2, 1, 7, 9))
+    assert tuple(y.shape) == (2, 1, 7 * scale, 9 * scale) and torch.isfinite(y).all()
+
+
+def test_rrdb_residual_starts_at_bicubic():
+    x = torch.rand(2, 1, 10, 12)
+    with torch.no_grad():
+        assert torch.equal(RRDBNet(4, channels=8, growth=4, blocks=1, residual=True).eval()(x), Bicubic(4)(x))
+        assert not torch.allclose(RRDBNet(4, channels=8, growth=4, blocks=1).eval()(x), Bicubic(4)(x), atol=1e-2)
+
+
+def test_rrdb_halo_makes_tiles_exact():
+    torch.manual_seed(0)
+    net = RRDBNet(4, channels=4, growth=8, blocks=1)
+    _far_reaching(net, gain=4.0)
+    # LR: head 1 + 3 dense blocks x 5 convs + trunk conv 1 = 17 (68 HR), x2 convs at 2x and 4x (2 + 1 HR),
+    # two tail convs at 4x (2 HR): 73 HR pixels, 19 LR
+    assert net.halo == 19
+    tiled, short = _tiling_errors(net, torch.rand(1, 1, 50, 46))
+    assert tiled < 1e-5 and short > 1e-4
+
+
+# ---------------------------------------------------------------- SRGANVDSR
+
+
+def test_srgan_vdsr_parameter_count():
+    # SRResNet's head (5312) and 16 residual blocks, 20 VDSR convs of 64 channels, two x2 sub-pixel
+    # stages, 9x9 tail (5185)
+    block = 2 * (64 * 64 * 9 + 64) + 2 * 128 + 64
+    up = 2 * (64 * 256 * 9 + 256 + 64)
+    assert _n_params(SRGANVDSR(4)) == 5312 + 16 * block + 20 * (64 * 64 * 9 + 64) + up + 5185 == 2_231_425
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_srgan_vdsr_shapes(scale):
+    net = SRGANVDSR(scale, channels=8, blocks=1, vdsr_depth=3).eval()
+    with torch.no_grad():
+        y = net(torch.rand(2, 1, 7, 9))
+    assert tuple(y.shape) == (2, 1, 7 * scale, 9 * scale) and torch.isfinite(y).all()
+
+
+def test_srgan_vdsr_residual_starts_at_bicubic():
+    x = torch.rand(2, 1, 10, 12)
+    with torch.no_grad():
+        net = SRGANVDSR(4, channels=8, blocks=1, vdsr_depth=3, residual=True).eval()
+        assert torch.equal(net(x), Bicubic(4)(x))
+        net = SRGANVDSR(4, channels=8, blocks=1, vdsr_depth=3).eval()
+        assert not torch.allclose(net(x), Bicubic(4)(x), atol=1e-2)
+
+
+def test_srgan_vdsr_halo_makes_tiles_exact():
+    torch.manual_seed(0)
+    net = SRGANVDSR(4, channels=8, blocks=1, vdsr_depth=3)
+    _far_reaching(net, gain=1.0)
+    # LR: head 4 + block 2 + VDSR 3 = 9 (36 HR); sub-pixel convs at LR (4 HR) and 2x (2 HR); tail 4 HR: 46 -> 12
+    assert net.halo == 12
+    tiled, short = _tiling_errors(net, torch.rand(1, 1, 40, 36))
+    assert tiled < 1e-5 and short > 1e-2
+
+
+# ---------------------------------------------------------------- RUNet
+
+
+def test_runet_parameter_count():
+    def res_block(c_in, c_out):  # two bias-free 3x3 convs with BN, a 1x1 projection where the width changes
+        return 9 * c_in * c_out + 9 * c_out * c_out + 4 * c_out + (c_in * c_out + c_out if c_in != c_out else 0)
+
+    chans = (32, 64, 128, 256)
+    down = sum(res_block(w, c) + res_block(c, c) for w, c in zip((32,) + chans, chans))
+    up = sum(4 * hi * lo + lo for lo, hi in zip(chans, chans[1:]))  # 2x2 transposed convs
+    decode = sum(27 * c * c + 4 * c for c in chans[:-1])  # conv 2c -> c and c -> c, with BN
+    assert _n_params(RUNet(4)) == 9 * 32 + 64 + down + up + decode + 33 == 3_547_809
+    assert _n_params(RUNet(2)) == _n_params(RUNet(4))  # pre-upsampling: the scale is not a layer
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_runet_shapes(scale):
+    """Any size works: 7 x 9 at x3 is 21 x 27, padded to 24 x 32 for the pooled levels and cropped back."""
+    net = RUNet(scale, channels=(8, 16, 32, 64), res_blocks=1).eval()
+    torch.nn.init.normal_(net.last.weight, 0, 0.3)
+    with torch.no_grad():
+        y = net(torch.rand(2, 1, 7, 9))
+    assert tuple(y.shape) == (2, 1, 7 * scale, 9 * scale) and torch.isfinite(y).all()
+
+
+def test_runet_starts_at_the_interpolation_and_modes_differ():
+    torch.manual_seed(0)
+    net = RUNet(4, channels=(8, 16), res_blocks=1).eval()
+    x = torch.rand(1, 1, 9, 11)
+    with torch.no_grad():
+        assert torch.equal(net(x), Bicubic(4)(x))  # zero last conv: the interpolated image
+        torch.nn.init.normal_(net.last.weight, 0, 0.3)
+        outs = {}
+        for mode in ("bicubic", "bilinear", "nearest"):
+            net.pre_upsample = mode
+            outs[mode] = net(x)
+    assert not torch.allclose(outs["bicubic"], outs["bilinear"], atol=1e-3)
+    assert not torch.allclose(outs["bilinear"], outs["nearest"], atol=1e-3)
+    net.pre_upsample = "lanczos"
+    with pytest.raises(InputError, match="lanczos"):
+        net(x)
+
+
+def test_runet_halo_makes_tiles_exact_when_pooling_grids_line_up():
+    """Three levels at x4: a pooled pixel covers 4 HR = 1 LR pixel, so every tile pools the same pixel pairs
+    as the whole image and the halo makes tiles exact (computed in float64: the receptive field's edge
+    enters only through bicubic's smallest tap, ~1% of a pixel, and float32 rounding would hide it)."""
+    torch.manual_seed(0)
+    net = RUNet(4, channels=(8, 16, 32), res_blocks=1)
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.weight.data.normal_(0, 3.0 / m.weight[0].numel() ** 0.5)
+    # HR: head 1, one block (2 convs) per level: 2 + 4 + 8, decoder 2 convs + pool pair per upper level:
+    # 3 + 6: 24 HR, ceil(24 / 4) + 2 for bicubic = 8 LR
+    assert net.halo == 8
+    tiled, short = _tiling_errors(net, torch.rand(1, 1, 30, 26), torch.float64)
+    assert tiled < 1e-7 and short > 1e-6
+
+
+def test_runet_tiles_are_not_exact_when_pooling_grids_differ():
+    """Four levels at x4: a pooled pixel covers 8 HR = 2 LR pixels, and a tile starting at an odd LR pixel
+    pools other pairs than the whole image does. Tiled output then differs from whole-image output; this
+    bounds how much, for random weights (measured: 2.3e-2 for a residual of up to 0.19; over four seeds
+    at most 14% of the residual)."""
+    torch.manual_seed(0)
+    net = RUNet(4, channels=(8, 16, 32, 64), res_blocks=1).eval()
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.weight.data.normal_(0, 1.0 / m.weight[0].numel() ** 0.5)
+    x = torch.rand(1, 1, 45, 41)
+    with torch.no_grad():
+        residual = (net(x) - Bicubic(4)(x)).abs().max().item()
+        whole = SRInferer(4, tile_size=1000)(x, net)
+        tiled = SRInferer(4, tile_size=2 * net.halo + 9, halo=net.halo)(x, net)
+    diff = (tiled - whole).abs().max().item()
+    assert 1e-4 < diff < 0.2 * residual
+
+
+def test_new_networks_reject_empty_configurations():
+    with pytest.raises(ValueError, match="vdsr_depth"):
+        SRGANVDSR(vdsr_depth=0)
+    with pytest.raises(ValueError, match="level"):
+        RUNet(channels=())
+    with pytest.raises(InputError, match="scale 5"):
+        RRDBNet(5)

@@ -20,7 +20,7 @@ import torch
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.sites import SiteData, load_site
-from monai_sr_bundle.training import train_parser
+from monai_sr_bundle.training import stop_on_nan, train_parser
 
 logger = logging.getLogger(__name__)
 #: the train config's handlers a federated round leaves out: the client scores the received global model
@@ -44,13 +44,12 @@ class SiteTrainer:
         box_weight: float = 0.0,
         batch_size: int | None = None,
     ) -> None:
-        parser = train_parser()
+        parser = train_parser(method)
         parser["train"]["handlers"] = [
             h for h in parser["train"]["handlers"] if h.get("_target_") not in LOCAL_ONLY_HANDLERS
         ]
         parser.update(
             {
-                "method": method,
                 "scale": int(scale),
                 "modality": modality,
                 "intensity": intensity,
@@ -69,17 +68,22 @@ class SiteTrainer:
             self.evaluator = parser.get_parsed_content("validate#evaluator")
         except Exception as e:  # a corrupt image surfaces here, wrapped by MONAI's dataset caching
             raise InputError(f"site {site.site}: cannot load its images ({_first_line(e)}).") from e
+        stop_on_nan(self.trainer, parser["run_dir"])  # a diverged site fails its round instead of sending NaN
         self.network = self.trainer.network
         self.site = site.site
 
     def load_global(self, params: dict) -> None:
         """Load the server's global weights, refusing any that do not fit this network or are not finite:
         a site never trains on, or sends back, a corrupted model."""
+        own = self.network.state_dict()
         try:
             state = {k: torch.as_tensor(v) for k, v in dict(params or {}).items()}
-            bad = [k for k, v in state.items() if not (v.is_floating_point() and torch.isfinite(v).all())]
+            bad = [k for k, v in state.items() if v.dtype == torch.bool or not torch.isfinite(v.double()).all()]
             if bad:
-                raise ValueError(f"non-finite or non-float values in {bad[0]}")
+                raise ValueError(f"non-finite or non-numeric values in {bad[0]}")
+            for k, v in state.items():  # BatchNorm's batch counters: FedAvg averages them into floats
+                if k in own and not own[k].is_floating_point():
+                    state[k] = v.round().to(own[k].dtype)
             self.network.load_state_dict(state)
         except (RuntimeError, ValueError, TypeError) as e:
             raise InputError(f"site {self.site}: the global model does not fit this network ({_first_line(e)}).") from e

@@ -2,9 +2,12 @@
 configs is the registry."""
 
 from monai_sr_bundle.networks.bicubic import Bicubic
+from monai_sr_bundle.networks.rrdb import RRDBNet
+from monai_sr_bundle.networks.runet import RUNet
 from monai_sr_bundle.networks.sr3 import SR3
 from monai_sr_bundle.networks.srcnn import SRCNN
+from monai_sr_bundle.networks.srgan_vdsr import SRGANVDSR
 from monai_sr_bundle.networks.srresnet import SRResNet
 from monai_sr_bundle.networks.vdsr import VDSR
 
-__all__ = ["Bicubic", "SR3", "SRCNN", "SRResNet", "VDSR"]
+__all__ = ["Bicubic", "RRDBNet", "RUNet", "SR3", "SRCNN", "SRGANVDSR", "SRResNet", "VDSR"]

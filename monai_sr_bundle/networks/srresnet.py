@@ -12,17 +12,21 @@ from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import UPSAMPLE_HALO, upsample
 
 
-class _ResidualBlock(nn.Module):
-    """conv-BN-PReLU-conv-BN with an identity skip."""
+def _norm(channels: int, batch_norm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
 
-    def __init__(self, channels: int) -> None:
+
+class ResidualBlock(nn.Module):
+    """conv-BN-PReLU-conv-BN with an identity skip (conv-PReLU-conv without ``batch_norm``)."""
+
+    def __init__(self, channels: int, batch_norm: bool = True) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
-            nn.BatchNorm2d(channels),
+            _norm(channels, batch_norm),
             nn.PReLU(channels),
             nn.Conv2d(channels, channels, 3, padding=1),
-            nn.BatchNorm2d(channels),
+            _norm(channels, batch_norm),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +45,15 @@ def upsampling_factors(scale: int) -> list[int]:
     return steps
 
 
+def subpixel_upsampler(channels: int, factors: list[int]) -> nn.Sequential:
+    """SRResNet's upsampling stages, one per factor: conv to ``f * f`` times the channels, PixelShuffle(f),
+    PReLU (also the upsampler of the SRGAN+VDSR hybrid)."""
+    up: list[nn.Module] = []
+    for f in factors:
+        up += [nn.Conv2d(channels, channels * f * f, 3, padding=1), nn.PixelShuffle(f), nn.PReLU(channels)]
+    return nn.Sequential(*up)
+
+
 class SRResNet(nn.Module):
     """Residual blocks at LR resolution, then sub-pixel convolutions (conv, PixelShuffle, PReLU) to HR.
 
@@ -57,10 +70,18 @@ class SRResNet(nn.Module):
         residual: add the bicubic-upsampled input to the output, so the network learns HR minus bicubic
             (VDSR's residual learning; not in the paper). The last layer then starts at zero: training starts
             at bicubic quality, which matters when the training budget is a few CPU hours.
+        batch_norm: the paper's BatchNorm layers. EDSR (Lim et al. 2017) and ESRGAN drop them: they cost PSNR,
+            and with small CPU batches their running statistics differ from the batch ones seen in training.
     """
 
     def __init__(
-        self, scale: int = 4, in_channels: int = 1, channels: int = 64, blocks: int = 16, residual: bool = False
+        self,
+        scale: int = 4,
+        in_channels: int = 1,
+        channels: int = 64,
+        blocks: int = 16,
+        residual: bool = False,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__()
         self.scale = int(scale)
@@ -68,14 +89,11 @@ class SRResNet(nn.Module):
         factors = upsampling_factors(self.scale)
         self.head = nn.Sequential(nn.Conv2d(in_channels, channels, 9, padding=4), nn.PReLU(channels))
         self.body = nn.Sequential(
-            *(_ResidualBlock(channels) for _ in range(blocks)),
+            *(ResidualBlock(channels, batch_norm) for _ in range(blocks)),
             nn.Conv2d(channels, channels, 3, padding=1),
-            nn.BatchNorm2d(channels),
+            _norm(channels, batch_norm),
         )
-        up: list[nn.Module] = []
-        for f in factors:
-            up += [nn.Conv2d(channels, channels * f * f, 3, padding=1), nn.PixelShuffle(f), nn.PReLU(channels)]
-        self.upsample = nn.Sequential(*up)
+        self.upsample = subpixel_upsampler(channels, factors)
         self.tail = nn.Conv2d(channels, in_channels, 9, padding=4)
         if self.residual:
             nn.init.zeros_(self.tail.weight)

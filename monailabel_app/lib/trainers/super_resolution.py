@@ -21,7 +21,7 @@ from monai_sr_bundle.data.markups import markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
-from monai_sr_bundle.training import TRAIN_CONFIGS, train_parser
+from monai_sr_bundle.training import train_configs, train_parser
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ class SuperResolutionTrainer(TrainTask):
             )
         init = versions.resolve(self.model_dir, method, self.scale, self.modality, params["init"])
         target = versions.next_version(self.model_dir, method, self.scale, self.modality)
-        settings = train_parser()
-        settings.update({"method": method, "scale": self.scale, "modality": self.modality})
+        settings = train_parser(method)
+        settings.update({"scale": self.scale, "modality": self.modality})
         datalist = datastore_datalist(datastore, min_size=int(settings.get_parsed_content("patch_size")))
         run_dir = self.model_dir / "runs" / f"{target.stem}_{time.strftime('%Y%m%d_%H%M%S')}"
         run_dir.mkdir(parents=True)
@@ -139,7 +139,7 @@ class SuperResolutionTrainer(TrainTask):
             overrides["learning_rate"] = learning_rate
         try:
             bundle_run(
-                config_file=TRAIN_CONFIGS,
+                config_file=train_configs(method),
                 meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
                 logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
                 **overrides,

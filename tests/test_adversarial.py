@@ -1,0 +1,209 @@
+"""GAN training (``configs/train_gan.json``): the losses of the game, the SRGAN discriminator, MONAI's
+AdversarialTrainer made to treat the HR target as the real sample, and a tiny GAN registered as a throwaway
+method (``$MONAI_SR_METHODS``) trained, resumed and published through the real bundle command; a loss that
+turns NaN stops training with one sentence and keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DATA, TINY_GAN, needs_data
+from monai.engines import SupervisedTrainer
+from monai.utils import AdversarialKeys
+from test_bundle import _configs, _ok, run_config
+
+from monai_sr_bundle import methods
+from monai_sr_bundle.adversarial import SRAdversarialTrainer
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.losses import AdversarialLoss, BoxWeightedL1Loss, WeightedSumLoss
+from monai_sr_bundle.networks import SRResNet
+from monai_sr_bundle.networks.discriminator import SRGANDiscriminator
+from monai_sr_bundle.training import GAN_CONFIG, TRAIN_CONFIGS, attach_resume, stop_on_nan, train_configs
+
+GAN = _configs("inference.json", "train.json", "train_gan.json")
+TRAIN = _configs("inference.json", "train.json")
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+
+def test_standard_game_is_srgans():
+    real, fake = torch.tensor([[2.0], [0.5]]), torch.tensor([[-1.0], [0.3]])
+    loss = AdversarialLoss(weight=1e-3)
+    assert torch.allclose(loss.generator(fake), 1e-3 * F.softplus(-fake).mean())  # -log sigmoid(D(G(lr)))
+    assert torch.allclose(loss.discriminator(real, fake), (F.softplus(-real).mean() + F.softplus(fake).mean()) / 2)
+
+
+def test_relativistic_game_is_esrgans():
+    real, fake = torch.tensor([[2.0], [0.5]]), torch.tensor([[-1.0], [0.3]])
+    loss = AdversarialLoss(weight=5e-3, relativistic=True)
+    r, f = real - fake.mean(), fake - real.mean()  # relativistic average logits
+    d = (F.softplus(-r).mean() + F.softplus(f).mean()) / 2
+    g = 5e-3 * (F.softplus(r).mean() + F.softplus(-f).mean()) / 2  # the mirror image, weighted
+    assert torch.allclose(loss.discriminator(real, fake), d)
+    assert torch.allclose(loss.generator(fake, real), g)
+    with pytest.raises(ValueError, match="real images"):
+        loss.generator(fake)
+    with pytest.raises(InputError, match=">= 0"):
+        AdversarialLoss(weight=-1)
+
+
+def test_weighted_sum_skips_switched_off_terms():
+    pred, target = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
+    l1 = BoxWeightedL1Loss()
+    assert WeightedSumLoss([l1, torch.nn.MSELoss()], [0.5, 2.0])(pred, target).item() == pytest.approx(2.5)
+    only = WeightedSumLoss([l1, None], [1.0, 0.0])  # a perceptual term switched off is never built
+    assert len(only.terms) == 1 and only(pred, target).item() == pytest.approx(1.0)
+    for losses, weights, match in (
+        ([l1], [1.0, 2.0], "one weight"),
+        ([l1, None], [1.0, 1.0], "missing"),
+        ([l1], [0.0], "nothing would be trained"),
+        ([l1], [-1.0], "one weight >= 0"),
+    ):
+        with pytest.raises(InputError, match=match):
+            WeightedSumLoss(losses, weights)
+
+
+# ---------------------------------------------------------------------------------------- discriminator
+
+
+def test_discriminator_is_the_papers_at_96_px():
+    net = SRGANDiscriminator(in_channels=3)
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert [c.stride[0] for c in convs] == [1, 2, 1, 2, 1, 2, 1, 2]
+    assert net.features(torch.rand(1, 3, 96, 96)).shape[-2:] == (6, 6)  # the map the paper flattens
+    # then the pool is the identity and the dense layer sees the paper's 6 x 6 x 512 inputs
+    assert net.head[2].in_features == 512 * 6 * 6 and net.head[2].out_features == 1024
+    with torch.no_grad():
+        assert SRGANDiscriminator(channels=4, pool=2, dense=8)(torch.rand(3, 1, 40, 56)).shape == (3, 1)
+
+
+def test_a_discriminator_checkpoint_is_refused_as_generator_weights(tmp_path, tiny_gan):
+    path = tmp_path / "d.pt"
+    torch.save(tiny_gan.discriminator().state_dict(), path)
+    with pytest.raises(InputError, match="do not fit"):
+        tiny_gan.load(path)
+
+
+# -------------------------------------------------------------------------------------------- trainer
+
+
+def _batches(n: int = 2):
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(n, 2, 1, 32, 32, generator=g)
+    mask = torch.zeros(n, 2, 1, 32, 32)
+    return [{"image": F.avg_pool2d(h, 4), "label": torch.cat([h, m], 1)} for h, m in zip(hr, mask)]
+
+
+def _gan_trainer(relativistic: bool, max_epochs: int = 1) -> SRAdversarialTrainer:
+    torch.manual_seed(0)
+    g, d = SRResNet(4, channels=8, blocks=1, residual=True), SRGANDiscriminator(channels=4, pool=2, dense=8)
+    return SRAdversarialTrainer(
+        adversarial_loss=AdversarialLoss(1e-3, relativistic),
+        device="cpu",
+        max_epochs=max_epochs,
+        train_data_loader=_batches(),
+        g_network=g,
+        g_optimizer=torch.optim.Adam(g.parameters(), 1e-3),
+        recon_loss_function=BoxWeightedL1Loss(),
+        d_network=d,
+        d_optimizer=torch.optim.Adam(d.parameters(), 1e-3),
+    )
+
+
+@pytest.mark.parametrize("relativistic", [False, True])
+def test_the_real_sample_is_the_hr_target(relativistic):
+    trainer = _gan_trainer(relativistic)
+    seen = []
+    d_forward = trainer.state.d_network.forward
+    trainer.state.d_network.forward = lambda x: seen.append(x.detach().clone()) or d_forward(x)
+    before = [p.detach().clone() for p in (*trainer.network.parameters(), *trainer.discriminator.parameters())]
+    trainer.run()
+    out = trainer.state.output[0] if isinstance(trainer.state.output, list) else trainer.state.output
+    label = _batches()[-1]["label"]
+    assert torch.equal(out[AdversarialKeys.REALS], label[:, :1])  # the HR without its box-mask channel
+    # the discriminator saw HR-sized images only, the reals among them (not the 8 x 8 LR input, as MONAI's
+    # trainer would give it); the relativistic generator step also asks it about the reals
+    assert all(x.shape[-2:] == (32, 32) for x in seen)
+    reals = [b["label"][:, :1] for b in _batches()]
+    assert sum(any(torch.equal(x, r) for r in reals) for x in seen) == (4 if relativistic else 2)  # 2 iterations
+    loss = out["loss"]
+    assert torch.isclose(loss, out[AdversarialKeys.RECONSTRUCTION_LOSS] + out[AdversarialKeys.GENERATOR_LOSS])
+    after = [*trainer.network.parameters(), *trainer.discriminator.parameters()]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after) if a.dim() > 1)  # both networks trained
+    assert trainer.network is trainer.state.g_network and trainer.optimizer is trainer.state.g_optimizer
+
+
+def test_gan_checkpoints_are_state_dicts_that_resume(tmp_path):
+    trainer = _gan_trainer(False)
+    attach_resume(trainer, tmp_path, best_saver=None)
+    trainer.run()
+    state = torch.load(tmp_path / "checkpoint_epoch=1.pt", weights_only=True)  # no pickled modules
+    assert {"network", "optimizer", "discriminator", "d_optimizer", "trainer"} <= set(state)
+    resumed = _gan_trainer(False, max_epochs=2)
+    attach_resume(resumed, tmp_path, best_saver=None)
+    resumed.run()
+    assert resumed.state.epoch == 2 and resumed.state.iteration == 4
+    assert (tmp_path / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    calls = []
+
+    def loss(pred, target):  # finite for the first epoch (2 iterations), then NaN
+        calls.append(1)
+        return F.l1_loss(pred, target[:, :1]) * (float("nan") if len(calls) > 3 else 1.0)
+
+    data = [{"image": b["label"][:, :1], "label": b["label"]} for b in _batches()]
+    trainer = SupervisedTrainer("cpu", 3, data, net, torch.optim.SGD(net.parameters(), 0.1), loss)
+    attach_resume(trainer, tmp_path, best_saver=None)
+    stop_on_nan(trainer, tmp_path)
+    with pytest.raises(
+        InputError, match=r"epoch 2, iteration 4: the loss is nan; the last good checkpoint is .*checkpoint_epoch=1\.pt"
+    ):
+        trainer.run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt"]
+
+
+# ------------------------------------------------------------------------------ through the bundle
+
+
+def test_the_gan_stage_goes_with_the_methods_that_have_a_discriminator(tiny_gan):
+    assert train_configs(TINY_GAN) == [*TRAIN_CONFIGS, GAN_CONFIG]
+    assert tiny_gan.adversarial and tiny_gan.describe()["adversarial"]
+    for name in methods.names():
+        assert train_configs(name) == TRAIN_CONFIGS + ([GAN_CONFIG] if methods.get(name).adversarial else [])
+
+
+@needs_data(DATA / "nih_cxr14")
+def test_the_stage_and_the_method_must_agree(tiny_gan, tmp_path):
+    args = ("--train_limit", "1", "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt")
+    alone = run_config(TRAIN, TINY_GAN, *args)
+    assert alone.returncode != 0 and "trains as a GAN: add configs/train_gan.json" in alone.stdout
+    wrong = run_config(GAN, "srcnn", *args)
+    assert wrong.returncode != 0 and "has no discriminator: drop configs/train_gan.json" in wrong.stdout
+    assert not (tmp_path / "w.pt").exists()
+
+
+@needs_data(DATA / "nih_cxr14")
+def test_tiny_gan_trains_resumes_and_publishes_its_generator(tiny_gan, tmp_path):
+    run = tmp_path / "run"
+    args = ("--train_limit", "2", "--log_every", "1", "--run_dir", run, "--ckpt_path", tmp_path / "w.pt")
+    first = _ok(run_config(GAN, TINY_GAN, "--max_epochs", "1", *args, timeout=600))
+    assert "content: " in first.stdout and "discriminator: " in first.stdout  # both losses logged
+    second = _ok(run_config(GAN, TINY_GAN, "--max_epochs", "2", *args, timeout=600))
+    assert f"Restored all variables from {run / 'checkpoint_epoch=1.pt'}" in second.stdout
+    assert "Epoch[2] Complete" in second.stdout and "Epoch[1] Complete" not in second.stdout
+    state = torch.load(run / "checkpoint_epoch=2.pt", weights_only=True)
+    tiny_gan.discriminator().load_state_dict(state["discriminator"])  # the discriminator resumes too
+    provenance = json.loads((tmp_path / "weights.json").read_text())["w.pt"]
+    assert "train_gan.json" in provenance["command"] and provenance["losses"]["relativistic"] is True
+    assert provenance["losses"]["perceptual_layers"] == {"relu1_2": 1.0}
+    generator = tiny_gan.load(tmp_path / "w.pt")  # the published file is the generator alone, loaded strictly
+    with torch.no_grad():
+        assert generator(torch.rand(1, 1, 8, 8)).shape == (1, 1, 32, 32)
