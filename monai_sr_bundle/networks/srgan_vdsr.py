@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_sr_bundle.networks.bicubic import UPSAMPLE_HALO, upsample
-from monai_sr_bundle.networks.srresnet import ResidualBlock, subpixel_upsampler, upsampling_factors
+from monai_sr_bundle.networks.bicubic import upsample
+from monai_sr_bundle.networks.srresnet import ResidualBlock, subpixel_halo, subpixel_upsampler, upsampling_factors
 
 
 class SRGANVDSR(nn.Module):
@@ -66,16 +66,7 @@ class SRGANVDSR(nn.Module):
         if self.residual:
             nn.init.zeros_(self.tail.weight)
             nn.init.zeros_(self.tail.bias)
-        # context of one output pixel, counted in HR pixels: at LR the head (4), 2 per residual block and
-        # 1 per VDSR conv, each LR pixel = scale HR pixels; each sub-pixel conv reads 1 pixel at the
-        # resolution it runs at (before its shuffle), the 9x9 tail 4 HR pixels. The resolutions nest, so
-        # ceil(HR reach / scale) LR pixels cover the context exactly.
-        reach, resolution = (4 + 2 * blocks + vdsr_depth) * self.scale, 1
-        for f in factors:
-            reach += self.scale // resolution
-            resolution *= f
-        reach += 4
-        self.halo = max(-(-reach // self.scale), UPSAMPLE_HALO)
+        self.halo = subpixel_halo(4 + 2 * blocks + vdsr_depth, factors, 4)  # head, residual blocks, VDSR body
         # oneDNN's fast convolutions on the CPU want channels-last weights, as in SRResNet
         self.to(memory_format=torch.channels_last)
 
