@@ -1,5 +1,5 @@
 """Command line: ``monai-sr sr`` super-resolves files; ``monai-sr demo`` compares the methods on real images;
-``monai-sr methods`` lists the methods.
+``monai-sr methods`` lists the methods; ``monai-sr ct-slices`` prepares the chest CT training data.
 
 They go through the same entry points as the bundle configs (:mod:`monai_sr_bundle.methods`,
 :mod:`monai_sr_bundle.inference`, :mod:`monai_sr_bundle.evaluation`).
@@ -108,6 +108,12 @@ def _methods(args: argparse.Namespace) -> None:
         print(methods.markdown_table(args.scale, args.modality))
 
 
+def _ct_slices(args: argparse.Namespace) -> None:
+    from monai_sr_bundle.data.ct import write_ct_datalist
+
+    print(write_ct_datalist(args.output, args.data_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monai-sr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="as JSON, for programs (3D Slicer asks this)")
     common(listing)
     listing.set_defaults(func=_methods)
+
+    ct = sub.add_parser("ct-slices", help="cut the shared chest CT into axial slices and a datalist, split by patient")
+    ct.add_argument("-o", "--output", required=True, help="folder for the slices and datalist.json")
+    ct.add_argument("--data-dir", help="the chest_ct folder (default: <shared data>/chest_ct)")
+    ct.set_defaults(func=_ct_slices)
     return parser
 
 

@@ -99,18 +99,41 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def publish_weights(best_ckpt: str | os.PathLike, weights_path: str | os.PathLike, provenance: dict) -> str:
+def train_command(config_files: list[str], method: str, options: dict) -> str:
+    """The bundle command that reruns a training, as ``weights.json`` records it: the stages, the method and
+    each option given (``None``: left at its default, omitted); lists and numbers written as JSON."""
+    parts = ["cd monai_sr_bundle && python -m monai.bundle run --config_file", f'"{config_files}"'.replace(" ", "")]
+    parts += ["--method", method]
+    for key, value in options.items():
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        parts += [f"--{key}", text if re.fullmatch(r"[\w./:-]+", text) else f'"{text}"']
+    return " ".join(parts)
+
+
+def publish_weights(
+    best_ckpt: str | os.PathLike,
+    weights_path: str | os.PathLike,
+    provenance: dict,
+    key_metric: str = "val_psnr",
+    lower_is_better: bool = False,
+) -> str:
     """Save the network state dict of ``best_ckpt`` to ``weights_path`` (atomically) and record its sha256
-    and ``provenance`` (training command, data split, best validation PSNR) in ``models/weights.json``."""
+    and ``provenance`` (training command, data split, best ``key_metric``) in ``models/weights.json``.
+
+    ``lower_is_better`` says that the saver ranked checkpoints by the negated metric (the GAN stage selects
+    by LPIPS), so the recorded value is the metric itself."""
     best_ckpt, weights_path = Path(best_ckpt), Path(weights_path)
     if not best_ckpt.is_file():
         raise InputError(f"{best_ckpt}: no best checkpoint was saved; did validation run at least once?")
     state = torch.load(best_ckpt, map_location="cpu", weights_only=True)
     # a key-metric checkpoint holds the network's state dict plus the saver's own bookkeeping, whose
-    # "_saved" list holds (best metric, name): the best validation score that the docstring promises
+    # "_saved" list holds (priority, name): the best validation score, negated for a lower-is-better metric
     saved = (state.get("checkpointer") or {}).get("_saved") or []
     if saved:
-        provenance = {**provenance, "best_val_psnr": round(float(max(p for p, _ in saved)), 4)}
+        best = max(p for p, _ in saved)
+        provenance = {**provenance, f"best_{key_metric}": round(float(-best if lower_is_better else best), 4)}
     return write_weights({k: v for k, v in state.items() if k != "checkpointer"}, weights_path, provenance)
 
 

@@ -202,8 +202,11 @@ def test_tiny_gan_trains_resumes_and_publishes_its_generator(tiny_gan, tmp_path)
     state = torch.load(run / "checkpoint_epoch=2.pt", weights_only=True)
     tiny_gan.discriminator().load_state_dict(state["discriminator"])  # the discriminator resumes too
     provenance = json.loads((tmp_path / "weights.json").read_text())["w.pt"]
-    assert "train_gan.json" in provenance["command"] and provenance["losses"]["relativistic"] is True
+    assert "train_gan.json" in provenance["command"] and provenance["adversarial"]["relativistic"] is True
     assert provenance["losses"]["perceptual_layers"] == {"relu1_2": 1.0}
+    # a GAN is selected by LPIPS (lower is better), PSNR and SSIM still reported
+    assert 0.0 < provenance["best_val_lpips"] < 1.0 and "best_val_psnr" not in provenance
+    assert "val_psnr" in second.stdout and "val_ssim" in second.stdout
     generator = tiny_gan.load(tmp_path / "w.pt")  # the published file is the generator alone, loaded strictly
     with torch.no_grad():
         assert generator(torch.rand(1, 1, 8, 8)).shape == (1, 1, 32, 32)

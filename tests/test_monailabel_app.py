@@ -147,13 +147,19 @@ def box_doc(item: dict) -> bytes:
     return json.dumps(boxes_to_markups(item["boxes"], item["findings"], image.affine), indent=1).encode()
 
 
-def test_boxes_are_saved_and_read_back_losslessly(server):
-    item = server.items[0]
+def save_boxes(server, item: dict) -> tuple[str, bytes]:
+    """Store ``item``'s official boxes as its ``boxes`` label (so a test does not rely on an earlier one)."""
     name, raw = Path(item["label"]).stem, box_doc(item)
     r = requests.put(
         f"{server.url}/datastore/label", params={"image": name, "tag": "boxes"}, files={"label": ("roi.json", raw)}
     )
     assert r.status_code == 200, r.text
+    return name, raw
+
+
+def test_boxes_are_saved_and_read_back_losslessly(server):
+    item = server.items[0]
+    name, raw = save_boxes(server, item)
     back = requests.get(f"{server.url}/datastore/label", params={"label": name, "tag": "boxes"})
     assert back.status_code == 200 and back.content == raw
     image = read_image(item["label"])
@@ -162,7 +168,7 @@ def test_boxes_are_saved_and_read_back_losslessly(server):
 
 
 def test_next_sample_is_an_image_without_boxes(server):
-    annotated = Path(server.items[0]["label"]).stem
+    annotated, _ = save_boxes(server, server.items[0])
     picks = {requests.post(f"{server.url}/activelearning/boxes_first").json()["id"] for _ in range(12)}
     assert picks and annotated not in picks
 
@@ -279,7 +285,7 @@ def test_boxes_for_an_unknown_image_are_refused(server):
 
 def test_label_info_cannot_rewrite_what_the_label_says(server):
     """``PUT /datastore/label/info`` (MONAI Label's) takes notes, not findings: those come from the boxes."""
-    name = Path(server.items[0]["label"]).stem  # its boxes were saved above
+    name, _ = save_boxes(server, server.items[0])
 
     def put_info(image_id: str, info) -> requests.Response:
         url = f"{server.url}/datastore/label/info"

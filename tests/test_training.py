@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_data
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
-from monai_sr_bundle.training import latest_checkpoint, publish_weights, sha256, train_parser
+from monai_sr_bundle.training import latest_checkpoint, publish_weights, sha256, train_command, train_parser
 
 MODELS = BUNDLE_ROOT / "models"
 WEIGHT_NAME = re.compile(r"(?P<method>[a-z0-9_]+?)_(?P<modality>[a-z0-9]+)_x(?P<scale>\d+)\.pt")
@@ -98,6 +100,25 @@ def test_publish_weights_plain_state_dict_and_manifest(tmp_path):
     assert digest2 != digest and manifest["srcnn_cxr_x4.pt"]["sha256"] == digest2 == sha256(target)
     assert manifest["srcnn_cxr_x4.pt"]["best_val_psnr"] == 33.0 and manifest["vdsr_cxr_x4.pt"] == other
     assert list(manifest) == sorted(manifest)
+
+
+def test_publish_weights_records_a_lower_is_better_metric_unnegated(tmp_path):
+    """The GAN stage ranks checkpoints by -LPIPS; the manifest records the LPIPS of the best one."""
+    best = _best_checkpoint(tmp_path / "best.pt", _srcnn(), [(-0.21, "a"), (-0.17, "b")])
+    publish_weights(best, tmp_path / "w.pt", {"command": "c", "data": "d"}, "val_lpips", lower_is_better=True)
+    entry = json.loads((tmp_path / "weights.json").read_text())["w.pt"]
+    assert entry["best_val_lpips"] == 0.17 and "best_val_psnr" not in entry
+
+
+def test_train_command_names_every_option_given():
+    files = ["configs/inference.json", "configs/train.json"]
+    options = {"max_epochs": 3, "modality": "ct", "intensity": [-1000, 400], "datalist_file": "/d/ct list.json"}
+    command = train_command(files, "runet", {**options, "init_weights": None})
+    stages = "\"['configs/inference.json','configs/train.json']\""
+    assert command == (
+        f"cd monai_sr_bundle && python -m monai.bundle run --config_file {stages} --method runet --max_epochs 3"
+        ' --modality ct --intensity "[-1000, 400]" --datalist_file "/d/ct list.json"'
+    )
 
 
 def test_publish_weights_through_load_network(tmp_path):
@@ -244,8 +265,22 @@ def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
         i, j, f = found[0]
         window = whole[i : i + 32, j : j + 32]
         assert torch.equal(s["label"][1].as_tensor(), window.flip(0) if f else window)
+    loss = parser.get_parsed_content("loss")  # pixel term only: no perceptual term is built by default
+    assert len(loss.terms) == 1 and isinstance(loss.terms[0], BoxWeightedL1Loss) and loss.terms[0].box_weight == 3.0
+
+
+@needs_data(shared_data_dir() / "weights")
+def test_train_stage_adds_a_perceptual_term_when_a_method_asks():
+    """Any method, not only a GAN, can train with pixel + perceptual loss (RUNet does) by its overlay's
+    ``training`` or the command line; the box-mask channel of the target reaches both terms."""
+    parser = train_parser()
+    parser.update({"method": "srcnn", "perceptual_weight": 0.5, "perceptual_layers": {"relu2_2": 1.0}})
     loss = parser.get_parsed_content("loss")
-    assert isinstance(loss, BoxWeightedL1Loss) and loss.box_weight == 3.0
+    assert [type(t).__name__ for t in loss.terms] == ["BoxWeightedL1Loss", "PerceptualLoss"]
+    pred, target = torch.rand(2, 1, 32, 32), torch.rand(2, 2, 32, 32)
+    expected = loss.terms[0](pred, target) + 0.5 * loss.terms[1](pred, target)
+    torch.testing.assert_close(loss(pred, target), expected)
+    assert parser.get_parsed_content("provenance#losses")["perceptual"] == 0.5
 
 
 def test_train_parser_takes_the_method_from_the_method_key():

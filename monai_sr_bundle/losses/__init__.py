@@ -1,5 +1,6 @@
-from monai_sr_bundle.losses.adversarial import AdversarialLoss, WeightedSumLoss
+from monai_sr_bundle.losses.adversarial import AdversarialLoss
 from monai_sr_bundle.losses.box_weighted import BoxWeightedL1Loss
 from monai_sr_bundle.losses.perceptual import PerceptualLoss
+from monai_sr_bundle.losses.weighted_sum import WeightedSumLoss
 
 __all__ = ["AdversarialLoss", "BoxWeightedL1Loss", "PerceptualLoss", "WeightedSumLoss"]

@@ -1,10 +1,8 @@
-"""The losses of GAN training: the adversarial game (SRGAN's standard one or ESRGAN's relativistic average
-one) and the generator's weighted sum of content terms (pixel, perceptual). SRGAN and ESRGAN differ by these
-settings in their overlays, not by training code."""
+"""The adversarial loss of GAN training: SRGAN's standard game or ESRGAN's relativistic average one. SRGAN
+and ESRGAN differ by this setting and their content terms (``WeightedSumLoss``) in their overlays, not by
+training code."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,28 +50,3 @@ class AdversarialLoss(nn.Module):
         if self.relativistic:
             real_logits, fake_logits = real_logits - fake_logits.mean(), fake_logits - real_logits.mean()
         return (_bce(real_logits, True) + _bce(fake_logits, False)) / 2
-
-
-class WeightedSumLoss(nn.Module):
-    """``sum_i weight_i * loss_i(pred, target)``; a term with weight 0 is never computed and may be ``None``
-    (a perceptual term switched off in config then loads no VGG16 weights).
-
-    Args:
-        losses: loss modules ``(pred, target) -> scalar``.
-        weights: one weight >= 0 per loss.
-    """
-
-    def __init__(self, losses: Sequence[nn.Module | None], weights: Sequence[float]) -> None:
-        super().__init__()
-        if len(losses) != len(weights) or not all(isinstance(w, (int, float)) and w >= 0 for w in weights):
-            raise InputError(f"need one weight >= 0 per loss term, got weights {list(weights)!r}.")
-        if any(w > 0 and loss is None for loss, w in zip(losses, weights)):
-            raise InputError("a loss term with a weight above 0 is missing (None).")
-        kept = [(loss, float(w)) for loss, w in zip(losses, weights) if w > 0]
-        if not kept:
-            raise InputError("every loss term has weight 0: nothing would be trained.")
-        self.terms = nn.ModuleList(loss for loss, _ in kept)
-        self.weights = [w for _, w in kept]
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return sum(w * loss(pred, target) for loss, w in zip(self.terms, self.weights))
