@@ -11,7 +11,7 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import load_weights
 from monai_sr_bundle.networks import SRCNN, SRGANVDSR, VDSR, Bicubic, RRDBNet, RUNet, SRResNet
-from monai_sr_bundle.networks.srresnet import upsampling_factors
+from monai_sr_bundle.networks.srresnet import fold_after_shuffle, upsampling_factors
 from monai_sr_bundle.tiling import SRInferer
 
 NETWORKS = {"bicubic": Bicubic, "srcnn": SRCNN, "vdsr": VDSR}
@@ -161,6 +161,35 @@ def test_srresnet_scales(scale, stages):
 def test_srresnet_refuses_other_scales(scale):
     with pytest.raises(InputError, match=f"scale {scale}"):
         SRResNet(scale)
+
+
+@pytest.mark.parametrize("factor, kernel", [(2, 9), (3, 9), (2, 3), (4, 5)])
+def test_a_convolution_after_pixel_shuffle_folds_in_front_of_it(factor, kernel):
+    """The folded kernel before the shuffle gives the original convolution's output after it, borders
+    included (the fast path of SRResNet's and the hybrid's last stage)."""
+    torch.manual_seed(0)
+    x, weight = torch.randn(2, 3 * factor * factor, 6, 5), torch.randn(2, 3, kernel, kernel)
+    folded, padding = fold_after_shuffle(weight, factor)
+    expected = F.conv2d(F.pixel_shuffle(x, factor), weight, padding=kernel // 2)
+    torch.testing.assert_close(F.pixel_shuffle(F.conv2d(x, folded, padding=padding), factor), expected)
+
+
+@pytest.mark.parametrize("network", [SRResNet, SRGANVDSR])
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_subpixel_networks_equal_their_unfolded_layout(network, scale):
+    """``forward`` (tail folded in front of the last shuffle) equals the layers applied as the paper draws
+    them, with PReLU slopes and a tail far from their initial values."""
+    torch.manual_seed(0)
+    net = network(scale, channels=8, blocks=1, **({"vdsr_depth": 2} if network is SRGANVDSR else {})).eval()
+    for p in net.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.rand(2, 1, 7, 9)
+    with torch.no_grad():
+        body = net.body if network is SRResNet else net.vdsr
+        h = net.head(x) if network is SRResNet else net.blocks(net.head(x))
+        features = h + body(h)
+        expected = net.tail(net.upsample(features))
+        torch.testing.assert_close(net(x), expected, atol=1e-6 * float(expected.abs().max()), rtol=1e-5)
 
 
 def test_srresnet_residual_starts_at_bicubic():

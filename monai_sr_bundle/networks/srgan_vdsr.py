@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from monai_sr_bundle.networks.bicubic import upsample
-from monai_sr_bundle.networks.srresnet import ResidualBlock, subpixel_halo, subpixel_upsampler, upsampling_factors
+from monai_sr_bundle.networks.srresnet import (
+    ResidualBlock,
+    subpixel_halo,
+    subpixel_to_image,
+    subpixel_upsampler,
+    upsampling_factors,
+)
 
 
 class SRGANVDSR(nn.Module):
@@ -72,5 +78,5 @@ class SRGANVDSR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.blocks(self.head(x))
-        sr = self.tail(self.upsample(r + self.vdsr(r)))
+        sr = subpixel_to_image(r + self.vdsr(r), self.upsample, self.tail)
         return sr + upsample(x, self.scale) if self.residual else sr
