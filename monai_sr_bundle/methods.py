@@ -290,6 +290,11 @@ class Method:
         if winograd:
             if torch.device(device).type != "cpu":
                 raise InputError("--winograd is a CPU speed-up; drop it on a GPU.")
+            if not getattr(network, "winograd_speedup", True):
+                raise InputError(
+                    f"--winograd speeds up VDSR-style stacks of 3x3 convolutions; method {self.name!r} gains "
+                    "nothing from it: drop --winograd."
+                )
             from monai_sr_bundle.networks.winograd import winograd_inference
 
             network = winograd_inference(network)

@@ -82,3 +82,15 @@ def test_load_network_winograd_option(tmp_path):
         assert (plain(x) - fast(x)).abs().max().item() < 1e-4
     with torch.no_grad():
         assert (plain(x) - fast(x)).abs().max().item() < 1e-4
+
+
+def test_winograd_is_refused_where_it_gains_nothing(tmp_path):
+    """SRResNet's folded sub-pixel tail needs its upsampler's layers, and Winograd did not speed it up: the
+    option is refused in one sentence instead of failing inside the swap."""
+    from monai_sr_bundle import methods
+    from monai_sr_bundle.errors import InputError
+
+    method = methods.get("srresnet", 4)
+    torch.save(method.network().state_dict(), tmp_path / "w.pt")
+    with pytest.raises(InputError, match="'srresnet' gains nothing from it: drop --winograd"):
+        method.load(tmp_path / "w.pt", winograd=True)
