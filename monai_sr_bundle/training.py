@@ -102,7 +102,8 @@ def sha256(path: str | os.PathLike) -> str:
 def train_command(config_files: list[str], method: str, options: dict) -> str:
     """The bundle command that reruns a training, as ``weights.json`` records it: the stages, the method and
     each option given (``None``: left at its default, omitted); lists and numbers written as JSON."""
-    parts = ["cd monai_sr_bundle && python -m monai.bundle run --config_file", f'"{config_files}"'.replace(" ", "")]
+    stages = ",".join(f"'{f}'" for f in config_files)
+    parts = ["cd monai_sr_bundle && python -m monai.bundle run --config_file", f'"[{stages}]"']
     parts += ["--method", method]
     for key, value in options.items():
         if value is None:

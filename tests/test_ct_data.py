@@ -88,6 +88,15 @@ def test_a_missing_source_is_named(tmp_path, capsys):
     assert main(["ct-slices", "-o", str(tmp_path / "out"), "--data-dir", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(tmp_path / "nothing" / CT_SPLIT["training"][0]) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_test_source_writes_no_training_slices(tmp_path):
+    root = _fake_chest_ct(tmp_path / "chest_ct")
+    (root / CT_SPLIT["test"][0]).unlink()
+    with pytest.raises(InputError, match="source not found"):
+        write_ct_datalist(tmp_path / "out", root)
+    assert not (tmp_path / "out").exists()
 
 
 @needs_data(CT / "volumes")

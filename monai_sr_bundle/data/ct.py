@@ -1,11 +1,11 @@
 """Chest CT for in-plane SR: the shared chest CT cut into axial slices (one-slice NIfTI files in HU, geometry
 kept), split by patient, and listed in a datalist file that the train config reads (``datalist_file``).
 
-Each source is one patient, so no patient is in two splits (the data README's rule). The training patients
-are the two whole volumes of two vendors (GE, Philips); validation is a fourth patient (the 20-slice
-Siemens DICOM series, lower chest); the test set is the third volume (Siemens, another kernel) and a fifth
-patient's three GE slices. The two-slice ``lungmask_testdata`` is left out: it comes from an LIDC-IDRI
-patient whose identity was removed, possibly the training patient.
+Each source is one patient, so no patient is in two splits (the data README's rule): training, two whole
+volumes of two vendors (GE, Philips); validation, a third patient (the 20-slice Siemens DICOM series,
+lower chest); test, the third volume (Siemens, another kernel) and the three GE slices of a fifth patient.
+The two-slice ``lungmask_testdata`` is left out: it comes from an LIDC-IDRI patient whose identity was
+removed, possibly a training patient.
 
 Run ``monai-sr ct-slices -o <folder>``; it prints the datalist path.
 """
@@ -65,14 +65,14 @@ def write_ct_datalist(out_dir: str | os.PathLike, data_dir: str | os.PathLike | 
     (absolute paths; each item names its ``patient``); returns the datalist path."""
     root = Path(data_dir) if data_dir else shared_data_dir() / "chest_ct"
     out_dir = Path(out_dir)
+    missing = [root / s for sources in CT_SPLIT.values() for s in sources if not (root / s).exists()]
+    if missing:  # checked first, so that nothing is written for an incomplete split
+        raise InputError(f"{missing[0]}: chest CT source not found; set MONAI_SR_DATA or pass --data-dir.")
     datalist: dict = {"window_hu": list(CT_WINDOW)}
     for key, sources in CT_SPLIT.items():
         items = []
         for source in sources:
-            path = root / source
-            if not path.exists():
-                raise InputError(f"{path}: chest CT source not found; set MONAI_SR_DATA or pass data_dir.")
-            slices = write_slices(path, out_dir / key)
+            slices = write_slices(root / source, out_dir / key)
             items += [{"label": str(p.resolve()), "patient": _stem(source)} for p in slices]
         datalist[key] = items
     target = out_dir / "datalist.json"
