@@ -160,6 +160,7 @@ def evaluate(
     figures: int = 0,
     seed: int = 0,
     progress: bool = True,
+    intensity: str | Sequence[float] = "minmax",
 ) -> dict:
     """Degrade each HR image (``label``), super-resolve it with every network and score it against the HR.
 
@@ -176,6 +177,8 @@ def evaluate(
         inferers: method name -> its tiling inferer (:meth:`monai_sr_bundle.methods.Method.inferer`); the
             others get core-crop tiles of ``tile_size`` with the default context.
         seed: LR synthesis of image ``i`` uses ``seed + i``, so noise presets are reproducible.
+        intensity: how images are mapped to [0, 1] (:func:`~monai_sr_bundle.data.readers.read_image`): a
+            CT model is scored in the HU window it was trained in, e.g. ``(-1000, 400)``.
     """
     from tqdm import tqdm
 
@@ -190,7 +193,7 @@ def evaluate(
     for i, item in enumerate(tqdm(datalist, desc="evaluating", unit="image", disable=not progress)):
         path = str(item["label"])
         try:
-            hr = read_image(path)
+            hr = read_image(path, intensity=intensity)
             if hr.ndim != 3:
                 raise InputError(f"{path}: evaluation takes 2D images, got a volume of shape {tuple(hr.shape[1:])}.")
             hr = crop_to_scale(hr, scale)

@@ -445,6 +445,23 @@ def test_evaluate_config_on_nih_test_split(tmp_path):
     assert list(out.glob("figure_*.png"))
 
 
+@needs_data(DATA / "chest_ct")
+def test_evaluate_config_on_a_datalist_file_in_a_hu_window(tmp_path):
+    """Chest CT slices (``monai-sr ct-slices`` lists them) scored through the evaluate config: the datalist
+    file's ``test`` items, read in the HU window given on the command line (what the window changes is
+    tested on evaluate() itself)."""
+    from monai_sr_bundle.data.ct import write_slices
+
+    slices = write_slices(DATA / "chest_ct" / "dcmqi_ct3slice", tmp_path / "slices")
+    (tmp_path / "list.json").write_text(json.dumps({"test": [{"label": str(p)} for p in slices]}))
+    out = tmp_path / "eval"
+    args = ("--datalist_file", tmp_path / "list.json", "--intensity", "[-1000,400]", "--lpips", "false")
+    _ok(run_config(_configs("inference.json", "evaluate.json"), "bicubic", "--output_dir", out, *args))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["failures"] == []
+    assert 20.0 < summary["summary"]["bicubic"]["psnr"][0] < 50.0
+
+
 def test_config_flag_reads_the_bundle_cli_text():
     assert monai_sr_bundle.flag(True) is True and monai_sr_bundle.flag("False") is False
     assert (

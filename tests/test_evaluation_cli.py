@@ -190,6 +190,29 @@ def test_evaluate_all_bad_raises_and_names_them(tmp_path, bicubic):
     assert not (tmp_path / "o" / "metrics.csv").exists()
 
 
+def test_evaluate_scores_ct_in_its_hu_window(tmp_path, bicubic):
+    """``intensity``: a CT slice is scored in the window its weights use, so an air or metal outlier outside
+    it changes nothing; under min-max the same outlier would squash the image's contrast."""
+    import SimpleITK as sitk
+
+    lo, hi = -1000, 400
+    hu = np.random.default_rng(0).integers(lo, hi, (160, 160)).astype(np.int16)
+    hu[0, 0], hu[0, 1] = lo, hi
+    outlier = hu.copy()
+    outlier[5, 5] = -3000
+
+    def nifti(name: str, arr: np.ndarray) -> dict:
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / name))
+        return {"label": str(tmp_path / name)}
+
+    args = ({"bicubic": bicubic}, 4)
+    windowed = evaluate([nifti("o.nii.gz", outlier)], *args, tmp_path / "w", lpips=False, intensity=(lo, hi))
+    clipped = evaluate([nifti("c.nii.gz", hu)], *args, tmp_path / "c", lpips=False)  # min-max = the window
+    squashed = evaluate([nifti("s.nii.gz", outlier)], *args, tmp_path / "s", lpips=False)
+    assert windowed["bicubic"]["psnr"][0] == pytest.approx(clipped["bicubic"]["psnr"][0], abs=0.05)
+    assert abs(squashed["bicubic"]["psnr"][0] - clipped["bicubic"]["psnr"][0]) > 1.0
+
+
 # --------------------------------------------------------------------------------------- format_table
 
 

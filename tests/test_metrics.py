@@ -23,6 +23,7 @@ from monai_sr_bundle.metrics import (
     PSNRMetric,
     SSIMMetric,
     UQIMetric,
+    bootstrap_interval,
     box_crop_slices,
     error_map,
     error_map_to_display,
@@ -328,6 +329,16 @@ def test_summarize_ignores_nans():
     assert all(np.isnan(summarize([float("nan")])))
     m1, sd1 = summarize([2.0])
     assert m1 == 2.0 and np.isnan(sd1)
+
+
+def test_bootstrap_interval_of_the_mean():
+    """A normal sample: the 68% interval is close to mean ± standard error; it is seeded, and NaNs are dropped."""
+    values = np.random.default_rng(1).normal(30.0, 2.0, 400)
+    lo, hi = bootstrap_interval(np.append(values, np.nan))
+    se = values.std(ddof=1) / np.sqrt(values.size)
+    assert lo < values.mean() < hi and (hi - lo) / 2 == pytest.approx(se, rel=0.15)
+    assert bootstrap_interval(values) == bootstrap_interval(values) and bootstrap_interval([5.0]) == (5.0, 5.0)
+    assert all(np.isnan(bootstrap_interval([float("nan")])))
 
 
 # ---------------------------------------------------------------- bad input

@@ -6,7 +6,7 @@ from .error_map import DISPLAY_VMAX, error_map, error_map_to_display
 from .inbox import InBoxMetric, box_crop_slices
 from .lpips import LPIPS, LPIPSMetric, load_lpips
 from .regression import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
-from .summary import summarize
+from .summary import bootstrap_interval, summarize
 from .uqi import UQIMetric, compute_uqi
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "PSNRMetric",
     "SSIMMetric",
     "UQIMetric",
+    "bootstrap_interval",
     "box_crop_slices",
     "check_image_pair",
     "compute_uqi",
