@@ -2,7 +2,9 @@
 trained or selected on), scored in the HU window of the CT weights, mean with a bootstrap 68% interval.
 
 Rows: nearest-neighbour, bilinear and bicubic interpolation, then every method with chest CT weights
-(``models/<method>_ct_x4.pt``). Writes docs/results_ct.md.
+(``models/<method>_ct_x4.pt``), then the ablations: ``benchmarks/ablations`` is laid out as a bundle root
+(``configs/methods/<name>.json``, ``models/<name>_ct_x4.pt``) whose variants are trained as site methods
+(``MONAI_SR_METHODS``) and scored here but not shipped. Writes docs/results_ct.md.
 Run: .venv/bin/python benchmarks/ct_quality.py
 """
 
@@ -22,8 +24,23 @@ from monai_sr_bundle.metrics import bootstrap_interval
 from monai_sr_bundle.networks import Bicubic
 
 REPO = Path(__file__).resolve().parents[1]
+ABLATIONS = REPO / "benchmarks" / "ablations"
 SCALE = 4
 METRICS = {"psnr": ("PSNR (dB) ↑", 2), "ssim": ("SSIM ↑", 4), "lpips": ("LPIPS ↓", 4)}
+
+
+def compare(variant: methods.Method, method: methods.Method, rows: list[dict]) -> str:
+    """One line: which network arguments the ablation changes and the paired per-slice difference it makes."""
+    ours, theirs = method.network_spec()["args"], variant.network_spec()["args"]
+    keys = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    changed = ", ".join(f"{k} {ours.get(k)!r} vs {theirs.get(k)!r}" for k in keys)
+    cells = []
+    for metric, (label, digits) in METRICS.items():
+        by_image = {r["image"]: float(r[metric]) for r in rows if r["method"] == variant.name}
+        diffs = [float(r[metric]) - by_image[r["image"]] for r in rows if r["method"] == method.name]
+        lo, hi = bootstrap_interval(diffs)
+        cells.append(f"{label} {sum(diffs) / len(diffs):+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]")
+    return f"- {method.name} vs {variant.name} ({changed}): " + "; ".join(cells)
 
 
 def main() -> int:
@@ -36,7 +53,11 @@ def main() -> int:
     networks = {"nearest": Bicubic(SCALE, "nearest"), "bilinear": Bicubic(SCALE, "bilinear")}
     networks[baseline] = methods.get(baseline, SCALE, "ct").load()
     ct = [methods.get(m, SCALE, "ct") for m in methods.trainable_names()]
-    ct = [m for m in ct if m.weights_available]
+    ablations = sorted((ABLATIONS / "configs" / "methods").glob("*.json"))
+    variants = [methods.Method(p.stem, p, SCALE, "ct", ABLATIONS) for p in ablations]
+    shipped = [m for m in ct if m.weights_available]
+    variants = [m for m in variants if m.weights_available]
+    ct = shipped + variants
     networks.update({m.name: m.load() for m in ct})
     inferers = {m.name: m.inferer() for m in ct}
     start = time.perf_counter()
@@ -55,6 +76,7 @@ def main() -> int:
             cells.append(f"{sum(values) / len(values):.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
+    comparisons = "\n".join(compare(v, m, rows) for v in variants for m in shipped if m.family == v.family)
     patients = sorted({d["patient"] for d in datalist})
     doc = f"""# Results: x4 super-resolution of chest CT slices
 
@@ -72,7 +94,13 @@ Produced by (from the repository root, {minutes:.1f} min on a 2-core CPU):
 
 {table}
 
-Methods with chest CT weights: {", ".join(m.name for m in ct) or "none yet"}.
+Methods with chest CT weights: {", ".join(m.name for m in shipped) or "none yet"}; ablations (not shipped,
+`benchmarks/ablations/`): {", ".join(m.name for m in variants) or "none"}.
+
+Ablations against the shipped method of their network, per-slice paired difference (shipped minus ablation)
+with its bootstrap 68% interval:
+
+{comparisons or "none"}
 """
     (REPO / "docs" / "results_ct.md").write_text(doc)
     print(table)

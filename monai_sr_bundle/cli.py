@@ -49,6 +49,7 @@ def _sr(args: argparse.Namespace) -> None:
         args.device,
         allow_volume=args.slice_by_slice,
         progress=_interactive(),
+        intensity=method.intensity,
         samples=args.samples or 1,
     )
     print(f"wrote {len(written)} image(s) to {args.output}")
@@ -114,6 +115,13 @@ def _ct_slices(args: argparse.Namespace) -> None:
     print(write_ct_datalist(args.output, args.data_dir))
 
 
+def _interpolate(args: argparse.Namespace) -> None:
+    from monai_sr_bundle.training import interpolate_weights
+
+    digest = interpolate_weights(args.method, args.psnr_weights, args.gan_weights, args.alpha, args.output)
+    print(f"{args.output} (sha256 {digest}); provenance in {Path(args.output).parent / 'weights.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monai-sr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("-o", "--output", required=True, help="folder for the slices and datalist.json")
     ct.add_argument("--data-dir", help="the chest_ct folder (default: <shared data>/chest_ct)")
     ct.set_defaults(func=_ct_slices)
+
+    blend = sub.add_parser("interpolate", help="blend a method's PSNR-trained and GAN-trained weights (ESRGAN)")
+    blend.add_argument("psnr_weights", help="the PSNR-trained (pre-training) weights")
+    blend.add_argument("gan_weights", help="the GAN-trained weights")
+    blend.add_argument("--alpha", type=float, required=True, help="share of the PSNR weights, 0 to 1")
+    blend.add_argument("-m", "--method", required=True, help="the method both weights belong to")
+    blend.add_argument("-o", "--output", required=True, help="the blended weights file (weights.json beside it)")
+    blend.set_defaults(func=_interpolate)
     return parser
 
 

@@ -244,6 +244,17 @@ class Method:
     def weights_available(self) -> bool:
         return self.trainable and self.weights_path.is_file()
 
+    @property
+    def intensity(self) -> str | list[float]:
+        """The reader's map to [0, 1] that the shipped weights were trained with, as ``models/weights.json``
+        records it (a HU window for CT weights); ``"minmax"`` when nothing is recorded. Inference must read
+        images the same way, or a CT model sees other numbers than it learnt on."""
+        manifest = self.weights_path.parent / "weights.json"
+        entry = (
+            read_json_object(manifest, "the weights manifest").get(self.weights_name, {}) if manifest.is_file() else {}
+        )
+        return entry.get("intensity", "minmax")
+
     def trainable_network(self, weights: str | os.PathLike | None = None) -> nn.Module:
         """A network to train, fresh or from ``weights``; a method without parameters is refused."""
         if not self.trainable:

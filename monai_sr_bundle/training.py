@@ -99,14 +99,15 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def train_command(config_files: list[str], method: str, options: dict) -> str:
+def train_command(config_files: list[str], method, settings: dict) -> str:
     """The bundle command that reruns a training, as ``weights.json`` records it: the stages, the method and
-    each option given (``None``: left at its default, omitted); lists and numbers written as JSON."""
+    each stage setting (``None``: left at its default, omitted); a setting equal to the method's overlay is
+    left to the overlay, any other is written out, so overrides given on the command line are kept."""
     stages = ",".join(f"'{f}'" for f in config_files)
     parts = ["cd monai_sr_bundle && python -m monai.bundle run --config_file", f'"[{stages}]"']
-    parts += ["--method", method]
-    for key, value in options.items():
-        if value is None:
+    parts += ["--method", method.name]
+    for key, value in settings.items():
+        if value is None or method.training.get(key, object()) == value:
             continue
         text = value if isinstance(value, str) else json.dumps(value)
         parts += [f"--{key}", text if re.fullmatch(r"[\w./:-]+", text) else f'"{text}"']
@@ -152,6 +153,42 @@ def write_weights(state: dict, weights_path: str | os.PathLike, provenance: dict
     entries[weights_path.name] = {"sha256": digest, **provenance}
     manifest.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
     return digest
+
+
+def interpolate_weights(
+    method: str,
+    psnr_weights: str | os.PathLike,
+    gan_weights: str | os.PathLike,
+    alpha: float,
+    output: str | os.PathLike,
+) -> str:
+    """ESRGAN's network interpolation (Wang et al. 2018, section 3.4): every parameter is ``alpha`` times the
+    PSNR-trained network's plus ``1 - alpha`` times the GAN-trained one's, which trades GAN texture (and its
+    artefacts) for fidelity smoothly, with no retraining. Both files must be weights of ``method``; the result
+    is written through ``write_weights`` with both sources' sha256 (and their ``weights.json`` entries, when
+    there are any) as its provenance; returns its sha256."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise InputError(f"alpha must be between 0 (the GAN weights) and 1 (the PSNR weights), got {alpha!r}.")
+    sources = {"psnr": Path(psnr_weights), "gan": Path(gan_weights)}
+    output = Path(output)
+    if any(output.resolve() == p.resolve() for p in sources.values()):
+        raise InputError(f"{output}: the output would overwrite one of the weights it is made from; choose another.")
+    sr_method = methods.get(method)
+    states = {k: sr_method.network(p).state_dict() for k, p in sources.items()}  # refuses foreign weights
+    state = {
+        k: alpha * v + (1 - alpha) * states["gan"][k] if v.is_floating_point() else states["gan"][k]
+        for k, v in states["psnr"].items()
+    }
+    origin = {}
+    for key, path in sources.items():
+        manifest = path.parent / "weights.json"
+        entries = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        origin[key] = {"file": path.name, "sha256": sha256(path), **entries.get(path.name, {})}
+    command = f"monai-sr interpolate -m {method} --alpha {alpha:g} {sources['psnr']} {sources['gan']} -o {output}"
+    # the blend reads images as its sources were trained to (a HU window for CT weights) and on their data
+    inherited = {k: origin["gan"][k] for k in ("data", "intensity") if k in origin["gan"]}
+    provenance = {"command": command, **inherited, "scale": sr_method.scale, "modality": sr_method.modality}
+    return write_weights(state, output, {**provenance, "alpha": alpha, "interpolated_from": origin})
 
 
 def attach_resume(trainer, run_dir: str | os.PathLike, best_saver, resume: bool = True, lr_scheduler=None) -> None:

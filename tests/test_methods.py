@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.cli import main as cli
@@ -238,6 +239,22 @@ def test_cli_refuses_sampling_options_for_deterministic_methods(tmp_path, capsys
     assert cli(["sr", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--seed", "1"]) == 2
     assert f"method '{name}' is deterministic and has no sampler: drop seed" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_inference_reads_images_as_the_weights_were_trained(tmp_path):
+    """CT weights trained in a HU window are read in it by default (``models/weights.json``'s ``intensity``);
+    weights without a record, and methods without weights, read min-max."""
+    overlay = methods.overlays()["srcnn"]
+    (tmp_path / "models").mkdir()
+    record = {"srcnn_ct_x4.pt": {"intensity": [-1000, 400]}, "srcnn_cxr_x4.pt": {"command": "c"}}
+    (tmp_path / "models" / "weights.json").write_text(json.dumps(record))
+    assert methods.Method("srcnn", overlay, 4, "ct", tmp_path).intensity == [-1000, 400]
+    assert methods.Method("srcnn", overlay, 4, "cxr", tmp_path).intensity == "minmax"
+    assert methods.Method("srcnn", overlay, 2, "ct", tmp_path).intensity == "minmax"
+    parser = ConfigParser()
+    parser.read_config(str(methods.BUNDLE_ROOT / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(tmp_path), "method": "srcnn", "modality": "ct"})
+    assert parser.get_parsed_content("intensity") == [-1000, 400]
 
 
 def test_model_card_lists_the_registry():

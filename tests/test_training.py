@@ -17,7 +17,14 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
-from monai_sr_bundle.training import latest_checkpoint, publish_weights, sha256, train_command, train_parser
+from monai_sr_bundle.training import (
+    interpolate_weights,
+    latest_checkpoint,
+    publish_weights,
+    sha256,
+    train_command,
+    train_parser,
+)
 
 MODELS = BUNDLE_ROOT / "models"
 WEIGHT_NAME = re.compile(r"(?P<method>[a-z0-9_]+?)_(?P<modality>[a-z0-9]+)_x(?P<scale>\d+)\.pt")
@@ -110,13 +117,23 @@ def test_publish_weights_records_a_lower_is_better_metric_unnegated(tmp_path):
     assert entry["best_val_lpips"] == 0.17 and "best_val_psnr" not in entry
 
 
-def test_train_command_names_every_option_given():
+def test_train_command_names_every_setting_the_overlay_does_not_give():
+    """A setting equal to the overlay's is left to it; an override (here the learning rate) and any setting
+    the overlay lacks are written out; ``None`` is omitted."""
     files = ["configs/inference.json", "configs/train.json"]
-    options = {"max_epochs": 3, "modality": "ct", "intensity": [-1000, 400], "datalist_file": "/d/ct list.json"}
-    command = train_command(files, "runet", {**options, "init_weights": None})
+    method = methods.get("runet")
+    settings = {
+        "max_epochs": method.training["max_epochs"],
+        "learning_rate": 0.25,
+        "modality": "ct",
+        "intensity": [-1000, 400],
+        "datalist_file": "/d/ct list.json",
+        "init_weights": None,
+    }
+    command = train_command(files, method, settings)
     stages = "\"['configs/inference.json','configs/train.json']\""
     assert command == (
-        f"cd monai_sr_bundle && python -m monai.bundle run --config_file {stages} --method runet --max_epochs 3"
+        f"cd monai_sr_bundle && python -m monai.bundle run --config_file {stages} --method runet --learning_rate 0.25"
         ' --modality ct --intensity "[-1000, 400]" --datalist_file "/d/ct list.json"'
     )
 
@@ -311,3 +328,64 @@ def test_train_config_reads_a_degradation_preset():
     assert type(load).__name__ == "LoadSRImaged" and type(degrade).__name__ == "Degraded"
     assert type(artifacts).__name__ == "RandArtifactsd" and list(artifacts.keys) == ["image"]
     assert degrade.lr_key == "image" and list(degrade.keys) == ["label"]
+
+
+# ------------------------------------------------------------------------------- network interpolation
+
+
+def test_interpolate_weights_blends_every_parameter_and_records_both_sources(tmp_path):
+    psnr, gan = _srcnn(), _srcnn()  # two random initialisations stand in for the two trainings
+    torch.save(psnr.state_dict(), tmp_path / "psnr.pt")
+    torch.save(gan.state_dict(), tmp_path / "gan.pt")
+    gan_entry = {"command": "the GAN stage", "data": "NIH train split", "intensity": [-1000, 400]}
+    (tmp_path / "weights.json").write_text(json.dumps({"gan.pt": gan_entry}))
+    out = tmp_path / "models" / "blend.pt"
+    digest = interpolate_weights("srcnn", tmp_path / "psnr.pt", tmp_path / "gan.pt", 0.25, out)
+
+    blend = torch.load(out, map_location="cpu", weights_only=True)
+    assert set(blend) == set(psnr.state_dict())
+    for k, v in blend.items():
+        torch.testing.assert_close(v, 0.25 * psnr.state_dict()[k] + 0.75 * gan.state_dict()[k])
+    entry = json.loads((out.parent / "weights.json").read_text())["blend.pt"]
+    assert entry["sha256"] == digest == sha256(out) and entry["alpha"] == 0.25
+    assert entry["intensity"] == [-1000, 400] and entry["data"] == "NIH train split"  # read as its sources
+    assert entry["interpolated_from"]["gan"]["command"] == "the GAN stage"
+    assert entry["interpolated_from"]["psnr"]["sha256"] == sha256(tmp_path / "psnr.pt")
+    assert entry["command"].startswith("monai-sr interpolate -m srcnn --alpha 0.25 ")
+
+
+def test_interpolate_weights_refuses_bad_alpha_foreign_weights_and_overwriting_a_source(tmp_path):
+    torch.save(_srcnn().state_dict(), tmp_path / "a.pt")
+    torch.save(methods.get("vdsr").network().state_dict(), tmp_path / "vdsr.pt")
+    cases = [
+        (("srcnn", tmp_path / "a.pt", tmp_path / "a.pt", 1.5, tmp_path / "o.pt"), "between 0"),
+        (("srcnn", tmp_path / "a.pt", tmp_path / "vdsr.pt", 0.5, tmp_path / "o.pt"), "do not fit"),
+        (("srcnn", tmp_path / "a.pt", tmp_path / "a.pt", 0.5, tmp_path / "a.pt"), "overwrite"),
+    ]
+    before = (tmp_path / "a.pt").read_bytes()
+    for args, words in cases:
+        with pytest.raises(InputError, match=words):
+            interpolate_weights(*args)
+    assert not (tmp_path / "o.pt").exists() and (tmp_path / "a.pt").read_bytes() == before
+
+
+def test_cli_interpolates(tmp_path, capsys):
+    from monai_sr_bundle.cli import main as cli
+
+    for name in ("p.pt", "g.pt"):
+        torch.save(_srcnn().state_dict(), tmp_path / name)
+    sources = [str(tmp_path / "p.pt"), str(tmp_path / "g.pt")]
+    assert cli(["interpolate", "-m", "srcnn", "--alpha", "0.5", *sources, "-o", str(tmp_path / "b.pt")]) == 0
+    assert "sha256" in capsys.readouterr().out and (tmp_path / "b.pt").is_file()
+    assert cli(["interpolate", "-m", "srcnn", "--alpha", "-1", *sources, "-o", str(tmp_path / "c.pt")]) == 2
+    assert "alpha" in capsys.readouterr().err and not (tmp_path / "c.pt").exists()
+
+
+def test_lower_is_better_given_as_text_on_the_command_line_is_read_as_a_switch():
+    """``--lower_is_better false`` arrives as the text "false": ranking by it as a truthy string once
+    published the worst epoch of a PSNR pre-training."""
+    parser = train_parser("srcnn")
+    parser["lower_is_better"] = "false"
+    assert parser.get_parsed_content("best_saver#key_metric_negative_sign") is False
+    parser = train_parser("srgan")  # the GAN stage: LPIPS, lower is better
+    assert parser.get_parsed_content("best_saver#key_metric_negative_sign") is True
