@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 REPEATS = 5
 #: the whole-radiograph case: a 512x512 LR image to a 2048x2048 output (what a Slicer user waits for), fewer
 #: repeats as VDSR takes over a minute for it
-LARGE, LARGE_REPEATS = 512, 2
+LARGE, LARGE_REPEATS = 512, 4
 
 
 def median_seconds(fn, x: torch.Tensor, repeats: int = REPEATS) -> float:

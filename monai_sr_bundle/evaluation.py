@@ -33,6 +33,7 @@ from monai_sr_bundle.metrics import (
     UQIMetric,
     error_map,
     error_map_to_display,
+    masked_psnr,
     summarize,
 )
 from monai_sr_bundle.tiling import SRInferer
@@ -51,6 +52,7 @@ METRICS = {
     "lpips": ("LPIPS", False),
     "inbox_psnr": ("in-box PSNR (dB)", True),
     "inbox_ssim": ("in-box SSIM", True),
+    "artifact_psnr": ("artifact-region PSNR (dB)", True),
 }
 
 
@@ -72,7 +74,11 @@ def _plain(img: torch.Tensor) -> torch.Tensor:
     return img.as_tensor() if isinstance(img, MetaTensor) else img
 
 
-def _score(fns: dict, sr: torch.Tensor, hr: torch.Tensor, boxes: torch.Tensor) -> dict[str, float]:
+def _score(
+    fns: dict, sr: torch.Tensor, hr: torch.Tensor, boxes: torch.Tensor, region: torch.Tensor | None = None
+) -> dict[str, float]:
+    """The metrics of one SR image; with ``region`` (where artifacts were drawn, at HR size) also the PSNR
+    there, which says whether a method removed the artifacts or enlarged them."""
     sr, hr = _plain(sr)[None], _plain(hr)[None]
     row = {}
     for name, fn in fns.items():
@@ -83,6 +89,8 @@ def _score(fns: dict, sr: torch.Tensor, hr: torch.Tensor, boxes: torch.Tensor) -
         else:
             value = fn(sr, hr)
         row[name] = float(torch.as_tensor(value).flatten()[0])
+    if region is not None:
+        row["artifact_psnr"] = float(masked_psnr(sr, hr, region))
     return row
 
 
@@ -199,8 +207,11 @@ def evaluate(
             hr = crop_to_scale(hr, scale)
             degrade.set_random_state(seed + i)
             lr = degrade(hr)
+            region = None
             if artifacts is not None:
                 lr = artifacts.set_random_state(seed + i)(lr)
+                drawn = torch.from_numpy(artifacts.render_mask(lr.shape[1:]) > 0)
+                region = drawn.repeat_interleave(scale, 0).repeat_interleave(scale, 1)[: hr.shape[1], : hr.shape[2]]
             validate_input(lr, path, scale)
         except InputError as e:
             logger.error(str(e))
@@ -210,7 +221,7 @@ def evaluate(
         panels = {"LR (nearest)": _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
         for name, network in networks.items():
             sr = super_resolve(lr, network, inferers[name], device)
-            rows.append({"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes)})
+            rows.append({"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes, region)})
             panels[name] = _plain(sr)
             if save_images:
                 write_image(sr, output_path_for(path, out / name, source_format=hr.meta["source_format"]))

@@ -246,14 +246,8 @@ class Method:
 
     @property
     def intensity(self) -> str | list[float]:
-        """The reader's map to [0, 1] that the shipped weights were trained with, as ``models/weights.json``
-        records it (a HU window for CT weights); ``"minmax"`` when nothing is recorded. Inference must read
-        images the same way, or a CT model sees other numbers than it learnt on."""
-        manifest = self.weights_path.parent / "weights.json"
-        entry = (
-            read_json_object(manifest, "the weights manifest").get(self.weights_name, {}) if manifest.is_file() else {}
-        )
-        return entry.get("intensity", "minmax")
+        """The reader's map to [0, 1] that the shipped weights were trained with (:func:`recorded_intensity`)."""
+        return recorded_intensity(self.weights_path)
 
     def trainable_network(self, weights: str | os.PathLike | None = None) -> nn.Module:
         """A network to train, fresh or from ``weights``; a method without parameters is refused."""
@@ -403,6 +397,19 @@ def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     except (RuntimeError, KeyError, EOFError, OSError, TypeError, AttributeError, pickle.UnpicklingError) as e:
         raise InputError(f"{path}: weights do not fit this network ({str(e).splitlines()[0]}).") from e
     return network
+
+
+def recorded_intensity(weights: str | os.PathLike) -> str | list[float]:
+    """The reader's map to [0, 1] that ``weights`` were trained with, as the ``weights.json`` beside them
+    records it (a HU window for CT weights); ``"minmax"`` when nothing is recorded. Inference must read
+    images the same way, or a CT model sees other numbers than it learnt on."""
+    weights = Path(weights)
+    manifest = weights.parent / "weights.json"
+    if not manifest.is_file():
+        return "minmax"
+    return (
+        read_json_object(manifest, f"the weights manifest {manifest}").get(weights.name, {}).get("intensity", "minmax")
+    )
 
 
 def describe_all(scale: int = 4, modality: str = "cxr") -> list[dict]:

@@ -173,6 +173,21 @@ def test_evaluate_degradation_preset_and_inferers(tmp_path, bicubic):
     assert calls
 
 
+def test_evaluate_scores_the_artifact_region_where_artifacts_are_drawn(tmp_path, bicubic):
+    """With an artifact preset, the PSNR inside the drawn artifacts is reported (NaN where none was drawn):
+    bicubic keeps the burnt-in marks, so it is far below its whole-image PSNR there."""
+    images = [{"label": str(_png(tmp_path / f"{i}.png"))} for i in range(4)]
+    quiet = {"lpips": False, "figures": 0, "progress": False}
+    evaluate(images, {"bicubic": bicubic}, 4, tmp_path / "art", degradation="adsr_artifacts_x4", **quiet)
+    rows = _read_csv(tmp_path / "art" / "metrics.csv")
+    scored = [r for r in rows if not math.isnan(float(r["artifact_psnr"]))]
+    assert scored, "the preset draws artifacts on half the images: some of 4 have them"
+    assert all(float(r["artifact_psnr"]) < float(r["psnr"]) - 3 for r in scored)
+    assert "artifact-region PSNR" in (tmp_path / "art" / "summary.md").read_text()
+    evaluate(images[:1], {"bicubic": bicubic}, 4, tmp_path / "plain", **quiet)
+    assert "artifact_psnr" not in _read_csv(tmp_path / "plain" / "metrics.csv")[0]
+
+
 def test_evaluate_all_bad_raises_and_names_them(tmp_path, bicubic):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")

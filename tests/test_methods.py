@@ -251,6 +251,8 @@ def test_inference_reads_images_as_the_weights_were_trained(tmp_path):
     assert methods.Method("srcnn", overlay, 4, "ct", tmp_path).intensity == [-1000, 400]
     assert methods.Method("srcnn", overlay, 4, "cxr", tmp_path).intensity == "minmax"
     assert methods.Method("srcnn", overlay, 2, "ct", tmp_path).intensity == "minmax"
+    assert methods.recorded_intensity(tmp_path / "models" / "srcnn_ct_x4.pt") == [-1000, 400]  # any weights file
+    assert methods.recorded_intensity(tmp_path / "elsewhere.pt") == "minmax"  # no manifest beside it
     parser = ConfigParser()
     parser.read_config(str(methods.BUNDLE_ROOT / "configs" / "inference.json"))
     parser.update({"bundle_root": str(tmp_path), "method": "srcnn", "modality": "ct"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -381,3 +382,16 @@ def test_metatensor_inputs():
     meta = PSNRMetric()(MetaTensor(sr), MetaTensor(hr))
     assert type(meta) is torch.Tensor
     np.testing.assert_allclose(meta.numpy(), plain.numpy())
+
+
+def test_masked_psnr_scores_only_the_masked_pixels():
+    from monai_sr_bundle.metrics import masked_psnr
+
+    y, y_pred = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    y_pred[..., :2, :2] = 0.1  # error 0.1 on the 4 masked pixels, none elsewhere
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:2, :2] = True
+    assert masked_psnr(y_pred, y, mask).item() == pytest.approx(20.0, abs=1e-4)
+    assert math.isnan(masked_psnr(y_pred, y, torch.zeros(8, 8, dtype=torch.bool)).item())  # nothing to score
+    with pytest.raises(ValueError, match="same shape"):  # the metrics' one input check
+        masked_psnr(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4), mask)

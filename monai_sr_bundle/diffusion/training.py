@@ -1,7 +1,8 @@
 """One training step of a diffusion SR method on MONAI's ``SupervisedTrainer``: the prepare-batch noises the
 HR target at random timesteps and conditions on the LR image, the inferer asks the denoiser for its estimate,
 and the train config's loss compares it with what it should have found (the noise drawn, the clean sample or
-the velocity, as the network's ``prediction`` says). The batch is the one every method trains on
+the velocity, as the network's ``prediction`` says), or, for a method whose loss is on the image
+(``loss_space``), the SR image it implies with the clean HR. The batch is the one every method trains on
 (``image`` LR, ``label`` HR with the box mask as an optional last channel), so the CLI, the MONAI Label
 trainer and the NVFlare client train a diffusion method unchanged."""
 
@@ -46,7 +47,9 @@ class DiffusionPrepareBatch(PrepareBatch):
         noise = torch.randn_like(sample)
         t = torch.randint(0, self.network.train_steps, (len(sample),), device=sample.device)
         noisy = self.schedule.add_noise(original_samples=sample, noise=noise, timesteps=t)
-        if self.network.prediction == "sample":
+        if self.network.loss_space == "image":
+            target = hr
+        elif self.network.prediction == "sample":
             target = sample
         elif self.network.prediction == "v_prediction":
             target = self.schedule.get_velocity(sample, noise, t)
@@ -56,7 +59,9 @@ class DiffusionPrepareBatch(PrepareBatch):
 
 
 class DenoiserInferer(Inferer):
-    """The training forward pass of a diffusion method: its denoiser's estimate, not a sampled SR image."""
+    """The training forward pass of a diffusion method: its denoiser's estimate, or for a method whose loss
+    is on the image (``loss_space``) the SR image that estimate implies; never a sampled SR image."""
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
-        return network.denoise(inputs, kwargs["condition"], kwargs["timesteps"])
+        step = network.estimate_image if network.loss_space == "image" else network.denoise
+        return step(inputs, kwargs["condition"], kwargs["timesteps"])

@@ -5,7 +5,7 @@ from .checks import check_image_pair
 from .error_map import DISPLAY_VMAX, error_map, error_map_to_display
 from .inbox import InBoxMetric, box_crop_slices
 from .lpips import LPIPS, LPIPSMetric, load_lpips
-from .regression import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
+from .regression import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric, masked_psnr
 from .summary import bootstrap_interval, summarize
 from .uqi import UQIMetric, compute_uqi
 
@@ -25,5 +25,6 @@ __all__ = [
     "error_map",
     "error_map_to_display",
     "load_lpips",
+    "masked_psnr",
     "summarize",
 ]

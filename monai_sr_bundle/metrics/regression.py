@@ -16,9 +16,20 @@ from monai.metrics import PSNRMetric as _MonaiPSNR
 from monai.metrics import SSIMMetric as _MonaiSSIM
 from monai.utils import MetricReduction
 
-from .checks import CheckedInputsMixin
+from .checks import CheckedInputsMixin, check_image_pair
 
-__all__ = ["PSNRMetric", "SSIMMetric", "MultiScaleSSIMMetric"]
+__all__ = ["PSNRMetric", "SSIMMetric", "MultiScaleSSIMMetric", "masked_psnr"]
+
+
+def masked_psnr(y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PSNR (data range 1) over the pixels where ``mask`` is true, e.g. where artifacts were burnt into the LR
+    image; NaN for an empty mask, so that such an image is left out of a mean instead of counted as perfect."""
+    y_pred, y = check_image_pair(y_pred, y, "masked PSNR")
+    mask = torch.as_tensor(mask, dtype=torch.bool, device=y.device).expand_as(y)
+    if not mask.any():
+        return torch.tensor(float("nan"))
+    mse = (y_pred - y)[mask].square().mean()
+    return 10 * torch.log10(1 / mse.clamp_min(1e-12))
 
 
 def _check_min_size(y_pred: torch.Tensor, min_size: int, what: str) -> None:

@@ -49,6 +49,9 @@ class SR3(nn.Module):
     stochastic = True
     #: the sampling loop is not one traceable graph
     exportable = False
+    #: what training compares: the denoiser's estimate with what it should have found (``"prediction"``), or
+    #: the SR image that estimate implies with the clean HR (``"image"``, for losses defined on the image)
+    loss_space = "prediction"
     #: a progress bar over the sampler's steps (a terminal's user waits for each step)
     progress = False
     #: largest LR tile: the U-Net's middle block attends over all its positions, whose cost grows with the
@@ -100,10 +103,24 @@ class SR3(nn.Module):
         """The diffused sample of an HR image: its residual over bicubic, scaled to roughly unit spread."""
         return (hr - condition) / self.residual_scale if self.residual else hr * 2 - 1
 
-    def image_of(self, sample: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """The SR image in [0, 1] of a denoised sample (the inverse of :meth:`sample_of`)."""
+    def image_of(self, sample: torch.Tensor, condition: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """The SR image in [0, 1] of a denoised sample (the inverse of :meth:`sample_of`); unclamped for a
+        training loss, which needs gradients outside [0, 1] too."""
         image = condition + sample * self.residual_scale if self.residual else (sample + 1) / 2
-        return image.clamp(0, 1)
+        return image.clamp(0, 1) if clamp else image
+
+    def estimate_image(self, noisy: torch.Tensor, condition: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The SR image (unclamped) that the denoiser's estimate at timesteps ``t`` implies: its clean-sample
+        estimate, recovered from a noise or velocity prediction through the training schedule."""
+        estimate = self.denoise(noisy, condition, t)
+        if self.prediction == "sample":
+            clean = estimate
+        else:
+            schedule = make_sampler("ddpm", self.train_steps, self.train_steps, *self.betas)
+            alpha_bar = schedule.alphas_cumprod.to(noisy)[t].view(-1, *[1] * (noisy.dim() - 1))
+            a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+            clean = a * noisy - s * estimate if self.prediction == "v_prediction" else (noisy - s * estimate) / a
+        return self.image_of(clean, condition, clamp=False)
 
     def denoise(self, noisy: torch.Tensor, condition: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The denoiser's estimate (of ``prediction``) for ``noisy`` at timesteps ``t`` (B,), given the upsampled

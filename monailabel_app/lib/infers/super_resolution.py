@@ -114,8 +114,16 @@ class SuperResolutionInfer(InferTask):
         inferer = method.inferer(self.tile_size, seed=sampling.get("seed"))
         with tempfile.TemporaryDirectory() as tmp:
             try:
+                intensity = methods.recorded_intensity(path) if path else "minmax"
                 written = run_inference(
-                    image, network, inferer, tmp, allow_volume=True, progress=False, samples=samples
+                    image,
+                    network,
+                    inferer,
+                    tmp,
+                    allow_volume=True,
+                    progress=False,
+                    intensity=intensity,
+                    samples=samples,
                 )[0 if chosen is None else 1 + MAPS.index(chosen)]
             except InputError as e:
                 raise HTTPException(422, str(e).replace(str(image), name)) from e

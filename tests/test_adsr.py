@@ -1,0 +1,134 @@
+"""ADSR's network: SR3 with a VAE branch beside the denoiser's bottleneck (networks/adsr.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import DATA, needs_data
+from test_bundle import TRAIN, _ok, run_config
+
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.losses.anomaly_focused import DEFAULT_WEIGHTS
+from monai_sr_bundle.networks.adsr import ADSR, VAEBottleneck
+from monai_sr_bundle.networks.sr3 import SR3
+
+TINY = {"scale": 4, "channels": (16, 32), "num_res_blocks": 1, "norm_num_groups": 8, "sampler": "ddim", "steps": 2}
+
+
+def _inputs(side: int = 24):
+    g = torch.Generator().manual_seed(0)
+    noisy, condition = torch.randn(2, 1, side, side, generator=g), torch.rand(2, 1, side, side, generator=g)
+    return noisy, condition, torch.tensor([10, 900])
+
+
+def test_any_input_size_gives_the_scaled_image():
+    """A per-position latent keeps the denoiser size-agnostic, so tiles of any size work."""
+    torch.manual_seed(0)
+    sr = ADSR(latent_channels=4, **TINY).eval()
+    with torch.inference_mode():
+        assert sr(torch.rand(1, 1, 10, 13)).shape == (1, 1, 40, 52)
+
+
+def test_it_starts_as_the_sr3_it_extends():
+    """The fusion starts at the bottleneck's output alone: SR3's weights in an ADSR give SR3's estimates."""
+    torch.manual_seed(0)
+    sr3, adsr = SR3(**TINY).eval(), ADSR(latent_channels=4, **TINY).eval()
+    state = {
+        k.replace("denoiser.middle_block.", "denoiser.middle_block.middle."): v for k, v in sr3.state_dict().items()
+    }
+    missing, unexpected = adsr.load_state_dict(state, strict=False)
+    assert not unexpected and missing and all(".middle_block." in k and ".middle." not in k for k in missing)
+    with torch.inference_mode():
+        torch.testing.assert_close(adsr.denoise(*_inputs()), sr3.denoise(*_inputs()))
+
+
+def test_branch_terms_are_finite_trainable_and_deterministic_in_evaluation():
+    torch.manual_seed(0)
+    adsr = ADSR(latent_channels=4, **TINY).train()
+    adsr.denoise(*_inputs()).square().mean().backward(retain_graph=True)
+    kl, reconstruction = adsr.branch.kl, adsr.branch.reconstruction
+    assert torch.isfinite(kl) and kl >= 0 and torch.isfinite(reconstruction) and reconstruction >= 0
+    adsr.zero_grad()
+    (kl + reconstruction).backward()
+    assert adsr.branch.encoder[0].weight.grad.abs().sum() > 0 and adsr.branch.decoder[0].weight.grad.abs().sum() > 0
+    adsr.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(adsr.denoise(*_inputs()), adsr.denoise(*_inputs()))
+
+
+def test_a_branch_without_a_latent_is_refused():
+    with pytest.raises(InputError, match="latent_channels"):
+        VAEBottleneck(torch.nn.Identity(), 8, 0)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_the_image_estimate_inverts_the_noising_for_every_prediction(prediction, monkeypatch):
+    """With a denoiser that finds exactly what it should, the implied image is the HR image itself."""
+    from monai_sr_bundle.diffusion.samplers import make_sampler
+
+    torch.manual_seed(0)
+    sr = SR3(**{**TINY, "prediction": prediction})
+    hr, condition = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    sample, noise, t = sr.sample_of(hr, condition), torch.randn(2, 1, 16, 16), torch.tensor([5, 990])
+    schedule = make_sampler("ddpm", sr.train_steps, sr.train_steps, *sr.betas)
+    noisy = schedule.add_noise(original_samples=sample, noise=noise, timesteps=t)
+    exact = {"epsilon": noise, "sample": sample, "v_prediction": schedule.get_velocity(sample, noise, t)}[prediction]
+    monkeypatch.setattr(sr, "denoise", lambda *args: exact)
+    torch.testing.assert_close(sr.estimate_image(noisy, condition, t), hr, atol=2e-4, rtol=0)
+
+
+def test_training_pairs_the_implied_image_with_the_clean_hr_and_its_boxes():
+    from monai_sr_bundle.diffusion.training import DenoiserInferer, DiffusionPrepareBatch
+
+    torch.manual_seed(0)
+    adsr = ADSR(latent_channels=4, **TINY)
+    label = torch.cat([torch.rand(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)], dim=1)
+    noisy, target, _, kwargs = DiffusionPrepareBatch(adsr)({"image": torch.rand(2, 1, 8, 8), "label": label})
+    torch.testing.assert_close(target, label)  # the clean HR and the box mask, not the noise
+    assert DenoiserInferer()(noisy, adsr, **kwargs).shape == (2, 1, 32, 32)
+
+
+def test_the_loss_is_the_papers_sum_and_skips_images_without_boxes():
+    from monai_sr_bundle.losses import AnomalyFocusedLoss
+
+    adsr = ADSR(latent_channels=4, **TINY)
+    adsr.branch.kl, adsr.branch.reconstruction = torch.tensor(2.0), torch.tensor(1.0)
+    loss = AnomalyFocusedLoss(adsr, {"reconstruction": 1.0, "box": 10.0, "vae": 0.5})
+    hr, pred = torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    pred[0, 0, 0, 0] = 2.0  # error 4 on one pixel, inside the first image's box
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, 0, :2, :2] = 1  # a 4-pixel box in the first image, none in the second
+    expected = 1.0 * 4 / 32 + 10.0 * 4 / 4 + 0.5 * 3.0
+    torch.testing.assert_close(loss(pred, torch.cat([hr, mask], 1)), torch.tensor(expected))
+    no_boxes = loss(pred, torch.cat([hr, torch.zeros_like(mask)], 1))
+    assert torch.isfinite(no_boxes) and no_boxes.item() == pytest.approx(4 / 32 + 1.5)
+    assert loss(pred, hr).item() == pytest.approx(4 / 32 + 1.5)  # no mask channel at all
+
+
+@pytest.mark.parametrize("weights", [{"box": -1.0}, {"boxes": 0.3}, {"vae": "0.3"}])
+def test_bad_loss_weights_are_one_sentence(weights):
+    with pytest.raises(InputError, match="loss weights"):
+        ADSR(latent_channels=4, **TINY).training_loss(weights)
+
+
+@needs_data(DATA)
+def test_the_train_config_trains_it_with_its_own_loss(tmp_path, monkeypatch):
+    """Through the bundle's one training path, as a throwaway method (no ``adsr`` weights are shipped yet):
+    the train config takes the network's own loss with the overlay's weights and records them."""
+    overlay = {
+        "network_def": {"_target_": "monai_sr_bundle.networks.adsr.ADSR", "latent_channels": 4, **TINY},
+        "training": {"patch_size": 32, "batch_size": 2, "samples_per_image": 1, "loss_weights": {"box": 0.5}},
+    }
+    (tmp_path / "overlays").mkdir()
+    (tmp_path / "overlays" / "tiny_adsr.json").write_text(json.dumps(overlay))
+    monkeypatch.setenv("MONAI_SR_METHODS", str(tmp_path / "overlays"))
+    args = ("--train_limit", "2", "--val_limit", "1", "--max_epochs", "1")
+    _ok(run_config(TRAIN, "tiny_adsr", *args, "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt"))
+    provenance = json.loads((tmp_path / "weights.json").read_text())["w.pt"]
+    assert provenance["losses"] == {"method": "AnomalyFocusedLoss", "weights": {**DEFAULT_WEIGHTS, "box": 0.5}}
+    ADSR(latent_channels=4, **TINY).load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))  # strict
