@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.losses.box_weighted import split_target
 
 #: the paper's lambdas
 DEFAULT_WEIGHTS = {"reconstruction": 0.4, "box": 0.3, "vae": 0.3}
@@ -36,19 +37,12 @@ class AnomalyFocusedLoss(nn.Module):
         self.branch = network.branch
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        c = pred.shape[1]
-        if target.shape[1] not in (c, c + 1) or target.shape[2:] != pred.shape[2:]:
-            raise InputError(
-                f"target {tuple(target.shape)} must be the prediction's shape {tuple(pred.shape)}, "
-                "optionally with one extra channel holding the box mask."
-            )
-        hr = target[:, :c]
+        hr, mask = split_target(pred, target)
         loss = self.weights["reconstruction"] * F.mse_loss(pred, hr)
-        if target.shape[1] == c + 1:
-            mask = target[:, c:]
+        if mask is not None:
             area = mask.flatten(1).sum(1)
             boxed = area > 0
             if boxed.any():
-                per_image = (mask * (pred - hr).square()).flatten(1).sum(1)[boxed] / (area[boxed] * c)
+                per_image = (mask * (pred - hr).square()).flatten(1).sum(1)[boxed] / (area[boxed] * pred.shape[1])
                 loss = loss + self.weights["box"] * per_image.mean()
         return loss + self.weights["vae"] * (self.branch.reconstruction + self.branch.kl)

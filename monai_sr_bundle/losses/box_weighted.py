@@ -28,13 +28,20 @@ class BoxWeightedL1Loss(nn.Module):
         self.box_weight = float(box_weight)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        c = pred.shape[1]
-        if target.shape[1] not in (c, c + 1) or target.shape[2:] != pred.shape[2:]:
-            raise InputError(
-                f"target {tuple(target.shape)} must be the prediction's shape {tuple(pred.shape)}, "
-                "optionally with one extra channel holding the box mask."
-            )
-        err = (pred - target[:, :c]).abs()
-        if target.shape[1] == c or self.box_weight == 0:
+        hr, mask = split_target(pred, target)
+        err = (pred - hr).abs()
+        if mask is None or self.box_weight == 0:
             return err.mean()
-        return (err * (1 + self.box_weight * target[:, c:])).mean()
+        return (err * (1 + self.box_weight * mask)).mean()
+
+
+def split_target(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The HR image and the box mask (``None`` when the target carries none) of a training target, whose
+    last channel may hold the mask; a target of another shape is one sentence."""
+    c = pred.shape[1]
+    if target.shape[1] not in (c, c + 1) or target.shape[2:] != pred.shape[2:]:
+        raise InputError(
+            f"target {tuple(target.shape)} must be the prediction's shape {tuple(pred.shape)}, "
+            "optionally with one extra channel holding the box mask."
+        )
+    return target[:, :c], (target[:, c:] if target.shape[1] == c + 1 else None)
