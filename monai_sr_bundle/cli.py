@@ -118,7 +118,9 @@ def _ct_slices(args: argparse.Namespace) -> None:
 def _interpolate(args: argparse.Namespace) -> None:
     from monai_sr_bundle.training import interpolate_weights
 
-    digest = interpolate_weights(args.method, args.psnr_weights, args.gan_weights, args.alpha, args.output)
+    digest = interpolate_weights(
+        args.method, args.psnr_weights, args.gan_weights, args.alpha, args.output, args.scale, args.modality
+    )
     print(f"{args.output} (sha256 {digest}); provenance in {Path(args.output).parent / 'weights.json'}")
 
 
@@ -191,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     blend.add_argument("--alpha", type=float, required=True, help="share of the PSNR weights, 0 to 1")
     blend.add_argument("-m", "--method", required=True, help="the method both weights belong to")
     blend.add_argument("-o", "--output", required=True, help="the blended weights file (weights.json beside it)")
+    blend.add_argument("--scale", type=int, default=4, help="SR factor of both weights (default 4)")
+    blend.add_argument("--modality", default="cxr", help="weights family of both (default cxr)")
     blend.set_defaults(func=_interpolate)
     return parser
 

@@ -15,6 +15,7 @@ import torch
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.methods import BUNDLE_ROOT
 
 CONFIGS = BUNDLE_ROOT / "configs"
@@ -99,7 +100,7 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def train_command(config_files: list[str], method, settings: dict) -> str:
+def train_command(config_files: list[str], method: methods.Method, settings: dict) -> str:
     """The bundle command that reruns a training, as ``weights.json`` records it: the stages, the method and
     each stage setting (``None``: left at its default, omitted); a setting equal to the method's overlay is
     left to the overlay, any other is written out, so overrides given on the command line are kept."""
@@ -161,6 +162,8 @@ def interpolate_weights(
     gan_weights: str | os.PathLike,
     alpha: float,
     output: str | os.PathLike,
+    scale: int = 4,
+    modality: str = "cxr",
 ) -> str:
     """ESRGAN's network interpolation (Wang et al. 2018, section 3.4): every parameter is ``alpha`` times the
     PSNR-trained network's plus ``1 - alpha`` times the GAN-trained one's, which trades GAN texture (and its
@@ -173,7 +176,7 @@ def interpolate_weights(
     output = Path(output)
     if any(output.resolve() == p.resolve() for p in sources.values()):
         raise InputError(f"{output}: the output would overwrite one of the weights it is made from; choose another.")
-    sr_method = methods.get(method)
+    sr_method = methods.get(method, scale, modality)
     states = {k: sr_method.network(p).state_dict() for k, p in sources.items()}  # refuses foreign weights
     state = {
         k: alpha * v + (1 - alpha) * states["gan"][k] if v.is_floating_point() else states["gan"][k]
@@ -182,9 +185,12 @@ def interpolate_weights(
     origin = {}
     for key, path in sources.items():
         manifest = path.parent / "weights.json"
-        entries = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        entries = read_json_object(manifest, f"the weights manifest {manifest}") if manifest.is_file() else {}
         origin[key] = {"file": path.name, "sha256": sha256(path), **entries.get(path.name, {})}
-    command = f"monai-sr interpolate -m {method} --alpha {alpha:g} {sources['psnr']} {sources['gan']} -o {output}"
+    command = (
+        f"monai-sr interpolate -m {method} --scale {scale} --modality {modality} --alpha {alpha:g} "
+        f"{sources['psnr']} {sources['gan']} -o {output}"
+    )
     # the blend reads images as its sources were trained to (a HU window for CT weights) and on their data
     inherited = {k: origin["gan"][k] for k in ("data", "intensity") if k in origin["gan"]}
     provenance = {"command": command, **inherited, "scale": sr_method.scale, "modality": sr_method.modality}

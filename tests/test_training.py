@@ -351,7 +351,7 @@ def test_interpolate_weights_blends_every_parameter_and_records_both_sources(tmp
     assert entry["intensity"] == [-1000, 400] and entry["data"] == "NIH train split"  # read as its sources
     assert entry["interpolated_from"]["gan"]["command"] == "the GAN stage"
     assert entry["interpolated_from"]["psnr"]["sha256"] == sha256(tmp_path / "psnr.pt")
-    assert entry["command"].startswith("monai-sr interpolate -m srcnn --alpha 0.25 ")
+    assert entry["command"].startswith("monai-sr interpolate -m srcnn --scale 4 --modality cxr --alpha 0.25 ")
 
 
 def test_interpolate_weights_refuses_bad_alpha_foreign_weights_and_overwriting_a_source(tmp_path):

@@ -6,7 +6,7 @@ The paper's branch (encoder BLVE, latent BLVL, decoder BLVD) reads the bottlenec
 concatenated with the bottleneck's output before the up path. Here the latent is per position (3x3
 convolutions to a mean and log-variance map) instead of the paper's fully connected layer, so the denoiser
 still takes any input size and tiled inference works; and a 1x1 convolution maps the concatenation back to
-the width the up path expects (the authors' code feeds the doubled width on, which does not run).
+the width the up path expects (the authors' published branch has mismatched channels and does not run).
 """
 
 from __future__ import annotations
