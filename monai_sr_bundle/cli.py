@@ -115,6 +115,12 @@ def _ct_slices(args: argparse.Namespace) -> None:
     print(write_ct_datalist(args.output, args.data_dir))
 
 
+def _nih_resize(args: argparse.Namespace) -> None:
+    from monai_sr_bundle.data.datalist import write_nih_resized
+
+    print(write_nih_resized(args.output, args.size, args.data_dir))
+
+
 def _interpolate(args: argparse.Namespace) -> None:
     from monai_sr_bundle.training import interpolate_weights
 
@@ -186,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("-o", "--output", required=True, help="folder for the slices and datalist.json")
     ct.add_argument("--data-dir", help="the chest_ct folder (default: <shared data>/chest_ct)")
     ct.set_defaults(func=_ct_slices)
+
+    nih = sub.add_parser("nih-resize", help="the NIH splits at another HR size (e.g. 256), with a datalist")
+    nih.add_argument("--size", type=int, required=True, help="image side in pixels, at most 512")
+    nih.add_argument("-o", "--output", required=True, help="folder for the images and datalist.json")
+    nih.add_argument("--data-dir", help="the nih_cxr14 folder (default: <shared data>/nih_cxr14)")
+    nih.set_defaults(func=_nih_resize)
 
     blend = sub.add_parser("interpolate", help="blend a method's PSNR-trained and GAN-trained weights (ESRGAN)")
     blend.add_argument("psnr_weights", help="the PSNR-trained (pre-training) weights")

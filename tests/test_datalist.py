@@ -256,3 +256,18 @@ def test_load_datalist_refuses_bad_files(tmp_path, text, message):
         path.write_text(text)
     with pytest.raises(InputError, match=message):
         load_datalist(path)
+
+
+def test_nih_resized_writes_images_boxes_and_a_datalist_that_train_reads(tmp_path):
+    from monai_sr_bundle.cli import main as cli
+
+    root = _make_nih(tmp_path / "nih_cxr14")
+    assert cli(["nih-resize", "--size", "256", "-o", str(tmp_path / "out"), "--data-dir", str(root)]) == 0
+    datalist = tmp_path / "out" / "datalist.json"
+    training = load_datalist(datalist, "training")
+    assert [Path(d["label"]).name for d in training] == ["p1_a.png", "p1_b.png"]
+    assert Image.open(training[0]["label"]).size == (4, 4)  # the 8x8 stand-ins at half size
+    assert training[1]["boxes"] == [[25.0, 50.0, 37.5, 65.0], [2.5, 5.0, 10.0, 15.0]]  # 512-px boxes * 0.5
+    assert [Path(d["label"]).name for d in load_datalist(datalist, "test")] == ["p3_a.png"]
+    assert cli(["nih-resize", "--size", "1024", "-o", str(tmp_path / "big"), "--data-dir", str(root)]) == 2
+    assert not (tmp_path / "big").exists()
