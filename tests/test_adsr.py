@@ -131,4 +131,5 @@ def test_the_train_config_trains_it_with_its_own_loss(tmp_path, monkeypatch):
     _ok(run_config(TRAIN, "tiny_adsr", *args, "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt"))
     provenance = json.loads((tmp_path / "weights.json").read_text())["w.pt"]
     assert provenance["losses"] == {"method": "AnomalyFocusedLoss", "weights": {**DEFAULT_WEIGHTS, "box": 0.5}}
+    assert "loss_weights" not in provenance["command"]  # the overlay's own setting, left to the overlay
     ADSR(latent_channels=4, **TINY).load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))  # strict
