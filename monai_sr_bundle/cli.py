@@ -49,7 +49,7 @@ def _sr(args: argparse.Namespace) -> None:
         args.device,
         allow_volume=args.slice_by_slice,
         progress=_interactive(),
-        intensity=methods.recorded_intensity(args.weights) if args.weights else method.intensity,
+        intensity=methods.recorded_intensity(args.weights or method.weights_path),
         samples=args.samples or 1,
     )
     print(f"wrote {len(written)} image(s) to {args.output}")

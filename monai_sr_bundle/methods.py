@@ -399,17 +399,21 @@ def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     return network
 
 
-def recorded_intensity(weights: str | os.PathLike) -> str | list[float]:
-    """The reader's map to [0, 1] that ``weights`` were trained with, as the ``weights.json`` beside them
-    records it (a HU window for CT weights); ``"minmax"`` when nothing is recorded. Inference must read
-    images the same way, or a CT model sees other numbers than it learnt on."""
+def weights_record(weights: str | os.PathLike) -> dict:
+    """The entry of ``weights`` in the ``weights.json`` beside it (command, data, intensity, ...), or ``{}``
+    when there is no manifest or no entry for it."""
     weights = Path(weights)
     manifest = weights.parent / "weights.json"
     if not manifest.is_file():
-        return "minmax"
-    return (
-        read_json_object(manifest, f"the weights manifest {manifest}").get(weights.name, {}).get("intensity", "minmax")
-    )
+        return {}
+    return read_json_object(manifest, f"the weights manifest {manifest}").get(weights.name, {})
+
+
+def recorded_intensity(weights: str | os.PathLike) -> str | list[float]:
+    """The reader's map to [0, 1] that ``weights`` were trained with, as their :func:`weights_record` says (a
+    HU window for CT weights); ``"minmax"`` when nothing is recorded. Inference must read images the same
+    way, or a CT model sees other numbers than it learnt on."""
+    return weights_record(weights).get("intensity", "minmax")
 
 
 def describe_all(scale: int = 4, modality: str = "cxr") -> list[dict]:

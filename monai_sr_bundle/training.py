@@ -15,7 +15,6 @@ import torch
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.methods import BUNDLE_ROOT
 
 CONFIGS = BUNDLE_ROOT / "configs"
@@ -182,11 +181,7 @@ def interpolate_weights(
         k: alpha * v + (1 - alpha) * states["gan"][k] if v.is_floating_point() else states["gan"][k]
         for k, v in states["psnr"].items()
     }
-    origin = {}
-    for key, path in sources.items():
-        manifest = path.parent / "weights.json"
-        entries = read_json_object(manifest, f"the weights manifest {manifest}") if manifest.is_file() else {}
-        origin[key] = {"file": path.name, "sha256": sha256(path), **entries.get(path.name, {})}
+    origin = {k: {"file": p.name, "sha256": sha256(p), **methods.weights_record(p)} for k, p in sources.items()}
     command = (
         f"monai-sr interpolate -m {method} --scale {scale} --modality {modality} --alpha {alpha:g} "
         f"{sources['psnr']} {sources['gan']} -o {output}"

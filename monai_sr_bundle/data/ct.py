@@ -12,13 +12,13 @@ Run ``monai-sr ct-slices -o <folder>``; it prints the datalist path.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 from monai.data import MetaTensor
 
+from monai_sr_bundle.data.datalist import write_datalist
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import write_image
@@ -75,6 +75,4 @@ def write_ct_datalist(out_dir: str | os.PathLike, data_dir: str | os.PathLike | 
             slices = write_slices(root / source, out_dir / key)
             items += [{"label": str(p.resolve()), "patient": _stem(source)} for p in slices]
         datalist[key] = items
-    target = out_dir / "datalist.json"
-    target.write_text(json.dumps(datalist, indent=1) + "\n")
-    return target
+    return write_datalist(out_dir, datalist)

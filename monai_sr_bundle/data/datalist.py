@@ -135,7 +135,13 @@ def write_nih_resized(out_dir: str | os.PathLike, size: int, data_dir: str | os.
             boxes = [[v * factor for v in box] for box in item["boxes"]]
             items.append({**item, "label": str(target.resolve()), "boxes": boxes})
         datalist[key] = items
-    target = out_dir / "datalist.json"
+    return write_datalist(out_dir, datalist)
+
+
+def write_datalist(out_dir: str | os.PathLike, datalist: dict) -> Path:
+    """Write ``out_dir/datalist.json`` atomically (a reader never sees half a list); returns its path."""
+    target = Path(out_dir) / "datalist.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(datalist, indent=1) + "\n")
     os.replace(tmp, target)

@@ -13,8 +13,6 @@ from monai.engines.utils import PrepareBatch
 from monai.inferers import Inferer
 from torch import nn
 
-from monai_sr_bundle.diffusion.samplers import make_sampler
-
 
 def is_denoiser(network: nn.Module) -> bool:
     """Whether ``network`` trains as a denoiser (it has ``denoise``) rather than on its SR output."""
@@ -35,7 +33,7 @@ class DiffusionPrepareBatch(PrepareBatch):
 
     def __init__(self, network: nn.Module) -> None:
         self.network = network
-        self.schedule = make_sampler("ddpm", network.train_steps, network.train_steps, *network.betas)
+        self.schedule = network.schedule
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         lr = batchdata["image"].to(device=device, non_blocking=non_blocking)

@@ -12,6 +12,7 @@ FedAvg work unchanged); its state dict is the denoiser's.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
@@ -95,6 +96,12 @@ class SR3(nn.Module):
             use_flash_attention=True,  # the middle block always attends: never hold the tokens' full matrix
         )
 
+    @cached_property
+    def schedule(self):
+        """The training noise schedule (DDPM over all ``train_steps``), built once: training noises samples
+        with it and reads the clean-sample estimate back through it at every step."""
+        return make_sampler("ddpm", self.train_steps, self.train_steps, *self.betas)
+
     def condition(self, lr: torch.Tensor) -> torch.Tensor:
         """The bicubic-upsampled LR image, which the SR adds its residual to."""
         return upsample(lr, self.scale)
@@ -116,8 +123,7 @@ class SR3(nn.Module):
         if self.prediction == "sample":
             clean = estimate
         else:
-            schedule = make_sampler("ddpm", self.train_steps, self.train_steps, *self.betas)
-            alpha_bar = schedule.alphas_cumprod.to(noisy)[t].view(-1, *[1] * (noisy.dim() - 1))
+            alpha_bar = self.schedule.alphas_cumprod.to(noisy)[t].view(-1, *[1] * (noisy.dim() - 1))
             a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
             clean = a * noisy - s * estimate if self.prediction == "v_prediction" else (noisy - s * estimate) / a
         return self.image_of(clean, condition, clamp=False)
