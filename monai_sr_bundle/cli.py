@@ -85,12 +85,14 @@ def _demo(args: argparse.Namespace) -> None:
     lpips = args.lpips and default_weights_path().is_file()
     if args.lpips and not lpips:
         logging.warning("LPIPS skipped: %s not found (set MONAI_SR_DATA)", default_weights_path())
-    print(f"demo: x{args.scale} SR of {source}, LR made by antialiased bicubic downsampling")
+    how = f"degradation preset {args.degradation}" if args.degradation else "antialiased bicubic downsampling"
+    print(f"demo: x{args.scale} SR of {source}, LR made by {how}")
     summary = evaluate(
         datalist,
         networks,
         args.scale,
         args.output,
+        degradation=args.degradation,
         inferers=inferers,
         device=args.device,
         lpips=lpips,
@@ -180,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--limit", type=int, default=DEMO_LIMIT, help=f"NIH test images to use (default {DEMO_LIMIT})")
     demo.add_argument("--figures", type=int, default=3, help="side-by-side figures to write (default 3)")
     demo.add_argument("--no-lpips", dest="lpips", action="store_false", help="skip LPIPS (needs the shared weights)")
+    demo.add_argument(
+        "--degradation",
+        help="LR synthesis preset (configs/degradations), e.g. adsr_artifacts_x4: text, circles and lines burnt into "
+        "the LR to show artifact removal (default: antialiased bicubic)",
+    )
     common(demo)
     demo.set_defaults(func=_demo)
 

@@ -190,12 +190,12 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     inferers = {name: (inferers or {}).get(name) or SRInferer(scale=scale, tile_size=tile_size) for name in networks}
     degrade_args, artifact_args = degradation_args(degradation, scale)
     degrade = Degrade(scale=scale, **degrade_args)
     artifacts = RandArtifacts(**artifact_args) if artifact_args else None
+    out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
+    out.mkdir(parents=True, exist_ok=True)
     fns = {name: _metric_fns(lpips) for name in networks}
     rows, failures = [], []
     for i, item in enumerate(tqdm(datalist, desc="evaluating", unit="image", disable=not progress)):

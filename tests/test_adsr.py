@@ -11,7 +11,7 @@ from test_bundle import TRAIN, _ok, run_config
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.losses.anomaly_focused import DEFAULT_WEIGHTS
-from monai_sr_bundle.networks.adsr import ADSR, VAEBottleneck
+from monai_sr_bundle.networks.adsr import ADSR
 from monai_sr_bundle.networks.sr3 import SR3
 
 TINY = {"scale": 4, "channels": (16, 32), "num_res_blocks": 1, "norm_num_groups": 8, "sampler": "ddim", "steps": 2}
@@ -58,9 +58,28 @@ def test_branch_terms_are_finite_trainable_and_deterministic_in_evaluation():
         torch.testing.assert_close(adsr.denoise(*_inputs()), adsr.denoise(*_inputs()))
 
 
-def test_a_branch_without_a_latent_is_refused():
-    with pytest.raises(InputError, match="latent_channels"):
-        VAEBottleneck(torch.nn.Identity(), 8, 0)
+@pytest.mark.parametrize("latent", [0, -2, 2.5, True, "8"])
+def test_a_branch_without_a_whole_latent_is_one_sentence(latent):
+    with pytest.raises(InputError, match="latent_channels, a whole number >= 1"):
+        ADSR(latent_channels=latent, **TINY)
+
+
+def test_a_vae_switch_that_is_not_true_or_false_is_one_sentence():
+    with pytest.raises(InputError, match="true or false"):
+        ADSR(vae="no", **TINY)
+
+
+def test_without_the_vae_branch_it_is_sr3s_network_with_the_rest_of_the_loss():
+    """The paper's ablation: SR3's denoiser (same parameters), the box and reconstruction terms only."""
+    from monai_sr_bundle.losses import AnomalyFocusedLoss
+
+    ablation = ADSR(vae=False, **TINY)
+    assert ablation.branch is None
+    assert ablation.state_dict().keys() == SR3(**TINY).state_dict().keys()
+    loss = AnomalyFocusedLoss(ablation, {"reconstruction": 1.0, "box": 10.0, "vae": 0.5})
+    pred, hr, mask = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    pred[0, 0, 0, 0], mask[0, 0, :2, :2] = 2.0, 1
+    torch.testing.assert_close(loss(pred, torch.cat([hr, mask], 1)), torch.tensor(4 / 16 + 10.0 * 4 / 4))
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -118,8 +137,8 @@ def test_bad_loss_weights_are_one_sentence(weights):
 
 @needs_data(DATA)
 def test_the_train_config_trains_it_with_its_own_loss(tmp_path, monkeypatch):
-    """Through the bundle's one training path, as a throwaway method (no ``adsr`` weights are shipped yet):
-    the train config takes the network's own loss with the overlay's weights and records them."""
+    """Through the bundle's one training path, as a tiny throwaway method (the real overlay is too wide for
+    a test): the train config takes the network's own loss with the overlay's weights and records them."""
     overlay = {
         "network_def": {"_target_": "monai_sr_bundle.networks.adsr.ADSR", "latent_channels": 4, **TINY},
         "training": {"patch_size": 32, "batch_size": 2, "samples_per_image": 1, "loss_weights": {"box": 0.5}},
@@ -133,3 +152,38 @@ def test_the_train_config_trains_it_with_its_own_loss(tmp_path, monkeypatch):
     assert provenance["losses"] == {"method": "AnomalyFocusedLoss", "weights": {**DEFAULT_WEIGHTS, "box": 0.5}}
     assert "loss_weights" not in provenance["command"]  # the overlay's own setting, left to the overlay
     ADSR(latent_channels=4, **TINY).load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))  # strict
+
+
+@needs_data(DATA)
+def test_an_artifact_preset_with_unknown_kinds_stops_training_before_anything_is_written(tmp_path):
+    preset = {"scale": 4, "downsample": "bicubic_aa", "artifacts": {"prob": 1.0, "kinds": ["circle", "arrow"]}}
+    (tmp_path / "bad.json").write_text(json.dumps(preset))
+    args = ("--train_limit", "2", "--val_limit", "1", "--max_epochs", "1", "--degradation", tmp_path / "bad.json")
+    proc = run_config(TRAIN, "adsr", *args, "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt")
+    assert proc.returncode != 0
+    assert "RandArtifacts `kinds` must be a non-empty subset of circle, letter, digit, line" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+
+
+@needs_data(DATA / "nih_cxr14")
+def test_the_shipped_weights_remove_a_burnt_in_artifact(tmp_path):
+    """``adsr_cxr_x4.pt`` at its protocol (a real NIH test image at 256, LR 64 with a bright circle and a
+    letter burnt in): inside the artifacts its SR is at least 3 dB closer to the clean HR than bicubic's."""
+    from PIL import Image
+
+    from monai_sr_bundle import methods
+    from monai_sr_bundle.data.datalist import nih_datalist
+    from monai_sr_bundle.evaluation import evaluate
+    from monai_sr_bundle.transforms.presets import load_preset
+
+    item = nih_datalist("test", limit=1)[0]
+    with Image.open(item["label"]) as img:
+        img.resize((256, 256), Image.LANCZOS).save(tmp_path / "hr.png")
+    preset = load_preset("adsr_artifacts_x4")
+    preset["artifacts"].update(prob=1.0, num_artifacts=2, kinds=["circle", "letter"])
+    adsr, bicubic = methods.get("adsr"), methods.get("bicubic")
+    networks = {"bicubic": bicubic.load(), "adsr": adsr.load()}
+    inferers = {"bicubic": bicubic.inferer(), "adsr": adsr.inferer(seed=0)}
+    summary = evaluate([{"label": str(tmp_path / "hr.png")}], networks, 4, tmp_path / "eval", degradation=preset,
+                       inferers=inferers, lpips=False, progress=False)  # fmt: skip
+    assert summary["adsr"]["artifact_psnr"][0] >= summary["bicubic"]["artifact_psnr"][0] + 3

@@ -291,6 +291,18 @@ def test_cli_demo_on_own_files(tmp_path, capsys):
     assert (out / "summary.md").is_file() and (out / "figure_a.png").is_file() and (out / "figure_b.png").is_file()
 
 
+def test_cli_demo_with_an_artifact_preset_scores_the_artifact_region(tmp_path, capsys):
+    _png(tmp_path / "a.png", seed=0)
+    out = tmp_path / "out"
+    args = ["demo", "--input", str(tmp_path / "a.png"), "-o", str(out), "--methods", "bicubic", "--no-lpips"]
+    assert main([*args, "--degradation", "adsr_artifacts_x4"]) == 0
+    assert "degradation preset adsr_artifacts_x4" in capsys.readouterr().out
+    assert "artifact_psnr" in _read_csv(out / "metrics.csv")[0]
+    assert main([*args, "-o", str(tmp_path / "o2"), "--degradation", "no_such_preset"]) == 2
+    assert "Degradation preset 'no_such_preset' not found" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+
+
 def test_cli_demo_no_method_loads(tmp_path, capsys, caplog):
     _png(tmp_path / "a.png")
     assert (

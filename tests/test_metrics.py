@@ -29,6 +29,7 @@ from monai_sr_bundle.metrics import (
     error_map,
     error_map_to_display,
     load_lpips,
+    paired_t_test,
     summarize,
 )
 from monai_sr_bundle.networks.imagenet import default_weights_path
@@ -340,6 +341,21 @@ def test_bootstrap_interval_of_the_mean():
     assert lo < values.mean() < hi and (hi - lo) / 2 == pytest.approx(se, rel=0.15)
     assert bootstrap_interval(values) == bootstrap_interval(values) and bootstrap_interval([5.0]) == (5.0, 5.0)
     assert all(np.isnan(bootstrap_interval([float("nan")])))
+
+
+
+def test_paired_t_test_known_answer():
+    """Differences 1, 2, 3, 5: t = 2.75 / (s / 2) with 3 degrees of freedom, whose two-sided p has a closed
+    form (Student's t with 3 df); pairs with a NaN on either side are dropped."""
+    a, b = [1.0, 3.0, 4.0, 9.0, float("nan"), 2.0], [0.0, 1.0, 1.0, 4.0, 1.0, float("nan")]
+    diff, p, n = paired_t_test(a, b)
+    s = math.sqrt(sum((d - 2.75) ** 2 for d in (1, 2, 3, 5)) / 3)
+    x = 2.75 / (s / 2) / math.sqrt(3)
+    expected = 1 - 2 / math.pi * (math.atan(x) + x / (1 + x * x))
+    assert (diff, n) == (2.75, 4) and p == pytest.approx(expected, rel=1e-9) and p == pytest.approx(0.0486, abs=1e-4)
+    assert math.isnan(paired_t_test([1.0], [0.0])[1]) and paired_t_test([1.0], [0.0])[2] == 1
+    with pytest.raises(ValueError, match="as many values"):
+        paired_t_test([1.0, 2.0], [1.0])
 
 
 # ---------------------------------------------------------------- bad input

@@ -20,7 +20,7 @@ class AnomalyFocusedLoss(nn.Module):
     L_B is the MSE inside the abnormality boxes (the mask in the target's last channel), per image over its
     box pixels, averaged over the images that have boxes: an image without boxes adds nothing (and a batch
     without any, zero), never a NaN. The VAE terms are the ones the network's branch left from this
-    forward pass (``VAEBottleneck.kl`` / ``reconstruction``).
+    forward pass (``VAEBottleneck.kl`` / ``reconstruction``); a network without the branch adds none.
 
     Args:
         network: the method being trained (its ``branch`` holds the VAE terms).
@@ -45,4 +45,6 @@ class AnomalyFocusedLoss(nn.Module):
             if boxed.any():
                 per_image = (mask * (pred - hr).square()).flatten(1).sum(1)[boxed] / (area[boxed] * pred.shape[1])
                 loss = loss + self.weights["box"] * per_image.mean()
+        if self.branch is None:
+            return loss
         return loss + self.weights["vae"] * (self.branch.reconstruction + self.branch.kl)

@@ -6,7 +6,7 @@ from .error_map import DISPLAY_VMAX, error_map, error_map_to_display
 from .inbox import InBoxMetric, box_crop_slices
 from .lpips import LPIPS, LPIPSMetric, load_lpips
 from .regression import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric, masked_psnr
-from .summary import bootstrap_interval, summarize
+from .summary import bootstrap_interval, paired_t_test, summarize
 from .uqi import UQIMetric, compute_uqi
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "SSIMMetric",
     "UQIMetric",
     "bootstrap_interval",
+    "paired_t_test",
     "box_crop_slices",
     "check_image_pair",
     "compute_uqi",

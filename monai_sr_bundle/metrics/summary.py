@@ -40,3 +40,19 @@ def bootstrap_interval(values, level: float = 0.68, resamples: int = 2000, seed:
     means = np.random.default_rng(seed).choice(arr, size=(resamples, arr.size), replace=True).mean(axis=1)
     lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
+
+
+def paired_t_test(a, b) -> tuple[float, float, int]:
+    """Two-sided paired t-test of per-image values ``a`` against ``b`` (same images, same order; pairs with a
+    NaN on either side dropped): the mean difference a - b, its p-value and the number of pairs (p is NaN
+    with fewer than two pairs or no spread)."""
+    from scipy.stats import ttest_rel
+
+    a, b = (np.asarray(v, dtype=np.float64).ravel() for v in (a, b))
+    if a.shape != b.shape:
+        raise ValueError(f"a paired test needs as many values on each side, got {a.size} and {b.size}.")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if a.size < 2:
+        return float("nan") if a.size == 0 else float(a[0] - b[0]), float("nan"), int(a.size)
+    return float((a - b).mean()), float(ttest_rel(a, b).pvalue), int(a.size)

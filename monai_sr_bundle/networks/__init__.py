@@ -1,6 +1,7 @@
 """SR networks: (B, C, X, Y) low-resolution in, (B, C, scale*X, scale*Y) out. ``_target_`` in the bundle
 configs is the registry."""
 
+from monai_sr_bundle.networks.adsr import ADSR
 from monai_sr_bundle.networks.bicubic import Bicubic
 from monai_sr_bundle.networks.rrdb import RRDBNet
 from monai_sr_bundle.networks.runet import RUNet
@@ -10,4 +11,4 @@ from monai_sr_bundle.networks.srgan_vdsr import SRGANVDSR
 from monai_sr_bundle.networks.srresnet import SRResNet
 from monai_sr_bundle.networks.vdsr import VDSR
 
-__all__ = ["Bicubic", "RRDBNet", "RUNet", "SR3", "SRCNN", "SRGANVDSR", "SRResNet", "VDSR"]
+__all__ = ["ADSR", "Bicubic", "RRDBNet", "RUNet", "SR3", "SRCNN", "SRGANVDSR", "SRResNet", "VDSR"]

@@ -40,8 +40,8 @@ class VAEBottleneck(nn.Module):
 
     def __init__(self, middle: nn.Module, channels: int, latent_channels: int) -> None:
         super().__init__()
-        if int(latent_channels) < 1:
-            raise InputError(f"the VAE branch needs latent_channels >= 1, got {latent_channels!r}.")
+        if isinstance(latent_channels, bool) or not isinstance(latent_channels, int) or latent_channels < 1:
+            raise InputError(f"the VAE branch needs latent_channels, a whole number >= 1, got {latent_channels!r}.")
         self.middle = middle
         self.encoder = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
@@ -79,20 +79,27 @@ class ADSR(SR3):
 
     Args:
         latent_channels: channels of the branch's per-position latent.
+        vae: with the VAE branch; without it (the paper's ablation) the network is SR3's, trained with the
+            rest of the anomaly-focused loss on the image.
         **sr3: SR3's arguments.
     """
 
     loss_space = "image"
 
-    def __init__(self, latent_channels: int = 8, prediction: str = "sample", **sr3) -> None:
+    def __init__(self, latent_channels: int = 8, vae: bool = True, prediction: str = "sample", **sr3) -> None:
         super().__init__(prediction=prediction, **sr3)
         unet = self.denoiser
-        unet.middle_block = VAEBottleneck(unet.middle_block, unet.block_out_channels[-1], latent_channels)
+        if not isinstance(vae, bool):
+            raise InputError(f"ADSR's vae says whether it has the VAE branch: true or false, got {vae!r}.")
+        if vae:
+            unet.middle_block = VAEBottleneck(unet.middle_block, unet.block_out_channels[-1], latent_channels)
 
     @property
-    def branch(self) -> VAEBottleneck:
-        """The VAE branch, whose ``kl`` and ``reconstruction`` the training loss reads after each forward."""
-        return self.denoiser.middle_block
+    def branch(self) -> VAEBottleneck | None:
+        """The VAE branch, whose ``kl`` and ``reconstruction`` the training loss reads after each forward
+        (None without one)."""
+        middle = self.denoiser.middle_block
+        return middle if isinstance(middle, VAEBottleneck) else None
 
     def training_loss(self, weights: dict | None = None) -> nn.Module:
         """The method's own loss (the train config uses it instead of its pixel and perceptual sum)."""
