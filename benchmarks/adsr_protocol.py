@@ -135,6 +135,11 @@ def shell(command: list[str]) -> str:
     return " ".join(f'"{c}"' if "'" in c else c for c in command)
 
 
+def inferer(m: methods.Method, seed: int):
+    """``m``'s tiling inferer, seeded when it samples."""
+    return m.inferer(seed=seed) if m.stochastic else m.inferer()
+
+
 def datalist_file() -> Path:
     existing = DATA / "datalist.json"
     return existing if existing.is_file() else write_nih_resized(DATA, SIZE)
@@ -191,7 +196,7 @@ def part_evaluate(limit: int | None, seeds: int) -> None:
             if (out / "metrics.csv").is_file():
                 continue
             start = time.perf_counter()
-            evaluate(datalist, {name: network}, SCALE, out, degradation=PRESET, inferers={name: m.inferer(seed=seed)})
+            evaluate(datalist, {name: network}, SCALE, out, degradation=PRESET, inferers={name: inferer(m, seed)})
             print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
@@ -206,7 +211,7 @@ def part_figure(limit: int | None) -> Path:
     networks = {n: method(n).load() for n in names}
     out = WORK / "figure"
     evaluate([datalist[index]], networks, SCALE, out, degradation=PRESET, seed=index, figures=1, lpips=False,
-             inferers={n: method(n).inferer(seed=0) for n in names}, progress=False)  # fmt: skip
+             inferers={n: inferer(method(n), 0) for n in names}, progress=False)  # fmt: skip
     figure = REPO / "docs" / "figures" / "adsr_protocol.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / f"figure_{Path(datalist[index]['label']).stem}.png", figure)

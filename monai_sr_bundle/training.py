@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -110,7 +111,9 @@ def train_command(config_files: list[str], method: methods.Method, settings: dic
         if value is None or method.training.get(key, object()) == value:
             continue
         text = value if isinstance(value, str) else json.dumps(value)
-        parts += [f"--{key}", text if re.fullmatch(r"[\w./:-]+", text) else f'"{text}"']
+        if not re.fullmatch(r"[\w./:-]+", text):  # a dict's JSON has double quotes: single-quote it instead
+            text = f'"{text}"' if '"' not in text else shlex.quote(text)
+        parts += [f"--{key}", text]
     return " ".join(parts)
 
 

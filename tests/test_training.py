@@ -129,12 +129,14 @@ def test_train_command_names_every_setting_the_overlay_does_not_give():
         "intensity": [-1000, 400],
         "datalist_file": "/d/ct list.json",
         "init_weights": None,
+        "degradation": {"downsample": "bicubic_aa"},
     }
     command = train_command(files, method, settings)
     stages = "\"['configs/inference.json','configs/train.json']\""
     assert command == (
         f"cd monai_sr_bundle && python -m monai.bundle run --config_file {stages} --method runet --learning_rate 0.25"
         ' --modality ct --intensity "[-1000, 400]" --datalist_file "/d/ct list.json"'
+        """ --degradation '{"downsample": "bicubic_aa"}'"""
     )
 
 
@@ -328,6 +330,13 @@ def test_train_config_reads_a_degradation_preset():
     assert type(load).__name__ == "LoadSRImaged" and type(degrade).__name__ == "Degraded"
     assert type(artifacts).__name__ == "RandArtifactsd" and list(artifacts.keys) == ["image"]
     assert degrade.lr_key == "image" and list(degrade.keys) == ["label"]
+
+
+def test_a_method_trains_on_its_overlays_degradation():
+    """ADSR learns artifact removal wherever it is trained (CLI, MONAI Label, NVFlare): its overlay names
+    the artifact preset; a method that names none trains on antialiased bicubic."""
+    assert train_parser("adsr").get_parsed_content("degradation") == "adsr_artifacts_x4"
+    assert train_parser("vdsr").get_parsed_content("degradation") == {"downsample": "bicubic_aa"}
 
 
 # ------------------------------------------------------------------------------- network interpolation
