@@ -93,6 +93,8 @@ Produced by (from the repository root; it trains what is missing, then evaluates
 The paper's column is the authors' own PSNR on VinBigData (64 -> 256 with artifacts), quoted as theirs, not
 measured here; they report the ablations without the box loss (38.74) and without the VAE branch (37.95),
 and p = 0.0029 for ADSR vs SR3 on NIH. Their data, training length and network widths differ from ours.
+Each of our rows is one training run: the t-tests see the spread over images and sampling seeds, not over
+retraining, so a difference of a few tenths of a dB between two diffusion rows may not survive a rerun.
 
 Paired per-image differences, ADSR minus the row (two-sided paired t-test):
 

@@ -87,10 +87,10 @@ class ADSR(SR3):
     loss_space = "image"
 
     def __init__(self, latent_channels: int = 8, vae: bool = True, prediction: str = "sample", **sr3) -> None:
-        super().__init__(prediction=prediction, **sr3)
-        unet = self.denoiser
         if not isinstance(vae, bool):
             raise InputError(f"ADSR's vae says whether it has the VAE branch: true or false, got {vae!r}.")
+        super().__init__(prediction=prediction, **sr3)
+        unet = self.denoiser
         if vae:
             unet.middle_block = VAEBottleneck(unet.middle_block, unet.block_out_channels[-1], latent_channels)
 
