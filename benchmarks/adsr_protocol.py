@@ -21,7 +21,6 @@ import csv
 import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import load_datalist, write_nih_resized
 from monai_sr_bundle.evaluation import METRICS, evaluate
-from monai_sr_bundle.metrics import paired_t_test
+from monai_sr_bundle.metrics import paired_t_test, summarize
 from monai_sr_bundle.training import sha256, train_configs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,6 +180,12 @@ def rows() -> list[str]:
     return [methods.baseline_name(), *TRAINED]
 
 
+def ready(name: str) -> bool:
+    """Whether row ``name`` can be evaluated: interpolation, or a method whose protocol weights exist."""
+    m = method(name)
+    return not m.trainable or m.weights_available
+
+
 def eval_dir(name: str, limit: int | None) -> Path:
     """Where row ``name``'s evaluations are kept: per test-set size and per weights file (by its sha256), so a
     retrained model or another ``--limit`` is never mixed with an older run."""
@@ -195,12 +200,12 @@ def part_evaluate(limit: int | None, seeds: int) -> None:
     datalist = load_datalist(datalist_file(), "test", limit=limit)
     for name in rows():
         m = method(name)
-        if m.trainable and not m.weights_available:
+        if not ready(name):
             print(f"{name}: no weights yet ({m.weights_path}); run --part train", flush=True)
             continue
-        network = m.load()
+        network, folder = m.load(), eval_dir(name, limit)
         for seed in range(seeds if m.stochastic else 1):
-            out = eval_dir(name, limit) / f"seed{seed}"
+            out = folder / f"seed{seed}"
             if (out / "metrics.csv").is_file():
                 continue
             start = time.perf_counter()
@@ -214,7 +219,7 @@ def part_figure(limit: int | None) -> Path:
     datalist = load_datalist(datalist_file(), "test", limit=limit)
     drawn = {r["image"] for r in read_rows(methods.baseline_name(), limit) if not math.isnan(r["artifact_psnr"])}
     index = next(i for i, d in enumerate(datalist) if d["boxes"] and Path(d["label"]).name in drawn)
-    names = [n for n in rows() if n != METHOD and (not method(n).trainable or method(n).weights_available)]
+    names = [n for n in rows() if n != METHOD and ready(n)]
     names.append(METHOD)
     networks = {n: method(n).load() for n in names}
     out = WORK / "figure"
@@ -229,7 +234,7 @@ def part_figure(limit: int | None) -> Path:
 def read_rows(name: str, limit: int | None) -> list[dict]:
     """Row ``name``'s per-image metrics over all its evaluated seeds, each with its ``seed`` (none for a row
     without weights yet)."""
-    if method(name).trainable and not method(name).weights_available:
+    if not ready(name):
         return []
     found = []
     for path in sorted(eval_dir(name, limit).glob("seed*/metrics.csv")):
@@ -239,20 +244,15 @@ def read_rows(name: str, limit: int | None) -> list[dict]:
     return found
 
 
-def _nanmean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return statistics.mean(kept) if kept else math.nan
-
-
 def seed_means(found: list[dict], metric: str) -> list[float]:
     """The mean over images of each seed's values of ``metric``."""
     seeds = sorted({r["seed"] for r in found})
-    return [_nanmean([r[metric] for r in found if r["seed"] == s]) for s in seeds]
+    return [summarize([r[metric] for r in found if r["seed"] == s])[0] for s in seeds]
 
 
 def image_means(found: list[dict], metric: str, images: list[str]) -> list[float]:
     """Each image's value of ``metric`` averaged over seeds (NaN where it has none, e.g. no artifact)."""
-    return [_nanmean([r[metric] for r in found if r["image"] == i]) for i in images]
+    return [summarize([r[metric] for r in found if r["image"] == i])[0] for i in images]
 
 
 def report(limit: int | None, seeds: int) -> str:
@@ -266,9 +266,9 @@ def report(limit: int | None, seeds: int) -> str:
     for name, f in found.items():
         cells = []
         for m in SHOWN:
-            means = seed_means(f, m)
-            spread = f" ± {statistics.stdev(means):.{digits[m]}f}" if len(means) > 1 else ""
-            cells.append(f"{statistics.mean(means):.{digits[m]}f}{spread}")
+            mean, sd = summarize(seed_means(f, m))
+            spread = f" ± {sd:.{digits[m]}f}" if not math.isnan(sd) else ""
+            cells.append(f"{mean:.{digits[m]}f}{spread}")
         paper = f"{PAPER[name]:.2f}" if name in PAPER else "-"
         table.append(f"| {name} | " + " | ".join(cells) + f" | {len(seed_means(f, 'psnr'))} | {paper} |")
     images = sorted({r["image"] for f in found.values() for r in f})
@@ -287,7 +287,7 @@ def report(limit: int | None, seeds: int) -> str:
         verdict = "met" if diff > 0 and p < 0.05 else "NOT met"
         bars.append(f"- in-box PSNR, ADSR - {sr3}: {diff:+.2f} dB, p = {p:.2g} (bar: > 0 with p < 0.05): {verdict}")
     if {METHOD, baseline} <= found.keys():
-        art = {n: statistics.mean(seed_means(found[n], "artifact_psnr")) for n in found}
+        art = {n: summarize(seed_means(found[n], "artifact_psnr"))[0] for n in found}
         versus = [n for n in SR3_ROWS if n in art]
         ok = art[METHOD] >= art[baseline] + 3 and all(art[METHOD] >= art[n] for n in versus)
         bars.append(
@@ -306,7 +306,7 @@ def report(limit: int | None, seeds: int) -> str:
     missing = [n for n in rows() if n not in found]
     options = (f" --limit {limit}" if limit else "") + (f" --seeds {seeds}" if seeds != 5 else "")
     boxed = sum(1 for d in load_datalist(datalist_file(), "test", limit=limit) if d["boxes"])
-    drawn = sum(1 for i in images if not math.isnan(image_means(found.get(baseline, []), "artifact_psnr", [i])[0]))
+    drawn = sum(not math.isnan(v) for v in image_means(found.get(baseline, []), "artifact_psnr", images))
     return DOC.format(
         images=len(images), boxed=boxed, drawn=drawn, options=options, table="\n".join(table),
         tests="\n".join(tests), bars="\n".join(bars) or "- not measured yet",
