@@ -199,6 +199,12 @@ class Method:
         """Whether the method trains as a GAN (``configs/train_gan.json``): its overlay defines a discriminator."""
         return "discriminator_def" in self.config
 
+    @property
+    def latent(self) -> bool:
+        """Whether the method works in an autoencoder's latent (``configs/train_autoencoder.json`` trains
+        the autoencoder first, ``configs/train_diffusion.json`` then the denoiser on it)."""
+        return isinstance(getattr(self._probe, "autoencoder", None), nn.Module)
+
     @cached_property
     def _probe(self) -> nn.Module:
         return self.network()
@@ -239,6 +245,11 @@ class Method:
     def weights_path(self) -> Path:
         """Where the method's shipped (or published) weights live: ``models/<name>_<modality>_x<scale>.pt``."""
         return self.bundle_root / "models" / self.weights_name
+
+    @property
+    def autoencoder_weights_path(self) -> Path:
+        """Where a latent method's autoencoder stage publishes its weights (any scale shares them)."""
+        return self.bundle_root / "models" / f"{self.name}_{self.modality}_autoencoder.pt"
 
     @property
     def weights_available(self) -> bool:

@@ -23,12 +23,18 @@ CONFIGS = BUNDLE_ROOT / "configs"
 TRAIN_CONFIGS = [str(CONFIGS / "inference.json"), str(CONFIGS / "train.json")]
 #: the GAN stage over the train stage: the adversarial trainer, the discriminator and the losses
 GAN_CONFIG = str(CONFIGS / "train_gan.json")
+#: a latent method's two stages over the train stage: its autoencoder, then its denoiser on the frozen latent
+LATENT_CONFIGS = {stage: str(CONFIGS / f"train_{stage}.json") for stage in ("autoencoder", "diffusion")}
 
 
-def train_configs(method: str) -> list[str]:
-    """The config files that train ``method``: the train stage, and the GAN stage over it for a method that
-    defines a discriminator."""
-    return TRAIN_CONFIGS + ([GAN_CONFIG] if methods.get(method).adversarial else [])
+def train_configs(method: str, stage: str = "diffusion") -> list[str]:
+    """The config files that train ``method``: the train stage, and over it the GAN stage for a method that
+    defines a discriminator, or ``stage`` (``autoencoder`` or ``diffusion``, the default: the method's own
+    network) for a latent method."""
+    m = methods.get(method)
+    if m.latent:
+        return TRAIN_CONFIGS + [LATENT_CONFIGS[stage]]
+    return TRAIN_CONFIGS + ([GAN_CONFIG] if m.adversarial else [])
 
 
 def train_parser(method: str | None = None):
@@ -44,9 +50,20 @@ def train_parser(method: str | None = None):
     return parser
 
 
-def check_stage(method, adversarial: bool) -> None:
+def check_stage(method, adversarial: bool, latent_stage: str | None = None) -> None:
     """Refuse to train a GAN method without the GAN stage (it would silently train its generator alone) or
-    a method without a discriminator with it."""
+    a method without a discriminator with it; and a latent method without one of its stages (it would train
+    its denoiser on an untrained latent), or another method with one."""
+    if method.latent and latent_stage is None:
+        raise InputError(
+            f"method {method.name!r} works in a learnt latent: train its autoencoder with "
+            "configs/train_autoencoder.json after configs/train.json, then its denoiser with "
+            "configs/train_diffusion.json in its place."
+        )
+    if latent_stage is not None and not method.latent:
+        raise InputError(
+            f"method {method.name!r} has no autoencoder: drop configs/train_{latent_stage}.json from --config_file."
+        )
     if method.adversarial and not adversarial:
         raise InputError(
             f"method {method.name!r} trains as a GAN: add configs/train_gan.json after configs/train.json "
@@ -56,6 +73,26 @@ def check_stage(method, adversarial: bool) -> None:
         raise InputError(
             f"method {method.name!r} has no discriminator: drop configs/train_gan.json from --config_file."
         )
+
+
+def frozen_autoencoder(network, weights: str | os.PathLike | None):
+    """``network`` with its autoencoder frozen, first loaded from ``weights`` (the autoencoder stage's; None
+    keeps the one ``network`` holds, e.g. from its full weights when training goes on)."""
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise InputError(
+                f"{weights}: no autoencoder weights; train the autoencoder first (configs/train_autoencoder.json "
+                "after configs/train.json) or pass --autoencoder_weights."
+            )
+        try:
+            methods.load_weights(network.autoencoder, weights)
+        except InputError as e:
+            raise InputError(
+                f"{str(e).rstrip('.')}; the autoencoder stage and the method's overlay must agree on its channels "
+                "and latent_channels."
+            ) from e
+    network.autoencoder.requires_grad_(False)
+    return network
 
 
 def stop_on_nan(trainer, run_dir: str | os.PathLike) -> None:

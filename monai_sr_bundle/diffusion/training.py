@@ -63,3 +63,12 @@ class DenoiserInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         step = network.estimate_image if network.loss_space == "image" else network.denoise
         return step(inputs, kwargs["condition"], kwargs["timesteps"])
+
+
+class AutoencoderPrepareBatch(PrepareBatch):
+    """``(HR image, target [+ box mask])`` from an SR batch: a latent method's autoencoder stage reconstructs
+    the HR image it will later encode; the LR image is not used."""
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        label = batchdata["label"].to(device=device, non_blocking=non_blocking)
+        return label[:, :1], label

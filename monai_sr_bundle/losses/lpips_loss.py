@@ -1,0 +1,32 @@
+"""LPIPS as a training loss: the learned perceptual distance the project reports, made an objective, as the
+latent-diffusion SR paper trains its denoiser with an LPIPS term on the decoded image."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from monai_sr_bundle.losses.box_weighted import split_target
+from monai_sr_bundle.metrics.lpips import LPIPS
+
+
+class LPIPSLoss(nn.Module):
+    """The mean over the batch of LPIPS(pred, hr); the target's box-mask channel, if any, is dropped.
+
+    Args:
+        net: ``"alex"`` (the LPIPS default, the network the benchmarks report) or ``"vgg"``.
+        weights_path: the LPIPS archive; default ``$MONAI_SR_DATA/weights/lpips_<net>_full_v0.1.npz``.
+
+    The LPIPS network is this loss's own frozen copy (not the metric's shared one): gradients reach the
+    prediction only.
+    """
+
+    def __init__(self, net: str = "alex", weights_path: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        self.lpips = LPIPS(net, weights_path)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        hr, _ = split_target(pred, target)
+        return self.lpips(pred, hr).mean()

@@ -1,0 +1,181 @@
+"""Latent-diffusion SR (after Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion Models",
+CVPR 2022): a KL autoencoder trained on chest X-rays maps an image to a latent ``factor`` times smaller per
+side; a small U-Net denoises that latent, conditioned by concatenating the latent of the bicubic-upsampled
+LR image; the decoder maps the denoised latent back to the SR image. Every sampler step runs on
+``factor``^2 times fewer positions than a pixel-space denoiser, which is where its speed comes from.
+
+The autoencoder is trained first, in a stage of its own (``configs/train_autoencoder.json``), and frozen
+while the denoiser trains; the published weights hold both, so the method loads, tiles and averages
+(FedAvg) like any other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import AutoencoderKL
+from torch import nn
+from torch.nn.functional import pad
+
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.networks.sr3 import SR3
+
+#: momentum of the running latent spread (as BatchNorm's running variance): the estimate of the last few
+#: hundred training batches, which the best checkpoint carries with it
+SPREAD_MOMENTUM = 0.01
+
+
+class LatentAutoencoder(nn.Module):
+    """MONAI's ``AutoencoderKL`` on one-channel images in [0, 1], whose latent is brought to unit spread.
+
+    A KL-regularised latent with a small KL weight keeps whatever spread the encoder finds, while a diffusion
+    schedule assumes about unit spread: while it trains, the autoencoder keeps a running estimate of the
+    standard deviation of its posterior mean (a buffer, like BatchNorm's statistics, so the weights file
+    carries it), and :meth:`encode` divides by it. Each training forward leaves its KL term on the module
+    (``kl``: summed over latent channels, averaged over positions and the batch) for the loss to read.
+
+    Args:
+        channels: the encoder's levels; each after the first halves the side, so the latent is
+            ``2 ** (len(channels) - 1)`` times smaller per side.
+        latent_channels: channels of the latent.
+        num_res_blocks: residual blocks per level.
+        norm_num_groups: as ``AutoencoderKL``'s. No attention: at a 128x128 latent a
+            non-local block attends over 16k positions, too slow for a CPU.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (32, 64, 64),
+        latent_channels: int = 4,
+        num_res_blocks: int = 1,
+        norm_num_groups: int = 16,
+    ) -> None:
+        super().__init__()
+        if isinstance(latent_channels, bool) or not isinstance(latent_channels, int) or latent_channels < 1:
+            raise InputError(f"the autoencoder needs latent_channels, a whole number >= 1, got {latent_channels!r}.")
+        self.latent_channels, self.factor = latent_channels, 2 ** (len(channels) - 1)
+        self.autoencoder = AutoencoderKL(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=1,
+            channels=tuple(channels),
+            latent_channels=latent_channels,
+            num_res_blocks=(num_res_blocks,) * len(channels),
+            attention_levels=(False,) * len(channels),
+            norm_num_groups=norm_num_groups,
+            with_encoder_nonlocal_attn=False,
+            with_decoder_nonlocal_attn=False,
+        )
+        self.register_buffer("spread", torch.ones(()))
+        self.kl = torch.zeros(())
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """The latent (posterior mean, unit spread) of images in [0, 1] whose sides ``factor`` divides."""
+        if any(side % self.factor for side in image.shape[2:]):
+            raise InputError(
+                f"the autoencoder halves the image {self.factor.bit_length() - 1} times: each side must be a "
+                f"multiple of {self.factor}, got {'x'.join(map(str, image.shape[2:]))} (a training patch_size too)."
+            )
+        mean, _ = self.autoencoder.encode(image * 2 - 1)
+        return mean / self.spread
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """The image in [0, 1] (unclamped: a training loss needs gradients outside it) of a latent."""
+        return (self.autoencoder.decode(latent * self.spread) + 1) / 2
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of ``image``: through a drawn latent while training (leaving ``kl``), through the
+        posterior mean otherwise."""
+        mean, sigma = self.autoencoder.encode(image * 2 - 1)
+        if not self.training:
+            return (self.autoencoder.decode(mean) + 1) / 2
+        latent = self.autoencoder.sampling(mean, sigma)
+        self.kl = 0.5 * (mean.square() + sigma.square() - 1 - 2 * sigma.log()).sum(dim=1).mean()
+        with torch.no_grad():
+            self.spread.lerp_(mean.std(), SPREAD_MOMENTUM)
+        return (self.autoencoder.decode(latent) + 1) / 2
+
+
+class LDM(SR3):
+    """Latent-diffusion SR at ``scale``; SR3's sampler, schedule and denoiser arguments (see
+    :class:`~monai_sr_bundle.networks.sr3.SR3`) applied to the latent of :class:`LatentAutoencoder`.
+
+    The LR image is reflect-padded to what the autoencoder's and the U-Net's halvings divide (after x
+    ``scale``) and the SR image cropped back, so any LR side of at least :attr:`lr_multiple` pixels works.
+
+    Args:
+        scale: SR factor.
+        autoencoder: :class:`LatentAutoencoder`'s arguments.
+        channels, num_res_blocks, attention_levels, norm_num_groups, train_steps, beta_start, beta_end,
+            sampler, steps, prediction: the latent denoiser and its schedule, as SR3's.
+    """
+
+    #: trained on the SR image its latent estimate decodes to (pixel and LPIPS terms of the train config)
+    loss_space = "image"
+    #: largest LR tile: a 128-pixel LR tile is a 128x128 latent at x4 with a factor-4 autoencoder
+    max_tile = 128
+
+    def __init__(
+        self,
+        scale: int = 4,
+        autoencoder: dict | None = None,
+        channels: Sequence[int] = (32, 64, 64),
+        num_res_blocks: int = 1,
+        attention_levels: Sequence[bool] | None = None,
+        norm_num_groups: int = 16,
+        train_steps: int = 300,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        sampler: str = "dpmpp_sde",
+        steps: int = 20,
+        prediction: str = "epsilon",
+    ) -> None:
+        if autoencoder is not None and not isinstance(autoencoder, dict):
+            raise InputError(f"LDM's autoencoder takes the autoencoder's arguments as an object, got {autoencoder!r}.")
+        first_stage = LatentAutoencoder(**(autoencoder or {}))
+        super().__init__(
+            scale=scale,
+            channels=channels,
+            num_res_blocks=num_res_blocks,
+            attention_levels=attention_levels,
+            norm_num_groups=norm_num_groups,
+            train_steps=train_steps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            sampler=sampler,
+            steps=steps,
+            unshuffle=1,
+            residual=False,
+            prediction=prediction,
+            sample_channels=first_stage.latent_channels,
+        )
+        self.autoencoder = first_stage
+        # the LR side whose x scale image the autoencoder's and then the denoiser's halvings divide
+        self.lr_multiple = math.lcm(first_stage.factor * self.multiple, self.scale) // self.scale
+
+    def condition(self, lr: torch.Tensor) -> torch.Tensor:
+        """The latent of the bicubic-upsampled LR image (whose sides the autoencoder divides)."""
+        return self.autoencoder.encode(super().condition(lr).clamp(0, 1))
+
+    def conditioning(self, condition: torch.Tensor) -> torch.Tensor:
+        return condition
+
+    def sample_of(self, hr: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The diffused sample: the HR image's latent."""
+        return self.autoencoder.encode(hr)
+
+    def image_of(self, sample: torch.Tensor, condition: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        image = self.autoencoder.decode(sample)
+        return image.clamp(0, 1) if clamp else image
+
+    def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        h, w = lr.shape[-2:]
+        if min(h, w) < self.lr_multiple:
+            raise InputError(
+                f"latent diffusion needs an LR image of at least {self.lr_multiple}x{self.lr_multiple} pixels (its "
+                f"autoencoder and denoiser halve the x{self.scale} image), got {h}x{w}."
+            )
+        padded = pad(lr, (0, -w % self.lr_multiple, 0, -h % self.lr_multiple), mode="reflect")
+        return super().forward(padded, generator)[..., : h * self.scale, : w * self.scale]

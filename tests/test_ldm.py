@@ -1,0 +1,178 @@
+"""Latent-diffusion SR's network: a chest X-ray autoencoder and a latent denoiser (networks/ldm.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import DATA, needs_data
+from test_bundle import TRAIN, _configs, _ok, run_config
+
+from monai_sr_bundle.diffusion.training import DiffusionPrepareBatch
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.networks.ldm import LDM, LatentAutoencoder
+from monai_sr_bundle.training import sha256
+
+AUTOENCODER = {"channels": (8, 16, 16), "latent_channels": 3, "norm_num_groups": 8}
+TINY = {"autoencoder": AUTOENCODER, "channels": (16, 32), "norm_num_groups": 8, "sampler": "ddim", "steps": 2}
+
+
+@pytest.mark.parametrize("scale, side, multiple", [(4, (13, 30), 2), (3, (11, 9), 8), (2, (16, 9), 4)])
+def test_any_lr_size_from_the_least_one_gives_the_scaled_image(scale, side, multiple):
+    """The LR image is padded to what the autoencoder (x4 smaller) and the denoiser (one halving) divide after
+    x scale, and the SR cropped back: the smallest side is that multiple."""
+    torch.manual_seed(0)
+    sr = LDM(scale=scale, **TINY).eval()
+    assert sr.lr_multiple == multiple
+    with torch.inference_mode():
+        for h, w in (side, (multiple, multiple)):
+            out = sr(torch.rand(1, 1, h, w))
+            assert out.shape == (1, 1, h * scale, w * scale) and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(InputError, match=f"at least {multiple}x{multiple} pixels.*got 1x"):
+        sr(torch.rand(1, 1, 1, 20))
+
+
+def test_a_seed_fixes_the_result_and_another_changes_it():
+    torch.manual_seed(0)
+    sr, lr = LDM(**TINY).eval(), torch.rand(1, 1, 12, 12)
+    with torch.inference_mode():
+        a, b = (sr(lr, torch.Generator().manual_seed(1)) for _ in range(2))
+        c = sr(lr, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_the_diffused_sample_is_the_hr_latent_and_decodes_back_through_the_autoencoder():
+    """Training noises the HR image's latent and conditions on the upsampled LR's latent, both a quarter of
+    the side, and compares the decoded estimate with the HR image; the clean sample decodes to what the
+    autoencoder reconstructs."""
+    torch.manual_seed(0)
+    sr = LDM(**TINY).eval()
+    lr, hr = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 32, 32)
+    noisy, target, _, kwargs = DiffusionPrepareBatch(sr)({"image": lr, "label": hr})
+    assert noisy.shape == kwargs["condition"].shape == (2, 3, 8, 8) and torch.equal(target, hr)
+    assert sr.estimate_image(noisy, kwargs["condition"], kwargs["timesteps"]).shape == hr.shape
+    with torch.no_grad():
+        sample = sr.sample_of(hr, kwargs["condition"])
+        torch.testing.assert_close(sr.image_of(sample, kwargs["condition"]), sr.autoencoder(hr).clamp(0, 1))
+
+
+def test_the_autoencoder_brings_its_latent_to_unit_spread_while_it_trains():
+    """The running spread follows the posterior mean's standard deviation, is saved with the weights and
+    divides the latent, so the diffusion schedule sees about unit spread."""
+    torch.manual_seed(0)
+    ae = LatentAutoencoder(**AUTOENCODER)
+    with torch.no_grad():
+        ae.autoencoder.quant_conv_mu.conv.weight.mul_(20)  # an encoder whose latent spreads far from 1
+    images = torch.rand(4, 1, 16, 16)
+    ae.train()
+    for _ in range(600):
+        with torch.no_grad():
+            ae(images)
+    assert torch.isfinite(ae.kl) and ae.kl > 0
+    ae.eval()
+    with torch.no_grad():
+        raw, _ = ae.autoencoder.encode(images * 2 - 1)
+        assert raw.std() > 3
+        assert abs(ae.encode(images).std().item() - 1) < 0.05
+    assert "spread" in ae.state_dict()
+
+
+def test_the_kl_term_trains_the_encoder():
+    torch.manual_seed(0)
+    ae = LatentAutoencoder(**AUTOENCODER).train()
+    ae(torch.rand(2, 1, 16, 16))
+    ae.kl.backward()
+    assert ae.autoencoder.quant_conv_mu.conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"autoencoder": "big"}, "autoencoder's arguments as an object"),
+        ({"autoencoder": {**AUTOENCODER, "latent_channels": 0}}, "latent_channels, a whole number >= 1"),
+        ({"autoencoder": {**AUTOENCODER, "latent_channels": 2.5}}, "latent_channels, a whole number >= 1"),
+    ],
+)
+def test_bad_autoencoder_settings_are_refused_in_one_sentence(args, message):
+    with pytest.raises(InputError, match=message):
+        LDM(**{**TINY, **args})
+
+
+def test_an_hr_patch_the_autoencoder_cannot_halve_is_refused():
+    ae = LatentAutoencoder(**AUTOENCODER)
+    with pytest.raises(InputError, match="multiple of 4, got 30x32"):
+        ae.encode(torch.rand(1, 1, 30, 32))
+
+
+def _tiny_overlay(tmp_path, monkeypatch, autoencoder: dict = AUTOENCODER) -> str:
+    """A tiny latent method through the registry (the shipped overlay is too wide for a test); its weights
+    live in a bundle root of its own under ``tmp_path``."""
+    overlay = {
+        "network_def": {
+            "_target_": "monai_sr_bundle.networks.LDM",
+            "scale": "@scale",
+            **TINY,
+            "autoencoder": autoencoder,
+        },
+        "training": {
+            "patch_size": 32,
+            "batch_size": 2,
+            "samples_per_image": 1,
+            "lpips_weight": 0.1,
+            "autoencoder": {"patch_size": 32, "batch_size": 2, "samples_per_image": 1, "lpips_weight": 0.1},
+        },
+    }
+    (tmp_path / "overlays").mkdir(exist_ok=True)
+    (tmp_path / "overlays" / "tiny_ldm.json").write_text(json.dumps(overlay))
+    monkeypatch.setenv("MONAI_SR_METHODS", str(tmp_path / "overlays"))
+    return "tiny_ldm"
+
+
+STAGE_ARGS = ("--train_limit", "2", "--val_limit", "1", "--max_epochs", "1")
+
+
+@needs_data(DATA / "nih_cxr14")
+def test_the_autoencoder_then_the_denoiser_train_through_the_bundle(tmp_path, monkeypatch):
+    """Stage one publishes the autoencoder (with its latent spread) beside the method's weights; stage two
+    trains the denoiser on it frozen, with the pixel and LPIPS terms on the decoded image, and the
+    published weights hold both, the autoencoder unchanged."""
+    name, root = _tiny_overlay(tmp_path, monkeypatch), tmp_path / "bundle"
+    common = (*STAGE_ARGS, "--bundle_root", root)
+    _ok(run_config(_configs("inference.json", "train.json", "train_autoencoder.json"), name, *common))
+    autoencoder_file = root / "models" / f"{name}_cxr_autoencoder.pt"
+    autoencoder = torch.load(autoencoder_file, weights_only=True)
+    assert autoencoder["spread"] != 1  # moved from its start towards the latents' spread
+    record = json.loads((root / "models" / "weights.json").read_text())[autoencoder_file.name]
+    assert (
+        record["losses"] == {"pixel": 1.0, "lpips": 0.1, "kl": 1e-06} and "train_autoencoder.json" in record["command"]
+    )
+
+    _ok(run_config(_configs("inference.json", "train.json", "train_diffusion.json"), name, *common))
+    weights = torch.load(root / "models" / f"{name}_cxr_x4.pt", weights_only=True)
+    for key, value in autoencoder.items():
+        torch.testing.assert_close(weights[f"autoencoder.{key}"], value)
+    LDM(**TINY).load_state_dict(weights)  # strict: denoiser and autoencoder
+    record = json.loads((root / "models" / "weights.json").read_text())[f"{name}_cxr_x4.pt"]
+    assert record["autoencoder"]["sha256"] == sha256(autoencoder_file)
+    assert record["losses"]["lpips"] == 0.1 and "train_diffusion.json" in record["command"]
+
+
+@needs_data(DATA / "nih_cxr14")
+def test_a_latent_method_without_its_stages_or_autoencoder_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    name, root = _tiny_overlay(tmp_path, monkeypatch), tmp_path / "bundle"
+    common = (*STAGE_ARGS, "--bundle_root", root)
+    proc = run_config(TRAIN, name, *common)
+    assert proc.returncode != 0 and "train its autoencoder with configs/train_autoencoder.json" in proc.stdout
+    proc = run_config(_configs("inference.json", "train.json", "train_diffusion.json"), name, *common)
+    assert proc.returncode != 0 and "no autoencoder weights; train the autoencoder first" in proc.stdout
+    proc = run_config(_configs("inference.json", "train.json", "train_autoencoder.json"), "srcnn", *common)
+    assert proc.returncode != 0 and "has no autoencoder: drop configs/train_autoencoder.json" in proc.stdout
+    # autoencoder weights of another latent width: one sentence naming the file
+    (root / "models").mkdir(parents=True)
+    other = LatentAutoencoder(**{**AUTOENCODER, "latent_channels": 2})
+    torch.save(other.state_dict(), root / "models" / f"{name}_cxr_autoencoder.pt")
+    proc = run_config(_configs("inference.json", "train.json", "train_diffusion.json"), name, *common)
+    assert proc.returncode != 0 and "weights do not fit this network" in proc.stdout
+    assert "must agree on its channels and latent_channels" in proc.stdout
+    assert sorted(p.name for p in (root / "models").iterdir()) == [f"{name}_cxr_autoencoder.pt"]
