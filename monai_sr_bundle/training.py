@@ -23,17 +23,17 @@ CONFIGS = BUNDLE_ROOT / "configs"
 TRAIN_CONFIGS = [str(CONFIGS / "inference.json"), str(CONFIGS / "train.json")]
 #: the GAN stage over the train stage: the adversarial trainer, the discriminator and the losses
 GAN_CONFIG = str(CONFIGS / "train_gan.json")
-#: a latent method's two stages over the train stage: its autoencoder, then its denoiser on the frozen latent
-LATENT_CONFIGS = {stage: str(CONFIGS / f"train_{stage}.json") for stage in ("autoencoder", "diffusion")}
+#: a latent method's denoiser stage over the train stage (its autoencoder, trained before by
+#: ``train_autoencoder.json``, frozen)
+DIFFUSION_CONFIG = str(CONFIGS / "train_diffusion.json")
 
 
-def train_configs(method: str, stage: str = "diffusion") -> list[str]:
+def train_configs(method: str) -> list[str]:
     """The config files that train ``method``: the train stage, and over it the GAN stage for a method that
-    defines a discriminator, or ``stage`` (``autoencoder`` or ``diffusion``, the default: the method's own
-    network) for a latent method."""
+    defines a discriminator, or the diffusion stage for a latent method."""
     m = methods.get(method)
     if m.latent:
-        return TRAIN_CONFIGS + [LATENT_CONFIGS[stage]]
+        return TRAIN_CONFIGS + [DIFFUSION_CONFIG]
     return TRAIN_CONFIGS + ([GAN_CONFIG] if m.adversarial else [])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,3 +177,12 @@ def test_a_latent_method_without_its_stages_or_autoencoder_is_refused_and_nothin
     assert proc.returncode != 0 and "weights do not fit this network" in proc.stdout
     assert "must agree on its channels and latent_channels" in proc.stdout
     assert sorted(p.name for p in (root / "models").iterdir()) == [f"{name}_cxr_autoencoder.pt"]
+
+
+def test_the_surfaces_train_a_latent_method_through_its_diffusion_stage(tmp_path, monkeypatch):
+    """The CLI, the MONAI Label trainer and the NVFlare client ask ``train_configs``: the denoiser stage."""
+    from monai_sr_bundle.training import train_configs
+
+    name = _tiny_overlay(tmp_path, monkeypatch)
+    assert [Path(f).name for f in train_configs(name)] == ["inference.json", "train.json", "train_diffusion.json"]
+    assert [Path(f).name for f in train_configs("srgan")][-1] == "train_gan.json"
