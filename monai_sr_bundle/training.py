@@ -23,18 +23,22 @@ CONFIGS = BUNDLE_ROOT / "configs"
 TRAIN_CONFIGS = [str(CONFIGS / "inference.json"), str(CONFIGS / "train.json")]
 #: the GAN stage over the train stage: the adversarial trainer, the discriminator and the losses
 GAN_CONFIG = str(CONFIGS / "train_gan.json")
-#: a latent method's denoiser stage over the train stage (its autoencoder, trained before by
-#: ``train_autoencoder.json``, frozen)
-DIFFUSION_CONFIG = str(CONFIGS / "train_diffusion.json")
+
+
+def stage_configs(adversarial: bool = False, latent_stage: str | None = None) -> list[str]:
+    """The config files of a training stage, relative to the bundle root (as a recorded command names them):
+    the train stage, and over it the GAN stage, or a latent method's ``autoencoder`` or ``diffusion`` stage."""
+    files = TRAIN_CONFIGS + ([GAN_CONFIG] if adversarial else [])
+    files += [str(CONFIGS / f"train_{latent_stage}.json")] if latent_stage else []
+    return [Path(f).relative_to(BUNDLE_ROOT).as_posix() for f in files]
 
 
 def train_configs(method: str) -> list[str]:
     """The config files that train ``method``: the train stage, and over it the GAN stage for a method that
-    defines a discriminator, or the diffusion stage for a latent method."""
+    defines a discriminator, or the diffusion stage (its denoiser on the frozen autoencoder) for a latent
+    method."""
     m = methods.get(method)
-    if m.latent:
-        return TRAIN_CONFIGS + [DIFFUSION_CONFIG]
-    return TRAIN_CONFIGS + ([GAN_CONFIG] if m.adversarial else [])
+    return [str(BUNDLE_ROOT / f) for f in stage_configs(m.adversarial, "diffusion" if m.latent else None)]
 
 
 def train_parser(method: str | None = None):

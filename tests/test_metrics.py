@@ -343,7 +343,6 @@ def test_bootstrap_interval_of_the_mean():
     assert all(np.isnan(bootstrap_interval([float("nan")])))
 
 
-
 def test_paired_t_test_known_answer():
     """Differences 1, 2, 3, 5: t = 2.75 / (s / 2) with 3 degrees of freedom, whose two-sided p has a closed
     form (Student's t with 3 df); pairs with a NaN on either side are dropped."""

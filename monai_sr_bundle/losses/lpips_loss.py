@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from monai_sr_bundle.losses.box_weighted import split_target
-from monai_sr_bundle.metrics.lpips import LPIPS
+from monai_sr_bundle.metrics.lpips import load_lpips
 
 
 class LPIPSLoss(nn.Module):
@@ -19,13 +19,13 @@ class LPIPSLoss(nn.Module):
         net: ``"alex"`` (the LPIPS default, the network the benchmarks report) or ``"vgg"``.
         weights_path: the LPIPS archive; default ``$MONAI_SR_DATA/weights/lpips_<net>_full_v0.1.npz``.
 
-    The LPIPS network is this loss's own frozen copy (not the metric's shared one): gradients reach the
-    prediction only.
+    The LPIPS network is the process's one frozen instance (:func:`~monai_sr_bundle.metrics.lpips.load_lpips`,
+    shared with the metric, its archive read once): gradients reach the prediction only.
     """
 
     def __init__(self, net: str = "alex", weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
-        self.lpips = LPIPS(net, weights_path)
+        self.lpips = load_lpips(net, weights_path)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         hr, _ = split_target(pred, target)

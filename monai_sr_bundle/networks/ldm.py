@@ -88,9 +88,9 @@ class LatentAutoencoder(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """The reconstruction of ``image``: through a drawn latent while training (leaving ``kl``), through the
         posterior mean otherwise."""
-        mean, sigma = self.autoencoder.encode(image * 2 - 1)
         if not self.training:
-            return (self.autoencoder.decode(mean) + 1) / 2
+            return self.decode(self.encode(image))
+        mean, sigma = self.autoencoder.encode(image * 2 - 1)
         latent = self.autoencoder.sampling(mean, sigma)
         self.kl = 0.5 * (mean.square() + sigma.square() - 1 - 2 * sigma.log()).sum(dim=1).mean()
         with torch.no_grad():
@@ -106,10 +106,11 @@ class LDM(SR3):
     ``scale``) and the SR image cropped back, so any LR side of at least :attr:`lr_multiple` pixels works.
 
     Args:
-        scale: SR factor.
         autoencoder: :class:`LatentAutoencoder`'s arguments.
-        channels, num_res_blocks, attention_levels, norm_num_groups, train_steps, beta_start, beta_end,
-            sampler, steps, prediction: the latent denoiser and its schedule, as SR3's.
+        train_steps, sampler: as SR3's, with the latent-diffusion paper's 300 steps and the stochastic
+            DPM-Solver++ by default.
+        **sr3: SR3's other arguments (scale, the denoiser's widths, the schedule's betas, steps, prediction);
+            the sample is the latent (no pixel folding, no residual over bicubic).
     """
 
     #: trained on the SR image its latent estimate decodes to (pixel and LPIPS terms of the train config)
@@ -118,38 +119,18 @@ class LDM(SR3):
     max_tile = 128
 
     def __init__(
-        self,
-        scale: int = 4,
-        autoencoder: dict | None = None,
-        channels: Sequence[int] = (32, 64, 64),
-        num_res_blocks: int = 1,
-        attention_levels: Sequence[bool] | None = None,
-        norm_num_groups: int = 16,
-        train_steps: int = 300,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        sampler: str = "dpmpp_sde",
-        steps: int = 20,
-        prediction: str = "epsilon",
+        self, autoencoder: dict | None = None, train_steps: int = 300, sampler: str = "dpmpp_sde", **sr3
     ) -> None:
         if autoencoder is not None and not isinstance(autoencoder, dict):
             raise InputError(f"LDM's autoencoder takes the autoencoder's arguments as an object, got {autoencoder!r}.")
         first_stage = LatentAutoencoder(**(autoencoder or {}))
         super().__init__(
-            scale=scale,
-            channels=channels,
-            num_res_blocks=num_res_blocks,
-            attention_levels=attention_levels,
-            norm_num_groups=norm_num_groups,
             train_steps=train_steps,
-            beta_start=beta_start,
-            beta_end=beta_end,
             sampler=sampler,
-            steps=steps,
             unshuffle=1,
             residual=False,
-            prediction=prediction,
             sample_channels=first_stage.latent_channels,
+            **sr3,
         )
         self.autoencoder = first_stage
         # the LR side whose x scale image the autoencoder's and then the denoiser's halvings divide
