@@ -102,7 +102,7 @@ def part_speed() -> dict:
     return rows
 
 
-def _metrics() -> dict:
+def metric_fns() -> dict:
     return {"psnr": PSNRMetric(), "ssim": SSIMMetric(), "lpips": LPIPSMetric()}
 
 
@@ -117,7 +117,7 @@ def _average(scores: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.mean(s[k] for s in scores) for k in scores[0]}
 
 
-def _score_crops(inputs: list, network: nn.Module, inferer, fns: dict) -> dict[str, float]:
+def score_crops(inputs: list, network: nn.Module, inferer, fns: dict) -> dict[str, float]:
     """Mean PSNR, SSIM, LPIPS and seconds of super-resolving the x4-degraded ``inputs`` (name, HR crop)."""
     scores = []
     for _, hr in inputs:
@@ -172,10 +172,10 @@ def part_ablation(epochs: int) -> dict:
     from monai.bundle import run
 
     bundle, method, args = REPO / "monai_sr_bundle", methods.get(METHOD, 4), sr3_args()
-    inputs, fns, rows = crops("val"), _metrics(), {}
+    inputs, fns, rows = crops("val"), metric_fns(), {}
 
     def score(network: nn.Module, inferer) -> dict[str, float]:
-        return {**_score_crops(inputs, network, inferer, fns), **_clean_estimates(network, inputs, fns["psnr"])}
+        return {**score_crops(inputs, network, inferer, fns), **_clean_estimates(network, inputs, fns["psnr"])}
 
     for name, choice in VARIANTS.items():
         folder = WORK / "ablation" / name.replace(", ", "_").split(" ")[0]
@@ -200,10 +200,10 @@ def part_ablation(epochs: int) -> dict:
 
 def part_samplers() -> dict:
     """PSNR, SSIM, LPIPS and seconds per crop of each sampler row, seed 0 for every crop."""
-    rows, fns = {}, _metrics()
+    rows, fns = {}, metric_fns()
     inputs = crops()
     for sampler, steps in SAMPLER_ROWS:
-        rows[f"{sampler} {steps}"] = _score_crops(inputs, *sr3(sampler, steps), fns)
+        rows[f"{sampler} {steps}"] = score_crops(inputs, *sr3(sampler, steps), fns)
         print(f"{sampler} {steps}: {rows[f'{sampler} {steps}']}", flush=True)
     return rows
 
@@ -241,7 +241,7 @@ def part_mean(limit: int, sampler: str) -> dict:
     vdsr = methods.get("vdsr", 4)
     vdsr_net, vdsr_inferer = vdsr.load(), vdsr.inferer()
     ours = f"{METHOD} ({sampler} {QUALITY_STEPS}, mean of {MEAN_OF})"
-    fns, scores, rhos = _metrics(), {"vdsr": [], ours: []}, []
+    fns, scores, rhos = metric_fns(), {"vdsr": [], ours: []}, []
     for item in nih_datalist("test", limit=limit):
         hr = read_image(item["label"]).as_tensor()
         lr = downsample(hr, 4)[None]
@@ -256,16 +256,16 @@ def part_mean(limit: int, sampler: str) -> dict:
     return {"images": limit, "sampler": sampler, "rows": rows, "spearman": spread}
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _cells(v: dict) -> list[str]:
+def cells(v: dict) -> list[str]:
     """PSNR, SSIM and LPIPS of a row, as the tables print them."""
     return [f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}"]
 
 
-def _verdict(ok: bool, images: int | None = None) -> str:
+def verdict(ok: bool, images: int | None = None) -> str:
     """The verdict of a bar, on at least MIN_IMAGES test images where ``images`` says how many it saw."""
     if images is not None and images < MIN_IMAGES:
         return f"not judged: {images} images, the bar needs at least {MIN_IMAGES}"
@@ -279,9 +279,9 @@ def _samplers(rows: dict) -> tuple[list[str], list[str]]:
         "1000 steps) and `dpmpp_sde` draw fresh noise at every step.",
         "",
     ]
-    text += _table(
+    text += table(
         ["sampler", "PSNR (dB)", "SSIM", "LPIPS", "seconds per crop"],
-        [[k, *_cells(v), f"{v['seconds']:.1f}"] for k, v in rows.items()],
+        [[k, *cells(v), f"{v['seconds']:.1f}"] for k, v in rows.items()],
     )
     ref_name = f"{SAMPLER_ROWS[0][0]} {SAMPLER_ROWS[0][1]}"
     ref = rows[ref_name]
@@ -300,7 +300,7 @@ def _samplers(rows: dict) -> tuple[list[str], list[str]]:
         bars.append(
             f"- {label} ({name}) vs {ref_name}: PSNR {b['psnr'] - ref['psnr']:+.2f} dB, LPIPS "
             f"{b['lpips'] - ref['lpips']:+.4f}, {speedup:.0f}x faster (bar: at most 0.3 dB lower and 0.01 LPIPS "
-            f"higher, >= 25x faster) -> {_verdict(ok)}"
+            f"higher, >= 25x faster) -> {verdict(ok)}"
         )
     return text, bars
 
@@ -308,8 +308,8 @@ def _samplers(rows: dict) -> tuple[list[str], list[str]]:
 def _rows_vs_vdsr(part: dict, title: str) -> tuple[list[str], dict, dict]:
     """The table of one quality part and its (VDSR, sr3) rows."""
     text = [f"First {part['images']} test images, {title}:", ""]
-    rows = [[m, *_cells(v)] for m, v in part["rows"].items()]
-    text += _table(["method", "PSNR (dB)", "SSIM", "LPIPS"], rows)
+    rows = [[m, *cells(v)] for m, v in part["rows"].items()]
+    text += table(["method", "PSNR (dB)", "SSIM", "LPIPS"], rows)
     return text, part["rows"]["vdsr"], next(v for k, v in part["rows"].items() if k.startswith(METHOD))
 
 
@@ -317,19 +317,19 @@ def _quality(q: dict) -> tuple[list[str], list[str]]:
     text, vdsr, ours = _rows_vs_vdsr(q, "one sample")
     return text, [
         f"- sr3, one sample at {QUALITY_STEPS} steps: LPIPS {ours['lpips']:.4f} vs VDSR {vdsr['lpips']:.4f} on the "
-        f"same {q['images']} images (bar: lower than VDSR's) -> {_verdict(ours['lpips'] < vdsr['lpips'], q['images'])}"
+        f"same {q['images']} images (bar: lower than VDSR's) -> {verdict(ours['lpips'] < vdsr['lpips'], q['images'])}"
     ]
 
 
 def _speed(rows: dict) -> tuple[list[str], list[str]]:
     text = ["One 128x128 LR image to a 512x512 output, median of 3 runs.", ""]
-    text += _table(
+    text += table(
         ["sampler, runtime", "seconds per image", "seconds per step"],
         [[k, f"{v['seconds']:.2f}", f"{v['per_step']:.3f}"] for k, v in rows.items()],
     )
     best = min(v["seconds"] for v in rows.values())
     return text, [
-        f"- one 512x512 output at {QUALITY_STEPS} steps: {best:.1f} s (bar: <= 60 s) -> {_verdict(best <= 60)}"
+        f"- one 512x512 output at {QUALITY_STEPS} steps: {best:.1f} s (bar: <= 60 s) -> {verdict(best <= 60)}"
     ]
 
 
@@ -343,9 +343,9 @@ def _mean(m: dict) -> tuple[list[str], list[str]]:
     ]
     return text, [
         f"- sr3 mean of {MEAN_OF}: PSNR {ours['psnr']:.2f} dB vs VDSR {vdsr['psnr']:.2f} dB on the same "
-        f"{m['images']} images (bar: within 0.5 dB) -> {_verdict(vdsr['psnr'] - ours['psnr'] <= 0.5, m['images'])}",
+        f"{m['images']} images (bar: within 0.5 dB) -> {verdict(vdsr['psnr'] - ours['psnr'] <= 0.5, m['images'])}",
         f"- median Spearman(std, |SR - HR|) {rho['median']:.3f} over {m['images']} images (bar: >= 0.3) -> "
-        f"{_verdict(rho['median'] >= 0.3, m['images'])}",
+        f"{verdict(rho['median'] >= 0.3, m['images'])}",
     ]
 
 
@@ -368,9 +368,9 @@ def _ablation(a: dict) -> tuple[list[str], list[str]]:
         "",
     ]
     levels = [f"x0 t={t}" for t in NOISE_LEVELS]
-    text += _table(
+    text += table(
         ["variant (prediction, sample)", "PSNR (dB)", "SSIM", "LPIPS", *levels],
-        [[k, *_cells(v), *(f"{v[c]:.1f}" for c in levels)] for k, v in a["rows"].items()],
+        [[k, *cells(v), *(f"{v[c]:.1f}" for c in levels)] for k, v in a["rows"].items()],
     )
     return text, []
 
@@ -393,6 +393,22 @@ OPTIONS = {
 }
 
 
+def render_sections(parts: dict, sections: dict, options: dict, script: str) -> tuple[list[str], list[str]]:
+    """The doc's sections (title, the command that measured the part, its text; "Not measured yet." for a
+    part without figures) and the bars they judge."""
+    out, bars = [], []
+    for name, (title, render) in sections.items():
+        out += [f"## {title}", ""]
+        if name not in parts:
+            out += ["Not measured yet.", ""]
+            continue
+        text, found = render(parts[name])
+        option = "".join(f" {flag} {parts[name][key]}" for key, flag in options.get(name, ()))
+        out += [f"    .venv/bin/python {script} --part {name}{option}", "", *text, ""]
+        bars += found
+    return out, bars
+
+
 def write_doc() -> None:
     """docs/diffusion.md from the parts measured so far; a part not measured yet says so."""
     parts = {p.stem: json.loads(p.read_text()) for p in WORK.glob("*.json")}
@@ -404,17 +420,8 @@ def write_doc() -> None:
         "Each part is re-run with the command under its title (from the repository root, on this 2-core CPU).",
         "",
     ]
-    bars = []
-    for name, (title, render) in SECTIONS.items():
-        out += [f"## {title}", ""]
-        if name not in parts:
-            out += ["Not measured yet.", ""]
-            continue
-        text, found = render(parts[name])
-        option = "".join(f" {flag} {parts[name][key]}" for key, flag in OPTIONS.get(name, ()))
-        out += [f"    .venv/bin/python benchmarks/diffusion.py --part {name}{option}", "", *text, ""]
-        bars += found
-    out += ["Bars of issue 12:", *bars, ""]
+    text, bars = render_sections(parts, SECTIONS, OPTIONS, "benchmarks/diffusion.py")
+    out += [*text, "Bars of issue 12:", *bars, ""]
     (REPO / "docs" / "diffusion.md").write_text("\n".join(out))
     print("\n".join(bars))
 

@@ -20,7 +20,8 @@ class OnnxNetwork(nn.Module):
 
         if not Path(path).is_file():
             raise InputError(
-                f"{path}: ONNX model not found; export it first with 'python -m monai.bundle onnx_export'."
+                f"{path}: ONNX model not found; export it first ('python -m monai.bundle onnx_export', or for a "
+                "diffusion method configs/export_denoiser.json)."
             )
         options = ort.SessionOptions()
         if threads:
@@ -47,45 +48,108 @@ class OnnxDenoiser(nn.Module):
         return torch.from_numpy(y).to(x.device)
 
 
-def export_denoiser(network: nn.Module, path: str | os.PathLike) -> Path:
-    """Export a diffusion method's denoiser to ``path`` with dynamic batch and sides (torch's dynamo exporter)
-    and check it against torch on a random input; an ONNX model that differs by 1e-4 or more is not kept."""
+class OnnxAutoencoder(nn.Module):
+    """A latent method's autoencoder with its exported decoder (``latent`` -> ``image``) on ONNX Runtime; the
+    encoder, which runs once per image rather than once per sampler call, stays in torch."""
+
+    def __init__(self, autoencoder: nn.Module, path: str | os.PathLike, threads: int | None = None) -> None:
+        super().__init__()
+        self.torch_autoencoder, self.decoder = autoencoder, OnnxNetwork(path, threads)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        return self.torch_autoencoder.encode(image)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latent)
+
+
+class _Decoding(nn.Module):
+    """An autoencoder's ``decode`` as a module's forward, which is what the exporter traces."""
+
+    def __init__(self, autoencoder: nn.Module) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(latent)
+
+
+def _export_checked(
+    module: nn.Module, example: tuple, check: tuple, names: list[str], dynamic_shapes: dict, path: Path, what: str
+) -> Path:
+    """Export ``module`` (torch's dynamo exporter) and keep it at ``path`` only if ONNX Runtime matches torch
+    to 1e-4 on ``check``, an input of other sizes than the traced ``example``."""
     import numpy as np
 
-    denoiser, path = network.denoiser.eval(), Path(path)
-    step = network.multiple // network.unshuffle  # what the U-Net's halvings need of each side
-    x = torch.randn(2, denoiser.in_channels, 8 * step, 6 * step)
-    t = torch.tensor([10, network.train_steps - 1])
-    batch, h, w = torch.export.Dim("batch"), torch.export.Dim("h", min=1) * step, torch.export.Dim("w", min=1) * step
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
     torch.onnx.export(
-        denoiser,
-        (x, t),
+        module,
+        example,
         str(tmp),
-        input_names=["sample", "timesteps"],
-        output_names=["noise"],
-        dynamic_shapes={"x": {0: batch, 2: h, 3: w}, "timesteps": {0: batch}},
+        input_names=names,
+        output_names=["output"],
+        dynamic_shapes=dynamic_shapes,
         dynamo=True,
     )
-    x, t = torch.randn(1, denoiser.in_channels, 5 * step, 7 * step), torch.tensor([500])
     with torch.inference_mode():
-        expected = denoiser(x, timesteps=t).numpy()
-    gap = float(np.abs(OnnxDenoiser(tmp)(x, t).numpy() - expected).max())
+        expected = module(*check).numpy()
+    (got,) = OnnxNetwork(tmp).session.run(None, {name: value.numpy() for name, value in zip(names, check)})
+    gap = float(np.abs(got - expected).max())
     if gap >= 1e-4:
         tmp.unlink()
-        raise InputError(f"{path}: the exported denoiser differs from torch by {gap:.2e} (>= 1e-4); not written.")
+        raise InputError(f"{path}: the exported {what} differs from torch by {gap:.2e} (>= 1e-4); not written.")
     os.replace(tmp, path)
     return path
 
 
+def export_denoiser(network: nn.Module, path: str | os.PathLike) -> Path:
+    """Export a diffusion method's denoiser to ``path`` with dynamic batch and sides, checked against torch."""
+    denoiser = network.denoiser.eval()
+    step = network.multiple // network.unshuffle  # what the U-Net's halvings need of each side
+    batch, h, w = torch.export.Dim("batch"), torch.export.Dim("h", min=1) * step, torch.export.Dim("w", min=1) * step
+    return _export_checked(
+        denoiser,
+        (torch.randn(2, denoiser.in_channels, 8 * step, 6 * step), torch.tensor([10, network.train_steps - 1])),
+        (torch.randn(1, denoiser.in_channels, 5 * step, 7 * step), torch.tensor([network.train_steps // 2])),
+        ["sample", "timesteps"],
+        {"x": {0: batch, 2: h, 3: w}, "timesteps": {0: batch}},
+        Path(path),
+        "denoiser",
+    )
+
+
+def export_decoder(network: nn.Module, path: str | os.PathLike) -> Path:
+    """Export a latent method's decoder (latent -> image in [0, 1]) to ``path`` with dynamic batch and sides,
+    checked against torch."""
+    decoding = _Decoding(network.autoencoder).eval()
+    channels = network.autoencoder.latent_channels
+    batch, h, w = torch.export.Dim("batch"), torch.export.Dim("h", min=2), torch.export.Dim("w", min=2)
+    return _export_checked(
+        decoding,
+        (torch.randn(2, channels, 12, 8),),
+        (torch.randn(1, channels, 7, 10),),
+        ["latent"],
+        {"latent": {0: batch, 2: h, 3: w}},
+        Path(path),
+        "decoder",
+    )
+
+
 def onnx_network(
-    method, onnx_path: str | os.PathLike, weights: str | os.PathLike | None = None, **sampling
+    method,
+    onnx_path: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    decoder_path: str | os.PathLike | None = None,
+    **sampling,
 ) -> nn.Module:
     """The method on ONNX Runtime: the exported network itself, or for a method whose sampler loop does
-    not export (diffusion) the method with its denoiser exported (``sampling``: ``steps``, ``sampler``)."""
+    not export (diffusion) the method with its denoiser exported (``sampling``: ``steps``, ``sampler``) and,
+    for a latent method, its decoder (``decoder_path``)."""
     if method.exportable:
         return OnnxNetwork(onnx_path)
     network = method.load(weights, "cpu", **sampling)
     network.denoiser = OnnxDenoiser(onnx_path)
+    if method.latent:
+        network.autoencoder = OnnxAutoencoder(network.autoencoder, decoder_path)
     return network

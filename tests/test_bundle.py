@@ -24,6 +24,7 @@ from PIL import Image
 
 import monai_sr_bundle
 from monai_sr_bundle import methods
+from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import run_inference
 from monai_sr_bundle.methods import load_weights
@@ -460,6 +461,29 @@ def test_evaluate_config_on_a_datalist_file_in_a_hu_window(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 3 and summary["failures"] == []
     assert 20.0 < summary["summary"]["bicubic"]["psnr"][0] < 50.0
+
+
+@needs_data(NIH)
+def test_evaluate_config_scores_a_sites_own_folder_of_hr_images(tmp_path):
+    """The external-site check: ``--input`` names a folder of one's own HR images (here two NIH test images
+    copied in); a folder that does not exist is one sentence and nothing is written."""
+    import shutil
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for item in nih_datalist("test", limit=2):
+        shutil.copy(item["label"], site)
+    out = tmp_path / "eval"
+    args = ("--lpips", "false", "--output_dir", out)
+    _ok(run_config(_configs("inference.json", "evaluate.json"), "bicubic", "--input", site, *args))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 2 and summary["failures"] == []
+    proc = run_config(
+        _configs("inference.json", "evaluate.json"), "bicubic", "--input", tmp_path / "nope", *args[:2],
+        "--output_dir", tmp_path / "eval2",
+    )  # fmt: skip
+    assert proc.returncode != 0 and "nope: no such file or folder; give HR images" in proc.stdout
+    assert not (tmp_path / "eval2").exists()
 
 
 def test_config_flag_reads_the_bundle_cli_text():

@@ -11,6 +11,7 @@ from PIL import Image
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import upsample
+from monai_sr_bundle.transforms.augmentation import paired_augmentation
 from monai_sr_bundle.transforms.degradation import Degrade, Degraded, downsample, zoom_geometry
 from monai_sr_bundle.transforms.presets import available_presets, load_preset, lr_synthesis
 
@@ -395,3 +396,28 @@ def test_lr_synthesis_puts_a_presets_artifacts_on_the_lr_only():
         lr_synthesis({"blur": 1.0}, 4)
     with pytest.raises(InputError, match="`artifacts` must be an object"):
         lr_synthesis({"artifacts": [1]}, 4)
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+
+
+def test_paired_augmentation_keeps_the_hr_patch_the_target_of_its_lr_patch():
+    """rot90 and cutout move the LR patch and its HR patch together: with block-mean LR synthesis the
+    augmented LR is still exactly the block mean of the augmented HR, and cutout blanks both."""
+    hr = _rand(1, 32, 24)
+    aug = paired_augmentation(["rot90", "cutout"], 4)
+    aug.set_random_state(seed=3)
+    rotated = blanked = 0
+    for _ in range(20):
+        out = aug({"image": downsample(hr, 4, "area"), "label": hr.clone()})
+        torch.testing.assert_close(downsample(out["label"], 4, "area"), out["image"])
+        rotated += out["label"].shape[-2:] == (24, 32)
+        blanked += bool((out["label"] == 0).any())
+    assert 0 < rotated < 20 and 0 < blanked < 20
+    assert paired_augmentation([], 4)({"image": hr})["image"] is hr
+
+
+@pytest.mark.parametrize("names", ["rot90", ["rot90", "mixup"], [1]])
+def test_paired_augmentation_refuses_unknown_names(names):
+    with pytest.raises(InputError, match="augmentations must be a list of rot90, cutout"):
+        paired_augmentation(names, 4)

@@ -342,21 +342,29 @@ def test_simulator_two_sites_two_rounds(tmp_path):
     assert Image.open(tmp_path / "sr" / "in_sr.png").size == (192, 192)
 
 
-def test_simulator_trains_the_diffusion_job(tmp_path):
-    """The shipped sr3 job (``cxr_nih_sr3.json``) at a tiny size, 2 sites x 1 round on 2 images each: the
-    diffusion method trains through the same client (its prepare-batch comes with the train config), each
-    site scores its sampled SR, and the published model loads into the method."""
-    shipped = json.loads((FED_CONFIGS / "cxr_nih_sr3.json").read_text())
+@pytest.mark.parametrize("job", ["cxr_nih_sr3.json", "cxr_nih_ldm.json"])
+def test_simulator_trains_the_diffusion_jobs(tmp_path, job):
+    """The shipped diffusion jobs at a tiny size, 2 sites x 1 round on 2 images each: the method trains
+    through the same client (its prepare-batch comes with the train config), each site scores its sampled
+    SR, and the published model loads into the method. A latent method's sites keep the bundle's frozen
+    autoencoder, so the published one is it, not the fresh server model's random one."""
+    shipped = json.loads((FED_CONFIGS / job).read_text())
+    name = shipped["method"]
     a = make_site(tmp_path / "a", "site-a", nih_items("train", 0, 2), nih_items("val", 0, 1))
     b = make_site(tmp_path / "b", "site-b", nih_items("train", 200, 2), nih_items("val", 30, 1))
     same = {k: shipped[k] for k in ("method", "modality", "scale", "intensity", "batch_size")}
-    config = load_job_config(job_file(tmp_path, "sr3", {"site-a": str(a), "site-b": str(b)}, num_rounds=1, **same))
+    config = load_job_config(job_file(tmp_path, name, {"site-a": str(a), "site-b": str(b)}, num_rounds=1, **same))
     app = run_simulation(config, tmp_path / "ws")
     (round_,) = _report(app)["rounds"]
     assert set(round_["sites"]) == {"site-a", "site-b"} and not round_["failed"]
     # scored on a sampled SR: after one step the denoiser is untrained, so only a finite score is asked
     assert all(0 < s["psnr"] < 100 and s["steps"] >= 1 for s in round_["sites"].values())
-    methods.load_weights(methods.get("sr3").network(), app / "models" / "sr3_cxr_x4.pt")
+    method = methods.get(name)
+    published = methods.load_weights(method.network(), app / "models" / method.weights_name)
+    if method.latent:
+        own = torch.load(method.autoencoder_weights_path, weights_only=True)
+        for key, value in own.items():
+            torch.testing.assert_close(published.autoencoder.state_dict()[key], value)
 
 
 def test_simulator_trains_a_gan_generator_keeping_the_discriminator_at_the_sites(tmp_path, tiny_gan):

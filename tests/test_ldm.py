@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import DATA, needs_data
+from PIL import Image
 from test_bundle import TRAIN, _configs, _ok, run_config
 
 from monai_sr_bundle.diffusion.training import DiffusionPrepareBatch
@@ -158,6 +161,27 @@ def test_the_autoencoder_then_the_denoiser_train_through_the_bundle(tmp_path, mo
     assert record["autoencoder"]["sha256"] == sha256(autoencoder_file)
     assert record["losses"]["lpips"] == 0.1 and "train_diffusion.json" in record["command"]
 
+    # deployment: the denoiser and the decoder exported, the sampler on ONNX Runtime, TensorRT's config
+    # falling back to PyTorch here (no GPU); the same seed gives the same image either way
+    png = tmp_path / "in" / "cxr.png"
+    png.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (36, 40), dtype=np.uint8)).save(png)
+    _ok(run_config(_configs("inference.json", "export_denoiser.json"), name, "--bundle_root", root))
+    assert {f"{name}_cxr_x4.onnx", f"{name}_cxr_x4_decoder.onnx"} <= {p.name for p in (root / "models").iterdir()}
+    sampled = {}
+    for runtime in ("inference_onnx.json", "inference_trt.json"):
+        proc = _ok(
+            run_config(
+                _configs("inference.json", runtime), name, "--bundle_root", root, "--input", png,
+                "--output_dir", tmp_path / runtime, "--steps", "2", "--seed", "4",
+            )
+        )  # fmt: skip
+        sampled[runtime] = np.asarray(Image.open(tmp_path / runtime / "cxr_sr.png"), dtype=int)
+    if importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available():
+        assert "trt_compile() has no effect" in proc.stdout
+    assert sampled["inference_onnx.json"].shape == (144, 160)
+    assert np.abs(sampled["inference_onnx.json"] - sampled["inference_trt.json"]).max() <= 1
+
 
 @needs_data(DATA / "nih_cxr14")
 def test_a_latent_method_without_its_stages_or_autoencoder_is_refused_and_nothing_written(tmp_path, monkeypatch):
@@ -186,3 +210,51 @@ def test_the_surfaces_train_a_latent_method_through_its_diffusion_stage(tmp_path
     name = _tiny_overlay(tmp_path, monkeypatch)
     assert [Path(f).name for f in train_configs(name)] == ["inference.json", "train.json", "train_diffusion.json"]
     assert [Path(f).name for f in train_configs("srgan")][-1] == "train_gan.json"
+
+
+def test_the_sampler_runs_on_onnx_runtime_with_the_exported_denoiser_and_decoder(tmp_path, monkeypatch):
+    """Both exported parts match torch (export refuses a gap of 1e-4), and the whole seeded sampler on ONNX
+    Runtime gives the torch result; a missing decoder file is named."""
+    from monai_sr_bundle import methods
+    from monai_sr_bundle.onnx_runtime import export_decoder, export_denoiser, onnx_network
+
+    method = methods.get(_tiny_overlay(tmp_path, monkeypatch))
+    torch.manual_seed(0)
+    network, weights = method.network().eval(), tmp_path / "w.pt"
+    torch.save(network.state_dict(), weights)
+    denoiser, decoder = export_denoiser(network, tmp_path / "w.onnx"), export_decoder(network, tmp_path / "w_dec.onnx")
+    on_ort = onnx_network(method, denoiser, weights, decoder, steps=3)
+    lr = torch.rand(1, 1, 12, 16)
+    with torch.inference_mode():
+        expected = method.load(weights, steps=3)(lr, torch.Generator().manual_seed(5))
+        torch.testing.assert_close(on_ort(lr, torch.Generator().manual_seed(5)), expected, atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match="nothing.onnx: ONNX model not found; export it first"):
+        onnx_network(method, denoiser, weights, tmp_path / "nothing.onnx")
+
+
+def test_a_fresh_posterior_starts_narrow():
+    """MONAI starts the posterior's standard deviation at about 1, as large as the latent; here it starts at
+    INITIAL_SIGMA, so the decoder learns from latents close to the mean (``networks/ldm.py`` says why)."""
+    from monai_sr_bundle.networks.ldm import INITIAL_SIGMA
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, sigma = LatentAutoencoder(**AUTOENCODER).autoencoder.encode(torch.rand(2, 1, 16, 16) * 2 - 1)
+    assert INITIAL_SIGMA / 3 < sigma.median() < INITIAL_SIGMA * 3
+
+
+def test_an_lr_image_too_small_for_the_shipped_ldm_is_one_sentence_and_the_rest_go_on(tmp_path, capsys):
+    """Through the CLI with the shipped weights: an image below the entry point's least side (8x the scale,
+    above what the autoencoder and the denoiser need: tested on the network above) is refused in one sentence
+    naming it; the good image beside it is written."""
+    from monai_sr_bundle.cli import main
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for name, shape in (("thin.png", (3, 40)), ("good.png", (36, 40))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / "in" / name)
+    out = tmp_path / "out"
+    assert main(["sr", str(tmp_path / "in"), "-o", str(out), "-m", "ldm", "--steps", "2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and "thin.png: image (40, 3) is smaller than 32 px" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["good_sr.png"]

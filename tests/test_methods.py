@@ -150,10 +150,15 @@ def test_sampling_options(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_training_settings_are_ones_the_train_config_reads(name):
-    """Every setting in an overlay's ``training`` is read by the stages that train it (train_gan.json too)."""
-    from monai_sr_bundle.training import train_configs
+    """Every setting in an overlay's ``training`` is read by the stages that train it (train_gan.json too,
+    and a latent method's autoencoder stage)."""
+    from monai_sr_bundle.methods import BUNDLE_ROOT
+    from monai_sr_bundle.training import stage_configs, train_configs
 
-    text = "".join(Path(f).read_text() for f in train_configs(name))
+    files = train_configs(name)
+    if methods.get(name).latent:
+        files += [BUNDLE_ROOT / f for f in stage_configs(latent_stage="autoencoder")]
+    text = "".join(Path(f).read_text() for f in files)
     read = set(re.findall(r"@sr_method\.setting\('(\w+)'", text))
     assert set(methods.get(name).training) <= read, f"{name}: the train config reads only {sorted(read)}"
 

@@ -28,6 +28,8 @@ from monai_sr_bundle.training import (
 
 MODELS = BUNDLE_ROOT / "models"
 WEIGHT_NAME = re.compile(r"(?P<method>[a-z0-9_]+?)_(?P<modality>[a-z0-9]+)_x(?P<scale>\d+)\.pt")
+#: a latent method's autoencoder stage publishes beside it, for any scale (``Method.autoencoder_weights_path``)
+AUTOENCODER_NAME = re.compile(r"(?P<method>[a-z0-9_]+?)_(?P<modality>[a-z0-9]+)_autoencoder\.pt")
 MAX_BYTES = 25 * 1024 * 1024
 
 
@@ -186,8 +188,14 @@ def check_weights_folder(models: Path) -> list[str]:
         assert str(entry.get("data") or "").strip(), f"{path.name}: no training data recorded"
         size = path.stat().st_size
         assert size < MAX_BYTES, f"{path.name} is {size / 2**20:.1f} MB (limit 25 MB)"
+        if a := AUTOENCODER_NAME.fullmatch(path.name):  # a latent method's first stage: loads into its autoencoder
+            assert a["method"] in methods.names(), f"{path.name}: no configs/methods/{a['method']}.json"
+            method = methods.get(a["method"], modality=a["modality"])
+            assert method.latent, f"{path.name}: {a['method']} is not a latent method"
+            methods.load_weights(method.network().autoencoder, path)  # strict
+            continue
         m = WEIGHT_NAME.fullmatch(path.name)
-        assert m, f"{path.name} is not named <method>_<modality>_x<scale>.pt"
+        assert m, f"{path.name} is not named <method>_<modality>_x<scale>.pt (or <method>_<modality>_autoencoder.pt)"
         method, modality, scale = m["method"], m["modality"], int(m["scale"])
         assert method in methods.names(), f"{path.name}: no configs/methods/{method}.json"
         for key, value in (("scale", scale), ("modality", modality)):
@@ -203,7 +211,10 @@ def check_weights_folder(models: Path) -> list[str]:
 
 def test_shipped_weights():
     checked = check_weights_folder(MODELS)  # passes trivially while nothing is shipped
-    for name in checked:  # the shipped files are where Method.load looks by default
+    for name in checked:  # the shipped files are where Method.load (or the diffusion stage) looks by default
+        if m := AUTOENCODER_NAME.fullmatch(name):
+            assert methods.get(m["method"], modality=m["modality"]).autoencoder_weights_path == MODELS / name
+            continue
         m = WEIGHT_NAME.fullmatch(name)
         assert methods.get(m["method"], int(m["scale"]), m["modality"]).weights_path == MODELS / name
         methods.get(m["method"], int(m["scale"]), m["modality"]).load()
@@ -215,7 +226,9 @@ def test_shipped_weights_manifest_entries_are_well_formed():
         assert not list(MODELS.glob("*.pt")), f"{MODELS} holds weights but no weights.json"
         return
     for name, entry in json.loads(manifest.read_text()).items():
-        assert WEIGHT_NAME.fullmatch(name), f"weights.json entry {name!r} is not <method>_<modality>_x<scale>.pt"
+        assert WEIGHT_NAME.fullmatch(name) or AUTOENCODER_NAME.fullmatch(name), (
+            f"weights.json entry {name!r} is not <method>_<modality>_x<scale>.pt (or _autoencoder.pt)"
+        )
         assert re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", ""))), f"weights.json: {name} has no sha256"
 
 

@@ -110,6 +110,19 @@ def load_datalist(
     return items[:limit] if limit is not None else items
 
 
+def image_datalist(inputs: str | os.PathLike | list, limit: int | None = None) -> list[dict]:
+    """HR images of one's own (files, or folders of them) as evaluation items without boxes: how a site
+    scores a model on its own data (``evaluate.json --input``)."""
+    from monai_sr_bundle.inference import expand_inputs
+
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such file or folder; give HR images (files or a folder) to score.")
+    items = [{"label": f, "boxes": []} for f in expand_inputs(paths)]
+    return items[:limit] if limit is not None else items
+
+
 def write_nih_resized(out_dir: str | os.PathLike, size: int, data_dir: str | os.PathLike | None = None) -> Path:
     """The NIH splits at ``size`` instead of 512 (a protocol set at another HR size, e.g. the anomaly-focused
     paper's 256 -> 64 at x4): ``images_512`` resized with Lanczos antialiasing, as ``images_512`` was made from

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.sites import SiteData, load_site
 from monai_sr_bundle.training import stop_on_nan, train_parser
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 #: the train config's handlers a federated round leaves out: the client scores the received global model
 #: itself before training, and a progress bar only clutters the site's log
 LOCAL_ONLY_HANDLERS = ("ValidationHandler", "ignite.handlers.ProgressBar")
+#: the state-dict prefix of a latent method's frozen autoencoder (``networks/ldm.py``)
+FROZEN_PREFIX = "autoencoder."
 
 
 class SiteTrainer:
@@ -71,6 +74,7 @@ class SiteTrainer:
         stop_on_nan(self.trainer, parser["run_dir"])  # a diverged site fails its round instead of sending NaN
         self.network = self.trainer.network
         self.site = site.site
+        self.latent = methods.get(method, scale, modality).latent
 
     def load_global(self, params: dict) -> None:
         """Load the server's global weights, refusing any that do not fit this network or are not finite:
@@ -84,6 +88,10 @@ class SiteTrainer:
             for k, v in state.items():  # BatchNorm's batch counters: FedAvg averages them into floats
                 if k in own and not own[k].is_floating_point():
                     state[k] = v.round().to(own[k].dtype)
+            # a latent method's autoencoder is frozen and the bundle's own at every site: the global copy (random
+            # in a fresh server model) never replaces it, and what the sites send back averages to it
+            if self.latent:
+                state.update({k: v for k, v in own.items() if k.startswith(FROZEN_PREFIX)})
             self.network.load_state_dict(state)
         except (RuntimeError, ValueError, TypeError) as e:
             raise InputError(f"site {self.site}: the global model does not fit this network ({_first_line(e)}).") from e

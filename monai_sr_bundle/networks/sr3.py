@@ -52,6 +52,9 @@ class SR3(nn.Module):
     stochastic = True
     #: the sampling loop is not one traceable graph
     exportable = False
+    #: the submodules every sample runs: ``configs/inference_trt.json`` compiles them with TensorRT,
+    #: ``configs/export_denoiser.json`` exports them to ONNX
+    export_parts = ("denoiser",)
     #: what training compares: the denoiser's estimate with what it should have found (``"prediction"``), or
     #: the SR image that estimate implies with the clean HR (``"image"``, for losses defined on the image)
     loss_space = "prediction"

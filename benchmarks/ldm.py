@@ -1,0 +1,266 @@
+"""Latent-diffusion benchmark of the shipped ldm weights on this machine's CPU: the autoencoder's
+reconstruction, quality against bicubic and VDSR, the sampler table, and speed against sr3 (PyTorch, and
+the whole sampler with its denoiser and decoder on ONNX Runtime). Each part keeps its figures in
+out/benchmark_ldm/<part>.json; docs/ldm.md is rewritten from the parts measured so far.
+
+Run: .venv/bin/python benchmarks/ldm.py --part autoencoder|quality|samplers|speed|all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusion import CROP, CROPS, cells, crops, metric_fns, render_sections, score_crops, table, verdict
+
+from monai_sr_bundle import methods
+from monai_sr_bundle.data.datalist import nih_datalist
+from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.evaluation import evaluate
+from monai_sr_bundle.metrics import PSNRMetric, SSIMMetric
+from monai_sr_bundle.onnx_runtime import OnnxAutoencoder, OnnxDenoiser, export_decoder, export_denoiser
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "out" / "benchmark_ldm"
+METHOD, PIXEL_METHOD = "ldm", "sr3"
+STEPS = 20
+#: the reference chain of the sampler table is DDPM over every training step (filled in from the overlay)
+FAST_ROWS = [
+    ("ddim", 50),
+    ("ddim", 20),
+    ("ddim", 10),
+    ("dpmpp", 20),
+    ("dpmpp", 10),
+    ("dpmpp_sde", 20),
+    ("dpmpp_sde", 10),
+]
+#: the paper's figures (NIH 64 -> 256, their pretrained natural-image VAE; quoted, not ours)
+PAPER = {"bicubic": (29.59, 0.918, 0.347), "latent diffusion": (27.34, 0.865, 0.123)}
+
+
+def method() -> methods.Method:
+    return methods.get(METHOD, 4)
+
+
+def load(name: str = METHOD, sampler: str | None = None, steps: int | None = None):
+    m = methods.get(name, 4)
+    return m.load(sampler=sampler, steps=steps), m.inferer(seed=0)
+
+
+def part_autoencoder() -> dict:
+    """PSNR and SSIM of the autoencoder's reconstruction (posterior mean, decoded) of every test image."""
+    autoencoder = methods.load_weights(method().network().autoencoder, method().autoencoder_weights_path).eval()
+    psnr, ssim, scores = PSNRMetric(), SSIMMetric(), []
+    for item in nih_datalist("test"):
+        hr = read_image(item["label"]).as_tensor()[None]
+        with torch.inference_mode():
+            out = autoencoder.decode(autoencoder.encode(hr)).clamp(0, 1)
+        scores.append((float(psnr(out, hr)), float(ssim(out, hr))))
+    return {
+        "images": len(scores),
+        "psnr": statistics.mean(s[0] for s in scores),
+        "psnr_min": min(s[0] for s in scores),
+        "ssim": statistics.mean(s[1] for s in scores),
+        "factor": autoencoder.factor,
+        "latent_channels": autoencoder.latent_channels,
+    }
+
+
+def part_quality(limit: int, sampler: str) -> dict:
+    """bicubic, VDSR and one ldm sample per image on the first ``limit`` test images."""
+    nets, inferers = {}, {}
+    for name in (methods.baseline_name(), "vdsr"):
+        nets[name], inferers[name] = methods.get(name, 4).load(), methods.get(name, 4).inferer()
+    ours = f"{METHOD} ({sampler} {STEPS}, 1 sample)"
+    nets[ours], inferers[ours] = load(METHOD, sampler, STEPS)
+    found = evaluate(nih_datalist("test", limit=limit), nets, 4, WORK / "quality", inferers=inferers)
+    rows = {m: {k: v[0] for k, v in s.items() if k in ("psnr", "ssim", "lpips")} for m, s in found.items()}
+    return {"images": limit, "sampler": sampler, "rows": rows}
+
+
+def sampler_rows() -> list[tuple[str, int]]:
+    return [("ddpm", method().network_spec()["args"]["train_steps"]), *FAST_ROWS]
+
+
+def part_samplers() -> dict:
+    """PSNR, SSIM, LPIPS and seconds per crop of each sampler row, seed 0 for every crop."""
+    rows, fns, inputs = {}, metric_fns(), crops()
+    for sampler, steps in sampler_rows():
+        rows[f"{sampler} {steps}"] = score_crops(inputs, *load(METHOD, sampler, steps), fns)
+        print(f"{sampler} {steps}: {rows[f'{sampler} {steps}']}", flush=True)
+    return rows
+
+
+def _seconds(network, inferer, lr: torch.Tensor) -> float:
+    """Median seconds of 3 runs of one image."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(3):
+            start = time.perf_counter()
+            inferer(lr, network)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def part_speed() -> dict:
+    """Seconds for one 512x512 output (a 128x128 LR image) at STEPS steps of each method's default sampler:
+    sr3 and ldm on PyTorch, ldm with its denoiser and decoder on ONNX Runtime, in one run."""
+    lr = torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    rows = {}
+    for name in (PIXEL_METHOD, METHOD):
+        rows[f"{name}, pytorch"] = _seconds(*load(name, steps=STEPS), lr)
+        print(f"{name}: {rows[f'{name}, pytorch']:.2f} s", flush=True)
+    network, inferer = load(METHOD, steps=STEPS)
+    with tempfile.TemporaryDirectory() as tmp:
+        denoiser = export_denoiser(network, Path(tmp) / "denoiser.onnx")
+        decoder = export_decoder(network, Path(tmp) / "decoder.onnx")
+        network.denoiser = OnnxDenoiser(denoiser)
+        network.autoencoder = OnnxAutoencoder(network.autoencoder, decoder)
+        rows[f"{METHOD}, onnxruntime"] = _seconds(network, inferer, lr)
+    print(f"{METHOD} onnxruntime: {rows[f'{METHOD}, onnxruntime']:.2f} s", flush=True)
+    return {"steps": STEPS, "seconds": rows}
+
+
+def _autoencoder(a: dict) -> tuple[list[str], list[str]]:
+    text = [
+        f"The autoencoder alone (factor {a['factor']}, {a['latent_channels']} latent channels): every one of the "
+        f"{a['images']} test images encoded (posterior mean) and decoded at 512x512.",
+        "",
+        *table(["model", "PSNR (dB)", "min PSNR (dB)", "SSIM"], [
+            ["ldm autoencoder", f"{a['psnr']:.2f}", f"{a['psnr_min']:.2f}", f"{a['ssim']:.4f}"]
+        ]),
+    ]  # fmt: skip
+    return text, [f"- autoencoder reconstruction PSNR {a['psnr']:.2f} dB (bar: >= 40) -> {verdict(a['psnr'] >= 40)}"]
+
+
+def _quality(q: dict) -> tuple[list[str], list[str]]:
+    text = [f"First {q['images']} test images, one sample:", ""]
+    text += table(["method", "PSNR (dB)", "SSIM", "LPIPS"], [[m, *cells(v)] for m, v in q["rows"].items()])
+    text += [
+        "",
+        "The paper's figures (NIH 64 -> 256 with a pretrained natural-image autoencoder; theirs, not ours):",
+        "",
+        *table(["method", "PSNR (dB)", "SSIM", "LPIPS"], [[f"{m} (paper)", *map(str, v)] for m, v in PAPER.items()]),
+    ]
+    ours = next(v for k, v in q["rows"].items() if k.startswith(METHOD))
+    vdsr, bicubic = q["rows"]["vdsr"], q["rows"][methods.baseline_name()]
+    return text, [
+        f"- ldm, one sample at {STEPS} steps: LPIPS {ours['lpips']:.4f} vs VDSR {vdsr['lpips']:.4f} on the same "
+        f"{q['images']} images (bar: lower) -> {verdict(ours['lpips'] < vdsr['lpips'], q['images'])}; PSNR "
+        f"{ours['psnr']:.2f} dB beside bicubic's {bicubic['psnr']:.2f} dB"
+    ]
+
+
+def _samplers(rows: dict) -> tuple[list[str], list[str]]:
+    text = [
+        f"{CROPS} fixed inputs: the central {CROP}x{CROP} crop of the first {CROPS} test images, one sample each "
+        "(seed 0). `ddim` and `dpmpp` are deterministic given the starting noise, `ddpm` and `dpmpp_sde` draw "
+        "fresh noise at every step. The first row is the full chain the denoiser was trained on.",
+        "",
+    ]
+    text += table(
+        ["sampler", "PSNR (dB)", "SSIM", "LPIPS", "seconds per crop"],
+        [[k, *cells(v), f"{v['seconds']:.2f}"] for k, v in rows.items()],
+    )
+    span = {k: max(v[k] for v in rows.values()) - min(v[k] for v in rows.values()) for k in ("psnr", "lpips")}
+    text += [
+        "",
+        f"Across the rows PSNR spans {span['psnr']:.2f} dB and LPIPS {span['lpips']:.4f}: where the rows hardly "
+        "differ, the denoiser's estimate is set by its condition (the LR latent) more than by the noise it starts "
+        "from, so the sampler and the step count change little but the time.",
+    ]
+    return text, []
+
+
+def _speed(s: dict) -> tuple[list[str], list[str]]:
+    seconds = s["seconds"]
+    text = [f"One 128x128 LR image to a 512x512 output, {s['steps']} steps, median of 3 runs, in one process.", ""]
+    text += table(["method, runtime", "seconds per image"], [[k, f"{v:.2f}"] for k, v in seconds.items()])
+    speedup = seconds[f"{PIXEL_METHOD}, pytorch"] / seconds[f"{METHOD}, pytorch"]
+    ratio = seconds[f"{METHOD}, pytorch"] / seconds[f"{METHOD}, onnxruntime"]
+    return text, [
+        f"- ldm vs sr3 at {s['steps']} steps, PyTorch: {speedup:.1f}x faster (bar: >= 5x) -> {verdict(speedup >= 5)}",
+        f"- ldm's whole sampler on ONNX Runtime (denoiser and decoder) vs PyTorch: {ratio:.2f}x (reported)",
+    ]
+
+
+#: part -> (section title, its text and bars from the part's figures)
+SECTIONS = {
+    "autoencoder": ("The autoencoder", _autoencoder),
+    "quality": ("Quality", _quality),
+    "samplers": ("Samplers", _samplers),
+    "speed": ("Speed", _speed),
+}
+#: part -> (its figure, the option that set it), ...: the command under each title is the one that was run
+OPTIONS = {"quality": (("images", "--limit"), ("sampler", "--sampler"))}
+
+
+def write_doc() -> None:
+    """docs/ldm.md from the parts measured so far; a part not measured yet says so."""
+    parts = {p.stem: json.loads(p.read_text()) for p in WORK.glob("*.json")}
+    args = method().network_spec()["args"]
+    denoiser = sum(p.numel() for p in load()[0].denoiser.parameters()) if method().weights_available else None
+    out = [
+        "# Latent-diffusion SR (ldm): autoencoder, quality, samplers, speed",
+        "",
+        "NIH ChestX-ray14 test split, x4, HR = the 512x512 PNGs, LR = antialiased bicubic x4. The shipped",
+        "`ldm_cxr_x4.pt` weights (autoencoder and denoiser; `monai_sr_bundle/models/weights.json` says how each",
+        f"stage was trained); seed 0. The denoiser has {denoiser:,} parameters (the paper's U-Net-lite: 813k),"
+        if denoiser
+        else "Not trained yet.",
+        f"widths {args['channels']}, on {args['autoencoder']['latent_channels']} latent channels plus as many of the"
+        f" encoded LR; {args['train_steps']} training steps. Each part re-runs with the command under its title"
+        " (from the repository root, on this 2-core CPU).",
+        "",
+    ]
+    text, bars = render_sections(parts, SECTIONS, OPTIONS, "benchmarks/ldm.py")
+    out += [
+        *text,
+        "## Your own site",
+        "",
+        "The evaluate config scores any folder of HR images the same way (degraded x4, super-resolved, PSNR / "
+        "SSIM / LPIPS per image in `metrics.csv`), e.g. an external hospital's radiographs:",
+        "",
+        "    cd monai_sr_bundle && python -m monai.bundle run --config_file "
+        "\"['configs/inference.json','configs/evaluate.json']\" --method ldm --input <folder> --output_dir <out>",
+        "",
+        "Bars of issue 15:",
+        *bars,
+        "",
+    ]
+    (REPO / "docs" / "ldm.md").write_text("\n".join(out))
+    print("\n".join(bars))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=[*SECTIONS, "all", "doc"], default="all")
+    parser.add_argument("--limit", type=int, default=116, help="test images of the quality part (default: all 116)")
+    parser.add_argument("--sampler", default=None, help="sampler of the quality part (default: ldm's)")
+    args = parser.parse_args()
+    args.sampler = args.sampler or method().network_spec()["args"]["sampler"]
+    needed = method().autoencoder_weights_path if args.part == "autoencoder" else method().weights_path
+    if args.part != "doc" and not needed.is_file():
+        print(f"no shipped {METHOD} weights ({needed.name}); train them first", file=sys.stderr)
+        return 2
+    WORK.mkdir(parents=True, exist_ok=True)
+    parts = {
+        "autoencoder": part_autoencoder,
+        "quality": lambda: part_quality(args.limit, args.sampler),
+        "samplers": part_samplers,
+        "speed": part_speed,
+    }
+    for name in parts if args.part == "all" else [] if args.part == "doc" else [args.part]:
+        (WORK / f"{name}.json").write_text(json.dumps(parts[name](), indent=2))
+    write_doc()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Paired augmentation of training patches beyond the train config's crop and flip, named in a method's
+overlay (``training.augmentations``), as the latent-diffusion paper trains with rot90 and cutout besides
+crops and flips. Every transform moves the LR patch and its HR patch together, so the target stays the HR
+image of the input."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+from monai.transforms import Compose, MapTransform, RandomizableTransform, RandRotate90d
+
+from monai_sr_bundle.errors import InputError
+
+
+class RandSRCutoutd(RandomizableTransform, MapTransform):
+    """With probability ``prob``, blank one random rectangle of the LR patch (``lr_key``) and the same region
+    of its HR patch (``hr_key``, ``scale`` times larger), so the network cannot lean on any one region of a
+    patch and the pair stays consistent.
+
+    Args:
+        lr_key, hr_key: keys of the LR patch (C, x, y) and the HR patch (C, scale*x, scale*y).
+        scale: the SR factor linking the two.
+        max_fraction: the largest rectangle side as a fraction of the LR patch side.
+        prob: chance of a cutout per patch.
+        value: what the rectangle is filled with (0: black, in the library's [0, 1] intensities).
+    """
+
+    def __init__(
+        self,
+        lr_key: str = "image",
+        hr_key: str = "label",
+        scale: int = 4,
+        max_fraction: float = 0.25,
+        prob: float = 0.5,
+        value: float = 0.0,
+    ) -> None:
+        RandomizableTransform.__init__(self, prob=prob)
+        MapTransform.__init__(self, [lr_key, hr_key])
+        if not 0 < max_fraction <= 1:
+            raise InputError(f"cutout's max_fraction must be in (0, 1], got {max_fraction!r}.")
+        self.lr_key, self.hr_key, self.scale = lr_key, hr_key, int(scale)
+        self.max_fraction, self.value = float(max_fraction), float(value)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        self.randomize(None)
+        d = dict(data)
+        if not self._do_transform:
+            return d
+        x, y = d[self.lr_key].shape[-2:]
+        h, w = (int(self.R.randint(1, max(1, int(side * self.max_fraction)) + 1)) for side in (x, y))
+        i, j = int(self.R.randint(0, x - h + 1)), int(self.R.randint(0, y - w + 1))
+        s = self.scale
+        d[self.lr_key], d[self.hr_key] = d[self.lr_key].clone(), d[self.hr_key].clone()
+        d[self.lr_key][..., i : i + h, j : j + w] = self.value
+        d[self.hr_key][..., i * s : (i + h) * s, j * s : (j + w) * s] = self.value
+        return d
+
+
+#: the augmentations an overlay may name, each made for the LR key ``image``, HR key ``label`` and a scale
+AUGMENTATIONS = {
+    "rot90": lambda scale: RandRotate90d(keys=["image", "label"], prob=0.5),
+    "cutout": lambda scale: RandSRCutoutd(scale=scale),
+}
+
+
+def paired_augmentation(names: Sequence[str], scale: int) -> Compose:
+    """The named augmentations in order (none: the identity), for the train config's patch pipeline."""
+    if isinstance(names, str) or not all(isinstance(n, str) and n in AUGMENTATIONS for n in names):
+        raise InputError(f"augmentations must be a list of {', '.join(AUGMENTATIONS)}; got {names!r}.")
+    return Compose([AUGMENTATIONS[name](scale) for name in names])
