@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from speed import median_seconds
 from torch import nn
 
 from monai_sr_bundle import methods
@@ -26,7 +27,7 @@ from monai_sr_bundle.diffusion.samplers import SAMPLERS, make_sampler
 from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
 from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.metrics import LPIPSMetric, PSNRMetric, SSIMMetric
-from monai_sr_bundle.onnx_runtime import OnnxDenoiser, export_denoiser
+from monai_sr_bundle.onnx_runtime import export_denoiser, onnx_parts
 from monai_sr_bundle.transforms.degradation import downsample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,14 +87,8 @@ def part_speed() -> dict:
             network, inferer = sr3(sampler, QUALITY_STEPS)
             for runtime in ("pytorch", "onnxruntime"):
                 if runtime == "onnxruntime":
-                    network.denoiser = OnnxDenoiser(path)
-                times = []
-                with torch.inference_mode():
-                    for _ in range(3):
-                        start = time.perf_counter()
-                        inferer(lr, network)
-                        times.append(time.perf_counter() - start)
-                seconds = statistics.median(times)
+                    onnx_parts(network, path)
+                seconds = median_seconds(lambda x: inferer(x, network), lr, 3, warm_up=False)
                 rows[f"{sampler} {QUALITY_STEPS}, {runtime}"] = {
                     "seconds": seconds,
                     "per_step": seconds / QUALITY_STEPS,
@@ -265,6 +260,14 @@ def cells(v: dict) -> list[str]:
     return [f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['lpips']:.4f}"]
 
 
+def sampler_table(rows: dict, digits: int) -> list[str]:
+    """The sampler table: each row's PSNR, SSIM, LPIPS and seconds per crop (to ``digits`` decimals)."""
+    return table(
+        ["sampler", "PSNR (dB)", "SSIM", "LPIPS", "seconds per crop"],
+        [[k, *cells(v), f"{v['seconds']:.{digits}f}"] for k, v in rows.items()],
+    )
+
+
 def verdict(ok: bool, images: int | None = None) -> str:
     """The verdict of a bar, on at least MIN_IMAGES test images where ``images`` says how many it saw."""
     if images is not None and images < MIN_IMAGES:
@@ -279,10 +282,7 @@ def _samplers(rows: dict) -> tuple[list[str], list[str]]:
         "1000 steps) and `dpmpp_sde` draw fresh noise at every step.",
         "",
     ]
-    text += table(
-        ["sampler", "PSNR (dB)", "SSIM", "LPIPS", "seconds per crop"],
-        [[k, *cells(v), f"{v['seconds']:.1f}"] for k, v in rows.items()],
-    )
+    text += sampler_table(rows, 1)
     ref_name = f"{SAMPLER_ROWS[0][0]} {SAMPLER_ROWS[0][1]}"
     ref = rows[ref_name]
     fast = {k: v for k, v in rows.items() if int(k.split()[1]) <= 20}

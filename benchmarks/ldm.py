@@ -13,18 +13,18 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from diffusion import CROP, CROPS, cells, crops, metric_fns, render_sections, score_crops, table, verdict
+from diffusion import CROP, CROPS, cells, crops, metric_fns, render_sections, sampler_table, score_crops, table, verdict
+from speed import median_seconds
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.metrics import PSNRMetric, SSIMMetric
-from monai_sr_bundle.onnx_runtime import OnnxAutoencoder, OnnxDenoiser, export_decoder, export_denoiser
+from monai_sr_bundle.onnx_runtime import export_decoder, export_denoiser, onnx_parts
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "out" / "benchmark_ldm"
@@ -97,33 +97,23 @@ def part_samplers() -> dict:
     return rows
 
 
-def _seconds(network, inferer, lr: torch.Tensor) -> float:
-    """Median seconds of 3 runs of one image."""
-    times = []
-    with torch.inference_mode():
-        for _ in range(3):
-            start = time.perf_counter()
-            inferer(lr, network)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def part_speed() -> dict:
     """Seconds for one 512x512 output (a 128x128 LR image) at STEPS steps of each method's default sampler:
-    sr3 and ldm on PyTorch, ldm with its denoiser and decoder on ONNX Runtime, in one run."""
+    sr3 and ldm on PyTorch, then ldm loaded afresh with its denoiser and decoder on ONNX Runtime, in one run."""
     lr = torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(0))
-    rows = {}
-    for name in (PIXEL_METHOD, METHOD):
-        rows[f"{name}, pytorch"] = _seconds(*load(name, steps=STEPS), lr)
-        print(f"{name}: {rows[f'{name}, pytorch']:.2f} s", flush=True)
+
+    def seconds(network, inferer) -> float:
+        return median_seconds(lambda x: inferer(x, network), lr, 3, warm_up=False)
+
+    rows = {f"{PIXEL_METHOD}, pytorch": seconds(*load(PIXEL_METHOD, steps=STEPS))}
     network, inferer = load(METHOD, steps=STEPS)
+    rows[f"{METHOD}, pytorch"] = seconds(network, inferer)
     with tempfile.TemporaryDirectory() as tmp:
         denoiser = export_denoiser(network, Path(tmp) / "denoiser.onnx")
         decoder = export_decoder(network, Path(tmp) / "decoder.onnx")
-        network.denoiser = OnnxDenoiser(denoiser)
-        network.autoencoder = OnnxAutoencoder(network.autoencoder, decoder)
-        rows[f"{METHOD}, onnxruntime"] = _seconds(network, inferer, lr)
-    print(f"{METHOD} onnxruntime: {rows[f'{METHOD}, onnxruntime']:.2f} s", flush=True)
+        rows[f"{METHOD}, onnxruntime"] = seconds(onnx_parts(load(METHOD, steps=STEPS)[0], denoiser, decoder), inferer)
+    for row, value in rows.items():
+        print(f"{row}: {value:.2f} s", flush=True)
     return {"steps": STEPS, "seconds": rows}
 
 
@@ -164,10 +154,7 @@ def _samplers(rows: dict) -> tuple[list[str], list[str]]:
         "fresh noise at every step. The first row is the full chain the denoiser was trained on.",
         "",
     ]
-    text += table(
-        ["sampler", "PSNR (dB)", "SSIM", "LPIPS", "seconds per crop"],
-        [[k, *cells(v), f"{v['seconds']:.2f}"] for k, v in rows.items()],
-    )
+    text += sampler_table(rows, 2)
     span = {k: max(v[k] for v in rows.values()) - min(v[k] for v in rows.values()) for k in ("psnr", "lpips")}
     text += [
         "",
@@ -205,7 +192,7 @@ def write_doc() -> None:
     """docs/ldm.md from the parts measured so far; a part not measured yet says so."""
     parts = {p.stem: json.loads(p.read_text()) for p in WORK.glob("*.json")}
     args = method().network_spec()["args"]
-    denoiser = sum(p.numel() for p in load()[0].denoiser.parameters()) if method().weights_available else None
+    denoiser = sum(p.numel() for p in method().network().denoiser.parameters()) if method().weights_available else None
     out = [
         "# Latent-diffusion SR (ldm): autoencoder, quality, samplers, speed",
         "",

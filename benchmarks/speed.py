@@ -30,10 +30,12 @@ REPEATS = 5
 LARGE, LARGE_REPEATS = 512, 4
 
 
-def median_seconds(fn, x: torch.Tensor, repeats: int = REPEATS) -> float:
-    """Median wall time of ``fn(x)`` over ``repeats`` runs after one warm-up run."""
+def median_seconds(fn, x: torch.Tensor, repeats: int = REPEATS, warm_up: bool = True) -> float:
+    """Median wall time of ``fn(x)`` over ``repeats`` runs, after one warm-up run unless ``warm_up`` is off
+    (a diffusion sample takes seconds: its first run's overhead is lost in the median of a few)."""
     with torch.inference_mode():
-        fn(x)
+        if warm_up:
+            fn(x)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()

@@ -148,8 +148,15 @@ def onnx_network(
     for a latent method, its decoder (``decoder_path``)."""
     if method.exportable:
         return OnnxNetwork(onnx_path)
-    network = method.load(weights, "cpu", **sampling)
-    network.denoiser = OnnxDenoiser(onnx_path)
-    if method.latent:
+    return onnx_parts(method.load(weights, "cpu", **sampling), onnx_path, decoder_path if method.latent else None)
+
+
+def onnx_parts(
+    network: nn.Module, denoiser_path: str | os.PathLike, decoder_path: str | os.PathLike | None = None
+) -> nn.Module:
+    """A loaded diffusion method with its exported denoiser, and a latent method's exported decoder
+    (``decoder_path``), put in place of the torch ones, so its own sampler loop runs them on ONNX Runtime."""
+    network.denoiser = OnnxDenoiser(denoiser_path)
+    if decoder_path is not None:
         network.autoencoder = OnnxAutoencoder(network.autoencoder, decoder_path)
     return network
