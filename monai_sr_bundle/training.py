@@ -92,8 +92,8 @@ def frozen_autoencoder(network, weights: str | os.PathLike | None):
             methods.load_weights(network.autoencoder, weights)
         except InputError as e:
             raise InputError(
-                f"{str(e).rstrip('.')}; the autoencoder stage and the method's overlay must agree on its channels "
-                "and latent_channels."
+                f"{str(e).rstrip('.')}; the autoencoder stage and the method's overlay must agree on its channels, "
+                "block and latent_channels."
             ) from e
     network.autoencoder.requires_grad_(False)
     return network
@@ -251,11 +251,29 @@ def attach_resume(trainer, run_dir: str | os.PathLike, best_saver, resume: bool 
         state["lr_scheduler"] = lr_scheduler
     latest = latest_checkpoint(run_dir)
     if resume and latest:
+        _check_resumable(latest, state)
         CheckpointLoader(load_path=latest, load_dict=state, map_location=trainer.state.device).attach(trainer)
         best = Path(run_dir) / "best.pt"
         if best.is_file():
             CheckpointLoader(load_path=str(best), load_dict={"checkpointer": best_saver}).attach(trainer)
     CheckpointSaver(save_dir=str(run_dir), save_dict=state, save_interval=1, n_saved=1).attach(trainer)
+
+
+def _check_resumable(checkpoint: str, state: dict) -> None:
+    """Refuse in one sentence a checkpoint saved from other networks than these (an overlay changed since, or
+    another run's folder), which the loader would report as a page of missing and mismatched keys."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    for part in ("network", "discriminator"):
+        if part not in state:
+            continue
+        expected = {k: tuple(v.shape) for k, v in state[part].state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in saved.get(part, {}).items()}
+        if found != expected:
+            differ = sum(found.get(k) != expected.get(k) for k in found.keys() | expected.keys())
+            raise InputError(
+                f"{checkpoint}: this checkpoint was saved from another {part} than the config builds now (tensors "
+                f"that differ in name or shape: {differ}); delete its folder to start afresh, or pass --resume false."
+            )
 
 
 def validate_at_end(trainer, evaluator, interval: int) -> None:

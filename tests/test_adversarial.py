@@ -151,6 +151,24 @@ def test_gan_checkpoints_are_state_dicts_that_resume(tmp_path):
     assert (tmp_path / "checkpoint_epoch=2.pt").is_file()
 
 
+def test_a_checkpoint_of_another_network_is_refused_in_one_sentence(tmp_path):
+    """A run folder left by an earlier network (an overlay changed since) is not resumed into this one."""
+    data = [{"image": b["label"][:, :1], "label": b["label"][:, :1]} for b in _batches()]
+
+    def trainer(kernel: int) -> SupervisedTrainer:
+        net = torch.nn.Conv2d(1, 1, kernel, padding=kernel // 2)
+        return SupervisedTrainer("cpu", 1, data, net, torch.optim.SGD(net.parameters(), 0.1), F.l1_loss)
+
+    first = trainer(3)
+    attach_resume(first, tmp_path, best_saver=None)
+    first.run()
+    with pytest.raises(
+        InputError, match=r"checkpoint_epoch=1\.pt: .*another network .*differ in name or shape: 1\).*--resume false"
+    ):
+        attach_resume(trainer(5), tmp_path, best_saver=None)
+    attach_resume(trainer(5), tmp_path, best_saver=None, resume=False)  # starting afresh is allowed
+
+
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     net = torch.nn.Conv2d(1, 1, 3, padding=1)
     calls = []

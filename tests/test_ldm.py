@@ -12,13 +12,14 @@ import torch
 from conftest import DATA, needs_data
 from PIL import Image
 from test_bundle import TRAIN, _configs, _ok, run_config
+from torch.nn.functional import pixel_shuffle
 
 from monai_sr_bundle.diffusion.training import DiffusionPrepareBatch
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.ldm import LDM, LatentAutoencoder
 from monai_sr_bundle.training import sha256
 
-AUTOENCODER = {"channels": (8, 16, 16), "latent_channels": 3, "norm_num_groups": 8}
+AUTOENCODER = {"block": 2, "channels": (8, 16), "latent_channels": 3, "norm_num_groups": 8}
 TINY = {"autoencoder": AUTOENCODER, "channels": (16, 32), "norm_num_groups": 8, "sampler": "ddim", "steps": 2}
 
 
@@ -62,12 +63,12 @@ def test_the_diffused_sample_is_the_hr_latent_and_decodes_back_through_the_autoe
 
 
 def test_the_autoencoder_brings_its_latent_to_unit_spread_while_it_trains():
-    """The running spread follows the posterior mean's standard deviation, is saved with the weights and
-    divides the latent, so the diffusion schedule sees about unit spread."""
+    """The running spread follows each latent channel's standard deviation, is saved with the weights and
+    divides the latent, so the diffusion schedule sees about unit spread in every channel."""
     torch.manual_seed(0)
     ae = LatentAutoencoder(**AUTOENCODER)
     with torch.no_grad():
-        ae.autoencoder.quant_conv_mu.conv.weight.mul_(20)  # an encoder whose latent spreads far from 1
+        ae.linear_encoder.weight.mul_(torch.tensor([20.0, 0.1, 3.0])[:, None, None, None])  # spreads far from 1
     images = torch.rand(4, 1, 16, 16)
     ae.train()
     for _ in range(600):
@@ -76,10 +77,28 @@ def test_the_autoencoder_brings_its_latent_to_unit_spread_while_it_trains():
     assert torch.isfinite(ae.kl) and ae.kl > 0
     ae.eval()
     with torch.no_grad():
-        raw, _ = ae.autoencoder.encode(images * 2 - 1)
-        assert raw.std() > 3
-        assert abs(ae.encode(images).std().item() - 1) < 0.05
+        raw, _ = ae.posterior(images)
+        assert raw[:, 0].std() > 3 and raw[:, 1].std() < 0.1
+        assert (ae.encode(images).std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
     assert "spread" in ae.state_dict()
+
+
+def test_a_fresh_autoencoder_is_its_linear_block_code():
+    """Training starts from the linear code of the blocks' lowest DCT frequencies (``AutoencoderKL``'s part
+    starts at zero): a fresh autoencoder reconstructs an image made of those frequencies exactly and keeps
+    most of any other."""
+    from monai_sr_bundle.networks.ldm import dct_basis
+
+    torch.manual_seed(0)
+    ae = LatentAutoencoder(**{**AUTOENCODER, "latent_channels": 8}).eval()
+    basis = dct_basis(4, 8)
+    assert torch.allclose(basis @ basis.T, torch.eye(8), atol=1e-6)  # orthonormal
+    coefficients = torch.randn(1, 8, 6, 5) * 0.2 + torch.tensor([2.0] + [0.0] * 7)[:, None, None]
+    image = (pixel_shuffle(torch.einsum("bkhw,kp->bphw", coefficients, basis), 4) + 1) / 2
+    with torch.no_grad():
+        torch.testing.assert_close(ae(image), image, atol=1e-5, rtol=0)
+        noise = torch.rand(1, 1, 24, 20)
+        assert (ae(noise) - noise).square().mean() < 0.75 * (noise - noise.mean()).square().mean()
 
 
 def test_the_kl_term_trains_the_encoder():
@@ -96,6 +115,11 @@ def test_the_kl_term_trains_the_encoder():
         ({"autoencoder": "big"}, "autoencoder's arguments as an object"),
         ({"autoencoder": {**AUTOENCODER, "latent_channels": 0}}, "latent_channels, a whole number >= 1"),
         ({"autoencoder": {**AUTOENCODER, "latent_channels": 2.5}}, "latent_channels, a whole number >= 1"),
+        ({"autoencoder": {**AUTOENCODER, "block": 0}}, "block, a whole number >= 1"),
+        (
+            {"autoencoder": {**AUTOENCODER, "latent_channels": 17}},
+            r"latent_channels \(17\) can be at most the 16 pixels",
+        ),
     ],
 )
 def test_bad_autoencoder_settings_are_refused_in_one_sentence(args, message):
@@ -146,7 +170,7 @@ def test_the_autoencoder_then_the_denoiser_train_through_the_bundle(tmp_path, mo
     _ok(run_config(_configs("inference.json", "train.json", "train_autoencoder.json"), name, *common))
     autoencoder_file = root / "models" / f"{name}_cxr_autoencoder.pt"
     autoencoder = torch.load(autoencoder_file, weights_only=True)
-    assert autoencoder["spread"] != 1  # moved from its start towards the latents' spread
+    assert autoencoder["spread"].shape == (3, 1, 1) and (autoencoder["spread"] != 1).all()  # moved from its start
     record = json.loads((root / "models" / "weights.json").read_text())[autoencoder_file.name]
     assert (
         record["losses"] == {"pixel": 1.0, "lpips": 0.1, "kl": 1e-06} and "train_autoencoder.json" in record["command"]
@@ -199,7 +223,7 @@ def test_a_latent_method_without_its_stages_or_autoencoder_is_refused_and_nothin
     torch.save(other.state_dict(), root / "models" / f"{name}_cxr_autoencoder.pt")
     proc = run_config(_configs("inference.json", "train.json", "train_diffusion.json"), name, *common)
     assert proc.returncode != 0 and "weights do not fit this network" in proc.stdout
-    assert "must agree on its channels and latent_channels" in proc.stdout
+    assert "must agree on its channels, block and latent_channels" in proc.stdout
     assert sorted(p.name for p in (root / "models").iterdir()) == [f"{name}_cxr_autoencoder.pt"]
 
 
@@ -239,7 +263,7 @@ def test_a_fresh_posterior_starts_narrow():
 
     torch.manual_seed(0)
     with torch.no_grad():
-        _, sigma = LatentAutoencoder(**AUTOENCODER).autoencoder.encode(torch.rand(2, 1, 16, 16) * 2 - 1)
+        _, sigma = LatentAutoencoder(**AUTOENCODER).posterior(torch.rand(2, 1, 16, 16))
     assert INITIAL_SIGMA / 3 < sigma.median() < INITIAL_SIGMA * 3
 
 
