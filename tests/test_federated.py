@@ -139,6 +139,7 @@ def test_job_config_checks(tmp_path):
     config = load_job_config(job_file(tmp_path, "ok", sites, privacy=True), num_rounds=3)
     assert config["num_rounds"] == 3 and config["privacy"] == {"percentile": 10, "gamma": 0.01}
     assert config["sites"] == {"a": str(tmp_path / "a.json"), "b": None}
+    assert load_job_config(job_file(tmp_path, "ct", sites, intensity=[-1000, 400]))["intensity"] == [-1000, 400]
     assert load_job_config(job_file(tmp_path, "w", sites, initial_weights="w.pt"))["initial_weights"] == str(
         tmp_path / "w.pt"
     )
@@ -150,6 +151,13 @@ def test_job_config_checks(tmp_path):
         ({"privacy": {"epsilon": 1}}, "privacy takes numbers for percentile and gamma only"),
         ({"min_clients": 3}, "min_clients is 3 but only 2"),
         ({"sites": {}}, "'sites' must map"),
+        ({"intensity": "foo"}, 'intensity must be "minmax" or a \\[lo, hi\\] window'),
+        ({"intensity": [400, -1000]}, "intensity must be"),
+        ({"intensity": [0, "1"]}, "intensity must be"),
+        ({"wait_after_min_s": "soon"}, "wait_after_min_s must be a number of at least 0, got 'soon'"),
+        ({"wait_after_min_s": -5}, "wait_after_min_s must be a number of at least 0"),
+        ({"box_weight": -1}, "box_weight must be a number of at least 0"),
+        ({"box_weight": True}, "box_weight must be a number"),
     ]:
         with pytest.raises(InputError, match=match):
             load_job_config(job_file(tmp_path, "bad", sites, **bad))

@@ -83,6 +83,15 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
     ):
         if not isinstance(config[key], int) or config[key] < 1:
             raise InputError(f"{path}: {key} must be a positive integer, got {config[key]!r}.")
+    if not _is_window(config["intensity"]) and config["intensity"] != "minmax":
+        raise InputError(
+            f'{path}: intensity must be "minmax" or a [lo, hi] window in modality units (lo < hi), '
+            f"got {config['intensity']!r}."
+        )
+    for key, least in (("wait_after_min_s", 0), ("box_weight", 0)):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < float("inf"):
+            raise InputError(f"{path}: {key} must be a number of at least {least}, got {value!r}.")
     if config["min_clients"] > len(sites):
         raise InputError(f"{path}: min_clients is {config['min_clients']} but only {len(sites)} site(s) are listed.")
     privacy = config["privacy"]
@@ -98,6 +107,13 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
         raise InputError(f'{path}: privacy must be null, true or {{"percentile": p, "gamma": g}}, got {privacy!r}.')
     config["privacy"] = privacy or None
     return config
+
+
+def _is_window(value) -> bool:
+    """A [lo, hi] intensity window of two finite numbers, lo < hi."""
+    numbers = isinstance(value, list) and len(value) == 2
+    numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return numbers and -float("inf") < value[0] < value[1] < float("inf")
 
 
 def client_args(config: dict, site_config: str | None, threads: int = 0) -> str:
