@@ -33,15 +33,14 @@ SPREAD_MOMENTUM = 0.01
 
 
 def dct_basis(block: int, count: int) -> torch.Tensor:
-    """The ``count`` lowest-frequency orthonormal 2D DCT-II basis images of a ``block`` x ``block`` block, as
-    rows of ``block``^2 values (zero rows past ``block``^2): a fixed stand-in for the principal components of
-    image blocks (the 8 lowest of a 4x4 block keep 43.0 dB of the NIH test images: ``benchmarks/ldm.py``)."""
+    """The ``count`` (at most ``block``^2) lowest-frequency orthonormal 2D DCT-II basis images of a ``block`` x
+    ``block`` block, as rows of ``block``^2 values: a fixed stand-in for the principal components of
+    image blocks (the 8 lowest of a 4x4 block keep 43.2 dB on the NIH test images: ``benchmarks/ldm.py``)."""
     k, i = torch.arange(block, dtype=torch.float64)[:, None], torch.arange(block, dtype=torch.float64)[None]
     cosines = torch.cos(math.pi * (2 * i + 1) * k / (2 * block)) * math.sqrt(2 / block)
     cosines[0] /= math.sqrt(2)
     order = sorted(((a, b) for a in range(block) for b in range(block)), key=lambda f: (f[0] + f[1], max(f)))
-    rows = [torch.outer(cosines[a], cosines[b]).flatten() for a, b in order[:count]]
-    return torch.cat([torch.stack(rows), torch.zeros(max(count - block**2, 0), block**2, dtype=torch.float64)]).float()
+    return torch.stack([torch.outer(cosines[a], cosines[b]).flatten() for a, b in order[:count]]).float()
 
 
 class LatentAutoencoder(nn.Module):
