@@ -393,6 +393,13 @@ OPTIONS = {
 }
 
 
+def run_parts(selected: str, parts: dict, work: Path) -> None:
+    """Run ``selected`` (a part's name, ``all``, or ``doc`` for none) and keep each part's figures in
+    ``work/<part>.json``, from which the benchmark's doc is written."""
+    for name in parts if selected == "all" else [] if selected == "doc" else [selected]:
+        (work / f"{name}.json").write_text(json.dumps(parts[name](), indent=2))
+
+
 def render_sections(parts: dict, sections: dict, options: dict, script: str) -> tuple[list[str], list[str]]:
     """The doc's sections (title, the command that measured the part, its text; "Not measured yet." for a
     part without figures) and the bars they judge."""
@@ -451,8 +458,7 @@ def main() -> int:
         "mean": lambda: part_mean(args.mean_limit, args.sampler),
         "ablation": lambda: part_ablation(args.epochs),
     }
-    for name in parts if args.part == "all" else [] if args.part == "doc" else [args.part]:
-        (WORK / f"{name}.json").write_text(json.dumps(parts[name](), indent=2))
+    run_parts(args.part, parts, WORK)
     write_doc()
     return 0
 

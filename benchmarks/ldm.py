@@ -17,7 +17,19 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from diffusion import CROP, CROPS, cells, crops, metric_fns, render_sections, sampler_table, score_crops, table, verdict
+from diffusion import (
+    CROP,
+    CROPS,
+    cells,
+    crops,
+    metric_fns,
+    render_sections,
+    run_parts,
+    sampler_table,
+    score_crops,
+    table,
+    verdict,
+)
 from speed import median_seconds
 from torch.nn.functional import pixel_shuffle, pixel_unshuffle
 
@@ -276,8 +288,7 @@ def main() -> int:
         "samplers": part_samplers,
         "speed": part_speed,
     }
-    for name in parts if args.part == "all" else [] if args.part == "doc" else [args.part]:
-        (WORK / f"{name}.json").write_text(json.dumps(parts[name](), indent=2))
+    run_parts(args.part, parts, WORK)
     write_doc()
     return 0
 

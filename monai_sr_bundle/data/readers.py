@@ -63,6 +63,16 @@ def _has_dicom_magic(p: Path) -> bool:
         return False
 
 
+def is_intensity(value) -> bool:
+    """Whether ``value`` is an intensity map :func:`read_image` takes and a config may name: ``"minmax"`` or a
+    [lo, hi] window of two finite numbers with lo < hi."""
+    if value == "minmax":
+        return True
+    pair = isinstance(value, (list, tuple)) and len(value) == 2
+    pair = pair and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return pair and -float("inf") < value[0] < value[1] < float("inf")
+
+
 def _normalize(arr: np.ndarray, intensity: str | Sequence[float], name: str) -> tuple[np.ndarray, tuple[float, float]]:
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():

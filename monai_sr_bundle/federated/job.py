@@ -30,6 +30,7 @@ from nvflare.recipe.sim_env import SimEnv
 from nvflare.recipe.utils import set_per_site_config
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.data.readers import is_intensity
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.controller import REPORT_NAME, SRFedAvg
 from monai_sr_bundle.jsonfile import read_json_object
@@ -83,7 +84,7 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
     ):
         if not isinstance(config[key], int) or config[key] < 1:
             raise InputError(f"{path}: {key} must be a positive integer, got {config[key]!r}.")
-    if not _is_window(config["intensity"]) and config["intensity"] != "minmax":
+    if not is_intensity(config["intensity"]):
         raise InputError(
             f'{path}: intensity must be "minmax" or a [lo, hi] window in modality units (lo < hi), '
             f"got {config['intensity']!r}."
@@ -107,13 +108,6 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
         raise InputError(f'{path}: privacy must be null, true or {{"percentile": p, "gamma": g}}, got {privacy!r}.')
     config["privacy"] = privacy or None
     return config
-
-
-def _is_window(value) -> bool:
-    """A [lo, hi] intensity window of two finite numbers, lo < hi."""
-    numbers = isinstance(value, list) and len(value) == 2
-    numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    return numbers and -float("inf") < value[0] < value[1] < float("inf")
 
 
 def client_args(config: dict, site_config: str | None, threads: int = 0) -> str:
