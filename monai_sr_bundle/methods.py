@@ -36,6 +36,8 @@ OVERLAY_KEYS = ("network_def", "discriminator_def", "training", "default")
 SAMPLING_OPTIONS = ("sampler", "steps", "seed", "samples")
 #: most draws per image for the uncertainty maps (each is a whole sampling run)
 MAX_SAMPLES = 64
+#: the weights families: chest radiographs and chest CT (``models/<method>_<modality>_x<scale>.pt``)
+MODALITIES = ("cxr", "ct")
 
 
 def overlay_dirs() -> list[Path]:
@@ -86,11 +88,13 @@ def baseline_name() -> str:
 
 
 def get(name: str, scale: int = 4, modality: str = "cxr", bundle_root: str | os.PathLike | None = None) -> Method:
-    """The method ``name`` at ``scale`` for ``modality``; an unknown name is refused with the list. Resolved
-    once per overlay version: a server asks for every request, and the capabilities build a network."""
+    """The method ``name`` at ``scale`` for ``modality``; an unknown name or modality is refused with the list.
+    Resolved once per overlay version: a server asks for every request, and the capabilities build a network."""
     found = overlays()
     if name not in found:
         raise InputError(f"unknown method {name!r}; available: {', '.join(found)} ('monai-sr methods' describes them).")
+    if modality not in MODALITIES:
+        raise InputError(f"unknown modality {modality!r}; the weights families are {', '.join(MODALITIES)}.")
     return _resolved(name, str(found[name]), found[name].stat().st_mtime_ns, scale, modality, str(bundle_root or ""))
 
 

@@ -1,11 +1,16 @@
-"""Federated training: site configs, the job builder, the client's local trainer, and NVFlare's real simulator
-(2 sites x 2 rounds; a failing site; an empty site), ending in a checkpoint the bundle's inference runs."""
+"""Federated training: site configs, the job builder, the client's local trainer and worker, the deployment
+kits, NVFlare's real simulator (2 sites x 2 rounds; failing, killed and empty sites) and its real POC mode
+(server and sites as processes, jobs through the admin API), ending in a checkpoint the bundle's inference runs."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +23,9 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.client import SiteTrainer, parse_args
-from monai_sr_bundle.federated.controller import REPORT_NAME
+from monai_sr_bundle.federated.controller import FAILED_AT_SITE, REPORT_NAME
+from monai_sr_bundle.federated.deploy import main as deploy_main
+from monai_sr_bundle.federated.deploy import python_first
 from monai_sr_bundle.federated.job import SERVER_APP, client_args, export_job, load_job_config, run_simulation
 from monai_sr_bundle.federated.sites import SITE_CONFIG_ENV, balanced_patient_split, load_site, write_example_sites
 from monai_sr_bundle.methods import BUNDLE_ROOT
@@ -140,6 +147,7 @@ def test_job_config_checks(tmp_path):
     assert config["num_rounds"] == 3 and config["privacy"] == {"percentile": 10, "gamma": 0.01}
     assert config["sites"] == {"a": str(tmp_path / "a.json"), "b": None}
     assert load_job_config(job_file(tmp_path, "ct", sites, intensity=[-1000, 400]))["intensity"] == [-1000, 400]
+    torch.save(methods.get("srcnn").network().state_dict(), tmp_path / "w.pt")
     assert load_job_config(job_file(tmp_path, "w", sites, initial_weights="w.pt"))["initial_weights"] == str(
         tmp_path / "w.pt"
     )
@@ -158,6 +166,12 @@ def test_job_config_checks(tmp_path):
         ({"wait_after_min_s": -5}, "wait_after_min_s must be a number of at least 0"),
         ({"box_weight": -1}, "box_weight must be a number of at least 0"),
         ({"box_weight": True}, "box_weight must be a number"),
+        ({"modality": "mri"}, "unknown modality 'mri'; the weights families are cxr, ct"),
+        ({"seed": -1}, "seed must be an integer of at least 0"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"initial_weights": 3}, "initial_weights must be null, 'shipped' or a file"),
+        ({"initial_weights": "missing.pt"}, "missing.pt: weights file not found"),
+        ({"initial_weights": str(methods.get("vdsr").weights_path)}, "weights do not fit this network"),
     ]:
         with pytest.raises(InputError, match=match):
             load_job_config(job_file(tmp_path, "bad", sites, **bad))
@@ -201,6 +215,24 @@ def test_export_for_poc_and_production(tmp_path):
     assert "--site_config" not in a and f"--site_config {tmp_path / 'b.json'}" in b
     assert '"task_script_path": "client.py"' in a  # found by name in the job's custom folder, at any site
     assert [p.name for p in (tmp_path / "job" / "exp" / "app_hospital-a" / "custom").rglob("*.py")] == ["client.py"]
+
+
+def test_the_initial_model_travels_in_the_job_and_follows_the_seed(tmp_path):
+    """Round 0 starts from a model inside the job (no path of the exporting machine): the same seed gives the
+    same model at every export, another seed another one, and initial weights are carried as they are."""
+
+    def initial(name, **extra):
+        config = load_job_config(job_file(tmp_path, name, {"a": None}, **extra))
+        job = export_job(config, tmp_path / "job")
+        assert str(tmp_path) not in "".join(p.read_text() for p in job.rglob("*.json"))
+        return torch.load(job / "app_server" / "custom" / "initial_model.pt", weights_only=True)
+
+    first, again, other = initial("s1"), initial("s2"), initial("s3", seed=7)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+    shipped = torch.load(methods.get("srcnn").weights_path, weights_only=True)
+    carried = initial("s4", initial_weights="shipped")
+    assert all(torch.equal(carried[k], shipped[k]) for k in shipped)
 
 
 def test_client_arguments_survive_nvflares_whitespace_split(tmp_path):
@@ -463,6 +495,57 @@ def test_an_empty_site_stops_the_job_naming_the_site(tmp_path):
     assert not (tmp_path / "ws" / "empty" / SERVER_APP / "models").exists()
 
 
+def test_every_site_failing_publishes_no_model(tmp_path):
+    """min_clients 1 and both sites failing (a corrupt image at each): the round has no site that trained, so
+    the job stops and nothing is published from it; the report lists both sites as failed."""
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
+    corrupt = [{"label": str(tmp_path / "corrupt.png")}]
+    sites = {s: str(make_site(tmp_path / s, s, corrupt, nih_items("val", 0, 1))) for s in ("site-a", "site-b")}
+    config = load_job_config(job_file(tmp_path, "allfail", sites, min_clients=1, num_rounds=1))
+    with pytest.raises(InputError, match="job allfail stopped: site\\(s\\) site-a, site-b failed"):
+        run_simulation(config, tmp_path / "ws")
+    app = tmp_path / "ws" / "allfail" / SERVER_APP
+    assert _report(app)["rounds"][0]["failed"] == {s: FAILED_AT_SITE for s in sites}
+    assert not (app / "models").exists()
+
+
+def test_a_killed_worker_fails_its_sites_round_not_the_job(tmp_path):
+    """A site's worker process killed with SIGKILL in round 0 fails that site's round; the job goes on with
+    the other site (min_clients 1), the site trains again in round 1 with a new worker, and the model is
+    published."""
+    sites = {
+        "site-a": str(make_site(tmp_path / "a", "site-a", nih_items("train", 0, 4), nih_items("val", 0, 1))),
+        "site-b": str(make_site(tmp_path / "b", "site-b", nih_items("train", 200, 4), nih_items("val", 30, 1))),
+    }
+    config = load_job_config(job_file(tmp_path, "kill", sites, min_clients=1))
+    killed = []
+
+    def kill_first_worker_of_site_b():
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            for pid_file in (tmp_path / "ws").rglob("site-b/worker.pid"):
+                pid = int(pid_file.read_text() or 0)
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    break
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_first_worker_of_site_b, daemon=True)
+    killer.start()
+    app = run_simulation(config, tmp_path / "ws")
+    killer.join()
+    assert killed
+    first, second = _report(app)["rounds"]
+    assert first["failed"] == {"site-b": FAILED_AT_SITE} and set(first["sites"]) == {"site-a"}
+    assert set(second["sites"]) == {"site-a", "site-b"} and not second["failed"]
+    assert json.loads((app / "models" / "weights.json").read_text())["srcnn_cxr_x4.pt"]["sites_trained"] == [
+        "site-a",
+        "site-b",
+    ]
+    assert "its worker process ended (exit code -9)" in (tmp_path / "ws" / "kill" / "site-b" / "log.txt").read_text()
+
+
 def test_production_project_provisions_the_example_sites(tmp_path):
     """``configs/federated/project.yml`` provisions a startup kit for the server, the admin and every site of
     the chest X-ray job, under the same names."""
@@ -483,3 +566,145 @@ def test_production_project_provisions_the_example_sites(tmp_path):
     sites = json.loads((FED_CONFIGS / "cxr_nih.json").read_text())["sites"]
     for name in ["server1", "admin@coordinator.org", *sites]:
         assert (kits / name / "startup").is_dir(), name
+
+
+def test_deploy_kit_sets_up_provisioned_kits_for_the_job(tmp_path):
+    """``deploy kit`` on provisioned kits: the job's classes allowed (our controller at the server, only stock
+    classes beside NVFlare's at the sites), the server on the given address, this Python first on PATH; run
+    twice, it changes nothing more. A folder that is no kit is refused in one sentence."""
+    subprocess.run(
+        [str(Path(sys.executable).with_name("nvflare")), "provision", "-p", str(FED_CONFIGS / "project.yml"),
+         "-w", str(tmp_path)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    kits = tmp_path / "monai_sr_federation" / "prod_00"
+    job = str(FED_CONFIGS / "cxr_nih.json")
+    for kit in ("server1", "cxr-site-1", "admin@coordinator.org"):
+        for _ in range(2):
+            assert deploy_main(["kit", job, str(kits / kit), "--host", "10.1.2.3", "--port", "9102"]) == 0
+    server = json.loads((kits / "server1" / "local" / "resources.json").read_text())
+    assert "monai_sr_bundle.federated.controller.SRFedAvg" in server["class_allow_list"]
+    assert "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor" in server["class_allow_list"]
+    site = json.loads((kits / "cxr-site-1" / "local" / "resources.json").read_text())
+    assert site["allow_log_streaming"] is False and "SRFedAvg" not in json.dumps(site)
+    fed_server = json.loads((kits / "server1" / "startup" / "fed_server.json").read_text())["servers"][0]
+    assert fed_server["service"]["target"] == "10.1.2.3:9102" and fed_server["admin_port"] == 9102
+    fed_client = json.loads((kits / "cxr-site-1" / "startup" / "fed_client.json").read_text())["servers"][0]
+    assert fed_client["service"]["target"] == "10.1.2.3:9102"
+    admin = json.loads((kits / "admin@coordinator.org" / "startup" / "fed_admin.json").read_text())["admin"]
+    assert (admin["host"], admin["port"]) == ("10.1.2.3", 9102)
+    script = (kits / "cxr-site-1" / "startup" / "sub_start.sh").read_text()
+    assert script.count(f'export PATH="{Path(sys.executable).parent}:$PATH"') == 1
+    assert deploy_main(["kit", job, str(tmp_path)]) == 2
+
+
+def test_python_first_is_idempotent():
+    folder = str(Path(sys.executable).parent)
+    once = python_first({"PATH": f"/usr/bin{os.pathsep}{folder}"})
+    assert once["PATH"] == f"{folder}{os.pathsep}/usr/bin" and python_first(once)["PATH"] == once["PATH"]
+
+
+# ---- NVFlare's POC mode: server and sites as processes, the job submitted through the admin API ----------
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.rsplit(":", 1)
+            if state == "0A" and int(port_hex, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_poc_deployment_survives_faults_and_leaks_nothing(tmp_path):
+    """The kits as deploy.prepare_poc writes them, no hand edits: the server on loopback only, our classes
+    allowed, each site started with its own MONAI_SR_SITE_CONFIG. Three jobs through the admin API:
+    (1) site-b's worker killed in round 0 (min_clients 1): the job completes, the report lists site-b as
+    failed in round 0, the published model runs with the bundle's inference config; (2) every site failing
+    (corrupt images): no model; (3) a site that never connects: listed as failed, the round goes on after the
+    job's short wait. Then nothing on the server side (kits, job store) names a site's file."""
+    from monai_sr_bundle.federated.poc import LocalPoc
+
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
+    own = {
+        "site-a": make_site(tmp_path / "a", "site-a", nih_items("train", 0, 4), nih_items("val", 0, 1)),
+        "site-b": make_site(tmp_path / "b", "site-b", nih_items("train", 200, 4), nih_items("val", 30, 1)),
+    }
+    broken = {  # sites whose every image is corrupt
+        s: make_site(tmp_path / s, s, [{"label": str(tmp_path / "corrupt.png")}], nih_items("val", 0, 1))
+        for s in ("site-d", "site-e")
+    }
+    started = {s: str(p) for s, p in {**own, **broken}.items()}
+    poc_config = load_job_config(job_file(tmp_path, "poc", {**started, "site-c": None}, min_clients=1))
+
+    def job(name, sites, **extra):
+        config = load_job_config(job_file(tmp_path, name, sites, min_clients=1, wait_after_min_s=60, **extra))
+        return export_job(config, tmp_path / "jobs")
+
+    with LocalPoc(poc_config, tmp_path / "ws") as poc:
+        for name in ("server", *started):
+            poc.start(name)
+        poc.connect(list(started))
+        assert _listening_addresses(poc.port) == {"0100007F"}  # 127.0.0.1, not every interface
+
+        killed = []
+
+        def kill_first_worker_of_site_b():
+            deadline = time.monotonic() + 300
+            while not killed and time.monotonic() < deadline:
+                for pid_file in (poc.kits / "site-b").glob("monai_sr_runs/*/site-b/worker.pid"):
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                    killed.append(pid_file)
+                    break
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=kill_first_worker_of_site_b, daemon=True)
+        killer.start()
+        status, out = poc.run_job(job("crash", {"site-a": None, "site-b": None}), timeout=400)
+        killer.join()
+        assert killed and status == "FINISHED:COMPLETED", status
+        app = out / "workspace" / "app_server"
+        first, second = _report(app)["rounds"]
+        assert first["failed"] == {"site-b": FAILED_AT_SITE} and set(first["sites"]) == {"site-a"}
+        assert set(second["sites"]) == {"site-a", "site-b"}
+        assert second["global_model"] == "models/srcnn_cxr_x4.pt"
+        Image.fromarray((np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+        subprocess.run(
+            [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--method",
+             "srcnn", "--ckpt_path", str(app / second["global_model"]), "--input", str(tmp_path / "in.png"),
+             "--output_dir", str(tmp_path / "sr")],
+            cwd=BUNDLE_ROOT, check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
+        assert Image.open(tmp_path / "sr" / "in_sr.png").size == (192, 192)
+
+        status, out = poc.run_job(job("absent", {"site-a": None, "site-c": None}, num_rounds=1), timeout=400)
+        assert status == "FINISHED:COMPLETED", status
+        (round_,) = _report(out / "workspace" / "app_server")["rounds"]
+        assert round_["failed"] == {"site-c": "not connected"} and set(round_["sites"]) == {"site-a"}
+
+        status, out = poc.run_job(job("allfail", {s: None for s in broken}, num_rounds=1), timeout=400)
+        assert status != "FINISHED:COMPLETED"
+        report = _report(out / "workspace" / "app_server")
+        assert report["rounds"][0]["failed"] == {s: FAILED_AT_SITE for s in broken}
+        assert not (out / "workspace" / "app_server" / "models").exists()
+
+    site_files = [str(p.parent) for p in [*own.values(), *broken.values()]] + ["corrupt.png"]
+    site_files += [Path(d["label"]).name for d in nih_items("train", 0, 4) + nih_items("train", 200, 4)]
+    server_side = [poc.kits / "server", tmp_path / "ws" / "jobs-storage"]
+    assert _files_naming([tmp_path / "site-d"], site_files)  # the scan finds them where they are
+    assert not _files_naming(server_side, site_files)
+
+
+def _files_naming(roots: list[Path], names: list[str]) -> list[tuple[str, str]]:
+    """(file, name) for every file under ``roots`` whose bytes contain one of ``names``."""
+    return [
+        (str(path), name)
+        for root in roots
+        for path in root.rglob("*")
+        if path.is_file()
+        for name in names
+        if name.encode() in path.read_bytes()
+    ]

@@ -2,6 +2,11 @@
 site's validation images (PSNR, SSIM), trains them for the local epochs through the bundle's own train
 config on the site's training images, and sends back the weights with the number of steps taken.
 
+The training runs in a worker process of its own (its PID in ``monai_sr_runs/<job id>/<site>/worker.pid``): a
+worker that fails, is killed or runs out of memory fails the site's round, not the job. NVFlare ends a
+whole job when a site's job process dies, so that process only relays. A failed round answers with an
+empty result; why it failed is logged at the site and never sent.
+
 Only weights and those metrics leave the site; its images and datalist stay where its site config
 (:mod:`monai_sr_bundle.federated.sites`) says. NVFlare runs this script; the job (``job.py``) passes::
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -144,42 +150,132 @@ def parse_args(argv=None) -> argparse.Namespace:
     return cli.parse_args(argv)
 
 
+class WorkerFailed(RuntimeError):
+    """The site's worker process ended without answering (killed, out of memory, crashed)."""
+
+
+def _work(conn, site_name: str, args: argparse.Namespace, total_epochs: int, work_dir: str) -> None:
+    """The worker process: builds the site's trainer once, then answers one ``(params, epochs)`` request per
+    round with ``("ok", (state, metrics, steps))`` or ``("error", sentence)``; ends when the relay does."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        site = load_site(site_name, args.site_config)
+        logger.info(f"site {site_name}: {len(site.training)} training and {len(site.validation)} validation images")
+        trainer = SiteTrainer(
+            site,
+            args.method,
+            args.scale,
+            args.modality,
+            args.intensity,
+            total_epochs,
+            work_dir,
+            args.box_weight,
+            args.batch_size,
+        )
+    except InputError as e:
+        trainer, failure = None, str(e)
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:  # the relay is gone
+            return
+        if trainer is None:
+            conn.send(("error", failure))
+            continue
+        params, epochs = request
+        try:
+            trainer.load_global(params)
+            metrics = trainer.evaluate()
+            steps = trainer.train(epochs)
+        except InputError as e:
+            conn.send(("error", str(e)))
+            continue
+        state = {k: v.detach().cpu().numpy() for k, v in trainer.network.state_dict().items()}
+        conn.send(("ok", (state, metrics, steps)))
+
+
+class SiteWorker:
+    """The relay's handle on the worker process; a new worker is started after one has died."""
+
+    def __init__(self, site_name: str, args: argparse.Namespace, total_epochs: int, work_dir: Path) -> None:
+        self.site_name, self.args, self.total_epochs, self.work_dir = site_name, args, total_epochs, work_dir
+        self.process = None
+
+    def run_round(self, params: dict, epochs: int):
+        """``(state, metrics, steps)`` of one round, or :class:`InputError` / :class:`WorkerFailed`."""
+        if self.process is None or not self.process.is_alive():
+            self._start()
+        try:
+            self.conn.send(({k: v.numpy() if torch.is_tensor(v) else v for k, v in dict(params or {}).items()}, epochs))
+            while not self.conn.poll(1.0) and self.process.is_alive():
+                pass
+            status, answer = self.conn.recv()
+        except (EOFError, OSError):  # the worker is gone: killed, out of memory or crashed
+            self.process.join(5)
+            code = self.process.exitcode
+            self.process = None
+            raise WorkerFailed(f"site {self.site_name}: its worker process ended (exit code {code}).") from None
+        if status == "error":
+            raise InputError(answer)
+        return answer
+
+    def _start(self) -> None:
+        # spawn, not fork: the relay runs NVFlare's threads, which a forked child would inherit half-way; and
+        # the worker's code comes from the installed package, since NVFlare runs this file as a script
+        from monai_sr_bundle.federated.client import _work as work
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=work,
+            args=(child, self.site_name, self.args, self.total_epochs, str(self.work_dir)),
+            name=f"monai-sr-{self.site_name}",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+        pid_file = self.work_dir / self.site_name / "worker.pid"
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{self.process.pid}\n")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.conn.close()
+            self.process.join(10)
+            if self.process.is_alive():
+                self.process.kill()
+
+
 def main(argv=None) -> None:
     import nvflare.client as flare
 
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     flare.init()
     site_name = flare.get_site_name()
-    site = load_site(site_name, args.site_config)
-    logger.info(f"site {site_name}: {len(site.training)} training and {len(site.validation)} validation images")
-    trainer = None
-    while flare.is_running():
-        model = flare.receive()
-        if trainer is None:
-            total = int(model.total_rounds or 1) * args.local_epochs
-            work_dir = Path.cwd() / "monai_sr_runs"
-            trainer = SiteTrainer(
-                site,
-                args.method,
-                args.scale,
-                args.modality,
-                args.intensity,
-                total,
-                work_dir,
-                args.box_weight,
-                args.batch_size,
+    worker = None
+    try:
+        while flare.is_running():
+            model = flare.receive()
+            if worker is None:
+                total = int(model.total_rounds or 1) * args.local_epochs
+                worker = SiteWorker(site_name, args, total, Path.cwd() / "monai_sr_runs" / flare.get_job_id())
+            try:
+                state, metrics, steps = worker.run_round(model.params, args.local_epochs)
+            except (InputError, WorkerFailed) as e:
+                logger.error(f"site {site_name} round {model.current_round} failed: {e}")
+                flare.send(flare.FLModel(params={}, meta={"NUM_STEPS_CURRENT_ROUND": 0}))
+                continue
+            logger.info(
+                f"site {site_name} round {model.current_round}: global model PSNR {metrics['psnr']:.3f} dB, "
+                f"SSIM {metrics['ssim']:.4f}"
             )
-        trainer.load_global(model.params)
-        metrics = trainer.evaluate()
-        logger.info(
-            f"site {site_name} round {model.current_round}: global model PSNR {metrics['psnr']:.3f} dB, "
-            f"SSIM {metrics['ssim']:.4f}"
-        )
-        steps = trainer.train(args.local_epochs)
-        params = {k: v.detach().cpu() for k, v in trainer.network.state_dict().items()}
-        flare.send(flare.FLModel(params=params, metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": steps}))
+            params = {k: torch.from_numpy(v) for k, v in state.items()}
+            flare.send(flare.FLModel(params=params, metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": steps}))
+    finally:
+        if worker is not None:
+            worker.stop()
 
 
 if __name__ == "__main__":

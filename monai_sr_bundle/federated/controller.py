@@ -1,10 +1,14 @@
 """Server side of the federation: NVFlare's FedAvg, made to train every connected site each round and to
 leave behind what a hospital's IT and its researchers look for after a job.
 
-- Every connected site trains each round (NVFlare's FedAvg samples only ``min_clients`` of them); a round
-  goes on without a site that fails, as long as ``min_responses`` sites succeed.
+- Every connected site of the job trains each round (NVFlare's FedAvg samples only ``min_clients`` of
+  them); a round goes on without a site that fails, is not connected or does not answer, as long as
+  ``min_responses`` sites succeed; otherwise the job stops and nothing is published from that round.
+- Round 0 starts from the job's own ``custom/initial_model.pt`` (the initial weights, or a network drawn
+  from the job's seed), so every run of a job starts from the same model.
 - ``fl_report.json`` in the server's app folder: each round's per-site metrics (PSNR, SSIM of the global
-  model on the site's validation images), steps, and the sites that failed with their error.
+  model on the site's validation images), steps, and the sites that failed with what the server saw (a
+  site's own reason stays in its log).
 - The global model after each round is published as a bundle checkpoint, a plain state dict at
   ``<app folder>/models/<method>_<modality>_x<scale>.pt`` with its sha256 and provenance in
   ``weights.json`` beside it, so the bundle's inference config loads it as-is (``--ckpt_path``).
@@ -19,12 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from nvflare.apis.fl_constant import FLMetaKey, ReturnCode
-from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.apis.impl.bcast_manager import _KEY_MIN_RESPS as MIN_RESPONSES_PROP
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.fedavg import FedAvg
 
 from monai_sr_bundle.training import write_weights
 
 REPORT_NAME = "fl_report.json"
+#: the round-0 model, in the server app's custom folder of the job
+INITIAL_MODEL = "initial_model.pt"
+#: what the report says of a site that sent an empty result (the site's log says why)
+FAILED_AT_SITE = "failed at the site (its log says why)"
 
 
 class SRFedAvg(FedAvg):
@@ -35,7 +44,8 @@ class SRFedAvg(FedAvg):
             many remain, otherwise the job stops.
         wait_after_min_s: once ``min_responses`` sites have answered, how long to wait for the others.
         weights_name: file name of the published global model, ``<method>_<modality>_x<scale>.pt``.
-        provenance: what ``weights.json`` records for it (job, sites, rounds, the command that ran).
+        provenance: what ``weights.json`` records for it (job, rounds, the command that ran).
+        sites: the job's sites; one that is not connected when a round starts is reported as failed.
     """
 
     def __init__(
@@ -45,6 +55,7 @@ class SRFedAvg(FedAvg):
         wait_after_min_s: int = 1800,
         weights_name: str = "global_model.pt",
         provenance: dict | None = None,
+        sites: list[str] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -52,10 +63,22 @@ class SRFedAvg(FedAvg):
         self.wait_after_min_s = int(wait_after_min_s)
         self.weights_name = weights_name
         self.provenance = dict(provenance or {})
+        self.sites = list(sites or [])
         self._rounds: list[dict] = []
+        self._targets: list[str] = []
+
+    def run(self) -> None:
+        state = torch.load(self._app_dir() / "custom" / INITIAL_MODEL, weights_only=True)
+        self.model = FLModel(params_type=ParamsType.FULL, params={k: v.numpy() for k, v in state.items()})
+        super().run()
 
     def sample_clients(self, num_clients: int | None = None) -> list[str]:
-        return super().sample_clients(None)
+        connected = super().sample_clients(None)
+        self._targets = [s for s in connected if not self.sites or s in self.sites]
+        for site in self.sites:
+            if site not in connected:
+                self._round()["failed"][site] = "not connected"
+        return self._targets
 
     def send_model(
         self, task_name="train", data=None, targets=None, min_responses=None, timeout=0, callback=None
@@ -84,21 +107,47 @@ class SRFedAvg(FedAvg):
             self._write_report()
         return super()._accept_train_result(client_name, result, fl_ctx, is_unknown_task)
 
+    def _process_result(self, client_task, fl_ctx) -> None:
+        super()._process_result(client_task, fl_ctx)
+        if client_task.client.name in self._round()["failed"]:
+            # NVFlare counts any answer towards the round's minimum; a failed one must not end the round
+            # before min_responses sites have trained, so the broadcast waits for one more answer
+            client_task.task.props[MIN_RESPONSES_PROP] += 1
+
     def _aggregate_one_result(self, result: FLModel) -> bool:
         site = result.meta.get("client_name", "?")
+        if not result.params:
+            self._round()["failed"][site] = FAILED_AT_SITE
+            self._write_report()
+            return False
         metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
         steps = (result.meta or {}).get(FLMetaKey.NUM_STEPS_CURRENT_ROUND)
         self._round()["sites"][site] = {**metrics, "steps": steps}
         self.info(f"site {site} round {self.current_round}: {metrics}, {steps} steps")
         return super()._aggregate_one_result(result)
 
+    def _get_aggregated_result(self) -> FLModel:
+        """The round's average, once enough sites trained; else the report says why and the job stops."""
+        round_ = self._round()
+        for site in self._targets:
+            if site not in round_["sites"] and site not in round_["failed"]:
+                round_["failed"][site] = "no answer within the round"
+        self._write_report()
+        if len(round_["sites"]) < self.min_responses:
+            raise RuntimeError(
+                f"round {self.current_round}: {len(round_['sites'])} site(s) trained, {self.min_responses} needed; "
+                f"no model is published from it ({REPORT_NAME} lists the sites that failed)."
+            )
+        return super()._get_aggregated_result()
+
     def save_model(self, model: FLModel) -> None:
         super().save_model(model)
         state = {k: torch.as_tensor(np.asarray(v)) for k, v in model.params.items()}
         target = self._app_dir() / "models" / self.weights_name
         rounds_done = self.current_round - self.start_round + 1
-        write_weights(state, target, {**self.provenance, "rounds_completed": rounds_done})
-        self._round()["global_model"] = str(target)
+        trained = sorted({site for r in self._rounds for site in r["sites"]})
+        write_weights(state, target, {**self.provenance, "rounds_completed": rounds_done, "sites_trained": trained})
+        self._round()["global_model"] = str(target.relative_to(self._app_dir()))  # the app folder is downloaded
         self._write_report()
 
     def _app_dir(self) -> Path:

@@ -19,9 +19,11 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from nvflare.apis.dxo import DataKind
 from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
 from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
@@ -32,8 +34,9 @@ from nvflare.recipe.utils import set_per_site_config
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.readers import is_intensity
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.federated.controller import REPORT_NAME, SRFedAvg
+from monai_sr_bundle.federated.controller import INITIAL_MODEL, REPORT_NAME, SRFedAvg
 from monai_sr_bundle.jsonfile import read_json_object
+from monai_sr_bundle.training import sha256
 
 CLIENT_SCRIPT = Path(__file__).with_name("client.py")
 #: the server's app folder inside a simulator job workspace
@@ -54,6 +57,7 @@ JOB_KEYS = {
     "batch_size": None,
     "privacy": None,
     "wait_after_min_s": 1800,
+    "seed": 0,
     "sites": REQUIRED,
 }
 #: NVFlare's PercentilePrivacy defaults: share only the diffs above the 10th percentile, clipped to 0.01 per step
@@ -78,7 +82,11 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
         raise InputError(f"{path}: 'sites' must map each site name to its site config (or null).")
     config["sites"] = {s: None if c is None else str((path.parent / c).resolve()) for s, c in sites.items()}
     if config["initial_weights"] not in (None, "shipped"):
-        config["initial_weights"] = str((path.parent / str(config["initial_weights"])).resolve())
+        if not isinstance(config["initial_weights"], str):
+            raise InputError(
+                f"{path}: initial_weights must be null, 'shipped' or a file, got {config['initial_weights']!r}."
+            )
+        config["initial_weights"] = str((path.parent / config["initial_weights"]).resolve())
     for key in ("num_rounds", "local_epochs", "min_clients", "scale") + (
         ("batch_size",) if config["batch_size"] is not None else ()
     ):
@@ -93,6 +101,15 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < float("inf"):
             raise InputError(f"{path}: {key} must be a number of at least {least}, got {value!r}.")
+    if isinstance(config["seed"], bool) or not isinstance(config["seed"], int) or config["seed"] < 0:
+        raise InputError(f"{path}: seed must be an integer of at least 0, got {config['seed']!r}.")
+    try:
+        method = methods.get(config["method"], config["scale"], config["modality"])
+        init = method.weights_path if config["initial_weights"] == "shipped" else config["initial_weights"]
+        if init is not None:
+            method.network(init)  # the file exists, loads with weights_only and fits the network
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from e
     if config["min_clients"] > len(sites):
         raise InputError(f"{path}: min_clients is {config['min_clients']} but only {len(sites)} site(s) are listed.")
     privacy = config["privacy"]
@@ -164,47 +181,60 @@ class SRFedAvgRecipe(FedAvgRecipe):
         )
 
 
+def initial_state(config: dict) -> dict:
+    """The round-0 global model of a checked job config: its initial weights, or a fresh network drawn from
+    its ``seed``, so that every run of the job, on any machine, starts from the same model."""
+    method = methods.get(config["method"], config["scale"], config["modality"])
+    init = method.weights_path if config["initial_weights"] == "shipped" else config["initial_weights"]
+    if init is not None:
+        return method.network(init).state_dict()
+    with torch.random.fork_rng():
+        torch.manual_seed(config["seed"])
+        return method.network().state_dict()
+
+
 @contextmanager
-def _beside_client_script():
-    """NVFlare names the client script relative to the working folder and a site finds it by that name in
-    the job's ``custom`` folder; an absolute path would have to exist on every site's machine. So recipes
-    are built, exported and run from the script's folder."""
+def _recipe(config: dict, threads: int = 0, command: str = ""):
+    """The recipe of a checked job config, built from the client script's folder (NVFlare names the script
+    relative to the working folder and a site finds it by that name in the job's ``custom`` folder; an
+    absolute path would have to exist on every site's machine), its round-0 model in a temporary file that
+    exporting or running the recipe copies into the job."""
     previous = os.getcwd()
-    os.chdir(CLIENT_SCRIPT.parent)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
+    with tempfile.TemporaryDirectory(prefix="monai_sr_job_") as tmp:
+        initial = Path(tmp) / INITIAL_MODEL
+        torch.save(initial_state(config), initial)
+        os.chdir(CLIENT_SCRIPT.parent)
+        try:
+            yield build_recipe(config, initial, threads, command)
+        finally:
+            os.chdir(previous)
 
 
 def export_job(config: dict, job_dir: str | os.PathLike, command: str = "") -> Path:
     """Write the job folder of a checked job config, for ``nvflare simulator``, POC or production."""
     job_dir = Path(job_dir).resolve()
-    with _beside_client_script():
-        build_recipe(config, command=command).export(str(job_dir))
+    with _recipe(config, command=command) as recipe:
+        recipe.export(str(job_dir))
     return job_dir / config["name"]
 
 
-def build_recipe(config: dict, threads: int = 0, command: str = "") -> SRFedAvgRecipe:
-    """The FedAvg recipe of a checked job config (:func:`load_job_config`); ``command`` is recorded as the
-    global model's provenance. Export or run it through :func:`export_job` or :func:`run_simulation`."""
+def build_recipe(config: dict, initial_model: Path, threads: int = 0, command: str = "") -> SRFedAvgRecipe:
+    """The FedAvg recipe of a checked job config (:func:`load_job_config`) starting from the state dict file
+    ``initial_model``; ``command`` is recorded as the global model's provenance."""
     scale, modality = config["scale"], config["modality"]
     method = methods.get(config["method"], scale, modality)
     init = config["initial_weights"]
-    if init == "shipped":
-        init = str(method.weights_path)
-    if init and not Path(init).is_file():
-        raise InputError(f"initial weights {init} not found; use null (a fresh network), 'shipped' or a file.")
     provenance = {
         "command": command,
         "job": config["name"],
-        "data": f"federated over sites {', '.join(config['sites'])}; each site's own datalist (none left its site)",
+        "data": "federated: each site's own datalist (none left its site)",
         "scale": scale,
         "modality": modality,
         "intensity": config["intensity"],
         "rounds": config["num_rounds"],
         "local_epochs": config["local_epochs"],
-        "initial_weights": init,
+        "initial_weights": init if init in (None, "shipped") else f"{Path(init).name} (sha256 {sha256(init)})",
+        "seed": config["seed"],
         "privacy": config["privacy"],
     }
 
@@ -214,10 +244,10 @@ def build_recipe(config: dict, threads: int = 0, command: str = "") -> SRFedAvgR
             "wait_after_min_s": config["wait_after_min_s"],
             "weights_name": method.weights_name,
             "provenance": provenance,
+            "sites": list(config["sites"]),
         },
         name=config["name"],
         model=method.network_spec(),
-        initial_ckpt=str(Path(init).resolve()) if init else None,
         min_clients=config["min_clients"],
         num_rounds=config["num_rounds"],
         train_script=CLIENT_SCRIPT.name,
@@ -225,6 +255,7 @@ def build_recipe(config: dict, threads: int = 0, command: str = "") -> SRFedAvgR
         key_metric="psnr",
         params_transfer_type=TransferType.DIFF if config["privacy"] else TransferType.FULL,
     )
+    recipe.add_server_file(str(initial_model))
     set_per_site_config(
         recipe, {s: {"train_args": client_args(config, c, threads)} for s, c in config["sites"].items()}
     )
@@ -244,8 +275,8 @@ def run_simulation(config: dict, workspace: str | os.PathLike, threads: int | No
     env = SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace))
     job_dir = workspace / config["name"]
     try:
-        with _beside_client_script():
-            build_recipe(config, threads, command).run(env)
+        with _recipe(config, threads, command) as recipe:
+            recipe.run(env)
     except RuntimeError as e:  # the simulator's exit status; which sites failed is in the server's report
         report = job_dir / SERVER_APP / REPORT_NAME
         rounds = json.loads(report.read_text())["rounds"] if report.is_file() else []

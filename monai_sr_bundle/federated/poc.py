@@ -1,0 +1,123 @@
+"""A POC federation on one machine: the server and each site as their own processes, started from the kits
+of :func:`monai_sr_bundle.federated.deploy.prepare_poc`, a job submitted, awaited and downloaded through
+NVFlare's admin API, everything stopped by process group at the end. The tests and the fault benchmark
+run it; a hospital's IT runs the same kits with ``startup/start.sh``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.federated.deploy import ADMIN_KIT, SERVER_KIT, prepare_poc, python_first
+from monai_sr_bundle.federated.sites import SITE_CONFIG_ENV
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalPoc:
+    """The job's POC federation in ``workspace``; use as a context manager (everything is stopped on exit).
+
+    Args:
+        config: a checked job config; its ``sites`` map each site to the site config it is started with.
+        workspace: the POC workspace (kits, job store, each site's run folders).
+    """
+
+    def __init__(self, config: dict, workspace: str | os.PathLike) -> None:
+        self.config = config
+        self.workspace = Path(workspace).resolve()
+        self.port = free_port()
+        self.kits = prepare_poc(config, self.workspace, port=self.port)
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.session = None
+
+    def start(self, name: str) -> None:
+        """Start the server or one site (``sub_start.sh --once``: no restart loop), in its own process group;
+        a site gets its site config from the job config as its ``MONAI_SR_SITE_CONFIG``."""
+        env = python_first()
+        site_config = self.config["sites"].get(name)
+        if site_config:
+            env[SITE_CONFIG_ENV] = str(site_config)
+        log = open(self.kits / name / "process.log", "ab")
+        self.processes[name] = subprocess.Popen(
+            ["bash", str(self.kits / name / "startup" / "sub_start.sh"), "--once"],
+            cwd=self.kits / name,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def stop(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Stop a process and everything it started (its job processes, their workers)."""
+        process = self.processes.pop(name, None)
+        if process is None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        process.wait(30)
+
+    def connect(self, sites: list[str] | None = None, timeout: float = 120):
+        """An admin session once the server answers and ``sites`` (default: all started) are connected."""
+        from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+        sites = [s for s in self.processes if s != SERVER_KIT] if sites is None else sites
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.session is None:
+                    self.session = new_secure_session(ADMIN_KIT, str(self.kits / ADMIN_KIT), timeout=10)
+                info = self.session.get_system_info()
+                connected = {c.name for c in info.client_info}
+                if set(sites) <= connected:
+                    return self.session
+            except Exception as e:  # the server is still starting: the admin API raises several kinds
+                if time.monotonic() > deadline:
+                    raise InputError(f"the POC server on port {self.port} did not answer: {e}") from e
+            if time.monotonic() > deadline:
+                raise InputError(f"site(s) {', '.join(sorted(set(sites) - connected))} did not connect.")
+            time.sleep(1)
+
+    def run_job(self, job_dir: str | os.PathLike, timeout: float = 600) -> tuple[str, Path]:
+        """Submit the exported job, wait for it and download its results; returns (final status, folder)."""
+        session = self.connect(sites=[])
+        job_id = session.submit_job(str(job_dir))
+        deadline = time.monotonic() + timeout
+        while True:
+            meta = session.get_job_meta(job_id)
+            status = str(meta.get("status", ""))
+            if status.startswith("FINISHED") or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        if not status.startswith("FINISHED"):
+            session.abort_job(job_id)
+            raise InputError(f"job {job_id} did not finish within {timeout:.0f} s (status {status}).")
+        return status, Path(session.download_job_result(job_id))
+
+    def close(self) -> None:
+        if self.session is not None:
+            try:
+                self.session.close()
+            except Exception:  # the server may already be gone; closing is best effort
+                pass
+            self.session = None
+        for name in list(self.processes):
+            self.stop(name)
+
+    def __enter__(self) -> LocalPoc:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
