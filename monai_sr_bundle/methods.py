@@ -410,7 +410,12 @@ def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
         state = torch.load(path, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
     except (RuntimeError, KeyError, EOFError, OSError, TypeError, AttributeError, pickle.UnpicklingError) as e:
-        raise InputError(f"{path}: weights do not fit this network ({str(e).splitlines()[0]}).") from e
+        # torch's own first line only names the network ("Error(s) in loading state_dict for X:"); the next says what
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+        if len(reason) > 160:
+            reason = reason[:160].rsplit(", ", 1)[0] + ", ..."
+        raise InputError(f"{path}: weights do not fit this network ({reason}).") from e
     return network
 
 
