@@ -509,6 +509,26 @@ def test_every_site_failing_publishes_no_model(tmp_path):
     assert not (app / "models").exists()
 
 
+def _worker_killer(pid_files, killed: list) -> threading.Thread:
+    """A started thread that SIGKILLs the first worker whose PID file ``pid_files()`` finds, and records it in
+    ``killed`` (gives up after 300 s)."""
+
+    def kill_first() -> None:
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            for pid_file in pid_files():
+                pid = int(pid_file.read_text() or 0)
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    break
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=kill_first, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_a_killed_worker_fails_its_sites_round_not_the_job(tmp_path):
     """A site's worker process killed with SIGKILL in round 0 fails that site's round; the job goes on with
     the other site (min_clients 1), the site trains again in round 1 with a new worker, and the model is
@@ -519,20 +539,7 @@ def test_a_killed_worker_fails_its_sites_round_not_the_job(tmp_path):
     }
     config = load_job_config(job_file(tmp_path, "kill", sites, min_clients=1))
     killed = []
-
-    def kill_first_worker_of_site_b():
-        deadline = time.monotonic() + 300
-        while not killed and time.monotonic() < deadline:
-            for pid_file in (tmp_path / "ws").rglob("site-b/worker.pid"):
-                pid = int(pid_file.read_text() or 0)
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    break
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_first_worker_of_site_b, daemon=True)
-    killer.start()
+    killer = _worker_killer(lambda: (tmp_path / "ws").rglob("site-b/worker.pid"), killed)
     app = run_simulation(config, tmp_path / "ws")
     killer.join()
     assert killed
@@ -651,18 +658,7 @@ def test_poc_deployment_survives_faults_and_leaks_nothing(tmp_path):
         assert _listening_addresses(poc.port) == {"0100007F"}  # 127.0.0.1, not every interface
 
         killed = []
-
-        def kill_first_worker_of_site_b():
-            deadline = time.monotonic() + 300
-            while not killed and time.monotonic() < deadline:
-                for pid_file in (poc.kits / "site-b").glob("monai_sr_runs/*/site-b/worker.pid"):
-                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
-                    killed.append(pid_file)
-                    break
-                time.sleep(0.2)
-
-        killer = threading.Thread(target=kill_first_worker_of_site_b, daemon=True)
-        killer.start()
+        killer = _worker_killer(lambda: (poc.kits / "site-b").glob("monai_sr_runs/*/site-b/worker.pid"), killed)
         status, out = poc.run_job(job("crash", {"site-a": None, "site-b": None}), timeout=400)
         killer.join()
         assert killed and status == "FINISHED:COMPLETED", status

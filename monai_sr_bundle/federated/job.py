@@ -105,7 +105,7 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
         raise InputError(f"{path}: seed must be an integer of at least 0, got {config['seed']!r}.")
     try:
         method = methods.get(config["method"], config["scale"], config["modality"])
-        init = method.weights_path if config["initial_weights"] == "shipped" else config["initial_weights"]
+        init = initial_weights_file(config, method)
         if init is not None:
             method.network(init)  # the file exists, loads with weights_only and fits the network
     except InputError as e:
@@ -181,11 +181,16 @@ class SRFedAvgRecipe(FedAvgRecipe):
         )
 
 
+def initial_weights_file(config: dict, method: methods.Method) -> str | os.PathLike | None:
+    """The file of the job's ``initial_weights`` (``"shipped"``: the method's own), or None."""
+    return method.weights_path if config["initial_weights"] == "shipped" else config["initial_weights"]
+
+
 def initial_state(config: dict) -> dict:
     """The round-0 global model of a checked job config: its initial weights, or a fresh network drawn from
     its ``seed``, so that every run of the job, on any machine, starts from the same model."""
     method = methods.get(config["method"], config["scale"], config["modality"])
-    init = method.weights_path if config["initial_weights"] == "shipped" else config["initial_weights"]
+    init = initial_weights_file(config, method)
     if init is not None:
         return method.network(init).state_dict()
     with torch.random.fork_rng():
