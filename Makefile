@@ -5,7 +5,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test benchmark clean
+.PHONY: demo test benchmark clean system-tools
+
+# Debian tools the tests drive (dciodvfy validates DICOM output; Orthanc is the PACS of the round trip):
+# installed with apt when missing and run as root (CI); otherwise say loudly what to install.
+DEBIAN_TOOLS := dicom3tools orthanc orthanc-dicomweb
+system-tools:
+	@if command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null \
+		&& test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(DEBIAN_TOOLS) >/dev/null; \
+	else echo "*** missing Debian packages $(DEBIAN_TOOLS): install them (sudo apt-get install $(DEBIAN_TOOLS)); the DICOM and PACS tests fail without them ***"; fi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m monai_sr_bundle.cli demo --output out/demo
 
-test: $(STAMP)
+test: $(STAMP) system-tools
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

@@ -51,6 +51,8 @@ def _sr(args: argparse.Namespace) -> None:
         progress=_interactive(),
         intensity=methods.recorded_intensity(args.weights or method.weights_path),
         samples=args.samples or 1,
+        output_format=args.output_format,
+        method=method.name,
     )
     print(f"wrote {len(written)} image(s) to {args.output}")
 
@@ -150,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("-o", "--output", required=True, help="output folder (inputs are never overwritten)")
     sr.add_argument("-m", "--method", help=f"one of {', '.join(methods.names())} (default {methods.default_name()})")
     sr.add_argument("--weights", help="a state dict to use instead of the shipped weights")
+    sr.add_argument(
+        "--output-format",
+        choices=["dicom", "nifti", "nrrd", "mha", "png"],
+        help="default: the input's family (a DICOM input gives a derived DICOM series of its study)",
+    )
     sr.add_argument("--tile-size", type=int, default=256, help="LR tile edge for bounded memory (default 256)")
     sr.add_argument(
         "--winograd", action="store_true", help="CPU speed-up of 3x3 convolution stacks (Winograd; compiles first)"

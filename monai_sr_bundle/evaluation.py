@@ -224,7 +224,9 @@ def evaluate(
             rows.append({"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes, region)})
             panels[name] = _plain(sr)
             if save_images:
-                write_image(sr, output_path_for(path, out / name, source_format=hr.meta["source_format"]))
+                family = hr.meta["source_format"]  # the SR of a synthetic LR is no derived series of the HR's
+                fmt = "nifti" if family == "dicom" else None
+                write_image(sr, output_path_for(path, out / name, source_format=family, fmt=fmt))
         if i < figures:
             panels["HR"] = _plain(hr)
             last = list(networks)[-1]

@@ -146,12 +146,16 @@ def run_inference(
     progress: bool = True,
     intensity: str | Sequence[float] = "minmax",
     samples: int = 1,
+    output_format: str | None = None,
+    method: str = "an unnamed method",
 ) -> list[str]:
-    """Super-resolve every input and write each result to ``output_dir`` in its input's format family.
+    """Super-resolve every input and write each result to ``output_dir`` in its input's format family, or in
+    ``output_format`` (``png``, ``nifti``, ``nrrd``, ``mha``, ``dicom``). A DICOM input gives a derived DICOM
+    series of its study by default (``<stem>_sr.dcm``, or a folder for a series), naming ``method``.
 
     With ``samples`` > 1 (stochastic methods) the SR image is the mean of that many draws, and the
     uncertainty maps are written beside it as ``<stem>_sr_std`` and ``<stem>_sr_lr_consistency`` (NIfTI
-    for PNG inputs, else the input's family), with the SR's geometry.
+    for PNG and DICOM inputs, else the input's family), with the SR's geometry.
 
     ``intensity`` is the reader's map to [0, 1] and must be the one the weights were trained with:
     ``"minmax"`` (the default) or a (lo, hi) window in modality units, e.g. HU for a CT model.
@@ -161,7 +165,7 @@ def run_inference(
     from tqdm import tqdm
 
     from monai_sr_bundle.data.readers import read_image
-    from monai_sr_bundle.data.writers import output_path_for, write_image
+    from monai_sr_bundle.data.writers import output_format_for, output_path_for, write_image
 
     check_output_dir(output_dir)
     files = expand_inputs(inputs)
@@ -172,14 +176,17 @@ def run_inference(
         try:
             img = read_image(path, intensity)
             validate_input(img, path, inferer.scale, allow_volume)
-            target = output_path_for(path, output_dir, source_format=img.meta["source_format"])
+            family = img.meta["source_format"]
+            fmt = output_format_for(family, output_format)
+            target = output_path_for(path, output_dir, source_format=family, fmt=fmt)
             if samples == 1:
-                written.append(str(write_image(super_resolve(img, network, inferer, device), target)))
+                sr = super_resolve(img, network, inferer, device)
+                written.append(str(write_image(sr, target, fmt, method=method)))
                 continue
             maps = sample_maps(img, network, inferer, samples, device)
-            written.append(str(write_image(maps.pop("sr"), target)))
-            for key, value in maps.items():  # floats in the input's units: a PNG's 8 bits would erase them
-                fmt = "nifti" if img.meta["source_format"] == "png" else None
+            written.append(str(write_image(maps.pop("sr"), target, fmt, method=method)))
+            for key, value in maps.items():  # floats in the input's units: 8-bit PNGs and DICOM would erase them
+                fmt = "nifti" if {family, output_format} & {"png", "dicom"} else output_format
                 map_path = output_path_for(
                     path, output_dir, f"_sr_{key}", source_format=img.meta["source_format"], fmt=fmt
                 )

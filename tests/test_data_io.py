@@ -354,7 +354,7 @@ def test_write_png_from_modality_range_and_plain_tensor(tmp_path):
 def test_write_nifti_keeps_ct_geometry(tmp_path):
     src = CT_DIR / "cip_ct64_dicom"
     img = read_image(src)
-    out = write_image(img, output_path_for(src, tmp_path))
+    out = write_image(img, output_path_for(src, tmp_path, fmt="nifti"))
     assert out == tmp_path / "cip_ct64_dicom_sr.nii.gz" and _only_files(tmp_path) == [out.name]
     back = sitk.ReadImage(str(out))
     a = img.affine.numpy()
@@ -427,11 +427,14 @@ def test_output_path_for_families(tmp_path):
     assert output_path_for("a/img.JPG", out) == out / "img_sr.png"
     assert output_path_for("a/vol.nii.gz", out) == out / "vol_sr.nii.gz"
     assert output_path_for("a/vol.mhd", out) == out / "vol_sr.mha"
-    assert output_path_for("a/scan.dcm", out) == out / "scan_sr.nii.gz"
-    assert output_path_for("a/CT.1.2.840.5", out, source_format="dicom") == out / "CT.1.2.840.5_sr.nii.gz"
+    assert output_path_for("a/scan.dcm", out) == out / "scan_sr.dcm"
+    assert output_path_for("a/scan.dcm", out, fmt="nifti") == out / "scan_sr.nii.gz"
+    assert output_path_for("a/CT.1.2.840.5", out, source_format="dicom") == out / "CT.1.2.840.5_sr.dcm"
     assert output_path_for("a/img.png", out, "_x2", fmt="nifti") == out / "img_x2.nii.gz"
     (tmp_path / "series").mkdir()
-    assert output_path_for(tmp_path / "series", out) == out / "series_sr.nii.gz"
+    assert output_path_for(tmp_path / "series", out) == out / "series_sr"  # a derived series folder
+    assert output_path_for(tmp_path / "series", out, fmt="dicom") == out / "series_sr"
+    assert output_path_for(tmp_path / "series", out, fmt="nifti") == out / "series_sr.nii.gz"
 
 
 def test_save_and_load_dict_transforms(tmp_path):

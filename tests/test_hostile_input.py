@@ -208,7 +208,7 @@ def test_dicom_odd_photometric_one_sample_is_a_sane_image(photometric, tmp_path)
     odd = _dicom(tmp_path / "odd.dcm", PhotometricInterpretation=photometric)
     img = read_image(odd)
     assert img.shape == ref.shape and np.array_equal(img.numpy(), ref.numpy())
-    assert [Path(p).name for p in _run(odd, tmp_path / "out")] == ["odd_sr.nii.gz"]
+    assert [Path(p).name for p in _run(odd, tmp_path / "out")] == ["odd_sr.dcm"]
 
 
 def test_folder_without_images_is_reported_not_dropped(tmp_path):

@@ -148,7 +148,9 @@ def test_dicom_in_nifti_out(tmp_path):
         tmp_path / "cxr.dcm", (np.random.default_rng(0).random((40, 36)) * 4000).astype(np.uint16), spacing=(0.5, 0.7)
     )
     before = _snapshot(tmp_path)
-    written = run_inference([src], Bicubic(SCALE), SRInferer(SCALE), tmp_path / "out", progress=False)
+    written = run_inference(
+        [src], Bicubic(SCALE), SRInferer(SCALE), tmp_path / "out", progress=False, output_format="nifti"
+    )
     assert [Path(p).name for p in written] == ["cxr_sr.nii.gz"]
     img = sitk.ReadImage(written[0])
     assert img.GetSize()[:2] == (36 * SCALE, 40 * SCALE)  # (columns, rows)
@@ -251,6 +253,7 @@ def test_volumes_with_allow_volume(bad_inputs, tmp_path):
         out,
         allow_volume=True,
         progress=False,
+        output_format="nifti",
     )
     assert sorted(Path(p).name for p in written) == ["ct_series_sr.nii.gz", "volume_sr.nii.gz"]
     vol = sitk.ReadImage(str(out / "volume_sr.nii.gz"))

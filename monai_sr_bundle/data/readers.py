@@ -391,8 +391,25 @@ def _dicom_series(folder: str, stop_before_pixels: bool = False) -> list[tuple[P
     return slices
 
 
+def _check_geometry(slices: list[tuple[Path, object]], folder: str) -> None:
+    """One orientation and one pixel spacing for all slices: a volume (and a derived series) has one grid."""
+    first = slices[0][1]
+    for f, ds in slices[1:]:
+        if not np.allclose(_dicom_direction(ds), _dicom_direction(first), atol=1e-4):
+            raise InputError(
+                f"{folder}: {f.name} is oriented differently from {slices[0][0].name}; the series has no single "
+                "geometry (split it into series of one orientation)."
+            )
+        if not np.allclose(_dicom_spacing(ds), _dicom_spacing(first), rtol=1e-4):
+            raise InputError(
+                f"{folder}: {f.name} has pixel spacing {_dicom_spacing(ds)} mm, {slices[0][0].name} "
+                f"{_dicom_spacing(first)} mm; the series has no single geometry."
+            )
+
+
 def _read_dicom_series(folder: str, intensity) -> MetaTensor:
     slices = _dicom_series(folder)
+    _check_geometry(slices, folder)
     normal = _dicom_direction(slices[0][1])[:, 2]
 
     has_positions = all(_floats(getattr(ds, "ImagePositionPatient", None), 3) is not None for _, ds in slices)

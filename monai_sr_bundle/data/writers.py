@@ -3,8 +3,9 @@
 The inverse of :mod:`monai_sr_bundle.data.readers`: values are mapped back with ``meta["intensity_range"]``
 (the modality values of 0 and 1), geometry comes from the LPS affine (first array axis = image columns).
 MONOCHROME1 DICOM inputs were inverted for display by the reader; PNG and NIfTI outputs keep the displayed
-(MONOCHROME2-like) image, and only a DICOM writer will re-invert (``meta["monochrome1_pivot"]``).
-DICOM output is not written yet: :func:`output_path_for` sends DICOM inputs to ``.nii.gz``.
+(MONOCHROME2-like) image, and only the DICOM writer re-inverts (``meta["monochrome1_pivot"]``). DICOM output
+is a derived series of the input's study (:mod:`monai_sr_bundle.data.derived_dicom`), the default for DICOM
+inputs.
 
 Every write is atomic (a hidden temporary file in the target folder, then ``os.replace``), creates the
 parent folders, and refuses to overwrite the image's own input file.
@@ -28,7 +29,14 @@ from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES, image_forma
 from monai_sr_bundle.errors import InputError
 
 #: output format name -> default extension
-FORMAT_EXTENSIONS = {"png": ".png", "nifti": ".nii.gz", "itk": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+FORMAT_EXTENSIONS = {
+    "png": ".png",
+    "nifti": ".nii.gz",
+    "itk": ".nii.gz",
+    "nrrd": ".nrrd",
+    "mha": ".mha",
+    "dicom": ".dcm",
+}
 #: extensions a single-file writer can produce atomically (.mhd/.nhdr would write a second data file)
 _ITK_OUT = (".nii.gz", ".nii", ".nrrd", ".mha")
 _DICOM_OUT = (".dcm", ".dicom")
@@ -67,7 +75,8 @@ def _input_paths(meta: Mapping) -> list[str]:
 
 
 def _resolve_path(path: str | os.PathLike, fmt: str | None) -> tuple[Path, str]:
-    """The path to write and its family (``png`` / ``itk``) from the extension, or from ``fmt``."""
+    """The path to write and its family (``png`` / ``itk`` / ``dicom``) from the extension, or from ``fmt``; a
+    DICOM path without an extension is a series folder (or, for one instance, gets ``.dcm``)."""
     path = Path(path)
     family = _out_family(path)
     if fmt is not None:
@@ -84,9 +93,7 @@ def _resolve_path(path: str | os.PathLike, fmt: str | None) -> tuple[Path, str]:
             raise InputError(f"{path}: the extension does not match the requested format {fmt!r}.")
         family = family_fmt
     if family is None:
-        raise InputError(f"{path}: unknown output type; end the name with .png, .nii.gz, .nii, .nrrd or .mha.")
-    if family == "dicom":
-        raise InputError(f"{path}: DICOM output is not supported yet; write .nii.gz instead (see output_path_for).")
+        raise InputError(f"{path}: unknown output type; end the name with .png, .nii.gz, .nii, .nrrd, .mha or .dcm.")
     return path, family
 
 
@@ -191,6 +198,7 @@ def write_image(
     *,
     dtype: np.dtype | type | str | None = None,
     overwrite: bool = True,
+    method: str = "an unnamed method",
 ) -> Path:
     """Write a (1, X, Y) or (1, X, Y, Z) image in [0, 1] to ``path`` in the input's units; return the path.
 
@@ -198,11 +206,14 @@ def write_image(
         img: the image; a MetaTensor's ``meta["intensity_range"]`` (lo, hi) maps [0, 1] back to modality
             units (without it: 8-bit for PNG, [0, 1] floats for NIfTI/NRRD/MHA) and its affine (LPS) gives
             spacing, origin and direction. Values are clipped to [0, 1] first.
-        path: ``.png`` (8-bit when hi <= 255, else 16-bit; 2D only), ``.nii.gz``/``.nii``/``.nrrd``/``.mha``.
-        fmt: ``png``, ``nifti``, ``nrrd``, ``mha`` or ``itk``: the format when ``path`` has no extension
-            (the extension is appended); otherwise it must agree with the extension.
+        path: ``.png`` (8-bit when hi <= 255, else 16-bit; 2D only), ``.nii.gz``/``.nii``/``.nrrd``/``.mha``,
+            or ``.dcm`` / a folder (``fmt="dicom"``): a derived series of the DICOM input
+            (:func:`monai_sr_bundle.data.derived_dicom.write_derived`).
+        fmt: ``png``, ``nifti``, ``nrrd``, ``mha``, ``itk`` or ``dicom``: the format when ``path`` has no
+            extension (the extension is appended, except for a DICOM series); otherwise it must agree with it.
         dtype: voxel type of NIfTI/NRRD/MHA output (default float32; integer types round and clip).
         overwrite: replace an existing output file (never the image's own input).
+        method: the SR method's name, recorded in a DICOM output.
 
     Raises:
         InputError: unsupported path or shape, non-finite values, the input file as the output, or a failed
@@ -213,7 +224,7 @@ def write_image(
     for src in _input_paths(meta):
         if _same_file(path, src):
             raise InputError(f"{path}: refusing to overwrite the input image; choose another output path.")
-    if path.is_dir():
+    if path.is_dir() and family != "dicom":  # a derived DICOM series is a folder
         raise InputError(f"{path}: is a folder; give an output file name.")
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; remove it or allow overwriting.")
@@ -231,6 +242,10 @@ def write_image(
     try:
         if family == "png":
             _write_png(arr, rng, path, str(path))
+        elif family == "dicom":
+            from monai_sr_bundle.data.derived_dicom import write_derived
+
+            path = write_derived(img, path, method, overwrite=overwrite)
         else:
             _write_itk(arr, rng, affine, path, dtype)
     except InputError:
@@ -255,8 +270,14 @@ def _split_name(path: Path, family: str) -> tuple[str, str]:
         return name, ".nii.gz"
     for suf in _DICOM_OUT:  # DICOM file or series folder; names like CT.1.2.840... keep their dots
         if lower.endswith(suf):
-            return name[: -len(suf)], ".nii.gz"
-    return name, ".nii.gz"
+            return name[: -len(suf)], ".dcm"
+    return name, "" if path.is_dir() else ".dcm"
+
+
+def output_format_for(source_format: str, fmt: str | None = None) -> str | None:
+    """The output format: ``fmt`` when given, else the input's family (``None``: from the extension), and a
+    DICOM input's a derived DICOM series."""
+    return fmt or ("dicom" if source_format == "dicom" else None)
 
 
 def output_path_for(
@@ -270,9 +291,9 @@ def output_path_for(
     """The output file for ``input_path`` in ``out_dir``: ``<stem><suffix><ext>``.
 
     The extension follows the input's family: PNG/JPEG/TIFF -> ``.png``; NIfTI/NRRD/MHA -> the same
-    (``.mhd`` -> ``.mha``, ``.nhdr`` -> ``.nrrd``); DICOM file or series folder -> ``.nii.gz`` (until DICOM
-    output exists). ``source_format`` (``png``/``itk``/``dicom``, e.g. from ``meta["source_format"]``)
-    skips looking at the input; ``fmt`` (see :func:`write_image`) forces the output format.
+    (``.mhd`` -> ``.mha``, ``.nhdr`` -> ``.nrrd``); DICOM file -> ``.dcm``, DICOM series folder -> a folder
+    (a derived series, see :func:`write_image`). ``source_format`` (``png``/``itk``/``dicom``, e.g. from
+    ``meta["source_format"]``) skips looking at the input; ``fmt`` (see :func:`write_image`) forces the output format.
 
     Raises:
         InputError: when the result would be the input itself (e.g. empty suffix, same folder).
@@ -292,7 +313,7 @@ def output_path_for(
         key = fmt.lower().lstrip(".")
         if key not in FORMAT_EXTENSIONS:
             raise InputError(f"{input_path}: unknown output format {fmt!r}; use one of {sorted(FORMAT_EXTENSIONS)}.")
-        ext = FORMAT_EXTENSIONS[key]
+        ext = "" if key == "dicom" and family == "dicom" and ext == "" else FORMAT_EXTENSIONS[key]
     out = Path(out_dir) / f"{stem}{suffix}{ext}"
     if _same_file(out, src):
         raise InputError(f"{input_path}: the output path is the input itself; give a suffix or another output folder.")
@@ -310,8 +331,10 @@ class SaveSRImaged(MapTransform):
         keys: keys of the images to write.
         output_dir: folder for the outputs (created if missing).
         output_postfix: added to the input's stem after an underscore (``""`` for none).
-        fmt: force an output format (``png``, ``nifti``, ``nrrd``, ``mha``); default follows the input.
+        fmt: force an output format (``png``, ``nifti``, ``nrrd``, ``mha``, ``dicom``); default follows the
+            input (a DICOM input gives a derived DICOM series).
         dtype: voxel type of NIfTI/NRRD/MHA outputs (default float32).
+        method: the SR method's name, recorded in DICOM outputs.
         allow_missing_keys: don't raise when a key is absent.
     """
 
@@ -322,9 +345,11 @@ class SaveSRImaged(MapTransform):
         output_postfix: str = "sr",
         fmt: str | None = None,
         dtype: np.dtype | type | str | None = None,
+        method: str = "an unnamed method",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.method = method
         self.output_dir = output_dir
         self.suffix = f"_{output_postfix}" if output_postfix else ""
         self.fmt = fmt
@@ -339,10 +364,10 @@ class SaveSRImaged(MapTransform):
             if not srcs:
                 raise InputError(f"{key}: the image has no meta['filename_or_obj'] to name its output after.")
             fam = meta.get("source_format")
-            out = output_path_for(
-                srcs[0], self.output_dir, self.suffix, source_format=fam if isinstance(fam, str) else None, fmt=self.fmt
-            )
-            written = write_image(img, out, dtype=self.dtype)
+            fam = fam if isinstance(fam, str) else None
+            fmt = output_format_for(fam, self.fmt)
+            out = output_path_for(srcs[0], self.output_dir, self.suffix, source_format=fam, fmt=fmt)
+            written = write_image(img, out, fmt, dtype=self.dtype, method=self.method)
             if isinstance(img, MetaTensor):
                 img.meta["saved_to"] = str(written)
         return d

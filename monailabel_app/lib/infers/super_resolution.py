@@ -15,6 +15,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from lib import versions
 from lib.datastore import check_image
 from monai_sr_bundle import methods
+from monai_sr_bundle.data.readers import image_format
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import run_inference
@@ -124,6 +125,7 @@ class SuperResolutionInfer(InferTask):
                     progress=False,
                     intensity=intensity,
                     samples=samples,
+                    output_format="nifti" if image_format(image) == "dicom" else None,  # clients load NIfTI
                 )[0 if chosen is None else 1 + MAPS.index(chosen)]
             except InputError as e:
                 raise HTTPException(422, str(e).replace(str(image), name)) from e
