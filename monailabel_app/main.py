@@ -29,7 +29,8 @@ class SuperResolutionApp(MONAILabelApp):
     """``--conf`` keys: ``method``, ``scale``, ``modality``, ``weights`` (``shipped``, ``latest``, ``vN``),
     ``tile_size``, ``model_dir`` (trained versions; default ``<app>/model``), ``max_upload_mb`` (default 512),
     ``max_output_mp`` (largest SR result in megapixels, default 64), ``max_pending`` (SR requests admitted at
-    once, default 8)."""
+    once, default 8), ``pacs_modalities`` (with a DICOMweb ``--studies``: the modalities listed, default
+    CR,DX,CT)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict) -> None:
         self.model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
@@ -46,10 +47,25 @@ class SuperResolutionApp(MONAILabelApp):
         )
 
     def init_datastore(self):
-        if self.studies.startswith(("http://", "https://")):  # DICOMweb, XNAT, DSA: MONAI Label's own
+        if self.studies.startswith(("http://", "https://")):  # a PACS (DICOMweb, below), XNAT or DSA
             return super().init_datastore()
         settings = self.task.settings
         return SRDatastore(self.studies, scale=int(settings["scale"]), max_output_mp=float(settings["max_output_mp"]))
+
+    def _init_dicomweb_datastore(self):
+        """A PACS: its series of ``--conf pacs_modalities`` (default CR,DX,CT) as DICOM, boxes beside the cache,
+        SR stored back on request. Replaces MONAI Label's, which converts series to NIfTI and first downloads
+        dcmqi from the internet for DICOM SEG labels that this app does not make."""
+        from monailabel.config import settings as label_settings
+
+        from lib.pacs import MODALITIES, SRDICOMwebDatastore
+
+        modalities = str(self.conf.get("pacs_modalities", ",".join(MODALITIES)))
+        return SRDICOMwebDatastore(
+            self.studies,
+            [m.strip().upper() for m in modalities.split(",") if m.strip()],
+            cache_path=label_settings.MONAI_LABEL_DICOMWEB_CACHE_PATH.strip() or None,
+        )
 
     def init_infers(self) -> dict:
         return self.task.infer()

@@ -67,7 +67,9 @@ def infer(server, image: str, params: dict | None = None, **files) -> requests.R
 
 def in_process(path: str | Path, tmp_path: Path, method: str = "srcnn") -> np.ndarray:
     sr_method = methods.get(method, 4)  # the server's tiles: the method's own inferer at 256 px
-    (out,) = run_inference(path, sr_method.load(), sr_method.inferer(256), tmp_path / "local", progress=False)
+    fmt = "nifti" if str(path).endswith(".dcm") else None  # the server answers a DICOM input with NIfTI
+    out_dir = tmp_path / "local"
+    (out,) = run_inference(path, sr_method.load(), sr_method.inferer(256), out_dir, progress=False, output_format=fmt)
     return read_image(out).numpy()
 
 

@@ -300,7 +300,7 @@ def _instance(src, plane, meta, *, method: str, scale: float, series_uid: str, n
     description = str(getattr(src, "SeriesDescription", "") or "").strip()
     ds.SeriesDescription = f"{description[:24]} SR x{scale:g} {method} (AI-generated)".strip()[-64:]
     image_type = [str(v) for v in (src.get("ImageType") or [])]
-    ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:3]
+    ds.ImageType = ["DERIVED", "SECONDARY"] + (image_type[2:3] or (["AXIAL"] if kind == "CT" else []))
     ds.DerivationDescription = f"Super-resolution x{scale:g} by {method} (monai-sr {monai_sr_bundle.__version__})"
     ds.DerivationCodeSequence = [_code("113085", "DCM", "Spatial resampling")]
     source = _pydicom()[1]()

@@ -89,6 +89,30 @@ def image_path(datastore, image_id: object) -> str:
     return path
 
 
+def box_findings(datastore, image_id: str, label_filename: str, label_tag: str) -> list[str]:
+    """The finding names of a boxes upload: a markups ROI document of at most MAX_BOXES_FILE that fits the
+    stored image ``image_id``; a 4xx naming what is wrong otherwise, before anything is stored."""
+    if check_name(label_tag, "label tag") != BOX_TAG:
+        raise HTTPException(
+            422, f"this app keeps only abnormality boxes: save them with tag {BOX_TAG!r}, not {label_tag!r}."
+        )
+    path = image_path(datastore, image_id)
+    if os.path.getsize(label_filename) > MAX_BOXES_FILE:
+        raise HTTPException(413, f"a boxes file may be at most {MAX_BOXES_FILE >> 10} KB.")
+    try:
+        with open(label_filename, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise HTTPException(
+            422, f"boxes of {image_id!r} are not JSON ({type(e).__name__}); send a 3D Slicer markups ROI file."
+        ) from e
+    image = read_image(path)
+    try:
+        return markups_to_boxes(doc, image.affine, image.shape[1:], name=f"boxes of {image_id}")[1]
+    except InputError as e:
+        raise HTTPException(422, str(e)) from e
+
+
 class SRDatastore(LocalDatastore):
     """``LocalDatastore`` that refuses bad ids, tags and files with a 4xx before anything is stored.
 
@@ -135,30 +159,8 @@ class SRDatastore(LocalDatastore):
             self._reload_index()
         return super().add_image(image_id, image_filename, image_info)
 
-    def boxes_of(self, image_id: str, doc: object):
-        """(boxes (N, 4) in pixels, finding names) of a markups document on a stored image; 422 if it does not fit."""
-        image = read_image(image_path(self, image_id))
-        try:
-            return markups_to_boxes(doc, image.affine, image.shape[1:], name=f"boxes of {image_id}")
-        except InputError as e:
-            raise HTTPException(422, str(e)) from e
-
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict) -> str:
-        if check_name(label_tag, "label tag") != BOX_TAG:
-            raise HTTPException(
-                422, f"this app keeps only abnormality boxes: save them with tag {BOX_TAG!r}, not {label_tag!r}."
-            )
-        image_path(self, image_id)
-        if os.path.getsize(label_filename) > MAX_BOXES_FILE:
-            raise HTTPException(413, f"a boxes file may be at most {MAX_BOXES_FILE >> 10} KB.")
-        try:
-            with open(label_filename, encoding="utf-8") as f:
-                doc = json.load(f)
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise HTTPException(
-                422, f"boxes of {image_id!r} are not JSON ({type(e).__name__}); send a 3D Slicer markups ROI file."
-            ) from e
-        _, findings = self.boxes_of(image_id, doc)
+        findings = box_findings(self, image_id, label_filename, label_tag)
         folder = self._datastore.label_path(BOX_TAG)
         os.makedirs(folder, exist_ok=True)
         with FileLock(self._lock_file):

@@ -360,8 +360,8 @@ class Gateway:
         return text.encode()
 
     def scrubbing(self, send):
-        """``send`` that rewrites JSON and text replies without private paths, and any 5xx but 503 as one
-        sentence (its trace goes to the log)."""
+        """``send`` that rewrites JSON and text replies without private paths, and any 5xx but 502 (the PACS
+        behind the app, said by lib/pacs.py) and 503 (busy) as one sentence (its trace goes to the log)."""
         held: dict = {}
         chunks: list[bytes] = []
 
@@ -376,7 +376,7 @@ class Gateway:
                 if message.get("more_body"):
                     return
                 body, ctype = self.scrub(b"".join(chunks)), dict(held["headers"]).get(b"content-type", b"")
-                if held["status"] >= 500 and held["status"] != 503:
+                if held["status"] >= 500 and held["status"] not in (502, 503):
                     body = json.dumps({"detail": "the server failed on this request; its log has the details."})
                     body, ctype = body.encode(), b"application/json"
                 headers = [(k, v) for k, v in held["headers"] if k.lower() not in (b"content-length", b"content-type")]

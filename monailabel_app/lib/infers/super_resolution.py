@@ -15,7 +15,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from lib import versions
 from lib.datastore import check_image
 from monai_sr_bundle import methods
-from monai_sr_bundle.data.readers import image_format
+from monai_sr_bundle.data.readers import image_format, read_image
+from monai_sr_bundle.data.writers import write_image
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import run_inference
@@ -31,6 +32,22 @@ def _scale(value: object) -> int:
     if not 1 < scale <= MAX_SCALE or str(value).strip() != str(scale):
         raise HTTPException(422, f"scale {value!r} must be a whole number from 2 to {MAX_SCALE}.")
     return scale
+
+
+def _pacs(store: object):
+    """The datastore to store the SR series in when a request asks for it (``store_in_pacs``: true), else None."""
+    if store is False:
+        return None
+    if store is not True:
+        raise HTTPException(422, f"store_in_pacs must be true or false, not {str(store)[:40]!r}.")
+    from monailabel.interfaces.utils.app import app_instance
+
+    datastore = app_instance().datastore()
+    if not hasattr(datastore, "store_series"):
+        raise HTTPException(
+            422, "store_in_pacs needs the app to run on a PACS (--studies http(s)://<host>/dicom-web)."
+        )
+    return datastore
 
 
 class SuperResolutionInfer(InferTask):
@@ -109,6 +126,7 @@ class SuperResolutionInfer(InferTask):
                 422, f"map {chosen!r}: ask for one of {', '.join(MAPS)} together with samples of 2 or more."
             )
         image, name = request["image"], str(request.get("image_name", "the image"))
+        pacs = _pacs(request.get("store_in_pacs", False))
         check_image(image, name, scale, self.max_output_mp)
         weights = str(request.get("weights", config["weights"]))
         network, path = self.network(method, weights, sampling.get("steps"), sampling.get("sampler"))
@@ -116,6 +134,7 @@ class SuperResolutionInfer(InferTask):
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 intensity = methods.recorded_intensity(path) if path else "minmax"
+                dicom = image_format(image) == "dicom"
                 written = run_inference(
                     image,
                     network,
@@ -125,8 +144,13 @@ class SuperResolutionInfer(InferTask):
                     progress=False,
                     intensity=intensity,
                     samples=samples,
-                    output_format="nifti" if image_format(image) == "dicom" else None,  # clients load NIfTI
-                )[0 if chosen is None else 1 + MAPS.index(chosen)]
+                    output_format="dicom" if pacs else "nifti" if dicom else None,  # clients load NIfTI
+                    method=method.name,
+                )
+                if pacs:  # the reply is what the PACS now holds, as NIfTI
+                    stored = pacs.store_series(written[0])
+                    written[0] = str(write_image(read_image(written[0]), Path(tmp) / "stored_sr.nii.gz"))
+                written = written[0 if chosen is None else 1 + MAPS.index(chosen)]
             except InputError as e:
                 raise HTTPException(422, str(e).replace(str(image), name)) from e
             suffix = "".join(Path(written).suffixes[-2:]) if written.endswith(".nii.gz") else Path(written).suffix
@@ -134,6 +158,8 @@ class SuperResolutionInfer(InferTask):
             os.close(fd)
             shutil.move(written, result)
         answer = {"method": method.name, "scale": scale, "weights": path.name if path else None}
+        if pacs:
+            answer["stored_series"] = stored
         if samples > 1:
             answer.update(samples=samples, map=chosen or "sr", maps=list(MAPS))
         return result, answer
