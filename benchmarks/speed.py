@@ -100,8 +100,11 @@ def peak_rss_of_bundle_inference(work: Path) -> tuple[float, str]:
 
 
 def publish(path: Path, doc: str, lines: list[str], bars: list[str], issue: int) -> None:
-    """Write a benchmark page (``doc`` followed by the issue's bars) and print its table and bars."""
-    path.write_text(f"{doc}\nBars of issue {issue}:\n" + "\n".join(bars) + "\n")
+    """Write a benchmark page (``doc`` followed by the issue's bars, then the blocks other scripts keep there,
+    e.g. benchmarks/full_size.py's) and print its table and bars."""
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index("<!-- ") :] if "<!-- " in old else ""
+    path.write_text(f"{doc}\nBars of issue {issue}:\n" + "\n".join(bars) + "\n" + (f"\n{kept}" if kept else ""))
     print("\n".join(lines + [""] + bars))
 
 

@@ -140,6 +140,19 @@ def test_run_bicubic(work, inputs):
     _check_sizes(out)
 
 
+def test_dicom_input_gives_a_derived_series_or_the_format_asked(tmp_path):
+    """The default input (a real CT slice): a derived DICOM naming the method, or NIfTI with --output_format."""
+    import pydicom
+
+    _ok(run_config("configs/inference.json", "bicubic", "--output_dir", tmp_path / "dcm"))
+    (written,) = (tmp_path / "dcm").iterdir()
+    ds = pydicom.dcmread(written)
+    assert written.name == "CT_small_sr.dcm" and ds.ManufacturerModelName == "monai-sr bicubic"
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] and ds.Rows == 128 * SCALE
+    _ok(run_config("configs/inference.json", "bicubic", "--output_dir", tmp_path / "nii", "--output_format", "nifti"))
+    assert [p.name for p in (tmp_path / "nii").iterdir()] == ["CT_small_sr.nii.gz"]
+
+
 def test_run_srcnn_uses_given_ckpt(srcnn_out, inputs, ckpts, tmp_path):
     _check_sizes(srcnn_out)
     # the same as the in-process entry point with those weights (so --ckpt_path was honoured)

@@ -6,6 +6,7 @@ nothing, an unreachable or failing PACS is one sentence."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,12 +25,16 @@ from monai_sr_bundle.data.markups import boxes_to_markups
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.inference import run_inference
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" / "SuperResolution"))
+from SuperResolutionLib.client import ClientError, MonaiLabelClient  # noqa: E402
+
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
 from dicomweb_client.api import DICOMwebClient  # noqa: E402  (comes with monailabel)
 
 CXR = DATA / "cxr_dicom" / "dwv_gdcm-CR-MONO1-10-chest.dcm"  # real CR, 10-bit MONOCHROME1
 METHOD, SCALE = "srcnn", 4
 STUDY = "1.2.826.0.1.3680043.8.498.0"  # make_dicom's study
+NO_PIXELS = "1.2.826.0.1.3680043.8.498.12"
 
 
 def _ct_series(folder: Path, patient: str, series_uid: str) -> list[Path]:
@@ -60,7 +65,11 @@ def pacs(tmp_path_factory):
         web = DICOMwebClient(url=f"{url}/dicom-web")
         ct = _ct_series(root / "ct", "CT-1", "1.2.826.0.1.3680043.8.498.10")
         refused = _ct_series(root / "refused", REFUSED_PATIENT, "1.2.826.0.1.3680043.8.498.11")
-        web.store_instances([pydicom.dcmread(f) for f in [CXR, *ct, *refused]])
+        header_only = pydicom.dcmread(
+            make_dicom(root / "nopixels.dcm", np.zeros((40, 36), np.uint16), series_uid=NO_PIXELS)
+        )
+        del header_only.PixelData  # a PACS stores it; the app must refuse it in one sentence
+        web.store_instances([pydicom.dcmread(f) for f in [CXR, *ct, *refused]] + [header_only])
         cache = root / "cache"
         env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(cache)}
         conf = {"method": METHOD, "model_dir": root / "model"}
@@ -150,6 +159,16 @@ def test_ct_series_round_trip_keeps_geometry(pacs, tmp_path):
 
 
 @needs_data(CXR.parent)
+def test_the_slicer_client_stores_sr_in_the_pacs(pacs):
+    """The 3D Slicer module's client (its Store SR in the PACS button): the series UID of the stored SR."""
+    client = MonaiLabelClient(pacs.app)
+    stored = client.store_in_pacs("1.2.826.0.1.3680043.8.498.10", {"method": "bicubic", "scale": 2})
+    (instance,) = pacs.web.search_for_instances(STUDY, stored)[:1]
+    assert instance["00200013"]["Value"] == [1]
+    with pytest.raises(ClientError, match=r"refused \(404\)"):
+        client.store_in_pacs("1.2.3.4.5.6")
+
+
 def test_boxes_are_kept_for_a_pacs_series(pacs):
     series = str(pacs.cr.SeriesInstanceUID)
     image = read_image(CXR)
@@ -183,6 +202,10 @@ def test_bad_requests_are_one_sentence(pacs):
     r = infer(pacs.app, "1.2.826.0.1.3680043.8.498.10", {"store_in_pacs": "yes"})
     assert r.status_code == 422 and "store_in_pacs must be true or false" in r.text
     assert infer(pacs.app, "../../etc/passwd").status_code == 422
+    before = len(pacs.web.search_for_series(STUDY))
+    r = infer(pacs.app, NO_PIXELS, {"store_in_pacs": True})
+    assert r.status_code == 422 and f"{NO_PIXELS}: the DICOM file has no pixel data" in r.json()["detail"]
+    assert len(pacs.web.search_for_series(STUDY)) == before  # nothing stored for it
 
 
 def test_an_unreachable_or_failing_pacs_is_one_sentence(pacs, tmp_path):

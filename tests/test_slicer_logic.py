@@ -222,6 +222,10 @@ def test_remote_errors_leave_the_scene_unchanged(module, server):
         logic.run_remote(ct_node(), url, "srcnn", 4, steps=2)
     with pytest.raises(module.ClientError, match="not a server image id"):
         logic.send_boxes(url, "../x", [])
+    with pytest.raises(module.ClientError, match="not a server image id"):
+        logic.store_in_pacs(url, "../x", "srcnn", 4)
+    with pytest.raises(module.ClientError, match=r"refused \(422\): store_in_pacs needs the app to run on a PACS"):
+        logic.store_in_pacs(url, "ct_small", "srcnn", 4)  # a studies folder, not a PACS
     assert module.scene.nodes == []
 
 

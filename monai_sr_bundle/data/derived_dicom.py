@@ -25,6 +25,7 @@ and emptied otherwise, with a warning naming them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import os
 import re
@@ -35,6 +36,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom import config
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import validate_value
 
 import monai_sr_bundle
 from monai_sr_bundle.errors import InputError
@@ -104,8 +110,6 @@ _DROPPED = (
     "DerivationCodeSequence",
     "DerivationDescription",
     "ReferencedImageSequence",
-    "LossyImageCompressionMethod",
-    "LossyImageCompressionRatio",
     "RedPaletteColorLookupTableDescriptor",
     "GreenPaletteColorLookupTableDescriptor",
     "BluePaletteColorLookupTableDescriptor",
@@ -124,15 +128,7 @@ _LOSSY_METHODS = {
 }  # lossless JPEG 2000 (.90) and JPEG-LS (.80) are not here: their pixels are the originals
 
 
-def _pydicom():
-    import pydicom
-    from pydicom.dataset import Dataset
-
-    return pydicom, Dataset
-
-
-def _code(value: str, scheme: str, meaning: str):
-    _, Dataset = _pydicom()
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
     return item
@@ -155,9 +151,6 @@ _LEGACY_FIX = {"DA": lambda s: s.replace(".", "").replace("-", "").replace("/", 
 
 def _sanitize(ds, name: str) -> None:
     """Strip trailing NULs, repair legacy DA/TM spellings, empty what stays invalid for its VR (warned)."""
-    from pydicom import config
-    from pydicom.valuerep import validate_value
-
     emptied = []
 
     def valid(vr: str, value) -> bool:
@@ -198,9 +191,7 @@ def _sanitize(ds, name: str) -> None:
         )
 
 
-def _header(path: str):
-    import pydicom
-
+def _header(path: str) -> Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as e:
@@ -209,7 +200,6 @@ def _header(path: str):
 
 def _base(src, name: str):
     """A copy of the source header without what a derived image must not carry."""
-    _, Dataset = _pydicom()
     ds = Dataset()
     for elem in src:
         group = elem.tag.group
@@ -278,10 +268,22 @@ def _source_uids(src) -> tuple[str, str]:
     return uids[0], uids[1]
 
 
-def _instance(src, plane, meta, *, method: str, scale: float, series_uid: str, number: int, now, name: str):
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+@dataclasses.dataclass
+class _Series:
+    """What every instance of one derived series shares."""
 
+    method: str
+    scale: float
+    uid: str = dataclasses.field(default_factory=generate_uid)
+    study_uid: str = dataclasses.field(default_factory=generate_uid)  # for a source without one
+    frame_uid: str = dataclasses.field(default_factory=generate_uid)  # for a CT/MR source without one
+    now: datetime.datetime = dataclasses.field(default_factory=datetime.datetime.now)
+
+
+def _instance(src: Dataset, plane: np.ndarray, meta: Mapping, series: _Series, number: int, name: str) -> Dataset:
+    """Instance ``number`` of the derived series: the source header made derived, and ``plane`` (Rows,
+    Columns) in [0, 1] as its pixels."""
+    method, scale = series.method, series.scale
     ds = _base(src, name)
     source_class, source_instance = _source_uids(src)
     sop_class = source_class if source_class in _KEPT_SOP_CLASSES else _SECONDARY_CAPTURE
@@ -290,8 +292,8 @@ def _instance(src, plane, meta, *, method: str, scale: float, series_uid: str, n
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
     ds.Modality = modality
     if not str(ds.get("StudyInstanceUID", "") or ""):
-        ds.StudyInstanceUID = meta["_study_uid"]
-    ds.SeriesInstanceUID = series_uid
+        ds.StudyInstanceUID = series.study_uid
+    ds.SeriesInstanceUID = series.uid
     try:
         series_number = int(getattr(src, "SeriesNumber", 0) or 0) + 1000
     except (TypeError, ValueError):
@@ -303,14 +305,14 @@ def _instance(src, plane, meta, *, method: str, scale: float, series_uid: str, n
     ds.ImageType = ["DERIVED", "SECONDARY"] + (image_type[2:3] or (["AXIAL"] if kind == "CT" else []))
     ds.DerivationDescription = f"Super-resolution x{scale:g} by {method} (monai-sr {monai_sr_bundle.__version__})"
     ds.DerivationCodeSequence = [_code("113085", "DCM", "Spatial resampling")]
-    source = _pydicom()[1]()
+    source = Dataset()
     source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = source_class, source_instance
     source.PurposeOfReferenceCodeSequence = [_code("121322", "DCM", "Source image for image processing operation")]
     ds.SourceImageSequence = [source]
     ds.BurnedInAnnotation = "NO"
     ds.ImageComments = AI_NOTICE
     if str(getattr(src, "Manufacturer", "") or ""):
-        equipment = _pydicom()[1]()
+        equipment = Dataset()
         for key in ("Manufacturer", "InstitutionName", "ManufacturerModelName", "DeviceSerialNumber"):
             if str(getattr(src, key, "") or ""):
                 setattr(equipment, key, getattr(src, key))
@@ -322,16 +324,14 @@ def _instance(src, plane, meta, *, method: str, scale: float, series_uid: str, n
     for key in ("InstitutionName", "DeviceSerialNumber", "StationName"):
         if key in ds:
             del ds[key]
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    date, time = series.now.strftime("%Y%m%d"), series.now.strftime("%H%M%S")
     ds.InstanceCreationDate = ds.SeriesDate = ds.ContentDate = date
     ds.InstanceCreationTime = ds.SeriesTime = ds.ContentTime = time
     ts = str(getattr(getattr(src, "file_meta", None), "TransferSyntaxUID", ""))
     if str(getattr(src, "LossyImageCompression", "")) == "01" or ts in _LOSSY_METHODS:
-        ds.LossyImageCompression = "01"
-        if ts in _LOSSY_METHODS:
+        ds.LossyImageCompression = "01"  # the method (and ratio) of an earlier compression are kept as they are
+        if ts in _LOSSY_METHODS and not str(ds.get("LossyImageCompressionMethod", "") or ""):
             ds.LossyImageCompressionMethod = _LOSSY_METHODS[ts]
-        elif "LossyImageCompressionMethod" in src:
-            ds.LossyImageCompressionMethod = src.LossyImageCompressionMethod
     if sop_class == _SECONDARY_CAPTURE and not str(ds.get("ConversionType", "") or ""):
         ds.ConversionType = "WSD"
     for key in _TYPE2 + _TYPE2_BY_MODALITY.get(kind, ()):
@@ -342,7 +342,7 @@ def _instance(src, plane, meta, *, method: str, scale: float, series_uid: str, n
     if not str(ds.get("SpecificCharacterSet", "") or "") and "SpecificCharacterSet" in ds:
         del ds.SpecificCharacterSet  # Type 1C: empty means the default repertoire, said by its absence
     if kind in ("CT", "MR") and not str(ds.get("FrameOfReferenceUID", "") or ""):
-        ds.FrameOfReferenceUID = meta["_frame_uid"]  # Type 1 for cross-sectional images; one per series
+        ds.FrameOfReferenceUID = series.frame_uid  # Type 1 for cross-sectional images
 
     pixels = _stored_pixels(plane, meta, src)
     ds.Rows, ds.Columns = pixels.shape
@@ -422,8 +422,6 @@ def write_derived(img, path: str | os.PathLike, method: str, *, overwrite: bool 
     written, so a failure leaves nothing behind. ``method`` names the SR method in the series' description,
     derivation and equipment attributes.
     """
-    from pydicom.uid import generate_uid
-
     path = Path(path)
     meta = dict(getattr(img, "meta", None) or {})
     if meta.get("source_format") != "dicom":
@@ -447,15 +445,12 @@ def write_derived(img, path: str | os.PathLike, method: str, *, overwrite: bool 
         raise InputError(f"{path}: already exists; remove it or allow overwriting.")
     if path.is_dir() and (single or any(not _SERIES_FILE.fullmatch(f.name) for f in path.iterdir())):
         raise InputError(f"{path}: is a folder that is not a derived series written here; give another output path.")
-    meta["_study_uid"], meta["_frame_uid"] = generate_uid(), generate_uid()  # used only when the source has none
-    series_uid, now = generate_uid(), datetime.datetime.now()
+    series = _Series(method, scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         for k, (src, plane, name) in enumerate(zip(headers, planes, sources)):
-            ds = _instance(
-                src, plane.T, meta, method=method, scale=scale, series_uid=series_uid, number=k + 1, now=now, name=name
-            )
+            ds = _instance(src, plane.T, meta, series, k + 1, name)
             _save(ds, str(work / f"IM{k + 1:04d}.dcm"))
         umask = os.umask(0)
         os.umask(umask)

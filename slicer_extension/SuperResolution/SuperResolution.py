@@ -159,12 +159,24 @@ class SuperResolutionLogic(ScriptedLoadableModuleLogic):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def send_boxes(self, url: str, image_id: str, roi_nodes) -> int:
-        """Save the ROIs as the server image's abnormality boxes (each ROI named after its finding)."""
+    @staticmethod
+    def server_image_id(image_id: str) -> str:
+        """``image_id`` if it can name a server image (a plain name; on a PACS, the series UID), else a ClientError."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", image_id or ""):
             raise ClientError(
                 f"{image_id!r} is not a server image id; open the image from MONAI Label (Next Sample) first."
             )
+        return image_id
+
+    def store_in_pacs(self, url: str, image_id: str, method: str, scale: int) -> str:
+        """Have the server store the SR of its PACS series ``image_id`` back in the PACS as a derived series;
+        the new series' UID (to find it in the DICOM browser)."""
+        params = {"method": method, "scale": scale}
+        return MonaiLabelClient(url).store_in_pacs(self.server_image_id(image_id), params)
+
+    def send_boxes(self, url: str, image_id: str, roi_nodes) -> int:
+        """Save the ROIs as the server image's abnormality boxes (each ROI named after its finding)."""
+        self.server_image_id(image_id)
         rois = []
         for node in roi_nodes:
             center, size = [0.0] * 3, [0.0] * 3
@@ -198,6 +210,7 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         self.ui.applyButton.clicked.connect(self.apply)
         self.ui.cancelButton.clicked.connect(self.cancel)
         self.ui.sendBoxesButton.clicked.connect(self.send_boxes)
+        self.ui.storeButton.clicked.connect(self.store_in_pacs)
         self.ui.remoteCheck.toggled.connect(self.remote_toggled)
         self.ui.serverEdit.editingFinished.connect(self.list_methods)
         self.ui.methodCombo.currentTextChanged.connect(self.method_changed)
@@ -334,6 +347,14 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         with slicer.util.tryWithErrorDisplay("Sending the boxes failed.", waitCursor=True):
             n = self.logic.send_boxes(self.ui.serverEdit.text, node.GetName() if node else "", rois)
             slicer.util.infoDisplay(f"Saved {n} box(es) on the server.")
+
+    def store_in_pacs(self):
+        node = self.ui.inputSelector.currentNode()
+        method, scale = self.ui.methodCombo.currentText, self.ui.scaleSpin.value
+        with slicer.util.tryWithErrorDisplay("Storing the SR in the PACS failed.", waitCursor=True):
+            name = node.GetName() if node else ""
+            series = self.logic.store_in_pacs(self.ui.serverEdit.text, name, method, scale)
+            slicer.util.infoDisplay(f"Stored in the PACS as series {series} (AI-generated, not for diagnosis).")
 
 
 class SuperResolutionTest(ScriptedLoadableModuleTest):

@@ -117,6 +117,17 @@ class MonaiLabelClient:
             fields={"params": json.dumps(params or {})},
         )
 
+    def store_in_pacs(self, image_id: str, params: dict | None = None) -> str:
+        """Have the server super-resolve a PACS series and store the SR back in the PACS as a derived series
+        (a server started on a DICOMweb PACS); the stored SeriesInstanceUID."""
+        answer = self._request(
+            "POST",
+            f"/infer/{TASK}",
+            {"image": image_id, "output": "json"},
+            fields={"params": json.dumps({**(params or {}), "store_in_pacs": True})},
+        )
+        return json.loads(answer)["stored_series"]
+
     def infer_file(self, path: str, params: dict | None = None) -> tuple[bytes, dict]:
         """The SR image file (its bytes) of a local image file, sent with the request and not stored, and the
         server's account of it (its params: method, weights, and for several samples the maps on offer)."""
