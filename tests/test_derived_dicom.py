@@ -138,6 +138,68 @@ def test_ct_hounsfield_units_and_positions(tmp_path):
     assert thickness == {pydicom.dcmread(_sources(img)[0]).SliceThickness}
 
 
+def _code(value: str, scheme: str, meaning: str):
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _dx(path: Path) -> Path:
+    """A digital X-ray (DX, for presentation), 12-bit, with what its IOD requires: valid itself (checked)."""
+    pixels = (np.random.default_rng(0).random((64, 48)) * 4000).astype(np.uint16)
+    header = dict(
+        PresentationIntentType="FOR PRESENTATION",
+        ImageLaterality="U",
+        PatientOrientation=["P", "F"],
+        BodyPartExamined="CHEST",
+        ViewPosition="PA",
+        AnatomicRegionSequence=[_code("51185008", "SCT", "Chest")],
+        ViewCodeSequence=[_code("399348003", "SCT", "postero-anterior")],
+        DetectorType="DIRECT",
+        PositionerType="NONE",
+        AcquisitionContextSequence=[],
+        PixelIntensityRelationship="LOG",
+        PixelIntensityRelationshipSign=1,
+        RescaleType="US",
+        PresentationLUTShape="IDENTITY",
+        ImageType=["ORIGINAL", "PRIMARY"],
+        BurnedInAnnotation="NO",
+        LossyImageCompression="00",
+        WindowCenter=2000,
+        WindowWidth=4000,
+        KVP=120,
+        PatientName="Test^DX",
+        PatientID="DX1",
+        StudyDate="20260101",
+        StudyTime="120000",
+        ContentDate="20260101",
+        ContentTime="120000",
+        Manufacturer="ACME",
+        SeriesNumber=1,
+        **{k: "" for k in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "StudyID", "AccessionNumber")},
+        **{k: "" for k in ("AcquisitionDeviceProcessingDescription", "PatientPosition", "DetectorID")},
+        **{k: "" for k in ("DetectorManufacturerName", "DateOfLastDetectorCalibration")},
+    )
+    make_dicom(path, pixels, bits_stored=12, imager_pixel_spacing=(0.15, 0.15), slope=1.0, intercept=0.0, modality="DX")
+    ds = pydicom.dcmread(path)
+    for key, value in header.items():
+        setattr(ds, key, value)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
+    ds.save_as(path)
+    return path
+
+
+def test_dx_source_gives_a_valid_derived_dx(tmp_path):
+    src = _dx(tmp_path / "dx.dcm")
+    assert dciodvfy_errors(src) == []  # the source is valid, so the derived object's errors would be ours
+    _, _, out = _derive(src, tmp_path / "out")
+    assert dciodvfy_errors(out) == []
+    ds = pydicom.dcmread(out)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.1" and ds.Modality == "DX"
+    assert [float(v) for v in ds.ImagerPixelSpacing] == pytest.approx([0.15 / SCALE] * 2)
+    assert (ds.BitsStored, ds.PresentationLUTShape, ds.Rows) == (12, "IDENTITY", 64 * SCALE)
+
+
 def test_pydicom_ct_slice_round_trip(tmp_path):
     """The demo's default input (on every machine): a CT slice gives one valid derived instance."""
     src = Path(default_input())
