@@ -186,6 +186,30 @@ def test_boxes_are_kept_for_a_pacs_series(pacs):
     assert requests.get(url, params={"label": series, "tag": "boxes"}, timeout=60).content == doc  # kept
 
 
+def test_stock_endpoints_do_not_change_the_pacs_or_its_cache(pacs):
+    """MONAI Label's endpoints that a client can reach on a PACS-backed server: uploads and notes are refused
+    (the PACS owns images and records), deletes are not served, next sample skips series with boxes."""
+    before = sorted(p.relative_to(pacs.cache) for p in pacs.cache.rglob("*"))
+    image = requests.put(
+        f"{pacs.app}/datastore/image", params={"image": "planted"}, files={"file": ("x.dcm", CXR.read_bytes())}
+    )
+    assert image.status_code == 405 and "store images in the PACS" in image.text
+    series = str(pacs.cr.SeriesInstanceUID)
+    note = requests.put(f"{pacs.app}/datastore/image/info", params={"image": series}, data={"params": "{}"})
+    assert note.status_code == 405
+    assert requests.delete(f"{pacs.app}/datastore/image", params={"id": series}).status_code == 404
+    assert requests.delete(f"{pacs.app}/datastore/label", params={"id": series, "tag": "boxes"}).status_code == 404
+    assert sorted(p.relative_to(pacs.cache) for p in pacs.cache.rglob("*")) == before
+    assert pacs.web.search_for_series(search_filters={"SeriesInstanceUID": series})  # still in the PACS
+    listed = {s["0020000E"]["Value"][0] for s in pacs.web.search_for_series()}
+    image = read_image(CXR)
+    doc = json.dumps(boxes_to_markups([[100.0, 120.0, 160.0, 160.0]], ["Nodule"], image.affine)).encode()
+    url = f"{pacs.app}/datastore/label"
+    requests.put(url, params={"image": series, "tag": "boxes"}, files={"label": ("roi.json", doc)}, timeout=60)
+    picks = {requests.post(f"{pacs.app}/activelearning/boxes_first", timeout=60).json()["id"] for _ in range(8)}
+    assert picks and series not in picks and picks <= listed
+
+
 def test_a_refused_store_leaves_nothing_in_the_pacs(pacs):
     study_series = {s["0020000E"]["Value"][0] for s in pacs.web.search_for_series(STUDY)}
     r = infer(pacs.app, "1.2.826.0.1.3680043.8.498.11", {"store_in_pacs": True})

@@ -45,11 +45,11 @@ def pacs_errors(url: str, doing: str):
         raise HTTPException(502, f"the PACS at {url} cannot be reached while {doing} ({type(e).__name__}).") from e
 
 
-def client(url: str) -> DICOMwebClientX:
-    """A DICOMweb client with MONAI Label's own settings (user and password, QIDO/WADO/STOW prefixes)."""
-    session = None
+def client(url: str) -> tuple[DICOMwebClientX, requests.Session]:
+    """A DICOMweb client with MONAI Label's own settings (user and password, QIDO/WADO/STOW prefixes), and
+    its HTTP session (the same credentials reach the PACS's own API)."""
+    session = requests.Session()
     if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
-        session = requests.Session()
         session.auth = (settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD)
     web = DICOMwebClientX(
         url=url,
@@ -61,7 +61,7 @@ def client(url: str) -> DICOMwebClientX:
     # one retry: the default five with exponential back-off (also on a refused connection) hold a request,
     # and MONAI Label's /info/ with it, for 30 s when the PACS is down
     web.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=200)
-    return web
+    return web, session
 
 
 class SRDICOMwebDatastore(DICOMWebDatastore):
@@ -75,7 +75,8 @@ class SRDICOMwebDatastore(DICOMWebDatastore):
 
     def __init__(self, url: str, modalities=MODALITIES, cache_path: str | None = None) -> None:
         self.url, self.modalities = url.rstrip("/"), tuple(modalities)
-        super().__init__(client(self.url), {}, cache_path=cache_path or None, convert_to_nifti=False)
+        web, self.session = client(self.url)
+        super().__init__(web, {}, cache_path=cache_path or None, convert_to_nifti=False)
 
     def list_images(self) -> list[str]:
         series = []
@@ -124,6 +125,31 @@ class SRDICOMwebDatastore(DICOMWebDatastore):
         path = self._box_file(label_id).with_suffix(".info.json")
         return json.loads(path.read_text()) if label_tag == BOX_TAG and path.is_file() else {}
 
+    def get_label_by_image_id(self, image_id: str, tag: str) -> str:
+        """The image's boxes label id (the image id) when it has boxes; what the next-sample strategy asks."""
+        return image_id if self.get_label_uri(image_id, tag) else ""
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        path = Path(self.get_label_uri(check_name(label_id, "image id"), check_name(label_tag, "label tag")))
+        if not path.is_file():
+            raise HTTPException(404, f"image {label_id!r} has no {label_tag!r} label.")
+        path.unlink()
+        path.with_suffix(".info.json").unlink(missing_ok=True)
+
+    # The PACS owns the images and their records: MONAI Label's endpoints that would change them here change
+    # only the cache (an upload no listing shows, a note lost at the next fetch), so they are refused.
+    def add_image(self, image_id: str, image_filename: str, image_info: dict) -> str:
+        raise HTTPException(405, "this server's images are the PACS's series: store images in the PACS, not here.")
+
+    def update_image_info(self, image_id: str, info: dict) -> None:
+        raise HTTPException(405, "this server's images are the PACS's series: their records are kept in the PACS.")
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict) -> None:
+        raise HTTPException(405, "on a PACS this server keeps boxes, not notes about them.")
+
+    def remove_image(self, image_id: str) -> None:
+        raise HTTPException(405, "this server's images are the PACS's series: remove them in the PACS.")
+
     def store_series(self, path: str) -> str:
         """Store the derived series at ``path`` (a file or a folder of instances) in the PACS; return its
         SeriesInstanceUID. Checked against the PACS's own listing; a partial store is removed again."""
@@ -155,8 +181,7 @@ class SRDICOMwebDatastore(DICOMWebDatastore):
 
     def _remove(self, study: str, series: str) -> str:
         """Remove what a failed store left of ``series`` (Orthanc's REST API); say what happened."""
-        root = self.url.rsplit("/dicom-web", 1)[0]
-        session = getattr(self._client, "_session", None) or requests
+        root, session = self.url.rsplit("/dicom-web", 1)[0], self.session
         try:
             if not self._client.search_for_instances(study, series):
                 return "Nothing of it is in the PACS."

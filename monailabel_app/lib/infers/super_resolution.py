@@ -44,9 +44,7 @@ def _pacs(store: object):
 
     datastore = app_instance().datastore()
     if not hasattr(datastore, "store_series"):
-        raise HTTPException(
-            422, "store_in_pacs needs the app to run on a PACS (--studies http(s)://<host>/dicom-web)."
-        )
+        raise HTTPException(422, "store_in_pacs needs the app to run on a PACS (--studies http(s)://<host>/dicom-web).")
     return datastore
 
 
