@@ -98,6 +98,8 @@ def test_real_inputs_give_valid_derived_series(tmp_path, folder, name):
         if source.PhotometricInterpretation == "MONOCHROME1":
             assert d.PhotometricInterpretation == "MONOCHROME1"
         assert (d.BitsStored, d.PixelRepresentation) == (source.BitsStored, source.PixelRepresentation)
+        for key in ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"):  # same units, same window
+            assert d.get(key) == source.get(key), key
         # independent pixel check: SR blocks averaged back to the source grid match the source's stored values
         stored = d.pixel_array.astype(np.float64)
         back = stored.reshape(source.Rows, SCALE, source.Columns, SCALE).mean(axis=(1, 3))

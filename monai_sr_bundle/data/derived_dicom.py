@@ -362,7 +362,8 @@ def _instance(src: Dataset, plane: np.ndarray, meta: Mapping, series: _Series, n
     meta_info.MediaStorageSOPClassUID, meta_info.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     meta_info.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta_info
-    ds.is_little_endian, ds.is_implicit_VR = True, False
+    if int(pydicom.__version__.split(".")[0]) < 3:  # pydicom 3 encodes by the file meta's transfer syntax
+        ds.is_little_endian, ds.is_implicit_VR = True, False
     return ds
 
 
