@@ -29,7 +29,7 @@ end
 
 def orthanc_or_fail() -> str:
     """The Orthanc executable; a machine without it fails the test loudly, saying how to install it."""
-    exe = shutil.which("Orthanc")
+    exe = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")  # not on a user's PATH
     if exe is None or not DICOMWEB_PLUGIN.exists():
         pytest.fail(
             "Orthanc or its DICOMweb plugin is not installed: install the Debian packages orthanc and "
