@@ -140,6 +140,18 @@ def test_run_bicubic(work, inputs):
     _check_sizes(out)
 
 
+ZOO_SCHEMA = DATA.parent / "tools" / "model-zoo-ci" / "meta_schema_20240725.json"
+
+
+@pytest.mark.skipif(not ZOO_SCHEMA.is_file(), reason=f"the model zoo's metadata schema {ZOO_SCHEMA} not found")
+def test_metadata_passes_the_zoo_schema(tmp_path):
+    """MONAI's own verify_metadata against the schema metadata.json names (copied: the command downloads it)."""
+    schema = tmp_path / "schema.json"
+    schema.write_bytes(ZOO_SCHEMA.read_bytes())
+    proc = bundle("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", schema)
+    assert proc.returncode == 0 and "metadata is verified with no error" in proc.stdout, proc.stdout[-2000:]
+
+
 def test_dicom_input_gives_a_derived_series_or_the_format_asked(tmp_path):
     """The default input (a real CT slice): a derived DICOM naming the method, or NIfTI with --output_format."""
     import pydicom
