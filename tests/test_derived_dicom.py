@@ -309,7 +309,7 @@ def test_target_folder_with_other_files_is_not_replaced(tmp_path):
     assert [p.name for p in (out / "ct_sr").iterdir()] == ["notes.txt"]
 
 
-def test_cli_writes_dicom_by_default_and_nifti_on_request(tmp_path, capsys):
+def test_cli_writes_dicom_by_default_and_nifti_on_request(tmp_path):
     src = _series(tmp_path / "ct")
     assert (
         main(["sr", str(src), "-o", str(tmp_path / "a"), "-m", "bicubic", "--scale", str(SCALE), "--slice-by-slice"])
