@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from speed import write_block
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
@@ -139,10 +140,7 @@ def main() -> int:
     table += "\n".join("| " + " | ".join(row) + " |" for row in rows)
     command = ".venv/bin/python benchmarks/federated_faults.py"
     block = f"{MARKERS[0]}\nProduced by `{command}` ({time.strftime('%Y-%m-%d')}, 2-core CPU):\n\n{table}\n{MARKERS[1]}"
-    doc = DOC.read_text()
-    if MARKERS[0] in doc:
-        doc = doc[: doc.index(MARKERS[0])] + block + doc[doc.index(MARKERS[1]) + len(MARKERS[1]) :]
-        DOC.write_text(doc)
+    write_block(DOC, MARKERS, block)
     print(table)
     return 0 if all(row[-1] == "yes" for row in rows) else 1
 

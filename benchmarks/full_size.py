@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pydicom
+from speed import write_block
 
 from monai_sr_bundle.data.paths import shared_data_dir
 
@@ -83,12 +84,7 @@ def main() -> int:
         f"{os.cpu_count()} CPU cores): one `monai-sr sr` process per input, default tiles (256 LR px), PyTorch "
         f"eager, writing a derived DICOM series; peak RSS is that process's own.\n\n{table}\n\n- {bar}\n{MARKERS[1]}"
     )
-    doc = DOC.read_text()
-    if MARKERS[0] in doc:
-        doc = doc[: doc.index(MARKERS[0])] + block + doc[doc.index(MARKERS[1]) + len(MARKERS[1]) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+    write_block(DOC, MARKERS, block)
     print(table + "\n\n" + bar)
     return 0 if vdsr[5] <= RSS_BAR_GB and all(r[3] and r[6] == 0 for r in rows) else 1
 

@@ -99,6 +99,17 @@ def peak_rss_of_bundle_inference(work: Path) -> tuple[float, str]:
     return peak_kb / 1024**2, image.name
 
 
+def write_block(path: Path, markers: tuple[str, str], block: str) -> None:
+    """Put ``block`` (which starts and ends with ``markers``) in the page at ``path``: in place of the one
+    there, or at its end; :func:`publish` keeps such blocks when it rewrites a page."""
+    doc = path.read_text()
+    if markers[0] in doc:
+        doc = doc[: doc.index(markers[0])] + block + doc[doc.index(markers[1]) + len(markers[1]) :]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(doc)
+
+
 def publish(path: Path, doc: str, lines: list[str], bars: list[str], issue: int) -> None:
     """Write a benchmark page (``doc`` followed by the issue's bars, then the blocks other scripts keep there,
     e.g. benchmarks/full_size.py's) and print its table and bars."""

@@ -43,6 +43,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
 import monai_sr_bundle
+from monai_sr_bundle.data.readers import dcmread
+from monai_sr_bundle.data.writers import input_paths, to_units, usual_mode
 from monai_sr_bundle.errors import InputError
 
 #: SOP classes a derived image keeps (single-frame images our readers take); any other becomes Secondary Capture
@@ -191,13 +193,6 @@ def _sanitize(ds, name: str) -> None:
         )
 
 
-def _header(path: str) -> Dataset:
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as e:
-        raise InputError(f"{path}: the source DICOM cannot be read again for the derived series ({e}).") from e
-
-
 def _base(src, name: str):
     """A copy of the source header without what a derived image must not carry."""
     ds = Dataset()
@@ -238,8 +233,7 @@ def _ds(value: float) -> str:
 
 def _stored_pixels(plane: np.ndarray, meta: Mapping, src) -> np.ndarray:
     """[0, 1] plane (Rows, Columns) -> the source's stored values (inverse of the reader's map)."""
-    lo, hi = (float(v) for v in meta.get("intensity_range", (0.0, 1.0)))
-    values = np.clip(plane.astype(np.float64), 0.0, 1.0) * (hi - lo) + lo
+    values = to_units(plane, meta.get("intensity_range"), (0.0, 1.0))[0]
     pivot = meta.get("monochrome1_pivot")
     if pivot is not None:
         values = float(pivot) - values
@@ -388,16 +382,6 @@ def _save(ds, path: str) -> None:
         ds.save_as(path, write_like_original=False)  # pydicom 2.x
 
 
-def _sources(meta: Mapping) -> list[str]:
-    files = [str(f) for f in meta.get("dicom_files", []) or []]
-    if files:
-        return files
-    src = meta.get("filename_or_obj")
-    if isinstance(src, (list, tuple)):
-        src = src[0] if len(src) else None
-    return [str(src)] if src else []
-
-
 _SERIES_FILE = re.compile(r"IM\d{4,}\.dcm")
 
 
@@ -415,24 +399,24 @@ def _replace_series(built: Path, path: Path) -> None:
         raise
 
 
-def write_derived(img, path: str | os.PathLike, method: str, *, overwrite: bool = True) -> Path:
-    """Write the SR image ``img`` (1, X, Y[, Z]) in [0, 1] as a derived series of its DICOM source; return
-    ``path``: a ``.dcm`` file for one instance, else a folder of ``IM0001.dcm``, ... in slice order.
+def write_derived(arr: np.ndarray, meta: Mapping, path: str | os.PathLike, method: str, *, overwrite: bool = True):
+    """Write the SR image ``arr`` (X, Y[, Z]) in [0, 1], with its image's metadata ``meta``, as a derived
+    series of its DICOM source (:func:`monai_sr_bundle.data.writers.write_image` calls this); return the
+    path: a ``.dcm`` file for one instance, else a folder of ``IM0001.dcm``, ... in slice order.
 
     The series is built in a hidden folder beside ``path`` and moved into place once every instance is
     written, so a failure leaves nothing behind. ``method`` names the SR method in the series' description,
     derivation and equipment attributes.
     """
     path = Path(path)
-    meta = dict(getattr(img, "meta", None) or {})
     if meta.get("source_format") != "dicom":
         raise InputError(f"{path}: DICOM output needs a DICOM input (its patient and study); write NIfTI instead.")
-    arr = np.asarray(img.detach().cpu().float().numpy() if hasattr(img, "detach") else img)[0]
     planes = [arr] if arr.ndim == 2 else [arr[..., k] for k in range(arr.shape[2])]
-    sources = _sources(meta)
+    paths = input_paths(meta)
+    sources = paths[1:] or paths  # a series' files in slice order, else the one file
     if len(sources) != len(planes):
         raise InputError(f"{path}: {len(planes)} SR slices but {len(sources)} source DICOM instances.")
-    headers = [_header(s) for s in sources]
+    headers = [dcmread(s, stop_before_pixels=True) for s in sources]
     for src, name in zip(headers, sources):
         check_source(src, name)
     columns = int(headers[0].Columns)
@@ -453,11 +437,9 @@ def write_derived(img, path: str | os.PathLike, method: str, *, overwrite: bool 
         for k, (src, plane, name) in enumerate(zip(headers, planes, sources)):
             ds = _instance(src, plane.T, meta, series, k + 1, name)
             _save(ds, str(work / f"IM{k + 1:04d}.dcm"))
-        umask = os.umask(0)
-        os.umask(umask)
         for f in work.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-        os.chmod(work, 0o777 & ~umask)
+            os.chmod(f, usual_mode())
+        os.chmod(work, usual_mode(folder=True))
         if single:
             os.replace(work / "IM0001.dcm", path)
         else:

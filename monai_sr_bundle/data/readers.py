@@ -255,7 +255,7 @@ def _apply_modality_lut(arr: np.ndarray, ds) -> np.ndarray:
     return apply_modality_lut(arr, ds)
 
 
-def _dcmread(path: str | os.PathLike, stop_before_pixels: bool = False):
+def dcmread(path: str | os.PathLike, stop_before_pixels: bool = False):
     """pydicom.dcmread with every failure, including a file cut short, as one InputError."""
     import pydicom
 
@@ -335,7 +335,7 @@ def _is_monochrome1(ds) -> bool:
 
 
 def _read_dicom_file(path: str, intensity) -> MetaTensor:
-    ds = _dcmread(path)
+    ds = dcmread(path)
     arr = _dicom_pixels(ds, path)
     mono1 = _is_monochrome1(ds)
     extra = {}
@@ -377,7 +377,7 @@ def _dicom_series(folder: str, stop_before_pixels: bool = False) -> list[tuple[P
     for f in files:
         if not (f.name.lower().endswith((".dcm", ".dicom")) or _has_dicom_magic(f)):
             continue  # non-DICOM files (DICOMDIR-less exports carry readmes, thumbnails)
-        ds = _dcmread(f, stop_before_pixels)  # a broken DICOM file stops the series: a silently missing slice is worse
+        ds = dcmread(f, stop_before_pixels)  # a broken DICOM file stops the series: a silently missing slice is worse
         if ("Rows" if stop_before_pixels else "PixelData") in ds:
             slices.append((f, ds))
     if not slices:
@@ -394,16 +394,17 @@ def _dicom_series(folder: str, stop_before_pixels: bool = False) -> list[tuple[P
 def _check_geometry(slices: list[tuple[Path, object]], folder: str) -> None:
     """One orientation and one pixel spacing for all slices: a volume (and a derived series) has one grid."""
     first = slices[0][1]
+    direction, spacing = _dicom_direction(first), _dicom_spacing(first)
     for f, ds in slices[1:]:
-        if not np.allclose(_dicom_direction(ds), _dicom_direction(first), atol=1e-4):
+        if not np.allclose(_dicom_direction(ds), direction, atol=1e-4):
             raise InputError(
                 f"{folder}: {f.name} is oriented differently from {slices[0][0].name}; the series has no single "
                 "geometry (split it into series of one orientation)."
             )
-        if not np.allclose(_dicom_spacing(ds), _dicom_spacing(first), rtol=1e-4):
+        if not np.allclose(_dicom_spacing(ds), spacing, rtol=1e-4):
             raise InputError(
                 f"{folder}: {f.name} has pixel spacing {_dicom_spacing(ds)} mm, {slices[0][0].name} "
-                f"{_dicom_spacing(first)} mm; the series has no single geometry."
+                f"{spacing} mm; the series has no single geometry."
             )
 
 
@@ -509,7 +510,7 @@ def image_shape(path: str | os.PathLike) -> tuple[int, ...]:
     if os.path.isdir(path):
         slices = _dicom_series(path, stop_before_pixels=True)
         return (*_dicom_size(slices[0][1], path), len(slices))
-    return _dicom_size(_dcmread(path, stop_before_pixels=True), path)
+    return _dicom_size(dcmread(path, stop_before_pixels=True), path)
 
 
 def read_image(path: str | os.PathLike, intensity: str | Sequence[float] = "minmax") -> MetaTensor:

@@ -66,7 +66,9 @@ def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _input_paths(meta: Mapping) -> list[str]:
+def input_paths(meta: Mapping) -> list[str]:
+    """The files an image was read from: its input (a file or a series folder), then a series' files in slice
+    order."""
     src = meta.get("filename_or_obj")
     if isinstance(src, (list, tuple)):  # collated batch of one
         src = src[0] if len(src) else None
@@ -97,7 +99,7 @@ def _resolve_path(path: str | os.PathLike, fmt: str | None) -> tuple[Path, str]:
     return path, family
 
 
-def _to_units(
+def to_units(
     arr: np.ndarray, rng: Sequence[float] | None, default: tuple[float, float]
 ) -> tuple[np.ndarray, float, float]:
     lo, hi = (float(v) for v in (rng if rng is not None else default))
@@ -130,6 +132,14 @@ def _geometry(affine, ndim: int) -> tuple[list[float], list[float], list[float],
     return list(spacing), list(origin), list(direction.ravel()), 3
 
 
+def usual_mode(folder: bool = False) -> int:
+    """The permissions a new file (or folder) gets from this process's umask; temp files and folders start
+    private (0600 / 0700), so an output moved into place gets these."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 def _atomic(path: Path, write) -> None:
     """Call ``write(tmp_path)`` on a hidden temporary file beside ``path``, then move it into place."""
     parent = path.parent
@@ -139,9 +149,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file permissions
+        os.chmod(tmp, usual_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -160,7 +168,7 @@ def _write_png(arr: np.ndarray, rng, path: Path, name: str) -> None:
                 f"{name}: a PNG holds one 2D image, not a {arr.shape[2]}-slice volume; write .nii.gz instead."
             )
         arr = arr[..., 0]
-    vals, lo, hi = _to_units(arr, rng, (0.0, 255.0))
+    vals, lo, hi = to_units(arr, rng, (0.0, 255.0))
     if lo < 0 or hi > 65535:
         warnings.warn(
             f"{name}: intensity range ({lo:g}, {hi:g}) does not fit a PNG; writing the [0, 1] image as 16-bit.",
@@ -176,7 +184,7 @@ def _write_png(arr: np.ndarray, rng, path: Path, name: str) -> None:
 def _write_itk(arr: np.ndarray, rng, affine, path: Path, dtype) -> None:
     import SimpleITK as sitk
 
-    vals, _, _ = _to_units(arr, rng, (0.0, 1.0))
+    vals, _, _ = to_units(arr, rng, (0.0, 1.0))
     dtype = np.dtype(dtype or np.float32)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -221,7 +229,7 @@ def write_image(
     """
     path, family = _resolve_path(path, fmt)
     meta = dict(getattr(img, "meta", None) or {})
-    for src in _input_paths(meta):
+    for src in input_paths(meta):
         if _same_file(path, src):
             raise InputError(f"{path}: refusing to overwrite the input image; choose another output path.")
     if path.is_dir() and family != "dicom":  # a derived DICOM series is a folder
@@ -245,7 +253,7 @@ def write_image(
         elif family == "dicom":
             from monai_sr_bundle.data.derived_dicom import write_derived
 
-            path = write_derived(img, path, method, overwrite=overwrite)
+            path = write_derived(arr, meta, path, method, overwrite=overwrite)
         else:
             _write_itk(arr, rng, affine, path, dtype)
     except InputError:
@@ -360,7 +368,7 @@ class SaveSRImaged(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             meta = getattr(img, "meta", None) or {}
-            srcs = _input_paths(meta)
+            srcs = input_paths(meta)
             if not srcs:
                 raise InputError(f"{key}: the image has no meta['filename_or_obj'] to name its output after.")
             fam = meta.get("source_format")

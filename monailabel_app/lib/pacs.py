@@ -92,9 +92,11 @@ class SRDICOMwebDatastore(DICOMWebDatastore):
         """The cached series: its one file for a one-instance series (a radiograph), else its folder; "" when
         the PACS has no such series (of the listed modalities)."""
         check_name(image_id, "image id")
-        if image_id not in self.list_images():
-            return ""
         with pacs_errors(self.url, f"fetching series {image_id}"):
+            found = self._client.search_for_series(search_filters={"SeriesInstanceUID": image_id})
+            modalities = {m.get("00080060", {}).get("Value", [""])[0] for m in found}  # one query, not a listing
+            if not modalities & set(self.modalities):
+                return ""
             folder = super().get_image_uri(image_id)
         files = sorted(Path(folder).glob("*.dcm"))
         return str(files[0]) if len(files) == 1 else folder
