@@ -56,7 +56,7 @@ METRICS = {
 }
 
 
-def _metric_fns(lpips: bool) -> dict:
+def _metric_fns(lpips: bool, lpips_weights: str | os.PathLike | None = None) -> dict:
     fns = {
         "psnr": PSNRMetric(),
         "ssim": SSIMMetric(),
@@ -66,7 +66,7 @@ def _metric_fns(lpips: bool) -> dict:
         "inbox_ssim": InBoxMetric(SSIMMetric()),
     }
     if lpips:
-        fns["lpips"] = LPIPSMetric()
+        fns["lpips"] = LPIPSMetric(weights_path=lpips_weights)
     return fns
 
 
@@ -164,6 +164,7 @@ def evaluate(
     tile_size: int = 256,
     device: str | torch.device = "cpu",
     lpips: bool = True,
+    lpips_weights: str | os.PathLike | None = None,
     save_images: bool = False,
     figures: int = 0,
     seed: int = 0,
@@ -184,6 +185,7 @@ def evaluate(
             preset's artifacts are drawn on the LR image only.
         inferers: method name -> its tiling inferer (:meth:`monai_sr_bundle.methods.Method.inferer`); the
             others get core-crop tiles of ``tile_size`` with the default context.
+        lpips_weights: the LPIPS (AlexNet) ``.npz`` archive; default the shared data's.
         seed: LR synthesis of image ``i`` uses ``seed + i``, so noise presets are reproducible.
         intensity: how images are mapped to [0, 1] (:func:`~monai_sr_bundle.data.readers.read_image`): a
             CT model is scored in the HU window it was trained in, e.g. ``(-1000, 400)``.
@@ -196,7 +198,7 @@ def evaluate(
     artifacts = RandArtifacts(**artifact_args) if artifact_args else None
     out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
     out.mkdir(parents=True, exist_ok=True)
-    fns = {name: _metric_fns(lpips) for name in networks}
+    fns = {name: _metric_fns(lpips, lpips_weights) for name in networks}
     rows, failures = [], []
     for i, item in enumerate(tqdm(datalist, desc="evaluating", unit="image", disable=not progress)):
         path = str(item["label"])

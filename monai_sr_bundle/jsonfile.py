@@ -16,7 +16,7 @@ def read_json_object(path: str | os.PathLike, what: str, allowed: Iterable[str] 
     refused in one sentence that starts with ``what`` (e.g. ``"method 'x': its overlay <path>"``)."""
     try:
         content = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise InputError(f"{what} is not readable JSON ({e}).") from e
     if not isinstance(content, dict):
         raise InputError(f"{what} must be a JSON object.")

@@ -28,7 +28,9 @@ from torch import nn
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
 
-BUNDLE_ROOT = Path(__file__).resolve().parent
+#: the bundle root (``configs/``, ``models/``): this package's folder, or, when the code is an exported zoo
+#: bundle's ``scripts/`` (:mod:`monai_sr_bundle.zoo`), the folder above it
+BUNDLE_ROOT = next(p for p in Path(__file__).resolve().parents[:2] if (p / "configs").is_dir())
 METHODS_DIR = BUNDLE_ROOT / "configs" / "methods"
 #: keys an overlay may hold
 OVERLAY_KEYS = ("network_def", "discriminator_def", "training", "default")

@@ -146,7 +146,7 @@ def train_command(config_files: list[str], method: methods.Method, settings: dic
     each stage setting (``None``: left at its default, omitted); a setting equal to the method's overlay is
     left to the overlay, any other is written out, so overrides given on the command line are kept."""
     stages = ",".join(f"'{f}'" for f in config_files)
-    parts = ["cd monai_sr_bundle && python -m monai.bundle run --config_file", f'"[{stages}]"']
+    parts = [f"cd {BUNDLE_ROOT.name} && python -m monai.bundle run --config_file", f'"[{stages}]"']
     parts += ["--method", method.name]
     for key, value in settings.items():
         if value is None or method.training.get(key, object()) == value:

@@ -204,7 +204,7 @@ def _itk_error(path: str, e: RuntimeError) -> InputError:
 def _itk_header(path: str):
     """A SimpleITK reader that has read the header only, so shape and size can be checked before any voxel
     is allocated; 4D and higher images are refused."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own usual name)
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
@@ -218,7 +218,7 @@ def _itk_header(path: str):
 
 
 def _read_itk(path: str, intensity) -> MetaTensor:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own usual name)
 
     reader = _itk_header(path)
     dim, size = reader.GetDimension(), reader.GetSize()

@@ -182,7 +182,7 @@ def _write_png(arr: np.ndarray, rng, path: Path, name: str) -> None:
 
 
 def _write_itk(arr: np.ndarray, rng, affine, path: Path, dtype) -> None:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (the library's own usual name)
 
     vals, _, _ = to_units(arr, rng, (0.0, 1.0))
     dtype = np.dtype(dtype or np.float32)

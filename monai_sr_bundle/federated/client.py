@@ -63,7 +63,7 @@ class SiteTrainer:
                 "modality": modality,
                 "intensity": intensity,
                 "datalist_file": str(site.datalist),
-                "data_dir": str(site.data_dir),
+                "dataset_dir": str(site.data_dir),
                 "val_limit": None,
                 "box_weight": float(box_weight),
                 "max_epochs": int(total_epochs),

@@ -88,8 +88,8 @@ class LPIPS(nn.Module):
             both = both.expand(-1, 3, -1, -1)
         h = ((both * 2 - 1) - self.shift) / self.scale
         total = both.new_zeros(n, 1)
-        for h, lin in zip(self.backbone(h, self.taps), self.lins):
-            unit = h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+        for features, lin in zip(self.backbone(h, self.taps), self.lins):
+            unit = features / (features.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
             diff = (unit[:n] - unit[n:]).pow(2)
             total = total + lin(diff).mean(dim=(2, 3))
         return total

@@ -18,10 +18,11 @@ UPSAMPLE_HALO = 2
 def upsample(x: torch.Tensor, scale: int, mode: str = "bicubic") -> torch.Tensor:
     """Enlarge a batch (B, C, X, Y) by an integer ``scale``. Output is not clamped, so networks see the
     interpolant as is."""
-    if mode not in UPSAMPLE_MODES:
-        raise InputError(f"unknown upsample mode {mode!r}; use one of {UPSAMPLE_MODES}.")
-    kwargs = {} if mode == "nearest" else {"align_corners": False}
-    return F.interpolate(x, scale_factor=scale, mode=mode, **kwargs)
+    if mode == "nearest":
+        return F.interpolate(x, scale_factor=float(scale), mode=mode)
+    if mode != "bicubic" and mode != "bilinear":  # no f-string or global: this compiles to TorchScript
+        raise InputError("unknown upsample mode " + mode + "; use bicubic, bilinear or nearest.")
+    return F.interpolate(x, scale_factor=float(scale), mode=mode, align_corners=False)
 
 
 def pre_upsampled_halo(hr_radius: int, scale: int) -> int:

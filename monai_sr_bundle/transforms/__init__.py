@@ -1,13 +1,7 @@
 """Transforms, MONAI-style (array ``Foo`` and dictionary ``Food`` pairs): LR synthesis (degradation,
 artifacts), abnormality boxes, and the named degradation presets in ``configs/degradations``."""
 
-from monai_sr_bundle.transforms.artifacts import (
-    ARTIFACT_KINDS,
-    ArtifactSpec,
-    RandArtifacts,
-    RandArtifactsd,
-    render_artifact,
-)
+from monai_sr_bundle.transforms.artifacts import ARTIFACT_KINDS, ArtifactSpec, RandArtifacts, RandArtifactsd
 from monai_sr_bundle.transforms.boxes import (
     BoxesToMask,
     BoxesToMaskd,
@@ -40,7 +34,6 @@ __all__ = [
     "crop_boxes",
     "downsample",
     "load_preset",
-    "render_artifact",
     "upsample",
     "validate_boxes",
     "zoom_geometry",

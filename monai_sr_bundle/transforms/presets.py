@@ -19,12 +19,13 @@ from monai.transforms import Compose
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
+from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.transforms.artifacts import RandArtifactsd
 from monai_sr_bundle.transforms.degradation import Degraded
 
 __all__ = ["PRESET_DIR", "PRESET_KEYS", "available_presets", "degradation_args", "load_preset", "lr_synthesis"]
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "degradations"
+PRESET_DIR = BUNDLE_ROOT / "configs" / "degradations"
 
 # keys a preset may hold: the Degrade keyword arguments, plus "description" and "artifacts"
 PRESET_KEYS = frozenset(

@@ -1,0 +1,495 @@
+"""Export one method as a self-contained MONAI model-zoo bundle (``monai-sr export-zoo``).
+
+The development bundle (this package) serves every method and finds its weights by name; a zoo bundle is
+one model: ``models/model.pt``, configs that fix the method, and its code under ``scripts/``, importable
+with the bundle folder on ``sys.path`` (as the zoo's CI and ``monai.bundle run`` put it) and no monai-sr
+installed. The export assembles, it does not fork: the code is this package's modules with the package
+name rewritten to ``scripts``, the configs are the development configs with a few keys fixed, the
+metadata and model card are the development ones narrowed to the method, with its benchmark row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import monai_sr_bundle
+from monai_sr_bundle import methods
+from monai_sr_bundle.data.paths import REPO_ROOT
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.jsonfile import read_json_object
+from monai_sr_bundle.training import sha256, stage_configs
+
+PACKAGE = Path(monai_sr_bundle.__file__).resolve().parent
+#: adapters and tools of the development bundle that a zoo bundle does not run (the NVFlare job, the
+#: command line, this exporter)
+NOT_EXPORTED = ("federated", "cli.py", "zoo.py")
+#: the zoo's pre-commit hook refuses committed files above this size: larger ones go in large_files.yml
+MAX_COMMITTED_BYTES = 1024 * 1024
+#: benchmark tables (method in the first column) whose rows become a bundle's eval_metrics
+RESULTS = {"cxr": REPO_ROOT / "docs" / "results.md", "ct": REPO_ROOT / "docs" / "results_ct.md"}
+RERUN = {
+    "cxr": "python benchmarks/quality.py",
+    "ct": "python benchmarks/ct_quality.py",
+}
+MODALITY_WORDS = {"cxr": ("xray", "chest X-ray"), "ct": ("ct", "chest CT")}
+
+
+def bundle_name(method: methods.Method) -> str:
+    """The zoo's folder name: lower case words joined by ``_`` (``chest_xray_sr_vdsr_x4``)."""
+    return f"chest_{MODALITY_WORDS[method.modality][0]}_sr_{method.name}_x{method.scale}"
+
+
+def rewrite_package(text: str) -> str:
+    """Imports and references of this package (``import monai_sr_bundle``, ``monai_sr_bundle.x``) as the
+    zoo bundle's ``scripts`` package."""
+    text = re.sub(r"\b(from|import) monai_sr_bundle\b", r"\1 scripts", text)
+    return re.sub(r"\bmonai_sr_bundle\.", "scripts.", text)
+
+
+def json_text(content) -> str:
+    """JSON as the zoo's ``pretty-format-json`` hook writes it (indent 4, keys in order, ASCII, final newline)."""
+    return json.dumps(content, indent=4) + "\n"
+
+
+def scriptable(method: methods.Method) -> bool:
+    """Whether ``torch.jit.script`` compiles the method's network, as the zoo's ``ckpt_export`` check does;
+    the others go on the zoo's TorchScript exclusion list (a sampler's loop or MONAI's attention blocks do
+    not script), and export by tracing or to ONNX instead."""
+    import torch
+
+    try:
+        torch.jit.script(method.network().eval())
+    except Exception:  # TorchScript's compiler reports many error types; any of them means "not scriptable"
+        return False
+    return True
+
+
+def benchmark_row(method: methods.Method, results: str | os.PathLike | None = None) -> dict[str, float]:
+    """The method's means in the benchmark table of its modality (``docs/results*.md``): metric -> value."""
+    table = Path(results) if results else RESULTS[method.modality]
+    if not table.is_file():
+        raise InputError(f"{table}: benchmark table not found; run {RERUN[method.modality]} or pass --results.")
+    header, rows = None, {}
+    for line in table.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if not cells or set(cells[0]) <= set("-: "):
+            continue
+        if header is None and cells[0] == "method":
+            header = cells
+        elif header is not None:
+            rows.setdefault(cells[0], cells)
+    if header is None or method.name not in rows:
+        raise InputError(f"{table}: no row for {method.name!r} in a table whose first column is 'method'.")
+    metrics = {}
+    for name, cell in zip(header[1:], rows[method.name][1:]):
+        key = re.sub(r"[^a-z0-9]+", "_", re.sub(r"\(.*?\)|\[.*?\]|mean|[↑↓]", "", name.lower())).strip("_")
+        metrics[key] = float(cell.split()[0])
+    return metrics
+
+
+def method_row(method: methods.Method) -> str:
+    """The network's description in the development model card's table of networks."""
+    card = (methods.BUNDLE_ROOT / "docs" / "README.md").read_text(encoding="utf-8")
+    found = re.search(rf"^\| `{re.escape(method.name)}` \| ([^|]+) \| ([^|]+) \|$", card, re.M)
+    return f"{found.group(1).strip()} ({found.group(2).strip()} parameters)" if found else method.family
+
+
+def export(
+    name: str,
+    out: str | os.PathLike,
+    modality: str = "cxr",
+    scale: int = 4,
+    weights_url: str = "",
+    results: str | os.PathLike | None = None,
+) -> Path:
+    """Write the zoo bundle of method ``name`` into ``out/<bundle name>`` (written beside, then moved in
+    place; an existing bundle there is refused) and return its folder."""
+    method = methods.get(name, scale, modality)
+    if not method.weights_available:
+        raise InputError(
+            f"method {name!r} has no {modality} x{scale} weights ({method.weights_name}); a zoo bundle is one "
+            "trained model: export a method with weights ('monai-sr methods' lists them)."
+        )
+    target = Path(out) / bundle_name(method)
+    if target.exists():
+        raise InputError(f"{target} exists; remove it or export to another folder.")
+    metrics = benchmark_row(method, results)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _assemble(method, staging, metrics, weights_url)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _assemble(method: methods.Method, root: Path, metrics: dict[str, float], weights_url: str) -> None:
+    _copy_code(root / "scripts")
+    _write_configs(method, root / "configs", metrics)
+    models = root / "models"
+    models.mkdir()
+    shutil.copyfile(method.weights_path, models / "model.pt")
+    record = {k: v for k, v in methods.weights_record(method.weights_path).items() if k != "sha256"}
+    digest = sha256(models / "model.pt")
+    (models / "weights.json").write_text(json_text({"model.pt": {"sha256": digest, **record}}))
+    if (models / "model.pt").stat().st_size > MAX_COMMITTED_BYTES:
+        (root / "large_files.yml").write_text(
+            "# the zoo keeps files over 1 MB out of git: upload models/model.pt and give its address as url\n"
+            "large_files:\n"
+            '  - path: "models/model.pt"\n'
+            f'    url: "{weights_url}"\n'
+            f'    hash_val: "{digest}"\n'
+            '    hash_type: "sha256"\n'
+        )
+    shutil.copyfile(methods.BUNDLE_ROOT / "LICENSE", root / "LICENSE")
+    docs = root / "docs"
+    docs.mkdir()
+    authors = read_json_object(methods.BUNDLE_ROOT / "configs" / "metadata.json", "the bundle's metadata")["authors"]
+    (docs / "README.md").write_text(_model_card(method, metrics, authors))
+    (docs / "data_license.txt").write_text(DATA_LICENSE[method.modality])
+
+
+def _copy_code(scripts: Path) -> None:
+    """This package's modules as ``scripts``, imports sorted as the zoo's isort settings sort them (there,
+    ``scripts`` is a third-party name: it stands beside torch, not in a first-party block of its own)."""
+    try:
+        import isort
+    except ImportError as e:
+        raise InputError("export-zoo sorts the bundle's imports with isort: pip install isort.") from e
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] in NOT_EXPORTED or rel.parts[0] in ("configs", "models", "docs"):
+            continue
+        dest = scripts / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        code = rewrite_package(path.read_text(encoding="utf-8"))
+        dest.write_text(isort.code(code, profile="black", line_length=120, known_first_party=["models"]))
+
+
+def _write_configs(method: methods.Method, configs: Path, metrics: dict[str, float]) -> None:
+    source = methods.BUNDLE_ROOT / "configs"
+    (configs / "methods").mkdir(parents=True)
+    (configs / "degradations").mkdir()
+    stages = {"train.json"} | {Path(f).name for f in _stage_files(method)}
+    for path in sorted(source.glob("*.json")):
+        if path.name.startswith("train") and path.name not in stages:
+            continue
+        if path.name == "export_denoiser.json" and method.exportable:
+            continue
+        content = json.loads(rewrite_package(path.read_text(encoding="utf-8")))
+        if path.name == "inference.json":
+            content.update(_fixed_keys(method))
+        elif path.name == "metadata.json":
+            continue
+        (configs / path.name).write_text(json_text(content))
+    dev = read_json_object(source / "metadata.json", f"the bundle's metadata {source / 'metadata.json'}")
+    (configs / "metadata.json").write_text(json_text(_metadata(method, dev, metrics)))
+    shutil.copyfile(source / "logging.conf", configs / "logging.conf")
+    (configs / "methods" / f"{method.name}.json").write_text(
+        json_text(json.loads(rewrite_package(method.overlay.read_text(encoding="utf-8"))))
+    )
+    for path in sorted((source / "degradations").glob("*.json")):
+        (configs / "degradations" / path.name).write_text(json_text(json.loads(path.read_text(encoding="utf-8"))))
+
+
+def _stage_files(method: methods.Method) -> list[str]:
+    files = stage_configs(method.adversarial, "diffusion" if method.latent else None)
+    return files + (stage_configs(latent_stage="autoencoder") if method.latent else [])
+
+
+def _fixed_keys(method: methods.Method) -> dict:
+    """What the development bundle chooses at run time and a zoo bundle fixes: the method, its modality and
+    weights file, the intensity map it was trained with, and the zoo's data folder convention."""
+    return {
+        "method": method.name,
+        "modality": method.modality,
+        "scale": method.scale,
+        "intensity": method.intensity,
+        "ckpt_path": "$@bundle_root + '/models/model.pt'",
+        "dataset_dir": f"/workspace/data/chest_{MODALITY_WORDS[method.modality][0]}",
+    }
+
+
+def _metadata(method: methods.Method, dev: dict, metrics: dict[str, float]) -> dict:
+    word, phrase = MODALITY_WORDS[method.modality]
+    meta = dict(dev)
+    meta["changelog"] = {
+        monai_sr_bundle.__version__: f"{method.name} x{method.scale} for {phrase}, exported from monai-sr "
+        f"{monai_sr_bundle.__version__}",
+        **{k: v for k, v in dev["changelog"].items() if k != monai_sr_bundle.__version__},
+    }
+    meta["version"] = monai_sr_bundle.__version__
+    meta["name"] = f"{phrase.capitalize()} super-resolution x{method.scale} ({method.name})"
+    meta["task"] = f"Single-image super-resolution (x{method.scale}) of {phrase} images"
+    meta["description"] = (
+        f"{method_row(method)}. Takes the low-resolution image and returns it enlarged {method.scale}x; spacing "
+        "is divided by the scale."
+    )
+    meta["modality"] = {"cxr": "CXR (chest radiograph: CR/DX)", "ct": "chest CT, axial slice by slice"}[method.modality]
+    meta["eval_metrics"] = metrics
+    for part in ("inputs", "outputs"):
+        for spec in meta["network_data_format"][part].values():
+            spec["modality"] = word
+    return meta
+
+
+
+
+NIH_CITATION = (
+    "X. Wang, Y. Peng, L. Lu, Z. Lu, M. Bagheri, R. M. Summers. ChestX-ray8: Hospital-scale Chest X-ray Database "
+    "and Benchmarks on Weakly-Supervised Classification and Localization of Common Thorax Diseases. CVPR 2017."
+)
+DATA_LICENSE = {
+    "cxr": (
+        "Third party data licence\n\n"
+        "The weights in models/ were trained on NIH ChestX-ray14 (NIH Clinical Center), which is not part of "
+        "this bundle.\nThe NIH released it without usage restriction and asks users to acknowledge the NIH "
+        "Clinical Center as its source\nand to cite:\n\n" + NIH_CITATION + "\n\n"
+        "Images: https://nihcc.app.box.com/v/ChestXray-NIHCC\n"
+    ),
+    "ct": (
+        "Third party data licence\n\n"
+        "The weights in models/ were trained on chest CT of The Cancer Imaging Archive (TCIA), which is not "
+        "part of this bundle:\n"
+        "- LIDC-IDRI (CC BY 3.0): Armato III SG et al., Data From LIDC-IDRI, TCIA 2015, "
+        "doi:10.7937/K9/TCIA.2015.LO9QL9SX; Med Phys 38:915-931 (2011).\n"
+        "- Lung-PET-CT-Dx (CC BY 4.0): Li P et al., A Large-Scale CT and PET/CT Dataset for Lung Cancer "
+        "Diagnosis, TCIA 2020, doi:10.7937/TCIA.2020.NNC2-0461.\n"
+        "- TCIA: Clark K et al., J Digit Imaging 26:1045 (2013).\n"
+        "Evaluation also used slices of the dcmqi (BSD-3) and TotalSegmentator (CC BY 4.0) example series.\n"
+    ),
+}
+
+
+def _model_card(method: methods.Method, metrics: dict[str, float], authors: str) -> str:
+    """The zoo template's sections for one method, from its registry entry, its weights record and its
+    benchmark row."""
+    word, phrase = MODALITY_WORDS[method.modality]
+    record = methods.weights_record(method.weights_path)
+    configs = "configs/inference.json"
+    run = "python -m monai.bundle run --config_file"
+    stages = ",".join(f"'{f}'" for f in _stage_files(method) if "autoencoder" not in f)
+    scores = " | ".join(f"{v:g}" for v in metrics.values())
+    tags = ", ".join(
+        ["Super-resolution", "X-ray" if word == "xray" else "CT", "Chest", method.family]
+        + (["Diffusion"] if method.stochastic else [])
+    )
+    intensity = method.intensity
+    reading = (
+        "the image's own range mapped to [0, 1] (min-max)"
+        if intensity == "minmax"
+        else f"the window {intensity} (modality units, HU for CT) mapped to [0, 1]"
+    )
+    torchscript = (
+        "`ckpt_export` (scripting) works: "
+        f"`python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt "
+        f"--meta_file configs/metadata.json --config_file {configs}` (bundle root on PYTHONPATH)."
+        if scriptable(method)
+        else "the network does not compile with `torch.jit.script` (the zoo's `ckpt_export` check), so the bundle "
+        "is on the zoo's TorchScript exclusion list (`exclude_verify_torchscript_list`)"
+        + (
+            "; `ckpt_export ... --use_trace True --input_shape \"[1, 1, 64, 64]\"` traces it, and "
+            "`configs/inference_onnx.json` runs it with ONNX Runtime."
+            if not method.stochastic
+            else "; it samples with a loop, so use `configs/inference_onnx.json` (its denoiser in ONNX Runtime)."
+        )
+    )
+    sampling = (
+        "\nThe method is stochastic (diffusion): `--seed N` fixes the result, `--samples N` writes the mean of N "
+        "draws with a per-pixel standard deviation map and an LR-consistency map beside it, `--steps` and "
+        "`--sampler` choose the sampler.\n"
+        if method.stochastic
+        else ""
+    )
+    return f"""# {phrase.capitalize()} super-resolution x{method.scale}: {method.name}
+
+### **Authors**
+{authors}
+
+### **Tags**
+{tags}
+
+## **Model Description**
+Single-image super-resolution (x{method.scale}) of single-channel {phrase} images: {method_row(method)}.
+The network takes the low-resolution (LR) image and returns it enlarged {method.scale}x; the output keeps the
+input's geometry with the spacing divided by the scale. Images are tiled with the context the network needs,
+so any size runs in bounded memory with the same result as a whole-image pass.{sampling}
+
+This research model is not a medical device: SR images can invent or remove fine structure and must not be
+used for diagnosis. A DICOM input gives a derived series marked as AI-generated.
+
+## **Data**
+{record.get("data", "see models/weights.json")}.
+The data is not part of the bundle; its licence and citation are in `docs/data_license.txt`.
+
+#### **Preprocessing**
+Images are read to float32 in [0, 1] ({reading}; DICOM: modality LUT applied, MONOCHROME1 inverted), and
+written back in the input's units. Training LR images are made from the HR images by the degradation
+`{json.dumps(record.get("degradation", "bicubic_aa"))}` at x{method.scale} (`configs/degradations/`).
+
+## **Performance**
+Test split of the data above (HR = the images, LR = their x{method.scale} degradation), mean over images:
+
+| method | {" | ".join(metrics)} |
+|---|{"---|" * len(metrics)}
+| {method.name} | {scores} |
+
+The same figures are `eval_metrics` in `configs/metadata.json`. They come from the monai-sr repository's
+`{RERUN[method.modality]}`; this bundle's evaluate config computes the metrics per image on a datalist:
+
+```
+{run} "['{configs}','configs/evaluate.json']" --dataset_dir <nih_cxr14 folder>
+```
+
+## **Additinal Usage Steps**
+Inference (a file or a folder of PNG, JPEG, DICOM, NIfTI, NRRD or MHA images; DICOM gives a derived series):
+
+```
+{run} {configs} --dataset_dir <folder or file> --output_dir sr_output
+```
+
+ONNX Runtime: `{run} "['{configs}','configs/inference_onnx.json']"` (exports `models/model.onnx` on first use).
+TensorRT (GPU): `{run} "['{configs}','configs/inference_trt.json']"`.
+
+Training (the shipped file's exact command, epochs and data split are in `models/weights.json`):
+
+```
+{run} "[{stages}]" --dataset_dir <nih_cxr14 folder>
+```
+
+TorchScript: {torchscript}
+
+## **System Configuration**
+The shipped weights were trained on 2 CPU cores without a GPU, sized for that (patches, reduced widths and
+depths); the same configs run unchanged on a GPU (`device` picks CUDA when present). Inference runs on CPU
+or GPU; large images are tiled (`--tile_size`).
+
+## **Limitations**
+Trained on synthetic ({record.get("degradation", "bicubic")}) LR versions of {phrase} images at x{method.scale};
+real low-resolution acquisitions, other scales and other body parts differ from that and are not validated.
+Compare SR images with the original before trusting detail. Research use only; not cleared by any regulator.
+
+## **Citation Info**
+Cite the data as `docs/data_license.txt` asks, and the method's paper (References).
+
+## **References**
+- The network: {method_row(method)}.
+- The data: {NIH_CITATION if method.modality == "cxr" else "see docs/data_license.txt"}
+"""
+
+
+#: runs a zoo CI script as ``python <script> args`` would, with this package made unimportable: what the
+#: zoo's CI sees is the bundle alone
+_LAUNCH = (
+    "import os, runpy, sys; sys.modules['monai_sr_bundle'] = None; script = sys.argv[1]; "
+    "sys.path.insert(0, os.path.dirname(os.path.abspath(script))); sys.argv = sys.argv[1:]; "
+    "runpy.run_path(script, run_name='__main__')"
+)
+#: the zoo's pre-commit hooks (``.pre-commit-config.yaml``) as the pre-commit-hooks package installs them,
+#: each with the files pre-commit would give it (its ``types``)
+HOOKS = (
+    (["check-yaml"], (".yml", ".yaml")),
+    (["check-docstring-first"], (".py",)),
+    (["check-executables-have-shebangs"], "executable"),
+    (["check-toml"], (".toml",)),
+    (["check-case-conflict"], "all"),
+    (["check-added-large-files", "--maxkb=1024"], "all"),
+    (["detect-private-key"], "text"),
+    (["pretty-format-json", "--no-sort-keys", "--indent=4"], (".json",)),
+    (["trailing-whitespace-fixer"], "text"),
+    (["end-of-file-fixer"], "text"),
+    (["mixed-line-ending"], "text"),
+)
+
+
+def _hook_files(files: list[Path], kind) -> list[Path]:
+    if kind == "all":
+        return files
+    if kind == "executable":
+        return [f for f in files if os.access(f, os.X_OK)]
+    if kind == "text":
+        return [f for f in files if b"\0" not in f.read_bytes()[:8192]]
+    return [f for f in files if f.name.endswith(kind)]
+
+
+def check(bundle: str | os.PathLike, zoo_ci: str | os.PathLike, workdir: str | os.PathLike) -> list[str]:
+    """Run the model zoo's own CI on an exported ``bundle`` in a scratch zoo tree under ``workdir``:
+    ``ci/verify_bundle.py -m full`` (files, version, schema, ``verify_net_in_out``, ``ckpt_export``; a bundle
+    that does not script goes on the zoo's TorchScript exclusion list first, as its pull request would),
+    the pre-commit hooks, isort, black and flake8 with the zoo's settings. Returns the names of the steps
+    that passed; the first failure raises an :class:`InputError` with the tool's output."""
+    import subprocess
+    import sys
+
+    bundle, zoo_ci, tree = Path(bundle), Path(zoo_ci), Path(workdir) / "model-zoo"
+    if not (zoo_ci / "ci" / "verify_bundle.py").is_file():
+        raise InputError(f"{zoo_ci}: not the model zoo's CI folder (no ci/verify_bundle.py).")
+    name = bundle.name
+    shutil.copytree(zoo_ci, tree, dirs_exist_ok=True)
+    shutil.copytree(bundle, tree / "models" / name)
+    meta = read_json_object(bundle / "configs" / "metadata.json", f"{bundle}: configs/metadata.json")
+    schema = zoo_ci / meta["schema"].rsplit("/", 1)[-1]
+    (tree / "models" / name / "eval").mkdir()
+    shutil.copyfile(schema, tree / "models" / name / "eval" / "schema.json")  # ci/prepare_schema.py's download
+    if not _scripts_ok(tree / "models" / name):
+        with open(tree / "ci" / "bundle_custom_data.py", "a") as f:
+            f.write(f"\nexclude_verify_torchscript_list.append({name!r})\n")
+
+    def run(step: str, *args: str, cwd: Path = tree) -> None:
+        done = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise InputError(f"{name}: zoo check '{step}' failed:\n{(done.stdout + done.stderr)[-4000:]}")
+        passed.append(step)
+
+    passed: list[str] = []
+    run("verify_bundle (full)", sys.executable, "-c", _LAUNCH, "ci/verify_bundle.py", "-b", name, "-m", "full")
+    shutil.rmtree(tree / "models" / name / "eval")  # made by the CI, not part of a pull request
+    for leftover in (tree / "models" / name / "models").glob("verify_model.ts"):
+        leftover.unlink()
+    git = ["git", "-c", "user.name=zoo", "-c", "user.email=zoo@localhost"]
+    run("git init", *git, "init", "-q")
+    large = _large_files(tree / "models" / name)
+    committed = [
+        p.relative_to(tree).as_posix()
+        for p in sorted((tree / "models" / name).rglob("*"))
+        if p.is_file() and p.relative_to(tree / "models" / name).as_posix() not in large
+    ]
+    run("git add", *git, "add", "--", *committed)
+    bindir = Path(sys.executable).parent
+    for hook, kind in HOOKS:
+        files = [f.as_posix() for f in _hook_files([tree / f for f in committed], kind)]
+        if files:
+            run(hook[0], str(bindir / hook[0]), *hook[1:], *files)
+    code = f"models/{name}"
+    run("isort", sys.executable, "-m", "isort", "--check", code)
+    run("black", sys.executable, "-m", "black", "--skip-magic-trailing-comma", "--check", code)
+    run("flake8", sys.executable, "-m", "flake8", code, "--count", "--statistics")
+    return passed
+
+
+def _scripts_ok(bundle: Path) -> bool:
+    """Whether the bundle's network compiles with TorchScript, asked of the bundle's own code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; sys.modules['monai_sr_bundle'] = None; sys.path.insert(0, sys.argv[1]); "
+        "from monai.bundle import ConfigParser; p = ConfigParser(); "
+        "p.read_config(sys.argv[1] + '/configs/inference.json'); p['bundle_root'] = sys.argv[1]; "
+        "torch.jit.script(p.get_parsed_content('network_def'))"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True).returncode == 0
+
+
+def _large_files(bundle: Path) -> set[str]:
+    listing = bundle / "large_files.yml"
+    if not listing.is_file():
+        return set()
+    return set(re.findall(r'^\s*-\s*path:\s*"([^"]+)"', listing.read_text(encoding="utf-8"), re.M))
