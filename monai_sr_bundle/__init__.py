@@ -3,7 +3,7 @@
 This folder is both the Python package and the MONAI bundle root (``configs/``, ``models/``, ``docs/``).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def flag(value: bool | str) -> bool:

@@ -1,5 +1,6 @@
 """Command line: ``monai-sr sr`` super-resolves files; ``monai-sr demo`` compares the methods on real images;
-``monai-sr methods`` lists the methods; ``monai-sr ct-slices`` prepares the chest CT training data.
+``monai-sr methods`` lists the methods; ``monai-sr ct-slices`` prepares the chest CT training data;
+``monai-sr export-zoo`` writes a method as a MONAI model-zoo bundle.
 
 They go through the same entry points as the bundle configs (:mod:`monai_sr_bundle.methods`,
 :mod:`monai_sr_bundle.inference`, :mod:`monai_sr_bundle.evaluation`).
@@ -222,7 +223,29 @@ def build_parser() -> argparse.ArgumentParser:
     blend.add_argument("--scale", type=int, default=4, help="SR factor of both weights (default 4)")
     blend.add_argument("--modality", default="cxr", help="weights family of both (default cxr)")
     blend.set_defaults(func=_interpolate)
+
+    export = sub.add_parser("export-zoo", help="a method as a self-contained MONAI model-zoo bundle folder")
+    export.add_argument("-m", "--method", required=True, help="a method with shipped weights")
+    export.add_argument("-o", "--out", required=True, help="folder that receives the bundle folder")
+    export.add_argument("--scale", type=int, default=4, help="SR factor of the weights (default 4)")
+    export.add_argument("--modality", default="cxr", help="weights family (default cxr)")
+    export.add_argument("--weights-url", default="", help="where models/model.pt is published (large_files.yml)")
+    export.add_argument("--results", help="benchmark table with the method's row (default: the repository's docs)")
+    export.add_argument("--check", metavar="ZOO_CI", help="then run the model zoo's CI from this folder on it")
+    export.set_defaults(func=_export_zoo)
     return parser
+
+
+def _export_zoo(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from monai_sr_bundle import zoo
+
+    bundle = zoo.export(args.method, args.out, args.modality, args.scale, args.weights_url, args.results)
+    print(f"wrote {bundle}")
+    if args.check:
+        with tempfile.TemporaryDirectory() as work:
+            print("zoo CI passed: " + ", ".join(zoo.check(bundle, args.check, work)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,6 +138,7 @@ def _assemble(method: methods.Method, root: Path, metrics: dict[str, float], wei
     shutil.copyfile(method.weights_path, models / "model.pt")
     record = {k: v for k, v in methods.weights_record(method.weights_path).items() if k != "sha256"}
     digest = sha256(models / "model.pt")
+    record["trained_in"] = f"monai-sr {monai_sr_bundle.__version__}: its development bundle, where the command ran"
     (models / "weights.json").write_text(json_text({"model.pt": {"sha256": digest, **record}}))
     if (models / "model.pt").stat().st_size > MAX_COMMITTED_BYTES:
         (root / "large_files.yml").write_text(
@@ -177,7 +178,7 @@ def _write_configs(method: methods.Method, configs: Path, metrics: dict[str, flo
     source = methods.BUNDLE_ROOT / "configs"
     (configs / "methods").mkdir(parents=True)
     (configs / "degradations").mkdir()
-    stages = {"train.json"} | {Path(f).name for f in _stage_files(method)}
+    stages = {Path(f).name for stage in _stages(method) for f in stage}
     for path in sorted(source.glob("*.json")):
         if path.name.startswith("train") and path.name not in stages:
             continue
@@ -199,9 +200,10 @@ def _write_configs(method: methods.Method, configs: Path, metrics: dict[str, flo
         (configs / "degradations" / path.name).write_text(json_text(json.loads(path.read_text(encoding="utf-8"))))
 
 
-def _stage_files(method: methods.Method) -> list[str]:
-    files = stage_configs(method.adversarial, "diffusion" if method.latent else None)
-    return files + (stage_configs(latent_stage="autoencoder") if method.latent else [])
+def _stages(method: methods.Method) -> list[list[str]]:
+    """Each training stage's config files, in order: a latent method's autoencoder stage, then the main one."""
+    main = stage_configs(method.adversarial, "diffusion" if method.latent else None)
+    return ([stage_configs(latent_stage="autoencoder")] if method.latent else []) + [main]
 
 
 def _fixed_keys(method: methods.Method) -> dict:
@@ -220,12 +222,6 @@ def _fixed_keys(method: methods.Method) -> dict:
 def _metadata(method: methods.Method, dev: dict, metrics: dict[str, float]) -> dict:
     word, phrase = MODALITY_WORDS[method.modality]
     meta = dict(dev)
-    meta["changelog"] = {
-        monai_sr_bundle.__version__: f"{method.name} x{method.scale} for {phrase}, exported from monai-sr "
-        f"{monai_sr_bundle.__version__}",
-        **{k: v for k, v in dev["changelog"].items() if k != monai_sr_bundle.__version__},
-    }
-    meta["version"] = monai_sr_bundle.__version__
     meta["name"] = f"{phrase.capitalize()} super-resolution x{method.scale} ({method.name})"
     meta["task"] = f"Single-image super-resolution (x{method.scale}) of {phrase} images"
     meta["description"] = (
@@ -275,8 +271,10 @@ def _model_card(method: methods.Method, metrics: dict[str, float], authors: str)
     record = methods.weights_record(method.weights_path)
     configs = "configs/inference.json"
     run = "python -m monai.bundle run --config_file"
-    stages = ",".join(f"'{f}'" for f in _stage_files(method) if "autoencoder" not in f)
     scores = " | ".join(f"{v:g}" for v in metrics.values())
+    training = "\n".join(
+        f"{run} \"[{','.join(repr(f) for f in stage)}]\" --dataset_dir <nih_cxr14 folder>" for stage in _stages(method)
+    )
     tags = ", ".join(
         ["Super-resolution", "X-ray" if word == "xray" else "CT", "Chest", method.family]
         + (["Diffusion"] if method.stochastic else [])
@@ -304,7 +302,8 @@ def _model_card(method: methods.Method, metrics: dict[str, float], authors: str)
     sampling = (
         "\nThe method is stochastic (diffusion): `--seed N` fixes the result, `--samples N` writes the mean of N "
         "draws with a per-pixel standard deviation map and an LR-consistency map beside it, `--steps` and "
-        "`--sampler` choose the sampler.\n"
+        "`--sampler` choose the sampler. The DPM-Solver samplers come from diffusers (`pip install diffusers`; "
+        "not pinned in the metadata: 0.42, the version tested, needs Python 3.11, and the zoo's CI runs 3.10).\n"
         if method.stochastic
         else ""
     )
@@ -358,10 +357,11 @@ Inference (a file or a folder of PNG, JPEG, DICOM, NIfTI, NRRD or MHA images; DI
 ONNX Runtime: `{run} "['{configs}','configs/inference_onnx.json']"` (exports `models/model.onnx` on first use).
 TensorRT (GPU): `{run} "['{configs}','configs/inference_trt.json']"`.
 
-Training (the shipped file's exact command, epochs and data split are in `models/weights.json`):
+Training (the shipped file's exact command, epochs and data split are in `models/weights.json`; a latent
+method trains its autoencoder first):
 
 ```
-{run} "[{stages}]" --dataset_dir <nih_cxr14 folder>
+{training}
 ```
 
 TorchScript: {torchscript}
@@ -493,3 +493,67 @@ def _large_files(bundle: Path) -> set[str]:
     if not listing.is_file():
         return set()
     return set(re.findall(r'^\s*-\s*path:\s*"([^"]+)"', listing.read_text(encoding="utf-8"), re.M))
+
+
+_WORKFLOWS = """
+import json, os, sys
+sys.modules["monai_sr_bundle"] = None
+bundle, zoo_ci, stages = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+sys.path[:0] = [bundle, os.path.join(zoo_ci, "ci", "unit_tests")]
+from monai.bundle import ConfigWorkflow
+from utils import check_workflow
+for kind, files, override in stages:
+    configs = [os.path.join(bundle, "configs", f) for f in files]
+    workflow = ConfigWorkflow(
+        workflow_type=kind, config_file=configs, logging_file=os.path.join(bundle, "configs", "logging.conf"),
+        meta_file=os.path.join(bundle, "configs", "metadata.json"), bundle_root=bundle, **override,
+    )
+    check_workflow(workflow, check_properties=True)
+"""
+
+
+def check_workflows(
+    bundle: str | os.PathLike,
+    zoo_ci: str | os.PathLike,
+    image: str | os.PathLike,
+    nih_dir: str | os.PathLike,
+    workdir: str | os.PathLike,
+    lpips_weights: str | os.PathLike | None = None,
+) -> list[str]:
+    """Run the bundle's inference, evaluate and train workflows as the zoo's unit tests do
+    (``ci/unit_tests/utils.py::check_workflow``: MONAI's property check for the workflow type, then run),
+    with this package unimportable: inference of ``image``, evaluation of two NIH test images, one epoch on
+    two training images (every stage of the method). Returns the stages that passed."""
+    import subprocess
+    import sys
+
+    bundle, work = Path(bundle), Path(workdir)
+    lpips_weights = str(lpips_weights) if lpips_weights else None
+    meta = read_json_object(bundle / "configs" / "inference.json", f"{bundle}: configs/inference.json")
+    method = methods.get(meta["method"], meta["scale"], meta["modality"], bundle)
+    quick = {"steps": 2} if method.stochastic else {}
+    train = {"train_limit": 2, "val_limit": 1, "max_epochs": 1, "batch_size": 2, "samples_per_image": 1}
+    train |= {"patch_size": 64, "dataset_dir": str(nih_dir), "val_interval": 1, "lpips_weights": lpips_weights}
+    stages = [
+        ("infer", ["inference.json"], {"dataset_dir": str(image), "output_dir": str(work / "infer"), **quick}),
+        (
+            "infer",
+            ["inference.json", "evaluate.json"],
+            {"dataset_dir": str(nih_dir), "limit": 2, "output_dir": str(work / "eval"), "figures": 0, **quick}
+            | ({"lpips_weights": str(lpips_weights)} if lpips_weights else {"lpips": False}),
+        ),
+    ]
+    for stage in _stages(method):
+        files = [Path(f).name for f in stage]
+        where = work / Path(files[-1]).stem
+        stages.append(("train", files, train | {"run_dir": str(where), "ckpt_path": str(where / "model.pt")}))
+        if "train_autoencoder.json" in files:
+            train |= {"autoencoder_weights": str(where / "model.pt")}
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKFLOWS, str(bundle), str(zoo_ci), json.dumps(stages)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise InputError(f"{bundle.name}: zoo workflow check failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    return [f"{kind} {'+'.join(files)}" for kind, files, _ in stages]

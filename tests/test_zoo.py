@@ -1,0 +1,144 @@
+"""Zoo bundles (``monai-sr export-zoo``): each passes the MONAI model zoo's own CI (its scripts, run from
+``../shared/tools/model-zoo-ci`` in a scratch zoo tree) and reproduces the development bundle's output with
+no monai-sr importable. The sweep over every method is ``benchmarks/zoo.py``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monai_sr_bundle import zoo
+from monai_sr_bundle.data.paths import shared_data_dir
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.methods import BUNDLE_ROOT
+
+ZOO_CI = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "model-zoo-ci"
+NIH = shared_data_dir() / "nih_cxr14"
+LPIPS = shared_data_dir() / "weights" / "lpips_alex_full_v0.1.npz"
+
+
+def small_nih(root: Path, size: int = 128) -> Path:
+    """A NIH-shaped folder of real images made small (two per split; the zoo's unit tests, too, run on
+    small data): ``images.csv``, ``boxes.csv`` and ``images_512/``."""
+    root.mkdir(parents=True)
+    with open(NIH / "images.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for split in ("train", "val", "test") for r in [r for r in rows if r["split"] == split][:2]]
+    with open(root / "images.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    (root / "boxes.csv").write_text("image,label,x,y,w,h\n")
+    (root / "images_512").mkdir()
+    for r in keep:
+        Image.open(NIH / "images_512" / r["image"]).resize((size, size), Image.BICUBIC).save(
+            root / "images_512" / r["image"]
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def zoo_inputs(tmp_path_factory):
+    if not (ZOO_CI / "ci" / "verify_bundle.py").is_file() or not (NIH / "images.csv").is_file():
+        pytest.skip(f"needs the model zoo's CI ({ZOO_CI}) and the NIH data ({NIH})")
+    root = tmp_path_factory.mktemp("zoo_inputs")
+    image = root / "cxr.png"  # a real radiograph, cropped small: inference runs twice per bundle
+    Image.open(sorted((NIH / "images_512").glob("*.png"))[0]).crop((160, 160, 256, 256)).save(image)
+    return image, small_nih(root / "nih_cxr14")
+
+
+def dev_inference(method: str, modality: str, image: Path, out: Path, **options) -> Path:
+    """The development bundle's inference of ``image`` (as its model card runs it)."""
+    args = [f"--{k}={v}" for k, v in options.items()]
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--method", method]
+        + ["--modality", modality, "--input", str(image), "--output_dir", str(out), *args],
+        cwd=BUNDLE_ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return out / f"{image.stem}_sr.png"
+
+
+@pytest.mark.parametrize("method, modality", [("vdsr", "cxr"), ("ldm", "cxr")])
+def test_exported_bundle_passes_the_zoo_ci_and_matches_the_dev_bundle(method, modality, zoo_inputs, tmp_path):
+    image, nih = zoo_inputs
+    bundle = zoo.export(method, tmp_path / "dist", modality=modality)
+    assert (bundle / "models" / "model.pt").is_file() and (bundle / "docs" / "data_license.txt").is_file()
+    passed = zoo.check(bundle, ZOO_CI, tmp_path / "ci")
+    assert passed[0] == "verify_bundle (full)" and passed[-3:] == ["isort", "black", "flake8"]
+    assert {"pretty-format-json", "end-of-file-fixer", "check-added-large-files"} <= set(passed)
+    stages = zoo.check_workflows(bundle, ZOO_CI, image, nih, tmp_path / "run", lpips_weights=LPIPS)
+    assert stages[:2] == ["infer inference.json", "infer inference.json+evaluate.json"]
+    assert any(s.startswith("train") for s in stages)
+    options = {"steps": 2} if method == "ldm" else {}
+    ours = np.asarray(Image.open(dev_inference(method, modality, image, tmp_path / "dev", **options)))
+    theirs = np.asarray(Image.open(tmp_path / "run" / "infer" / f"{image.stem}_sr.png"))
+    assert ours.shape == (4 * 96, 4 * 96) and np.array_equal(ours, theirs)
+    summary = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())
+    assert summary["images"] == 2 and "lpips" in summary["summary"][method]
+
+
+def test_exported_metadata_is_the_methods_own(tmp_path):
+    bundle = zoo.export("runet", tmp_path, modality="ct")
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert bundle.name == "chest_ct_sr_runet_x4" and inference["method"] == "runet"
+    assert inference["intensity"] == [-1000, 400]  # the HU window the CT weights were trained in
+    assert all(isinstance(v, float) for v in meta["eval_metrics"].values()) and "psnr" in meta["eval_metrics"]
+    assert meta["network_data_format"]["inputs"]["image"]["modality"] == "ct"
+    assert (bundle / "large_files.yml").is_file() == ((bundle / "models" / "model.pt").stat().st_size > 2**20)
+    assert "TCIA" in (bundle / "docs" / "data_license.txt").read_text()
+    assert "monai_sr_bundle" not in "".join(p.read_text() for p in (bundle / "configs").rglob("*.json"))
+    assert "monai_sr_bundle" not in "".join(p.read_text() for p in (bundle / "scripts").rglob("*.py"))
+    card = (bundle / "docs" / "README.md").read_text()
+    for heading in ("### **Authors**", "### **Tags**", "## **Performance**", "## **System Configuration**"):
+        assert heading in card
+    assert f"{meta['eval_metrics']['psnr']:g}" in card
+
+
+def test_export_refusals(tmp_path):
+    with pytest.raises(InputError, match="no cxr x4 weights"):
+        zoo.export("bicubic", tmp_path)
+    with pytest.raises(InputError, match="unknown method"):
+        zoo.export("nope", tmp_path)
+    (tmp_path / "chest_xray_sr_srcnn_x4").mkdir()
+    with pytest.raises(InputError, match="exists"):
+        zoo.export("srcnn", tmp_path)
+    table = tmp_path / "results.md"
+    table.write_text("| method | PSNR (dB) |\n|---|---|\n| vdsr | 35.0 |\n")
+    with pytest.raises(InputError, match="no row for 'srcnn'"):
+        zoo.export("srcnn", tmp_path / "other", results=table)
+    assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+    with pytest.raises(InputError, match="not the model zoo's CI"):
+        zoo.check(tmp_path / "chest_xray_sr_srcnn_x4", tmp_path, tmp_path / "ci")
+
+
+@pytest.mark.skipif(not (ZOO_CI / "ci").is_dir(), reason=f"needs the model zoo's CI at {ZOO_CI}")
+@pytest.mark.parametrize("python", ["3.10", "3.11"])
+def test_metadata_pins_install_on_the_zoo_pythons(python, tmp_path):
+    """The zoo's premerge installs the bundle's pins with ci/get_bundle_requirements.py's requirements file
+    (``ALLOW_MONAI_RC`` as it sets it) on Python 3.10; the pins must resolve there and on 3.11."""
+    tree = tmp_path / "zoo"
+    (tree / "models" / "b" / "configs").mkdir(parents=True)
+    shutil.copyfile(BUNDLE_ROOT / "configs" / "metadata.json", tree / "models" / "b" / "configs" / "metadata.json")
+    done = subprocess.run(
+        [sys.executable, str(ZOO_CI / "ci" / "get_bundle_requirements.py"), "-b", "b", "-p", "models"],
+        cwd=tree, capture_output=True, text=True, env={"ALLOW_MONAI_RC": "true", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    requirements = tree / done.stdout.strip()
+    resolved = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--only-binary=:all:", "--pre"]
+        + ["--python-version", python, "--target", str(tmp_path / "t"), "-r", str(requirements)],
+        capture_output=True, text=True,
+    )
+    assert resolved.returncode == 0, resolved.stderr[-2000:]
