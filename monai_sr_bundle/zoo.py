@@ -512,6 +512,37 @@ for kind, files, override in stages:
 """
 
 
+def workflow_data(nih_dir: str | os.PathLike, root: str | os.PathLike, modality: str = "cxr") -> tuple[Path, Path]:
+    """Small real inputs for :func:`check_workflows` under ``root``: an image to super-resolve (a 96 px crop
+    of a NIH radiograph; for CT, pydicom's CT slice) and a NIH-shaped folder of two images per split made
+    128 px (``images.csv``, ``boxes.csv``, ``images_512/``), as the zoo's unit tests run on small data."""
+    import csv
+
+    from PIL import Image
+
+    from monai_sr_bundle.inference import default_input
+
+    nih_dir, small = Path(nih_dir), Path(root) / "nih_cxr14"
+    (small / "images_512").mkdir(parents=True)
+    with open(nih_dir / "images.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for split in ("train", "val", "test") for r in [r for r in rows if r["split"] == split][:2]]
+    with open(small / "images.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(keep)
+    (small / "boxes.csv").write_text("image,label,x,y,w,h\n")
+    for r in keep:
+        with Image.open(nih_dir / "images_512" / r["image"]) as img:
+            img.resize((128, 128), Image.BICUBIC).save(small / "images_512" / r["image"])
+    if modality == "ct":
+        return Path(default_input()), small
+    image = Path(root) / "cxr.png"
+    with Image.open(nih_dir / "images_512" / keep[-1]["image"]) as img:
+        img.crop((160, 160, 256, 256)).save(image)
+    return image, small
+
+
 def check_workflows(
     bundle: str | os.PathLike,
     zoo_ci: str | os.PathLike,

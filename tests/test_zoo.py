@@ -4,7 +4,6 @@ no monai-sr importable. The sweep over every method is ``benchmarks/zoo.py``."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import subprocess
@@ -25,34 +24,11 @@ NIH = shared_data_dir() / "nih_cxr14"
 LPIPS = shared_data_dir() / "weights" / "lpips_alex_full_v0.1.npz"
 
 
-def small_nih(root: Path, size: int = 128) -> Path:
-    """A NIH-shaped folder of real images made small (two per split; the zoo's unit tests, too, run on
-    small data): ``images.csv``, ``boxes.csv`` and ``images_512/``."""
-    root.mkdir(parents=True)
-    with open(NIH / "images.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    keep = [r for split in ("train", "val", "test") for r in [r for r in rows if r["split"] == split][:2]]
-    with open(root / "images.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(keep)
-    (root / "boxes.csv").write_text("image,label,x,y,w,h\n")
-    (root / "images_512").mkdir()
-    for r in keep:
-        Image.open(NIH / "images_512" / r["image"]).resize((size, size), Image.BICUBIC).save(
-            root / "images_512" / r["image"]
-        )
-    return root
-
-
 @pytest.fixture(scope="module")
 def zoo_inputs(tmp_path_factory):
     if not (ZOO_CI / "ci" / "verify_bundle.py").is_file() or not (NIH / "images.csv").is_file():
         pytest.skip(f"needs the model zoo's CI ({ZOO_CI}) and the NIH data ({NIH})")
-    root = tmp_path_factory.mktemp("zoo_inputs")
-    image = root / "cxr.png"  # a real radiograph, cropped small: inference runs twice per bundle
-    Image.open(sorted((NIH / "images_512").glob("*.png"))[0]).crop((160, 160, 256, 256)).save(image)
-    return image, small_nih(root / "nih_cxr14")
+    return zoo.workflow_data(NIH, tmp_path_factory.mktemp("zoo_inputs"))
 
 
 def dev_inference(method: str, modality: str, image: Path, out: Path, **options) -> Path:

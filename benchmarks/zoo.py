@@ -1,0 +1,94 @@
+"""Every method with shipped weights as a MONAI model-zoo bundle, through the zoo's own CI.
+
+For each (method, modality) with weights: ``monai-sr export-zoo``, then :func:`monai_sr_bundle.zoo.check`
+(``ci/verify_bundle.py -m full``, the pre-commit hooks, isort, black, flake8 with the zoo's settings) and
+:func:`monai_sr_bundle.zoo.check_workflows` (inference, evaluate and every training stage with MONAI's
+property check, monai-sr unimportable), and the exported inference against the development bundle's, bit
+for bit. Writes the table into docs/zoo.md (between its ``sweep`` markers) and prints it.
+Run: .venv/bin/python benchmarks/zoo.py   (about 20 min on a 2-core CPU)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from speed import write_block
+
+from monai_sr_bundle import methods, zoo
+from monai_sr_bundle.data.paths import shared_data_dir
+from monai_sr_bundle.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "zoo.md"
+MARKERS = ("<!-- sweep: start -->", "<!-- sweep: end -->")
+ZOO_CI = REPO.parent / "shared" / "tools" / "model-zoo-ci"
+
+
+def dev_output(method: methods.Method, image: Path, out: Path, stochastic: bool) -> Path:
+    """The development bundle's inference of ``image`` (steps as the workflow check runs them)."""
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+        + ["--method", method.name, "--modality", method.modality, "--input", str(image), "--output_dir", str(out)]
+        + (["--steps", "2"] if stochastic else []),
+        cwd=methods.BUNDLE_ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return next(out.glob(f"{image.stem}_sr*"))
+
+
+def same_output(ours: Path, theirs: Path) -> bool:
+    if ours.suffix == ".png":
+        return np.array_equal(np.asarray(Image.open(ours)), np.asarray(Image.open(theirs)))
+    import pydicom
+
+    return np.array_equal(pydicom.dcmread(ours).pixel_array, pydicom.dcmread(theirs).pixel_array)
+
+
+def main() -> int:
+    data = shared_data_dir()
+    rows = []
+    for modality in methods.MODALITIES:
+        for name in methods.names():
+            method = methods.get(name, 4, modality)
+            if not method.weights_available:
+                continue
+            start = time.perf_counter()
+            with tempfile.TemporaryDirectory() as work:
+                work = Path(work)
+                try:
+                    bundle = zoo.export(name, work / "dist", modality=modality)
+                    steps = zoo.check(bundle, ZOO_CI, work / "ci")
+                    image, nih = zoo.workflow_data(data / "nih_cxr14", work / "data", modality)
+                    runs = zoo.check_workflows(
+                        bundle, ZOO_CI, image, nih, work / "run", data / "weights" / "lpips_alex_full_v0.1.npz"
+                    )
+                    theirs = next((work / "run" / "infer").glob(f"{image.stem}_sr*"))
+                    same = same_output(dev_output(method, image, work / "dev", method.stochastic), theirs)
+                    result = ("yes" if same else "NO", f"{len(steps)} passed", f"{len(runs)} passed", "")
+                except (InputError, subprocess.CalledProcessError) as e:
+                    result = ("-", "-", "-", str(e).splitlines()[0][:200])
+                torchscript = "scripted" if zoo.scriptable(method) else "excluded (not scriptable)"
+                rows.append(
+                    (name, modality, zoo.bundle_name(method), *result[1:3], torchscript, result[0], result[3])
+                )
+            print(rows[-1], f"{time.perf_counter() - start:.0f} s", flush=True)
+    table = (
+        "| method | modality | bundle | zoo CI steps | workflows | TorchScript | same output as dev | failure |\n"
+        "|---|---|---|---|---|---|---|---|\n" + "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    )
+    command = ".venv/bin/python benchmarks/zoo.py"
+    block = f"{MARKERS[0]}\nProduced by `{command}` ({time.strftime('%Y-%m-%d')}, 2-core CPU):\n\n{table}\n{MARKERS[1]}"
+    write_block(DOC, MARKERS, block)
+    print(table)
+    return 0 if all(row[-1] == "" and row[-2] == "yes" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
