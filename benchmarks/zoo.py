@@ -67,7 +67,7 @@ def main() -> int:
                     steps = zoo.check(bundle, ZOO_CI, work / "ci")
                     image, nih = zoo.workflow_data(data / "nih_cxr14", work / "data", modality)
                     runs = zoo.check_workflows(
-                        bundle, ZOO_CI, image, nih, work / "run", data / "weights" / "lpips_alex_full_v0.1.npz"
+                        bundle, ZOO_CI, image, nih, work / "run", data / "weights"
                     )
                     theirs = next((work / "run" / "infer").glob(f"{image.stem}_sr*"))
                     same = same_output(dev_output(method, image, work / "dev", method.stochastic), theirs)

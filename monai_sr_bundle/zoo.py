@@ -37,6 +37,7 @@ RERUN = {
     "ct": "python benchmarks/ct_quality.py",
 }
 MODALITY_WORDS = {"cxr": ("xray", "chest X-ray"), "ct": ("ct", "chest CT")}
+TITLES = {"cxr": "Chest X-ray", "ct": "Chest CT"}
 
 
 def bundle_name(method: methods.Method) -> str:
@@ -222,7 +223,7 @@ def _fixed_keys(method: methods.Method) -> dict:
 def _metadata(method: methods.Method, dev: dict, metrics: dict[str, float]) -> dict:
     word, phrase = MODALITY_WORDS[method.modality]
     meta = dict(dev)
-    meta["name"] = f"{phrase.capitalize()} super-resolution x{method.scale} ({method.name})"
+    meta["name"] = f"{TITLES[method.modality]} super-resolution x{method.scale} ({method.name})"
     meta["task"] = f"Single-image super-resolution (x{method.scale}) of {phrase} images"
     meta["description"] = (
         f"{method_row(method)}. Takes the low-resolution image and returns it enlarged {method.scale}x; spacing "
@@ -299,6 +300,9 @@ def _model_card(method: methods.Method, metrics: dict[str, float], authors: str)
             else "; it samples with a loop, so use `configs/inference_onnx.json` (its denoiser in ONNX Runtime)."
         )
     )
+    tiles = (
+        ": overlapping tiles are blended, seeded" if method.stochastic else " with the result of a whole-image pass"
+    )
     sampling = (
         "\nThe method is stochastic (diffusion): `--seed N` fixes the result, `--samples N` writes the mean of N "
         "draws with a per-pixel standard deviation map and an LR-consistency map beside it, `--steps` and "
@@ -307,7 +311,7 @@ def _model_card(method: methods.Method, metrics: dict[str, float], authors: str)
         if method.stochastic
         else ""
     )
-    return f"""# {phrase.capitalize()} super-resolution x{method.scale}: {method.name}
+    return f"""# {TITLES[method.modality]} super-resolution x{method.scale}: {method.name}
 
 ### **Authors**
 {authors}
@@ -319,7 +323,7 @@ def _model_card(method: methods.Method, metrics: dict[str, float], authors: str)
 Single-image super-resolution (x{method.scale}) of single-channel {phrase} images: {method_row(method)}.
 The network takes the low-resolution (LR) image and returns it enlarged {method.scale}x; the output keeps the
 input's geometry with the spacing divided by the scale. Images are tiled with the context the network needs,
-so any size runs in bounded memory with the same result as a whole-image pass.{sampling}
+so any size runs in bounded memory{tiles}.{sampling}
 
 This research model is not a medical device: SR images can invent or remove fine structure and must not be
 used for diagnosis. A DICOM input gives a derived series marked as AI-generated.
@@ -347,7 +351,7 @@ The same figures are `eval_metrics` in `configs/metadata.json`. They come from t
 {run} "['{configs}','configs/evaluate.json']" --dataset_dir <nih_cxr14 folder>
 ```
 
-## **Additinal Usage Steps**
+## **Additional Usage Steps**
 Inference (a file or a folder of PNG, JPEG, DICOM, NIfTI, NRRD or MHA images; DICOM gives a derived series):
 
 ```
@@ -549,22 +553,26 @@ def check_workflows(
     image: str | os.PathLike,
     nih_dir: str | os.PathLike,
     workdir: str | os.PathLike,
-    lpips_weights: str | os.PathLike | None = None,
+    weights_dir: str | os.PathLike | None = None,
 ) -> list[str]:
     """Run the bundle's inference, evaluate and train workflows as the zoo's unit tests do
     (``ci/unit_tests/utils.py::check_workflow``: MONAI's property check for the workflow type, then run),
     with this package unimportable: inference of ``image``, evaluation of two NIH test images, one epoch on
-    two training images (every stage of the method). Returns the stages that passed."""
+    two training images (every stage of the method). ``weights_dir`` holds the LPIPS archives (AlexNet,
+    VGG16) that evaluation and the perceptual losses load. Returns the stages that passed."""
     import subprocess
     import sys
 
     bundle, work = Path(bundle), Path(workdir)
-    lpips_weights = str(lpips_weights) if lpips_weights else None
+    lpips_weights = vgg_weights = None
+    if weights_dir:  # the LPIPS archives: AlexNet for the metric and loss, VGG16 for the perceptual loss
+        lpips_weights, vgg_weights = (str(Path(weights_dir) / f"lpips_{n}_full_v0.1.npz") for n in ("alex", "vgg16"))
     meta = read_json_object(bundle / "configs" / "inference.json", f"{bundle}: configs/inference.json")
     method = methods.get(meta["method"], meta["scale"], meta["modality"], bundle)
     quick = {"steps": 2} if method.stochastic else {}
     train = {"train_limit": 2, "val_limit": 1, "max_epochs": 1, "batch_size": 2, "samples_per_image": 1}
     train |= {"patch_size": 64, "dataset_dir": str(nih_dir), "val_interval": 1, "lpips_weights": lpips_weights}
+    train |= {"vgg_weights": vgg_weights}
     stages = [
         ("infer", ["inference.json"], {"dataset_dir": str(image), "output_dir": str(work / "infer"), **quick}),
         (

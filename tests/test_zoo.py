@@ -21,7 +21,7 @@ from monai_sr_bundle.methods import BUNDLE_ROOT
 
 ZOO_CI = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "model-zoo-ci"
 NIH = shared_data_dir() / "nih_cxr14"
-LPIPS = shared_data_dir() / "weights" / "lpips_alex_full_v0.1.npz"
+WEIGHTS = shared_data_dir() / "weights"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_exported_bundle_passes_the_zoo_ci_and_matches_the_dev_bundle(method, mo
     passed = zoo.check(bundle, ZOO_CI, tmp_path / "ci")
     assert passed[0] == "verify_bundle (full)" and passed[-3:] == ["isort", "black", "flake8"]
     assert {"pretty-format-json", "end-of-file-fixer", "check-added-large-files"} <= set(passed)
-    stages = zoo.check_workflows(bundle, ZOO_CI, image, nih, tmp_path / "run", lpips_weights=LPIPS)
+    stages = zoo.check_workflows(bundle, ZOO_CI, image, nih, tmp_path / "run", weights_dir=WEIGHTS)
     assert stages[:2] == ["infer inference.json", "infer inference.json+evaluate.json"]
     assert any(s.startswith("train") for s in stages)
     options = {"steps": 2} if method == "ldm" else {}
