@@ -5,7 +5,7 @@ For each (method, modality) with weights: ``monai-sr export-zoo``, then :func:`m
 :func:`monai_sr_bundle.zoo.check_workflows` (inference, evaluate and every training stage with MONAI's
 property check, monai-sr unimportable), and the exported inference against the development bundle's, bit
 for bit. Writes the table into docs/zoo.md (between its ``sweep`` markers) and prints it.
-Run: .venv/bin/python benchmarks/zoo.py   (about 20 min on a 2-core CPU)
+Run: .venv/bin/python benchmarks/zoo.py   (about 12 min on a 2-core CPU)
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main() -> int:
                 work = Path(work)
                 try:
                     bundle = zoo.export(name, work / "dist", modality=modality)
+                    torchscript = "scripted" if zoo.scriptable(bundle) else "excluded (not scriptable)"
                     steps = zoo.check(bundle, ZOO_CI, work / "ci")
                     image, nih = zoo.workflow_data(data / "nih_cxr14", work / "data", modality)
                     runs = zoo.check_workflows(
@@ -73,8 +74,7 @@ def main() -> int:
                     same = same_output(dev_output(method, image, work / "dev", method.stochastic), theirs)
                     result = ("yes" if same else "NO", f"{len(steps)} passed", f"{len(runs)} passed", "")
                 except (InputError, subprocess.CalledProcessError) as e:
-                    result = ("-", "-", "-", str(e).splitlines()[0][:200])
-                torchscript = "scripted" if zoo.scriptable(method) else "excluded (not scriptable)"
+                    result, torchscript = ("-", "-", "-", str(e).splitlines()[0][:200]), "-"
                 rows.append(
                     (name, modality, zoo.bundle_name(method), *result[1:3], torchscript, result[0], result[3])
                 )

@@ -24,7 +24,6 @@ from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.training import sha256, stage_configs
 
-PACKAGE = Path(monai_sr_bundle.__file__).resolve().parent
 #: adapters and tools of the development bundle that a zoo bundle does not run (the NVFlare job, the
 #: command line, this exporter)
 NOT_EXPORTED = ("federated", "cli.py", "zoo.py")
@@ -55,19 +54,6 @@ def rewrite_package(text: str) -> str:
 def json_text(content) -> str:
     """JSON as the zoo's ``pretty-format-json`` hook writes it (indent 4, keys in order, ASCII, final newline)."""
     return json.dumps(content, indent=4) + "\n"
-
-
-def scriptable(method: methods.Method) -> bool:
-    """Whether ``torch.jit.script`` compiles the method's network, as the zoo's ``ckpt_export`` check does;
-    the others go on the zoo's TorchScript exclusion list (a sampler's loop or MONAI's attention blocks do
-    not script), and export by tracing or to ONNX instead."""
-    import torch
-
-    try:
-        torch.jit.script(method.network().eval())
-    except Exception:  # TorchScript's compiler reports many error types; any of them means "not scriptable"
-        return False
-    return True
 
 
 def benchmark_row(method: methods.Method, results: str | os.PathLike | None = None) -> dict[str, float]:
@@ -154,7 +140,7 @@ def _assemble(method: methods.Method, root: Path, metrics: dict[str, float], wei
     docs = root / "docs"
     docs.mkdir()
     authors = read_json_object(methods.BUNDLE_ROOT / "configs" / "metadata.json", "the bundle's metadata")["authors"]
-    (docs / "README.md").write_text(_model_card(method, metrics, authors))
+    (docs / "README.md").write_text(_model_card(method, metrics, authors, scriptable(root)))
     (docs / "data_license.txt").write_text(DATA_LICENSE[method.modality])
 
 
@@ -165,8 +151,8 @@ def _copy_code(scripts: Path) -> None:
         import isort
     except ImportError as e:
         raise InputError("export-zoo sorts the bundle's imports with isort: pip install isort.") from e
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE)
+    for path in sorted(methods.BUNDLE_ROOT.rglob("*.py")):  # the development bundle is the package
+        rel = path.relative_to(methods.BUNDLE_ROOT)
         if rel.parts[0] in NOT_EXPORTED or rel.parts[0] in ("configs", "models", "docs"):
             continue
         dest = scripts / rel
@@ -265,7 +251,7 @@ DATA_LICENSE = {
 }
 
 
-def _model_card(method: methods.Method, metrics: dict[str, float], authors: str) -> str:
+def _model_card(method: methods.Method, metrics: dict[str, float], authors: str, scripts: bool) -> str:
     """The zoo template's sections for one method, from its registry entry, its weights record and its
     benchmark row."""
     word, phrase = MODALITY_WORDS[method.modality]
@@ -290,9 +276,9 @@ def _model_card(method: methods.Method, metrics: dict[str, float], authors: str)
         "`ckpt_export` (scripting) works: "
         f"`python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt "
         f"--meta_file configs/metadata.json --config_file {configs}` (bundle root on PYTHONPATH)."
-        if scriptable(method)
+        if scripts
         else "the network does not compile with `torch.jit.script` (the zoo's `ckpt_export` check), so the bundle "
-        "is on the zoo's TorchScript exclusion list (`exclude_verify_torchscript_list`)"
+        "goes on the zoo's TorchScript exclusion list (`exclude_verify_torchscript_list` in its pull request)"
         + (
             "; `ckpt_export ... --use_trace True --input_shape \"[1, 1, 64, 64]\"` traces it, and "
             "`configs/inference_onnx.json` runs it with ONNX Runtime."
@@ -442,7 +428,7 @@ def check(bundle: str | os.PathLike, zoo_ci: str | os.PathLike, workdir: str | o
     schema = zoo_ci / meta["schema"].rsplit("/", 1)[-1]
     (tree / "models" / name / "eval").mkdir()
     shutil.copyfile(schema, tree / "models" / name / "eval" / "schema.json")  # ci/prepare_schema.py's download
-    if not _scripts_ok(tree / "models" / name):
+    if not scriptable(tree / "models" / name):
         with open(tree / "ci" / "bundle_custom_data.py", "a") as f:
             f.write(f"\nexclude_verify_torchscript_list.append({name!r})\n")
 
@@ -478,8 +464,10 @@ def check(bundle: str | os.PathLike, zoo_ci: str | os.PathLike, workdir: str | o
     return passed
 
 
-def _scripts_ok(bundle: Path) -> bool:
-    """Whether the bundle's network compiles with TorchScript, asked of the bundle's own code."""
+def scriptable(bundle: str | os.PathLike) -> bool:
+    """Whether the bundle's network compiles with ``torch.jit.script`` (the zoo's ``ckpt_export`` check),
+    asked of the bundle's own code. The others go on the zoo's TorchScript exclusion list (a sampler's loop
+    or MONAI's attention blocks do not script) and export by tracing or to ONNX instead."""
     import subprocess
     import sys
 
@@ -489,7 +477,7 @@ def _scripts_ok(bundle: Path) -> bool:
         "p.read_config(sys.argv[1] + '/configs/inference.json'); p['bundle_root'] = sys.argv[1]; "
         "torch.jit.script(p.get_parsed_content('network_def'))"
     )
-    return subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True).returncode == 0
+    return subprocess.run([sys.executable, "-c", code, str(Path(bundle))], capture_output=True).returncode == 0
 
 
 def _large_files(bundle: Path) -> set[str]:
