@@ -259,6 +259,7 @@ def _model_card(method: methods.Method, metrics: dict[str, float], authors: str,
     configs = "configs/inference.json"
     run = "python -m monai.bundle run --config_file"
     scores = " | ".join(f"{v:g}" for v in metrics.values())
+    degradation = json.dumps(record.get("degradation", "bicubic_aa"))
     training = "\n".join(
         f"{run} \"[{','.join(repr(f) for f in stage)}]\" --dataset_dir <nih_cxr14 folder>" for stage in _stages(method)
     )
@@ -321,7 +322,7 @@ The data is not part of the bundle; its licence and citation are in `docs/data_l
 #### **Preprocessing**
 Images are read to float32 in [0, 1] ({reading}; DICOM: modality LUT applied, MONOCHROME1 inverted), and
 written back in the input's units. Training LR images are made from the HR images by the degradation
-`{json.dumps(record.get("degradation", "bicubic_aa"))}` at x{method.scale} (`configs/degradations/`).
+`{degradation}` at x{method.scale} (`configs/degradations/`).
 
 ## **Performance**
 Test split of the data above (HR = the images, LR = their x{method.scale} degradation), mean over images:
@@ -362,7 +363,7 @@ depths); the same configs run unchanged on a GPU (`device` picks CUDA when prese
 or GPU; large images are tiled (`--tile_size`).
 
 ## **Limitations**
-Trained on synthetic ({record.get("degradation", "bicubic")}) LR versions of {phrase} images at x{method.scale};
+Trained on synthetic LR versions (degradation `{degradation}`) of {phrase} images at x{method.scale};
 real low-resolution acquisitions, other scales and other body parts differ from that and are not validated.
 Compare SR images with the original before trusting detail. Research use only; not cleared by any regulator.
 
