@@ -10,11 +10,11 @@ Run: .venv/bin/python benchmarks/zoo.py   (about 12 min on a 2-core CPU)
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from subprocess import CalledProcessError
 
 import numpy as np
 from PIL import Image
@@ -28,19 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "zoo.md"
 MARKERS = ("<!-- sweep: start -->", "<!-- sweep: end -->")
 ZOO_CI = REPO.parent / "shared" / "tools" / "model-zoo-ci"
-
-
-def dev_output(method: methods.Method, image: Path, out: Path, stochastic: bool) -> Path:
-    """The development bundle's inference of ``image`` (steps as the workflow check runs them)."""
-    subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-        + ["--method", method.name, "--modality", method.modality, "--input", str(image), "--output_dir", str(out)]
-        + (["--steps", "2"] if stochastic else []),
-        cwd=methods.BUNDLE_ROOT,
-        check=True,
-        capture_output=True,
-    )
-    return next(out.glob(f"{image.stem}_sr*"))
 
 
 def same_output(ours: Path, theirs: Path) -> bool:
@@ -71,9 +58,10 @@ def main() -> int:
                         bundle, ZOO_CI, image, nih, work / "run", data / "weights"
                     )
                     theirs = next((work / "run" / "infer").glob(f"{image.stem}_sr*"))
-                    same = same_output(dev_output(method, image, work / "dev", method.stochastic), theirs)
+                    ours = zoo.dev_inference(method, image, work / "dev", 2 if method.stochastic else None)
+                    same = same_output(ours, theirs)
                     result = ("yes" if same else "NO", f"{len(steps)} passed", f"{len(runs)} passed", "")
-                except (InputError, subprocess.CalledProcessError) as e:
+                except (InputError, CalledProcessError) as e:
                     result, torchscript = ("-", "-", "-", str(e).splitlines()[0][:200]), "-"
                 rows.append(
                     (name, modality, zoo.bundle_name(method), *result[1:3], torchscript, result[0], result[3])

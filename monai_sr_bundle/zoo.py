@@ -118,15 +118,18 @@ def export(
 
 
 def _assemble(method: methods.Method, root: Path, metrics: dict[str, float], weights_url: str) -> None:
+    source = methods.BUNDLE_ROOT / "configs"
+    dev = read_json_object(source / "metadata.json", f"the bundle's metadata {source / 'metadata.json'}")
+    record = methods.weights_record(method.weights_path)
     _copy_code(root / "scripts")
-    _write_configs(method, root / "configs", metrics)
+    _write_configs(method, root / "configs", _metadata(method, dev, metrics))
     models = root / "models"
     models.mkdir()
     shutil.copyfile(method.weights_path, models / "model.pt")
-    record = {k: v for k, v in methods.weights_record(method.weights_path).items() if k != "sha256"}
     digest = sha256(models / "model.pt")
-    record["trained_in"] = f"monai-sr {monai_sr_bundle.__version__}: its development bundle, where the command ran"
-    (models / "weights.json").write_text(json_text({"model.pt": {"sha256": digest, **record}}))
+    trained_in = f"monai-sr {monai_sr_bundle.__version__}: its development bundle, where the command ran"
+    entry = {"sha256": digest, **{k: v for k, v in record.items() if k != "sha256"}, "trained_in": trained_in}
+    (models / "weights.json").write_text(json_text({"model.pt": entry}))
     if (models / "model.pt").stat().st_size > MAX_COMMITTED_BYTES:
         (root / "large_files.yml").write_text(
             "# the zoo keeps files over 1 MB out of git: upload models/model.pt and give its address as url\n"
@@ -139,8 +142,7 @@ def _assemble(method: methods.Method, root: Path, metrics: dict[str, float], wei
     shutil.copyfile(methods.BUNDLE_ROOT / "LICENSE", root / "LICENSE")
     docs = root / "docs"
     docs.mkdir()
-    authors = read_json_object(methods.BUNDLE_ROOT / "configs" / "metadata.json", "the bundle's metadata")["authors"]
-    (docs / "README.md").write_text(_model_card(method, metrics, authors, scriptable(root)))
+    (docs / "README.md").write_text(_model_card(method, metrics, record, dev["authors"], scriptable(root)))
     (docs / "data_license.txt").write_text(DATA_LICENSE[method.modality])
 
 
@@ -161,30 +163,30 @@ def _copy_code(scripts: Path) -> None:
         dest.write_text(isort.code(code, profile="black", line_length=120, known_first_party=["models"]))
 
 
-def _write_configs(method: methods.Method, configs: Path, metrics: dict[str, float]) -> None:
+def _write_configs(method: methods.Method, configs: Path, metadata: dict) -> None:
+    """The development configs of the method's stages, its overlay and the degradation presets, with this
+    package's name rewritten; inference.json with :func:`_fixed_keys`; ``metadata`` as metadata.json."""
     source = methods.BUNDLE_ROOT / "configs"
-    (configs / "methods").mkdir(parents=True)
-    (configs / "degradations").mkdir()
     stages = {Path(f).name for stage in _stages(method) for f in stage}
+    (configs / "degradations").mkdir(parents=True)
     for path in sorted(source.glob("*.json")):
-        if path.name.startswith("train") and path.name not in stages:
+        if path.name == "metadata.json" or (path.name.startswith("train") and path.name not in stages):
             continue
         if path.name == "export_denoiser.json" and method.exportable:
             continue
-        content = json.loads(rewrite_package(path.read_text(encoding="utf-8")))
-        if path.name == "inference.json":
-            content.update(_fixed_keys(method))
-        elif path.name == "metadata.json":
-            continue
-        (configs / path.name).write_text(json_text(content))
-    dev = read_json_object(source / "metadata.json", f"the bundle's metadata {source / 'metadata.json'}")
-    (configs / "metadata.json").write_text(json_text(_metadata(method, dev, metrics)))
+        _copy_json(path, configs / path.name, _fixed_keys(method) if path.name == "inference.json" else {})
+    (configs / "metadata.json").write_text(json_text(metadata))
     shutil.copyfile(source / "logging.conf", configs / "logging.conf")
-    (configs / "methods" / f"{method.name}.json").write_text(
-        json_text(json.loads(rewrite_package(method.overlay.read_text(encoding="utf-8"))))
-    )
+    (configs / "methods").mkdir()
+    _copy_json(method.overlay, configs / "methods" / method.overlay.name)
     for path in sorted((source / "degradations").glob("*.json")):
-        (configs / "degradations" / path.name).write_text(json_text(json.loads(path.read_text(encoding="utf-8"))))
+        _copy_json(path, configs / "degradations" / path.name)
+
+
+def _copy_json(source: Path, dest: Path, updates: dict | None = None) -> None:
+    """``source`` with this package's name rewritten and ``updates`` set, in the zoo's JSON format."""
+    content = json.loads(rewrite_package(source.read_text(encoding="utf-8")))
+    dest.write_text(json_text({**content, **(updates or {})}))
 
 
 def _stages(method: methods.Method) -> list[list[str]]:
@@ -251,11 +253,10 @@ DATA_LICENSE = {
 }
 
 
-def _model_card(method: methods.Method, metrics: dict[str, float], authors: str, scripts: bool) -> str:
+def _model_card(method: methods.Method, metrics: dict[str, float], record: dict, authors: str, scripts: bool) -> str:
     """The zoo template's sections for one method, from its registry entry, its weights record and its
     benchmark row."""
     word, phrase = MODALITY_WORDS[method.modality]
-    record = methods.weights_record(method.weights_path)
     configs = "configs/inference.json"
     run = "python -m monai.bundle run --config_file"
     scores = " | ".join(f"{v:g}" for v in metrics.values())
@@ -376,13 +377,19 @@ Cite the data as `docs/data_license.txt` asks, and the method's paper (Reference
 """
 
 
-#: runs a zoo CI script as ``python <script> args`` would, with this package made unimportable: what the
-#: zoo's CI sees is the bundle alone
+#: runs a zoo CI script as ``python <script> args`` would (its folder first on ``sys.path``)
 _LAUNCH = (
-    "import os, runpy, sys; sys.modules['monai_sr_bundle'] = None; script = sys.argv[1]; "
-    "sys.path.insert(0, os.path.dirname(os.path.abspath(script))); sys.argv = sys.argv[1:]; "
-    "runpy.run_path(script, run_name='__main__')"
+    "import os, runpy; script = sys.argv[1]; sys.path.insert(0, os.path.dirname(os.path.abspath(script))); "
+    "sys.argv = sys.argv[1:]; runpy.run_path(script, run_name='__main__')"
 )
+
+
+def _without_package(code: str, *args: str) -> list[str]:
+    """The command that runs ``code`` (with ``args``) in this Python with monai_sr_bundle unimportable:
+    what the zoo's CI and a zoo user see is the bundle alone."""
+    import sys
+
+    return [sys.executable, "-c", "import sys; sys.modules['monai_sr_bundle'] = None\n" + code, *args]
 #: the zoo's pre-commit hooks (``.pre-commit-config.yaml``) as the pre-commit-hooks package installs them,
 #: each with the files pre-commit would give it (its ``types``)
 HOOKS = (
@@ -440,7 +447,7 @@ def check(bundle: str | os.PathLike, zoo_ci: str | os.PathLike, workdir: str | o
         passed.append(step)
 
     passed: list[str] = []
-    run("verify_bundle (full)", sys.executable, "-c", _LAUNCH, "ci/verify_bundle.py", "-b", name, "-m", "full")
+    run("verify_bundle (full)", *_without_package(_LAUNCH, "ci/verify_bundle.py", "-b", name, "-m", "full"))
     shutil.rmtree(tree / "models" / name / "eval")  # made by the CI, not part of a pull request
     for leftover in (tree / "models" / name / "models").glob("verify_model.ts"):
         leftover.unlink()
@@ -470,15 +477,13 @@ def scriptable(bundle: str | os.PathLike) -> bool:
     asked of the bundle's own code. The others go on the zoo's TorchScript exclusion list (a sampler's loop
     or MONAI's attention blocks do not script) and export by tracing or to ONNX instead."""
     import subprocess
-    import sys
 
     code = (
-        "import sys, torch; sys.modules['monai_sr_bundle'] = None; sys.path.insert(0, sys.argv[1]); "
-        "from monai.bundle import ConfigParser; p = ConfigParser(); "
+        "import torch; sys.path.insert(0, sys.argv[1]); from monai.bundle import ConfigParser; p = ConfigParser(); "
         "p.read_config(sys.argv[1] + '/configs/inference.json'); p['bundle_root'] = sys.argv[1]; "
         "torch.jit.script(p.get_parsed_content('network_def'))"
     )
-    return subprocess.run([sys.executable, "-c", code, str(Path(bundle))], capture_output=True).returncode == 0
+    return subprocess.run(_without_package(code, str(Path(bundle))), capture_output=True).returncode == 0
 
 
 def _large_files(bundle: Path) -> set[str]:
@@ -489,8 +494,7 @@ def _large_files(bundle: Path) -> set[str]:
 
 
 _WORKFLOWS = """
-import json, os, sys
-sys.modules["monai_sr_bundle"] = None
+import json, os
 bundle, zoo_ci, stages = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 sys.path[:0] = [bundle, os.path.join(zoo_ci, "ci", "unit_tests")]
 from monai.bundle import ConfigWorkflow
@@ -550,7 +554,6 @@ def check_workflows(
     two training images (every stage of the method). ``weights_dir`` holds the LPIPS archives (AlexNet,
     VGG16) that evaluation and the perceptual losses load. Returns the stages that passed."""
     import subprocess
-    import sys
 
     bundle, work = Path(bundle), Path(workdir)
     lpips_weights = vgg_weights = None
@@ -578,10 +581,27 @@ def check_workflows(
         if "train_autoencoder.json" in files:
             train |= {"autoencoder_weights": str(where / "model.pt")}
     done = subprocess.run(
-        [sys.executable, "-c", _WORKFLOWS, str(bundle), str(zoo_ci), json.dumps(stages)],
+        _without_package(_WORKFLOWS, str(bundle), str(zoo_ci), json.dumps(stages)),
         capture_output=True,
         text=True,
     )
     if done.returncode != 0:
         raise InputError(f"{bundle.name}: zoo workflow check failed:\n{(done.stdout + done.stderr)[-4000:]}")
     return [f"{kind} {'+'.join(files)}" for kind, files, _ in stages]
+
+
+def dev_inference(method: methods.Method, image: str | os.PathLike, out: str | os.PathLike, steps: int | None = None):
+    """The development bundle's inference of ``image`` into ``out`` (its inference.json, run as its docs run
+    it): what an exported bundle's inference must reproduce. Returns the written SR file."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+        + ["--method", method.name, "--modality", method.modality, "--input", str(image), "--output_dir", str(out)]
+        + (["--steps", str(steps)] if steps else []),
+        cwd=methods.BUNDLE_ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return next(Path(out).glob(f"{Path(image).stem}_sr*"))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_sr_bundle import zoo
+from monai_sr_bundle import methods, zoo
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
@@ -31,19 +31,6 @@ def zoo_inputs(tmp_path_factory):
     return zoo.workflow_data(NIH, tmp_path_factory.mktemp("zoo_inputs"))
 
 
-def dev_inference(method: str, modality: str, image: Path, out: Path, **options) -> Path:
-    """The development bundle's inference of ``image`` (as its model card runs it)."""
-    args = [f"--{k}={v}" for k, v in options.items()]
-    subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--method", method]
-        + ["--modality", modality, "--input", str(image), "--output_dir", str(out), *args],
-        cwd=BUNDLE_ROOT,
-        check=True,
-        capture_output=True,
-    )
-    return out / f"{image.stem}_sr.png"
-
-
 @pytest.mark.parametrize("method, modality", [("vdsr", "cxr"), ("ldm", "cxr")])
 def test_exported_bundle_passes_the_zoo_ci_and_matches_the_dev_bundle(method, modality, zoo_inputs, tmp_path):
     image, nih = zoo_inputs
@@ -55,8 +42,9 @@ def test_exported_bundle_passes_the_zoo_ci_and_matches_the_dev_bundle(method, mo
     stages = zoo.check_workflows(bundle, ZOO_CI, image, nih, tmp_path / "run", weights_dir=WEIGHTS)
     assert stages[:2] == ["infer inference.json", "infer inference.json+evaluate.json"]
     assert any(s.startswith("train") for s in stages)
-    options = {"steps": 2} if method == "ldm" else {}
-    ours = np.asarray(Image.open(dev_inference(method, modality, image, tmp_path / "dev", **options)))
+    steps = 2 if method == "ldm" else None
+    reference = zoo.dev_inference(methods.get(method, 4, modality), image, tmp_path / "dev", steps)
+    ours = np.asarray(Image.open(reference))
     theirs = np.asarray(Image.open(tmp_path / "run" / "infer" / f"{image.stem}_sr.png"))
     assert ours.shape == (4 * 96, 4 * 96) and np.array_equal(ours, theirs)
     summary = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())
