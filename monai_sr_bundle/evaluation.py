@@ -37,9 +37,7 @@ from monai_sr_bundle.metrics import (
     summarize,
 )
 from monai_sr_bundle.tiling import SRInferer
-from monai_sr_bundle.transforms.artifacts import RandArtifacts
-from monai_sr_bundle.transforms.degradation import Degrade, crop_to_scale
-from monai_sr_bundle.transforms.presets import degradation_args
+from monai_sr_bundle.transforms.presets import ARTIFACT_MASK_KEY, lr_synthesis
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +179,8 @@ def evaluate(
     Args:
         datalist: dicts with ``label`` (HR path) and optional ``boxes`` ((x0, y0, x1, y1) at HR size).
         networks: method name -> network in eval mode, each at ``scale``.
-        degradation: a degradation preset (name or path) or its keys (default: antialiased bicubic); a
-            preset's artifacts are drawn on the LR image only.
+        degradation: a degradation preset (name or path) or its keys (default: antialiased bicubic), composed
+            by :func:`~monai_sr_bundle.transforms.presets.lr_synthesis` as training composes it.
         inferers: method name -> its tiling inferer (:meth:`monai_sr_bundle.methods.Method.inferer`); the
             others get core-crop tiles of ``tile_size`` with the default context.
         lpips_weights: the LPIPS (AlexNet) ``.npz`` archive; default the shared data's.
@@ -193,9 +191,7 @@ def evaluate(
     from tqdm import tqdm
 
     inferers = {name: (inferers or {}).get(name) or SRInferer(scale=scale, tile_size=tile_size) for name in networks}
-    degrade_args, artifact_args = degradation_args(degradation, scale)
-    degrade = Degrade(scale=scale, **degrade_args)
-    artifacts = RandArtifacts(**artifact_args) if artifact_args else None
+    synthesis = lr_synthesis(degradation, scale)
     out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
     out.mkdir(parents=True, exist_ok=True)
     fns = {name: _metric_fns(lpips, lpips_weights) for name in networks}
@@ -206,14 +202,12 @@ def evaluate(
             hr = read_image(path, intensity=intensity)
             if hr.ndim != 3:
                 raise InputError(f"{path}: evaluation takes 2D images, got a volume of shape {tuple(hr.shape[1:])}.")
-            hr = crop_to_scale(hr, scale)
-            degrade.set_random_state(seed + i)
-            lr = degrade(hr)
+            pair = synthesis.set_random_state(seed + i)({"label": hr})
+            hr, lr, drawn = pair["label"], pair["image"], pair.get(ARTIFACT_MASK_KEY)
             region = None
-            if artifacts is not None:
-                lr = artifacts.set_random_state(seed + i)(lr)
-                drawn = torch.from_numpy(artifacts.render_mask(lr.shape[1:]) > 0)
-                region = drawn.repeat_interleave(scale, 0).repeat_interleave(scale, 1)[: hr.shape[1], : hr.shape[2]]
+            if drawn is not None:  # the artifacts drawn on the LR image, at the HR size
+                region = (torch.as_tensor(drawn)[0] > 0).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+                region = region[: hr.shape[1], : hr.shape[2]]
             validate_input(lr, path, scale)
         except InputError as e:
             logger.error(str(e))

@@ -23,6 +23,7 @@ from monai_sr_bundle.data.paths import REPO_ROOT
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.training import sha256, stage_configs
+from monai_sr_bundle.transforms.presets import DEFAULT_PRESET
 
 #: adapters and tools of the development bundle that a zoo bundle does not run (the NVFlare job, the
 #: command line, this exporter)
@@ -260,7 +261,7 @@ def _model_card(method: methods.Method, metrics: dict[str, float], record: dict,
     configs = "configs/inference.json"
     run = "python -m monai.bundle run --config_file"
     scores = " | ".join(f"{v:g}" for v in metrics.values())
-    degradation = json.dumps(record.get("degradation", "bicubic_aa"))
+    degradation = json.dumps(record.get("degradation", DEFAULT_PRESET))
     training = "\n".join(
         f"{run} \"[{','.join(repr(f) for f in stage)}]\" --dataset_dir <nih_cxr14 folder>" for stage in _stages(method)
     )

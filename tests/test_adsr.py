@@ -157,7 +157,8 @@ def test_the_train_config_trains_it_with_its_own_loss(tmp_path, monkeypatch):
 
 @needs_data(DATA)
 def test_an_artifact_preset_with_unknown_kinds_stops_training_before_anything_is_written(tmp_path):
-    preset = {"scale": 4, "downsample": "bicubic_aa", "artifacts": {"prob": 1.0, "kinds": ["circle", "arrow"]}}
+    artifacts = {"_target_": "monai_sr_bundle.transforms.artifacts.RandArtifactsd", "kinds": ["circle", "arrow"]}
+    preset = {"scale": 4, "transforms": [artifacts]}
     (tmp_path / "bad.json").write_text(json.dumps(preset))
     args = ("--train_limit", "2", "--val_limit", "1", "--max_epochs", "1", "--degradation", tmp_path / "bad.json")
     proc = run_config(TRAIN, "adsr", *args, "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt")

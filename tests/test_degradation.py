@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,14 @@ from PIL import Image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import upsample
 from monai_sr_bundle.transforms.augmentation import paired_augmentation
-from monai_sr_bundle.transforms.degradation import Degrade, Degraded, downsample, zoom_geometry
+from monai_sr_bundle.transforms.degradation import (
+    RandBlurd,
+    RandElectronicNoised,
+    RandPoissonNoised,
+    Resized,
+    downsample,
+    zoom_geometry,
+)
 from monai_sr_bundle.transforms.presets import available_presets, load_preset, lr_synthesis
 
 
@@ -110,126 +119,109 @@ def test_upsample_still_importable_from_degradation():
     assert degradation.upsample is upsample  # moved to networks.bicubic; the old import path keeps working
 
 
-# ---------------------------------------------------------------------------------------------- Degrade
+# ------------------------------------------------------------------------------------- degradation steps
+
+D = "monai_sr_bundle.transforms.degradation."
 
 
-def test_degrade_default_shape_and_values():
+def _lr(transform, img: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    if seed is not None:
+        transform.set_random_state(seed)
+    return transform({"image": img})["image"]
+
+
+def test_resized_down_and_up():
     hr = _rand(1, 64, 48, lo=0.2, hi=0.8)
-    lr = Degrade(scale=4)(hr)
+    lr = _lr(Resized("image", scale=4), hr)
     assert lr.shape == (1, 16, 12)
-    torch.testing.assert_close(lr, downsample(hr, 4))  # no blur, no noise: just the downsampling
-
-
-def test_degrade_pre_upsample_returns_hr_size():
-    hr = _rand(1, 64, 48, seed=4)
+    torch.testing.assert_close(lr, downsample(hr, 4))
     for mode in ("bicubic", "bilinear", "nearest"):
-        lr = Degrade(scale=4, pre_upsample=mode)(hr)
-        assert lr.shape == hr.shape and float(lr.min()) >= 0.0 and float(lr.max()) <= 1.0
-    nearest = Degrade(scale=4, pre_upsample="nearest")(hr)
-    torch.testing.assert_close(nearest, downsample(hr, 4).repeat_interleave(4, 1).repeat_interleave(4, 2))
+        up = _lr(Resized("image", scale=4, mode=mode, up=True), lr)
+        assert up.shape == hr.shape and float(up.min()) >= 0.0 and float(up.max()) <= 1.0
+    nearest = _lr(Resized("image", scale=4, mode="nearest", up=True), lr)
+    torch.testing.assert_close(nearest, lr.repeat_interleave(4, 1).repeat_interleave(4, 2))
 
 
-def test_degrade_blur_reduces_high_frequencies():
+def test_blur_reduces_high_frequencies_and_keeps_a_constant():
     hr = _rand(1, 64, 64, seed=5)
-    sharp = Degrade(scale=2)(hr)
-    blurred = Degrade(scale=2, blur_sigma=2.0)(hr)
-    assert blurred.shape == sharp.shape == (1, 32, 32)
-    assert _high_freq_energy(blurred) < 0.2 * _high_freq_energy(sharp)
-    assert float(blurred.mean()) == pytest.approx(float(sharp.mean()), abs=0.02)  # blur keeps the mean
-    # a constant image stays constant through the (reflect-padded, normalised) blur
-    const = Degrade(scale=2, blur_sigma=1.5)(torch.full((1, 32, 32), 0.4))
-    torch.testing.assert_close(const, torch.full((1, 16, 16), 0.4))
+    blurred = _lr(RandBlurd("image", sigma=2.0), hr)
+    assert blurred.shape == hr.shape
+    assert _high_freq_energy(blurred) < 0.2 * _high_freq_energy(hr)
+    assert float(blurred.mean()) == pytest.approx(float(hr.mean()), abs=0.02)  # blur keeps the mean
+    const = _lr(RandBlurd("image", sigma=1.5), torch.full((1, 32, 32), 0.4))  # reflect-padded, normalised
+    torch.testing.assert_close(const, torch.full((1, 32, 32), 0.4))
+    assert torch.equal(_lr(RandBlurd("image", sigma=0.0), hr), hr)
 
 
-def test_degrade_gaussian_noise_std():
-    hr = torch.full((1, 256, 256), 0.5)
-    lr = Degrade(scale=4, noise="gaussian", noise_std=0.05).set_random_state(0)(hr)
-    assert lr.shape == (1, 64, 64)
+def test_electronic_noise_std():
+    img = torch.full((1, 64, 64), 0.5)
+    lr = _lr(RandElectronicNoised("image", std=0.05), img, seed=0)
     assert float(lr.std()) == pytest.approx(0.05, rel=0.1)
     assert float(lr.mean()) == pytest.approx(0.5, abs=0.005)
-    # noise_std 0 with gaussian noise is the clean image
-    torch.testing.assert_close(Degrade(scale=4, noise="gaussian", noise_std=0.0)(hr), torch.full((1, 64, 64), 0.5))
+    torch.testing.assert_close(_lr(RandElectronicNoised("image", std=0.0), img), img)
 
 
-def test_degrade_poisson_noise_variance():
+def test_poisson_noise_variance():
     mean, peak = 0.3, 100.0
-    hr = torch.full((1, 256, 256), mean)
-    lr = Degrade(scale=4, noise="poisson", poisson_peak=peak).set_random_state(1)(hr)
+    img = torch.full((1, 64, 64), mean)
+    lr = _lr(RandPoissonNoised("image", peak=peak), img, seed=1)
     assert float(lr.mean()) == pytest.approx(mean, abs=0.005)
     assert float(lr.var()) == pytest.approx(mean / peak, rel=0.1)  # Var(Poisson(m*peak)/peak) = m/peak
-    # more photons, less noise
-    quiet = Degrade(scale=4, noise="poisson", poisson_peak=100 * peak).set_random_state(1)(hr)
+    quiet = _lr(RandPoissonNoised("image", peak=100 * peak), img, seed=1)  # more photons, less noise
     assert float(quiet.var()) == pytest.approx(mean / (100 * peak), rel=0.1)
-    # values are whole photon counts over the peak
-    counts = lr.double() * peak
+    counts = lr.double() * peak  # values are whole photon counts over the peak
     torch.testing.assert_close(counts, counts.round(), atol=1e-4, rtol=0)
 
 
-def test_degrade_seeded_reproducibility():
+def test_random_steps_are_seeded_and_draw_from_their_ranges():
     hr = _rand(1, 64, 64, seed=6)
-    kwargs = dict(scale=4, blur_sigma=(0.5, 1.5), noise="gaussian", noise_std=(0.01, 0.05))
-    a = Degrade(**kwargs).set_random_state(7)(hr)
-    b = Degrade(**kwargs).set_random_state(7)(hr)
-    c = Degrade(**kwargs).set_random_state(8)(hr)
-    assert torch.equal(a, b)
-    assert not torch.allclose(a, c)
-    # the same transform draws anew on every call, and reseeding replays the sequence
-    t = Degrade(**kwargs).set_random_state(7)
-    first, second = t(hr), t(hr)
-    assert torch.equal(first, a) and not torch.allclose(first, second)
-    t.set_random_state(7)
-    assert torch.equal(t(hr), a)
-    # randomize=False reuses the last draw
-    t.set_random_state(9)
-    x = t(hr)
-    assert torch.equal(t(hr, randomize=False), x)
-
-
-def test_degrade_range_draws():
-    t = Degrade(scale=2, blur_sigma=(0.5, 1.5), noise="gaussian", noise_std=(0.01, 0.1)).set_random_state(0)
-    sigmas, stds = set(), set()
+    steps = [RandBlurd("image", sigma=(0.5, 1.5)), RandElectronicNoised("image", std=(0.01, 0.05))]
+    for t in steps:
+        a, b, c = _lr(t, hr, seed=7), _lr(t, hr, seed=7), _lr(t, hr, seed=8)
+        assert torch.equal(a, b) and not torch.allclose(a, c)
+        first, second = _lr(t, hr, seed=7), _lr(t, hr)  # a new draw on every call; reseeding replays
+        assert torch.equal(first, a) and not torch.allclose(first, second)
+    blur = RandBlurd("image", sigma=(0.5, 1.5)).set_random_state(0)
+    sigmas = set()
     for _ in range(20):
-        t.randomize()
-        assert 0.5 <= t._sigma <= 1.5 and 0.01 <= t._std <= 0.1
-        sigmas.add(t._sigma)
-        stds.add(t._std)
-    assert len(sigmas) == 20 and len(stds) == 20
-    assert max(sigmas) - min(sigmas) > 0.5  # spread over the range
-    # measured noise follows the drawn std
-    hr = torch.full((1, 256, 256), 0.5)
+        blur.randomize()
+        assert 0.5 <= blur._value <= 1.5
+        sigmas.add(blur._value)
+    assert len(sigmas) == 20 and max(sigmas) - min(sigmas) > 0.5  # spread over the range
+    noise = RandElectronicNoised("image", std=(0.01, 0.1))
+    flat = torch.full((1, 128, 128), 0.5)
     measured = []
     for seed in range(4):
-        t.set_random_state(seed)
-        lr = t(hr)
-        assert float(lr.std()) == pytest.approx(t._std, rel=0.1)
+        lr = _lr(noise, flat, seed=seed)
+        assert float(lr.std()) == pytest.approx(noise._value, rel=0.1)  # measured noise follows the drawn std
         measured.append(float(lr.std()))
     assert max(measured) - min(measured) > 0.005
-    # fixed values are not drawn
-    fixed = Degrade(scale=2, blur_sigma=0.7, noise_std=0.02)
-    fixed.randomize()
-    assert (fixed._sigma, fixed._std) == (0.7, 0.02)
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "make, match",
     [
-        ({"scale": 0}, "scale"),
-        ({"scale": 2.5}, "scale"),
-        ({"downsample": "lanczos"}, "downsample mode"),
-        ({"noise": "speckle"}, "noise kind"),
-        ({"pre_upsample": "cubic"}, "pre_upsample"),
+        (lambda: Resized("image", scale=0), "scale"),
+        (lambda: Resized("image", scale=2.5), "scale"),
+        (lambda: Resized("image", mode="lanczos"), "downsampling mode"),
+        (lambda: Resized("image", mode="area", up=True), "upsampling mode"),
+        (lambda: RandBlurd("image", sigma=-1.0), "sigma"),
+        (lambda: RandBlurd("image", sigma=(2.0, 1.0)), "sigma"),
+        (lambda: RandPoissonNoised("image", peak=0), "peak"),
+        (lambda: RandPoissonNoised("image", peak=-5), "peak"),
+        (lambda: RandElectronicNoised("image", std=(-0.1, 0.1)), "std"),
     ],
 )
-def test_degrade_bad_kwargs(kwargs, match):
+def test_degradation_steps_refuse_bad_parameters(make, match):
     with pytest.raises(InputError, match=match):
-        Degrade(**kwargs)
+        make()
 
 
-def test_degrade_bad_inputs():
+def test_degradation_steps_refuse_bad_images():
     with pytest.raises(InputError, match="not a multiple"):
-        Degrade(scale=4)(torch.zeros(1, 30, 32))
+        _lr(Resized("image", scale=4), torch.zeros(1, 30, 32))
     with pytest.raises(InputError, match="2D image"):
-        Degrade(scale=2)(torch.zeros(1, 8, 8, 8))
+        _lr(RandBlurd("image"), torch.zeros(1, 8, 8, 8))
 
 
 # --------------------------------------------------------------------------------------------- geometry
@@ -251,7 +243,7 @@ def _world(affine: torch.Tensor, ijk) -> np.ndarray:
 def test_zoom_geometry_lr_spacing_and_corner(theta):
     aff = _affine(theta=theta)
     hr = MetaTensor(_rand(1, 64, 48, seed=7), affine=aff.clone())
-    lr = Degrade(scale=4)(hr)
+    lr = lr_synthesis("bicubic", 4)({"label": hr})["image"]
     assert isinstance(lr, MetaTensor) and lr.shape == (1, 16, 12)
     spacing = np.linalg.norm(lr.affine.numpy()[:3, :3], axis=0)
     np.testing.assert_allclose(spacing, [0.5 * 4, 0.7 * 4, 2.0], rtol=1e-9)
@@ -284,56 +276,32 @@ def test_zoom_geometry_plain_tensor_and_pre_upsample():
     assert zoom_geometry(torch.zeros(1, 8, 8), out, 0.5) is out  # no metadata to carry
     aff = _affine()
     hr = MetaTensor(_rand(1, 32, 32, seed=8), affine=aff.clone())
-    same = Degrade(scale=4, pre_upsample="bilinear")(hr)
+    same = lr_synthesis("runet_bilinear_x4", 4)({"label": hr})["image"]
     torch.testing.assert_close(same.affine.double(), aff)  # HR-sized output keeps the HR geometry
 
 
-# -------------------------------------------------------------------------------------------- Degraded
-
-
-def test_degraded_dict_writes_lr_key_and_keeps_hr():
-    hr = MetaTensor(_rand(1, 32, 32, seed=9), affine=_affine())
-    before = hr.clone()
-    data = {"hr": hr, "boxes": [[1, 2, 3, 4]]}
-    out = Degraded(keys="hr", lr_key="low", scale=4, noise="gaussian", noise_std=0.01).set_random_state(0)(data)
-    assert out["hr"] is hr and torch.equal(out["hr"].as_tensor(), before.as_tensor())
-    assert out["low"].shape == (1, 8, 8) and out["boxes"] is data["boxes"]
-    assert "low" not in data  # the input dict is not modified
-    same = Degraded(keys="hr", lr_key="low", scale=4, noise="gaussian", noise_std=0.01).set_random_state(0)(data)
-    assert torch.equal(same["low"].as_tensor(), out["low"].as_tensor())  # seeds reach the inner Degrade
-    assert Degraded(keys="hr", scale=2)({"hr": hr})["lr"].shape == (1, 16, 16)  # default lr_key
-
-
-def test_degraded_bad_keys():
-    with pytest.raises(InputError, match="one HR key"):
-        Degraded(keys=["a", "b"], scale=2)
-    with pytest.raises(KeyError):
-        Degraded(keys="hr", scale=2)({"image": torch.zeros(1, 8, 8)})
-    assert Degraded(keys="hr", scale=2, allow_missing_keys=True)({"image": torch.zeros(1, 8, 8)}).keys() == {"image"}
-    with pytest.raises(InputError, match="noise kind"):
-        Degraded(keys="hr", noise="salt")
-
-
-# --------------------------------------------------------------------------------------------- presets
+# -------------------------------------------------------------------------------- presets and lr_synthesis
 
 
 def test_presets_exist():
     names = available_presets()
-    assert {"bicubic_x4", "area_x4", "bicubic_noaa_x4", "realistic_x4", "adsr_artifacts_x4"} <= set(names)
+    assert {"bicubic", "area_x4", "bicubic_noaa_x4", "realistic_x4", "adsr_artifacts_x4"} <= set(names)
 
 
 @pytest.mark.parametrize("name", available_presets())
-def test_preset_builds_degraded(name):
+def test_every_preset_synthesises_an_lr_image_and_keeps_the_hr(name):
     preset = load_preset(name)
-    assert preset["description"]
-    kwargs = {k: v for k, v in preset.items() if k not in ("description", "artifacts")}
-    t = Degraded(keys="hr", **kwargs).set_random_state(0)
-    scale = kwargs.get("scale", 4)
-    hr = _rand(1, 16 * scale, 16 * scale, seed=10, lo=0.1, hi=0.9)
-    out = t({"hr": hr})
-    size = 16 * scale if kwargs.get("pre_upsample") else 16
-    assert out["lr"].shape == (1, size, size)
-    assert torch.isfinite(out["lr"]).all() and float(out["lr"].min()) >= 0 and float(out["lr"].max()) <= 1
+    assert preset["description"] and preset["transforms"]
+    scale = preset.get("scale", 4)
+    hr = MetaTensor(_rand(1, 16 * scale + 3, 16 * scale, seed=10, lo=0.1, hi=0.9), affine=_affine())
+    out = lr_synthesis(name, scale).set_random_state(0)({"label": hr, "boxes": [[1, 2, 3, 4]]})
+    assert out["label"].shape == (1, 16 * scale, 16 * scale)  # cropped to a multiple of the scale, not changed
+    assert torch.equal(out["label"].as_tensor(), hr.as_tensor()[:, : 16 * scale])
+    size = 16 * scale if out["image"].shape[-1] == 16 * scale else 16
+    assert out["image"].shape == (1, size, size) and out["boxes"] == [[1, 2, 3, 4]]
+    assert torch.isfinite(out["image"]).all() and float(out["image"].min()) >= 0 and float(out["image"].max()) <= 1
+    spacing = np.linalg.norm(out["image"].affine.numpy()[:3, :2], axis=0)
+    np.testing.assert_allclose(spacing, np.array([0.5, 0.7]) * 16 * scale / size, rtol=1e-9)
     assert load_preset(f"{name}.json") == preset  # with or without the extension
 
 
@@ -349,8 +317,59 @@ def test_load_preset_bad(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="JSON object"):
         load_preset(tmp_path / "list.json")
-    (tmp_path / "ok.json").write_text('{"scale": 2, "downsample": "area"}')
-    assert load_preset(str(tmp_path / "ok.json")) == {"scale": 2, "downsample": "area"}
+    (tmp_path / "steps.json").write_text('{"transforms": {"_target_": "Identityd"}}')
+    with pytest.raises(InputError, match="`transforms` must be a list"):
+        load_preset(tmp_path / "steps.json")
+    (tmp_path / "step.json").write_text('{"transforms": [{"sigma": 1}]}')
+    with pytest.raises(InputError, match=r"step.json'\: transforms#0 must be an object with a `_target_`"):
+        load_preset(tmp_path / "step.json")
+    ok = {"scale": 2, "transforms": [{"_target_": D + "Resized", "scale": "@scale", "mode": "area"}]}
+    (tmp_path / "ok.json").write_text(json.dumps(ok))
+    assert load_preset(str(tmp_path / "ok.json")) == ok
+
+
+def test_a_transform_added_by_json_alone_is_applied_and_seeded(tmp_path):
+    """A stock MONAI transform in a preset file, no code: it acts on the LR image only, with the preset's seed."""
+    preset = {
+        "description": "bicubic, then MONAI's own Gaussian noise",
+        "transforms": [
+            {"_target_": D + "Resized", "scale": "@scale"},
+            {"_target_": "RandGaussianNoised", "prob": 1.0, "std": 0.05},
+        ],
+    }
+    (tmp_path / "noisy.json").write_text(json.dumps(preset))
+    hr = _rand(1, 64, 64, seed=11)
+    plain = lr_synthesis("bicubic", 4)({"label": hr})["image"]
+    noisy = lr_synthesis(tmp_path / "noisy.json", 4).set_random_state(5)({"label": hr})
+    again = lr_synthesis(preset, 4).set_random_state(5)({"label": hr})
+    assert torch.equal(noisy["label"], hr) and not torch.allclose(noisy["image"], plain, atol=0.01)
+    assert torch.equal(noisy["image"], again["image"])
+
+
+@pytest.mark.parametrize(
+    "steps, match",
+    [
+        ([{"_target_": D + "RandBlurd", "keys": ["image", "label"]}], r"transforms#0 \(.*RandBlurd\) would change"),
+        (
+            [{"_target_": D + "RandPoissonNoised", "peak": 0}],
+            r"transforms#0 .* cannot be built \(RandPoissonNoised: peak",
+        ),
+        ([{"_target_": "torch.nn.Identity"}], r"transforms#0 \(torch.nn.Identity\) is a Identity, not a MONAI"),
+        ([{"_target_": "no.such.Transform"}], r"transforms#0 \(no.such.Transform\) cannot be built"),
+        (
+            [
+                {"_target_": D + "Resized", "scale": "@scale"},
+                {"_target_": "ConcatItemsd", "keys": "image", "name": "label"},
+            ],
+            "changed the HR image 'label'",
+        ),
+    ],
+)
+def test_lr_synthesis_refuses_steps_that_are_no_transforms_or_touch_the_hr(tmp_path, steps, match):
+    (tmp_path / "bad.json").write_text(json.dumps({"transforms": steps}))
+    with pytest.raises(InputError, match=match) as err:
+        lr_synthesis(tmp_path / "bad.json", 4)({"label": _rand(1, 16, 16)})
+    assert "bad.json" in str(err.value) and len(str(err.value).splitlines()) == 1
 
 
 def test_rand_sr_crop_pairs_are_aligned_and_seeded():
@@ -381,7 +400,7 @@ def test_lr_synthesis_puts_a_presets_artifacts_on_the_lr_only():
     """The ADSR preset through the train config's transform: artifacts drawn on the LR image, the HR target
     untouched; the same seed gives the same LR."""
     hr = _rand(1, 64, 64, seed=3, lo=0.2, hi=0.4)  # darker than the artifacts (intensity 0.9-1.0)
-    plain = lr_synthesis("bicubic_x4", 4)({"label": hr.clone()})["image"]
+    plain = lr_synthesis("bicubic", 4)({"label": hr.clone()})["image"]
     drawn = []
     for seed in range(6):  # the preset draws artifacts with probability 0.5
         out = lr_synthesis("adsr_artifacts_x4", 4).set_random_state(seed)({"label": hr.clone()})
@@ -394,8 +413,6 @@ def test_lr_synthesis_puts_a_presets_artifacts_on_the_lr_only():
         lr_synthesis("adsr_artifacts_x4", 2)
     with pytest.raises(InputError, match=r"the degradation has unknown key\(s\) blur"):
         lr_synthesis({"blur": 1.0}, 4)
-    with pytest.raises(InputError, match="`artifacts` must be an object"):
-        lr_synthesis({"artifacts": [1]}, 4)
 
 
 # ------------------------------------------------------------------------------------------ augmentation

@@ -19,7 +19,7 @@ from monai_sr_bundle.cli import demo_datalist, main
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.evaluation import comparison_figure, evaluate, format_table
 from monai_sr_bundle.networks.bicubic import upsample
-from monai_sr_bundle.transforms.degradation import Degrade
+from monai_sr_bundle.transforms.degradation import downsample
 
 BOX = [20.0, 30.0, 70.0, 90.0]  # (x0, y0, x1, y1): x along columns, y along rows
 
@@ -43,7 +43,7 @@ def _hr(path: Path) -> torch.Tensor:
 
 def _bicubic_sr(hr: torch.Tensor, scale: int = 4) -> torch.Tensor:
     """Independent of evaluate(): the default degradation, then bicubic upsampling clamped to [0, 1]."""
-    lr = Degrade(scale=scale)(hr)
+    lr = downsample(hr, scale)
     return upsample(lr[None], scale, "bicubic").clamp(0, 1)[0]
 
 
@@ -147,7 +147,7 @@ def test_evaluate_degradation_preset_and_inferers(tmp_path, bicubic):
         {"bicubic": bicubic},
         4,
         tmp_path / "n",
-        degradation="bicubic_x4",
+        degradation="bicubic",
         inferers={"bicubic": methods.get("bicubic", 4).inferer()},
         **quiet,
     )
@@ -159,7 +159,7 @@ def test_evaluate_degradation_preset_and_inferers(tmp_path, bicubic):
             {"bicubic": methods.get("bicubic", 2).load()},
             2,
             tmp_path / "x2",
-            degradation="bicubic_x4",
+            degradation="area_x4",
             lpips=False,
             progress=False,
         )

@@ -131,14 +131,14 @@ def test_train_command_names_every_setting_the_overlay_does_not_give():
         "intensity": [-1000, 400],
         "datalist_file": "/d/ct list.json",
         "init_weights": None,
-        "degradation": {"downsample": "bicubic_aa"},
+        "degradation": {"transforms": []},
     }
     command = train_command(files, method, settings)
     stages = "\"['configs/inference.json','configs/train.json']\""
     assert command == (
         f"cd monai_sr_bundle && python -m monai.bundle run --config_file {stages} --method runet --learning_rate 0.25"
         ' --modality ct --intensity "[-1000, 400]" --datalist_file "/d/ct list.json"'
-        """ --degradation '{"downsample": "bicubic_aa"}'"""
+        """ --degradation '{"transforms": []}'"""
     )
 
 
@@ -339,17 +339,57 @@ def test_train_config_reads_a_degradation_preset():
     parser = train_parser()
     parser["degradation"] = "adsr_artifacts_x4"
     load, synthesis = parser.get_parsed_content("pairs")
-    degrade, artifacts = synthesis.transforms
-    assert type(load).__name__ == "LoadSRImaged" and type(degrade).__name__ == "Degraded"
+    copy, degrade, artifacts = synthesis.transforms
+    assert type(load).__name__ == "LoadSRImaged" and type(degrade).__name__ == "Resized"
     assert type(artifacts).__name__ == "RandArtifactsd" and list(artifacts.keys) == ["image"]
-    assert degrade.lr_key == "image" and list(degrade.keys) == ["label"]
+    assert list(copy.keys) == ["label"] and list(degrade.keys) == ["image"]
+
+
+def test_training_and_evaluation_make_the_same_lr_bytes_from_a_json_only_preset(tmp_path, monkeypatch):
+    """A transform added to a preset by JSON alone (MONAI's own Gaussian noise, after blur and downsampling)
+    reaches both the train config's pairs and evaluate(), and the same seed gives the same LR bytes."""
+    from PIL import Image
+
+    from monai_sr_bundle import evaluation
+
+    preset = {
+        "description": "throwaway: blur, bicubic, MONAI noise",
+        "transforms": [
+            {"_target_": "monai_sr_bundle.transforms.degradation.RandBlurd", "sigma": [0.5, 1.5]},
+            {"_target_": "monai_sr_bundle.transforms.degradation.Resized", "scale": "@scale"},
+            {"_target_": "RandGaussianNoised", "prob": 1.0, "std": 0.05},
+        ],
+    }
+    (tmp_path / "throwaway.json").write_text(json.dumps(preset))
+    image = tmp_path / "hr.png"
+    Image.fromarray((np.random.default_rng(0).random((128, 128)) * 255).astype(np.uint8)).save(image)
+    parser = train_parser("vdsr")
+    parser["degradation"] = str(tmp_path / "throwaway.json")
+    load, synthesis = parser.get_parsed_content("pairs")
+    trained_on = synthesis.set_random_state(7)(load({"label": str(image)}))["image"]
+    seen = []
+    monkeypatch.setattr(evaluation, "super_resolve", lambda lr, *args: seen.append(lr) or lr.repeat(1, 4, 4))
+    network = methods.get("bicubic").load()
+    evaluation.evaluate(
+        [{"label": str(image)}],
+        {"bicubic": network},
+        4,
+        tmp_path / "eval",
+        tmp_path / "throwaway.json",
+        lpips=False,
+        progress=False,
+        seed=7,
+    )
+    clean = synthesis.transforms[2]({"image": load({"label": str(image)})["label"]})["image"]
+    assert trained_on.shape == (1, 32, 32) and not torch.allclose(trained_on, clean, atol=0.02)
+    assert torch.equal(torch.as_tensor(seen[0]), torch.as_tensor(trained_on))
 
 
 def test_a_method_trains_on_its_overlays_degradation():
     """ADSR learns artifact removal wherever it is trained (CLI, MONAI Label, NVFlare): its overlay names
     the artifact preset; a method that names none trains on antialiased bicubic."""
     assert train_parser("adsr").get_parsed_content("degradation") == "adsr_artifacts_x4"
-    assert train_parser("vdsr").get_parsed_content("degradation") == {"downsample": "bicubic_aa"}
+    assert train_parser("vdsr").get_parsed_content("degradation") == "bicubic"
 
 
 # ------------------------------------------------------------------------------- network interpolation

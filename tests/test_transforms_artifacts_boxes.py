@@ -1,9 +1,6 @@
-"""Tests for artifact synthesis, box handling and degradation presets."""
+"""Tests for artifact synthesis and box handling."""
 
 from __future__ import annotations
-
-import inspect
-import json
 
 import numpy as np
 import pytest
@@ -22,7 +19,6 @@ from monai_sr_bundle.transforms.boxes import (
     crop_boxes,
     validate_boxes,
 )
-from monai_sr_bundle.transforms.presets import PRESET_KEYS, available_presets, load_preset
 
 
 def _pair(size: int = 32, seed: int = 0) -> dict:
@@ -184,47 +180,3 @@ def test_crop_boxesd_follows_monai_crop():
     assert torch.equal(BoxesToMask((20, 16))(d["boxes"]), d["mask"].as_tensor())
     with pytest.raises(InputError, match="crop"):
         CropBoxesd("boxes", ref_key="hr")({"hr": MetaTensor(torch.rand(1, 4, 4)), "boxes": boxes})
-
-
-# ---------------------------------------------------------------- presets
-
-EXPECTED_PRESETS = {
-    "bicubic_x4",
-    "bicubic_noaa_x4",
-    "area_x4",
-    "realistic_x4",
-    "adsr_artifacts_x4",
-    "runet_bilinear_x4",
-    "runet_nearest_x4",
-}
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED_PRESETS))
-def test_presets_load_with_known_keys(name):
-    preset = load_preset(name)
-    assert set(preset) <= PRESET_KEYS
-    assert isinstance(preset["description"], str) and preset["description"]
-    assert preset["scale"] == 4
-    assert preset["downsample"] in ("bicubic_aa", "area", "bicubic")
-    assert preset["noise"] in ("none", "gaussian", "poisson")
-    assert preset.get("pre_upsample") in (None, "bicubic", "bilinear", "nearest")
-    if "artifacts" in preset:
-        allowed = set(inspect.signature(RandArtifactsd).parameters) - {"keys"}
-        assert set(preset["artifacts"]) <= allowed
-        RandArtifactsd(keys="lr", **preset["artifacts"])  # constructible as is
-
-
-def test_presets_by_path_and_available():
-    assert EXPECTED_PRESETS <= set(available_presets())
-    path = load_preset.__globals__["PRESET_DIR"] / "area_x4.json"
-    assert load_preset(path) == load_preset("area_x4") == load_preset("area_x4.json")
-
-
-def test_unknown_preset_lists_available(tmp_path):
-    with pytest.raises(InputError) as err:
-        load_preset("no_such_preset")
-    assert "no_such_preset" in str(err.value) and "bicubic_x4" in str(err.value)
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"scale": 4, "sigma": 1.0}))
-    with pytest.raises(InputError, match="sigma"):
-        load_preset(bad)

@@ -12,8 +12,18 @@ from monai_sr_bundle.transforms.boxes import (
     crop_boxes,
     validate_boxes,
 )
-from monai_sr_bundle.transforms.degradation import Degrade, Degraded, RandSRCropd, downsample, upsample, zoom_geometry
-from monai_sr_bundle.transforms.presets import PRESET_KEYS, available_presets, load_preset
+from monai_sr_bundle.transforms.degradation import (
+    CropToScaled,
+    RandBlurd,
+    RandElectronicNoised,
+    RandPoissonNoised,
+    RandSRCropd,
+    Resized,
+    downsample,
+    upsample,
+    zoom_geometry,
+)
+from monai_sr_bundle.transforms.presets import PRESET_KEYS, available_presets, load_preset, lr_synthesis
 
 __all__ = [
     "ARTIFACT_KINDS",
@@ -21,12 +31,15 @@ __all__ = [
     "BoxesToMask",
     "BoxesToMaskd",
     "CropBoxesd",
-    "Degrade",
-    "Degraded",
+    "CropToScaled",
     "RandSRCropd",
     "PRESET_KEYS",
     "RandArtifacts",
     "RandArtifactsd",
+    "RandBlurd",
+    "RandElectronicNoised",
+    "RandPoissonNoised",
+    "Resized",
     "ScaleBoxes",
     "ScaleBoxesd",
     "as_boxes",
@@ -34,6 +47,7 @@ __all__ = [
     "crop_boxes",
     "downsample",
     "load_preset",
+    "lr_synthesis",
     "upsample",
     "validate_boxes",
     "zoom_geometry",

@@ -1,9 +1,11 @@
-"""Low-resolution synthesis: the degradation model that turns an HR image into the LR input of SR.
+"""Low-resolution synthesis: the steps that turn an HR image into the LR input of SR, each a MONAI dictionary
+transform on the LR key (:func:`monai_sr_bundle.transforms.presets.lr_synthesis` copies the HR image to it
+first), so that a degradation is a list of them in a preset (``configs/degradations``).
 
-The default is bicubic downsampling with antialiasing (what ``PIL``/``torch`` call antialiased bicubic),
-which is how most SR benchmarks make LR images; ``bicubic`` without antialias (MATLAB-free papers that
-call ``F.interpolate`` directly) and ``area`` (box average, a detector-binning model) are also offered.
-Optional Gaussian blur and Gaussian/Poisson noise model a softer, noisier acquisition.
+Downsampling is antialiased bicubic by default (what ``PIL``/``torch`` call antialiased bicubic, how most SR
+benchmarks make LR images); ``bicubic`` without antialias and ``area`` (box average, detector binning) are
+offered too. Blur, quantum (Poisson) and electronic (Gaussian) noise model a softer, noisier acquisition;
+the random steps draw their parameters from ranges, seeded per image.
 """
 
 from __future__ import annotations
@@ -78,101 +80,126 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
 
 
-class Degrade(RandomizableTransform):
-    """HR (C, X, Y) -> LR (C, X/scale, Y/scale): blur, downsample, noise, optional pre-upsampling.
+class _RandLRd(MapTransform, RandomizableTransform):
+    """A seeded random step of LR synthesis on ``keys`` with one parameter, a number or a ``(low, high)`` range:
+    ``randomize`` draws it (``self._value``) and a torch seed from ``self.R``, so one ``set_random_state``
+    fixes the bytes the step makes (evaluation seeds per image).
 
     Args:
-        scale: integer SR factor.
-        downsample: one of ``bicubic_aa`` (default), ``bicubic`` (no antialias), ``area``.
-        blur_sigma: Gaussian blur sigma in HR pixels before downsampling; a ``(lo, hi)`` pair draws it.
-        noise: ``none``, ``gaussian`` (std ``noise_std``, may be a range) or ``poisson`` (``poisson_peak``
-            photons at intensity 1; fewer photons = noisier).
-        pre_upsample: if set, the LR image is resized back to HR size with this mode (for methods that
-            consume pre-upsampled input).
+        keys: the images to degrade (the LR key).
+        value: the parameter, or its range.
+        name: its name in the subclass's signature, for the error.
+        low: its smallest valid value.
     """
 
     def __init__(
-        self,
-        scale: int = 4,
-        downsample: str = "bicubic_aa",
-        blur_sigma: float | Sequence[float] = 0.0,
-        noise: str = "none",
-        noise_std: float | Sequence[float] = 0.0,
-        poisson_peak: float = 1000.0,
-        pre_upsample: str | None = None,
-    ) -> None:
-        super().__init__(prob=1.0)
-        if int(scale) != scale or scale < 1:
-            raise InputError(f"scale must be a positive integer, got {scale!r}.")
-        if downsample not in DOWNSAMPLE_MODES:
-            raise InputError(f"unknown downsample mode {downsample!r}; use one of {DOWNSAMPLE_MODES}.")
-        if noise not in NOISE_KINDS:
-            raise InputError(f"unknown noise kind {noise!r}; use one of {NOISE_KINDS}.")
-        if pre_upsample is not None and pre_upsample not in UPSAMPLE_MODES:
-            raise InputError(f"unknown pre_upsample mode {pre_upsample!r}; use one of {UPSAMPLE_MODES}.")
-        self.scale = int(scale)
-        self.mode = downsample
-        self.blur_sigma = blur_sigma
-        self.noise = noise
-        self.noise_std = noise_std
-        self.poisson_peak = float(poisson_peak)
-        self.pre_upsample = pre_upsample
-
-    def _draw(self, value: float | Sequence[float]) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        lo, hi = value
-        return float(self.R.uniform(lo, hi))
-
-    def randomize(self, data=None) -> None:
-        self._sigma = self._draw(self.blur_sigma)
-        self._std = self._draw(self.noise_std)
-        self._seed = int(self.R.randint(0, 2**31 - 1))
-
-    def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        if randomize:
-            self.randomize()
-        x = _as_batch(img)
-        if self._sigma > 0:
-            x = _gaussian_blur(x, self._sigma)
-        y = downsample(x[0], self.scale, self.mode)[None]
-        gen = torch.Generator().manual_seed(self._seed)
-        if self.noise == "gaussian" and self._std > 0:
-            y = y + torch.randn(y.shape, generator=gen) * self._std
-        elif self.noise == "poisson":
-            y = torch.poisson(y.clamp(min=0) * self.poisson_peak, generator=gen) / self.poisson_peak
-        y = y.clamp(0.0, 1.0)
-        if self.pre_upsample:
-            y = upsample(y, self.scale, self.pre_upsample).clamp(0.0, 1.0)
-        return zoom_geometry(img, y[0], 1.0 if self.pre_upsample else 1.0 / self.scale)
-
-
-class Degraded(MapTransform, RandomizableTransform):
-    """Dictionary form of :class:`Degrade`: reads ``keys`` (the HR image) and writes the LR image to
-    ``lr_key``. The HR target is left as it is, except that an HR image whose size is not a multiple of the
-    scale (a 1841x1955 radiograph at x4) loses its last rows and columns, as evaluation crops it, so that the
-    pair stays aligned."""
-
-    def __init__(
-        self, keys: KeysCollection = "hr", lr_key: str = "lr", allow_missing_keys: bool = False, **kwargs
+        self, keys: KeysCollection, value: float | Sequence[float], name: str, low: float, allow_missing_keys: bool
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=1.0)
-        if len(self.keys) != 1:
-            raise InputError("Degraded takes exactly one HR key.")
-        self.lr_key = lr_key
-        self.degrade = Degrade(**kwargs)
+        lo, hi = (value, value) if isinstance(value, (int, float)) else tuple(value)
+        if isinstance(lo, bool) or isinstance(hi, bool) or not low <= lo <= hi:
+            raise InputError(
+                f"{type(self).__name__}: {name} must be a number >= {low:g} or a (low, high) range of such, "
+                f"got {value!r}."
+            )
+        self.range = (float(lo), float(hi))
 
-    def set_random_state(self, seed=None, state=None):
-        super().set_random_state(seed, state)
-        self.degrade.set_random_state(seed, state)
-        return self
+    def randomize(self, data=None) -> None:
+        self._value = float(self.R.uniform(*self.range))
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def _apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        self.randomize()
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            y = self._apply(_as_batch(img), torch.Generator().manual_seed(self._seed))[0]
+            d[key] = zoom_geometry(img, y, 1.0)
+        return d
+
+
+class RandBlurd(_RandLRd):
+    """Isotropic Gaussian blur (the detector's and the focal spot's unsharpness) of standard deviation
+    ``sigma`` pixels, a number or a ``(low, high)`` range drawn per image; reflect-padded."""
+
+    def __init__(self, keys: KeysCollection, sigma: float | Sequence[float] = 1.0, allow_missing_keys: bool = False):
+        super().__init__(keys, sigma, "sigma", 0.0, allow_missing_keys)
+
+    def _apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return _gaussian_blur(x, self._value) if self._value > 0 else x
+
+
+class RandPoissonNoised(_RandLRd):
+    """Quantum noise: Poisson counts of ``peak`` photons at intensity 1 (a number or a ``(low, high)`` range
+    drawn per image; fewer photons, a lower dose, is noisier), clipped to [0, 1]."""
+
+    def __init__(self, keys: KeysCollection, peak: float | Sequence[float] = 1000.0, allow_missing_keys: bool = False):
+        super().__init__(keys, peak, "peak", 1e-6, allow_missing_keys)
+
+    def _apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return (torch.poisson(x.clamp(min=0) * self._value, generator=generator) / self._value).clamp(0.0, 1.0)
+
+
+class RandElectronicNoised(_RandLRd):
+    """Electronic (additive Gaussian) noise of standard deviation ``std`` (intensity units; a number or a
+    ``(low, high)`` range drawn per image), clipped to [0, 1]."""
+
+    def __init__(self, keys: KeysCollection, std: float | Sequence[float] = 0.01, allow_missing_keys: bool = False):
+        super().__init__(keys, std, "std", 0.0, allow_missing_keys)
+
+    def _apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return (x + torch.randn(x.shape, generator=generator) * self._value).clamp(0.0, 1.0)
+
+
+class Resized(MapTransform):
+    """Shrink ``keys`` by the integer ``scale`` with ``mode`` (:data:`DOWNSAMPLE_MODES`), or with ``up`` enlarge
+    them by it (:data:`~monai_sr_bundle.networks.bicubic.UPSAMPLE_MODES`: an input pre-upsampled to the HR size,
+    as RUNet takes it); spacing follows the size (:func:`zoom_geometry`)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        scale: int = 4,
+        mode: str = "bicubic_aa",
+        up: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if isinstance(scale, bool) or int(scale) != scale or scale < 1:
+            raise InputError(f"Resized: scale must be a positive whole number, got {scale!r}.")
+        modes = UPSAMPLE_MODES if up else DOWNSAMPLE_MODES
+        if mode not in modes:
+            raise InputError(f"Resized: unknown {'up' if up else 'down'}sampling mode {mode!r}; use one of {modes}.")
+        self.scale, self.mode, self.up = int(scale), mode, bool(up)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = crop_to_scale(d[key], self.degrade.scale)
-            d[self.lr_key] = self.degrade(d[key])
+            img = d[key]
+            if self.up:
+                y = upsample(_as_batch(img), self.scale, self.mode)[0].clamp(0.0, 1.0)
+            else:
+                y = downsample(img, self.scale, self.mode)
+            d[key] = zoom_geometry(img, y, self.scale if self.up else 1.0 / self.scale)
+        return d
+
+
+class CropToScaled(MapTransform):
+    """:func:`crop_to_scale` on ``keys``: an HR image whose size is not a multiple of the scale (a 1841x1955
+    radiograph at x4) loses its last rows and columns, so that it stays aligned with its LR image."""
+
+    def __init__(self, keys: KeysCollection, scale: int = 4, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.scale = int(scale)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = crop_to_scale(d[key], self.scale)
         return d
 
 

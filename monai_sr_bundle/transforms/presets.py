@@ -1,46 +1,60 @@
 """Named LR-synthesis presets: ``configs/degradations/<name>.json`` in the bundle, read by the ``degradation``
-key of the train and evaluate configs (``--degradation realistic_x4``).
+key of the train and evaluate configs (``--degradation realistic_x4``), and the one function that composes
+a degradation for training, evaluation, the demo and the benchmarks (:func:`lr_synthesis`).
 
-A preset is a JSON object of ``Degrade`` keyword arguments (scale, downsample, blur_sigma, noise,
-noise_std, poisson_peak, pre_upsample), a ``description``, and optionally ``artifacts``: keyword
-arguments of :class:`~monai_sr_bundle.transforms.artifacts.RandArtifactsd`, applied to the LR image only
-so that the HR target stays clean. Naming them keeps experiments comparable: a results table says which
-degradation it was measured on.
+A preset is a JSON object with a ``description``, the ``scale`` it is made for (omitted: any scale) and
+``transforms``: MONAI dictionary transforms as the bundle configs write them (``_target_`` and arguments;
+``@scale`` is the SR factor), applied in order to the LR image, which starts as a copy of the HR image::
+
+    {"description": "blur, then x4 antialiased bicubic, then quantum noise",
+     "scale": 4,
+     "transforms": [
+         {"_target_": "monai_sr_bundle.transforms.degradation.RandBlurd", "sigma": [0.5, 1.5]},
+         {"_target_": "monai_sr_bundle.transforms.degradation.Resized", "scale": "@scale"},
+         {"_target_": "monai_sr_bundle.transforms.degradation.RandPoissonNoised", "peak": 2000.0}]}
+
+A transform's ``keys`` default to the LR key; none may touch the HR target, which stays as read (cropped to a
+multiple of the scale). Random transforms are seeded through the composition (``set_random_state``), so the
+same seed gives the same LR bytes in training and evaluation. A step that draws artifacts stores where it
+drew them under ``mask_key`` = :data:`ARTIFACT_MASK_KEY` (evaluation scores the region). Naming presets keeps
+experiments comparable: a results table says which degradation it was measured on.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from monai.transforms import Compose
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, CopyItemsd, MapTransform
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.methods import BUNDLE_ROOT
-from monai_sr_bundle.transforms.artifacts import RandArtifactsd
-from monai_sr_bundle.transforms.degradation import Degraded
+from monai_sr_bundle.transforms.degradation import CropToScaled
 
-__all__ = ["PRESET_DIR", "PRESET_KEYS", "available_presets", "degradation_args", "load_preset", "lr_synthesis"]
+__all__ = [
+    "ARTIFACT_MASK_KEY",
+    "DEFAULT_PRESET",
+    "PRESET_DIR",
+    "PRESET_KEYS",
+    "LRSynthesis",
+    "available_presets",
+    "load_preset",
+    "lr_synthesis",
+]
 
 PRESET_DIR = BUNDLE_ROOT / "configs" / "degradations"
-
-# keys a preset may hold: the Degrade keyword arguments, plus "description" and "artifacts"
-PRESET_KEYS = frozenset(
-    {
-        "description",
-        "artifacts",
-        "scale",
-        "downsample",
-        "blur_sigma",
-        "noise",
-        "noise_std",
-        "poisson_peak",
-        "pre_upsample",
-    }
-)
+#: keys a preset may hold
+PRESET_KEYS = ("description", "scale", "transforms")
+#: the degradation when none is given: antialiased bicubic downsampling at the SR scale
+DEFAULT_PRESET = "bicubic"
+#: where a preset's artifact step stores the (1, X, Y) coverage of what it drew on the LR image
+ARTIFACT_MASK_KEY = "artifact_mask"
 
 
 def available_presets() -> list[str]:
@@ -49,18 +63,9 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    """Load a degradation preset by name (``"bicubic_x4"``) or by path to a JSON file.
-
-    Args:
-        name_or_path: a preset name in ``configs/degradations`` (with or without ``.json``) or a file path.
-
-    Returns:
-        a fresh dict of the preset's keys.
-
-    Raises:
-        InputError: if the preset is missing, is not a JSON object, or has keys other than
-            :data:`PRESET_KEYS`.
-    """
+    """A degradation preset by name (``"bicubic"``, with or without ``.json``) or path to a JSON file, as a
+    fresh dict; a missing file, other keys or transforms that are not a list of ``_target_`` objects are
+    refused in one sentence naming the file."""
     path = Path(name_or_path)
     if not path.is_file():
         stem = path.name[:-5] if path.name.endswith(".json") else path.name
@@ -71,40 +76,76 @@ def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
             f"{', '.join(available_presets()) or '(none)'} (or give a path to a JSON file)."
         )
     what = f"Degradation preset {str(path)!r}"
-    return _checked(read_json_object(path, what, sorted(PRESET_KEYS)), what)
+    return _checked(read_json_object(path, what, PRESET_KEYS), what)
 
 
 def _checked(preset: dict, what: str) -> dict:
-    """``preset`` if its keys are preset keys and its ``artifacts`` (if any) an object."""
-    unknown = sorted(set(preset) - PRESET_KEYS)
+    unknown = sorted(set(preset) - set(PRESET_KEYS))
     if unknown:
-        raise InputError(f"{what} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(PRESET_KEYS))}.")
-    if not isinstance(preset.get("artifacts", {}), Mapping):
-        raise InputError(f"{what}: `artifacts` must be an object of RandArtifactsd arguments.")
+        raise InputError(f"{what} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(PRESET_KEYS)}.")
+    steps = preset.get("transforms")
+    if not isinstance(steps, list):
+        raise InputError(f"{what}: `transforms` must be a list of MONAI dictionary transforms ({{'_target_': ...}}).")
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict) or not isinstance(step.get("_target_"), str):
+            raise InputError(f"{what}: transforms#{i} must be an object with a `_target_` (a transform class).")
+    scale = preset.get("scale")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
+        raise InputError(f"{what}: `scale` must be a positive whole number, got {scale!r}.")
     return preset
-
-
-def degradation_args(degradation: str | os.PathLike | Mapping | None, scale: int) -> tuple[dict, dict | None]:
-    """``Degrade`` keyword arguments (without ``scale``) and ``RandArtifacts`` ones (None without
-    artifacts) of a preset name or path, or of a mapping with the same keys; a preset made for another
-    scale is refused."""
-    if isinstance(degradation, (str, os.PathLike)):
-        name, preset = str(degradation), load_preset(degradation)
-    else:
-        name, preset = "degradation", _checked(dict(degradation or {}), "the degradation")
-    if preset.get("scale", scale) != scale:
-        raise InputError(f"degradation {name!r} is made for x{preset['scale']}, not x{scale}; pick one for x{scale}.")
-    kwargs = {k: v for k, v in preset.items() if k not in ("description", "artifacts", "scale")}
-    return kwargs, preset.get("artifacts")
 
 
 def lr_synthesis(
     degradation: str | os.PathLike | Mapping | None, scale: int, hr_key: str = "label", lr_key: str = "image"
-) -> Compose:
-    """The dictionary transforms that make the LR input ``lr_key`` from the HR image ``hr_key``: the
-    degradation, then the preset's artifacts on the LR image only."""
-    kwargs, artifacts = degradation_args(degradation, scale)
-    transforms = [Degraded(keys=hr_key, lr_key=lr_key, scale=scale, **kwargs)]
-    if artifacts:
-        transforms.append(RandArtifactsd(keys=lr_key, **artifacts))
-    return Compose(transforms)
+) -> LRSynthesis:
+    """The degradation ``degradation`` (a preset name or path, a mapping with a preset's keys, None for
+    :data:`DEFAULT_PRESET`) at ``scale``: a dictionary transform that makes ``lr_key`` from ``hr_key``. A
+    preset made for another scale, a step that cannot be built, is no MONAI dictionary transform or would
+    touch the HR key is refused in one sentence naming the preset and the step (``transforms#i``)."""
+    if isinstance(degradation, Mapping):
+        what, preset = "the degradation", _checked(copy.deepcopy(dict(degradation)), "the degradation")
+    else:
+        what, preset = f"degradation {str(degradation or DEFAULT_PRESET)!r}", load_preset(degradation or DEFAULT_PRESET)
+    if preset.get("scale", scale) != scale:
+        raise InputError(f"{what} is made for x{preset['scale']}, not x{scale}; pick one for x{scale}.")
+    parser = ConfigParser({"scale": int(scale), "transforms": preset["transforms"]})
+    steps = []
+    for i, step in enumerate(preset["transforms"]):
+        where = f"{what}: transforms#{i} ({step['_target_']})"
+        keys = step.setdefault("keys", lr_key)
+        if hr_key in ([keys] if isinstance(keys, str) else list(keys)):
+            raise InputError(f"{where} would change the HR image {hr_key!r}; a degradation acts on {lr_key!r} only.")
+        try:
+            built = parser.get_parsed_content(f"transforms#{i}")
+        except Exception as e:  # MONAI wraps the class's own error: report the innermost sentence
+            cause = e
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            raise InputError(f"{where} cannot be built ({reason}).") from e
+        if not isinstance(built, MapTransform):
+            raise InputError(f"{where} is a {type(built).__name__}, not a MONAI dictionary transform.")
+        steps.append(built)
+    return LRSynthesis(steps, scale, hr_key, lr_key, what)
+
+
+class LRSynthesis(Compose):
+    """HR ``hr_key`` -> LR ``lr_key``: the HR image cropped to a multiple of ``scale``, copied to ``lr_key``, then
+    the degradation ``steps`` on the copy. Seed it per image with ``set_random_state``; a step that changes the
+    HR image after all is refused when it does (``what`` names the degradation)."""
+
+    def __init__(self, steps: list, scale: int, hr_key: str = "label", lr_key: str = "image", what: str = "") -> None:
+        super().__init__([CopyItemsd(keys=hr_key, names=lr_key), *steps])
+        self.crop = CropToScaled(keys=hr_key, scale=scale)
+        self.hr_key, self.what = hr_key, what or "the degradation"
+
+    def __call__(self, data, *args, **kwargs):
+        d = self.crop(data)
+        hr = d[self.hr_key]
+        out = super().__call__(d, *args, **kwargs)
+        changed = out[self.hr_key]
+        if changed is not hr and (
+            changed.shape != hr.shape or not torch.equal(torch.as_tensor(changed), torch.as_tensor(hr))
+        ):
+            raise InputError(f"{self.what} changed the HR image {self.hr_key!r}; its steps may act on the LR only.")
+        return out
