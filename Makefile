@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test benchmark clean system-tools
+.PHONY: demo test test-fast benchmark clean system-tools
 
 # Debian tools the tests drive (dciodvfy validates DICOM output; Orthanc is the PACS of the round trip):
 # installed with apt when missing and run as root (CI); otherwise say loudly what to install.
@@ -31,6 +31,11 @@ demo: $(STAMP)
 test: $(STAMP) system-tools
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# the fast tier for each edit: no slow, server or federated tests (markers: tests/conftest.py)
+test-fast: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not (slow or server or federated)"
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/quality.py

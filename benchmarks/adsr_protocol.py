@@ -29,6 +29,7 @@ from pathlib import Path
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import load_datalist, write_nih_resized
 from monai_sr_bundle.evaluation import METRICS, evaluate
+from monai_sr_bundle.inference import Predictor
 from monai_sr_bundle.metrics import paired_t_test, summarize
 from monai_sr_bundle.training import sha256, train_configs
 
@@ -142,9 +143,9 @@ def shell(command: list[str]) -> str:
     return " ".join(f'"{c}"' if "'" in c else c for c in command)
 
 
-def inferer(m: methods.Method, seed: int):
-    """``m``'s tiling inferer, seeded when it samples."""
-    return m.inferer(seed=seed) if m.stochastic else m.inferer()
+def predictor(m: methods.Method, seed: int):
+    """``m`` loaded, seeded when it samples."""
+    return m.predictor(seed=seed) if m.stochastic else m.predictor()
 
 
 def datalist_file() -> Path:
@@ -203,13 +204,14 @@ def part_evaluate(limit: int | None, seeds: int) -> None:
         if not ready(name):
             print(f"{name}: no weights yet ({m.weights_path}); run --part train", flush=True)
             continue
-        network, folder = m.load(), eval_dir(name, limit)
+        loaded, folder = m.predictor(), eval_dir(name, limit)
         for seed in range(seeds if m.stochastic else 1):
             out = folder / f"seed{seed}"
             if (out / "metrics.csv").is_file():
                 continue
             start = time.perf_counter()
-            evaluate(datalist, {name: network}, SCALE, out, degradation=PRESET, inferers={name: inferer(m, seed)})
+            seeded = Predictor(m, loaded.network, seed=seed) if m.stochastic else loaded
+            evaluate(datalist, {name: seeded}, out, degradation=PRESET)
             print(f"{name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
@@ -221,10 +223,9 @@ def part_figure(limit: int | None) -> Path:
     index = next(i for i, d in enumerate(datalist) if d["boxes"] and Path(d["label"]).name in drawn)
     names = [n for n in rows() if n != METHOD and ready(n)]
     names.append(METHOD)
-    networks = {n: method(n).load() for n in names}
+    predictors = {n: predictor(method(n), 0) for n in names}
     out = WORK / "figure"
-    evaluate([datalist[index]], networks, SCALE, out, degradation=PRESET, seed=index, figures=1, lpips=False,
-             inferers={n: inferer(method(n), 0) for n in names}, progress=False)  # fmt: skip
+    evaluate([datalist[index]], predictors, out, degradation=PRESET, seed=index, figures=1, lpips=False, progress=False)
     figure = REPO / "docs" / "figures" / "adsr_protocol.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / f"figure_{Path(datalist[index]['label']).stem}.png", figure)

@@ -20,6 +20,7 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.data.ct import CT_SPLIT, CT_WINDOW, write_ct_datalist
 from monai_sr_bundle.data.datalist import load_datalist
 from monai_sr_bundle.evaluation import evaluate
+from monai_sr_bundle.inference import Predictor
 from monai_sr_bundle.metrics import bootstrap_interval
 from monai_sr_bundle.networks import Bicubic
 
@@ -50,25 +51,25 @@ def main() -> int:
 
     datalist = load_datalist(write_ct_datalist(Path(args.work) / "slices"), "test")
     baseline = methods.baseline_name()
-    networks = {"nearest": Bicubic(SCALE, "nearest"), "bilinear": Bicubic(SCALE, "bilinear")}
-    networks[baseline] = methods.get(baseline, SCALE, "ct").load()
+    interpolation = methods.get(baseline, SCALE, "ct")
+    predictors = {mode: Predictor(interpolation, Bicubic(SCALE, mode)) for mode in ("nearest", "bilinear")}
+    predictors[baseline] = interpolation.predictor()
     ct = [methods.get(m, SCALE, "ct") for m in methods.trainable_names()]
     ablations = sorted((ABLATIONS / "configs" / "methods").glob("*.json"))
     variants = [methods.Method(p.stem, p, SCALE, "ct", ABLATIONS) for p in ablations]
     shipped = [m for m in ct if m.weights_available]
     variants = [m for m in variants if m.weights_available]
     ct = shipped + variants
-    networks.update({m.name: m.load() for m in ct})
-    inferers = {m.name: m.inferer() for m in ct}
+    predictors.update({m.name: m.predictor() for m in ct})
     start = time.perf_counter()
     out = Path(args.work) / "eval"
-    evaluate(datalist, networks, SCALE, out, inferers=inferers, intensity=CT_WINDOW, figures=1)
+    evaluate(datalist, predictors, out, figures=1)
     minutes = (time.perf_counter() - start) / 60
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     header = "| method | " + " | ".join(f"{label} mean [68% CI]" for label, _ in METRICS.values()) + " |"
     lines = [header, "|---" * (len(METRICS) + 1) + "|"]
-    for name in networks:
+    for name in predictors:
         cells = []
         for metric, (_, digits) in METRICS.items():
             values = [float(r[metric]) for r in rows if r["method"] == name]

@@ -51,8 +51,9 @@ def sr3_args() -> dict:
 
 
 def sr3(sampler: str | None = None, steps: int | None = None) -> tuple[nn.Module, object]:
-    method = methods.get(METHOD, 4)
-    return method.load(sampler=sampler, steps=steps), method.inferer(seed=0)
+    """The shipped network and the inferer that runs it with ``sampler`` in ``steps`` steps, seed 0."""
+    predictor = methods.get(METHOD, 4).predictor(sampler=sampler, steps=steps, seed=0)
+    return predictor.network, predictor.inferer()
 
 
 def crops(split: str = "test") -> list[tuple[str, torch.Tensor]]:
@@ -207,14 +208,15 @@ def part_quality(limit: int, sampler: str) -> dict:
     """bicubic, VDSR and one sr3 sample on the first ``limit`` test images."""
     vdsr = methods.get("vdsr", 4)
     bicubic = methods.get(methods.baseline_name(), 4)
-    network, inferer = sr3(sampler, QUALITY_STEPS)
     ours = f"{METHOD} ({sampler} {QUALITY_STEPS}, 1 sample)"
     single = evaluate(
         nih_datalist("test", limit=limit),
-        {"bicubic": bicubic.load(), "vdsr": vdsr.load(), ours: network},
-        4,
+        {
+            "bicubic": bicubic.predictor(),
+            "vdsr": vdsr.predictor(),
+            ours: methods.get(METHOD, 4).predictor(sampler=sampler, steps=QUALITY_STEPS, seed=0),
+        },
         WORK / "quality",
-        inferers={"bicubic": bicubic.inferer(), "vdsr": vdsr.inferer(), ours: inferer},
     )
     keep = ("psnr", "ssim", "lpips")
     rows = {m: {k: v[0] for k, v in s.items() if k in keep} for m, s in single.items()}

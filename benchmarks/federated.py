@@ -94,9 +94,8 @@ def main() -> int:
         print(f"{name}: trained in {minutes[name]:.1f} min -> {weights[name]}", flush=True)
     baseline = methods.get(methods.baseline_name(), config["scale"])
     trained = methods.get(config["method"], config["scale"])
-    networks = {baseline.name: baseline.load(), **{n: trained.load(w) for n, w in weights.items()}}
-    inferers = {baseline.name: baseline.inferer(), **{n: trained.inferer() for n in weights}}
-    summary = evaluate(test, networks, config["scale"], work / "eval", inferers=inferers, lpips=False)
+    predictors = {baseline.name: baseline.predictor(), **{n: trained.predictor(w) for n, w in weights.items()}}
+    summary = evaluate(test, predictors, work / "eval", lpips=False)
     psnr = {n: summary[n]["psnr"][0] for n in summary}
     gap = psnr["centralized"] - psnr["federated"]
     command = (

@@ -64,8 +64,9 @@ def method() -> methods.Method:
 
 
 def load(name: str = METHOD, sampler: str | None = None, steps: int | None = None):
-    m = methods.get(name, 4)
-    return m.load(sampler=sampler, steps=steps), m.inferer(seed=0)
+    """The shipped network and the inferer that runs it with ``sampler`` in ``steps`` steps, seed 0."""
+    predictor = methods.get(name, 4).predictor(sampler=sampler, steps=steps, seed=0)
+    return predictor.network, predictor.inferer()
 
 
 #: (factor, latent channels) of the linear DCT block codes scored beside the trained autoencoder: what a
@@ -114,12 +115,9 @@ def part_autoencoder() -> dict:
 
 def part_quality(limit: int, sampler: str) -> dict:
     """bicubic, VDSR and one ldm sample per image on the first ``limit`` test images."""
-    nets, inferers = {}, {}
-    for name in (methods.baseline_name(), "vdsr"):
-        nets[name], inferers[name] = methods.get(name, 4).load(), methods.get(name, 4).inferer()
-    ours = f"{METHOD} ({sampler} {STEPS}, 1 sample)"
-    nets[ours], inferers[ours] = load(METHOD, sampler, STEPS)
-    found = evaluate(nih_datalist("test", limit=limit), nets, 4, WORK / "quality", inferers=inferers)
+    predictors = {name: methods.get(name, 4).predictor() for name in (methods.baseline_name(), "vdsr")}
+    predictors[f"{METHOD} ({sampler} {STEPS}, 1 sample)"] = method().predictor(sampler=sampler, steps=STEPS, seed=0)
+    found = evaluate(nih_datalist("test", limit=limit), predictors, WORK / "quality")
     rows = {m: {k: v[0] for k, v in s.items() if k in ("psnr", "ssim", "lpips")} for m, s in found.items()}
     return {"images": limit, "sampler": sampler, "rows": rows}
 

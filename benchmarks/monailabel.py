@@ -76,10 +76,9 @@ def main() -> int:
         studies = tmp / "studies"
         studies.mkdir()
         shutil.copy(image, studies)
-        method = methods.get(args.method, 4)
-        network, inferer = method.load(), method.inferer()
+        predictor = methods.get(args.method, 4).predictor()
         local = median_seconds(
-            lambda _: run_inference(str(studies / image.name), network, inferer, tmp / "local", progress=False), None
+            lambda _: run_inference(str(studies / image.name), predictor, tmp / "local", progress=False), None
         )
         with label_server(tmp, studies, {"method": args.method, "model_dir": tmp / "model"}) as url:
 

@@ -33,9 +33,9 @@ def main() -> int:
     baseline = methods.baseline_name()
     usable = [methods.get(m, 4) for m in methods.names()]
     usable = [m for m in usable if not m.trainable or m.weights_available]
-    networks = {m.name: m.load() for m in usable}
+    predictors = {m.name: m.predictor() for m in usable}
     start = time.perf_counter()
-    summary = evaluate(datalist, networks, 4, args.work, inferers={m.name: m.inferer() for m in usable}, figures=1)
+    summary = evaluate(datalist, predictors, args.work, figures=1)
     minutes = (time.perf_counter() - start) / 60
     table = format_table(summary)
     psnr = {m: summary[m]["psnr"][0] for m in summary}
@@ -69,8 +69,8 @@ Gains over the baseline:
 
 ![LR | each method | HR | error map](figures/comparison.png)
 
-`figures/comparison.png`: {FIGURE_IMAGE}; LR, then each method ({", ".join(networks)}), then HR; top row
-whole image, bottom row the boxed region enlarged; the last panel is |{list(networks)[-1]} - HR| with
+`figures/comparison.png`: {FIGURE_IMAGE}; LR, then each method ({", ".join(predictors)}), then HR; top row
+whole image, bottom row the boxed region enlarged; the last panel is |{list(predictors)[-1]} - HR| with
 black = 0 and white >= 0.1.
 """
     (REPO / "docs" / "results.md").write_text(doc)

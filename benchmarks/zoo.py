@@ -54,18 +54,14 @@ def main() -> int:
                     torchscript = "scripted" if zoo.scriptable(bundle) else "excluded (not scriptable)"
                     steps = zoo.check(bundle, ZOO_CI, work / "ci")
                     image, nih = zoo.workflow_data(data / "nih_cxr14", work / "data", modality)
-                    runs = zoo.check_workflows(
-                        bundle, ZOO_CI, image, nih, work / "run", data / "weights"
-                    )
+                    runs = zoo.check_workflows(bundle, ZOO_CI, image, nih, work / "run", data / "weights")
                     theirs = next((work / "run" / "infer").glob(f"{image.stem}_sr*"))
                     ours = zoo.dev_inference(method, image, work / "dev", 2 if method.stochastic else None)
                     same = same_output(ours, theirs)
                     result = ("yes" if same else "NO", f"{len(steps)} passed", f"{len(runs)} passed", "")
                 except (InputError, CalledProcessError) as e:
                     result, torchscript = ("-", "-", "-", str(e).splitlines()[0][:200]), "-"
-                rows.append(
-                    (name, modality, zoo.bundle_name(method), *result[1:3], torchscript, result[0], result[3])
-                )
+                rows.append((name, modality, zoo.bundle_name(method), *result[1:3], torchscript, result[0], result[3]))
             print(rows[-1], f"{time.perf_counter() - start:.0f} s", flush=True)
     table = (
         "| method | modality | bundle | zoo CI steps | workflows | TorchScript | same output as dev | failure |\n"

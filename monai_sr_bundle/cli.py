@@ -37,23 +37,19 @@ def _sr(args: argparse.Namespace) -> None:
             "put it after '--' or write it as './-o.png'."
         )
     method = methods.get(args.method or methods.default_name(), args.scale, args.modality)
-    inferer = method.inferer(args.tile_size, seed=args.seed)
-    method.check_sampling(samples=args.samples)
-    network = method.load(
-        args.weights, args.device, args.winograd, steps=args.steps, sampler=args.sampler, progress=_interactive()
-    )
+    method.check_sampling(sampler=args.sampler, steps=args.steps, seed=args.seed, samples=args.samples)
+    predictor = method.predictor(args.weights, args.device, args.winograd, args.tile_size)
     written = run_inference(
         args.inputs,
-        network,
-        inferer,
+        predictor,
         args.output,
-        args.device,
         allow_volume=args.slice_by_slice,
         progress=_interactive(),
-        intensity=methods.recorded_intensity(args.weights or method.weights_path),
         samples=args.samples or 1,
         output_format=args.output_format,
-        method=method.name,
+        sampler=args.sampler,
+        steps=args.steps,
+        seed=args.seed,
     )
     print(f"wrote {len(written)} image(s) to {args.output}")
 
@@ -73,17 +69,16 @@ def demo_datalist(inputs: list[str] | None, limit: int) -> tuple[list[dict], str
 
 def _demo(args: argparse.Namespace) -> None:
     from monai_sr_bundle.evaluation import evaluate, format_table
-    from monai_sr_bundle.networks.imagenet import default_weights_path
+    from monai_sr_bundle.imagenet import default_weights_path
 
     datalist, source = demo_datalist(args.inputs, args.limit)
-    networks, inferers = {}, {}
+    predictors = {}
     for name in args.methods.split(",") if args.methods else methods.names():
         try:
-            method = methods.get(name, args.scale, args.modality)
-            networks[name], inferers[name] = method.load(device=args.device), method.inferer()
+            predictors[name] = methods.get(name, args.scale, args.modality).predictor(device=args.device)
         except InputError as e:
             logging.warning("skipping %s: %s", name, e)
-    if not networks:
+    if not predictors:
         raise InputError(f"none of the methods {args.methods!r} could be loaded.")
     lpips = args.lpips and default_weights_path().is_file()
     if args.lpips and not lpips:
@@ -92,12 +87,9 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"demo: x{args.scale} SR of {source}, LR made by {how}")
     summary = evaluate(
         datalist,
-        networks,
-        args.scale,
+        predictors,
         args.output,
         degradation=args.degradation,
-        inferers=inferers,
-        device=args.device,
         lpips=lpips,
         save_images=True,
         figures=args.figures,

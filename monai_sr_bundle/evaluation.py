@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from torch import nn
 
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import output_path_for, write_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import super_resolve, validate_input
+from monai_sr_bundle.inference import Predictor, validate_input
 from monai_sr_bundle.metrics import (
     DISPLAY_VMAX,
     InBoxMetric,
@@ -36,7 +35,6 @@ from monai_sr_bundle.metrics import (
     masked_psnr,
     summarize,
 )
-from monai_sr_bundle.tiling import SRInferer
 from monai_sr_bundle.transforms.presets import ARTIFACT_MASK_KEY, lr_synthesis
 
 logger = logging.getLogger(__name__)
@@ -154,22 +152,18 @@ def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
 
 def evaluate(
     datalist: Sequence[Mapping],
-    networks: Mapping[str, nn.Module],
-    scale: int,
+    predictors: Mapping[str, Predictor],
     output_dir: str | os.PathLike,
     degradation: str | os.PathLike | Mapping | None = None,
-    inferers: Mapping[str, SRInferer] | None = None,
-    tile_size: int = 256,
-    device: str | torch.device = "cpu",
     lpips: bool = True,
     lpips_weights: str | os.PathLike | None = None,
     save_images: bool = False,
     figures: int = 0,
     seed: int = 0,
     progress: bool = True,
-    intensity: str | Sequence[float] = "minmax",
+    intensity: str | Sequence[float] | None = None,
 ) -> dict:
-    """Degrade each HR image (``label``), super-resolve it with every network and score it against the HR.
+    """Degrade each HR image (``label``), super-resolve it with every predictor and score it against the HR.
 
     Writes ``metrics.csv`` (one row per image and method), ``summary.json`` and ``summary.md`` (mean ± sd)
     to ``output_dir``; with ``save_images`` the SR images, and for the first ``figures`` images a
@@ -178,23 +172,36 @@ def evaluate(
 
     Args:
         datalist: dicts with ``label`` (HR path) and optional ``boxes`` ((x0, y0, x1, y1) at HR size).
-        networks: method name -> network in eval mode, each at ``scale``.
+        predictors: method name -> its :class:`~monai_sr_bundle.inference.Predictor`, all at one scale.
         degradation: a degradation preset (name or path) or its keys (default: antialiased bicubic), composed
             by :func:`~monai_sr_bundle.transforms.presets.lr_synthesis` as training composes it.
-        inferers: method name -> its tiling inferer (:meth:`monai_sr_bundle.methods.Method.inferer`); the
-            others get core-crop tiles of ``tile_size`` with the default context.
         lpips_weights: the LPIPS (AlexNet) ``.npz`` archive; default the shared data's.
         seed: LR synthesis of image ``i`` uses ``seed + i``, so noise presets are reproducible.
-        intensity: how images are mapped to [0, 1] (:func:`~monai_sr_bundle.data.readers.read_image`): a
-            CT model is scored in the HU window it was trained in, e.g. ``(-1000, 400)``.
+        intensity: how images are mapped to [0, 1] (:func:`~monai_sr_bundle.data.readers.read_image`); default
+            the predictors' own, which must agree (a CT model is scored in the HU window it was trained in).
     """
+    scales = {p.scale for p in predictors.values()}
+    if len(scales) != 1:
+        raise InputError(f"the methods to compare must share one scale, got x{', x'.join(map(str, sorted(scales)))}.")
+    scale = scales.pop()
+    if intensity is None:
+        maps = {
+            name: json.dumps(p.intensity if isinstance(p.intensity, str) else [float(v) for v in p.intensity])
+            for name, p in predictors.items()
+        }
+        if len(set(maps.values())) != 1:
+            raise InputError(
+                "the methods read images differently ("
+                + "; ".join(f"{k}: {v}" for k, v in maps.items())
+                + "); compare methods of one modality, or give the intensity to score them in."
+            )
+        intensity = next(iter(predictors.values())).intensity
     from tqdm import tqdm
 
-    inferers = {name: (inferers or {}).get(name) or SRInferer(scale=scale, tile_size=tile_size) for name in networks}
     synthesis = lr_synthesis(degradation, scale)
     out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
     out.mkdir(parents=True, exist_ok=True)
-    fns = {name: _metric_fns(lpips, lpips_weights) for name in networks}
+    fns = {name: _metric_fns(lpips, lpips_weights) for name in predictors}
     rows, failures = [], []
     for i, item in enumerate(tqdm(datalist, desc="evaluating", unit="image", disable=not progress)):
         path = str(item["label"])
@@ -215,8 +222,8 @@ def evaluate(
             continue
         boxes = torch.as_tensor(item.get("boxes") or [], dtype=torch.float32).reshape(-1, 4)
         panels = {"LR (nearest)": _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
-        for name, network in networks.items():
-            sr = super_resolve(lr, network, inferers[name], device)
+        for name, predictor in predictors.items():
+            sr = predictor(lr)
             rows.append({"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes, region)})
             panels[name] = _plain(sr)
             if save_images:
@@ -225,7 +232,7 @@ def evaluate(
                 write_image(sr, output_path_for(path, out / name, source_format=family, fmt=fmt))
         if i < figures:
             panels["HR"] = _plain(hr)
-            last = list(networks)[-1]
+            last = list(predictors)[-1]
             err = error_map_to_display(error_map(panels[last][None], panels["HR"][None]))[0]
             panels[f"|{last} - HR| (0-{DISPLAY_VMAX['abs']:g})"] = err
             comparison_figure(panels, out / f"figure_{Path(path).stem}.png", boxes[0].tolist() if len(boxes) else None)
@@ -233,7 +240,7 @@ def evaluate(
         raise InputError("no image could be evaluated: " + " | ".join(failures))
     summary = {
         name: {m: summarize([r[m] for r in rows if r["method"] == name]) for m in rows[0] if m in METRICS}
-        for name in networks
+        for name in predictors
     }
     with open(out / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -1,5 +1,7 @@
-"""The file pipeline, the one SR entry point used by the bundle, the CLI, Slicer and MONAI Label: files in,
-SR files out, with the input's geometry (spacing divided by the scale) and its format family.
+"""The one SR entry point used by the bundle, the CLI, Slicer, MONAI Label, evaluation and the benchmarks: a
+:class:`Predictor` (a method loaded once, :meth:`monai_sr_bundle.methods.Method.predictor`) super-resolves
+loaded images, and :func:`run_inference` takes files in and writes SR files out, with the input's geometry
+(spacing divided by the scale) and its format family.
 
 The method and its weights come from :mod:`monai_sr_bundle.methods`, the tiling from
 :mod:`monai_sr_bundle.tiling`; this module reads, checks, super-resolves and writes.
@@ -107,58 +109,116 @@ def default_input() -> str:
     return get_testdata_file("CT_small.dcm")
 
 
-def super_resolve(
-    image: MetaTensor, network: nn.Module, inferer: SRInferer, device: str | torch.device = "cpu"
-) -> MetaTensor:
-    """SR of one loaded image (C, X, Y[, Z]) -> MetaTensor with geometry and intensity map carried over."""
-    with torch.inference_mode():
-        return inferer(image[None].to(device), network)[0].cpu()
+class Predictor:
+    """A method loaded once, what every surface calls for SR (the CLI, the bundle, MONAI Label, evaluation, the
+    benchmarks): its network on ``device`` in eval mode, the weights it came from, the reader's intensity map
+    they were trained with and the tiling the method needs. Sampling options are defaults that each call may
+    change; the network is never changed by a call, so one predictor serves every request.
 
+    Args:
+        method: the method (:func:`monai_sr_bundle.methods.get`).
+        network: its loaded network (:meth:`~monai_sr_bundle.methods.Method.load`, or the same compiled with
+            TensorRT or running its parts on ONNX Runtime).
+        weights: the file ``network`` was loaded from (None: the shipped weights; none for interpolation).
+        device: where images go.
+        tile_size: LR tile edge; memory grows with its square.
+        intensity: the reader's map to [0, 1] (default: the one recorded with the weights, else the
+            modality's, :meth:`~monai_sr_bundle.methods.Method.intensity_of`).
+        sampler, steps, seed: a stochastic method's defaults (refused for a deterministic one).
+    """
 
-def sample_maps(
-    image: MetaTensor, network: nn.Module, inferer: SRInferer, samples: int, device: str | torch.device = "cpu"
-) -> dict[str, MetaTensor]:
-    """``samples`` SR draws of one loaded image -> the mean SR image (``"sr"``) and the uncertainty maps of
-    :mod:`monai_sr_bundle.diffusion.uncertainty`, each with the SR's geometry. A map's ``intensity_range``
-    is (0, the image's range), so it is written as a spread in the input's units."""
-    from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
+    def __init__(
+        self,
+        method,
+        network: nn.Module,
+        weights: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        tile_size: int = 256,
+        intensity: str | Sequence[float] | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.method, self.network, self.device, self.tile_size = method, network, device, int(tile_size)
+        if weights is None and method.trainable:
+            weights = method.weights_path
+        self.weights = None if weights is None else Path(weights)
+        self.intensity = method.intensity_of(self.weights) if intensity is None else intensity
+        self.sampling = self._checked(sampler=sampler, steps=steps, seed=seed)
 
-    batch = image[None].to(device)
-    with torch.inference_mode():
-        maps = uncertainty_maps(batch, inferer.draw(batch, network, samples), inferer.scale)
-    out = {}
-    for key, value in maps.items():
-        result = zoom_geometry(image, value[0].cpu(), inferer.scale)
-        if key != "sr" and "intensity_range" in result.meta:
-            lo, hi = result.meta["intensity_range"]
-            result.meta["intensity_range"] = (0.0, float(hi) - float(lo))
-        out[key] = result
-    return out
+    def __repr__(self) -> str:
+        return f"Predictor({self.method!r}, weights={self.weights}, sampling={self.sampling})"
+
+    @property
+    def scale(self) -> int:
+        return self.method.scale
+
+    def _checked(self, **options) -> dict:
+        """The options given (not None), refused in one sentence when the method takes none, a sampler is
+        unknown or there are more steps than the network was trained with."""
+        given = {k: v for k, v in options.items() if v is not None}
+        self.method.check_sampling(**given)
+        if given.keys() & {"sampler", "steps"}:
+            self.network.make_sampler(given.get("sampler"), given.get("steps"))
+        return given
+
+    def inferer(self, progress: bool = False, **sampling) -> SRInferer:
+        """The tiling inferer of one call: the defaults with ``sampling`` over them; ``progress`` shows a
+        stochastic method's steps."""
+        options = {**self.sampling, **self._checked(**sampling)}
+        seed = options.pop("seed", None)
+        if self.method.stochastic and progress:
+            options["progress"] = True
+        return self.method.inferer(self.tile_size, seed=seed, **options)
+
+    def __call__(self, image: MetaTensor, progress: bool = False, **sampling) -> MetaTensor:
+        """SR of one loaded image (C, X, Y[, Z]) -> MetaTensor with geometry and intensity map carried over."""
+        inferer = self.inferer(progress, **sampling)
+        with torch.inference_mode():
+            return inferer(image[None].to(self.device), self.network)[0].cpu()
+
+    def maps(self, image: MetaTensor, samples: int, progress: bool = False, **sampling) -> dict[str, MetaTensor]:
+        """``samples`` SR draws of one loaded image -> the mean SR image (``"sr"``) and the uncertainty maps of
+        :mod:`monai_sr_bundle.diffusion.uncertainty`, each with the SR's geometry. A map's ``intensity_range``
+        is (0, the image's range), so it is written as a spread in the input's units."""
+        from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
+
+        self.method.check_sampling(samples=samples)
+        inferer = self.inferer(progress, **sampling)
+        batch = image[None].to(self.device)
+        with torch.inference_mode():
+            maps = uncertainty_maps(batch, inferer.draw(batch, self.network, samples), self.scale)
+        out = {}
+        for key, value in maps.items():
+            result = zoom_geometry(image, value[0].cpu(), self.scale)
+            if key != "sr" and "intensity_range" in result.meta:
+                lo, hi = result.meta["intensity_range"]
+                result.meta["intensity_range"] = (0.0, float(hi) - float(lo))
+            out[key] = result
+        return out
 
 
 def run_inference(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
-    network: nn.Module,
-    inferer: SRInferer,
+    predictor: Predictor,
     output_dir: str | os.PathLike,
-    device: str | torch.device = "cpu",
     allow_volume: bool = False,
     progress: bool = True,
-    intensity: str | Sequence[float] = "minmax",
     samples: int = 1,
     output_format: str | None = None,
-    method: str = "an unnamed method",
+    **sampling,
 ) -> list[str]:
     """Super-resolve every input and write each result to ``output_dir`` in its input's format family, or in
     ``output_format`` (``png``, ``nifti``, ``nrrd``, ``mha``, ``dicom``). A DICOM input gives a derived DICOM
-    series of its study by default (``<stem>_sr.dcm``, or a folder for a series), naming ``method``.
+    series of its study by default (``<stem>_sr.dcm``, or a folder for a series), naming the method.
 
     With ``samples`` > 1 (stochastic methods) the SR image is the mean of that many draws, and the
     uncertainty maps are written beside it as ``<stem>_sr_std`` and ``<stem>_sr_lr_consistency`` (NIfTI
     for PNG and DICOM inputs, else the input's family), with the SR's geometry.
 
-    ``intensity`` is the reader's map to [0, 1] and must be the one the weights were trained with:
-    ``"minmax"`` (the default) or a (lo, hi) window in modality units, e.g. HU for a CT model.
+    Images are read with the predictor's intensity map, the one its weights were trained with: ``"minmax"``
+    or a (lo, hi) window in modality units, e.g. HU for a CT model. ``sampling`` (``sampler``, ``steps``,
+    ``seed``) changes the predictor's defaults for this run.
 
     A bad input is reported in one sentence and skipped (nothing is written for it) while the others go on;
     if any failed, an :class:`InputError` listing them is raised at the end. Returns the written paths."""
@@ -167,6 +227,9 @@ def run_inference(
     from monai_sr_bundle.data.readers import read_image
     from monai_sr_bundle.data.writers import output_format_for, output_path_for, write_image
 
+    if samples != 1:
+        predictor.method.check_sampling(samples=samples)
+    predictor.inferer(**sampling)  # bad sampling options: refused before any file is read
     check_output_dir(output_dir)
     files = expand_inputs(inputs)
     if not files:
@@ -174,16 +237,17 @@ def run_inference(
     written, failures = [], []
     for path in tqdm(files, desc="super-resolving", unit="image", disable=not progress):
         try:
-            img = read_image(path, intensity)
-            validate_input(img, path, inferer.scale, allow_volume)
+            img = read_image(path, predictor.intensity)
+            validate_input(img, path, predictor.scale, allow_volume)
             family = img.meta["source_format"]
             fmt = output_format_for(family, output_format)
             target = output_path_for(path, output_dir, source_format=family, fmt=fmt)
+            method = predictor.method.name
             if samples == 1:
-                sr = super_resolve(img, network, inferer, device)
+                sr = predictor(img, progress, **sampling)
                 written.append(str(write_image(sr, target, fmt, method=method)))
                 continue
-            maps = sample_maps(img, network, inferer, samples, device)
+            maps = predictor.maps(img, samples, progress, **sampling)
             written.append(str(write_image(maps.pop("sr"), target, fmt, method=method)))
             for key, value in maps.items():  # floats in the input's units: 8-bit PNGs and DICOM would erase them
                 fmt = "nifti" if {family, output_format} & {"png", "dicom"} else output_format

@@ -38,8 +38,11 @@ OVERLAY_KEYS = ("network_def", "discriminator_def", "training", "default")
 SAMPLING_OPTIONS = ("sampler", "steps", "seed", "samples")
 #: most draws per image for the uncertainty maps (each is a whole sampling run)
 MAX_SAMPLES = 64
-#: the weights families: chest radiographs and chest CT (``models/<method>_<modality>_x<scale>.pt``)
-MODALITIES = ("cxr", "ct")
+#: the weights families (``models/<method>_<modality>_x<scale>.pt``) and how each reads an image into [0, 1]
+#: unless its weights record another map: chest radiographs min-max, chest CT the HU window of the lungs and
+#: mediastinum (HU outside it clip). Declared here only: training records it with the weights, and inference,
+#: evaluation, the CT data preparation and the federated jobs read it back (:meth:`Method.intensity`).
+MODALITIES: dict[str, str | tuple[float, float]] = {"cxr": "minmax", "ct": (-1000.0, 400.0)}
 
 
 def overlay_dirs() -> list[Path]:
@@ -263,8 +266,14 @@ class Method:
 
     @property
     def intensity(self) -> str | list[float]:
-        """The reader's map to [0, 1] that the shipped weights were trained with (:func:`recorded_intensity`)."""
-        return recorded_intensity(self.weights_path)
+        """The reader's map to [0, 1] of the shipped weights (:meth:`intensity_of`)."""
+        return self.intensity_of(self.weights_path)
+
+    def intensity_of(self, weights: str | os.PathLike | None) -> str | list[float]:
+        """The reader's map to [0, 1] that ``weights`` were trained with, as their :func:`weights_record` says;
+        the modality's (:data:`MODALITIES`) when nothing is recorded or there are no weights (interpolation)."""
+        recorded = weights_record(weights).get("intensity") if weights is not None else None
+        return recorded if recorded is not None else MODALITIES[self.modality]
 
     def trainable_network(self, weights: str | os.PathLike | None = None) -> nn.Module:
         """A network to train, fresh or from ``weights``; a method without parameters is refused."""
@@ -273,20 +282,12 @@ class Method:
         return self.network(weights)
 
     def load(
-        self,
-        weights: str | os.PathLike | None = None,
-        device: str | torch.device = "cpu",
-        winograd: bool = False,
-        steps: int | None = None,
-        sampler: str | None = None,
-        progress: bool = False,
+        self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", winograd: bool = False
     ) -> nn.Module:
         """The network in eval mode on ``device`` with its weights: ``weights`` if given, else the shipped
-        ones (a method without parameters takes none). ``sampler`` and ``steps`` set a stochastic network's
-        sampler (steps no more than it was trained with); ``progress`` shows a bar over its steps.
-        ``winograd`` swaps VDSR-style 3x3 convolutions for Winograd F(4x4, 3x3) on the CPU (same output to
-        ~1e-5, about 2x faster after a compile per image size)."""
-        self.check_sampling(sampler=sampler, steps=steps)
+        ones (a method without parameters takes none). ``winograd`` swaps VDSR-style 3x3 convolutions for
+        Winograd F(4x4, 3x3) on the CPU (same output to ~1e-5, about 2x faster after a compile per image
+        size). Sampling options are not the network's: they go with each call (:meth:`predictor`)."""
         if self.trainable:
             if weights is None and not self.weights_path.is_file():
                 raise InputError(
@@ -297,18 +298,6 @@ class Method:
         else:
             network = self.network(weights)
         network = network.to(device).eval()
-        if steps is not None:
-            network.steps = steps
-        if sampler is not None:
-            if not hasattr(network, "sampler"):
-                raise InputError(f"method {self.name!r} has a sampler of its own; drop sampler.")
-            network.sampler = sampler
-        if (steps or sampler) and hasattr(network, "train_steps"):
-            from monai_sr_bundle.diffusion.samplers import make_sampler
-
-            make_sampler(network.sampler, network.steps, network.train_steps)  # steps beyond training: refused
-        if progress and self.stochastic:
-            network.progress = True
         if winograd:
             if torch.device(device).type != "cpu":
                 raise InputError("--winograd is a CPU speed-up; drop it on a GPU.")
@@ -317,10 +306,25 @@ class Method:
                     f"--winograd speeds up VDSR-style stacks of 3x3 convolutions; method {self.name!r} gains "
                     "nothing from it: drop --winograd."
                 )
-            from monai_sr_bundle.networks.winograd import winograd_inference
+            from monai_sr_bundle.winograd import winograd_inference
 
             network = winograd_inference(network)
         return network
+
+    def predictor(
+        self,
+        weights: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        winograd: bool = False,
+        tile_size: int = 256,
+        **sampling,
+    ):
+        """The method loaded once (:meth:`load`) as the :class:`~monai_sr_bundle.inference.Predictor` every
+        surface calls; ``sampling`` (``sampler``, ``steps``, ``seed``) are its defaults, a call may change them."""
+        from monai_sr_bundle.inference import Predictor
+
+        network = self.load(weights, device, winograd)
+        return Predictor(self, network, weights, device=device, tile_size=tile_size, **sampling)
 
     def check_sampling(self, **options) -> None:
         """Refuse sampler options (``sampler``, ``steps``, ``seed``, ``samples``) for a deterministic method,
@@ -355,15 +359,24 @@ class Method:
                 f"got {given['samples']}."
             )
 
-    def inferer(self, tile_size: int = 256, seed: int | None = None, progress: bool = False):
+    def inferer(self, tile_size: int = 256, seed: int | None = None, progress: bool = False, **network_kwargs):
         """The tiling inferer this method needs: exact core-crop with its halo, or seeded blending; tiles no
-        larger than the network's ``max_tile`` when it declares one."""
+        larger than the network's ``max_tile`` when it declares one; ``network_kwargs`` go with every network
+        call (a diffusion method's ``sampler``, ``steps``, ``progress``)."""
         from monai_sr_bundle.tiling import SRInferer
 
         self.check_sampling(seed=seed)
         merge = "blend" if self.stochastic else "crop"
         tile_size = min(int(tile_size), int(getattr(self._probe, "max_tile", tile_size)))
-        return SRInferer(self.scale, tile_size, halo=self.halo, merge=merge, seed=seed or 0, progress=progress)
+        return SRInferer(
+            self.scale,
+            tile_size,
+            halo=self.halo,
+            merge=merge,
+            seed=seed or 0,
+            progress=progress,
+            network_kwargs=network_kwargs,
+        )
 
     def prepare_batch(self, network: nn.Module):
         """How the trainer turns a batch into the network's inputs and targets: as it comes for a network
@@ -429,13 +442,6 @@ def weights_record(weights: str | os.PathLike) -> dict:
     if not manifest.is_file():
         return {}
     return read_json_object(manifest, f"the weights manifest {manifest}").get(weights.name, {})
-
-
-def recorded_intensity(weights: str | os.PathLike) -> str | list[float]:
-    """The reader's map to [0, 1] that ``weights`` were trained with, as their :func:`weights_record` says (a
-    HU window for CT weights); ``"minmax"`` when nothing is recorded. Inference must read images the same
-    way, or a CT model sees other numbers than it learnt on."""
-    return weights_record(weights).get("intensity", "minmax")
 
 
 def describe_all(scale: int = 4, modality: str = "cxr") -> list[dict]:

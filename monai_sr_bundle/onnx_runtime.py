@@ -141,14 +141,13 @@ def onnx_network(
     onnx_path: str | os.PathLike,
     weights: str | os.PathLike | None = None,
     decoder_path: str | os.PathLike | None = None,
-    **sampling,
 ) -> nn.Module:
     """The method on ONNX Runtime: the exported network itself, or for a method whose sampler loop does
-    not export (diffusion) the method with its denoiser exported (``sampling``: ``steps``, ``sampler``) and,
-    for a latent method, its decoder (``decoder_path``)."""
+    not export (diffusion) the method with its denoiser exported and, for a latent method, its decoder
+    (``decoder_path``)."""
     if method.exportable:
         return OnnxNetwork(onnx_path)
-    return onnx_parts(method.load(weights, "cpu", **sampling), onnx_path, decoder_path if method.latent else None)
+    return onnx_parts(method.load(weights, "cpu"), onnx_path, decoder_path if method.latent else None)
 
 
 def onnx_parts(

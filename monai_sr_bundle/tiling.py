@@ -78,6 +78,7 @@ class SRInferer(Inferer):
         seed: seed of the generator that a ``blend`` network draws its noise from, once per call.
         sw_batch_size: tiles per forward pass.
         progress: show a progress bar over the tiles.
+        network_kwargs: keyword arguments of every network call (a diffusion method's ``sampler``, ``steps``).
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class SRInferer(Inferer):
         seed: int = 0,
         sw_batch_size: int = 1,
         progress: bool = False,
+        network_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         if merge not in MERGE_MODES:
@@ -99,6 +101,7 @@ class SRInferer(Inferer):
         self.scale, self.tile_size, self.halo = int(scale), int(tile_size), int(halo)
         self.merge, self.overlap, self.seed = merge, float(overlap), int(seed)
         self.sw_batch_size, self.progress = int(sw_batch_size), progress
+        self.network_kwargs = dict(network_kwargs or {})
 
     def _tiles(
         self, shape: tuple[int, int]
@@ -120,7 +123,7 @@ class SRInferer(Inferer):
 
         s, n = self.scale, x.shape[0]
         (th, tw), tiles = self._tiles(tuple(x.shape[-2:]))
-        kwargs = {} if generator is None else {"generator": generator}
+        kwargs = self.network_kwargs if generator is None else {**self.network_kwargs, "generator": generator}
         weight = None
         if self.merge == "blend" and len(tiles) > 1:
             weight = blend_weight(th * s, tw * s, x.device)

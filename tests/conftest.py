@@ -1,4 +1,12 @@
-"""Shared test helpers: where the shared real data is, and skipping (with the reason) when it is absent."""
+"""Shared test helpers: where the shared real data is, skipping (with the reason) when it is absent, and the
+test tiers.
+
+Tiers (markers, registered in pyproject.toml): ``slow`` (seconds each: bundle commands in a subprocess,
+training, ONNX export of the larger networks), ``server`` (a real MONAI Label server or Orthanc),
+``federated`` (the NVFlare simulator or POC), ``gpu`` (needs CUDA; skipped without it). ``make test`` runs
+them all; ``make test-fast`` leaves out slow, server and federated tests. A test that uses one of
+:data:`SERVER_FIXTURES` is marked ``server`` here, so a new server test cannot land in the fast tier.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,21 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 
 DATA = shared_data_dir()
+#: fixtures that start a real server: a test using one is a ``server`` test
+SERVER_FIXTURES = frozenset({"ct_label_server", "server", "diffusion_server", "pacs"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that use a server fixture ``server``; skip ``gpu`` tests on a machine without CUDA."""
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device (none here)")
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+
 
 #: a GAN method small enough to train in seconds, registered by the ``tiny_gan`` fixture
 TINY_GAN = "tiny_gan"
@@ -151,10 +174,10 @@ def ct_slice_volume() -> tuple[np.ndarray, np.ndarray]:
     return ds.pixel_array[None].astype(np.int16), m
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ct_label_server(tmp_path_factory):
-    """A real MONAI Label server running the app (srcnn) on a studies folder holding ``ct_small.dcm``;
-    yields (URL, studies folder)."""
+    """A real MONAI Label server running the app (srcnn) on a studies folder holding ``ct_small.dcm``, shared
+    by the session's tests that only read from it; yields (URL, studies folder)."""
     import shutil
 
     from label_server import label_server

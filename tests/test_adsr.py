@@ -137,6 +137,7 @@ def test_bad_loss_weights_are_one_sentence(weights):
 
 
 @needs_data(DATA)
+@pytest.mark.slow
 def test_the_train_config_trains_it_with_its_own_loss(tmp_path, monkeypatch):
     """Through the bundle's one training path, as a tiny throwaway method (the real overlay is too wide for
     a test): the train config takes the network's own loss with the overlay's weights and records them."""
@@ -156,6 +157,7 @@ def test_the_train_config_trains_it_with_its_own_loss(tmp_path, monkeypatch):
 
 
 @needs_data(DATA)
+@pytest.mark.slow
 def test_an_artifact_preset_with_unknown_kinds_stops_training_before_anything_is_written(tmp_path):
     artifacts = {"_target_": "monai_sr_bundle.transforms.artifacts.RandArtifactsd", "kinds": ["circle", "arrow"]}
     preset = {"scale": 4, "transforms": [artifacts]}

@@ -200,6 +200,7 @@ def test_the_gan_stage_goes_with_the_methods_that_have_a_discriminator(tiny_gan)
 
 
 @needs_data(DATA / "nih_cxr14")
+@pytest.mark.slow
 def test_the_stage_and_the_method_must_agree(tiny_gan, tmp_path):
     args = ("--train_limit", "1", "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt")
     alone = run_config(TRAIN, TINY_GAN, *args)
@@ -210,6 +211,7 @@ def test_the_stage_and_the_method_must_agree(tiny_gan, tmp_path):
 
 
 @needs_data(DATA / "nih_cxr14")
+@pytest.mark.slow
 def test_tiny_gan_trains_resumes_and_publishes_its_generator(tiny_gan, tmp_path):
     run = tmp_path / "run"
     args = ("--train_limit", "2", "--log_every", "1", "--run_dir", run, "--ckpt_path", tmp_path / "w.pt")

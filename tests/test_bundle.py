@@ -134,6 +134,7 @@ def srcnn_out(work, inputs, ckpts) -> Path:
 # ------------------------------------------------------------------------------------------- inference.json
 
 
+@pytest.mark.slow
 def test_run_bicubic(work, inputs):
     out = work / "out_bicubic"
     _ok(run_config("configs/inference.json", "bicubic", "--input", inputs, "--output_dir", out))
@@ -144,6 +145,7 @@ ZOO_SCHEMA = DATA.parent / "tools" / "model-zoo-ci" / "meta_schema_20240725.json
 
 
 @pytest.mark.skipif(not ZOO_SCHEMA.is_file(), reason=f"the model zoo's metadata schema {ZOO_SCHEMA} not found")
+@pytest.mark.slow
 def test_metadata_passes_the_zoo_schema(tmp_path):
     """MONAI's own verify_metadata against the schema metadata.json names (copied: the command downloads it)."""
     schema = tmp_path / "schema.json"
@@ -152,6 +154,7 @@ def test_metadata_passes_the_zoo_schema(tmp_path):
     assert proc.returncode == 0 and "metadata is verified with no error" in proc.stdout, proc.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_dicom_input_gives_a_derived_series_or_the_format_asked(tmp_path):
     """The default input (a real CT slice): a derived DICOM naming the method, or NIfTI with --output_format."""
     import pydicom
@@ -165,11 +168,12 @@ def test_dicom_input_gives_a_derived_series_or_the_format_asked(tmp_path):
     assert [p.name for p in (tmp_path / "nii").iterdir()] == ["CT_small_sr.nii.gz"]
 
 
+@pytest.mark.slow
 def test_run_srcnn_uses_given_ckpt(srcnn_out, inputs, ckpts, tmp_path):
     _check_sizes(srcnn_out)
     # the same as the in-process entry point with those weights (so --ckpt_path was honoured)
     srcnn = methods.get("srcnn", SCALE)
-    ref = run_inference(inputs, srcnn.load(ckpts["srcnn"]), srcnn.inferer(), tmp_path, progress=False)
+    ref = run_inference(inputs, srcnn.predictor(ckpts["srcnn"]), tmp_path, progress=False)
     for p in map(Path, ref):
         if p.suffix == ".png":
             assert np.array_equal(_png_pixels(p), _png_pixels(srcnn_out / p.name))
@@ -178,6 +182,7 @@ def test_run_srcnn_uses_given_ckpt(srcnn_out, inputs, ckpts, tmp_path):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_run_unknown_method(work, inputs):
     proc = run_config("configs/inference.json", "espcn", "--input", inputs, "--output_dir", work / "out_unknown")
     assert proc.returncode != 0
@@ -185,6 +190,7 @@ def test_run_unknown_method(work, inputs):
     assert not (work / "out_unknown").exists()
 
 
+@pytest.mark.slow
 def test_run_corrupt_among_good(work, inputs):
     d = work / "with_corrupt"
     d.mkdir()
@@ -204,6 +210,7 @@ def test_run_corrupt_among_good(work, inputs):
 # ------------------------------------------------------------------------------------------- TensorRT overlay
 
 
+@pytest.mark.slow
 def test_trt_overlay_falls_back_on_cpu(work, inputs, ckpts, srcnn_out):
     out = work / "out_trt"
     proc = _ok(
@@ -231,6 +238,7 @@ def test_trt_overlay_falls_back_on_cpu(work, inputs, ckpts, srcnn_out):
 
 
 @pytest.mark.parametrize("method", ["bicubic", "srcnn", "vdsr"])
+@pytest.mark.slow
 def test_verify_net_in_out(method):
     proc = _ok(
         bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", *_method_args(method))
@@ -239,6 +247,7 @@ def test_verify_net_in_out(method):
 
 
 @pytest.mark.parametrize("method", ["srcnn", "vdsr"])
+@pytest.mark.slow
 def test_ckpt_export_torchscript(method, work, ckpts):
     """TorchScript by tracing (the pre-upsampling's Python checks do not script); the traced graph keeps
     the spatial size dynamic."""
@@ -305,6 +314,7 @@ def onnx_models(work, ckpts) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("method", ["srcnn", "vdsr"])
+@pytest.mark.slow
 def test_onnx_export_matches_torch(method, onnx_models, ckpts):
     """ONNX Resize (cubic, a=-0.75, half_pixel, edge clamp) reproduces torch's bicubic, borders included:
     measured max |ONNX - torch| ~1.3e-7 for srcnn and ~8e-6 for vdsr (20 float32 layers on random He-init
@@ -324,6 +334,7 @@ def test_onnx_export_matches_torch(method, onnx_models, ckpts):
         assert diff.max() < 1e-4, (shape, float(diff.max()), float(diff[..., 8:-8, 8:-8].max()))
 
 
+@pytest.mark.slow
 def test_inference_onnx_overlay(work, inputs, onnx_models, srcnn_out):
     out = work / "out_onnx"
     _ok(
@@ -346,6 +357,7 @@ def test_inference_onnx_overlay(work, inputs, onnx_models, srcnn_out):
     assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
 
 
+@pytest.mark.slow
 def test_inference_onnx_overlay_finds_the_model_next_to_the_weights(work, inputs, onnx_models, srcnn_out):
     """As the model card writes it (no --onnx_path): the .onnx beside the method's weights file."""
     out = work / "out_onnx_default"
@@ -366,6 +378,7 @@ def test_inference_onnx_overlay_finds_the_model_next_to_the_weights(work, inputs
         assert np.abs(_png_pixels(out / name) - _png_pixels(srcnn_out / name)).max() <= 1
 
 
+@pytest.mark.slow
 def test_inference_onnx_missing_model(work, inputs):
     proc = run_config(
         _configs("inference.json", "inference_onnx.json"),
@@ -409,6 +422,7 @@ def _train(run_dir: Path, epochs: int, config_file: str = TRAIN, limit: int = 4)
 
 
 @needs_data(NIH)
+@pytest.mark.slow
 def test_train_resume_publish(tmp_path):
     run = tmp_path / "run"
     first = _train(run, 1)
@@ -435,6 +449,7 @@ def test_train_resume_publish(tmp_path):
 
 
 @needs_data(NIH)
+@pytest.mark.slow
 def test_train_method_is_the_one_named_even_with_another_overlay_merged(tmp_path):
     """--method picks the network: merging methods/vdsr.json as a third config (the old way to choose a
     method) cannot make a SRCNN run publish weights of another architecture."""
@@ -448,6 +463,7 @@ def test_train_method_is_the_one_named_even_with_another_overlay_merged(tmp_path
 
 
 @needs_data(NIH)
+@pytest.mark.slow
 def test_evaluate_config_on_nih_test_split(tmp_path):
     out = tmp_path / "eval"
     _ok(
@@ -472,6 +488,7 @@ def test_evaluate_config_on_nih_test_split(tmp_path):
 
 
 @needs_data(DATA / "chest_ct")
+@pytest.mark.slow
 def test_evaluate_config_on_a_datalist_file_in_a_hu_window(tmp_path):
     """Chest CT slices (``monai-sr ct-slices`` lists them) scored through the evaluate config: the datalist
     file's ``test`` items, read in the HU window given on the command line (what the window changes is
@@ -489,6 +506,7 @@ def test_evaluate_config_on_a_datalist_file_in_a_hu_window(tmp_path):
 
 
 @needs_data(NIH)
+@pytest.mark.slow
 def test_evaluate_config_scores_a_sites_own_folder_of_hr_images(tmp_path):
     """The external-site check: ``--input`` names a folder of one's own HR images (here two NIH test images
     copied in); a folder that does not exist is one sentence and nothing is written."""

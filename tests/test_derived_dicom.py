@@ -21,13 +21,13 @@ from monai_sr_bundle.data import derived_dicom
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import write_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import default_input, run_inference, super_resolve
-from monai_sr_bundle.networks import Bicubic
-from monai_sr_bundle.tiling import SRInferer
+from monai_sr_bundle.inference import default_input, run_inference
 
 CXR = DATA / "cxr_dicom"
 CT = DATA / "chest_ct"
 SCALE = 2  # bicubic x2 keeps the 1955x1841 radiograph quick; x4 VDSR of it is benchmarks/full_size.py
+#: bicubic interpolation through the one entry point (no weights: quick)
+BICUBIC = methods.get("bicubic", SCALE).predictor()
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -49,7 +49,7 @@ def _sources(img) -> list[Path]:
 
 def _derive(src: Path, out_dir: Path, method: str = "bicubic"):
     img = read_image(src)
-    sr = super_resolve(img, Bicubic(SCALE), SRInferer(SCALE))
+    sr = BICUBIC(img)
     with warnings.catch_warnings():  # the sources' own invalid values are named in a warning, not asserted here
         warnings.simplefilter("ignore")
         out = write_image(sr, out_dir / (src.stem + "_sr"), "dicom", method=method)
@@ -67,6 +67,7 @@ REAL = [
 
 @needs_data(CXR)
 @pytest.mark.parametrize("folder,name", REAL, ids=[n.split("_")[0] + "-" + n[-12:] for _, n in REAL])
+@pytest.mark.slow
 def test_real_inputs_give_valid_derived_series(tmp_path, folder, name):
     src = next((DATA / folder).glob(name))
     img, sr, out = _derive(src, tmp_path)
@@ -206,7 +207,7 @@ def test_pydicom_ct_slice_round_trip(tmp_path):
     """The demo's default input (on every machine): a CT slice gives one valid derived instance."""
     src = Path(default_input())
     img = read_image(src)
-    sr = super_resolve(img, Bicubic(SCALE), SRInferer(SCALE))
+    sr = BICUBIC(img)
     out = write_image(sr, tmp_path / "ct_sr", "dicom", method="bicubic")
     assert out == tmp_path / "ct_sr.dcm" and dciodvfy_errors(out) == []
     again = read_image(out)
@@ -234,8 +235,8 @@ def _series(folder: Path, n=3, **header) -> Path:
 
 
 def _run(src, out, **kw):
-    kw = {"allow_volume": True, "progress": False, "method": "bicubic", **kw}
-    return run_inference(src, Bicubic(SCALE), SRInferer(SCALE), out, **kw)
+    kw = {"allow_volume": True, "progress": False, **kw}
+    return run_inference(src, BICUBIC, out, **kw)
 
 
 def test_series_with_mixed_geometry_is_refused(tmp_path):
@@ -325,9 +326,7 @@ def test_cli_writes_dicom_by_default_and_nifti_on_request(tmp_path):
 def test_method_name_recorded(tmp_path):
     method = methods.get("bicubic", SCALE, "cxr")
     src = _series(tmp_path / "ct", n=1)
-    written = run_inference(
-        src / "s0.dcm", method.load(), method.inferer(), tmp_path / "out", progress=False, method=method.name
-    )
+    written = run_inference(src / "s0.dcm", method.predictor(), tmp_path / "out", progress=False)
     ds = pydicom.dcmread(written[0])
     assert ds.SeriesDescription.endswith(f"SR x{SCALE} {method.name} (AI-generated)")
     assert method.name in ds.DerivationDescription and ds.SoftwareVersions

@@ -80,12 +80,13 @@ def test_uncertainty_maps_are_the_spread_and_the_lr_gap():
     )
 
 
+@pytest.mark.slow
 def test_several_samples_write_the_mean_and_the_maps_reproducibly(tiny, png, tmp_path):
     method, weights = tiny
-    network = method.load(weights, sampler="dpmpp", steps=3)
+    predictor = method.predictor(weights, sampler="dpmpp", steps=3, seed=5)
     outs = []
     for run in ("a", "b"):
-        written = run_inference(png, network, method.inferer(seed=5), tmp_path / run, progress=False, samples=3)
+        written = run_inference(png, predictor, tmp_path / run, progress=False, samples=3)
         assert [p.split("/")[-1] for p in written] == [
             "cxr_sr.png",
             "cxr_sr_std.nii.gz",
@@ -105,7 +106,7 @@ def test_several_samples_write_the_mean_and_the_maps_reproducibly(tiny, png, tmp
     shrunk = downsample(torch.from_numpy(sr)[None], 4)[0].numpy() * (hi - lo) + lo
     expected = np.abs(shrunk - lr) * 255 / (hi - lo) * (hi - lo)
     assert np.abs(gap[::4, ::4] - expected).max() < 2.5  # the mean was rounded to 8 bits before this check
-    one = run_inference(png, network, method.inferer(seed=5), tmp_path / "one", progress=False)
+    one = run_inference(png, predictor, tmp_path / "one", progress=False)
     assert [p.split("/")[-1] for p in one] == ["cxr_sr.png"]
 
 
@@ -122,22 +123,34 @@ def test_bad_sampling_options_are_refused(tiny, options, message):
         method.check_sampling(**options)
 
 
-def test_steps_beyond_the_training_schedule_are_refused(tiny):
+def test_sampling_options_go_with_each_call_and_leave_the_network_as_it_is(tiny, png, tmp_path):
+    """One loaded network serves every sampler and step count (MONAI Label keeps one per method): a call's
+    options are checked against the training schedule and never written into the network."""
     method, weights = tiny
     with pytest.raises(InputError, match="from 1 to 20"):
-        method.load(weights, steps=21)
-    assert method.load(weights, steps=20, sampler="ddpm").steps == 20
+        method.predictor(weights, steps=21)
+    predictor = method.predictor(weights, seed=1)
+    before = (predictor.network.sampler, predictor.network.steps)
+    with pytest.raises(InputError, match="from 1 to 20"):
+        run_inference(png, predictor, tmp_path / "none", progress=False, steps=21)
+    assert not (tmp_path / "none").exists()
+    lr = torch.rand(1, 9, 11)
+    ddpm = predictor(lr, sampler="ddpm", steps=20)
+    assert (predictor.network.sampler, predictor.network.steps) == before
+    assert torch.equal(ddpm, method.predictor(weights, sampler="ddpm", steps=20, seed=1)(lr))
+    assert not torch.equal(ddpm, predictor(lr, steps=2))
 
 
+@pytest.mark.slow
 def test_onnx_denoiser_matches_torch_and_drives_the_sampler(tiny, tmp_path):
     method, weights = tiny
-    network = method.load(weights, steps=3)
+    network = method.load(weights)
     path = export_denoiser(network, tmp_path / "d.onnx")  # refuses to keep a model off by 1e-4 or more
-    on_ort = onnx_network(method, path, weights, steps=3)
+    on_ort = onnx_network(method, path, weights)
     lr = torch.rand(1, 1, 9, 11)
     with torch.inference_mode():
-        a = network(lr, torch.Generator().manual_seed(2))
-        b = on_ort(lr, torch.Generator().manual_seed(2))
+        a = network(lr, torch.Generator().manual_seed(2), steps=3)
+        b = on_ort(lr, torch.Generator().manual_seed(2), steps=3)
     assert a.shape == (1, 1, 36, 44) and (a - b).abs().max() < 1e-4
 
 
@@ -147,6 +160,7 @@ def _cli(*args, env=None):
     )
 
 
+@pytest.mark.slow
 def test_cli_sampling_flags(tiny, png, tmp_path):
     _, weights = tiny
     out = tmp_path / "cli"
@@ -184,6 +198,7 @@ def test_cli_sampling_flags(tiny, png, tmp_path):
 
 
 @needs_data(DATA / "nih_cxr14")
+@pytest.mark.slow
 def test_diffusion_trains_and_samples_through_the_bundle(tiny, png, tmp_path):
     run = tmp_path / "run"
     train = run_config(

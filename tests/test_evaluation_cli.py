@@ -59,7 +59,7 @@ def _read_csv(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def bicubic():
-    return methods.get("bicubic", 4).load()
+    return methods.get("bicubic", 4).predictor()
 
 
 # ------------------------------------------------------------------------------------------- evaluate
@@ -77,7 +77,7 @@ def test_evaluate_writes_everything_and_scores_match_numpy(tmp_path, bicubic, ca
         {"label": str(small)},
     ]
     out = tmp_path / "out"
-    summary = evaluate(datalist, {"bicubic": bicubic}, 4, out, lpips=False, save_images=True, figures=3, progress=False)
+    summary = evaluate(datalist, {"bicubic": bicubic}, out, lpips=False, save_images=True, figures=3, progress=False)
 
     # outputs
     names = sorted(p.name for p in out.iterdir())
@@ -133,44 +133,32 @@ def test_evaluate_writes_everything_and_scores_match_numpy(tmp_path, bicubic, ca
 
 def test_evaluate_figures_limit_and_no_images(tmp_path, bicubic):
     a = _png(tmp_path / "a.png")
-    evaluate([{"label": str(a)}], {"bicubic": bicubic}, 4, tmp_path / "o", lpips=False, figures=0, progress=False)
+    evaluate([{"label": str(a)}], {"bicubic": bicubic}, tmp_path / "o", lpips=False, figures=0, progress=False)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["metrics.csv", "summary.json", "summary.md"]
 
 
-def test_evaluate_degradation_preset_and_inferers(tmp_path, bicubic):
-    """A preset name is the same LR synthesis as its keys; a preset for another scale is refused; a given
-    inferer is the one used."""
+def test_evaluate_degradation_preset_and_predictors(tmp_path, bicubic, monkeypatch):
+    """A preset name is the same LR synthesis as the default; a preset for another scale, methods of two
+    scales and methods that read images differently are refused; each predictor is the one called."""
     a = _png(tmp_path / "a.png")
     quiet = {"lpips": False, "figures": 0, "progress": False}
-    by_name = evaluate(
-        [{"label": str(a)}],
-        {"bicubic": bicubic},
-        4,
-        tmp_path / "n",
-        degradation="bicubic",
-        inferers={"bicubic": methods.get("bicubic", 4).inferer()},
-        **quiet,
-    )
-    default = evaluate([{"label": str(a)}], {"bicubic": bicubic}, 4, tmp_path / "d", **quiet)
+    by_name = evaluate([{"label": str(a)}], {"bicubic": bicubic}, tmp_path / "n", degradation="bicubic", **quiet)
+    default = evaluate([{"label": str(a)}], {"bicubic": bicubic}, tmp_path / "d", **quiet)
     assert by_name["bicubic"]["psnr"][0] == pytest.approx(default["bicubic"]["psnr"][0], abs=1e-6)
+    x2 = methods.get("bicubic", 2).predictor()
     with pytest.raises(InputError, match="made for x4, not x2"):
-        evaluate(
-            [{"label": str(a)}],
-            {"bicubic": methods.get("bicubic", 2).load()},
-            2,
-            tmp_path / "x2",
-            degradation="area_x4",
-            lpips=False,
-            progress=False,
-        )
+        evaluate([{"label": str(a)}], {"bicubic": x2}, tmp_path / "x2", degradation="area_x4", **quiet)
+    with pytest.raises(InputError, match="must share one scale, got x2, x4"):
+        evaluate([{"label": str(a)}], {"a": bicubic, "b": x2}, tmp_path / "mixed", **quiet)
+    ct = methods.get("bicubic", 4, "ct").predictor()
+    with pytest.raises(InputError, match=r"read images differently \(a: \"minmax\"; b: \[-1000.0, 400.0\]\)"):
+        evaluate([{"label": str(a)}], {"a": bicubic, "b": ct}, tmp_path / "modalities", **quiet)
+    assert not any((tmp_path / d).exists() for d in ("x2", "mixed", "modalities"))
     calls = []
-
-    def spy(x, network):
-        calls.append(tuple(x.shape))
-        return methods.get("bicubic", 4).inferer()(x, network)
-
-    evaluate([{"label": str(a)}], {"bicubic": bicubic}, 4, tmp_path / "s", inferers={"bicubic": spy}, **quiet)
-    assert calls
+    spy = methods.get("bicubic", 4).predictor()
+    monkeypatch.setattr(spy, "network", lambda x: calls.append(tuple(x.shape)) or bicubic.network(x))
+    evaluate([{"label": str(a)}], {"bicubic": spy}, tmp_path / "s", **quiet)
+    assert calls == [(1, 1, 32, 32)]
 
 
 def test_evaluate_scores_the_artifact_region_where_artifacts_are_drawn(tmp_path, bicubic):
@@ -178,13 +166,13 @@ def test_evaluate_scores_the_artifact_region_where_artifacts_are_drawn(tmp_path,
     bicubic keeps the burnt-in marks, so it is far below its whole-image PSNR there."""
     images = [{"label": str(_png(tmp_path / f"{i}.png"))} for i in range(4)]
     quiet = {"lpips": False, "figures": 0, "progress": False}
-    evaluate(images, {"bicubic": bicubic}, 4, tmp_path / "art", degradation="adsr_artifacts_x4", **quiet)
+    evaluate(images, {"bicubic": bicubic}, tmp_path / "art", degradation="adsr_artifacts_x4", **quiet)
     rows = _read_csv(tmp_path / "art" / "metrics.csv")
     scored = [r for r in rows if not math.isnan(float(r["artifact_psnr"]))]
     assert scored, "the preset draws artifacts on half the images: some of 4 have them"
     assert all(float(r["artifact_psnr"]) < float(r["psnr"]) - 3 for r in scored)
     assert "artifact-region PSNR" in (tmp_path / "art" / "summary.md").read_text()
-    evaluate(images[:1], {"bicubic": bicubic}, 4, tmp_path / "plain", **quiet)
+    evaluate(images[:1], {"bicubic": bicubic}, tmp_path / "plain", **quiet)
     assert "artifact_psnr" not in _read_csv(tmp_path / "plain" / "metrics.csv")[0]
 
 
@@ -196,7 +184,6 @@ def test_evaluate_all_bad_raises_and_names_them(tmp_path, bicubic):
         evaluate(
             [{"label": str(bad)}, {"label": str(missing)}],
             {"bicubic": bicubic},
-            4,
             tmp_path / "o",
             lpips=False,
             progress=False,
@@ -206,8 +193,8 @@ def test_evaluate_all_bad_raises_and_names_them(tmp_path, bicubic):
 
 
 def test_evaluate_scores_ct_in_its_hu_window(tmp_path, bicubic):
-    """``intensity``: a CT slice is scored in the window its weights use, so an air or metal outlier outside
-    it changes nothing; under min-max the same outlier would squash the image's contrast."""
+    """A CT slice is scored in the window of the CT predictors, so an air or metal outlier outside it changes
+    nothing; under min-max (``intensity``) the same outlier would squash the image's contrast."""
     import SimpleITK as sitk
 
     lo, hi = -1000, 400
@@ -220,10 +207,10 @@ def test_evaluate_scores_ct_in_its_hu_window(tmp_path, bicubic):
         sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / name))
         return {"label": str(tmp_path / name)}
 
-    args = ({"bicubic": bicubic}, 4)
-    windowed = evaluate([nifti("o.nii.gz", outlier)], *args, tmp_path / "w", lpips=False, intensity=(lo, hi))
-    clipped = evaluate([nifti("c.nii.gz", hu)], *args, tmp_path / "c", lpips=False)  # min-max = the window
-    squashed = evaluate([nifti("s.nii.gz", outlier)], *args, tmp_path / "s", lpips=False)
+    ct = {"bicubic": methods.get("bicubic", 4, "ct").predictor()}  # the CT modality's window: [-1000, 400]
+    windowed = evaluate([nifti("o.nii.gz", outlier)], ct, tmp_path / "w", lpips=False)
+    clipped = evaluate([nifti("c.nii.gz", hu)], {"bicubic": bicubic}, tmp_path / "c", lpips=False)  # min-max = window
+    squashed = evaluate([nifti("s.nii.gz", outlier)], ct, tmp_path / "s", lpips=False, intensity="minmax")
     assert windowed["bicubic"]["psnr"][0] == pytest.approx(clipped["bicubic"]["psnr"][0], abs=0.05)
     assert abs(squashed["bicubic"]["psnr"][0] - clipped["bicubic"]["psnr"][0]) > 1.0
 

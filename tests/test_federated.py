@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 FED_CONFIGS = REPO / "configs" / "federated"
 NIH = DATA / "nih_cxr14"
 CT = DATA / "chest_ct"
-pytestmark = needs_data(NIH)
+pytestmark = [needs_data(NIH), pytest.mark.federated]
 
 
 def make_site(folder: Path, name: str, training: list, validation: list) -> Path:
@@ -147,6 +147,10 @@ def test_job_config_checks(tmp_path):
     assert config["num_rounds"] == 3 and config["privacy"] == {"percentile": 10, "gamma": 0.01}
     assert config["sites"] == {"a": str(tmp_path / "a.json"), "b": None}
     assert load_job_config(job_file(tmp_path, "ct", sites, intensity=[-1000, 400]))["intensity"] == [-1000, 400]
+    # without one, a job reads images as the method's weights were trained, else as its modality says
+    assert config["intensity"] == "minmax"
+    ct = load_job_config(job_file(tmp_path, "ct_default", sites, modality="ct"))
+    assert ct["intensity"] == methods.MODALITIES["ct"] == (-1000, 400)
     torch.save(methods.get("srcnn").network().state_dict(), tmp_path / "w.pt")
     assert load_job_config(job_file(tmp_path, "w", sites, initial_weights="w.pt"))["initial_weights"] == str(
         tmp_path / "w.pt"
@@ -392,7 +396,7 @@ def test_simulator_trains_the_diffusion_jobs(tmp_path, job):
     name = shipped["method"]
     a = make_site(tmp_path / "a", "site-a", nih_items("train", 0, 2), nih_items("val", 0, 1))
     b = make_site(tmp_path / "b", "site-b", nih_items("train", 200, 2), nih_items("val", 30, 1))
-    same = {k: shipped[k] for k in ("method", "modality", "scale", "intensity", "batch_size")}
+    same = {k: shipped[k] for k in ("method", "modality", "scale", "batch_size")}
     config = load_job_config(job_file(tmp_path, name, {"site-a": str(a), "site-b": str(b)}, num_rounds=1, **same))
     app = run_simulation(config, tmp_path / "ws")
     (round_,) = _report(app)["rounds"]

@@ -20,17 +20,18 @@ import SimpleITK  # noqa: F401  (imported up front, not under memory_cap)
 from conftest import make_dicom, png_declaring
 from PIL import Image
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.cli import main
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import run_inference
-from monai_sr_bundle.networks import Bicubic
-from monai_sr_bundle.tiling import SRInferer
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
 
 SCALE = 4
+#: bicubic interpolation through the one entry point (no weights: quick)
+BICUBIC = methods.get("bicubic", SCALE).predictor()
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -110,7 +111,7 @@ def _snapshot(folder: Path) -> dict:
 
 
 def _run(inputs, out) -> list[str]:
-    return run_inference(inputs, Bicubic(SCALE), SRInferer(SCALE), out, progress=False)
+    return run_inference(inputs, BICUBIC, out, progress=False)
 
 
 # --------------------------------------------------------------------- hostile inputs, one at a time

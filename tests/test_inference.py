@@ -14,9 +14,10 @@ from conftest import DATA, make_dicom, needs_data
 from monai.data import MetaTensor
 from PIL import Image
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import expand_inputs, run_inference, super_resolve, validate_input
+from monai_sr_bundle.inference import expand_inputs, run_inference, validate_input
 from monai_sr_bundle.networks import Bicubic
 from monai_sr_bundle.tiling import SRInferer
 
@@ -24,6 +25,8 @@ pydicom = pytest.importorskip("pydicom")
 
 CT3 = DATA / "chest_ct" / "dcmqi_ct3slice"
 SCALE = 4
+#: bicubic interpolation through the one entry point (no weights: quick)
+BICUBIC = methods.get("bicubic", SCALE).predictor()
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -103,7 +106,7 @@ def test_geometry_follows_sr(ndim):
     affine[:3, 3] = origin
     shape = (1, 32, 36) if ndim == 2 else (1, 32, 36, 3)
     img = MetaTensor(torch.rand(shape), affine=torch.as_tensor(affine), meta={"filename_or_obj": "x.nii.gz"})
-    out = super_resolve(img, Bicubic(SCALE), SRInferer(SCALE))
+    out = BICUBIC(img)
     assert isinstance(out, MetaTensor)
     assert tuple(out.shape[1:3]) == (32 * SCALE, 36 * SCALE) and out.shape[3:] == img.shape[3:]
     a = out.affine.numpy()
@@ -120,6 +123,15 @@ def test_geometry_follows_sr(ndim):
     assert out.meta["filename_or_obj"] == "x.nii.gz"
 
 
+@pytest.mark.gpu
+def test_the_gpu_gives_the_cpus_sr():
+    """One predictor per device: on CUDA (the bundle picks it itself) the SR is the CPU's to float rounding."""
+    method = methods.get("srcnn", SCALE)
+    lr = torch.rand(1, 40, 36)
+    cpu, gpu = method.predictor()(lr), method.predictor(device="cuda")(lr)
+    assert gpu.device.type == "cpu" and (cpu - gpu).abs().max().item() < 1e-4
+
+
 def test_plain_tensor_stays_plain():
     out = SRInferer(SCALE)(torch.rand(1, 1, 32, 32), Bicubic(SCALE))
     assert type(out) is torch.Tensor and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
@@ -134,7 +146,7 @@ def test_png_in_png_out(tmp_path):
     _png(src / "a.png", (40, 36))
     _png(src / "b.png", (33, 48), seed=1)
     before = _snapshot(src)
-    written = run_inference(src, Bicubic(SCALE), SRInferer(SCALE), tmp_path / "out", progress=False)
+    written = run_inference(src, BICUBIC, tmp_path / "out", progress=False)
     assert sorted(Path(p).name for p in written) == ["a_sr.png", "b_sr.png"]
     with Image.open(tmp_path / "out" / "a_sr.png") as im:
         assert im.size == (160, 144) and im.mode == "L"
@@ -148,9 +160,7 @@ def test_dicom_in_nifti_out(tmp_path):
         tmp_path / "cxr.dcm", (np.random.default_rng(0).random((40, 36)) * 4000).astype(np.uint16), spacing=(0.5, 0.7)
     )
     before = _snapshot(tmp_path)
-    written = run_inference(
-        [src], Bicubic(SCALE), SRInferer(SCALE), tmp_path / "out", progress=False, output_format="nifti"
-    )
+    written = run_inference([src], BICUBIC, tmp_path / "out", progress=False, output_format="nifti")
     assert [Path(p).name for p in written] == ["cxr_sr.nii.gz"]
     img = sitk.ReadImage(written[0])
     assert img.GetSize()[:2] == (36 * SCALE, 40 * SCALE)  # (columns, rows)
@@ -168,7 +178,7 @@ def test_hu_window_in_and_out(tmp_path):
     """A CT model trained on a HU window reads its input through the same window (``intensity``), and the
     output is written back in HU, inside the window."""
     src = sorted(CT3.iterdir())[0]
-    written = run_inference(src, Bicubic(SCALE), SRInferer(SCALE), tmp_path, progress=False, intensity=(-1000, 400))
+    written = run_inference(src, methods.get("bicubic", SCALE, "ct").predictor(), tmp_path, progress=False)
     arr = sitk.GetArrayFromImage(sitk.ReadImage(written[0]))
     hu = read_image(src, intensity=(-4000, 4000))  # wide enough to hold the slice's full HU range
     assert -1000 - 1e-3 <= arr.min() and arr.max() <= 400 + 1e-3
@@ -178,7 +188,7 @@ def test_hu_window_in_and_out(tmp_path):
 def test_output_folder_is_input_folder_keeps_inputs(tmp_path):
     a = _png(tmp_path / "a.png")
     before = a.read_bytes()
-    run_inference(a, Bicubic(SCALE), SRInferer(SCALE), tmp_path, progress=False)
+    run_inference(a, BICUBIC, tmp_path, progress=False)
     assert a.read_bytes() == before and (tmp_path / "a_sr.png").is_file()
 
 
@@ -222,7 +232,7 @@ def test_each_bad_input_names_itself(bad_inputs, tmp_path):
     good, bad = bad_inputs
     for kind, path in bad.items():
         with pytest.raises(InputError) as e:
-            run_inference(path, Bicubic(SCALE), SRInferer(SCALE), tmp_path / "out", progress=False)
+            run_inference(path, BICUBIC, tmp_path / "out", progress=False)
         msg = str(e.value)
         assert str(path) in msg and EXPECTED[kind] in msg, (kind, msg)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -234,7 +244,7 @@ def test_bad_inputs_in_a_batch(bad_inputs, tmp_path):
     before = _snapshot(good.parent)
     out = tmp_path / "out"
     with pytest.raises(InputError) as e:
-        run_inference([*bad.values(), good], Bicubic(SCALE), SRInferer(SCALE), out, progress=False)
+        run_inference([*bad.values(), good], BICUBIC, out, progress=False)
     msg = str(e.value)
     assert msg.startswith(f"{len(bad)} of {len(bad) + 1} inputs failed")
     for kind, path in bad.items():
@@ -248,8 +258,7 @@ def test_volumes_with_allow_volume(bad_inputs, tmp_path):
     out = tmp_path / "out"
     written = run_inference(
         [bad["volume_nifti"], bad["volume_dicom"]],
-        Bicubic(SCALE),
-        SRInferer(SCALE),
+        BICUBIC,
         out,
         allow_volume=True,
         progress=False,

@@ -161,6 +161,7 @@ STAGE_ARGS = ("--train_limit", "2", "--val_limit", "1", "--max_epochs", "1")
 
 
 @needs_data(DATA / "nih_cxr14")
+@pytest.mark.slow
 def test_the_autoencoder_then_the_denoiser_train_through_the_bundle(tmp_path, monkeypatch):
     """Stage one publishes the autoencoder (with its latent spread) beside the method's weights; stage two
     trains the denoiser on it frozen, with the pixel and LPIPS terms on the decoded image, and the
@@ -208,6 +209,7 @@ def test_the_autoencoder_then_the_denoiser_train_through_the_bundle(tmp_path, mo
 
 
 @needs_data(DATA / "nih_cxr14")
+@pytest.mark.slow
 def test_a_latent_method_without_its_stages_or_autoencoder_is_refused_and_nothing_written(tmp_path, monkeypatch):
     name, root = _tiny_overlay(tmp_path, monkeypatch), tmp_path / "bundle"
     common = (*STAGE_ARGS, "--bundle_root", root)
@@ -236,6 +238,7 @@ def test_the_surfaces_train_a_latent_method_through_its_diffusion_stage(tmp_path
     assert [Path(f).name for f in train_configs("srgan")][-1] == "train_gan.json"
 
 
+@pytest.mark.slow
 def test_the_sampler_runs_on_onnx_runtime_with_the_exported_denoiser_and_decoder(tmp_path, monkeypatch):
     """Both exported parts match torch (export refuses a gap of 1e-4), and the whole seeded sampler on ONNX
     Runtime gives the torch result; a missing decoder file is named."""
@@ -247,11 +250,11 @@ def test_the_sampler_runs_on_onnx_runtime_with_the_exported_denoiser_and_decoder
     network, weights = method.network().eval(), tmp_path / "w.pt"
     torch.save(network.state_dict(), weights)
     denoiser, decoder = export_denoiser(network, tmp_path / "w.onnx"), export_decoder(network, tmp_path / "w_dec.onnx")
-    on_ort = onnx_network(method, denoiser, weights, decoder, steps=3)
+    on_ort = onnx_network(method, denoiser, weights, decoder)
     lr = torch.rand(1, 1, 12, 16)
     with torch.inference_mode():
-        expected = method.load(weights, steps=3)(lr, torch.Generator().manual_seed(5))
-        torch.testing.assert_close(on_ort(lr, torch.Generator().manual_seed(5)), expected, atol=1e-4, rtol=0)
+        expected = method.load(weights)(lr, torch.Generator().manual_seed(5), steps=3)
+        torch.testing.assert_close(on_ort(lr, torch.Generator().manual_seed(5), steps=3), expected, atol=1e-4, rtol=0)
     with pytest.raises(InputError, match="nothing.onnx: ONNX model not found; export it first"):
         onnx_network(method, denoiser, weights, tmp_path / "nothing.onnx")
 

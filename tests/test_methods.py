@@ -87,6 +87,7 @@ def test_weights_round_trip_through_the_overlay(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_tiles_agree_with_the_whole_image(name):
     """Deterministic methods: core-crop tiles with the network's declared halo equal one pass. Stochastic
     ones: the same seed gives the same bytes, tiled or not."""
@@ -104,6 +105,7 @@ def test_tiles_agree_with_the_whole_image(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_onnx_parity(name, tmp_path):
     method = methods.get(name, SCALE)
     if not method.exportable:
@@ -135,7 +137,8 @@ def test_sampling_options(name, tmp_path):
     if method.stochastic:
         method.check_sampling(steps=10, seed=0)
         torch.save(method.network().state_dict(), tmp_path / "w.pt")
-        assert method.load(tmp_path / "w.pt" if method.trainable else None, steps=7).steps == 7
+        predictor = method.predictor(tmp_path / "w.pt" if method.trainable else None, steps=7)
+        assert predictor.sampling == {"steps": 7} and predictor.network.steps != 7  # a default of each call
         with pytest.raises(InputError, match="steps must be a whole number"):
             method.check_sampling(steps=0)
     else:
@@ -248,16 +251,18 @@ def test_cli_refuses_sampling_options_for_deterministic_methods(tmp_path, capsys
 
 def test_inference_reads_images_as_the_weights_were_trained(tmp_path):
     """CT weights trained in a HU window are read in it by default (``models/weights.json``'s ``intensity``);
-    weights without a record, and methods without weights, read min-max."""
+    weights without a record, and methods without weights, read as their modality says (``MODALITIES``)."""
     overlay = methods.overlays()["srcnn"]
     (tmp_path / "models").mkdir()
     record = {"srcnn_ct_x4.pt": {"intensity": [-1000, 400]}, "srcnn_cxr_x4.pt": {"command": "c"}}
     (tmp_path / "models" / "weights.json").write_text(json.dumps(record))
     assert methods.Method("srcnn", overlay, 4, "ct", tmp_path).intensity == [-1000, 400]
     assert methods.Method("srcnn", overlay, 4, "cxr", tmp_path).intensity == "minmax"
-    assert methods.Method("srcnn", overlay, 2, "ct", tmp_path).intensity == "minmax"
-    assert methods.recorded_intensity(tmp_path / "models" / "srcnn_ct_x4.pt") == [-1000, 400]  # any weights file
-    assert methods.recorded_intensity(tmp_path / "elsewhere.pt") == "minmax"  # no manifest beside it
+    assert methods.Method("srcnn", overlay, 2, "ct", tmp_path).intensity == methods.MODALITIES["ct"] == (-1000, 400)
+    cxr = methods.Method("srcnn", overlay, 4, "cxr", tmp_path)
+    assert cxr.intensity_of(tmp_path / "models" / "srcnn_ct_x4.pt") == [-1000, 400]  # what the file's record says
+    assert cxr.intensity_of(tmp_path / "elsewhere.pt") == "minmax"  # no manifest beside it: the modality's
+    assert methods.get("bicubic", 4, "ct").predictor().intensity == (-1000, 400)
     parser = ConfigParser()
     parser.read_config(str(methods.BUNDLE_ROOT / "configs" / "inference.json"))
     parser.update({"bundle_root": str(tmp_path), "method": "srcnn", "modality": "ct"})
@@ -275,6 +280,8 @@ DUMMY_NETWORKS = '''
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from monai_sr_bundle.errors import InputError
 
 
 class TinySR(nn.Module):
@@ -299,12 +306,18 @@ class NoisySR(nn.Module):
         self.scale, self.steps = scale, 10
         self.gain = nn.Parameter(torch.ones(1))
 
-    def forward(self, x, generator=None):
+    def make_sampler(self, sampler=None, steps=None):
+        if sampler not in (None, "ddim") or not 1 <= (steps or self.steps) <= 10:
+            raise InputError("only ddim, at most 10 steps")
+
+    def forward(self, x, generator=None, sampler=None, steps=None, progress=False):
+        self.make_sampler(sampler, steps)
         up = F.interpolate(x, scale_factor=self.scale, mode="nearest") * self.gain
         return up + 0.01 * torch.randn(up.shape, generator=generator)
 '''
 
 
+@pytest.mark.slow
 def test_a_new_method_gets_the_contract_tests(tmp_path):
     """An overlay and a network file, outside the package: the registry lists the methods and this file's
     contract tests run on them (and pass)."""

@@ -15,6 +15,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.imagenet import default_weights_path
 from monai_sr_bundle.metrics import (
     DISPLAY_VMAX,
     LPIPS,
@@ -32,7 +33,6 @@ from monai_sr_bundle.metrics import (
     paired_t_test,
     summarize,
 )
-from monai_sr_bundle.networks.imagenet import default_weights_path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MONAI_SR_DATA") or REPO.parent / "shared" / "data")

@@ -31,7 +31,7 @@ requests = pytest.importorskip("requests", reason="requests comes with monailabe
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
 
 NIH = DATA / "nih_cxr14"
-pytestmark = needs_data(NIH / "images_512")
+pytestmark = [needs_data(NIH / "images_512"), pytest.mark.server]
 MAX_UPLOAD_MB = 2
 
 
@@ -69,7 +69,7 @@ def in_process(path: str | Path, tmp_path: Path, method: str = "srcnn") -> np.nd
     sr_method = methods.get(method, 4)  # the server's tiles: the method's own inferer at 256 px
     fmt = "nifti" if str(path).endswith(".dcm") else None  # the server answers a DICOM input with NIfTI
     out_dir = tmp_path / "local"
-    (out,) = run_inference(path, sr_method.load(), sr_method.inferer(256), out_dir, progress=False, output_format=fmt)
+    (out,) = run_inference(path, sr_method.predictor(tile_size=256), out_dir, progress=False, output_format=fmt)
     return read_image(out).numpy()
 
 

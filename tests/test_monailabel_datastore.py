@@ -28,7 +28,7 @@ requests = pytest.importorskip("requests", reason="requests comes with monailabe
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
 
 NIH = DATA / "nih_cxr14"
-pytestmark = needs_data(NIH / "images_512")
+pytestmark = [needs_data(NIH / "images_512"), pytest.mark.server]
 SAVES, IMPORTED = 50, 90
 
 

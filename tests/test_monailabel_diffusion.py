@@ -21,9 +21,12 @@ from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.inference import run_inference
 
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
-pytestmark = pytest.mark.skipif(
-    not (NIH / "images_512").is_dir(), reason=f"{NIH / 'images_512'} not found (set MONAI_SR_DATA)"
-)
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(
+        not (NIH / "images_512").is_dir(), reason=f"{NIH / 'images_512'} not found (set MONAI_SR_DATA)"
+    ),
+]
 SAMPLING = {"method": NAME, "weights": "v1", "sampler": "ddim", "steps": 2, "seed": 3}
 
 
@@ -55,11 +58,10 @@ def test_several_samples_and_their_maps(diffusion_server, tmp_path, monkeypatch)
     served = response_image(r, tmp_path, ".png")
     monkeypatch.setenv("MONAI_SR_METHODS", str(diffusion_server.overlays))
     method = methods.get(NAME)
-    network = method.load(diffusion_server.model / f"{NAME}_cxr_x4_v1.pt", sampler="ddim", steps=2)
+    predictor = method.predictor(diffusion_server.model / f"{NAME}_cxr_x4_v1.pt", sampler="ddim", steps=2, seed=3)
     local = run_inference(
-        diffusion_server.studies / "cxr.png", network, method.inferer(256, seed=3), tmp_path / "local",
-        progress=False, samples=2,
-    )  # fmt: skip
+        diffusion_server.studies / "cxr.png", predictor, tmp_path / "local", progress=False, samples=2
+    )
     assert np.array_equal(served, read_image(local[0]).numpy())
     for k, key in enumerate(("std", "lr_consistency"), start=1):
         r = infer(diffusion_server, "cxr", {**SAMPLING, "samples": 2, "map": key})

@@ -24,6 +24,7 @@ def _n_params(net: torch.nn.Module) -> int:
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("size", [(16, 16), (12, 20)])
+@pytest.mark.slow
 def test_output_shape(name, scale, size):
     torch.manual_seed(0)
     net = NETWORKS[name](scale=scale).eval()
@@ -203,6 +204,7 @@ def test_srresnet_residual_starts_at_bicubic():
         assert not torch.allclose(SRResNet(4, channels=8, blocks=2).eval()(x), Bicubic(4)(x), atol=1e-2)
 
 
+@pytest.mark.slow
 def test_srresnet_halo_makes_tiles_exact():
     """The declared halo (LR pixels) is the receptive field: tiles with it equal one pass, tiles with one
     pixel less do not (the contract test's image is too small to tile a 16-block network)."""
@@ -285,6 +287,7 @@ def test_rrdb_residual_starts_at_bicubic():
         assert not torch.allclose(RRDBNet(4, channels=8, growth=4, blocks=1).eval()(x), Bicubic(4)(x), atol=1e-2)
 
 
+@pytest.mark.slow
 def test_rrdb_halo_makes_tiles_exact():
     torch.manual_seed(0)
     net = RRDBNet(4, channels=4, growth=8, blocks=1)
@@ -377,6 +380,7 @@ def test_runet_starts_at_the_interpolation_and_modes_differ():
         net(x)
 
 
+@pytest.mark.slow
 def test_runet_halo_makes_tiles_exact_when_pooling_grids_line_up():
     """Three levels at x4: a pooled pixel covers 4 HR = 1 LR pixel, so every tile pools the same pixel pairs
     as the whole image and the halo makes tiles exact (computed in float64: the receptive field's edge
@@ -393,6 +397,7 @@ def test_runet_halo_makes_tiles_exact_when_pooling_grids_line_up():
     assert tiled < 1e-7 and short > 1e-6
 
 
+@pytest.mark.slow
 def test_runet_tiles_are_not_exact_when_pooling_grids_differ():
     """Four levels at x4: a pooled pixel covers 8 HR = 2 LR pixels, and a tile starting at an odd LR pixel
     pools other pairs than the whole image does. Tiled output then differs from whole-image output; this

@@ -7,11 +7,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from monai_sr_bundle.methods import BUNDLE_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_wheel_carries_configs_weights_and_model_card(tmp_path):
     subprocess.run(
         [

@@ -110,7 +110,7 @@ def retrieve(pacs, study: str, series: str, folder: Path) -> list[Path]:
 def in_process(src: Path, out: Path) -> list[Path]:
     """What the CLI writes for the same input: the reference for the stored pixels."""
     method = methods.get(METHOD, SCALE, "cxr")
-    written = run_inference(src, method.load(), method.inferer(), out, allow_volume=True, progress=False, method=METHOD)
+    written = run_inference(src, method.predictor(), out, allow_volume=True, progress=False)
     path = Path(written[0])
     return [path] if path.is_file() else sorted(path.iterdir())
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.imagenet import ImageNetFeatures, default_weights_path, layer_names
 from monai_sr_bundle.losses import PerceptualLoss
 from monai_sr_bundle.metrics import load_lpips
-from monai_sr_bundle.networks.imagenet import ImageNetFeatures, default_weights_path, layer_names
 
 needs_vgg = pytest.mark.skipif(
     not default_weights_path("vgg").is_file(),

@@ -112,6 +112,7 @@ def crop() -> tuple[np.ndarray, np.ndarray]:
     return array[:, :40, :40], m
 
 
+@pytest.mark.slow
 def test_local_run_matches_the_cli_and_divides_spacing(tmp_path):
     array, m = ct_slice_volume()
     result = run(tmp_path, array, m).start().wait(300)
@@ -136,6 +137,7 @@ def test_local_run_matches_the_cli_and_divides_spacing(tmp_path):
     assert np.array_equal(read_volume(str(next((tmp_path / "cli").iterdir())))[0], sr)
 
 
+@pytest.mark.slow
 def test_stochastic_run_returns_the_sr_and_its_maps_and_a_seed_repeats_it(tiny, tmp_path):
     options = {"weights": tiny, "sampler": "ddim", "steps": 2, "seed": 7, "samples": 2}
     jobs = [run(tmp_path / name, *crop(), method=NAME, **options).start() for name in ("a", "b")]  # side by side
@@ -152,6 +154,7 @@ def test_stochastic_run_returns_the_sr_and_its_maps_and_a_seed_repeats_it(tiny, 
     assert read_volume(first["std"])[0].max() > 0  # the two draws differ
 
 
+@pytest.mark.slow
 def test_bad_sampling_options_are_the_cli_sentence_and_write_nothing(tiny, tmp_path):
     cases = [
         (NAME, {"steps": 0}, "steps must be a whole number >= 1, got 0."),
@@ -183,6 +186,7 @@ def test_local_run_can_be_cancelled(tmp_path):
     assert not job.running() and list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_failing_run_reports_the_cli_sentence(tmp_path):
     array, m = ct_slice_volume()
     job = run(tmp_path, array[:, :20, :20], m)  # 20 px < 8 x scale
@@ -207,6 +211,7 @@ def test_missing_dependency_is_reported(tmp_path):
         list_methods(python)
 
 
+@pytest.mark.slow
 def test_list_methods_asks_the_installed_cli():
     found = list_methods()
     assert [m["name"] for m in found] == methods.names()
@@ -219,6 +224,7 @@ def server(ct_label_server):
     return ct_label_server[0]
 
 
+@pytest.mark.slow
 def test_client_infers_uploads_and_keeps_boxes(server, tmp_path):
     client = MonaiLabelClient(server)
     assert "super_resolution" in client.info()["models"]

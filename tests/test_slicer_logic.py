@@ -141,6 +141,7 @@ def ct_node() -> Volume:
     return Volume("ct", *ct_slice_volume())
 
 
+@pytest.mark.slow
 def test_local_mode_adds_the_sr_volume_with_its_geometry(module):
     node = ct_node()
     logic = module.SuperResolutionLogic()
@@ -167,6 +168,7 @@ def test_bad_volumes_leave_the_scene_unchanged(module, node, message):
     assert module.scene.nodes == []
 
 
+@pytest.mark.slow
 def test_failing_local_run_is_a_message(module):
     node = ct_node()
     node.array = node.array[:, :16, :16]
@@ -177,6 +179,7 @@ def test_failing_local_run_is_a_message(module):
     assert module.scene.nodes == [] and not Path(run.workdir).exists()
 
 
+@pytest.mark.slow
 def test_methods_local_and_remote_list_the_registry_default_first(module, server):
     url, _ = server
     logic = module.SuperResolutionLogic()
@@ -241,6 +244,7 @@ def tiny(tmp_path, monkeypatch) -> str:
     return weights
 
 
+@pytest.mark.slow
 def test_local_stochastic_run_adds_the_maps_beside_the_sr(module, tiny):
     node = crop_node()
     logic = module.SuperResolutionLogic()

@@ -351,6 +351,7 @@ def test_training_and_evaluation_make_the_same_lr_bytes_from_a_json_only_preset(
     from PIL import Image
 
     from monai_sr_bundle import evaluation
+    from monai_sr_bundle.inference import Predictor
 
     preset = {
         "description": "throwaway: blur, bicubic, MONAI noise",
@@ -368,12 +369,10 @@ def test_training_and_evaluation_make_the_same_lr_bytes_from_a_json_only_preset(
     load, synthesis = parser.get_parsed_content("pairs")
     trained_on = synthesis.set_random_state(7)(load({"label": str(image)}))["image"]
     seen = []
-    monkeypatch.setattr(evaluation, "super_resolve", lambda lr, *args: seen.append(lr) or lr.repeat(1, 4, 4))
-    network = methods.get("bicubic").load()
+    monkeypatch.setattr(Predictor, "__call__", lambda self, lr: seen.append(lr) or lr.repeat(1, 4, 4))
     evaluation.evaluate(
         [{"label": str(image)}],
-        {"bicubic": network},
-        4,
+        {"bicubic": methods.get("bicubic").predictor()},
         tmp_path / "eval",
         tmp_path / "throwaway.json",
         lpips=False,

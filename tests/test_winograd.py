@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from monai_sr_bundle.networks import VDSR
-from monai_sr_bundle.networks.winograd import AT, BT, G, WinogradSequential, winograd_inference
+from monai_sr_bundle.winograd import AT, BT, G, WinogradSequential, winograd_inference
 
 
 def _randomize(net: nn.Module) -> nn.Module:
@@ -61,6 +61,7 @@ def test_sequential_without_relu_or_bias_and_repeat_calls():
             assert (fast(x) - seq(x)).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_compiled_path():
     torch.manual_seed(2)
     net = _randomize(VDSR(scale=2, depth=4, channels=16))
@@ -69,6 +70,7 @@ def test_compiled_path():
         assert (winograd_inference(net)(x) - net(x)).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_load_network_winograd_option(tmp_path):
     from monai_sr_bundle import methods
 

@@ -32,6 +32,7 @@ def zoo_inputs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method, modality", [("vdsr", "cxr"), ("ldm", "cxr")])
+@pytest.mark.slow
 def test_exported_bundle_passes_the_zoo_ci_and_matches_the_dev_bundle(method, modality, zoo_inputs, tmp_path):
     image, nih = zoo_inputs
     bundle = zoo.export(method, tmp_path / "dist", modality=modality)
@@ -51,6 +52,7 @@ def test_exported_bundle_passes_the_zoo_ci_and_matches_the_dev_bundle(method, mo
     assert summary["images"] == 2 and "lpips" in summary["summary"][method]
 
 
+@pytest.mark.slow
 def test_exported_metadata_is_the_methods_own(tmp_path):
     bundle = zoo.export("runet", tmp_path, modality="ct")
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
@@ -88,6 +90,7 @@ def test_export_refusals(tmp_path):
 
 @pytest.mark.skipif(not (ZOO_CI / "ci").is_dir(), reason=f"needs the model zoo's CI at {ZOO_CI}")
 @pytest.mark.parametrize("python", ["3.10", "3.11"])
+@pytest.mark.slow
 def test_metadata_pins_install_on_the_zoo_pythons(python, tmp_path):
     """The zoo's premerge installs the bundle's pins with ci/get_bundle_requirements.py's requirements file
     (``ALLOW_MONAI_RC`` as it sets it) on Python 3.10; the pins must resolve there and on 3.11."""

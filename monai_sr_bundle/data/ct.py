@@ -23,9 +23,10 @@ from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import write_image
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.methods import MODALITIES
 
-#: HU window of the chest CT weights (lung to soft tissue and contrast), as configs/federated/ct_chest.json
-CT_WINDOW = (-1000.0, 400.0)
+#: HU window of the chest CT weights (lung to soft tissue and contrast), the CT modality's map
+CT_WINDOW = MODALITIES["ct"]
 #: datalist key -> sources under ``chest_ct/`` (a volume file or a DICOM series folder), one patient each
 CT_SPLIT = {
     "training": ("volumes/lidc_idri_0001.nii.gz", "volumes/lung_pet_ct_dx_a0001_5mm.nii.gz"),

@@ -43,8 +43,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
 import monai_sr_bundle
+from monai_sr_bundle.data.outputs import input_paths, to_units, usual_mode
 from monai_sr_bundle.data.readers import dcmread
-from monai_sr_bundle.data.writers import input_paths, to_units, usual_mode
 from monai_sr_bundle.errors import InputError
 
 #: SOP classes a derived image keeps (single-frame images our readers take); any other becomes Secondary Capture

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from monai_sr_bundle.data.derived_dicom import write_derived
+from monai_sr_bundle.data.outputs import input_paths, to_units, usual_mode
 from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES, image_format
 from monai_sr_bundle.errors import InputError
 
@@ -66,16 +68,6 @@ def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def input_paths(meta: Mapping) -> list[str]:
-    """The files an image was read from: its input (a file or a series folder), then a series' files in slice
-    order."""
-    src = meta.get("filename_or_obj")
-    if isinstance(src, (list, tuple)):  # collated batch of one
-        src = src[0] if len(src) else None
-    paths = [str(src)] if src else []
-    return paths + [str(f) for f in meta.get("dicom_files", []) or []]
-
-
 def _resolve_path(path: str | os.PathLike, fmt: str | None) -> tuple[Path, str]:
     """The path to write and its family (``png`` / ``itk`` / ``dicom``) from the extension, or from ``fmt``; a
     DICOM path without an extension is a series folder (or, for one instance, gets ``.dcm``)."""
@@ -97,13 +89,6 @@ def _resolve_path(path: str | os.PathLike, fmt: str | None) -> tuple[Path, str]:
     if family is None:
         raise InputError(f"{path}: unknown output type; end the name with .png, .nii.gz, .nii, .nrrd, .mha or .dcm.")
     return path, family
-
-
-def to_units(
-    arr: np.ndarray, rng: Sequence[float] | None, default: tuple[float, float]
-) -> tuple[np.ndarray, float, float]:
-    lo, hi = (float(v) for v in (rng if rng is not None else default))
-    return np.clip(arr.astype(np.float64), 0.0, 1.0) * (hi - lo) + lo, lo, hi
 
 
 def _geometry(affine, ndim: int) -> tuple[list[float], list[float], list[float], int]:
@@ -130,14 +115,6 @@ def _geometry(affine, ndim: int) -> tuple[list[float], list[float], list[float],
         if flat:
             return list(spacing[:2]), list(origin[:2]), list(direction[:2, :2].ravel()), 2
     return list(spacing), list(origin), list(direction.ravel()), 3
-
-
-def usual_mode(folder: bool = False) -> int:
-    """The permissions a new file (or folder) gets from this process's umask; temp files and folders start
-    private (0600 / 0700), so an output moved into place gets these."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if folder else 0o666) & ~umask
 
 
 def _atomic(path: Path, write) -> None:
@@ -251,8 +228,6 @@ def write_image(
         if family == "png":
             _write_png(arr, rng, path, str(path))
         elif family == "dicom":
-            from monai_sr_bundle.data.derived_dicom import write_derived
-
             path = write_derived(arr, meta, path, method, overwrite=overwrite)
         else:
             _write_itk(arr, rng, affine, path, dtype)

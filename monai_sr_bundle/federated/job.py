@@ -48,7 +48,7 @@ JOB_KEYS = {
     "method": REQUIRED,
     "modality": "cxr",
     "scale": 4,
-    "intensity": "minmax",
+    "intensity": None,
     "num_rounds": 2,
     "local_epochs": 1,
     "min_clients": 1,
@@ -92,7 +92,7 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
     ):
         if not isinstance(config[key], int) or config[key] < 1:
             raise InputError(f"{path}: {key} must be a positive integer, got {config[key]!r}.")
-    if not is_intensity(config["intensity"]):
+    if config["intensity"] is not None and not is_intensity(config["intensity"]):
         raise InputError(
             f'{path}: intensity must be "minmax" or a [lo, hi] window in modality units (lo < hi), '
             f"got {config['intensity']!r}."
@@ -105,6 +105,8 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
         raise InputError(f"{path}: seed must be an integer of at least 0, got {config['seed']!r}.")
     try:
         method = methods.get(config["method"], config["scale"], config["modality"])
+        if config["intensity"] is None:  # the one the method's weights were trained with, or its modality's
+            config["intensity"] = method.intensity
         init = initial_weights_file(config, method)
         if init is not None:
             method.network(init)  # the file exists, loads with weights_only and fits the network

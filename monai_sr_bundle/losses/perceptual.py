@@ -3,7 +3,7 @@
 Johnson et al., "Perceptual Losses for Real-Time Style Transfer and Super-Resolution", ECCV 2016; SRGAN
 (Ledig et al., CVPR 2017) compares features after the activation of a deep layer, ESRGAN (Wang et al., ECCV
 2018 workshops) before it, with an L1 distance. The backbone is the one the LPIPS metric loads
-(``networks/imagenet.py``); layers, their weights and the distance are config keys.
+(``imagenet.py``); layers, their weights and the distance are config keys.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.networks.imagenet import ImageNetFeatures
+from monai_sr_bundle.imagenet import ImageNetFeatures
 
 # ImageNet statistics of the RGB channels, for images in [0, 1]
 _MEAN = (0.485, 0.456, 0.406)
@@ -31,7 +31,7 @@ class PerceptualLoss(nn.Module):
     ImageNet statistics before VGG16 sees them; the target's features are computed without gradients.
 
     Args:
-        layers: layer name -> weight (names as :func:`~monai_sr_bundle.networks.imagenet.layer_names`
+        layers: layer name -> weight (names as :func:`~monai_sr_bundle.imagenet.layer_names`
             gives them: ``relu5_3`` is SRGAN's choice after the activation, ``conv5_3`` ESRGAN's before it).
         distance: ``"mse"`` (SRGAN) or ``"l1"`` (ESRGAN).
         weights_path: the LPIPS VGG16 archive; default ``$MONAI_SR_DATA/weights/lpips_vgg16_full_v0.1.npz``.

@@ -17,7 +17,8 @@ import torch.nn as nn
 from monai.metrics.regression import RegressionMetric
 from monai.utils import MetricReduction
 
-from ..networks.imagenet import ImageNetFeatures, check_net, default_weights_path, read_archive
+from monai_sr_bundle.imagenet import ImageNetFeatures, check_net, default_weights_path, read_archive
+
 from .checks import CheckedInputsMixin
 
 __all__ = ["LPIPS", "LPIPSMetric", "load_lpips"]
@@ -44,7 +45,7 @@ class LPIPS(nn.Module):
 
     Args:
         net: ``"alex"`` (AlexNet, the LPIPS default) or ``"vgg"`` (VGG16).
-        weights_path: the ``.npz`` archive; default :func:`~monai_sr_bundle.networks.imagenet.default_weights_path`.
+        weights_path: the ``.npz`` archive; default :func:`~monai_sr_bundle.imagenet.default_weights_path`.
 
     Inputs are (B, C, X, Y) in [0, 1] with C = 1 (repeated to RGB) or C = 3 (RGB), at least 31 px per side
     for AlexNet and 16 for VGG16. The parameters are frozen (``requires_grad=False``); gradients still flow
@@ -119,7 +120,7 @@ class LPIPSMetric(CheckedInputsMixin, RegressionMetric):
     Args:
         net: ``"alex"`` (default, LPIPS v0.1) or ``"vgg"``.
         weights_path: the ``.npz`` archive; default ``$MONAI_SR_DATA/weights/...`` (see
-            :func:`~monai_sr_bundle.networks.imagenet.default_weights_path`).
+            :func:`~monai_sr_bundle.imagenet.default_weights_path`).
         reduction: MONAI reduction applied by ``aggregate`` (``"none"`` gives per-image values).
         get_not_nans: whether ``aggregate`` also returns the count of non-NaN values.
 

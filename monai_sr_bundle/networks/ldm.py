@@ -210,7 +210,7 @@ class LDM(SR3):
         image = self.autoencoder.decode(sample)
         return image.clamp(0, 1) if clamp else image
 
-    def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None, **sampling) -> torch.Tensor:
         h, w = lr.shape[-2:]
         if min(h, w) < self.lr_multiple:
             raise InputError(
@@ -218,4 +218,4 @@ class LDM(SR3):
                 f"autoencoder and denoiser halve the x{self.scale} image), got {h}x{w}."
             )
         padded = pad(lr, (0, -w % self.lr_multiple, 0, -h % self.lr_multiple), mode="reflect")
-        return super().forward(padded, generator)[..., : h * self.scale, : w * self.scale]
+        return super().forward(padded, generator, **sampling)[..., : h * self.scale, : w * self.scale]

@@ -34,7 +34,7 @@ class SR3(nn.Module):
             CPU time of a step), only in the U-Net's middle block, where MONAI always puts it.
         train_steps: length of the noise schedule (linear betas ``beta_start`` -> ``beta_end``).
         sampler: one of :data:`monai_sr_bundle.diffusion.samplers.SAMPLERS`.
-        steps: sampler steps at inference; the registry sets it per request.
+        steps: sampler steps at inference (a call may ask for others: ``forward``).
         residual_scale: the HR residual over bicubic is divided by it; at x4 on NIH images the residual's
             standard deviation is about 0.02, so 0.04 gives the sample the spread of an image in [-1, 1],
             the scale the noise schedule was designed for.
@@ -58,8 +58,6 @@ class SR3(nn.Module):
     #: what training compares: the denoiser's estimate with what it should have found (``"prediction"``), or
     #: the SR image that estimate implies with the clean HR (``"image"``, for losses defined on the image)
     loss_space = "prediction"
-    #: a progress bar over the sampler's steps (a terminal's user waits for each step)
-    progress = False
     #: largest LR tile: the U-Net's middle block attends over all its positions, whose cost grows with the
     #: square of their number (a 128-pixel LR tile: 64x64 positions, about 0.5 s a step on 2 CPU cores)
     max_tile = 128
@@ -147,11 +145,27 @@ class SR3(nn.Module):
         out = pixel_shuffle(self.denoiser(pixel_unshuffle(x, self.unshuffle), timesteps=t), self.unshuffle)
         return out[..., :h, :w]
 
-    def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def make_sampler(self, sampler: str | None = None, steps: int | None = None):
+        """The sampler ``sampler`` in ``steps`` steps (None: the network's own), or one sentence saying why not
+        (an unknown sampler, more steps than training had)."""
+        return make_sampler(
+            sampler or self.sampler, steps or self.steps, self.train_steps, *self.betas, self.prediction
+        )
+
+    def forward(
+        self,
+        lr: torch.Tensor,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """SR of ``lr`` by sampling: ``sampler`` and ``steps`` choose the sampler for this call (None: the
+        network's own), so one loaded network serves every request; ``progress`` shows a bar over its steps."""
         condition = self.condition(lr)
-        sampler = make_sampler(self.sampler, self.steps, self.train_steps, *self.betas, self.prediction)
+        solver = self.make_sampler(sampler, steps)
         x = torch.randn(condition.shape, generator=generator, device=lr.device, dtype=lr.dtype)
-        for t in tqdm(sampler.timesteps, desc=f"{self.sampler} steps", leave=False, disable=not self.progress):
+        for t in tqdm(solver.timesteps, desc=f"{sampler or self.sampler} steps", leave=False, disable=not progress):
             estimate = self.denoise(x, condition, t.expand(len(x)).to(lr.device))
-            x, _ = sampler.step(estimate, int(t), x, generator=generator)
+            x, _ = solver.step(estimate, int(t), x, generator=generator)
         return self.image_of(x, condition)

@@ -1,5 +1,6 @@
-"""Infer task ``super_resolution``: any bundle method through the core entry point
-(:func:`monai_sr_bundle.inference.run_inference`), so the server's result is the CLI's and the bundle's."""
+"""Infer task ``super_resolution``: any bundle method through the core entry point (a
+:class:`~monai_sr_bundle.inference.Predictor` per method and weights, :func:`~monai_sr_bundle.inference.run_inference`),
+so the server's result is the CLI's and the bundle's."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from monai_sr_bundle.data.readers import image_format, read_image
 from monai_sr_bundle.data.writers import write_image
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import run_inference
+from monai_sr_bundle.inference import Predictor, run_inference
 
 MAX_SCALE = 8
 
@@ -82,32 +83,32 @@ class SuperResolutionInfer(InferTask):
         )
         self.model_dir, self.modality, self.tile_size = model_dir, modality, int(tile_size)
         self.max_output_mp = max_output_mp
-        self._networks: dict[tuple, object] = {}
+        self._predictors: dict[tuple, Predictor] = {}
         self._lock = threading.Lock()
 
     def is_valid(self) -> bool:
         return True
 
-    def network(self, method: methods.Method, weights: str, steps: int | None, sampler: str | None):
-        """The network for a request, built once per (method, scale, weights file, sampler, steps) and then
-        shared."""
+    def predictor(self, method: methods.Method, weights: str) -> Predictor:
+        """The predictor for a request, built once per (method, scale, weights file) and then shared: sampling
+        options go with each call."""
         path = (
             versions.resolve(self.model_dir, method.name, method.scale, self.modality, weights)
             if method.trainable
             else None
         )
-        key = (method.name, method.scale, str(path), steps, sampler)
+        key = (method.name, method.scale, str(path))
         with self._lock:
-            if key not in self._networks:
+            if key not in self._predictors:
                 try:
-                    self._networks[key] = method.load(path, steps=steps, sampler=sampler)
+                    self._predictors[key] = method.predictor(path, tile_size=self.tile_size)
                 except InputError as e:  # said without the server's paths
                     raise HTTPException(
                         404,
                         f"{method.name} x{method.scale}: weights {path.name} cannot be used "
                         f"({str(e).split(': ', 1)[-1]})",
                     ) from e
-            return self._networks[key], path
+            return self._predictors[key]
 
     def __call__(self, request: dict) -> tuple[str, dict]:
         config = self.config()
@@ -126,24 +127,19 @@ class SuperResolutionInfer(InferTask):
         image, name = request["image"], str(request.get("image_name", "the image"))
         pacs = _pacs(request.get("store_in_pacs", False))
         check_image(image, name, scale, self.max_output_mp)
-        weights = str(request.get("weights", config["weights"]))
-        network, path = self.network(method, weights, sampling.get("steps"), sampling.get("sampler"))
-        inferer = method.inferer(self.tile_size, seed=sampling.get("seed"))
+        predictor = self.predictor(method, str(request.get("weights", config["weights"])))
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                intensity = methods.recorded_intensity(path) if path else "minmax"
                 dicom = image_format(image) == "dicom"
                 written = run_inference(
                     image,
-                    network,
-                    inferer,
+                    predictor,
                     tmp,
                     allow_volume=True,
                     progress=False,
-                    intensity=intensity,
                     samples=samples,
                     output_format="dicom" if pacs else "nifti" if dicom else None,  # clients load NIfTI
-                    method=method.name,
+                    **{k: v for k, v in sampling.items() if k != "samples"},
                 )
                 if pacs:  # the reply is what the PACS now holds, as NIfTI
                     stored = pacs.store_series(written[0])
@@ -155,6 +151,7 @@ class SuperResolutionInfer(InferTask):
             fd, result = tempfile.mkstemp(suffix=suffix)
             os.close(fd)
             shutil.move(written, result)
+        path = predictor.weights
         answer = {"method": method.name, "scale": scale, "weights": path.name if path else None}
         if pacs:
             answer["stored_series"] = stored
