@@ -180,6 +180,10 @@ def evaluate(
         intensity: how images are mapped to [0, 1] (:func:`~monai_sr_bundle.data.readers.read_image`); default
             the predictors' own, which must agree (a CT model is scored in the HU window it was trained in).
     """
+    from tqdm import tqdm
+
+    if not predictors:
+        raise InputError("no method to evaluate: give at least one predictor.")
     scales = {p.scale for p in predictors.values()}
     if len(scales) != 1:
         raise InputError(f"the methods to compare must share one scale, got x{', x'.join(map(str, sorted(scales)))}.")
@@ -196,8 +200,6 @@ def evaluate(
                 + "); compare methods of one modality, or give the intensity to score them in."
             )
         intensity = next(iter(predictors.values())).intensity
-    from tqdm import tqdm
-
     synthesis = lr_synthesis(degradation, scale)
     out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
     out.mkdir(parents=True, exist_ok=True)
