@@ -1,11 +1,16 @@
 """The method registry: one :class:`Method` per overlay ``configs/methods/<name>.json``, the one list that
 every surface reads (CLI, bundle configs, MONAI Label, 3D Slicer, NVFlare, model card).
 
-An overlay names its network and the method's training settings, nothing else; the file name is the
-method's name, written nowhere else::
+An overlay names its network, its training stages (when it has more than the one supervised stage) and the
+method's training settings, nothing else; the file name is the method's name, written nowhere else::
 
     {"network_def": {"_target_": "monai_sr_bundle.networks.MyNet", "scale": "@scale"},
+     "stages": {"gan": ["train.json", "train_gan.json"]},
      "training": {"learning_rate": 0.0005, "max_epochs": 20}}
+
+``stages`` maps each stage, in training order, to its config files over ``configs/inference.json`` (each
+stage's last file sets the config key ``stage`` to the stage's name); the last stage publishes the method's
+weights. Every reader (CLI, MONAI Label trainer, NVFlare client, zoo export) asks :attr:`Method.stages`.
 
 What a surface needs to know is derived from the network rather than declared twice: ``family`` is the
 network's module (``networks/<family>.py``), ``trainable`` whether it has parameters, ``stochastic`` and
@@ -33,7 +38,9 @@ from monai_sr_bundle.jsonfile import read_json_object
 BUNDLE_ROOT = next(p for p in Path(__file__).resolve().parents[:2] if (p / "configs").is_dir())
 METHODS_DIR = BUNDLE_ROOT / "configs" / "methods"
 #: keys an overlay may hold
-OVERLAY_KEYS = ("network_def", "discriminator_def", "training", "default")
+OVERLAY_KEYS = ("network_def", "discriminator_def", "stages", "training", "default")
+#: the stages of a method whose overlay declares none: one supervised stage
+DEFAULT_STAGES = {"train": ["train.json"]}
 #: options that only a stochastic method's sampler takes
 SAMPLING_OPTIONS = ("sampler", "steps", "seed", "samples")
 #: most draws per image for the uncertainty maps (each is a whole sampling run)
@@ -138,6 +145,7 @@ class Method:
                 raise InputError(
                     f'method {name!r}: its overlay {self.overlay} needs "{key}" with a "_target_" (the network class).'
                 )
+        self.stages: dict[str, list[str]] = self._checked_stages(self.config.get("stages", DEFAULT_STAGES))
         training = self.config.get("training", {})
         if not isinstance(training, dict):
             raise InputError(
@@ -147,6 +155,24 @@ class Method:
 
     def __repr__(self) -> str:
         return f"Method({self.name!r}, scale={self.scale}, modality={self.modality!r})"
+
+    def _checked_stages(self, stages) -> dict[str, list[str]]:
+        """The overlay's ``stages`` if they map names to lists of config files that exist in ``configs/``."""
+        where = f'method {self.name!r}: "stages" in {self.overlay}'
+        if not isinstance(stages, dict) or not stages:
+            raise InputError(
+                f'{where} must map each stage, in training order, to its config files, e.g. {{"gan": '
+                '["train.json", "train_gan.json"]}.'
+            )
+        for stage, files in stages.items():
+            if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+                raise InputError(f'{where}: stage {stage!r} must list its config files, e.g. ["train.json"].')
+            missing = [f for f in files if not (BUNDLE_ROOT / "configs" / f).is_file()]
+            if missing:
+                raise InputError(
+                    f"{where}: stage {stage!r} names {', '.join(missing)}, not found in {BUNDLE_ROOT / 'configs'}."
+                )
+        return {stage: list(files) for stage, files in stages.items()}
 
     def _parser(self) -> ConfigParser:
         """The overlay's network definitions with ``@scale`` and ``@modality`` defined (a copy: parsing rewrites

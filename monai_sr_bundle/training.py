@@ -1,7 +1,6 @@
 """What the bundle's train config cannot say declaratively: finding the checkpoint to resume from, stopping
 on a non-finite loss, publishing the best checkpoint as a plain, hashed state dict under ``models/``; and the
-train config itself (``train.json`` over the ``inference.json`` base, plus ``train_gan.json`` for a GAN) for
-the surfaces that train in process."""
+train config of a method's stage (its overlay's ``stages``) for the surfaces that train in process."""
 
 from __future__ import annotations
 
@@ -19,26 +18,20 @@ from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
 
 CONFIGS = BUNDLE_ROOT / "configs"
-#: the train stage: ``train.json`` says what differs from the ``inference.json`` base
-TRAIN_CONFIGS = [str(CONFIGS / "inference.json"), str(CONFIGS / "train.json")]
-#: the GAN stage over the train stage: the adversarial trainer, the discriminator and the losses
-GAN_CONFIG = str(CONFIGS / "train_gan.json")
 
 
-def stage_configs(adversarial: bool = False, latent_stage: str | None = None) -> list[str]:
-    """The config files of a training stage, relative to the bundle root (as a recorded command names them):
-    the train stage, and over it the GAN stage, or a latent method's ``autoencoder`` or ``diffusion`` stage."""
-    files = TRAIN_CONFIGS + ([GAN_CONFIG] if adversarial else [])
-    files += [str(CONFIGS / f"train_{latent_stage}.json")] if latent_stage else []
-    return [Path(f).relative_to(BUNDLE_ROOT).as_posix() for f in files]
+def stage_configs(method: methods.Method, stage: str | None = None) -> list[str]:
+    """The config files of ``method``'s ``stage`` (default: its last, which publishes the method's weights),
+    relative to the bundle root as a recorded command names them: the ``inference.json`` base, then the
+    files the method's overlay declares for the stage (:attr:`~monai_sr_bundle.methods.Method.stages`)."""
+    stage = stage or list(method.stages)[-1]
+    check_stage(method, stage)
+    return [f"{CONFIGS.name}/{f}" for f in ("inference.json", *method.stages[stage])]
 
 
-def train_configs(method: str) -> list[str]:
-    """The config files that train ``method``: the train stage, and over it the GAN stage for a method that
-    defines a discriminator, or the diffusion stage (its denoiser on the frozen autoencoder) for a latent
-    method."""
-    m = methods.get(method)
-    return [str(BUNDLE_ROOT / f) for f in stage_configs(m.adversarial, "diffusion" if m.latent else None)]
+def train_configs(method: str, stage: str | None = None) -> list[str]:
+    """The config files (absolute paths) that train ``method``'s ``stage``, by default its last."""
+    return [str(BUNDLE_ROOT / f) for f in stage_configs(methods.get(method), stage)]
 
 
 def train_parser(method: str | None = None):
@@ -54,28 +47,17 @@ def train_parser(method: str | None = None):
     return parser
 
 
-def check_stage(method, adversarial: bool, latent_stage: str | None = None) -> None:
-    """Refuse to train a GAN method without the GAN stage (it would silently train its generator alone) or
-    a method without a discriminator with it; and a latent method without one of its stages (it would train
-    its denoiser on an untrained latent), or another method with one."""
-    if method.latent and latent_stage is None:
-        raise InputError(
-            f"method {method.name!r} works in a learnt latent: train its autoencoder with "
-            "configs/train_autoencoder.json after configs/train.json, then its denoiser with "
-            "configs/train_diffusion.json in its place."
+def check_stage(method: methods.Method, stage: str) -> None:
+    """Refuse a stage the method does not declare (a GAN trained without its discriminator, a latent method's
+    denoiser on an untrained latent), naming the config files of the stages it has."""
+    if stage not in method.stages:
+        declared = "; ".join(
+            f'{name}: --config_file "[{",".join(repr(f) for f in stage_configs(method, name))}]"'
+            for name in method.stages
         )
-    if latent_stage is not None and not method.latent:
         raise InputError(
-            f"method {method.name!r} has no autoencoder: drop configs/train_{latent_stage}.json from --config_file."
-        )
-    if method.adversarial and not adversarial:
-        raise InputError(
-            f"method {method.name!r} trains as a GAN: add configs/train_gan.json after configs/train.json "
-            "to --config_file."
-        )
-    if adversarial and not method.adversarial:
-        raise InputError(
-            f"method {method.name!r} has no discriminator: drop configs/train_gan.json from --config_file."
+            f"method {method.name!r} has no {stage!r} stage (its overlay {method.overlay} declares its stages); "
+            f"train it, in this order, with {declared}."
         )
 
 

@@ -191,9 +191,8 @@ def _copy_json(source: Path, dest: Path, updates: dict | None = None) -> None:
 
 
 def _stages(method: methods.Method) -> list[list[str]]:
-    """Each training stage's config files, in order: a latent method's autoencoder stage, then the main one."""
-    main = stage_configs(method.adversarial, "diffusion" if method.latent else None)
-    return ([stage_configs(latent_stage="autoencoder")] if method.latent else []) + [main]
+    """Each training stage's config files, in the order the method's overlay declares them."""
+    return [stage_configs(method, stage) for stage in method.stages]
 
 
 def _fixed_keys(method: methods.Method) -> dict:

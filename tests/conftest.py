@@ -50,6 +50,7 @@ TINY_GAN_OVERLAY = {
         "pool": 2,
         "dense": 8,
     },
+    "stages": {"gan": ["train.json", "train_gan.json"]},
     "training": {
         "patch_size": 32,
         "batch_size": 2,

@@ -19,9 +19,10 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.adversarial import SRAdversarialTrainer
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.losses import AdversarialLoss, BoxWeightedL1Loss, WeightedSumLoss
+from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.networks import SRResNet
 from monai_sr_bundle.networks.discriminator import SRGANDiscriminator
-from monai_sr_bundle.training import GAN_CONFIG, TRAIN_CONFIGS, attach_resume, stop_on_nan, train_configs
+from monai_sr_bundle.training import attach_resume, stop_on_nan, train_configs
 
 GAN = _configs("inference.json", "train.json", "train_gan.json")
 TRAIN = _configs("inference.json", "train.json")
@@ -192,11 +193,13 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_the_gan_stage_goes_with_the_methods_that_have_a_discriminator(tiny_gan):
-    assert train_configs(TINY_GAN) == [*TRAIN_CONFIGS, GAN_CONFIG]
+    """The overlays of the methods with a discriminator declare the GAN stage (and only they do)."""
+    configs = BUNDLE_ROOT / "configs"
+    assert train_configs(TINY_GAN) == [str(configs / f) for f in ("inference.json", "train.json", "train_gan.json")]
     assert tiny_gan.adversarial and tiny_gan.describe()["adversarial"]
-    for name in methods.names():  # (a latent method adds its diffusion stage instead)
-        files = train_configs(name)
-        assert files[: len(TRAIN_CONFIGS)] == TRAIN_CONFIGS and (GAN_CONFIG in files) == methods.get(name).adversarial
+    for name in methods.names():
+        files = {f for stage in methods.get(name).stages.values() for f in stage}
+        assert ("train_gan.json" in files) == methods.get(name).adversarial, name
 
 
 @needs_data(DATA / "nih_cxr14")
@@ -204,9 +207,13 @@ def test_the_gan_stage_goes_with_the_methods_that_have_a_discriminator(tiny_gan)
 def test_the_stage_and_the_method_must_agree(tiny_gan, tmp_path):
     args = ("--train_limit", "1", "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt")
     alone = run_config(TRAIN, TINY_GAN, *args)
-    assert alone.returncode != 0 and "trains as a GAN: add configs/train_gan.json" in alone.stdout
+    assert alone.returncode != 0 and f"method '{TINY_GAN}' has no 'train' stage" in alone.stdout
+    assert (
+        "with gan: --config_file \"['configs/inference.json','configs/train.json','configs/train_gan.json']\""
+        in alone.stdout
+    )
     wrong = run_config(GAN, "srcnn", *args)
-    assert wrong.returncode != 0 and "has no discriminator: drop configs/train_gan.json" in wrong.stdout
+    assert wrong.returncode != 0 and "method 'srcnn' has no 'gan' stage" in wrong.stdout
     assert not (tmp_path / "w.pt").exists()
 
 

@@ -143,6 +143,10 @@ def _tiny_overlay(tmp_path, monkeypatch, autoencoder: dict = AUTOENCODER) -> str
             **TINY,
             "autoencoder": autoencoder,
         },
+        "stages": {
+            "autoencoder": ["train.json", "train_autoencoder.json"],
+            "diffusion": ["train.json", "train_diffusion.json"],
+        },
         "training": {
             "patch_size": 32,
             "batch_size": 2,
@@ -214,11 +218,12 @@ def test_a_latent_method_without_its_stages_or_autoencoder_is_refused_and_nothin
     name, root = _tiny_overlay(tmp_path, monkeypatch), tmp_path / "bundle"
     common = (*STAGE_ARGS, "--bundle_root", root)
     proc = run_config(TRAIN, name, *common)
-    assert proc.returncode != 0 and "train its autoencoder with configs/train_autoencoder.json" in proc.stdout
+    assert proc.returncode != 0 and f"method '{name}' has no 'train' stage" in proc.stdout
+    assert "train it, in this order, with autoencoder: --config_file" in proc.stdout
     proc = run_config(_configs("inference.json", "train.json", "train_diffusion.json"), name, *common)
     assert proc.returncode != 0 and "no autoencoder weights; train the autoencoder first" in proc.stdout
     proc = run_config(_configs("inference.json", "train.json", "train_autoencoder.json"), "srcnn", *common)
-    assert proc.returncode != 0 and "has no autoencoder: drop configs/train_autoencoder.json" in proc.stdout
+    assert proc.returncode != 0 and "method 'srcnn' has no 'autoencoder' stage" in proc.stdout
     # autoencoder weights of another latent width: one sentence naming the file
     (root / "models").mkdir(parents=True)
     other = LatentAutoencoder(**{**AUTOENCODER, "latent_channels": 2})

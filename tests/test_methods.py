@@ -155,15 +155,12 @@ def test_sampling_options(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_training_settings_are_ones_the_train_config_reads(name):
-    """Every setting in an overlay's ``training`` is read by the stages that train it (train_gan.json too,
-    and a latent method's autoencoder stage)."""
-    from monai_sr_bundle.methods import BUNDLE_ROOT
-    from monai_sr_bundle.training import stage_configs, train_configs
+    """Every setting in an overlay's ``training`` is read by the stages that train it (every stage the
+    overlay declares: train_gan.json, a latent method's autoencoder stage)."""
+    from monai_sr_bundle.training import train_configs
 
-    files = train_configs(name)
-    if methods.get(name).latent:
-        files += [BUNDLE_ROOT / f for f in stage_configs(latent_stage="autoencoder")]
-    text = "".join(Path(f).read_text() for f in files)
+    files = {f for stage in methods.get(name).stages for f in train_configs(name, stage)}
+    text = "".join(Path(f).read_text() for f in sorted(files))
     read = set(re.findall(r"@sr_method\.setting\('(\w+)'", text))
     assert set(methods.get(name).training) <= read, f"{name}: the train config reads only {sorted(read)}"
 
@@ -191,6 +188,7 @@ def _overlay_dir(tmp_path: Path, overlays: dict) -> Path:
     return folder
 
 
+NET = {"_target_": "monai_sr_bundle.networks.SRCNN", "scale": "@scale"}
 BROKEN = {
     "no_target": ({"network_def": {"scale": "@scale"}}, 'needs "network_def" with a "_target_"'),
     "bad_target": ({"network_def": {"_target_": "monai_sr_bundle.networks.NoSuchNet"}}, "cannot be built"),
@@ -201,7 +199,29 @@ BROKEN = {
         "unknown key",
     ),
     "not_json": ("{", "not readable JSON"),
+    "stages_list": ({"network_def": NET, "stages": ["train.json"]}, "must map each stage, in training order"),
+    "stage_no_files": ({"network_def": NET, "stages": {"train": []}}, "stage 'train' must list its config files"),
+    "stage_missing_file": (
+        {"network_def": NET, "stages": {"distil": ["train.json", "train_distil.json"]}},
+        "stage 'distil' names train_distil.json, not found",
+    ),
 }
+
+
+def test_a_stage_the_method_does_not_declare_is_refused_with_the_ones_it_has():
+    from monai_sr_bundle.training import check_stage, stage_configs
+
+    ldm = methods.get("ldm")
+    assert list(ldm.stages) == ["autoencoder", "diffusion"]
+    assert stage_configs(ldm) == ["configs/inference.json", "configs/train.json", "configs/train_diffusion.json"]
+    with pytest.raises(InputError) as e:
+        check_stage(ldm, "gan")
+    assert str(e.value).startswith("method 'ldm' has no 'gan' stage") and len(str(e.value).splitlines()) == 1
+    assert (
+        "autoencoder: --config_file \"['configs/inference.json','configs/train.json','configs/train_autoencoder"
+        in str(e.value)
+    )
+    assert methods.get("vdsr").stages == methods.DEFAULT_STAGES
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
