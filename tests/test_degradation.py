@@ -210,6 +210,9 @@ def test_random_steps_are_seeded_and_draw_from_their_ranges():
         (lambda: RandPoissonNoised("image", peak=0), "peak"),
         (lambda: RandPoissonNoised("image", peak=-5), "peak"),
         (lambda: RandElectronicNoised("image", std=(-0.1, 0.1)), "std"),
+        (lambda: RandElectronicNoised("image", std=[0.1, 0.2, 0.3]), "std"),
+        (lambda: RandBlurd("image", sigma="wide"), "sigma"),
+        (lambda: RandPoissonNoised("image", peak=[100, "many"]), "peak"),
     ],
 )
 def test_degradation_steps_refuse_bad_parameters(make, match):

@@ -97,8 +97,12 @@ class _RandLRd(MapTransform, RandomizableTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=1.0)
-        lo, hi = (value, value) if isinstance(value, (int, float)) else tuple(value)
-        if isinstance(lo, bool) or isinstance(hi, bool) or not low <= lo <= hi:
+        try:
+            lo, hi = (value, value) if isinstance(value, (int, float)) else tuple(value)
+            valid = not isinstance(lo, bool) and not isinstance(hi, bool) and low <= lo <= hi
+        except (TypeError, ValueError):  # not a pair, or not numbers
+            valid = False
+        if not valid:
             raise InputError(
                 f"{type(self).__name__}: {name} must be a number >= {low:g} or a (low, high) range of such, "
                 f"got {value!r}."
