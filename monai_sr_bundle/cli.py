@@ -45,7 +45,7 @@ def _sr(args: argparse.Namespace) -> None:
         args.output,
         allow_volume=args.slice_by_slice,
         progress=_interactive(),
-        samples=args.samples or 1,
+        samples=args.samples,
         output_format=args.output_format,
         sampler=args.sampler,
         steps=args.steps,

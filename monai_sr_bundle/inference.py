@@ -204,7 +204,7 @@ def run_inference(
     output_dir: str | os.PathLike,
     allow_volume: bool = False,
     progress: bool = True,
-    samples: int = 1,
+    samples: int | None = None,
     output_format: str | None = None,
     **sampling,
 ) -> list[str]:
@@ -212,7 +212,7 @@ def run_inference(
     ``output_format`` (``png``, ``nifti``, ``nrrd``, ``mha``, ``dicom``). A DICOM input gives a derived DICOM
     series of its study by default (``<stem>_sr.dcm``, or a folder for a series), naming the method.
 
-    With ``samples`` > 1 (stochastic methods) the SR image is the mean of that many draws, and the
+    With ``samples`` > 1 (stochastic methods; None is one draw) the SR image is the mean of that many draws, and the
     uncertainty maps are written beside it as ``<stem>_sr_std`` and ``<stem>_sr_lr_consistency`` (NIfTI
     for PNG and DICOM inputs, else the input's family), with the SR's geometry.
 
@@ -227,8 +227,8 @@ def run_inference(
     from monai_sr_bundle.data.readers import read_image
     from monai_sr_bundle.data.writers import output_format_for, output_path_for, write_image
 
-    if samples != 1:
-        predictor.method.check_sampling(samples=samples)
+    predictor.method.check_sampling(samples=samples)
+    samples = samples or 1
     predictor.inferer(**sampling)  # bad sampling options: refused before any file is read
     check_output_dir(output_dir)
     files = expand_inputs(inputs)

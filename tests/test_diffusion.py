@@ -133,6 +133,8 @@ def test_sampling_options_go_with_each_call_and_leave_the_network_as_it_is(tiny,
     before = (predictor.network.sampler, predictor.network.steps)
     with pytest.raises(InputError, match="from 1 to 20"):
         run_inference(png, predictor, tmp_path / "none", progress=False, steps=21)
+    with pytest.raises(InputError, match="samples must be a whole number >= 1, got 0"):  # the bundle's --samples 0
+        run_inference(png, predictor, tmp_path / "none", progress=False, samples=0)
     assert not (tmp_path / "none").exists()
     lr = torch.rand(1, 9, 11)
     ddpm = predictor(lr, sampler="ddpm", steps=20)

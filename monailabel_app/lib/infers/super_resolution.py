@@ -137,9 +137,8 @@ class SuperResolutionInfer(InferTask):
                     tmp,
                     allow_volume=True,
                     progress=False,
-                    samples=samples,
                     output_format="dicom" if pacs else "nifti" if dicom else None,  # clients load NIfTI
-                    **{k: v for k, v in sampling.items() if k != "samples"},
+                    **sampling,
                 )
                 if pacs:  # the reply is what the PACS now holds, as NIfTI
                     stored = pacs.store_series(written[0])
