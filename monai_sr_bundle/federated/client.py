@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from monai_sr_bundle import methods
-from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.errors import InputError, first_line
 from monai_sr_bundle.federated.sites import SiteData, load_site
 from monai_sr_bundle.training import stop_on_nan, train_parser
 
@@ -76,7 +76,7 @@ class SiteTrainer:
             self.trainer = parser.get_parsed_content("train#trainer")
             self.evaluator = parser.get_parsed_content("validate#evaluator")
         except Exception as e:  # a corrupt image surfaces here, wrapped by MONAI's dataset caching
-            raise InputError(f"site {site.site}: cannot load its images ({_first_line(e)}).") from e
+            raise InputError(f"site {site.site}: cannot load its images ({first_line(e)}).") from e
         stop_on_nan(self.trainer, parser["run_dir"])  # a diverged site fails its round instead of sending NaN
         self.network = self.trainer.network
         self.site = site.site
@@ -100,14 +100,14 @@ class SiteTrainer:
                 state.update({k: v for k, v in own.items() if k.startswith(FROZEN_PREFIX)})
             self.network.load_state_dict(state)
         except (RuntimeError, ValueError, TypeError) as e:
-            raise InputError(f"site {self.site}: the global model does not fit this network ({_first_line(e)}).") from e
+            raise InputError(f"site {self.site}: the global model does not fit this network ({first_line(e)}).") from e
 
     def evaluate(self) -> dict[str, float]:
         """PSNR and SSIM of the current network on the site's validation images."""
         try:
             self.evaluator.run()
         except Exception as e:  # e.g. an image too small for the scale: the round fails, naming the site
-            raise InputError(f"site {self.site}: validation failed ({_first_line(e)}).") from e
+            raise InputError(f"site {self.site}: validation failed ({first_line(e)}).") from e
         return {
             "psnr": float(self.evaluator.state.metrics["val_psnr"]),
             "ssim": float(self.evaluator.state.metrics["val_ssim"]),
@@ -121,14 +121,8 @@ class SiteTrainer:
         try:
             self.trainer.run()
         except Exception as e:  # e.g. an image smaller than the training patch
-            raise InputError(f"site {self.site}: training failed ({_first_line(e)}).") from e
+            raise InputError(f"site {self.site}: training failed ({first_line(e)}).") from e
         return self.trainer.state.iteration - start
-
-
-def _first_line(e: BaseException) -> str:
-    while e.__cause__ is not None:
-        e = e.__cause__
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

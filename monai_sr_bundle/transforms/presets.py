@@ -32,7 +32,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, CopyItemsd, MapTransform
 
-from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.errors import InputError, first_line
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.transforms.degradation import CropToScaled
@@ -118,11 +118,7 @@ def lr_synthesis(
         try:
             built = parser.get_parsed_content(f"transforms#{i}")
         except Exception as e:  # MONAI wraps the class's own error: report the innermost sentence
-            cause = e
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
-            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-            raise InputError(f"{where} cannot be built ({reason}).") from e
+            raise InputError(f"{where} cannot be built ({first_line(e)}).") from e
         if not isinstance(built, MapTransform):
             raise InputError(f"{where} is a {type(built).__name__}, not a MONAI dictionary transform.")
         steps.append(built)
