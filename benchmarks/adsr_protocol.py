@@ -156,8 +156,8 @@ def datalist_file() -> Path:
 def train_command(name: str) -> list[str]:
     """The bundle command that trains row ``name`` on the protocol data into its weights file."""
     m, settings = method(name), TRAINED[name]
-    epochs = settings.get("max_epochs", methods.get(METHOD, SCALE).setting("max_epochs", None))
-    stages = ",".join(f"'{Path(f).relative_to(BUNDLE)}'" for f in train_configs(name))
+    epochs = settings.get("max_epochs", methods.get(METHOD, SCALE).config["max_epochs"])
+    stages = ",".join(f"'{os.path.relpath(f, BUNDLE)}'" for f in train_configs(name))
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"[{stages}]", "--method", name]
     command += ["--datalist_file", datalist_file(), "--degradation", PRESET, "--max_epochs", str(epochs)]
     command += ["--run_dir", WORK / "runs" / name, "--ckpt_path", m.weights_path]

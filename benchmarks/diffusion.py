@@ -167,6 +167,8 @@ def part_ablation(epochs: int) -> dict:
     denoiser's own average (the variants differ in the denoiser, not in the draw)."""
     from monai.bundle import run
 
+    from monai_sr_bundle.training import train_configs
+
     bundle, method, args = REPO / "monai_sr_bundle", methods.get(METHOD, 4), sr3_args()
     inputs, fns, rows = crops("val"), metric_fns(), {}
 
@@ -178,7 +180,7 @@ def part_ablation(epochs: int) -> dict:
         ckpt = folder / "sr3.pt"
         if not ckpt.is_file():  # a finished variant is kept; an interrupted one resumes from its run folder
             run(
-                config_file=[str(bundle / "configs" / "inference.json"), str(bundle / "configs" / "train.json")],
+                config_file=train_configs(METHOD),
                 bundle_root=str(bundle),
                 method=METHOD,
                 network=f"$monai_sr_bundle.networks.SR3(**{ {**args, **choice}!r}).to(@device)",

@@ -25,7 +25,7 @@ class SRAdversarialTrainer(AdversarialTrainer):
     discriminator's logits of the reals when the game is relativistic; ``loss`` in the output is that total,
     as ``SupervisedTrainer`` reports it, so the train config's handlers log and guard it unchanged.
     ``network`` / ``optimizer`` are the generator's and ``discriminator`` / ``d_optimizer`` the
-    discriminator's, the names the checkpoint and federated code use.
+    discriminator's, the names ``SupervisedTrainer`` and the train config's ``checkpoint`` use.
 
     Args:
         adversarial_loss: both sides of the game (it replaces ``g_loss_function`` and ``d_loss_function``).

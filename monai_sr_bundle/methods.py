@@ -1,16 +1,22 @@
 """The method registry: one :class:`Method` per overlay ``configs/methods/<name>.json``, the one list that
 every surface reads (CLI, bundle configs, MONAI Label, 3D Slicer, NVFlare, model card).
 
-An overlay names its network, its training stages (when it has more than the one supervised stage) and the
-method's training settings, nothing else; the file name is the method's name, written nowhere else::
+An overlay is a bundle config: it names the method's network and, for a trainable method, its training
+stages, and sets the train config's keys where the method differs from their defaults (``configs/train.json``
+holds every setting with its default). The file name is the method's name, written nowhere else::
 
     {"network_def": {"_target_": "monai_sr_bundle.networks.MyNet", "scale": "@scale"},
      "stages": {"gan": ["train.json", "train_gan.json"]},
-     "training": {"learning_rate": 0.0005, "max_epochs": 20}}
+     "learning_rate": 0.0005, "max_epochs": 20,
+     "losses#perceptual": {"_target_": "monai_sr_bundle.losses.PerceptualLoss", "_mode_": "callable",
+                           "weight": 0.006}}
 
-``stages`` maps each stage, in training order, to its config files over ``configs/inference.json`` (each
-stage's last file sets the config key ``stage`` to the stage's name); the last stage publishes the method's
-weights. Every reader (CLI, MONAI Label trainer, NVFlare client, zoo export) asks :attr:`Method.stages`.
+``stages`` maps each stage, in training order, to its config files: the stage's base (``train.json``), then
+the files that wire its modules (each stage's files set the config key ``stage`` to its name). A stage trains
+with ``configs/inference.json``, the base, the overlay, then the stage's other files
+(:func:`monai_sr_bundle.training.stage_configs`), so the overlay overrides the defaults and a stage file has
+the last word on its wiring; the last stage publishes the method's weights. Every reader (CLI, MONAI Label
+trainer, NVFlare client, zoo export) asks :attr:`Method.stages`.
 
 What a surface needs to know is derived from the network rather than declared twice: ``family`` is the
 network's module (``networks/<family>.py``), ``trainable`` whether it has parameters, ``stochastic`` and
@@ -37,10 +43,8 @@ from monai_sr_bundle.jsonfile import read_json_object
 #: bundle's ``scripts/`` (:mod:`monai_sr_bundle.zoo`), the folder above it
 BUNDLE_ROOT = next(p for p in Path(__file__).resolve().parents[:2] if (p / "configs").is_dir())
 METHODS_DIR = BUNDLE_ROOT / "configs" / "methods"
-#: keys an overlay may hold
-OVERLAY_KEYS = ("network_def", "discriminator_def", "stages", "training", "default")
-#: the stages of a method whose overlay declares none: one supervised stage
-DEFAULT_STAGES = {"train": ["train.json"]}
+#: the overlay's own keys; any other key must be one the configs of its stages define
+OVERLAY_KEYS = ("network_def", "discriminator_def", "stages", "default")
 #: options that only a stochastic method's sampler takes
 SAMPLING_OPTIONS = ("sampler", "steps", "seed", "samples")
 #: most draws per image for the uncertainty maps (each is a whole sampling run)
@@ -138,20 +142,15 @@ class Method:
             raise InputError(f"method {name!r}: scale must be a positive whole number, got {scale!r}.")
         self.name, self.overlay, self.scale, self.modality = name, Path(overlay), int(scale), str(modality)
         self.bundle_root = Path(bundle_root or BUNDLE_ROOT)
-        self.config = read_json_object(self.overlay, f"method {name!r}: its overlay {self.overlay}", OVERLAY_KEYS)
+        self.config = read_json_object(self.overlay, f"method {name!r}: its overlay {self.overlay}")
         for key in ("network_def", *(["discriminator_def"] if "discriminator_def" in self.config else [])):
             definition = self.config.get(key)
             if not isinstance(definition, dict) or not isinstance(definition.get("_target_"), str):
                 raise InputError(
                     f'method {name!r}: its overlay {self.overlay} needs "{key}" with a "_target_" (the network class).'
                 )
-        self.stages: dict[str, list[str]] = self._checked_stages(self.config.get("stages", DEFAULT_STAGES))
-        training = self.config.get("training", {})
-        if not isinstance(training, dict):
-            raise InputError(
-                f'method {name!r}: "training" in {self.overlay} must be an object of train config settings.'
-            )
-        self.training: dict = training
+        self.stages: dict[str, list[str]] = self._checked_stages(self.config.get("stages", {}))
+        self._check_settings()
 
     def __repr__(self) -> str:
         return f"Method({self.name!r}, scale={self.scale}, modality={self.modality!r})"
@@ -159,7 +158,7 @@ class Method:
     def _checked_stages(self, stages) -> dict[str, list[str]]:
         """The overlay's ``stages`` if they map names to lists of config files that exist in ``configs/``."""
         where = f'method {self.name!r}: "stages" in {self.overlay}'
-        if not isinstance(stages, dict) or not stages:
+        if not isinstance(stages, dict):
             raise InputError(
                 f'{where} must map each stage, in training order, to its config files, e.g. {{"gan": '
                 '["train.json", "train_gan.json"]}.'
@@ -173,6 +172,19 @@ class Method:
                     f"{where}: stage {stage!r} names {', '.join(missing)}, not found in {BUNDLE_ROOT / 'configs'}."
                 )
         return {stage: list(files) for stage, files in stages.items()}
+
+    def _check_settings(self) -> None:
+        """Refuse an overlay key that none of the configs its stages train with defines (a typo would
+        otherwise add a key nothing reads, and the setting would silently stay at its default)."""
+        files = {"inference.json", *(f for stage in self.stages.values() for f in stage)}
+        known = set(OVERLAY_KEYS).union(*(_config_keys(f) for f in files))
+        unknown = sorted(k for k in self.config if k.lstrip("+").split("#", 1)[0] not in known)
+        if unknown:
+            raise InputError(
+                f"method {self.name!r}: {', '.join(unknown)} in its overlay {self.overlay} "
+                f"{'is no key' if len(unknown) == 1 else 'are no keys'} of the configs its stages train with "
+                f"({', '.join(sorted(files))}); see configs/train.json for the settings there are."
+            )
 
     def _parser(self) -> ConfigParser:
         """The overlay's network definitions with ``@scale`` and ``@modality`` defined (a copy: parsing rewrites
@@ -404,27 +416,6 @@ class Method:
             network_kwargs=network_kwargs,
         )
 
-    def prepare_batch(self, network: nn.Module):
-        """How the trainer turns a batch into the network's inputs and targets: as it comes for a network
-        trained on its SR output, noised at random timesteps for a denoiser (a diffusion method)."""
-        from monai.engines import PrepareBatchDefault
-
-        from monai_sr_bundle.diffusion.training import DiffusionPrepareBatch, is_denoiser
-
-        return DiffusionPrepareBatch(network) if is_denoiser(network) else PrepareBatchDefault()
-
-    def train_inferer(self):
-        """The trainer's forward pass: the SR output, or a denoiser's estimate."""
-        from monai.inferers import SimpleInferer
-
-        from monai_sr_bundle.diffusion.training import DenoiserInferer, is_denoiser
-
-        return DenoiserInferer() if is_denoiser(self._probe) else SimpleInferer()
-
-    def setting(self, key: str, default):
-        """A training setting of the method (its overlay's ``training``), else the train config's ``default``."""
-        return self.training.get(key, default)
-
     def describe(self) -> dict:
         """What a client needs to list and offer the method."""
         return {
@@ -440,6 +431,12 @@ class Method:
             "weights_available": self.weights_available,
             "default": self.config.get("default") is True,
         }
+
+
+@lru_cache(maxsize=32)
+def _config_keys(name: str) -> frozenset[str]:
+    """The top-level keys (``+`` and ``#`` paths at their root) of the bundle config ``configs/<name>``."""
+    return frozenset(k.lstrip("+").split("#", 1)[0] for k in read_json_object(BUNDLE_ROOT / "configs" / name, name))
 
 
 def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -1,6 +1,10 @@
 """What the bundle's train config cannot say declaratively: finding the checkpoint to resume from, stopping
 on a non-finite loss, publishing the best checkpoint as a plain, hashed state dict under ``models/``; and the
-train config of a method's stage (its overlay's ``stages``) for the surfaces that train in process."""
+train config of a method's stage (its overlay's ``stages``) for the surfaces that train in process.
+
+All of it holds under ``torch.distributed`` (several processes, one per GPU): checkpoints and weights hold
+the unwrapped modules the config builds (never a ``DistributedDataParallel`` wrapper's ``module.`` names) and
+are written by the first process only, atomically; a non-finite loss in any process stops every process."""
 
 from __future__ import annotations
 
@@ -22,11 +26,20 @@ CONFIGS = BUNDLE_ROOT / "configs"
 
 def stage_configs(method: methods.Method, stage: str | None = None) -> list[str]:
     """The config files of ``method``'s ``stage`` (default: its last, which publishes the method's weights),
-    relative to the bundle root as a recorded command names them: the ``inference.json`` base, then the
-    files the method's overlay declares for the stage (:attr:`~monai_sr_bundle.methods.Method.stages`)."""
-    stage = stage or list(method.stages)[-1]
+    relative to the bundle root as a recorded command names them: ``inference.json``, the stage's base
+    (its first file), the method's overlay, then the stage's other files
+    (:attr:`~monai_sr_bundle.methods.Method.stages`)."""
+    stage = stage or (list(method.stages) or [None])[-1]
     check_stage(method, stage)
-    return [f"{CONFIGS.name}/{f}" for f in ("inference.json", *method.stages[stage])]
+    base, *wiring = method.stages[stage]
+    overlay = method.overlay.resolve()
+    overlay = overlay.relative_to(BUNDLE_ROOT) if overlay.is_relative_to(BUNDLE_ROOT) else overlay
+    return [
+        f"{CONFIGS.name}/inference.json",
+        f"{CONFIGS.name}/{base}",
+        str(overlay),
+        *(f"{CONFIGS.name}/{f}" for f in wiring),
+    ]
 
 
 def train_configs(method: str, stage: str | None = None) -> list[str]:
@@ -47,9 +60,14 @@ def train_parser(method: str | None = None):
     return parser
 
 
-def check_stage(method: methods.Method, stage: str) -> None:
+def check_stage(method: methods.Method, stage: str | None) -> None:
     """Refuse a stage the method does not declare (a GAN trained without its discriminator, a latent method's
     denoiser on an untrained latent), naming the config files of the stages it has."""
+    if not method.stages:
+        raise InputError(
+            f'method {method.name!r} declares no training stages (its overlay {method.overlay} has no "stages"); '
+            f"train one of {', '.join(methods.trainable_names())}."
+        )
     if stage not in method.stages:
         declared = "; ".join(
             f'{name}: --config_file "[{",".join(repr(f) for f in stage_configs(method, name))}]"'
@@ -59,6 +77,25 @@ def check_stage(method: methods.Method, stage: str) -> None:
             f"method {method.name!r} has no {stage!r} stage (its overlay {method.overlay} declares its stages); "
             f"train it, in this order, with {declared}."
         )
+
+
+def check_configs(method: methods.Method, stage: str | None, stages: dict | None, network_def: object) -> None:
+    """Refuse, before anything is written, a train run whose configs are not ``method``'s ``stage``
+    (:func:`check_stage`) or do not hold the method's own overlay: without it the method's settings would
+    silently stay at their defaults, with another method's they would be that method's. ``stages`` and
+    ``network_def`` are the merged config's (the overlay's declaration and network)."""
+    check_stage(method, stage)
+    own = method.network()
+    if stages != method.stages or type(network_def) is not type(own) or _shapes(network_def) != _shapes(own):
+        raise InputError(
+            f"the train configs do not hold the overlay of method {method.name!r} ({method.overlay}) after "
+            f"{method.stages[stage][0]}; train it with --config_file "
+            f'"[{",".join(repr(f) for f in stage_configs(method, stage))}]".'
+        )
+
+
+def _shapes(module: object) -> dict | None:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()} if isinstance(module, torch.nn.Module) else None
 
 
 def frozen_autoencoder(network, weights: str | os.PathLike | None):
@@ -81,26 +118,43 @@ def frozen_autoencoder(network, weights: str | os.PathLike | None):
     return network
 
 
+def is_main_process() -> bool:
+    """Whether this process writes checkpoints and weights: the only one, or rank 0 of a distributed run."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def stop_on_nan(trainer, run_dir: str | os.PathLike) -> None:
     """Stop training with one sentence when a loss stops being finite, before the epoch's checkpoint is
-    written: the checkpoints of the epochs before stay the last good ones to resume from."""
+    written: the checkpoints of the epochs before stay the last good ones to resume from. In a distributed
+    run the processes agree each iteration, so a NaN in one stops them all (none waits for the others)."""
+    import torch.distributed as dist
     from ignite.engine import Events
 
     def check(engine) -> None:
         output = engine.state.output
         if isinstance(output, list):  # decollated: every item holds the batch's losses
             output = output[0] if output else {}
+        bad = None
         for key, value in (output if isinstance(output, dict) else {}).items():
             if "loss" not in str(key) or not isinstance(value, (torch.Tensor, float)):
                 continue
             value = torch.as_tensor(value, dtype=torch.float32)
             if not torch.isfinite(value).all():
-                last = latest_checkpoint(run_dir) or "none (no epoch finished)"
-                raise InputError(
-                    f"training stopped at epoch {engine.state.epoch}, iteration {engine.state.iteration}: the "
-                    f"{key} is {value.mean().item()}; the last good checkpoint is {last}; lower learning_rate "
-                    "and resume from it."
-                )
+                bad = f"the {key} is {value.mean().item()}"
+                break
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([float(bad is not None)], device=engine.state.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and bad is None:
+                bad = "a loss is not finite in another process"
+        if bad is not None:
+            last = latest_checkpoint(run_dir) or "none (no epoch finished)"
+            raise InputError(
+                f"training stopped at epoch {engine.state.epoch}, iteration {engine.state.iteration}: {bad}; "
+                f"the last good checkpoint is {last}; lower learning_rate and resume from it."
+            )
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, check)
 
@@ -131,7 +185,7 @@ def train_command(config_files: list[str], method: methods.Method, settings: dic
     parts = [f"cd {BUNDLE_ROOT.name} && python -m monai.bundle run --config_file", f'"[{stages}]"']
     parts += ["--method", method.name]
     for key, value in settings.items():
-        if value is None or method.training.get(key, object()) == value:
+        if value is None or method.config.get(key, object()) == value:
             continue
         text = value if isinstance(value, str) else json.dumps(value)
         if not re.fullmatch(r"[\w./:-]+", text):  # a dict's JSON has double quotes: single-quote it instead
@@ -146,13 +200,15 @@ def publish_weights(
     provenance: dict,
     key_metric: str = "val_psnr",
     lower_is_better: bool = False,
-) -> str:
+) -> str | None:
     """Save the network state dict of ``best_ckpt`` to ``weights_path`` (atomically) and record its sha256
     and ``provenance`` (training command, data split, best ``key_metric``) in ``models/weights.json``.
 
     ``lower_is_better`` says that the saver ranked checkpoints by the negated metric (the GAN stage selects
     by LPIPS), so the recorded value is the metric itself."""
     best_ckpt, weights_path = Path(best_ckpt), Path(weights_path)
+    if not is_main_process():
+        return None
     if not best_ckpt.is_file():
         raise InputError(f"{best_ckpt}: no best checkpoint was saved; did validation run at least once?")
     state = torch.load(best_ckpt, map_location="cpu", weights_only=True)
@@ -167,17 +223,27 @@ def publish_weights(
 
 def write_weights(state: dict, weights_path: str | os.PathLike, provenance: dict) -> str:
     """Save a plain state dict to ``weights_path`` atomically and record its sha256 and ``provenance`` in the
-    ``weights.json`` beside it; returns the sha256. Every published weight file goes through here."""
+    ``weights.json`` beside it; returns the sha256. Every published weight file goes through here; the
+    manifest is rewritten under a lock and atomically, so two trainings that publish at once keep both."""
+    import fcntl
+
     weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights_path.with_suffix(".tmp")
+    tmp = weights_path.with_name(f".{weights_path.name}.{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, weights_path)
     digest = sha256(weights_path)
     manifest = weights_path.parent / "weights.json"
-    entries = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    entries[weights_path.name] = {"sha256": digest, **provenance}
-    manifest.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
+    folder = os.open(weights_path.parent, os.O_RDONLY)  # the lock is on the folder: no lock file left behind
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        entries = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        entries[weights_path.name] = {"sha256": digest, **provenance}
+        tmp = manifest.with_name(f".weights.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
+        os.replace(tmp, manifest)
+    finally:
+        os.close(folder)  # closing releases the lock
     return digest
 
 
@@ -218,19 +284,17 @@ def interpolate_weights(
     return write_weights(state, output, {**provenance, "alpha": alpha, "interpolated_from": origin})
 
 
-def attach_resume(trainer, run_dir: str | os.PathLike, best_saver, resume: bool = True, lr_scheduler=None) -> None:
+def attach_resume(trainer, run_dir: str | os.PathLike, best_saver, checkpoint: dict, resume: bool = True) -> None:
     """Save the whole training state every epoch to ``run_dir`` and, with ``resume``, continue from the
     newest such checkpoint, including the best-so-far validation score kept by ``best_saver``.
 
-    Done here rather than in the config because these handlers refer to the trainer that holds them."""
+    ``checkpoint`` names what the state is (the train config's ``checkpoint``: the network, its optimizer and
+    schedule; a GAN stage adds its discriminator): the modules the config builds, not the trainer's (a
+    ``DistributedDataParallel`` wrapper), so every process resumes from the same names. Done here rather
+    than in the config because these handlers refer to the trainer that holds them."""
     from monai.handlers import CheckpointLoader, CheckpointSaver
 
-    state = {"network": trainer.network, "optimizer": trainer.optimizer, "trainer": trainer}
-    for part in ("discriminator", "d_optimizer"):  # a GAN's other half (SRAdversarialTrainer)
-        if hasattr(trainer, part):
-            state[part] = getattr(trainer, part)
-    if lr_scheduler is not None:
-        state["lr_scheduler"] = lr_scheduler
+    state = {**checkpoint, "trainer": trainer}
     latest = latest_checkpoint(run_dir)
     if resume and latest:
         _check_resumable(latest, state)
@@ -238,17 +302,18 @@ def attach_resume(trainer, run_dir: str | os.PathLike, best_saver, resume: bool 
         best = Path(run_dir) / "best.pt"
         if best.is_file():
             CheckpointLoader(load_path=str(best), load_dict={"checkpointer": best_saver}).attach(trainer)
-    CheckpointSaver(save_dir=str(run_dir), save_dict=state, save_interval=1, n_saved=1).attach(trainer)
+    if is_main_process():
+        CheckpointSaver(save_dir=str(run_dir), save_dict=state, save_interval=1, n_saved=1).attach(trainer)
 
 
 def _check_resumable(checkpoint: str, state: dict) -> None:
     """Refuse in one sentence a checkpoint saved from other networks than these (an overlay changed since, or
     another run's folder), which the loader would report as a page of missing and mismatched keys."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    for part in ("network", "discriminator"):
-        if part not in state:
+    for part, module in state.items():
+        if not isinstance(module, torch.nn.Module):
             continue
-        expected = {k: tuple(v.shape) for k, v in state[part].state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in saved.get(part, {}).items()}
         if found != expected:
             differ = sum(found.get(k) != expected.get(k) for k in found.keys() | expected.keys())

@@ -22,7 +22,7 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import REPO_ROOT
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
-from monai_sr_bundle.training import sha256, stage_configs
+from monai_sr_bundle.training import CONFIGS, sha256, stage_configs
 from monai_sr_bundle.transforms.presets import DEFAULT_PRESET
 
 #: adapters and tools of the development bundle that a zoo bundle does not run (the NVFlare job, the
@@ -575,7 +575,7 @@ def check_workflows(
         ),
     ]
     for stage in _stages(method):
-        files = [Path(f).name for f in stage]
+        files = [f.split(f"{CONFIGS.name}/", 1)[-1] for f in stage]  # relative to configs/ (methods/<name>.json)
         where = work / Path(files[-1]).stem
         stages.append(("train", files, train | {"run_dir": str(where), "ckpt_path": str(where / "model.pt")}))
         if "train_autoencoder.json" in files:

@@ -51,14 +51,17 @@ TINY_GAN_OVERLAY = {
         "dense": 8,
     },
     "stages": {"gan": ["train.json", "train_gan.json"]},
-    "training": {
-        "patch_size": 32,
-        "batch_size": 2,
-        "samples_per_image": 1,
-        "val_limit": 1,
-        "perceptual_layers": {"relu1_2": 1.0},
-        "relativistic": True,
+    "patch_size": 32,
+    "batch_size": 2,
+    "samples_per_image": 1,
+    "val_limit": 1,
+    "losses#perceptual": {
+        "_target_": "monai_sr_bundle.losses.PerceptualLoss",
+        "_mode_": "callable",
+        "weight": 1.0,
+        "layers": {"relu1_2": 1.0},
     },
+    "relativistic": True,
 }
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from conftest import DATA, needs_data
-from test_bundle import TRAIN, _ok, run_config
+from test_bundle import _ok, run_config, train_files
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.losses.anomaly_focused import DEFAULT_WEIGHTS
+from monai_sr_bundle.losses import BoxLoss, PixelLoss, TrainingTermsLoss, WeightedSumLoss
 from monai_sr_bundle.networks.adsr import ADSR
 from monai_sr_bundle.networks.sr3 import SR3
 
@@ -72,12 +74,12 @@ def test_a_vae_switch_that_is_not_true_or_false_is_one_sentence():
 
 def test_without_the_vae_branch_it_is_sr3s_network_with_the_rest_of_the_loss():
     """The paper's ablation: SR3's denoiser (same parameters), the box and reconstruction terms only."""
-    from monai_sr_bundle.losses import AnomalyFocusedLoss
-
     ablation = ADSR(vae=False, **TINY)
     assert ablation.branch is None
     assert ablation.state_dict().keys() == SR3(**TINY).state_dict().keys()
-    loss = AnomalyFocusedLoss(ablation, {"reconstruction": 1.0, "box": 10.0, "vae": 0.5})
+    loss = WeightedSumLoss(
+        {"reconstruction": partial(PixelLoss, distance="mse", weight=1.0), "box": partial(BoxLoss, weight=10.0)}
+    )
     pred, hr, mask = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
     pred[0, 0, 0, 0], mask[0, 0, :2, :2] = 2.0, 1
     torch.testing.assert_close(loss(pred, torch.cat([hr, mask], 1)), torch.tensor(4 / 16 + 10.0 * 4 / 4))
@@ -103,22 +105,38 @@ def test_the_image_estimate_inverts_the_noising_for_every_prediction(prediction,
 
 
 def test_training_pairs_the_implied_image_with_the_clean_hr_and_its_boxes():
-    from monai_sr_bundle.diffusion.training import DenoiserInferer, DiffusionPrepareBatch
+    from monai_sr_bundle.diffusion.training import DenoisingStep, DiffusionPrepareBatch
 
     torch.manual_seed(0)
     adsr = ADSR(latent_channels=4, **TINY)
     label = torch.cat([torch.rand(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)], dim=1)
     noisy, target, _, kwargs = DiffusionPrepareBatch(adsr)({"image": torch.rand(2, 1, 8, 8), "label": label})
     torch.testing.assert_close(target, label)  # the clean HR and the box mask, not the noise
-    assert DenoiserInferer()(noisy, adsr, **kwargs).shape == (2, 1, 32, 32)
+    assert DenoisingStep(adsr)(noisy, **kwargs).shape == (2, 1, 32, 32)
+
+
+def test_the_overlays_loss_blocks_are_the_papers_lambdas():
+    """L = 0.4 L_R + 0.3 L_B + 0.3 (L_VR + L_KL): ADSR's overlay replaces the pixel block with these three."""
+    blocks = methods.get("adsr").config["losses"]
+    assert {k: (b["_target_"].rsplit(".", 1)[1], b["weight"]) for k, b in blocks.items()} == {
+        "reconstruction": ("PixelLoss", 0.4),
+        "box": ("BoxLoss", 0.3),
+        "vae": ("TrainingTermsLoss", 0.3),
+    }
+    assert blocks["reconstruction"]["distance"] == "mse" and blocks["vae"]["terms"] == ["reconstruction", "kl"]
 
 
 def test_the_loss_is_the_papers_sum_and_skips_images_without_boxes():
-    from monai_sr_bundle.losses import AnomalyFocusedLoss
-
     adsr = ADSR(latent_channels=4, **TINY)
     adsr.branch.kl, adsr.branch.reconstruction = torch.tensor(2.0), torch.tensor(1.0)
-    loss = AnomalyFocusedLoss(adsr, {"reconstruction": 1.0, "box": 10.0, "vae": 0.5})
+    vae = partial(TrainingTermsLoss, module=adsr.branch, terms=["reconstruction", "kl"], weight=0.5)
+    loss = WeightedSumLoss(
+        {
+            "reconstruction": partial(PixelLoss, distance="mse", weight=1.0),
+            "box": partial(BoxLoss, weight=10.0),
+            "vae": vae,
+        }
+    )
     hr, pred = torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
     pred[0, 0, 0, 0] = 2.0  # error 4 on one pixel, inside the first image's box
     mask = torch.zeros(2, 1, 4, 4)
@@ -130,29 +148,34 @@ def test_the_loss_is_the_papers_sum_and_skips_images_without_boxes():
     assert loss(pred, hr).item() == pytest.approx(4 / 32 + 1.5)  # no mask channel at all
 
 
-@pytest.mark.parametrize("weights", [{"box": -1.0}, {"boxes": 0.3}, {"vae": "0.3"}])
-def test_bad_loss_weights_are_one_sentence(weights):
-    with pytest.raises(InputError, match="loss weights"):
-        ADSR(latent_channels=4, **TINY).training_loss(weights)
+def test_a_vae_block_on_a_network_without_the_branch_is_one_sentence():
+    loss = WeightedSumLoss({"vae": partial(TrainingTermsLoss, module=ADSR(vae=False, **TINY), weight=0.3)})
+    with pytest.raises(InputError, match="ADSR left no kl from its forward"):
+        loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
 
 
 @needs_data(DATA)
 @pytest.mark.slow
 def test_the_train_config_trains_it_with_its_own_loss(tmp_path, monkeypatch):
     """Through the bundle's one training path, as a tiny throwaway method (the real overlay is too wide for
-    a test): the train config takes the network's own loss with the overlay's weights and records them."""
+    a test): the train config takes the overlay's loss blocks, one reweighed, and records them."""
+    adsr = methods.get("adsr").config
     overlay = {
         "network_def": {"_target_": "monai_sr_bundle.networks.adsr.ADSR", "latent_channels": 4, **TINY},
-        "training": {"patch_size": 32, "batch_size": 2, "samples_per_image": 1, "loss_weights": {"box": 0.5}},
+        "stages": adsr["stages"],
+        **{"patch_size": 32, "batch_size": 2, "samples_per_image": 1},
+        "losses": {**adsr["losses"], "box": {**adsr["losses"]["box"], "weight": 0.5}},
     }
     (tmp_path / "overlays").mkdir()
     (tmp_path / "overlays" / "tiny_adsr.json").write_text(json.dumps(overlay))
     monkeypatch.setenv("MONAI_SR_METHODS", str(tmp_path / "overlays"))
     args = ("--train_limit", "2", "--val_limit", "1", "--max_epochs", "1")
-    _ok(run_config(TRAIN, "tiny_adsr", *args, "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt"))
+    files = train_files("tiny_adsr")
+    _ok(run_config(files, "tiny_adsr", *args, "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt"))
     provenance = json.loads((tmp_path / "weights.json").read_text())["w.pt"]
-    assert provenance["losses"] == {"method": "AnomalyFocusedLoss", "weights": {**DEFAULT_WEIGHTS, "box": 0.5}}
-    assert "loss_weights" not in provenance["command"]  # the overlay's own setting, left to the overlay
+    weights = {name: block["weight"] for name, block in provenance["losses"].items()}
+    assert weights == {"reconstruction": 0.4, "box": 0.5, "vae": 0.3}
+    assert "losses" not in provenance["command"] and "train_diffusion.json" in provenance["command"]
     ADSR(latent_channels=4, **TINY).load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))  # strict
 
 
@@ -163,7 +186,9 @@ def test_an_artifact_preset_with_unknown_kinds_stops_training_before_anything_is
     preset = {"scale": 4, "transforms": [artifacts]}
     (tmp_path / "bad.json").write_text(json.dumps(preset))
     args = ("--train_limit", "2", "--val_limit", "1", "--max_epochs", "1", "--degradation", tmp_path / "bad.json")
-    proc = run_config(TRAIN, "adsr", *args, "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt")
+    proc = run_config(
+        train_files("adsr"), "adsr", *args, "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt"
+    )
     assert proc.returncode != 0
     assert "RandArtifacts `kinds` must be a non-empty subset of circle, letter, digit, line" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]

@@ -6,6 +6,7 @@ turns NaN stops training with one sentence and keeps the last good checkpoint.""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -13,12 +14,12 @@ import torch.nn.functional as F
 from conftest import DATA, TINY_GAN, needs_data
 from monai.engines import SupervisedTrainer
 from monai.utils import AdversarialKeys
-from test_bundle import _configs, _ok, run_config
+from test_bundle import _configs, _ok, run_config, train_files
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.adversarial import SRAdversarialTrainer
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.losses import AdversarialLoss, BoxWeightedL1Loss, WeightedSumLoss
+from monai_sr_bundle.losses import AdversarialLoss, PixelLoss, WeightedSumLoss
 from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.networks import SRResNet
 from monai_sr_bundle.networks.discriminator import SRGANDiscriminator
@@ -26,6 +27,12 @@ from monai_sr_bundle.training import attach_resume, stop_on_nan, train_configs
 
 GAN = _configs("inference.json", "train.json", "train_gan.json")
 TRAIN = _configs("inference.json", "train.json")
+
+
+def _checkpoint(trainer) -> dict:
+    """What the train config's ``checkpoint`` names: the networks and their optimizers."""
+    parts = ("network", "optimizer", "discriminator", "d_optimizer")
+    return {p: getattr(trainer, p) for p in parts if hasattr(trainer, p)}
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -52,20 +59,39 @@ def test_relativistic_game_is_esrgans():
         AdversarialLoss(weight=-1)
 
 
-def test_weighted_sum_skips_switched_off_terms():
+def _never_built(**kwargs):
+    raise AssertionError("a block with weight 0 must not be built")
+
+
+def test_weighted_sum_of_loss_blocks_skips_switched_off_terms():
     pred, target = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
-    l1 = BoxWeightedL1Loss()
-    assert WeightedSumLoss([l1, torch.nn.MSELoss()], [0.5, 2.0])(pred, target).item() == pytest.approx(2.5)
-    only = WeightedSumLoss([l1, None], [1.0, 0.0])  # a perceptual term switched off is never built
-    assert len(only.terms) == 1 and only(pred, target).item() == pytest.approx(1.0)
-    for losses, weights, match in (
-        ([l1], [1.0, 2.0], "one weight"),
-        ([l1, None], [1.0, 1.0], "missing"),
-        ([l1], [0.0], "nothing would be trained"),
-        ([l1], [-1.0], "one weight >= 0"),
-    ):
-        with pytest.raises(InputError, match=match):
-            WeightedSumLoss(losses, weights)
+    blocks = {"pixel": partial(PixelLoss, weight=0.5), "mse": partial(torch.nn.MSELoss, weight=2.0)}
+    loss = WeightedSumLoss(blocks)
+    assert loss(pred, target).item() == pytest.approx(2.5) and list(loss.terms) == ["pixel", "mse"]
+    only = WeightedSumLoss({**blocks, "mse": None, "vgg": partial(_never_built, weight=0.0)})
+    assert list(only.terms) == ["pixel"] and only(pred, target).item() == pytest.approx(0.5)
+    assert only.record == {"pixel": {"loss": "PixelLoss", "weight": 0.5}}
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        (PixelLoss, 'must be a loss class with "_mode_": "callable" and a "weight"'),
+        (partial(PixelLoss, distance="l1"), 'and a "weight"'),
+        (partial(PixelLoss, weight=-1.0), "weight must be a number >= 0, got -1.0"),
+        (partial(PixelLoss, weight="1"), "weight must be a number >= 0, got '1'"),
+        (partial(PixelLoss, weight=1.0, box_wieght=2.0), "cannot be built (PixelLoss.__init__() got an unexpected"),
+        (partial(PixelLoss, weight=1.0, distance="l3"), "cannot be built (the pixel distance must be one of l1, mse"),
+        (partial(dict, weight=1.0), "built a dict, not a torch module"),
+        (partial(PixelLoss, weight=0.0), "every loss block in configs/x.json has weight 0: nothing would be trained"),
+    ],
+)
+def test_a_bad_loss_block_is_one_sentence_naming_where_and_which(block, message):
+    with pytest.raises(InputError) as e:
+        WeightedSumLoss({"pixel": block}, source="configs/x.json")
+    assert message in str(e.value) and len(str(e.value).splitlines()) == 1
+    if "nothing would" not in message:
+        assert str(e.value).startswith("the loss block losses#pixel in configs/x.json")
 
 
 # ---------------------------------------------------------------------------------------- discriminator
@@ -110,7 +136,7 @@ def _gan_trainer(relativistic: bool, max_epochs: int = 1) -> SRAdversarialTraine
         train_data_loader=_batches(),
         g_network=g,
         g_optimizer=torch.optim.Adam(g.parameters(), 1e-3),
-        recon_loss_function=BoxWeightedL1Loss(),
+        recon_loss_function=PixelLoss(),
         d_network=d,
         d_optimizer=torch.optim.Adam(d.parameters(), 1e-3),
     )
@@ -141,12 +167,12 @@ def test_the_real_sample_is_the_hr_target(relativistic):
 
 def test_gan_checkpoints_are_state_dicts_that_resume(tmp_path):
     trainer = _gan_trainer(False)
-    attach_resume(trainer, tmp_path, best_saver=None)
+    attach_resume(trainer, tmp_path, None, _checkpoint(trainer))
     trainer.run()
     state = torch.load(tmp_path / "checkpoint_epoch=1.pt", weights_only=True)  # no pickled modules
     assert {"network", "optimizer", "discriminator", "d_optimizer", "trainer"} <= set(state)
     resumed = _gan_trainer(False, max_epochs=2)
-    attach_resume(resumed, tmp_path, best_saver=None)
+    attach_resume(resumed, tmp_path, None, _checkpoint(resumed))
     resumed.run()
     assert resumed.state.epoch == 2 and resumed.state.iteration == 4
     assert (tmp_path / "checkpoint_epoch=2.pt").is_file()
@@ -161,13 +187,13 @@ def test_a_checkpoint_of_another_network_is_refused_in_one_sentence(tmp_path):
         return SupervisedTrainer("cpu", 1, data, net, torch.optim.SGD(net.parameters(), 0.1), F.l1_loss)
 
     first = trainer(3)
-    attach_resume(first, tmp_path, best_saver=None)
+    attach_resume(first, tmp_path, None, _checkpoint(first))
     first.run()
     with pytest.raises(
         InputError, match=r"checkpoint_epoch=1\.pt: .*another network .*differ in name or shape: 1\).*--resume false"
     ):
-        attach_resume(trainer(5), tmp_path, best_saver=None)
-    attach_resume(trainer(5), tmp_path, best_saver=None, resume=False)  # starting afresh is allowed
+        attach_resume(other := trainer(5), tmp_path, None, _checkpoint(other))
+    attach_resume(other, tmp_path, None, _checkpoint(other), resume=False)  # starting afresh is allowed
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -180,7 +206,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
     data = [{"image": b["label"][:, :1], "label": b["label"]} for b in _batches()]
     trainer = SupervisedTrainer("cpu", 3, data, net, torch.optim.SGD(net.parameters(), 0.1), loss)
-    attach_resume(trainer, tmp_path, best_saver=None)
+    attach_resume(trainer, tmp_path, None, _checkpoint(trainer))
     stop_on_nan(trainer, tmp_path)
     with pytest.raises(
         InputError, match=r"epoch 2, iteration 4: the loss is nan; the last good checkpoint is .*checkpoint_epoch=1\.pt"
@@ -195,7 +221,9 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_the_gan_stage_goes_with_the_methods_that_have_a_discriminator(tiny_gan):
     """The overlays of the methods with a discriminator declare the GAN stage (and only they do)."""
     configs = BUNDLE_ROOT / "configs"
-    assert train_configs(TINY_GAN) == [str(configs / f) for f in ("inference.json", "train.json", "train_gan.json")]
+    files = train_configs(TINY_GAN)
+    assert files == [str(configs / "inference.json"), str(configs / "train.json"), str(tiny_gan.overlay), files[-1]]
+    assert files[-1] == str(configs / "train_gan.json")
     assert tiny_gan.adversarial and tiny_gan.describe()["adversarial"]
     for name in methods.names():
         files = {f for stage in methods.get(name).stages.values() for f in stage}
@@ -208,10 +236,7 @@ def test_the_stage_and_the_method_must_agree(tiny_gan, tmp_path):
     args = ("--train_limit", "1", "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt")
     alone = run_config(TRAIN, TINY_GAN, *args)
     assert alone.returncode != 0 and f"method '{TINY_GAN}' has no 'train' stage" in alone.stdout
-    assert (
-        "with gan: --config_file \"['configs/inference.json','configs/train.json','configs/train_gan.json']\""
-        in alone.stdout
-    )
+    assert f"with gan: --config_file \"{train_files(TINY_GAN)}\"" in alone.stdout.replace("\n", "")
     wrong = run_config(GAN, "srcnn", *args)
     assert wrong.returncode != 0 and "method 'srcnn' has no 'gan' stage" in wrong.stdout
     assert not (tmp_path / "w.pt").exists()
@@ -222,16 +247,16 @@ def test_the_stage_and_the_method_must_agree(tiny_gan, tmp_path):
 def test_tiny_gan_trains_resumes_and_publishes_its_generator(tiny_gan, tmp_path):
     run = tmp_path / "run"
     args = ("--train_limit", "2", "--log_every", "1", "--run_dir", run, "--ckpt_path", tmp_path / "w.pt")
-    first = _ok(run_config(GAN, TINY_GAN, "--max_epochs", "1", *args, timeout=600))
+    first = _ok(run_config(train_files(TINY_GAN), TINY_GAN, "--max_epochs", "1", *args, timeout=600))
     assert "content: " in first.stdout and "discriminator: " in first.stdout  # both losses logged
-    second = _ok(run_config(GAN, TINY_GAN, "--max_epochs", "2", *args, timeout=600))
+    second = _ok(run_config(train_files(TINY_GAN), TINY_GAN, "--max_epochs", "2", *args, timeout=600))
     assert f"Restored all variables from {run / 'checkpoint_epoch=1.pt'}" in second.stdout
     assert "Epoch[2] Complete" in second.stdout and "Epoch[1] Complete" not in second.stdout
     state = torch.load(run / "checkpoint_epoch=2.pt", weights_only=True)
     tiny_gan.discriminator().load_state_dict(state["discriminator"])  # the discriminator resumes too
     provenance = json.loads((tmp_path / "weights.json").read_text())["w.pt"]
     assert "train_gan.json" in provenance["command"] and provenance["adversarial"]["relativistic"] is True
-    assert provenance["losses"]["perceptual_layers"] == {"relu1_2": 1.0}
+    assert provenance["losses"]["perceptual"]["layers"] == {"relu1_2": 1.0}
     # a GAN is selected by LPIPS (lower is better), PSNR and SSIM still reported
     assert 0.0 < provenance["best_val_lpips"] < 1.0 and "best_val_psnr" not in provenance
     assert "val_psnr" in second.stdout and "val_ssim" in second.stdout

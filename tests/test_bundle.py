@@ -25,9 +25,9 @@ from PIL import Image
 import monai_sr_bundle
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
-from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import run_inference
 from monai_sr_bundle.methods import load_weights
+from monai_sr_bundle.training import stage_configs
 
 BUNDLE = Path(monai_sr_bundle.__file__).resolve().parent
 REPO = BUNDLE.parent
@@ -61,6 +61,11 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def _configs(*names: str) -> str:
     return "[" + ",".join(f"'configs/{n}'" for n in names) + "]"
+
+
+def train_files(method: str, stage: str | None = None) -> str:
+    """The ``--config_file`` list that trains ``method``'s ``stage`` (default: its last), as the docs write it."""
+    return "[" + ",".join(repr(f) for f in stage_configs(methods.get(method), stage)) + "]"
 
 
 def _method_args(method: str) -> tuple[str, ...]:
@@ -396,7 +401,7 @@ def test_inference_onnx_missing_model(work, inputs):
 # ------------------------------------------------------------------------------------------- training
 
 
-TRAIN = _configs("inference.json", "train.json")
+TRAIN = train_files("srcnn")
 
 
 def _train(run_dir: Path, epochs: int, config_file: str = TRAIN, limit: int = 4) -> subprocess.CompletedProcess:
@@ -448,18 +453,20 @@ def test_train_resume_publish(tmp_path):
         assert net(torch.rand(1, 1, 32, 32)).shape == (1, 1, 128, 128)
 
 
-@needs_data(NIH)
 @pytest.mark.slow
-def test_train_method_is_the_one_named_even_with_another_overlay_merged(tmp_path):
-    """--method picks the network: merging methods/vdsr.json as a third config (the old way to choose a
-    method) cannot make a SRCNN run publish weights of another architecture."""
-    run = tmp_path / "run"
-    _train(run, 1, _configs("inference.json", "train.json", "methods/vdsr.json"), limit=2)
-    net = load_weights(_net("srcnn"), run / "w.pt")  # strict
-    assert isinstance(net, type(methods.get("srcnn").network()))
-    with pytest.raises(InputError, match="do not fit"):
-        load_weights(_net("vdsr"), run / "w.pt")
-    assert "--method srcnn" in json.loads((run / "weights.json").read_text())["w.pt"]["command"]
+@pytest.mark.parametrize(
+    "files", [("inference.json", "train.json"), ("inference.json", "train.json", "methods/vdsr.json")]
+)
+def test_train_configs_without_the_methods_own_overlay_are_refused_and_nothing_written(tmp_path, files):
+    """Without the overlay of the method named by --method (missing, or another method's, the old way to
+    choose one) the method's settings would silently be the defaults or another's: one sentence naming the
+    config list that trains it, before anything is written."""
+    proc = run_config(_configs(*files), "srcnn", "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt")
+    assert proc.returncode != 0
+    assert "do not hold the overlay of method 'srcnn'" in proc.stdout and TRAIN.replace("'", "") in proc.stdout.replace(
+        "'", ""
+    )
+    assert not any(tmp_path.iterdir())
 
 
 @needs_data(NIH)

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 from conftest import DATA, needs_data
 from PIL import Image
-from test_bundle import _configs, _ok, run_config
+from test_bundle import _configs, _ok, run_config, train_files
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.diffusion.uncertainty import MAPS, uncertainty_maps
@@ -34,7 +34,8 @@ OVERLAY = {
         "train_steps": 20,
         "steps": 3,
     },
-    "training": {"patch_size": 32, "batch_size": 2, "samples_per_image": 1, "val_limit": 1, "val_interval": 5},
+    "stages": {"diffusion": ["train.json", "train_diffusion.json"]},
+    **{"patch_size": 32, "batch_size": 2, "samples_per_image": 1, "val_limit": 1, "val_interval": 5},
 }
 
 
@@ -204,7 +205,7 @@ def test_cli_sampling_flags(tiny, png, tmp_path):
 def test_diffusion_trains_and_samples_through_the_bundle(tiny, png, tmp_path):
     run = tmp_path / "run"
     train = run_config(
-        _configs("inference.json", "train.json"), NAME, "--train_limit", "2", "--max_epochs", "1",
+        train_files(NAME), NAME, "--train_limit", "2", "--max_epochs", "1",
         "--run_dir", run, "--ckpt_path", run / "w.pt", timeout=400,
     )  # fmt: skip
     _ok(train)

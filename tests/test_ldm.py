@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import DATA, needs_data
 from PIL import Image
-from test_bundle import TRAIN, _configs, _ok, run_config
+from test_bundle import _configs, _ok, run_config, train_files
 from torch.nn.functional import pixel_shuffle
 
 from monai_sr_bundle.diffusion.training import DiffusionPrepareBatch
@@ -145,15 +145,11 @@ def _tiny_overlay(tmp_path, monkeypatch, autoencoder: dict = AUTOENCODER) -> str
         },
         "stages": {
             "autoencoder": ["train.json", "train_autoencoder.json"],
-            "diffusion": ["train.json", "train_diffusion.json"],
+            "diffusion": ["train.json", "train_diffusion.json", "train_latent.json"],
         },
-        "training": {
-            "patch_size": 32,
-            "batch_size": 2,
-            "samples_per_image": 1,
-            "lpips_weight": 0.1,
-            "autoencoder": {"patch_size": 32, "batch_size": 2, "samples_per_image": 1, "lpips_weight": 0.1},
-        },
+        **{"patch_size": 32, "batch_size": 2, "samples_per_image": 1},
+        "losses#lpips": {"_target_": "monai_sr_bundle.losses.LPIPSLoss", "_mode_": "callable", "weight": 0.1},
+        **{"autoencoder_patch_size": 32, "autoencoder_batch_size": 2, "autoencoder_samples_per_image": 1},
     }
     (tmp_path / "overlays").mkdir(exist_ok=True)
     (tmp_path / "overlays" / "tiny_ldm.json").write_text(json.dumps(overlay))
@@ -172,23 +168,22 @@ def test_the_autoencoder_then_the_denoiser_train_through_the_bundle(tmp_path, mo
     published weights hold both, the autoencoder unchanged."""
     name, root = _tiny_overlay(tmp_path, monkeypatch), tmp_path / "bundle"
     common = (*STAGE_ARGS, "--bundle_root", root)
-    _ok(run_config(_configs("inference.json", "train.json", "train_autoencoder.json"), name, *common))
+    _ok(run_config(train_files(name, "autoencoder"), name, *common))
     autoencoder_file = root / "models" / f"{name}_cxr_autoencoder.pt"
     autoencoder = torch.load(autoencoder_file, weights_only=True)
     assert autoencoder["spread"].shape == (3, 1, 1) and (autoencoder["spread"] != 1).all()  # moved from its start
     record = json.loads((root / "models" / "weights.json").read_text())[autoencoder_file.name]
-    assert (
-        record["losses"] == {"pixel": 1.0, "lpips": 0.1, "kl": 1e-06} and "train_autoencoder.json" in record["command"]
-    )
+    assert {k: b["weight"] for k, b in record["losses"].items()} == {"pixel": 1.0, "lpips": 0.1, "kl": 1e-06}
+    assert "train_autoencoder.json" in record["command"]
 
-    _ok(run_config(_configs("inference.json", "train.json", "train_diffusion.json"), name, *common))
+    _ok(run_config(train_files(name, "diffusion"), name, *common))
     weights = torch.load(root / "models" / f"{name}_cxr_x4.pt", weights_only=True)
     for key, value in autoencoder.items():
         torch.testing.assert_close(weights[f"autoencoder.{key}"], value)
     LDM(**TINY).load_state_dict(weights)  # strict: denoiser and autoencoder
     record = json.loads((root / "models" / "weights.json").read_text())[f"{name}_cxr_x4.pt"]
     assert record["autoencoder"]["sha256"] == sha256(autoencoder_file)
-    assert record["losses"]["lpips"] == 0.1 and "train_diffusion.json" in record["command"]
+    assert record["losses"]["lpips"]["weight"] == 0.1 and "train_latent.json" in record["command"]
 
     # deployment: the denoiser and the decoder exported, the sampler on ONNX Runtime, TensorRT's config
     # falling back to PyTorch here (no GPU); the same seed gives the same image either way
@@ -217,18 +212,18 @@ def test_the_autoencoder_then_the_denoiser_train_through_the_bundle(tmp_path, mo
 def test_a_latent_method_without_its_stages_or_autoencoder_is_refused_and_nothing_written(tmp_path, monkeypatch):
     name, root = _tiny_overlay(tmp_path, monkeypatch), tmp_path / "bundle"
     common = (*STAGE_ARGS, "--bundle_root", root)
-    proc = run_config(TRAIN, name, *common)
+    proc = run_config(_configs("inference.json", "train.json"), name, *common)
     assert proc.returncode != 0 and f"method '{name}' has no 'train' stage" in proc.stdout
     assert "train it, in this order, with autoencoder: --config_file" in proc.stdout
-    proc = run_config(_configs("inference.json", "train.json", "train_diffusion.json"), name, *common)
+    proc = run_config(train_files(name, "diffusion"), name, *common)
     assert proc.returncode != 0 and "no autoencoder weights; train the autoencoder first" in proc.stdout
-    proc = run_config(_configs("inference.json", "train.json", "train_autoencoder.json"), "srcnn", *common)
+    proc = run_config(train_files(name, "autoencoder"), "srcnn", *common)
     assert proc.returncode != 0 and "method 'srcnn' has no 'autoencoder' stage" in proc.stdout
     # autoencoder weights of another latent width: one sentence naming the file
     (root / "models").mkdir(parents=True)
     other = LatentAutoencoder(**{**AUTOENCODER, "latent_channels": 2})
     torch.save(other.state_dict(), root / "models" / f"{name}_cxr_autoencoder.pt")
-    proc = run_config(_configs("inference.json", "train.json", "train_diffusion.json"), name, *common)
+    proc = run_config(train_files(name, "diffusion"), name, *common)
     assert proc.returncode != 0 and "weights do not fit this network" in proc.stdout
     assert "must agree on its channels, block and latent_channels" in proc.stdout
     assert sorted(p.name for p in (root / "models").iterdir()) == [f"{name}_cxr_autoencoder.pt"]
@@ -239,7 +234,8 @@ def test_the_surfaces_train_a_latent_method_through_its_diffusion_stage(tmp_path
     from monai_sr_bundle.training import train_configs
 
     name = _tiny_overlay(tmp_path, monkeypatch)
-    assert [Path(f).name for f in train_configs(name)] == ["inference.json", "train.json", "train_diffusion.json"]
+    names = [Path(f).name for f in train_configs(name)]
+    assert names == ["inference.json", "train.json", f"{name}.json", "train_diffusion.json", "train_latent.json"]
     assert [Path(f).name for f in train_configs("srgan")][-1] == "train_gan.json"
 
 

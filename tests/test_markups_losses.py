@@ -13,7 +13,7 @@ from monai_sr_bundle.data.markups import MAX_BOXES, boxes_to_markups, markups_to
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import default_input
-from monai_sr_bundle.losses import BoxWeightedL1Loss
+from monai_sr_bundle.losses import PixelLoss
 from monai_sr_bundle.transforms.boxes import BoxesToMask
 
 BOXES = [[10.0, 20.0, 40.0, 60.0], [0.0, 0.0, 128.0, 5.5]]
@@ -114,14 +114,21 @@ def test_box_weighted_loss_against_direct_computation():
     target = torch.cat([hr, mask], dim=1)
     err = (pred - hr).abs()
     expected = err.mean() + 2.5 * (err * mask).sum() / err.numel()
-    assert torch.allclose(BoxWeightedL1Loss(2.5)(pred, target), expected)
+    assert torch.allclose(PixelLoss("l1", 2.5)(pred, target), expected)
     l1 = torch.nn.L1Loss()(pred, hr)
-    assert torch.allclose(BoxWeightedL1Loss(0.0)(pred, target), l1)  # weight 0: plain L1
-    assert torch.allclose(BoxWeightedL1Loss(2.5)(pred, hr), l1)  # no mask channel: plain L1
+    assert torch.allclose(PixelLoss("l1", 0.0)(pred, target), l1)  # weight 0: plain L1
+    assert torch.allclose(PixelLoss("l1", 2.5)(pred, hr), l1)  # no mask channel: plain L1
+    mse = torch.nn.MSELoss()(pred, hr)
+    assert torch.equal(PixelLoss("mse")(pred, target), mse)  # ADSR's reconstruction term
+    squared = (pred - hr).square()
+    assert torch.allclose(PixelLoss("mse", 2.5)(pred, target), squared.mean() + 2.5 * (squared * mask).mean())
 
 
 def test_box_weighted_loss_refuses_bad_input():
-    with pytest.raises(InputError, match="box_weight"):
-        BoxWeightedL1Loss(-1)
+    for bad in (-1, True, "1"):
+        with pytest.raises(InputError, match="box_weight must be a number >= 0"):
+            PixelLoss(box_weight=bad)
+    with pytest.raises(InputError, match="the pixel distance must be one of l1, mse, got 'l2'"):
+        PixelLoss("l2")
     with pytest.raises(InputError, match="extra channel"):
-        BoxWeightedL1Loss(1)(torch.rand(1, 1, 8, 8), torch.rand(1, 3, 8, 8))
+        PixelLoss(box_weight=1)(torch.rand(1, 1, 8, 8), torch.rand(1, 3, 8, 8))

@@ -154,15 +154,19 @@ def test_sampling_options(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_training_settings_are_ones_the_train_config_reads(name):
-    """Every setting in an overlay's ``training`` is read by the stages that train it (every stage the
-    overlay declares: train_gan.json, a latent method's autoencoder stage)."""
+def test_overlay_settings_are_keys_of_the_configs_that_train_it(name, tmp_path, monkeypatch):
+    """Every key of an overlay is one the configs of its stages define (checked when the overlay is read),
+    and a key nothing defines (a typo) is refused in one sentence naming the overlay and the key."""
     from monai_sr_bundle.training import train_configs
 
-    files = {f for stage in methods.get(name).stages for f in train_configs(name, stage)}
-    text = "".join(Path(f).read_text() for f in sorted(files))
-    read = set(re.findall(r"@sr_method\.setting\('(\w+)'", text))
-    assert set(methods.get(name).training) <= read, f"{name}: the train config reads only {sorted(read)}"
+    method = methods.get(name)
+    files = {f for stage in method.stages for f in train_configs(name, stage) if f != str(method.overlay)}
+    keys = set().union(*(json.loads(Path(f).read_text()) for f in files | {train_configs("vdsr")[0]}))
+    assert {k.split("#")[0] for k in method.config} <= keys | set(methods.OVERLAY_KEYS)
+    typo = {**method.config, "learning_rat": 0.1}
+    monkeypatch.setenv("MONAI_SR_METHODS", str(_overlay_dir(tmp_path, {f"typo_{name}": typo})))
+    with pytest.raises(InputError, match=f"method 'typo_{name}': learning_rat in its overlay .* is no key of the"):
+        methods.get(f"typo_{name}")
 
 
 # ----------------------------------------------------------------------------------------- the registry
@@ -196,7 +200,7 @@ BROKEN = {
     "not_module": ({"network_def": {"_target_": "collections.OrderedDict"}}, "not a torch nn.Module"),
     "old_format": (
         {"method": "x", "has_weights": True, "network_def": {"_target_": "torch.nn.Identity"}},
-        "unknown key",
+        "has_weights in its overlay",
     ),
     "not_json": ("{", "not readable JSON"),
     "stages_list": ({"network_def": NET, "stages": ["train.json"]}, "must map each stage, in training order"),
@@ -213,15 +217,21 @@ def test_a_stage_the_method_does_not_declare_is_refused_with_the_ones_it_has():
 
     ldm = methods.get("ldm")
     assert list(ldm.stages) == ["autoencoder", "diffusion"]
-    assert stage_configs(ldm) == ["configs/inference.json", "configs/train.json", "configs/train_diffusion.json"]
+    assert stage_configs(ldm) == [
+        "configs/inference.json",
+        "configs/train.json",
+        "configs/methods/ldm.json",
+        "configs/train_diffusion.json",
+        "configs/train_latent.json",
+    ]
     with pytest.raises(InputError) as e:
         check_stage(ldm, "gan")
     assert str(e.value).startswith("method 'ldm' has no 'gan' stage") and len(str(e.value).splitlines()) == 1
     assert (
-        "autoencoder: --config_file \"['configs/inference.json','configs/train.json','configs/train_autoencoder"
-        in str(e.value)
+        "autoencoder: --config_file \"['configs/inference.json','configs/train.json','configs/methods/ldm.json',"
+        "'configs/train_autoencoder" in str(e.value)
     )
-    assert methods.get("vdsr").stages == methods.DEFAULT_STAGES
+    assert methods.get("vdsr").stages == {"train": ["train.json"]} and methods.get("bicubic").stages == {}
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
@@ -351,7 +361,8 @@ def test_a_new_method_gets_the_contract_tests(tmp_path):
         {
             "dummy_tiny": {
                 "network_def": {"_target_": "dummy_networks.TinySR", "scale": "@scale"},
-                "training": {"learning_rate": 0.001},
+                "stages": {"train": ["train.json"]},
+                "learning_rate": 0.001,
             },
             "dummy_noisy": {"network_def": {"_target_": "dummy_networks.NoisySR", "scale": "@scale"}},
         },

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import needs_data
 
 from monai_sr_bundle import methods
@@ -125,7 +126,7 @@ def test_train_command_names_every_setting_the_overlay_does_not_give():
     files = ["configs/inference.json", "configs/train.json"]
     method = methods.get("runet")
     settings = {
-        "max_epochs": method.training["max_epochs"],
+        "max_epochs": method.config["max_epochs"],
         "learning_rate": 0.25,
         "modality": "ct",
         "intensity": [-1000, 400],
@@ -266,7 +267,7 @@ def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
     from PIL import Image
 
     from monai_sr_bundle.data.readers import read_image
-    from monai_sr_bundle.losses import BoxWeightedL1Loss
+    from monai_sr_bundle.losses import PixelLoss
 
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "a.png")
@@ -274,9 +275,9 @@ def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
     (tmp_path / "list.json").write_text(
         json.dumps({"training": [{"label": "a.png", "boxes": [box]}], "validation": [{"label": "a.png"}]})
     )
-    parser = train_parser()  # inference.json + train.json, as `--method srcnn` runs it
-    parser.update({"method": "srcnn", "datalist_file": str(tmp_path / "list.json"), "box_weight": 3.0,
-                   "patch_size": 32, "samples_per_image": 6})  # fmt: skip
+    parser = train_parser("srcnn")  # the configs `--method srcnn` trains with
+    parser.update({"datalist_file": str(tmp_path / "list.json"), "box_weight": 3.0, "patch_size": 32,
+                   "samples_per_image": 6})  # fmt: skip
     items = parser.get_parsed_content("train_datalist")
     assert items[0]["label"] == str(tmp_path / "a.png") and parser.get_parsed_content("val_datalist")[0]["boxes"] == []
     samples = parser.get_parsed_content("train#preprocessing")(items[0])
@@ -298,39 +299,38 @@ def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
         window = whole[i : i + 32, j : j + 32]
         assert torch.equal(s["label"][1].as_tensor(), window.flip(0) if f else window)
     loss = parser.get_parsed_content("loss")  # pixel term only: no perceptual term is built by default
-    assert len(loss.terms) == 1 and isinstance(loss.terms[0], BoxWeightedL1Loss) and loss.terms[0].box_weight == 3.0
+    assert list(loss.terms) == ["pixel"] and isinstance(loss.terms["pixel"], PixelLoss)
+    assert loss.terms["pixel"].box_weight == 3.0
 
 
 @needs_data(shared_data_dir() / "weights")
 def test_train_stage_adds_a_perceptual_term_when_a_method_asks():
-    """Any method, not only a GAN, can train with pixel + perceptual loss (RUNet does) by its overlay's
-    ``training`` or the command line; the box-mask channel of the target reaches both terms."""
-    parser = train_parser()
-    parser.update({"method": "srcnn", "perceptual_weight": 0.5, "perceptual_layers": {"relu2_2": 1.0}})
+    """Any method, not only a GAN, can train with pixel + perceptual loss (RUNet does) by a loss block in its
+    overlay or on the command line; the box-mask channel of the target reaches both terms."""
+    parser = train_parser("srcnn")
+    block = {"_target_": "monai_sr_bundle.losses.PerceptualLoss", "_mode_": "callable", "weight": 0.5}
+    parser["losses#perceptual"] = {**block, "layers": {"relu2_2": 1.0}}
     loss = parser.get_parsed_content("loss")
-    assert [type(t).__name__ for t in loss.terms] == ["BoxWeightedL1Loss", "PerceptualLoss"]
+    assert [type(t).__name__ for t in loss.terms.values()] == ["PixelLoss", "PerceptualLoss"]
     pred, target = torch.rand(2, 1, 32, 32), torch.rand(2, 2, 32, 32)
-    expected = loss.terms[0](pred, target) + 0.5 * loss.terms[1](pred, target)
+    expected = loss.terms["pixel"](pred, target) + 0.5 * loss.terms["perceptual"](pred, target)
     torch.testing.assert_close(loss(pred, target), expected)
-    assert parser.get_parsed_content("provenance#losses")["perceptual"] == 0.5
+    recorded = parser.get_parsed_content("provenance#losses")["perceptual"]
+    assert recorded == {"loss": "PerceptualLoss", "weight": 0.5, "layers": {"relu2_2": 1.0}}
 
 
 def test_train_parser_takes_the_method_from_the_method_key():
-    """``train_parser()`` is inference.json + train.json; ``method`` alone picks the network, its training
-    settings (its overlay's ``training``), the weights it publishes and its run folder."""
-    parser = train_parser()
-    parser["method"] = "vdsr"
+    """``train_parser(method)`` is the method's stage configs; they pick the network, its training settings
+    (its overlay's keys), the weights it publishes and its run folder."""
+    parser = train_parser("vdsr")
     vdsr = methods.get("vdsr", 4)
-    assert parser.get_parsed_content("learning_rate") == vdsr.training["learning_rate"]
-    assert parser.get_parsed_content("patch_size") == vdsr.training["patch_size"]
+    assert parser.get_parsed_content("learning_rate") == vdsr.config["learning_rate"]
+    assert parser.get_parsed_content("patch_size") == vdsr.config["patch_size"]
     assert isinstance(parser.get_parsed_content("network"), type(vdsr.network()))
     assert Path(parser.get_parsed_content("ckpt_path")) == MODELS / "vdsr_cxr_x4.pt"
     assert Path(parser.get_parsed_content("run_dir")).name == "vdsr_cxr_x4"
-    parser = train_parser()
-    parser["method"] = "bicubic"
-    with pytest.raises(RuntimeError) as e:  # MONAI wraps the InputError of a method without parameters
-        parser.get_parsed_content("network")
-    assert "nothing to train" in str(e.value.__cause__ or e.value)
+    with pytest.raises(InputError, match="'bicubic' declares no training stages"):
+        train_parser("bicubic")
 
 
 def test_train_config_reads_a_degradation_preset():
@@ -450,3 +450,78 @@ def test_lower_is_better_given_as_text_on_the_command_line_is_read_as_a_switch()
     assert parser.get_parsed_content("best_saver#key_metric_negative_sign") is False
     parser = train_parser("srgan")  # the GAN stage: LPIPS, lower is better
     assert parser.get_parsed_content("best_saver#key_metric_negative_sign") is True
+
+
+# ------------------------------------------------------------------------- a new two-network stage
+
+
+DISTILLATION = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DistillationLoss(nn.Module):
+    """MSE between the student's SR and a frozen teacher's SR of the same LR batch (the student's input,
+    seen through a forward pre-hook: the trainer hands a loss only the prediction and the target)."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module) -> None:
+        super().__init__()
+        self.teacher = [teacher.eval().requires_grad_(False)]  # a reference: not trained, not saved
+        self.lr = None
+        student.register_forward_pre_hook(lambda module, args: setattr(self, "lr", args[0]))
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            wanted = self.teacher[0](self.lr)
+        return F.mse_loss(pred, wanted)
+'''
+
+
+@needs_data(shared_data_dir() / "nih_cxr14")
+@pytest.mark.slow
+def test_a_throwaway_teacher_student_stage_trains_from_an_overlay_and_a_loss_module(tmp_path, monkeypatch):
+    """A new multi-network stage needs no edit to training.py or the stage configs: an overlay declares the
+    stage and replaces the loss blocks with a distillation loss (a module outside the package) that holds the
+    shipped SRCNN as a frozen teacher; ``monai.bundle run`` trains a student SRCNN without its residual
+    bicubic path toward it, publishes the student alone, and records the stage and the loss."""
+    from test_bundle import _ok, run_config, train_files
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "distillation.py").write_text(DISTILLATION)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "pkg"))
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    overlay = {
+        "network_def": {"_target_": "monai_sr_bundle.networks.SRCNN", "scale": "@scale", "residual": False},
+        "stages": {"distill": ["train.json"]},
+        "stage": "distill",
+        **{"patch_size": 32, "batch_size": 2, "samples_per_image": 2, "learning_rate": 0.001},
+        "losses": {
+            "distill": {
+                "_target_": "distillation.DistillationLoss",
+                "_mode_": "callable",
+                "weight": 1.0,
+                "teacher": "$monai_sr_bundle.methods.get('srcnn', @scale, @modality).load(device=@device)",
+                "student": "@network",
+            }
+        },
+    }
+    (tmp_path / "overlays").mkdir()
+    (tmp_path / "overlays" / "tiny_student.json").write_text(json.dumps(overlay))
+    monkeypatch.setenv("MONAI_SR_METHODS", str(tmp_path / "overlays"))
+    student = methods.get("tiny_student")
+    assert list(student.stages) == ["distill"]
+    args = ("--train_limit", "2", "--val_limit", "1", "--max_epochs", "2", "--run_dir", tmp_path / "run")
+    _ok(run_config(train_files("tiny_student"), "tiny_student", *args, "--ckpt_path", tmp_path / "w.pt"))
+
+    record = json.loads((tmp_path / "weights.json").read_text())["w.pt"]
+    assert record["stage"] == "distill" and record["losses"] == {"distill": {"loss": "DistillationLoss", "weight": 1.0}}
+    assert "tiny_student.json" in record["command"]
+    trained = student.network(tmp_path / "w.pt").eval()  # strict: the student alone, no teacher tensors
+    teacher = methods.get("srcnn").load()
+    torch.manual_seed(0)
+    fresh = student.network().eval()
+    lr = torch.rand(2, 1, 24, 24)
+    with torch.no_grad():
+        wanted = teacher(lr)
+        assert F.mse_loss(trained(lr), wanted) < 0.5 * F.mse_loss(fresh(lr), wanted)

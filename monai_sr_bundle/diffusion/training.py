@@ -1,22 +1,17 @@
-"""One training step of a diffusion SR method on MONAI's ``SupervisedTrainer``: the prepare-batch noises the
-HR target at random timesteps and conditions on the LR image, the inferer asks the denoiser for its estimate,
-and the train config's loss compares it with what it should have found (the noise drawn, the clean sample or
-the velocity, as the network's ``prediction`` says), or, for a method whose loss is on the image
-(``loss_space``), the SR image it implies with the clean HR. The batch is the one every method trains on
-(``image`` LR, ``label`` HR with the box mask as an optional last channel), so the CLI, the MONAI Label
-trainer and the NVFlare client train a diffusion method unchanged."""
+"""One training step of a diffusion SR method on MONAI's ``SupervisedTrainer`` (``configs/train_diffusion.json``):
+the prepare-batch noises the HR target at random timesteps and conditions on the LR image, the trainer runs
+:class:`DenoisingStep` (the module it trains, through its ``forward``, so ``DistributedDataParallel`` can wrap
+it) for the denoiser's estimate, and the train config's loss compares it with what it should have found (the
+noise drawn, the clean sample or the velocity, as the network's ``prediction`` says), or, for a method whose
+loss is on the image (``loss_space``), the SR image it implies with the clean HR. The batch is the one every
+method trains on (``image`` LR, ``label`` HR with the box mask as an optional last channel), so the CLI, the
+MONAI Label trainer and the NVFlare client train a diffusion method unchanged."""
 
 from __future__ import annotations
 
 import torch
 from monai.engines.utils import PrepareBatch
-from monai.inferers import Inferer
 from torch import nn
-
-
-def is_denoiser(network: nn.Module) -> bool:
-    """Whether ``network`` trains as a denoiser (it has ``denoise``) rather than on its SR output."""
-    return callable(getattr(network, "denoise", None))
 
 
 class DiffusionPrepareBatch(PrepareBatch):
@@ -56,13 +51,23 @@ class DiffusionPrepareBatch(PrepareBatch):
         return noisy, torch.cat([target, mask], dim=1), (), {"condition": condition, "timesteps": t}
 
 
-class DenoiserInferer(Inferer):
-    """The training forward pass of a diffusion method: its denoiser's estimate, or for a method whose loss
-    is on the image (``loss_space``) the SR image that estimate implies; never a sampled SR image."""
+class DenoisingStep(nn.Module):
+    """The module a diffusion stage trains: ``forward(noisy, condition, timesteps)`` is the method's denoiser
+    estimate, or for a method whose loss is on the image (``loss_space``) the SR image that estimate implies;
+    never a sampled SR image. Its parameters are the method's (``method``), whose state dict the checkpoints
+    and the published weights hold.
 
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
-        step = network.estimate_image if network.loss_space == "image" else network.denoise
-        return step(inputs, kwargs["condition"], kwargs["timesteps"])
+    Args:
+        method: the diffusion SR method being trained (``denoise``, ``estimate_image``, ``loss_space``).
+    """
+
+    def __init__(self, method: nn.Module) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, noisy: torch.Tensor, condition: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        step = self.method.estimate_image if self.method.loss_space == "image" else self.method.denoise
+        return step(noisy, condition, timesteps)
 
 
 class AutoencoderPrepareBatch(PrepareBatch):

@@ -24,17 +24,11 @@ from pathlib import Path
 
 import torch
 
-from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError, first_line
 from monai_sr_bundle.federated.sites import SiteData, load_site
 from monai_sr_bundle.training import stop_on_nan, train_parser
 
 logger = logging.getLogger(__name__)
-#: the train config's handlers a federated round leaves out: the client scores the received global model
-#: itself before training, and a progress bar only clutters the site's log
-LOCAL_ONLY_HANDLERS = ("ValidationHandler", "ignite.handlers.ProgressBar")
-#: the state-dict prefix of a latent method's frozen autoencoder (``networks/ldm.py``)
-FROZEN_PREFIX = "autoencoder."
 
 
 class SiteTrainer:
@@ -54,11 +48,12 @@ class SiteTrainer:
         batch_size: int | None = None,
     ) -> None:
         parser = train_parser(method)
-        parser["train"]["handlers"] = [
-            h for h in parser["train"]["handlers"] if h.get("_target_") not in LOCAL_ONLY_HANDLERS
-        ]
         parser.update(
             {
+                # the client scores the received global model itself before training, and a progress bar
+                # only clutters the site's log
+                "validate_in_training": False,
+                "progress_bar": False,
                 "scale": int(scale),
                 "modality": modality,
                 "intensity": intensity,
@@ -78,9 +73,9 @@ class SiteTrainer:
         except Exception as e:  # a corrupt image surfaces here, wrapped by MONAI's dataset caching
             raise InputError(f"site {site.site}: cannot load its images ({first_line(e)}).") from e
         stop_on_nan(self.trainer, parser["run_dir"])  # a diverged site fails its round instead of sending NaN
-        self.network = self.trainer.network
+        self.network = parser.get_parsed_content("network")  # the method's module, whatever the trainer wraps
+        self.frozen = _frozen_keys(self.network)
         self.site = site.site
-        self.latent = methods.get(method, scale, modality).latent
 
     def load_global(self, params: dict) -> None:
         """Load the server's global weights, refusing any that do not fit this network or are not finite:
@@ -94,10 +89,10 @@ class SiteTrainer:
             for k, v in state.items():  # BatchNorm's batch counters: FedAvg averages them into floats
                 if k in own and not own[k].is_floating_point():
                     state[k] = v.round().to(own[k].dtype)
-            # a latent method's autoencoder is frozen and the bundle's own at every site: the global copy (random
-            # in a fresh server model) never replaces it, and what the sites send back averages to it
-            if self.latent:
-                state.update({k: v for k, v in own.items() if k.startswith(FROZEN_PREFIX)})
+            # what the stage trains frozen (a latent method's autoencoder) is the bundle's own at every site: the
+            # global copy (random in a fresh server model) never replaces it, and what the sites send back
+            # averages to it
+            state.update({k: v for k, v in own.items() if k in self.frozen})
             self.network.load_state_dict(state)
         except (RuntimeError, ValueError, TypeError) as e:
             raise InputError(f"site {self.site}: the global model does not fit this network ({first_line(e)}).") from e
@@ -123,6 +118,16 @@ class SiteTrainer:
         except Exception as e:  # e.g. an image smaller than the training patch
             raise InputError(f"site {self.site}: training failed ({first_line(e)}).") from e
         return self.trainer.state.iteration - start
+
+
+def _frozen_keys(network: torch.nn.Module) -> set[str]:
+    """The state-dict keys (parameters and buffers) of the submodules a stage trains frozen."""
+    keys = set()
+    for name, module in network.named_modules():
+        params = list(module.parameters())
+        if name and params and not any(p.requires_grad for p in params):
+            keys |= {f"{name}.{k}" for k in module.state_dict()}
+    return keys
 
 
 def parse_args(argv=None) -> argparse.Namespace:

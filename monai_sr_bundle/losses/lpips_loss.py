@@ -8,7 +8,7 @@ import os
 import torch
 from torch import nn
 
-from monai_sr_bundle.losses.box_weighted import split_target
+from monai_sr_bundle.losses.pixel import split_target
 from monai_sr_bundle.metrics.lpips import load_lpips
 
 

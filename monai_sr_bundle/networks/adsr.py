@@ -73,7 +73,8 @@ class VAEBottleneck(nn.Module):
 class ADSR(SR3):
     """SR3 (see :class:`~monai_sr_bundle.networks.sr3.SR3`, whose arguments it takes) with the VAE branch of
     :class:`VAEBottleneck` beside the denoiser's bottleneck, trained on the SR image its estimate implies
-    (``loss_space``) with :class:`~monai_sr_bundle.losses.AnomalyFocusedLoss`. The clean-sample prediction
+    (``loss_space``) with the loss blocks of its overlay (pixel MSE, :class:`~monai_sr_bundle.losses.BoxLoss` and
+    the branch's terms through :class:`~monai_sr_bundle.losses.TrainingTermsLoss`). The clean-sample prediction
     is the default: recovering the image from a noise estimate divides its error by sqrt(alpha_bar), up to
     157 times at the noisiest step of the linear schedule.
 
@@ -100,9 +101,3 @@ class ADSR(SR3):
         (None without one)."""
         middle = self.denoiser.middle_block
         return middle if isinstance(middle, VAEBottleneck) else None
-
-    def training_loss(self, weights: dict | None = None) -> nn.Module:
-        """The method's own loss (the train config uses it instead of its pixel and perceptual sum)."""
-        from monai_sr_bundle.losses import AnomalyFocusedLoss
-
-        return AnomalyFocusedLoss(self, weights)

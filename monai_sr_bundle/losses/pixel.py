@@ -1,6 +1,6 @@
-"""Box-weighted L1 loss: the pixel loss of the CNN methods with the abnormality boxes weighted up, after the
-bounding-box loss of the anomaly-focused SR paper (MIDL 2024), which adds the loss inside the boxes to the
-whole-image loss so that small findings are not averaged away by the much larger normal anatomy."""
+"""The pixel term of SR training, with the abnormality boxes optionally weighted up, after the bounding-box
+loss of the anomaly-focused SR paper (MIDL 2024), which adds the loss inside the boxes to the whole-image
+loss so that small findings are not averaged away by the much larger normal anatomy."""
 
 from __future__ import annotations
 
@@ -9,27 +9,34 @@ from torch import nn
 
 from monai_sr_bundle.errors import InputError
 
+_DISTANCES = {"l1": lambda d: d.abs(), "mse": lambda d: d.square()}
 
-class BoxWeightedL1Loss(nn.Module):
-    """``mean(|pred - hr|) + box_weight * mean(mask * |pred - hr|)`` over all pixels.
+
+class PixelLoss(nn.Module):
+    """``mean(dist(pred - hr)) + box_weight * mean(mask * dist(pred - hr))`` over all pixels, ``dist`` the
+    absolute (``l1``) or squared (``mse``) difference.
 
     The box mask travels as the last channel of the target, so that MONAI's trainers, crops and flips carry
     it with the HR image untouched (see the train config: ``BoxesToMaskd`` then ``ConcatItemsd``).
-    With ``box_weight=0``, or a target without the mask channel, this is exactly ``nn.L1Loss()``.
+    With ``box_weight=0``, or a target without the mask channel, this is exactly ``nn.L1Loss()`` /
+    ``nn.MSELoss()``.
 
     Args:
+        distance: ``"l1"`` (the CNN methods) or ``"mse"`` (ADSR's reconstruction term).
         box_weight: extra weight of the pixels inside the boxes (>= 0).
     """
 
-    def __init__(self, box_weight: float = 0.0) -> None:
+    def __init__(self, distance: str = "l1", box_weight: float = 0.0) -> None:
         super().__init__()
-        if not box_weight >= 0:
+        if distance not in _DISTANCES:
+            raise InputError(f"the pixel distance must be one of {', '.join(_DISTANCES)}, got {distance!r}.")
+        if isinstance(box_weight, bool) or not isinstance(box_weight, (int, float)) or not box_weight >= 0:
             raise InputError(f"box_weight must be a number >= 0, got {box_weight!r}.")
-        self.box_weight = float(box_weight)
+        self.distance, self.box_weight = distance, float(box_weight)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         hr, mask = split_target(pred, target)
-        err = (pred - hr).abs()
+        err = _DISTANCES[self.distance](pred - hr)
         if mask is None or self.box_weight == 0:
             return err.mean()
         return (err * (1 + self.box_weight * mask)).mean()
