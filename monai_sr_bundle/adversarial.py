@@ -20,7 +20,7 @@ class SRAdversarialTrainer(AdversarialTrainer):
     """``AdversarialTrainer`` whose real samples are the HR targets.
 
     Once the generator has run, ``REALS`` becomes the target without its box-mask channel (the train config
-    carries the mask as the target's last channel); the generator's loss is the content loss
+    joins the mask to the target as its last channel); the generator's loss is the content loss
     (``recon_loss_function``, e.g. pixel + perceptual) plus ``adversarial_loss.generator``, given the
     discriminator's logits of the reals when the game is relativistic; ``loss`` in the output is that total,
     as ``SupervisedTrainer`` reports it, so the train config's handlers log and guard it unchanged.

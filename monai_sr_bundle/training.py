@@ -16,12 +16,34 @@ import shlex
 from pathlib import Path
 
 import torch
+from monai.engines.utils import PrepareBatch
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
 
 CONFIGS = BUNDLE_ROOT / "configs"
+#: the key of the abnormality-box mask on the HR grid (``BoxesToMaskd`` in the train config), its own item
+#: through the transforms until the prepare-batch joins it to the target
+BOX_MASK_KEY = "box_mask"
+
+
+class SRPrepareBatch(PrepareBatch):
+    """``(LR image, target)`` from an SR batch: the target is the HR image (``label``) with the box mask
+    (:data:`BOX_MASK_KEY`, when the batch has one) as its last channel, the one place the two meet: the
+    trainer hands a loss only the prediction and the target, and the loss blocks read the mask there
+    (:func:`~monai_sr_bundle.losses.pixel.split_target`)."""
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        lr = batchdata["image"].to(device=device, non_blocking=non_blocking)
+        return lr, self.target(batchdata, device, non_blocking)
+
+    @staticmethod
+    def target(batchdata: dict, device=None, non_blocking: bool = False) -> torch.Tensor:
+        label = batchdata["label"].to(device=device, non_blocking=non_blocking)
+        if BOX_MASK_KEY not in batchdata:
+            return label
+        return torch.cat([label, batchdata[BOX_MASK_KEY].to(device=device, non_blocking=non_blocking)], dim=1)
 
 
 def stage_configs(method: methods.Method, stage: str | None = None) -> list[str]:

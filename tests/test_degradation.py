@@ -386,8 +386,13 @@ def test_rand_sr_crop_pairs_are_aligned_and_seeded():
     for p in pairs:
         assert p["image"].shape == (1, 5, 5) and p["label"].shape == (1, 20, 20) and p["other"] == 1
         torch.testing.assert_close(downsample(p["label"], 4, "area"), p["image"])
-    again = RandSRCropd(lr_size=5, scale=4, num_samples=3).set_random_state(7)({"image": lr, "label": hr})
+    mask = torch.rand(1, 64, 48)  # the box mask, an item of its own on the HR grid
+    again = RandSRCropd(lr_size=5, scale=4, num_samples=3, mask_keys=["box_mask"]).set_random_state(7)
+    again = again({"image": lr, "label": hr, "box_mask": mask})
     assert all(torch.equal(a["label"], b["label"]) for a, b in zip(pairs, again))
+    for p in again:  # cut from the HR image's window
+        i, j = [int(torch.nonzero(hr[0] == p["label"][0, 0, 0])[0][k]) for k in (0, 1)]
+        assert torch.equal(p["box_mask"], mask[:, i : i + 20, j : j + 20])
 
 
 def test_rand_sr_crop_refuses_mismatched_or_small_images():
@@ -429,8 +434,10 @@ def test_paired_augmentation_keeps_the_hr_patch_the_target_of_its_lr_patch():
     aug.set_random_state(seed=3)
     rotated = blanked = 0
     for _ in range(20):
-        out = aug({"image": downsample(hr, 4, "area"), "label": hr.clone()})
+        out = aug({"image": downsample(hr, 4, "area"), "label": hr.clone(), "box_mask": hr.clone()})
         torch.testing.assert_close(downsample(out["label"], 4, "area"), out["image"])
+        assert out["box_mask"].shape == out["label"].shape  # the box mask turns with the HR patch
+        assert torch.equal(out["box_mask"] == 0, out["label"] == 0)  # and is cleared where cutout blanks it
         rotated += out["label"].shape[-2:] == (24, 32)
         blanked += bool((out["label"] == 0).any())
     assert 0 < rotated < 20 and 0 < blanked < 20

@@ -262,8 +262,9 @@ def test_weights_check_fails_without_entry_or_on_mismatch(tmp_path):
 
 
 def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
-    """The train config's preprocessing on a datalist file: the box mask travels as the HR target's last
-    channel, cropped and flipped with it, and the configured loss weights exactly those pixels."""
+    """The train config's preprocessing on a datalist file: the box mask is its own item, cut and flipped
+    with the HR image; the prepare-batch joins it to the target, and the configured loss weights exactly
+    those pixels."""
     from PIL import Image
 
     from monai_sr_bundle.data.readers import read_image
@@ -282,11 +283,12 @@ def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
     assert items[0]["label"] == str(tmp_path / "a.png") and parser.get_parsed_content("val_datalist")[0]["boxes"] == []
     samples = parser.get_parsed_content("train#preprocessing")(items[0])
     for s in samples:
-        assert s["label"].shape == (2, 32, 32) and s["image"].shape == (1, 8, 8)
+        assert set(s) == {"image", "label", "box_mask"}
+        assert s["label"].shape == s["box_mask"].shape == (1, 32, 32) and s["image"].shape == (1, 8, 8)
     hr = read_image(tmp_path / "a.png")[0]
     whole = torch.zeros(64, 64)
     whole[8:40, 16:30] = 1
-    for s in samples:  # the mask channel is cut from the same window as the HR channel, flipped alike
+    for s in samples:  # the mask is cut from the same window as the HR image, flipped alike
         label = s["label"][0].as_tensor()
         windows = [(i, j, f) for i in range(33) for j in range(33) for f in (False, True)]
         found = [
@@ -297,10 +299,16 @@ def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
         assert found
         i, j, f = found[0]
         window = whole[i : i + 32, j : j + 32]
-        assert torch.equal(s["label"][1].as_tensor(), window.flip(0) if f else window)
+        assert torch.equal(torch.as_tensor(s["box_mask"][0]), window.flip(0) if f else window)
+    batch = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in samples[0]}
+    lr, target = parser.get_parsed_content("prepare_batch")(batch)
+    assert torch.equal(lr, batch["image"]) and torch.equal(target, torch.cat([batch["label"], batch["box_mask"]], 1))
     loss = parser.get_parsed_content("loss")  # pixel term only: no perceptual term is built by default
     assert list(loss.terms) == ["pixel"] and isinstance(loss.terms["pixel"], PixelLoss)
     assert loss.terms["pixel"].box_weight == 3.0
+    pred = torch.zeros_like(batch["label"])
+    err = batch["label"].abs()
+    torch.testing.assert_close(loss(pred, target), (err * (1 + 3.0 * batch["box_mask"])).mean())
 
 
 @needs_data(shared_data_dir() / "weights")

@@ -4,7 +4,7 @@ the prepare-batch noises the HR target at random timesteps and conditions on the
 it) for the denoiser's estimate, and the train config's loss compares it with what it should have found (the
 noise drawn, the clean sample or the velocity, as the network's ``prediction`` says), or, for a method whose
 loss is on the image (``loss_space``), the SR image it implies with the clean HR. The batch is the one every
-method trains on (``image`` LR, ``label`` HR with the box mask as an optional last channel), so the CLI, the
+method trains on (``image`` LR, ``label`` HR, the box mask joined to the target by ``SRPrepareBatch``), so the CLI, the
 MONAI Label trainer and the NVFlare client train a diffusion method unchanged."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from monai.engines.utils import PrepareBatch
 from torch import nn
+
+from monai_sr_bundle.training import SRPrepareBatch
 
 
 class DiffusionPrepareBatch(PrepareBatch):
@@ -32,7 +34,7 @@ class DiffusionPrepareBatch(PrepareBatch):
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         lr = batchdata["image"].to(device=device, non_blocking=non_blocking)
-        label = batchdata["label"].to(device=device, non_blocking=non_blocking)
+        label = SRPrepareBatch.target(batchdata, device, non_blocking)
         hr, mask = label[:, :1], label[:, 1:]
         with torch.no_grad():
             condition = self.network.condition(lr)
@@ -75,5 +77,5 @@ class AutoencoderPrepareBatch(PrepareBatch):
     the HR image it will later encode; the LR image is not used."""
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
-        label = batchdata["label"].to(device=device, non_blocking=non_blocking)
+        label = SRPrepareBatch.target(batchdata, device, non_blocking)
         return label[:, :1], label

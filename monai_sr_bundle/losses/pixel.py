@@ -16,8 +16,8 @@ class PixelLoss(nn.Module):
     """``mean(dist(pred - hr)) + box_weight * mean(mask * dist(pred - hr))`` over all pixels, ``dist`` the
     absolute (``l1``) or squared (``mse``) difference.
 
-    The box mask travels as the last channel of the target, so that MONAI's trainers, crops and flips carry
-    it with the HR image untouched (see the train config: ``BoxesToMaskd`` then ``ConcatItemsd``).
+    The box mask travels through the transforms as its own item (``box_mask``, cropped and flipped with the
+    HR image) and reaches the loss as the target's last channel (``training.SRPrepareBatch``).
     With ``box_weight=0``, or a target without the mask channel, this is exactly ``nn.L1Loss()`` /
     ``nn.MSELoss()``.
 

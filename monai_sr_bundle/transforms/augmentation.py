@@ -1,5 +1,5 @@
 """Paired augmentation of training patches beyond the train config's crop and flip, named in a method's
-overlay (``training.augmentations``), as the latent-diffusion paper trains with rot90 and cutout besides
+overlay (``augmentations``), as the latent-diffusion paper trains with rot90 and cutout besides
 crops and flips. Every transform moves the LR patch and its HR patch together, so the target stays the HR
 image of the input."""
 
@@ -9,6 +9,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.transforms import Compose, MapTransform, RandomizableTransform, RandRotate90d
+from monai.utils import ensure_tuple
 
 from monai_sr_bundle.errors import InputError
 
@@ -16,7 +17,8 @@ from monai_sr_bundle.errors import InputError
 class RandSRCutoutd(RandomizableTransform, MapTransform):
     """With probability ``prob``, blank one random rectangle of the LR patch (``lr_key``) and the same region
     of its HR patch (``hr_key``, ``scale`` times larger), so the network cannot lean on any one region of a
-    patch and the pair stays consistent.
+    patch and the pair stays consistent; masks on the HR grid (``mask_keys``: the box mask) are cleared
+    there, so no loss term weighs the blanked region up.
 
     Args:
         lr_key, hr_key: keys of the LR patch (C, x, y) and the HR patch (C, scale*x, scale*y).
@@ -24,6 +26,7 @@ class RandSRCutoutd(RandomizableTransform, MapTransform):
         max_fraction: the largest rectangle side as a fraction of the LR patch side.
         prob: chance of a cutout per patch.
         value: what the rectangle is filled with (0: black, in the library's [0, 1] intensities).
+        mask_keys: masks on the HR grid to clear in the rectangle; absent ones are skipped.
     """
 
     def __init__(
@@ -34,6 +37,7 @@ class RandSRCutoutd(RandomizableTransform, MapTransform):
         max_fraction: float = 0.25,
         prob: float = 0.5,
         value: float = 0.0,
+        mask_keys: Sequence[str] = (),
     ) -> None:
         RandomizableTransform.__init__(self, prob=prob)
         MapTransform.__init__(self, [lr_key, hr_key])
@@ -41,6 +45,7 @@ class RandSRCutoutd(RandomizableTransform, MapTransform):
             raise InputError(f"cutout's max_fraction must be in (0, 1], got {max_fraction!r}.")
         self.lr_key, self.hr_key, self.scale = lr_key, hr_key, int(scale)
         self.max_fraction, self.value = float(max_fraction), float(value)
+        self.mask_keys = ensure_tuple(mask_keys)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         self.randomize(None)
@@ -54,13 +59,17 @@ class RandSRCutoutd(RandomizableTransform, MapTransform):
         d[self.lr_key], d[self.hr_key] = d[self.lr_key].clone(), d[self.hr_key].clone()
         d[self.lr_key][..., i : i + h, j : j + w] = self.value
         d[self.hr_key][..., i * s : (i + h) * s, j * s : (j + w) * s] = self.value
+        for key in (k for k in self.mask_keys if k in d):
+            d[key] = d[key].clone()
+            d[key][..., i * s : (i + h) * s, j * s : (j + w) * s] = 0
         return d
 
 
-#: the augmentations an overlay may name, each made for the LR key ``image``, HR key ``label`` and a scale
+#: the augmentations an overlay may name, each made for the LR key ``image``, HR key ``label`` (and the box
+#: mask ``box_mask`` on its grid, when there is one) and a scale
 AUGMENTATIONS = {
-    "rot90": lambda scale: RandRotate90d(keys=["image", "label"], prob=0.5),
-    "cutout": lambda scale: RandSRCutoutd(scale=scale),
+    "rot90": lambda scale: RandRotate90d(keys=["image", "label", "box_mask"], prob=0.5, allow_missing_keys=True),
+    "cutout": lambda scale: RandSRCutoutd(scale=scale, mask_keys=["box_mask"]),
 }
 
 

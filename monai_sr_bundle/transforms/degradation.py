@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
+from monai.utils import ensure_tuple
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import UPSAMPLE_MODES, upsample
@@ -220,15 +221,24 @@ class RandSRCropd(RandomizableTransform, MapTransform):
         lr_size: LR patch edge; the HR patch edge is ``lr_size * scale``.
         scale: the SR factor linking the two images.
         num_samples: pairs per image; a list of dicts is returned, as ``RandSpatialCropSamplesd`` does.
+        mask_keys: further items on the HR grid (the box mask), cut from the HR image's window; absent
+            ones are skipped.
     """
 
     def __init__(
-        self, lr_key: str = "image", hr_key: str = "label", lr_size: int = 16, scale: int = 4, num_samples: int = 1
+        self,
+        lr_key: str = "image",
+        hr_key: str = "label",
+        lr_size: int = 16,
+        scale: int = 4,
+        num_samples: int = 1,
+        mask_keys: Sequence[str] = (),
     ) -> None:
         RandomizableTransform.__init__(self, prob=1.0)
         MapTransform.__init__(self, [lr_key, hr_key])
         self.lr_key, self.hr_key = lr_key, hr_key
         self.lr_size, self.scale, self.num_samples = int(lr_size), int(scale), int(num_samples)
+        self.mask_keys = ensure_tuple(mask_keys)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> list[dict[Hashable, torch.Tensor]]:
         lr, hr = data[self.lr_key], data[self.hr_key]
@@ -243,6 +253,7 @@ class RandSRCropd(RandomizableTransform, MapTransform):
             i, j = int(self.R.randint(0, x - n + 1)), int(self.R.randint(0, y - n + 1))
             d = dict(data)
             d[self.lr_key] = lr[..., i : i + n, j : j + n]
-            d[self.hr_key] = hr[..., i * s : (i + n) * s, j * s : (j + n) * s]
+            for key in (self.hr_key, *(k for k in self.mask_keys if k in data)):
+                d[key] = data[key][..., i * s : (i + n) * s, j * s : (j + n) * s]
             out.append(d)
         return out
