@@ -533,3 +533,59 @@ def test_a_throwaway_teacher_student_stage_trains_from_an_overlay_and_a_loss_mod
     with torch.no_grad():
         wanted = teacher(lr)
         assert F.mse_loss(trained(lr), wanted) < 0.5 * F.mse_loss(fresh(lr), wanted)
+
+
+#: a throwaway multi-process overlay in the model zoo's form (the shipped one comes with multi-GPU training):
+#: gloo on the CPU, the trained module wrapped, the training data split between the processes
+DDP_OVERLAY = {
+    "device": "$torch.device('cpu')",
+    "initialize": [
+        "$import torch.distributed as dist",
+        "$dist.is_initialized() or dist.init_process_group(backend='gloo')",
+        "$monai.utils.set_determinism(seed=@seed)",
+    ],
+    "train#trainer#network": "$torch.nn.parallel.DistributedDataParallel(@train#network)",
+    "train#dataloader#sampler": "$torch.utils.data.DistributedSampler(@train#dataset, shuffle=True)",
+    "train#dataloader#shuffle": False,
+    "finalize": [
+        "$monai_sr_bundle.training.publish_weights(@run_dir + '/best.pt', @ckpt_path, @provenance, @key_metric)",
+        "$dist.is_initialized() and dist.destroy_process_group()",
+    ],
+}
+
+
+@needs_data(shared_data_dir() / "nih_cxr14")
+@pytest.mark.slow
+def test_two_processes_train_through_an_overlay_that_only_wraps_the_trained_module(tmp_path):
+    """DistributedDataParallel as an overlay of six keys, nothing else changed: two gloo processes train,
+    one checkpoint per epoch and one weights entry are written, both hold the method's own state-dict names
+    (no ``module.``), and a second run resumes from that checkpoint in both processes."""
+    import os
+    import subprocess
+    import sys
+
+    from test_bundle import BUNDLE, REPO, train_files
+
+    (tmp_path / "ddp.json").write_text(json.dumps(DDP_OVERLAY))
+    files = train_files("srcnn")[:-1] + f",'{tmp_path / 'ddp.json'}']"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    run = tmp_path / "run"
+
+    def train(epochs: int) -> str:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        command += ["-m", "monai.bundle", "run", "--config_file", files, "--method", "srcnn", "--train_limit", "4"]
+        command += ["--val_limit", "1", "--patch_size", "32", "--batch_size", "2", "--max_epochs", str(epochs)]
+        command += ["--run_dir", str(run), "--ckpt_path", str(tmp_path / "w.pt")]
+        done = subprocess.run(command, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        return done.stdout + done.stderr
+
+    train(1)
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint_epoch=1.pt"]
+    assert list(json.loads((tmp_path / "weights.json").read_text())) == ["w.pt"]
+    state = torch.load(run / "checkpoint_epoch=1.pt", weights_only=True)
+    assert set(state) == {"network", "optimizer", "lr_scheduler", "trainer"}
+    methods.get("srcnn").network(tmp_path / "w.pt")  # strict: the plain method, no "module." prefix
+    log = train(2)
+    assert log.count(f"Restored all variables from {run / 'checkpoint_epoch=1.pt'}") == 2  # in each process
+    assert (run / "checkpoint_epoch=2.pt").is_file() and not list(run.glob("*.tmp"))
