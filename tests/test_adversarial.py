@@ -247,9 +247,9 @@ def test_the_stage_and_the_method_must_agree(tiny_gan, tmp_path):
 def test_tiny_gan_trains_resumes_and_publishes_its_generator(tiny_gan, tmp_path):
     run = tmp_path / "run"
     args = ("--train_limit", "2", "--log_every", "1", "--run_dir", run, "--ckpt_path", tmp_path / "w.pt")
-    first = _ok(run_config(train_files(TINY_GAN), TINY_GAN, "--max_epochs", "1", *args, timeout=600))
+    first = _ok(run_config(train_files(TINY_GAN), TINY_GAN, "--max_epochs", "1", *args))
     assert "content: " in first.stdout and "discriminator: " in first.stdout  # both losses logged
-    second = _ok(run_config(train_files(TINY_GAN), TINY_GAN, "--max_epochs", "2", *args, timeout=600))
+    second = _ok(run_config(train_files(TINY_GAN), TINY_GAN, "--max_epochs", "2", *args))
     assert f"Restored all variables from {run / 'checkpoint_epoch=1.pt'}" in second.stdout
     assert "Epoch[2] Complete" in second.stdout and "Epoch[1] Complete" not in second.stdout
     state = torch.load(run / "checkpoint_epoch=2.pt", weights_only=True)

@@ -206,7 +206,7 @@ def test_diffusion_trains_and_samples_through_the_bundle(tiny, png, tmp_path):
     run = tmp_path / "run"
     train = run_config(
         train_files(NAME), NAME, "--train_limit", "2", "--max_epochs", "1",
-        "--run_dir", run, "--ckpt_path", run / "w.pt", timeout=400,
+        "--run_dir", run, "--ckpt_path", run / "w.pt",
     )  # fmt: skip
     _ok(train)
     assert "Epoch[1] Complete" in train.stdout and "val_psnr" in train.stdout  # validated at the end (interval 5)

@@ -497,7 +497,6 @@ def test_a_throwaway_teacher_student_stage_trains_from_an_overlay_and_a_loss_mod
 
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "distillation.py").write_text(DISTILLATION)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "pkg"))
     monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
     overlay = {
         "network_def": {"_target_": "monai_sr_bundle.networks.SRCNN", "scale": "@scale", "residual": False},
