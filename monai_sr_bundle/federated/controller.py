@@ -43,6 +43,9 @@ class SRFedAvg(FedAvg):
         min_responses: successful sites a round needs; a failing site is reported and left out while this
             many remain, otherwise the job stops.
         wait_after_min_s: once ``min_responses`` sites have answered, how long to wait for the others.
+        round_timeout_s: the longest a round waits for answers at all: a site that never answers (its
+            result lost) is then reported, and the round ends with the sites that trained or stops the job,
+            instead of waiting for ever.
         weights_name: file name of the published global model, ``<method>_<modality>_x<scale>.pt``.
         provenance: what ``weights.json`` records for it (job, rounds, the command that ran).
         sites: the job's sites; one that is not connected when a round starts is reported as failed.
@@ -53,6 +56,7 @@ class SRFedAvg(FedAvg):
         *args,
         min_responses: int = 1,
         wait_after_min_s: int = 1800,
+        round_timeout_s: int = 86400,
         weights_name: str = "global_model.pt",
         provenance: dict | None = None,
         sites: list[str] | None = None,
@@ -61,6 +65,7 @@ class SRFedAvg(FedAvg):
         super().__init__(*args, **kwargs)
         self.min_responses = int(min_responses)
         self.wait_after_min_s = int(wait_after_min_s)
+        self.round_timeout_s = int(round_timeout_s)
         self.weights_name = weights_name
         self.provenance = dict(provenance or {})
         self.sites = list(sites or [])
@@ -88,7 +93,7 @@ class SRFedAvg(FedAvg):
             task_name=task_name,
             targets=targets,
             min_responses=min(self.min_responses, len(targets or self.engine.get_clients())),
-            timeout=timeout,
+            timeout=timeout or self.round_timeout_s,
             wait_time_after_min_received=self.wait_after_min_s,
             blocking=False,
             callback=callback,

@@ -57,6 +57,7 @@ JOB_KEYS = {
     "batch_size": None,
     "privacy": None,
     "wait_after_min_s": 1800,
+    "round_timeout_s": 86400,
     "seed": 0,
     "sites": REQUIRED,
 }
@@ -97,7 +98,7 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
             f'{path}: intensity must be "minmax" or a [lo, hi] window in modality units (lo < hi), '
             f"got {config['intensity']!r}."
         )
-    for key, least in (("wait_after_min_s", 0), ("box_weight", 0)):
+    for key, least in (("wait_after_min_s", 0), ("round_timeout_s", 1), ("box_weight", 0)):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < float("inf"):
             raise InputError(f"{path}: {key} must be a number of at least {least}, got {value!r}.")
@@ -249,6 +250,7 @@ def build_recipe(config: dict, initial_model: Path, threads: int = 0, command: s
         controller_args={
             "min_responses": config["min_clients"],
             "wait_after_min_s": config["wait_after_min_s"],
+            "round_timeout_s": config["round_timeout_s"],
             "weights_name": method.weights_name,
             "provenance": provenance,
             "sites": list(config["sites"]),
