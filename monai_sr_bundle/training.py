@@ -227,7 +227,8 @@ def publish_weights(
     and ``provenance`` (training command, data split, best ``key_metric``) in ``models/weights.json``.
 
     ``lower_is_better`` says that the saver ranked checkpoints by the negated metric (the GAN stage selects
-    by LPIPS), so the recorded value is the metric itself."""
+    by LPIPS), so the recorded value is the metric itself. Returns the sha256; None in the other processes of
+    a distributed run, which write nothing."""
     best_ckpt, weights_path = Path(best_ckpt), Path(weights_path)
     if not is_main_process():
         return None

@@ -482,7 +482,7 @@ def test_an_exported_job_goes_on_past_a_failing_site_and_a_killed_worker(tmp_pat
     killer = _worker_killer(lambda: (tmp_path / "ws").rglob("site-b/worker.pid"), killed)
     run = subprocess.run(
         [str(nvflare), "simulator", str(tmp_path / "job" / "three"), "-w", str(tmp_path / "ws")]
-        + ["-c", "site-a,site-b,site-c", "-t", "3"],
+        + ["-c", "site-a,site-b,site-c", "-t", "1"],
         capture_output=True,
         text=True,
         timeout=400,

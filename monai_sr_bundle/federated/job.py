@@ -281,7 +281,11 @@ def run_simulation(config: dict, workspace: str | os.PathLike, threads: int | No
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // len(sites))
     workspace = Path(workspace).resolve()
-    env = SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace))
+    # one simulator thread for all sites, which take their turns: with a thread per site, NVFlare 2.9's
+    # simulator now and then starts a site's executor before that site's app is in place ("Can not find
+    # client.py") and the round waits for a site that never runs; each site trains in a worker process of its
+    # own either way
+    env = SimEnv(clients=sites, num_threads=1, workspace_root=str(workspace))
     job_dir = workspace / config["name"]
     try:
         with _recipe(config, threads, command) as recipe:
