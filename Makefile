@@ -30,7 +30,7 @@ demo: $(STAMP)
 
 test: $(STAMP) system-tools
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q --durations=30
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=30
 
 # the fast tier for each edit: no slow, server or federated tests (markers: tests/conftest.py)
 test-fast: $(STAMP)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -28,8 +29,18 @@ DATA = shared_data_dir()
 SERVER_FIXTURES = frozenset({"ct_label_server", "server", "diffusion_server", "pacs"})
 
 
+def pytest_configure(config):
+    """A pytest-xdist worker (``make test`` runs two) gives torch one thread: two workers share the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"  # the bundle, server and federated subprocesses too
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests that use a server fixture ``server``; skip ``gpu`` tests on a machine without CUDA."""
+    """Mark the tests that use a server fixture ``server``; skip ``gpu`` tests on a machine without CUDA; put
+    the tests that share a fixture in one pytest-xdist group."""
     import torch
 
     no_gpu = pytest.mark.skip(reason="needs a CUDA device (none here)")
@@ -38,6 +49,31 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.server)
         if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(no_gpu)
+    for item, group in _xdist_groups(items).items():
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _xdist_groups(items) -> dict:
+    """pytest-xdist's ``loadgroup`` runs a group in one worker: the tests of a module that has a module- or
+    session-scoped fixture of ours (a server, a trained model) form one group, so the fixture is built once,
+    and modules that share a session-scoped one (the CT label server) join one group; the other tests spread
+    one by one."""
+    here = Path(__file__).parent
+    shared: dict[str, set[str]] = {}  # module -> our module/session fixtures its tests use
+    for item in items:
+        for name in getattr(item, "fixturenames", ()):
+            for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):
+                ours = Path(fixturedef.func.__code__.co_filename).parent == here
+                if ours and fixturedef.scope in ("module", "session"):
+                    shared.setdefault(item.module.__name__, set()).add(f"{fixturedef.scope}:{name}")
+    group = {module: module for module in shared}
+    for fixture in {f for used in shared.values() for f in used if f.startswith("session:")}:
+        users = sorted(m for m, used in shared.items() if fixture in used)
+        joined = {group[u] for u in users}
+        for module in shared:
+            if group[module] in joined:
+                group[module] = group[users[0]]
+    return {item: group[item.module.__name__] for item in items if item.module.__name__ in group}
 
 
 #: a GAN method small enough to train in seconds, registered by the ``tiny_gan`` fixture
