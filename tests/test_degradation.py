@@ -13,12 +13,18 @@ from PIL import Image
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import upsample
-from monai_sr_bundle.transforms.augmentation import paired_augmentation
+from monai_sr_bundle.transforms.augmentation import RandContentScaled, content_scale, paired_augmentation
 from monai_sr_bundle.transforms.degradation import (
+    DOWNSAMPLE_MODES,
     RandBlurd,
     RandElectronicNoised,
+    RandJPEG2000d,
+    RandJPEGd,
     RandPoissonNoised,
+    RandQuantized,
+    RandResized,
     Resized,
+    blur_kernel,
     downsample,
     zoom_geometry,
 )
@@ -68,7 +74,7 @@ def test_downsample_bicubic_without_antialias_aliases():
 def test_downsample_clamps_to_unit_range():
     hr = torch.zeros(1, 32, 32)
     hr[:, ::2] = 1.0  # stripes: bicubic without antialias overshoots
-    for mode in ("bicubic_aa", "bicubic", "area"):
+    for mode in DOWNSAMPLE_MODES:
         lr = downsample(hr, 4, mode)
         assert float(lr.min()) >= 0.0 and float(lr.max()) <= 1.0
 
@@ -227,6 +233,171 @@ def test_degradation_steps_refuse_bad_images():
         _lr(RandBlurd("image"), torch.zeros(1, 8, 8, 8))
 
 
+# ------------------------------------------------------------------ realistic steps (radiographs as users have them)
+
+
+def test_blur_kernels_are_normalised_and_shaped():
+    gauss = blur_kernel((1.5, 1.5))
+    assert gauss.shape == (11, 11) and float(gauss.sum()) == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(blur_kernel((1.5, 1.5), shape="generalized", beta=1.0), gauss)  # beta 1: Gaussian
+    flat = blur_kernel((1.5, 1.5), shape="generalized", beta=4.0)
+    assert float(flat[5, 6] / flat[5, 5]) > 0.97 > float(gauss[5, 6] / gauss[5, 5])  # a flat top ...
+    assert float(flat[5, 9]) < float(gauss[5, 9])  # ... and short tails
+    plateau = blur_kernel((1.5, 1.5), shape="plateau", beta=1.0)
+    assert float(plateau[5, 0]) > 5 * float(gauss[5, 0])  # heavy tails
+    aniso = blur_kernel((3.0, 0.5), theta=0.0)  # long along the first axis
+    assert float(aniso[:, 9].sum()) > 5 * float(aniso[9, :].sum())
+    turned = blur_kernel((3.0, 0.5), theta=np.pi / 2)
+    torch.testing.assert_close(turned, aniso.T, atol=1e-6, rtol=0)
+
+
+def test_kernel_blur_draws_shapes_and_anisotropy_and_keeps_a_constant():
+    hr = _rand(1, 64, 64, seed=12)
+    blur = RandBlurd(
+        "image", sigma=(0.5, 2.0), kernels={"gaussian": 1, "generalized": 1, "plateau": 1}, anisotropic=0.5
+    )
+    outs = [_lr(blur, hr, seed=s) for s in range(6)]
+    assert len({float(o.sum()) for o in outs}) == 6
+    assert all(_high_freq_energy(o) < 0.6 * _high_freq_energy(hr) for o in outs)
+    assert torch.equal(_lr(blur, hr, seed=3), outs[3])
+    const = _lr(blur, torch.full((1, 40, 40), 0.3), seed=1)
+    torch.testing.assert_close(const, torch.full((1, 40, 40), 0.3))
+    never = RandBlurd("image", sigma=2.0, prob=0.0)
+    assert torch.equal(_lr(never, hr, seed=0), hr)
+
+
+def test_random_resize_gives_the_lr_size_by_any_mode_and_an_intermediate_size():
+    hr = MetaTensor(_rand(1, 64, 48, seed=13, lo=0.1, hi=0.9), affine=_affine())
+    sizes, outs = set(), []
+    final = RandResized("image", scale=4)
+    for seed in range(12):
+        final.set_random_state(seed)
+        out = final({"label": hr, "image": _rand(1, 37, 29, seed=seed)})["image"]  # from any intermediate size
+        assert out.shape == (1, 16, 12) and float(out.min()) >= 0 and float(out.max()) <= 1
+        np.testing.assert_allclose(np.linalg.norm(out.affine.numpy()[:3, :2], axis=0), [2.0, 2.8], rtol=1e-9)
+        outs.append(out)
+    assert len({float(o.sum()) for o in outs}) > 3  # the modes differ
+    middle = RandResized("image", scale=4, modes=["area"], zoom=(0.5, 0.75)).set_random_state(0)
+    for _ in range(5):
+        size = middle({"label": hr, "image": hr})["image"].shape[-2:]
+        sizes.add(tuple(size))
+        assert 32 <= size[0] <= 48 and size[0] / 64 == pytest.approx(size[1] / 48, abs=0.03)
+    assert len(sizes) > 1
+    nearest = RandResized("image", scale=4, modes="nearest")({"label": hr, "image": hr})["image"]
+    torch.testing.assert_close(nearest.as_tensor(), hr.as_tensor()[:, 2::4, 2::4])  # the nearest to each centre
+
+
+def test_jpeg_is_8_bit_and_loses_more_at_lower_quality():
+    hr = downsample(_rand(1, 256, 256, seed=14), 4) * 0.6 + 0.2
+    errs = []
+    for quality in (95, 50, 10):
+        lr = _lr(RandJPEGd("image", quality=quality), hr, seed=0)
+        assert lr.shape == hr.shape
+        torch.testing.assert_close(lr * 255, (lr * 255).round(), atol=1e-4, rtol=0)  # 8-bit levels
+        errs.append(float((lr - hr).abs().mean()))
+    assert errs[0] < errs[1] < errs[2]
+    ranged = RandJPEGd("image", quality=(20, 90))
+    assert torch.equal(_lr(ranged, hr, seed=4), _lr(ranged, hr, seed=4))
+
+
+def test_jpeg2000_loses_more_at_higher_ratio():
+    hr = downsample(_rand(1, 256, 256, seed=15), 4) * 0.6 + 0.2
+    errs = [float((_lr(RandJPEG2000d("image", ratio=r), hr, seed=0) - hr).abs().mean()) for r in (2, 20, 80)]
+    assert errs[0] < errs[1] < errs[2] and errs[0] < 0.01
+
+
+def test_quantization_puts_values_on_the_drawn_grid():
+    img = _rand(1, 32, 32, seed=16)
+    for bits in (8, 10, 12):
+        lr = _lr(RandQuantized("image", bits=[bits]), img, seed=0).double()
+        top = 2**bits - 1
+        torch.testing.assert_close(lr * top, (lr * top).round(), atol=1e-3, rtol=0)
+        assert float((lr - img.double()).abs().max()) <= 0.5 / top + 1e-6
+    eight = _lr(RandQuantized("image", bits=[8]), img)
+    either = RandQuantized("image", bits={8: 1, 12: 1})
+    assert {torch.equal(_lr(either, img, seed=s), eight) for s in range(10)} == {True, False}  # both depths drawn
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: RandJPEGd("image", quality=0), r"quality must be a number in \[1, 100\]"),
+        (lambda: RandJPEGd("image", quality=(50, 101)), "quality"),
+        (lambda: RandJPEG2000d("image", ratio=0.5), "ratio"),
+        (lambda: RandQuantized("image", bits=[0]), "bits"),
+        (lambda: RandQuantized("image", bits={8: -1}), "bits"),
+        (lambda: RandBlurd("image", kernels=["box"]), "kernels"),
+        (lambda: RandBlurd("image", anisotropic=1.5), "anisotropic"),
+        (lambda: RandBlurd("image", kernels="plateau", beta_plateau=0), "beta_plateau"),
+        (lambda: RandPoissonNoised("image", prob=2), "prob"),
+        (lambda: RandResized("image", scale=4, zoom=(0.1, 1.0)), "zoom"),
+        (lambda: RandResized("image", modes=["lanczos"]), "modes"),
+        (lambda: RandContentScaled(zoom=(0.5, 1.5)), "zoom"),
+    ],
+)
+def test_realistic_steps_refuse_bad_parameters(make, match):
+    with pytest.raises(InputError, match=match):
+        make()
+
+
+def test_a_kernel_larger_than_the_image_is_one_sentence_naming_the_degradation():
+    steps = {"transforms": [{"_target_": D + "RandBlurd", "sigma": 5.0}, {"_target_": D + "Resized", "scale": 4}]}
+    with pytest.raises(InputError, match=r"^the degradation: RandBlurd: a blur of sigma 5 needs a 31x31 kernel"):
+        lr_synthesis(steps, 4)({"label": _rand(1, 12, 12)})
+
+
+@pytest.mark.parametrize(
+    "inner, match",
+    [
+        ({"_target_": D + "RandJPEGd", "quality": 0}, r"transforms#0#transforms#1 \(.*RandJPEGd\) cannot be built"),
+        ({"_target_": D + "RandBlurd", "keys": "label"}, r"transforms#0#transforms#1 \(.*RandBlurd\) would change"),
+        ({"_target_": "torch.nn.Identity"}, r"transforms#0#transforms#1 \(torch.nn.Identity\) is a Identity"),
+    ],
+)
+def test_a_bad_step_inside_a_composition_is_named(inner, match):
+    steps = {"transforms": [{"_target_": "RandomOrder", "transforms": [{"_target_": D + "RandQuantized"}, inner]}]}
+    with pytest.raises(InputError, match=match):
+        lr_synthesis(steps, 4)
+
+
+def test_the_training_preset_mixes_clean_and_degraded_pairs_and_is_seeded():
+    hr = _rand(1, 128, 128, seed=17, lo=0.2, hi=0.8)
+    t = lr_synthesis("real_train", 4)
+    clean = downsample(hr, 4)
+    outs = [t.set_random_state(seed)({"label": hr})["image"] for seed in range(40)]
+    assert all(o.shape == (1, 32, 32) for o in outs)
+    n_clean = sum(torch.equal(o, clean) for o in outs)
+    assert 1 <= n_clean <= 15  # 15% clean
+    assert len({float(o.sum()) for o in outs}) >= 40 - n_clean
+    assert torch.equal(t.set_random_state(7)({"label": hr})["image"], outs[7])
+    assert lr_synthesis("real_train", 2).set_random_state(0)({"label": hr})["image"].shape == (1, 64, 64)
+
+
+def test_evaluation_presets_are_fixed_per_seed():
+    hr = _rand(1, 128, 128, seed=18, lo=0.2, hi=0.8)
+    for name in ("real_eval_x4", "jpeg50_x4"):
+        t = lr_synthesis(name, 4)
+        a, b = (t.set_random_state(0)({"label": hr})["image"] for _ in range(2))
+        assert torch.equal(a, b)
+    jpeg = lr_synthesis("jpeg50_x4", 4)({"label": hr})["image"]
+    torch.testing.assert_close(jpeg, _lr(RandJPEGd("image", quality=50), downsample(hr, 4)))
+
+
+def test_content_scale_shrinks_the_hr_image_and_its_boxes_together():
+    hr = MetaTensor(_rand(1, 128, 96, seed=19), affine=_affine())
+    step = RandContentScaled(zoom=(0.5, 0.9), min_size=32).set_random_state(0)
+    for _ in range(4):
+        out = step({"label": hr, "boxes": torch.tensor([[10.0, 20.0, 50.0, 60.0]])})
+        f = out["label"].shape[-2] / 128
+        assert 0.5 - 0.01 <= f <= 0.9 + 0.01 and abs(out["label"].shape[-1] - 96 * f) <= 1
+        torch.testing.assert_close(out["boxes"], torch.tensor([[10.0, 20.0, 50.0, 60.0]]) * f, atol=0.5, rtol=0)
+        spacing = np.linalg.norm(out["label"].affine.numpy()[:3, :2], axis=0)
+        np.testing.assert_allclose(spacing * f, [0.5, 0.7], rtol=0.02)
+    small = RandContentScaled(zoom=0.1, min_size=64)({"label": hr})["label"]
+    assert small.shape[-2:] == (85, 64)  # never below the training patch
+    assert content_scale(None, 64) == []
+
+
 # --------------------------------------------------------------------------------------------- geometry
 
 
@@ -296,7 +467,7 @@ def test_every_preset_synthesises_an_lr_image_and_keeps_the_hr(name):
     preset = load_preset(name)
     assert preset["description"] and preset["transforms"]
     scale = preset.get("scale", 4)
-    hr = MetaTensor(_rand(1, 16 * scale + 3, 16 * scale, seed=10, lo=0.1, hi=0.9), affine=_affine())
+    hr = MetaTensor(_rand(1, 16 * scale + scale - 1, 16 * scale, seed=10, lo=0.1, hi=0.9), affine=_affine())
     out = lr_synthesis(name, scale).set_random_state(0)({"label": hr, "boxes": [[1, 2, 3, 4]]})
     assert out["label"].shape == (1, 16 * scale, 16 * scale)  # cropped to a multiple of the scale, not changed
     assert torch.equal(out["label"].as_tensor(), hr.as_tensor()[:, : 16 * scale])

@@ -392,6 +392,32 @@ def test_training_and_evaluation_make_the_same_lr_bytes_from_a_json_only_preset(
     assert torch.equal(torch.as_tensor(seen[0]), torch.as_tensor(trained_on))
 
 
+def test_content_scale_shrinks_the_hr_image_and_its_boxes_before_the_lr_is_made(tmp_path):
+    """``content_scale`` (a zoom range) shrinks each whole HR image and its boxes before the degradation, so
+    patches show the anatomy at several pixel sizes; it is recorded with the weights, and without it the
+    pipeline has no such step (a run draws the same random numbers as before)."""
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 96), dtype=np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "list.json").write_text(json.dumps({"training": [{"label": "a.png", "boxes": [[0, 0, 96, 96]]}]}))
+    parser = train_parser("srcnn")
+    steps = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    assert "RandContentScaled" not in steps
+    parser = train_parser("srcnn")
+    parser.update({"datalist_file": str(tmp_path / "list.json"), "content_scale": [0.5, 0.5], "patch_size": 32,
+                   "samples_per_image": 2, "degradation": "real_train"})  # fmt: skip
+    pipeline = parser.get_parsed_content("train#preprocessing")
+    assert [type(t).__name__ for t in pipeline.transforms][:3] == ["LoadSRImaged", "RandContentScaled", "LRSynthesis"]
+    item = parser.get_parsed_content("train_datalist")[0]
+    shrunk = pipeline.transforms[1](pipeline.transforms[0](item))
+    assert shrunk["label"].shape == (1, 48, 48) and shrunk["boxes"].tolist() == [[0, 0, 48, 48]]
+    for sample in pipeline(item):
+        assert sample["label"].shape == (1, 32, 32) and sample["image"].shape == (1, 8, 8)
+        assert float(sample["box_mask"].min()) == 1.0  # the box still covers the shrunk image
+    assert parser.get_parsed_content("provenance#content_scale") == [0.5, 0.5]
+    assert '--content_scale "[0.5, 0.5]"' in parser.get_parsed_content("provenance#command")
+
+
 def test_a_method_trains_on_its_overlays_degradation():
     """ADSR learns artifact removal wherever it is trained (CLI, MONAI Label, NVFlare): its overlay names
     the artifact preset; a method that names none trains on antialiased bicubic."""

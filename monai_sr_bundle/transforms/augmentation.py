@@ -1,17 +1,21 @@
-"""Paired augmentation of training patches beyond the train config's crop and flip, named in a method's
-overlay (``augmentations``), as the latent-diffusion paper trains with rot90 and cutout besides
-crops and flips. Every transform moves the LR patch and its HR patch together, so the target stays the HR
-image of the input."""
+"""Training augmentation beyond the train config's crop and flip: paired augmentation of the patches named in a
+method's overlay (``augmentations``), as the latent-diffusion paper trains with rot90 and cutout besides
+crops and flips, every transform moving the LR patch and its HR patch together so the target stays the HR
+image of the input; and content-scale augmentation of the whole HR image before its LR is made
+(``content_scale``)."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
 import torch
+from monai.config import KeysCollection
 from monai.transforms import Compose, MapTransform, RandomizableTransform, RandRotate90d
 from monai.utils import ensure_tuple
 
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.transforms.boxes import ScaleBoxes
+from monai_sr_bundle.transforms.degradation import checked_range, resize, zoom_geometry
 
 
 class RandSRCutoutd(RandomizableTransform, MapTransform):
@@ -78,3 +82,43 @@ def paired_augmentation(names: Sequence[str], scale: int) -> Compose:
     if isinstance(names, str) or not all(isinstance(n, str) and n in AUGMENTATIONS for n in names):
         raise InputError(f"augmentations must be a list of {', '.join(AUGMENTATIONS)}; got {names!r}.")
     return Compose([AUGMENTATIONS[name](scale) for name in names])
+
+
+class RandContentScaled(RandomizableTransform, MapTransform):
+    """Content-scale augmentation: the HR image (``keys``) and its boxes (``box_keys``) shrunk by a factor drawn
+    per image from ``zoom`` (antialiased bicubic) before the LR image is made from it, so a network sees the
+    same anatomy at several pixel sizes (NIH's 512 px images are one; users' radiographs come at 0.1-0.2 mm
+    and as 640 px exports). It never enlarges (that would invent no detail) and never shrinks an image below
+    ``min_size`` pixels (the training patch)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection = "label",
+        zoom: float | Sequence[float] = (0.5, 1.0),
+        box_keys: KeysCollection = "boxes",
+        min_size: int = 64,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.zoom = checked_range(type(self).__name__, "zoom", zoom, 1e-3, 1.0)
+        self.box_keys, self.min_size = ensure_tuple(box_keys), int(min_size)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        factor = float(self.R.uniform(*self.zoom))
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            factor = max(factor, min(1.0, self.min_size / min(img.shape[-2:])))
+            size = tuple(max(1, round(n * factor)) for n in img.shape[-2:])
+            y = resize(torch.as_tensor(img, dtype=torch.float32)[None], size, "bicubic_aa")[0].clamp(0.0, 1.0)
+            d[key] = zoom_geometry(img, y, factor)
+        for key in (k for k in self.box_keys if k in d):
+            d[key] = ScaleBoxes(factor)(d[key])
+        return d
+
+
+def content_scale(zoom: Sequence[float] | None, min_size: int) -> list:
+    """The train config's content-scale step: none when ``zoom`` is None (the default, so a run without it
+    draws the same random numbers as before), else :class:`RandContentScaled` of the HR image and its boxes."""
+    return [] if zoom is None else [RandContentScaled("label", zoom, "boxes", min_size)]

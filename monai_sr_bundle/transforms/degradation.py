@@ -3,27 +3,38 @@ transform on the LR key (:func:`monai_sr_bundle.transforms.presets.lr_synthesis`
 first), so that a degradation is a list of them in a preset (``configs/degradations``).
 
 Downsampling is antialiased bicubic by default (what ``PIL``/``torch`` call antialiased bicubic, how most SR
-benchmarks make LR images); ``bicubic`` without antialias and ``area`` (box average, detector binning) are
-offered too. Blur, quantum (Poisson) and electronic (Gaussian) noise model a softer, noisier acquisition;
-the random steps draw their parameters from ranges, seeded per image.
+benchmarks make LR images); bicubic and bilinear with or without antialias, ``area`` (box average, detector
+binning) and ``nearest`` are offered too, and :class:`RandResized` draws one of them per image. Blur
+(Gaussian, anisotropic, generalized-Gaussian and plateau kernels: detector and focal-spot unsharpness),
+quantum (Poisson) and electronic (Gaussian) noise, JPEG and lossy JPEG 2000 and quantization to fewer bits
+model the radiographs users have; the random steps draw their parameters from ranges, seeded per image, and
+a preset orders them (MONAI's ``RandomOrder``, ``OneOf``) and may degrade twice (a second order, as the
+Real-ESRGAN and BSRGAN papers do).
 """
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import ensure_tuple
+from PIL import Image
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import UPSAMPLE_MODES, upsample
 
-DOWNSAMPLE_MODES = ("bicubic_aa", "bicubic", "area")
+DOWNSAMPLE_MODES = ("bicubic_aa", "bicubic", "bilinear_aa", "bilinear", "area", "nearest")
 NOISE_KINDS = ("none", "gaussian", "poisson")
+#: blur kernel shapes of :class:`RandBlurd`: exp(-q/2), exp(-q^beta/2) and 1/(1 + q^beta) of the squared
+#: Mahalanobis radius q
+BLUR_KERNELS = ("gaussian", "generalized", "plateau")
 
 
 def _as_batch(img: torch.Tensor) -> torch.Tensor:
@@ -39,12 +50,17 @@ def downsample(img: torch.Tensor, scale: int, mode: str = "bicubic_aa") -> torch
     x = _as_batch(img)
     if x.shape[-1] % scale or x.shape[-2] % scale:
         raise InputError(f"image size {tuple(x.shape[-2:])} is not a multiple of the scale {scale}; crop it first.")
-    size = (x.shape[-2] // scale, x.shape[-1] // scale)
     if mode == "area":
-        y = F.avg_pool2d(x, scale)
-    else:
-        y = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=mode == "bicubic_aa")
-    return y[0].clamp(0.0, 1.0)
+        return F.avg_pool2d(x, scale)[0].clamp(0.0, 1.0)
+    return resize(x, (x.shape[-2] // scale, x.shape[-1] // scale), mode)[0].clamp(0.0, 1.0)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """A batch resized to ``size`` by ``mode`` (:data:`DOWNSAMPLE_MODES`; any factor, up or down)."""
+    if mode in ("area", "nearest"):
+        return F.interpolate(x, size=size, mode="area" if mode == "area" else "nearest-exact")
+    kind = mode.removesuffix("_aa")
+    return F.interpolate(x, size=size, mode=kind, align_corners=False, antialias=mode.endswith("_aa"))
 
 
 def crop_to_scale(img: torch.Tensor, scale: int) -> torch.Tensor:
@@ -90,29 +106,28 @@ class _RandLRd(MapTransform, RandomizableTransform):
         keys: the images to degrade (the LR key).
         value: the parameter, or its range.
         name: its name in the subclass's signature, for the error.
-        low: its smallest valid value.
+        low, high: its smallest and largest valid values.
+        prob: the chance that the step acts on an image (drawn per image).
     """
 
     def __init__(
-        self, keys: KeysCollection, value: float | Sequence[float], name: str, low: float, allow_missing_keys: bool
+        self,
+        keys: KeysCollection,
+        value: float | Sequence[float],
+        name: str,
+        low: float,
+        allow_missing_keys: bool,
+        prob: float = 1.0,
+        high: float = math.inf,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob=1.0)
-        try:
-            lo, hi = (value, value) if isinstance(value, (int, float)) else tuple(value)
-            valid = not isinstance(lo, bool) and not isinstance(hi, bool) and low <= lo <= hi
-        except (TypeError, ValueError):  # not a pair, or not numbers
-            valid = False
-        if not valid:
-            raise InputError(
-                f"{type(self).__name__}: {name} must be a number >= {low:g} or a (low, high) range of such, "
-                f"got {value!r}."
-            )
-        self.range = (float(lo), float(hi))
+        self.range = checked_range(type(self).__name__, name, value, low, high)
+        RandomizableTransform.__init__(self, prob=_checked_prob(type(self).__name__, prob))
 
     def randomize(self, data=None) -> None:
         self._value = float(self.R.uniform(*self.range))
         self._seed = int(self.R.randint(0, 2**31 - 1))
+        self._do_transform = self.prob >= 1 or self.R.rand() < self.prob  # no draw at prob 1: seeds as before
 
     def _apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -120,6 +135,8 @@ class _RandLRd(MapTransform, RandomizableTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         self.randomize()
         d = dict(data)
+        if not self._do_transform:
+            return d
         for key in self.key_iterator(d):
             img = d[key]
             y = self._apply(_as_batch(img), torch.Generator().manual_seed(self._seed))[0]
@@ -127,23 +144,134 @@ class _RandLRd(MapTransform, RandomizableTransform):
         return d
 
 
-class RandBlurd(_RandLRd):
-    """Isotropic Gaussian blur (the detector's and the focal spot's unsharpness) of standard deviation
-    ``sigma`` pixels, a number or a ``(low, high)`` range drawn per image; reflect-padded."""
+def checked_range(owner: str, name: str, value, low: float, high: float = math.inf) -> tuple[float, float]:
+    """``value``, a number or a ``(low, high)`` pair within [``low``, ``high``], as a pair; else one sentence."""
+    try:
+        lo, hi = (value, value) if isinstance(value, (int, float)) else tuple(value)
+        valid = not isinstance(lo, bool) and not isinstance(hi, bool) and low <= lo <= hi <= high
+    except (TypeError, ValueError):  # not a pair, or not numbers
+        valid = False
+    if not valid:
+        within = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise InputError(f"{owner}: {name} must be a number {within} or a (low, high) range of such, got {value!r}.")
+    return float(lo), float(hi)
 
-    def __init__(self, keys: KeysCollection, sigma: float | Sequence[float] = 1.0, allow_missing_keys: bool = False):
-        super().__init__(keys, sigma, "sigma", 0.0, allow_missing_keys)
+
+def _checked_prob(owner: str, prob, name: str = "prob") -> float:
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
+        raise InputError(f"{owner}: {name} must be a number in [0, 1], got {prob!r}.")
+    return float(prob)
+
+
+def _weights(owner: str, name: str, choices: Mapping | Sequence[str] | str, allowed: Sequence) -> dict:
+    """``choices`` (one, a list, or a mapping to non-negative weights) as {choice: probability}."""
+    if isinstance(choices, (str, int)):
+        choices = [choices]
+    weights = dict(choices) if isinstance(choices, Mapping) else dict.fromkeys(choices, 1.0)
+    bad = [c for c in weights if c not in allowed]
+    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights.values())
+    if bad or not weights or not numbers or sum(weights.values()) <= 0:
+        raise InputError(
+            f"{owner}: {name} must name some of {', '.join(map(str, allowed))} (a list, or a mapping to weights "
+            f">= 0), got {choices!r}."
+        )
+    total = float(sum(weights.values()))
+    return {c: w / total for c, w in weights.items()}
+
+
+def blur_kernel(
+    sigma: tuple[float, float], theta: float = 0.0, shape: str = "gaussian", beta: float = 1.0
+) -> torch.Tensor:
+    """A normalised 2D kernel (2r+1, 2r+1), r = ceil(3 * max sigma): ``shape`` (:data:`BLUR_KERNELS`) of the
+    squared Mahalanobis radius for standard deviations ``sigma`` along axes turned by ``theta`` radians."""
+    radius = max(1, math.ceil(3 * max(sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    x, y = torch.meshgrid(t, t, indexing="ij")
+    c, s = math.cos(theta), math.sin(theta)
+    u, v = c * x + s * y, -s * x + c * y
+    q = (u / sigma[0]) ** 2 + (v / sigma[1]) ** 2
+    k = torch.exp(-0.5 * q) if shape == "gaussian" else torch.exp(-0.5 * q**beta)
+    if shape == "plateau":
+        k = 1.0 / (1.0 + q**beta)
+    return (k / k.sum()).to(torch.float32)
+
+
+class RandBlurd(_RandLRd):
+    """Blur (the detector's and the focal spot's unsharpness), reflect-padded: by default an isotropic Gaussian
+    of standard deviation ``sigma`` pixels (a number or a ``(low, high)`` range drawn per image).
+
+    Args:
+        kernels: the kernel shapes to draw from (:data:`BLUR_KERNELS`; a list, or a mapping to weights):
+            a generalized Gaussian is flatter (``beta`` > 1) or peakier (< 1) than a Gaussian, a plateau
+            kernel has a flat top and heavy tails, as detector blur does.
+        anisotropic: the chance that the kernel is anisotropic: its two standard deviations drawn
+            separately from ``sigma`` and its axes turned by a random angle.
+        beta_generalized, beta_plateau: the shape exponent's range for those kernels.
+        prob: the chance that an image is blurred.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        sigma: float | Sequence[float] = 1.0,
+        kernels: Mapping | Sequence[str] | str = "gaussian",
+        anisotropic: float = 0.0,
+        beta_generalized: float | Sequence[float] = (0.5, 4.0),
+        beta_plateau: float | Sequence[float] = (1.0, 2.0),
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, sigma, "sigma", 0.0, allow_missing_keys, prob)
+        owner = type(self).__name__
+        self.kernels = _weights(owner, "kernels", kernels, BLUR_KERNELS)
+        self.anisotropic = _checked_prob(owner, anisotropic, "anisotropic")
+        self.beta = {
+            "gaussian": (1.0, 1.0),
+            "generalized": checked_range(owner, "beta_generalized", beta_generalized, 0.1, 10.0),
+            "plateau": checked_range(owner, "beta_plateau", beta_plateau, 0.1, 10.0),
+        }
+        self._kernel = None
+
+    def randomize(self, data=None) -> None:
+        super().randomize(data)
+        self._kernel = None
+        shapes = list(self.kernels)
+        if shapes == ["gaussian"] and self.anisotropic == 0:
+            return  # the separable Gaussian, drawing nothing more: seeds as before
+        shape = shapes[int(self.R.choice(len(shapes), p=list(self.kernels.values())))]
+        sigma, theta = (self._value, self._value), 0.0
+        if self.R.rand() < self.anisotropic:
+            sigma, theta = (self._value, float(self.R.uniform(*self.range))), float(self.R.uniform(0, math.pi))
+        beta = float(self.R.uniform(*self.beta[shape]))
+        if min(sigma) > 0:
+            self._kernel = blur_kernel(sigma, theta, shape, beta)
 
     def _apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return _gaussian_blur(x, self._value) if self._value > 0 else x
+        size = (2 * max(1, math.ceil(3 * self._value)) + 1) if self._kernel is None else self._kernel.shape[-1]
+        if size // 2 >= min(x.shape[-2:]):
+            raise InputError(
+                f"{type(self).__name__}: a blur of sigma {self._value:.3g} needs a {size}x{size} kernel, larger than "
+                f"the image {tuple(x.shape[-2:])}; lower sigma."
+            )
+        if self._kernel is None:
+            return _gaussian_blur(x, self._value) if self._value > 0 else x
+        r, c = self._kernel.shape[-1] // 2, x.shape[1]
+        x = F.pad(x, (r, r, r, r), mode="reflect")
+        return F.conv2d(x, self._kernel[None, None].repeat(c, 1, 1, 1), groups=c)
 
 
 class RandPoissonNoised(_RandLRd):
     """Quantum noise: Poisson counts of ``peak`` photons at intensity 1 (a number or a ``(low, high)`` range
-    drawn per image; fewer photons, a lower dose, is noisier), clipped to [0, 1]."""
+    drawn per image; fewer photons, a lower dose, is noisier), clipped to [0, 1]; on a share ``prob`` of images."""
 
-    def __init__(self, keys: KeysCollection, peak: float | Sequence[float] = 1000.0, allow_missing_keys: bool = False):
-        super().__init__(keys, peak, "peak", 1e-6, allow_missing_keys)
+    def __init__(
+        self,
+        keys: KeysCollection,
+        peak: float | Sequence[float] = 1000.0,
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, peak, "peak", 1e-6, allow_missing_keys, prob)
 
     def _apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return (torch.poisson(x.clamp(min=0) * self._value, generator=generator) / self._value).clamp(0.0, 1.0)
@@ -151,13 +279,144 @@ class RandPoissonNoised(_RandLRd):
 
 class RandElectronicNoised(_RandLRd):
     """Electronic (additive Gaussian) noise of standard deviation ``std`` (intensity units; a number or a
-    ``(low, high)`` range drawn per image), clipped to [0, 1]."""
+    ``(low, high)`` range drawn per image), clipped to [0, 1]; on a share ``prob`` of images."""
 
-    def __init__(self, keys: KeysCollection, std: float | Sequence[float] = 0.01, allow_missing_keys: bool = False):
-        super().__init__(keys, std, "std", 0.0, allow_missing_keys)
+    def __init__(
+        self,
+        keys: KeysCollection,
+        std: float | Sequence[float] = 0.01,
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, std, "std", 0.0, allow_missing_keys, prob)
 
     def _apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return (x + torch.randn(x.shape, generator=generator) * self._value).clamp(0.0, 1.0)
+
+
+def _codec(x: torch.Tensor, bits: int, encode) -> torch.Tensor:
+    """Each channel of a batch (1, C, X, Y) in [0, 1] stored as ``bits``-bit integers, saved by ``encode``
+    (a PIL image -> file bytes) and read back."""
+    top = 2**bits - 1
+    out = []
+    for channel in x[0].clamp(0.0, 1.0):
+        ints = (channel * top).round().numpy().astype(np.uint8 if bits == 8 else np.uint16)
+        decoded = np.asarray(Image.open(io.BytesIO(encode(Image.fromarray(ints)))), dtype=np.float32)
+        out.append(torch.from_numpy(decoded / top))
+    return torch.stack(out)[None]
+
+
+def _saved(image: Image.Image, **options) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, **options)
+    return buf.getvalue()
+
+
+class RandJPEGd(_RandLRd):
+    """Baseline JPEG at ``quality`` (1-100; a number or a ``(low, high)`` range drawn per image), as PACS
+    exports and telemedicine send radiographs: the image becomes 8-bit and carries JPEG's block artifacts;
+    on a share ``prob`` of images."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        quality: float | Sequence[float] = (30, 95),
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, quality, "quality", 1, allow_missing_keys, prob, high=100)
+
+    def _apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        quality = int(round(self._value))
+        return _codec(x, 8, lambda im: _saved(im, format="JPEG", quality=quality))
+
+
+class RandJPEG2000d(_RandLRd):
+    """Lossy (irreversible wavelet) JPEG 2000 of 16-bit samples at compression ``ratio`` (> 1; a number or a
+    ``(low, high)`` range drawn per image), as DICOM's lossy transfer syntax stores radiographs; on a share
+    ``prob`` of images."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ratio: float | Sequence[float] = (5, 40),
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, ratio, "ratio", 1.0, allow_missing_keys, prob)
+
+    def _apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        ratio = self._value
+        options = {"format": "JPEG2000", "irreversible": True, "quality_mode": "rates", "quality_layers": [ratio]}
+        return _codec(x, 16, lambda im: _saved(im, **options))
+
+
+class RandQuantized(RandomizableTransform, MapTransform):
+    """Quantization to a bit depth drawn from ``bits`` (a list, or a mapping to weights; e.g. the 8, 10 and
+    12 bits detectors and exports store), on a share ``prob`` of images."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        bits: Mapping | Sequence[int] | int = (8, 10, 12),
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        owner = type(self).__name__
+        self.bits = _weights(owner, "bits", bits, range(1, 17))
+        RandomizableTransform.__init__(self, prob=_checked_prob(owner, prob))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        self.randomize(None)
+        depth = list(self.bits)[int(self.R.choice(len(self.bits), p=list(self.bits.values())))]
+        d = dict(data)
+        if not self._do_transform:
+            return d
+        top = 2**depth - 1
+        for key in self.key_iterator(d):
+            img = d[key]
+            d[key] = zoom_geometry(img, (_as_batch(img)[0].clamp(0.0, 1.0) * top).round() / top, 1.0)
+        return d
+
+
+class RandResized(RandomizableTransform, MapTransform):
+    """Resizing with a mode drawn per image from ``modes`` (:data:`DOWNSAMPLE_MODES`; a list, or a mapping to
+    weights): to the HR image's size over ``scale`` (the LR size), or, given ``zoom``, to the HR size times
+    a factor drawn from ``zoom`` (an intermediate size: a second-order degradation degrades again from
+    there). ``hr_key`` is only read, for its size and geometry."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        scale: int = 4,
+        modes: Mapping | Sequence[str] | str = DOWNSAMPLE_MODES,
+        zoom: float | Sequence[float] | None = None,
+        hr_key: str = "label",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        owner = type(self).__name__
+        if isinstance(scale, bool) or int(scale) != scale or scale < 1:
+            raise InputError(f"{owner}: scale must be a positive whole number, got {scale!r}.")
+        self.scale, self.hr_key = int(scale), hr_key
+        self.modes = _weights(owner, "modes", modes, DOWNSAMPLE_MODES)
+        self.zoom = None if zoom is None else checked_range(owner, "zoom", zoom, 1.0 / self.scale, 4.0)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        mode = list(self.modes)[int(self.R.choice(len(self.modes), p=list(self.modes.values())))]
+        hr = data[self.hr_key]
+        if self.zoom is None:
+            factor, size = 1.0 / self.scale, tuple(n // self.scale for n in hr.shape[-2:])
+        else:
+            factor = float(self.R.uniform(*self.zoom))
+            size = tuple(max(1, round(n * factor)) for n in hr.shape[-2:])
+        d = dict(data)
+        for key in self.key_iterator(d):
+            y = resize(_as_batch(d[key]), size, mode)[0].clamp(0.0, 1.0)
+            d[key] = zoom_geometry(hr, y, factor)
+        return d
 
 
 class Resized(MapTransform):

@@ -14,10 +14,13 @@ A preset is a JSON object with a ``description``, the ``scale`` it is made for (
          {"_target_": "monai_sr_bundle.transforms.degradation.RandPoissonNoised", "peak": 2000.0}]}
 
 A transform's ``keys`` default to the LR key; none may touch the HR target, which stays as read (cropped to a
-multiple of the scale). Random transforms are seeded through the composition (``set_random_state``), so the
-same seed gives the same LR bytes in training and evaluation. A step that draws artifacts stores where it
-drew them under ``mask_key`` = :data:`ARTIFACT_MASK_KEY` (evaluation scores the region). Naming presets keeps
-experiments comparable: a results table says which degradation it was measured on.
+multiple of the scale). A step may compose others (MONAI's ``RandomOrder``, ``OneOf`` with ``weights``,
+``Compose``, each with its ``transforms``): the realistic presets shuffle noise and compression and degrade
+twice, and ``OneOf`` keeps a share of clean bicubic pairs in training. Random transforms are seeded through
+the composition (``set_random_state``), so the same seed gives the same LR bytes in training and evaluation. A
+step that draws artifacts stores where it drew them under ``mask_key`` = :data:`ARTIFACT_MASK_KEY` (evaluation
+scores the region). Naming presets keeps experiments comparable: a results table says which degradation
+it was measured on.
 """
 
 from __future__ import annotations
@@ -108,27 +111,58 @@ def lr_synthesis(
         what, preset = f"degradation {str(degradation or DEFAULT_PRESET)!r}", load_preset(degradation or DEFAULT_PRESET)
     if preset.get("scale", scale) != scale:
         raise InputError(f"{what} is made for x{preset['scale']}, not x{scale}; pick one for x{scale}.")
+    for i, step in enumerate(preset["transforms"]):
+        _default_keys(step, f"transforms#{i}", what, hr_key, lr_key)
     parser = ConfigParser({"scale": int(scale), "transforms": preset["transforms"]})
     steps = []
     for i, step in enumerate(preset["transforms"]):
-        where = f"{what}: transforms#{i} ({step['_target_']})"
-        keys = step.setdefault("keys", lr_key)
-        if hr_key in ([keys] if isinstance(keys, str) else list(keys)):
-            raise InputError(f"{where} would change the HR image {hr_key!r}; a degradation acts on {lr_key!r} only.")
-        try:
-            built = parser.get_parsed_content(f"transforms#{i}")
-        except Exception as e:  # MONAI wraps the class's own error: report the innermost sentence
-            raise InputError(f"{where} cannot be built ({first_line(e)}).") from e
-        if not isinstance(built, MapTransform):
-            raise InputError(f"{where} is a {type(built).__name__}, not a MONAI dictionary transform.")
+        built = _built(parser, f"transforms#{i}", step, what)
+        _check_built(built, step, f"{what}: transforms#{i}")
         steps.append(built)
     return LRSynthesis(steps, scale, hr_key, lr_key, what)
+
+
+def _built(parser: ConfigParser, key: str, step: dict, what: str) -> Any:
+    """The step at ``key``, the steps it composes first, so that an error names the innermost one."""
+    for i, inner in enumerate(step.get("transforms") if isinstance(step.get("transforms"), list) else ()):
+        _built(parser, f"{key}#transforms#{i}", inner, what)
+    try:
+        return parser.get_parsed_content(key)
+    except Exception as e:  # MONAI wraps the class's own error: report the innermost sentence
+        raise InputError(f"{what}: {key} ({step['_target_']}) cannot be built ({first_line(e)}).") from e
+
+
+def _default_keys(step: Any, where: str, what: str, hr_key: str, lr_key: str) -> None:
+    """Give each transform of ``step`` the LR key unless it names keys, looking into the ``transforms`` of a
+    composing step (``RandomOrder``, ``OneOf``, ``Compose``); one that names the HR key is refused."""
+    if not isinstance(step, dict) or not isinstance(step.get("_target_"), str):
+        raise InputError(f"{what}: {where} must be an object with a `_target_` (a transform class).")
+    if isinstance(step.get("transforms"), list):
+        for i, inner in enumerate(step["transforms"]):
+            _default_keys(inner, f"{where}#transforms#{i}", what, hr_key, lr_key)
+        return
+    keys = step.setdefault("keys", lr_key)
+    if hr_key in ([keys] if isinstance(keys, str) else list(keys)):
+        raise InputError(
+            f"{what}: {where} ({step['_target_']}) would change the HR image {hr_key!r}; a degradation acts on "
+            f"{lr_key!r} only."
+        )
+
+
+def _check_built(built: Any, step: dict, where: str) -> None:
+    """A built step is a MONAI dictionary transform, or a composition (its ``transforms``) of such."""
+    if isinstance(built, Compose) and isinstance(step.get("transforms"), list):
+        for i, (inner, spec) in enumerate(zip(built.transforms, step["transforms"])):
+            _check_built(inner, spec, f"{where}#transforms#{i}")
+    elif not isinstance(built, MapTransform):
+        raise InputError(f"{where} ({step['_target_']}) is a {type(built).__name__}, not a MONAI dictionary transform.")
 
 
 class LRSynthesis(Compose):
     """HR ``hr_key`` -> LR ``lr_key``: the HR image cropped to a multiple of ``scale``, copied to ``lr_key``, then
     the degradation ``steps`` on the copy. Seed it per image with ``set_random_state``; a step that changes the
-    HR image after all is refused when it does (``what`` names the degradation)."""
+    HR image after all, or refuses the image (a blur kernel larger than it), is one sentence naming the
+    degradation (``what``)."""
 
     def __init__(self, steps: list, scale: int, hr_key: str = "label", lr_key: str = "image", what: str = "") -> None:
         super().__init__([CopyItemsd(keys=hr_key, names=lr_key), *steps])
@@ -138,7 +172,15 @@ class LRSynthesis(Compose):
     def __call__(self, data, *args, **kwargs):
         d = self.crop(data)
         hr = d[self.hr_key]
-        out = super().__call__(d, *args, **kwargs)
+        try:
+            out = super().__call__(d, *args, **kwargs)
+        except RuntimeError as e:  # MONAI wraps a step's error: a step that refuses this image says why
+            inner = e
+            while inner.__cause__ is not None:
+                inner = inner.__cause__
+            if isinstance(inner, InputError):
+                raise InputError(f"{self.what}: {first_line(inner)}") from e
+            raise
         changed = out[self.hr_key]
         if changed is not hr and (
             changed.shape != hr.shape or not torch.equal(torch.as_tensor(changed), torch.as_tensor(hr))
