@@ -90,6 +90,14 @@ def _score(
     return row
 
 
+def lung_patch(shape: Sequence[int]) -> list[float]:
+    """Where a figure zooms on an image without boxes: a patch of the patient's right mid lung on a frontal
+    radiograph of spatial ``shape`` (X, Y), a quarter of each side, where SR's gains and its invented texture
+    show; (x0, y0, x1, y1) as boxes are."""
+    x, y = (float(n) for n in shape)
+    return [0.15 * x, 0.30 * y, 0.40 * x, 0.55 * y]
+
+
 def _to_display(img: torch.Tensor) -> np.ndarray:
     """(1, X, Y) in [0, 1] -> (rows, cols) uint8 for PIL."""
     return (np.asarray(img[0], dtype=np.float32).T.clip(0, 1) * 255 + 0.5).astype(np.uint8)
@@ -167,7 +175,8 @@ def evaluate(
 
     Writes ``metrics.csv`` (one row per image and method), ``summary.json`` and ``summary.md`` (mean ± sd)
     to ``output_dir``; with ``save_images`` the SR images, and for the first ``figures`` images a
-    comparison figure (LR | methods | HR | error map of the last method). Unreadable or unusable inputs are
+    comparison figure (LR | methods | HR | error map of the last method; a second row enlarges the first box, or
+    :func:`lung_patch` on an image without boxes). Unreadable or unusable inputs are
     reported and skipped. Returns ``{method: {metric: (mean, sd)}}``.
 
     Args:
@@ -237,7 +246,8 @@ def evaluate(
             last = list(predictors)[-1]
             err = error_map_to_display(error_map(panels[last][None], panels["HR"][None]))[0]
             panels[f"|{last} - HR| (0-{DISPLAY_VMAX['abs']:g})"] = err
-            comparison_figure(panels, out / f"figure_{Path(path).stem}.png", boxes[0].tolist() if len(boxes) else None)
+            zoom = boxes[0].tolist() if len(boxes) else lung_patch(hr.shape[-2:])
+            comparison_figure(panels, out / f"figure_{Path(path).stem}.png", zoom)
     if not rows:
         raise InputError("no image could be evaluated: " + " | ".join(failures))
     summary = {

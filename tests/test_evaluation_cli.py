@@ -126,9 +126,12 @@ def test_evaluate_writes_everything_and_scores_match_numpy(tmp_path, bicubic, ca
     assert md.startswith("| method | PSNR (dB) ↑") and "| bicubic | " in md and "2 images" in md
     assert "nan" not in md  # MS-SSIM missing -> n/a; in-box over one image -> the mean alone
 
-    # figures: LR | bicubic | HR | error map; with a box a second, zoomed row
+    # figures: LR | bicubic | HR | error map; a second row enlarges the box, or the right mid lung without one
     fig_a, fig_b = Image.open(out / "figure_a.png"), Image.open(out / "figure_b.png")
-    assert fig_a.size == (4 * 128, 24 + 2 * 128) and fig_b.size == (4 * 128, 24 + 128)
+    assert fig_a.size == fig_b.size == (4 * 128, 24 + 2 * 128)
+    hr_panel = np.asarray(fig_b)[24:152, 2 * 128 : 3 * 128]  # the patch is outlined here: compare inside it
+    zoomed = np.asarray(fig_b)[152:, 2 * 128 : 3 * 128]
+    np.testing.assert_array_equal(zoomed[4:-4:4, 4:-4:4], hr_panel[39:69, 20:50])  # rows Y 38-70, columns X 19-51
 
 
 def test_evaluate_figures_limit_and_no_images(tmp_path, bicubic):

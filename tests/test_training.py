@@ -418,6 +418,19 @@ def test_content_scale_shrinks_the_hr_image_and_its_boxes_before_the_lr_is_made(
     assert '--content_scale "[0.5, 0.5]"' in parser.get_parsed_content("provenance#command")
 
 
+def test_validation_degrades_as_training_unless_val_degradation_says_otherwise():
+    """Model selection of a robust model scores a fixed preset (``val_degradation``), not the wide random
+    training one; by default validation reuses the training pairs."""
+    parser = train_parser("srcnn")
+    parser["degradation"] = "real_train"
+    assert parser.get_parsed_content("validate#preprocessing").transforms[1] is parser.get_parsed_content("pairs")[1]
+    parser = train_parser("srcnn")
+    parser.update({"degradation": "real_train", "val_degradation": "real_eval_x4"})
+    synthesis = parser.get_parsed_content("validate#preprocessing").transforms[1]
+    assert "real_eval_x4" in synthesis.what and "real_train" in parser.get_parsed_content("pairs")[1].what
+    assert parser.get_parsed_content("provenance#val_degradation") == "real_eval_x4"
+
+
 def test_a_method_trains_on_its_overlays_degradation():
     """ADSR learns artifact removal wherever it is trained (CLI, MONAI Label, NVFlare): its overlay names
     the artifact preset; a method that names none trains on antialiased bicubic."""
