@@ -26,6 +26,7 @@ import numpy as np
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import image_datalist, load_datalist, nih_datalist, write_nih_resized
 from monai_sr_bundle.data.paths import shared_data_dir
+from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.metrics import bootstrap_interval
 
@@ -55,7 +56,15 @@ CONDITIONS = [
 ]
 
 
-def datalist(images: str, work: Path, limit: int | None) -> list[dict]:
+def external_images(folder: Path) -> list[dict]:
+    """The external site's images as evaluation items; a missing folder or one without images is one sentence."""
+    items = image_datalist(folder) if folder.is_dir() else []
+    if not items or any(Path(i["label"]) == folder for i in items):
+        raise InputError(f"--external {folder}: no images there; give the external site's folder of radiographs.")
+    return items
+
+
+def datalist(images: str, work: Path, external: list[dict], limit: int | None) -> list[dict]:
     if images == "nih_512":
         items = nih_datalist("test")
     elif images == "nih_1024":
@@ -63,7 +72,7 @@ def datalist(images: str, work: Path, limit: int | None) -> list[dict]:
     elif images == "nih_256":
         items = load_datalist(write_nih_resized(work / "nih256", 256), "test")
     else:
-        items = image_datalist(shared_data_dir() / "external_cxr_mhh" / "images")
+        items = external
     return items[:limit] if limit else items
 
 
@@ -107,9 +116,20 @@ def main() -> int:
     parser.add_argument("--methods", default=None, help="comma-separated methods (default: all with weights)")
     parser.add_argument("--conditions", default=None, help="comma-separated conditions (default: all)")
     parser.add_argument("--work", default=str(REPO / "out" / "benchmark_robustness"), help="scratch folder")
+    parser.add_argument("--external", default=str(shared_data_dir() / "external_cxr_mhh" / "images"),
+                        help="the external site's images (evaluation only)")  # fmt: skip
     args = parser.parse_args()
+    try:
+        return run(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
+
+def run(args: argparse.Namespace) -> int:
     work = Path(args.work)
+    nih_datalist("test")  # the data are there before anything is written
+    external = external_images(Path(args.external))
     baseline = methods.baseline_name()
     wanted = args.methods.split(",") if args.methods else methods.names()
     conditions = [c for c in CONDITIONS if not args.conditions or c.name in args.conditions.split(",")]
@@ -120,7 +140,7 @@ def main() -> int:
         usable = [m for m in usable if m.weights_available]
         if not usable:
             continue
-        items = datalist(c.images, work, args.limit)
+        items = datalist(c.images, work, external, args.limit)
         fast = {m.name: m.predictor() for m in usable if not m.stochastic}
         sampled = {m.name: m.predictor() for m in usable if m.stochastic}
         base = methods.get(baseline, c.scale).predictor()
@@ -143,7 +163,7 @@ def main() -> int:
         sections.append(f"## {c.name}: {c.what}\n\n{text}{picture}\n")
     minutes = (time.perf_counter() - start) / 60
     options = " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("work",)
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("work", "external")
     )
     doc = f"""# Robustness: radiographs as users have them
 
