@@ -224,7 +224,8 @@ def publish_weights(
     lower_is_better: bool = False,
 ) -> str | None:
     """Save the network state dict of ``best_ckpt`` to ``weights_path`` (atomically) and record its sha256
-    and ``provenance`` (training command, data split, best ``key_metric``) in ``models/weights.json``.
+    and ``provenance`` (training command, data split, best ``key_metric``, and the training time that
+    :func:`track_train_time` kept beside the checkpoint) in ``models/weights.json``.
 
     ``lower_is_better`` says that the saver ranked checkpoints by the negated metric (the GAN stage selects
     by LPIPS), so the recorded value is the metric itself. Returns the sha256; None in the other processes of
@@ -241,6 +242,10 @@ def publish_weights(
     if saved:
         best = max(p for p, _ in saved)
         provenance = {**provenance, f"best_{key_metric}": round(float(-best if lower_is_better else best), 4)}
+    timing = best_ckpt.parent / TRAIN_SECONDS
+    if timing.is_file():
+        took = json.loads(timing.read_text())
+        provenance = {**provenance, "train_minutes": round(took["seconds"] / 60, 2), "train_device": took["device"]}
     return write_weights({k: v for k, v in state.items() if k != "checkpointer"}, weights_path, provenance)
 
 
@@ -344,6 +349,40 @@ def _check_resumable(checkpoint: str, state: dict) -> None:
                 f"{checkpoint}: this checkpoint was saved from another {part} than the config builds now (tensors "
                 f"that differ in name or shape: {differ}); delete its folder to start afresh, or pass --resume false."
             )
+
+
+#: in a run folder: the seconds of training the epoch checkpoints there hold, over every resumed run
+TRAIN_SECONDS = "train_seconds.json"
+
+
+def track_train_time(trainer, run_dir: str | os.PathLike) -> None:
+    """Keep in ``run_dir`` the wall time of the finished epochs, added up over resumed runs (an epoch cut
+    short is not counted: its work is redone), and where they ran, so that the published weights say how
+    long they took to train (:func:`publish_weights`)."""
+    import time
+
+    from ignite.engine import Events
+
+    path = Path(run_dir) / TRAIN_SECONDS
+    clock = {}
+
+    def start(engine) -> None:
+        clock["mark"] = time.perf_counter()
+        clock["total"] = json.loads(path.read_text())["seconds"] if path.is_file() else 0.0
+
+    def epoch_done(engine) -> None:
+        now = time.perf_counter()
+        clock["total"] += now - clock["mark"]
+        clock["mark"] = now
+        if is_main_process():
+            where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps({"seconds": round(clock["total"], 1), "device": where}))
+            os.replace(tmp, path)
+
+    trainer.add_event_handler(Events.STARTED, start)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_done)
 
 
 def validate_at_end(trainer, evaluator, interval: int) -> None:

@@ -476,6 +476,7 @@ def test_train_resume_publish(tmp_path):
     assert manifest["sha256"] == hashlib.sha256((run / "w.pt").read_bytes()).hexdigest()
     assert manifest["epochs"] == 1 and manifest["scale"] == SCALE and "train.json" in manifest["command"]
     assert 5.0 < manifest["best_val_psnr"] < 60.0
+    assert manifest["train_minutes"] > 0 and manifest["train_device"].startswith("CPU (")  # how long it took, where
     assert "Epoch[1] Complete" in first.stdout
 
     second = _train(run, 2)  # resumes from checkpoint_epoch=1.pt and trains only epoch 2
@@ -485,6 +486,7 @@ def test_train_resume_publish(tmp_path):
     assert state["trainer"]["max_epochs"] == 2 and state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
     manifest2 = json.loads((run / "weights.json").read_text())["w.pt"]
     assert manifest2["epochs"] == 2 and manifest2["best_val_psnr"] >= manifest["best_val_psnr"]
+    assert manifest2["train_minutes"] > manifest["train_minutes"]  # both runs' epochs
     assert manifest2["sha256"] == hashlib.sha256((run / "w.pt").read_bytes()).hexdigest()
     # the published file is a plain state dict that the inference entry point loads strictly
     net = load_weights(_net("srcnn"), run / "w.pt")
