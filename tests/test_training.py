@@ -619,8 +619,9 @@ def test_two_processes_train_through_an_overlay_that_only_wraps_the_trained_modu
         return done.stdout + done.stderr
 
     train(1)
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint_epoch=1.pt"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint_epoch=1.pt", "train_seconds.json"]
     assert list(json.loads((tmp_path / "weights.json").read_text())) == ["w.pt"]
+    assert json.loads((tmp_path / "weights.json").read_text())["w.pt"]["train_minutes"] > 0
     state = torch.load(run / "checkpoint_epoch=1.pt", weights_only=True)
     assert set(state) == {"network", "optimizer", "lr_scheduler", "trainer"}
     methods.get("srcnn").network(tmp_path / "w.pt")  # strict: the plain method, no "module." prefix
