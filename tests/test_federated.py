@@ -388,27 +388,24 @@ def test_simulator_two_sites_two_rounds(tmp_path):
     assert Image.open(tmp_path / "sr" / "in_sr.png").size == (192, 192)
 
 
-def test_simulator_trains_the_latent_diffusion_job(tmp_path):
-    """The shipped latent-diffusion job at a tiny size, 2 sites x 1 round on 2 images each: the method trains
-    through the same client (its prepare-batch and DenoisingStep come with the train config), each site
-    scores its sampled SR, and the published model loads into the method. The sites keep the bundle's frozen
-    autoencoder, so the published one is it, not the fresh server model's random one."""
+def test_the_latent_diffusion_jobs_site_keeps_the_bundles_autoencoder(tmp_path):
+    """The shipped latent-diffusion job's client in this process (the simulator around a client is the srcnn
+    job's above): a round scores a sampled SR and trains the denoiser through the latent stage, and the frozen
+    autoencoder the site loads and sends back is the bundle's own, not the fresh server model's random one."""
     shipped = json.loads((FED_CONFIGS / "cxr_nih_ldm.json").read_text())
-    name = shipped["method"]
-    a = make_site(tmp_path / "a", "site-a", nih_items("train", 0, 2), nih_items("val", 0, 1))
-    b = make_site(tmp_path / "b", "site-b", nih_items("train", 200, 2), nih_items("val", 30, 1))
-    same = {k: shipped[k] for k in ("method", "modality", "scale", "batch_size")}
-    config = load_job_config(job_file(tmp_path, name, {"site-a": str(a), "site-b": str(b)}, num_rounds=1, **same))
-    app = run_simulation(config, tmp_path / "ws")
-    (round_,) = _report(app)["rounds"]
-    assert set(round_["sites"]) == {"site-a", "site-b"} and not round_["failed"]
-    # scored on a sampled SR: after one step the denoiser is untrained, so only a finite score is asked
-    assert all(0 < s["psnr"] < 100 and s["steps"] >= 1 for s in round_["sites"].values())
-    method = methods.get(name)
-    published = methods.load_weights(method.network(), app / "models" / method.weights_name)
+    method = methods.get(shipped["method"], shipped["scale"], shipped["modality"])
+    site = load_site("s", make_site(tmp_path, "s", nih_items("train", 0, 2), nih_items("val", 0, 1)))
+    runs, batch = tmp_path / "runs", shipped["batch_size"]
+    trainer = SiteTrainer(site, method.name, method.scale, method.modality, "minmax", 1, runs, batch_size=batch)
+    fresh = method.network().state_dict()  # what a new server model holds: a random autoencoder
+    trainer.load_global(fresh)
+    assert 0 < trainer.evaluate()["psnr"] < 100  # scored on a sampled SR
+    assert trainer.train(1) >= 1
+    sent = trainer.network.state_dict()
     own = torch.load(method.autoencoder_weights_path, weights_only=True)
     for key, value in own.items():
-        torch.testing.assert_close(published.autoencoder.state_dict()[key], value)
+        torch.testing.assert_close(sent[f"autoencoder.{key}"], value)
+    assert any(not torch.equal(sent[k], fresh[k]) for k in sent if not k.startswith("autoencoder."))
 
 
 def test_the_diffusion_jobs_site_trains_its_denoiser_and_exchanges_the_methods_weights(tmp_path):
@@ -428,26 +425,10 @@ def test_the_diffusion_jobs_site_trains_its_denoiser_and_exchanges_the_methods_w
     assert any(not torch.equal(after[k], own[k]) for k in own)
 
 
-def test_simulator_trains_a_gan_generator_keeping_the_discriminator_at_the_sites(tmp_path, tiny_gan):
-    """A GAN method (the tiny one, from a throwaway overlay folder the site processes inherit) at 2 sites x 1
-    round: the client trains it with the GAN stage, the server averages and publishes the generator alone,
-    and the discriminators never reach it (that they carry on across rounds at the site: the next test)."""
-    a = make_site(tmp_path / "a", "site-a", nih_items("train", 0, 2), nih_items("val", 0, 1))
-    b = make_site(tmp_path / "b", "site-b", nih_items("train", 200, 2), nih_items("val", 30, 1))
-    sites = {"site-a": str(a), "site-b": str(b)}
-    config = load_job_config(job_file(tmp_path, "gan", sites, method=TINY_GAN, num_rounds=1))
-    app = run_simulation(config, tmp_path / "ws")
-    report = _report(app)
-    assert [r["round"] for r in report["rounds"]] == [0]
-    assert all(set(r["sites"]) == {"site-a", "site-b"} and not r["failed"] for r in report["rounds"])
-    published = torch.load(app / "models" / f"{TINY_GAN}_cxr_x4.pt", weights_only=True)
-    assert published.keys() == tiny_gan.network().state_dict().keys()  # the generator, nothing of the critic
-    tiny_gan.network(app / "models" / f"{TINY_GAN}_cxr_x4.pt")
-
-
 def test_a_sites_discriminator_carries_on_across_rounds(tmp_path, tiny_gan):
-    """Between rounds the site loads the global generator; its discriminator and its optimizer keep their
-    state (Adam's step count goes on) instead of starting over."""
+    """A GAN method (the tiny one) at a site: it trains with the GAN stage, sends the generator alone (the
+    discriminator never reaches the server), and between rounds loads the global generator while its
+    discriminator and its optimizer keep their state (Adam's step count goes on) instead of starting over."""
     site = load_site("s7", make_site(tmp_path, "s7", nih_items("train", 0, 2), nih_items("val", 0, 1)))
     trainer = SiteTrainer(site, TINY_GAN, 4, "cxr", "minmax", 2, tmp_path / "runs")
     generator = {k: v.clone() for k, v in trainer.network.state_dict().items()}
@@ -457,6 +438,7 @@ def test_a_sites_discriminator_carries_on_across_rounds(tmp_path, tiny_gan):
     assert trainer.train(1) == 1
     steps = {int(s["step"]) for s in trainer.trainer.d_optimizer.state_dict()["state"].values()}
     assert steps == {2}
+    assert trainer.network.state_dict().keys() == tiny_gan.network().state_dict().keys()  # what it sends
     after = trainer.trainer.discriminator.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in critic.items())
 
