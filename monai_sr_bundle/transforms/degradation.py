@@ -179,6 +179,11 @@ def _weights(owner: str, name: str, choices: Mapping | Sequence[str] | str, allo
     return {c: w / total for c, w in weights.items()}
 
 
+def _draw(R: np.random.RandomState, weights: dict):
+    """One choice of ``weights`` (from :func:`_weights`), drawn with the transform's own generator."""
+    return list(weights)[int(R.choice(len(weights), p=list(weights.values())))]
+
+
 def blur_kernel(
     sigma: tuple[float, float], theta: float = 0.0, shape: str = "gaussian", beta: float = 1.0
 ) -> torch.Tensor:
@@ -235,10 +240,9 @@ class RandBlurd(_RandLRd):
     def randomize(self, data=None) -> None:
         super().randomize(data)
         self._kernel = None
-        shapes = list(self.kernels)
-        if shapes == ["gaussian"] and self.anisotropic == 0:
+        if list(self.kernels) == ["gaussian"] and self.anisotropic == 0:
             return  # the separable Gaussian, drawing nothing more: seeds as before
-        shape = shapes[int(self.R.choice(len(shapes), p=list(self.kernels.values())))]
+        shape = _draw(self.R, self.kernels)
         sigma, theta = (self._value, self._value), 0.0
         if self.R.rand() < self.anisotropic:
             sigma, theta = (self._value, float(self.R.uniform(*self.range))), float(self.R.uniform(0, math.pi))
@@ -369,7 +373,7 @@ class RandQuantized(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         self.randomize(None)
-        depth = list(self.bits)[int(self.R.choice(len(self.bits), p=list(self.bits.values())))]
+        depth = _draw(self.R, self.bits)
         d = dict(data)
         if not self._do_transform:
             return d
@@ -405,7 +409,7 @@ class RandResized(RandomizableTransform, MapTransform):
         self.zoom = None if zoom is None else checked_range(owner, "zoom", zoom, 1.0 / self.scale, 4.0)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        mode = list(self.modes)[int(self.R.choice(len(self.modes), p=list(self.modes.values())))]
+        mode = _draw(self.R, self.modes)
         hr = data[self.hr_key]
         if self.zoom is None:
             factor, size = 1.0 / self.scale, tuple(n // self.scale for n in hr.shape[-2:])

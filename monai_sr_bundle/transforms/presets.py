@@ -35,7 +35,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, CopyItemsd, MapTransform
 
-from monai_sr_bundle.errors import InputError, first_line
+from monai_sr_bundle.errors import InputError, first_line, innermost
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.transforms.degradation import CropToScaled
@@ -175,9 +175,7 @@ class LRSynthesis(Compose):
         try:
             out = super().__call__(d, *args, **kwargs)
         except RuntimeError as e:  # MONAI wraps a step's error: a step that refuses this image says why
-            inner = e
-            while inner.__cause__ is not None:
-                inner = inner.__cause__
+            inner = innermost(e)
             if isinstance(inner, InputError):
                 raise InputError(f"{self.what}: {first_line(inner)}") from e
             raise
