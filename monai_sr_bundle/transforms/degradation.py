@@ -179,9 +179,9 @@ def _weights(owner: str, name: str, choices: Mapping | Sequence[str] | str, allo
     return {c: w / total for c, w in weights.items()}
 
 
-def _draw(R: np.random.RandomState, weights: dict):
+def _draw(rng: np.random.RandomState, weights: dict):
     """One choice of ``weights`` (from :func:`_weights`), drawn with the transform's own generator."""
-    return list(weights)[int(R.choice(len(weights), p=list(weights.values())))]
+    return list(weights)[int(rng.choice(len(weights), p=list(weights.values())))]
 
 
 def blur_kernel(
