@@ -165,9 +165,10 @@ def run(args: argparse.Namespace) -> int:
     options = " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("work", "external")
     )
+    who = "The methods of the command below" if args.methods else "Every shipped method"
     doc = f"""# Robustness: radiographs as users have them
 
-Every shipped method against {baseline} on conditions the models never trained, tuned or selected on
+{who} against {baseline} on conditions the models never trained, tuned or selected on
 (HR = the images; LR made by the named degradation preset, seeded per image). ΔPSNR: the mean per-image
 gain over {baseline} on the same images, with a bootstrap 68% interval (2000 resamples, seed 0). Sampled
 methods on the first {args.sampled_images} images of each condition. The external site
