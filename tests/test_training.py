@@ -429,6 +429,8 @@ def test_validation_degrades_as_training_unless_val_degradation_says_otherwise()
     synthesis = parser.get_parsed_content("validate#preprocessing").transforms[1]
     assert "real_eval_x4" in synthesis.what and "real_train" in parser.get_parsed_content("pairs")[1].what
     assert parser.get_parsed_content("provenance#val_degradation") == "real_eval_x4"
+    parser["scale"] = 2  # an x2 training's command reruns at x2
+    assert "--scale 2 " in parser.get_parsed_content("provenance#command")
 
 
 def test_a_method_trains_on_its_overlays_degradation():
