@@ -113,14 +113,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N images of each condition (default: all)")
     parser.add_argument("--sampled-images", type=int, default=8, help="images per condition for sampled methods")
-    parser.add_argument("--methods", default=None, help="comma-separated methods (default: all with weights)")
     parser.add_argument("--conditions", default=None, help="comma-separated conditions (default: all)")
     parser.add_argument("--work", default=str(REPO / "out" / "benchmark_robustness"), help="scratch folder")
+    return cli(parser, run)
+
+
+def cli(parser: argparse.ArgumentParser, run) -> int:
+    """Parse with the options every held-out benchmark takes (``--methods``, ``--external``) and ``run``; bad
+    input is one sentence and exit status 2."""
+    parser.add_argument("--methods", default=None, help="comma-separated methods (default: all with weights)")
     parser.add_argument("--external", default=str(shared_data_dir() / "external_cxr_mhh" / "images"),
                         help="the external site's images (evaluation only)")  # fmt: skip
-    args = parser.parse_args()
     try:
-        return run(args)
+        return run(parser.parse_args())
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

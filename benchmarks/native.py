@@ -1,0 +1,174 @@
+"""No-reference check on native radiographs, where no HR image exists: every shipped method super-resolves the
+three real CR DICOMs of the shared data and the external site's radiographs as they are stored (no synthetic
+LR), and is scored by what can be measured without a reference: the LR-consistency (the SR shrunk back by
+antialiased bicubic against the input: SR that invents or moves structure drifts from it) and, for the
+sampled methods, the spread of their samples (where they disagree, they guess).
+
+Each image is read with the method's own intensity map, then a ``--crop`` px LR square centred on the right
+mid lung (:func:`~monai_sr_bundle.evaluation.lung_patch`) is taken, native pixels, so that every method,
+the sampled ones included, runs on the same tissue in CPU time. Sampled methods run on the first
+``--sampled-images`` images with ``--samples`` draws each. Writes docs/results_native.md and
+docs/figures/native_x<scale>.png.
+Run: .venv/bin/python benchmarks/native.py [--scales 2,4] [--crop 128] [--limit N] [--methods a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from robustness import REPO, cli, external_images
+
+from monai_sr_bundle import methods
+from monai_sr_bundle.data.paths import shared_data_dir
+from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.evaluation import comparison_figure, lung_patch
+
+HEAD = ["method", "images", "LR-consistency PSNR (dB) ↑", "mean abs(↓SR - LR) ↓", "sample SD ↓", "s/image"]
+
+
+def lung_crop(image: torch.Tensor, crop: int) -> torch.Tensor:
+    """The ``crop`` px square (or the whole image where it is smaller) centred on :func:`lung_patch`."""
+    x, y = image.shape[-2:]
+    x0, y0, x1, y1 = lung_patch((x, y))
+    sx, sy = min(crop, x), min(crop, y)
+    cx = int(min(max((x0 + x1) / 2 - sx / 2, 0), x - sx))
+    cy = int(min(max((y0 + y1) / 2 - sy / 2, 0), y - sy))
+    return image[:, cx : cx + sx, cy : cy + sy]
+
+
+def score(lr: torch.Tensor, draws: torch.Tensor, scale: int) -> tuple[dict, dict]:
+    """One image's row (LR-consistency PSNR and mean gap, sample SD) and its maps, from its SR ``draws``
+    (N, 1, sX, sY) of the LR ``lr`` (1, X, Y)."""
+    maps = uncertainty_maps(lr[None], draws[:, None], scale)
+    gap = maps["lr_consistency"]
+    mse = float(gap.square().mean())
+    row = {
+        "consistency_psnr": 10 * np.log10(1.0 / max(mse, 1e-12)),
+        "gap": float(gap.mean()),
+        "sd": float(maps["std"].mean()) if len(draws) > 1 else None,
+    }
+    return row, maps
+
+
+def inputs(external: Path, limit: int | None) -> dict[str, list[Path]]:
+    """The native images by source: the CR DICOMs and the external site's files."""
+    dicoms = sorted((shared_data_dir() / "cxr_dicom").glob("*.dcm"))
+    if not dicoms:
+        raise InputError(f"{shared_data_dir() / 'cxr_dicom'}: no CR DICOM there; set MONAI_SR_DATA to the shared data.")
+    site = [Path(i["label"]) for i in external_images(external)]
+    return {"CR DICOM": dicoms[:limit] if limit else dicoms, "external site": site[:limit] if limit else site}
+
+
+def table(rows: list[dict], order: list[str]) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    for name in order:
+        mine = [r for r in rows if r["method"] == name]
+        if not mine:
+            continue
+        sds = [r["sd"] for r in mine if r["sd"] is not None]
+        cells = [
+            name,
+            str(len(mine)),
+            f"{np.mean([r['consistency_psnr'] for r in mine]):.2f}",
+            f"{np.mean([r['gap'] for r in mine]):.4f}",
+            f"{np.mean(sds):.4f}" if sds else "",
+            f"{np.mean([r['seconds'] for r in mine]):.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_scale(scale: int, wanted: list[str], sources: dict[str, list[Path]], args) -> str:
+    """The sections of one scale: a table per source and a figure of the first image."""
+    usable = [m for m in (methods.get(n, scale) for n in wanted) if m.weights_available or not m.trainable]
+    if not usable:
+        return ""
+    predictors = {m.name: m.predictor() for m in usable}
+    sections, panels = [], {}
+    for source, paths in sources.items():
+        rows = []
+        for i, path in enumerate(paths):
+            for name, predictor in predictors.items():
+                sampled = predictor.method.stochastic
+                if sampled and i >= args.sampled_images:
+                    continue
+                lr = lung_crop(read_image(path, predictor.intensity), args.crop)
+                start = time.perf_counter()
+                if sampled:
+                    draws = torch.stack([predictor(lr, seed=s).as_tensor() for s in range(args.samples)])
+                else:
+                    draws = predictor(lr).as_tensor()[None]
+                seconds = (time.perf_counter() - start) / len(draws)
+                row, maps = score(lr.as_tensor(), draws, scale)
+                rows.append({"method": name, "image": path.name, "seconds": seconds, **row})
+                if i == 0 and not sections:  # the figure: the first image of the first source
+                    nearest = lr.as_tensor().repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+                    panels.setdefault("LR (nearest)", nearest)
+                    panels[name] = maps["sr"][0]
+                    if sampled:
+                        panels[f"SD {name} (x10)"] = (maps["std"][0] * 10).clamp(0, 1)
+        text = table(rows, list(predictors))
+        print(f"\nx{scale}, {source}:\n{text}", flush=True)
+        sections.append(f"## x{scale}, {source} ({len(paths)} images)\n\n{text}\n")
+    figure = REPO / "docs" / "figures" / f"native_x{scale}.png"
+    size = next(iter(panels.values())).shape[-2:]
+    comparison_figure(panels, figure, [size[0] / 4, size[1] / 4, size[0] * 3 / 4, size[1] * 3 / 4])
+    first = next(iter(sources.values()))[0].name
+    sections.append(f"![native x{scale}](figures/{figure.name})\n\nThe first CR DICOM ({first}), its crop: LR, each "
+                    "method, the sampled methods' sample SD; the bottom row enlarges the centre.\n")  # fmt: skip
+    return "\n".join(sections)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", default="2,4", help="SR factors; methods without weights there are left out")
+    parser.add_argument("--crop", type=int, default=128, help="LR crop edge in px, centred on the right mid lung")
+    parser.add_argument("--limit", type=int, default=None, help="first N images of each source (default: all)")
+    parser.add_argument("--sampled-images", type=int, default=2, help="images per source for sampled methods")
+    parser.add_argument("--samples", type=int, default=3, help="draws per image of a sampled method")
+    return cli(parser, run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.crop < 16 or args.samples < 2 or args.sampled_images < 0:
+        raise InputError("--crop must be at least 16 px and --samples at least 2 (a spread needs two draws).")
+    sources = inputs(Path(args.external), args.limit)
+    wanted = args.methods.split(",") if args.methods else methods.names()
+    for name in wanted:
+        methods.get(name)  # an unknown name is one sentence before anything runs
+    start = time.perf_counter()
+    body = "\n".join(run_scale(int(s), wanted, sources, args) for s in args.scales.split(","))
+    minutes = (time.perf_counter() - start) / 60
+    options = " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "external"
+    )
+    doc = f"""# No-reference check on native radiographs
+
+No HR image exists for a radiograph as it was acquired, so PSNR cannot be measured on it. What can be: the
+**LR-consistency**, how far the SR image, shrunk back by antialiased bicubic, lies from the input (in [0, 1]
+units of the method's intensity map; interpolation itself is not perfectly consistent, so compare each
+method with bicubic), and for sampled methods the **sample SD**, the mean per-pixel standard deviation of
+{args.samples} draws (where the draws disagree the model is guessing). A high consistency does not prove
+the detail real; a low one shows detail the input does not support. Inputs: the three real CR DICOMs of the
+shared data (`cxr_dicom/`) and the external site (`external_cxr_mhh`, never trained, tuned or selected on),
+each as stored, a {args.crop} px crop centred on the right mid lung. Sampled methods on the first
+{args.sampled_images} images of each source.
+
+Produced by (from the repository root, {minutes:.0f} min on a 2-core CPU):
+
+    .venv/bin/python benchmarks/native.py {options}
+
+{body}"""
+    (REPO / "docs" / "results_native.md").write_text(doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The robustness and native-image benchmarks: their measures on small tensors, and their bad input (an external
+folder without images, an unusable crop, an unknown method) refused in one sentence before anything is
+written. Their full runs are the benchmarks themselves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA, needs_data
+
+from monai_sr_bundle.networks.bicubic import upsample
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+native = pytest.importorskip("native")
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / name), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_lung_crop_is_a_native_square_on_the_right_mid_lung_and_never_leaves_the_image():
+    image = torch.arange(300 * 200, dtype=torch.float32).reshape(1, 300, 200)
+    crop = native.lung_crop(image, 64)
+    assert crop.shape == (1, 64, 64)
+    x0 = int(crop[0, 0, 0]) // 200
+    assert 0.15 * 300 <= x0 + 32 <= 0.40 * 300  # centred within the lung patch along x
+    assert native.lung_crop(image, 1000).shape == image.shape  # a crop larger than the image: the image
+
+
+def test_consistency_tells_an_sr_that_keeps_the_input_from_one_that_moves_it_and_spread_needs_two_draws():
+    lr = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(0))
+    sr = upsample(lr[None], 4, "bicubic")[0].clamp(0, 1)
+    kept, maps = native.score(lr, sr[None], 4)
+    moved, _ = native.score(lr, sr.roll(3, dims=-1)[None], 4)
+    assert kept["consistency_psnr"] > moved["consistency_psnr"] + 3
+    assert kept["sd"] is None and maps["sr"].shape == (1, 1, 128, 128)
+    two, _ = native.score(lr, torch.stack([sr, (sr + 0.1).clamp(0, 1)]), 4)
+    assert 0.03 < two["sd"] <= 0.05
+
+
+@needs_data(DATA / "nih_cxr14")
+def test_robustness_refuses_an_external_folder_without_images_and_writes_nothing(tmp_path):
+    doc = REPO / "docs" / "results_robustness.md"
+    before = doc.read_bytes()
+    (tmp_path / "empty").mkdir()
+    done = _script("robustness.py", "--external", str(tmp_path / "empty"), "--work", str(tmp_path / "work"))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "--external" in done.stderr and "no images" in done.stderr
+    assert doc.read_bytes() == before and not (tmp_path / "work").exists()
+
+
+@needs_data(DATA / "cxr_dicom")
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["--external", "{empty}"], "no images"),
+        (["--crop", "4"], "--crop"),
+        (["--samples", "1"], "--samples"),
+        (["--methods", "bicubic,nosuch"], "unknown method 'nosuch'"),
+    ],
+)
+def test_native_refuses_bad_input_in_one_sentence_and_writes_nothing(tmp_path, args, said):
+    doc = REPO / "docs" / "results_native.md"
+    before = doc.read_bytes() if doc.exists() else None
+    (tmp_path / "empty").mkdir()
+    external = str(DATA / "external_cxr_mhh" / "images")
+    args = [a.format(empty=tmp_path / "empty") for a in args]
+    done = _script("native.py", *(["--external", external] if "--external" not in args else []), *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and said in done.stderr
+    assert (doc.read_bytes() if doc.exists() else None) == before
