@@ -156,9 +156,10 @@ No HR image exists for a radiograph as it was acquired, so PSNR cannot be measur
 units of the method's intensity map; interpolation itself is not perfectly consistent, so compare each
 method with bicubic), and for sampled methods the **sample SD**, the mean per-pixel standard deviation of
 {args.samples} draws (where the draws disagree the model is guessing). A high consistency does not prove
-the detail real; a low one shows detail the input does not support. Inputs: the three real CR DICOMs of the
-shared data (`cxr_dicom/`) and the external site (`external_cxr_mhh`, never trained, tuned or selected on),
-each as stored, a {args.crop} px crop centred on the right mid lung. Sampled methods on the first
+the detail real; a low one says the SR changed what the input shows: detail it does not support, or, for
+a method trained on noisy LR, the noise it removes. Inputs: the three real CR DICOMs of the shared data
+(`cxr_dicom/`) and the external site (`external_cxr_mhh`, never trained, tuned or selected on), each as
+stored, a {args.crop} px crop centred on the right mid lung. Sampled methods on the first
 {args.sampled_images} images of each source.
 
 Produced by (from the repository root, {minutes:.0f} min on a 2-core CPU):
