@@ -95,11 +95,15 @@ def run_scale(scale: int, wanted: list[str], sources: dict[str, list[Path]], arg
     for source, paths in sources.items():
         rows = []
         for i, path in enumerate(paths):
+            crops = {}  # the image read once per intensity map
             for name, predictor in predictors.items():
                 sampled = predictor.method.stochastic
                 if sampled and i >= args.sampled_images:
                     continue
-                lr = lung_crop(read_image(path, predictor.intensity), args.crop)
+                key = str(predictor.intensity)
+                if key not in crops:
+                    crops[key] = lung_crop(read_image(path, predictor.intensity), args.crop)
+                lr = crops[key]
                 start = time.perf_counter()
                 if sampled:
                     draws = torch.stack([predictor(lr, seed=s).as_tensor() for s in range(args.samples)])
@@ -138,7 +142,9 @@ def main() -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.crop < 16 or args.samples < 2 or args.sampled_images < 0:
-        raise InputError("--crop must be at least 16 px and --samples at least 2 (a spread needs two draws).")
+        raise InputError(
+            "--crop must be at least 16 px, --samples at least 2 (a spread needs two), --sampled-images not negative."
+        )
     sources = inputs(Path(args.external), args.limit)
     wanted = args.methods.split(",") if args.methods else methods.names()
     for name in wanted:

@@ -15,7 +15,7 @@ from conftest import DATA, needs_data
 from monai_sr_bundle.networks.bicubic import upsample
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.append(str(REPO / "benchmarks"))
 native = pytest.importorskip("native")
 
 
@@ -63,6 +63,7 @@ def test_robustness_refuses_an_external_folder_without_images_and_writes_nothing
         (["--external", "{empty}"], "no images"),
         (["--crop", "4"], "--crop"),
         (["--samples", "1"], "--samples"),
+        (["--sampled-images", "-1"], "--sampled-images"),
         (["--methods", "bicubic,nosuch"], "unknown method 'nosuch'"),
     ],
 )
