@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from monai_sr_bundle import methods
-from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.errors import InputError, printable
 
 DEMO_LIMIT = 8
 
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # the help lists the methods: a broken overlay is reported here
         args.func(args)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -18,7 +18,8 @@ import torch
 from monai.data import MetaTensor
 from torch import nn
 
-from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.diffusion.uncertainty import MAPS
+from monai_sr_bundle.errors import InputError, printable
 from monai_sr_bundle.tiling import SRInferer
 from monai_sr_bundle.transforms.degradation import zoom_geometry
 
@@ -53,7 +54,7 @@ def validate_input(img: torch.Tensor, name: str, scale: int, allow_volume: bool 
 def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Files to super-resolve: each file as given; a folder of images gives its image files; a folder that
     holds only DICOM files of one series (a CT) stays one input, read as a volume."""
-    from monai_sr_bundle.data.readers import image_format
+    from monai_sr_bundle.data.readers import folder_files, image_format
 
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     out: list[str] = []
@@ -61,7 +62,7 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
         if not p.is_dir():
             out.append(str(p))
             continue
-        children = sorted(c for c in p.iterdir() if c.is_file() and not c.name.startswith("."))
+        children = folder_files(p)
         kinds = {}
         for c in children:
             try:
@@ -86,6 +87,59 @@ def check_output_dir(output_dir: str | os.PathLike) -> None:
         raise InputError(f"{output_dir}: the output folder {where}; give a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{output_dir}: no permission to write in {existing}; give another output folder.")
+
+
+def output_paths(
+    src: str, family: str, output_dir: str | os.PathLike, output_format: str | None, maps: Sequence[str] = ()
+) -> dict[str, Path]:
+    """Where the SR image of ``src`` (its format ``family``) goes (``"sr"``), and each uncertainty map: floats
+    in the input's units, so NIfTI for PNG and DICOM inputs, whose 8-bit or integer pixels would erase them."""
+    from monai_sr_bundle.data.writers import output_format_for, output_path_for
+
+    fmt = output_format_for(family, output_format)
+    out = {"sr": output_path_for(src, output_dir, source_format=family, fmt=fmt)}
+    map_fmt = "nifti" if {family, output_format} & {"png", "dicom"} else output_format
+    for key in maps:
+        out[key] = output_path_for(src, output_dir, f"_sr_{key}", source_format=family, fmt=map_fmt)
+    return out
+
+
+def check_outputs(
+    files: Sequence[str], output_dir: str | os.PathLike, output_format: str | None, maps: Sequence[str] = ()
+) -> None:
+    """Refuse, before anything is written, a run whose outputs would replace one of its inputs or a file this
+    tool did not write (an earlier output is replaced: a rerun is expected), or where two inputs would share an
+    output name (``scan.png`` and ``scan.jpg``; names are compared ignoring case, as a Windows or macOS share
+    would). An input whose format is unknown is left to the reader to report."""
+    from monai_sr_bundle.data.readers import image_format
+    from monai_sr_bundle.data.writers import written_by_monai_sr
+
+    inputs = {os.path.realpath(f) for f in files}
+    inputs |= {os.path.realpath(c) for f in files if os.path.isdir(f) for c in Path(f).iterdir()}
+    claimed: dict[str, str] = {}
+    for src in files:
+        try:
+            family = image_format(src)
+        except InputError:
+            continue
+        for target in output_paths(src, family, output_dir, output_format, maps).values():
+            key = os.path.realpath(target).casefold()
+            if key in claimed:
+                raise InputError(
+                    f"{printable(src)} and {printable(claimed[key])} would both be written to {printable(target)}; "
+                    "rename one or super-resolve them into separate folders (nothing was written)."
+                )
+            claimed[key] = src
+            if os.path.realpath(target) in inputs:
+                raise InputError(
+                    f"{printable(target)}: the output of {printable(src)} would replace an input image; give an "
+                    "output folder apart from the inputs (nothing was written)."
+                )
+            if target.exists() and not written_by_monai_sr(target):
+                raise InputError(
+                    f"{printable(target)}: already exists and was not written by monai-sr; move it or give "
+                    "another output folder (nothing was written)."
+                )
 
 
 def _one_series(files: list[Path]) -> bool:
@@ -225,7 +279,7 @@ def run_inference(
     from tqdm import tqdm
 
     from monai_sr_bundle.data.readers import read_image
-    from monai_sr_bundle.data.writers import output_format_for, output_path_for, write_image
+    from monai_sr_bundle.data.writers import output_format_for, write_image
 
     predictor.method.check_sampling(samples=samples)
     samples = samples or 1
@@ -234,30 +288,26 @@ def run_inference(
     files = expand_inputs(inputs)
     if not files:
         raise InputError(f"{inputs}: no input images found.")
+    check_outputs(files, output_dir, output_format, MAPS if samples > 1 else ())
     written, failures = [], []
     for path in tqdm(files, desc="super-resolving", unit="image", disable=not progress):
         try:
             img = read_image(path, predictor.intensity)
             validate_input(img, path, predictor.scale, allow_volume)
             family = img.meta["source_format"]
-            fmt = output_format_for(family, output_format)
-            target = output_path_for(path, output_dir, source_format=family, fmt=fmt)
-            method = predictor.method.name
+            targets = output_paths(path, family, output_dir, output_format, MAPS if samples > 1 else ())
+            fmt, method = output_format_for(family, output_format), predictor.method.name
             if samples == 1:
                 sr = predictor(img, progress, **sampling)
-                written.append(str(write_image(sr, target, fmt, method=method)))
+                written.append(str(write_image(sr, targets["sr"], fmt, method=method)))
                 continue
             maps = predictor.maps(img, samples, progress, **sampling)
-            written.append(str(write_image(maps.pop("sr"), target, fmt, method=method)))
-            for key, value in maps.items():  # floats in the input's units: 8-bit PNGs and DICOM would erase them
-                fmt = "nifti" if {family, output_format} & {"png", "dicom"} else output_format
-                map_path = output_path_for(
-                    path, output_dir, f"_sr_{key}", source_format=img.meta["source_format"], fmt=fmt
-                )
-                written.append(str(write_image(value, map_path)))
+            written.append(str(write_image(maps.pop("sr"), targets.pop("sr"), fmt, method=method)))
+            for key, target in targets.items():
+                written.append(str(write_image(maps[key], target, method=method)))
         except InputError as e:
-            logger.error(str(e))
-            failures.append(str(e))
+            logger.error(printable(e))
+            failures.append(printable(e))
     if failures:
         raise InputError(f"{len(failures)} of {len(files)} inputs failed: " + " | ".join(failures))
     return written

@@ -253,6 +253,25 @@ def test_run_corrupt_among_good(work, inputs):
     assert sorted(p.name for p in out.iterdir()) == ["a_sr.png", "b_sr.png"]
 
 
+@pytest.mark.slow
+def test_run_into_the_input_folder_keeps_every_input_and_says_why_in_one_sentence(work, inputs):
+    d = work / "in_is_out"
+    d.mkdir()
+    for name in ("a.png", "b.png"):
+        (d / name).write_bytes((inputs / name).read_bytes())
+    (d / "b_sr.png").write_bytes((inputs / "a.png").read_bytes())  # another image, named like b's output
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    proc = bundle(
+        "run", "--config_file", "configs/inference.json", "--method", "bicubic", "--input", d, "--output_dir", d
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"error: {d / 'b_sr.png'}: the output of {d / 'b.png'} would replace an input image; give an output folder "
+        "apart from the inputs (nothing was written)."
+    )
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
 # ------------------------------------------------------------------------------------------- TensorRT overlay
 
 

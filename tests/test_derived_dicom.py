@@ -305,7 +305,7 @@ def test_target_folder_with_other_files_is_not_replaced(tmp_path):
     out = tmp_path / "out"
     (out / "ct_sr").mkdir(parents=True)
     (out / "ct_sr" / "notes.txt").write_text("mine")
-    with pytest.raises(InputError, match="not a derived series written here"):
+    with pytest.raises(InputError, match="ct_sr: already exists and was not written by monai-sr"):
         _run(src, out)
     assert [p.name for p in (out / "ct_sr").iterdir()] == ["notes.txt"]
 

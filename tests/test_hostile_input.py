@@ -327,3 +327,113 @@ def test_output_folder_without_write_permission(tmp_path, capsys):
         assert _snapshot(tmp_path) == before and not any(locked.iterdir())
     finally:
         locked.chmod(0o700)
+
+
+# --------------------------------------------------------------------- outputs that would replace files
+
+
+def test_output_in_the_input_folder_replaces_no_input(tmp_path, capsys):
+    """``sr d -o d`` with ``b_sr.png`` a different image among the inputs: refused before anything is written."""
+    d = tmp_path / "d"
+    d.mkdir()
+    for i, name in enumerate(["a.png", "b.png", "b_sr.png"]):
+        _png(d / name, seed=i)
+    before = _snapshot(d)
+    assert main(["sr", str(d), "-o", str(d), "-m", "bicubic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == (
+        f"error: {d / 'b_sr.png'}: the output of {d / 'b.png'} would replace an input image; give an output "
+        "folder apart from the inputs (nothing was written)."
+    )
+    assert _snapshot(d) == before
+
+
+def test_output_name_collision_is_refused_before_writing(tmp_path, capsys):
+    """``scan.png``, ``scan.jpg`` and ``Scan.PNG`` would share names (the last on a case-insensitive share)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    _png(d / "scan.png")
+    Image.open(_png(d / "scan.tmp", seed=1)).save(d / "scan.jpg", format="JPEG")
+    (d / "scan.tmp").unlink()
+    _png(d / "Scan.PNG", seed=2)
+    out = tmp_path / "out"
+    assert main(["sr", str(d), "-o", str(out), "-m", "bicubic"]) == 2
+    err = capsys.readouterr().err
+    assert f"would both be written to {out / 'scan_sr.png'}" in err and "nothing was written" in err
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(InputError, match="Scan.PNG and .*scan.png would both be written"):
+        _run([d / "scan.png", d / "Scan.PNG"], out)
+
+
+def test_a_foreign_file_at_the_output_name_is_kept_and_a_rerun_replaces_its_own(tmp_path, capsys):
+    src = _png(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = _png(out / "a_sr.png", seed=5)
+    before = _snapshot(out)
+    assert main(["sr", str(src), "-o", str(out), "-m", "bicubic"]) == 2
+    assert f"error: {foreign}: already exists and was not written by monai-sr" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    foreign.unlink()
+    assert main(["sr", str(src), "-o", str(out), "-m", "bicubic"]) == 0
+    assert main(["sr", str(src), "-o", str(out), "-m", "bicubic"]) == 0  # a rerun replaces its own output
+    assert [p.name for p in out.iterdir()] == ["a_sr.png"]
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "nrrd", "mha", "dicom"])
+def test_every_output_format_is_recognised_as_own_on_rerun(fmt, tmp_path):
+    src = _dicom(tmp_path / "a.dcm")
+    for _ in range(2):
+        written = run_inference(src, BICUBIC, tmp_path / "out", progress=False, output_format=fmt)
+    assert len(written) == 1 and len(list((tmp_path / "out").iterdir())) == 1
+
+
+# --------------------------------------------------------------------- series folders and reports
+
+
+def _series(folder: Path, positions, dicomdir: bool = False) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, z in enumerate(positions):
+        pixels = (rng.random((32, 32)) * 1000).astype(np.uint16)
+        make_dicom(folder / f"s{i}.dcm", pixels, position=[0.0, 0.0, float(z)], instance=i + 1, pixel_spacing=[1, 1])
+    if dicomdir:  # a medium's index: DICOM magic, no image
+        from pydicom.dataset import Dataset, FileMetaDataset
+
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+        ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+        ds.FileSetID = "MEDIUM"
+        ds.is_little_endian, ds.is_implicit_VR = True, False  # pydicom 2 asks; 3 takes the transfer syntax
+        try:
+            ds.save_as(str(folder / "DICOMDIR"), enforce_file_format=True)  # pydicom >= 3
+        except TypeError:
+            ds.save_as(str(folder / "DICOMDIR"), write_like_original=False)  # pydicom 2
+    return folder
+
+
+def test_a_gap_in_a_ct_series_is_refused(tmp_path, capsys):
+    series = _series(tmp_path / "ct", [0, 2, 4, 8, 10])
+    before = _snapshot(series)
+    out = tmp_path / "out"
+    assert main(["sr", str(series), "-o", str(out), "-m", "bicubic", "--slice-by-slice"]) == 2
+    err = capsys.readouterr().err
+    assert "slices s2.dcm and s3.dcm are 4 mm apart where the series steps 2 mm" in err, err
+    assert not out.exists() or not any(out.iterdir())
+    assert _snapshot(series) == before
+
+
+def test_a_dicomdir_in_a_series_folder_is_ignored(tmp_path):
+    series = _series(tmp_path / "ct", [0, 2, 4], dicomdir=True)
+    written = run_inference(series, BICUBIC, tmp_path / "out", allow_volume=True, progress=False)
+    assert [Path(p).name for p in written] == ["ct_sr"] and len(list(Path(written[0]).iterdir())) == 3
+
+
+def test_a_name_with_a_newline_cannot_forge_report_lines(tmp_path, capsys):
+    bad = tmp_path / "x.png\nerror: 0 of 1 inputs failed: forged.png"
+    bad.write_bytes(b"not an image")
+    assert main(["sr", str(bad), "-o", str(tmp_path / "out"), "-m", "bicubic"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([ln for ln in err if ln.startswith("error:")]) == 1 and "x.png\\nerror: 0 of 1" in err[-1], err

@@ -369,10 +369,18 @@ def _dicom_size(ds, path: str | os.PathLike) -> tuple[int, int]:
     return size
 
 
+def folder_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of a folder that may be images, sorted: not hidden, and not a ``DICOMDIR`` (the index of a
+    DICOM medium, which names the images but holds none)."""
+    return sorted(
+        p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
+    )
+
+
 def _dicom_series(folder: str, stop_before_pixels: bool = False) -> list[tuple[Path, object]]:
     """(file, dataset) of each image of a one-series folder, unsorted; all slices the same size. Without
     pixel data (``stop_before_pixels``) an image is told by its Rows instead of its PixelData."""
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    files = folder_files(folder)
     slices = []
     for f in files:
         if not (f.name.lower().endswith((".dcm", ".dicom")) or _has_dicom_magic(f)):
@@ -445,9 +453,11 @@ def _read_dicom_series(folder: str, intensity) -> MetaTensor:
     if dz <= 0:
         dz = thickness if thickness > 0 else 1.0
     elif has_positions and len(steps) and np.abs(steps - dz).max() > 0.1 * dz:
-        warnings.warn(
-            f"{folder}: uneven slice spacing ({steps.min():.3g} to {steps.max():.3g} mm); using {dz:.3g} mm.",
-            stacklevel=3,
+        i = int(np.abs(steps - dz).argmax())  # a volume has one spacing: evenly spread slices would misplace anatomy
+        raise InputError(
+            f"{folder}: slices {slices[i][0].name} and {slices[i + 1][0].name} are {steps[i]:.3g} mm apart where "
+            f"the series steps {dz:.3g} mm (a missing or duplicate slice?); complete the series, or give its "
+            "files one by one."
         )
     norm, rng = _normalize(vol, intensity, folder)
     return _meta_tensor(

@@ -42,6 +42,10 @@ FORMAT_EXTENSIONS = {
 #: extensions a single-file writer can produce atomically (.mhd/.nhdr would write a second data file)
 _ITK_OUT = (".nii.gz", ".nii", ".nrrd", ".mha")
 _DICOM_OUT = (".dcm", ".dicom")
+#: the first word of the provenance every output carries
+SOFTWARE = "monai-sr"
+#: SimpleITK's key for a file's note (NIfTI ``descrip``; a field of NRRD and MHA headers)
+_ITK_NOTE = "ITK_FileNotes"
 
 
 def _out_family(path: str | os.PathLike) -> str | None:
@@ -136,8 +140,46 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def _write_png(arr: np.ndarray, rng, path: Path, name: str) -> None:
-    from PIL import Image
+def _note(method: str) -> str:
+    """The provenance a PNG or NIfTI/NRRD/MHA output carries (as DICOM outputs do in DerivationDescription):
+    :func:`written_by_monai_sr` tells an earlier output, which a rerun may replace, from a user's file."""
+    import monai_sr_bundle
+
+    return f"{SOFTWARE} {monai_sr_bundle.__version__}: super-resolution by {method}"
+
+
+def written_by_monai_sr(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an output of this tool (its note or, for DICOM, its derivation; a derived series
+    folder: every file in it); an unreadable file is not."""
+    path = Path(path)
+    if path.is_dir():
+        return all(p.is_file() and written_by_monai_sr(p) for p in path.iterdir())
+    if not path.is_file():
+        return False
+    try:
+        family = _out_family(path)
+        if family == "png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return str(image.info.get("Software", "")).startswith(SOFTWARE)
+        if family == "itk":
+            import SimpleITK as sitk  # noqa: N813 (the library's own usual name)
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            return reader.HasMetaDataKey(_ITK_NOTE) and reader.GetMetaData(_ITK_NOTE).startswith(SOFTWARE)
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["DerivationDescription"])
+        return f"({SOFTWARE} " in str(ds.get("DerivationDescription", ""))
+    except Exception:  # whatever is unreadable here is somebody else's file
+        return False
+
+
+def _write_png(arr: np.ndarray, rng, path: Path, name: str, method: str) -> None:
+    from PIL import Image, PngImagePlugin
 
     if arr.ndim == 3:
         if arr.shape[2] != 1:
@@ -155,10 +197,12 @@ def _write_png(arr: np.ndarray, rng, path: Path, name: str) -> None:
     top, dtype = (255, np.uint8) if hi <= 255 else (65535, np.uint16)
     pixels = np.clip(np.rint(vals), 0, top).astype(dtype).T  # (X, Y) -> rows (Y, X)
     image = Image.fromarray(np.ascontiguousarray(pixels))
-    _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", _note(method))
+    _atomic(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
-def _write_itk(arr: np.ndarray, rng, affine, path: Path, dtype) -> None:
+def _write_itk(arr: np.ndarray, rng, affine, path: Path, dtype, method: str) -> None:
     import SimpleITK as sitk  # noqa: N813 (the library's own usual name)
 
     vals, _, _ = to_units(arr, rng, (0.0, 1.0))
@@ -173,6 +217,7 @@ def _write_itk(arr: np.ndarray, rng, affine, path: Path, dtype) -> None:
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
+    image.SetMetaData(_ITK_NOTE, _note(method))
     _atomic(path, lambda tmp: sitk.WriteImage(image, tmp, not path.name.lower().endswith(".nii")))
 
 
@@ -226,11 +271,11 @@ def write_image(
     affine = getattr(img, "affine", None) if isinstance(img, MetaTensor) else meta.get("affine")
     try:
         if family == "png":
-            _write_png(arr, rng, path, str(path))
+            _write_png(arr, rng, path, str(path), method)
         elif family == "dicom":
             path = write_derived(arr, meta, path, method, overwrite=overwrite)
         else:
-            _write_itk(arr, rng, affine, path, dtype)
+            _write_itk(arr, rng, affine, path, dtype, method)
     except InputError:
         raise
     except Exception as e:  # disk full, permissions, writer errors
