@@ -351,3 +351,105 @@ def test_deletes_when_allowed_refuse_unknown_ids_and_remove_the_files(tmp_path):
         assert ids(studies) == ["ct_small", "other"]
         assert requests.delete(f"{url}/datastore/image", params={"id": "ct_small"}, timeout=30).status_code == 200
     assert ids(studies) == ["other"] and not (studies / "labels" / "boxes" / "ct_small.json").exists()
+
+
+# ------------------------------------------------------------------- hardening round 3 (issue 39, 8-13)
+
+
+def _detached(field: str, target: str, nrrd: bool = False) -> bytes:
+    """A MetaImage or NRRD header of a 64x64 8-bit image whose pixel data is the file ``target``."""
+    if nrrd:
+        return f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 64 64\nencoding: raw\n{field}: {target}\n\n".encode()
+    head = "ObjectType = Image\nNDims = 2\nDimSize = 64 64\nElementType = MET_UCHAR\n"
+    return f"{head}{field} = {target}\n".encode()
+
+
+DETACHED = {
+    "mha naming /etc/passwd": ("x.mha", _detached("ElementDataFile", "/etc/passwd")),
+    "mha naming /proc/self/environ": ("x.mha", _detached("ElementDataFile", "/proc/self/environ")),
+    "mha naming /dev/stdin": ("x.mha", _detached("ElementDataFile", "/dev/stdin")),
+    "mha naming a neighbour": ("x.mha", _detached("ElementDataFile", "tmp_planted.png")),
+    "nrrd naming /etc/passwd": ("x.nrrd", _detached("data file", "/etc/passwd", nrrd=True)),
+    "nrrd naming ../../etc/passwd": ("x.nrrd", _detached("datafile", "../../etc/passwd", nrrd=True)),
+}
+
+
+@pytest.mark.parametrize("what", DETACHED)
+def test_an_upload_is_read_only_from_its_own_bytes(server, what):
+    """A header that names its pixel data file elsewhere (any file the server can read) is refused, on infer
+    and on upload, before anything is read or stored."""
+    name, body = DETACHED[what]
+    before = snapshot(server)
+    started = time.monotonic()
+    r = infer(server, file=(name, body), timeout=30)
+    assert r.status_code == 415 and "separate pixel data file" in r.json()["detail"], r.text
+    up = requests.put(
+        f"{server.url}/datastore/", params={"image": "detached"}, files={"file": (name, body)}, timeout=30
+    )
+    assert up.status_code == 415 and "separate pixel data file" in up.json()["detail"], up.text
+    assert time.monotonic() - started < 20  # a FIFO or /dev/stdin is never opened
+    for r in (r, up):
+        assert "root:" not in r.text
+        no_leak(server, r.text)
+    unchanged(server, before)
+
+
+def test_deep_info_is_refused_and_an_unreadable_index_does_not_stop_the_server(tmp_path):
+    """Image info nested 300 deep is a 422; an index left unreadable by hand is set aside at the next start,
+    with the images still served and uploads working."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(default_input(), studies / "ct_small.dcm")
+    deep = "[" * 300 + "]" * 300
+    with label_server(tmp_path, studies, {"method": "bicubic"}) as url:
+        info = {"info": '{"a": ' + deep + "}"}
+        r = requests.put(f"{url}/datastore/image/info", params={"image": "ct_small"}, data=info, timeout=30)
+        assert r.status_code == 422 and "nested more than" in r.json()["detail"], r.text
+        ok = requests.put(f"{url}/datastore/image/info", params={"image": "ct_small"}, data={"info": '{"site": "A"}'})
+        assert ok.status_code == 200, ok.text
+    index = studies / "datastore_v2.json"
+    index.write_text(index.read_text().replace('"site": "A"', '"site": ' + deep))
+    (tmp_path / "restart").mkdir()
+    with label_server(tmp_path / "restart", studies, {"method": "bicubic"}) as url:
+        assert requests.get(f"{url}/datastore/image", params={"image": "ct_small"}, timeout=30).status_code == 200
+        up = requests.put(f"{url}/datastore/", params={"image": "new"}, files={"file": ("n.png", png(64, 64))})
+        assert up.status_code == 200, up.text
+    aside = list(studies.glob("datastore_v2.json.unreadable-*"))
+    assert len(aside) == 1 and deep in aside[0].read_text()
+    assert sorted(ids(studies)) == ["ct_small", "new"]
+
+
+def test_concurrent_uploads_under_one_new_id_store_one_and_refuse_the_others(server):
+    bodies = [png(64 + i, 64) for i in range(12)]
+
+    def put(body):
+        return requests.put(
+            f"{server.url}/datastore/", params={"image": "raced"}, files={"file": ("r.png", body)}, timeout=60
+        )
+
+    with ThreadPoolExecutor(12) as pool:
+        codes = sorted(r.status_code for r in pool.map(put, bodies))
+    try:
+        assert codes == [200] + [409] * 11, codes
+        kept = Image.open(server.studies / "raced.png").size
+        assert kept in {Image.open(io.BytesIO(b)).size for b in bodies}
+    finally:
+        (server.studies / "raced.png").unlink()
+
+
+def test_symlinks_in_the_studies_folder_are_not_followed(tmp_path):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(default_input(), studies / "ct_small.dcm")
+    (studies / "passwd.png").symlink_to("/etc/passwd")
+    outside = tmp_path / "outside.png"
+    (studies / "dangling.png").symlink_to(outside)
+    with label_server(tmp_path, studies, {"method": "bicubic"}) as url:
+        listing = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30)
+        assert listing.status_code == 200 and "passwd" not in listing.text and "outside" not in listing.text
+        served = requests.get(f"{url}/datastore/image", params={"image": "passwd"}, timeout=30)
+        assert served.status_code == 404 and "root:" not in served.text, served.text
+        up = requests.put(f"{url}/datastore/", params={"image": "dangling"}, files={"file": ("d.png", png(64, 64))})
+        assert up.status_code == 409, up.text
+        assert infer(SimpleNamespace(url=url), "passwd", timeout=30).status_code == 404
+    assert not outside.exists() and (studies / "dangling.png").is_symlink()

@@ -12,6 +12,7 @@ lays out 2D images.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
@@ -23,7 +24,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.errors import InputError, printable
 
 PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -201,10 +202,47 @@ def _itk_error(path: str, e: RuntimeError) -> InputError:
     return InputError(f"{path}: cannot be read as NIfTI/NRRD/MHA ({str(e).strip().splitlines()[-1]}).")
 
 
+#: MetaImage and NRRD header fields that name a separate pixel data file
+_DATA_FIELDS = re.compile(rb"^(?:ElementDataFile\s*=|data ?file\s*:)[ \t]*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def detached_data(path: str | os.PathLike) -> list[str]:
+    """The pixel data files a MetaImage (``ElementDataFile``) or NRRD (``data file``) header names, as written
+    (a list form counts as its keyword); empty when the data is in the file itself (``LOCAL``, or none named)."""
+    if not str(path).lower().endswith((".mha", ".mhd", ".nrrd", ".nhdr")):
+        return []
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    header = head.split(b"\n\n", 1)[0] if b"ElementDataFile" not in head else head
+    names = []
+    for match in _DATA_FIELDS.finditer(header):
+        value = match.group(1).decode("latin-1")
+        if value.upper() != "LOCAL":
+            names.append(value)
+        if match.group(0).lower().startswith(b"elementdatafile"):
+            break  # MetaImage's last header field: what follows is pixel data
+    return names
+
+
+def _check_detached(path: str) -> None:
+    """A header's separate data file must be a regular file beside it: a header that names ``/etc/passwd``, a
+    file of another folder or a FIFO would read (or hang on) what the image's owner never gave."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    for name in detached_data(path):  # a list or numbered-pattern form names no such file and is refused too
+        target = os.path.realpath(os.path.join(folder, name))
+        if os.path.dirname(target) != folder or not os.path.isfile(target):
+            raise InputError(
+                f"{path}: the header names its pixel data file {printable(name)[:80]!r}, which is not a file "
+                "beside it; keep the data file in the header's folder, or use .mha/.nrrd with the data inside."
+            )
+
+
 def _itk_header(path: str):
     """A SimpleITK reader that has read the header only, so shape and size can be checked before any voxel
-    is allocated; 4D and higher images are refused."""
+    is allocated; 4D and higher images and data files outside the header's folder are refused."""
     import SimpleITK as sitk  # noqa: N813 (the library's own usual name)
+
+    _check_detached(path)
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)

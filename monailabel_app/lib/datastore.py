@@ -23,7 +23,7 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
 from monai_sr_bundle.data.markups import markups_to_boxes
-from monai_sr_bundle.data.readers import image_shape, read_image
+from monai_sr_bundle.data.readers import detached_data, image_shape, read_image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import check_size
 
@@ -61,8 +61,15 @@ def known_suffix(name: str, patterns=EXTENSIONS) -> str | None:
 def check_image(path: str, name: str, scale: int, max_output_mp: float) -> tuple[int, ...]:
     """The image's spatial shape, read from its header before any pixel is decoded; 415 if it is not an image,
     422 if it is too small to super-resolve at ``scale``, 413 if its SR would exceed ``max_output_mp``
-    megapixels (a 12 KB PNG may declare 30000x30000). The one acceptance rule of uploads and infer."""
+    megapixels (a 12 KB PNG may declare 30000x30000), 415 if it is a MetaImage or NRRD header that names a
+    separate data file (an image is read only from its own bytes: a header may name any file the server can
+    read). The one acceptance rule of uploads and infer."""
     try:
+        if detached_data(path):
+            raise InputError(
+                f"{path}: the header names a separate pixel data file; this server reads an image only from its own "
+                "bytes, so send .mha or .nrrd with the data inside."
+            )
         shape = image_shape(path)
     except InputError as e:
         raise HTTPException(415, str(e).replace(path, name)) from e
@@ -79,6 +86,12 @@ def check_image(path: str, name: str, scale: int, max_output_mp: float) -> tuple
             f"{max_output_mp:g} (--conf max_output_mp).",
         )
     return shape
+
+
+def _plain_file(path: str) -> bool:
+    """A regular file, not a link: a link in the studies or label folders may point anywhere the server can
+    read (``/etc/passwd``), so it is neither indexed nor served nor written through."""
+    return os.path.isfile(path) and not os.path.islink(path)
 
 
 def image_path(datastore, image_id: object) -> str:
@@ -133,8 +146,20 @@ class SRDatastore(LocalDatastore):
         (MONAI Label matches one pattern list everywhere, case-sensitively)."""
         is_images = os.path.realpath(path) == os.path.realpath(self._datastore.image_path())
         allowed = EXTENSIONS if is_images else LABEL_EXTENSIONS
-        names = [n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))]
+        names = [n for n in os.listdir(path) if _plain_file(os.path.join(path, n))]
         return {n: n for n in names if known_suffix(n, allowed)}
+
+    def get_image_uri(self, image_id: str) -> str:
+        """The stored image's file; "" (unknown) if it has become a link since it was indexed."""
+        obj = self._datastore.objects.get(image_id)
+        path = os.path.join(self._datastore.image_path(), self._filename(image_id, obj.image.ext)) if obj else ""
+        return path if path and _plain_file(path) else ""
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        """The stored label's file; "" (none) if it has become a link since it was indexed."""
+        label = self._datastore.label(label_id, label_tag)
+        path = os.path.join(self._datastore.label_path(label_tag), self._filename(label_id, label.ext)) if label else ""
+        return path if path and _plain_file(path) else ""
 
     def _to_id(self, file: str) -> tuple[str, str]:
         """(id, suffix) of a stored file name: the suffix is the known extension it ends with, in any case,
@@ -143,21 +168,34 @@ class SRDatastore(LocalDatastore):
         return (file[: -len(suffix)], file[-len(suffix) :]) if suffix else super()._to_id(file)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict) -> str:
-        if image_id:
-            check_name(image_id, "image id")
-            if self.get_image_uri(image_id):
-                raise HTTPException(
-                    409, f"image {image_id!r} is already in the datastore; remove it first or upload under another id."
-                )
-        name = image_id or os.path.basename(image_filename)  # the gateway checked its suffix and size
-        check_image(image_filename, name, self.scale, self.max_output_mp)
+        """Store an upload under ``image_id`` (default: its file name's stem). The id is checked under the
+        datastore's lock, so of concurrent uploads under one new id one is stored and the others get 409; the
+        file is copied aside and moved into place, replacing (never following) a link of that name."""
+        image_id = check_name(image_id or self._to_id(os.path.basename(image_filename))[0], "image id")
+        name = os.path.basename(image_filename)  # the gateway checked its suffix and size
+        check_image(image_filename, image_id, self.scale, self.max_output_mp)
         try:
             read_image(image_filename)
         except InputError as e:
-            raise HTTPException(422, str(e).replace(image_filename, name)) from e
-        with FileLock(self._lock_file):  # MONAI Label adds to the index it holds: make it the latest
-            self._reload_index()
-        return super().add_image(image_id, image_filename, image_info)
+            raise HTTPException(422, str(e).replace(image_filename, image_id)) from e
+        ext = self._to_id(name)[1]
+        stored = self._filename(image_id, ext)
+        folder = self._datastore.image_path()
+        with FileLock(self._lock_file):
+            self._reload_index()  # another process may have stored this id since this one last read the index
+            if image_id in self._datastore.objects or any(
+                self._to_id(f)[0] == image_id for f in os.listdir(folder) if known_suffix(f, EXTENSIONS)
+            ):
+                raise HTTPException(
+                    409, f"image {image_id!r} is already in the datastore; remove it first or upload under another id."
+                )
+            tmp = os.path.join(folder, f".{stored}.tmp")
+            shutil.copyfile(image_filename, tmp)
+            os.replace(tmp, os.path.join(folder, stored))
+            info = {**(image_info or {}), "ts": int(time.time()), "name": stored}
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        return image_id
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict) -> str:
         findings = box_findings(self, image_id, label_filename, label_tag)
@@ -239,19 +277,29 @@ class SRDatastore(LocalDatastore):
         stamp changed: two writes within the file system's time stamp granularity look like one. The index is
         complete before it is swapped in: MONAI Label's reload showed other threads an index without its base
         folder for a moment, and a save made then wrote its label under the server's working folder."""
-        if os.path.exists(self._datastore_config_path):
-            with open(self._datastore_config_path) as f:
+        path = self._datastore_config_path
+        if not os.path.exists(path):
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
                 index = LocalDatastoreModel.model_validate_json(f.read())
-            index.base_path = self._datastore_path
-            self._datastore = index
-            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+        except (ValueError, RecursionError) as e:  # never a server that cannot start: set it aside, say so
+            aside = f"{path}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
+            os.replace(path, aside)
+            logger.error(
+                "the datastore index cannot be read (%s); moved to %s, and the index is made again from the "
+                "studies folder (the info that file held is kept there)",
+                type(e).__name__,
+                aside,
+            )
+            self._update_datastore_file(lock=False)
+            return
+        index.base_path = self._datastore_path
+        self._datastore = index
+        self._config_ts = os.stat(path).st_mtime
 
     def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
-        """MONAI Label's reload (its folder watcher calls it when another process wrote the index)."""
-        try:
-            with FileLock(self._lock_file):
-                self._reload_index()
-        except ValueError as e:
-            logger.error(f"the datastore index cannot be read: {e}")
-            if throw_exception:
-                raise
+        """MONAI Label's start and reload (its folder watcher calls it when another process wrote the index);
+        an unreadable index is set aside (:meth:`_reload_index`), so ``throw_exception`` has nothing to raise."""
+        with FileLock(self._lock_file):
+            self._reload_index()

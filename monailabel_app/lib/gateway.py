@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 MAX_UPLOAD_MB = 512
 #: body limit of every request that is not an upload: JSON settings, forms of label info
 SMALL_BODY = 64 << 10
+#: how deep a JSON object a client sends may nest (params, image and label info)
+MAX_JSON_DEPTH = 16
 #: the most of a refused body read before answering
 DRAIN_LIMIT = 256 << 20
 #: multipart framing around an upload's file
@@ -92,7 +94,8 @@ def mb(n: int) -> str:
 
 
 def json_object(text: object, what: str) -> dict:
-    """``text`` parsed as a JSON object, else a 422 naming ``what``."""
+    """``text`` parsed as a JSON object nested at most MAX_JSON_DEPTH deep, else a 422 naming ``what``: what
+    is stored goes into the datastore index, which a deeper document would leave unreadable."""
     try:
         if not isinstance(text, str):  # a file sent in a text field's place
             raise ValueError(text)
@@ -102,6 +105,13 @@ def json_object(text: object, what: str) -> dict:
     if not isinstance(value, dict):
         kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
         raise HTTPException(422, f"{what} must be a JSON object, not a JSON {kind}.")
+    level, depth = [value], 1
+    while level:
+        level = [v for item in level for v in (item.values() if isinstance(item, dict) else item)]
+        level = [v for v in level if isinstance(v, (dict, list))]
+        depth += bool(level)
+        if depth > MAX_JSON_DEPTH:
+            raise HTTPException(422, f"{what} is nested more than {MAX_JSON_DEPTH} levels deep; flatten it.")
     return value
 
 
