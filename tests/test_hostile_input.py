@@ -437,3 +437,20 @@ def test_a_name_with_a_newline_cannot_forge_report_lines(tmp_path, capsys):
     assert main(["sr", str(bad), "-o", str(tmp_path / "out"), "-m", "bicubic"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len([ln for ln in err if ln.startswith("error:")]) == 1 and "x.png\\nerror: 0 of 1" in err[-1], err
+
+
+@pytest.mark.parametrize("data_file", ["/etc/passwd", "../outside.raw", "fifo", "LIST"])
+def test_a_header_reads_pixel_data_only_from_a_file_beside_it(data_file, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (tmp_path / "outside.raw").write_bytes(bytes(64 * 64))
+    os.mkfifo(d / "fifo")
+    header = d / "x.mha"
+    head = "ObjectType = Image\nNDims = 2\nDimSize = 64 64\nElementType = MET_UCHAR\n"
+    header.write_text(f"{head}ElementDataFile = {data_file}\n")
+    refusal = f"names its pixel data file '{re.escape(data_file)}', which is not a file beside"
+    with pytest.raises(InputError, match=refusal):
+        _run(header, tmp_path / "out")
+    (d / "x.raw").write_bytes(np.random.default_rng(0).integers(0, 255, 64 * 64, dtype=np.uint8).tobytes())
+    header.write_text(header.read_text().replace(data_file, "x.raw"))
+    assert [Path(p).name for p in _run(header, tmp_path / "out")] == ["x_sr.mha"]
