@@ -454,3 +454,25 @@ def test_a_header_reads_pixel_data_only_from_a_file_beside_it(data_file, tmp_pat
     (d / "x.raw").write_bytes(np.random.default_rng(0).integers(0, 255, 64 * 64, dtype=np.uint8).tobytes())
     header.write_text(header.read_text().replace(data_file, "x.raw"))
     assert [Path(p).name for p in _run(header, tmp_path / "out")] == ["x_sr.mha"]
+
+
+def _deflated(path: Path, side: int) -> Path:
+    """A DICOM of ``side`` x ``side`` zeros in the deflated transfer syntax: a few KB that inflate to 2 side² bytes."""
+    ds = pydicom.dcmread(make_dicom(path, np.zeros((side, side), np.uint16)))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    try:
+        ds.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
+    except TypeError:
+        ds.save_as(str(path), write_like_original=False)  # pydicom 2
+    return path
+
+
+def test_a_deflated_dicom_is_bounded_before_it_is_inflated(tmp_path, monkeypatch):
+    from monai_sr_bundle.data import readers
+
+    small = _deflated(tmp_path / "small.dcm", 64)
+    bomb = _deflated(tmp_path / "bomb.dcm", 1024)  # 2 MiB inflated from a few KB
+    monkeypatch.setattr(readers, "MAX_INFLATED", 1 << 20)
+    with pytest.raises(InputError, match=r"bomb.dcm: the deflated DICOM data set inflates to more than 1 MiB from"):
+        _run(bomb, tmp_path / "out")
+    assert read_image(small).shape == (1, 64, 64)

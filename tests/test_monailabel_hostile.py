@@ -374,6 +374,29 @@ DETACHED = {
 }
 
 
+def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated(server, tmp_path):
+    """255 KB that inflate to 256 MiB held the only worker for 70-100 s; now a 415 from the first MiBs."""
+    from conftest import make_dicom
+    from pydicom import dcmread
+
+    ds = dcmread(make_dicom(tmp_path / "b.dcm", np.zeros((8192, 8192), np.uint16)))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    try:
+        ds.save_as(str(tmp_path / "b.dcm"), enforce_file_format=True)  # pydicom >= 3
+    except TypeError:
+        ds.save_as(str(tmp_path / "b.dcm"), write_like_original=False)  # pydicom 2
+    del ds
+    body = (tmp_path / "b.dcm").read_bytes()
+    assert len(body) < 512 << 10
+    before = snapshot(server)
+    started = time.monotonic()
+    r = infer(server, file=("b.dcm", body), timeout=60)
+    up = requests.put(f"{server.url}/datastore/", params={"image": "bomb"}, files={"file": ("b.dcm", body)}, timeout=60)
+    assert [r.status_code, up.status_code] == [415, 415] and "decompression bomb" in r.text + up.text, r.text
+    assert time.monotonic() - started < 15
+    unchanged(server, before)
+
+
 @pytest.mark.parametrize("what", DETACHED)
 def test_an_upload_is_read_only_from_its_own_bytes(server, what):
     """A header that names its pixel data file elsewhere (any file the server can read) is refused, on infer

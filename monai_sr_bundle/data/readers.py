@@ -32,6 +32,8 @@ ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: the most voxels (times components) a NIfTI/NRRD/MHA header may claim: 2**30, a 4 GiB float32 volume,
 #: far above any CT; a corrupt or hostile header is refused before allocation (PNGs: PIL's MAX_IMAGE_PIXELS).
 MAX_VOXELS = 1 << 30
+#: the most a deflated DICOM data set may inflate to (a 4096 x 4096 16-bit radiograph is 32 MiB)
+MAX_INFLATED = 96 << 20
 
 #: ITU-R BT.601 luma weights, the usual choice for RGB -> grayscale.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -293,10 +295,44 @@ def _apply_modality_lut(arr: np.ndarray, ds) -> np.ndarray:
     return apply_modality_lut(arr, ds)
 
 
+def _check_inflated_size(path: str | os.PathLike) -> None:
+    """A deflated data set (transfer syntax 1.2.840.10008.1.2.1.99) is inflated in steps first and refused past
+    MAX_INFLATED bytes: pydicom inflates it whole, and 255 KB can inflate to 256 MiB."""
+    import zlib
+
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(str(path))
+    except Exception:
+        return  # no file meta to go by: dcmread reports what is wrong
+    if str(meta.get("TransferSyntaxUID", "")) != "1.2.840.10008.1.2.1.99":
+        return
+    with open(path, "rb") as f:
+        f.seek(132)  # preamble and "DICM"
+        group_length = int(meta.get("FileMetaInformationGroupLength", 0) or 0)
+        f.seek(132 + 12 + group_length)  # the (0002,0000) element is 12 bytes, then the rest of the meta group
+        inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while chunk := f.read(1 << 16):
+            try:
+                size += len(inflater.decompress(chunk, MAX_INFLATED + 1 - size))
+                while inflater.unconsumed_tail and size <= MAX_INFLATED:
+                    size += len(inflater.decompress(inflater.unconsumed_tail, MAX_INFLATED + 1 - size))
+            except zlib.error:
+                return  # not deflate data after all: dcmread reports it
+            if size > MAX_INFLATED:
+                raise InputError(
+                    f"{path}: the deflated DICOM data set inflates to more than {MAX_INFLATED >> 20} MiB "
+                    f"from {os.path.getsize(path):,} bytes; refusing a decompression bomb."
+                )
+
+
 def dcmread(path: str | os.PathLike, stop_before_pixels: bool = False):
-    """pydicom.dcmread with every failure, including a file cut short, as one InputError."""
+    """pydicom.dcmread with every failure, including a file cut short, as one InputError; a deflated data set
+    bounded before it is inflated."""
     import pydicom
 
+    _check_inflated_size(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
