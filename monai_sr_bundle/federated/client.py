@@ -1,6 +1,7 @@
 """NVFlare client of one site (Client API): each round it receives the global weights, scores them on the
 site's validation images (PSNR, SSIM), trains them for the local epochs through the bundle's own train
-config on the site's training images, and sends back the weights with the number of steps taken.
+config on the site's training images, and sends back the weights (once it has checked they are finite) with
+the steps taken and its number of training images (the server's aggregation weight, capped there).
 
 The training runs in a worker process of its own (its PID in ``monai_sr_runs/<job id>/<site>/worker.pid``): a
 worker that fails, is killed or runs out of memory fails the site's round, not the job. NVFlare ends a
@@ -22,9 +23,11 @@ import multiprocessing
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from monai_sr_bundle.errors import InputError, first_line
+from monai_sr_bundle.federated.aggregation import NUM_SAMPLES
 from monai_sr_bundle.federated.sites import SiteData, load_site
 from monai_sr_bundle.training import stop_on_nan, train_parser
 
@@ -192,7 +195,11 @@ def _work(conn, site_name: str, args: argparse.Namespace, total_epochs: int, wor
             conn.send(("error", str(e)))
             continue
         state = {k: v.detach().cpu().numpy() for k, v in trainer.network.state_dict().items()}
-        conn.send(("ok", (state, metrics, steps)))
+        bad = [k for k, v in state.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+        if bad:  # never sent: the server would refuse it, and the site's own log should say why
+            conn.send(("error", f"site {site_name}: the trained model holds NaN or infinite values ({bad[0]})."))
+            continue
+        conn.send(("ok", (state, metrics, steps, len(site.training))))
 
 
 class SiteWorker:
@@ -203,7 +210,8 @@ class SiteWorker:
         self.process = None
 
     def run_round(self, params: dict, epochs: int):
-        """``(state, metrics, steps)`` of one round, or :class:`InputError` / :class:`WorkerFailed`."""
+        """``(state, metrics, steps, training images)`` of one round, or :class:`InputError` /
+        :class:`WorkerFailed`."""
         if self.process is None or not self.process.is_alive():
             self._start()
         try:
@@ -261,7 +269,7 @@ def main(argv=None) -> None:
                 total = int(model.total_rounds or 1) * args.local_epochs
                 worker = SiteWorker(site_name, args, total, Path.cwd() / "monai_sr_runs" / flare.get_job_id())
             try:
-                state, metrics, steps = worker.run_round(model.params, args.local_epochs)
+                state, metrics, steps, images = worker.run_round(model.params, args.local_epochs)
             except (InputError, WorkerFailed) as e:
                 logger.error(f"site {site_name} round {model.current_round} failed: {e}")
                 flare.send(flare.FLModel(params={}, meta={"NUM_STEPS_CURRENT_ROUND": 0}))
@@ -271,7 +279,8 @@ def main(argv=None) -> None:
                 f"SSIM {metrics['ssim']:.4f}"
             )
             params = {k: torch.from_numpy(v) for k, v in state.items()}
-            flare.send(flare.FLModel(params=params, metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": steps}))
+            meta = {"NUM_STEPS_CURRENT_ROUND": steps, NUM_SAMPLES: images}
+            flare.send(flare.FLModel(params=params, metrics=metrics, meta=meta))
     finally:
         if worker is not None:
             worker.stop()

@@ -6,6 +6,12 @@ leave behind what a hospital's IT and its researchers look for after a job.
   ``min_responses`` sites succeed; otherwise the job stops and nothing is published from that round.
 - Round 0 starts from the job's own ``custom/initial_model.pt`` (the initial weights, or a network drawn
   from the job's seed), so every run of a job starts from the same model.
+- Every update is checked before it is aggregated (:mod:`monai_sr_bundle.federated.aggregation`): the global
+  model's keys, shapes and kinds of number, all finite, and no larger than ``max_update_ratio`` times the
+  round's median update. A refused update fails that site's round, named in the report with the reason; the
+  round goes on while ``min_responses`` sites remain. Sites weigh by the training images they declare,
+  capped at ``max_weight_ratio`` times the round's median, and are combined by ``aggregation`` (``mean``,
+  ``median`` or ``trimmed_mean``). A combined model that is not finite is never published.
 - ``fl_report.json`` in the server's app folder: each round's per-site metrics (PSNR, SSIM of the global
   model on the site's validation images), steps, and the sites that failed with what the server saw (a
   site's own reason stays in its log).
@@ -27,6 +33,7 @@ from nvflare.apis.impl.bcast_manager import _KEY_MIN_RESPS as MIN_RESPONSES_PROP
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.fedavg import FedAvg
 
+from monai_sr_bundle.federated import aggregation
 from monai_sr_bundle.training import write_weights
 
 REPORT_NAME = "fl_report.json"
@@ -49,6 +56,9 @@ class SRFedAvg(FedAvg):
         weights_name: file name of the published global model, ``<method>_<modality>_x<scale>.pt``.
         provenance: what ``weights.json`` records for it (job, rounds, the command that ran).
         sites: the job's sites; one that is not connected when a round starts is reported as failed.
+        aggregation: how accepted updates are combined: ``mean`` (weighted), ``median`` or ``trimmed_mean``.
+        max_update_ratio: an update larger than this many times the round's median update is refused.
+        max_weight_ratio: a site weighs at most this many times the round's median declared images.
     """
 
     def __init__(
@@ -60,9 +70,17 @@ class SRFedAvg(FedAvg):
         weights_name: str = "global_model.pt",
         provenance: dict | None = None,
         sites: list[str] | None = None,
+        aggregation: str = "mean",
+        max_update_ratio: float = 10.0,
+        max_weight_ratio: float = 4.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.aggregation = aggregation
+        self.max_update_ratio = float(max_update_ratio)
+        self.max_weight_ratio = float(max_weight_ratio)
+        self._global: dict = {}
+        self._updates: dict[str, tuple[dict, object]] = {}
         self.min_responses = int(min_responses)
         self.wait_after_min_s = int(wait_after_min_s)
         self.round_timeout_s = int(round_timeout_s)
@@ -75,6 +93,7 @@ class SRFedAvg(FedAvg):
     def run(self) -> None:
         state = torch.load(self._app_dir() / "custom" / INITIAL_MODEL, weights_only=True)
         self.model = FLModel(params_type=ParamsType.FULL, params={k: v.numpy() for k, v in state.items()})
+        self._global = dict(self.model.params)
         super().run()
 
     def sample_clients(self, num_clients: int | None = None) -> list[str]:
@@ -119,35 +138,73 @@ class SRFedAvg(FedAvg):
             # before min_responses sites have trained, so the broadcast waits for one more answer
             client_task.task.props[MIN_RESPONSES_PROP] += 1
 
+    def _fail(self, site: str, reason: str) -> bool:
+        self.warning(f"site {site} round {self.current_round}: {reason}")
+        self._round()["sites"].pop(site, None)
+        self._round()["failed"][site] = reason
+        self._updates.pop(site, None)
+        self._write_report()
+        return False
+
     def _aggregate_one_result(self, result: FLModel) -> bool:
+        """Keep a site's update for the round once it fits the global model; a refused one fails the site."""
         site = result.meta.get("client_name", "?")
         if not result.params:
-            self._round()["failed"][site] = FAILED_AT_SITE
-            self._write_report()
-            return False
+            return self._fail(site, FAILED_AT_SITE)
+        if site in self._updates or site in self._round()["failed"]:
+            return self._fail(site, "answered twice in one round (two clients with one site name?)")
+        problem = aggregation.check_update(result.params, self._global)
+        if problem:
+            return self._fail(site, f"update refused: {problem}")
+        self._params_type = result.params_type
         metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-        steps = (result.meta or {}).get(FLMetaKey.NUM_STEPS_CURRENT_ROUND)
-        self._round()["sites"][site] = {**metrics, "steps": steps}
-        self.info(f"site {site} round {self.current_round}: {metrics}, {steps} steps")
-        return super()._aggregate_one_result(result)
+        meta = result.meta or {}
+        steps, images = meta.get(FLMetaKey.NUM_STEPS_CURRENT_ROUND), meta.get(aggregation.NUM_SAMPLES)
+        self._round()["sites"][site] = {**metrics, "steps": steps, "training_images": images}
+        self._updates[site] = (result.params, images)
+        self.info(f"site {site} round {self.current_round}: {metrics}, {steps} steps, {images} images")
+        return True
 
     def _get_aggregated_result(self) -> FLModel:
-        """The round's average, once enough sites trained; else the report says why and the job stops."""
-        round_ = self._round()
+        """The round's combined model from the accepted updates, once enough sites trained; else the report
+        says why and the job stops without publishing."""
+        round_, updates, self._updates = self._round(), self._updates, {}
         for site in self._targets:
             if site not in round_["sites"] and site not in round_["failed"]:
                 round_["failed"][site] = "no answer within the round"
+        kind = aggregation.DIFF if self._params_type == ParamsType.DIFF else aggregation.FULL
+        norms = {s: aggregation.update_norm(p, self._global, kind) for s, (p, _) in updates.items()}
+        for site, reason in aggregation.outliers(norms, self.max_update_ratio).items():
+            self._fail(site, f"update refused: {reason}")
+            updates.pop(site)
         self._write_report()
-        if len(round_["sites"]) < self.min_responses:
+        if len(updates) < self.min_responses:
             raise RuntimeError(
-                f"round {self.current_round}: {len(round_['sites'])} site(s) trained, {self.min_responses} needed; "
+                f"round {self.current_round}: {len(updates)} site(s) trained, {self.min_responses} needed; "
                 f"no model is published from it ({REPORT_NAME} lists the sites that failed)."
             )
-        return super()._get_aggregated_result()
+        weights = aggregation.capped_weights({s: n for s, (_, n) in updates.items()}, self.max_weight_ratio)
+        params = aggregation.combine({s: p for s, (p, _) in updates.items()}, weights, self.aggregation)
+        for site, weight in weights.items():
+            round_["sites"][site]["weight"] = weight
+        scores = [round_["sites"][s] for s in updates]
+        common = set.intersection(*map(set, scores)) - {"steps", "training_images", "weight"}
+        metrics = {k: float(np.mean([m[k] for m in scores])) for k in sorted(common)}
+        return FLModel(
+            params=params,
+            params_type=self._params_type,
+            metrics=metrics or None,
+            current_round=self.current_round,
+            meta={"nr_aggregated": len(updates), "current_round": self.current_round},
+        )
 
     def save_model(self, model: FLModel) -> None:
-        super().save_model(model)
         state = {k: torch.as_tensor(np.asarray(v)) for k, v in model.params.items()}
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # the last check before publishing, whatever the aggregation did
+            raise RuntimeError(f"round {self.current_round}: the combined model is not finite ({bad[0]}); not saved.")
+        super().save_model(model)
+        self._global = dict(model.params)
         target = self._app_dir() / "models" / self.weights_name
         rounds_done = self.current_round - self.start_round + 1
         trained = sorted({site for r in self._rounds for site in r["sites"]})
@@ -161,5 +218,17 @@ class SRFedAvg(FedAvg):
     def _write_report(self) -> None:
         path = self._app_dir() / REPORT_NAME
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"provenance": self.provenance, "rounds": self._rounds}, indent=2) + "\n")
+        report = _finite({"provenance": self.provenance, "rounds": self._rounds})
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
         os.replace(tmp, path)
+
+
+def _finite(value):
+    """``value`` with NaN and infinities as null, so the report is JSON (a diverged site's PSNR is NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -34,6 +34,7 @@ from nvflare.recipe.utils import set_per_site_config
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.readers import is_intensity
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.federated.aggregation import RULES
 from monai_sr_bundle.federated.controller import INITIAL_MODEL, REPORT_NAME, SRFedAvg
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.training import sha256
@@ -59,6 +60,9 @@ JOB_KEYS = {
     "wait_after_min_s": 1800,
     "round_timeout_s": 86400,
     "seed": 0,
+    "aggregation": "mean",
+    "max_update_ratio": 10.0,
+    "max_weight_ratio": 4.0,
     "sites": REQUIRED,
 }
 #: NVFlare's PercentilePrivacy defaults: share only the diffs above the 10th percentile, clipped to 0.01 per step
@@ -98,7 +102,15 @@ def load_job_config(path: str | os.PathLike, **overrides) -> dict:
             f'{path}: intensity must be "minmax" or a [lo, hi] window in modality units (lo < hi), '
             f"got {config['intensity']!r}."
         )
-    for key, least in (("wait_after_min_s", 0), ("round_timeout_s", 1), ("box_weight", 0)):
+    if config["aggregation"] not in RULES:
+        raise InputError(f"{path}: aggregation must be one of {', '.join(RULES)}, got {config['aggregation']!r}.")
+    for key, least in (
+        ("wait_after_min_s", 0),
+        ("round_timeout_s", 1),
+        ("box_weight", 0),
+        ("max_update_ratio", 1),
+        ("max_weight_ratio", 1),
+    ):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < float("inf"):
             raise InputError(f"{path}: {key} must be a number of at least {least}, got {value!r}.")
@@ -254,6 +266,9 @@ def build_recipe(config: dict, initial_model: Path, threads: int = 0, command: s
             "weights_name": method.weights_name,
             "provenance": provenance,
             "sites": list(config["sites"]),
+            "aggregation": config["aggregation"],
+            "max_update_ratio": config["max_update_ratio"],
+            "max_weight_ratio": config["max_weight_ratio"],
         },
         name=config["name"],
         model=method.network_spec(),
