@@ -49,6 +49,8 @@ OVERLAY_KEYS = ("network_def", "discriminator_def", "stages", "default")
 SAMPLING_OPTIONS = ("sampler", "steps", "seed", "samples")
 #: most draws per image for the uncertainty maps (each is a whole sampling run)
 MAX_SAMPLES = 64
+#: the largest seed a sampler takes (torch's generators hold 64 bits)
+MAX_SEED = 2**63 - 1
 #: the weights families (``models/<method>_<modality>_x<scale>.pt``) and how each reads an image into [0, 1]
 #: unless its weights record another map: chest radiographs min-max, chest CT the HU window of the lungs and
 #: mediastinum (HU outside it clip). Declared here only: training records it with the weights, and inference,
@@ -391,6 +393,8 @@ class Method:
                     f"method {self.name!r}: {key} must be a whole "
                     f"number{' >= 0' if key == 'seed' else ' >= 1'}, got {value!r}."
                 )
+        if given.get("seed", 0) > MAX_SEED:
+            raise InputError(f"method {self.name!r}: seed must be at most 2**63 - 1 (torch's), got {given['seed']}.")
         if given.get("samples", 1) > MAX_SAMPLES:
             raise InputError(
                 f"method {self.name!r}: samples must be at most {MAX_SAMPLES} (each is a whole sampling run), "

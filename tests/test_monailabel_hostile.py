@@ -476,3 +476,58 @@ def test_symlinks_in_the_studies_folder_are_not_followed(tmp_path):
         assert up.status_code == 409, up.text
         assert infer(SimpleNamespace(url=url), "passwd", timeout=30).status_code == 404
     assert not outside.exists() and (studies / "dangling.png").is_symlink()
+
+
+def test_a_chunked_body_with_a_content_length_is_refused(server):
+    """``Content-Length`` together with ``Transfer-Encoding: chunked`` let 96 MB through a 64 KB route."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(server.url)
+    chunk = b"x" * (1 << 16)
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(32)) + b"0\r\n\r\n"
+    request = (
+        b"PUT /datastore/image/info?image=%s HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+        b"Transfer-Encoding: chunked\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n"
+    ) % server.ids[0].encode()
+    before = snapshot(server)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(request)
+        try:
+            sock.sendall(body)
+        except OSError:
+            pass  # the server may close once it has answered
+        reply = sock.recv(4096).decode("latin-1")
+    assert reply.startswith("HTTP/1.1 411") and "no Transfer-Encoding" in reply, reply[:300]
+    unchanged(server, before)
+
+
+def test_odd_digests_and_seeds_are_4xx_not_500(server):
+    for method in ("HEAD", "GET"):
+        r = requests.request(
+            method, f"{server.url}/datastore/image", params={"image": server.ids[0], "check_sum": "MD4:00"}, timeout=30
+        )
+        assert r.status_code == 422, (method, r.status_code)
+    r = infer(server, server.ids[0], {"method": "sr3", "seed": 2**80}, timeout=30)
+    assert r.status_code == 422 and "seed must be at most" in r.json()["detail"], r.text
+
+
+def test_a_stored_boxes_file_comes_back_as_it_was_saved(server):
+    """A finding named like a server folder is the annotator's text: the label download is not scrubbed."""
+    from monai_sr_bundle.data.markups import boxes_to_markups
+    from monai_sr_bundle.data.readers import read_image
+
+    image = read_image(server.studies / "ct_small.dcm")
+    doc = json.dumps(boxes_to_markups(np.array([[10.0, 10.0, 40.0, 40.0]]), [str(server.studies)], image.affine))
+    saved = requests.put(
+        f"{server.url}/datastore/label",
+        params={"image": "ct_small", "tag": "boxes"},
+        files={"label": ("b.json", doc.encode())},
+        timeout=30,
+    )
+    assert saved.status_code == 200, saved.text
+    try:
+        got = requests.get(f"{server.url}/datastore/label", params={"label": "ct_small", "tag": "boxes"}, timeout=30)
+        assert got.status_code == 200 and got.content == doc.encode()
+    finally:
+        (server.studies / "labels" / "boxes" / "ct_small.json").unlink()

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import anyio
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
@@ -51,6 +52,8 @@ DRAIN_LIMIT = 256 << 20
 #: multipart framing around an upload's file
 FORM_OVERHEAD = 64 << 10
 INFER_OUTPUTS = ("image", "json", "all")
+#: the digests MONAI Label's image check (``check_sum=ALGO:hex``) computes; another one was a 500
+CHECK_SUMS = ("SHA256", "SHA512", "MD5")
 #: request params a client may not set: the image comes from the URL or the upload, never from params
 RESERVED_PARAMS = ("image", "image_name", "model", "session", "save_label", "label_tag")
 
@@ -345,8 +348,11 @@ class Gateway:
         if route is None:
             return 404, f"{method} {path[:100]} is not served by this server (docs/monailabel.md, Deployment)."
         headers = dict(scope["headers"])
-        if b"content-length" not in headers and b"transfer-encoding" in headers:
-            return 411, "send the request with a Content-Length header."
+        if b"transfer-encoding" in headers:  # with a Content-Length too, the body would pass unmeasured
+            return 411, "send the request with a Content-Length header and no Transfer-Encoding."
+        check_sum = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("check_sum", [""])[-1]
+        if check_sum and check_sum.split(":")[0] not in CHECK_SUMS and ":" in check_sum:
+            return 422, f"check_sum takes {', '.join(CHECK_SUMS)} (as ALGO:hex, or a SHA256 hex digest alone)."
         declared, limit = int(headers.get(b"content-length", b"0") or 0), self.limits[route.body]
         if declared > limit:
             return 413, f"a {method} {path[:60]} request may carry at most {mb(limit)}; this one is {declared:,} bytes."
@@ -370,15 +376,18 @@ class Gateway:
         return text.encode()
 
     def scrubbing(self, send):
-        """``send`` that rewrites JSON and text replies without private paths, and any 5xx but 502 (the PACS
-        behind the app, said by lib/pacs.py) and 503 (busy) as one sentence (its trace goes to the log)."""
+        """``send`` that rewrites JSON and text replies without private paths (not a stored file sent as an
+        attachment), and any 5xx but 502 (the PACS behind the app, said by lib/pacs.py) and 503 (busy) as one
+        sentence (its trace goes to the log)."""
         held: dict = {}
         chunks: list[bytes] = []
 
         async def wrapped(message) -> None:
             if message["type"] == "http.response.start":
-                ctype = dict(message["headers"]).get(b"content-type", b"")
-                if message["status"] >= 500 or ctype.startswith((b"application/json", b"text/")):
+                headers = dict(message["headers"])
+                ctype, stored = headers.get(b"content-type", b""), b"content-disposition" in headers
+                # a stored file (a boxes JSON sent back as it was saved) is the client's content: left as it is
+                if message["status"] >= 500 or (ctype.startswith((b"application/json", b"text/")) and not stored):
                     held.update(message)
                     return
             elif message["type"] == "http.response.body" and held:
