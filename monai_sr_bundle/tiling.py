@@ -22,6 +22,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from monai_sr_bundle import cancel
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.transforms.degradation import zoom_geometry
 
@@ -129,6 +130,7 @@ class SRInferer(Inferer):
             weight = blend_weight(th * s, tw * s, x.device)
         out = norm = None
         for i in tqdm(range(0, len(tiles), self.sw_batch_size), desc="tiles", disable=not self.progress):
+            cancel.check()
             group = tiles[i : i + self.sw_batch_size]
             pred = network(torch.cat([x[..., r[0] : r[0] + th, c[0] : c[0] + tw] for r, c in group]), **kwargs)
             if tuple(pred.shape[-2:]) != (th * s, tw * s):

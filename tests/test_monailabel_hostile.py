@@ -531,3 +531,31 @@ def test_a_stored_boxes_file_comes_back_as_it_was_saved(server):
         assert got.status_code == 200 and got.content == doc.encode()
     finally:
         (server.studies / "labels" / "boxes" / "ct_small.json").unlink()
+
+
+def test_an_abandoned_sr_request_frees_the_worker(server):
+    """A client asks for sr3 with 1000 steps and 8 samples (tens of minutes on this CPU), then disconnects:
+    the work stops at its next sampler step, so the next client's request is served at once."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(server.url)
+    prepared = requests.Request(
+        "POST",
+        f"{server.url}/infer/super_resolution",
+        params={"output": "image"},
+        data={"params": json.dumps({"method": "sr3", "steps": 1000, "samples": 8, "sampler": "ddpm"})},
+        files={"file": ("a.png", png(64, 64))},
+    ).prepare()
+    head = f"POST {prepared.path_url} HTTP/1.1\r\nHost: x\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in prepared.headers.items()
+    )
+    before = snapshot(server)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\r\n" + prepared.body)
+        time.sleep(3)  # the SR is under way
+    started = time.monotonic()
+    r = infer(server, server.ids[0], timeout=120)
+    assert r.status_code == 200, r.text
+    assert time.monotonic() - started < 30
+    unchanged(server, before)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.functional import pad, pixel_shuffle, pixel_unshuffle
 from tqdm import tqdm
 
+from monai_sr_bundle import cancel
 from monai_sr_bundle.diffusion.samplers import make_sampler
 from monai_sr_bundle.networks.bicubic import upsample
 
@@ -166,6 +167,7 @@ class SR3(nn.Module):
         solver = self.make_sampler(sampler, steps)
         x = torch.randn(condition.shape, generator=generator, device=lr.device, dtype=lr.dtype)
         for t in tqdm(solver.timesteps, desc=f"{sampler or self.sampler} steps", leave=False, disable=not progress):
+            cancel.check()
             estimate = self.denoise(x, condition, t.expand(len(x)).to(lr.device))
             x, _ = solver.step(estimate, int(t), x, generator=generator)
         return self.image_of(x, condition)

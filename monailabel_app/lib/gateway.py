@@ -38,6 +38,7 @@ from starlette.datastructures import UploadFile
 from starlette.middleware.cors import CORSMiddleware
 
 from lib.datastore import BOX_TAG, EXTENSIONS, MAX_BOXES_FILE, check_name, known_suffix
+from monai_sr_bundle.cancel import Cancelled, Token
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ INFER_OUTPUTS = ("image", "json", "all")
 #: the digests MONAI Label's image check (``check_sum=ALGO:hex``) computes; another one was a 500
 CHECK_SUMS = ("SHA256", "SHA512", "MD5")
 #: request params a client may not set: the image comes from the URL or the upload, never from params
-RESERVED_PARAMS = ("image", "image_name", "model", "session", "save_label", "label_tag")
+RESERVED_PARAMS = ("image", "image_name", "model", "session", "save_label", "label_tag", "cancel")
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,24 @@ class InferQueue:
         finally:
             self.pending -= 1
 
+    async def run_watched(self, request: Request, gone: Token, fn, *args):
+        """:meth:`run`, setting ``gone`` if the client disconnects meanwhile (its body is read by then, so
+        the next message is the disconnect); the stopped work answers 499, which nobody is left to read."""
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            try:
+                return await self.run(fn, *args)
+            except Cancelled:
+                raise HTTPException(499, "the client closed the request; its SR was stopped.") from None
+            finally:
+                group.cancel_scope.cancel()
+
 
 def own_api(max_upload: int, queue: InferQueue) -> FastAPI:
     """The handlers for the routes marked ``own``: the same URLs and forms as MONAI Label's, with checks first."""
@@ -209,16 +228,17 @@ def own_api(max_upload: int, queue: InferQueue) -> FastAPI:
                 raise HTTPException(422, "the super_resolution task takes no label upload.")
             if isinstance(file, UploadFile) == bool(image):
                 raise HTTPException(422, "give one image: an id (?image=...) or an uploaded file, not both or neither.")
-            request_ = {**params, "model": model}
+            gone = Token()  # set when the client disconnects: the SR stops at its next tile or step
+            request_ = {**params, "model": model, "cancel": gone}
             if not image:
                 path = await save_upload(file, upload_suffix(file.filename), max_upload)
                 try:
                     name = os.path.basename(file.filename)[:80]
-                    result = await queue.run(instance.infer_upload, path, name, request_)
+                    result = await queue.run_watched(request, gone, instance.infer_upload, path, name, request_)
                 finally:
                     remove(path)
             else:
-                result = await queue.run(instance.infer, {**request_, "image": image})
+                result = await queue.run_watched(request, gone, instance.infer, {**request_, "image": image})
         return infer_response(result, output)
 
     @api.post("/train/{model}")

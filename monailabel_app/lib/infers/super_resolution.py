@@ -15,7 +15,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib import versions
 from lib.datastore import check_image
-from monai_sr_bundle import methods
+from monai_sr_bundle import cancel, methods
 from monai_sr_bundle.data.readers import image_format, read_image
 from monai_sr_bundle.data.writers import write_image
 from monai_sr_bundle.diffusion.uncertainty import MAPS
@@ -128,7 +128,7 @@ class SuperResolutionInfer(InferTask):
         pacs = _pacs(request.get("store_in_pacs", False))
         check_image(image, name, scale, self.max_output_mp)
         predictor = self.predictor(method, str(request.get("weights", config["weights"])))
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, cancel.cancellable(request.get("cancel")):
             try:
                 dicom = image_format(image) == "dicom"
                 written = run_inference(
