@@ -745,3 +745,25 @@ def test_poisoned_updates_are_refused_naming_the_site_and_never_published(tmp_pa
     published = torch.load(app / "models" / "srcnn_cxr_x4.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in published.values())
     methods.get("srcnn", 4).network().load_state_dict(published)
+
+
+def test_batchnorm_statistics_stay_at_the_site(tmp_path):
+    """runet has BatchNorm: its running statistics (the site's image statistics) are never in what the site
+    sends, and after round 0 the site keeps its own instead of the global model's."""
+    site = load_site("s", make_site(tmp_path, "s", nih_items("train", 0, 2), nih_items("val", 0, 1)))
+    trainer = SiteTrainer(site, "runet", 4, "cxr", "minmax", total_epochs=2, work_dir=tmp_path / "runs", batch_size=2)
+    global_state = methods.get("runet", 4).network().state_dict()
+    stats = [k for k in global_state if k.endswith(".running_mean")]
+    assert stats
+    trainer.load_global(global_state)
+    assert all(torch.equal(trainer.network.state_dict()[k], global_state[k]) for k in stats)  # round 0: the global's
+    trainer.train(1)
+    sent = trainer.update()
+    assert not [k for k in sent if k.endswith((".running_mean", ".running_var", ".num_batches_tracked"))]
+    own = {k: trainer.network.state_dict()[k].clone() for k in stats}
+    assert any(not torch.equal(own[k], global_state[k]) for k in stats)
+    trainer.load_global(global_state)
+    assert all(torch.equal(trainer.network.state_dict()[k], own[k]) for k in stats)  # kept, not the global's
+    trainer.network.state_dict()[stats[0].replace("running_mean", "weight")].fill_(float("nan"))
+    with pytest.raises(InputError, match="holds NaN or infinite values .*; not sent"):
+        trainer.update()

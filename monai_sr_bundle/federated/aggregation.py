@@ -1,10 +1,10 @@
 """What the server does with the sites' updates of one round before anything is published: each update is
-checked against the global model (the same keys, shapes and kinds of number, all finite: nothing is broadcast
-and nothing non-finite averaged in), updates far larger than the round's others are refused, the sites'
-weights are their declared training images, capped, and the accepted updates are combined by a mean, a
-coordinate-wise median or a trimmed mean (the robust rules users know from Flower's FedMedian and
-FedTrimmedAvg). Pure functions over ``{key: array}`` dicts, so the controller stays thin and tests need no
-NVFlare."""
+checked against the global model (the same keys but the BatchNorm statistics, which stay at the sites; the
+same shapes and kinds of number; all finite: nothing is broadcast and nothing non-finite averaged in),
+updates far larger than the round's others are refused, the sites' weights are their declared training
+images, capped, and the accepted updates are combined by a mean, a coordinate-wise median or a trimmed mean
+(the robust rules users know from Flower's FedMedian and FedTrimmedAvg). Pure functions over ``{key: array}``
+dicts, so the controller stays thin and tests need no NVFlare."""
 
 from __future__ import annotations
 
@@ -14,10 +14,18 @@ import numpy as np
 
 #: the meta key under which a site declares how many training images it has (its aggregation weight)
 NUM_SAMPLES = "num_training_images"
+#: what BatchNorm layers keep of the images they saw: a site never sends them (a running mean is the mean
+#: intensity of its training batches), and the global model keeps those of round 0
+SITE_ONLY = (".running_mean", ".running_var", ".num_batches_tracked")
 #: how the accepted updates of a round are combined
 RULES = ("mean", "median", "trimmed_mean")
 #: what a site's update is compared with: the global model (a full update) or nothing (a difference)
 FULL, DIFF = "full", "diff"
+
+
+def shared(params: Mapping) -> dict:
+    """What of a state dict leaves a site: all but the BatchNorm statistics (:data:`SITE_ONLY`)."""
+    return {k: v for k, v in params.items() if not k.endswith(SITE_ONLY)}
 
 
 def check_update(params: Mapping, reference: Mapping) -> str | None:

@@ -8,8 +8,9 @@ worker that fails, is killed or runs out of memory fails the site's round, not t
 whole job when a site's job process dies, so that process only relays. A failed round answers with an
 empty result; why it failed is logged at the site and never sent.
 
-Only weights and those metrics leave the site; its images and datalist stay where its site config
-(:mod:`monai_sr_bundle.federated.sites`) says. NVFlare runs this script; the job (``job.py``) passes::
+Only weights (not the BatchNorm statistics, which are the site's image statistics) and those metrics leave
+the site; its images and datalist stay where its site config (:mod:`monai_sr_bundle.federated.sites`) says.
+NVFlare runs this script; the job (``job.py``) passes::
 
     --method <name> --scale 4 --modality cxr --intensity minmax --local_epochs 1 [--site_config PATH]
 """
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from monai_sr_bundle.errors import InputError, first_line
-from monai_sr_bundle.federated.aggregation import NUM_SAMPLES
+from monai_sr_bundle.federated import aggregation
 from monai_sr_bundle.federated.sites import SiteData, load_site
 from monai_sr_bundle.training import stop_on_nan, train_parser
 
@@ -78,27 +79,37 @@ class SiteTrainer:
         stop_on_nan(self.trainer, parser["run_dir"])  # a diverged site fails its round instead of sending NaN
         self.network = parser.get_parsed_content("network")  # the method's module, whatever the trainer wraps
         self.frozen = _frozen_keys(self.network)
-        self.site = site.site
+        self.site, self.rounds = site.site, 0
 
     def load_global(self, params: dict) -> None:
         """Load the server's global weights, refusing any that do not fit this network or are not finite:
-        a site never trains on, or sends back, a corrupted model."""
+        a site never trains on, or sends back, a corrupted model. After round 0 the site's own BatchNorm
+        statistics are kept: they never leave it, so the global ones are round 0's."""
         own = self.network.state_dict()
         try:
             state = {k: torch.as_tensor(v) for k, v in dict(params or {}).items()}
             bad = [k for k, v in state.items() if v.dtype == torch.bool or not torch.isfinite(v.double()).all()]
             if bad:
                 raise ValueError(f"non-finite or non-numeric values in {bad[0]}")
-            for k, v in state.items():  # BatchNorm's batch counters: FedAvg averages them into floats
-                if k in own and not own[k].is_floating_point():
-                    state[k] = v.round().to(own[k].dtype)
             # what the stage trains frozen (a latent method's autoencoder) is the bundle's own at every site: the
             # global copy (random in a fresh server model) never replaces it, and what the sites send back
             # averages to it
             state.update({k: v for k, v in own.items() if k in self.frozen})
+            if self.rounds:
+                state.update({k: v for k, v in own.items() if k not in aggregation.shared(own)})
             self.network.load_state_dict(state)
+            self.rounds += 1
         except (RuntimeError, ValueError, TypeError) as e:
             raise InputError(f"site {self.site}: the global model does not fit this network ({first_line(e)}).") from e
+
+    def update(self) -> dict[str, np.ndarray]:
+        """What leaves the site after training: the weights without the BatchNorm statistics, checked finite
+        (a model that is not fails the round here, its reason in the site's log)."""
+        state = {k: v.detach().cpu().numpy() for k, v in aggregation.shared(self.network.state_dict()).items()}
+        bad = [k for k, v in state.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+        if bad:
+            raise InputError(f"site {self.site}: the trained model holds NaN or infinite values ({bad[0]}); not sent.")
+        return state
 
     def evaluate(self) -> dict[str, float]:
         """PSNR and SSIM of the current network on the site's validation images."""
@@ -194,12 +205,10 @@ def _work(conn, site_name: str, args: argparse.Namespace, total_epochs: int, wor
         except InputError as e:
             conn.send(("error", str(e)))
             continue
-        state = {k: v.detach().cpu().numpy() for k, v in trainer.network.state_dict().items()}
-        bad = [k for k, v in state.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
-        if bad:  # never sent: the server would refuse it, and the site's own log should say why
-            conn.send(("error", f"site {site_name}: the trained model holds NaN or infinite values ({bad[0]})."))
-            continue
-        conn.send(("ok", (state, metrics, steps, len(site.training))))
+        try:
+            conn.send(("ok", (trainer.update(), metrics, steps, len(site.training))))
+        except InputError as e:
+            conn.send(("error", str(e)))
 
 
 class SiteWorker:
@@ -279,7 +288,7 @@ def main(argv=None) -> None:
                 f"SSIM {metrics['ssim']:.4f}"
             )
             params = {k: torch.from_numpy(v) for k, v in state.items()}
-            meta = {"NUM_STEPS_CURRENT_ROUND": steps, NUM_SAMPLES: images}
+            meta = {"NUM_STEPS_CURRENT_ROUND": steps, aggregation.NUM_SAMPLES: images}
             flare.send(flare.FLModel(params=params, metrics=metrics, meta=meta))
     finally:
         if worker is not None:

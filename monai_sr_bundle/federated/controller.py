@@ -11,7 +11,8 @@ leave behind what a hospital's IT and its researchers look for after a job.
   round's median update. A refused update fails that site's round, named in the report with the reason; the
   round goes on while ``min_responses`` sites remain. Sites weigh by the training images they declare,
   capped at ``max_weight_ratio`` times the round's median, and are combined by ``aggregation`` (``mean``,
-  ``median`` or ``trimmed_mean``). A combined model that is not finite is never published.
+  ``median`` or ``trimmed_mean``). A combined model that is not finite is never published. BatchNorm
+  statistics stay at the sites; the global model keeps those of round 0.
 - ``fl_report.json`` in the server's app folder: each round's per-site metrics (PSNR, SSIM of the global
   model on the site's validation images), steps, and the sites that failed with what the server saw (a
   site's own reason stays in its log).
@@ -153,7 +154,7 @@ class SRFedAvg(FedAvg):
             return self._fail(site, FAILED_AT_SITE)
         if site in self._updates or site in self._round()["failed"]:
             return self._fail(site, "answered twice in one round (two clients with one site name?)")
-        problem = aggregation.check_update(result.params, self._global)
+        problem = aggregation.check_update(result.params, aggregation.shared(self._global))
         if problem:
             return self._fail(site, f"update refused: {problem}")
         self._params_type = result.params_type
@@ -173,7 +174,8 @@ class SRFedAvg(FedAvg):
             if site not in round_["sites"] and site not in round_["failed"]:
                 round_["failed"][site] = "no answer within the round"
         kind = aggregation.DIFF if self._params_type == ParamsType.DIFF else aggregation.FULL
-        norms = {s: aggregation.update_norm(p, self._global, kind) for s, (p, _) in updates.items()}
+        reference = aggregation.shared(self._global)
+        norms = {s: aggregation.update_norm(p, reference, kind) for s, (p, _) in updates.items()}
         for site, reason in aggregation.outliers(norms, self.max_update_ratio).items():
             self._fail(site, f"update refused: {reason}")
             updates.pop(site)
@@ -185,6 +187,8 @@ class SRFedAvg(FedAvg):
             )
         weights = aggregation.capped_weights({s: n for s, (_, n) in updates.items()}, self.max_weight_ratio)
         params = aggregation.combine({s: p for s, (p, _) in updates.items()}, weights, self.aggregation)
+        if kind == aggregation.FULL:  # the BatchNorm statistics no site sent: the global model keeps its own
+            params = {**{k: v for k, v in self._global.items() if k not in params}, **params}
         for site, weight in weights.items():
             round_["sites"][site]["weight"] = weight
         scores = [round_["sites"][s] for s in updates]
