@@ -59,15 +59,28 @@ class LocalPoc:
         log.close()
 
     def stop(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Stop a process and everything it started (its job processes, their workers)."""
+        """Stop a process and everything it started: its process group, and its descendants that NVFlare
+        started in sessions of their own (the job processes, their workers), which outlived it by ~40 s."""
+        import psutil
+
         process = self.processes.pop(name, None)
         if process is None:
             return
         try:
+            descendants = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
             pass
+        for child in descendants:
+            try:
+                child.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
         process.wait(30)
+        psutil.wait_procs(descendants, timeout=30)
 
     def connect(self, sites: list[str] | None = None, timeout: float = 120):
         """An admin session once the server answers and ``sites`` (default: all started) are connected."""
