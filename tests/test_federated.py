@@ -659,7 +659,8 @@ def test_poc_deployment_survives_faults_and_leaks_nothing(tmp_path):
 
     import psutil
 
-    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp_path / "ws") in " ".join(p.info["cmdline"] or [])]
+    ws = str(tmp_path / "ws")
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if ws in " ".join(p.info["cmdline"] or [])]
     assert not left, f"POC processes still running after close: {left}"  # job processes outlived it by ~40 s
     site_files = [str(p.parent) for p in [*own.values(), *broken.values()]] + ["corrupt.png"]
     site_files += [Path(d["label"]).name for d in nih_items("train", 0, 4) + nih_items("train", 200, 4)]
