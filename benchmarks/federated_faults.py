@@ -3,7 +3,9 @@ server and every site as their own processes on this machine, kits from ``federa
 submitted through the admin API). SRCNN x4, 4 training images per site, 2 rounds, ``min_clients`` 1.
 
 Each row: the fault, the job's final status, what ``fl_report.json`` lists as failed, whether a model was
-published, and whether that is what is intended. Writes the table into docs/federated.md (between its
+published, and whether that is what is intended (for a poisoned update also: the published model loads and is
+finite, a site's weight is capped, the report is strict JSON; for runet, the published BatchNorm statistics
+are round 0's). Writes the table into docs/federated.md (between its
 ``faults`` markers) and prints it.
 Run: .venv/bin/python benchmarks/federated_faults.py   (about 20 min on a 2-core CPU: NVFlare declares a
 vanished site dead only after its 600 s heartbeat timeout)
@@ -34,6 +36,79 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "federated.md"
 MARKERS = ("<!-- faults: start -->", "<!-- faults: end -->")
 WAIT_AFTER_MIN_S = 60
+
+
+#: a site's client that changes its update just before it leaves: the poisoned site of the fault rows (and of
+#: tests/test_federated.py); never part of a job the project exports
+ATTACKER = """
+import sys
+
+import nvflare.client as flare
+import torch
+
+from monai_sr_bundle.federated import client
+from monai_sr_bundle.federated.aggregation import NUM_SAMPLES
+
+MODE = {mode!r}
+send = flare.send
+
+
+def poisoned(model, *args, **kwargs):
+    if model.params:
+        first = next(k for k, v in model.params.items() if v.is_floating_point())
+        if MODE == "nan":
+            model.params[first] = torch.full_like(model.params[first], float("nan"))
+        elif MODE == "scaled":
+            model.params = {{k: v * 1e6 if v.is_floating_point() else v for k, v in model.params.items()}}
+        elif MODE == "broadcast":
+            model.params[first] = torch.zeros(1)
+        elif MODE == "extra":
+            model.params["evil.weight"] = torch.zeros(3)
+        elif MODE == "claims":
+            model.meta[NUM_SAMPLES] = 1e9
+    return send(model, *args, **kwargs)
+
+
+if __name__ == "__main__":  # the site's worker is spawned and imports this script again
+    flare.send = poisoned
+    client.main(sys.argv[1:])
+"""
+#: what each attacker mode does, as a fault row names it
+POISONS = {
+    "nan": "NaN weights",
+    "scaled": "weights x 1e6",
+    "broadcast": "a (1,) tensor for a layer",
+    "extra": "an extra key",
+    "claims": "claims 10^9 training images",
+}
+
+
+def poison(job: Path, site: str, mode: str) -> None:
+    """Give ``site`` the attacker's client in the exported ``job`` folder."""
+    (job / f"app_{site}" / "custom" / "client.py").write_text(ATTACKER.format(mode=mode))
+
+
+def finite_model(app: Path, name: str = "srcnn_cxr_x4.pt") -> bool:
+    """The published model loads with weights_only and holds only finite numbers."""
+    path = app / "models" / name
+    return path.is_file() and all(torch.isfinite(v).all() for v in torch.load(path, weights_only=True).values())
+
+
+def shipped_statistics(app: Path) -> bool:
+    """The published runet's BatchNorm running means are the shipped weights' (round 0's): no site sent its own."""
+    runet = methods.get("runet")
+    shipped = runet.network(runet.weights_path).state_dict()
+    published = torch.load(app / "models" / runet.weights_name, weights_only=True)
+    return all(torch.equal(v, shipped[k]) for k, v in published.items() if k.endswith("running_mean"))
+
+
+def strict_json(path: Path) -> dict:
+    """``path`` as JSON, refusing the NaN and Infinity literals Python's writer would put there."""
+
+    def refuse(constant: str):
+        raise ValueError(f"{path.name} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def site(folder: Path, name: str, training: list[dict], start: int) -> str:
@@ -70,11 +145,12 @@ def main() -> int:
         "site-c": site(work / "site-c", "site-c", [{"label": str(corrupt)}], 20),
         "site-d": site(work / "site-d", "site-d", [{"label": str(corrupt)}], 30),
         "site-v": site(work / "site-v", "site-v", train[200:204], 40),
+        "site-p": site(work / "site-p", "site-p", train[300:304], 50),  # the poisoned site
         "site-n": None,  # never started
     }
 
     def job_config(name: str, job_sites: list[str], **extra) -> dict:
-        config = {"name": name, "method": "srcnn", "num_rounds": 2, "min_clients": 1}
+        config = {"name": name, "method": "srcnn", "num_rounds": 2, "min_clients": 1, "round_timeout_s": 900}
         config |= {"wait_after_min_s": WAIT_AFTER_MIN_S, "sites": dict.fromkeys(job_sites), **extra}
         path = work / f"{name}.json"
         path.write_text(json.dumps(config))
@@ -102,9 +178,13 @@ def main() -> int:
             poc.start(name)
         poc.connect([s for s, c in sites.items() if c], timeout=300)
 
-        def run(fault, job_sites, expect_model, expect_failed, killer=None, **extra):
-            config = job_config(fault.split(" ")[0].lower().strip("`"), job_sites, **extra)
+        def run(fault, job_sites, expect_model, expect_failed, killer=None, prepare=None, check=None, **extra):
+            """One job: ``prepare(job folder)`` after export, ``check(app folder, report)`` for what else the
+            row must hold."""
+            config = job_config(f"job{len(rows)}", job_sites, **extra)
             job = export_job(config, work / "jobs")
+            if prepare:
+                prepare(job)
             thread = threading.Thread(target=killer, daemon=True) if killer else None
             if thread:
                 thread.start()
@@ -116,13 +196,13 @@ def main() -> int:
                 return
             minutes = (time.monotonic() - started) / 60
             app = out / "workspace" / "app_server"
-            report = json.loads((app / REPORT_NAME).read_text()) if (app / REPORT_NAME).is_file() else {"rounds": []}
+            report = strict_json(app / REPORT_NAME) if (app / REPORT_NAME).is_file() else {"rounds": []}
             failed = sorted(
                 {f"{s} (round {r['round']}: {why})" for r in report["rounds"] for s, why in r["failed"].items()}
             )
-            model = (app / "models" / "srcnn_cxr_x4.pt").is_file()
+            model = any((app / "models").glob("*.pt")) if (app / "models").is_dir() else False
             failed_sites = {s for r in report["rounds"] for s in r["failed"]}
-            ok = model == expect_model and failed_sites == set(expect_failed)
+            ok = model == expect_model and failed_sites == set(expect_failed) and (check is None or check(app, report))
             rows.append((fault, f"{status} ({minutes:.1f} min)", "; ".join(failed) or "none", "yes" if model else "no",
                          "yes" if ok else "no"))  # fmt: skip
 
@@ -132,6 +212,22 @@ def main() -> int:
         run("corrupt image (site-c)", ["site-a", "site-c"], True, ["site-c"])
         run("site never connects (site-n)", ["site-a", "site-n"], True, ["site-n"])
         run("every site failing (site-c, site-d: corrupt images)", ["site-c", "site-d"], False, ["site-c", "site-d"])
+        for mode, what in POISONS.items():  # issue 39, rows 1, 2, 4 and 7: poisoned updates at the server
+            claims = mode == "claims"
+            run(f"poisoned update (site-p: {what})", ["site-a", "site-p"], True, [] if claims else ["site-p"],
+                prepare=lambda job, mode=mode: poison(job, "site-p", mode), num_rounds=1,
+                check=lambda app, report, claims=claims: finite_model(app) and (
+                    not claims or report["rounds"][0]["sites"]["site-p"]["weight"] <= 4 * 4))  # fmt: skip
+        run(
+            "BatchNorm statistics (runet; they would reveal a site's mean intensity)",
+            ["site-a", "site-b"],
+            True,
+            [],
+            num_rounds=1,
+            method="runet",
+            initial_weights="shipped",
+            check=lambda app, _: shipped_statistics(app),
+        )
         gone = []
         run("vanished site (site-v's whole client SIGKILLed in round 0)", ["site-a", "site-v"], True, ["site-v"],
             killer=lambda: kill_when_training(poc, "site-v", True, gone))  # fmt: skip

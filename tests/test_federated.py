@@ -681,47 +681,14 @@ def _files_naming(roots: list[Path], names: list[str]) -> list[tuple[str, str]]:
     ]
 
 
-#: a site's client that changes its update just before it leaves (the test's attacker; never shipped)
-ATTACKER = '''
-import sys
-
-import nvflare.client as flare
-import torch
-
-from monai_sr_bundle.federated import client
-from monai_sr_bundle.federated.aggregation import NUM_SAMPLES
-
-MODE = {mode!r}
-send = flare.send
-
-
-def poisoned(model, *args, **kwargs):
-    if model.params:
-        first = next(k for k, v in model.params.items() if v.is_floating_point())
-        if MODE == "nan":
-            model.params[first] = torch.full_like(model.params[first], float("nan"))
-        elif MODE == "scaled":
-            model.params = {{k: v * 1e6 if v.is_floating_point() else v for k, v in model.params.items()}}
-        elif MODE == "broadcast":
-            model.params[first] = torch.zeros(1)
-        elif MODE == "extra":
-            model.params["evil.weight"] = torch.zeros(3)
-        elif MODE == "claims":
-            model.meta[NUM_SAMPLES] = 1e9
-    return send(model, *args, **kwargs)
-
-
-if __name__ == "__main__":  # the site's worker is spawned and imports this script again
-    flare.send = poisoned
-    client.main(sys.argv[1:])
-'''
-
-
 def test_poisoned_updates_are_refused_naming_the_site_and_never_published(tmp_path):
     """Five sites, one round: site-a honest; site-b sends NaN, site-c its weights times 1e6, site-d a (1,)
     tensor that averaging would broadcast over a layer, site-e an extra key: each refused, named with the
     reason, while site-a and site-f (honest weights, but claiming 10^9 training images, so capped at 4x the
     median) make the round. The published model is finite and is their weighted mean."""
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from federated_faults import finite_model, poison  # the attacker of the fault table
+
     modes = {"site-b": "nan", "site-c": "scaled", "site-d": "broadcast", "site-e": "extra", "site-f": "claims"}
     sites = {
         name: str(make_site(tmp_path / name, name, nih_items("train", 4 * i, 4), nih_items("val", i, 1)))
@@ -730,7 +697,7 @@ def test_poisoned_updates_are_refused_naming_the_site_and_never_published(tmp_pa
     config = load_job_config(job_file(tmp_path, "poison", sites, min_clients=2, num_rounds=1))
     job = export_job(config, tmp_path / "job")
     for site, mode in modes.items():
-        (job / f"app_{site}" / "custom" / "client.py").write_text(ATTACKER.format(mode=mode))
+        poison(job, site, mode)
     nvflare = Path(sys.executable).with_name("nvflare")
     run = subprocess.run(
         [str(nvflare), "simulator", str(job), "-w", str(tmp_path / "ws"), "-c", ",".join(sites), "-t", "1"],
@@ -747,9 +714,8 @@ def test_poisoned_updates_are_refused_naming_the_site_and_never_published(tmp_pa
     assert "has shape [1]" in failed["site-d"] and "unexpected ['evil.weight']" in failed["site-e"]
     assert set(only["sites"]) == {"site-a", "site-f"}
     assert only["sites"]["site-a"]["weight"] == 4 and only["sites"]["site-f"]["weight"] == 16
-    published = torch.load(app / "models" / "srcnn_cxr_x4.pt", weights_only=True)
-    assert all(torch.isfinite(v).all() for v in published.values())
-    methods.get("srcnn", 4).network().load_state_dict(published)
+    assert finite_model(app)
+    methods.get("srcnn", 4).network().load_state_dict(torch.load(app / "models" / "srcnn_cxr_x4.pt", weights_only=True))
 
 
 def test_batchnorm_statistics_stay_at_the_site(tmp_path):
