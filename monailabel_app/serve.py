@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import monai_sr_bundle
     from lib import gateway
+    from lib.timeouts import TimedH11Protocol
 
     conf = dict(args.conf)
     private = {
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         log_config=init_log_config(None, str(APP_DIR), "app.log"),
         ssl_keyfile=args.ssl_keyfile,
         ssl_certfile=args.ssl_certfile,
+        http=TimedH11Protocol,  # deadlines on reading a request (lib/timeouts.py)
     )
 
 

@@ -559,3 +559,31 @@ def test_an_abandoned_sr_request_frees_the_worker(server):
     assert r.status_code == 200, r.text
     assert time.monotonic() - started < 30
     unchanged(server, before)
+
+
+def test_half_sent_requests_are_closed_and_the_server_keeps_answering(server):
+    """A client that sends half a header, and one whose body stalls, are disconnected (lib/timeouts.py:
+    10 s for headers, 30 s of a stalled body); meanwhile and after, /info/ answers."""
+    import socket
+    from urllib.parse import urlparse
+
+    header_s, body_idle_s = 10, 30  # lib/timeouts.py
+    url = urlparse(server.url)
+    half_header = socket.create_connection((url.hostname, url.port), timeout=120)
+    half_header.sendall(b"GET /info/ HTTP/1.1\r\nHost: x\r\n")
+    stalled_body = socket.create_connection((url.hostname, url.port), timeout=120)
+    stalled_body.sendall(
+        b"PUT /datastore/image/info?image=%s HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n\r\ninfo=%%7B" % server.ids[0].encode()
+    )
+    started = time.monotonic()
+    try:
+        assert requests.get(f"{server.url}/info/", timeout=10).status_code == 200
+        assert half_header.recv(1024) == b""  # closed by the server
+        assert header_s - 1 < time.monotonic() - started < header_s + 10
+        assert stalled_body.recv(1024) == b""
+        assert body_idle_s - 1 < time.monotonic() - started < body_idle_s + 15
+        assert requests.get(f"{server.url}/info/", timeout=10).status_code == 200
+    finally:
+        half_header.close()
+        stalled_body.close()
