@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     from monailabel.utils.others.generic import init_log_config
 
     import monai_sr_bundle
-    from lib import gateway
+    from lib import auth, gateway
     from lib.timeouts import TimedH11Protocol
 
     conf = dict(args.conf)
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.MONAI_LABEL_AUTH_ENABLE:
         print(f"WARNING: serving on {args.host} without authentication; see docs/monailabel.md, Deployment.")
+    auth.install()  # tokens checked with RS256, an unreachable realm a 503 (lib/auth.py)
     app = gateway.build(stock, conf, args.cors_origin, args.allow_delete, private)
     uvicorn.run(
         app,

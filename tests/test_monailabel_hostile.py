@@ -587,3 +587,78 @@ def test_half_sent_requests_are_closed_and_the_server_keeps_answering(server):
     finally:
         half_header.close()
         stalled_body.close()
+
+
+def test_a_realm_token_is_accepted_and_a_realm_that_is_down_is_a_503(tmp_path):
+    """With auth on, a token the realm signed (RS256) opens the routes its roles allow (MONAI Label 0.8.5
+    refused every one: it called jwt.decode without algorithms); a token signed by another key, or an HS256
+    token keyed with the realm's public key, is a 401; when the realm cannot be reached, a 503, not a 500."""
+    import base64
+    import hashlib
+    import hmac
+    import http.server
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key, other = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    body = json.dumps({"realm": "hospital", "public_key": base64.b64encode(public).decode()}).encode()
+
+    class Realm(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the handler's own name)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    claims = {
+        "preferred_username": "dr-a",
+        "realm_access": {"roles": ["monailabel-user", "monailabel-annotator"]},
+        "exp": int(time.time()) + 600,
+    }
+    token = jwt.encode(claims, key, algorithm="RS256")
+    forged = jwt.encode(claims, other, algorithm="RS256")
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(json.dumps(claims).encode())
+    confused = (signing + b"." + b64(hmac.new(pem, signing, hashlib.sha256).digest())).decode()  # alg confusion
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(default_input(), studies / "ct_small.dcm")
+    realm = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Realm)
+    threading.Thread(target=realm.serve_forever, daemon=True).start()
+    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": f"http://127.0.0.1:{realm.server_port}/r"}
+    try:
+        with label_server(tmp_path, studies, {"method": "bicubic"}, env=env, ready_status=401) as url:
+            def get(t):
+                return requests.get(f"{url}/info/", headers={"Authorization": f"Bearer {t}"}, timeout=30)
+
+            assert get(token).status_code == 200, get(token).text
+            sr = requests.post(
+                f"{url}/infer/super_resolution",
+                params={"image": "ct_small", "output": "json"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=120,
+            )
+            assert sr.status_code == 200, sr.text
+            assert [get(t).status_code for t in (forged, confused, "not.a.token")] == [401, 401, 401]
+            train = requests.post(
+                f"{url}/train/super_resolution", json={}, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            )
+            assert train.status_code == 403  # an annotator is no admin
+    finally:
+        realm.shutdown()
+    down = dict(env, MONAI_LABEL_AUTH_REALM_URI="http://127.0.0.1:9/r")
+    (tmp_path / "down").mkdir()
+    with label_server(tmp_path / "down", studies, {"method": "bicubic"}, env=down, ready_status=401) as url:
+        r = requests.get(f"{url}/info/", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 503 and "sign-in service cannot be reached" in r.json()["detail"], r.text
