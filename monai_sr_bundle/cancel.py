@@ -11,7 +11,7 @@ from contextlib import contextmanager
 _local = threading.local()
 
 
-class Cancelled(Exception):
+class WorkCancelledError(Exception):
     """The work was stopped because whoever asked for it is gone."""
 
 
@@ -25,7 +25,7 @@ class Token(threading.Event):
 
 @contextmanager
 def cancellable(event: threading.Event | None) -> Iterator[None]:
-    """Within this block, :func:`check` in this thread raises :class:`Cancelled` once ``event`` is set."""
+    """Within this block, :func:`check` in this thread raises :class:`WorkCancelledError` once ``event`` is set."""
     previous, _local.event = getattr(_local, "event", None), event
     try:
         yield
@@ -34,7 +34,7 @@ def cancellable(event: threading.Event | None) -> Iterator[None]:
 
 
 def check() -> None:
-    """Raise :class:`Cancelled` if this thread's work was cancelled (a no-op outside :func:`cancellable`)."""
+    """Raise :class:`WorkCancelledError` if this thread's work was cancelled (a no-op outside :func:`cancellable`)."""
     event = getattr(_local, "event", None)
     if event is not None and event.is_set():
-        raise Cancelled("the requester went away; the SR was stopped")
+        raise WorkCancelledError("the requester went away; the SR was stopped")

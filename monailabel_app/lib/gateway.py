@@ -38,7 +38,7 @@ from starlette.datastructures import UploadFile
 from starlette.middleware.cors import CORSMiddleware
 
 from lib.datastore import BOX_TAG, EXTENSIONS, MAX_BOXES_FILE, check_name, known_suffix
-from monai_sr_bundle.cancel import Cancelled, Token
+from monai_sr_bundle.cancel import Token, WorkCancelledError
 
 logger = logging.getLogger(__name__)
 
@@ -187,14 +187,19 @@ class InferQueue:
                 pass
             gone.set()
 
+        result = error = None
         async with anyio.create_task_group() as group:
             group.start_soon(watch)
             try:
-                return await self.run(fn, *args)
-            except Cancelled:
-                raise HTTPException(499, "the client closed the request; its SR was stopped.") from None
-            finally:
-                group.cancel_scope.cancel()
+                result = await self.run(fn, *args)
+            except Exception as e:  # raised out here: a task group would wrap it in an ExceptionGroup (a 500)
+                error = e
+            group.cancel_scope.cancel()
+        if isinstance(error, WorkCancelledError):
+            raise HTTPException(499, "the client closed the request; its SR was stopped.") from None
+        if error is not None:
+            raise error
+        return result
 
 
 def own_api(max_upload: int, queue: InferQueue) -> FastAPI:
