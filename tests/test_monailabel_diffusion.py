@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import psutil
 import pytest
 import SimpleITK as sitk
 import torch
@@ -23,9 +24,7 @@ from monai_sr_bundle.inference import run_inference
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
 pytestmark = [
     pytest.mark.server,
-    pytest.mark.skipif(
-        not (NIH / "images_512").is_dir(), reason=f"{NIH / 'images_512'} not found (set MONAI_SR_DATA)"
-    ),
+    pytest.mark.skipif(not (NIH / "images_512").is_dir(), reason=f"{NIH / 'images_512'} not found (set MONAI_SR_DATA)"),
 ]
 SAMPLING = {"method": NAME, "weights": "v1", "sampler": "ddim", "steps": 2, "seed": 3}
 
@@ -86,3 +85,27 @@ def test_bad_sampling_options_are_refused_and_the_server_keeps_serving(diffusion
     r = infer(diffusion_server, "cxr", {**SAMPLING, **params})
     assert r.status_code in (404, 422) and message in r.json()["detail"], r.text
     assert infer(diffusion_server, "cxr", SAMPLING).status_code == 200
+
+
+def test_new_sampling_values_do_not_grow_the_server(diffusion_server):
+    """Each request may choose its sampler and steps; the shipped sr3 (a 10 MB network) is loaded once, so 24
+    values never asked before leave the server's memory where a warm-up left it (a network kept per value would
+    add 240 MB; the allocator's own swings here are under 60 MB, hence the highest warm-up reading against the
+    lowest of the last four)."""
+    port = int(diffusion_server.url.rsplit(":", 1)[1])
+    (server,) = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "serve.py" in " ".join(p.cmdline()) and str(port) in p.cmdline()
+    ]
+    samplers = ("ddpm", "ddim", "dpmpp", "dpmpp_sde")
+
+    def rss_after(sampler: str, steps: int) -> float:
+        r = infer(diffusion_server, "cxr", {"method": "sr3", "weights": "shipped", "seed": 0, "sampler": sampler,
+                                            "steps": steps})  # fmt: skip
+        assert r.status_code == 200, r.text
+        return server.memory_info().rss / 2**20
+
+    warm = max(rss_after(sampler, steps) for steps in (2, 3) for sampler in samplers)
+    after = [rss_after(sampler, steps) for steps in range(4, 10) for sampler in samplers]
+    assert min(after[-4:]) - warm < 100, f"the server grew from {warm:.0f} MiB to {after} over 24 new values"
