@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -239,6 +240,17 @@ def test_the_initial_model_travels_in_the_job_and_follows_the_seed(tmp_path):
     shipped = torch.load(methods.get("srcnn").weights_path, weights_only=True)
     carried = initial("s4", initial_weights="shipped")
     assert all(torch.equal(carried[k], shipped[k]) for k in shipped)
+
+
+def test_the_initial_model_is_in_custom_whatever_is_on_sys_path(tmp_path, monkeypatch):
+    """NVFlare places a job file by its path relative to the longest ``sys.path`` entry that holds it: with
+    the temporary folder's parent on ``sys.path`` (a script run from ``/tmp``) the round-0 model went to
+    ``custom/monai_sr_job_*/initial_model.pt`` and the server failed at round 0."""
+    monkeypatch.syspath_prepend(tempfile.gettempdir())
+    job = export_job(load_job_config(job_file(tmp_path, "p", {"a": None})), tmp_path / "job")
+    assert [p.relative_to(job).as_posix() for p in job.rglob("initial_model.pt")] == [
+        "app_server/custom/initial_model.pt"
+    ]
 
 
 def test_client_arguments_survive_nvflares_whitespace_split(tmp_path):

@@ -218,15 +218,19 @@ def _recipe(config: dict, threads: int = 0, command: str = ""):
     """The recipe of a checked job config, built from the client script's folder (NVFlare names the script
     relative to the working folder and a site finds it by that name in the job's ``custom`` folder; an
     absolute path would have to exist on every site's machine), its round-0 model in a temporary file that
-    exporting or running the recipe copies into the job."""
+    exporting or running the recipe copies into the job. NVFlare places such a file in ``custom`` by its path
+    relative to the longest ``sys.path`` entry that holds it (``/tmp`` when a script there runs): the
+    temporary folder is put first on ``sys.path`` meanwhile, so the model is always ``custom/initial_model.pt``."""
     previous = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="monai_sr_job_") as tmp:
         initial = Path(tmp) / INITIAL_MODEL
         torch.save(initial_state(config), initial)
         os.chdir(CLIENT_SCRIPT.parent)
+        sys.path.insert(0, tmp)
         try:
             yield build_recipe(config, initial, threads, command)
         finally:
+            sys.path.remove(tmp)
             os.chdir(previous)
 
 
