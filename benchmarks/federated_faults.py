@@ -1,6 +1,7 @@
 """What a federated job does under each fault a hospital deployment meets, on NVFlare's POC mode (the
 server and every site as their own processes on this machine, kits from ``federated.deploy``, jobs
-submitted through the admin API). SRCNN x4, 4 training images per site, 2 rounds, ``min_clients`` 1.
+submitted through the admin API). SRCNN x4, 4 training images per site, 2 rounds, ``min_clients`` 1; also a
+server restart in the middle of a job and a copied site kit.
 
 Each row: the fault, the job's final status, what ``fl_report.json`` lists as failed, whether a model was
 published, and whether that is what is intended (for a poisoned update also: the published model loads and is
@@ -13,8 +14,10 @@ vanished site dead only after its 600 s heartbeat timeout)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from nvflare.fuel.flare_api.api_spec import JobNotFound
 from speed import write_block
 
 from monai_sr_bundle import methods
@@ -109,6 +113,67 @@ def strict_json(path: Path) -> dict:
         raise ValueError(f"{path.name} holds {constant}, which is not JSON")
 
     return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def copied_kit(poc: LocalPoc, name: str, within_s: float = 60) -> dict:
+    """Start a copy of ``name``'s kit beside it (issue 39, row 6): how long until the server's log names the
+    site, and whether the name was then disabled (gone from the connected sites). Afterwards the copy is
+    stopped, the admin enables the name again and waits for the site: ``back`` says whether it came."""
+    copy = f"{name}-copy"
+    shutil.copytree(poc.kits / name, poc.kits / copy, ignore=shutil.ignore_patterns("monai_sr_runs"))
+    poc.config = {**poc.config, "sites": {**poc.config["sites"], copy: poc.config["sites"][name]}}
+    log, said, started = poc.kits / "server" / "log.txt", f"site {name}: two clients are connected", time.monotonic()
+    poc.start(copy)
+    while said not in log.read_text() and time.monotonic() - started < within_s:
+        time.sleep(1)
+    reported = time.monotonic() - started if said in log.read_text() else None
+    session = poc.connect(sites=[])
+    deadline = time.monotonic() + 30
+    while name in {c.name for c in session.get_system_info().client_info} and time.monotonic() < deadline:
+        time.sleep(1)
+    disabled = name not in {c.name for c in session.get_system_info().client_info}
+    poc.stop(copy)
+    session.enable_client(name)
+    try:
+        poc.connect([name], timeout=120)
+        back = True
+    except InputError:
+        back = False
+    return {"reported_s": reported, "disabled": disabled, "back": back}
+
+
+def server_restart(poc: LocalPoc, job_dir: Path) -> dict:
+    """Submit ``job_dir``, SIGKILL the server once round 0 has published its model, start it again (issue 39,
+    row 5): the job's status a minute later, the rounds its downloaded report holds, whether the downloaded
+    model is the one its weights.json records (sha256), finite, and whether the job could then be deleted."""
+    session = poc.connect(sites=[])
+    job_id = session.submit_job(str(job_dir))
+    deadline = time.monotonic() + 300
+    while not list((poc.kits / "server" / job_id).glob("app_server/models/*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)  # the model's weights.json and the report are written right after it
+    poc.stop("server")
+    poc.start("server")
+    session = poc.connect([s for s in poc.processes if s != "server"], timeout=300)
+    deadline = time.monotonic() + 60
+    while session.get_job_meta(job_id)["status"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(1)
+    found = {"status": session.get_job_meta(job_id)["status"], "rounds": [], "model": False, "deleted": False}
+    if found["status"].startswith("FINISHED"):
+        app = Path(session.download_job_result(job_id)) / "workspace" / "app_server"
+        report = strict_json(app / REPORT_NAME) if (app / REPORT_NAME).is_file() else {"rounds": []}
+        found["rounds"] = [r["round"] for r in report["rounds"] if r.get("global_model")]
+        if found["rounds"]:
+            model = app / report["rounds"][-1]["global_model"]
+            recorded = json.loads((model.parent / "weights.json").read_text())[model.name]
+            same = recorded["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+            found["model"] = same and finite_model(app, model.name)
+        session.delete_job(job_id)
+        try:
+            session.get_job_meta(job_id)
+        except JobNotFound:
+            found["deleted"] = True
+    return found
 
 
 def site(folder: Path, name: str, training: list[dict], start: int) -> str:
@@ -228,6 +293,24 @@ def main() -> int:
             initial_weights="shipped",
             check=lambda app, _: shipped_statistics(app),
         )
+        restart_job = export_job(job_config("restart", ["site-a", "site-b"], num_rounds=3), work / "jobs")
+        restarted = server_restart(poc, restart_job)
+        kept = f"round {restarted['rounds']}" + (" (downloaded; job deleted)" if restarted["deleted"] else "")
+        intended = restarted["status"] == "FINISHED:ABANDONED" and restarted["rounds"] == [0]
+        intended = intended and restarted["model"] and restarted["deleted"]
+        rows.append(("server killed and restarted in round 1 of 3", restarted["status"], "-", kept,
+                     "yes" if intended else "no"))  # fmt: skip
+        copied = copied_kit(poc, "site-a")
+        said = (
+            f"site-a named and disabled after {copied['reported_s']:.0f} s" if copied["reported_s"] else "not reported"
+        )
+        rows.append((
+            "two clients with one site name (site-a's kit copied)",
+            said,
+            "-",
+            "-",
+            "yes" if copied["reported_s"] and copied["disabled"] and copied["back"] else "no",
+        ))  # fmt: skip
         gone = []
         run("vanished site (site-v's whole client SIGKILLed in round 0)", ["site-a", "site-v"], True, ["site-v"],
             killer=lambda: kill_when_training(poc, "site-v", True, gone))  # fmt: skip

@@ -610,12 +610,16 @@ def _listening_addresses(port: int) -> set[str]:
 
 def test_poc_deployment_survives_faults_and_leaks_nothing(tmp_path):
     """The kits as deploy.prepare_poc writes them, no hand edits: the server on loopback only, our classes
-    allowed, each site started with its own MONAI_SR_SITE_CONFIG. Three jobs through the admin API:
+    allowed, each site started with its own MONAI_SR_SITE_CONFIG. Jobs through the admin API:
     (1) site-b's worker killed in round 0 (min_clients 1): the job completes, the report lists site-b as
     failed in round 0, the published model runs with the bundle's inference config; (2) a site that never
     connects: listed as not connected, the round goes on without waiting for it; (3) every site failing
-    (corrupt images): no model. Then nothing on the server side (kits, job store) names a site's file."""
+    (corrupt images): no model; (4) a copied kit; (5) a server restart mid-job (the fault table's flows). Then
+    nothing on the server side (kits, job store) names a site's file."""
     from monai_sr_bundle.federated.poc import LocalPoc
+
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from federated_faults import copied_kit, server_restart
 
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
     own = {
@@ -668,6 +672,14 @@ def test_poc_deployment_survives_faults_and_leaks_nothing(tmp_path):
         report = _report(out / "workspace" / "app_server")
         assert report["rounds"][0]["failed"] == {s: FAILED_AT_SITE for s in broken}
         assert not (out / "workspace" / "app_server" / "models").exists()
+
+        # (4) site-a's kit copied: named in the server's log within a minute, disabled, back once enabled
+        copied = copied_kit(poc, "site-a")
+        assert copied["reported_s"] is not None and copied["disabled"] and copied["back"], copied
+        # (5) the server killed once round 0 of 3 is published, then started again: the job ends at once
+        # (NVFlare 2.9 left it RUNNING for ever), downloadable with the round-0 model its weights.json names
+        restarted = server_restart(poc, job("restart", {"site-a": None, "site-b": None}, num_rounds=3))
+        assert restarted == {"status": "FINISHED:ABANDONED", "rounds": [0], "model": True, "deleted": True}
 
     import psutil
 

@@ -8,6 +8,8 @@ what the server and the sites need is written into their kits here, never edited
   server, with the site's image paths and tracebacks in it.
 - The server listens on the given host (loopback unless told otherwise) instead of all interfaces, on the
   given port, and the sites and the admin kit connect there.
+- The server ends the jobs it was running when it stopped, with their last published model downloadable,
+  and disables a site name that two clients use (:mod:`monai_sr_bundle.federated.watch`).
 - ``startup/sub_start.sh`` runs ``python3`` from ``PATH``: the Python that has ``monai_sr_bundle`` is put
   first on it.
 
@@ -30,12 +32,18 @@ import tempfile
 from pathlib import Path
 
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.federated import watch
 from monai_sr_bundle.federated.job import export_job, load_job_config
 
 #: the POC project's name and the folder ``nvflare poc prepare`` writes the kits to
 POC_PROJECT = Path("example_project") / "prod_00"
 SERVER_KIT = "server"
 ADMIN_KIT = "admin@nvidia.com"
+#: the server's watchers (:mod:`monai_sr_bundle.federated.watch`) by their component ids
+WATCHERS = {
+    f"monai_sr_{c.__name__}": f"{watch.__name__}.{c.__name__}"
+    for c in (watch.InterruptedJobs, watch.DuplicateSiteNames)
+}
 
 
 def python_first(env: dict | None = None) -> dict:
@@ -109,6 +117,10 @@ def prepare_kit(kit: str | os.PathLike, classes: dict[str, list[str]], host: str
     resources["class_allow_list"] = sorted(set(resources.get("class_allow_list", [])) | set(classes[role]))
     if role == "client":
         resources["allow_log_streaming"] = False
+    else:
+        components = [c for c in resources.get("components", []) if c.get("id") not in WATCHERS]
+        resources["components"] = components + [{"id": i, "path": p, "args": {}} for i, p in WATCHERS.items()]
+        resources["class_allow_list"] = sorted(set(resources["class_allow_list"]) | set(WATCHERS.values()))
     _write_json(target, resources)
     config_name = "fed_server.json" if role == "server" else "fed_client.json"
     config = json.loads((startup / config_name).read_text())

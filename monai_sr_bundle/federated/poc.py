@@ -66,6 +66,8 @@ class LocalPoc:
         process = self.processes.pop(name, None)
         if process is None:
             return
+        if name == SERVER_KIT:  # the admin session dies with the server
+            self._close_session()
         try:
             descendants = psutil.Process(process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
@@ -119,13 +121,16 @@ class LocalPoc:
             raise InputError(f"job {job_id} did not finish within {timeout:.0f} s (status {status}).")
         return status, Path(session.download_job_result(job_id))
 
-    def close(self) -> None:
+    def _close_session(self) -> None:
         if self.session is not None:
             try:
                 self.session.close()
             except Exception:  # the server may already be gone; closing is best effort
                 pass
             self.session = None
+
+    def close(self) -> None:
+        self._close_session()
         for name in list(self.processes):
             self.stop(name)
 
