@@ -143,15 +143,15 @@ def check_outputs(
 
 
 def _one_series(files: list[Path]) -> bool:
-    import pydicom
+    from monai_sr_bundle.data.readers import dcmread
 
     if len(files) < 2:
         return False
     uids = set()
     for f in files:
-        try:
-            uids.add(str(pydicom.dcmread(f, stop_before_pixels=True).get("SeriesInstanceUID", "")))
-        except Exception:
+        try:  # the readers' dcmread: a deflated file is bounded before it is inflated
+            uids.add(str(dcmread(f, stop_before_pixels=True).get("SeriesInstanceUID", "")))
+        except InputError:
             return False
     return len(uids) == 1
 

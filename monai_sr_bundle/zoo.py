@@ -32,10 +32,7 @@ NOT_EXPORTED = ("federated", "cli.py", "zoo.py")
 MAX_COMMITTED_BYTES = 1024 * 1024
 #: benchmark tables (method in the first column) whose rows become a bundle's eval_metrics
 RESULTS = {"cxr": REPO_ROOT / "docs" / "results.md", "ct": REPO_ROOT / "docs" / "results_ct.md"}
-RERUN = {
-    "cxr": "python benchmarks/quality.py",
-    "ct": "python benchmarks/ct_quality.py",
-}
+RERUN = {"cxr": "python benchmarks/quality.py", "ct": "python benchmarks/ct_quality.py"}
 MODALITY_WORDS = {"cxr": ("xray", "chest X-ray"), "ct": ("ct", "chest CT")}
 TITLES = {"cxr": "Chest X-ray", "ct": "Chest CT"}
 
@@ -225,8 +222,6 @@ def _metadata(method: methods.Method, dev: dict, metrics: dict[str, float]) -> d
     return meta
 
 
-
-
 NIH_CITATION = (
     "X. Wang, Y. Peng, L. Lu, Z. Lu, M. Bagheri, R. M. Summers. ChestX-ray8: Hospital-scale Chest X-ray Database "
     "and Benchmarks on Weakly-Supervised Classification and Localization of Common Thorax Diseases. CVPR 2017."
@@ -262,7 +257,7 @@ def _model_card(method: methods.Method, metrics: dict[str, float], record: dict,
     scores = " | ".join(f"{v:g}" for v in metrics.values())
     degradation = json.dumps(record.get("degradation", DEFAULT_PRESET))
     training = "\n".join(
-        f"{run} \"[{','.join(repr(f) for f in stage)}]\" --dataset_dir <nih_cxr14 folder>" for stage in _stages(method)
+        f'{run} "[{",".join(repr(f) for f in stage)}]" --dataset_dir <nih_cxr14 folder>' for stage in _stages(method)
     )
     tags = ", ".join(
         ["Super-resolution", "X-ray" if word == "xray" else "CT", "Chest", method.family]
@@ -282,15 +277,13 @@ def _model_card(method: methods.Method, metrics: dict[str, float], record: dict,
         else "the network does not compile with `torch.jit.script` (the zoo's `ckpt_export` check), so the bundle "
         "goes on the zoo's TorchScript exclusion list (`exclude_verify_torchscript_list` in its pull request)"
         + (
-            "; `ckpt_export ... --use_trace True --input_shape \"[1, 1, 64, 64]\"` traces it, and "
+            '; `ckpt_export ... --use_trace True --input_shape "[1, 1, 64, 64]"` traces it, and '
             "`configs/inference_onnx.json` runs it with ONNX Runtime."
             if not method.stochastic
             else "; it samples with a loop, so use `configs/inference_onnx.json` (its denoiser in ONNX Runtime)."
         )
     )
-    tiles = (
-        ": overlapping tiles are blended, seeded" if method.stochastic else " with the result of a whole-image pass"
-    )
+    tiles = ": overlapping tiles are blended, seeded" if method.stochastic else " with the result of a whole-image pass"
     sampling = (
         "\nThe method is stochastic (diffusion): `--seed N` fixes the result, `--samples N` writes the mean of N "
         "draws with a per-pixel standard deviation map and an LR-consistency map beside it, `--steps` and "
@@ -390,6 +383,8 @@ def _without_package(code: str, *args: str) -> list[str]:
     import sys
 
     return [sys.executable, "-c", "import sys; sys.modules['monai_sr_bundle'] = None\n" + code, *args]
+
+
 #: the zoo's pre-commit hooks (``.pre-commit-config.yaml``) as the pre-commit-hooks package installs them,
 #: each with the files pre-commit would give it (its ``types``)
 HOOKS = (
@@ -581,9 +576,7 @@ def check_workflows(
         if "train_autoencoder.json" in files:
             train |= {"autoencoder_weights": str(where / "model.pt")}
     done = subprocess.run(
-        _without_package(_WORKFLOWS, str(bundle), str(zoo_ci), json.dumps(stages)),
-        capture_output=True,
-        text=True,
+        _without_package(_WORKFLOWS, str(bundle), str(zoo_ci), json.dumps(stages)), capture_output=True, text=True
     )
     if done.returncode != 0:
         raise InputError(f"{bundle.name}: zoo workflow check failed:\n{(done.stdout + done.stderr)[-4000:]}")

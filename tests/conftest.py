@@ -193,11 +193,25 @@ def make_dicom(
     ds.PixelData = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()
     for key, value in header.items():
         setattr(ds, key, value)
+    return save_dicom(ds, path)
+
+
+def save_dicom(ds, path: str | Path) -> Path:
+    """Write ``ds`` as a DICOM file with its file meta, under pydicom 2 or 3."""
     try:
         ds.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
     except TypeError:
         ds.save_as(str(path), write_like_original=False)  # pydicom 2
     return Path(path)
+
+
+def deflated_dicom(path: str | Path, side: int) -> Path:
+    """A DICOM of ``side`` x ``side`` zeros in the deflated transfer syntax: a few KB that inflate to 2 side² bytes."""
+    import pydicom
+
+    ds = pydicom.dcmread(make_dicom(path, np.zeros((side, side), np.uint16)))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    return save_dicom(ds, path)
 
 
 def ct_slice_volume() -> tuple[np.ndarray, np.ndarray]:

@@ -236,7 +236,7 @@ def test_the_stage_and_the_method_must_agree(tiny_gan, tmp_path):
     args = ("--train_limit", "1", "--run_dir", tmp_path / "run", "--ckpt_path", tmp_path / "w.pt")
     alone = run_config(TRAIN, TINY_GAN, *args)
     assert alone.returncode != 0 and f"method '{TINY_GAN}' has no 'train' stage" in alone.stdout
-    assert f"with gan: --config_file \"{train_files(TINY_GAN)}\"" in alone.stdout.replace("\n", "")
+    assert f'with gan: --config_file "{train_files(TINY_GAN)}"' in alone.stdout.replace("\n", "")
     wrong = run_config(GAN, "srcnn", *args)
     assert wrong.returncode != 0 and "method 'srcnn' has no 'gan' stage" in wrong.stdout
     assert not (tmp_path / "w.pt").exists()

@@ -237,11 +237,16 @@ def test_run_unknown_method(work, inputs):
 
 
 @pytest.mark.slow
-def test_run_corrupt_among_good(work, inputs):
-    d = work / "with_corrupt"
-    d.mkdir()
+def _folder_of_a_and_b(folder: Path, inputs: Path) -> Path:
+    """``folder`` holding copies of the inputs a.png and b.png."""
+    folder.mkdir()
     for name in ("a.png", "b.png"):
-        (d / name).write_bytes((inputs / name).read_bytes())
+        (folder / name).write_bytes((inputs / name).read_bytes())
+    return folder
+
+
+def test_run_corrupt_among_good(work, inputs):
+    d = _folder_of_a_and_b(work / "with_corrupt", inputs)
     (d / "broken.png").write_bytes((inputs / "a.png").read_bytes()[:300])  # cut short
     out = work / "out_corrupt"
     proc = bundle(
@@ -255,10 +260,7 @@ def test_run_corrupt_among_good(work, inputs):
 
 @pytest.mark.slow
 def test_run_into_the_input_folder_keeps_every_input_and_says_why_in_one_sentence(work, inputs):
-    d = work / "in_is_out"
-    d.mkdir()
-    for name in ("a.png", "b.png"):
-        (d / name).write_bytes((inputs / name).read_bytes())
+    d = _folder_of_a_and_b(work / "in_is_out", inputs)
     (d / "b_sr.png").write_bytes((inputs / "a.png").read_bytes())  # another image, named like b's output
     before = {p.name: p.read_bytes() for p in d.iterdir()}
     proc = bundle(

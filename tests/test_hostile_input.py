@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK  # noqa: F401  (imported up front, not under memory_cap)
-from conftest import make_dicom, png_declaring
+from conftest import deflated_dicom, make_dicom, png_declaring, save_dicom
 from PIL import Image
 
 from monai_sr_bundle import methods
@@ -407,10 +407,7 @@ def _series(folder: Path, positions, dicomdir: bool = False) -> Path:
         ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
         ds.FileSetID = "MEDIUM"
         ds.is_little_endian, ds.is_implicit_VR = True, False  # pydicom 2 asks; 3 takes the transfer syntax
-        try:
-            ds.save_as(str(folder / "DICOMDIR"), enforce_file_format=True)  # pydicom >= 3
-        except TypeError:
-            ds.save_as(str(folder / "DICOMDIR"), write_like_original=False)  # pydicom 2
+        save_dicom(ds, folder / "DICOMDIR")
     return folder
 
 
@@ -456,22 +453,11 @@ def test_a_header_reads_pixel_data_only_from_a_file_beside_it(data_file, tmp_pat
     assert [Path(p).name for p in _run(header, tmp_path / "out")] == ["x_sr.mha"]
 
 
-def _deflated(path: Path, side: int) -> Path:
-    """A DICOM of ``side`` x ``side`` zeros in the deflated transfer syntax: a few KB that inflate to 2 side² bytes."""
-    ds = pydicom.dcmread(make_dicom(path, np.zeros((side, side), np.uint16)))
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
-    try:
-        ds.save_as(str(path), enforce_file_format=True)  # pydicom >= 3
-    except TypeError:
-        ds.save_as(str(path), write_like_original=False)  # pydicom 2
-    return path
-
-
 def test_a_deflated_dicom_is_bounded_before_it_is_inflated(tmp_path, monkeypatch):
     from monai_sr_bundle.data import readers
 
-    small = _deflated(tmp_path / "small.dcm", 64)
-    bomb = _deflated(tmp_path / "bomb.dcm", 1024)  # 2 MiB inflated from a few KB
+    small = deflated_dicom(tmp_path / "small.dcm", 64)
+    bomb = deflated_dicom(tmp_path / "bomb.dcm", 1024)  # 2 MiB inflated from a few KB
     monkeypatch.setattr(readers, "MAX_INFLATED", 1 << 20)
     with pytest.raises(InputError, match=r"bomb.dcm: the deflated DICOM data set inflates to more than 1 MiB from"):
         _run(bomb, tmp_path / "out")

@@ -376,17 +376,9 @@ DETACHED = {
 
 def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated(server, tmp_path):
     """255 KB that inflate to 256 MiB held the only worker for 70-100 s; now a 415 from the first MiBs."""
-    from conftest import make_dicom
-    from pydicom import dcmread
+    from conftest import deflated_dicom
 
-    ds = dcmread(make_dicom(tmp_path / "b.dcm", np.zeros((8192, 8192), np.uint16)))
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
-    try:
-        ds.save_as(str(tmp_path / "b.dcm"), enforce_file_format=True)  # pydicom >= 3
-    except TypeError:
-        ds.save_as(str(tmp_path / "b.dcm"), write_like_original=False)  # pydicom 2
-    del ds
-    body = (tmp_path / "b.dcm").read_bytes()
+    body = deflated_dicom(tmp_path / "b.dcm", 8192).read_bytes()
     assert len(body) < 512 << 10
     before = snapshot(server)
     started = time.monotonic()
@@ -645,6 +637,7 @@ def test_a_realm_token_is_accepted_and_a_realm_that_is_down_is_a_503(tmp_path):
     env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": f"http://127.0.0.1:{realm.server_port}/r"}
     try:
         with label_server(tmp_path, studies, {"method": "bicubic"}, env=env, ready_status=401) as url:
+
             def get(t):
                 return requests.get(f"{url}/info/", headers={"Authorization": f"Bearer {t}"}, timeout=30)
 

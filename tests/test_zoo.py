@@ -99,13 +99,17 @@ def test_metadata_pins_install_on_the_zoo_pythons(python, tmp_path):
     shutil.copyfile(BUNDLE_ROOT / "configs" / "metadata.json", tree / "models" / "b" / "configs" / "metadata.json")
     done = subprocess.run(
         [sys.executable, str(ZOO_CI / "ci" / "get_bundle_requirements.py"), "-b", "b", "-p", "models"],
-        cwd=tree, capture_output=True, text=True, env={"ALLOW_MONAI_RC": "true", "PATH": "/usr/bin:/bin"},
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env={"ALLOW_MONAI_RC": "true", "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
     requirements = tree / done.stdout.strip()
     resolved = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--only-binary=:all:", "--pre"]
         + ["--python-version", python, "--target", str(tmp_path / "t"), "-r", str(requirements)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert resolved.returncode == 0, resolved.stderr[-2000:]
