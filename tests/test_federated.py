@@ -762,3 +762,53 @@ def test_batchnorm_statistics_stay_at_the_site(tmp_path):
     trainer.network.state_dict()[stats[0].replace("running_mean", "weight")].fill_(float("nan"))
     with pytest.raises(InputError, match="holds NaN or infinite values .*; not sent"):
         trainer.update()
+
+
+def test_a_site_name_is_disabled_once_per_takeover_streak_and_again_after_it_is_enabled():
+    """The watcher reads NVFlare's own connection log: two takeovers are not enough, the third disables the
+    name once however many follow while it is disabled, and once the admin enables it the count starts
+    afresh. The engine is a stand-in (the POC test runs the real server)."""
+    import logging
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from nvflare.apis.event_type import EventType
+    from nvflare.fuel.f3.sfm import sfm_endpoint
+
+    from monai_sr_bundle.federated.watch import DuplicateSiteNames
+
+    disabled, calls = set(), []
+
+    def disable_clients(names):
+        calls.extend(names)
+        disabled.update(names)
+
+    engine = SimpleNamespace(
+        new_context=nullcontext,
+        disable_clients=disable_clients,
+        server=SimpleNamespace(client_manager=SimpleNamespace(is_client_disabled=lambda n: n in disabled)),
+    )
+    watcher = DuplicateSiteNames()
+    watcher.handle_event(EventType.SYSTEM_START, SimpleNamespace(get_engine=lambda: engine))
+    log = logging.getLogger(sfm_endpoint.__name__)
+
+    def takeovers(site, n):
+        for k in range(n):
+            log.info(f"Connection CN{k} is evicted for CN{k + 1} from endpoint {site} for exceeding limit 1")
+        deadline = time.monotonic() + 5
+        while watcher._disabling and time.monotonic() < deadline:  # the disabling thread
+            time.sleep(0.01)
+
+    try:
+        takeovers("site-a", 2)
+        takeovers("site-b", 2)
+        assert calls == []
+        takeovers("site-a", 6)
+        assert calls == ["site-a"]
+        disabled.discard("site-a")  # the admin enables it
+        takeovers("site-a", 2)
+        assert calls == ["site-a"]
+        takeovers("site-a", 1)
+        assert calls == ["site-a", "site-a"]
+    finally:
+        watcher.handle_event(EventType.SYSTEM_END, None)

@@ -73,7 +73,8 @@ class DuplicateSiteNames(FLComponent):
         super().__init__()
         self._handler = _Evictions(self._evicted)
         self._seen: dict[str, deque] = defaultdict(deque)
-        self._disabled: set[str] = set()
+        self._disabled: set[str] = set()  # by this watcher, until the admin enables the name again
+        self._disabling: set[str] = set()
         self._lock = threading.Lock()
         self._engine = None
 
@@ -88,28 +89,41 @@ class DuplicateSiteNames(FLComponent):
             source.removeHandler(self._handler)
 
     def _evicted(self, site: str) -> None:
+        if self._engine is None:
+            return
         now = time.monotonic()
         with self._lock:
+            if site in self._disabled:
+                if site in self._disabling or self._engine.server.client_manager.is_client_disabled(site):
+                    return  # being disabled, or disabled while the copy still connects
+                self._disabled.discard(site)  # enabled again by the admin: count afresh
+                self._seen.pop(site, None)
             seen = self._seen[site]
             seen.append(now)
             while now - seen[0] > WINDOW_S:
                 seen.popleft()
-            if len(seen) < EVICTIONS or site in self._disabled or self._engine is None:
+            if len(seen) < EVICTIONS:
                 return
             self._disabled.add(site)
+            self._disabling.add(site)
+            times = len(seen)
         # the connection layer holds its lock while it logs: disable from another thread
-        threading.Thread(target=self._disable, args=(site, len(seen)), daemon=True).start()
+        threading.Thread(target=self._disable, args=(site, times), daemon=True).start()
 
     def _disable(self, site: str, times: int) -> None:
-        with self._engine.new_context() as fl_ctx:
-            self.log_error(
-                fl_ctx,
-                f"site {site}: two clients are connected under this name (a copied kit?); they took the site's "
-                f"connection from each other {times} times within {WINDOW_S:.0f} s. The name is disabled, so "
-                f"neither trains: stop the client that is not the site's, then enable it again from the admin "
-                f"console (enable_client {site}).",
-            )
-            self._engine.disable_clients([site])
+        try:
+            with self._engine.new_context() as fl_ctx:
+                self.log_error(
+                    fl_ctx,
+                    f"site {site}: two clients are connected under this name (a copied kit?); they took the site's "
+                    f"connection from each other {times} times within {WINDOW_S:.0f} s. The name is disabled, so "
+                    f"neither trains: stop the client that is not the site's, then enable it again from the admin "
+                    f"console (enable_client {site}).",
+                )
+                self._engine.disable_clients([site])
+        finally:
+            with self._lock:
+                self._disabling.discard(site)
 
 
 class _Evictions(logging.Handler):
