@@ -124,14 +124,16 @@ def copied_kit(poc: LocalPoc, name: str, within_s: float = 60) -> dict:
     poc.config = {**poc.config, "sites": {**poc.config["sites"], copy: poc.config["sites"][name]}}
     log, said, started = poc.kits / "server" / "log.txt", f"site {name}: two clients are connected", time.monotonic()
     poc.start(copy)
-    while said not in log.read_text() and time.monotonic() - started < within_s:
+    reported = None
+    while reported is None and time.monotonic() - started < within_s:
+        if said in log.read_text():
+            reported = time.monotonic() - started
         time.sleep(1)
-    reported = time.monotonic() - started if said in log.read_text() else None
     session = poc.connect(sites=[])
     deadline = time.monotonic() + 30
-    while name in {c.name for c in session.get_system_info().client_info} and time.monotonic() < deadline:
+    while name in poc.connected() and time.monotonic() < deadline:
         time.sleep(1)
-    disabled = name not in {c.name for c in session.get_system_info().client_info}
+    disabled = name not in poc.connected()
     poc.stop(copy)
     session.enable_client(name)
     try:
@@ -144,7 +146,7 @@ def copied_kit(poc: LocalPoc, name: str, within_s: float = 60) -> dict:
 
 def server_restart(poc: LocalPoc, job_dir: Path) -> dict:
     """Submit ``job_dir``, SIGKILL the server once round 0 has published its model, start it again (issue 39,
-    row 5): the job's status a minute later, the rounds its downloaded report holds, whether the downloaded
+    row 5): the job's status within a minute, the rounds its downloaded report holds, whether the downloaded
     model is the one its weights.json records (sha256), finite, and whether the job could then be deleted."""
     session = poc.connect(sites=[])
     job_id = session.submit_job(str(job_dir))
@@ -154,11 +156,8 @@ def server_restart(poc: LocalPoc, job_dir: Path) -> dict:
     time.sleep(1)  # the model's weights.json and the report are written right after it
     poc.stop("server")
     poc.start("server")
-    session = poc.connect([s for s in poc.processes if s != "server"], timeout=300)
-    deadline = time.monotonic() + 60
-    while session.get_job_meta(job_id)["status"] == "RUNNING" and time.monotonic() < deadline:
-        time.sleep(1)
-    found = {"status": session.get_job_meta(job_id)["status"], "rounds": [], "model": False, "deleted": False}
+    session = poc.connect(timeout=300)
+    found = {"status": poc.wait(job_id, 60), "rounds": [], "model": False, "deleted": False}
     if found["status"].startswith("FINISHED"):
         app = Path(session.download_job_result(job_id)) / "workspace" / "app_server"
         report = strict_json(app / REPORT_NAME) if (app / REPORT_NAME).is_file() else {"rounds": []}

@@ -94,8 +94,7 @@ class LocalPoc:
             try:
                 if self.session is None:
                     self.session = new_secure_session(ADMIN_KIT, str(self.kits / ADMIN_KIT), timeout=10)
-                info = self.session.get_system_info()
-                connected = {c.name for c in info.client_info}
+                connected = self.connected()
                 if set(sites) <= connected:
                     return self.session
             except Exception as e:  # the server is still starting: the admin API raises several kinds
@@ -105,17 +104,24 @@ class LocalPoc:
                 raise InputError(f"site(s) {', '.join(sorted(set(sites) - connected))} did not connect.")
             time.sleep(1)
 
+    def connected(self) -> set[str]:
+        """The sites the server counts as connected now (through the open admin session)."""
+        return {c.name for c in self.session.get_system_info().client_info}
+
+    def wait(self, job_id: str, timeout: float) -> str:
+        """The job's status once it is ``FINISHED:...``, or whatever it is after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = str(self.connect(sites=[]).get_job_meta(job_id).get("status", ""))
+            if status.startswith("FINISHED") or time.monotonic() > deadline:
+                return status
+            time.sleep(1)
+
     def run_job(self, job_dir: str | os.PathLike, timeout: float = 600) -> tuple[str, Path]:
         """Submit the exported job, wait for it and download its results; returns (final status, folder)."""
         session = self.connect(sites=[])
         job_id = session.submit_job(str(job_dir))
-        deadline = time.monotonic() + timeout
-        while True:
-            meta = session.get_job_meta(job_id)
-            status = str(meta.get("status", ""))
-            if status.startswith("FINISHED") or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        status = self.wait(job_id, timeout)
         if not status.startswith("FINISHED"):
             session.abort_job(job_id)
             raise InputError(f"job {job_id} did not finish within {timeout:.0f} s (status {status}).")

@@ -73,7 +73,6 @@ class DuplicateSiteNames(FLComponent):
         super().__init__()
         self._handler = _Evictions(self._evicted)
         self._seen: dict[str, deque] = defaultdict(deque)
-        self._disabled: set[str] = set()  # by this watcher, until the admin enables the name again
         self._disabling: set[str] = set()
         self._lock = threading.Lock()
         self._engine = None
@@ -93,20 +92,17 @@ class DuplicateSiteNames(FLComponent):
             return
         now = time.monotonic()
         with self._lock:
-            if site in self._disabled:
-                if site in self._disabling or self._engine.server.client_manager.is_client_disabled(site):
-                    return  # being disabled, or disabled while the copy still connects
-                self._disabled.discard(site)  # enabled again by the admin: count afresh
-                self._seen.pop(site, None)
+            if site in self._disabling or self._engine.server.client_manager.is_client_disabled(site):
+                return  # being disabled, or disabled while the copy still connects
             seen = self._seen[site]
             seen.append(now)
             while now - seen[0] > WINDOW_S:
                 seen.popleft()
             if len(seen) < EVICTIONS:
                 return
-            self._disabled.add(site)
-            self._disabling.add(site)
             times = len(seen)
+            seen.clear()  # once the admin enables the name again, it is counted afresh
+            self._disabling.add(site)
         # the connection layer holds its lock while it logs: disable from another thread
         threading.Thread(target=self._disable, args=(site, times), daemon=True).start()
 
