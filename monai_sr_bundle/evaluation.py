@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from monai_sr_bundle import distributed
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import output_path_for, write_image
 from monai_sr_bundle.errors import InputError
@@ -188,6 +189,9 @@ def evaluate(
         seed: LR synthesis of image ``i`` uses ``seed + i``, so noise presets are reproducible.
         intensity: how images are mapped to [0, 1] (:func:`~monai_sr_bundle.data.readers.read_image`); default
             the predictors' own, which must agree (a CT model is scored in the HU window it was trained in).
+
+    In a process group (``configs/multi_gpu_evaluate.json``) each process scores every N-th image and the first
+    writes the files, the rows gathered in datalist order: the same files as one process writes.
     """
     from tqdm import tqdm
 
@@ -212,9 +216,12 @@ def evaluate(
     synthesis = lr_synthesis(degradation, scale)
     out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
     out.mkdir(parents=True, exist_ok=True)
+    distributed.check_shards(len(datalist), "images to evaluate")
     fns = {name: _metric_fns(lpips, lpips_weights) for name in predictors}
-    rows, failures = [], []
-    for i, item in enumerate(tqdm(datalist, desc="evaluating", unit="image", disable=not progress)):
+    rows, failures = [], []  # (image index, row or message): every process's, in one order
+    mine = distributed.shard(range(len(datalist)))
+    for i in tqdm(mine, desc="evaluating", unit="image", disable=not progress or not distributed.is_main_process()):
+        item = datalist[i]
         path = str(item["label"])
         try:
             hr = read_image(path, intensity=intensity)
@@ -229,13 +236,13 @@ def evaluate(
             validate_input(lr, path, scale)
         except InputError as e:
             logger.error(str(e))
-            failures.append(str(e))
+            failures.append((i, str(e)))
             continue
         boxes = torch.as_tensor(item.get("boxes") or [], dtype=torch.float32).reshape(-1, 4)
         panels = {"LR (nearest)": _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
         for name, predictor in predictors.items():
             sr = predictor(lr)
-            rows.append({"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes, region)})
+            rows.append((i, {"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes, region)}))
             panels[name] = _plain(sr)
             if save_images:
                 family = hr.meta["source_format"]  # the SR of a synthetic LR is no derived series of the HR's
@@ -248,12 +255,16 @@ def evaluate(
             panels[f"|{last} - HR| (0-{DISPLAY_VMAX['abs']:g})"] = err
             zoom = boxes[0].tolist() if len(boxes) else lung_patch(hr.shape[-2:])
             comparison_figure(panels, out / f"figure_{Path(path).stem}.png", zoom)
+    rows = [row for _, row in sorted(distributed.gather(rows), key=lambda x: x[0])]  # stable: methods keep order
+    failures = [message for _, message in sorted(distributed.gather(failures))]
     if not rows:
         raise InputError("no image could be evaluated: " + " | ".join(failures))
     summary = {
         name: {m: summarize([r[m] for r in rows if r["method"] == name]) for m in rows[0] if m in METRICS}
         for name in predictors
     }
+    if not distributed.is_main_process():
+        return summary
     with open(out / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

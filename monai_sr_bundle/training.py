@@ -19,6 +19,7 @@ import torch
 from monai.engines.utils import PrepareBatch
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.distributed import is_distributed, is_main_process, world_size
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
 
@@ -140,13 +141,6 @@ def frozen_autoencoder(network, weights: str | os.PathLike | None):
     return network
 
 
-def is_main_process() -> bool:
-    """Whether this process writes checkpoints and weights: the only one, or rank 0 of a distributed run."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def stop_on_nan(trainer, run_dir: str | os.PathLike) -> None:
     """Stop training with one sentence when a loss stops being finite, before the epoch's checkpoint is
     written: the checkpoints of the epochs before stay the last good ones to resume from. In a distributed
@@ -166,7 +160,7 @@ def stop_on_nan(trainer, run_dir: str | os.PathLike) -> None:
             if not torch.isfinite(value).all():
                 bad = f"the {key} is {value.mean().item()}"
                 break
-        if dist.is_available() and dist.is_initialized():
+        if is_distributed():
             flag = torch.tensor([float(bad is not None)], device=engine.state.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item() and bad is None:
@@ -179,6 +173,46 @@ def stop_on_nan(trainer, run_dir: str | os.PathLike) -> None:
             )
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, check)
+
+
+def explain_a_lost_process(run_dir: str | os.PathLike) -> None:
+    """When another process of a distributed run dies, torchrun ends this one (SIGTERM), or this one's next
+    exchange with it fails first (a gloo or NCCL connection error): either way say, in place of a traceback,
+    which checkpoint training can resume from, beside torchrun's report of the process that failed. Epoch
+    checkpoints are written atomically, so the newest one on disk is whole."""
+    import signal
+    import sys
+
+    def say() -> None:
+        last = latest_checkpoint(run_dir) or "none (no epoch finished)"
+        print(
+            f"error: process {os.environ.get('RANK', '?')} stopped: another process of this run ended (torchrun's "
+            f"report names which); the last checkpoint is {last}; run the same command again to resume from it.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def terminated(signum, frame) -> None:
+        say()
+        os._exit(128 + signum)
+
+    previous = sys.excepthook
+
+    def hook(kind, value, tb) -> None:
+        e, seen = value, set()
+        while e is not None and id(e) not in seen:
+            if isinstance(e, RuntimeError) and any(m in str(e) for m in LOST_PEER):
+                return say()
+            seen.add(id(e))
+            e = e.__cause__ or e.__context__
+        previous(kind, value, tb)
+
+    signal.signal(signal.SIGTERM, terminated)
+    sys.excepthook = hook
+
+
+#: what gloo and NCCL say when the other end of a collective is gone
+LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted")
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
@@ -376,6 +410,7 @@ def track_train_time(trainer, run_dir: str | os.PathLike) -> None:
         clock["mark"] = now
         if is_main_process():
             where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+            where = where if world_size() == 1 else f"{world_size()} processes, {where}"
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(json.dumps({"seconds": round(clock["total"], 1), "device": where}))

@@ -349,6 +349,11 @@ method trains its autoencoder first):
 {training}
 ```
 
+On N GPUs of one machine, add `'configs/multi_gpu_train.json'` last to a stage's list (and
+`'configs/multi_gpu_evaluate.json'` after `configs/evaluate.json`) and launch with
+`torchrun --standalone --nnodes=1 --nproc_per_node=N -m monai.bundle run --config_file "[...]" ...`: one
+process per GPU (NCCL; gloo on a CPU), `--batch_size` per process.
+
 TorchScript: {torchscript}
 
 ## **System Configuration**

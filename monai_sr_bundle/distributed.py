@@ -1,0 +1,143 @@
+"""Several processes, one per GPU (gloo processes on a CPU): the calls of ``configs/multi_gpu_train.json`` and
+``configs/multi_gpu_evaluate.json``, launched as the MONAI model zoo documents it::
+
+    torchrun --standalone --nnodes=1 --nproc_per_node=N -m monai.bundle run \\
+        --config_file "['configs/inference.json','configs/train.json',...,'configs/multi_gpu_train.json']"
+
+The single-process configs call :func:`data_parallel` and :func:`is_main_process` too: both are no-ops
+without a process group, so one file per stage serves one process and many."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+
+from monai_sr_bundle.errors import InputError
+
+#: the environment torchrun gives each process it starts
+TORCHRUN_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def is_distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes checkpoints, weights, logs and reports: the only one, or rank 0."""
+    return rank() == 0
+
+
+def local_device() -> torch.device:
+    """This process's device: GPU ``LOCAL_RANK`` when there are GPUs, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def setup(timeout_s: float = 600) -> None:
+    """Join the process group torchrun describes: NCCL on GPUs, gloo on the CPU. A process that does not reach
+    the others within ``timeout_s`` stops with one sentence instead of waiting for ever."""
+    import torch.distributed as dist
+
+    if is_distributed():
+        return
+    missing = [k for k in TORCHRUN_ENV if k not in os.environ]
+    if missing:
+        raise InputError(
+            f"the multi-GPU configs run under torchrun (no {', '.join(missing)} in the environment): launch with "
+            "torchrun --standalone --nnodes=1 --nproc_per_node=N -m monai.bundle run ..., or drop "
+            "multi_gpu_*.json to run in one process."
+        )
+    if torch.cuda.is_available():
+        if int(os.environ["LOCAL_RANK"]) >= torch.cuda.device_count():
+            raise InputError(
+                f"process {os.environ['LOCAL_RANK']} has no GPU of its own: this machine has "
+                f"{torch.cuda.device_count()}; give --nproc_per_node at most that."
+            )
+        torch.cuda.set_device(local_device())
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout_s)))
+        dist.barrier()  # every process has joined, or this one times out here rather than in training
+    except RuntimeError as e:  # torch's DistError (a store that timed out) is one
+        raise InputError(
+            f"process {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not reach the others at {where} "
+            f"within {timeout_s:g} s ({type(e).__name__}); start every process (torchrun --nproc_per_node) and "
+            "check that they can reach that address."
+        ) from e
+    if not is_main_process():  # one log per run: the engines of the other processes report warnings only
+        import logging
+
+        logging.getLogger("ignite.engine.engine").setLevel(logging.WARNING)
+
+
+def teardown() -> None:
+    import torch.distributed as dist
+
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def data_parallel(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """``module`` as the trainer should call it: wrapped in ``DistributedDataParallel`` (its gradients averaged
+    over the processes) in a process group, itself otherwise. Checkpoints keep naming the module itself."""
+    if not is_distributed() or not any(p.requires_grad for p in module.parameters()):
+        return module
+    device = torch.device(device)
+    ids = [device] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def this_process_handlers(handlers: list | None) -> list:
+    """``handlers`` as this process runs them: all on the first; on the others only those that act on
+    training (schedules, validation), not those that log, show progress or save (one log and one best
+    checkpoint per run, not one per process)."""
+    from ignite.handlers import ProgressBar
+    from monai.handlers import CheckpointSaver, StatsHandler
+
+    handlers = list(handlers or [])
+    if is_main_process():
+        return handlers
+    return [h for h in handlers if not isinstance(h, (StatsHandler, ProgressBar, CheckpointSaver))]
+
+
+def check_shards(items: int, what: str) -> None:
+    """Refuse more processes than ``items`` (a process with no data would wait for the others for ever)."""
+    if items < world_size():
+        raise InputError(
+            f"{world_size()} processes but {items} {what}: every process needs at least one; give "
+            f"--nproc_per_node at most {items}."
+        )
+
+
+def shard(items: list) -> list:
+    """This process's share of ``items``: every ``world_size()``-th from its rank, none twice, none lost."""
+    return items[rank() :: world_size()]
+
+
+def gather(items: list) -> list:
+    """Every process's ``items`` in one list on every process (picklable objects), in rank order."""
+    import torch.distributed as dist
+
+    if not is_distributed():
+        return list(items)
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
