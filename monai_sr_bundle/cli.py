@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.data.public import BUILDERS, VAL_FRACTION
 from monai_sr_bundle.errors import InputError, printable
 
 DEMO_LIMIT = 8
@@ -118,6 +119,22 @@ def _nih_resize(args: argparse.Namespace) -> None:
     print(write_nih_resized(args.output, args.size, args.data_dir))
 
 
+def _datalist(args: argparse.Namespace) -> None:
+    from monai_sr_bundle.data.datalist import write_datalist
+    from monai_sr_bundle.data.public import build_datalist
+
+    output = Path(args.output)
+    if output.suffix != ".json" or output.is_dir():
+        raise InputError(f"{output}: give the datalist file to write, ending in .json.")
+    datalist = build_datalist(args.dataset, args.root, args.val_fraction)
+    written = write_datalist(output.parent, datalist, output.name)
+    counts = ", ".join(f"{k} {len(datalist[k])}" for k in ("training", "validation", "test") if k in datalist)
+    missing = sum(len(v) for v in datalist["missing"].values())
+    print(
+        f"{written}: {counts} images" + (f"; {missing} named by the set but missing, listed there" if missing else "")
+    )
+
+
 def _interpolate(args: argparse.Namespace) -> None:
     from monai_sr_bundle.training import interpolate_weights
 
@@ -205,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     nih.add_argument("-o", "--output", required=True, help="folder for the images and datalist.json")
     nih.add_argument("--data-dir", help="the nih_cxr14 folder (default: <shared data>/nih_cxr14)")
     nih.set_defaults(func=_nih_resize)
+
+    public = sub.add_parser("datalist", help="a datalist of a public chest X-ray set from its download folder")
+    public.add_argument("dataset", choices=sorted(BUILDERS), help="the set, laid out as it is distributed")
+    public.add_argument("root", help="the folder the set was unpacked into")
+    public.add_argument("-o", "--output", required=True, help="the datalist file to write (.json)")
+    public.add_argument(
+        "--val-fraction", type=float, default=VAL_FRACTION,
+        help=f"share of training patients held out for validation where the set has no validation split "
+        f"(default {VAL_FRACTION})",
+    )  # fmt: skip
+    public.set_defaults(func=_datalist)
 
     blend = sub.add_parser("interpolate", help="blend a method's PSNR-trained and GAN-trained weights (ESRGAN)")
     blend.add_argument("psnr_weights", help="the PSNR-trained (pre-training) weights")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -12,7 +13,10 @@ from pathlib import Path
 from monai.data import load_decathlon_datalist
 
 from monai_sr_bundle.data.paths import shared_data_dir
+from monai_sr_bundle.data.public import present
 from monai_sr_bundle.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: boxes.csv is in the NIH originals' 1024-pixel coordinates
@@ -97,7 +101,8 @@ def load_datalist(
     """Items of a decathlon-style datalist JSON (``{"training": [{"label": <HR image>, "boxes": [[x0, y0, x1,
     y1], ...]}, ...], "validation": [...]}``); relative paths are taken from ``base_dir`` (default: the file's
     folder) and a missing ``boxes`` means no boxes, so the train config treats these items as it treats
-    ``nih_datalist``'s."""
+    ``nih_datalist``'s. Items whose image is missing are skipped, counted and named in a warning (a site's
+    archive changes under a datalist); none left is an error."""
     if not Path(path).is_file():
         raise InputError(f"{path}: datalist file not found.")
     try:
@@ -106,8 +111,16 @@ def load_datalist(
         raise InputError(f"{path}: not a datalist with a {key!r} list of items ({e}).") from e
     if not items or not all(isinstance(d, dict) and isinstance(d.get("label"), str) for d in items):
         raise InputError(f"{path}: the {key!r} list must hold items with a 'label' image path.")
-    items = [{"boxes": [], **d} for d in items]
-    return items[:limit] if limit is not None else items
+    items, missing = present([{"boxes": [], **d} for d in (items[:limit] if limit is not None else items)])
+    if missing:
+        logger.warning(
+            f"{path}: {len(missing)} {key} item(s) skipped, their image is missing: "
+            + ", ".join(missing[:10])
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        )
+    if not items:
+        raise InputError(f"{path}: none of the {key!r} images exists (first missing: {missing[0]}).")
+    return items
 
 
 def image_datalist(inputs: str | os.PathLike | list, limit: int | None = None) -> list[dict]:
@@ -151,9 +164,9 @@ def write_nih_resized(out_dir: str | os.PathLike, size: int, data_dir: str | os.
     return write_datalist(out_dir, datalist)
 
 
-def write_datalist(out_dir: str | os.PathLike, datalist: dict) -> Path:
-    """Write ``out_dir/datalist.json`` atomically (a reader never sees half a list); returns its path."""
-    target = Path(out_dir) / "datalist.json"
+def write_datalist(out_dir: str | os.PathLike, datalist: dict, name: str = "datalist.json") -> Path:
+    """Write ``out_dir/name`` atomically (a reader never sees half a list); returns its path."""
+    target = Path(out_dir) / name
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(datalist, indent=1) + "\n")
