@@ -75,7 +75,8 @@ def main() -> int:
         "|---|---|---|---|",
     ]
     for cache, r in rows.items():
-        start = f"{r['start']:.0f}" if r["start"] is not None else f"not reached (stopped after {r['stopped_after']:.0f} s)"
+        stopped = f"not reached (stopped after {r['stopped_after']:.0f} s)"
+        start = f"{r['start']:.0f}" if r["start"] is not None else stopped
         wall = f"{r['wall']:.0f}" if r["wall"] is not None else f"stopped above {RSS_BAR_GB:g} GB"
         lines.append(f"| {cache} | {start} | {wall} | {r['rss']:.2f} |")
     default = rows[1000]

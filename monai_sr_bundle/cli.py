@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,9 +27,14 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def _sr(args: argparse.Namespace) -> None:
+#: the exit status of a run where some inputs failed and the others were written
+PARTIAL = 3
+
+
+def _sr(args: argparse.Namespace) -> int:
+    from monai_sr_bundle import distributed
     from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES
-    from monai_sr_bundle.inference import run_inference
+    from monai_sr_bundle.inference import PartialFailure, run_inference
 
     # an output named like an image (``-o x.png``, or argparse reading ``-o.png`` as ``-o .png``) is a mistake
     out = Path(args.output)
@@ -37,22 +43,39 @@ def _sr(args: argparse.Namespace) -> None:
             f"{args.output}: -o takes an output folder, not an image file name; for an input named like '-o.png', "
             "put it after '--' or write it as './-o.png'."
         )
+    if not args.inputs and not args.datalist:
+        raise InputError("give input images, folders or --datalist FILE to super-resolve.")
     method = methods.get(args.method or methods.default_name(), args.scale, args.modality)
     method.check_sampling(sampler=args.sampler, steps=args.steps, seed=args.seed, samples=args.samples)
-    predictor = method.predictor(args.weights, args.device, args.winograd, args.tile_size)
-    written = run_inference(
-        args.inputs,
-        predictor,
-        args.output,
-        allow_volume=args.slice_by_slice,
-        progress=_interactive(),
-        samples=args.samples,
-        output_format=args.output_format,
-        sampler=args.sampler,
-        steps=args.steps,
-        seed=args.seed,
-    )
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1  # each process takes every N-th input
+    if torchrun:
+        distributed.setup()
+    device = distributed.local_device() if torchrun and args.device == "cuda" else args.device  # a GPU per process
+    predictor = method.predictor(args.weights, device, args.winograd, args.tile_size)
+    try:
+        written = run_inference(
+            args.inputs,
+            predictor,
+            args.output,
+            allow_volume=args.slice_by_slice,
+            progress=_interactive(),
+            samples=args.samples,
+            output_format=args.output_format,
+            recursive=args.recursive,
+            skip_existing=args.skip_existing,
+            workers=args.workers,
+            datalist=args.datalist,
+            sampler=args.sampler,
+            steps=args.steps,
+            seed=args.seed,
+        )
+    except PartialFailure as e:
+        print(f"error: {printable(e)}", file=sys.stderr)
+        return PARTIAL
+    finally:
+        distributed.teardown()
     print(f"wrote {len(written)} image(s) to {args.output}")
+    return 0
 
 
 def demo_datalist(inputs: list[str] | None, limit: int) -> tuple[list[dict], str]:
@@ -156,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr = sub.add_parser("sr", help="super-resolve images (PNG/JPEG, DICOM, NIfTI/NRRD/MHA) into a folder")
     sr.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         help="files, image folders or DICOM series folders (a name starting with '-' goes after '--', or as ./-name)",
     )
     sr.add_argument("-o", "--output", required=True, help="output folder (inputs are never overwritten)")
@@ -186,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="stochastic methods: draws per image; above 1 the SR is their mean and std and LR-consistency "
         "maps are written beside it",
+    )
+    sr.add_argument("--recursive", action="store_true", help="walk folder inputs; outputs keep their subfolders")
+    sr.add_argument("--datalist", help="a datalist file: its images, outputs under their paths relative to each other")
+    sr.add_argument(
+        "--skip-existing", action="store_true", help="leave out inputs whose outputs are complete (resume a run)"
+    )
+    sr.add_argument(
+        "--workers", type=int, default=1, help="processes that super-resolve at once, sharing the cores (default 1)"
     )
     common(sr)
     sr.set_defaults(func=_sr)
@@ -272,11 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)  # the help lists the methods: a broken overlay is reported here
-        args.func(args)
+        return args.func(args) or 0
     except InputError as e:
         print(f"error: {printable(e)}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -260,6 +260,10 @@ def run_inference(
     progress: bool = True,
     samples: int | None = None,
     output_format: str | None = None,
+    recursive: bool = False,
+    skip_existing: bool = False,
+    workers: int = 1,
+    datalist: str | os.PathLike | None = None,
     **sampling,
 ) -> list[str]:
     """Super-resolve every input and write each result to ``output_dir`` in its input's format family, or in
@@ -274,40 +278,245 @@ def run_inference(
     or a (lo, hi) window in modality units, e.g. HU for a CT model. ``sampling`` (``sampler``, ``steps``,
     ``seed``) changes the predictor's defaults for this run.
 
-    A bad input is reported in one sentence and skipped (nothing is written for it) while the others go on;
-    if any failed, an :class:`InputError` listing them is raised at the end. Returns the written paths."""
-    from tqdm import tqdm
+    An archive: ``recursive`` walks folder inputs and writes each image under the same subfolder of
+    ``output_dir``, as a ``datalist`` file's images are written under their paths relative to the folder
+    they share; ``skip_existing`` leaves out inputs whose outputs are there already (complete: every write is
+    atomic, and the file must read back as this tool's); ``workers`` > 1 super-resolves in that many processes,
+    each with its own copy of the predictor; under torchrun each process takes every N-th input.
 
-    from monai_sr_bundle.data.readers import read_image
-    from monai_sr_bundle.data.writers import output_format_for, write_image
+    A bad input is reported in one sentence and skipped (nothing is written for it) while the others go on;
+    if any failed, an :class:`InputError` saying how many is raised at the end: when others were written or were
+    complete already, a :class:`PartialFailure`, and ``failed.csv`` in ``output_dir`` lists the failed inputs with
+    their reasons. Returns the written paths."""
+    from monai_sr_bundle import distributed
 
     predictor.method.check_sampling(samples=samples)
     samples = samples or 1
     predictor.inferer(**sampling)  # bad sampling options: refused before any file is read
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers must be a whole number of processes, at least 1, got {workers!r}.")
     check_output_dir(output_dir)
-    files = expand_inputs(inputs)
-    if not files:
+    maps = MAPS if samples > 1 else ()
+    jobs = input_jobs(inputs, output_dir, recursive) + (datalist_jobs(datalist, output_dir) if datalist else [])
+    if not jobs:
         raise InputError(f"{inputs}: no input images found.")
-    check_outputs(files, output_dir, output_format, MAPS if samples > 1 else ())
-    written, failures = [], []
-    for path in tqdm(files, desc="super-resolving", unit="image", disable=not progress):
-        try:
-            img = read_image(path, predictor.intensity)
-            validate_input(img, path, predictor.scale, allow_volume)
-            family = img.meta["source_format"]
-            targets = output_paths(path, family, output_dir, output_format, MAPS if samples > 1 else ())
-            fmt, method = output_format_for(family, output_format), predictor.method.name
-            if samples == 1:
-                sr = predictor(img, progress, **sampling)
-                written.append(str(write_image(sr, targets["sr"], fmt, method=method)))
-                continue
-            maps = predictor.maps(img, samples, progress, **sampling)
-            written.append(str(write_image(maps.pop("sr"), targets.pop("sr"), fmt, method=method)))
-            for key, target in targets.items():
-                written.append(str(write_image(maps[key], target, method=method)))
-        except InputError as e:
-            logger.error(printable(e))
-            failures.append(printable(e))
+    for folder in dict.fromkeys(folder for _, folder in jobs):
+        check_outputs([src for src, f in jobs if f == folder], folder, output_format, maps)
+    total = len(jobs)
+    if skip_existing:
+        jobs = [job for job in jobs if not _complete(job, output_format, maps)]
+        if distributed.is_main_process():
+            logger.info(f"{total - len(jobs)} of {total} inputs skipped: their outputs are complete")
+    task = {"allow_volume": allow_volume, "samples": samples, "output_format": output_format, "sampling": sampling}
+    mine = distributed.shard(jobs)
+    results = dict(_run_jobs(mine, predictor, task, workers, progress and distributed.is_main_process()))
+    written = [path for job in mine if results.get(job) and results[job][0] for path in results[job][0]]
+    failures = distributed.gather([(src, results[(src, f)][1]) for src, f in mine if results[(src, f)][1]])
+    partial = bool(failures) and len(failures) < total  # when every input failed, nothing is written at all
+    if distributed.is_main_process():
+        _report_failures(Path(output_dir) / FAILED, failures if partial else [])
     if failures:
-        raise InputError(f"{len(failures)} of {len(files)} inputs failed: " + " | ".join(failures))
+        message = f"{len(failures)} of {total} inputs failed: " + " | ".join(m for _, m in failures[:SHOWN])
+        message += f" | and {len(failures) - SHOWN} more" if len(failures) > SHOWN else ""
+        if not partial:
+            raise InputError(message)
+        raise PartialFailure(f"{message} (all listed in {Path(output_dir) / FAILED})")
     return written
+
+
+#: in an output folder: the inputs of the last run that failed, with their one-sentence reasons
+FAILED = "failed.csv"
+#: the failures an error message names (an archive's may be thousands: failed.csv has them all)
+SHOWN = 50
+
+
+class PartialFailure(InputError):
+    """Some inputs failed and the others were written or complete (``failed.csv`` lists the failed ones)."""
+
+
+def input_jobs(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike, recursive: bool = False
+) -> list[tuple[str, Path]]:
+    """(input, the folder its output goes to) for every input (:func:`expand_inputs`); with ``recursive``, a
+    folder's subfolders too, each written under the same subfolder of ``output_dir`` as it has in the folder."""
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    out = Path(output_dir)
+    jobs = []
+    for path in map(Path, paths):
+        if not (recursive and path.is_dir()):
+            jobs += [(src, out) for src in expand_inputs(path)]
+            continue
+        for folder, subfolders, _ in os.walk(path):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            found = expand_inputs(folder)
+            if found == [folder] and not _holds_images(folder):
+                continue  # a folder of folders, or of no images
+            if found == [folder]:  # a DICOM series: one input, written beside its siblings
+                subfolders[:] = []
+                jobs.append((folder, out / Path(folder).parent.relative_to(path) if Path(folder) != path else out))
+            else:
+                jobs += [(src, out / Path(folder).relative_to(path)) for src in found]
+    return jobs
+
+
+def _holds_images(folder: str | os.PathLike) -> bool:
+    from monai_sr_bundle.data.readers import folder_files, image_format
+
+    for f in folder_files(folder):
+        try:
+            image_format(f)
+            return True
+        except InputError:
+            continue
+    return False
+
+
+def datalist_jobs(datalist: str | os.PathLike, output_dir: str | os.PathLike) -> list[tuple[str, Path]]:
+    """(input, output folder) for every image a datalist file names (``label``, else ``image``, of the items
+    of each of its lists), each written under its path relative to the folder they all share."""
+    from monai_sr_bundle.jsonfile import read_json_object
+
+    content = read_json_object(datalist, f"the datalist {datalist}")
+    base = Path(datalist).resolve().parent
+    paths = []
+    for items in content.values():
+        for item in items if isinstance(items, list) else []:
+            value = item.get("label", item.get("image")) if isinstance(item, dict) else None
+            if isinstance(value, str):
+                paths.append(str(base / value))
+    paths = list(dict.fromkeys(os.path.normpath(p) for p in paths))
+    if not paths:
+        raise InputError(f"{datalist}: no item with a 'label' or 'image' path in its lists; give a datalist of images.")
+    root = Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
+    return [(p, Path(output_dir) / Path(p).parent.relative_to(root)) for p in paths]
+
+
+def _complete(job: tuple[str, Path], output_format: str | None, maps: Sequence[str]) -> bool:
+    """Whether every output of ``job`` is there and reads back as this tool's (an interrupted write leaves none)."""
+    from monai_sr_bundle.data.readers import image_format
+    from monai_sr_bundle.data.writers import written_by_monai_sr
+
+    src, folder = job
+    try:
+        targets = output_paths(src, image_format(src), folder, output_format, maps).values()
+    except InputError:
+        return False
+    return all(written_by_monai_sr(t) for t in targets)
+
+
+def super_resolve_file(src: str, folder: Path, predictor: Predictor, task: dict, progress: bool = False) -> list[str]:
+    """Read, check, super-resolve and write one input (``task``: :func:`run_inference`'s options); returns the
+    written paths."""
+    from monai_sr_bundle.data.readers import read_image
+    from monai_sr_bundle.data.writers import output_format_for, write_image
+
+    samples, output_format, sampling = task["samples"], task["output_format"], task["sampling"]
+    img = read_image(src, predictor.intensity)
+    validate_input(img, src, predictor.scale, task["allow_volume"])
+    family = img.meta["source_format"]
+    targets = output_paths(src, family, folder, output_format, MAPS if samples > 1 else ())
+    fmt, method = output_format_for(family, output_format), predictor.method.name
+    if samples == 1:
+        return [str(write_image(predictor(img, progress, **sampling), targets["sr"], fmt, method=method))]
+    maps = predictor.maps(img, samples, progress, **sampling)
+    written = [str(write_image(maps.pop("sr"), targets.pop("sr"), fmt, method=method))]
+    return written + [str(write_image(maps[key], target, method=method)) for key, target in targets.items()]
+
+
+def _attempt(job: tuple[str, Path], predictor: Predictor, task: dict, progress: bool = False):
+    """(written paths, None), or (None, the input's one-sentence failure)."""
+    try:
+        return super_resolve_file(*job, predictor, task, progress), None
+    except InputError as e:
+        logger.error(printable(e))
+        return None, printable(e)
+
+
+#: a worker process's predictor, set once by :func:`_start_worker`
+_WORKER: dict = {}
+
+
+def _start_worker(predictor: Predictor, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["predictor"] = predictor
+
+
+def _work(job: tuple[str, Path], task: dict):
+    return _attempt(job, _WORKER["predictor"], task)
+
+
+def _run_jobs(jobs: list, predictor: Predictor, task: dict, workers: int, progress: bool):
+    """(job, result of :func:`_attempt`) for every job, as they finish: here, or in ``workers`` processes that
+    share the cores. A worker that dies (out of memory, killed) fails the inputs it had, not the run."""
+    meter = Progress(len(jobs), progress)
+    if workers == 1 or len(jobs) < 2:
+        for job in jobs:
+            yield job, _attempt(job, predictor, task, progress)
+            meter.update()
+        meter.close()
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")  # a forked torch can deadlock in its thread pool
+    with ProcessPoolExecutor(workers, context, _start_worker, (predictor, threads)) as pool:
+        running = {pool.submit(_work, job, task): job for job in jobs}
+        for future in as_completed(running):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                result = (None, f"{printable(running[future][0])}: the worker process super-resolving it died (out "
+                          "of memory or killed); run again with --skip-existing to retry it.")  # fmt: skip
+            yield running[future], result
+            meter.update()
+    meter.close()
+
+
+class Progress:
+    """Images done of ``total`` with their rate and the time left: a bar on a terminal, else a log line every
+    ``every`` seconds (an archive run's log says how far it is)."""
+
+    def __init__(self, total: int, bar: bool, every: float = 30.0) -> None:
+        import time
+
+        from tqdm import tqdm
+
+        self.total, self.done, self.every, self.clock = total, 0, every, time.monotonic
+        self.start = self.last = self.clock()
+        self.bar = tqdm(total=total, desc="super-resolving", unit="image") if bar and total > 1 else None
+
+    def update(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+            return
+        now = self.clock()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            rate = self.done / (now - self.start)
+            left = (self.total - self.done) / rate
+            logger.info(f"{self.done}/{self.total} images, {rate * 3600:.0f} per hour, {left / 60:.0f} min left")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _report_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+    """Write ``failed.csv`` (input, reason) atomically, or remove the one an earlier run left when none failed."""
+    import csv
+    import io
+
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["input", "reason"])
+    writer.writerows(failures)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text.getvalue())
+    os.replace(tmp, path)

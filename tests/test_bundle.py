@@ -255,7 +255,7 @@ def test_run_corrupt_among_good(work, inputs):
     assert proc.returncode != 0
     assert f"{d / 'broken.png'}: cannot be read as an image" in proc.stdout
     assert "1 of 3 inputs failed" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["a_sr.png", "b_sr.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_sr.png", "b_sr.png", "failed.csv"]
 
 
 @pytest.mark.slow

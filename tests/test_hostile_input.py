@@ -178,7 +178,7 @@ def test_hostile_input_run_inference(kind, tmp_path):
     (sentence,) = msg.split(": ", 1)[1].split(" | ")
     assert sentence.startswith(f"{bad}: ") and expected in sentence, sentence
     assert "MemoryError" not in sentence and "allocate" not in sentence
-    assert sorted(p.name for p in out.iterdir()) == ["good_sr.png"]  # no partial or temporary files
+    assert sorted(p.name for p in out.iterdir()) == ["failed.csv", "good_sr.png"]  # no partial or temporary files
     assert _snapshot(d) == before
 
 
@@ -198,7 +198,7 @@ def test_symlink_to_etc_passwd_leaks_nothing(tmp_path, caplog):
     assert f"{d / 'evil.png'}: cannot be read as an image" in msg
     for text in (msg, caplog.text):
         assert str(target) not in text and not any(line in text for line in secret)
-    assert sorted(p.name for p in out.iterdir()) == ["good_sr.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["failed.csv", "good_sr.png"]
     assert (d / "evil.png").is_symlink() and os.readlink(d / "evil.png") == str(target)
 
 
@@ -220,7 +220,7 @@ def test_folder_without_images_is_reported_not_dropped(tmp_path):
     good = _png(tmp_path / "good.png")
     with pytest.raises(InputError, match=re.escape(f"{d}: the folder holds no DICOM images")):
         _run([d, good], tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_sr.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["failed.csv", "good_sr.png"]
 
 
 # --------------------------------------------------------------------- the CLI with all of them at once
@@ -235,13 +235,14 @@ def test_cli_hostile_batch(tmp_path, capsys):
     before = _snapshot(d)
     out = tmp_path / "out"
     with memory_cap():
-        assert main(["sr", "-o", str(out), "-m", "bicubic", "--", *map(str, bad), str(d / "good.png")]) == 2
+        assert main(["sr", "-o", str(out), "-m", "bicubic", "--", *map(str, bad), str(d / "good.png")]) == 3
     err = capsys.readouterr().err
     line = [ln for ln in err.splitlines() if ln.startswith("error: ")]
     assert len(line) == 1 and line[0].startswith(f"error: {len(bad)} of {len(bad) + 1} inputs failed: "), err
     for path, kind in zip(bad, kinds):
         assert f"{path}: " in line[0] and HOSTILE[kind][1] in line[0], kind
-    assert sorted(p.name for p in out.iterdir()) == ["good_sr.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["failed.csv", "good_sr.png"]
+    assert len((out / "failed.csv").read_text().splitlines()) == 1 + len(bad)
     assert _snapshot(d) == before
 
 

@@ -249,7 +249,10 @@ def test_bad_inputs_in_a_batch(bad_inputs, tmp_path):
     assert msg.startswith(f"{len(bad)} of {len(bad) + 1} inputs failed")
     for kind, path in bad.items():
         assert re.search(re.escape(str(path)) + r"\b", msg), kind
-    assert sorted(p.name for p in out.iterdir()) == ["good_sr.png"]  # no temporary or partial files either
+    assert sorted(p.name for p in out.iterdir()) == [
+        "failed.csv",
+        "good_sr.png",
+    ]  # no temporary or partial files either
     assert _snapshot(good.parent) == before
 
 

@@ -1,0 +1,168 @@
+"""Archive-scale inference with ``monai-sr sr``: a folder tree or a datalist, worker processes, torchrun shards,
+``--skip-existing`` resume after a kill, ``failed.csv`` and the partial-failure exit status."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import make_dicom
+from PIL import Image
+from test_bundle import REPO
+
+from monai_sr_bundle.cli import PARTIAL, main
+from monai_sr_bundle.inference import FAILED, input_jobs
+
+CORRUPT = ("a/broken.png", "b/c/truncated.dcm", "b/empty.nii.gz")
+
+
+def archive(root: Path, count: int = 200) -> list[str]:
+    """``count`` small radiographs in a tree of folders, PNG, JPEG, DICOM and NIfTI mixed, three of them corrupt;
+    returns every input's path relative to ``root``."""
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(count - len(CORRUPT)):
+        folder = root / ["a", "b", "b/c", "d/e/f"][i % 4]
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (40, 36), dtype=np.uint8)
+        kind = i % 4
+        if kind == 0:
+            path = folder / f"img{i:03d}.png"
+            Image.fromarray(pixels).save(path)
+        elif kind == 1:
+            path = folder / f"img{i:03d}.jpg"
+            Image.fromarray(pixels).save(path, quality=90)
+        elif kind == 2:
+            path = make_dicom(folder / f"img{i:03d}.dcm", pixels.astype(np.uint16), modality="CR")
+        else:
+            path = folder / f"img{i:03d}.nii.gz"
+            nib.save(nib.Nifti1Image(pixels.astype(np.float32)[..., None], np.eye(4)), path)
+        names.append(str(path.relative_to(root)))
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    good = (root / "b" / "c").glob("*.dcm")
+    (root / "b" / "c" / "truncated.dcm").write_bytes(next(good).read_bytes()[:300])
+    (root / "b" / "empty.nii.gz").write_bytes(b"")
+    return sorted(names + list(CORRUPT))
+
+
+def sr_name(name: str) -> str:
+    """Where the output of input ``name`` goes: its folder, its stem with ``_sr``, its format family's suffix."""
+    stem, suffix = name.split(".", 1)
+    return f"{stem}_sr.{'png' if suffix == 'jpg' else suffix}"
+
+
+def outputs(out: Path) -> dict[str, int]:
+    """Every output file under ``out`` (relative path -> its inode and modification time, to tell a file
+    written again from one left alone)."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != FAILED}
+
+
+def sr(*args) -> list[str]:
+    return [sys.executable, "-m", "monai_sr_bundle.cli", "sr", "-m", "bicubic", *map(str, args)]
+
+
+@pytest.mark.slow
+def test_an_archive_killed_halfway_resumes_without_computing_anything_twice(tmp_path):
+    """200 mixed inputs, 3 corrupt, 2 workers: killed halfway, then the same command with --skip-existing: 197
+    outputs in the tree's own folders, failed.csv with the 3 and their reasons, the partial-failure status;
+    the outputs of the first run are left as they were."""
+    names = archive(tmp_path / "in")
+    out = tmp_path / "out"
+    command = sr(tmp_path / "in", "-o", out, "--recursive", "--workers", 2, "--skip-existing")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while (not out.exists() or len(outputs(out)) < 90) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # the CLI and its workers, mid-run
+    first.wait()
+    before = outputs(out)
+    assert 90 <= len(before) < 197, len(before)
+    assert not [p for p in out.rglob(".*")]  # no temporary file left by the kill is an output
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    after = outputs(out)
+    assert done.returncode == PARTIAL, done.stderr[-2000:]
+    assert f"{len(before)} of 200 inputs skipped: their outputs are complete" in done.stderr
+    assert len(after) == 197 and all(after[k] == v for k, v in before.items())  # none written twice
+    assert set(after) == {sr_name(n) for n in names if n not in CORRUPT}  # in the tree's own folders
+    with open(out / FAILED, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(r["input"]).relative_to(tmp_path / "in").as_posix() for r in rows) == sorted(CORRUPT)
+    assert all(r["reason"].startswith(r["input"] + ": ") for r in rows)
+    assert "error: 3 of 200 inputs failed: " in done.stderr and f"(all listed in {out / FAILED})" in done.stderr
+    print(
+        f"first run: {len(before)} outputs before the kill; second: {197 - len(before)} computed, {len(before)} skipped"
+    )
+
+
+def test_a_datalist_keeps_the_images_folders(tmp_path, capsys):
+    names = archive(tmp_path / "in", count=12)
+    good = [n for n in names if n not in CORRUPT][:6]
+    datalist = tmp_path / "in" / "list.json"
+    datalist.write_text(
+        json.dumps({"training": [{"label": n} for n in good[:4]], "test": [{"image": n} for n in good[4:]]})
+    )
+    assert main(["sr", "-m", "bicubic", "--datalist", str(datalist), "-o", str(tmp_path / "out")]) == 0
+    written = sorted(outputs(tmp_path / "out"))
+    assert len(written) == 6 and {Path(w).parent.as_posix() for w in written} == {
+        Path(n).parent.as_posix() for n in good
+    }
+
+
+def test_a_series_folder_in_a_tree_is_one_input_and_a_folder_of_folders_none(tmp_path):
+    series = tmp_path / "in" / "patient" / "ct"
+    series.mkdir(parents=True)
+    for k in range(2):
+        make_dicom(series / f"{k}.dcm", np.zeros((8, 8), np.uint16), position=[0, 0, k], instance=k + 1)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in" / "patient" / "scout.png")
+    jobs = input_jobs(tmp_path / "in", tmp_path / "out", recursive=True)
+    assert jobs == [
+        (str(tmp_path / "in" / "patient" / "scout.png"), tmp_path / "out" / "patient"),
+        (str(series), tmp_path / "out" / "patient"),
+    ]
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_share_an_archive(tmp_path):
+    """Each process takes every second input; the first writes failed.csv with both processes' failures."""
+    archive(tmp_path / "in", count=12)
+    out = tmp_path / "out"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*launch, "-m", "monai_sr_bundle.cli", "sr", str(tmp_path / "in"), "-o", str(out), "-m", "bicubic"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, "--recursive"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "ChildFailedError" in done.stderr  # torchrun reports the partial status
+    assert len(outputs(out)) == 9
+    with open(out / FAILED, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+
+
+@pytest.mark.parametrize("workers", ["0", "-2", "two"])
+def test_a_bad_worker_count_is_one_sentence_and_writes_nothing(tmp_path, capsys, workers):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    args = ["sr", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "-m", "bicubic", "--workers", workers]
+    if workers == "two":
+        with pytest.raises(SystemExit):
+            main(args)
+    else:
+        assert main(args) == 2 and "workers must be a whole number of processes" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_inputs_or_an_empty_datalist_is_one_sentence(tmp_path, capsys):
+    assert main(["sr", "-o", str(tmp_path / "out"), "-m", "bicubic"]) == 2
+    assert "give input images, folders or --datalist FILE" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text('{"training": [{"boxes": []}]}')
+    assert main(["sr", "--datalist", str(tmp_path / "list.json"), "-o", str(tmp_path / "out"), "-m", "bicubic"]) == 2
+    assert "no item with a 'label' or 'image' path" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
