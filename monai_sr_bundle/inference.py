@@ -163,6 +163,20 @@ def default_input() -> str:
     return get_testdata_file("CT_small.dcm")
 
 
+#: ``--precision`` -> the autocast type (fp32: none)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: str | torch.device) -> None:
+    """Refuse an unknown precision, and fp16 off a GPU (CPU autocast computes in bfloat16 only)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise InputError(
+            f"precision fp16 runs on a GPU only, and the device is {device}; use bf16 (CPU autocast) or fp32."
+        )
+
+
 class Predictor:
     """A method loaded once, what every surface calls for SR (the CLI, the bundle, MONAI Label, evaluation, the
     benchmarks): its network on ``device`` in eval mode, the weights it came from, the reader's intensity map
@@ -179,6 +193,8 @@ class Predictor:
         intensity: the reader's map to [0, 1] (default: the one recorded with the weights, else the
             modality's, :meth:`~monai_sr_bundle.methods.Method.intensity_of`).
         sampler, steps, seed: a stochastic method's defaults (refused for a deterministic one).
+        precision: ``fp32``, or ``bf16`` / ``fp16`` to run the network under autocast in that type (faster on
+            GPUs with tensor cores; fp16 only on a GPU); images and results stay float32.
     """
 
     def __init__(
@@ -192,8 +208,11 @@ class Predictor:
         sampler: str | None = None,
         steps: int | None = None,
         seed: int | None = None,
+        precision: str = "fp32",
     ) -> None:
+        check_precision(precision, device)
         self.method, self.network, self.device, self.tile_size = method, network, device, int(tile_size)
+        self.precision = precision
         if weights is None and method.trainable:
             weights = method.weights_path
         self.weights = None if weights is None else Path(weights)
@@ -228,8 +247,16 @@ class Predictor:
     def __call__(self, image: MetaTensor, progress: bool = False, **sampling) -> MetaTensor:
         """SR of one loaded image (C, X, Y[, Z]) -> MetaTensor with geometry and intensity map carried over."""
         inferer = self.inferer(progress, **sampling)
-        with torch.inference_mode():
-            return inferer(image[None].to(self.device), self.network)[0].cpu()
+        with torch.inference_mode(), self.autocast():
+            return inferer(image[None].to(self.device), self.network)[0].float().cpu()
+
+    def autocast(self):
+        """The context the network runs in: autocast to the predictor's precision, or nothing for fp32."""
+        import contextlib
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=PRECISIONS[self.precision])
 
     def maps(self, image: MetaTensor, samples: int, progress: bool = False, **sampling) -> dict[str, MetaTensor]:
         """``samples`` SR draws of one loaded image -> the mean SR image (``"sr"``) and the uncertainty maps of
@@ -240,8 +267,8 @@ class Predictor:
         self.method.check_sampling(samples=samples)
         inferer = self.inferer(progress, **sampling)
         batch = image[None].to(self.device)
-        with torch.inference_mode():
-            maps = uncertainty_maps(batch, inferer.draw(batch, self.network, samples), self.scale)
+        with torch.inference_mode(), self.autocast():
+            maps = uncertainty_maps(batch, inferer.draw(batch, self.network, samples).float(), self.scale)
         out = {}
         for key, value in maps.items():
             result = zoom_geometry(image, value[0].cpu(), self.scale)

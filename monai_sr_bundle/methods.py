@@ -357,14 +357,16 @@ class Method:
         device: str | torch.device = "cpu",
         winograd: bool = False,
         tile_size: int = 256,
+        precision: str = "fp32",
         **sampling,
     ):
         """The method loaded once (:meth:`load`) as the :class:`~monai_sr_bundle.inference.Predictor` every
         surface calls; ``sampling`` (``sampler``, ``steps``, ``seed``) are its defaults, a call may change them."""
-        from monai_sr_bundle.inference import Predictor
+        from monai_sr_bundle.inference import Predictor, check_precision
 
+        check_precision(precision, device)  # before the weights are loaded
         network = self.load(weights, device, winograd)
-        return Predictor(self, network, weights, device=device, tile_size=tile_size, **sampling)
+        return Predictor(self, network, weights, device=device, tile_size=tile_size, precision=precision, **sampling)
 
     def check_sampling(self, **options) -> None:
         """Refuse sampler options (``sampler``, ``steps``, ``seed``, ``samples``) for a deterministic method,
