@@ -223,8 +223,8 @@ inferer (tiles of 256 LR px), median of {LARGE_REPEATS} runs after a warm-up, ea
 {chr(10).join(large_lines)}
 
 Memory: `python -m monai.bundle run --config_file configs/inference.json --method {default} --scale 2` on
-`{image}` (1024x1024) with untrained x2 {default} weights (only x4 is shipped; memory does not depend on the
-weight values), peak resident set size of that process: {rss_gb:.2f} GB.
+`{image}` (1024x1024) with untrained x2 {default} weights (memory does not depend on the weight
+values), peak resident set size of that process: {rss_gb:.2f} GB.
 
 """
     publish(REPO / "docs" / "benchmarks.md", doc, lines + [""] + large_lines, bars, issue=2)

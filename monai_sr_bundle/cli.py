@@ -51,8 +51,8 @@ def _sr(args: argparse.Namespace) -> int:
     if torchrun:
         distributed.setup()
     device = distributed.local_device() if torchrun and args.device == "cuda" else args.device  # a GPU per process
-    predictor = method.predictor(args.weights, device, args.winograd, args.tile_size, args.precision)
     try:
+        predictor = method.predictor(args.weights, device, args.winograd, args.tile_size, args.precision)
         written = run_inference(
             args.inputs,
             predictor,

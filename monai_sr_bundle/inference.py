@@ -327,8 +327,11 @@ def run_inference(
     jobs = input_jobs(inputs, output_dir, recursive) + (datalist_jobs(datalist, output_dir) if datalist else [])
     if not jobs:
         raise InputError(f"{inputs}: no input images found.")
-    for folder in dict.fromkeys(folder for _, folder in jobs):
-        check_outputs([src for src, f in jobs if f == folder], folder, output_format, maps)
+    by_folder: dict[Path, list[str]] = {}
+    for src, folder in jobs:
+        by_folder.setdefault(folder, []).append(src)
+    for folder, sources in by_folder.items():
+        check_outputs(sources, folder, output_format, maps)
     total = len(jobs)
     if skip_existing:
         jobs = [job for job in jobs if not _complete(job, output_format, maps)]
