@@ -67,7 +67,8 @@ def run_config(config: str, method: str, *args: str) -> subprocess.CompletedProc
     def stream_handlers() -> list[logging.StreamHandler]:
         loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
         handlers = [h for lg in loggers if isinstance(lg, logging.Logger) for h in lg.handlers]
-        return [h for h in handlers if type(h) is logging.StreamHandler]
+        # a handler left on a stream that is gone (an earlier test's captured stderr) cannot be redirected
+        return [h for h in handlers if type(h) is logging.StreamHandler and not getattr(h.stream, "closed", False)]
 
     command = ["run", "--config_file", str(config), "--method", method, *map(str, args)]
     out, code, cwd = io.StringIO(), 0, os.getcwd()

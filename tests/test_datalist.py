@@ -237,11 +237,15 @@ def test_default_location_follows_monai_sr_data(tmp_path, monkeypatch):
 
 
 def test_load_datalist_resolves_paths_and_defaults_boxes(tmp_path):
+    absolute = tmp_path / "abs" / "b.png"
+    absolute.parent.mkdir()
+    for image in (tmp_path / "a.png", absolute):
+        image.write_bytes(b"")
     (tmp_path / "list.json").write_text(
-        '{"training": [{"label": "a.png", "boxes": [[1, 2, 3, 4]]}, {"label": "/abs/b.png"}]}'
+        '{"training": [{"label": "a.png", "boxes": [[1, 2, 3, 4]]}, {"label": "%s"}]}' % absolute
     )
     items = load_datalist(tmp_path / "list.json")
-    assert items == [{"label": str(tmp_path / "a.png"), "boxes": [[1, 2, 3, 4]]}, {"label": "/abs/b.png", "boxes": []}]
+    assert items == [{"label": str(tmp_path / "a.png"), "boxes": [[1, 2, 3, 4]]}, {"label": str(absolute), "boxes": []}]
     assert load_datalist(tmp_path / "list.json", limit=1) == items[:1]
 
 

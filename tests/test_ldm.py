@@ -282,7 +282,7 @@ def test_an_lr_image_too_small_for_the_shipped_ldm_is_one_sentence_and_the_rest_
     for name, shape in (("thin.png", (3, 40)), ("good.png", (36, 40))):
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / "in" / name)
     out = tmp_path / "out"
-    assert main(["sr", str(tmp_path / "in"), "-o", str(out), "-m", "ldm", "--steps", "2"]) == 2
+    assert main(["sr", str(tmp_path / "in"), "-o", str(out), "-m", "ldm", "--steps", "2"]) == 3  # partly written
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(err) == 1 and "thin.png: image (40, 3) is smaller than 32 px" in err[0], err
-    assert sorted(p.name for p in out.iterdir()) == ["good_sr.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["failed.csv", "good_sr.png"]

@@ -96,13 +96,18 @@ def nih_datalist(
 
 
 def load_datalist(
-    path: str | os.PathLike, key: str = "training", limit: int | None = None, base_dir: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    key: str = "training",
+    limit: int | None = None,
+    base_dir: str | os.PathLike | None = None,
+    skip_missing: bool = True,
 ) -> list[dict]:
     """Items of a decathlon-style datalist JSON (``{"training": [{"label": <HR image>, "boxes": [[x0, y0, x1,
     y1], ...]}, ...], "validation": [...]}``); relative paths are taken from ``base_dir`` (default: the file's
     folder) and a missing ``boxes`` means no boxes, so the train config treats these items as it treats
-    ``nih_datalist``'s. Items whose image is missing are skipped, counted and named in a warning (a site's
-    archive changes under a datalist); none left is an error."""
+    ``nih_datalist``'s. Items whose image is missing are skipped, counted and named in a warning (an archive
+    changes under a datalist), none left is an error; ``skip_missing=False`` keeps them for a caller that
+    refuses them itself (a federated site)."""
     if not Path(path).is_file():
         raise InputError(f"{path}: datalist file not found.")
     try:
@@ -111,7 +116,10 @@ def load_datalist(
         raise InputError(f"{path}: not a datalist with a {key!r} list of items ({e}).") from e
     if not items or not all(isinstance(d, dict) and isinstance(d.get("label"), str) for d in items):
         raise InputError(f"{path}: the {key!r} list must hold items with a 'label' image path.")
-    items, missing = present([{"boxes": [], **d} for d in (items[:limit] if limit is not None else items)])
+    items = [{"boxes": [], **d} for d in (items[:limit] if limit is not None else items)]
+    if not skip_missing:
+        return items
+    items, missing = present(items)
     if missing:
         logger.warning(
             f"{path}: {len(missing)} {key} item(s) skipped, their image is missing: "

@@ -66,7 +66,7 @@ def load_site(site: str, config_path: str | os.PathLike | None = None) -> SiteDa
     lists = {}
     for key in ("training", "validation"):
         try:
-            lists[key] = load_datalist(datalist, key, base_dir=data_dir)
+            lists[key] = load_datalist(datalist, key, base_dir=data_dir, skip_missing=False)  # refused below
         except InputError as e:
             raise InputError(f"site {site}: {e}") from e
         missing = [
