@@ -55,18 +55,21 @@ def nih_tree(root: Path) -> Path:
 
 
 def chexpert_tree(root: Path) -> Path:
-    """CheXpert-v1.0-small: train/ and valid/ of patientNNNNN/studyN/viewN_<view>.jpg, train.csv and valid.csv
-    whose paths start with the download's own folder name; one lateral view."""
+    """CheXpert-v1.0-small: train/, valid/ and test/ of patientNNNNN/studyN/viewN_<view>.jpg, train.csv and
+    valid.csv whose paths start with the download's own folder name, test.csv without the view column (as the
+    later test release has it); a lateral view in train and in test."""
     pngs = _pngs(6)
     head = "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding\n"
     train = [(f"train/patient0000{i // 2 + 1}/study1/view{i % 2 + 1}_frontal.jpg", "Frontal") for i in range(4)]
     train.append(("train/patient00001/study1/view3_lateral.jpg", "Lateral"))
     valid = [("valid/patient64541/study1/view1_frontal.jpg", "Frontal")]
-    for (path, _), png in zip(train + valid, pngs):
+    test = ["test/patient64741/study1/view1_frontal.jpg", "test/patient64741/study1/view2_lateral.jpg"]
+    for path, png in zip([p for p, _ in train + valid] + test, pngs + pngs[:2]):
         _jpeg(png, root / path)
     for table, rows in (("train.csv", train), ("valid.csv", valid)):
         text = "".join(f"{root.name}/{p},Male,60,{view},PA,1.0\n" for p, view in rows)
         (root / table).write_text(head + text)
+    (root / "test.csv").write_text("Path,No Finding\n" + "".join(f"{p},1.0\n" for p in test))  # no view column
     return root
 
 
@@ -136,7 +139,8 @@ def test_chexpert_frontal_views_and_its_own_validation_set(tmp_path):
     assert [d["label"] for d in datalist["training"]] == [
         str(root / f"train/patient0000{i // 2 + 1}/study1/view{i % 2 + 1}_frontal.jpg") for i in range(4)
     ]  # the lateral view is not listed
-    assert [d["patient_id"] for d in datalist["validation"]] == ["patient64541"] and "test" not in datalist
+    assert [d["patient_id"] for d in datalist["validation"]] == ["patient64541"]
+    assert [d["label"] for d in datalist["test"]] == [str(root / "test/patient64741/study1/view1_frontal.jpg")]
 
 
 def test_mimic_official_split_and_frontal_views(tmp_path):

@@ -112,7 +112,8 @@ def chexpert(root: Path, fraction: float = VAL_FRACTION) -> dict[str, list[dict]
         for row in _rows(_need(root, table, what=CHEXPERT_LAYOUT)):
             if "Path" not in row:
                 raise InputError(f"{root / table}: no Path column; {CHEXPERT_LAYOUT}")
-            if row.get("Frontal/Lateral", "Frontal") != "Frontal":
+            view = row.get("Frontal/Lateral") or ("Lateral" if "lateral" in Path(row["Path"]).name else "Frontal")
+            if view != "Frontal":  # test.csv has no view column: its file names say it
                 continue
             parts = Path(row["Path"]).parts
             start = next((i for i, p in enumerate(parts) if p in ("train", "valid", "test")), None)
