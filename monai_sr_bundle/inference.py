@@ -308,8 +308,9 @@ def run_inference(
     An archive: ``recursive`` walks folder inputs and writes each image under the same subfolder of
     ``output_dir``, as a ``datalist`` file's images are written under their paths relative to the folder
     they share; ``skip_existing`` leaves out inputs whose outputs are there already (complete: every write is
-    atomic, and the file must read back as this tool's); ``workers`` > 1 super-resolves in that many processes,
-    each with its own copy of the predictor; under torchrun each process takes every N-th input.
+    atomic, and the file must read back as this tool's) and removes what a killed run left of the others;
+    ``workers`` > 1 super-resolves in that many processes, each with its own copy of the predictor; under
+    torchrun each process takes every N-th input.
 
     A bad input is reported in one sentence and skipped (nothing is written for it) while the others go on;
     if any failed, an :class:`InputError` saying how many is raised at the end: when others were written or were
@@ -335,6 +336,8 @@ def run_inference(
     total = len(jobs)
     if skip_existing:
         jobs = [job for job in jobs if not _complete(job, output_format, maps)]
+        if distributed.is_main_process():
+            _remove_interrupted_writes(jobs, output_format, maps)
         if distributed.is_main_process():
             logger.info(f"{total - len(jobs)} of {total} inputs skipped: their outputs are complete")
     task = {"allow_volume": allow_volume, "samples": samples, "output_format": output_format, "sampling": sampling}
@@ -432,6 +435,27 @@ def _complete(job: tuple[str, Path], output_format: str | None, maps: Sequence[s
     except InputError:
         return False
     return all(written_by_monai_sr(t) for t in targets)
+
+
+def _remove_interrupted_writes(jobs: list[tuple[str, Path]], output_format: str | None, maps: Sequence[str]) -> None:
+    """Remove what a killed run left of the outputs of ``jobs``: the hidden temporaries of the atomic writes
+    (``.<output name>.<random>``, files or a series folder), which only this tool names so."""
+    import shutil
+
+    from monai_sr_bundle.data.readers import image_format
+
+    names: dict[Path, set[str]] = {}
+    for src, folder in jobs:
+        try:
+            targets = output_paths(src, image_format(src), folder, output_format, maps).values()
+        except InputError:
+            continue
+        names.setdefault(folder, set()).update(t.name for t in targets)
+    for folder, outputs in names.items():
+        hidden = [e for e in folder.iterdir() if e.name.startswith(".")] if folder.is_dir() else []
+        for entry in hidden:
+            if any(entry.name.startswith(f".{name}.") for name in outputs):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def super_resolve_file(src: str, folder: Path, predictor: Predictor, task: dict, progress: bool = False) -> list[str]:
