@@ -54,26 +54,31 @@ def validate_input(img: torch.Tensor, name: str, scale: int, allow_volume: bool 
 def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Files to super-resolve: each file as given; a folder of images gives its image files; a folder that
     holds only DICOM files of one series (a CT) stays one input, read as a volume."""
-    from monai_sr_bundle.data.readers import folder_files, image_format
-
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     out: list[str] = []
     for p in map(Path, paths):
         if not p.is_dir():
             out.append(str(p))
             continue
-        children = folder_files(p)
-        kinds = {}
-        for c in children:
-            try:
-                kinds[c] = image_format(c)
-            except InputError:
-                continue
+        kinds = _image_kinds(p)
         if not kinds or (set(kinds.values()) == {"dicom"} and _one_series(list(kinds))):
             out.append(str(p))  # a folder without images stays an input too, so that the reader reports it
         else:
             out.extend(str(c) for c in kinds)
     return out
+
+
+def _image_kinds(folder: str | os.PathLike) -> dict[Path, str]:
+    """The image files of a folder and their format families (files of no known format left out)."""
+    from monai_sr_bundle.data.readers import folder_files, image_format
+
+    kinds = {}
+    for c in folder_files(folder):
+        try:
+            kinds[c] = image_format(c)
+        except InputError:
+            continue
+    return kinds
 
 
 def check_output_dir(output_dir: str | os.PathLike) -> None:
@@ -317,6 +322,7 @@ def run_inference(
     complete already, a :class:`PartialFailure`, and ``failed.csv`` in ``output_dir`` lists the failed inputs with
     their reasons. Returns the written paths."""
     from monai_sr_bundle import distributed
+    from monai_sr_bundle.data.writers import written_by_monai_sr
 
     predictor.method.check_sampling(samples=samples)
     samples = samples or 1
@@ -335,9 +341,10 @@ def run_inference(
         check_outputs(sources, folder, output_format, maps)
     total = len(jobs)
     if skip_existing:
-        jobs = [job for job in jobs if not _complete(job, output_format, maps)]
+        targets = {job: _targets(job, output_format, maps) for job in jobs}
+        jobs = [job for job in jobs if not (targets[job] and all(written_by_monai_sr(t) for t in targets[job]))]
         if distributed.is_main_process():
-            _remove_interrupted_writes(jobs, output_format, maps)
+            _remove_interrupted_writes({job: targets[job] for job in jobs})
         if distributed.is_main_process():
             logger.info(f"{total - len(jobs)} of {total} inputs skipped: their outputs are complete")
     task = {"allow_volume": allow_volume, "samples": samples, "output_format": output_format, "sampling": sampling}
@@ -381,27 +388,15 @@ def input_jobs(
             continue
         for folder, subfolders, _ in os.walk(path):
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-            found = expand_inputs(folder)
-            if found == [folder] and not _holds_images(folder):
+            kinds = _image_kinds(folder)
+            if not kinds:
                 continue  # a folder of folders, or of no images
-            if found == [folder]:  # a DICOM series: one input, written beside its siblings
+            if set(kinds.values()) == {"dicom"} and _one_series(list(kinds)):  # one input, beside its siblings
                 subfolders[:] = []
                 jobs.append((folder, out / Path(folder).parent.relative_to(path) if Path(folder) != path else out))
             else:
-                jobs += [(src, out / Path(folder).relative_to(path)) for src in found]
+                jobs += [(str(src), out / Path(folder).relative_to(path)) for src in kinds]
     return jobs
-
-
-def _holds_images(folder: str | os.PathLike) -> bool:
-    from monai_sr_bundle.data.readers import folder_files, image_format
-
-    for f in folder_files(folder):
-        try:
-            image_format(f)
-            return True
-        except InputError:
-            continue
-    return False
 
 
 def datalist_jobs(datalist: str | os.PathLike, output_dir: str | os.PathLike) -> list[tuple[str, Path]]:
@@ -424,33 +419,25 @@ def datalist_jobs(datalist: str | os.PathLike, output_dir: str | os.PathLike) ->
     return [(p, Path(output_dir) / Path(p).parent.relative_to(root)) for p in paths]
 
 
-def _complete(job: tuple[str, Path], output_format: str | None, maps: Sequence[str]) -> bool:
-    """Whether every output of ``job`` is there and reads back as this tool's (an interrupted write leaves none)."""
+def _targets(job: tuple[str, Path], output_format: str | None, maps: Sequence[str]) -> list[Path]:
+    """Where ``job``'s outputs go; none for an input of no known format (the reader reports it)."""
     from monai_sr_bundle.data.readers import image_format
-    from monai_sr_bundle.data.writers import written_by_monai_sr
 
     src, folder = job
     try:
-        targets = output_paths(src, image_format(src), folder, output_format, maps).values()
+        return list(output_paths(src, image_format(src), folder, output_format, maps).values())
     except InputError:
-        return False
-    return all(written_by_monai_sr(t) for t in targets)
+        return []
 
 
-def _remove_interrupted_writes(jobs: list[tuple[str, Path]], output_format: str | None, maps: Sequence[str]) -> None:
-    """Remove what a killed run left of the outputs of ``jobs``: the hidden temporaries of the atomic writes
+def _remove_interrupted_writes(targets: dict[tuple[str, Path], list[Path]]) -> None:
+    """Remove what a killed run left of these outputs: the hidden temporaries of the atomic writes
     (``.<output name>.<random>``, files or a series folder), which only this tool names so."""
     import shutil
 
-    from monai_sr_bundle.data.readers import image_format
-
     names: dict[Path, set[str]] = {}
-    for src, folder in jobs:
-        try:
-            targets = output_paths(src, image_format(src), folder, output_format, maps).values()
-        except InputError:
-            continue
-        names.setdefault(folder, set()).update(t.name for t in targets)
+    for (_, folder), paths in targets.items():
+        names.setdefault(folder, set()).update(t.name for t in paths)
     for folder, outputs in names.items():
         hidden = [e for e in folder.iterdir() if e.name.startswith(".")] if folder.is_dir() else []
         for entry in hidden:
