@@ -358,6 +358,7 @@ class Method:
         winograd: bool = False,
         tile_size: int = 256,
         precision: str = "fp32",
+        compile: bool = False,
         **sampling,
     ):
         """The method loaded once (:meth:`load`) as the :class:`~monai_sr_bundle.inference.Predictor` every
@@ -366,7 +367,9 @@ class Method:
 
         check_precision(precision, device)  # before the weights are loaded
         network = self.load(weights, device, winograd)
-        return Predictor(self, network, weights, device=device, tile_size=tile_size, precision=precision, **sampling)
+        return Predictor(
+            self, network, weights, device=device, tile_size=tile_size, precision=precision, compile=compile, **sampling
+        )
 
     def check_sampling(self, **options) -> None:
         """Refuse sampler options (``sampler``, ``steps``, ``seed``, ``samples``) for a deterministic method,

@@ -70,14 +70,16 @@ def train_configs(method: str, stage: str | None = None) -> list[str]:
     return [str(BUNDLE_ROOT / f) for f in stage_configs(methods.get(method), stage)]
 
 
-def train_parser(method: str | None = None):
+def train_parser(method: str | None = None, multi_gpu: bool = False):
     """The bundle's train config for ``method`` (default: the default method), parsed lazily, with
-    ``bundle_root`` at this package and the ``method`` key set, as ``--method`` does on the command line."""
+    ``bundle_root`` at this package and the ``method`` key set, as ``--method`` does on the command line;
+    ``multi_gpu``: with ``configs/multi_gpu_train.json`` last, for a process that torchrun started."""
     from monai.bundle import ConfigParser
 
     method = method or methods.default_name()
     parser = ConfigParser()
-    parser.read_config(train_configs(method))
+    extra = [str(BUNDLE_ROOT / "configs" / "multi_gpu_train.json")] if multi_gpu else []
+    parser.read_config(train_configs(method) + extra)
     parser["bundle_root"] = str(BUNDLE_ROOT)
     parser["method"] = method
     return parser

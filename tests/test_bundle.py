@@ -447,6 +447,21 @@ def test_inference_onnx_overlay_finds_the_model_next_to_the_weights(work, inputs
 
 
 @pytest.mark.slow
+def test_inference_onnx_refuses_compile(work, inputs, onnx_models):
+    """``--compile True`` reaches the predictor (its parity: tests/test_inference.py); on ONNX Runtime it is
+    refused in one sentence, nothing written."""
+    out = work / "out_onnx_compiled"
+    proc = run_config(
+        _configs("inference.json", "inference_onnx.json"), "srcnn", "--onnx_path", onnx_models["srcnn"],
+        "--compile", "True", "--input", inputs, "--output_dir", out,
+    )  # fmt: skip
+    assert (
+        proc.returncode != 0 and "compile speeds up the torch network, and this one runs on ONNX Runtime" in proc.stdout
+    )
+    assert not out.exists()
+
+
+@pytest.mark.slow
 def test_inference_onnx_missing_model(work, inputs):
     proc = run_config(
         _configs("inference.json", "inference_onnx.json"),

@@ -306,6 +306,48 @@ def test_label_info_cannot_rewrite_what_the_label_says(server):
     assert findings() == before == server.items[0]["findings"]
 
 
+def test_a_server_with_bf16_and_compile_serves_what_fp32_serves_to_a_grey_level(tmp_path):
+    """``--conf precision bf16 --conf compile true``: the SR of a radiograph (the network compiled in the
+    server's worker thread; a 128 px image, one tile, one compilation) within 2 grey levels of fp32 in
+    process, nearly all pixels equal."""
+    from PIL import Image
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    Image.open(with_boxes(1)[0]["label"]).resize((128, 128)).save(studies / "a.png")  # one tile
+    conf = {"method": "srcnn", "precision": "bf16", "compile": "true", "model_dir": tmp_path / "model"}
+    with label_server(tmp_path, studies, conf) as url:
+        r = requests.post(f"{url}/infer/super_resolution", params={"image": "a", "output": "image"}, timeout=600)
+    assert r.status_code == 200, r.text
+    served, local = response_image(r, tmp_path, ".png"), in_process(studies / "a.png", tmp_path)
+    difference = np.abs(served.astype(int) - local.astype(int))
+    assert difference.max() <= 2 and (difference == 0).mean() > 0.9, (difference.max(), (difference == 0).mean())
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("precision", "fp16", "--conf precision fp16 runs on a GPU only, and the device is cpu"),
+        ("precision", "int8", "--conf unknown precision 'int8'"),
+        ("device", "cuda:3", "--conf device 'cuda:3': this machine has 0 GPU(s)."),
+        ("device", "tpu", "--conf device 'tpu' must be auto, cpu, cuda or cuda:N."),
+        ("compile", "maybe", "--conf compile must be true or false, not 'maybe'."),
+    ],
+)
+def test_bad_device_precision_and_compile_settings_stop_the_app_in_one_sentence(monkeypatch, key, value, message):
+    monkeypatch.syspath_prepend(str(APP))
+    from lib.configs.super_resolution import SuperResolution
+
+    config = SuperResolution()
+    if key == "device" and torch.cuda.is_available():
+        pytest.skip("the GPU count differs on a GPU machine")
+    with pytest.raises(ValueError) as e:
+        config.init("super_resolution", "model", {"method": "srcnn", key: value}, None)
+    assert str(e.value).startswith(message)
+    config.init("super_resolution", "model", {"method": "srcnn", "device": "auto"}, None)
+    assert config.settings["device"] == "cpu" and config.settings["compile"] is False
+
+
 def test_a_failed_train_says_its_root_cause(monkeypatch):
     """The bundle wraps a failure in 'Failed to evaluate ConfigExpression ...'; the train task's error ends
     in the innermost cause."""

@@ -10,6 +10,10 @@ A site config is a small JSON file on the site's machine::
 data folder. The client finds the config through ``--site_config`` or, in production, the site's own
 ``MONAI_SR_SITE_CONFIG`` environment variable, so a job carries no site paths at all.
 
+A site with several GPUs adds ``"processes": N``: each round's local training then runs in N processes
+started by torchrun, one per GPU (NCCL; gloo processes sharing the cores on a machine without GPUs), with the
+batch split between them, as the bundle's ``configs/multi_gpu_train.json`` trains.
+
 ``python -m monai_sr_bundle.federated.sites --out configs/federated/sites`` writes the example sites: three
 chest X-ray sites that split the NIH train and val patients, and two chest CT sites built from the DICOM
 slices under ``chest_ct``.
@@ -42,6 +46,33 @@ class SiteData:
     data_dir: Path
     training: list[dict]
     validation: list[dict]
+    processes: int = 1
+
+
+#: the most training processes a site config may ask for (one per GPU of the site's machine)
+MAX_PROCESSES = 64
+
+
+def _config(site: str, config_path: str | os.PathLike | None) -> tuple[Path, dict]:
+    path = config_path or os.environ.get(SITE_CONFIG_ENV)
+    if not path:
+        raise InputError(
+            f"site {site}: no site config; pass --site_config or set {SITE_CONFIG_ENV} on the site's machine."
+        )
+    path = Path(path)
+    config = read_json_object(path, f"site {site}: its site config {path}")
+    processes = config.get("processes", 1)
+    if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= MAX_PROCESSES:
+        raise InputError(
+            f"site {site}: 'processes' in {path} must be a whole number from 1 to {MAX_PROCESSES} (one per GPU), "
+            f"not {processes!r}."
+        )
+    return path, config
+
+
+def site_processes(site: str, config_path: str | os.PathLike | None = None) -> int:
+    """How many processes train at ``site`` each round (its config's ``processes``, default 1)."""
+    return _config(site, config_path)[1].get("processes", 1)
 
 
 def _expand(value: str) -> str:
@@ -51,14 +82,9 @@ def _expand(value: str) -> str:
 
 def load_site(site: str, config_path: str | os.PathLike | None = None) -> SiteData:
     """Read and check ``site``'s config (``config_path``, else ``$MONAI_SR_SITE_CONFIG``): both lists must
-    hold at least one item and every image must be a readable file. Every error names the site."""
-    path = config_path or os.environ.get(SITE_CONFIG_ENV)
-    if not path:
-        raise InputError(
-            f"site {site}: no site config; pass --site_config or set {SITE_CONFIG_ENV} on the site's machine."
-        )
-    path = Path(path)
-    config = read_json_object(path, f"site {site}: its site config {path}")
+    hold at least one item, every image must be a readable file and ``processes`` a whole number. Every error
+    names the site."""
+    path, config = _config(site, config_path)
     if not isinstance(config.get("datalist"), str):
         raise InputError(f"site {site}: {path} must be a JSON object with a 'datalist' path.")
     datalist = (path.parent / _expand(config["datalist"])).resolve()
@@ -77,7 +103,15 @@ def load_site(site: str, config_path: str | os.PathLike | None = None) -> SiteDa
                 f"site {site}: {len(missing)} {key} image(s) of {datalist} are missing or unreadable, e.g. "
                 f"{missing[0]}."
             )
-    return SiteData(site, datalist, data_dir, lists["training"], lists["validation"])
+    processes = config.get("processes", 1)
+    fewest = min(lists.values(), key=len)
+    if processes > len(fewest):
+        raise InputError(
+            f"site {site}: 'processes' {processes} in {path} but {len(fewest)} "
+            f"{'training' if fewest is lists['training'] else 'validation'} image(s): every process needs at "
+            f"least one; ask for at most {len(fewest)}."
+        )
+    return SiteData(site, datalist, data_dir, lists["training"], lists["validation"], processes)
 
 
 def balanced_patient_split(items: list[dict], n_sites: int) -> list[list[dict]]:

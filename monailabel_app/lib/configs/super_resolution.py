@@ -3,6 +3,7 @@ infer task, the train task and the next-sample strategy."""
 
 from __future__ import annotations
 
+import torch
 from monailabel.interfaces.config import TaskConfig
 
 from lib import versions
@@ -10,6 +11,8 @@ from lib.activelearning import ImagesWithoutBoxesFirst
 from lib.infers import SuperResolutionInfer
 from lib.trainers import SuperResolutionTrainer
 from monai_sr_bundle import methods
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.inference import check_precision
 
 #: ``--conf`` keys and their defaults
 DEFAULTS = {
@@ -19,7 +22,25 @@ DEFAULTS = {
     "weights": versions.SHIPPED,
     "tile_size": "256",
     "max_output_mp": "64",
+    "device": "auto",
+    "precision": "fp32",
+    "compile": "false",
 }
+
+
+def _device(value: str) -> str:
+    """``auto`` (the first GPU if there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` of this machine."""
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--conf device {value!r} must be auto, cpu, cuda or cuda:N.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--conf device {value!r}: this machine has {torch.cuda.device_count()} GPU(s).")
+    return value
 
 
 class SuperResolution(TaskConfig):
@@ -33,6 +54,15 @@ class SuperResolution(TaskConfig):
             )
         if not all(str(self.settings[k]).isdigit() for k in ("scale", "tile_size", "max_output_mp")):
             raise ValueError("--conf scale, tile_size and max_output_mp must be whole numbers.")
+        self.settings["device"] = _device(str(self.settings["device"]))
+        try:
+            check_precision(self.settings["precision"], self.settings["device"])
+        except InputError as e:
+            raise ValueError(f"--conf {e}") from e
+        compiled = str(self.settings["compile"]).lower()
+        if compiled not in ("true", "false"):
+            raise ValueError(f"--conf compile must be true or false, not {self.settings['compile']!r}.")
+        self.settings["compile"] = compiled == "true"
 
     def infer(self) -> dict:
         s = self.settings
@@ -45,6 +75,9 @@ class SuperResolution(TaskConfig):
                 s["weights"],
                 int(s["tile_size"]),
                 int(s["max_output_mp"]),
+                s["device"],
+                s["precision"],
+                s["compile"],
             )
         }
 

@@ -62,6 +62,7 @@ class SuperResolutionInfer(InferTask):
         method, scale, modality, weights: defaults of every request.
         tile_size: LR tile edge of the inferer (bounds memory on large radiographs).
         max_output_mp: largest SR result in megapixels; a larger request is refused from the image's header.
+        device, precision, compile: where and how the networks run (:class:`~monai_sr_bundle.inference.Predictor`).
     """
 
     def __init__(
@@ -73,6 +74,9 @@ class SuperResolutionInfer(InferTask):
         weights: str = versions.SHIPPED,
         tile_size: int = 256,
         max_output_mp: int = 64,
+        device: str = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
         super().__init__(
             type=InferType.OTHERS,
@@ -83,6 +87,7 @@ class SuperResolutionInfer(InferTask):
         )
         self.model_dir, self.modality, self.tile_size = model_dir, modality, int(tile_size)
         self.max_output_mp = max_output_mp
+        self.predictor_options = {"device": device, "precision": precision, "compile": compile}
         self._predictors: dict[tuple, Predictor] = {}
         self._lock = threading.Lock()
 
@@ -101,7 +106,7 @@ class SuperResolutionInfer(InferTask):
         with self._lock:
             if key not in self._predictors:
                 try:
-                    self._predictors[key] = method.predictor(path, tile_size=self.tile_size)
+                    self._predictors[key] = method.predictor(path, tile_size=self.tile_size, **self.predictor_options)
                 except InputError as e:  # said without the server's paths
                     raise HTTPException(
                         404,

@@ -1,0 +1,119 @@
+"""The fast path of `monai-sr sr`: fp32 vs `--precision bf16` (and fp16 on a GPU) vs `--compile`, each one
+command of the project's CLI over the same NIH test images made 128 -> 512 (antialiased bicubic LR, saved as
+8-bit PNG). Per row: the whole command's wall time (start-up and compilation included), the steady time per
+image (from the outputs' write times: (last - first) / (images - 1), so compilation is left out), and the PSNR
+of the SR images against the HR ones with its difference from fp32. Writes the CPU or the GPU block of
+docs/benchmarks.md.
+
+Run: .venv/bin/python benchmarks/fast_path.py [--device cuda] [--methods runet_real,sr3,ldm] [--images 8]
+     [--settings fp32,bf16,fp16,fp32+compile,bf16+compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from speed import write_block
+
+from monai_sr_bundle import methods
+from monai_sr_bundle.data.datalist import nih_datalist
+from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.transforms.degradation import downsample
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmarks.md"
+
+
+def markers(device: str) -> tuple[str, str]:
+    kind = torch.device(device).type
+    return f"<!-- fast-path-{kind}: start -->", f"<!-- fast-path-{kind}: end -->"
+
+
+def settings(device: str, chosen: str | None) -> list[tuple[str, bool]]:
+    """(precision, compile) per row: ``chosen`` (e.g. ``fp32,fp32+compile``), else every one the device has."""
+    if chosen:
+        return [(s.split("+")[0], s.endswith("+compile")) for s in chosen.split(",")]
+    half = ["bf16", "fp16"] if torch.device(device).type == "cuda" else ["bf16"]
+    return [("fp32", False), *((p, False) for p in half), ("fp32", True), ("bf16", True)]
+
+
+def psnr(sr: Path, hr: Path) -> float:
+    a = np.asarray(Image.open(sr), np.float64) / 255.0
+    b = read_image(hr)[0].numpy().T.astype(np.float64)  # the reader's (X, Y) -> rows, columns
+    return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
+
+
+def run(method: str, inputs: Path, out: Path, device: str, precision: str, compile: bool) -> tuple[float, float]:
+    """Wall seconds of the command and steady seconds per image."""
+    command = [sys.executable, "-m", "monai_sr_bundle.cli", "sr", str(inputs), "-o", str(out), "-m", method]
+    command += ["--device", device, "--precision", precision, *(["--compile"] if compile else [])]
+    if methods.get(method).stochastic:
+        command += ["--seed", "0"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    times = sorted(p.stat().st_mtime for p in out.glob("*_sr.png"))
+    return wall, (times[-1] - times[0]) / (len(times) - 1)
+
+
+def main(argv=None) -> int:
+    cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    cli.add_argument("--methods", default=f"{methods.default_name()},sr3,ldm")
+    cli.add_argument("--images", type=int, default=8)
+    cli.add_argument("--settings", help="rows per method, e.g. fp32,bf16,fp32+compile (default: all the device has)")
+    args = cli.parse_args(argv)
+    names, rows = args.methods.split(","), []
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, hr = Path(tmp) / "in", {}
+        inputs.mkdir()
+        for item in nih_datalist("test", limit=args.images):
+            image = read_image(item["label"])
+            lr = downsample(image, 4)[0].clamp(0, 1).numpy().T
+            name = Path(item["label"]).stem
+            Image.fromarray(np.round(lr * 255).astype(np.uint8)).save(inputs / f"{name}.png")
+            hr[name] = Path(item["label"])
+        for method in names:
+            reference = None
+            for precision, compile in settings(args.device, args.settings):
+                out = Path(tmp) / f"{method}_{precision}_{compile}"
+                wall, per_image = run(method, inputs, out, args.device, precision, compile)
+                quality = statistics.mean(psnr(out / f"{n}_sr.png", path) for n, path in hr.items())
+                reference = quality if reference is None else reference
+                compiled = "yes" if compile else "no"
+                rows.append((method, precision, compiled, wall, per_image, quality, quality - reference))
+                print(rows[-1], flush=True)
+    gpu = torch.device(args.device).type == "cuda"
+    device = torch.cuda.get_device_name() if gpu else f"CPU, {os.cpu_count()} cores"
+    table = "\n".join(
+        [
+            "| method | precision | compile | command wall (s) | s per image, steady | PSNR (dB) | vs fp32 (dB) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        + [f"| {m} | {p} | {c} | {w:.1f} | {s:.2f} | {q:.3f} | {d:+.3f} |" for m, p, c, w, s, q, d in rows]
+    )
+    start, end = markers(args.device)
+    command = " ".join(["benchmarks/fast_path.py", *(sys.argv[1:] if argv is None else argv)])
+    block = (
+        f"{start}\n### {device}\n\nProduced by `.venv/bin/python {command}` "
+        f"({time.strftime('%Y-%m-%d')}, torch {torch.__version__}): `monai-sr sr` of {args.images} NIH test images "
+        f"made 128 -> 512, one command per row; stochastic methods with `--seed 0` and their default sampler and "
+        f"steps.\n\n{table}\n{end}"
+    )
+    write_block(DOC, (start, end), block)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
