@@ -7,16 +7,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast benchmark clean system-tools
 
-# Debian tools the tests drive (dciodvfy validates DICOM output; Orthanc is the PACS of the round trip):
-# installed with apt when missing and run as root (CI); otherwise say loudly what to install.
-DEBIAN_TOOLS := dicom3tools orthanc orthanc-dicomweb
+# Debian tools the tests drive (dciodvfy validates DICOM output; Orthanc is the PACS of the round trip;
+# Chromium renders the HTML report): installed with apt when missing and run as root (CI); otherwise say
+# loudly what to install.
+DEBIAN_TOOLS := dicom3tools orthanc orthanc-dicomweb chromium
 system-tools:
 	@if command -v dciodvfy >/dev/null && { command -v Orthanc || test -x /usr/sbin/Orthanc; } >/dev/null \
-		&& test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so; then :; \
+		&& test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so && command -v chromium >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			$(DEBIAN_TOOLS) >/dev/null; } || echo "*** apt could not install $(DEBIAN_TOOLS); the DICOM and PACS tests will fail ***"; \
-	else echo "*** missing Debian packages $(DEBIAN_TOOLS): install them (sudo apt-get install $(DEBIAN_TOOLS)); the DICOM and PACS tests fail without them ***"; fi
+			$(DEBIAN_TOOLS) >/dev/null; } || echo "*** apt could not install $(DEBIAN_TOOLS); the DICOM, PACS and report tests will fail ***"; \
+	else echo "*** missing Debian packages $(DEBIAN_TOOLS): install them (sudo apt-get install $(DEBIAN_TOOLS)); the DICOM, PACS and report tests fail without them ***"; fi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -5,7 +5,7 @@ antialiased bicubic against the input: SR that invents or moves structure drifts
 sampled methods, the spread of their samples (where they disagree, they guess).
 
 Each image is read with the method's own intensity map, then a ``--crop`` px LR square centred on the right
-mid lung (:func:`~monai_sr_bundle.evaluation.lung_patch`) is taken, native pixels, so that every method,
+mid lung (:func:`lung_patch`) is taken, native pixels, so that every method,
 the sampled ones included, runs on the same tissue in CPU time. Sampled methods run on the first
 ``--sampled-images`` images with ``--samples`` draws each. Writes docs/results_native.md and
 docs/figures/native_x<scale>.png.
@@ -15,8 +15,10 @@ Run: .venv/bin/python benchmarks/native.py [--scales 2,4] [--crop 128] [--limit 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,55 @@ from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.evaluation import comparison_figure, lung_patch
 
 HEAD = ["method", "images", "LR-consistency PSNR (dB) ↑", "mean abs(↓SR - LR) ↓", "sample SD ↓", "s/image"]
+
+
+def lung_patch(shape: Sequence[int]) -> list[float]:
+    """Where a figure zooms on an image without boxes: a patch of the patient's right mid lung on a frontal
+    radiograph of spatial ``shape`` (X, Y), a quarter of each side, where SR's gains and its invented texture
+    show; (x0, y0, x1, y1) as boxes are."""
+    x, y = (float(n) for n in shape)
+    return [0.15 * x, 0.30 * y, 0.40 * x, 0.55 * y]
+
+
+def _to_display(img: torch.Tensor) -> np.ndarray:
+    """(1, X, Y) in [0, 1] -> (rows, cols) uint8 for PIL."""
+    return (np.asarray(img[0], dtype=np.float32).T.clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def comparison_figure(
+    panels: Mapping[str, torch.Tensor], path: str | os.PathLike, box: Sequence[float] | None = None
+) -> Path:
+    """Save panels side by side with titles; with ``box`` (x0, y0, x1, y1 at HR size) a second row shows
+    that region enlarged, where SR differences are visible. Panels must share one size."""
+    from PIL import Image, ImageDraw
+
+    images = {k: _to_display(v) for k, v in panels.items()}
+    rows, cols = next(iter(images.values())).shape
+    title_h = 24
+    zoom = None
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        side = max(x1 - x0, y1 - y0, 32)
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        x0, y0 = min(max(cx - side // 2, 0), cols - side), min(max(cy - side // 2, 0), rows - side)
+        zoom = (x0, y0, x0 + side, y0 + side)
+    canvas = Image.new("L", (cols * len(images), title_h + rows * (2 if zoom else 1)), 0)
+    draw = ImageDraw.Draw(canvas)
+    for i, (title, arr) in enumerate(images.items()):
+        tile = Image.fromarray(arr)
+        canvas.paste(tile, (i * cols, title_h))
+        draw.text((i * cols + 4, 4), title, fill=255)
+        if zoom:
+            canvas.paste(tile.crop(zoom).resize((cols, rows), Image.NEAREST), (i * cols, title_h + rows))
+            draw.rectangle((i * cols + zoom[0], title_h + zoom[1], i * cols + zoom[2], title_h + zoom[3]), outline=255)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
 
 
 def lung_crop(image: torch.Tensor, crop: int) -> torch.Tensor:

@@ -121,6 +121,7 @@ def _demo(args: argparse.Namespace) -> None:
     )
     print(format_table(summary))
     print(f"SR images, figures and metrics (metrics.csv, summary.md) are in {Path(args.output).resolve()}")
+    print(f"open {(Path(args.output) / 'report.html').resolve().as_uri()} in a browser to compare them")
 
 
 def _methods(args: argparse.Namespace) -> None:

@@ -14,7 +14,6 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.data import MetaTensor
 
@@ -24,18 +23,16 @@ from monai_sr_bundle.data.writers import output_path_for, write_image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import Predictor, validate_input
 from monai_sr_bundle.metrics import (
-    DISPLAY_VMAX,
     InBoxMetric,
     LPIPSMetric,
     MultiScaleSSIMMetric,
     PSNRMetric,
     SSIMMetric,
     UQIMetric,
-    error_map,
-    error_map_to_display,
     masked_psnr,
     summarize,
 )
+from monai_sr_bundle.report import LR_COLUMN, comparison_pages, spread_region, write_report, zoom_crops
 from monai_sr_bundle.transforms.presets import ARTIFACT_MASK_KEY, lr_synthesis
 
 logger = logging.getLogger(__name__)
@@ -91,53 +88,6 @@ def _score(
     return row
 
 
-def lung_patch(shape: Sequence[int]) -> list[float]:
-    """Where a figure zooms on an image without boxes: a patch of the patient's right mid lung on a frontal
-    radiograph of spatial ``shape`` (X, Y), a quarter of each side, where SR's gains and its invented texture
-    show; (x0, y0, x1, y1) as boxes are."""
-    x, y = (float(n) for n in shape)
-    return [0.15 * x, 0.30 * y, 0.40 * x, 0.55 * y]
-
-
-def _to_display(img: torch.Tensor) -> np.ndarray:
-    """(1, X, Y) in [0, 1] -> (rows, cols) uint8 for PIL."""
-    return (np.asarray(img[0], dtype=np.float32).T.clip(0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def comparison_figure(
-    panels: Mapping[str, torch.Tensor], path: str | os.PathLike, box: Sequence[float] | None = None
-) -> Path:
-    """Save panels side by side with titles; with ``box`` (x0, y0, x1, y1 at HR size) a second row shows
-    that region enlarged, where SR differences are visible. Panels must share one size."""
-    from PIL import Image, ImageDraw
-
-    images = {k: _to_display(v) for k, v in panels.items()}
-    rows, cols = next(iter(images.values())).shape
-    title_h = 24
-    zoom = None
-    if box is not None:
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        side = max(x1 - x0, y1 - y0, 32)
-        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-        x0, y0 = min(max(cx - side // 2, 0), cols - side), min(max(cy - side // 2, 0), rows - side)
-        zoom = (x0, y0, x0 + side, y0 + side)
-    canvas = Image.new("L", (cols * len(images), title_h + rows * (2 if zoom else 1)), 0)
-    draw = ImageDraw.Draw(canvas)
-    for i, (title, arr) in enumerate(images.items()):
-        tile = Image.fromarray(arr)
-        canvas.paste(tile, (i * cols, title_h))
-        draw.text((i * cols + 4, 4), title, fill=255)
-        if zoom:
-            canvas.paste(tile.crop(zoom).resize((cols, rows), Image.NEAREST), (i * cols, title_h + rows))
-            draw.rectangle((i * cols + zoom[0], title_h + zoom[1], i * cols + zoom[2], title_h + zoom[3]), outline=255)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
 def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
     """Markdown table of mean ± sd per method and metric; "n/a" where a metric has no value, the mean alone
     where there is a single value."""
@@ -176,8 +126,9 @@ def evaluate(
 
     Writes ``metrics.csv`` (one row per image and method), ``summary.json`` and ``summary.md`` (mean ± sd)
     to ``output_dir``; with ``save_images`` the SR images, and for the first ``figures`` images a
-    comparison figure (LR | methods | HR | error map of the last method; a second row enlarges the first box, or
-    :func:`lung_patch` on an image without boxes). Unreadable or unusable inputs are
+    comparison figure (:func:`~monai_sr_bundle.report.comparison_pages`: the first box zoomed, or on an image
+    without boxes the region where the methods disagree most), and ``report.html``
+    (:func:`~monai_sr_bundle.report.write_report`). Unreadable or unusable inputs are
     reported and skipped. Returns ``{method: {metric: (mean, sd)}}``.
 
     Args:
@@ -218,7 +169,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     distributed.check_shards(len(datalist), "images to evaluate")
     fns = {name: _metric_fns(lpips, lpips_weights) for name in predictors}
-    rows, failures = [], []  # (image index, row or message): every process's, in one order
+    rows, failures, shown = [], [], []  # (image index, row / message / figure): every process's, in one order
     mine = distributed.shard(range(len(datalist)))
     for i in tqdm(mine, desc="evaluating", unit="image", disable=not progress or not distributed.is_main_process()):
         item = datalist[i]
@@ -239,7 +190,7 @@ def evaluate(
             failures.append((i, str(e)))
             continue
         boxes = torch.as_tensor(item.get("boxes") or [], dtype=torch.float32).reshape(-1, 4)
-        panels = {"LR (nearest)": _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
+        panels = {LR_COLUMN: _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
         for name, predictor in predictors.items():
             sr = predictor(lr)
             rows.append((i, {"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes, region)}))
@@ -249,14 +200,15 @@ def evaluate(
                 fmt = "nifti" if family == "dicom" else None
                 write_image(sr, output_path_for(path, out / name, source_format=family, fmt=fmt))
         if i < figures:
-            panels["HR"] = _plain(hr)
-            last = list(predictors)[-1]
-            err = error_map_to_display(error_map(panels[last][None], panels["HR"][None]))[0]
-            panels[f"|{last} - HR| (0-{DISPLAY_VMAX['abs']:g})"] = err
-            zoom = boxes[0].tolist() if len(boxes) else lung_patch(hr.shape[-2:])
-            comparison_figure(panels, out / f"figure_{Path(path).stem}.png", zoom)
+            stem = Path(path).stem
+            region = boxes[0].tolist() if len(boxes) else spread_region([panels[n] for n in predictors], _plain(hr))
+            notes = {r["method"]: f"PSNR {r['psnr']:.2f} dB" for j, r in rows[-len(predictors) :] if j == i}
+            pages = comparison_pages(panels, _plain(hr), region, out / f"figure_{stem}.png", notes)
+            crops = zoom_crops(panels, _plain(hr), region, out / "report" / stem)
+            shown.append((i, stem, {n: f"report/{stem}/{f}" for n, f in crops.items()}, [p.name for p in pages]))
     rows = [row for _, row in sorted(distributed.gather(rows), key=lambda x: x[0])]  # stable: methods keep order
     failures = [message for _, message in sorted(distributed.gather(failures))]
+    shown = {stem: (crops, pages) for _, stem, crops, pages in sorted(distributed.gather(shown))}
     if not rows:
         raise InputError("no image could be evaluated: " + " | ".join(failures))
     summary = {
@@ -274,4 +226,8 @@ def evaluate(
     (out / "summary.md").write_text(
         format_table(summary) + f"\n\n{n} images; in-box metrics over the images with boxes.\n"
     )
+    how = "antialiased bicubic downsampling" if degradation is None else f"degradation preset {degradation}"
+    if isinstance(degradation, Mapping):
+        how = "a degradation given as keys: " + str(degradation.get("description", "no description"))
+    write_report(out, rows, summary, shown, scale, how, {k: p.weights for k, p in predictors.items()}, failures)
     return summary

@@ -17,8 +17,9 @@ from PIL import Image
 from monai_sr_bundle import methods
 from monai_sr_bundle.cli import demo_datalist, main
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.evaluation import comparison_figure, evaluate, format_table
+from monai_sr_bundle.evaluation import evaluate, format_table
 from monai_sr_bundle.networks.bicubic import upsample
+from monai_sr_bundle.report import PANEL, TITLE
 from monai_sr_bundle.transforms.degradation import downsample
 
 BOX = [20.0, 30.0, 70.0, 90.0]  # (x0, y0, x1, y1): x along columns, y along rows
@@ -81,7 +82,9 @@ def test_evaluate_writes_everything_and_scores_match_numpy(tmp_path, bicubic, ca
 
     # outputs
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["bicubic", "figure_a.png", "figure_b.png", "metrics.csv", "summary.json", "summary.md"]
+    assert names == [
+        "bicubic", "figure_a.png", "figure_b.png", "metrics.csv", "report", "report.html", "summary.json", "summary.md"
+    ]  # fmt: skip
     assert sorted(p.name for p in (out / "bicubic").iterdir()) == ["a_sr.png", "b_sr.png"]  # nothing for the bad ones
 
     # the bad inputs are reported by name and skipped
@@ -126,18 +129,24 @@ def test_evaluate_writes_everything_and_scores_match_numpy(tmp_path, bicubic, ca
     assert md.startswith("| method | PSNR (dB) ↑") and "| bicubic | " in md and "2 images" in md
     assert "nan" not in md  # MS-SSIM missing -> n/a; in-box over one image -> the mean alone
 
-    # figures: LR | bicubic | HR | error map; a second row enlarges the box, or the right mid lung without one
+    # figures: LR | bicubic | HR, each its whole image, the zoom (the box; without one, where the error is) and
+    # the error there (tests/test_report.py checks the panels)
     fig_a, fig_b = Image.open(out / "figure_a.png"), Image.open(out / "figure_b.png")
-    assert fig_a.size == fig_b.size == (4 * 128, 24 + 2 * 128)
-    hr_panel = np.asarray(fig_b)[24:152, 2 * 128 : 3 * 128]  # the patch is outlined here: compare inside it
-    zoomed = np.asarray(fig_b)[152:, 2 * 128 : 3 * 128]
-    np.testing.assert_array_equal(zoomed[4:-4:4, 4:-4:4], hr_panel[39:69, 20:50])  # rows Y 38-70, columns X 19-51
+    assert fig_a.size == fig_b.size == (3 * PANEL, TITLE + 3 * PANEL)
+    assert sorted(p.name for p in (out / "report" / "a").iterdir()) == ["0.png", "1.png", "2.png"]
+    side = max(x1 - x0, y1 - y0)
+    assert Image.open(out / "report" / "a" / "0.png").size == (side, side)  # the box, squared
 
 
 def test_evaluate_figures_limit_and_no_images(tmp_path, bicubic):
     a = _png(tmp_path / "a.png")
     evaluate([{"label": str(a)}], {"bicubic": bicubic}, tmp_path / "o", lpips=False, figures=0, progress=False)
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["metrics.csv", "summary.json", "summary.md"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "metrics.csv",
+        "report.html",
+        "summary.json",
+        "summary.md",
+    ]
 
 
 def test_evaluate_degradation_preset_and_predictors(tmp_path, bicubic, monkeypatch):
@@ -240,30 +249,6 @@ def test_format_table():
         "| vdsr | 32.00 ± 1.00 | 0.9500 ± 0.0200 | n/a | n/a |",
         "| one | 28.00 | 0.5000 | n/a | inf |",  # a single image: no "± nan"
     ]
-
-
-# ----------------------------------------------------------------------------------- comparison_figure
-
-
-def test_comparison_figure_sizes(tmp_path):
-    panels = {
-        "LR": torch.rand(1, 64, 48),
-        "SR": torch.rand(1, 64, 48),
-        "HR": torch.rand(1, 64, 48),
-    }  # X=64 cols, Y=48 rows
-    plain = comparison_figure(panels, tmp_path / "deep" / "plain.png")
-    assert plain == tmp_path / "deep" / "plain.png"
-    img = Image.open(plain)
-    assert img.size == (3 * 64, 24 + 48) and img.mode == "L"
-    # the first panel is the LR image, below the title strip
-    np.testing.assert_allclose(
-        np.asarray(img)[24:, :64], (panels["LR"][0].numpy().T * 255 + 0.5).astype(np.uint8), atol=1
-    )
-    zoomed = Image.open(comparison_figure(panels, tmp_path / "zoom.png", box=[5, 5, 20, 15]))
-    assert zoomed.size == (3 * 64, 24 + 2 * 48)
-    edge = Image.open(comparison_figure(panels, tmp_path / "edge.png", box=[50, 40, 64, 48]))  # box at the corner
-    assert edge.size == (3 * 64, 24 + 2 * 48)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "edge.png", "zoom.png"]  # no temporary files left
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -1,0 +1,349 @@
+"""What a person looks at after an evaluation: per-image comparison figures that show where methods differ
+(methods as columns; the whole image, a zoom on the region that matters and the error there, all in one
+window) and ``report.html``, a self-contained page beside ``summary.md`` (no server, no network): the metrics
+table, each method against bicubic with intervals, a before/after viewer of the zoomed regions, the figures,
+the degradation, the weights and the command that made it."""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from monai_sr_bundle import methods
+from monai_sr_bundle.metrics import DISPLAY_VMAX, bootstrap_interval
+
+#: a panel's edge in screen pixels at 100 %, and the panels of one figure page: 7 x 256 = 1792 px, within a
+#: 1920 px screen
+PANEL, PER_PAGE = 256, 7
+TITLE = 44
+#: the column of the LR input, enlarged without interpolation
+LR_COLUMN = "LR (nearest)"
+#: the zoomed region's edge as a share of the image's shorter side when no box chooses it
+SPREAD_SHARE = 0.25
+
+
+def window(hr: torch.Tensor) -> tuple[float, float]:
+    """One display window for every panel of an image: the HR image's 0.5-99.5 percentiles, so a CT slice's
+    air or a radiograph's collimation does not flatten the anatomy."""
+    lo, hi = np.percentile(np.asarray(hr, dtype=np.float32), [0.5, 99.5])
+    return (float(lo), float(hi)) if hi > lo else (0.0, 1.0)
+
+
+def spread_region(images: Sequence[torch.Tensor], hr: torch.Tensor, share: float = SPREAD_SHARE) -> list[float]:
+    """The square (x0, y0, x1, y1) where the SR ``images`` disagree most (their per-pixel spread; the error
+    against ``hr`` for a single one), averaged over a window of ``share`` of the shorter side."""
+    stack = torch.stack([torch.as_tensor(i, dtype=torch.float32)[0] for i in images])
+    spread = stack.std(dim=0) if len(images) > 1 else (stack[0] - torch.as_tensor(hr, dtype=torch.float32)[0]).abs()
+    side = max(8, int(min(spread.shape) * share))
+    stride = max(1, side // 4)
+    mean = torch.nn.functional.avg_pool2d(spread[None, None], side, stride=stride)[0, 0]
+    x, y = divmod(int(mean.argmax()), mean.shape[1])
+    return [float(x * stride), float(y * stride), float(x * stride + side), float(y * stride + side)]
+
+
+def square(box: Sequence[float], shape: Sequence[int], least: int = 32) -> tuple[int, int, int, int]:
+    """``box`` (x0, y0, x1, y1) made a square of at least ``least`` pixels inside an image of ``shape`` (X, Y)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    side = min(max(x1 - x0, y1 - y0, least), *shape)
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    x0 = min(max(cx - side // 2, 0), shape[0] - side)
+    y0 = min(max(cy - side // 2, 0), shape[1] - side)
+    return x0, y0, x0 + side, y0 + side
+
+
+def _gray(img: torch.Tensor, lo: float, hi: float) -> np.ndarray:
+    """(1, X, Y) -> (rows, cols) uint8 in the window (lo, hi)."""
+    arr = (np.asarray(img[0], dtype=np.float32).T - lo) / (hi - lo)
+    return (arr.clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _heat(err: np.ndarray) -> np.ndarray:
+    """An absolute error (rows, cols) on 0 .. DISPLAY_VMAX['abs'] -> RGB uint8: black, red, yellow, white."""
+    t = (err / DISPLAY_VMAX["abs"]).clip(0, 1)
+    rgb = np.stack([(3 * t).clip(0, 1), (3 * t - 1).clip(0, 1), (3 * t - 2).clip(0, 1)], axis=-1)
+    return (rgb * 255 + 0.5).astype(np.uint8)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def comparison_pages(
+    columns: Mapping[str, torch.Tensor],
+    hr: torch.Tensor,
+    region: Sequence[float],
+    path: str | os.PathLike,
+    notes: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Figure pages of one image: a column per entry of ``columns`` ((1, X, Y) at the HR size, in [0, 1]) and
+    the HR image last, each ``PANEL`` px wide; rows: the whole image with ``region`` outlined, ``region``
+    enlarged, and the absolute error there (0 black to ``DISPLAY_VMAX['abs']`` white, the same scale for
+    every method). Every panel is shown in the HR image's :func:`window`. ``notes`` add a second title line
+    (a method's PSNR). At most ``PER_PAGE`` columns a page, the HR image on each: ``path``, then
+    ``<stem>_2.png`` and on. Returns the pages written (atomically)."""
+    from PIL import Image, ImageDraw
+
+    lo, hi = window(hr)
+    shape = tuple(hr.shape[1:])
+    x0, y0, x1, y1 = square(region, shape)
+    fit = PANEL / max(shape)
+    whole_size = (max(1, round(shape[0] * fit)), max(1, round(shape[1] * fit)))
+    names = [n for n in columns if n != "HR"]
+    per_page = PER_PAGE - 1
+    pages = [names[i : i + per_page] for i in range(0, max(len(names), 1), per_page)] or [[]]
+    truth = np.asarray(hr[0], dtype=np.float32).T[y0:y1, x0:x1]
+    written = []
+    for number, page in enumerate(pages, start=1):
+        shown = {n: columns[n] for n in page} | {"HR": hr}
+        canvas = Image.new("RGB", (PANEL * len(shown), TITLE + PANEL * 3), (0, 0, 0))
+        draw = ImageDraw.Draw(canvas)
+        for i, (name, img) in enumerate(shown.items()):
+            left = i * PANEL
+            draw.text((left + 6, 4), name, fill=(255, 255, 255), font=_font(16))
+            note = (notes or {}).get(name) or ("error scale 0-" + f"{DISPLAY_VMAX['abs']:g}" if name == "HR" else "")
+            draw.text((left + 6, 24), note, fill=(200, 200, 200), font=_font(13))
+            gray = Image.fromarray(_gray(img, lo, hi))
+            canvas.paste(gray.resize(whole_size, Image.LANCZOS).convert("RGB"), (left, TITLE))
+            outline = (
+                left + round(x0 * fit),
+                TITLE + round(y0 * fit),
+                left + round(x1 * fit) - 1,
+                TITLE + round(y1 * fit) - 1,
+            )
+            draw.rectangle(outline, outline=(255, 200, 0), width=2)
+            crop = gray.crop((x0, y0, x1, y1))
+            canvas.paste(crop.resize((PANEL, PANEL), Image.NEAREST).convert("RGB"), (left, TITLE + PANEL))
+            err = np.abs(np.asarray(img[0], dtype=np.float32).T[y0:y1, x0:x1] - truth)
+            heat = Image.fromarray(_heat(err)).resize((PANEL, PANEL), Image.NEAREST)
+            canvas.paste(heat, (left, TITLE + 2 * PANEL))
+        path = Path(path)
+        target = path if number == 1 else path.with_name(f"{path.stem}_{number}{path.suffix}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        canvas.save(tmp, format="PNG")
+        os.replace(tmp, target)
+        written.append(target)
+    return written
+
+
+def zoom_crops(
+    columns: Mapping[str, torch.Tensor], hr: torch.Tensor, region: Sequence[float], folder: str | os.PathLike
+) -> dict[str, str]:
+    """Each column's zoomed region at its own pixels, in the HR image's window, as ``folder/<i>.png`` for the
+    report's before/after viewer; returns column name -> file name."""
+    from PIL import Image
+
+    lo, hi = window(hr)
+    x0, y0, x1, y1 = square(region, tuple(hr.shape[1:]))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for i, (name, img) in enumerate({**columns, "HR": hr}.items()):
+        Image.fromarray(_gray(img, lo, hi)[y0:y1, x0:x1]).save(folder / f"{i}.png")
+        names[name] = f"{i}.png"
+    return names
+
+
+def invocation() -> str:
+    """The command line this process was started with, as a user would type it again."""
+    argv = list(sys.argv)
+    head = Path(argv[0]) if argv else Path("python")
+    if head.name == "__main__.py":  # python -m <package>
+        parts = head.with_suffix("").parts
+        package = (
+            ".".join(parts[parts.index("site-packages") + 1 : -1]) if "site-packages" in parts else head.parent.name
+        )
+        return shlex.join(["python", "-m", package, *argv[1:]])
+    return shlex.join([head.name, *argv[1:]])
+
+
+def _against(rows: Sequence[Mapping], metric: str, baseline: str) -> dict[str, tuple[float, float, float]]:
+    """Per method: the mean over images of (method - baseline) in ``metric`` and its 68 % bootstrap interval."""
+    base = {r["image"]: r[metric] for r in rows if r["method"] == baseline and metric in r}
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        diffs = [r[metric] - base[r["image"]] for r in rows if r["method"] == method and r["image"] in base]
+        diffs = [d for d in diffs if not math.isnan(d)]
+        if method != baseline and diffs:
+            out[method] = (float(np.mean(diffs)), *bootstrap_interval(diffs))
+    return out
+
+
+def _chart(label: str, values: dict[str, tuple[float, float, float]], baseline: str, better: str) -> str:
+    """An inline SVG: a dot per method at its mean difference, a bar for its interval, zero marked."""
+    if not values:
+        return ""
+    width, row, left, right = 720, 24, 170, 90
+    span = max(1e-9, *(abs(v) for triple in values.values() for v in triple))
+    x = lambda v: left + (width - left - right) * (v + span) / (2 * span)  # noqa: E731
+    height = row * len(values) + 8
+    parts = [
+        f'<svg class="chart" width="{width}" height="{height + 24}" role="img" aria-label="{html.escape(label)}">',
+        f'<line x1="{x(0):.1f}" y1="0" x2="{x(0):.1f}" y2="{height}" stroke="#888"/>',
+    ]
+    for i, (method, (mean, lo, hi)) in enumerate(values.items()):
+        y = 16 + i * row
+        parts.append(f'<text x="4" y="{y + 4}">{html.escape(method)}</text>')
+        parts.append(f'<line x1="{x(lo):.1f}" y1="{y}" x2="{x(hi):.1f}" y2="{y}" stroke="#4a90d9" stroke-width="6"/>')
+        parts.append(f'<circle cx="{x(mean):.1f}" cy="{y}" r="4" fill="#111"/>')
+        parts.append(f'<text x="{width - 4}" y="{y + 4}" text-anchor="end">{mean:+.3f}</text>')
+    parts.append(
+        f'<text x="4" y="{height + 18}">{html.escape(label)} minus {html.escape(baseline)} ({better}); '
+        "bar: 68 % bootstrap interval of the mean over images</text></svg>"
+    )
+    return "".join(parts)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>monai-sr evaluation</title>
+<style>
+body {{ font: 14px sans-serif; margin: 16px; color: #111; }}
+table {{ border-collapse: collapse; margin: 8px 0; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+th {{ cursor: pointer; background: #f2f2f2; }}
+td:first-child, th:first-child {{ text-align: left; }}
+code {{ background: #f4f4f4; padding: 1px 4px; word-break: break-all; }}
+.viewer {{ position: relative; display: inline-block; line-height: 0; }}
+.viewer img {{ image-rendering: pixelated; width: calc(var(--zoom) * 256px); }}
+.viewer img.top {{ position: absolute; left: 0; top: 0; clip-path: inset(0 var(--split) 0 0); }}
+.figure {{ display: block; margin: 8px 0; }}
+.chart text {{ font: 12px sans-serif; }}
+</style></head><body>
+<h1>monai-sr evaluation</h1>
+<p>{images} images, x{scale}; LR made by {degradation}. Command: <code>{command}</code>; {date}.</p>
+<h2>Metrics (mean ± sd over images; click a column to sort)</h2>
+{table}
+{failures}
+<h2>Against the baseline</h2>
+{charts}
+<h2>Weights</h2>
+{weights}
+<h2>Images</h2>
+<p>Each viewer shows the zoomed region of one image, the method on the left of the split against the one on
+the right; the figures below it show every method: the whole image, the region enlarged and its absolute error
+(black 0 to white {vmax:g}), all in the HR image's window.</p>
+{viewers}
+<script>
+document.querySelectorAll("#metrics th").forEach((th, col) => th.addEventListener("click", () => {{
+  const body = th.closest("table").tBodies[0], rows = [...body.rows];
+  const up = th.dataset.order !== "up"; th.dataset.order = up ? "up" : "down";
+  const key = r => col ? parseFloat(r.cells[col].dataset.value) : r.cells[0].textContent;
+  rows.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (up ? 1 : -1));
+  rows.forEach(r => body.appendChild(r));
+}}));
+document.querySelectorAll(".compare").forEach(c => {{
+  const view = c.querySelector(".viewer"), [left, right] = c.querySelectorAll("select");
+  const [bottom, top] = view.querySelectorAll("img");
+  const show = () => {{ top.src = left.value; bottom.src = right.value; }};
+  left.onchange = right.onchange = show;
+  c.querySelector(".split").oninput = e => view.style.setProperty("--split", 100 - e.target.value + "%");
+  c.querySelector(".zoom").oninput = e => view.style.setProperty("--zoom", e.target.value);
+}});
+</script>
+</body></html>
+"""
+
+
+def _cell(value: tuple[float, float], metric: str) -> str:
+    mean, sd = value
+    digits = 2 if "psnr" in metric else 4
+    if math.isnan(mean):
+        return '<td data-value="NaN">n/a</td>'
+    text = f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
+    return f'<td data-value="{mean}">{text}</td>'
+
+
+def _viewer(stem: str, crops: Mapping[str, str], pages: Sequence[str]) -> str:
+    names = list(crops)
+    baseline = methods.baseline_name()
+    best = next((n for n in names if n not in (LR_COLUMN, baseline, "HR")), names[0])
+    base = baseline if baseline in crops else names[0]
+
+    def select(chosen: str) -> str:
+        options = "".join(
+            f'<option value="{html.escape(crops[n])}"{" selected" if n == chosen else ""}>{html.escape(n)}</option>'
+            for n in names
+        )
+        return f"<select>{options}</select>"
+
+    figures = "".join(f'<img class="figure" src="{html.escape(p)}" alt="{html.escape(p)}">' for p in pages)
+    return (
+        f'<section class="compare"><h3>{html.escape(stem)}</h3>'
+        f"left {select(best)} right {select(base)} "
+        '<label>split <input class="split" type="range" min="0" max="100" value="50"></label> '
+        '<label>zoom <input class="zoom" type="range" min="1" max="4" step="0.5" value="2"></label><br>'
+        f'<div class="viewer" style="--zoom: 2; --split: 50%"><img src="{html.escape(crops[base])}" alt="right">'
+        f'<img class="top" src="{html.escape(crops[best])}" alt="left"></div>{figures}</section>'
+    )
+
+
+def write_report(
+    out: str | os.PathLike,
+    rows: Sequence[Mapping],
+    summary: Mapping[str, Mapping[str, tuple[float, float]]],
+    figures: Mapping[str, tuple[Mapping[str, str], Sequence[str]]],
+    scale: int,
+    degradation: str,
+    weights: Mapping[str, str | None],
+    failures: Sequence[str] = (),
+) -> Path:
+    """``out/report.html`` from an evaluation's per-image ``rows``, its ``summary`` and ``figures`` (image stem ->
+    (its zoom crops by column, its figure pages), paths relative to ``out``); ``weights``: method -> weights file
+    (None for an interpolation). Written atomically."""
+    from monai_sr_bundle.evaluation import METRICS
+    from monai_sr_bundle.training import sha256
+
+    out = Path(out)
+    metrics = [m for m in METRICS if any(m in s for s in summary.values())]
+    head = "<tr><th>method</th>" + "".join(
+        f"<th>{html.escape(METRICS[m][0])} {'↑' if METRICS[m][1] else '↓'}</th>" for m in metrics
+    )
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(_cell(tuple(stats.get(m, (math.nan, math.nan))), m) for m in metrics)
+        + "</tr>"
+        for name, stats in summary.items()
+    )
+    table = f'<table id="metrics"><thead>{head}</tr></thead><tbody>{body}</tbody></table>'
+    baseline = methods.baseline_name()
+    charts = f"<p>(The baseline, {baseline}, was not among the methods.)</p>"
+    if any(r["method"] == baseline for r in rows):
+        charts = _chart("PSNR (dB)", _against(rows, "psnr", baseline), baseline, "higher is better")
+        if any("lpips" in r for r in rows):
+            charts += _chart("LPIPS", _against(rows, "lpips", baseline), baseline, "lower is better")
+    weight_rows = "".join(
+        f"<tr><td>{html.escape(m)}</td><td>{html.escape(Path(w).name) if w else 'none (interpolation)'}</td>"
+        f"<td><code>{sha256(w) if w and Path(w).is_file() else '-'}</code></td></tr>"
+        for m, w in weights.items()
+    )
+    failed = "".join(f"<li>{html.escape(f)}</li>" for f in failures)
+    page = PAGE.format(
+        images=len({r["image"] for r in rows}),
+        scale=scale,
+        degradation=html.escape(degradation),
+        command=html.escape(invocation()),
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        table=table,
+        failures=f"<p>Not evaluated:</p><ul>{failed}</ul>" if failed else "",
+        charts=charts,
+        weights=f"<table><tr><th>method</th><th>weights</th><th>sha256</th></tr>{weight_rows}</table>",
+        vmax=DISPLAY_VMAX["abs"],
+        viewers="".join(_viewer(stem, crops, pages) for stem, (crops, pages) in figures.items())
+        or "<p>No figures (figures 0).</p>",
+    )
+    target = out / "report.html"
+    tmp = out / ".report.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, target)
+    return target

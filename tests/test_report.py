@@ -1,0 +1,89 @@
+"""Comparison figures and the HTML report: their layout on synthetic images, and the report of a real
+evaluation as headless Chromium renders it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA, needs_data
+from PIL import Image
+
+from monai_sr_bundle import methods
+from monai_sr_bundle.data.datalist import nih_datalist
+from monai_sr_bundle.evaluation import evaluate
+from monai_sr_bundle.report import PANEL, PER_PAGE, TITLE, comparison_pages, spread_region, square, window
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO / "benchmarks"))
+from browser import Browser, chromium  # noqa: E402
+
+
+def test_figure_pages_fit_a_screen_zoom_the_region_and_share_one_window(tmp_path):
+    """10 columns (LR and 9 methods) at 96 x 80 px: two pages of at most 7 panels of 256 px (1792 px), the HR
+    image on each; the zoom row is the region's HR pixels enlarged, in the HR window; HR's error row is black."""
+    hr = torch.rand(1, 96, 80) * 0.5 + 0.25
+    columns = {"LR (nearest)": hr.clone()} | {f"m{i}": (hr + 0.01 * i).clamp(0, 1) for i in range(9)}
+    pages = comparison_pages(columns, hr, [10, 20, 42, 52], tmp_path / "figure_x.png", {"m0": "PSNR 30.00 dB"})
+    assert [p.name for p in pages] == ["figure_x.png", "figure_x_2.png"]
+    first, second = (np.asarray(Image.open(p)) for p in pages)
+    assert first.shape == (TITLE + 3 * PANEL, PER_PAGE * PANEL, 3) and PER_PAGE * PANEL <= 1920
+    assert second.shape[1] == 5 * PANEL  # 4 methods and HR
+    lo, hi = window(hr)
+    hr_gray = ((hr[0].numpy().T - lo) / (hi - lo)).clip(0, 1) * 255 + 0.5
+    x0, y0, x1, y1 = square([10, 20, 42, 52], (96, 80))
+    zoom = first[TITLE + PANEL : TITLE + 2 * PANEL, 6 * PANEL : 7 * PANEL, 0]  # the HR column, second row
+    step = PANEL // (x1 - x0)
+    np.testing.assert_array_equal(zoom[::step, ::step], hr_gray.astype(np.uint8)[y0:y1, x0:x1])
+    assert first[TITLE + 2 * PANEL :, 6 * PANEL :].max() == 0  # HR against itself: no error
+    assert first[TITLE + 2 * PANEL :, 2 * PANEL : 3 * PANEL].max() > 0  # m1 is 0.01 off everywhere
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure_x.png", "figure_x_2.png"]  # no temporaries
+
+
+def test_the_zoom_without_boxes_goes_where_methods_disagree():
+    hr = torch.zeros(1, 128, 128)
+    a, b = hr.clone(), hr.clone()
+    b[0, 80:100, 20:40] = 0.5
+    x0, y0, x1, y1 = spread_region([a, b], hr)
+    assert x0 <= 80 and x1 >= 100 and y0 <= 20 and y1 >= 40
+    one = spread_region([b], hr)  # a single method: its error
+    assert one[0] <= 80 and one[2] >= 100
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (make test installs it)")
+@needs_data(DATA / "nih_cxr14")
+def test_the_report_renders_in_chromium_with_every_image_and_a_working_viewer(tmp_path):
+    """An evaluation of bicubic and srcnn on 3 NIH test images (one with boxes), figures for 2: report.html
+    loads in headless Chromium with no console error and every image drawn; its table has a row per method
+    and sorts; the viewer's zoom enlarges the view and its split moves."""
+    test = nih_datalist("test")
+    items = [d for d in test if d["boxes"]][:1] + [d for d in test if not d["boxes"]][:2]
+    predictors = {name: methods.get(name).predictor() for name in ("bicubic", "srcnn")}
+    evaluate(items, predictors, tmp_path, lpips=False, figures=2, progress=False)  # 2 viewer images + a page each
+    report = tmp_path / "report.html"
+    assert report.is_file() and len(list(tmp_path.glob("figure_*.png"))) == 2
+    with Browser() as browser:
+        seconds = browser.open(report.as_uri())
+        assert browser.errors == [], browser.errors
+        images = browser.evaluate("[...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+        assert len(images) == 2 * 3 and all(done and width > 0 for _, done, width in images), images
+        assert browser.evaluate("[...document.querySelectorAll('#metrics tbody tr')].length") == 2
+        names = "[...document.querySelectorAll('#metrics tbody tr td:first-child')].map(c => c.textContent)"
+        before = browser.evaluate(names)
+        browser.evaluate("document.querySelector('#metrics th:nth-child(2)').click()")
+        browser.evaluate("document.querySelector('#metrics th:nth-child(2)').click()")  # PSNR, highest first
+        assert sorted(before) == sorted(browser.evaluate(names)) and browser.evaluate(names)[0] == "srcnn"
+        width = "document.querySelector('.viewer img').getBoundingClientRect().width"
+        assert browser.evaluate(width) == 2 * PANEL
+        move = "(c => {{ c.value = {1}; c.dispatchEvent(new Event('input')) }})(document.querySelector('.{0}'))"
+        browser.evaluate(move.format("zoom", 4))
+        assert browser.evaluate(width) == 4 * PANEL
+        browser.evaluate(move.format("split", 80))
+        clip = "getComputedStyle(document.querySelector('.viewer img.top')).clipPath"
+        assert browser.evaluate(clip) == "inset(0px 20% 0px 0px)"  # the left method on 80 % of the width
+        assert browser.errors == []
+    assert seconds < 10
