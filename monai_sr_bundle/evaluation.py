@@ -192,7 +192,12 @@ def evaluate(
         boxes = torch.as_tensor(item.get("boxes") or [], dtype=torch.float32).reshape(-1, 4)
         panels = {LR_COLUMN: _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
         for name, predictor in predictors.items():
-            sr = predictor(lr)
+            try:
+                sr = predictor(lr)
+            except InputError as e:  # one method on one image: the others go on, and the report says why
+                logger.error(f"{name} on {path}: {e}")
+                failures.append((i, f"{name} on {path}: {e}"))
+                continue
             rows.append((i, {"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes, region)}))
             panels[name] = _plain(sr)
             if save_images:
@@ -201,7 +206,8 @@ def evaluate(
                 write_image(sr, output_path_for(path, out / name, source_format=family, fmt=fmt))
         if i < figures:
             stem = Path(path).stem
-            region = boxes[0].tolist() if len(boxes) else spread_region([panels[n] for n in predictors], _plain(hr))
+            done = [panels[n] for n in predictors if n in panels] or [panels[LR_COLUMN]]
+            region = boxes[0].tolist() if len(boxes) else spread_region(done, _plain(hr))
             notes = {r["method"]: f"PSNR {r['psnr']:.2f} dB" for j, r in rows[-len(predictors) :] if j == i}
             pages = comparison_pages(panels, _plain(hr), region, out / f"figure_{stem}.png", notes)
             crops = zoom_crops(panels, _plain(hr), region, out / "report" / stem)

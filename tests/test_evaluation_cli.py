@@ -138,6 +138,37 @@ def test_evaluate_writes_everything_and_scores_match_numpy(tmp_path, bicubic, ca
     assert Image.open(out / "report" / "a" / "0.png").size == (side, side)  # the box, squared
 
 
+def test_a_method_that_fails_on_one_image_leaves_the_rest_and_says_why(tmp_path, bicubic):
+    """A method refusing one image (here a network that takes only 128 px wide inputs): the other method and
+    the other image are scored; metrics.csv has no row for the pair, summary.json and report.html say why, and
+    that image's figure shows the methods that did run."""
+    from monai_sr_bundle.inference import Predictor
+    from monai_sr_bundle.networks.bicubic import Bicubic
+
+    class Picky(Bicubic):
+        def forward(self, x):
+            if x.shape[-2] != 32:
+                raise InputError(f"takes 32 px LR images, not {x.shape[-2]}")
+            return super().forward(x)
+
+    picky = Predictor(methods.get("bicubic", 4), Picky(4))
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png", rows=160, cols=160)
+    out = tmp_path / "out"
+    evaluate([{"label": str(a)}, {"label": str(b)}], {"bicubic": bicubic, "picky": picky}, out, lpips=False,
+             figures=2, progress=False)  # fmt: skip
+    rows = _read_csv(out / "metrics.csv")
+    assert [(r["image"], r["method"]) for r in rows] == [("a.png", "bicubic"), ("a.png", "picky"), ("b.png", "bicubic")]
+    (failure,) = json.loads((out / "summary.json").read_text())["failures"]
+    assert failure == f"picky on {b}: takes 32 px LR images, not 40"
+    assert (
+        "picky on" in (out / "report.html").read_text()
+        and "takes 32 px LR images, not 40" in (out / "report.html").read_text()
+    )
+    assert (
+        Image.open(out / "figure_a.png").size[0] == 4 * PANEL and Image.open(out / "figure_b.png").size[0] == 3 * PANEL
+    )
+
+
 def test_evaluate_figures_limit_and_no_images(tmp_path, bicubic):
     a = _png(tmp_path / "a.png")
     evaluate([{"label": str(a)}], {"bicubic": bicubic}, tmp_path / "o", lpips=False, figures=0, progress=False)

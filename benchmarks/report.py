@@ -1,0 +1,85 @@
+"""The HTML report of `monai-sr demo` as a person opens it: its size on disk (the page and every file it
+shows), the time headless Chromium takes to load it with every image, console errors and images that did
+not load, and a screenshot for the README (docs/figures/report.png). Writes the report block of
+docs/benchmarks.md.
+
+Run: .venv/bin/python benchmarks/report.py [--report out/report8] (made first, if missing, by
+     .venv/bin/monai-sr demo --limit 8 --figures 8 -o out/report8: 8 NIH test images, every shipped method)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from browser import Browser
+from speed import write_block
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmarks.md"
+MARKERS = ("<!-- report: start -->", "<!-- report: end -->")
+FIGURE = REPO / "docs" / "figures" / "report.png"
+
+
+def main(argv=None) -> int:
+    cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_argument("--report", default=str(REPO / "out" / "report8"))
+    args = cli.parse_args(argv)
+    folder = Path(args.report)
+    if not (folder / "report.html").is_file():
+        demo = [
+            sys.executable,
+            "-m",
+            "monai_sr_bundle.cli",
+            "demo",
+            "--limit",
+            "8",
+            "--figures",
+            "8",
+            "-o",
+            str(folder),
+        ]
+        subprocess.run(demo, check=True)
+    page = (folder / "report.html").read_text()
+    shown = set(re.findall(r'src="([^"]+)"', page))
+    size = (folder / "report.html").stat().st_size + sum((folder / s).stat().st_size for s in shown)
+    methods = len(re.findall(r"<tr><td>", page.split("<h2>Against")[0]))
+    images = len(re.findall(r'<section class="compare">', page))
+    loads = []
+    with Browser(1920, 1080) as browser:
+        for _ in range(3):
+            loads.append(browser.open((folder / "report.html").as_uri()))
+        missing = browser.evaluate("[...document.images].filter(i => !i.complete || !i.naturalWidth).length")
+        widths = browser.evaluate("[...document.images].map(i => i.getBoundingClientRect().width)")
+        errors = list(browser.errors)
+        browser.evaluate("window.scrollTo(0, 0)")
+        browser.screenshot(FIGURE)
+    table = "\n".join(
+        [
+            "| report | methods | figure images | size (MB) | load in Chromium (s, median of 3) | console errors "
+            "| images missing |",
+            "|---|---|---|---|---|---|---|",
+            f"| {folder.name} | {methods} | {images} | {size / 2**20:.1f} | {statistics.median(loads):.2f} | "
+            f"{len(errors)} | {missing} |",
+        ]
+    )
+    block = (
+        f"{MARKERS[0]}\n## The HTML report (issue 41)\n\nProduced by `.venv/bin/python benchmarks/report.py` "
+        f"({time.strftime('%Y-%m-%d')}): `report.html` of `monai-sr demo --limit 8 --figures 8` (every shipped "
+        f"method), its size with every file it shows, loaded by headless Chromium at 1920 x 1080 with every image "
+        f"(bars: under 25 MB, under 3 s, no console error, no missing image). The narrowest image on the page is "
+        f"{min(widths):.0f} px wide at 100 %. Screenshot: [figures/report.png](figures/report.png).\n\n{table}\n"
+        f"{MARKERS[1]}"
+    )
+    write_block(DOC, MARKERS, block)
+    print(table, errors)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
