@@ -95,18 +95,18 @@ def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
     head = "| method | " + " | ".join(METRICS[m][0] + (" ↑" if METRICS[m][1] else " ↓") for m in metrics) + " |"
     lines = [head, "|---" * (len(metrics) + 1) + "|"]
     for method, stats in summary.items():
-        cells = []
-        for m in metrics:
-            mean, sd = stats.get(m, (math.nan, math.nan))
-            digits = 2 if "psnr" in m else 4
-            if math.isnan(mean):
-                cells.append("n/a")
-            elif math.isnan(sd):  # a single value (e.g. one image with boxes): no spread to report
-                cells.append(f"{mean:.{digits}f}")
-            else:
-                cells.append(f"{mean:.{digits}f} ± {sd:.{digits}f}")
+        cells = [format_value(m, *stats.get(m, (math.nan, math.nan))) for m in metrics]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_value(metric: str, mean: float, sd: float) -> str:
+    """A table cell: mean ± sd (2 decimals for dB, else 4), the mean alone for a single value (e.g. one image
+    with boxes: no spread to report), "n/a" for none."""
+    digits = 2 if "psnr" in metric else 4
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
 
 
 def evaluate(

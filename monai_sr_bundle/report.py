@@ -1,8 +1,8 @@
 """What a person looks at after an evaluation: per-image comparison figures that show where methods differ
 (methods as columns; the whole image, a zoom on the region that matters and the error there, all in one
 window) and ``report.html``, a self-contained page beside ``summary.md`` (no server, no network): the metrics
-table, each method against bicubic with intervals, a before/after viewer of the zoomed regions, the figures,
-the degradation, the weights and the command that made it."""
+table, each method against the baseline (bicubic) with intervals, a before/after viewer of the zoomed regions,
+the figures, the degradation, the weights and the command that made it."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from monai_sr_bundle.metrics import DISPLAY_VMAX, bootstrap_interval
 #: a panel's edge in screen pixels at 100 %, and the panels of one figure page: 7 x 256 = 1792 px, within a
 #: 1920 px screen
 PANEL, PER_PAGE = 256, 7
+#: the strip above each column: its name and a note (a method's PSNR on the image)
 TITLE = 44
 #: the column of the LR input, enlarged without interpolation
 LR_COLUMN = "LR (nearest)"
@@ -256,12 +257,10 @@ document.querySelectorAll(".compare").forEach(c => {{
 
 
 def _cell(value: tuple[float, float], metric: str) -> str:
-    mean, sd = value
-    digits = 2 if "psnr" in metric else 4
-    if math.isnan(mean):
-        return '<td data-value="NaN">n/a</td>'
-    text = f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
-    return f'<td data-value="{mean}">{text}</td>'
+    """A metrics table cell as summary.md writes it, with its mean to sort by."""
+    from monai_sr_bundle.evaluation import format_value
+
+    return f'<td data-value="{value[0]}">{format_value(metric, *value)}</td>'
 
 
 def _viewer(stem: str, crops: Mapping[str, str], pages: Sequence[str]) -> str:

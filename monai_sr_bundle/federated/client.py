@@ -10,9 +10,9 @@ empty result; why it failed is logged at the site and never sent.
 
 A site whose config asks for ``"processes": N`` (its GPUs) gets N workers started by torchrun, which train each
 round together as ``configs/multi_gpu_train.json`` does (NVFlare's multi-GPU client pattern): rank 0 talks to
-the relay over a loopback connection that only holds the relay's one-time key, and passes each request on
-to the others. A failure in any of them ends them all (the round fails, saying why); the next round starts
-them again.
+the relay over a loopback connection that only the holder of the relay's one-time key can open, and passes
+each request on to the others. A failure in any of them ends them all (the round fails, saying why); the next
+round starts them again.
 
 Only weights (not the BatchNorm statistics, which are the site's image statistics) and those metrics leave
 the site; its images and datalist stay where its site config (:mod:`monai_sr_bundle.federated.sites`) says.
