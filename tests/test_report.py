@@ -12,9 +12,7 @@ import torch
 from conftest import DATA, needs_data
 from PIL import Image
 
-from monai_sr_bundle import methods
-from monai_sr_bundle.data.datalist import nih_datalist
-from monai_sr_bundle.evaluation import evaluate
+from monai_sr_bundle.cli import main
 from monai_sr_bundle.report import PANEL, PER_PAGE, TITLE, comparison_pages, spread_region, square, window
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,19 +55,18 @@ def test_the_zoom_without_boxes_goes_where_methods_disagree():
 @pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (make test installs it)")
 @needs_data(DATA / "nih_cxr14")
 def test_the_report_renders_in_chromium_with_every_image_and_a_working_viewer(tmp_path):
-    """An evaluation of bicubic and srcnn on 3 NIH test images (one with boxes), figures for 2: report.html
-    loads in headless Chromium with no console error and every image drawn; its table has a row per method
-    and sorts; the viewer's zoom enlarges the view and its split moves."""
-    test = nih_datalist("test")
-    items = [d for d in test if d["boxes"]][:1] + [d for d in test if not d["boxes"]][:2]
-    predictors = {name: methods.get(name).predictor() for name in ("bicubic", "srcnn")}
-    evaluate(items, predictors, tmp_path, lpips=False, figures=2, progress=False)  # 2 viewer images + a page each
+    """``monai-sr demo`` (bicubic and srcnn, 3 NIH test images, figures for 2): its report.html loads in
+    headless Chromium with no console error and every image drawn; its table has a row per method and sorts;
+    the viewer's zoom enlarges the view and its split moves."""
+    demo = ["demo", "--methods", "bicubic,srcnn", "--limit", "3", "--figures", "2", "--no-lpips", "-o", str(tmp_path)]
+    assert main(demo) == 0
     report = tmp_path / "report.html"
     assert report.is_file() and len(list(tmp_path.glob("figure_*.png"))) == 2
     with Browser() as browser:
         seconds = browser.open(report.as_uri())
         assert browser.errors == [], browser.errors
         images = browser.evaluate("[...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+        # two images, each with the viewer's two crops and one figure page
         assert len(images) == 2 * 3 and all(done and width > 0 for _, done, width in images), images
         assert browser.evaluate("[...document.querySelectorAll('#metrics tbody tr')].length") == 2
         names = "[...document.querySelectorAll('#metrics tbody tr td:first-child')].map(c => c.textContent)"
@@ -86,4 +83,9 @@ def test_the_report_renders_in_chromium_with_every_image_and_a_working_viewer(tm
         clip = "getComputedStyle(document.querySelector('.viewer img.top')).clipPath"
         assert browser.evaluate(clip) == "inset(0px 20% 0px 0px)"  # the left method on 80 % of the width
         assert browser.errors == []
+    next(tmp_path.glob("report/*/1.png")).unlink()  # bicubic in a viewer: what these checks see when it is gone
+    with Browser() as browser:
+        browser.open(report.as_uri())
+        assert browser.evaluate("[...document.images].filter(i => !i.naturalWidth).length") == 1
+        assert browser.errors, "a missing image is a console error"
     assert seconds < 10
