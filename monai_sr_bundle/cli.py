@@ -118,6 +118,7 @@ def _demo(args: argparse.Namespace) -> None:
         save_images=True,
         figures=args.figures,
         progress=_interactive(),
+        samples=args.samples,
     )
     print(format_table(summary))
     print(f"SR images, figures and metrics (metrics.csv, summary.md) are in {Path(args.output).resolve()}")
@@ -241,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--methods", help="comma-separated methods (default: all that have weights)")
     demo.add_argument("--limit", type=int, default=DEMO_LIMIT, help=f"NIH test images to use (default {DEMO_LIMIT})")
     demo.add_argument("--figures", type=int, default=3, help="side-by-side figures to write (default 3)")
+    demo.add_argument(
+        "--samples",
+        type=int,
+        help="draws per image of the diffusion methods: above 1 they are scored on the mean and their figures show "
+        "the samples' spread and LR-consistency",
+    )
     demo.add_argument("--no-lpips", dest="lpips", action="store_false", help="skip LPIPS (needs the shared weights)")
     demo.add_argument(
         "--degradation",

@@ -20,6 +20,7 @@ from monai.data import MetaTensor
 from monai_sr_bundle import distributed
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import output_path_for, write_image
+from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import Predictor, validate_input
 from monai_sr_bundle.metrics import (
@@ -121,6 +122,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     intensity: str | Sequence[float] | None = None,
+    samples: int | None = None,
 ) -> dict:
     """Degrade each HR image (``label``), super-resolve it with every predictor and score it against the HR.
 
@@ -140,6 +142,8 @@ def evaluate(
         seed: LR synthesis of image ``i`` uses ``seed + i``, so noise presets are reproducible.
         intensity: how images are mapped to [0, 1] (:func:`~monai_sr_bundle.data.readers.read_image`); default
             the predictors' own, which must agree (a CT model is scored in the HU window it was trained in).
+        samples: draws per image of the stochastic methods (None or 1: one): above 1 a method is scored on their
+            mean, and its figure column adds the samples' spread and LR-consistency maps.
 
     In a process group (``configs/multi_gpu_evaluate.json``) each process scores every N-th image and the first
     writes the files, the rows gathered in datalist order: the same files as one process writes.
@@ -164,6 +168,9 @@ def evaluate(
                 + "); compare methods of one modality, or give the intensity to score them in."
             )
         intensity = next(iter(predictors.values())).intensity
+    for predictor in predictors.values():  # a bad number of samples: one sentence before anything is read
+        if predictor.method.stochastic:
+            predictor.method.check_sampling(samples=samples)
     synthesis = lr_synthesis(degradation, scale)
     out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
     out.mkdir(parents=True, exist_ok=True)
@@ -191,9 +198,14 @@ def evaluate(
             continue
         boxes = torch.as_tensor(item.get("boxes") or [], dtype=torch.float32).reshape(-1, 4)
         panels = {LR_COLUMN: _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
+        guards = {}  # a stochastic method's uncertainty maps, when it draws several samples
         for name, predictor in predictors.items():
             try:
-                sr = predictor(lr)
+                if predictor.method.stochastic and (samples or 1) > 1:
+                    drawn = predictor.maps(lr, samples)
+                    sr, guards[name] = drawn["sr"], {k: _plain(drawn[k]) for k in MAPS}
+                else:
+                    sr = predictor(lr)
             except InputError as e:  # one method on one image: the others go on, and the report says why
                 logger.error(f"{name} on {path}: {e}")
                 failures.append((i, f"{name} on {path}: {e}"))
@@ -209,7 +221,7 @@ def evaluate(
             done = [panels[n] for n in predictors if n in panels] or [panels[LR_COLUMN]]
             region = boxes[0].tolist() if len(boxes) else spread_region(done, _plain(hr))
             notes = {r["method"]: f"PSNR {r['psnr']:.2f} dB" for j, r in rows[-len(predictors) :] if j == i}
-            pages = comparison_pages(panels, _plain(hr), region, out / f"figure_{stem}.png", notes)
+            pages = comparison_pages(panels, _plain(hr), region, out / f"figure_{stem}.png", notes, guards)
             crops = zoom_crops(panels, _plain(hr), region, out / "report" / stem)
             shown.append((i, stem, {n: f"report/{stem}/{f}" for n, f in crops.items()}, [p.name for p in pages]))
     rows = [row for _, row in sorted(distributed.gather(rows), key=lambda x: x[0])]  # stable: methods keep order

@@ -86,13 +86,16 @@ def comparison_pages(
     region: Sequence[float],
     path: str | os.PathLike,
     notes: Mapping[str, str] | None = None,
+    maps: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> list[Path]:
     """Figure pages of one image: a column per entry of ``columns`` ((1, X, Y) at the HR size, in [0, 1]) and
     the HR image last, each ``PANEL`` px wide; rows: the whole image with ``region`` outlined, ``region``
     enlarged, and the absolute error there (0 black to ``DISPLAY_VMAX['abs']`` white, the same scale for
     every method). Every panel is shown in the HR image's :func:`window`. ``notes`` add a second title line
-    (a method's PSNR). At most ``PER_PAGE`` columns a page, the HR image on each: ``path``, then
-    ``<stem>_2.png`` and on. Returns the pages written (atomically)."""
+    (a method's PSNR). ``maps`` (a stochastic method's ``std`` and ``lr_consistency`` from several samples, at
+    the HR size) add a row each, on the error's scale, black for the columns without them. At most
+    ``PER_PAGE`` columns a page, the HR image on each: ``path``, then ``<stem>_2.png`` and on. Returns the
+    pages written (atomically)."""
     from PIL import Image, ImageDraw
 
     lo, hi = window(hr)
@@ -104,10 +107,11 @@ def comparison_pages(
     per_page = PER_PAGE - 1
     pages = [names[i : i + per_page] for i in range(0, max(len(names), 1), per_page)] or [[]]
     truth = np.asarray(hr[0], dtype=np.float32).T[y0:y1, x0:x1]
+    kinds = list(dict.fromkeys(k for m in (maps or {}).values() for k in m))
     written = []
     for number, page in enumerate(pages, start=1):
         shown = {n: columns[n] for n in page} | {"HR": hr}
-        canvas = Image.new("RGB", (PANEL * len(shown), TITLE + PANEL * 3), (0, 0, 0))
+        canvas = Image.new("RGB", (PANEL * len(shown), TITLE + PANEL * (3 + len(kinds))), (0, 0, 0))
         draw = ImageDraw.Draw(canvas)
         for i, (name, img) in enumerate(shown.items()):
             left = i * PANEL
@@ -128,6 +132,19 @@ def comparison_pages(
             err = np.abs(np.asarray(img[0], dtype=np.float32).T[y0:y1, x0:x1] - truth)
             heat = Image.fromarray(_heat(err)).resize((PANEL, PANEL), Image.NEAREST)
             canvas.paste(heat, (left, TITLE + 2 * PANEL))
+            for row, kind in enumerate(kinds, start=3):
+                if kind in (maps or {}).get(name, {}):
+                    spread = np.asarray(maps[name][kind][0], dtype=np.float32).T[y0:y1, x0:x1]
+                    canvas.paste(
+                        Image.fromarray(_heat(spread)).resize((PANEL, PANEL), Image.NEAREST),
+                        (left, TITLE + row * PANEL),
+                    )
+                    draw.text(
+                        (left + 6, TITLE + row * PANEL + 4),
+                        kind.replace("_", "-"),
+                        fill=(255, 255, 255),
+                        font=_font(13),
+                    )
         path = Path(path)
         target = path if number == 1 else path.with_name(f"{path.stem}_{number}{path.suffix}")
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -89,3 +89,28 @@ def test_the_report_renders_in_chromium_with_every_image_and_a_working_viewer(tm
         assert browser.evaluate("[...document.images].filter(i => !i.naturalWidth).length") == 1
         assert browser.errors, "a missing image is a console error"
     assert seconds < 10
+
+
+@needs_data(DATA / "nih_cxr14")
+def test_several_samples_add_the_diffusion_methods_spread_and_lr_consistency_rows(tmp_path):
+    """sr3 (5 steps) with 2 samples beside bicubic on a 128 px NIH crop: sr3 is scored on the mean, and the
+    figure gains two rows, sr3's spread and LR-consistency (non-zero), black under bicubic; a bad number of
+    samples is one sentence before anything is written."""
+    from monai_sr_bundle import methods
+    from monai_sr_bundle.data.datalist import nih_datalist
+    from monai_sr_bundle.errors import InputError
+    from monai_sr_bundle.evaluation import evaluate
+
+    Image.open(nih_datalist("test")[0]["label"]).crop((192, 192, 320, 320)).save(tmp_path / "crop.png")
+    predictors = {"bicubic": methods.get("bicubic").predictor(), "sr3": methods.get("sr3").predictor(steps=5, seed=0)}
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="samples"):
+        evaluate([{"label": str(tmp_path / "crop.png")}], predictors, out, lpips=False, figures=1, samples=0)
+    assert not out.exists()
+    evaluate(
+        [{"label": str(tmp_path / "crop.png")}], predictors, out, lpips=False, figures=1, progress=False, samples=2
+    )
+    page = np.asarray(Image.open(out / "figure_crop.png"))
+    assert page.shape == (TITLE + 5 * PANEL, 4 * PANEL, 3)  # LR, bicubic, sr3, HR; 3 rows + 2 maps
+    maps = page[TITLE + 3 * PANEL + 24 :]  # below each map's label
+    assert maps[:, 1 * PANEL : 2 * PANEL].max() == 0 and maps[:, 2 * PANEL : 3 * PANEL].max() > 0
