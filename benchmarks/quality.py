@@ -1,7 +1,7 @@
 """Quality benchmark: every method with weights, against the interpolation baseline, on the NIH ChestX-ray14
 test split at x4.
 
-Writes docs/results.md (mean ± sd table with the command that made it) and docs/figures/comparison.png.
+Writes docs/results.md (mean ± sd table with the command that made it) and docs/figures/comparison*.png.
 Run: .venv/bin/python benchmarks/quality.py [--limit N]
 """
 
@@ -46,9 +46,12 @@ def main() -> int:
             continue
         gain = psnr[m.name] - psnr[baseline]
         bars.append(f"- {m.name} - {baseline}: PSNR {gain:+.2f} dB, SSIM {ssim[m.name]:.4f} vs {ssim[baseline]:.4f}")
-    figure = REPO / "docs" / "figures" / "comparison.png"
-    figure.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(args.work) / f"figure_{Path(datalist[0]['label']).stem}.png", figure)
+    (REPO / "docs" / "figures").mkdir(parents=True, exist_ok=True)
+    pages = sorted(Path(args.work).glob(f"figure_{Path(datalist[0]['label']).stem}*.png"))  # page 1, _2, ...
+    figures = []
+    for number, page in enumerate(pages, start=1):
+        figures.append(f"comparison{'' if number == 1 else f'_{number}'}.png")
+        shutil.copyfile(page, REPO / "docs" / "figures" / figures[-1])
     n = len(datalist)
     command = "python benchmarks/quality.py" + (f" --limit {args.limit}" if args.limit else "")
     doc = f"""# Results: x4 super-resolution of chest X-rays
@@ -67,11 +70,11 @@ Produced by (from the repository root, {minutes:.0f} min on a 2-core CPU):
 Gains over the baseline:
 {chr(10).join(bars)}
 
-![LR | each method | HR | error map](figures/comparison.png)
+{chr(10).join(f"![LR | methods | HR: whole image, zoom, error](figures/{f})" for f in figures)}
 
-`figures/comparison.png`: {FIGURE_IMAGE}; LR, then each method ({", ".join(predictors)}), then HR; top row
-whole image, bottom row the boxed region enlarged; the last panel is |{list(predictors)[-1]} - HR| with
-black = 0 and white >= 0.1.
+{FIGURE_IMAGE}: LR (nearest), then each method ({", ".join(predictors)}), then HR, at most 7 columns a page
+(`docs/figures/comparison*.png`); rows: the whole image with the abnormality box outlined, the box enlarged, and
+the absolute error there (black 0, white >= 0.1, one scale for every method), every panel in the HR image's window.
 """
     (REPO / "docs" / "results.md").write_text(doc)
     print(table)
