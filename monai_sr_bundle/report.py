@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.metrics import DISPLAY_VMAX, bootstrap_interval
 
 #: a panel's edge in screen pixels at 100 %, and the panels of one figure page: 7 x 256 = 1792 px, within a
@@ -280,9 +281,17 @@ def _cell(value: tuple[float, float], metric: str) -> str:
     return f'<td data-value="{value[0]}">{format_value(metric, *value)}</td>'
 
 
+def _baseline() -> str | None:
+    """The method the others are charted against, or None where there is none (a zoo bundle's one method)."""
+    try:
+        return methods.baseline_name()
+    except InputError:
+        return None
+
+
 def _viewer(stem: str, crops: Mapping[str, str], pages: Sequence[str]) -> str:
     names = list(crops)
-    baseline = methods.baseline_name()
+    baseline = _baseline()
     best = next((n for n in names if n not in (LR_COLUMN, baseline, "HR")), names[0])
     base = baseline if baseline in crops else names[0]
 
@@ -332,9 +341,9 @@ def write_report(
         for name, stats in summary.items()
     )
     table = f'<table id="metrics"><thead>{head}</tr></thead><tbody>{body}</tbody></table>'
-    baseline = methods.baseline_name()
-    charts = f"<p>(The baseline, {baseline}, was not among the methods.)</p>"
-    if any(r["method"] == baseline for r in rows):
+    baseline = _baseline()
+    charts = f"<p>(The baseline, {baseline or 'an interpolation'}, was not among the methods.)</p>"
+    if baseline is not None and any(r["method"] == baseline for r in rows):
         charts = _chart("PSNR (dB)", _against(rows, "psnr", baseline), baseline, "higher is better")
         if any("lpips" in r for r in rows):
             charts += _chart("LPIPS", _against(rows, "lpips", baseline), baseline, "lower is better")
