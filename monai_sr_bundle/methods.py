@@ -20,24 +20,28 @@ trainer, NVFlare client, zoo export) asks :attr:`Method.stages`.
 
 What a surface needs to know is derived from the network rather than declared twice: ``family`` is the
 network's module (``networks/<family>.py``), ``trainable`` whether it has parameters, ``stochastic`` and
-``exportable`` its class attributes of those names, ``halo`` the LR context a tile needs. Further overlay
-folders (a site's own methods) are listed in ``$MONAI_SR_METHODS`` (``os.pathsep``-separated).
+``exportable`` its class attributes of those names, ``halo`` the LR context a tile needs. For this package's
+networks the first four are read from the class's source (:func:`declared_traits`, a network without parameters
+says ``trainable = False``), so listing the methods imports neither torch nor MONAI; other networks are built.
+Further overlay folders (a site's own methods) are listed in ``$MONAI_SR_METHODS`` (``os.pathsep``-separated).
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import pickle
 from functools import cached_property, lru_cache
 from pathlib import Path
-
-import torch
-from monai.bundle import ConfigParser
-from torch import nn
+from typing import TYPE_CHECKING
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
+
+if TYPE_CHECKING:  # torch and MONAI are imported where a network is built: listing methods needs neither
+    import torch
+    from torch import nn
 
 #: the bundle root (``configs/``, ``models/``): this package's folder, or, when the code is an exported zoo
 #: bundle's ``scripts/`` (:mod:`monai_sr_bundle.zoo`), the folder above it
@@ -188,9 +192,11 @@ class Method:
                 f"({', '.join(sorted(files))}); see configs/train.json for the settings there are."
             )
 
-    def _parser(self) -> ConfigParser:
-        """The overlay's network definitions with ``@scale`` and ``@modality`` defined (a copy: parsing rewrites
-        it)."""
+    def _parser(self):
+        """The overlay's network definitions with ``@scale`` and ``@modality`` defined, as a MONAI
+        ``ConfigParser`` (a copy: parsing rewrites it)."""
+        from monai.bundle import ConfigParser
+
         return ConfigParser(
             {
                 "scale": self.scale,
@@ -228,6 +234,8 @@ class Method:
 
     def _build(self, key: str) -> nn.Module:
         """The module the overlay's ``key`` defines, or one sentence saying why it cannot be built."""
+        from torch import nn
+
         try:
             module = self._parser().get_parsed_content(key)
         except Exception as e:  # a missing module, a wrong class name or bad arguments, as MONAI reports them
@@ -252,33 +260,38 @@ class Method:
     def latent(self) -> bool:
         """Whether the method works in an autoencoder's latent (``configs/train_autoencoder.json`` trains
         the autoencoder first, ``configs/train_diffusion.json`` then the denoiser on it)."""
+        from torch import nn
+
         return isinstance(getattr(self._probe, "autoencoder", None), nn.Module)
 
     @cached_property
     def _probe(self) -> nn.Module:
         return self.network()
 
-    @property
-    def network_class(self) -> type:
-        return type(self._probe)
+    @cached_property
+    def _traits(self) -> dict:
+        """family, trainable, stochastic and exportable: declared in the network's source when it is this
+        package's (:func:`declared_traits`), else found on a built network."""
+        declared = declared_traits(self.config["network_def"]["_target_"])
+        return declared if declared is not None else built_traits(self._probe)
 
     @property
     def family(self) -> str:
         """The network's module name (its file under ``networks/``); several methods may share one."""
-        return self.network_class.__module__.rsplit(".", 1)[-1]
+        return self._traits["family"]
 
     @property
     def trainable(self) -> bool:
-        return any(True for _ in self._probe.parameters())
+        return self._traits["trainable"]
 
     @property
     def stochastic(self) -> bool:
-        return bool(getattr(self._probe, "stochastic", False))
+        return self._traits["stochastic"]
 
     @property
     def exportable(self) -> bool:
         """Whether ``forward`` exports to ONNX as one graph (a sampler's loop does not)."""
-        return bool(getattr(self._probe, "exportable", True))
+        return self._traits["exportable"]
 
     @property
     def halo(self) -> int:
@@ -339,6 +352,8 @@ class Method:
             network = self.network(weights)
         network = network.to(device).eval()
         if winograd:
+            import torch
+
             if torch.device(device).type != "cpu":
                 raise InputError("--winograd is a CPU speed-up; drop it on a GPU.")
             if not getattr(network, "winograd_speedup", True):
@@ -448,8 +463,77 @@ def _config_keys(name: str) -> frozenset[str]:
     return frozenset(k.lstrip("+").split("#", 1)[0] for k in read_json_object(BUNDLE_ROOT / "configs" / name, name))
 
 
+#: what a surface reads of a network class without running it, with the value when the class says nothing
+TRAITS = {"trainable": True, "stochastic": False, "exportable": True}
+
+
+def built_traits(network: nn.Module) -> dict:
+    """The network's family (its module's name) and :data:`TRAITS` as the built network has them: trainable
+    when it has parameters, the others its attributes."""
+    return {
+        "family": type(network).__module__.rsplit(".", 1)[-1],
+        "trainable": any(True for _ in network.parameters()),
+        "stochastic": bool(getattr(network, "stochastic", False)),
+        "exportable": bool(getattr(network, "exportable", True)),
+    }
+
+
+def declared_traits(target: str) -> dict | None:
+    """:func:`built_traits` of the network class ``target`` read from its source with ``ast``: its module and
+    the :data:`TRAITS` assigned as literals in its body or its bases' (nearest first). None when the class, or
+    a base other than ``nn.Module``, is not this package's: then only building the network tells."""
+    module, _, name = target.rpartition(".")
+    found = _class_source(module, name)
+    traits = _declared(*found) if found else None
+    return None if traits is None else {"family": found[0].rsplit(".", 1)[-1], **TRAITS, **traits}
+
+
+def _declared(module: str, node: ast.ClassDef) -> dict | None:
+    own = {
+        stmt.targets[0].id: stmt.value.value
+        for stmt in node.body
+        if isinstance(stmt, ast.Assign)
+        and len(stmt.targets) == 1
+        and isinstance(stmt.targets[0], ast.Name)
+        and stmt.targets[0].id in TRAITS
+        and isinstance(stmt.value, ast.Constant)
+    }
+    for base in node.bases:
+        if isinstance(base, ast.Attribute) and ast.unparse(base) in ("nn.Module", "torch.nn.Module"):
+            continue
+        found = _class_source(module, base.id) if isinstance(base, ast.Name) else None
+        inherited = _declared(*found) if found else None
+        if inherited is None:
+            return None
+        own = {**inherited, **own}
+    return own
+
+
+@lru_cache(maxsize=64)
+def _class_source(module: str, name: str) -> tuple[str, ast.ClassDef] | None:
+    """(defining module, class node) of ``module.name``, following ``from ... import`` re-exports, within
+    this package's files only (nothing is imported)."""
+    package, _, rest = module.partition(".")
+    if package != __package__:
+        return None
+    path = Path(__file__).parent.joinpath(*rest.split(".")) if rest else Path(__file__).parent
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    if not path.is_file():
+        return None
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return module, node
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    return _class_source(node.module, alias.name)
+    return None
+
+
 def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a plain state dict (``torch.load(..., weights_only=True)``) into ``network``."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: weights file not found; train the method first or pass --weights.")

@@ -59,7 +59,9 @@ def test_builds_and_describes_itself(name):
     method = methods.get(name, SCALE)
     assert isinstance(method.network(), torch.nn.Module)
     described = method.describe()
-    assert described["name"] == name and described["family"] == method.network_class.__module__.rsplit(".", 1)[-1]
+    # what the listing reads from the network's source is what the built network has
+    assert described["name"] == name
+    assert {k: described[k] for k in ("family", *methods.TRAITS)} == methods.built_traits(method.network())
     assert json.loads(json.dumps(described)) == described
     assert method.weights_name == f"{name}_cxr_x{SCALE}.pt" and method.halo >= 0
 
@@ -248,6 +250,26 @@ def test_broken_overlays_name_the_method(case, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert cli(["sr", str(tmp_path / "in.png"), "-o", str(out), "-m", case]) == 2
     assert not out.exists()
+
+
+def test_declared_traits_follow_re_exports_and_bases_and_give_up_outside_the_package():
+    assert methods.declared_traits("monai_sr_bundle.networks.ADSR") == {
+        "family": "adsr", "trainable": True, "stochastic": True, "exportable": False
+    }  # fmt: skip  # re-exported by networks/__init__.py, stochastic and exportable inherited from SR3
+    assert methods.declared_traits("monai_sr_bundle.networks.bicubic.Bicubic")["trainable"] is False
+    for target in ("torch.nn.Identity", "monai_sr_bundle.networks.NoSuchNet", "monai_sr_bundle.nowhere.Net"):
+        assert methods.declared_traits(target) is None  # then the network is built to describe it
+
+
+def test_listing_methods_and_help_import_neither_torch_nor_monai():
+    """What keeps `monai-sr methods` and `--help` under a second (the Slicer module lists methods at start)."""
+    code = (
+        "import contextlib, io, sys\nfrom monai_sr_bundle.cli import main\nmain(['methods', '--json'])\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n    main(['sr', '--help'])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'numpy'}), file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(done.stdout) == methods.describe_all() and done.stderr.strip() == "[]"
 
 
 def test_a_name_defined_twice_is_refused(tmp_path, monkeypatch):

@@ -39,6 +39,9 @@ class Bicubic(nn.Module):
         mode: ``bicubic`` (default), ``bilinear`` or ``nearest``.
     """
 
+    #: no parameters; declared so that describing the method needs no build (:func:`methods.declared_traits`)
+    trainable = False
+
     def __init__(self, scale: int = 4, mode: str = "bicubic") -> None:
         super().__init__()
         self.scale = int(scale)
