@@ -1,6 +1,7 @@
 """Command line: ``monai-sr sr`` super-resolves files; ``monai-sr demo`` compares the methods on real images;
-``monai-sr methods`` lists the methods; ``monai-sr ct-slices`` prepares the chest CT training data;
-``monai-sr export-zoo`` writes a method as a MONAI model-zoo bundle.
+``monai-sr methods`` lists the methods; ``monai-sr worker`` serves 3D Slicer's local mode; ``monai-sr
+ct-slices`` prepares the chest CT training data; ``monai-sr export-zoo`` writes a method as a MONAI model-zoo
+bundle.
 
 They go through the same entry points as the bundle configs (:mod:`monai_sr_bundle.methods`,
 :mod:`monai_sr_bundle.inference`, :mod:`monai_sr_bundle.evaluation`).
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -47,7 +47,7 @@ def _sr(args: argparse.Namespace) -> int:
         raise InputError("give input images, folders or --datalist FILE to super-resolve.")
     method = methods.get(args.method or methods.default_name(), args.scale, args.modality)
     method.check_sampling(sampler=args.sampler, steps=args.steps, seed=args.seed, samples=args.samples)
-    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1  # each process takes every N-th input
+    torchrun = distributed.launched_processes() > 1  # each process takes every N-th input
     if torchrun:
         distributed.setup()
     device = distributed.local_device() if torchrun and args.device == "cuda" else args.device  # a GPU per process
@@ -130,6 +130,12 @@ def _methods(args: argparse.Namespace) -> None:
         print(json.dumps(methods.describe_all(args.scale, args.modality), indent=2))
     else:
         print(methods.markdown_table(args.scale, args.modality))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from monai_sr_bundle.worker import serve
+
+    return serve()
 
 
 def _ct_slices(args: argparse.Namespace) -> None:
@@ -261,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="as JSON, for programs (3D Slicer asks this)")
     common(listing)
     listing.set_defaults(func=_methods)
+
+    worker = sub.add_parser(
+        "worker", help="answer SR requests (JSON lines on stdin) keeping the method loaded: 3D Slicer's local mode"
+    )
+    worker.set_defaults(func=_worker)
 
     ct = sub.add_parser("ct-slices", help="cut the shared chest CT into axial slices and a datalist, split by patient")
     ct.add_argument("-o", "--output", required=True, help="folder for the slices and datalist.json")

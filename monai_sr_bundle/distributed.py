@@ -20,6 +20,11 @@ from monai_sr_bundle.errors import InputError
 TORCHRUN_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def launched_processes() -> int:
+    """How many processes torchrun started for this run (1 without torchrun, before any process group)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_distributed() -> bool:
     import torch.distributed as dist
 

@@ -194,6 +194,11 @@ def _cpu_has_bf16() -> bool:
     return any(probe() for probe in probes if probe is not None)
 
 
+def _busiest_part(network: nn.Module) -> nn.Module:
+    """What :meth:`Predictor.compile` compiles: a sampler's denoiser (it runs once per step), else the network."""
+    return getattr(network, "denoiser", network)
+
+
 class Predictor:
     """A method loaded once, what every surface calls for SR (the CLI, the bundle, MONAI Label, evaluation, the
     benchmarks): its network on ``device`` in eval mode, the weights it came from, the reader's intensity map
@@ -245,7 +250,7 @@ class Predictor:
         state = dict(self.__dict__)
         if self.compiled:
             state["network"] = network = copy.deepcopy(self.network)
-            getattr(network, "denoiser", network)._compiled_call_impl = None
+            _busiest_part(network)._compiled_call_impl = None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -292,7 +297,7 @@ class Predictor:
 
         if any(isinstance(m, OnnxNetwork) for m in self.network.modules()):
             raise InputError("compile speeds up the torch network, and this one runs on ONNX Runtime: drop compile.")
-        part = getattr(self.network, "denoiser", self.network)
+        part = _busiest_part(self.network)
         graphs = part is not self.network and torch.device(self.device).type == "cuda"
         part.compile(mode="reduce-overhead" if graphs else None)
 

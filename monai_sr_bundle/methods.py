@@ -144,7 +144,7 @@ class Method:
         modality: str = "cxr",
         bundle_root: str | os.PathLike | None = None,
     ) -> None:
-        if int(scale) != scale or int(scale) < 1:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or int(scale) != scale or scale < 1:
             raise InputError(f"method {name!r}: scale must be a positive whole number, got {scale!r}.")
         self.name, self.overlay, self.scale, self.modality = name, Path(overlay), int(scale), str(modality)
         self.bundle_root = Path(bundle_root or BUNDLE_ROOT)

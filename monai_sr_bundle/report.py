@@ -6,6 +6,7 @@ the figures, the degradation, the weights and the command that made it."""
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import os
@@ -75,6 +76,7 @@ def _heat(err: np.ndarray) -> np.ndarray:
     return (rgb * 255 + 0.5).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=8)
 def _font(size: int):
     from PIL import ImageFont
 

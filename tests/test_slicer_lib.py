@@ -6,7 +6,9 @@ server."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from SuperResolutionLib import (  # noqa: E402
     RunError,
     SRRun,
     VolumeError,
+    Worker,
     check_volume,
     list_methods,
     missing_dependencies,
@@ -164,15 +167,91 @@ def test_bad_sampling_options_are_the_cli_sentence_and_write_nothing(tiny, tmp_p
         (NAME, {"samples": 65}, "samples must be at most 64"),
         ("bicubic", {"sampler": "ddim", "steps": 2, "seed": 1, "samples": 2}, "is deterministic and has no sampler"),
     ]
-    jobs = [
-        run(tmp_path / str(i), *crop(), method=method, weights=tiny if method == NAME else None, **options).start()
-        for i, (method, options, _) in enumerate(cases)
-    ]  # side by side: each process spends seconds importing torch before it refuses
-    for job, (_, options, message) in zip(jobs, cases):
+    worker = Worker()  # one for all: a refused request leaves it running
+    for i, (method, options, message) in enumerate(cases):
+        job = run(tmp_path / str(i), *crop(), method=method, weights=tiny if method == NAME else None, **options)
         with pytest.raises(RunError, match=re.escape(message)) as refused:
-            job.wait(300)
+            SRRun(**job_args(job), worker=worker).start().wait(300)
         assert "\n" not in str(refused.value) and str(refused.value).endswith("."), options  # one sentence
         assert list(job.output_dir.iterdir()) == []
+    assert worker.alive()
+    worker.stop()
+
+
+def job_args(job: SRRun) -> dict:
+    """The arguments of ``job`` for another SRRun of the same request."""
+    request = dict(job.request)
+    return {"input_path": request.pop("input"), "output_dir": request.pop("output"), **request}
+
+
+@pytest.mark.slow
+def test_the_worker_keeps_the_method_loaded_and_outlives_bad_input(tmp_path):
+    """The Slicer session's warm path: the second request of a method does not load it again, a bad input
+    is its sentence and the worker stays, another method is loaded in its place, stop() ends the process."""
+    worker = Worker()
+    first = run(tmp_path / "a", *crop())
+    worker.submit(first.request)
+    assert worker.reply(300)["loaded"] is True
+    pid = worker.process.pid
+    worker.submit(first.request)
+    reply = worker.reply(300)
+    assert reply["loaded"] is False and reply["network_started"] and len(reply["written"]) == 1
+    array, m = ct_slice_volume()
+    small = run(tmp_path / "b", array[:, :20, :20], m)
+    with pytest.raises(RunError, match="smaller than 32 px"):
+        SRRun(**job_args(small), worker=worker).start().wait(120)
+    third = run(tmp_path / "c", *crop(), method="bicubic")
+    assert list(SRRun(**job_args(third), worker=worker).start().wait(120)) == ["sr"]
+    assert worker.process.pid == pid
+    process = worker.process
+    worker.stop()
+    assert process.returncode == 0 and not worker.alive()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_fails_that_run_and_the_next_starts_another(tmp_path):
+    worker = Worker()
+    array, m = ct_slice_volume()
+    job = SRRun(**job_args(run(tmp_path / "a", np.repeat(array, 6, axis=0), m, method="vdsr")), worker=worker)
+    job.start()
+    pid = worker.process.pid
+    time.sleep(1.0)
+    os.killpg(pid, signal.SIGKILL)  # as the system's out-of-memory killer would
+    with pytest.raises(RunError, match=r"the SR process ended \(exit code -9\)"):
+        job.wait(60)
+    assert list(job.output_dir.iterdir()) == []
+    again = SRRun(**job_args(run(tmp_path / "b", *crop())), worker=worker).start()
+    assert list(again.wait(300)) == ["sr"] and worker.process.pid != pid
+    worker.stop()
+
+
+def test_the_worker_answers_every_hostile_request_line_and_ends_with_its_input(tmp_path):
+    lines = [
+        "not json",
+        "[1, 2]",
+        json.dumps({"input": "x.png", "output": str(tmp_path), "shell": "rm -rf /"}),
+        json.dumps({"output": str(tmp_path)}),
+        json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "method": "no_such"}),
+        json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "method": "bicubic", "steps": 2}),
+        json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "scale": "4; rm -rf /"}),
+        json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "modality": ["cxr"]}),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "monai_sr_bundle.cli", "worker"],
+        input="\n".join(lines) + "\n\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    replies = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and [sorted(r) for r in replies] == [["error"]] * len(lines)
+    messages = [r["error"] for r in replies]
+    assert "one JSON object per line" in messages[0] and "must be a JSON object, got list" in messages[1]
+    assert "unknown request key(s) shell" in messages[2] and 'needs "input"' in messages[3]
+    assert "unknown method 'no_such'" in messages[4] and "is deterministic and has no sampler" in messages[5]
+    assert "scale must be a positive whole number, got '4; rm -rf /'" in messages[6]
+    assert "modality must each be a single value" in messages[7]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_local_run_can_be_cancelled(tmp_path):

@@ -1,7 +1,7 @@
 """The module's Logic end to end outside Slicer. Only Slicer's application cannot run here, so a thin
 stand-in provides the few scene calls the Logic makes (arrayFromVolume, updateVolumeFromArray,
-AddNewNodeByClass, volume and ROI nodes, vtkMatrix4x4); everything behind them is real: the SR process
-running the CLI, the MONAI Label server, the files and their geometry. A stochastic method is test_diffusion's
+AddNewNodeByClass, volume and ROI nodes, vtkMatrix4x4); everything behind them is real: the SR worker
+process of the CLI, the MONAI Label server, the files and their geometry. A stochastic method is test_diffusion's
 tiny SR3, registered for the local runs and the server."""
 
 from __future__ import annotations
@@ -155,6 +155,13 @@ def test_local_mode_adds_the_sr_volume_with_its_geometry(module):
     assert np.allclose(
         np.linalg.norm(out.matrix.m[:3, :3], axis=0), np.linalg.norm(node.matrix.m[:3, :3], axis=0) / [4, 4, 1]
     )
+    # the session's worker keeps the method loaded: the second SR is computed by the same process
+    process = logic.worker.process
+    again = logic.start_local(node, "srcnn", 4)
+    assert logic.collect(again, node, out, timeout=300) == {"sr": out} and again.network_started
+    assert logic.worker.process is process and module.scene.nodes == [out]
+    logic.close()  # as the module's cleanup does when it is reloaded or Slicer quits
+    assert process.poll() == 0 and logic.worker is None
 
 
 @pytest.mark.parametrize(
@@ -276,6 +283,7 @@ def test_cancelled_stochastic_run_leaves_no_output_and_no_temp_files(module, tin
         logic.collect(runs[0], node)
     assert not any(run.running() for run in runs)
     assert module.scene.nodes == [] and list(temp.iterdir()) == []
+    assert runs[1].worker is not logic.worker and not logic.worker.alive()  # the second ran beside the first
 
 
 def test_remote_stochastic_run_fetches_the_maps_of_its_own_draws(module, server):

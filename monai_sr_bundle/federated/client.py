@@ -64,7 +64,7 @@ class SiteTrainer:
         box_weight: float = 0.0,
         batch_size: int | None = None,
     ) -> None:
-        several = "WORLD_SIZE" in os.environ  # one of a site's torchrun processes
+        several = distributed.launched_processes() > 1  # one of a site's torchrun processes
         parser = train_parser(method, multi_gpu=several)
         parser.update(
             {
@@ -200,7 +200,7 @@ def _work(conn, site_name: str, args: argparse.Namespace, total_epochs: int, wor
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    several = "WORLD_SIZE" in os.environ
+    several = distributed.launched_processes() > 1
     try:
         site = load_site(site_name, args.site_config)
         logger.info(f"site {site_name}: {len(site.training)} training and {len(site.validation)} validation images")

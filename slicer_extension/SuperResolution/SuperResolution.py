@@ -1,7 +1,7 @@
 """3D Slicer module: super-resolution of the radiograph or CT volume on screen, shown beside the original,
-computed on this computer (a separate process running the monai-sr CLI) or by a MONAI Label server running
-monai-sr's app. The Logic holds no GUI code and delegates everything but the scene to SuperResolutionLib,
-which is tested outside Slicer (tests/test_slicer_lib.py)."""
+computed on this computer (a separate process, kept for the session, running monai-sr) or by a MONAI Label
+server running monai-sr's app. The Logic holds no GUI code and delegates everything but the scene to
+SuperResolutionLib, which is tested outside Slicer (tests/test_slicer_lib.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from SuperResolutionLib import (
     RunError,
     SRRun,
     VolumeError,
+    Worker,
     check_volume,
     list_methods,
     markups_document,
@@ -59,7 +60,10 @@ class SuperResolution(ScriptedLoadableModule):
 
 class SuperResolutionLogic(ScriptedLoadableModuleLogic):
     """Scene in, scene out; no GUI. Every failure raises VolumeError, RunError or ClientError with a
-    sentence for the user, before the scene is changed."""
+    sentence for the user, before the scene is changed. Local runs go to one warm worker process kept for
+    the session (:meth:`close` ends it), so a second SR starts computing at once."""
+
+    worker: Worker | None = None
 
     def python(self) -> str:
         """Slicer's own Python launcher, which has the module's dependencies once installed."""
@@ -96,7 +100,12 @@ class SuperResolutionLogic(ScriptedLoadableModuleLogic):
         try:
             path = self.write_input(volume_node, folder)
             os.mkdir(os.path.join(folder, "out"))
-            run = SRRun(path, os.path.join(folder, "out"), method, scale, self.python(), weights, **sampling).start()
+            if self.worker is None or self.worker.python != self.python():
+                self.close()
+                self.worker = Worker(self.python())
+            worker = None if self.worker.busy else self.worker  # a second run at once: a worker of its own
+            run = SRRun(path, os.path.join(folder, "out"), method, scale, self.python(), weights, worker=worker,
+                        **sampling).start()  # fmt: skip
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -114,6 +123,12 @@ class SuperResolutionLogic(ScriptedLoadableModuleLogic):
         """Stop a local run and remove its files (the module reloaded or Slicer quitting while it runs)."""
         run.cancel()
         shutil.rmtree(run.workdir, ignore_errors=True)
+
+    def close(self) -> None:
+        """End the session's worker (the module reloaded, Slicer quitting); the next local run starts one."""
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
 
     def finish(self, results: dict[str, str], input_node, output_node=None) -> dict:
         """Put the SR file of ``results`` into ``output_node`` (a new volume ``<input>_sr`` if None) and each
@@ -217,11 +232,12 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         self.list_methods()
 
     def cleanup(self):
-        """Reloading the module or quitting Slicer stops a local run and leaves none of its files."""
+        """Reloading the module or quitting Slicer stops a local run and its worker and leaves none of its files."""
         self.timer.stop()
         if self.run is not None:
             self.logic.discard(self.run)
             self.run = None
+        self.logic.close()
 
     def remote_toggled(self, on: bool):
         self.ui.serverEdit.setEnabled(on)

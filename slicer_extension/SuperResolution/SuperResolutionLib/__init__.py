@@ -4,7 +4,7 @@ all of which Slicer ships; the SR itself runs in a separate process (local) or o
 
 from SuperResolutionLib.client import ClientError, MonaiLabelClient, markups_document
 from SuperResolutionLib.geometry import VolumeError, check_volume, read_volume, write_volume
-from SuperResolutionLib.runner import RunError, SRRun, list_methods, missing_dependencies
+from SuperResolutionLib.runner import RunError, SRRun, Worker, list_methods, missing_dependencies
 
 __all__ = [
     "ClientError",
@@ -12,6 +12,7 @@ __all__ = [
     "RunError",
     "SRRun",
     "VolumeError",
+    "Worker",
     "check_volume",
     "list_methods",
     "markups_document",

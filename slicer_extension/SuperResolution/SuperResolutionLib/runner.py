@@ -1,15 +1,21 @@
-"""Local mode: super-resolve an image file in a separate process running the project's CLI
-(``python -m monai_sr_bundle.cli sr``), so Slicer's UI stays responsive, a run can be cancelled, and a crash
-or a missing dependency is a message rather than a dead Slicer (as SlicerMONAIAuto3DSeg runs its models)."""
+"""Local mode: super-resolve an image file in a separate process running the project's ``monai-sr worker``
+(``python -m monai_sr_bundle.cli worker``), so Slicer's UI stays responsive, a run can be cancelled, and a crash
+or a missing dependency is a message rather than a dead Slicer (as SlicerMONAIAuto3DSeg runs its models). The
+module keeps one worker for its session: it keeps the method loaded, so only the first request waits for
+torch, MONAI and the weights.
+
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 #: what the SR process imports; the module offers to pip-install the project when one is missing
@@ -57,6 +63,110 @@ def list_methods(python: str = sys.executable) -> list[dict]:
         raise RunError(f"the method list from {python} is not JSON ({e}).") from e
 
 
+class Worker:
+    """One ``monai-sr worker`` process: a JSON request line in, a JSON reply line out, one request at a time.
+    Started on the first request and again after it ended (cancelled, failed, or killed); :meth:`stop` ends
+    it, and so does closing its stdin (Slicer quitting), since it exits at the end of its input.
+
+    Args:
+        python: the interpreter that has the project installed (in Slicer: PythonSlicer).
+    """
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self.cmd = [python, "-m", "monai_sr_bundle.cli", "worker"]
+        self.process: subprocess.Popen | None = None
+        self.log = None  # the worker's stderr: an unnamed temporary file, read when it fails
+        self.busy = False
+        self._pending = b""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def submit(self, request: dict) -> None:
+        """Send ``request``, starting the process if it is not running."""
+        if not self.alive():
+            self.stop()
+            if self.log is not None:
+                self.log.close()
+            self.log = tempfile.TemporaryFile()
+            try:
+                self.process = subprocess.Popen(
+                    self.cmd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=self.log,
+                    start_new_session=True,
+                    cwd=tempfile.gettempdir(),  # what the process imports must not depend on Slicer's working folder
+                )
+            except OSError as e:
+                raise RunError(f"cannot start the SR process ({e.strerror}): {self.cmd[0]}") from e
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError:  # it ended at start (a missing module): its log says why
+            raise RunError(self.failure()) from None
+        self.busy = True
+
+    def ready(self) -> bool:
+        """Whether the reply (or the process's end) has arrived, without waiting."""
+        ended = b"\n" not in self._pending and not self._read(0)
+        return ended or b"\n" in self._pending
+
+    def reply(self, timeout: float | None = None) -> dict:
+        """The reply to the request sent; :class:`RunError` if the process ended first, None after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if not self._read(left):
+                self.busy = False
+                raise RunError(self.failure())
+        line, self._pending = self._pending.split(b"\n", 1)
+        self.busy = False
+        try:
+            return json.loads(line)
+        except ValueError as e:
+            self.stop()
+            raise RunError(f"the SR worker replied something that is not JSON ({e}).") from e
+
+    def _read(self, timeout: float | None) -> bool:
+        """Read what the process wrote within ``timeout``; False once its output has ended."""
+        out = self.process.stdout
+        if not select.select([out], [], [], timeout)[0]:
+            return True
+        data = os.read(out.fileno(), 1 << 16)
+        self._pending += data
+        return bool(data)
+
+    def failure(self) -> str:
+        """Why the process ended: its exit code and the last line of its log (e.g. a missing module)."""
+        code = self.process.wait() if self.process is not None else None
+        self.stop()
+        self.log.seek(0)
+        lines = [line.strip() for line in self.log.read().decode(errors="replace").splitlines() if line.strip()]
+        return f"the SR process ended (exit code {code})" + (f": {lines[-1]}" if lines else ".")
+
+    def stop(self) -> None:
+        """End the process and everything it started (its stdin closed first: it exits between requests)."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.stdin.close()
+                try:
+                    self.process.wait(0 if self.busy else 5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.process.pid, signal.SIGTERM)
+                    try:
+                        self.process.wait(10)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(self.process.pid, signal.SIGKILL)
+                        self.process.wait()
+            for pipe in (self.process.stdin, self.process.stdout):
+                pipe.close()
+            self.process, self._pending, self.busy = None, b"", False
+
+
 class SRRun:
     """One SR run of ``input_path`` into ``output_dir`` (in-plane, slice by slice, so radiographs and CT
     take the same path).
@@ -69,7 +179,9 @@ class SRRun:
         python: the interpreter that has the project installed (in Slicer: PythonSlicer).
         weights: a state dict to use instead of the method's shipped weights.
         sampler, steps, seed, samples: a stochastic method's sampling options, passed only when given (the
-            CLI refuses bad values and any of them for a deterministic method).
+            worker refuses bad values and any of them for a deterministic method, as the CLI does).
+        worker: the session's idle :class:`Worker` to run on (kept running after the run); None: a worker
+            of the run's own, stopped when the run ends.
     """
 
     def __init__(
@@ -84,45 +196,31 @@ class SRRun:
         steps: int | None = None,
         seed: int | None = None,
         samples: int | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self.input_path, self.output_dir = os.path.abspath(input_path), Path(output_dir).absolute()
-        self.cmd = [python, "-m", "monai_sr_bundle.cli", "sr", self.input_path, "-o", str(self.output_dir),
-                    "-m", method, "--scale", str(int(scale)), "--slice-by-slice"]  # fmt: skip
         options = {"weights": weights, "sampler": sampler, "steps": steps, "seed": seed, "samples": samples}
-        for key, value in options.items():
-            if value is not None:
-                self.cmd += [f"--{key}", str(value)]
+        self.request = {"input": self.input_path, "output": str(self.output_dir), "method": method,
+                        "scale": int(scale), **{k: v for k, v in options.items() if v is not None}}  # fmt: skip
+        self.own_worker = worker is None
+        self.worker = Worker(python) if worker is None else worker
         self.stem = Path(input_path).name.split(".")[0]
-        self.process: subprocess.Popen | None = None
-        self.cancelled = False
+        self.started = self.cancelled = False
+        self.network_started: float | None = None  # from the reply: when the network's first call began
 
     def start(self) -> SRRun:
-        try:
-            self.process = subprocess.Popen(
-                self.cmd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-                cwd=tempfile.gettempdir(),  # what the process imports must not depend on Slicer's working folder
-            )
-        except OSError as e:
-            raise RunError(f"cannot start the SR process ({e.strerror}): {self.cmd[0]}") from e
+        self.worker.submit(self.request)
+        self.started = True
         return self
 
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.started and self.worker.busy and not self.worker.ready()
 
     def cancel(self) -> None:
-        """Stop the run and everything it started."""
+        """Stop the run and everything it started (its worker too: the next run starts another)."""
         if self.running():
             self.cancelled = True
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            self.worker.stop()
 
     def _written(self) -> list[Path]:
         """The files the run wrote so far: ``<stem>_sr.<ext>`` and its maps ``<stem>_sr_<map>.<ext>``."""
@@ -138,24 +236,26 @@ class SRRun:
     def wait(self, timeout: float | None = None) -> dict[str, str]:
         """The written files once the run ends, ``{"sr": SR file}`` plus, for several samples of a stochastic
         method, each map's file under its name (``{"std": ..., "lr_consistency": ...}``, as the CLI names
-        them); :class:`RunError` with the process's error if it failed, and then nothing is left written."""
-        if self.process is None:
+        them); :class:`RunError` with the worker's error if it failed, and then nothing is left written."""
+        if not self.started:
             self.start()
         try:
-            output, _ = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.cancel()
-            raise self._fail(f"SR took longer than {timeout:g} s and was stopped.") from None
-        if self.cancelled:
-            raise self._fail("SR was cancelled.")
-        lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
-        if self.process.returncode != 0:
-            errors = (
-                [line for line in lines if line.startswith("error:")]
-                or lines[-1:]
-                or [f"exit code {self.process.returncode}"]
-            )
-            raise self._fail(errors[-1].removeprefix("error:").strip())
+            if self.cancelled:
+                raise self._fail("SR was cancelled.")
+            try:
+                reply = self.worker.reply(timeout)
+            except RunError as e:
+                raise self._fail("SR was cancelled." if self.cancelled else str(e)) from None
+            if reply is None:
+                self.cancelled = True
+                self.worker.stop()
+                raise self._fail(f"SR took longer than {timeout:g} s and was stopped.")
+        finally:
+            if self.own_worker:
+                self.worker.stop()
+        if "error" in reply:
+            raise self._fail(str(reply["error"]))
+        self.network_started = reply.get("network_started")
         prefix = f"{self.stem}_sr"
         results = {p.name.split(".")[0].removeprefix(prefix).lstrip("_") or "sr": str(p) for p in self._written()}
         if "sr" not in results:

@@ -1,0 +1,130 @@
+"""``monai-sr worker``: the warm local process of 3D Slicer's module. It answers SR requests read as JSON
+lines on stdin, one JSON line each on stdout, and keeps the last method it loaded, so only a session's first
+request pays for importing torch and MONAI and loading the weights (seconds); later ones start computing at once.
+
+A request names one image and what ``monai-sr sr --slice-by-slice`` would take for it::
+
+    {"input": "in.nii.gz", "output": "out/", "method": "srcnn", "scale": 4, "modality": "cxr",
+     "weights": null, "sampler": null, "steps": null, "seed": null, "samples": null}
+
+The reply is ``{"written": [files], "loaded": whether this request loaded the method, "network_started":
+time.time() of the network's first call}`` or ``{"error": one sentence}``. Bad input (an unreadable image,
+an unknown method, bad options) is an error reply and the worker stays; any other failure is replied and ends
+the worker, so that the next request starts a clean one; the end of stdin (its client closed the pipe,
+quit or died) ends it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from monai_sr_bundle import methods
+from monai_sr_bundle.errors import InputError, printable
+
+#: the request's keys and the value each takes when it is left out
+REQUEST = {
+    "input": None,
+    "output": None,
+    "method": None,
+    "scale": 4,
+    "modality": "cxr",
+    "weights": None,
+    "sampler": None,
+    "steps": None,
+    "seed": None,
+    "samples": None,
+}
+SAMPLING = ("sampler", "steps", "seed")
+
+
+class Worker:
+    """The loaded method (one at a time: a Slicer session works with one) and the requests it answers."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.predictor = None
+        self.network_started: float | None = None
+
+    def handle(self, line: str) -> dict:
+        """The reply to one request line."""
+        request = self._parsed(line)
+        method = methods.get(request["method"] or methods.default_name(), request["scale"], request["modality"])
+        method.check_sampling(**{k: request[k] for k in (*SAMPLING, "samples")})
+        loaded = self._load(method, request["weights"])
+        from monai_sr_bundle.inference import run_inference
+
+        self.network_started = None
+        written = run_inference(
+            [request["input"]],
+            self.predictor,
+            request["output"],
+            allow_volume=True,
+            progress=False,
+            samples=request["samples"],
+            **{k: request[k] for k in SAMPLING},
+        )
+        return {"written": written, "loaded": loaded, "network_started": self.network_started}
+
+    @staticmethod
+    def _parsed(line: str) -> dict:
+        try:
+            request = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"a request must be one JSON object per line ({e}).") from e
+        if not isinstance(request, dict):
+            raise InputError(f"a request must be a JSON object, got {type(request).__name__}.")
+        unknown = sorted(set(request) - set(REQUEST))
+        if unknown:
+            raise InputError(f"unknown request key(s) {', '.join(unknown)}; a request takes {', '.join(REQUEST)}.")
+        nested = sorted(k for k, v in request.items() if isinstance(v, (list, dict)))
+        if nested:
+            raise InputError(f"request key(s) {', '.join(nested)} must each be a single value, not a list or object.")
+        for key in ("input", "output"):
+            if not isinstance(request.get(key), str) or not request[key]:
+                raise InputError(f'a request needs "{key}", a path.')
+        return {**REQUEST, **request}
+
+    def _load(self, method: methods.Method, weights: str | None) -> bool:
+        """Load ``method`` with ``weights`` unless it is the one loaded (same overlay, same weights file
+        unchanged); returns whether it was loaded now."""
+        path = Path(weights) if weights else method.weights_path
+        key = (method, str(path), path.stat().st_mtime_ns if path.is_file() else None)
+        if key == self.key:
+            return False
+        self.key, self.predictor = None, None  # the old one is freed before the new one is loaded
+        self.predictor = method.predictor(weights)
+        self.predictor.network.register_forward_pre_hook(self._started)
+        self.key = key
+        return True
+
+    def _started(self, module, args) -> None:
+        if self.network_started is None:
+            self.network_started = time.time()
+
+
+def serve(requests=sys.stdin) -> int:
+    """Answer ``requests`` until they end; 0, or 1 after a failure that was not the input's."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what libraries print goes to the log, not the replies
+    worker = Worker()
+    status = 0
+    for line in requests:
+        if not line.strip():
+            continue
+        try:
+            reply = worker.handle(line)
+        except InputError as e:
+            reply = {"error": printable(e)}
+        except Exception as e:  # a bug or a broken environment: said, and this worker ends
+            logging.exception("the request failed")
+            reply, status = {"error": f"the SR worker failed ({type(e).__name__}: {printable(e)})."}, 1
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+        if status:
+            break
+    return status
