@@ -2,7 +2,8 @@
 (methods as columns; the whole image, a zoom on the region that matters and the error there, all in one
 window) and ``report.html``, a self-contained page beside ``summary.md`` (no server, no network): the metrics
 table, each method against the baseline (bicubic) with intervals, a before/after viewer of the zoomed regions,
-the figures, the degradation, the weights and the command that made it."""
+the figures, the degradation, the weights and the command that made it; past ``FIGURES_PER_PAGE`` images the
+viewers go on further pages (``report_2.html``, ...)."""
 
 from __future__ import annotations
 
@@ -226,7 +227,11 @@ def _chart(label: str, values: dict[str, tuple[float, float, float]], baseline: 
     return "".join(parts)
 
 
-PAGE = """<!doctype html>
+#: image viewers on one report page: more go to ``report_2.html`` and on, linked from each page, so that a
+#: large evaluation's report opens as fast as a small one's
+FIGURES_PER_PAGE = 10
+
+HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>monai-sr evaluation</title>
 <style>
 body {{ font: 14px sans-serif; margin: 16px; color: #111; }}
@@ -241,7 +246,10 @@ code {{ background: #f4f4f4; padding: 1px 4px; word-break: break-all; }}
 .figure {{ display: block; margin: 8px 0; }}
 .chart text {{ font: 12px sans-serif; }}
 </style></head><body>
-<h1>monai-sr evaluation</h1>
+"""
+PAGE = (
+    HEAD
+    + """<h1>monai-sr evaluation</h1>
 <p>{images} images, x{scale}; LR made by {degradation}. Command: <code>{command}</code>; {date}.</p>
 <h2>Metrics (mean ± sd over images; click a column to sort)</h2>
 {table}
@@ -254,23 +262,33 @@ code {{ background: #f4f4f4; padding: 1px 4px; word-break: break-all; }}
 <p>Each viewer shows the zoomed region of one image, the method on the left of the split against the one on
 the right; the figures below it show every method: the whole image, the region enlarged and its absolute error
 (black 0 to white {vmax:g}), all in the HR image's window.</p>
-{viewers}
-<script>
-document.querySelectorAll("#metrics th").forEach((th, col) => th.addEventListener("click", () => {{
+{pages}{viewers}
+"""
+)
+#: a further page of image viewers (``report_<n>.html``)
+MORE = (
+    HEAD
+    + """<h1>monai-sr evaluation: images {first} to {last}</h1>
+<p>The metrics, charts and weights are on <a href="report.html">report.html</a>.</p>
+{pages}{viewers}
+"""
+)
+SCRIPT = """<script>
+document.querySelectorAll("#metrics th").forEach((th, col) => th.addEventListener("click", () => {
   const body = th.closest("table").tBodies[0], rows = [...body.rows];
   const up = th.dataset.order !== "up"; th.dataset.order = up ? "up" : "down";
   const key = r => col ? parseFloat(r.cells[col].dataset.value) : r.cells[0].textContent;
   rows.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (up ? 1 : -1));
   rows.forEach(r => body.appendChild(r));
-}}));
-document.querySelectorAll(".compare").forEach(c => {{
+}));
+document.querySelectorAll(".compare").forEach(c => {
   const view = c.querySelector(".viewer"), [left, right] = c.querySelectorAll("select");
   const [bottom, top] = view.querySelectorAll("img");
-  const show = () => {{ top.src = left.value; bottom.src = right.value; }};
+  const show = () => { top.src = left.value; bottom.src = right.value; };
   left.onchange = right.onchange = show;
   c.querySelector(".split").oninput = e => view.style.setProperty("--split", 100 - e.target.value + "%");
   c.querySelector(".zoom").oninput = e => view.style.setProperty("--zoom", e.target.value);
-}});
+});
 </script>
 </body></html>
 """
@@ -355,6 +373,21 @@ def write_report(
         for m, w in weights.items()
     )
     failed = "".join(f"<li>{html.escape(f)}</li>" for f in failures)
+    stems = list(figures)
+    chunks = [stems[i : i + FIGURES_PER_PAGE] for i in range(0, len(stems), FIGURES_PER_PAGE)] or [[]]
+    names = ["report.html", *(f"report_{n}.html" for n in range(2, len(chunks) + 1))]
+
+    def viewers(chunk: list[str]) -> str:
+        return "".join(_viewer(stem, *figures[stem]) for stem in chunk)
+
+    def pages(current: str) -> str:
+        if len(names) == 1:
+            return ""
+        links = (
+            f"<b>{i}</b>" if name == current else f'<a href="{name}">{i}</a>' for i, name in enumerate(names, start=1)
+        )
+        return f'<p class="pages">Image pages: {" ".join(links)}</p>\n'
+
     page = PAGE.format(
         images=len({r["image"] for r in rows}),
         scale=scale,
@@ -366,11 +399,23 @@ def write_report(
         charts=charts,
         weights=f"<table><tr><th>method</th><th>weights</th><th>sha256</th></tr>{weight_rows}</table>",
         vmax=DISPLAY_VMAX["abs"],
-        viewers="".join(_viewer(stem, crops, pages) for stem, (crops, pages) in figures.items())
-        or "<p>No figures (figures 0).</p>",
+        pages=pages(names[0]),
+        viewers=viewers(chunks[0]) or "<p>No figures (figures 0).</p>",
     )
-    target = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    texts = [page] + [
+        MORE.format(
+            first=1 + i * FIGURES_PER_PAGE,
+            last=i * FIGURES_PER_PAGE + len(chunk),
+            pages=pages(name),
+            viewers=viewers(chunk),
+        )  # fmt: skip
+        for i, (name, chunk) in enumerate(zip(names, chunks))
+        if i
+    ]
+    for old in out.glob("report_*.html"):  # a previous, longer report's pages
+        old.unlink()
+    for name, text in reversed(list(zip(names, texts))):  # report.html last: its links exist once it does
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text + SCRIPT, encoding="utf-8")
+        os.replace(tmp, out / name)
+    return out / "report.html"

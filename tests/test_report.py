@@ -91,6 +91,36 @@ def test_the_report_renders_in_chromium_with_every_image_and_a_working_viewer(tm
     assert seconds < 10
 
 
+def test_many_images_page_the_report_and_every_page_renders(tmp_path):
+    """25 figure images: report.html holds the first FIGURES_PER_PAGE viewers and links report_2.html and
+    report_3.html, which hold the rest; a shorter report written over it leaves no stale page behind."""
+    from monai_sr_bundle.report import FIGURES_PER_PAGE, write_report
+
+    (tmp_path / "c").mkdir()
+    for name, value in (("b", 60), ("s", 200), ("f", 120)):
+        Image.fromarray(np.full((64, 64), value, np.uint8)).save(tmp_path / "c" / f"{name}.png")
+    stems = [f"img{i:02d}" for i in range(25)]
+    rows = [{"image": s, "method": m, "psnr": 30.0 + i % 3 + (m == "srcnn")} for i, s in enumerate(stems)
+            for m in ("bicubic", "srcnn")]  # fmt: skip
+    summary = {m: {"psnr": (30.5, 0.8)} for m in ("bicubic", "srcnn")}
+    figures = {s: ({"bicubic": "c/b.png", "srcnn": "c/s.png"}, ["c/f.png"]) for s in stems}
+    report = write_report(tmp_path, rows, summary, figures, 4, "bicubic", {"bicubic": None, "srcnn": None})
+    pages = [report, tmp_path / "report_2.html", tmp_path / "report_3.html"]
+    assert sorted(tmp_path.glob("report*.html")) == sorted(pages)
+    with Browser() as browser:
+        for number, page in enumerate(pages, start=1):
+            browser.open(page.as_uri())
+            assert browser.errors == [], (page, browser.errors)
+            viewers = browser.evaluate("[...document.querySelectorAll('.compare h3')].map(h => h.textContent)")
+            assert viewers == stems[(number - 1) * FIGURES_PER_PAGE : number * FIGURES_PER_PAGE]
+            assert browser.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+            links = browser.evaluate("[...document.querySelectorAll('.pages a')].map(a => a.getAttribute('href'))")
+            assert links == [p.name for p in pages if p != page]
+        assert browser.evaluate("document.querySelectorAll('#metrics').length") == 0  # on report.html only
+    write_report(tmp_path, rows[:2], summary, dict(list(figures.items())[:1]), 4, "bicubic", {"bicubic": None})
+    assert sorted(tmp_path.glob("report*.html")) == [report] and "Image pages" not in report.read_text()
+
+
 @needs_data(DATA / "nih_cxr14")
 def test_several_samples_add_the_diffusion_methods_spread_and_lr_consistency_rows(tmp_path):
     """sr3 (5 steps) with 2 samples beside bicubic on a 128 px NIH crop: sr3 is scored on the mean, and the
