@@ -1,8 +1,10 @@
 """Quality benchmark: every method with weights, against the interpolation baseline, on the NIH ChestX-ray14
 test split at x4.
 
-Writes docs/results.md (mean ± sd table with the command that made it) and docs/figures/comparison*.png.
-Run: .venv/bin/python benchmarks/quality.py [--limit N]
+Writes docs/results.md (mean ± sd table with the command that made it) and docs/figures/comparison*.png;
+``--figure-only`` remakes just the figure (one image: minutes, not the whole split's hours) and its block of
+docs/results.md, the table left as its last full run wrote it.
+Run: .venv/bin/python benchmarks/quality.py [--limit N | --figure-only]
 """
 
 from __future__ import annotations
@@ -19,12 +21,35 @@ from monai_sr_bundle.evaluation import evaluate, format_table
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURE_IMAGE = "00000344_003.png"  # a test image with an effusion box: the zoom row shows the boxed region
+#: where the figure's block of docs/results.md starts (``--figure-only`` replaces it)
+FIGURE_MARK = "<!-- figure: "
+
+
+def figure_block(work: Path, predictors: dict, command: str) -> str:
+    """Copy the pages of FIGURE_IMAGE's figure from ``work`` to docs/figures/comparison*.png; their Markdown."""
+    (REPO / "docs" / "figures").mkdir(parents=True, exist_ok=True)
+    for stale in (REPO / "docs" / "figures").glob("comparison_*.png"):
+        stale.unlink()
+    pages = sorted(work.glob(f"figure_{Path(FIGURE_IMAGE).stem}*.png"))  # page 1, _2, ...
+    figures = []
+    for number, page in enumerate(pages, start=1):
+        figures.append(f"comparison{'' if number == 1 else f'_{number}'}.png")
+        shutil.copyfile(page, REPO / "docs" / "figures" / figures[-1])
+    return f"""{FIGURE_MARK}made by `.venv/bin/{command}` -->
+{chr(10).join(f"![LR | methods | HR: whole image, zoom, error](figures/{f})" for f in figures)}
+
+{FIGURE_IMAGE}: LR (nearest), then each method ({", ".join(predictors)}), then HR, at most 7 columns a page
+(`docs/figures/comparison*.png`); rows: the whole image with the abnormality box outlined, the box enlarged, and
+the absolute error there (black 0, white >= 0.1, one scale for every method), every panel in the HR image's window.
+Made by `.venv/bin/{command}`.
+"""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 116)")
     parser.add_argument("--work", default=str(REPO / "out" / "benchmark_quality"), help="scratch folder")
+    parser.add_argument("--figure-only", action="store_true", help=f"only the figure of {FIGURE_IMAGE}")
     args = parser.parse_args()
 
     datalist = nih_datalist("test", limit=args.limit)
@@ -34,6 +59,14 @@ def main() -> int:
     usable = [methods.get(m, 4) for m in methods.names()]
     usable = [m for m in usable if not m.trainable or m.weights_available]
     predictors = {m.name: m.predictor() for m in usable}
+    if args.figure_only:
+        work = Path(args.work) / "figure"
+        evaluate(first, predictors, work, figures=1, lpips=False)
+        results = REPO / "docs" / "results.md"
+        text = results.read_text()
+        block = figure_block(work, predictors, "python benchmarks/quality.py --figure-only")
+        results.write_text(text[: text.index(FIGURE_MARK)] + block)
+        return 0
     start = time.perf_counter()
     summary = evaluate(datalist, predictors, args.work, figures=1)
     minutes = (time.perf_counter() - start) / 60
@@ -46,12 +79,6 @@ def main() -> int:
             continue
         gain = psnr[m.name] - psnr[baseline]
         bars.append(f"- {m.name} - {baseline}: PSNR {gain:+.2f} dB, SSIM {ssim[m.name]:.4f} vs {ssim[baseline]:.4f}")
-    (REPO / "docs" / "figures").mkdir(parents=True, exist_ok=True)
-    pages = sorted(Path(args.work).glob(f"figure_{Path(datalist[0]['label']).stem}*.png"))  # page 1, _2, ...
-    figures = []
-    for number, page in enumerate(pages, start=1):
-        figures.append(f"comparison{'' if number == 1 else f'_{number}'}.png")
-        shutil.copyfile(page, REPO / "docs" / "figures" / figures[-1])
     n = len(datalist)
     command = "python benchmarks/quality.py" + (f" --limit {args.limit}" if args.limit else "")
     doc = f"""# Results: x4 super-resolution of chest X-rays
@@ -70,12 +97,7 @@ Produced by (from the repository root, {minutes:.0f} min on a 2-core CPU):
 Gains over the baseline:
 {chr(10).join(bars)}
 
-{chr(10).join(f"![LR | methods | HR: whole image, zoom, error](figures/{f})" for f in figures)}
-
-{FIGURE_IMAGE}: LR (nearest), then each method ({", ".join(predictors)}), then HR, at most 7 columns a page
-(`docs/figures/comparison*.png`); rows: the whole image with the abnormality box outlined, the box enlarged, and
-the absolute error there (black 0, white >= 0.1, one scale for every method), every panel in the HR image's window.
-"""
+{figure_block(Path(args.work), predictors, command)}"""
     (REPO / "docs" / "results.md").write_text(doc)
     print(table)
     print("\n".join(bars))
