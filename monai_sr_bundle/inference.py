@@ -375,6 +375,10 @@ def run_inference(
     predictor.inferer(**sampling)  # bad sampling options: refused before any file is read
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"workers must be a whole number of processes, at least 1, got {workers!r}.")
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    for path in [output_dir, *paths]:  # a datalist file, a service's request: the OS would raise ValueError
+        if "\0" in str(path):
+            raise InputError(f"{printable(path)}: a path cannot contain a NUL character.")
     check_output_dir(output_dir)
     maps = MAPS if samples > 1 else ()
     jobs = input_jobs(inputs, output_dir, recursive) + (datalist_jobs(datalist, output_dir) if datalist else [])
@@ -459,6 +463,8 @@ def datalist_jobs(datalist: str | os.PathLike, output_dir: str | os.PathLike) ->
             if isinstance(value, str):
                 paths.append(str(base / value))
     paths = list(dict.fromkeys(os.path.normpath(p) for p in paths))
+    if any("\0" in p for p in paths):
+        raise InputError(f"{datalist}: a path in it contains a NUL character.")
     if not paths:
         raise InputError(f"{datalist}: no item with a 'label' or 'image' path in its lists; give a datalist of images.")
     root = Path(os.path.commonpath([os.path.dirname(p) for p in paths]))

@@ -490,7 +490,7 @@ def declared_traits(target: str) -> dict | None:
 
 def _declared(module: str, node: ast.ClassDef) -> dict | None:
     own = {
-        stmt.targets[0].id: stmt.value.value
+        stmt.targets[0].id: bool(stmt.value.value)
         for stmt in node.body
         if isinstance(stmt, ast.Assign)
         and len(stmt.targets) == 1

@@ -87,6 +87,8 @@ class Worker:
         for key in ("input", "output"):
             if not isinstance(request.get(key), str) or not request[key]:
                 raise InputError(f'a request needs "{key}", a path.')
+        if not isinstance(request.get("weights", ""), (str, type(None))):
+            raise InputError(f'"weights" must be a path or null, got {request["weights"]!r}.')
         return {**REQUEST, **request}
 
     def _load(self, method: methods.Method, weights: str | None) -> bool:

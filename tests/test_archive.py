@@ -169,4 +169,7 @@ def test_no_inputs_or_an_empty_datalist_is_one_sentence(tmp_path, capsys):
     (tmp_path / "list.json").write_text('{"training": [{"boxes": []}]}')
     assert main(["sr", "--datalist", str(tmp_path / "list.json"), "-o", str(tmp_path / "out"), "-m", "bicubic"]) == 2
     assert "no item with a 'label' or 'image' path" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text('{"training": [{"image": "a\\u0000.png"}]}')
+    assert main(["sr", "--datalist", str(tmp_path / "list.json"), "-o", str(tmp_path / "out"), "-m", "bicubic"]) == 2
+    assert "a path in it contains a NUL character" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

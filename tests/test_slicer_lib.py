@@ -235,6 +235,8 @@ def test_the_worker_answers_every_hostile_request_line_and_ends_with_its_input(t
         json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "method": "bicubic", "steps": 2}),
         json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "scale": "4; rm -rf /"}),
         json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "modality": ["cxr"]}),
+        json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "weights": 5}),
+        json.dumps({"input": "in\u0000.png", "output": str(tmp_path), "method": "bicubic"}),
     ]
     done = subprocess.run(
         [sys.executable, "-m", "monai_sr_bundle.cli", "worker"],
@@ -250,7 +252,8 @@ def test_the_worker_answers_every_hostile_request_line_and_ends_with_its_input(t
     assert "unknown request key(s) shell" in messages[2] and 'needs "input"' in messages[3]
     assert "unknown method 'no_such'" in messages[4] and "is deterministic and has no sampler" in messages[5]
     assert "scale must be a positive whole number, got '4; rm -rf /'" in messages[6]
-    assert "modality must each be a single value" in messages[7]
+    assert "modality must each be a single value" in messages[7] and '"weights" must be a path' in messages[8]
+    assert "a path cannot contain a NUL character" in messages[9]
     assert list(tmp_path.iterdir()) == []
 
 
