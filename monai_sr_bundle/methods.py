@@ -268,6 +268,11 @@ class Method:
     def _probe(self) -> nn.Module:
         return self.network()
 
+    @property
+    def network_class(self) -> type:
+        """The network's class (``inference_trt.json`` asks a sampler's for its ``export_parts``)."""
+        return type(self._probe)
+
     @cached_property
     def _traits(self) -> dict:
         """family, trainable, stochastic and exportable: declared in the network's source when it is this
