@@ -234,22 +234,20 @@ FIGURES_PER_PAGE = 10
 HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>monai-sr evaluation</title>
 <style>
-body {{ font: 14px sans-serif; margin: 16px; color: #111; }}
-table {{ border-collapse: collapse; margin: 8px 0; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th {{ cursor: pointer; background: #f2f2f2; }}
-td:first-child, th:first-child {{ text-align: left; }}
-code {{ background: #f4f4f4; padding: 1px 4px; word-break: break-all; }}
-.viewer {{ position: relative; display: inline-block; line-height: 0; }}
-.viewer img {{ image-rendering: pixelated; width: calc(var(--zoom) * 256px); }}
-.viewer img.top {{ position: absolute; left: 0; top: 0; clip-path: inset(0 var(--split) 0 0); }}
-.figure {{ display: block; margin: 8px 0; }}
-.chart text {{ font: 12px sans-serif; }}
+body { font: 14px sans-serif; margin: 16px; color: #111; }
+table { border-collapse: collapse; margin: 8px 0; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { cursor: pointer; background: #f2f2f2; }
+td:first-child, th:first-child { text-align: left; }
+code { background: #f4f4f4; padding: 1px 4px; word-break: break-all; }
+.viewer { position: relative; display: inline-block; line-height: 0; }
+.viewer img { image-rendering: pixelated; width: calc(var(--zoom) * 256px); }
+.viewer img.top { position: absolute; left: 0; top: 0; clip-path: inset(0 var(--split) 0 0); }
+.figure { display: block; margin: 8px 0; }
+.chart text { font: 12px sans-serif; }
 </style></head><body>
 """
-PAGE = (
-    HEAD
-    + """<h1>monai-sr evaluation</h1>
+PAGE = """<h1>monai-sr evaluation</h1>
 <p>{images} images, x{scale}; LR made by {degradation}. Command: <code>{command}</code>; {date}.</p>
 <h2>Metrics (mean ± sd over images; click a column to sort)</h2>
 {table}
@@ -264,15 +262,11 @@ the right; the figures below it show every method: the whole image, the region e
 (black 0 to white {vmax:g}), all in the HR image's window.</p>
 {pages}{viewers}
 """
-)
 #: a further page of image viewers (``report_<n>.html``)
-MORE = (
-    HEAD
-    + """<h1>monai-sr evaluation: images {first} to {last}</h1>
+MORE = """<h1>monai-sr evaluation: images {first} to {last}</h1>
 <p>The metrics, charts and weights are on <a href="report.html">report.html</a>.</p>
 {pages}{viewers}
 """
-)
 SCRIPT = """<script>
 document.querySelectorAll("#metrics th").forEach((th, col) => th.addEventListener("click", () => {
   const body = th.closest("table").tBodies[0], rows = [...body.rows];
@@ -416,6 +410,6 @@ def write_report(
         old.unlink()
     for name, text in reversed(list(zip(names, texts))):  # report.html last: its links exist once it does
         tmp = out / f".{name}.tmp"
-        tmp.write_text(text + SCRIPT, encoding="utf-8")
+        tmp.write_text(HEAD + text + SCRIPT, encoding="utf-8")
         os.replace(tmp, out / name)
     return out / "report.html"
