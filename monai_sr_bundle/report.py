@@ -402,7 +402,7 @@ def write_report(
             last=i * FIGURES_PER_PAGE + len(chunk),
             pages=pages(name),
             viewers=viewers(chunk),
-        )  # fmt: skip
+        )
         for i, (name, chunk) in enumerate(zip(names, chunks))
         if i
     ]

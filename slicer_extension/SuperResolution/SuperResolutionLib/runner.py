@@ -113,7 +113,7 @@ class Worker:
         ended = b"\n" not in self._pending and not self._read(0)
         return ended or b"\n" in self._pending
 
-    def reply(self, timeout: float | None = None) -> dict:
+    def reply(self, timeout: float | None = None) -> dict | None:
         """The reply to the request sent; :class:`RunError` if the process ended first, None after ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self._pending:
