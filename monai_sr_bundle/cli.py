@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,8 +46,15 @@ def _sr(args: argparse.Namespace) -> int:
         )
     if not args.inputs and not args.datalist:
         raise InputError("give input images, folders or --datalist FILE to super-resolve.")
-    method = methods.get(args.method or methods.default_name(), args.scale, args.modality)
-    method.check_sampling(sampler=args.sampler, steps=args.steps, seed=args.seed, samples=args.samples)
+    method = methods.for_request(
+        args.method,
+        args.scale,
+        args.modality,
+        sampler=args.sampler,
+        steps=args.steps,
+        seed=args.seed,
+        samples=args.samples,
+    )
     torchrun = distributed.launched_processes() > 1  # each process takes every N-th input
     if torchrun:
         distributed.setup()
@@ -135,7 +143,10 @@ def _methods(args: argparse.Namespace) -> None:
 def _worker(args: argparse.Namespace) -> int:
     from monai_sr_bundle.worker import serve
 
-    return serve()
+    status = serve()
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(status)  # not the interpreter's teardown of torch, seconds long: Slicer waits for this exit
 
 
 def _ct_slices(args: argparse.Namespace) -> None:

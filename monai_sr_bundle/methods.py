@@ -96,6 +96,14 @@ def default_name() -> str:
     return marked[0]
 
 
+def for_request(name: str | None, scale: int = 4, modality: str = "cxr", **sampling) -> Method:
+    """The method a run asks for (the default one when it names none), its sampling options checked before any
+    weights load: what the CLI's ``sr`` and Slicer's worker both start with."""
+    method = get(name or default_name(), scale, modality)
+    method.check_sampling(**sampling)
+    return method
+
+
 def trainable_names() -> list[str]:
     return [name for name in names() if get(name).trainable]
 

@@ -26,20 +26,8 @@ from pathlib import Path
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError, printable
 
-#: the request's keys and the value each takes when it is left out
-REQUEST = {
-    "input": None,
-    "output": None,
-    "method": None,
-    "scale": 4,
-    "modality": "cxr",
-    "weights": None,
-    "sampler": None,
-    "steps": None,
-    "seed": None,
-    "samples": None,
-}
-SAMPLING = ("sampler", "steps", "seed")
+#: what a request may say: where, and the options of ``monai-sr sr`` (left out: their defaults there)
+REQUEST = ("input", "output", "method", "scale", "modality", "weights", *methods.SAMPLING_OPTIONS)
 
 
 class Worker:
@@ -53,9 +41,9 @@ class Worker:
     def handle(self, line: str) -> dict:
         """The reply to one request line."""
         request = self._parsed(line)
-        method = methods.get(request["method"] or methods.default_name(), request["scale"], request["modality"])
-        method.check_sampling(**{k: request[k] for k in (*SAMPLING, "samples")})
-        loaded = self._load(method, request["weights"])
+        options = {k: v for k, v in request.items() if k in ("scale", "modality", *methods.SAMPLING_OPTIONS)}
+        method = methods.for_request(request.get("method"), **options)
+        loaded = self._load(method, request.get("weights"))
         from monai_sr_bundle.inference import run_inference
 
         self.network_started = None
@@ -65,8 +53,7 @@ class Worker:
             request["output"],
             allow_volume=True,
             progress=False,
-            samples=request["samples"],
-            **{k: request[k] for k in SAMPLING},
+            **{k: v for k, v in options.items() if k in methods.SAMPLING_OPTIONS},
         )
         return {"written": written, "loaded": loaded, "network_started": self.network_started}
 
@@ -89,7 +76,7 @@ class Worker:
                 raise InputError(f'a request needs "{key}", a path.')
         if not isinstance(request.get("weights", ""), (str, type(None))):
             raise InputError(f'"weights" must be a path or null, got {request["weights"]!r}.')
-        return {**REQUEST, **request}
+        return request
 
     def _load(self, method: methods.Method, weights: str | None) -> bool:
         """Load ``method`` with ``weights`` unless it is the one loaded (same overlay, same weights file
