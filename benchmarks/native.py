@@ -178,14 +178,14 @@ def run_scale(scale: int, wanted: list[str], sources: dict[str, list[Path]], arg
     return "\n".join(sections)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", default="2,4", help="SR factors; methods without weights there are left out")
     parser.add_argument("--crop", type=int, default=128, help="LR crop edge in px, centred on the right mid lung")
     parser.add_argument("--limit", type=int, default=None, help="first N images of each source (default: all)")
     parser.add_argument("--sampled-images", type=int, default=2, help="images per source for sampled methods")
     parser.add_argument("--samples", type=int, default=3, help="draws per image of a sampled method")
-    return cli(parser, run)
+    return cli(parser, run, argv)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -118,14 +118,14 @@ def main() -> int:
     return cli(parser, run)
 
 
-def cli(parser: argparse.ArgumentParser, run) -> int:
+def cli(parser: argparse.ArgumentParser, run, argv: list[str] | None = None) -> int:
     """Parse with the options every held-out benchmark takes (``--methods``, ``--external``) and ``run``; bad
     input is one sentence and exit status 2."""
     parser.add_argument("--methods", default=None, help="comma-separated methods (default: all with weights)")
     parser.add_argument("--external", default=str(shared_data_dir() / "external_cxr_mhh" / "images"),
                         help="the external site's images (evaluation only)")  # fmt: skip
     try:
-        return run(parser.parse_args())
+        return run(parser.parse_args(argv))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

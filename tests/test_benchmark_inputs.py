@@ -67,13 +67,14 @@ def test_robustness_refuses_an_external_folder_without_images_and_writes_nothing
         (["--methods", "bicubic,nosuch"], "unknown method 'nosuch'"),
     ],
 )
-def test_native_refuses_bad_input_in_one_sentence_and_writes_nothing(tmp_path, args, said):
+def test_native_refuses_bad_input_in_one_sentence_and_writes_nothing(tmp_path, capsys, args, said):
+    """In this process, through the script's ``main`` (the script's own run is robustness.py's test above)."""
     doc = REPO / "docs" / "results_native.md"
     before = doc.read_bytes() if doc.exists() else None
     (tmp_path / "empty").mkdir()
     external = str(DATA / "external_cxr_mhh" / "images")
     args = [a.format(empty=tmp_path / "empty") for a in args]
-    done = _script("native.py", *(["--external", external] if "--external" not in args else []), *args)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().count("\n") == 0 and said in done.stderr
+    assert native.main([*(["--external", external] if "--external" not in args else []), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and said in err, err
     assert (doc.read_bytes() if doc.exists() else None) == before
