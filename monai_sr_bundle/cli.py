@@ -145,6 +145,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     status = serve()
     logging.shutdown()
+    sys.stdout.flush()  # the log (the worker's stdout is its stderr), as is stderr
     sys.stderr.flush()
     os._exit(status)  # not the interpreter's teardown of torch, seconds long: Slicer waits for this exit
 
