@@ -6,8 +6,10 @@ then the methods with x2 weights at x2. PSNR, SSIM, LPIPS, the PSNR gain over th
 images with a bootstrap 68% interval, and a figure per condition with a zoomed crop.
 
 Sampled (diffusion) methods run on the first ``--sampled-images`` images of each condition (CPU time); their
-gain is over the baseline on those same images. Writes docs/results_robustness.md and
-docs/figures/robustness_<condition>.png.
+gain is over the baseline on those same images. Then the rule that picks the default method: each
+deterministic method's network time for a 512 px radiograph (2048 px out, in this process), and among those
+within :data:`SPEED_BAR` seconds, the best mean gain over the NIH and external x4 conditions. Writes
+docs/results_robustness.md and docs/figures/robustness_<condition>.png.
 Run: .venv/bin/python benchmarks/robustness.py [--limit N] [--sampled-images 8] [--methods a,b]
 """
 
@@ -32,6 +34,10 @@ from monai_sr_bundle.metrics import bootstrap_interval
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = {"psnr": ("PSNR (dB) ↑", 2), "ssim": ("SSIM ↑", 4), "lpips": ("LPIPS ↓", 4)}
+#: the default method's largest network time (s) for a 512 px radiograph to 2048 px on 2 CPU cores (issue 53)
+SPEED_BAR = 4.5
+#: the conditions the default rule averages: x4 at the NIH size and at the external site
+RULE_IMAGES = ("nih_512", "external")
 
 
 @dataclass(frozen=True)
@@ -109,12 +115,59 @@ def table(rows: list[dict], order: list[str], baseline: str) -> str:
     return "\n".join(lines)
 
 
+def mean_gain(rows: list[dict], name: str, baseline: str) -> float | None:
+    """Mean per-image PSNR gain of ``name`` over ``baseline`` on the images both have, or None."""
+    mine = {r["image"]: float(r["psnr"]) for r in rows if r["method"] == name}
+    base = {r["image"]: float(r["psnr"]) for r in rows if r["method"] == baseline and r["image"] in mine}
+    return float(np.mean([mine[i] - base[i] for i in base])) if base else None
+
+
+def network_seconds(method: methods.Method, image: Path, repeats: int = 3) -> float:
+    """Median time (s) of the loaded method's SR of ``image`` (tiles and all, reading and writing left out),
+    after one warm-up call."""
+    import torch
+
+    from monai_sr_bundle.data.readers import read_image
+
+    predictor = method.predictor()
+    img = read_image(str(image), predictor.intensity)
+    times = []
+    with torch.inference_mode():
+        predictor(img)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predictor(img)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def default_rule(gains: dict[str, dict[str, float]], seconds: dict[str, float]) -> tuple[str, str | None]:
+    """The rule's table (method, network time, within the bar, mean gain over the x4 NIH and external
+    conditions, one column per condition) and the method it picks: the best mean gain among those within
+    :data:`SPEED_BAR`. A method without a gain on every condition is not ranked."""
+    conditions = sorted({c for g in gains.values() for c in g})
+    head = ["method", "network s (512 px)", f"≤ {SPEED_BAR:g} s", "mean ΔPSNR", *conditions]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ranked = {}
+    means = {n: float(np.mean(list(g.values()))) for n, g in gains.items() if len(g) == len(conditions)}
+    for name in sorted(seconds, key=lambda n: -means.get(n, -np.inf)):
+        mine, fast = gains.get(name, {}), seconds[name] <= SPEED_BAR
+        if name in means and fast:
+            ranked[name] = means[name]
+        cells = [name, f"{seconds[name]:.2f}", "yes" if fast else "no"]
+        cells.append(f"{means[name]:+.2f}" if name in means else "n/a")
+        cells += [f"{mine[c]:+.2f}" if c in mine else "" for c in conditions]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), (max(ranked, key=ranked.get) if ranked else None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N images of each condition (default: all)")
     parser.add_argument("--sampled-images", type=int, default=8, help="images per condition for sampled methods")
     parser.add_argument("--conditions", default=None, help="comma-separated conditions (default: all)")
     parser.add_argument("--work", default=str(REPO / "out" / "benchmark_robustness"), help="scratch folder")
+    parser.add_argument("--no-timing", action="store_true", help="leave out the network times and the default rule")
     return cli(parser, run)
 
 
@@ -140,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     conditions = [c for c in CONDITIONS if not args.conditions or c.name in args.conditions.split(",")]
     start = time.perf_counter()
     sections = []
+    gains: dict[str, dict[str, float]] = {}
     for c in conditions:
         usable = [methods.get(m, c.scale) for m in wanted if m != baseline]
         usable = [m for m in usable if m.weights_available]
@@ -162,10 +216,28 @@ def run(args: argparse.Namespace) -> int:
         if fast:
             figure.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(next(folder.glob("figure_*.png")), figure)
+        if c.scale == 4 and c.images in RULE_IMAGES:
+            for name in fast:
+                gains.setdefault(name, {})[c.name] = mean_gain(rows, name, baseline)
         text = table(rows, [baseline, *fast, *sampled], baseline)
         print(f"\n{c.name}: {c.what}\n{text}", flush=True)
         picture = f"\n\n![{c.name}](figures/{figure.name})" if fast else ""
         sections.append(f"## {c.name}: {c.what}\n\n{text}{picture}\n")
+    if not args.no_timing and gains:
+        image = Path(nih_datalist("test")[0]["label"])
+        seconds = {name: network_seconds(methods.get(name, 4), image) for name in gains}
+        rule, chosen = default_rule(gains, seconds)
+        marked = methods.default_name()
+        verdict = f"The rule picks **{chosen}**; the overlay marked default is **{marked}**" + (
+            " (the same)." if chosen == marked else ": they differ, change the overlays' `default`."
+        )
+        print(f"\ndefault rule\n{rule}\n{verdict}", flush=True)
+        sections.append(
+            f"## The default method, by rule\n\nAmong the deterministic methods whose network takes at most "
+            f"{SPEED_BAR:g} s for a 512 px radiograph (2048 px out; this process, the first NIH test image, median "
+            f"of 3 after a warm-up), the best mean PSNR gain over the x4 conditions at 512 px: NIH and the "
+            f"external site, clean and degraded.\n\n{rule}\n\n{verdict}\n"
+        )
     minutes = (time.perf_counter() - start) / 60
     options = " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("work", "external")

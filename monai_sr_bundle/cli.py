@@ -60,7 +60,9 @@ def _sr(args: argparse.Namespace) -> int:
         distributed.setup()
     device = distributed.local_device() if torchrun and args.device == "cuda" else args.device  # a GPU per process
     try:
-        predictor = method.predictor(args.weights, device, args.winograd, args.tile_size, args.precision, args.compile)
+        predictor = method.predictor(
+            args.weights, device, args.winograd, args.tile_size, args.precision, args.compile, args.noise_level
+        )
         written = run_inference(
             args.inputs,
             predictor,
@@ -210,7 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dicom", "nifti", "nrrd", "mha", "png"],
         help="default: the input's family (a DICOM input gives a derived DICOM series of its study)",
     )
-    sr.add_argument("--tile-size", type=int, default=256, help="LR tile edge for bounded memory (default 256)")
+    sr.add_argument(
+        "--tile-size", type=int, help="LR tile edge for bounded memory (default: the method's, 256 for most)"
+    )
+    sr.add_argument(
+        "--noise-level",
+        help="degradation-aware methods: the input's noise in grey levels of 255, 0 (clean: keep every detail) to "
+        "50 (smooth hard); default 'auto', estimated from each image",
+    )
     sr.add_argument(
         "--winograd", action="store_true", help="CPU speed-up of 3x3 convolution stacks (Winograd; compiles first)"
     )
@@ -317,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     blend.add_argument("--modality", default="cxr", help="weights family of both (default cxr)")
     blend.set_defaults(func=_interpolate)
 
+    pre = sub.add_parser(
+        "pretrained", help="convert published SR weights (Real-ESRGAN compact: ncnn .param/.bin or BasicSR .pth)"
+    )
+    pre.add_argument("source", help="the ncnn .param file (its .bin beside it) or the .pth file")
+    pre.add_argument("bin", nargs="?", help="the ncnn .bin file, when not beside the .param")
+    pre.add_argument("-m", "--method", required=True, help="the method whose network takes them, e.g. realesrgan")
+    pre.add_argument("-o", "--output", required=True, help="the weights file to write (weights.json beside it)")
+    pre.set_defaults(func=_pretrained)
+
     export = sub.add_parser("export-zoo", help="a method as a self-contained MONAI model-zoo bundle folder")
     export.add_argument("-m", "--method", required=True, help="a method with shipped weights")
     export.add_argument("-o", "--out", required=True, help="folder that receives the bundle folder")
@@ -327,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--check", metavar="ZOO_CI", help="then run the model zoo's CI from this folder on it")
     export.set_defaults(func=_export_zoo)
     return parser
+
+
+def _pretrained(args: argparse.Namespace) -> None:
+    from monai_sr_bundle.pretrained import convert
+
+    digest = convert(args.source, args.method, args.output, args.bin)
+    print(f"wrote {args.output} (sha256 {digest}); its source and licence are in weights.json beside it")
 
 
 def _export_zoo(args: argparse.Namespace) -> None:

@@ -211,13 +211,17 @@ class Predictor:
             TensorRT or running its parts on ONNX Runtime).
         weights: the file ``network`` was loaded from (None: the shipped weights; none for interpolation).
         device: where images go.
-        tile_size: LR tile edge; memory grows with its square.
+        tile_size: LR tile edge; memory grows with its square (None: the method's,
+            :attr:`~monai_sr_bundle.methods.Method.tile_size`).
         intensity: the reader's map to [0, 1] (default: the one recorded with the weights, else the
             modality's, :meth:`~monai_sr_bundle.methods.Method.intensity_of`).
         sampler, steps, seed: a stochastic method's defaults (refused for a deterministic one).
         precision: ``fp32``, or ``bf16`` / ``fp16`` to run the network under autocast in that type (faster on
             GPUs with tensor cores; fp16 only on a GPU); images and results stay float32.
         compile: ``torch.compile`` the network (:meth:`compile`); the first call of each tile shape compiles.
+        noise_level: a degradation-aware method's default noise level (grey levels of 255; None or ``"auto"``:
+            estimated from each whole image, :func:`~monai_sr_bundle.transforms.noise.estimate_noise_level`),
+            which each call may change; refused for other methods.
     """
 
     def __init__(
@@ -226,16 +230,19 @@ class Predictor:
         network: nn.Module,
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
-        tile_size: int = 256,
+        tile_size: int | None = None,
         intensity: str | Sequence[float] | None = None,
         sampler: str | None = None,
         steps: int | None = None,
         seed: int | None = None,
         precision: str = "fp32",
         compile: bool = False,
+        noise_level: float | str | None = None,
     ) -> None:
         check_precision(precision, device)
-        self.method, self.network, self.device, self.tile_size = method, network, device, int(tile_size)
+        self.method, self.network, self.device = method, network, device
+        self.tile_size = method.tile_size if tile_size is None else int(tile_size)
+        self.noise_level = method.check_noise_level(noise_level)
         self.precision, self.compiled = precision, bool(compile)
         if compile:
             self.compile()
@@ -283,11 +290,36 @@ class Predictor:
             options["progress"] = True
         return self.method.inferer(self.tile_size, seed=seed, **options)
 
-    def __call__(self, image: MetaTensor, progress: bool = False, **sampling) -> MetaTensor:
-        """SR of one loaded image (C, X, Y[, Z]) -> MetaTensor with geometry and intensity map carried over."""
+    def noise_level_of(self, image: torch.Tensor, noise_level: float | str | None = None) -> float | None:
+        """The noise level a degradation-aware network gets for a loaded image (C, X, Y[, Z]): ``noise_level``,
+        else the predictor's default, else estimated on the whole image (the mean over a volume's slices), so
+        every tile gets the same; None for other methods."""
+        given = self.method.check_noise_level(noise_level)
+        if not self.method.noise_aware:
+            return None
+        level = self.noise_level if given is None else given
+        if level is None:
+            from monai_sr_bundle.transforms.noise import estimate_noise_level
+
+            x = torch.as_tensor(image, dtype=torch.float32)
+            x = x[None] if x.ndim == 3 else x.permute(3, 0, 1, 2)
+            level = float(estimate_noise_level(x).mean())
+        return level
+
+    def __call__(
+        self, image: MetaTensor, progress: bool = False, noise_level: float | str | None = None, **sampling
+    ) -> MetaTensor:
+        """SR of one loaded image (C, X, Y[, Z]) -> MetaTensor with geometry and intensity map carried over; a
+        degradation-aware method's noise level used is in its ``meta["noise_level"]``."""
+        level = self.noise_level_of(image, noise_level)
         inferer = self.inferer(progress, **sampling)
+        if level is not None:
+            inferer.network_kwargs["noise_level"] = level
         with torch.inference_mode(), self.autocast():
-            return inferer(image[None].to(self.device), self.network)[0].float().cpu()
+            out = inferer(image[None].to(self.device), self.network)[0].float().cpu()
+        if level is not None and isinstance(out, MetaTensor):
+            out.meta["noise_level"] = round(level, 3)
+        return out
 
     def compile(self) -> None:
         """``torch.compile`` the part that runs most, in place (the weights' keys stay): a sampler's denoiser,
@@ -342,6 +374,7 @@ def run_inference(
     skip_existing: bool = False,
     workers: int = 1,
     datalist: str | os.PathLike | None = None,
+    noise_level: float | str | None = None,
     **sampling,
 ) -> list[str]:
     """Super-resolve every input and write each result to ``output_dir`` in its input's format family, or in
@@ -354,7 +387,7 @@ def run_inference(
 
     Images are read with the predictor's intensity map, the one its weights were trained with: ``"minmax"``
     or a (lo, hi) window in modality units, e.g. HU for a CT model. ``sampling`` (``sampler``, ``steps``,
-    ``seed``) changes the predictor's defaults for this run.
+    ``seed``) and ``noise_level`` (a degradation-aware method's) change the predictor's defaults for this run.
 
     An archive: ``recursive`` walks folder inputs and writes each image under the same subfolder of
     ``output_dir``, as a ``datalist`` file's images are written under their paths relative to the folder
@@ -373,6 +406,7 @@ def run_inference(
     predictor.method.check_sampling(samples=samples)
     samples = samples or 1
     predictor.inferer(**sampling)  # bad sampling options: refused before any file is read
+    predictor.method.check_noise_level(noise_level)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"workers must be a whole number of processes, at least 1, got {workers!r}.")
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
@@ -397,7 +431,13 @@ def run_inference(
             _remove_interrupted_writes({job: targets[job] for job in jobs})
         if distributed.is_main_process():
             logger.info(f"{total - len(jobs)} of {total} inputs skipped: their outputs are complete")
-    task = {"allow_volume": allow_volume, "samples": samples, "output_format": output_format, "sampling": sampling}
+    task = {
+        "allow_volume": allow_volume,
+        "samples": samples,
+        "output_format": output_format,
+        "sampling": sampling,
+        "noise_level": noise_level,
+    }
     mine = distributed.shard(jobs)
     results = dict(_run_jobs(mine, predictor, task, workers, progress and distributed.is_main_process()))
     written = [path for job in mine if results.get(job) and results[job][0] for path in results[job][0]]
@@ -510,7 +550,8 @@ def super_resolve_file(src: str, folder: Path, predictor: Predictor, task: dict,
     targets = output_paths(src, family, folder, output_format, MAPS if samples > 1 else ())
     fmt, method = output_format_for(family, output_format), predictor.method.name
     if samples == 1:
-        return [str(write_image(predictor(img, progress, **sampling), targets["sr"], fmt, method=method))]
+        sr = predictor(img, progress, noise_level=task.get("noise_level"), **sampling)
+        return [str(write_image(sr, targets["sr"], fmt, method=method))]
     maps = predictor.maps(img, samples, progress, **sampling)
     written = [str(write_image(maps.pop("sr"), targets.pop("sr"), fmt, method=method))]
     return written + [str(write_image(maps[key], target, method=method)) for key, target in targets.items()]

@@ -55,6 +55,8 @@ SAMPLING_OPTIONS = ("sampler", "steps", "seed", "samples")
 MAX_SAMPLES = 64
 #: the largest seed a sampler takes (torch's generators hold 64 bits)
 MAX_SEED = 2**63 - 1
+#: the LR tile edge when neither the caller nor the network names one (memory grows with its square)
+DEFAULT_TILE_SIZE = 256
 #: the weights families (``models/<method>_<modality>_x<scale>.pt``) and how each reads an image into [0, 1]
 #: unless its weights record another map: chest radiographs min-max, chest CT the HU window of the lungs and
 #: mediastinum (HU outside it clip). Declared here only: training records it with the weights, and inference,
@@ -313,6 +315,19 @@ class Method:
         return int(getattr(self._probe, "halo", 32))
 
     @property
+    def tile_size(self) -> int:
+        """The LR tile edge used when a caller names none: the network's ``tile_size`` (an LR-size network with a
+        wide context wants large tiles, or most of its time goes to the context), else
+        :data:`DEFAULT_TILE_SIZE`."""
+        return int(getattr(self._probe, "tile_size", DEFAULT_TILE_SIZE))
+
+    @property
+    def noise_aware(self) -> bool:
+        """Whether the network takes a ``noise_level`` (:mod:`monai_sr_bundle.transforms.noise`): a
+        degradation-aware method, whose denoising a user may set."""
+        return self._traits["noise_aware"]
+
+    @property
     def weights_name(self) -> str:
         return f"{self.name}_{self.modality}_x{self.scale}.pt"
 
@@ -384,20 +399,45 @@ class Method:
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         winograd: bool = False,
-        tile_size: int = 256,
+        tile_size: int | None = None,
         precision: str = "fp32",
         compile: bool = False,
+        noise_level: float | str | None = None,
         **sampling,
     ):
         """The method loaded once (:meth:`load`) as the :class:`~monai_sr_bundle.inference.Predictor` every
-        surface calls; ``sampling`` (``sampler``, ``steps``, ``seed``) are its defaults, a call may change them."""
+        surface calls; ``sampling`` (``sampler``, ``steps``, ``seed``) and ``noise_level`` are its defaults, a
+        call may change them."""
         from monai_sr_bundle.inference import Predictor, check_precision
 
         check_precision(precision, device)  # before the weights are loaded
+        self.check_noise_level(noise_level)
         network = self.load(weights, device, winograd)
         return Predictor(
-            self, network, weights, device=device, tile_size=tile_size, precision=precision, compile=compile, **sampling
+            self,
+            network,
+            weights,
+            device=device,
+            tile_size=tile_size,
+            precision=precision,
+            compile=compile,
+            noise_level=noise_level,
+            **sampling,
         )
+
+    def check_noise_level(self, noise_level) -> float | None:
+        """A noise level a user gave, as a number (None: estimate it from each image), refused in one sentence
+        when it is no level (:func:`~monai_sr_bundle.transforms.noise.checked_noise_level`) or this method's
+        network takes none."""
+        from monai_sr_bundle.transforms.noise import checked_noise_level
+
+        level = checked_noise_level(noise_level, f"method {self.name!r}: the noise level")
+        if level is not None and not self.noise_aware:
+            raise InputError(
+                f"method {self.name!r} is not told how noisy its input is: drop the noise level (options of "
+                "degradation-aware methods only)."
+            )
+        return level
 
     def check_sampling(self, **options) -> None:
         """Refuse sampler options (``sampler``, ``steps``, ``seed``, ``samples``) for a deterministic method,
@@ -434,15 +474,17 @@ class Method:
                 f"got {given['samples']}."
             )
 
-    def inferer(self, tile_size: int = 256, seed: int | None = None, progress: bool = False, **network_kwargs):
-        """The tiling inferer this method needs: exact core-crop with its halo, or seeded blending; tiles no
-        larger than the network's ``max_tile`` when it declares one; ``network_kwargs`` go with every network
-        call (a diffusion method's ``sampler``, ``steps``, ``progress``)."""
+    def inferer(self, tile_size: int | None = None, seed: int | None = None, progress: bool = False, **network_kwargs):
+        """The tiling inferer this method needs: exact core-crop with its halo (tiles starting where the network's
+        ``tile_align`` says), or seeded blending; tiles of ``tile_size`` (None: :attr:`tile_size`), no larger
+        than the network's ``max_tile`` when it declares one; ``network_kwargs`` go with every network call (a
+        diffusion method's ``sampler``, ``steps``, ``progress``; a noise-aware one's ``noise_level``)."""
         from monai_sr_bundle.tiling import SRInferer
 
         self.check_sampling(seed=seed)
         merge = "blend" if self.stochastic else "crop"
-        tile_size = min(int(tile_size), int(getattr(self._probe, "max_tile", tile_size)))
+        tile_size = self.tile_size if tile_size is None else int(tile_size)
+        tile_size = min(tile_size, int(getattr(self._probe, "max_tile", tile_size)))
         return SRInferer(
             self.scale,
             tile_size,
@@ -451,6 +493,7 @@ class Method:
             seed=seed or 0,
             progress=progress,
             network_kwargs=network_kwargs,
+            align=int(getattr(self._probe, "tile_align", 1)),
         )
 
     def describe(self) -> dict:
@@ -462,6 +505,7 @@ class Method:
             "stochastic": self.stochastic,
             "adversarial": self.adversarial,
             "exportable": self.exportable,
+            "noise_aware": self.noise_aware,
             "scale": self.scale,
             "modality": self.modality,
             "weights": self.weights_name if self.trainable else None,
@@ -477,7 +521,7 @@ def _config_keys(name: str) -> frozenset[str]:
 
 
 #: what a surface reads of a network class without running it, with the value when the class says nothing
-TRAITS = {"trainable": True, "stochastic": False, "exportable": True}
+TRAITS = {"trainable": True, "stochastic": False, "exportable": True, "noise_aware": False}
 
 
 def built_traits(network: nn.Module) -> dict:
@@ -488,6 +532,7 @@ def built_traits(network: nn.Module) -> dict:
         "trainable": any(True for _ in network.parameters()),
         "stochastic": bool(getattr(network, "stochastic", False)),
         "exportable": bool(getattr(network, "exportable", True)),
+        "noise_aware": bool(getattr(network, "noise_aware", False)),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -28,9 +29,24 @@ class OnnxNetwork(nn.Module):
             options.intra_op_num_threads = int(threads)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.takes_level = any(i.name == "noise_level" for i in self.session.get_inputs())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (y,) = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype("float32")})
+    def forward(self, x: torch.Tensor, noise_level=None) -> torch.Tensor:
+        """The graph on ``x``; a degradation-aware network's ``noise_level`` goes in when the graph was exported
+        with it as an input (``noise_level``, (B,)), else the graph estimates the level itself, tile by tile,
+        and a given level is not used (logged once)."""
+        feed = {self.input_name: x.detach().cpu().numpy().astype("float32")}
+        if self.takes_level and noise_level is not None:
+            level = torch.as_tensor(noise_level, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+            feed["noise_level"] = level.numpy()
+        elif noise_level is not None and not getattr(self, "_told", False):
+            self._told = True
+            logging.getLogger(__name__).warning(
+                "this ONNX graph takes the image alone: it estimates the noise level on each tile itself, and the "
+                "level given (%s) is not used",
+                noise_level,
+            )
+        (y,) = self.session.run(None, feed)
         return torch.from_numpy(y).to(x.device)
 
 

@@ -29,10 +29,12 @@ from monai_sr_bundle.transforms.degradation import zoom_geometry
 MERGE_MODES = ("crop", "blend")
 
 
-def crop_windows(size: int, tile: int, halo: int) -> tuple[int, list[tuple[int, int, int]]]:
+def crop_windows(size: int, tile: int, halo: int, align: int = 1) -> tuple[int, list[tuple[int, int, int]]]:
     """Equal windows along an axis of ``size`` LR pixels for core-crop stitching: the fewest cores that fit
     ``tile`` with ``halo`` on both sides, spread evenly. Returns the window length and, per window, (window
-    start, core start, core stop); every core has its full halo inside the window, or the image edge."""
+    start, core start, core stop); every core has its full halo inside the window, or the image edge. Window
+    starts are multiples of ``align`` (a network that halves its input needs every tile to halve the same
+    pixel pairs as the whole image), the windows ``align - 1`` pixels longer to make up for it."""
     if size <= tile:
         return size, [(0, 0, size)]
     core = tile - 2 * halo
@@ -42,8 +44,10 @@ def crop_windows(size: int, tile: int, halo: int) -> tuple[int, list[tuple[int, 
         )
     n = -(-size // core)
     bounds = [round(i * size / n) for i in range(n + 1)]
-    length = max(b - a for a, b in zip(bounds, bounds[1:])) + 2 * halo
-    return length, [(min(max(a - halo, 0), size - length), a, b) for a, b in zip(bounds, bounds[1:])]
+    length = min(size, max(b - a for a, b in zip(bounds, bounds[1:])) + 2 * halo + align - 1)
+    length += (size - length) % align  # so that the last window, flush with the far edge, starts aligned
+    starts = [min(max(a - halo, 0), size - length) // align * align for a in bounds[:-1]]
+    return length, [(s, a, b) for s, a, b in zip(starts, bounds, bounds[1:])]
 
 
 def blend_weight(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -78,6 +82,7 @@ class SRInferer(Inferer):
         overlap: fraction of a tile shared with its neighbours, for ``blend``.
         seed: seed of the generator that a ``blend`` network draws its noise from, once per call.
         sw_batch_size: tiles per forward pass.
+        align: window starts are multiples of it, for ``crop`` (the network's ``tile_align``).
         progress: show a progress bar over the tiles.
         network_kwargs: keyword arguments of every network call (a diffusion method's ``sampler``, ``steps``).
     """
@@ -93,6 +98,7 @@ class SRInferer(Inferer):
         sw_batch_size: int = 1,
         progress: bool = False,
         network_kwargs: dict | None = None,
+        align: int = 1,
     ) -> None:
         super().__init__()
         if merge not in MERGE_MODES:
@@ -101,7 +107,7 @@ class SRInferer(Inferer):
             raise InputError(f"tile size must be a positive number of pixels, got {tile_size!r}.")
         self.scale, self.tile_size, self.halo = int(scale), int(tile_size), int(halo)
         self.merge, self.overlap, self.seed = merge, float(overlap), int(seed)
-        self.sw_batch_size, self.progress = int(sw_batch_size), progress
+        self.sw_batch_size, self.progress, self.align = int(sw_batch_size), progress, max(1, int(align))
         self.network_kwargs = dict(network_kwargs or {})
 
     def _tiles(
@@ -110,7 +116,7 @@ class SRInferer(Inferer):
         """Window size and, per tile, ((row start, core start, core stop), (col ...)) in LR pixels; for
         ``blend`` the core is the whole window."""
         if self.merge == "crop":
-            (th, rows), (tw, cols) = (crop_windows(n, self.tile_size, self.halo) for n in shape)
+            (th, rows), (tw, cols) = (crop_windows(n, self.tile_size, self.halo, self.align) for n in shape)
         else:
             ov = int(round(self.overlap * self.tile_size))
             (th, rows), (tw, cols) = (blend_windows(n, self.tile_size, ov) for n in shape)

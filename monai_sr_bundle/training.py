@@ -22,6 +22,7 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.distributed import is_distributed, is_main_process, world_size
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
+from monai_sr_bundle.transforms.noise import NOISE_LEVEL_KEY
 
 CONFIGS = BUNDLE_ROOT / "configs"
 #: the key of the abnormality-box mask on the HR grid (``BoxesToMaskd`` in the train config), its own item
@@ -33,11 +34,16 @@ class SRPrepareBatch(PrepareBatch):
     """``(LR image, target)`` from an SR batch: the target is the HR image (``label``) with the box mask
     (:data:`BOX_MASK_KEY`, when the batch has one) as its last channel, the one place the two meet: the
     trainer hands a loss only the prediction and the target, and the loss blocks read the mask there
-    (:func:`~monai_sr_bundle.losses.pixel.split_target`)."""
+    (:func:`~monai_sr_bundle.losses.pixel.split_target`). A batch that carries each image's noise level (a
+    degradation-aware method's ``conditioning`` step) hands it to the network as ``noise_level``."""
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         lr = batchdata["image"].to(device=device, non_blocking=non_blocking)
-        return lr, self.target(batchdata, device, non_blocking)
+        target = self.target(batchdata, device, non_blocking)
+        if NOISE_LEVEL_KEY not in batchdata:
+            return lr, target
+        level = torch.as_tensor(batchdata[NOISE_LEVEL_KEY]).to(device=device, dtype=lr.dtype)
+        return lr, target, (), {"noise_level": level}
 
     @staticmethod
     def target(batchdata: dict, device=None, non_blocking: bool = False) -> torch.Tensor:

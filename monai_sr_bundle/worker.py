@@ -27,7 +27,7 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError, printable
 
 #: what a request may say: where, and the options of ``monai-sr sr`` (left out: their defaults there)
-REQUEST = ("input", "output", "method", "scale", "modality", "weights", *methods.SAMPLING_OPTIONS)
+REQUEST = ("input", "output", "method", "scale", "modality", "weights", "noise_level", *methods.SAMPLING_OPTIONS)
 
 
 class Worker:
@@ -43,7 +43,9 @@ class Worker:
         request = self._parsed(line)
         options = {k: v for k, v in request.items() if k in ("scale", "modality", *methods.SAMPLING_OPTIONS)}
         method = methods.for_request(request.get("method"), **options)
+        noise_level = method.check_noise_level(request.get("noise_level"))
         loaded = self._load(method, request.get("weights"))
+        self.predictor.noise_level = noise_level
         from monai_sr_bundle.inference import run_inference
 
         self.network_started = None

@@ -469,8 +469,10 @@ def test_every_preset_synthesises_an_lr_image_and_keeps_the_hr(name):
     scale = preset.get("scale", 4)
     hr = MetaTensor(_rand(1, 16 * scale + scale - 1, 16 * scale, seed=10, lo=0.1, hi=0.9), affine=_affine())
     out = lr_synthesis(name, scale).set_random_state(0)({"label": hr, "boxes": [[1, 2, 3, 4]]})
-    assert out["label"].shape == (1, 16 * scale, 16 * scale)  # cropped to a multiple of the scale, not changed
-    assert torch.equal(out["label"].as_tensor(), hr.as_tensor()[:, : 16 * scale])
+    assert out["label"].shape == (1, 16 * scale, 16 * scale)  # cropped to a multiple of the scale
+    # not changed, unless the preset varies the HR image's look (its ``processing``) before degrading it
+    changed = not torch.equal(out["label"].as_tensor(), hr.as_tensor()[:, : 16 * scale])
+    assert changed == bool(preset.get("processing")), name
     size = 16 * scale if out["image"].shape[-1] == 16 * scale else 16
     assert out["image"].shape == (1, size, size) and out["boxes"] == [[1, 2, 3, 4]]
     assert torch.isfinite(out["image"]).all() and float(out["image"].min()) >= 0 and float(out["image"].max()) <= 1

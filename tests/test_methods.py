@@ -254,9 +254,10 @@ def test_broken_overlays_name_the_method(case, tmp_path, monkeypatch):
 
 def test_declared_traits_follow_re_exports_and_bases_and_give_up_outside_the_package():
     assert methods.declared_traits("monai_sr_bundle.networks.ADSR") == {
-        "family": "adsr", "trainable": True, "stochastic": True, "exportable": False
+        "family": "adsr", "trainable": True, "stochastic": True, "exportable": False, "noise_aware": False
     }  # fmt: skip  # re-exported by networks/__init__.py, stochastic and exportable inherited from SR3
     assert methods.declared_traits("monai_sr_bundle.networks.bicubic.Bicubic")["trainable"] is False
+    assert methods.declared_traits("monai_sr_bundle.networks.LRUNet")["noise_aware"] is True
     for target in ("torch.nn.Identity", "monai_sr_bundle.networks.NoSuchNet", "monai_sr_bundle.nowhere.Net"):
         assert methods.declared_traits(target) is None  # then the network is built to describe it
 

@@ -100,3 +100,18 @@ def test_sampling_options_match_the_project_and_start_disabled():
     assert widgets["samplesSpin"].findtext("property[@name='maximum']/number") == str(MAX_SAMPLES)
     for name in ("samplerCombo", "stepsSpin", "seedSpin", "samplesSpin"):
         assert widgets[name].findtext("property[@name='enabled']/bool") == "false"
+
+
+def test_noise_reduction_matches_the_project_and_starts_at_auto():
+    """The noise-reduction box offers the levels the project takes (0 to its most, below that "auto", which
+    the Widget sends as None: estimated from the image) and stays off until a degradation-aware method is
+    picked; the Widget enables it from the listing's ``noise_aware``, not from a method name."""
+    from monai_sr_bundle.transforms.noise import MAX_NOISE_LEVEL
+
+    spin = {w.get("name"): w for w in ET.parse(UI).iter("widget")}["noiseSpin"]
+    assert float(spin.findtext("property[@name='maximum']/double")) == MAX_NOISE_LEVEL
+    assert float(spin.findtext("property[@name='minimum']/double")) < 0
+    assert float(spin.findtext("property[@name='value']/double")) < 0
+    assert spin.findtext("property[@name='specialValueText']/string") == "auto"
+    assert spin.findtext("property[@name='enabled']/bool") == "false"
+    assert "'noise_aware'" in ast.unparse(tree())

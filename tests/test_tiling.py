@@ -58,13 +58,16 @@ def test_crop_tiles_equal_whole_image_with_the_networks_halo():
     assert whole.std() > 0.05  # not a trivially clamped output
 
 
-@pytest.mark.parametrize("tile,halo", [(10, 2), (20, 7), (256, 7), (9, 4)])
-def test_crop_windows_cover_every_pixel_once_with_full_context(tile, halo):
+@pytest.mark.parametrize("tile,halo,align", [(10, 2, 1), (20, 7, 1), (256, 7, 1), (9, 4, 1), (20, 5, 4), (31, 7, 2)])
+def test_crop_windows_cover_every_pixel_once_with_full_context(tile, halo, align):
+    """Also with ``align`` (window starts at its multiples, for networks that halve their input): windows at
+    most ``2 * (align - 1)`` pixels longer than the tile."""
     for size in (1, 9, 10, 11, 23, 57, 512):
-        length, windows = crop_windows(size, tile, halo)
-        assert length <= max(tile, 1) or size <= tile
+        length, windows = crop_windows(size, tile, halo, align)
+        assert length <= max(tile, 1) + 2 * (align - 1) or size <= tile
         cover = np.zeros(size, int)
         for start, c0, c1 in windows:
+            assert start % align == 0
             assert 0 <= start <= c0 < c1 <= start + length <= size
             assert c0 - start >= halo or start == 0  # full context, or the image edge (the same as whole-image SR)
             assert start + length - c1 >= halo or start + length == size

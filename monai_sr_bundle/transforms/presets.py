@@ -14,7 +14,10 @@ A preset is a JSON object with a ``description``, the ``scale`` it is made for (
          {"_target_": "monai_sr_bundle.transforms.degradation.RandPoissonNoised", "peak": 2000.0}]}
 
 A transform's ``keys`` default to the LR key; none may touch the HR target, which stays as read (cropped to a
-multiple of the scale). A step may compose others (MONAI's ``RandomOrder``, ``OneOf`` with ``weights``,
+multiple of the scale). A preset's optional ``processing`` steps come first and act on the HR image itself
+(their ``keys`` default to the HR key): a hospital's look varied in training
+(:mod:`monai_sr_bundle.transforms.processing`), before the LR image is made from it, so the pair stays a pair.
+A step may compose others (MONAI's ``RandomOrder``, ``OneOf`` with ``weights``,
 ``Compose``, each with its ``transforms``): the realistic presets shuffle noise and compression and degrade
 twice, and ``OneOf`` keeps a share of clean bicubic pairs in training. Random transforms are seeded through
 the composition (``set_random_state``), so the same seed gives the same LR bytes in training and evaluation. A
@@ -33,7 +36,7 @@ from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
-from monai.transforms import Compose, CopyItemsd, MapTransform
+from monai.transforms import Compose, CopyItemsd, MapTransform, apply_transform
 
 from monai_sr_bundle.errors import InputError, first_line, innermost
 from monai_sr_bundle.jsonfile import read_json_object
@@ -53,7 +56,7 @@ __all__ = [
 
 PRESET_DIR = BUNDLE_ROOT / "configs" / "degradations"
 #: keys a preset may hold
-PRESET_KEYS = ("description", "scale", "transforms")
+PRESET_KEYS = ("description", "scale", "processing", "transforms")
 #: the degradation when none is given: antialiased bicubic downsampling at the SR scale
 DEFAULT_PRESET = "bicubic"
 #: where a preset's artifact step stores the (1, X, Y) coverage of what it drew on the LR image
@@ -86,12 +89,13 @@ def _checked(preset: dict, what: str) -> dict:
     unknown = sorted(set(preset) - set(PRESET_KEYS))
     if unknown:
         raise InputError(f"{what} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(PRESET_KEYS)}.")
-    steps = preset.get("transforms")
-    if not isinstance(steps, list):
-        raise InputError(f"{what}: `transforms` must be a list of MONAI dictionary transforms ({{'_target_': ...}}).")
-    for i, step in enumerate(steps):
-        if not isinstance(step, dict) or not isinstance(step.get("_target_"), str):
-            raise InputError(f"{what}: transforms#{i} must be an object with a `_target_` (a transform class).")
+    for key in ("processing", "transforms"):
+        steps = preset.get(key, [] if key == "processing" else None)
+        if not isinstance(steps, list):
+            raise InputError(f"{what}: `{key}` must be a list of MONAI dictionary transforms ({{'_target_': ...}}).")
+        for i, step in enumerate(steps):
+            if not isinstance(step, dict) or not isinstance(step.get("_target_"), str):
+                raise InputError(f"{what}: {key}#{i} must be an object with a `_target_` (a transform class).")
     scale = preset.get("scale")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
         raise InputError(f"{what}: `scale` must be a positive whole number, got {scale!r}.")
@@ -111,15 +115,20 @@ def lr_synthesis(
         what, preset = f"degradation {str(degradation or DEFAULT_PRESET)!r}", load_preset(degradation or DEFAULT_PRESET)
     if preset.get("scale", scale) != scale:
         raise InputError(f"{what} is made for x{preset['scale']}, not x{scale}; pick one for x{scale}.")
+    processing = preset.get("processing", [])
+    for i, step in enumerate(processing):
+        _default_keys(step, f"processing#{i}", what, lr_key, hr_key)
     for i, step in enumerate(preset["transforms"]):
         _default_keys(step, f"transforms#{i}", what, hr_key, lr_key)
-    parser = ConfigParser({"scale": int(scale), "transforms": preset["transforms"]})
-    steps = []
-    for i, step in enumerate(preset["transforms"]):
-        built = _built(parser, f"transforms#{i}", step, what)
-        _check_built(built, step, f"{what}: transforms#{i}")
-        steps.append(built)
-    return LRSynthesis(steps, scale, hr_key, lr_key, what)
+    parser = ConfigParser({"scale": int(scale), "processing": processing, "transforms": preset["transforms"]})
+    built = {}
+    for key in ("processing", "transforms"):
+        built[key] = []
+        for i, step in enumerate(parser[key]):
+            made = _built(parser, f"{key}#{i}", step, what)
+            _check_built(made, step, f"{what}: {key}#{i}")
+            built[key].append(made)
+    return LRSynthesis(built["transforms"], scale, hr_key, lr_key, what, processing=built["processing"])
 
 
 def _built(parser: ConfigParser, key: str, step: dict, what: str) -> Any:
@@ -133,8 +142,9 @@ def _built(parser: ConfigParser, key: str, step: dict, what: str) -> Any:
 
 
 def _default_keys(step: Any, where: str, what: str, hr_key: str, lr_key: str) -> None:
-    """Give each transform of ``step`` the LR key unless it names keys, looking into the ``transforms`` of a
-    composing step (``RandomOrder``, ``OneOf``, ``Compose``); one that names the HR key is refused."""
+    """Give each transform of ``step`` the key ``lr_key`` unless it names keys, looking into the ``transforms``
+    of a composing step (``RandomOrder``, ``OneOf``, ``Compose``); one that names ``hr_key`` is refused (a
+    processing step is checked with the two swapped: it acts on the HR image and must leave the LR alone)."""
     if not isinstance(step, dict) or not isinstance(step.get("_target_"), str):
         raise InputError(f"{what}: {where} must be an object with a `_target_` (a transform class).")
     if isinstance(step.get("transforms"), list):
@@ -144,8 +154,8 @@ def _default_keys(step: Any, where: str, what: str, hr_key: str, lr_key: str) ->
     keys = step.setdefault("keys", lr_key)
     if hr_key in ([keys] if isinstance(keys, str) else list(keys)):
         raise InputError(
-            f"{what}: {where} ({step['_target_']}) would change the HR image {hr_key!r}; a degradation acts on "
-            f"{lr_key!r} only."
+            f"{what}: {where} ({step['_target_']}) would change the image {hr_key!r}; this part of a degradation "
+            f"acts on {lr_key!r} only."
         )
 
 
@@ -159,21 +169,33 @@ def _check_built(built: Any, step: dict, where: str) -> None:
 
 
 class LRSynthesis(Compose):
-    """HR ``hr_key`` -> LR ``lr_key``: the HR image cropped to a multiple of ``scale``, copied to ``lr_key``, then
-    the degradation ``steps`` on the copy. Seed it per image with ``set_random_state``; a step that changes the
-    HR image after all, or refuses the image (a blur kernel larger than it), is one sentence naming the
-    degradation (``what``)."""
+    """HR ``hr_key`` -> LR ``lr_key``: the HR image cropped to a multiple of ``scale`` and processed by the
+    ``processing`` steps, copied to ``lr_key``, then the degradation ``steps`` on the copy. Seed it per image
+    with ``set_random_state``; a step that changes the HR image after all, or refuses the image (a blur kernel
+    larger than it), is one sentence naming the degradation (``what``)."""
 
-    def __init__(self, steps: list, scale: int, hr_key: str = "label", lr_key: str = "image", what: str = "") -> None:
-        super().__init__([CopyItemsd(keys=hr_key, names=lr_key), *steps])
+    def __init__(
+        self,
+        steps: list,
+        scale: int,
+        hr_key: str = "label",
+        lr_key: str = "image",
+        what: str = "",
+        processing: list | None = None,
+    ) -> None:
+        super().__init__([*(processing or []), CopyItemsd(keys=hr_key, names=lr_key), *steps])
         self.crop = CropToScaled(keys=hr_key, scale=scale)
-        self.hr_key, self.what = hr_key, what or "the degradation"
+        self.hr_key, self.what, self.processed = hr_key, what or "the degradation", len(processing or [])
 
     def __call__(self, data, *args, **kwargs):
         d = self.crop(data)
-        hr = d[self.hr_key]
         try:
-            out = super().__call__(d, *args, **kwargs)
+            for step in self.transforms[: self.processed]:
+                d = apply_transform(step, d)
+            hr = d[self.hr_key]
+            out = d
+            for step in self.transforms[self.processed :]:
+                out = apply_transform(step, out)
         except RuntimeError as e:  # MONAI wraps a step's error: a step that refuses this image says why
             inner = innermost(e)
             if isinstance(inner, InputError):

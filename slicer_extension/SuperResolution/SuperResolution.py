@@ -95,7 +95,8 @@ class SuperResolutionLogic(ScriptedLoadableModuleLogic):
     def start_local(self, volume_node, method: str, scale: int, weights: str | None = None, **sampling) -> SRRun:
         """Start the SR process on the volume; poll ``run.running()``, then call :meth:`collect` (or
         :meth:`discard`). ``weights`` replaces the method's shipped ones; ``sampling`` holds a stochastic
-        method's ``sampler``, ``steps``, ``seed`` and ``samples`` (None: the method's default)."""
+        method's ``sampler``, ``steps``, ``seed`` and ``samples``, a degradation-aware one's ``noise_level``
+        (None: the method's default)."""
         folder = tempfile.mkdtemp(prefix="monai_sr_")
         try:
             path = self.write_input(volume_node, folder)
@@ -258,15 +259,21 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
         self.ui.methodCombo.addItems(list(self.methods))
 
     def method_changed(self, name: str):
-        """The sampling options apply to stochastic methods only (the CLI and the server refuse them otherwise)."""
+        """The sampling options apply to stochastic methods only, the noise reduction to degradation-aware ones
+        (the CLI and the server refuse them otherwise)."""
         stochastic = bool(self.methods.get(name, {}).get("stochastic"))
         for widget in (self.ui.samplerCombo, self.ui.stepsSpin, self.ui.seedSpin, self.ui.samplesSpin):
             widget.enabled = stochastic
+        self.ui.noiseSpin.enabled = bool(self.methods.get(name, {}).get("noise_aware"))
 
     def sampling(self) -> dict:
-        """The sampling options of a stochastic method, none for a deterministic one; the sampler's first
-        entry and steps 0 stand for the method's default (None)."""
-        if not self.methods.get(self.ui.methodCombo.currentText, {}).get("stochastic"):
+        """The options of the chosen method: a stochastic method's sampling (the sampler's first entry and steps 0
+        stand for the method's default, None), a degradation-aware method's noise level (the spin box's lowest
+        value, shown as "auto", for None: estimated from the image)."""
+        described = self.methods.get(self.ui.methodCombo.currentText, {})
+        if described.get("noise_aware"):
+            return {"noise_level": self.ui.noiseSpin.value if self.ui.noiseSpin.value >= 0 else None}
+        if not described.get("stochastic"):
             return {}
         return {
             "sampler": self.ui.samplerCombo.currentText if self.ui.samplerCombo.currentIndex > 0 else None,

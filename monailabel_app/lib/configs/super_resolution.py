@@ -13,6 +13,7 @@ from lib.trainers import SuperResolutionTrainer
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import check_precision
+from monai_sr_bundle.transforms.noise import checked_noise_level
 
 #: ``--conf`` keys and their defaults
 DEFAULTS = {
@@ -20,7 +21,8 @@ DEFAULTS = {
     "scale": "4",
     "modality": "cxr",
     "weights": versions.SHIPPED,
-    "tile_size": "256",
+    "tile_size": "auto",
+    "noise_level": "auto",
     "max_output_mp": "64",
     "device": "auto",
     "precision": "fp32",
@@ -52,8 +54,14 @@ class SuperResolution(TaskConfig):
             raise ValueError(
                 f"--conf method {self.settings['method']!r} is unknown; available: {', '.join(methods.names())}."
             )
-        if not all(str(self.settings[k]).isdigit() for k in ("scale", "tile_size", "max_output_mp")):
-            raise ValueError("--conf scale, tile_size and max_output_mp must be whole numbers.")
+        if not all(str(self.settings[k]).isdigit() for k in ("scale", "max_output_mp")) or not (
+            str(self.settings["tile_size"]).isdigit() or self.settings["tile_size"] == "auto"
+        ):
+            raise ValueError("--conf scale and max_output_mp must be whole numbers, tile_size one or auto.")
+        try:
+            self.settings["noise_level"] = checked_noise_level(self.settings["noise_level"], "--conf noise_level")
+        except InputError as e:
+            raise ValueError(str(e)) from e
         self.settings["device"] = _device(str(self.settings["device"]))
         try:
             check_precision(self.settings["precision"], self.settings["device"])
@@ -73,11 +81,12 @@ class SuperResolution(TaskConfig):
                 int(s["scale"]),
                 s["modality"],
                 s["weights"],
-                int(s["tile_size"]),
+                None if s["tile_size"] == "auto" else int(s["tile_size"]),
                 int(s["max_output_mp"]),
                 s["device"],
                 s["precision"],
                 s["compile"],
+                s["noise_level"],
             )
         }
 

@@ -56,13 +56,16 @@ class SuperResolutionInfer(InferTask):
     ``sampler``, ``steps``, ``seed`` and ``samples`` are refused for deterministic methods. With ``samples``
     > 1 the result is the mean SR image, or with ``map`` (``std``, ``lr_consistency``) that uncertainty map:
     a client asks once per map with the same seed, and gets the maps of the very draws behind its SR image.
+    ``noise_level`` (grey levels of 255, or ``auto``) sets a degradation-aware method's denoising for the
+    request; refused for other methods.
 
     Args:
         model_dir: where the app's trained versions live.
         method, scale, modality, weights: defaults of every request.
-        tile_size: LR tile edge of the inferer (bounds memory on large radiographs).
+        tile_size: LR tile edge of the inferer (bounds memory on large radiographs); None: each method's.
         max_output_mp: largest SR result in megapixels; a larger request is refused from the image's header.
         device, precision, compile: where and how the networks run (:class:`~monai_sr_bundle.inference.Predictor`).
+        noise_level: a degradation-aware method's level when a request names none (None: estimated per image).
     """
 
     def __init__(
@@ -72,11 +75,12 @@ class SuperResolutionInfer(InferTask):
         scale: int,
         modality: str = "cxr",
         weights: str = versions.SHIPPED,
-        tile_size: int = 256,
+        tile_size: int | None = None,
         max_output_mp: int = 64,
         device: str = "cpu",
         precision: str = "fp32",
         compile: bool = False,
+        noise_level: float | None = None,
     ) -> None:
         super().__init__(
             type=InferType.OTHERS,
@@ -85,7 +89,8 @@ class SuperResolutionInfer(InferTask):
             description="Super-resolution of chest X-rays and CT (in-plane, slice by slice)",
             config={"method": method, "scale": scale, "weights": weights, "methods": methods.names()},
         )
-        self.model_dir, self.modality, self.tile_size = model_dir, modality, int(tile_size)
+        self.model_dir, self.modality, self.tile_size = model_dir, modality, tile_size
+        self.noise_level = noise_level
         self.max_output_mp = max_output_mp
         self.predictor_options = {"device": device, "precision": precision, "compile": compile}
         self._predictors: dict[tuple, Predictor] = {}
@@ -122,6 +127,8 @@ class SuperResolutionInfer(InferTask):
         try:
             method = methods.get(str(request.get("method", config["method"])), scale, self.modality)
             method.check_sampling(**sampling)
+            default_level = self.noise_level if method.noise_aware else None
+            noise_level = method.check_noise_level(request.get("noise_level", default_level))
         except InputError as e:
             raise HTTPException(422, str(e)) from e
         samples, chosen = sampling.get("samples", 1), request.get("map")
@@ -143,6 +150,7 @@ class SuperResolutionInfer(InferTask):
                     allow_volume=True,
                     progress=False,
                     output_format="dicom" if pacs else "nifti" if dicom else None,  # clients load NIfTI
+                    noise_level=noise_level,
                     **sampling,
                 )
                 if pacs:  # the reply is what the PACS now holds, as NIfTI

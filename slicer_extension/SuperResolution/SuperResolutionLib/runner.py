@@ -180,6 +180,8 @@ class SRRun:
         weights: a state dict to use instead of the method's shipped weights.
         sampler, steps, seed, samples: a stochastic method's sampling options, passed only when given (the
             worker refuses bad values and any of them for a deterministic method, as the CLI does).
+        noise_level: a degradation-aware method's noise level (None: estimated from the image), refused by the
+            worker for other methods.
         worker: the session's idle :class:`Worker` to run on (kept running after the run); None: a worker
             of the run's own, stopped when the run ends.
     """
@@ -197,9 +199,11 @@ class SRRun:
         seed: int | None = None,
         samples: int | None = None,
         worker: Worker | None = None,
+        noise_level: float | None = None,
     ) -> None:
         self.input_path, self.output_dir = os.path.abspath(input_path), Path(output_dir).absolute()
-        options = {"weights": weights, "sampler": sampler, "steps": steps, "seed": seed, "samples": samples}
+        options = {"weights": weights, "sampler": sampler, "steps": steps, "seed": seed, "samples": samples,
+                   "noise_level": noise_level}  # fmt: skip
         self.request = {"input": self.input_path, "output": str(self.output_dir), "method": method,
                         "scale": int(scale), **{k: v for k, v in options.items() if v is not None}}  # fmt: skip
         self.own_worker = worker is None

@@ -1,0 +1,125 @@
+"""How noisy an image is: the estimate that a degradation-aware network is conditioned on.
+
+The noise level is the standard deviation of the image's noise in grey levels of an 8-bit image (intensity
+[0, 1] times 255), the unit FFDNet's and SRMD's noise maps use. It is estimated from the image itself, so a
+user need not know it, and any surface can override it (0: treat the image as clean; higher: smooth more).
+
+The estimator looks at the flattest regions, as block-based estimators do (e.g. S.-M. Yang, S.-C. Tai,
+"Fast and reliable image-noise estimation using a hybrid approach", J. Electron. Imaging 2010): the image
+less its Gaussian blur (sigma 1 pixel) keeps noise and edges; its standard deviation in 8x8 blocks is low
+where there is no anatomy; the 20th percentile over the blocks, scaled so that white Gaussian noise of sd
+``s`` on a flat image reads ``s``, is the level. Blocks that touch the ends of the intensity range
+(collimation, burnt-out lungs, text) are left out: clipped regions carry no noise. A finer filter (a
+Laplacian) misses the noise that JPEG leaves, which is smoothed within its blocks: measured on NIH
+validation images, it read JPEG-compressed noisy LR images as clean; the blocks' sd tells the two apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping
+
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, RandomizableTransform
+
+from monai_sr_bundle.errors import InputError
+
+#: the largest level any surface accepts (grey levels of 255): far beyond any radiograph's noise
+MAX_NOISE_LEVEL = 50.0
+#: where a batch carries each image's level (B,), from :class:`EstimateNoised` to the network's ``noise_level``
+NOISE_LEVEL_KEY = "noise_level"
+
+#: intensities this close to 0 or 1 are taken as clipped (8-bit: the two end levels)
+_CLIP = 1.5 / 255
+#: block side, share of the flattest blocks, and the scale that makes white noise read its own sd
+_BLOCK, _QUANTILE, _CALIBRATION = 8, 0.2, 0.797
+
+
+def _highpass(x: torch.Tensor) -> torch.Tensor:
+    """``x`` less its Gaussian blur of sigma 1 pixel (radius 3, edges replicated)."""
+    t = torch.arange(-3, 4, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * t**2)
+    k = k / k.sum()
+    blurred = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    blurred = F.conv2d(F.pad(blurred, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, -1, 1))
+    return x - blurred
+
+
+def estimate_noise_level(x: torch.Tensor) -> torch.Tensor:
+    """Noise level of each image of a batch (B, C, X, Y) in [0, 1] -> (B,) in grey levels of 255 (the mean
+    over the image's channels). An image smaller than one block, or with nothing unclipped, has level 0.
+    Tensor operations only (the percentile is a sort and a gather), so it runs inside an exported ONNX graph."""
+    if x.ndim != 4:
+        raise InputError(f"the noise estimate takes a batch (B, C, X, Y), got shape {tuple(x.shape)}.")
+    b, c, h, w = x.shape
+    if h < _BLOCK or w < _BLOCK:
+        return x.new_zeros(b)
+    flat = x.detach().float().reshape(b * c, 1, h, w)
+    hp = _highpass(flat)
+    var = F.avg_pool2d(hp * hp, _BLOCK) - F.avg_pool2d(hp, _BLOCK) ** 2
+    sd = var.clamp(min=0).sqrt().reshape(b * c, -1)
+    clipped = ((flat <= _CLIP) | (flat >= 1 - _CLIP)).float()
+    keep = (F.max_pool2d(clipped, _BLOCK) == 0).reshape(b * c, -1)
+    ordered = torch.sort(torch.where(keep, sd, torch.full_like(sd, math.inf)), dim=1).values
+    count = keep.sum(dim=1, keepdim=True)
+    index = ((count - 1).clamp(min=0).float() * _QUANTILE).long()
+    level = ordered.gather(1, index)[:, 0]
+    level = torch.where(count[:, 0] > 0, level, torch.zeros_like(level)) * (255 / _CALIBRATION)
+    return level.reshape(b, c).mean(dim=1)
+
+
+def checked_noise_level(value, source: str = "noise level") -> float | None:
+    """A level a user gave (None or ``"auto"``: estimate it), refused in one sentence unless a finite number in
+    [0, :data:`MAX_NOISE_LEVEL`]."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        level = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        level = math.nan
+    if not 0 <= level <= MAX_NOISE_LEVEL:  # also refuses NaN
+        raise InputError(
+            f"{source} must be 'auto' or a number of grey levels (of 255) from 0 (clean) to "
+            f"{MAX_NOISE_LEVEL:g}, got {value!r}."
+        )
+    return level
+
+
+class EstimateNoised(MapTransform):
+    """Store the noise level of the image at ``keys`` (C, X, Y) under ``level_key`` (a 0-d float tensor),
+    estimated on the whole image, before it is cropped to patches, as the predictor estimates it at inference
+    time."""
+
+    def __init__(self, keys: KeysCollection = "image", level_key: str = NOISE_LEVEL_KEY) -> None:
+        super().__init__(keys)
+        self.level_key = level_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key])
+            d[self.level_key] = estimate_noise_level(image[None].float())[0]
+        return d
+
+
+class RandNoiseLevelScaled(RandomizableTransform, MapTransform):
+    """With probability ``prob``, multiply the stored level by a factor drawn from ``factor`` (low, high): the
+    network learns what a level lower than the image's means (keep more of the noise, and detail) and a
+    higher one (smooth more), which is what a user's override asks for; 0 then means "treat it as clean"."""
+
+    def __init__(self, level_key: str = NOISE_LEVEL_KEY, factor=(0.0, 2.0), prob: float = 0.3) -> None:
+        RandomizableTransform.__init__(self, prob=prob)
+        MapTransform.__init__(self, level_key)
+        low, high = (float(f) for f in factor)
+        if not 0 <= low <= high:
+            raise InputError(f"noise-level factor must be a range (low, high) with 0 <= low <= high, got {factor!r}.")
+        self.level_key, self.factor = level_key, (low, high)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        self.randomize(None)
+        d = dict(data)
+        if self._do_transform:
+            d[self.level_key] = d[self.level_key] * float(self.R.uniform(*self.factor))
+        return d
