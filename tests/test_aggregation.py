@@ -89,3 +89,18 @@ def test_job_config_aggregation_keys(tmp_path, extra, message):
         load_job_config(path)
     path.write_text(json.dumps({"name": "j", "method": "srcnn", "sites": {"site-a": None}, "aggregation": "median"}))
     assert load_job_config(path)["aggregation"] == "median"
+
+
+def test_nvflare_still_keeps_a_broadcasts_minimum_where_the_controller_raises_it():
+    """The controller makes a round wait for one more answer per failed site by raising the broadcast task's
+    minimum, a property NVFlare names only privately: if an NVFlare upgrade moves it, this fails (the round
+    would end before enough sites trained)."""
+    from nvflare.apis.controller_spec import Task
+    from nvflare.apis.impl.bcast_manager import BcastTaskManager
+    from nvflare.apis.shareable import Shareable
+
+    from monai_sr_bundle.federated.controller import MIN_RESPONSES_PROP
+
+    task = Task(name="train", data=Shareable())
+    BcastTaskManager(task, min_responses=3)
+    assert task.props.get(MIN_RESPONSES_PROP) == 3, f"NVFlare no longer keeps the minimum in {MIN_RESPONSES_PROP!r}"
