@@ -96,6 +96,19 @@ def test_sampling_options_for_a_deterministic_method_are_refused(server, option)
     assert "'vdsr'" in detail and next(iter(option)) in detail
 
 
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"method": "vdsr", "noise_level": 3}, "method 'vdsr' is not told how noisy its input is"),
+        ({"method": "lrunet", "noise_level": "1e999"}, "noise level must be 'auto' or a number"),
+    ],
+)
+def test_a_noise_level_the_method_cannot_take_is_refused(server, params, message):
+    """A request's ``noise_level`` is for degradation-aware methods only, and a number of grey levels."""
+    r = infer(server, "ct_small", params)
+    assert r.status_code == 422 and message in r.json()["detail"]
+
+
 def test_sr_of_a_radiograph_equals_in_process_inference(server, tmp_path):
     name = Path(server.items[0]["label"]).stem
     r = infer(server, name)
@@ -332,6 +345,9 @@ def test_a_server_with_bf16_and_compile_serves_what_fp32_serves_to_a_grey_level(
         ("device", "cuda:3", "--conf device 'cuda:3': this machine has 0 GPU(s)."),
         ("device", "tpu", "--conf device 'tpu' must be auto, cpu, cuda or cuda:N."),
         ("compile", "maybe", "--conf compile must be true or false, not 'maybe'."),
+        ("noise_level", "loud", "--conf noise_level must be 'auto' or a number of grey levels"),
+        ("noise_level", "-1", "--conf noise_level must be 'auto' or a number of grey levels"),
+        ("tile_size", "big", "--conf scale and max_output_mp must be whole numbers, tile_size one or auto."),
     ],
 )
 def test_bad_device_precision_and_compile_settings_stop_the_app_in_one_sentence(monkeypatch, key, value, message):
