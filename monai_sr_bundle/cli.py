@@ -32,7 +32,15 @@ def _interactive() -> bool:
 PARTIAL = 3
 
 
+def _loading() -> None:
+    """Say once that the libraries are loading, before the commands that need them import them: PyTorch and
+    MONAI take seconds (a quarter of a minute on a busy machine), which would otherwise pass in silence."""
+    if "monai" not in sys.modules:
+        print("monai-sr: loading PyTorch and MONAI ...", file=sys.stderr, flush=True)
+
+
 def _sr(args: argparse.Namespace) -> int:
+    _loading()
     from monai_sr_bundle import distributed
     from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES
     from monai_sr_bundle.inference import PartialFailure, run_inference
@@ -102,6 +110,7 @@ def demo_datalist(inputs: list[str] | None, limit: int) -> tuple[list[dict], str
 
 
 def _demo(args: argparse.Namespace) -> None:
+    _loading()
     from monai_sr_bundle.evaluation import evaluate, format_table
     from monai_sr_bundle.imagenet import default_weights_path
 

@@ -22,7 +22,7 @@ from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import output_path_for, write_image
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import Predictor, validate_input
+from monai_sr_bundle.inference import Predictor, Progress, validate_input
 from monai_sr_bundle.metrics import (
     InBoxMetric,
     LPIPSMetric,
@@ -110,6 +110,17 @@ def format_value(metric: str, mean: float, sd: float) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
 
 
+def _counted(items, meter: Progress):
+    """``items`` one by one, each counted done when the next is asked for; the meter closed at the end, or when
+    the loop is left."""
+    try:
+        for item in items:
+            yield item
+            meter.update()
+    finally:
+        meter.close()
+
+
 def evaluate(
     datalist: Sequence[Mapping],
     predictors: Mapping[str, Predictor],
@@ -148,8 +159,6 @@ def evaluate(
     In a process group (``configs/multi_gpu_evaluate.json``) each process scores every N-th image and the first
     writes the files, the rows gathered in datalist order: the same files as one process writes.
     """
-    from tqdm import tqdm
-
     if not predictors:
         raise InputError("no method to evaluate: give at least one predictor.")
     scales = {p.scale for p in predictors.values()}
@@ -178,7 +187,8 @@ def evaluate(
     fns = {name: _metric_fns(lpips, lpips_weights) for name in predictors}
     rows, failures, shown = [], [], []  # (image index, row / message / figure): every process's, in one order
     mine = distributed.shard(range(len(datalist)))
-    for i in tqdm(mine, desc="evaluating", unit="image", disable=not progress or not distributed.is_main_process()):
+    meter = Progress(len(mine), progress, desc="evaluating", quiet=not distributed.is_main_process())
+    for i in _counted(mine, meter):
         item = datalist[i]
         path = str(item["label"])
         try:
@@ -200,6 +210,7 @@ def evaluate(
         panels = {LR_COLUMN: _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
         guards = {}  # a stochastic method's uncertainty maps, when it draws several samples
         for name, predictor in predictors.items():
+            meter.status(f"{name} on {Path(path).name}")
             try:
                 if predictor.method.stochastic and (samples or 1) > 1:
                     drawn = predictor.maps(lr, samples)

@@ -583,12 +583,20 @@ def _run_jobs(jobs: list, predictor: Predictor, task: dict, workers: int, progre
     """(job, result of :func:`_attempt`) for every job, as they finish: here, or in ``workers`` processes that
     share the cores. A worker that dies (out of memory, killed) fails the inputs it had, not the run."""
     meter = Progress(len(jobs), progress)
-    if workers == 1 or len(jobs) < 2:
-        for job in jobs:
-            yield job, _attempt(job, predictor, task, progress)
-            meter.update()
+    try:
+        if workers == 1 or len(jobs) < 2:
+            for job in jobs:
+                meter.status(printable(job[0]))
+                yield job, _attempt(job, predictor, task, progress)
+                meter.update()
+            return
+        yield from _pooled(jobs, predictor, task, workers, meter)
+    finally:
         meter.close()
-        return
+
+
+def _pooled(jobs: list, predictor: Predictor, task: dict, workers: int, meter: Progress):
+    """:func:`_run_jobs` in ``workers`` processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -605,35 +613,76 @@ def _run_jobs(jobs: list, predictor: Predictor, task: dict, workers: int, progre
                           "of memory or killed); run again with --skip-existing to retry it.")  # fmt: skip
             yield running[future], result
             meter.update()
-    meter.close()
 
 
 class Progress:
-    """Images done of ``total`` with their rate and the time left: a bar on a terminal, else a log line every
-    ``every`` seconds (an archive run's log says how far it is)."""
+    """Work done of ``total`` items with the rate and the time left, and what runs now (:meth:`status`): a bar
+    on a terminal, else a log line; either way at least every ``every`` seconds, from a heartbeat thread, so a
+    long step (a diffusion method on a CPU) still shows the run is alive, in a log as on a terminal.
+    ``quiet``: nothing at all (the other processes of a torchrun group)."""
 
-    def __init__(self, total: int, bar: bool, every: float = 30.0) -> None:
+    def __init__(
+        self,
+        total: int,
+        bar: bool,
+        every: float = 15.0,
+        desc: str = "super-resolving",
+        unit: str = "image",
+        quiet: bool = False,
+    ) -> None:
+        import threading
         import time
 
         from tqdm import tqdm
 
         self.total, self.done, self.every, self.clock = total, 0, every, time.monotonic
+        self.desc, self.unit, self.doing = desc, unit, ""
         self.start = self.last = self.clock()
-        self.bar = tqdm(total=total, desc="super-resolving", unit="image") if bar and total > 1 else None
+        self.bar = tqdm(total=total, desc=desc, unit=unit) if bar and total > 1 and not quiet else None
+        self._stop = threading.Event()
+        self._beat = None
+        if not quiet and total > 0:
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="monai-sr progress")
+            self._beat.start()
+
+    def status(self, doing: str) -> None:
+        """Say what runs now (a method on an image): in the bar, and in the next log line."""
+        self.doing = doing
+        if self.bar is not None:
+            self.bar.set_postfix_str(doing, refresh=False)
 
     def update(self) -> None:
         self.done += 1
         if self.bar is not None:
             self.bar.update()
-            return
+        elif self.clock() - self.last >= self.every and self.done < self.total:
+            self._log()
+
+    def _log(self) -> None:
         now = self.clock()
-        if now - self.last >= self.every and self.done < self.total:
-            self.last = now
-            rate = self.done / (now - self.start)
-            left = (self.total - self.done) / rate
-            logger.info(f"{self.done}/{self.total} images, {rate * 3600:.0f} per hour, {left / 60:.0f} min left")
+        self.last, took = now, now - self.start
+        line = f"{self.desc}: {self.done}/{self.total} {self.unit}s"
+        if self.doing:
+            line += f", now {self.doing}"
+        if self.done:
+            left = (self.total - self.done) * took / self.done
+            line += f", {took / self.done:.1f} s per {self.unit}, about {left / 60:.1f} min left"
+        else:
+            line += f", {took:.0f} s so far"
+        logger.info(line)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(self.every, 1.0)):
+            if self.clock() - self.last < self.every:
+                continue
+            if self.bar is not None:
+                self.last = self.clock()
+                self.bar.refresh()  # the elapsed time moves on though no item finished
+            else:
+                self._log()
 
     def close(self) -> None:
+        self._stop.set()
         if self.bar is not None:
             self.bar.close()
 

@@ -395,3 +395,26 @@ def test_fp16_off_a_gpu_and_an_unknown_precision_are_one_sentence(tmp_path, caps
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "a.png")
     assert main(["sr", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--precision", "fp16"]) == 2
     assert "precision fp16 runs on a GPU only" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_progress_speaks_while_one_long_item_runs(caplog):
+    """Without a terminal the meter logs what runs now at least every ``every`` seconds, also while one item
+    takes long (a diffusion method on a CPU), and stops when closed."""
+    import logging
+    import time
+
+    from monai_sr_bundle.inference import Progress
+
+    with caplog.at_level(logging.INFO, logger="monai_sr_bundle.inference"):
+        meter = Progress(3, bar=False, every=0.05, desc="evaluating")
+        meter.status("sr3 on a.png")
+        time.sleep(0.4)  # no item finished meanwhile
+        meter.update()
+        time.sleep(0.2)
+        meter.close()
+        said = len(caplog.records)
+        time.sleep(1.2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("evaluating: 0/3 images, now sr3 on a.png") for line in lines), lines
+    assert any(line.startswith("evaluating: 1/3 images") and "min left" in line for line in lines), lines
+    assert len(caplog.records) == said  # nothing after close
