@@ -67,7 +67,7 @@ def read_ncnn_param(path: str | os.PathLike) -> list[tuple[str, dict[int, str]]]
             layers.append((fields[0], _options(fields[4 + n_in + n_out :])))
         if len(layers) != count:
             raise ValueError("count")
-    except (OSError, UnicodeDecodeError, ValueError, IndexError) as e:
+    except (OSError, ValueError, IndexError) as e:  # a UnicodeDecodeError is a ValueError
         raise InputError(f"{path}: not an ncnn network description (.param) this reader understands ({e}).") from e
     return layers
 
