@@ -573,3 +573,36 @@ def test_a_throwaway_teacher_student_stage_trains_from_an_overlay_and_a_loss_mod
     with torch.no_grad():
         wanted = teacher(lr)
         assert F.mse_loss(trained(lr), wanted) < 0.5 * F.mse_loss(fresh(lr), wanted)
+
+
+def test_a_noise_aware_method_trains_told_each_images_level_estimated_on_the_whole_lr(tmp_path):
+    """``lrunet``'s ``conditioning`` estimates the noise level on the whole LR image, before the patches are
+    cut, so every patch of an image carries the level the predictor would give it; the prepare-batch hands the
+    levels to the network as ``noise_level``, and the noisier image gets the higher level."""
+    from PIL import Image
+
+    from monai_sr_bundle.transforms.noise import estimate_noise_level
+
+    rng = np.random.default_rng(2)
+    smooth = np.add.outer(np.arange(96), np.arange(96)).astype(np.float32) / 190 * 200 + 20
+    Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / "clean.png")
+    Image.fromarray(np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)).save(
+        tmp_path / "noisy.png"
+    )
+    items = [{"label": "clean.png"}, {"label": "noisy.png"}]
+    (tmp_path / "list.json").write_text(json.dumps({"training": items, "validation": items[:1]}))
+    parser = train_parser("lrunet")
+    parser.update({"datalist_file": str(tmp_path / "list.json"), "patch_size": 32, "samples_per_image": 2,
+                   "content_scale": None, "degradation": "bicubic", "conditioning#1#prob": 0.0})  # fmt: skip
+    pipeline = parser.get_parsed_content("train#preprocessing")
+    levels = []
+    for item in parser.get_parsed_content("train_datalist"):
+        whole = pipeline.transforms[1](pipeline.transforms[0](dict(item)))["image"]  # the LR image, uncut
+        samples = pipeline(dict(item))
+        expected = float(estimate_noise_level(whole[None]))
+        assert [float(s["noise_level"]) for s in samples] == pytest.approx([expected] * len(samples), abs=1e-5)
+        levels.append(float(samples[0]["noise_level"]))
+    assert levels[1] > levels[0] + 1
+    batch = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in samples[0]}
+    lr, target, args, kwargs = parser.get_parsed_content("prepare_batch")(batch)
+    assert args == () and torch.equal(kwargs["noise_level"], batch["noise_level"]) and lr.shape == (2, 1, 8, 8)
