@@ -68,7 +68,7 @@ class LRUNet(nn.Module):
     LR pixels (the tiling inferer's ``align``): then every tile halves the same pixel pairs.
 
     Args:
-        scale: integer SR factor (2, 3 or 4: one pixel shuffle).
+        scale: integer SR factor, at least 2 (one pixel shuffle).
         in_channels: image channels (1 for radiographs).
         channels: width of each level, top (LR size) to bottom; its length is the number of levels.
         blocks: residual blocks per level (one number: the same at every level).
@@ -79,8 +79,8 @@ class LRUNet(nn.Module):
 
     #: ``--winograd`` is for output-size networks with wide 3x3 stacks; this one's cost is spread over levels
     winograd_speedup = False
-    #: LR tile edge by default: the context (``halo``) is wide, so 256-pixel tiles would spend most of their time
-    #: on it; a 512-pixel tile of the default widths holds about 0.4 GB of features
+    #: LR tile edge by default: the context (``halo``, 48 pixels at the default depth) is wide, so 256-pixel tiles
+    #: would spend most of their time on it (a 512-pixel image: 4 x 4 tiles of 228 pixels instead of one)
     tile_size = 512
 
     def __init__(

@@ -4,10 +4,9 @@ The noise level is the standard deviation of the image's noise in grey levels of
 [0, 1] times 255), the unit FFDNet's and SRMD's noise maps use. It is estimated from the image itself, so a
 user need not know it, and any surface can override it (0: treat the image as clean; higher: smooth more).
 
-The estimator looks at the flattest regions, as block-based estimators do (e.g. S.-M. Yang, S.-C. Tai,
-"Fast and reliable image-noise estimation using a hybrid approach", J. Electron. Imaging 2010): the image
-less its Gaussian blur (sigma 1 pixel) keeps noise and edges; its standard deviation in 8x8 blocks is low
-where there is no anatomy; the 20th percentile over the blocks, scaled so that white Gaussian noise of sd
+The estimator looks at the flattest regions, as block-based noise estimators do: the image less its Gaussian
+blur (sigma 1 pixel) keeps noise and edges; its standard deviation in 8x8 blocks is low where there is no
+anatomy; the 20th percentile over the blocks, scaled so that white Gaussian noise of sd
 ``s`` on a flat image reads ``s``, is the level. Blocks that touch the ends of the intensity range
 (collimation, burnt-out lungs, text) are left out: clipped regions carry no noise. A finer filter (a
 Laplacian) misses the noise that JPEG leaves, which is smoothed within its blocks: measured on NIH
