@@ -6,7 +6,6 @@ so every reported number is computed the same way.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -18,8 +17,15 @@ import torch
 from monai.data import MetaTensor
 
 from monai_sr_bundle import distributed
-from monai_sr_bundle.data.readers import read_image
-from monai_sr_bundle.data.writers import output_path_for, write_image
+from monai_sr_bundle.data.readers import image_format, read_image
+from monai_sr_bundle.data.writers import (
+    check_replaceable,
+    output_path_for,
+    write_image,
+    write_json,
+    write_table,
+    write_text,
+)
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import Predictor, Progress, validate_input
@@ -33,7 +39,16 @@ from monai_sr_bundle.metrics import (
     masked_psnr,
     summarize,
 )
-from monai_sr_bundle.report import LR_COLUMN, comparison_pages, spread_region, write_report, zoom_crops
+from monai_sr_bundle.report import (
+    LR_COLUMN,
+    comparison_pages,
+    crop_files,
+    figure_pages,
+    page_names,
+    spread_region,
+    write_report,
+    zoom_crops,
+)
 from monai_sr_bundle.transforms.presets import ARTIFACT_MASK_KEY, lr_synthesis
 
 logger = logging.getLogger(__name__)
@@ -144,6 +159,10 @@ def evaluate(
     (:func:`~monai_sr_bundle.report.write_report`). Unreadable or unusable inputs are
     reported and skipped. Returns ``{method: {metric: (mean, sd)}}``.
 
+    Every file is written as this tool's, and a file of a user's at any name it would write is refused in one
+    sentence before anything is written (:func:`~monai_sr_bundle.data.writers.check_replaceable`): a rerun
+    replaces its own outputs and nothing else.
+
     Args:
         datalist: dicts with ``label`` (HR path) and optional ``boxes`` ((x0, y0, x1, y1) at HR size).
         predictors: method name -> its :class:`~monai_sr_bundle.inference.Predictor`, all at one scale.
@@ -182,6 +201,7 @@ def evaluate(
             predictor.method.check_sampling(samples=samples)
     synthesis = lr_synthesis(degradation, scale)
     out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
+    check_replaceable(_outputs(datalist, list(predictors), out, save_images, figures))
     out.mkdir(parents=True, exist_ok=True)
     distributed.check_shards(len(datalist), "images to evaluate")
     fns = {name: _metric_fns(lpips, lpips_weights) for name in predictors}
@@ -224,16 +244,15 @@ def evaluate(
             rows.append((i, {"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes, region)}))
             panels[name] = _plain(sr)
             if save_images:
-                family = hr.meta["source_format"]  # the SR of a synthetic LR is no derived series of the HR's
-                fmt = "nifti" if family == "dicom" else None
-                write_image(sr, output_path_for(path, out / name, source_format=family, fmt=fmt))
+                write_image(sr, _sr_path(path, out / name, hr.meta["source_format"]))
         if i < figures:
             stem = Path(path).stem
             done = [panels[n] for n in predictors if n in panels] or [panels[LR_COLUMN]]
             region = boxes[0].tolist() if len(boxes) else spread_region(done, _plain(hr))
             notes = {r["method"]: f"PSNR {r['psnr']:.2f} dB" for j, r in rows[-len(predictors) :] if j == i}
-            pages = comparison_pages(panels, _plain(hr), region, out / f"figure_{stem}.png", notes, guards)
-            crops = zoom_crops(panels, _plain(hr), region, out / "report" / stem)
+            figure, folder = _figure_places(out, stem)
+            pages = comparison_pages(panels, _plain(hr), region, figure, notes, guards)
+            crops = zoom_crops(panels, _plain(hr), region, folder)
             shown.append((i, stem, {n: f"report/{stem}/{f}" for n, f in crops.items()}, [p.name for p in pages]))
     rows = [row for _, row in sorted(distributed.gather(rows), key=lambda x: x[0])]  # stable: methods keep order
     failures = [message for _, message in sorted(distributed.gather(failures))]
@@ -246,17 +265,40 @@ def evaluate(
     }
     if not distributed.is_main_process():
         return summary
-    with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_table(out / "metrics.csv", rows)
     n = len({r["image"] for r in rows})
-    (out / "summary.json").write_text(json.dumps({"images": n, "failures": failures, "summary": summary}, indent=2))
-    (out / "summary.md").write_text(
-        format_table(summary) + f"\n\n{n} images; in-box metrics over the images with boxes.\n"
+    write_json(out / "summary.json", {"images": n, "failures": failures, "summary": summary})
+    write_text(
+        out / "summary.md", format_table(summary) + f"\n\n{n} images; in-box metrics over the images with boxes."
     )
     how = "antialiased bicubic downsampling" if degradation is None else f"degradation preset {degradation}"
     if isinstance(degradation, Mapping):
         how = "a degradation given as keys: " + str(degradation.get("description", "no description"))
     write_report(out, rows, summary, shown, scale, how, {k: p.weights for k, p in predictors.items()}, failures)
     return summary
+
+
+def _figure_places(out: Path, stem: str) -> tuple[Path, Path]:
+    """Where an image's comparison figure and its zoomed crops go."""
+    return out / f"figure_{stem}.png", out / "report" / stem
+
+
+def _sr_path(path: str, folder: Path, family: str) -> Path:
+    """Where a saved SR image goes: the SR of a synthetic LR is no derived series of the HR's, so NIfTI for DICOM."""
+    return output_path_for(path, folder, source_format=family, fmt="nifti" if family == "dicom" else None)
+
+
+def _outputs(datalist: Sequence[Mapping], methods: list[str], out: Path, save_images: bool, figures: int) -> list[Path]:
+    """Every file :func:`evaluate` may write in ``out`` (an input of no known format writes nothing)."""
+    columns = 1 + len(methods)  # the LR and each method
+    shown = [Path(str(item["label"])).stem for item in datalist[: max(figures, 0)]]
+    files = [out / name for name in ("metrics.csv", "summary.json", "summary.md", *page_names(len(shown)))]
+    for stem in shown:
+        figure, folder = _figure_places(out, stem)
+        files += figure_pages(figure, columns) + crop_files(folder, columns)
+    for item in datalist if save_images else []:
+        try:
+            files += [_sr_path(str(item["label"]), out / name, image_format(str(item["label"]))) for name in methods]
+        except InputError:
+            continue
+    return files

@@ -118,7 +118,7 @@ def check_outputs(
     output name (``scan.png`` and ``scan.jpg``; names are compared ignoring case, as a Windows or macOS share
     would). An input whose format is unknown is left to the reader to report."""
     from monai_sr_bundle.data.readers import image_format
-    from monai_sr_bundle.data.writers import written_by_monai_sr
+    from monai_sr_bundle.data.writers import check_replaceable
 
     inputs = {os.path.realpath(f) for f in files}
     inputs |= {os.path.realpath(c) for f in files if os.path.isdir(f) for c in Path(f).iterdir()}
@@ -141,11 +141,7 @@ def check_outputs(
                     f"{printable(target)}: the output of {printable(src)} would replace an input image; give an "
                     "output folder apart from the inputs (nothing was written)."
                 )
-            if target.exists() and not written_by_monai_sr(target):
-                raise InputError(
-                    f"{printable(target)}: already exists and was not written by monai-sr; move it or give "
-                    "another output folder (nothing was written)."
-                )
+            check_replaceable([target])
 
 
 def _one_series(files: list[Path]) -> bool:
@@ -399,9 +395,12 @@ def run_inference(
     A bad input is reported in one sentence and skipped (nothing is written for it) while the others go on;
     if any failed, an :class:`InputError` saying how many is raised at the end: when others were written or were
     complete already, a :class:`PartialFailure`, and ``failed.csv`` in ``output_dir`` lists the failed inputs with
-    their reasons. Returns the written paths."""
+    their reasons (a clean run removes the one an earlier run wrote). A ``failed.csv`` there that this tool did
+    not write is refused before anything is written, as a user's file at an SR output's name is: scripts read
+    this run's failures from that name, so ours under another name would leave the user's to be read as ours.
+    Returns the written paths."""
     from monai_sr_bundle import distributed
-    from monai_sr_bundle.data.writers import written_by_monai_sr
+    from monai_sr_bundle.data.writers import check_replaceable, written_by_monai_sr
 
     predictor.method.check_sampling(samples=samples)
     samples = samples or 1
@@ -423,6 +422,7 @@ def run_inference(
         by_folder.setdefault(folder, []).append(src)
     for folder, sources in by_folder.items():
         check_outputs(sources, folder, output_format, maps)
+    check_replaceable([Path(output_dir) / FAILED])
     total = len(jobs)
     if skip_existing:
         targets = {job: _targets(job, output_format, maps) for job in jobs}
@@ -688,18 +688,12 @@ class Progress:
 
 
 def _report_failures(path: Path, failures: list[tuple[str, str]]) -> None:
-    """Write ``failed.csv`` (input, reason) atomically, or remove the one an earlier run left when none failed."""
-    import csv
-    import io
+    """Write ``failed.csv`` (input, reason; :func:`~monai_sr_bundle.data.writers.write_table`: atomic, noted as
+    ours, no cell a spreadsheet would run as a formula), or, when none failed, remove the one an earlier run
+    wrote; a user's file there was refused before the run."""
+    from monai_sr_bundle.data.writers import write_table, written_by_monai_sr
 
-    if not failures:
-        path.unlink(missing_ok=True)
-        return
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["input", "reason"])
-    writer.writerows(failures)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text.getvalue())
-    os.replace(tmp, path)
+    if failures:
+        write_table(path, [{"input": src, "reason": reason} for src, reason in failures])
+    elif path.is_file() and written_by_monai_sr(path):
+        path.unlink()

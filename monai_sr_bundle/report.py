@@ -11,6 +11,7 @@ import functools
 import html
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -98,9 +99,11 @@ def comparison_pages(
     every method). Every panel is shown in the HR image's :func:`window`. ``notes`` add a second title line
     (a method's PSNR). ``maps`` (a stochastic method's ``std`` and ``lr_consistency`` from several samples, at
     the HR size) add a row each, on the error's scale, black for the columns without them. At most
-    ``PER_PAGE`` columns a page, the HR image on each: ``path``, then ``<stem>_2.png`` and on. Returns the
-    pages written (atomically)."""
+    ``PER_PAGE`` columns a page, the HR image on each (:func:`figure_pages`). Returns the pages written
+    (atomically, as this tool's: :func:`~monai_sr_bundle.data.writers.write_figure`)."""
     from PIL import Image, ImageDraw
+
+    from monai_sr_bundle.data.writers import write_figure
 
     lo, hi = window(hr)
     shape = tuple(hr.shape[1:])
@@ -110,10 +113,10 @@ def comparison_pages(
     names = [n for n in columns if n != "HR"]
     per_page = PER_PAGE - 1
     pages = [names[i : i + per_page] for i in range(0, max(len(names), 1), per_page)] or [[]]
+    targets = figure_pages(path, len(names))
     truth = np.asarray(hr[0], dtype=np.float32).T[y0:y1, x0:x1]
     kinds = list(dict.fromkeys(k for m in (maps or {}).values() for k in m))
-    written = []
-    for number, page in enumerate(pages, start=1):
+    for page, target in zip(pages, targets):
         shown = {n: columns[n] for n in page} | {"HR": hr}
         canvas = Image.new("RGB", (PANEL * len(shown), TITLE + PANEL * (3 + len(kinds))), (0, 0, 0))
         draw = ImageDraw.Draw(canvas)
@@ -149,31 +152,38 @@ def comparison_pages(
                         fill=(255, 255, 255),
                         font=_font(13),
                     )
-        path = Path(path)
-        target = path if number == 1 else path.with_name(f"{path.stem}_{number}{path.suffix}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        canvas.save(tmp, format="PNG")
-        os.replace(tmp, target)
-        written.append(target)
-    return written
+        write_figure(canvas, target)
+    return targets
+
+
+def figure_pages(path: str | os.PathLike, columns: int) -> list[Path]:
+    """The pages of :func:`comparison_pages` for ``columns`` columns besides the HR image: ``path``, then
+    ``<stem>_2.png`` and on."""
+    path = Path(path)
+    count = math.ceil(max(columns, 1) / (PER_PAGE - 1))
+    return [path if n == 1 else path.with_name(f"{path.stem}_{n}{path.suffix}") for n in range(1, count + 1)]
+
+
+def crop_files(folder: str | os.PathLike, columns: int) -> list[Path]:
+    """The files of :func:`zoom_crops` for ``columns`` columns besides the HR image (one per column, then the HR's)."""
+    return [Path(folder) / f"{i}.png" for i in range(columns + 1)]
 
 
 def zoom_crops(
     columns: Mapping[str, torch.Tensor], hr: torch.Tensor, region: Sequence[float], folder: str | os.PathLike
 ) -> dict[str, str]:
     """Each column's zoomed region at its own pixels, in the HR image's window, as ``folder/<i>.png`` for the
-    report's before/after viewer; returns column name -> file name."""
+    report's before/after viewer (:func:`crop_files`, written as this tool's); returns column name -> file name."""
     from PIL import Image
+
+    from monai_sr_bundle.data.writers import write_figure
 
     lo, hi = window(hr)
     x0, y0, x1, y1 = square(region, tuple(hr.shape[1:]))
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    shown = {**columns, "HR": hr}
     names = {}
-    for i, (name, img) in enumerate({**columns, "HR": hr}.items()):
-        Image.fromarray(_gray(img, lo, hi)[y0:y1, x0:x1]).save(folder / f"{i}.png")
-        names[name] = f"{i}.png"
+    for (name, img), target in zip(shown.items(), crop_files(folder, len(columns))):
+        names[name] = write_figure(Image.fromarray(_gray(img, lo, hi)[y0:y1, x0:x1]), target).name
     return names
 
 
@@ -339,7 +349,10 @@ def write_report(
 ) -> Path:
     """``out/report.html`` from an evaluation's per-image ``rows``, its ``summary`` and ``figures`` (image stem ->
     (its zoom crops by column, its figure pages), paths relative to ``out``); ``weights``: method -> weights file
-    (None for an interpolation). Written atomically."""
+    (None for an interpolation). Written atomically, as this tool's; a page of a user's at one of its names
+    (:func:`page_names`) is refused before any is written, and of an earlier, longer report's pages only
+    ours are removed (a user's ``report_final.html`` stays)."""
+    from monai_sr_bundle.data.writers import check_replaceable, write_text, written_by_monai_sr
     from monai_sr_bundle.evaluation import METRICS
     from monai_sr_bundle.training import sha256
 
@@ -369,7 +382,8 @@ def write_report(
     failed = "".join(f"<li>{html.escape(f)}</li>" for f in failures)
     stems = list(figures)
     chunks = [stems[i : i + FIGURES_PER_PAGE] for i in range(0, len(stems), FIGURES_PER_PAGE)] or [[]]
-    names = ["report.html", *(f"report_{n}.html" for n in range(2, len(chunks) + 1))]
+    names = page_names(len(stems))
+    check_replaceable(out / name for name in names)
 
     def viewers(chunk: list[str]) -> str:
         return "".join(_viewer(stem, *figures[stem]) for stem in chunk)
@@ -407,9 +421,14 @@ def write_report(
         if i
     ]
     for old in out.glob("report_*.html"):  # a previous, longer report's pages
-        old.unlink()
+        if re.fullmatch(r"report_\d+\.html", old.name) and old.name not in names and written_by_monai_sr(old):
+            old.unlink()
     for name, text in reversed(list(zip(names, texts))):  # report.html last: its links exist once it does
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(HEAD + text + SCRIPT, encoding="utf-8")
-        os.replace(tmp, out / name)
+        write_text(out / name, HEAD + text + SCRIPT)
     return out / "report.html"
+
+
+def page_names(figures: int) -> list[str]:
+    """The pages of a report with ``figures`` image viewers: ``report.html``, then ``report_2.html`` and on."""
+    count = max(1, math.ceil(figures / FIGURES_PER_PAGE))
+    return ["report.html", *(f"report_{n}.html" for n in range(2, count + 1))]

@@ -356,6 +356,45 @@ def test_cli_sr_unknown_method(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def _files(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cli_demo_replaces_only_its_own_files_and_refuses_a_users(tmp_path, capsys):
+    """``monai-sr demo -o DIR`` keeps a user's ``report_final.html``; a rerun replaces its own outputs; a user's
+    file at a name it writes (tables, summaries, report page, figure, SR image) is refused in one sentence before
+    anything is written, nothing lost."""
+    src = _png(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report_final.html").write_text("<p>my report</p>")
+    demo = ["demo", "--input", str(src), "-o", str(out), "--methods", "bicubic", "--no-lpips", "--figures", "1"]
+    assert main(demo) == 0
+    assert main(demo) == 0  # a rerun replaces its own
+    assert (out / "report_final.html").read_text() == "<p>my report</p>"
+    capsys.readouterr()
+    for name in ["metrics.csv", "summary.json", "summary.md", "report.html", "figure_a.png", "bicubic/a_sr.png"]:
+        (out / name).unlink()
+        (out / name).write_bytes(b"mine")
+        before = _files(out)
+        assert main(demo) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"error: {out / name}: already exists and was not written by monai-sr; move it or give another output "
+            "folder (nothing was written)."
+        ]
+        assert _files(out) == before, name
+        (out / name).unlink()
+
+
+def test_metrics_csv_cells_cannot_run_as_spreadsheet_formulas(tmp_path, bicubic):
+    """An image named like a formula gets a leading ``'`` in metrics.csv (the numbers stay numbers)."""
+    src = _png(tmp_path / "in" / "=1+2.png")
+    evaluate([{"label": str(src)}], {"bicubic": bicubic}, tmp_path / "out", lpips=False, progress=False)
+    (row,) = _read_csv(tmp_path / "out" / "metrics.csv")
+    assert row["image"] == "'=1+2.png" and float(row["psnr"]) > 15 and row["software"].startswith("monai-sr ")
+
+
 def test_cli_demo_fallback_without_shared_data(tmp_path, monkeypatch, capsys, caplog):
     pytest.importorskip("pydicom")
     empty = tmp_path / "no_data"

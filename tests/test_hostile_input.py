@@ -381,6 +381,48 @@ def test_a_foreign_file_at_the_output_name_is_kept_and_a_rerun_replaces_its_own(
     assert [p.name for p in out.iterdir()] == ["a_sr.png"]
 
 
+def test_a_users_failed_csv_is_refused_and_only_ours_is_replaced_or_removed(tmp_path, capsys):
+    """A ``failed.csv`` of the user's in the output folder: refused before anything is written, after a clean run
+    as after a partial one; ours is replaced by the next partial run and removed by a clean one."""
+    d = tmp_path / "d"
+    d.mkdir()
+    _png(d / "a.png", size=(40, 36))
+    users = d / "failed.csv"
+    users.write_text("patient,why\n123,my notes\n")
+    before = _snapshot(d)
+    assert main(["sr", str(d), "-o", str(d), "-m", "bicubic"]) == 2
+    assert f"error: {users}: already exists and was not written by monai-sr" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert main(["sr", str(d / "a.png"), str(broken), "-o", str(d), "-m", "bicubic"]) == 2
+    assert _snapshot(d) == before
+    users.unlink()
+    assert main(["sr", str(d / "a.png"), str(broken), "-o", str(d), "-m", "bicubic"]) == 3
+    assert str(broken) in (d / "failed.csv").read_text()
+    broken.write_bytes(b"still not an image")
+    assert main(["sr", str(d / "a.png"), str(broken), "-o", str(d), "-m", "bicubic"]) == 3  # ours: replaced
+    assert main(["sr", str(d / "a.png"), "-o", str(d), "-m", "bicubic"]) == 0
+    assert sorted(p.name for p in d.iterdir()) == ["a.png", "a_sr.png"]  # a clean run removes ours
+
+
+def test_failed_csv_cells_cannot_run_as_spreadsheet_formulas(tmp_path, monkeypatch):
+    """Inputs named like formulas (``=``, ``+``, ``-``, ``@``, a leading tab or carriage return) fail; in
+    failed.csv their names start with ``'``, which a spreadsheet reads as text, and no cell starts a formula."""
+    import csv
+
+    monkeypatch.chdir(tmp_path)
+    names = ['=HYPERLINK("x","y").png', "+1.png", "-2.png", "@SUM(A1).png", "\tcmd.png", "\rcr.png"]
+    for name in names:
+        Path(name).write_bytes(b"not an image")
+    good = _png(tmp_path / "good.png")
+    with pytest.raises(InputError):
+        _run([*names, good], tmp_path / "out")
+    with open(tmp_path / "out" / "failed.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["input"] for r in rows) == sorted("'" + n for n in names)
+    assert not [c for r in rows for c in r.values() if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+
+
 @pytest.mark.parametrize("fmt", ["nifti", "nrrd", "mha", "dicom"])
 def test_every_output_format_is_recognised_as_own_on_rerun(fmt, tmp_path):
     src = _dicom(tmp_path / "a.dcm")

@@ -121,6 +121,35 @@ def test_many_images_page_the_report_and_every_page_renders(tmp_path):
     assert sorted(tmp_path.glob("report*.html")) == [report] and "Image pages" not in report.read_text()
 
 
+def test_a_shorter_report_removes_only_its_own_stale_pages_and_refuses_a_users_page(tmp_path):
+    """25 figures write report_2.html and report_3.html; a 1-figure report over them removes those two and keeps
+    a user's report_final.html and report_7.html; a user's page at a name the report writes is refused before
+    any page is written."""
+    from monai_sr_bundle.errors import InputError
+    from monai_sr_bundle.report import write_report
+
+    stems = [f"img{i:02d}" for i in range(25)]
+    rows = [{"image": s, "method": "bicubic", "psnr": 30.0} for s in stems]
+    summary = {"bicubic": {"psnr": (30.0, 0.0)}}
+    figures = {s: ({"bicubic": "c/b.png"}, ["c/f.png"]) for s in stems}
+    write_report(tmp_path, rows, summary, figures, 4, "bicubic", {"bicubic": None})
+    for name in ("report_final.html", "report_7.html"):
+        (tmp_path / name).write_text("<p>mine</p>")
+    write_report(tmp_path, rows[:1], summary, dict(list(figures.items())[:1]), 4, "bicubic", {"bicubic": None})
+    assert sorted(p.name for p in tmp_path.glob("report*.html")) == [
+        "report.html",
+        "report_7.html",
+        "report_final.html",
+    ]
+    assert (tmp_path / "report_final.html").read_text() == (tmp_path / "report_7.html").read_text() == "<p>mine</p>"
+    (tmp_path / "report_2.html").write_text("<p>mine too</p>")
+    before = (tmp_path / "report.html").read_bytes()
+    with pytest.raises(InputError, match="report_2.html: already exists and was not written by monai-sr"):
+        write_report(tmp_path, rows, summary, figures, 4, "bicubic", {"bicubic": None})
+    assert (tmp_path / "report_2.html").read_text() == "<p>mine too</p>" and not (tmp_path / "report_3.html").exists()
+    assert (tmp_path / "report.html").read_bytes() == before
+
+
 @needs_data(DATA / "nih_cxr14")
 def test_several_samples_add_the_diffusion_methods_spread_and_lr_consistency_rows(tmp_path):
     """sr3 (5 steps) with 2 samples beside bicubic on a 128 px NIH crop: sr3 is scored on the mean, and the

@@ -9,14 +9,20 @@ inputs.
 
 Every write is atomic (a hidden temporary file in the target folder, then ``os.replace``), creates the
 parent folders, and refuses to overwrite the image's own input file.
+
+Every file a command writes in an output folder, images and the tables, summaries, report pages and figures
+beside them alike (:func:`write_table`, :func:`write_json`, :func:`write_text`, :func:`write_figure`), carries
+a note naming this tool; :func:`written_by_monai_sr` reads it back and :func:`check_replaceable` is the one rule
+by which every command decides what in an output folder it may replace or remove.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +34,7 @@ from monai.transforms import MapTransform
 from monai_sr_bundle.data.derived_dicom import write_derived
 from monai_sr_bundle.data.outputs import input_paths, to_units, usual_mode
 from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES, image_format
-from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.errors import InputError, printable
 
 #: output format name -> default extension
 FORMAT_EXTENSIONS = {
@@ -140,23 +146,31 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def _software() -> str:
+    """``monai-sr <version>``: how every output names the tool that wrote it."""
+    import monai_sr_bundle
+
+    return f"{SOFTWARE} {monai_sr_bundle.__version__}"
+
+
 def _note(method: str) -> str:
     """The provenance a PNG or NIfTI/NRRD/MHA output carries (as DICOM outputs do in DerivationDescription):
     :func:`written_by_monai_sr` tells an earlier output, which a rerun may replace, from a user's file."""
-    import monai_sr_bundle
-
-    return f"{SOFTWARE} {monai_sr_bundle.__version__}: super-resolution by {method}"
+    return f"{_software()}: super-resolution by {method}"
 
 
 def written_by_monai_sr(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an output of this tool (its note or, for DICOM, its derivation; a derived series
-    folder: every file in it); an unreadable file is not."""
+    folder: every file in it; a table, summary or report page: the note :func:`_text_note` finds); an unreadable
+    file is not."""
     path = Path(path)
     if path.is_dir():
         return all(p.is_file() and written_by_monai_sr(p) for p in path.iterdir())
     if not path.is_file():
         return False
     try:
+        if path.suffix.lower() in _TEXT_SUFFIXES:
+            return _text_note(path)
         family = _out_family(path)
         if family == "png":
             from PIL import Image
@@ -176,6 +190,112 @@ def written_by_monai_sr(path: str | os.PathLike) -> bool:
         return f"({SOFTWARE} " in str(ds.get("DerivationDescription", ""))
     except Exception:  # whatever is unreadable here is somebody else's file
         return False
+
+
+def check_replaceable(paths: Iterable[str | os.PathLike]) -> None:
+    """Refuse a run that would replace or remove a file at one of ``paths`` that this tool did not write
+    (:func:`written_by_monai_sr`; a dangling link or an unreadable file counts as not ours): the one rule by which
+    ``monai-sr sr``, the demo, evaluation and the report tell their own earlier outputs, which a rerun replaces,
+    from a user's files, which are left alone. Callers ask before they write anything."""
+    for path in paths:
+        if os.path.lexists(path) and not written_by_monai_sr(path):
+            raise InputError(
+                f"{printable(path)}: already exists and was not written by monai-sr; move it or give another output "
+                "folder (nothing was written)."
+            )
+
+
+#: the text outputs (tables, summaries, report pages), each noting the tool where its format keeps a note
+_TEXT_SUFFIXES = (".csv", ".json", ".md", ".html")
+#: how much of a text output is read to find its note (a user's huge file is not read whole)
+_NOTE_WINDOW = 1 << 16
+#: the first characters that make a spreadsheet read a cell as a formula (CSV injection)
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_note(path: Path) -> bool:
+    """Whether the text output ``path`` carries the note its writer puts in (:func:`write_table`,
+    :func:`write_json`, :func:`write_text`)."""
+    suffix, mark = path.suffix.lower(), f"{SOFTWARE} "
+    with open(path, "rb") as f:
+        if suffix == ".md":  # the note ends the file
+            f.seek(max(0, path.stat().st_size - _NOTE_WINDOW))
+        text = f.read(_NOTE_WINDOW).decode("utf-8", errors="replace")
+    if suffix == ".md":
+        return re.search(r"<!-- " + re.escape(mark) + r"[^<>]* -->\s*\Z", text) is not None
+    if suffix == ".html":
+        head, closed, _ = text.partition("</head>")
+        return bool(closed) and f'<meta name="generator" content="{mark}' in head
+    if suffix == ".json":
+        return re.match(r'\{\s*"software": "' + re.escape(mark), text) is not None
+    import csv
+    import io
+
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header, first = next(rows, []), next(rows, [])
+    return header[-1:] == ["software"] and len(first) == len(header) and first[-1].startswith(mark)
+
+
+def _cell(value):
+    """A CSV cell a spreadsheet shows as it is: text that starts like a formula (``=``, ``+``, ``-``, ``@``, a tab
+    or a carriage return, e.g. an input named ``=HYPERLINK(...).png``) gets a leading ``'``, which spreadsheets
+    read as "text" and hide; numbers are written as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value
+
+
+def write_table(path: str | os.PathLike, rows: Sequence[Mapping]) -> Path:
+    """Write ``rows`` (dicts with the first row's keys) as CSV, atomically, with a last column ``software``
+    (``monai-sr <version>``), the note by which :func:`written_by_monai_sr` knows the table as this tool's: CSV
+    has no place for a note that every reader skips. Cells that a spreadsheet would run as a formula are
+    neutralised (:func:`_cell`)."""
+    import csv
+    import io
+
+    columns = [*rows[0], "software"]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows([_cell(row.get(c)) for c in columns[:-1]] + [_software()] for row in rows)
+    return _write_bytes(Path(path), text.getvalue().encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, content: Mapping) -> Path:
+    """Write ``content`` as indented JSON, atomically, with ``"software": "monai-sr <version>"`` as its first key
+    (the note :func:`written_by_monai_sr` reads)."""
+    import json
+
+    return _write_bytes(Path(path), json.dumps({"software": _software(), **content}, indent=2).encode("utf-8"))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a report page (``.html``, with a ``<head>``) or a summary (``.md``), atomically, with the tool's note
+    where the format keeps one: a generator meta tag in the page's head; an HTML comment ending the Markdown,
+    hidden where it is rendered."""
+    path, note = Path(path), _software()
+    if path.suffix.lower() == ".html" and "<head>" in text:
+        text = text.replace("<head>", f'<head><meta name="generator" content="{note}">', 1)
+    elif path.suffix.lower() == ".md":
+        text = f"{text.rstrip()}\n\n<!-- {note} -->\n"
+    else:
+        raise ValueError(f"{path}: write_text writes an HTML page with a <head> or a Markdown file.")
+    return _write_bytes(path, text.encode("utf-8"))
+
+
+def write_figure(image, path: str | os.PathLike) -> Path:
+    """Write a PIL image (a report's figure or zoomed crop) as PNG, atomically, with the ``Software`` note every
+    PNG output carries."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", f"{_software()}: a report figure")
+    path = Path(path)
+    _atomic(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    return path
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+    return path
 
 
 def _write_png(arr: np.ndarray, rng, path: Path, name: str, method: str) -> None:

@@ -366,7 +366,10 @@ class SiteWorker:
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
             command += [f"--nproc_per_node={processes}", "-m", "monai_sr_bundle.federated.client", *self.argv]
             self.process = subprocess.Popen(
-                command + ["--serve", json.dumps(serve)], env={**os.environ, KEY_ENV: key.hex()}, start_new_session=True
+                command + ["--serve", json.dumps(serve)],
+                # PYTHONSAFEPATH: the ranks' `-m` must not import from the site's working folder
+                env={**os.environ, KEY_ENV: key.hex(), "PYTHONSAFEPATH": "1"},
+                start_new_session=True,
             )
             accepted = []
             waiter = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)

@@ -22,6 +22,21 @@ from pathlib import Path
 MODULES = ("torch", "monai", "monai_sr_bundle")
 
 
+def private_launch() -> dict:
+    """``subprocess`` arguments that keep a started Python from importing what others planted: ``python -m``
+    and ``-c`` put their working folder first on ``sys.path``, so the processes start in a folder only this
+    user can write (made once, mode 0700), and ``PYTHONSAFEPATH`` (Python 3.11+) adds no such folder at all.
+    Slicer's own working folder and the system temporary folder (anyone can write a package there) are never
+    the working folder of a process started here."""
+    global _PRIVATE
+    if _PRIVATE is None or not os.path.isdir(_PRIVATE):
+        _PRIVATE = tempfile.mkdtemp(prefix="monai-sr-")
+    return {"cwd": _PRIVATE, "env": {**os.environ, "PYTHONSAFEPATH": "1"}}
+
+
+_PRIVATE: str | None = None
+
+
 class RunError(RuntimeError):
     """The SR process failed or was cancelled; the message is the process's own error sentence."""
 
@@ -31,7 +46,7 @@ def missing_dependencies(python: str = sys.executable) -> list[str]:
     code = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
     try:
         done = subprocess.run(
-            [python, "-c", code, *MODULES], capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir()
+            [python, "-c", code, *MODULES], capture_output=True, text=True, timeout=120, **private_launch()
         )
     except OSError as e:
         raise RunError(f"cannot start Python at {python} ({e.strerror}).") from e
@@ -49,7 +64,7 @@ def list_methods(python: str = sys.executable) -> list[dict]:
             capture_output=True,
             text=True,
             timeout=300,
-            cwd=tempfile.gettempdir(),
+            **private_launch(),
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise RunError(f"cannot list the methods with {python} ({e}).") from e
@@ -97,7 +112,7 @@ class Worker:
                     stdout=subprocess.PIPE,
                     stderr=self.log,
                     start_new_session=True,
-                    cwd=tempfile.gettempdir(),  # what the process imports must not depend on Slicer's working folder
+                    **private_launch(),
                 )
             except OSError as e:
                 raise RunError(f"cannot start the SR process ({e.strerror}): {self.cmd[0]}") from e
