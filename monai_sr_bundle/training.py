@@ -1,6 +1,7 @@
 """What the bundle's train config cannot say declaratively: finding the checkpoint to resume from, stopping
-on a non-finite loss, publishing the best checkpoint as a plain, hashed state dict under ``models/``; and the
-train config of a method's stage (its overlay's ``stages``) for the surfaces that train in process.
+on a non-finite loss or at a time limit (with a learning rate annealed over that time), publishing the best
+checkpoint as a plain, hashed state dict under ``models/``; and the train config of a method's stage (its
+overlay's ``stages``) for the surfaces that train in process.
 
 All of it holds under ``torch.distributed`` (several processes, one per GPU): checkpoints and weights hold
 the unwrapped modules the config builds (never a ``DistributedDataParallel`` wrapper's ``module.`` names) and
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -288,6 +290,8 @@ def publish_weights(
     if timing.is_file():
         took = json.loads(timing.read_text())
         provenance = {**provenance, "train_minutes": round(took["seconds"] / 60, 2), "train_device": took["device"]}
+        if "epochs" in took and took["epochs"] != provenance.get("epochs"):
+            provenance["epochs_run"] = took["epochs"]  # a time limit or a stop ended it early
     return write_weights({k: v for k, v in state.items() if k != "checkpointer"}, weights_path, provenance)
 
 
@@ -421,11 +425,70 @@ def track_train_time(trainer, run_dir: str | os.PathLike) -> None:
             where = where if world_size() == 1 else f"{world_size()} processes, {where}"
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps({"seconds": round(clock["total"], 1), "device": where}))
+            took = {"seconds": round(clock["total"], 1), "device": where, "epochs": engine.state.epoch}
+            tmp.write_text(json.dumps(took))
             os.replace(tmp, path)
 
     trainer.add_event_handler(Events.STARTED, start)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_done)
+
+
+def stop_after(trainer, run_dir: str | os.PathLike, minutes: float | None) -> None:
+    """End training after the first epoch that brings its wall time (:func:`track_train_time`'s, summed over
+    resumed runs) to ``minutes``; None: no limit. For a run that must finish by a deadline (a GPU lent for a
+    quarter of an hour), paired with :class:`TimedCosineLR`; the last validation and the publishing still
+    run. Register it after :func:`track_train_time`, which writes the clock it reads."""
+    if minutes is None:
+        return
+    from ignite.engine import Events
+
+    path = Path(run_dir) / TRAIN_SECONDS
+
+    def check(engine) -> None:
+        if path.is_file() and json.loads(path.read_text())["seconds"] >= 60 * float(minutes):
+            engine.terminate()
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, check)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, epochs: int, minutes: float | None = None, eta_min: float = 1e-6):
+    """Cosine annealing to ``eta_min`` over the run: over ``epochs``, or over ``minutes`` of training when the
+    run has a time limit (:class:`TimedCosineLR`)."""
+    if minutes is None:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=eta_min)
+    return TimedCosineLR(optimizer, minutes, eta_min)
+
+
+class TimedCosineLR(torch.optim.lr_scheduler.LRScheduler):
+    """Cosine annealing over a wall-time budget rather than an epoch count, stepped once an epoch: the
+    learning rate reaches ``eta_min`` when ``minutes`` of training have passed, however many epochs that
+    took (a GPU run cannot know its epochs' speed before it starts). The time spent is in its state, so a
+    resumed run continues the curve."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, minutes: float, eta_min: float = 0.0) -> None:
+        if not float(minutes) > 0:
+            raise InputError(f"time_limit_minutes must be a positive number of minutes, not {minutes!r}.")
+        self.seconds, self.eta_min, self.elapsed, self._mark = 60 * float(minutes), eta_min, 0.0, None
+        super().__init__(optimizer)
+
+    def step(self, epoch=None) -> None:
+        import time
+
+        now = time.perf_counter()
+        if self._mark is not None:
+            self.elapsed += now - self._mark
+        self._mark = now
+        super().step()
+
+    def get_lr(self) -> list[float]:
+        done = min(self.elapsed / self.seconds, 1.0)
+        return [self.eta_min + (lr - self.eta_min) * (1 + math.cos(math.pi * done)) / 2 for lr in self.base_lrs]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """The time spent so far from the checkpoint; the budget and the clock are this run's."""
+        import time
+
+        super().load_state_dict({**state_dict, "seconds": self.seconds, "_mark": time.perf_counter()})
 
 
 def validate_at_end(trainer, evaluator, interval: int) -> None:

@@ -1,0 +1,89 @@
+"""The GPU training script (``tools/gpu_train.py``) in its CPU dry run, so that it still runs the day a GPU is
+lent; and the time-limited schedule it trains with."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA, needs_data
+
+from monai_sr_bundle import training
+from monai_sr_bundle.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tools" / "gpu_train.py"
+
+
+@pytest.mark.slow
+@needs_data(DATA / "nih_cxr14")
+def test_pack_then_dry_run_writes_scored_weights_with_their_records(tmp_path):
+    """``pack`` writes the training images as JPEG and the validation images as they are; ``train --dry-run``
+    trains every variant on them, and writes each one's weights (loadable with ``weights_only``), its record
+    (the bundle command with the time limit, the epochs actually run, the pack) and a score per degradation."""
+    pack = tmp_path / "pack"
+    subprocess.run([sys.executable, SCRIPT, "pack", "--pack", pack, "--limit", "2"], check=True, timeout=120)
+    rows = list(csv.DictReader(open(pack / "images.csv")))
+    assert [r["split"] for r in rows] == ["train", "train", "val"]
+    assert sorted(p.suffix for p in (pack / "images").iterdir()) == [".jpg", ".jpg", ".png"]
+
+    out = tmp_path / "out"
+    command = [sys.executable, SCRIPT, "train", "--pack", pack, "--out", out, "--work", tmp_path / "work"]
+    done = subprocess.run([*command, "--minutes", "0.01", "--dry-run"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    from gpu_train import SCORED, VARIANTS
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["failed"] == []
+    expected = {(name, d) for name, v in VARIANTS.items() for d in SCORED[v["scale"]]}
+    assert {(r["variant"], r["degradation"]) for r in results["rows"]} == expected
+    records = json.loads((out / "weights.json").read_text())
+    for name, variant in VARIANTS.items():
+        weights = out / f"{name}_lrunet_cxr_x{variant['scale']}.pt"
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        assert state and all(torch.isfinite(v).all() for v in state.values())
+        record = records[name][f"lrunet_cxr_x{variant['scale']}.pt"]
+        assert record["sha256"] == training.sha256(weights)
+        assert "--time_limit_minutes 0.01" in record["command"]
+        assert record["epochs_run"] == 1  # the time limit ended it after its first epoch (of 2)
+        assert "JPEG" in record["data_pack"]
+    assert "=== x2" in (out / "train_logs.txt").read_text()
+
+
+def test_timed_cosine_follows_the_clock_and_resumes(monkeypatch):
+    """The learning rate falls along a cosine of the time spent (half-way: the mean of start and floor), stays
+    at the floor after the budget, and a resumed scheduler continues from the time already spent."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr("time.perf_counter", lambda: clock["now"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = training.lr_schedule(optimizer, epochs=1000, minutes=1.0, eta_min=0.0)
+    assert optimizer.param_groups[0]["lr"] == 1.0
+    clock["now"] = 30.0
+    optimizer.step()
+    schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5)
+    state = schedule.state_dict()
+
+    clock["now"] = 1000.0  # another process, later: the time between runs is not training time
+    resumed = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    again = training.lr_schedule(resumed, 1000, 1.0, 0.0)
+    again.load_state_dict(state)
+    clock["now"] = 1015.0
+    resumed.step()
+    again.step()
+    assert again.get_last_lr()[0] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(0.75 * torch.pi)).item()))
+    clock["now"] = 2000.0
+    again.step()
+    assert again.get_last_lr()[0] == pytest.approx(0.0)
+
+    epochs = training.lr_schedule(optimizer, epochs=10, minutes=None)
+    assert isinstance(epochs, torch.optim.lr_scheduler.CosineAnnealingLR) and epochs.T_max == 10
+    with pytest.raises(InputError, match="time_limit_minutes"):
+        training.lr_schedule(optimizer, 10, minutes=0)
