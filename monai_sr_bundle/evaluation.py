@@ -17,15 +17,8 @@ import torch
 from monai.data import MetaTensor
 
 from monai_sr_bundle import distributed
+from monai_sr_bundle.data import writers
 from monai_sr_bundle.data.readers import image_format, read_image
-from monai_sr_bundle.data.writers import (
-    check_replaceable,
-    output_path_for,
-    write_image,
-    write_json,
-    write_table,
-    write_text,
-)
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import Predictor, Progress, validate_input
@@ -201,7 +194,7 @@ def evaluate(
             predictor.method.check_sampling(samples=samples)
     synthesis = lr_synthesis(degradation, scale)
     out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
-    check_replaceable(_outputs(datalist, list(predictors), out, save_images, figures))
+    writers.check_replaceable(_outputs(datalist, list(predictors), out, save_images, figures))
     out.mkdir(parents=True, exist_ok=True)
     distributed.check_shards(len(datalist), "images to evaluate")
     fns = {name: _metric_fns(lpips, lpips_weights) for name in predictors}
@@ -244,7 +237,7 @@ def evaluate(
             rows.append((i, {"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes, region)}))
             panels[name] = _plain(sr)
             if save_images:
-                write_image(sr, _sr_path(path, out / name, hr.meta["source_format"]))
+                writers.write_image(sr, _sr_path(path, out / name, hr.meta["source_format"]))
         if i < figures:
             stem = Path(path).stem
             done = [panels[n] for n in predictors if n in panels] or [panels[LR_COLUMN]]
@@ -265,10 +258,10 @@ def evaluate(
     }
     if not distributed.is_main_process():
         return summary
-    write_table(out / "metrics.csv", rows)
+    writers.write_table(out / "metrics.csv", rows)
     n = len({r["image"] for r in rows})
-    write_json(out / "summary.json", {"images": n, "failures": failures, "summary": summary})
-    write_text(
+    writers.write_json(out / "summary.json", {"images": n, "failures": failures, "summary": summary})
+    writers.write_text(
         out / "summary.md", format_table(summary) + f"\n\n{n} images; in-box metrics over the images with boxes."
     )
     how = "antialiased bicubic downsampling" if degradation is None else f"degradation preset {degradation}"
@@ -285,7 +278,7 @@ def _figure_places(out: Path, stem: str) -> tuple[Path, Path]:
 
 def _sr_path(path: str, folder: Path, family: str) -> Path:
     """Where a saved SR image goes: the SR of a synthetic LR is no derived series of the HR's, so NIfTI for DICOM."""
-    return output_path_for(path, folder, source_format=family, fmt="nifti" if family == "dicom" else None)
+    return writers.output_path_for(path, folder, source_format=family, fmt="nifti" if family == "dicom" else None)
 
 
 def _outputs(datalist: Sequence[Mapping], methods: list[str], out: Path, save_images: bool, figures: int) -> list[Path]:
