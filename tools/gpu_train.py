@@ -8,12 +8,12 @@ A GPU machine receives this repository plus what a call names in ``carry``, 64 M
 selects the weights), ``images.csv`` and ``boxes.csv`` of both, and with ``--wheels`` the wheels the machine
 lacks (fetched from the package registry).
 
-``train`` (there) installs the wheels, lays the images out as ``../shared/data`` is laid out, and trains the
-variants below at once, one bundle training process each (the CPU cores shared among their data loaders, the
-GPU among their steps), each for ``--minutes`` of training with the learning rate annealed over that time
+``train`` (there, after ``pip install --no-index --no-deps --target`` of the wheels: docs/bundle.md) lays the
+images out as ``../shared/data`` is laid out and trains the variants below at once, one bundle training
+process each (the CPU cores shared among their data loaders, the GPU among their steps), each for ``--minutes`` of training with the learning rate annealed over that time
 (``time_limit_minutes``). Then every published weight file is scored on the whole validation split, clean and
 degraded, against bicubic. ``--out`` gets the weights, their ``weights.json`` records (the bundle command
-that reruns each) and ``results.json`` / ``results.md``.
+that reruns each), ``results.json`` and the end of each training's log.
 
 ``--dry-run``: the same on the CPU with a few images and a few seconds of training (the suite runs it)."""
 
