@@ -10,10 +10,11 @@ lacks (fetched from the package registry).
 
 ``train`` (there, after ``pip install --no-index --no-deps --target`` of the wheels: docs/bundle.md) lays the
 images out as ``../shared/data`` is laid out and trains the variants below at once, one bundle training
-process each (the CPU cores shared among their data loaders, the GPU among their steps), each for ``--minutes`` of training with the learning rate annealed over that time
-(``time_limit_minutes``). Then every published weight file is scored on the whole validation split, clean and
-degraded, against bicubic. ``--out`` gets the weights, their ``weights.json`` records (the bundle command
-that reruns each), ``results.json`` and the end of each training's log.
+process each (the CPU cores shared among their data loaders, the GPU among their steps), each for
+``--minutes`` of training with the learning rate annealed over that time (``time_limit_minutes``). Then every
+published weight file is scored on the whole validation split, clean and degraded, against bicubic. ``--out``
+gets the weights, their ``weights.json`` records (the bundle command that reruns each), ``results.json`` and
+the end of each training's log.
 
 ``--dry-run``: the same on the CPU with a few images and a few seconds of training (the suite runs it)."""
 
