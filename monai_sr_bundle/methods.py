@@ -588,6 +588,11 @@ def _class_source(module: str, name: str) -> tuple[str, ast.ClassDef] | None:
     return None
 
 
+#: what reading a file that holds no weights of the network raises (torch.load, load_state_dict): a text file
+#: ends in an IndexError, a truncated one in an EOFError
+NOT_WEIGHTS = (RuntimeError, LookupError, ValueError, EOFError, OSError, TypeError, AttributeError, pickle.PickleError)
+
+
 def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a plain state dict (``torch.load(..., weights_only=True)``) into ``network``."""
     import torch
@@ -598,7 +603,7 @@ def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
-    except (RuntimeError, KeyError, EOFError, OSError, TypeError, AttributeError, pickle.UnpicklingError) as e:
+    except NOT_WEIGHTS as e:
         # torch's own first line only names the network ("Error(s) in loading state_dict for X:"); the next says what
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
         reason = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]

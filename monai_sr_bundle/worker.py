@@ -28,6 +28,20 @@ from monai_sr_bundle.errors import InputError, printable
 
 #: what a request may say: where, and the options of ``monai-sr sr`` (left out: their defaults there)
 REQUEST = ("input", "output", "method", "scale", "modality", "weights", "noise_level", *methods.SAMPLING_OPTIONS)
+#: the longest request line answered (a request is a few paths and numbers; a longer line is refused unread,
+#: and its reply does not echo it)
+MAX_REQUEST = 1 << 16
+
+
+def _not_finite(text: str):
+    raise ValueError(f"{text} is not a finite number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        _not_finite(text)
+    return value
 
 
 class Worker:
@@ -61,10 +75,12 @@ class Worker:
 
     @staticmethod
     def _parsed(line: str) -> dict:
-        try:
-            request = json.loads(line)
-        except ValueError as e:
-            raise InputError(f"a request must be one JSON object per line ({e}).") from e
+        if len(line) > MAX_REQUEST:
+            raise InputError(f"a request line is at most {MAX_REQUEST} characters, got {len(line)}.")
+        try:  # NaN, Infinity and 1e999 are no numbers a request takes; JSON nested thousands deep is no request
+            request = json.loads(line, parse_constant=_not_finite, parse_float=_finite)
+        except (ValueError, RecursionError) as e:
+            raise InputError(f"a request must be one JSON object per line ({printable(e)[:200]}).") from e
         if not isinstance(request, dict):
             raise InputError(f"a request must be a JSON object, got {type(request).__name__}.")
         unknown = sorted(set(request) - set(REQUEST))

@@ -237,6 +237,12 @@ def test_the_worker_answers_every_hostile_request_line_and_ends_with_its_input(t
         json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "modality": ["cxr"]}),
         json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "weights": 5}),
         json.dumps({"input": "in\u0000.png", "output": str(tmp_path), "method": "bicubic"}),
+        # issue 56, finding 7: each of these ended the worker
+        '{"input": "x.png", "output": "%s", "scale": NaN}' % tmp_path,
+        '{"input": "x.png", "output": "%s", "scale": 1e999}' % tmp_path,
+        "[" * 50_000,
+        json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "weights": "/etc/passwd"}),
+        json.dumps({"input": "a" * 2_000_000, "output": str(tmp_path)}),
     ]
     done = subprocess.run(
         [sys.executable, "-m", "monai_sr_bundle.cli", "worker"],
@@ -254,6 +260,9 @@ def test_the_worker_answers_every_hostile_request_line_and_ends_with_its_input(t
     assert "scale must be a positive whole number, got '4; rm -rf /'" in messages[6]
     assert "modality must each be a single value" in messages[7] and '"weights" must be a path' in messages[8]
     assert "a path cannot contain a NUL character" in messages[9]
+    assert "NaN is not a finite number" in messages[10] and "1e999 is not a finite number" in messages[11]
+    assert "one JSON object per line" in messages[12] and "weights do not fit this network" in messages[13]
+    assert "a request line is at most" in messages[14] and max(len(m) for m in messages) < 1000
     assert list(tmp_path.iterdir()) == []
 
 
