@@ -10,8 +10,11 @@ import json
 import logging
 import math
 import os
+import re
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from monai.data import MetaTensor
@@ -150,7 +153,9 @@ def evaluate(
     comparison figure (:func:`~monai_sr_bundle.report.comparison_pages`: the first box zoomed, or on an image
     without boxes the region where the methods disagree most), and ``report.html``
     (:func:`~monai_sr_bundle.report.write_report`). Unreadable or unusable inputs are
-    reported and skipped. Returns ``{method: {metric: (mean, sd)}}``.
+    reported and skipped. Each input's rows, figure, crops and SR images carry one name, unique in the
+    evaluation (:func:`input_labels`: its file name, unless another input shares it). Returns
+    ``{method: {metric: (mean, sd)}}``.
 
     Every file is written as this tool's, and a file of a user's at any name it would write is refused in one
     sentence before anything is written (:func:`~monai_sr_bundle.data.writers.check_replaceable`): a rerun
@@ -194,7 +199,8 @@ def evaluate(
             predictor.method.check_sampling(samples=samples)
     synthesis = lr_synthesis(degradation, scale)
     out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
-    writers.check_replaceable(_outputs(datalist, list(predictors), out, save_images, figures))
+    labels = input_labels([str(item["label"]) for item in datalist], 1 + len(predictors))
+    writers.check_replaceable(_outputs(datalist, labels, list(predictors), out, save_images, figures))
     out.mkdir(parents=True, exist_ok=True)
     distributed.check_shards(len(datalist), "images to evaluate")
     fns = {name: _metric_fns(lpips, lpips_weights) for name in predictors}
@@ -202,7 +208,7 @@ def evaluate(
     mine = distributed.shard(range(len(datalist)))
     meter = Progress(len(mine), progress, desc="evaluating", quiet=not distributed.is_main_process())
     for i in _counted(mine, meter):
-        item = datalist[i]
+        item, label = datalist[i], labels[i]
         path = str(item["label"])
         try:
             hr = read_image(path, intensity=intensity)
@@ -223,7 +229,7 @@ def evaluate(
         panels = {LR_COLUMN: _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
         guards = {}  # a stochastic method's uncertainty maps, when it draws several samples
         for name, predictor in predictors.items():
-            meter.status(f"{name} on {Path(path).name}")
+            meter.status(f"{name} on {label.image}")
             try:
                 if predictor.method.stochastic and (samples or 1) > 1:
                     drawn = predictor.maps(lr, samples)
@@ -234,12 +240,12 @@ def evaluate(
                 logger.error(f"{name} on {path}: {e}")
                 failures.append((i, f"{name} on {path}: {e}"))
                 continue
-            rows.append((i, {"image": Path(path).name, "method": name, **_score(fns[name], sr, hr, boxes, region)}))
+            rows.append((i, {"image": label.image, "method": name, **_score(fns[name], sr, hr, boxes, region)}))
             panels[name] = _plain(sr)
             if save_images:
-                writers.write_image(sr, _sr_path(path, out / name, hr.meta["source_format"]))
+                writers.write_image(sr, _sr_path(path, out / name, hr.meta["source_format"], label))
         if i < figures:
-            stem = Path(path).stem
+            stem = label.stem
             done = [panels[n] for n in predictors if n in panels] or [panels[LR_COLUMN]]
             region = boxes[0].tolist() if len(boxes) else spread_region(done, _plain(hr))
             notes = {r["method"]: f"PSNR {r['psnr']:.2f} dB" for j, r in rows[-len(predictors) :] if j == i}
@@ -271,27 +277,107 @@ def evaluate(
     return summary
 
 
+class Label(NamedTuple):
+    """How one input of an evaluation is named in its outputs (:func:`input_labels`): ``image`` in its rows of
+    ``metrics.csv``, ``stem`` in its figure and crops folder; its saved SR images get ``prefix`` before and
+    ``number`` after the usual ``<stem>`` of ``<stem>_sr<ext>``."""
+
+    image: str
+    stem: str
+    prefix: str = ""
+    number: str = ""
+
+
+def input_labels(paths: Sequence[str], columns: int) -> list[Label]:
+    """One label per input, unique in the evaluation: otherwise ``a/x.png`` and ``b/x.png`` would overwrite each
+    other's figure, crops and SR images and give two rows nobody can tell apart.
+
+    An input keeps its file name (the names it always had) unless another's outputs would take one of its own;
+    then they are named by their shortest distinguishing trailing path (row ``a/x.png``, files ``a_x``), and where
+    none tells them apart (the same file twice) the later ones are numbered (``x.png (2)``, ``x_2``). Names are
+    compared ignoring case, as some file systems do; ``columns`` (the LR and the methods) gives the figure's
+    page names. Only the paths, the working folder and the method count matter: a rerun names alike."""
+    full = [Path(os.path.abspath(p)).parts for p in paths]
+    saved = []  # each input's usual SR image name split at its "_sr" (for a label: prefix, head, number, _sr, tail)
+    for p in paths:
+        try:
+            saved.append(_sr_path(p, Path(), image_format(p), Label("", "")).name.rsplit("_sr", 1))
+        except InputError:  # no known format: it writes no SR image, and fails when read
+            saved.append(None)
+
+    def label(i: int, depth: int, number: int = 1) -> Label:
+        trail = full[i][-depth:]
+        folders = (re.sub(r"\W+", "_", part).strip("_") for part in trail[:-1])
+        prefix = "".join(f"{part}_" for part in folders if part)
+        tag = f"_{number}" if number > 1 else ""
+        image = Path(*trail).as_posix() + (f" ({number})" if number > 1 else "")
+        return Label(image, prefix + Path(trail[-1]).stem + tag, prefix, tag)
+
+    def names(i: int, lab: Label) -> set[str]:
+        """Every name ``lab`` gives input ``i``'s outputs (and its rows), as a case-insensitive file system sees it."""
+        figure, folder = _figure_places(Path(), lab.stem)
+        taken = {f"row:{lab.image}", folder.as_posix(), *(p.as_posix() for p in figure_pages(figure, columns))}
+        if saved[i] is not None:  # as _sr_path names it, without asking the disk again
+            taken.add(f"sr/{lab.prefix}{saved[i][0]}{lab.number}_sr{saved[i][1]}")
+        return {name.casefold() for name in taken}
+
+    depth = [1] * len(paths)
+    while True:  # one folder more for each input that shares a name with one whose further folders differ
+        current = [names(i, label(i, depth[i])) for i in range(len(paths))]
+        owners = defaultdict(list)
+        for i, taken in enumerate(current):
+            for name in taken:
+                owners[name].append(i)
+        deeper = [
+            i
+            for i, taken in enumerate(current)
+            if depth[i] < len(full[i])
+            and any(len({full[j][: -depth[i]] for j in owners[name]}) > 1 for name in taken if len(owners[name]) > 1)
+        ]
+        if not deeper:
+            break
+        for i in deeper:
+            depth[i] += 1
+    result, used, after = [], set(), {}  # after: the last number given to a stem (where the next search starts)
+    for i in range(len(paths)):  # what a trailing path cannot tell apart, a number does
+        base = label(i, depth[i]).stem.casefold()
+        number = after.get(base, 0) + 1
+        while names(i, label(i, depth[i], number)) & used:
+            number += 1
+        result.append(label(i, depth[i], number))
+        used |= names(i, result[-1])
+        after[base] = number
+    return result
+
+
 def _figure_places(out: Path, stem: str) -> tuple[Path, Path]:
-    """Where an image's comparison figure and its zoomed crops go."""
+    """Where an image's comparison figure and its zoomed crops go (``stem``: its :class:`Label`'s)."""
     return out / f"figure_{stem}.png", out / "report" / stem
 
 
-def _sr_path(path: str, folder: Path, family: str) -> Path:
-    """Where a saved SR image goes: the SR of a synthetic LR is no derived series of the HR's, so NIfTI for DICOM."""
-    return writers.output_path_for(path, folder, source_format=family, fmt="nifti" if family == "dicom" else None)
+def _sr_path(path: str, folder: Path, family: str, label: Label) -> Path:
+    """Where a saved SR image goes, named as its :class:`Label` says: the SR of a synthetic LR is no derived series
+    of the HR's, so NIfTI for DICOM."""
+    fmt = "nifti" if family == "dicom" else None
+    usual = writers.output_path_for(path, folder, label.number + "_sr", source_format=family, fmt=fmt)
+    return usual.with_name(label.prefix + usual.name)
 
 
-def _outputs(datalist: Sequence[Mapping], methods: list[str], out: Path, save_images: bool, figures: int) -> list[Path]:
-    """Every file :func:`evaluate` may write in ``out`` (an input of no known format writes nothing)."""
+def _outputs(
+    datalist: Sequence[Mapping], labels: Sequence[Label], methods: list[str], out: Path, save_images: bool, figures: int
+) -> list[Path]:
+    """Every file :func:`evaluate` may write in ``out``, named by the inputs' ``labels`` as it names them (an input
+    of no known format writes no SR image)."""
     columns = 1 + len(methods)  # the LR and each method
-    shown = [Path(str(item["label"])).stem for item in datalist[: max(figures, 0)]]
+    shown = [label.stem for label in labels[: max(figures, 0)]]
     files = [out / name for name in ("metrics.csv", "summary.json", "summary.md", *page_names(len(shown)))]
     for stem in shown:
         figure, folder = _figure_places(out, stem)
         files += figure_pages(figure, columns) + crop_files(folder, columns)
-    for item in datalist if save_images else []:
+    for item, label in zip(datalist, labels) if save_images else ():
+        path = str(item["label"])
         try:
-            files += [_sr_path(str(item["label"]), out / name, image_format(str(item["label"]))) for name in methods]
+            files += [_sr_path(path, out / name, image_format(path), label) for name in methods]
         except InputError:
             continue
     return files

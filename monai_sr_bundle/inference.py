@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -386,11 +388,12 @@ def run_inference(
     ``seed``) and ``noise_level`` (a degradation-aware method's) change the predictor's defaults for this run.
 
     An archive: ``recursive`` walks folder inputs and writes each image under the same subfolder of
-    ``output_dir``, as a ``datalist`` file's images are written under their paths relative to the folder
-    they share; ``skip_existing`` leaves out inputs whose outputs are there already (complete: every write is
-    atomic, and the file must read back as this tool's) and removes what a killed run left of the others;
-    ``workers`` > 1 super-resolves in that many processes, each with its own copy of the predictor; under
-    torchrun each process takes every N-th input.
+    ``output_dir`` (an ``output_dir`` inside the tree is not walked: outputs are not inputs), as a ``datalist``
+    file's images are written under their paths relative to the folder they share; ``skip_existing`` leaves out
+    inputs whose outputs are there already, ours and whole (:func:`~monai_sr_bundle.data.writers.complete_output`),
+    and removes the temporary files a killed run left of the others; ``workers`` > 1 super-resolves in that many
+    processes, each with its own copy of the predictor, which die with the run; under torchrun each process takes
+    every N-th input.
 
     A bad input is reported in one sentence and skipped (nothing is written for it) while the others go on;
     if any failed, an :class:`InputError` saying how many is raised at the end: when others were written or were
@@ -400,7 +403,7 @@ def run_inference(
     this run's failures from that name, so ours under another name would leave the user's to be read as ours.
     Returns the written paths."""
     from monai_sr_bundle import distributed
-    from monai_sr_bundle.data.writers import check_replaceable, written_by_monai_sr
+    from monai_sr_bundle.data.writers import check_replaceable, complete_output, remove_interrupted_writes
 
     predictor.method.check_sampling(samples=samples)
     samples = samples or 1
@@ -426,10 +429,9 @@ def run_inference(
     total = len(jobs)
     if skip_existing:
         targets = {job: _targets(job, output_format, maps) for job in jobs}
-        jobs = [job for job in jobs if not (targets[job] and all(written_by_monai_sr(t) for t in targets[job]))]
+        jobs = [job for job in jobs if not (targets[job] and all(complete_output(t) for t in targets[job]))]
         if distributed.is_main_process():
-            _remove_interrupted_writes({job: targets[job] for job in jobs})
-        if distributed.is_main_process():
+            remove_interrupted_writes(t for job in jobs for t in targets[job])
             logger.info(f"{total - len(jobs)} of {total} inputs skipped: their outputs are complete")
     task = {
         "allow_volume": allow_volume,
@@ -468,16 +470,23 @@ def input_jobs(
     inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike, recursive: bool = False
 ) -> list[tuple[str, Path]]:
     """(input, the folder its output goes to) for every input (:func:`expand_inputs`); with ``recursive``, a
-    folder's subfolders too, each written under the same subfolder of ``output_dir`` as it has in the folder."""
+    folder's subfolders too, each written under the same subfolder of ``output_dir`` as it has in the folder.
+    A subfolder that is ``output_dir`` is not walked, nor what is under it, so that a rerun with the outputs inside
+    the tree does not take them for inputs (``out/out/a_sr_sr.png``)."""
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     out = Path(output_dir)
+    outputs = _identity(out)
     jobs = []
     for path in map(Path, paths):
         if not (recursive and path.is_dir()):
             jobs += [(src, out) for src in expand_inputs(path)]
             continue
         for folder, subfolders, _ in os.walk(path):
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            subfolders[:] = sorted(
+                d
+                for d in subfolders
+                if not d.startswith(".") and (outputs is None or _identity(Path(folder, d)) != outputs)
+            )
             kinds = _image_kinds(folder)
             if not kinds:
                 continue  # a folder of folders, or of no images
@@ -487,6 +496,16 @@ def input_jobs(
             else:
                 jobs += [(str(src), out / Path(folder).relative_to(path)) for src in kinds]
     return jobs
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """What tells a folder from every other whatever the path that names it (device, inode); None if it is not
+    there."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def datalist_jobs(datalist: str | os.PathLike, output_dir: str | os.PathLike) -> list[tuple[str, Path]]:
@@ -522,21 +541,6 @@ def _targets(job: tuple[str, Path], output_format: str | None, maps: Sequence[st
         return []
 
 
-def _remove_interrupted_writes(targets: dict[tuple[str, Path], list[Path]]) -> None:
-    """Remove what a killed run left of these outputs: the hidden temporaries of the atomic writes
-    (``.<output name>.<random>``, files or a series folder), which only this tool names so."""
-    import shutil
-
-    names: dict[Path, set[str]] = {}
-    for (_, folder), paths in targets.items():
-        names.setdefault(folder, set()).update(t.name for t in paths)
-    for folder, outputs in names.items():
-        hidden = [e for e in folder.iterdir() if e.name.startswith(".")] if folder.is_dir() else []
-        for entry in hidden:
-            if any(entry.name.startswith(f".{name}.") for name in outputs):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-
-
 def super_resolve_file(src: str, folder: Path, predictor: Predictor, task: dict, progress: bool = False) -> list[str]:
     """Read, check, super-resolve and write one input (``task``: :func:`run_inference`'s options); returns the
     written paths."""
@@ -566,16 +570,37 @@ def _attempt(job: tuple[str, Path], predictor: Predictor, task: dict, progress: 
         return None, printable(e)
 
 
-#: a worker process's predictor, set once by :func:`_start_worker`
+#: a worker process's predictor and the pid of the run that started it, set once by :func:`_start_worker`
 _WORKER: dict = {}
+#: prctl's option that has the kernel signal a process when its parent dies (linux/prctl.h)
+_PR_SET_PDEATHSIG = 1
 
 
-def _start_worker(predictor: Predictor, threads: int) -> None:
+def _start_worker(predictor: Predictor, threads: int, parent: int) -> None:
+    """A worker dies with the run that started it: a killed run's workers would go on writing the jobs queued to
+    them, racing the run that resumes it. On Linux the kernel kills it (``PR_SET_PDEATHSIG``); elsewhere
+    :func:`_work` looks before each job."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl in this libc: the check between jobs remains
+            pass
+    _WORKER["parent"] = parent
+    _exit_if_orphaned()  # the run died before prctl
     torch.set_num_threads(threads)
     _WORKER["predictor"] = predictor
 
 
+def _exit_if_orphaned() -> None:
+    """End this worker at once if the run that started it is gone (it has another parent now)."""
+    if os.getppid() != _WORKER["parent"]:
+        os._exit(1)
+
+
 def _work(job: tuple[str, Path], task: dict):
+    _exit_if_orphaned()
     return _attempt(job, _WORKER["predictor"], task)
 
 
@@ -603,7 +628,7 @@ def _pooled(jobs: list, predictor: Predictor, task: dict, workers: int, meter: P
 
     threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("spawn")  # a forked torch can deadlock in its thread pool
-    with ProcessPoolExecutor(workers, context, _start_worker, (predictor, threads)) as pool:
+    with ProcessPoolExecutor(workers, context, _start_worker, (predictor, threads, os.getpid())) as pool:
         running = {pool.submit(_work, job, task): job for job in jobs}
         for future in as_completed(running):
             try:

@@ -19,8 +19,9 @@ from conftest import make_dicom
 from PIL import Image
 from test_bundle import REPO
 
+from monai_sr_bundle import methods
 from monai_sr_bundle.cli import PARTIAL, main
-from monai_sr_bundle.inference import FAILED, input_jobs
+from monai_sr_bundle.inference import FAILED, input_jobs, run_inference
 
 CORRUPT = ("a/broken.png", "b/c/truncated.dcm", "b/empty.nii.gz")
 
@@ -62,12 +63,16 @@ def sr_name(name: str) -> str:
 
 def outputs(out: Path) -> dict[str, int]:
     """Every output file under ``out`` (relative path -> its modification time, to tell a file written again
-    from one left alone); not the hidden temporaries of writes in progress."""
-    return {
-        str(p.relative_to(out)): p.stat().st_mtime_ns
-        for p in out.rglob("*")
-        if p.is_file() and p.name != FAILED and not any(part.startswith(".") for part in p.relative_to(out).parts)
-    }
+    from one left alone); not the hidden temporaries of writes in progress, nor what is in a hidden work folder,
+    which may vanish while it is listed (os.walk passes over a folder gone by then)."""
+    found = {}
+    for folder, subfolders, files in os.walk(out):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        for name in files:
+            if name != FAILED and not name.startswith("."):
+                path = Path(folder, name)
+                found[path.relative_to(out).as_posix()] = path.stat().st_mtime_ns
+    return found
 
 
 def sr(*args) -> list[str]:
@@ -97,7 +102,9 @@ def test_an_archive_killed_halfway_resumes_without_computing_anything_twice(tmp_
     assert done.returncode == PARTIAL, done.stderr[-2000:]
     assert f"{len(before)} of 200 inputs skipped: their outputs are complete" in done.stderr
     assert len(after) == 197 and all(after[k] == v for k, v in before.items())  # none written twice
-    assert not list(out.rglob(".*"))  # the kill's half-written temporaries are gone
+    # the kill's half-written temporary files are gone (a derived DICOM's hidden work folder may stay: no folder
+    # is removed)
+    assert not [p for p in out.rglob(".*") if not p.is_dir()]
     assert set(after) == {sr_name(n) for n in names if n not in CORRUPT}  # in the tree's own folders
     with open(out / FAILED, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -173,3 +180,112 @@ def test_no_inputs_or_an_empty_datalist_is_one_sentence(tmp_path, capsys):
     assert main(["sr", "--datalist", str(tmp_path / "list.json"), "-o", str(tmp_path / "out"), "-m", "bicubic"]) == 2
     assert "a path in it contains a NUL character" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------- hardening round 4 (issue 56)
+
+
+@pytest.mark.parametrize("fmt", ["png", "nifti", "nrrd", "mha", "dicom"])
+def test_skip_existing_redoes_an_output_cut_short(tmp_path, fmt):
+    """An output of ours cut to a third (a crash mid-write) still carries its note in its header; a resumed run
+    must write it again, and then keep the whole one."""
+    bicubic = methods.get("bicubic", 4).predictor()
+    src = make_dicom(tmp_path / "a.dcm", np.random.default_rng(0).integers(0, 1000, (40, 36), dtype=np.uint16))
+    out = tmp_path / "out"
+    [written] = run_inference(src, bicubic, out, progress=False, output_format=fmt)
+    whole = Path(written).read_bytes()
+    Path(written).write_bytes(whole[: len(whole) // 3])
+    again = run_inference(src, bicubic, out, progress=False, output_format=fmt, skip_existing=True)
+    assert again == [written] and abs(Path(written).stat().st_size - len(whole)) < 64  # DICOM: new UIDs
+    assert run_inference(src, bicubic, out, progress=False, output_format=fmt, skip_existing=True) == []
+
+
+def test_every_write_reaches_the_disk_before_it_is_moved_into_place(tmp_path, monkeypatch):
+    """The temporary file is fsynced before ``os.replace`` (a crash can then leave no output cut short under its
+    final name), and the folder after it."""
+    from monai_sr_bundle.data.writers import write_json
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def fsynced(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        fsync(fd)
+
+    def replaced(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsynced)
+    monkeypatch.setattr(os, "replace", replaced)
+    write_json(tmp_path / "out" / "summary.json", {"a": 1})
+    temporary, folder = (tmp_path / "out" / "summary.json").stat().st_ino, (tmp_path / "out").stat().st_ino
+    assert events[:2] == [("fsync", temporary), ("replace", temporary)]
+    assert events[2:] == ([] if os.name == "nt" else [("fsync", folder)])  # Windows cannot open a folder
+
+
+def test_a_recursive_rerun_into_the_input_tree_reads_no_outputs(tmp_path):
+    """``sr in -o in/out --recursive`` twice, thrice: the outputs of a run are not inputs of the next (no
+    ``out/out/a_sr_sr.png``)."""
+    tree = tmp_path / "in"
+    (tree / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.png", "sub/b.png"]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 36), dtype=np.uint8)).save(tree / name)
+    command = ["sr", str(tree), "-o", str(tree / "out"), "-m", "bicubic", "--recursive"]
+    for _ in range(3):
+        assert main(command) == 0
+        assert sorted(outputs(tree / "out")) == ["a_sr.png", "sub/b_sr.png"]
+    assert input_jobs(tree, tree / "out", recursive=True) == [
+        (str(tree / "a.png"), tree / "out"),
+        (str(tree / "sub" / "b.png"), tree / "out" / "sub"),
+    ]
+
+
+def _session(leader: int) -> list[str]:
+    """The command lines of the live processes (zombies aside) of the session that ``leader`` started."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, _, session = stat.read_text().rpartition(")")[2].split()[:4]
+            if int(session) == leader and state not in "ZX":
+                alive.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ValueError):
+            continue  # it ended meanwhile
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_killing_the_run_stops_its_workers(tmp_path):
+    """``kill -9`` of ``monai-sr sr --workers 2`` once its first output is there: its workers die with it, so no
+    output appears after and nothing is left to race a resumed run."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (160, 160), dtype=np.uint8)).save(inputs / f"img{i:02d}.png")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(
+        sr(inputs, "-o", out, "--workers", 2), env=env, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (out.exists() and outputs(out)) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert run.poll() is None, "the run ended before it could be killed"
+        os.kill(run.pid, signal.SIGKILL)  # the main process only
+        run.wait()
+        time.sleep(0.5)  # a rename the kernel had begun lands
+        before = outputs(out)
+        deadline = time.monotonic() + 5
+        while _session(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors = _session(run.pid)
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        assert not survivors
+        assert outputs(out) == before and len(before) < 40
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -17,7 +17,7 @@ from PIL import Image
 from monai_sr_bundle import methods
 from monai_sr_bundle.cli import demo_datalist, main
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.evaluation import evaluate, format_table
+from monai_sr_bundle.evaluation import _outputs, _sr_path, evaluate, format_table, input_labels
 from monai_sr_bundle.networks.bicubic import upsample
 from monai_sr_bundle.report import PANEL, TITLE
 from monai_sr_bundle.transforms.degradation import downsample
@@ -385,6 +385,75 @@ def test_cli_demo_replaces_only_its_own_files_and_refuses_a_users(tmp_path, caps
         ]
         assert _files(out) == before, name
         (out / name).unlink()
+
+
+def test_cli_demo_keeps_apart_two_inputs_of_one_file_name(tmp_path, capsys):
+    """Issue 56, finding 8: ``a/x.png`` and ``b/x.png`` each get their own rows, figure, crops and SR images, named by
+    their shortest distinguishing path (``a/x.png``, ``a_x``), and the report links both; a unique name keeps its
+    usual outputs, and what is written is exactly what the ownership check was asked about."""
+    a = _png(tmp_path / "in" / "a" / "x.png", seed=0)
+    b = _png(tmp_path / "in" / "b" / "x.png", seed=1)
+    c = _png(tmp_path / "in" / "c" / "y.png", seed=2)
+    out = tmp_path / "out"
+    methods_ = ["bicubic", "srcnn"]
+    demo = ["demo", "--input", str(a), str(b), str(c), "-o", str(out), "--methods", ",".join(methods_), "--no-lpips",
+            "--figures", "3"]  # fmt: skip
+    assert main(demo) == 0
+    capsys.readouterr()
+
+    rows = _read_csv(out / "metrics.csv")
+    images = ["a/x.png", "b/x.png", "y.png"]
+    assert [(r["image"], r["method"]) for r in rows] == [(i, m) for i in images for m in methods_]
+    for row, path in zip(rows[::2], (a, b, c)):  # each row scores its own image
+        assert float(row["psnr"]) == pytest.approx(_psnr(_bicubic_sr(_hr(path)), _hr(path)), abs=1e-3)
+    assert json.loads((out / "summary.json").read_text())["images"] == 3
+    assert "3 images" in (out / "summary.md").read_text()
+
+    stems = ["a_x", "b_x", "y"]
+    for method in methods_:
+        assert sorted(p.name for p in (out / method).iterdir()) == [f"{s}_sr.png" for s in stems]
+    for stem, path in zip(stems, (a, b, c)):
+        written = np.asarray(Image.open(out / "bicubic" / f"{stem}_sr.png")).T.astype(np.float64) / 255
+        np.testing.assert_allclose(written, _bicubic_sr(_hr(path))[0].numpy(), atol=0.5 / 255 + 1e-6)
+    assert sorted(p.name for p in out.glob("figure_*")) == [f"figure_{s}.png" for s in stems]
+    assert sorted(p.name for p in (out / "report").iterdir()) == stems
+    page = (out / "report.html").read_text()
+    for stem in stems:
+        assert f"<h3>{stem}</h3>" in page and f'src="figure_{stem}.png"' in page and f'"report/{stem}/0.png"' in page
+
+    labels = input_labels([str(a), str(b), str(c)], 1 + len(methods_))
+    listed = set(_outputs([{"label": str(p)} for p in (a, b, c)], labels, methods_, out, True, 3))
+    assert {p for p in out.rglob("*") if p.is_file()} == listed
+    (out / "srcnn" / "b_x_sr.png").unlink()
+    (out / "srcnn" / "b_x_sr.png").write_bytes(b"mine")  # a user's file at one of the new names is refused
+    before = _files(out)
+    assert main(demo) == 2 and "b_x_sr.png: already exists and was not written by monai-sr" in capsys.readouterr().err
+    assert _files(out) == before
+
+
+def test_input_labels_tell_inputs_apart_and_leave_unique_names_alone(tmp_path):
+    """The file name while it is unique; else the shortest trailing path that tells the inputs apart; a number
+    where none does (the same file twice; folders alike once made safe; one stem on a case-insensitive disk; a
+    figure's second page). Saved SR images follow the label."""
+
+    def labels(*paths: str, columns: int = 2) -> list[tuple[str, str]]:
+        return [(lab.image, lab.stem) for lab in input_labels([str(tmp_path / p) for p in paths], columns)]
+
+    assert labels("in/x.png", "in/y.nii.gz") == [("x.png", "x"), ("y.nii.gz", "y.nii")]  # as they always were
+    assert labels("a/x.png", "b/x.png", "c/y.png") == [("a/x.png", "a_x"), ("b/x.png", "b_x"), ("y.png", "y")]
+    assert labels("r/a/x.png", "s/a/x.png") == [("r/a/x.png", "r_a_x"), ("s/a/x.png", "s_a_x")]
+    assert labels("a/x.nii.gz", "b/x.dcm") == [("a/x.nii.gz", "a_x.nii"), ("b/x.dcm", "b_x")]  # both SR x_sr.nii.gz
+    assert labels("d/x.png", "d/x.png") == [("x.png", "x"), ("x.png (2)", "x_2")]
+    assert labels("a b/x.png", "a_b/x.png") == [("a b/x.png", "a_b_x"), ("a_b/x.png (2)", "a_b_x_2")]
+    assert labels("d/x.png", "d/X.jpg") == [("x.png", "x"), ("X.jpg (2)", "X_2")]
+    assert labels("d/x.png", "d/x_2.png") == [("x.png", "x"), ("x_2.png", "x_2")]
+    assert labels("d/x.png", "d/x_2.png", columns=8) == [("x.png", "x"), ("x_2.png (2)", "x_2_2")]  # figure_x_2.png
+
+    a, b = input_labels([str(tmp_path / "a" / "x.png"), str(tmp_path / "a" / "x.png")], 2)
+    assert _sr_path(str(tmp_path / "a" / "x.png"), tmp_path / "m", "png", a) == tmp_path / "m" / "x_sr.png"
+    assert _sr_path(str(tmp_path / "a" / "x.png"), tmp_path / "m", "png", b) == tmp_path / "m" / "x_2_sr.png"
+    (ct,) = input_labels([str(tmp_path / "ct.dcm")], 2)
+    assert _sr_path(str(tmp_path / "ct.dcm"), tmp_path / "m", "dicom", ct) == tmp_path / "m" / "ct_sr.nii.gz"
 
 
 def test_metrics_csv_cells_cannot_run_as_spreadsheet_formulas(tmp_path, bicubic):

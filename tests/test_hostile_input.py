@@ -381,6 +381,29 @@ def test_a_foreign_file_at_the_output_name_is_kept_and_a_rerun_replaces_its_own(
     assert [p.name for p in out.iterdir()] == ["a_sr.png"]
 
 
+def test_skip_existing_removes_only_the_temporaries_of_its_own_writes(tmp_path, capsys):
+    """What a killed write leaves (``.<output>.<8 hex digits>.tmp<ext>``, a file) goes; a user's files and folders
+    named ``.<output>.*``, even a folder or a link named like a temporary, stay."""
+    src = _png(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    ours = out / ".a_sr.png.0123abcd.tmp.png"
+    ours.write_bytes(b"\x89PNG half written")
+    (out / ".a_sr.png.notes").write_text("my notes")
+    (out / ".a_sr.png.d").mkdir()
+    (out / ".a_sr.png.d" / "x.txt").write_text("mine")
+    (out / ".a_sr.png.89abcdef.tmp.png").mkdir()
+    (out / ".a_sr.png.deadbeef.tmp.png").symlink_to(src)
+    (out / ".a_sr.png.0123abcd.png").write_text("not the pattern")
+    before = _snapshot(out)
+    del before[ours]
+    assert main(["sr", str(src), "-o", str(out), "-m", "bicubic", "--skip-existing"]) == 0
+    assert not ours.exists() and (out / ".a_sr.png.89abcdef.tmp.png").is_dir()
+    assert (out / ".a_sr.png.deadbeef.tmp.png").is_symlink() and (out / "a_sr.png").is_file()
+    after = _snapshot(out)
+    assert {p: after[p] for p in before} == before
+
+
 def test_a_users_failed_csv_is_refused_and_only_ours_is_replaced_or_removed(tmp_path, capsys):
     """A ``failed.csv`` of the user's in the output folder: refused before anything is written, after a clean run
     as after a partial one; ours is replaced by the next partial run and removed by a clean one."""

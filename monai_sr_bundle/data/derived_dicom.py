@@ -43,7 +43,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import validate_value
 
 import monai_sr_bundle
-from monai_sr_bundle.data.outputs import input_paths, to_units, usual_mode
+from monai_sr_bundle.data.outputs import input_paths, sync_to_disk, to_units, usual_mode
 from monai_sr_bundle.data.readers import dcmread
 from monai_sr_bundle.errors import InputError
 
@@ -439,12 +439,15 @@ def write_derived(arr: np.ndarray, meta: Mapping, path: str | os.PathLike, metho
             _save(ds, str(work / f"IM{k + 1:04d}.dcm"))
         for f in work.iterdir():
             os.chmod(f, usual_mode())
+            sync_to_disk(f)  # on the disk before it takes the output's name: a crash leaves no cut instance
         os.chmod(work, usual_mode(folder=True))
+        sync_to_disk(work)
         if single:
             os.replace(work / "IM0001.dcm", path)
         else:
             _replace_series(work, path)
             work = path.parent / f".{path.name}.old"  # what _replace_series moved aside, removed below
+        sync_to_disk(path.parent)
     except InputError:
         raise
     except Exception as e:

@@ -1,6 +1,6 @@
 """What every writer shares (:mod:`~monai_sr_bundle.data.writers`, :mod:`~monai_sr_bundle.data.derived_dicom`):
-the files an image was read from, the map from [0, 1] back to modality units, and the permissions of a new
-file."""
+the files an image was read from, the map from [0, 1] back to modality units, the permissions of a new file, and
+flushing a write to the disk."""
 
 from __future__ import annotations
 
@@ -35,3 +35,22 @@ def usual_mode(folder: bool = False) -> int:
     umask = os.umask(0)
     os.umask(umask)
     return (0o777 if folder else 0o666) & ~umask
+
+
+def sync_to_disk(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a folder's entries (a rename into it), to the disk: an atomic write's temporary
+    before it is moved into place, and its folder after, so that a crash leaves the old output or the whole new
+    one, never one cut short under the output's name. A folder is flushed where the system can (not on Windows,
+    nor on file systems that refuse it); a file that cannot be flushed is an error."""
+    folder = os.path.isdir(path)
+    if folder and os.name == "nt":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY if folder else os.O_RDWR)  # Windows flushes only a handle open for writing
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        if not folder:
+            raise

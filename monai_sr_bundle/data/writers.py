@@ -7,8 +7,10 @@ MONOCHROME1 DICOM inputs were inverted for display by the reader; PNG and NIfTI 
 is a derived series of the input's study (:mod:`monai_sr_bundle.data.derived_dicom`), the default for DICOM
 inputs.
 
-Every write is atomic (a hidden temporary file in the target folder, then ``os.replace``), creates the
-parent folders, and refuses to overwrite the image's own input file.
+Every write is atomic (a hidden temporary file in the target folder, flushed to the disk, then ``os.replace``),
+creates the parent folders, and refuses to overwrite the image's own input file; :func:`complete_output` tells a
+whole output from one a crash cut short, and :func:`remove_interrupted_writes` removes the temporaries a killed
+write left, and nothing else.
 
 Every file a command writes in an output folder, images and the tables, summaries, report pages and figures
 beside them alike (:func:`write_table`, :func:`write_json`, :func:`write_text`, :func:`write_figure`), carries
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
 import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,7 +34,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from monai_sr_bundle.data.derived_dicom import write_derived
-from monai_sr_bundle.data.outputs import input_paths, to_units, usual_mode
+from monai_sr_bundle.data.outputs import input_paths, sync_to_disk, to_units, usual_mode
 from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES, image_format
 from monai_sr_bundle.errors import InputError, printable
 
@@ -127,16 +129,40 @@ def _geometry(affine, ndim: int) -> tuple[list[float], list[float], list[float],
     return list(spacing), list(origin), list(direction.ravel()), 3
 
 
+def _extension(name: str) -> str:
+    """The extension a writer picks the format from (``.nii.gz`` whole)."""
+    return name[-7:] if name.lower().endswith(".nii.gz") else os.path.splitext(name)[1]
+
+
+def _temporary_name(name: str, token: str) -> str:
+    """The hidden temporary an atomic write of the file ``name`` goes through: ``.<name>.<token>.tmp<ext>``, the
+    extension last because the writers pick the format from it; the one name :func:`remove_interrupted_writes`
+    removes."""
+    return f".{name}.{token}.tmp{_extension(name)}"
+
+
+#: a name :func:`_temporary_name` may have made (the output's name, an 8-hex-digit token): checked exactly after
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<token>[0-9a-f]{8})\.tmp.*", re.DOTALL)
+
+
 def _atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a hidden temporary file beside ``path``, then move it into place."""
+    """Call ``write(tmp_path)`` on a new hidden temporary file beside ``path`` (:func:`_temporary_name`), flush it to
+    the disk, then move it into place: a crash leaves the old file or the whole new one, never one cut short."""
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
-    ext = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ext, dir=parent)
-    os.close(fd)
+    for _ in range(100):
+        tmp = str(parent / _temporary_name(path.name, secrets.token_hex(4)))
+        try:
+            os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"{path}: no free name for its temporary file.")
     try:
         write(tmp)
-        os.chmod(tmp, usual_mode())  # mkstemp makes 0600
+        os.chmod(tmp, usual_mode())  # created private (0600)
+        sync_to_disk(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -144,6 +170,30 @@ def _atomic(path: Path, write) -> None:
         except OSError:
             pass
         raise
+    sync_to_disk(parent)
+
+
+def remove_interrupted_writes(targets: Iterable[str | os.PathLike]) -> None:
+    """Remove what killed writes of ``targets`` left beside them: regular files named exactly as :func:`_atomic`
+    names its temporaries. A user's ``.<output>.notes``, any folder and any link stay (a derived DICOM series'
+    hidden work folder too)."""
+    names: dict[Path, set[str]] = {}
+    for target in map(Path, targets):
+        names.setdefault(target.parent, set()).add(target.name)
+    for folder, outputs in names.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # no such folder (yet)
+            continue
+        for entry in entries:
+            found = _TEMPORARY.fullmatch(entry.name)
+            if (
+                found
+                and found["name"] in outputs
+                and entry.name == _temporary_name(found["name"], found["token"])
+                and entry.is_file(follow_symlinks=False)
+            ):
+                os.remove(entry.path)
 
 
 def _software() -> str:
@@ -190,6 +240,54 @@ def written_by_monai_sr(path: str | os.PathLike) -> bool:
         return f"({SOFTWARE} " in str(ds.get("DerivationDescription", ""))
     except Exception:  # whatever is unreadable here is somebody else's file
         return False
+
+
+#: the chunk that ends every PNG
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def complete_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a whole output of this tool, one a resumed run (``--skip-existing``) may keep: written by
+    it (:func:`written_by_monai_sr`) and not cut short, which the note alone cannot tell, as it is in the header.
+    A PNG must end with its IEND chunk; a NIfTI hold the bytes its header declares (gzip read to its end, its
+    checksum checked); NRRD, MHA and DICOM decode (their readers refuse a short file); a derived series folder:
+    every instance. Cheap beside super-resolving again, and a wrong "no" costs only that."""
+    from monai_sr_bundle.data.readers import read_image
+
+    path = Path(path)
+    if not written_by_monai_sr(path):
+        return False
+    try:
+        for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+            name = file.name.lower()
+            if name.endswith(".png"):
+                with open(file, "rb") as f:
+                    f.seek(max(0, file.stat().st_size - len(_PNG_END)))
+                    if f.read() != _PNG_END:
+                        return False
+            elif name.endswith((".nii", ".nii.gz")):
+                import gzip
+
+                import nibabel as nib
+
+                header = nib.load(file).header
+                need = (
+                    int(header.get_data_offset())
+                    + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+                )
+                size = file.stat().st_size
+                if name.endswith(".gz"):
+                    with gzip.open(file, "rb") as f:  # EOFError when cut short, BadGzipFile when altered
+                        size = 0
+                        while (chunk := f.read(1 << 20)) and size <= need:
+                            size += len(chunk)
+                if size < need:
+                    return False
+            else:
+                read_image(file)
+    except Exception:  # cut short, unreadable: not complete
+        return False
+    return True
 
 
 def check_replaceable(paths: Iterable[str | os.PathLike]) -> None:
