@@ -23,6 +23,7 @@ from torch import nn
 
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError, printable
+from monai_sr_bundle.launch import safe_children
 from monai_sr_bundle.tiling import SRInferer
 from monai_sr_bundle.transforms.degradation import zoom_geometry
 
@@ -625,11 +626,17 @@ def _pooled(jobs: list, predictor: Predictor, task: dict, workers: int, meter: P
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
+    from contextlib import ExitStack
 
     threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("spawn")  # a forked torch can deadlock in its thread pool
-    with ProcessPoolExecutor(workers, context, _start_worker, (predictor, threads, os.getpid())) as pool:
-        running = {pool.submit(_work, job, task): job for job in jobs}
+    with ExitStack() as stack:
+        with safe_children():  # the pool's queues start multiprocessing's resource tracker, and the submits the
+            # workers: none of them imports from this folder
+            pool = stack.enter_context(
+                ProcessPoolExecutor(workers, context, _start_worker, (predictor, threads, os.getpid()))
+            )
+            running = {pool.submit(_work, job, task): job for job in jobs}
         for future in as_completed(running):
             try:
                 result = future.result()

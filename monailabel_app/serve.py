@@ -5,8 +5,9 @@ behind the app's gateway (``lib/gateway.py``), secure by default.
         [--conf method vdsr --conf scale 4 ...] [--cors_origin https://viewer.hospital.example] [--allow_delete]
 
 Defaults: loopback only; no CORS; MONAI Label's sessions, delete, logs, model-upload and other stock
-endpoints closed; temp files in a private folder (``<app>/tmp``, emptied at start). Authentication is MONAI
-Label's (``MONAI_LABEL_AUTH_ENABLE=true`` and the ``MONAI_LABEL_AUTH_*`` settings, a Keycloak realm). See
+endpoints closed; temp files in a private folder (``<app>/tmp``, emptied at start); the train subprocesses
+import nothing from the working folder (``launch.make_safe``). Authentication is MONAI Label's
+(``MONAI_LABEL_AUTH_ENABLE=true`` and the ``MONAI_LABEL_AUTH_*`` settings, a Keycloak realm). See
 docs/monailabel.md, Deployment.
 """
 
@@ -18,6 +19,8 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from monai_sr_bundle.launch import make_safe
 
 APP_DIR = Path(__file__).resolve().parent
 
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     launcher = Main()
     launcher.start_server_validate_args(ml_args)
     launcher.start_server_init_settings(ml_args)  # MONAI Label's settings, exported for its train subprocesses
+    make_safe(os.environ)  # which run `python -m` in this folder, with PYTHONPATH ":<app>": nothing from it
 
     import uvicorn
     from monailabel.app import app as stock

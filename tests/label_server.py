@@ -35,10 +35,11 @@ def label_server(
     env: dict[str, str] | None = None,
     ready_status: int = 200,
     timeout: float = 90,
+    cwd: Path | None = None,
 ) -> Iterator[str]:
     """Run the app through its launcher on ``studies`` with ``--conf`` pairs ``conf``, other launcher
     ``options`` and extra environment ``env``; yields its URL once ``/info/`` answers ``ready_status``.
-    ``root`` receives the app copy and the server log."""
+    ``root`` receives the app copy and the server log; ``cwd``: the server's working folder (default: this one)."""
     app = root / "app"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "model", "bin", "tmp", "__pycache__"))
     port, log_path = free_port(), root / "server.log"
@@ -48,7 +49,7 @@ def label_server(
     env = {**os.environ, **(env or {})}
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
         try:
             deadline = time.monotonic() + timeout
             while True:

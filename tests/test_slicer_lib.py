@@ -303,29 +303,6 @@ def test_missing_dependency_is_reported(tmp_path):
 
 
 @pytest.mark.slow
-def test_no_launcher_imports_a_package_planted_in_the_temporary_or_working_folder(tmp_path, monkeypatch):
-    """Issue 56, finding 1: a ``monai_sr_bundle`` package that anyone wrote into the system temporary folder
-    or Slicer's working folder is never what the dependency check, the method listing or the worker import."""
-    marker = tmp_path / "planted_code_ran"
-    for folder in (tmp_path / "tmp", tmp_path / "cwd"):
-        (folder / "monai_sr_bundle").mkdir(parents=True)
-        for module in ("__init__.py", "cli.py"):
-            (folder / "monai_sr_bundle" / module).write_text(f"open({str(marker)!r}, 'a').write('ran')\n")
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    monkeypatch.chdir(tmp_path / "cwd")
-    monkeypatch.setattr("SuperResolutionLib.runner._PRIVATE", None)
-
-    assert missing_dependencies() == []
-    assert [m["name"] for m in list_methods()] == methods.names()
-    worker = Worker()
-    worker.submit({"output": str(tmp_path)})
-    assert 'needs "input"' in worker.reply(120)["error"]
-    worker.stop()
-    assert not marker.exists()
-
-
-@pytest.mark.slow
 def test_list_methods_asks_the_installed_cli():
     found = list_methods()
     assert [m["name"] for m in found] == methods.names()

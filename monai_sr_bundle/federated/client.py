@@ -43,6 +43,7 @@ from monai_sr_bundle import distributed
 from monai_sr_bundle.errors import InputError, first_line
 from monai_sr_bundle.federated import aggregation
 from monai_sr_bundle.federated.sites import SiteData, load_site, site_processes
+from monai_sr_bundle.launch import safe_children, safe_env
 from monai_sr_bundle.training import stop_on_nan, train_parser
 
 logger = logging.getLogger(__name__)
@@ -348,7 +349,8 @@ class SiteWorker:
                 name=f"monai-sr-{self.site_name}",
                 daemon=True,
             )
-            self.process.start()
+            with safe_children():  # spawned: `python -c` in this folder, which must not be on its sys.path
+                self.process.start()
             child.close()
         (self.site_dir / "worker.pid").write_text(f"{self.process.pid}\n")
 
@@ -367,8 +369,7 @@ class SiteWorker:
             command += [f"--nproc_per_node={processes}", "-m", "monai_sr_bundle.federated.client", *self.argv]
             self.process = subprocess.Popen(
                 command + ["--serve", json.dumps(serve)],
-                # PYTHONSAFEPATH: the ranks' `-m` must not import from the site's working folder
-                env={**os.environ, KEY_ENV: key.hex(), "PYTHONSAFEPATH": "1"},
+                env=safe_env({**os.environ, KEY_ENV: key.hex()}),  # the ranks' `-m`: not from this folder
                 start_new_session=True,
             )
             accepted = []
