@@ -382,13 +382,18 @@ def test_a_foreign_file_at_the_output_name_is_kept_and_a_rerun_replaces_its_own(
 
 
 def test_skip_existing_removes_only_the_temporaries_of_its_own_writes(tmp_path, capsys):
-    """What a killed write leaves (``.<output>.<8 hex digits>.tmp<ext>``, a file) goes; a user's files and folders
-    named ``.<output>.*``, even a folder or a link named like a temporary, stay."""
+    """What a killed write leaves (``.<output>.<8 hex digits>.tmp<ext>``, a file: cut short, with the tool's note, or
+    empty and private) goes; a user's files and folders named ``.<output>.*``, even a file, a folder or a link named
+    exactly like a temporary, stay."""
     src = _png(tmp_path / "a.png")
+    whole = Path(_run(src, tmp_path / "earlier")[0]).read_bytes()
     out = tmp_path / "out"
     out.mkdir()
     ours = out / ".a_sr.png.0123abcd.tmp.png"
-    ours.write_bytes(b"\x89PNG half written")
+    ours.write_bytes(whole[: len(whole) // 2])  # killed halfway through its write
+    empty = out / ".a_sr.png.00000000.tmp.png"
+    os.close(os.open(empty, os.O_WRONLY | os.O_CREAT, 0o600))  # killed before its first byte
+    (out / ".a_sr.png.fedcba98.tmp.png").write_bytes(b"\x89PNG a user's file at a temporary's name")
     (out / ".a_sr.png.notes").write_text("my notes")
     (out / ".a_sr.png.d").mkdir()
     (out / ".a_sr.png.d" / "x.txt").write_text("mine")
@@ -396,9 +401,9 @@ def test_skip_existing_removes_only_the_temporaries_of_its_own_writes(tmp_path, 
     (out / ".a_sr.png.deadbeef.tmp.png").symlink_to(src)
     (out / ".a_sr.png.0123abcd.png").write_text("not the pattern")
     before = _snapshot(out)
-    del before[ours]
+    del before[ours], before[empty]
     assert main(["sr", str(src), "-o", str(out), "-m", "bicubic", "--skip-existing"]) == 0
-    assert not ours.exists() and (out / ".a_sr.png.89abcdef.tmp.png").is_dir()
+    assert not ours.exists() and not empty.exists() and (out / ".a_sr.png.89abcdef.tmp.png").is_dir()
     assert (out / ".a_sr.png.deadbeef.tmp.png").is_symlink() and (out / "a_sr.png").is_file()
     after = _snapshot(out)
     assert {p: after[p] for p in before} == before

@@ -47,6 +47,19 @@ def server(tmp_path_factory):
         yield SimpleNamespace(url=url, root=root, studies=studies, tmp=root / "app" / "tmp", ids=ids(studies))
 
 
+@pytest.fixture(scope="module")
+def realm_down(tmp_path_factory):
+    """A server with MONAI Label's auth on whose realm cannot be reached (nothing listens on port 9); the
+    tests that use it only send refused requests."""
+    root = tmp_path_factory.mktemp("realm_down")
+    studies = root / "studies"
+    studies.mkdir()
+    shutil.copy(default_input(), studies / "ct_small.dcm")
+    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": "http://127.0.0.1:9/realms/none"}
+    with label_server(root, studies, {"method": "bicubic"}, env=env, ready_status=401) as url:
+        yield SimpleNamespace(url=url, studies=studies)
+
+
 def ids(studies: Path) -> list[str]:
     return sorted(p.name.split(".")[0] for p in studies.iterdir() if p.suffix in (".png", ".dcm"))
 
@@ -308,23 +321,85 @@ def test_a_train_request_cannot_hold_the_server(server):
     no_leak(server, json.dumps(status))
 
 
-def test_auth_on_closes_every_route_to_anonymous_clients(tmp_path):
+def test_auth_on_closes_every_route_to_anonymous_clients(realm_down):
     """With MONAI Label's auth on (``MONAI_LABEL_AUTH_ENABLE``), this app's own routes answer 401 too."""
-    studies = tmp_path / "studies"
-    studies.mkdir()
-    shutil.copy(default_input(), studies / "ct_small.dcm")
-    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": "http://127.0.0.1:9/realms/none"}
-    with label_server(tmp_path, studies, {"method": "bicubic"}, env=env, ready_status=401) as url:
-        calls = [
-            requests.get(f"{url}/info/"),
-            requests.post(f"{url}/infer/super_resolution", params={"image": "ct_small"}),
-            requests.put(f"{url}/datastore/", files={"file": ("a.png", png(64, 64))}),
-            requests.put(f"{url}/datastore/label", params={"image": "ct_small"}, files={"label": ("b.json", b"{}")}),
-            requests.post(f"{url}/train/super_resolution", json={}),
-            requests.get(f"{url}/datastore/label", params={"label": "ct_small", "tag": "boxes"}),
-        ]
-        assert [r.status_code for r in calls] == [401] * len(calls), [r.text for r in calls]
+    url, studies = realm_down.url, realm_down.studies
+    calls = [
+        requests.get(f"{url}/info/"),
+        requests.post(f"{url}/infer/super_resolution", params={"image": "ct_small"}),
+        requests.put(f"{url}/datastore/", files={"file": ("a.png", png(64, 64))}),
+        requests.put(f"{url}/datastore/label", params={"image": "ct_small"}, files={"label": ("b.json", b"{}")}),
+        requests.post(f"{url}/train/super_resolution", json={}),
+        requests.get(f"{url}/datastore/label", params={"label": "ct_small", "tag": "boxes"}),
+    ]
+    assert [r.status_code for r in calls] == [401] * len(calls), [r.text for r in calls]
     assert ids(studies) == ["ct_small"] and not list((studies / "labels").rglob("*.json"))
+
+
+def _jwt(header: dict, claims: object, signature: bytes) -> str:
+    """A token of these parts, signed or not: what a client may send whatever a realm would issue."""
+    import base64
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return ".".join((b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()), b64(signature)))
+
+
+def test_with_the_realm_down_a_bad_token_is_a_401_and_no_token_is_accepted(realm_down):
+    """The realm (the Keycloak server whose public key checks the signatures) cannot be reached: no token, a
+    token that is not a JWT, an unsigned or HS256 one, an expired one or one without ``exp`` is a 401 all the
+    same, decided before the realm is asked (it was a 503: the key was fetched first); a well-formed RS256
+    token that cannot be checked is a 503 with ``Retry-After``, never accepted."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    claims = {"preferred_username": "dr-a", "realm_access": {"roles": ["monailabel-admin"]}, "exp": now + 600}
+    rs256 = {"alg": "RS256", "typ": "JWT"}
+    signed = jwt.encode(claims, key, algorithm="RS256")
+    refused = {
+        "no header": None,
+        "empty bearer": "Bearer",
+        "bearer and a space": "Bearer ",
+        "basic": "Basic ZHItYTpzZWNyZXQ=",
+        "not a jwt": "Bearer not.a.token",
+        "one word": "Bearer abc",
+        "not base64": "Bearer a.b.c",
+        "header not json": "Bearer " + _jwt(rs256, claims, b"x" * 256).replace(".", "x.", 1),
+        "unsigned (alg none)": "Bearer " + _jwt({"alg": "none"}, claims, b""),
+        "empty signature": "Bearer " + _jwt(rs256, claims, b""),
+        "hs256": "Bearer " + jwt.encode(claims, "a shared secret of at least 32 bytes", algorithm="HS256"),
+        "expired": "Bearer " + jwt.encode({**claims, "exp": now - 60}, key, algorithm="RS256"),
+        "no exp": "Bearer " + jwt.encode({k: v for k, v in claims.items() if k != "exp"}, key, algorithm="RS256"),
+        "claims not an object": "Bearer " + _jwt(rs256, ["admin"], b"x" * 256),
+    }
+    routes = [
+        ("GET", "/info/"),
+        ("GET", "/auth/token/valid"),
+        ("POST", "/infer/super_resolution?image=ct_small&output=json"),
+        ("PUT", "/datastore/label?image=ct_small&tag=boxes"),
+    ]
+
+    def call(method: str, path: str, authorization: str | None) -> requests.Response:
+        headers = {"Authorization": authorization} if authorization is not None else {}
+        return requests.request(method, realm_down.url + path, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(4) as pool:
+        got = {
+            (what, path): pool.submit(call, method, path, authorization)
+            for what, authorization in refused.items()
+            for method, path in routes
+        }
+        got = {k: f.result() for k, f in got.items()}
+    wrong = {k: (r.status_code, r.text[:120]) for k, r in got.items() if r.status_code != 401}
+    assert not wrong, wrong
+    for method, path in routes:
+        r = call(method, path, f"Bearer {signed}")
+        assert r.status_code == 503 and r.headers.get("Retry-After"), (path, r.status_code, r.text)
+        assert "sign-in service cannot be reached" in r.json()["detail"], r.text
+    assert ids(realm_down.studies) == ["ct_small"] and not list((realm_down.studies / "labels").rglob("*.json"))
 
 
 def test_deletes_when_allowed_refuse_unknown_ids_and_remove_the_files(tmp_path):
@@ -387,6 +462,43 @@ def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated(server, tmp_path
     assert [r.status_code, up.status_code] == [415, 415] and "decompression bomb" in r.text + up.text, r.text
     assert time.monotonic() - started < 15
     unchanged(server, before)
+
+
+def _server_memory(server) -> dict[str, int]:
+    """VmRSS and VmHWM (its peak since the last reset) of the server process, in bytes."""
+    import psutil
+
+    serve = str(server.root / "app" / "serve.py")
+    pid = next(p.pid for p in psutil.process_iter(["cmdline"]) if serve in (p.info["cmdline"] or []))
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {"pid": pid, **{k: int(fields[k].split()[0]) << 10 for k in ("VmRSS", "VmHWM")}}
+
+
+def test_concurrent_deflated_dicom_bombs_cost_the_server_little_memory(server, tmp_path):
+    """8 uploads at once of 255 KB that inflate to 128 MiB: each was inflated up to the 96 MiB limit in
+    one piece before the 415 (+120 MB for one, +134 MB peak for 8); now they are measured in small steps,
+    and the server's peak resident memory grows by less than 40 MB."""
+    from conftest import deflated_dicom
+
+    body = deflated_dicom(tmp_path / "b.dcm", 8192).read_bytes()
+
+    def put(i: int) -> requests.Response:
+        files = {"file": ("b.dcm", body)}
+        return requests.put(f"{server.url}/datastore/", params={"image": f"bomb{i}"}, files=files, timeout=120)
+
+    assert put(99).status_code == 415  # warm: the code paths imported, the allocator's arenas made
+    before, snapshot_before = _server_memory(server), snapshot(server)
+    with open(f"/proc/{before['pid']}/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(put, range(8)))
+    after = _server_memory(server)
+    assert [r.status_code for r in replies] == [415] * 8, [r.text for r in replies]
+    assert all("decompression bomb" in r.json()["detail"] for r in replies)
+    grown = (after["VmHWM"] - before["VmRSS"]) >> 20
+    assert grown < 40, f"the server's peak grew by {grown} MB over {before['VmRSS'] >> 20} MB"
+    unchanged(server, snapshot_before)
 
 
 @pytest.mark.parametrize("what", DETACHED)
@@ -587,7 +699,7 @@ def test_half_sent_requests_are_closed_and_the_server_keeps_answering(server):
         stalled_body.close()
 
 
-def test_a_realm_token_is_accepted_and_a_realm_that_is_down_is_a_503(tmp_path):
+def test_a_realm_token_is_accepted_and_a_realm_that_is_down_is_a_503(tmp_path, realm_down):
     """With auth on, a token the realm signed (RS256) opens the routes its roles allow (MONAI Label 0.8.5
     refused every one: it called jwt.decode without algorithms); a token signed by another key, or an HS256
     token keyed with the realm's public key, is a 401; when the realm cannot be reached, a 503, not a 500."""
@@ -656,8 +768,5 @@ def test_a_realm_token_is_accepted_and_a_realm_that_is_down_is_a_503(tmp_path):
             assert train.status_code == 403  # an annotator is no admin
     finally:
         realm.shutdown()
-    down = dict(env, MONAI_LABEL_AUTH_REALM_URI="http://127.0.0.1:9/r")
-    (tmp_path / "down").mkdir()
-    with label_server(tmp_path / "down", studies, {"method": "bicubic"}, env=down, ready_status=401) as url:
-        r = requests.get(f"{url}/info/", headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        assert r.status_code == 503 and "sign-in service cannot be reached" in r.json()["detail"], r.text
+    r = requests.get(f"{realm_down.url}/info/", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 503 and "sign-in service cannot be reached" in r.json()["detail"], r.text

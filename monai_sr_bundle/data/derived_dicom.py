@@ -382,13 +382,16 @@ def _save(ds, path: str) -> None:
         ds.save_as(path, write_like_original=False)  # pydicom 2.x
 
 
-_SERIES_FILE = re.compile(r"IM\d{4,}\.dcm")
+#: the instance files of a derived series folder (``IM0001.dcm``, ...), its only entries
+SERIES_FILE = re.compile(r"IM\d{4,}\.dcm")
 
 
-def _replace_series(built: Path, path: Path) -> None:
-    """Move the folder ``built`` to ``path``; an earlier series there is moved aside first and removed after."""
-    old = path.parent / f".{path.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
+def _replace_series(built: Path, path: Path) -> Path:
+    """Move the folder ``built`` to ``path``; an earlier series there (ours: the callers asked
+    :func:`~monai_sr_bundle.data.writers.check_replaceable`) is moved aside first, into a new hidden folder beside
+    it whose path is returned for the caller to remove: no name that a user's file may have is removed or replaced."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    old = aside / path.name
     if path.exists():
         os.replace(path, old)
     try:
@@ -396,7 +399,12 @@ def _replace_series(built: Path, path: Path) -> None:
     except OSError:
         if old.exists():
             os.replace(old, path)
+        try:
+            aside.rmdir()  # empty once the earlier series is back
+        except OSError:
+            pass
         raise
+    return aside
 
 
 def write_derived(arr: np.ndarray, meta: Mapping, path: str | os.PathLike, method: str, *, overwrite: bool = True):
@@ -428,7 +436,7 @@ def write_derived(arr: np.ndarray, meta: Mapping, path: str | os.PathLike, metho
         path = path.with_name(path.name + ".dcm")
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; remove it or allow overwriting.")
-    if path.is_dir() and (single or any(not _SERIES_FILE.fullmatch(f.name) for f in path.iterdir())):
+    if path.is_dir() and (single or any(not SERIES_FILE.fullmatch(f.name) for f in path.iterdir())):
         raise InputError(f"{path}: is a folder that is not a derived series written here; give another output path.")
     series = _Series(method, scale)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -445,8 +453,7 @@ def write_derived(arr: np.ndarray, meta: Mapping, path: str | os.PathLike, metho
         if single:
             os.replace(work / "IM0001.dcm", path)
         else:
-            _replace_series(work, path)
-            work = path.parent / f".{path.name}.old"  # what _replace_series moved aside, removed below
+            work = _replace_series(work, path)  # the earlier series moved aside, removed below
         sync_to_disk(path.parent)
     except InputError:
         raise

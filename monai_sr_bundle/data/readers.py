@@ -295,29 +295,43 @@ def _apply_modality_lut(arr: np.ndarray, ds) -> np.ndarray:
     return apply_modality_lut(arr, ds)
 
 
-def _check_inflated_size(path: str | os.PathLike) -> None:
-    """A deflated data set (transfer syntax 1.2.840.10008.1.2.1.99) is inflated in steps first and refused past
-    MAX_INFLATED bytes: pydicom inflates it whole, and 255 KB can inflate to 256 MiB."""
-    import zlib
+#: the transfer syntax of a deflated DICOM data set, which pydicom inflates whole into memory
+DEFLATED = "1.2.840.10008.1.2.1.99"
+#: the most of a deflated data set inflated at a time while it is measured (and dropped)
+INFLATE_STEP = 1 << 20
 
+
+def deflated_start(path: str | os.PathLike) -> int | None:
+    """Where the deflated data set of a DICOM file starts, or None if it is not DICOM with the deflated transfer
+    syntax (or its file meta cannot be read: :func:`dcmread` then reports what is wrong)."""
     from pydicom.filereader import read_file_meta_info
 
     try:
         meta = read_file_meta_info(str(path))
     except Exception:
-        return  # no file meta to go by: dcmread reports what is wrong
-    if str(meta.get("TransferSyntaxUID", "")) != "1.2.840.10008.1.2.1.99":
+        return None
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED:
+        return None
+    return 132 + 12 + int(meta.get("FileMetaInformationGroupLength", 0) or 0)  # preamble, DICM, the meta group
+
+
+def _check_inflated_size(path: str | os.PathLike) -> None:
+    """A deflated data set is inflated :data:`INFLATE_STEP` at a time, keeping none of it, and refused past
+    MAX_INFLATED bytes: pydicom inflates it whole, and 255 KB can inflate to 256 MiB. Measuring in small steps
+    keeps a refused file cheap (a server may be sent several at once)."""
+    import zlib
+
+    start = deflated_start(path)
+    if start is None:
         return
     with open(path, "rb") as f:
-        f.seek(132)  # preamble and "DICM"
-        group_length = int(meta.get("FileMetaInformationGroupLength", 0) or 0)
-        f.seek(132 + 12 + group_length)  # the (0002,0000) element is 12 bytes, then the rest of the meta group
+        f.seek(start)
         inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
-        while chunk := f.read(1 << 16):
+        while not inflater.eof and (chunk := f.read(1 << 16)):
             try:
-                size += len(inflater.decompress(chunk, MAX_INFLATED + 1 - size))
-                while inflater.unconsumed_tail and size <= MAX_INFLATED:
-                    size += len(inflater.decompress(inflater.unconsumed_tail, MAX_INFLATED + 1 - size))
+                while chunk and size <= MAX_INFLATED:
+                    size += len(inflater.decompress(chunk, INFLATE_STEP))
+                    chunk = inflater.unconsumed_tail
             except zlib.error:
                 return  # not deflate data after all: dcmread reports it
             if size > MAX_INFLATED:

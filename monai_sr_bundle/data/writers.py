@@ -33,7 +33,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from monai_sr_bundle.data.derived_dicom import write_derived
+from monai_sr_bundle.data.derived_dicom import SERIES_FILE, write_derived
 from monai_sr_bundle.data.outputs import input_paths, sync_to_disk, to_units, usual_mode
 from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES, image_format
 from monai_sr_bundle.errors import InputError, printable
@@ -175,8 +175,8 @@ def _atomic(path: Path, write) -> None:
 
 def remove_interrupted_writes(targets: Iterable[str | os.PathLike]) -> None:
     """Remove what killed writes of ``targets`` left beside them: regular files named exactly as :func:`_atomic`
-    names its temporaries. A user's ``.<output>.notes``, any folder and any link stay (a derived DICOM series'
-    hidden work folder too)."""
+    names its temporaries that are this tool's (:func:`_left_by_a_write`). A user's file at such a name, a user's
+    ``.<output>.notes``, any folder and any link stay (a derived DICOM series' hidden work folder too)."""
     names: dict[Path, set[str]] = {}
     for target in map(Path, targets):
         names.setdefault(target.parent, set()).add(target.name)
@@ -192,8 +192,36 @@ def remove_interrupted_writes(targets: Iterable[str | os.PathLike]) -> None:
                 and found["name"] in outputs
                 and entry.name == _temporary_name(found["name"], found["token"])
                 and entry.is_file(follow_symlinks=False)
+                and _left_by_a_write(entry.path)
             ):
                 os.remove(entry.path)
+
+
+def _left_by_a_write(path: str) -> bool:
+    """Whether the file at a temporary's name is what a killed write of this tool left, not a user's file of that
+    name: empty and private, as :func:`_atomic` creates it before its first byte (nothing in it to lose), or with
+    the tool's note near its start, where every writer puts it ahead of the pixels (a NIfTI's gzip stream read as
+    far as it goes), or near its end (a summary's)."""
+    import stat
+    import zlib
+
+    try:
+        st = os.lstat(path)
+        if st.st_size == 0:
+            return stat.S_IMODE(st.st_mode) == 0o600
+        with open(path, "rb") as f:
+            head = f.read(_NOTE_WINDOW)
+            f.seek(max(0, st.st_size - _NOTE_WINDOW))
+            tail = f.read(_NOTE_WINDOW)
+    except OSError:
+        return False
+    if head.startswith(b"\x1f\x8b"):  # gzip
+        try:
+            head = zlib.decompressobj(wbits=31).decompress(head, _NOTE_WINDOW)
+        except zlib.error:
+            pass
+    mark = f"{SOFTWARE} ".encode()
+    return mark in head or mark in tail
 
 
 def _software() -> str:
@@ -211,11 +239,18 @@ def _note(method: str) -> str:
 
 def written_by_monai_sr(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an output of this tool (its note or, for DICOM, its derivation; a derived series
-    folder: every file in it; a table, summary or report page: the note :func:`_text_note` finds); an unreadable
-    file is not."""
+    folder: not empty, and every entry in it an instance file of ours, named as the series names them; a table,
+    summary or report page: the note :func:`_text_note` finds); an unreadable file is not, nor an empty folder."""
     path = Path(path)
-    if path.is_dir():
-        return all(p.is_file() and written_by_monai_sr(p) for p in path.iterdir())
+    if path.is_dir():  # the one folder this tool writes: a derived series, instances only, none a link
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            return False
+        return bool(entries) and all(
+            SERIES_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False) and written_by_monai_sr(e.path)
+            for e in entries
+        )
     if not path.is_file():
         return False
     try:
@@ -292,15 +327,34 @@ def complete_output(path: str | os.PathLike) -> bool:
 
 def check_replaceable(paths: Iterable[str | os.PathLike]) -> None:
     """Refuse a run that would replace or remove a file at one of ``paths`` that this tool did not write
-    (:func:`written_by_monai_sr`; a dangling link or an unreadable file counts as not ours): the one rule by which
-    ``monai-sr sr``, the demo, evaluation and the report tell their own earlier outputs, which a rerun replaces,
-    from a user's files, which are left alone. Callers ask before they write anything."""
-    for path in paths:
+    (:func:`written_by_monai_sr`; a dangling link, an unreadable file or an empty folder counts as not ours), or
+    that would need a folder where a user's file is: the one rule by which ``monai-sr sr``, the demo, evaluation
+    and the report tell their own earlier outputs, which a rerun replaces, from a user's files, which are left
+    alone. Callers ask before they write anything; besides the paths they asked about, they remove only what
+    :func:`remove_interrupted_writes` tells as theirs and create only new names (``O_EXCL``, ``mkdtemp``)."""
+    for path in map(Path, paths):
+        blocker = _not_a_folder_above(path)
+        if blocker is not None:
+            raise InputError(
+                f"{printable(blocker)}: is a file where monai-sr would make a folder for its outputs; move it or give "
+                "another output folder (nothing was written)."
+            )
         if os.path.lexists(path) and not written_by_monai_sr(path):
             raise InputError(
                 f"{printable(path)}: already exists and was not written by monai-sr; move it or give another output "
                 "folder (nothing was written)."
             )
+
+
+def _not_a_folder_above(path: Path) -> Path | None:
+    """The nearest existing thing above ``path`` when it is no folder (a file, a dangling link), where writing
+    ``path`` would have to make a folder; None when it is a folder."""
+    for parent in path.parents:
+        if os.path.isdir(parent):
+            return None
+        if os.path.lexists(parent):
+            return parent
+    return None
 
 
 #: the text outputs (tables, summaries, report pages), each noting the tool where its format keeps a note

@@ -10,12 +10,14 @@ server and ``import_boxes.py``) never drop each other's saves."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import threading
 import time
 
 from fastapi import HTTPException
@@ -23,7 +25,7 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
 from monai_sr_bundle.data.markups import markups_to_boxes
-from monai_sr_bundle.data.readers import detached_data, image_shape, read_image
+from monai_sr_bundle.data.readers import deflated_start, detached_data, image_shape, read_image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import check_size
 
@@ -39,6 +41,8 @@ LABEL_EXTENSIONS = ("*.json",)
 MAX_BOXES_FILE = 1 << 20
 #: label info the server records when a label is saved
 RECORDED_INFO = ("findings", "name", "ts")
+#: deflated DICOM files measured and read at once: pydicom holds an accepted one whole (up to MAX_INFLATED)
+INFLATING = threading.BoundedSemaphore(2)
 
 
 def check_name(value: object, what: str) -> str:
@@ -63,14 +67,16 @@ def check_image(path: str, name: str, scale: int, max_output_mp: float) -> tuple
     422 if it is too small to super-resolve at ``scale``, 413 if its SR would exceed ``max_output_mp``
     megapixels (a 12 KB PNG may declare 30000x30000), 415 if it is a MetaImage or NRRD header that names a
     separate data file (an image is read only from its own bytes: a header may name any file the server can
-    read). The one acceptance rule of uploads and infer."""
+    read), 415 if it is a deflated DICOM whose data set inflates past MAX_INFLATED (measured in steps first).
+    The one acceptance rule of uploads and infer."""
     try:
         if detached_data(path):
             raise InputError(
                 f"{path}: the header names a separate pixel data file; this server reads an image only from its own "
                 "bytes, so send .mha or .nrrd with the data inside."
             )
-        shape = image_shape(path)
+        with INFLATING if deflated_start(path) is not None else contextlib.nullcontext():
+            shape = image_shape(path)  # a deflated data set is measured in steps, then inflated whole by pydicom
     except InputError as e:
         raise HTTPException(415, str(e).replace(path, name)) from e
     try:
@@ -174,8 +180,10 @@ class SRDatastore(LocalDatastore):
         image_id = check_name(image_id or self._to_id(os.path.basename(image_filename))[0], "image id")
         name = os.path.basename(image_filename)  # the gateway checked its suffix and size
         check_image(image_filename, image_id, self.scale, self.max_output_mp)
+        deflated = deflated_start(image_filename) is not None
         try:
-            read_image(image_filename)
+            with INFLATING if deflated else contextlib.nullcontext():  # pydicom inflates it whole again
+                read_image(image_filename)
         except InputError as e:
             raise HTTPException(422, str(e).replace(image_filename, image_id)) from e
         ext = self._to_id(name)[1]
