@@ -28,8 +28,10 @@ from robustness import REPO, cli, external_images
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.data.writers import write_figure
 from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.report import PANEL
 
 HEAD = ["method", "images", "LR-consistency PSNR (dB) ↑", "mean abs(↓SR - LR) ↓", "sample SD ↓", "s/image"]
 
@@ -50,12 +52,15 @@ def _to_display(img: torch.Tensor) -> np.ndarray:
 def comparison_figure(
     panels: Mapping[str, torch.Tensor], path: str | os.PathLike, box: Sequence[float] | None = None
 ) -> Path:
-    """Save panels side by side with titles; with ``box`` (x0, y0, x1, y1 at HR size) a second row shows
-    that region enlarged, where SR differences are visible. Panels must share one size."""
+    """Save panels side by side with titles, each shown :data:`~monai_sr_bundle.report.PANEL` px wide; with
+    ``box`` (x0, y0, x1, y1 at the panels' size) a second row shows that region enlarged to the panel, where SR
+    differences are visible. Panels must share one size."""
     from PIL import Image, ImageDraw
 
     images = {k: _to_display(v) for k, v in panels.items()}
     rows, cols = next(iter(images.values())).shape
+    width = min(cols, PANEL)
+    height = max(1, round(rows * width / cols))
     title_h = 24
     zoom = None
     if box is not None:
@@ -64,21 +69,23 @@ def comparison_figure(
         cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
         x0, y0 = min(max(cx - side // 2, 0), cols - side), min(max(cy - side // 2, 0), rows - side)
         zoom = (x0, y0, x0 + side, y0 + side)
-    canvas = Image.new("L", (cols * len(images), title_h + rows * (2 if zoom else 1)), 0)
+    canvas = Image.new("L", (width * len(images), title_h + height * (2 if zoom else 1)), 0)
     draw = ImageDraw.Draw(canvas)
+    fit = width / cols
     for i, (title, arr) in enumerate(images.items()):
         tile = Image.fromarray(arr)
-        canvas.paste(tile, (i * cols, title_h))
-        draw.text((i * cols + 4, 4), title, fill=255)
+        canvas.paste(tile.resize((width, height), Image.LANCZOS), (i * width, title_h))
+        draw.text((i * width + 4, 4), title, fill=255)
         if zoom:
-            canvas.paste(tile.crop(zoom).resize((cols, rows), Image.NEAREST), (i * cols, title_h + rows))
-            draw.rectangle((i * cols + zoom[0], title_h + zoom[1], i * cols + zoom[2], title_h + zoom[3]), outline=255)
+            canvas.paste(tile.crop(zoom).resize((width, height), Image.NEAREST), (i * width, title_h + height))
+            outline = [round(v * fit) for v in zoom]
+            draw.rectangle(
+                (i * width + outline[0], title_h + outline[1], i * width + outline[2], title_h + outline[3]),
+                outline=255,
+            )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return write_figure(canvas, path)
 
 
 def lung_crop(image: torch.Tensor, crop: int) -> torch.Tensor:

@@ -40,6 +40,8 @@ from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
 
 if TYPE_CHECKING:  # torch and MONAI are imported where a network is built: listing methods needs neither
+    from collections.abc import Mapping
+
     import torch
     from torch import nn
 
@@ -593,8 +595,49 @@ def _class_source(module: str, name: str) -> tuple[str, ast.ClassDef] | None:
 NOT_WEIGHTS = (RuntimeError, LookupError, ValueError, EOFError, OSError, TypeError, AttributeError, pickle.PickleError)
 
 
+#: the key suffix of an int8-stored weight's per-output-channel scales (:func:`compact_state`)
+INT8_SCALE = ".int8_scale"
+
+
+def compact_state(state: Mapping[str, torch.Tensor], storage: str) -> dict[str, torch.Tensor]:
+    """``state`` as shipped: ``fp16`` halves every float tensor; ``int8`` also stores each convolution or linear
+    weight (2+ dimensions) as int8 codes and an fp16 scale per output channel (``<key>`` + :data:`INT8_SCALE`),
+    a quarter of fp32. The tracked tree must stay small enough for a GPU call to carry it; which storage a file
+    may take is measured (``tools/compact_weights.py``), and :func:`expand_state` reads either back."""
+    import torch
+
+    if storage not in ("fp16", "int8"):
+        raise ValueError(f"storage {storage!r}: choose fp16 or int8")
+    out = {}
+    for key, value in state.items():
+        if not value.is_floating_point():
+            out[key] = value
+        elif storage == "int8" and value.ndim >= 2:
+            scale = (value.float().abs().flatten(1).amax(1).clamp_min(1e-12) / 127).half()
+            shape = (-1,) + (1,) * (value.ndim - 1)
+            out[key] = torch.round(value.float() / scale.float().view(shape)).clamp(-127, 127).to(torch.int8)
+            out[key + INT8_SCALE] = scale
+        else:
+            out[key] = value.half()
+    return out
+
+
+def expand_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A stored state dict (fp32, or :func:`compact_state`'s) as the fp32 tensors a network loads."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith(INT8_SCALE):
+            continue
+        scale = state.get(key + INT8_SCALE)
+        if scale is not None:
+            value = value.float() * scale.float().view((-1,) + (1,) * (value.ndim - 1))
+        out[key] = value.float() if value.is_floating_point() else value
+    return out
+
+
 def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a plain state dict (``torch.load(..., weights_only=True)``) into ``network``."""
+    """Load a plain state dict (``torch.load(..., weights_only=True)``; fp32 or :func:`compact_state`'s) into
+    ``network``."""
     import torch
 
     path = Path(path)
@@ -602,7 +645,7 @@ def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise InputError(f"{path}: weights file not found; train the method first or pass --weights.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        network.load_state_dict(state)
+        network.load_state_dict(expand_state(state))
     except NOT_WEIGHTS as e:
         # torch's own first line only names the network ("Error(s) in loading state_dict for X:"); the next says what
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]

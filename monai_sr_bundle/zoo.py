@@ -17,11 +17,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 import monai_sr_bundle
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import REPO_ROOT
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
+from monai_sr_bundle.launch import safe_env
 from monai_sr_bundle.training import CONFIGS, sha256, stage_configs
 from monai_sr_bundle.transforms.presets import DEFAULT_PRESET
 
@@ -123,10 +126,14 @@ def _assemble(method: methods.Method, root: Path, metrics: dict[str, float], wei
     _write_configs(method, root / "configs", _metadata(method, dev, metrics))
     models = root / "models"
     models.mkdir()
-    shutil.copyfile(method.weights_path, models / "model.pt")
+    # a plain fp32 state dict, as the zoo's tools (ckpt_export) and users' own load_state_dict expect
+    state = torch.load(method.weights_path, map_location="cpu", weights_only=True)
+    torch.save(methods.expand_state(state), models / "model.pt")
     digest = sha256(models / "model.pt")
     trained_in = f"monai-sr {monai_sr_bundle.__version__}: its development bundle, where the command ran"
     entry = {"sha256": digest, **{k: v for k, v in record.items() if k != "sha256"}, "trained_in": trained_in}
+    if "stored" in record:
+        entry["stored"] = f"fp32, expanded from the development bundle's file ({record['stored']})"
     (models / "weights.json").write_text(json_text({"model.pt": entry}))
     if (models / "model.pt").stat().st_size > MAX_COMMITTED_BYTES:
         (root / "large_files.yml").write_text(
@@ -441,7 +448,7 @@ def check(bundle: str | os.PathLike, zoo_ci: str | os.PathLike, workdir: str | o
             f.write(f"\nexclude_verify_torchscript_list.append({name!r})\n")
 
     def run(step: str, *args: str, cwd: Path = tree) -> None:
-        done = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+        done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=safe_env())
         if done.returncode != 0:
             raise InputError(f"{name}: zoo check '{step}' failed:\n{(done.stdout + done.stderr)[-4000:]}")
         passed.append(step)
@@ -483,7 +490,8 @@ def scriptable(bundle: str | os.PathLike) -> bool:
         "p.read_config(sys.argv[1] + '/configs/inference.json'); p['bundle_root'] = sys.argv[1]; "
         "torch.jit.script(p.get_parsed_content('network_def'))"
     )
-    return subprocess.run(_without_package(code, str(Path(bundle))), capture_output=True).returncode == 0
+    command = _without_package(code, str(Path(bundle)))
+    return subprocess.run(command, capture_output=True, env=safe_env()).returncode == 0
 
 
 def _large_files(bundle: Path) -> set[str]:
@@ -580,9 +588,8 @@ def check_workflows(
         stages.append(("train", files, train | {"run_dir": str(where), "ckpt_path": str(where / "model.pt")}))
         if "train_autoencoder.json" in files:
             train |= {"autoencoder_weights": str(where / "model.pt")}
-    done = subprocess.run(
-        _without_package(_WORKFLOWS, str(bundle), str(zoo_ci), json.dumps(stages)), capture_output=True, text=True
-    )
+    command = _without_package(_WORKFLOWS, str(bundle), str(zoo_ci), json.dumps(stages))
+    done = subprocess.run(command, capture_output=True, text=True, env=safe_env())
     if done.returncode != 0:
         raise InputError(f"{bundle.name}: zoo workflow check failed:\n{(done.stdout + done.stderr)[-4000:]}")
     return [f"{kind} {'+'.join(files)}" for kind, files, _ in stages]

@@ -137,6 +137,30 @@ def test_load_weights_not_a_state_dict(tmp_path):
         load_weights(SRCNN(4), path)
 
 
+@pytest.mark.parametrize("storage", ["fp16", "int8"])
+def test_compact_storage_loads_back_as_the_fp32_weights_within_its_precision(storage, tmp_path):
+    torch.manual_seed(0)
+    net, x = VDSR(2, depth=4, channels=48).eval(), torch.rand(1, 1, 12, 12)
+    full, small = tmp_path / "fp32.pt", tmp_path / f"{storage}.pt"
+    torch.save(net.state_dict(), full)
+    torch.save(methods.compact_state(net.state_dict(), storage), small)
+    assert small.stat().st_size < full.stat().st_size * (0.6 if storage == "fp16" else 0.35)
+    loaded = load_weights(VDSR(2, depth=4, channels=48), small).eval()
+    for key, value in net.state_dict().items():
+        # int8: half a step of the output channel's scale (its largest weight / 127); fp16: its rounding
+        step = value.abs().flatten(1).amax(1).view(-1, *[1] * (value.ndim - 1)) / 127 if value.ndim > 1 else 0
+        bound = (step / 2 if storage == "int8" else 0) + value.abs() * 2**-10 + 1e-7
+        assert ((loaded.state_dict()[key] - value).abs() <= bound * 1.01).all(), key
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0.01)
+    # a scale that does not fit its weight is refused like any other foreign file
+    state = methods.compact_state(net.state_dict(), "int8")
+    state["body.0.weight" + methods.INT8_SCALE] = torch.ones(3, dtype=torch.float16)
+    torch.save(state, small)
+    with pytest.raises(InputError, match="do not fit"):
+        load_weights(VDSR(2, depth=4, channels=48), small)
+
+
 # ---------------------------------------------------------------- SRResNet
 
 

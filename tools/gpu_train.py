@@ -4,15 +4,15 @@ A GPU machine receives this repository plus what a call names in ``carry``, 64 M
 ``../shared``; it has PyTorch but not MONAI. So the work is in two steps:
 
 ``pack`` (here, where the shared data is) writes a folder to carry: the NIH training split as JPEG of quality
-95 (the lossless PNGs, 61 MB, do not fit; the JPEGs are 48 dB from them), the validation split lossless (it
-selects the weights), ``images.csv`` and ``boxes.csv`` of both, and with ``--wheels`` the wheels the machine
-lacks (fetched from the package registry).
+90 (the lossless PNGs, 61 MB, do not fit beside the tree; 19 MB, 46 dB from them), the first ``VAL_IMAGES``
+of the validation split lossless (they select the weights), ``images.csv`` and ``boxes.csv`` of these, and
+with ``--wheels`` the wheels the machine lacks (fetched from the package registry): about 30 MB.
 
 ``train`` (there, after ``pip install --no-index --no-deps --target`` of the wheels: docs/bundle.md) lays the
 images out as ``../shared/data`` is laid out and trains the variants below at once, one bundle training
 process each (the CPU cores shared among their data loaders, the GPU among their steps), each for
 ``--minutes`` of training with the learning rate annealed over that time (``time_limit_minutes``). Then every
-published weight file is scored on the whole validation split, clean and degraded, against bicubic. ``--out``
+published weight file is scored on the carried validation images, clean and degraded, against bicubic. ``--out``
 gets the weights, their ``weights.json`` records (the bundle command that reruns each), ``results.json`` and
 the end of each training's log.
 
@@ -39,7 +39,7 @@ VARIANTS = {"x4": {"scale": 4}, "x2": {"scale": 2, "val_degradation": "real_eval
 #: the GPU recipe's settings over the method's overlay (the overlay's own are the CPU's). A batch is
 #: ``batch_size`` images of ``samples_per_image`` patches each: 32 patches a step, as the overlay's. The steps
 #: count, not the patches: 32 images of 16 patches (512 a step) left the network at bicubic after 780 steps.
-GPU_SETTINGS = {"batch_size": 4, "samples_per_image": 8, "val_limit": 76, "val_interval": 5, "max_epochs": 100000}
+GPU_SETTINGS = {"batch_size": 4, "samples_per_image": 8, "val_limit": 24, "val_interval": 5, "max_epochs": 100000}
 DRY_SETTINGS = {
     "batch_size": 2,
     "samples_per_image": 1,
@@ -61,7 +61,9 @@ WHEELS = [
     "termcolor==3.3.0",
     "importlib_metadata==9.1.0",
 ]
-JPEG_QUALITY = 95
+JPEG_QUALITY = 90
+#: the validation images carried (lossless PNG, 130 kB each): enough to select on, few enough to fit
+VAL_IMAGES = 24
 
 
 def pack(args: argparse.Namespace) -> int:
@@ -74,9 +76,9 @@ def pack(args: argparse.Namespace) -> int:
     (out / "images").mkdir(parents=True)
     with open(source / "images.csv", newline="") as f:
         reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames, [r for r in reader if r["split"] in ("train", "val")]
-    if args.limit:
-        rows = [r for r in rows if r["split"] == "train"][: args.limit] + [r for r in rows if r["split"] == "val"][:1]
+        fields, rows = reader.fieldnames, list(reader)
+    train, val = ([r for r in rows if r["split"] == split] for split in ("train", "val"))
+    rows = train[: args.limit] + val[: 1 if args.limit else VAL_IMAGES]
     for row in rows:
         image = Image.open(source / "images_512" / row["image"])
         if row["split"] == "train":
