@@ -16,6 +16,7 @@ from pathlib import Path
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.deploy import ADMIN_KIT, SERVER_KIT, prepare_poc, python_first
 from monai_sr_bundle.federated.sites import SITE_CONFIG_ENV
+from monai_sr_bundle.launch import safe_env
 
 
 def free_port() -> int:
@@ -42,8 +43,9 @@ class LocalPoc:
 
     def start(self, name: str) -> None:
         """Start the server or one site (``sub_start.sh --once``: no restart loop), in its own process group;
-        a site gets its site config from the job config as its ``MONAI_SR_SITE_CONFIG``."""
-        env = python_first()
+        a site gets its site config from the job config as its ``MONAI_SR_SITE_CONFIG``. The kit's ``python3 -m``
+        runs in the kit folder, which must not be on its path (:mod:`monai_sr_bundle.launch`)."""
+        env = safe_env(python_first())
         site_config = self.config["sites"].get(name)
         if site_config:
             env[SITE_CONFIG_ENV] = str(site_config)
