@@ -3,7 +3,7 @@ may be able to write (the system temporary folder, a shared folder it was starte
 
 ``python -m`` and ``python -c`` put their working folder first on ``sys.path``, and so do the children that
 ``multiprocessing`` spawns (``python -c 'from multiprocessing.spawn import ...'``, in the parent's working
-folder): a ``monai_sr_bundle``, ``torch`` or ``multiprocessing`` package there would run instead of the
+folder): a package of this project's name, ``torch`` or ``multiprocessing`` there would run instead of the
 installed one. ``PYTHONSAFEPATH`` (Python 3.11+; 3.10 ignores it) makes a Python add no such folder, and the
 processes it starts in turn inherit it. An empty or relative ``PYTHONPATH`` entry means the working folder
 too (MONAI Label 0.8.5 exports ``PYTHONPATH=:<app>``), so those are dropped. The Slicer module, which runs

@@ -15,9 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
@@ -57,18 +55,6 @@ def slicer(tmp_path: Path, monkeypatch) -> None:
     worker.stop()
 
 
-def archive(tmp_path: Path, monkeypatch) -> None:
-    """``monai-sr sr --workers 2``: its pool's spawned processes."""
-    from monai_sr_bundle.cli import main
-
-    inputs = [tmp_path / f"in{i}.png" for i in range(2)]
-    for i, path in enumerate(inputs):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 36), np.uint8)).save(path)
-    out = tmp_path / "out"
-    assert main(["sr", *map(str, inputs), "-o", str(out), "-m", "bicubic", "--workers", "2"]) == 0
-    assert sorted(p.name for p in out.glob("*.png")) == ["in0_sr.png", "in1_sr.png"]
-
-
 def _site_worker(tmp_path: Path, processes: int) -> None:
     """A federated site's relay starting its worker(s) for a site whose datalist is missing: the round fails
     with the site's sentence, from the worker process or from one of the torchrun processes."""
@@ -84,10 +70,6 @@ def _site_worker(tmp_path: Path, processes: int) -> None:
             worker.run_round({}, 1)
     finally:
         worker.stop()
-
-
-def site_worker(tmp_path: Path, monkeypatch) -> None:
-    _site_worker(tmp_path, 1)
 
 
 def site_torchrun(tmp_path: Path, monkeypatch) -> None:
@@ -127,8 +109,6 @@ def monailabel_train(tmp_path: Path, monkeypatch) -> None:
     "launch",
     [
         pytest.param(slicer, marks=pytest.mark.slow, id="slicer"),
-        pytest.param(archive, id="archive-workers"),
-        pytest.param(site_worker, id="federated-site-worker"),
         pytest.param(site_torchrun, marks=pytest.mark.slow, id="federated-torchrun"),
         pytest.param(zoo_check, id="zoo-check"),
         pytest.param(monailabel_train, marks=[pytest.mark.slow, pytest.mark.server], id="monailabel-train"),

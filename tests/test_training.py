@@ -205,8 +205,9 @@ def check_weights_folder(models: Path) -> list[str]:
         state = torch.load(path, map_location="cpu", weights_only=True)
         assert isinstance(state, dict) and "checkpointer" not in state, f"{path.name}: not a plain state dict"
         network = methods.get(method, scale, modality).load(path)  # load_state_dict is strict
+        stored = methods.expand_state(state)  # int8 / fp16 storage as the fp32 tensors it stands for
         for k, v in network.state_dict().items():
-            assert torch.equal(v, state[k]), f"{path.name}: {k} differs after loading"
+            assert torch.equal(v, stored[k]), f"{path.name}: {k} differs after loading"
     return [p.name for p in files]
 
 
