@@ -6,14 +6,17 @@ may be able to write (the system temporary folder, a shared folder it was starte
 folder): a package of this project's name, ``torch`` or ``multiprocessing`` there would run instead of the
 installed one. ``PYTHONSAFEPATH`` (Python 3.11+; 3.10 ignores it) makes a Python add no such folder, and the
 processes it starts in turn inherit it. An empty or relative ``PYTHONPATH`` entry means the working folder
-too (MONAI Label 0.8.5 exports ``PYTHONPATH=:<app>``), so those are dropped. The Slicer module, which runs
-before this package is installed, keeps its own rule (``SuperResolutionLib/runner.py``, ``private_launch``:
-a private working folder as well).
+too (MONAI Label 0.8.5 exports ``PYTHONPATH=:<app>``), so those are dropped; and so are those of the
+``sys.path`` a spawned child takes from its parent (``''`` in a REPL or notebook, ``.`` that ``monai.bundle
+run`` adds after a relative ``configs/...`` path). The Slicer module, which runs before this package is
+installed, keeps its own rule (``SuperResolutionLib/runner.py``, ``private_launch``: a private working folder
+as well).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
@@ -41,13 +44,17 @@ def safe_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @contextmanager
 def safe_children() -> Iterator[None]:
-    """This process's environment made safe meanwhile, for the processes ``multiprocessing`` starts (spawned
-    workers, its resource tracker), which take the environment as it is when they start; restored after."""
+    """This process's environment and ``sys.path`` made safe meanwhile (its empty and relative entries out), for
+    the processes ``multiprocessing`` starts (spawned workers, its resource tracker), which take both as they
+    are when they start; restored after."""
     before = {k: os.environ.get(k) for k in (*SAFE_PATH, "PYTHONPATH")}
+    path = list(sys.path)
     make_safe(os.environ)
+    sys.path[:] = [p for p in path if os.path.isabs(p)]
     try:
         yield
     finally:
+        sys.path[:] = path
         for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)

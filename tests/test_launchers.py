@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
@@ -42,6 +44,16 @@ def planted(tmp_path, monkeypatch) -> Path:
     return marker
 
 
+def cwd_on_sys_path(monkeypatch) -> None:
+    """The working folder on this process's ``sys.path`` as a notebook has it (``''``) and as ``monai.bundle
+    run`` leaves it after a relative ``configs/...`` path (``.``): what spawned children inherit. The packages
+    this process itself imports later are imported first (its own imports are its user's business)."""
+    import monai.data  # noqa: F401
+    import torch  # noqa: F401
+
+    monkeypatch.setattr(sys, "path", ["", ".", *sys.path])
+
+
 def slicer(tmp_path: Path, monkeypatch) -> None:
     """The Slicer module's processes: dependency check, method listing, worker."""
     from SuperResolutionLib import Worker, list_methods, missing_dependencies
@@ -55,11 +67,25 @@ def slicer(tmp_path: Path, monkeypatch) -> None:
     worker.stop()
 
 
-def _site_worker(tmp_path: Path, processes: int) -> None:
+def archive(tmp_path: Path, monkeypatch) -> None:
+    """``monai-sr sr --workers 2``: its pool's spawned processes."""
+    from monai_sr_bundle.cli import main
+
+    inputs = [tmp_path / f"in{i}.png" for i in range(2)]
+    for i, path in enumerate(inputs):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 36), np.uint8)).save(path)
+    out = tmp_path / "out"
+    cwd_on_sys_path(monkeypatch)
+    assert main(["sr", *map(str, inputs), "-o", str(out), "-m", "bicubic", "--workers", "2"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["in0_sr.png", "in1_sr.png"]
+
+
+def _site_worker(tmp_path: Path, monkeypatch, processes: int) -> None:
     """A federated site's relay starting its worker(s) for a site whose datalist is missing: the round fails
     with the site's sentence, from the worker process or from one of the torchrun processes."""
     from monai_sr_bundle.federated.client import SiteWorker, parse_args
 
+    cwd_on_sys_path(monkeypatch)
     site = tmp_path / "site" / "s.json"
     site.parent.mkdir()
     site.write_text(json.dumps({"datalist": "missing.json", "processes": processes}))
@@ -72,8 +98,12 @@ def _site_worker(tmp_path: Path, processes: int) -> None:
         worker.stop()
 
 
+def site_worker(tmp_path: Path, monkeypatch) -> None:
+    _site_worker(tmp_path, monkeypatch, 1)
+
+
 def site_torchrun(tmp_path: Path, monkeypatch) -> None:
-    _site_worker(tmp_path, 2)
+    _site_worker(tmp_path, monkeypatch, 2)
 
 
 def zoo_check(tmp_path: Path, monkeypatch) -> None:
@@ -109,6 +139,8 @@ def monailabel_train(tmp_path: Path, monkeypatch) -> None:
     "launch",
     [
         pytest.param(slicer, marks=pytest.mark.slow, id="slicer"),
+        pytest.param(archive, id="archive-workers"),
+        pytest.param(site_worker, id="federated-site-worker"),
         pytest.param(site_torchrun, marks=pytest.mark.slow, id="federated-torchrun"),
         pytest.param(zoo_check, id="zoo-check"),
         pytest.param(monailabel_train, marks=[pytest.mark.slow, pytest.mark.server], id="monailabel-train"),
@@ -125,7 +157,8 @@ def test_no_launcher_imports_a_package_planted_in_the_temporary_or_working_folde
 
 def test_a_safe_environment_has_no_working_folder_on_the_path(monkeypatch):
     """``PYTHONSAFEPATH`` set; an empty or relative ``PYTHONPATH`` entry (the working folder) dropped, here and
-    for the processes ``multiprocessing`` starts meanwhile; the environment restored after."""
+    for the processes ``multiprocessing`` starts meanwhile, and so are those of ``sys.path``, which they take;
+    both restored after."""
     from monai_sr_bundle.launch import safe_children, safe_env
 
     sep = os.pathsep
@@ -134,6 +167,9 @@ def test_a_safe_environment_has_no_working_folder_on_the_path(monkeypatch):
     assert "PYTHONPATH" not in safe_env({"PYTHONPATH": f"{sep}lib"})
     monkeypatch.setenv("PYTHONPATH", f"{sep}/opt/app")
     monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    monkeypatch.setattr(sys, "path", ["", "/opt/lib", "src"])
     with safe_children():
         assert os.environ["PYTHONPATH"] == "/opt/app" and os.environ["PYTHONSAFEPATH"] == "1"
+        assert sys.path == ["/opt/lib"]
     assert os.environ["PYTHONPATH"] == f"{sep}/opt/app" and "PYTHONSAFEPATH" not in os.environ
+    assert sys.path == ["", "/opt/lib", "src"]
