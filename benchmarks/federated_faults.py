@@ -53,28 +53,36 @@ import torch
 from monai_sr_bundle.federated import client
 from monai_sr_bundle.federated.aggregation import NUM_SAMPLES
 
-MODE = {mode!r}
-send = flare.send
+MODES = {modes!r}  # the mode of each round; the last one for the rounds after it
+send, receive, current_round = flare.send, flare.receive, [0]
+
+
+def received(*args, **kwargs):
+    model = receive(*args, **kwargs)
+    if model is not None:
+        current_round[0] = model.current_round or 0
+    return model
 
 
 def poisoned(model, *args, **kwargs):
+    mode = MODES[min(current_round[0], len(MODES) - 1)]
     if model.params:
         first = next(k for k, v in model.params.items() if v.is_floating_point())
-        if MODE == "nan":
+        if mode == "nan":
             model.params[first] = torch.full_like(model.params[first], float("nan"))
-        elif MODE == "scaled":
+        elif mode == "scaled":
             model.params = {{k: v * 1e6 if v.is_floating_point() else v for k, v in model.params.items()}}
-        elif MODE == "broadcast":
+        elif mode == "broadcast":
             model.params[first] = torch.zeros(1)
-        elif MODE == "extra":
+        elif mode == "extra":
             model.params["evil.weight"] = torch.zeros(3)
-        elif MODE == "claims":
+        elif mode == "claims":
             model.meta[NUM_SAMPLES] = 1e9
     return send(model, *args, **kwargs)
 
 
 if __name__ == "__main__":  # the site's worker is spawned and imports this script again
-    flare.send = poisoned
+    flare.send, flare.receive = poisoned, received
     client.main(sys.argv[1:])
 """
 #: what each attacker mode does, as a fault row names it
@@ -87,9 +95,10 @@ POISONS = {
 }
 
 
-def poison(job: Path, site: str, mode: str) -> None:
-    """Give ``site`` the attacker's client in the exported ``job`` folder."""
-    (job / f"app_{site}" / "custom" / "client.py").write_text(ATTACKER.format(mode=mode))
+def poison(job: Path, site: str, mode: str, *later: str) -> None:
+    """Give ``site`` the attacker's client in the exported ``job`` folder: ``mode`` in round 0, then each of
+    ``later`` in the rounds after it (the last one for the rest), so that one site can try several attacks."""
+    (job / f"app_{site}" / "custom" / "client.py").write_text(ATTACKER.format(modes=(mode, *later)))
 
 
 def finite_model(app: Path, name: str = "srcnn_cxr_x4.pt") -> bool:
@@ -150,10 +159,9 @@ def server_restart(poc: LocalPoc, job_dir: Path) -> dict:
     model is the one its weights.json records (sha256), finite, and whether the job could then be deleted."""
     session = poc.connect(sites=[])
     job_id = session.submit_job(str(job_dir))
-    deadline = time.monotonic() + 300
-    while not list((poc.kits / "server" / job_id).glob("app_server/models/*.pt")) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(1)  # the model's weights.json and the report are written right after it
+    report, deadline = poc.kits / "server" / job_id / "app_server" / REPORT_NAME, time.monotonic() + 300
+    while not _published(report) and time.monotonic() < deadline:  # the model, its weights.json, then the report
+        time.sleep(0.2)
     poc.stop("server")
     poc.start("server")
     session = poc.connect(timeout=300)
@@ -173,6 +181,14 @@ def server_restart(poc: LocalPoc, job_dir: Path) -> dict:
         except JobNotFound:
             found["deleted"] = True
     return found
+
+
+def _published(report: Path) -> bool:
+    """The server's report (written atomically) names a published global model."""
+    try:
+        return any(r.get("global_model") for r in strict_json(report)["rounds"])
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def site(folder: Path, name: str, training: list[dict], start: int) -> str:

@@ -254,3 +254,14 @@ def tiny_gan(tmp_path, monkeypatch):
     (folder / f"{TINY_GAN}.json").write_text(json.dumps(TINY_GAN_OVERLAY))
     monkeypatch.setenv("MONAI_SR_METHODS", str(folder))
     return methods.get(TINY_GAN)
+
+
+@pytest.fixture(scope="session")
+def federated_poc(tmp_path_factory):
+    """One POC federation and its jobs (``poc_deployment`` of tests/test_federated.py), started, run and stopped
+    once per session (once per pytest-xdist run too) for the tests of tests/test_federated.py and
+    tests/test_federated_gpus.py that only read what it left: each POC job starts processes that import torch and
+    MONAI at every site."""
+    from test_federated import shared_poc_deployment
+
+    return shared_poc_deployment(tmp_path_factory)

@@ -121,8 +121,16 @@ class LocalPoc:
 
     def run_job(self, job_dir: str | os.PathLike, timeout: float = 600) -> tuple[str, Path]:
         """Submit the exported job, wait for it and download its results; returns (final status, folder)."""
+        return self.result(self.submit(job_dir), timeout)
+
+    def submit(self, job_dir: str | os.PathLike) -> str:
+        """Submit the exported job and return its id at once: the server runs jobs side by side (up to its
+        ``max_jobs``), a site taking part in several of them."""
+        return self.connect(sites=[]).submit_job(str(job_dir))
+
+    def result(self, job_id: str, timeout: float = 600) -> tuple[str, Path]:
+        """Wait for a submitted job and download its results; returns (final status, folder)."""
         session = self.connect(sites=[])
-        job_id = session.submit_job(str(job_dir))
         status = self.wait(job_id, timeout)
         if not status.startswith("FINISHED"):
             session.abort_job(job_id)
