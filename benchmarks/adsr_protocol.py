@@ -28,9 +28,10 @@ from pathlib import Path
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import load_datalist, write_nih_resized
-from monai_sr_bundle.evaluation import METRICS, evaluate
+from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.inference import Predictor
 from monai_sr_bundle.metrics import paired_t_test, summarize
+from monai_sr_bundle.metrics.catalogue import CATALOGUE
 from monai_sr_bundle.training import sha256, train_configs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,16 +261,14 @@ def report(limit: int | None, seeds: int) -> str:
     """docs/adsr_protocol.md's text from the kept evaluations."""
     found = {n: read_rows(n, limit) for n in rows()}
     found = {n: f for n, f in found.items() if f}
-    digits = {m: 2 if "psnr" in m else 4 for m in SHOWN}
-    head = " | ".join(METRICS[m][0] + (" ↑" if METRICS[m][1] else " ↓") for m in SHOWN)
+    digits = {m: CATALOGUE[m].digits for m in SHOWN}
+    head = " | ".join(CATALOGUE[m].heading for m in SHOWN)
     table = [f"| method | {head} | seeds | paper's PSNR (dB) |"]
     table.append("|---" * (len(SHOWN) + 3) + "|")
     for name, f in found.items():
         cells = []
         for m in SHOWN:
-            mean, sd = summarize(seed_means(f, m))
-            spread = f" ± {sd:.{digits[m]}f}" if not math.isnan(sd) else ""
-            cells.append(f"{mean:.{digits[m]}f}{spread}")
+            cells.append(CATALOGUE[m].value(*summarize(seed_means(f, m))))
         paper = f"{PAPER[name]:.2f}" if name in PAPER else "-"
         table.append(f"| {name} | " + " | ".join(cells) + f" | {len(seed_means(f, 'psnr'))} | {paper} |")
     images = sorted({r["image"] for f in found.values() for r in f})

@@ -22,12 +22,14 @@ from monai_sr_bundle.data.datalist import load_datalist
 from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.inference import Predictor
 from monai_sr_bundle.metrics import bootstrap_interval
+from monai_sr_bundle.metrics.catalogue import CATALOGUE
 from monai_sr_bundle.networks import Bicubic
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATIONS = REPO / "benchmarks" / "ablations"
 SCALE = 4
-METRICS = {"psnr": ("PSNR (dB) ↑", 2), "ssim": ("SSIM ↑", 4), "lpips": ("LPIPS ↓", 4)}
+#: the metrics of its table (their labels and digits: the catalogue's)
+SHOWN = ("psnr", "ssim", "lpips")
 
 
 def compare(variant: methods.Method, method: methods.Method, rows: list[dict]) -> str:
@@ -36,7 +38,8 @@ def compare(variant: methods.Method, method: methods.Method, rows: list[dict]) -
     keys = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     changed = ", ".join(f"{k} {ours.get(k)!r} vs {theirs.get(k)!r}" for k in keys)
     cells = []
-    for metric, (label, digits) in METRICS.items():
+    for metric in SHOWN:
+        label, digits = CATALOGUE[metric].heading, CATALOGUE[metric].digits
         by_image = {r["image"]: float(r[metric]) for r in rows if r["method"] == variant.name}
         diffs = [float(r[metric]) - by_image[r["image"]] for r in rows if r["method"] == method.name]
         lo, hi = bootstrap_interval(diffs)
@@ -67,11 +70,12 @@ def main() -> int:
     minutes = (time.perf_counter() - start) / 60
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    header = "| method | " + " | ".join(f"{label} mean [68% CI]" for label, _ in METRICS.values()) + " |"
-    lines = [header, "|---" * (len(METRICS) + 1) + "|"]
+    header = "| method | " + " | ".join(f"{CATALOGUE[m].heading} mean [68% CI]" for m in SHOWN) + " |"
+    lines = [header, "|---" * (len(SHOWN) + 1) + "|"]
     for name in predictors:
         cells = []
-        for metric, (_, digits) in METRICS.items():
+        for metric in SHOWN:
+            digits = CATALOGUE[metric].digits
             values = [float(r[metric]) for r in rows if r["method"] == name]
             lo, hi = bootstrap_interval(values)
             cells.append(f"{sum(values) / len(values):.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")

@@ -4,7 +4,8 @@ not load, and a screenshot for the README (docs/figures/report.png). Writes the 
 docs/benchmarks.md.
 
 Run: .venv/bin/python benchmarks/report.py [--report out/report8] (made first, if missing, by
-     .venv/bin/monai-sr demo --limit 8 --figures 8 -o out/report8: 8 NIH test images, every shipped method)
+     .venv/bin/monai-sr demo --limit 8 --figures 8 --all -o out/report8: 8 NIH test images, every shipped
+     method on each)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
             "8",
             "--figures",
             "8",
+            "--all",
             "-o",
             str(folder),
         ]

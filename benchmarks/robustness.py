@@ -31,9 +31,11 @@ from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.metrics import bootstrap_interval
+from monai_sr_bundle.metrics.catalogue import CATALOGUE
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = {"psnr": ("PSNR (dB) ↑", 2), "ssim": ("SSIM ↑", 4), "lpips": ("LPIPS ↓", 4)}
+#: the metrics of its tables (their labels and digits: the catalogue's)
+SHOWN = ("psnr", "ssim", "lpips")
 #: the default method's largest network time (s) for a 512 px radiograph to 2048 px on 2 CPU cores (issue 53)
 SPEED_BAR = 4.5
 #: the conditions the default rule averages: x4 at the NIH size and at the external site
@@ -93,7 +95,7 @@ def table(rows: list[dict], order: list[str], baseline: str) -> str:
     head = [
         "method",
         "images",
-        *(label for label, _ in METRICS.values()),
+        *(CATALOGUE[m].heading for m in SHOWN),
         "ΔPSNR vs " + baseline,
         "LPIPS / " + baseline,
     ]
@@ -104,8 +106,8 @@ def table(rows: list[dict], order: list[str], baseline: str) -> str:
             continue
         base = {r["image"]: r for r in rows if r["method"] == baseline and r["image"] in mine}
         cells = [name, str(len(mine))]
-        for metric, (_, digits) in METRICS.items():
-            cells.append(f"{np.mean([float(r[metric]) for r in mine.values()]):.{digits}f}")
+        for metric in SHOWN:
+            cells.append(CATALOGUE[metric].value(np.mean([float(r[metric]) for r in mine.values()])))
         gains = [float(mine[i]["psnr"]) - float(base[i]["psnr"]) for i in base]
         lo, hi = bootstrap_interval(gains)
         cells.append(f"{np.mean(gains):+.2f} [{lo:+.2f}, {hi:+.2f}]" if name != baseline else "")

@@ -21,6 +21,8 @@ from monai_sr_bundle.data.public import BUILDERS, VAL_FRACTION
 from monai_sr_bundle.errors import InputError, printable
 
 DEMO_LIMIT = 8
+#: images the demo's diffusion methods sample (each image costs them seconds of CPU per sampler step)
+DEMO_SAMPLED = 2
 
 
 def _interactive() -> bool:
@@ -127,8 +129,11 @@ def _demo(args: argparse.Namespace) -> None:
     if args.lpips and not lpips:
         logging.warning("LPIPS skipped: %s not found (set MONAI_SR_DATA)", default_weights_path())
     how = f"degradation preset {args.degradation}" if args.degradation else "antialiased bicubic downsampling"
+    sampled = None if args.all else args.sampled_images
     print(f"demo: x{args.scale} SR of {source}, LR made by {how}")
-    summary = evaluate(
+    if sampled is not None and any(p.method.stochastic for p in predictors.values()):
+        print(f"demo: the diffusion methods on the first {sampled} image(s) only (--all: on every one)")
+    evaluate(
         datalist,
         predictors,
         args.output,
@@ -138,8 +143,10 @@ def _demo(args: argparse.Namespace) -> None:
         figures=args.figures,
         progress=_interactive(),
         samples=args.samples,
+        sampled_images=sampled,
     )
-    print(format_table(summary))
+    info = json.loads((Path(args.output) / "summary.json").read_text())  # the images each method was scored on
+    print(format_table(info["summary"], info["images_per_method"]))
     print(f"SR images, figures and metrics (metrics.csv, summary.md) are in {Path(args.output).resolve()}")
     print(f"open {(Path(args.output) / 'report.html').resolve().as_uri()} in a browser to compare them")
 
@@ -278,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--methods", help="comma-separated methods (default: all that have weights)")
     demo.add_argument("--limit", type=int, default=DEMO_LIMIT, help=f"NIH test images to use (default {DEMO_LIMIT})")
     demo.add_argument("--figures", type=int, default=3, help="side-by-side figures to write (default 3)")
+    demo.add_argument(
+        "--sampled-images",
+        type=int,
+        default=DEMO_SAMPLED,
+        help=f"images the diffusion methods run on, the first ones (default {DEMO_SAMPLED}; --all: every image)",
+    )
+    demo.add_argument(
+        "--all", action="store_true", help="every image for every method (minutes per image on a CPU for diffusion)"
+    )
     demo.add_argument(
         "--samples",
         type=int,

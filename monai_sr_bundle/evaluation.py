@@ -35,11 +35,13 @@ from monai_sr_bundle.metrics import (
     masked_psnr,
     summarize,
 )
+from monai_sr_bundle.metrics.catalogue import CATALOGUE
 from monai_sr_bundle.report import (
     LR_COLUMN,
     comparison_pages,
     crop_files,
     figure_pages,
+    image_counts,
     page_names,
     spread_region,
     write_report,
@@ -48,19 +50,6 @@ from monai_sr_bundle.report import (
 from monai_sr_bundle.transforms.presets import ARTIFACT_MASK_KEY, lr_synthesis
 
 logger = logging.getLogger(__name__)
-
-#: metric name -> (label in tables, higher is better)
-METRICS = {
-    "psnr": ("PSNR (dB)", True),
-    "ssim": ("SSIM", True),
-    "ms_ssim": ("MS-SSIM", True),
-    "uqi": ("UQI", True),
-    "lpips": ("LPIPS", False),
-    "inbox_psnr": ("in-box PSNR (dB)", True),
-    "inbox_ssim": ("in-box SSIM", True),
-    "artifact_psnr": ("artifact-region PSNR (dB)", True),
-}
-
 
 def _metric_fns(lpips: bool, lpips_weights: str | os.PathLike | None = None) -> dict:
     fns = {
@@ -100,25 +89,18 @@ def _score(
     return row
 
 
-def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
+def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]], images: Mapping[str, int] | None = None) -> str:
     """Markdown table of mean ± sd per method and metric; "n/a" where a metric has no value, the mean alone
-    where there is a single value."""
-    metrics = [m for m in METRICS if any(m in s for s in summary.values())]
-    head = "| method | " + " | ".join(METRICS[m][0] + (" ↑" if METRICS[m][1] else " ↓") for m in metrics) + " |"
-    lines = [head, "|---" * (len(metrics) + 1) + "|"]
+    where there is a single value; with ``images`` (method -> images scored) a column that says what each row
+    was computed on."""
+    metrics = [m for m in CATALOGUE if any(m in s for s in summary.values())]
+    labels = (["images"] if images is not None else []) + [CATALOGUE[m].heading for m in metrics]
+    lines = ["| method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for method, stats in summary.items():
-        cells = [format_value(m, *stats.get(m, (math.nan, math.nan))) for m in metrics]
+        cells = [str(images.get(method, 0))] if images is not None else []
+        cells += [CATALOGUE[m].value(*stats.get(m, (math.nan, math.nan))) for m in metrics]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def format_value(metric: str, mean: float, sd: float) -> str:
-    """A table cell: mean ± sd (2 decimals for dB, else 4), the mean alone for a single value (e.g. one image
-    with boxes: no spread to report), "n/a" for none."""
-    digits = 2 if "psnr" in metric else 4
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
 
 
 def _counted(items, meter: Progress):
@@ -145,6 +127,7 @@ def evaluate(
     progress: bool = True,
     intensity: str | Sequence[float] | None = None,
     samples: int | None = None,
+    sampled_images: int | None = None,
 ) -> dict:
     """Degrade each HR image (``label``), super-resolve it with every predictor and score it against the HR.
 
@@ -172,6 +155,8 @@ def evaluate(
             the predictors' own, which must agree (a CT model is scored in the HU window it was trained in).
         samples: draws per image of the stochastic methods (None or 1: one): above 1 a method is scored on their
             mean, and its figure column adds the samples' spread and LR-consistency maps.
+        sampled_images: the stochastic methods on the first this many images only (default all): minutes of
+            sampling on a CPU each; ``summary.json``, ``summary.md`` and the report give each method's count.
 
     In a process group (``configs/multi_gpu_evaluate.json``) each process scores every N-th image and the first
     writes the files, the rows gathered in datalist order: the same files as one process writes.
@@ -197,6 +182,8 @@ def evaluate(
     for predictor in predictors.values():  # a bad number of samples: one sentence before anything is read
         if predictor.method.stochastic:
             predictor.method.check_sampling(samples=samples)
+    if sampled_images is not None and sampled_images < 1:
+        raise InputError(f"sampled_images must be at least 1, got {sampled_images}.")
     synthesis = lr_synthesis(degradation, scale)
     out = Path(output_dir)  # made once the degradation is known to be usable: a bad preset leaves nothing
     labels = input_labels([str(item["label"]) for item in datalist], 1 + len(predictors))
@@ -229,6 +216,8 @@ def evaluate(
         panels = {LR_COLUMN: _plain(lr).repeat_interleave(scale, 1).repeat_interleave(scale, 2)}
         guards = {}  # a stochastic method's uncertainty maps, when it draws several samples
         for name, predictor in predictors.items():
+            if predictor.method.stochastic and sampled_images is not None and i >= sampled_images:
+                continue
             meter.status(f"{name} on {label.image}")
             try:
                 if predictor.method.stochastic and (samples or 1) > 1:
@@ -259,16 +248,20 @@ def evaluate(
     if not rows:
         raise InputError("no image could be evaluated: " + " | ".join(failures))
     summary = {
-        name: {m: summarize([r[m] for r in rows if r["method"] == name]) for m in rows[0] if m in METRICS}
+        name: {m: summarize([r[m] for r in rows if r["method"] == name]) for m in rows[0] if m in CATALOGUE}
         for name in predictors
     }
     if not distributed.is_main_process():
         return summary
     writers.write_table(out / "metrics.csv", rows)
     n = len({r["image"] for r in rows})
-    writers.write_json(out / "summary.json", {"images": n, "failures": failures, "summary": summary})
+    counts = image_counts(rows, list(predictors))
+    writers.write_json(
+        out / "summary.json", {"images": n, "images_per_method": counts, "failures": failures, "summary": summary}
+    )
     writers.write_text(
-        out / "summary.md", format_table(summary) + f"\n\n{n} images; in-box metrics over the images with boxes."
+        out / "summary.md",
+        format_table(summary, counts) + f"\n\n{n} images; in-box metrics over the images with boxes.",
     )
     how = "antialiased bicubic downsampling" if degradation is None else f"degradation preset {degradation}"
     if isinstance(degradation, Mapping):

@@ -24,6 +24,7 @@ import torch
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.metrics import DISPLAY_VMAX, bootstrap_interval
+from monai_sr_bundle.metrics.catalogue import CATALOGUE
 
 #: a panel's edge in screen pixels at 100 %, and the panels of one figure page: 7 x 256 = 1792 px, within a
 #: 1920 px screen
@@ -298,11 +299,14 @@ document.querySelectorAll(".compare").forEach(c => {
 """
 
 
+def image_counts(rows: Sequence[Mapping], names: Sequence[str]) -> dict[str, int]:
+    """How many images each of the methods ``names`` was scored on (its rows of ``metrics.csv``)."""
+    return {name: sum(r["method"] == name for r in rows) for name in names}
+
+
 def _cell(value: tuple[float, float], metric: str) -> str:
     """A metrics table cell as summary.md writes it, with its mean to sort by."""
-    from monai_sr_bundle.evaluation import format_value
-
-    return f'<td data-value="{value[0]}">{format_value(metric, *value)}</td>'
+    return f'<td data-value="{value[0]}">{CATALOGUE[metric].value(*value)}</td>'
 
 
 def _baseline() -> str | None:
@@ -353,16 +357,16 @@ def write_report(
     (:func:`page_names`) is refused before any is written, and of an earlier, longer report's pages only
     ours are removed (a user's ``report_final.html`` stays)."""
     from monai_sr_bundle.data.writers import check_replaceable, write_text, written_by_monai_sr
-    from monai_sr_bundle.evaluation import METRICS
     from monai_sr_bundle.training import sha256
 
     out = Path(out)
-    metrics = [m for m in METRICS if any(m in s for s in summary.values())]
-    head = "<tr><th>method</th>" + "".join(
-        f"<th>{html.escape(METRICS[m][0])} {'↑' if METRICS[m][1] else '↓'}</th>" for m in metrics
+    metrics = [m for m in CATALOGUE if any(m in s for s in summary.values())]
+    counts = image_counts(rows, list(summary))
+    head = "<tr><th>method</th><th>images</th>" + "".join(
+        f"<th>{html.escape(CATALOGUE[m].heading)}</th>" for m in metrics
     )
     body = "".join(
-        f"<tr><td>{html.escape(name)}</td>"
+        f'<tr><td>{html.escape(name)}</td><td data-value="{counts[name]}">{counts[name]}</td>'
         + "".join(_cell(tuple(stats.get(m, (math.nan, math.nan))), m) for m in metrics)
         + "</tr>"
         for name, stats in summary.items()

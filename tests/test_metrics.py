@@ -410,3 +410,15 @@ def test_masked_psnr_scores_only_the_masked_pixels():
     assert math.isnan(masked_psnr(y_pred, y, torch.zeros(8, 8, dtype=torch.bool)).item())  # nothing to score
     with pytest.raises(ValueError, match="same shape"):  # the metrics' one input check
         masked_psnr(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4), mask)
+
+
+def test_the_catalogue_names_and_writes_every_score_one_way():
+    """Issue 55: one entry per score evaluate writes (the names of its metrics.csv columns), each with its
+    heading and cell as every table shows them."""
+    from monai_sr_bundle.evaluation import _metric_fns
+    from monai_sr_bundle.metrics.catalogue import CATALOGUE
+
+    assert {*_metric_fns(lpips=False), "lpips", "artifact_psnr"} == set(CATALOGUE)
+    assert CATALOGUE["psnr"].heading == "PSNR (dB) ↑" and CATALOGUE["lpips"].heading == "LPIPS ↓"
+    assert CATALOGUE["psnr"].value(30.123, 1.234) == "30.12 ± 1.23" and CATALOGUE["ssim"].value(0.5) == "0.5000"
+    assert CATALOGUE["inbox_psnr"].value(math.nan, math.nan) == "n/a"

@@ -71,8 +71,8 @@ def test_the_report_renders_in_chromium_with_every_image_and_a_working_viewer(tm
         assert browser.evaluate("[...document.querySelectorAll('#metrics tbody tr')].length") == 2
         names = "[...document.querySelectorAll('#metrics tbody tr td:first-child')].map(c => c.textContent)"
         before = browser.evaluate(names)
-        browser.evaluate("document.querySelector('#metrics th:nth-child(2)').click()")
-        browser.evaluate("document.querySelector('#metrics th:nth-child(2)').click()")  # PSNR, highest first
+        browser.evaluate("document.querySelector('#metrics th:nth-child(3)').click()")
+        browser.evaluate("document.querySelector('#metrics th:nth-child(3)').click()")  # PSNR, highest first
         assert sorted(before) == sorted(browser.evaluate(names)) and browser.evaluate(names)[0] == "srcnn"
         width = "document.querySelector('.viewer img').getBoundingClientRect().width"
         assert browser.evaluate(width) == 2 * PANEL
@@ -173,3 +173,39 @@ def test_several_samples_add_the_diffusion_methods_spread_and_lr_consistency_row
     assert page.shape == (TITLE + 5 * PANEL, 4 * PANEL, 3)  # LR, bicubic, sr3, HR; 3 rows + 2 maps
     maps = page[TITLE + 3 * PANEL + 24 :]  # below each map's label
     assert maps[:, 1 * PANEL : 2 * PANEL].max() == 0 and maps[:, 2 * PANEL : 3 * PANEL].max() > 0
+
+
+@needs_data(DATA / "nih_cxr14")
+def test_the_diffusion_methods_on_the_first_images_only_say_so_in_every_table(tmp_path):
+    """Issue 54: ``sampled_images=1`` runs sr3 (5 steps) on the first of two 128 px NIH crops only, bicubic on
+    both; metrics.csv, summary.json, summary.md and the report's table give each method's count, and the second
+    figure has no sr3 column; 0 is one sentence before anything is written."""
+    import json
+
+    from monai_sr_bundle import methods
+    from monai_sr_bundle.data.datalist import nih_datalist
+    from monai_sr_bundle.errors import InputError
+    from monai_sr_bundle.evaluation import evaluate
+
+    datalist = []
+    for i, item in enumerate(nih_datalist("test")[:2]):
+        Image.open(item["label"]).crop((192, 192, 320, 320)).save(tmp_path / f"crop{i}.png")
+        datalist.append({"label": str(tmp_path / f"crop{i}.png")})
+    predictors = {"bicubic": methods.get("bicubic").predictor(), "sr3": methods.get("sr3").predictor(steps=5, seed=0)}
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="sampled_images"):
+        evaluate(datalist, predictors, out, lpips=False, sampled_images=0)
+    assert not out.exists()
+    evaluate(datalist, predictors, out, lpips=False, figures=2, progress=False, sampled_images=1)
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[:2] for r in rows) == [
+        ["crop0.png", "bicubic"],
+        ["crop0.png", "sr3"],
+        ["crop1.png", "bicubic"],
+    ]
+    assert json.loads((out / "summary.json").read_text())["images_per_method"] == {"bicubic": 2, "sr3": 1}
+    table = (out / "summary.md").read_text()
+    assert "| method | images | PSNR (dB) ↑" in table and "| bicubic | 2 |" in table and "| sr3 | 1 |" in table
+    assert "<th>method</th><th>images</th>" in (out / "report.html").read_text()
+    first, second = (np.asarray(Image.open(out / f"figure_crop{i}.png")) for i in range(2))
+    assert first.shape[1] == 4 * PANEL and second.shape[1] == 3 * PANEL  # LR, bicubic, (sr3,) HR
