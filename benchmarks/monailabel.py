@@ -27,8 +27,8 @@ from label_server import label_server  # noqa: E402
 from speed import REPEATS, median_seconds, publish  # noqa: E402
 
 from monai_sr_bundle import methods  # noqa: E402
+from monai_sr_bundle.batch import run_inference  # noqa: E402
 from monai_sr_bundle.data.datalist import nih_datalist  # noqa: E402
-from monai_sr_bundle.inference import run_inference  # noqa: E402
 
 CONCURRENT = 8
 INFO_PROBES = 20

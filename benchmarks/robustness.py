@@ -92,13 +92,7 @@ def rows_of(folder: Path) -> list[dict]:
 def table(rows: list[dict], order: list[str], baseline: str) -> str:
     """One row per method: its images, mean metrics, PSNR gain over the baseline on the same images with its
     bootstrap 68% interval, and LPIPS as a share of the baseline's."""
-    head = [
-        "method",
-        "images",
-        *(CATALOGUE[m].heading for m in SHOWN),
-        "ΔPSNR vs " + baseline,
-        "LPIPS / " + baseline,
-    ]
+    head = ["method", "images", *(CATALOGUE[m].heading for m in SHOWN), "ΔPSNR vs " + baseline, "LPIPS / " + baseline]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in order:
         mine = {r["image"]: r for r in rows if r["method"] == name}

@@ -44,8 +44,8 @@ def _loading() -> None:
 def _sr(args: argparse.Namespace) -> int:
     _loading()
     from monai_sr_bundle import distributed
+    from monai_sr_bundle.batch import PartialFailure, run_inference
     from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES
-    from monai_sr_bundle.inference import PartialFailure, run_inference
 
     # an output named like an image (``-o x.png``, or argparse reading ``-o.png`` as ``-o .png``) is a mistake
     out = Path(args.output)
@@ -100,9 +100,9 @@ def _sr(args: argparse.Namespace) -> int:
 
 def demo_datalist(inputs: list[str] | None, limit: int) -> tuple[list[dict], str]:
     """The demo's HR references: the user's files, else the NIH test split, else pydicom's chest CT slice."""
+    from monai_sr_bundle.batch import default_input, expand_inputs
     from monai_sr_bundle.data.datalist import nih_datalist
     from monai_sr_bundle.data.paths import shared_data_dir
-    from monai_sr_bundle.inference import default_input, expand_inputs
 
     if inputs:
         return [{"label": p} for p in expand_inputs(inputs)], "your files"

@@ -24,7 +24,7 @@ from monai_sr_bundle.data import writers
 from monai_sr_bundle.data.readers import image_format, read_image
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import Predictor, Progress, validate_input
+from monai_sr_bundle.inference import Predictor, validate_input
 from monai_sr_bundle.metrics import (
     InBoxMetric,
     LPIPSMetric,
@@ -36,6 +36,7 @@ from monai_sr_bundle.metrics import (
     summarize,
 )
 from monai_sr_bundle.metrics.catalogue import CATALOGUE
+from monai_sr_bundle.progress import Progress
 from monai_sr_bundle.report import (
     LR_COLUMN,
     comparison_pages,
@@ -50,6 +51,7 @@ from monai_sr_bundle.report import (
 from monai_sr_bundle.transforms.presets import ARTIFACT_MASK_KEY, lr_synthesis
 
 logger = logging.getLogger(__name__)
+
 
 def _metric_fns(lpips: bool, lpips_weights: str | os.PathLike | None = None) -> dict:
     fns = {

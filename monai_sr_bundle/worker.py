@@ -60,7 +60,7 @@ class Worker:
         noise_level = method.check_noise_level(request.get("noise_level"))
         loaded = self._load(method, request.get("weights"))
         self.predictor.noise_level = noise_level
-        from monai_sr_bundle.inference import run_inference
+        from monai_sr_bundle.batch import run_inference
 
         self.network_started = None
         written = run_inference(

@@ -525,7 +525,7 @@ def workflow_data(nih_dir: str | os.PathLike, root: str | os.PathLike, modality:
 
     from PIL import Image
 
-    from monai_sr_bundle.inference import default_input
+    from monai_sr_bundle.batch import default_input
 
     nih_dir, small = Path(nih_dir), Path(root) / "nih_cxr14"
     (small / "images_512").mkdir(parents=True)

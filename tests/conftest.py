@@ -218,7 +218,7 @@ def ct_slice_volume() -> tuple[np.ndarray, np.ndarray]:
     """pydicom's real CT slice as 3D Slicer holds it: voxels (1, rows, cols) and the IJK-to-RAS matrix."""
     import pydicom
 
-    from monai_sr_bundle.inference import default_input
+    from monai_sr_bundle.batch import default_input
 
     ds = pydicom.dcmread(default_input())
     sy, sx = (float(v) for v in ds.PixelSpacing)
@@ -236,7 +236,7 @@ def ct_label_server(tmp_path_factory):
 
     from label_server import label_server
 
-    from monai_sr_bundle.inference import default_input
+    from monai_sr_bundle.batch import default_input
 
     root = tmp_path_factory.mktemp("ct_server")
     studies = root / "studies"

@@ -20,8 +20,8 @@ from PIL import Image
 from test_bundle import REPO
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.batch import FAILED, input_jobs, run_inference
 from monai_sr_bundle.cli import PARTIAL, main
-from monai_sr_bundle.inference import FAILED, input_jobs, run_inference
 
 CORRUPT = ("a/broken.png", "b/c/truncated.dcm", "b/empty.nii.gz")
 

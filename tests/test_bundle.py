@@ -24,8 +24,8 @@ from PIL import Image
 
 import monai_sr_bundle
 from monai_sr_bundle import methods
+from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.data.datalist import nih_datalist
-from monai_sr_bundle.inference import run_inference
 from monai_sr_bundle.methods import load_weights
 from monai_sr_bundle.training import stage_configs
 

@@ -16,12 +16,12 @@ import torch
 from conftest import DATA, make_dicom, needs_data
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.batch import default_input, run_inference
 from monai_sr_bundle.cli import main
 from monai_sr_bundle.data import derived_dicom
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import write_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import default_input, run_inference
 
 CXR = DATA / "cxr_dicom"
 CT = DATA / "chest_ct"

@@ -18,10 +18,10 @@ from PIL import Image
 from test_bundle import _configs, _ok, run_config, train_files
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.cli import main
 from monai_sr_bundle.diffusion.uncertainty import MAPS, uncertainty_maps
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import run_inference
 from monai_sr_bundle.onnx_runtime import export_denoiser, onnx_network
 from monai_sr_bundle.transforms.degradation import downsample
 

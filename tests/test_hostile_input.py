@@ -21,10 +21,10 @@ from conftest import deflated_dicom, make_dicom, png_declaring, save_dicom
 from PIL import Image
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.cli import main
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import run_inference
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")

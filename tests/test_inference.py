@@ -15,10 +15,11 @@ from monai.data import MetaTensor
 from PIL import Image
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.batch import expand_inputs, run_inference
 from monai_sr_bundle.cli import main
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import expand_inputs, run_inference, validate_input
+from monai_sr_bundle.inference import validate_input
 from monai_sr_bundle.networks import Bicubic
 from monai_sr_bundle.tiling import SRInferer
 
@@ -403,9 +404,9 @@ def test_progress_speaks_while_one_long_item_runs(caplog):
     import logging
     import time
 
-    from monai_sr_bundle.inference import Progress
+    from monai_sr_bundle.progress import Progress
 
-    with caplog.at_level(logging.INFO, logger="monai_sr_bundle.inference"):
+    with caplog.at_level(logging.INFO, logger="monai_sr_bundle.progress"):
         meter = Progress(3, bar=False, every=0.05, desc="evaluating")
         meter.status("sr3 on a.png")
         time.sleep(0.4)  # no item finished meanwhile

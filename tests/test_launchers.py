@@ -119,7 +119,7 @@ def monailabel_train(tmp_path: Path, monkeypatch) -> None:
     import requests
     from label_server import label_server
 
-    from monai_sr_bundle.inference import default_input
+    from monai_sr_bundle.batch import default_input
 
     studies = tmp_path / "studies"
     studies.mkdir()

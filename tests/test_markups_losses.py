@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from monai_sr_bundle.batch import default_input
 from monai_sr_bundle.data.markups import MAX_BOXES, boxes_to_markups, markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import default_input
 from monai_sr_bundle.losses import PixelLoss
 from monai_sr_bundle.transforms.boxes import BoxesToMask
 

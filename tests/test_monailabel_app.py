@@ -22,10 +22,10 @@ from conftest import DATA, needs_data
 from label_server import APP, label_server
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.batch import default_input, run_inference
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.markups import boxes_to_markups, markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
-from monai_sr_bundle.inference import default_input, run_inference
 
 requests = pytest.importorskip("requests", reason="requests comes with monailabel (pip install -e '.[test]')")
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")

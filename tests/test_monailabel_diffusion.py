@@ -18,8 +18,8 @@ from test_diffusion import NAME, OVERLAY
 from test_monailabel_app import NIH, infer, response_image, with_boxes
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.data.readers import read_image
-from monai_sr_bundle.inference import run_inference
 
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
 pytestmark = [

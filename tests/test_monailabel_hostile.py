@@ -23,8 +23,8 @@ from conftest import DATA, needs_data, png_declaring
 from label_server import label_server
 from PIL import Image
 
+from monai_sr_bundle.batch import default_input
 from monai_sr_bundle.data.datalist import nih_datalist
-from monai_sr_bundle.inference import default_input
 
 requests = pytest.importorskip("requests", reason="requests comes with monailabel (pip install -e '.[test]')")
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")

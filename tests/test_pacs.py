@@ -21,9 +21,9 @@ from orthanc import REFUSED_PATIENT, orthanc
 from test_derived_dicom import dciodvfy_errors
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.data.markups import boxes_to_markups
 from monai_sr_bundle.data.readers import read_image
-from monai_sr_bundle.inference import run_inference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" / "SuperResolution"))
 from SuperResolutionLib.client import ClientError, MonaiLabelClient  # noqa: E402

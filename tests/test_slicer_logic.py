@@ -22,9 +22,9 @@ from label_server import label_server
 from test_slicer_lib import NAME, crop, tiny_diffusion
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.batch import default_input
 from monai_sr_bundle.data.markups import markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
-from monai_sr_bundle.inference import default_input
 from monai_sr_bundle.transforms.degradation import downsample
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "slicer_extension" / "SuperResolution"

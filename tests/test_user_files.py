@@ -33,10 +33,10 @@ from conftest import make_dicom
 from PIL import Image
 
 from monai_sr_bundle import methods, report
+from monai_sr_bundle.batch import FAILED
 from monai_sr_bundle.cli import main
 from monai_sr_bundle.errors import InputError, printable
 from monai_sr_bundle.evaluation import evaluate
-from monai_sr_bundle.inference import FAILED
 
 SCALE = 4
 #: tokens of the temporaries a user's files are put at (the project draws its own at random)

@@ -134,7 +134,7 @@ def load_datalist(
 def image_datalist(inputs: str | os.PathLike | list, limit: int | None = None) -> list[dict]:
     """HR images of one's own (files, or folders of them) as evaluation items without boxes: how a site
     scores a model on its own data (``evaluate.json --input``)."""
-    from monai_sr_bundle.inference import expand_inputs
+    from monai_sr_bundle.batch import expand_inputs
 
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     missing = [str(p) for p in paths if not Path(p).exists()]

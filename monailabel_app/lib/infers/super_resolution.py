@@ -1,5 +1,5 @@
 """Infer task ``super_resolution``: any bundle method through the core entry point (a
-:class:`~monai_sr_bundle.inference.Predictor` per method and weights, :func:`~monai_sr_bundle.inference.run_inference`),
+:class:`~monai_sr_bundle.inference.Predictor` per method and weights, :func:`~monai_sr_bundle.batch.run_inference`),
 so the server's result is the CLI's and the bundle's."""
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from lib import versions
 from lib.datastore import check_image
 from monai_sr_bundle import cancel, methods
+from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.data.readers import image_format, read_image
 from monai_sr_bundle.data.writers import write_image
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import Predictor, run_inference
+from monai_sr_bundle.inference import Predictor
 
 MAX_SCALE = 8
 
