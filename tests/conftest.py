@@ -38,9 +38,10 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Mark the tests that use a server fixture ``server``; skip ``gpu`` tests on a machine without CUDA; put
-    the tests that share a fixture in one pytest-xdist group."""
+    the tests that share a fixture in one pytest-xdist group (first: pytest-xdist's own hook reads the groups)."""
     import torch
 
     no_gpu = pytest.mark.skip(reason="needs a CUDA device (none here)")

@@ -692,8 +692,8 @@ def poc_deployment(work: Path) -> SimpleNamespace:
 def shared_poc_deployment(tmp_path_factory) -> SimpleNamespace:
     """:func:`poc_deployment` once per test session, for the ``federated_poc`` fixture. Under pytest-xdist the first
     worker to need it runs it while holding a lock in the run's shared temporary folder and leaves what it found
-    there for the other worker, which waits: pytest-xdist 3.8 cannot keep a group of tests in one worker under
-    pytest 9 (the ``@group`` it appends to a test's id no longer takes), so the readers may be on both."""
+    there for the others, which wait: ``make test`` keeps its readers in one worker (``--dist loadgroup``), a
+    plain ``pytest -n N`` spreads them."""
     import fcntl
 
     if "PYTEST_XDIST_WORKER" not in os.environ:
