@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 logger = logging.getLogger(__name__)
+
+
+def _bar_size() -> dict:
+    """tqdm's size arguments: none (the terminal's own size, followed as it changes) unless the terminal has no
+    size, as a pseudo-terminal that nobody sized has (``script``, CI runners): tqdm then hides its bar (0 rows)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        size = os.terminal_size((0, 0))
+    return {} if size.columns and size.lines else {"ncols": 100, "nrows": 24}
 
 
 class Progress:
@@ -30,7 +42,7 @@ class Progress:
         self.total, self.done, self.every, self.clock = total, 0, every, time.monotonic
         self.desc, self.unit, self.doing = desc, unit, ""
         self.start = self.last = self.clock()
-        self.bar = tqdm(total=total, desc=desc, unit=unit) if bar and total > 1 and not quiet else None
+        self.bar = tqdm(total=total, desc=desc, unit=unit, **_bar_size()) if bar and total > 1 and not quiet else None
         self._stop = threading.Event()
         self._beat = None
         if not quiet and total > 0:

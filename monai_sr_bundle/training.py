@@ -425,7 +425,7 @@ def track_train_time(trainer, run_dir: str | os.PathLike) -> None:
             where = where if world_size() == 1 else f"{world_size()} processes, {where}"
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
-            took = {"seconds": round(clock["total"], 1), "device": where, "epochs": engine.state.epoch}
+            took = {"seconds": round(clock["total"], 3), "device": where, "epochs": engine.state.epoch}
             tmp.write_text(json.dumps(took))
             os.replace(tmp, path)
 

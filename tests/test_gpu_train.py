@@ -34,7 +34,7 @@ def test_pack_then_dry_run_writes_scored_weights_with_their_records(tmp_path):
 
     out = tmp_path / "out"
     command = [sys.executable, SCRIPT, "train", "--pack", pack, "--out", out, "--work", tmp_path / "work"]
-    done = subprocess.run([*command, "--minutes", "0.01", "--dry-run"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*command, "--minutes", "0.001", "--dry-run"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     sys.path.insert(0, str(SCRIPT.parent))
@@ -51,7 +51,7 @@ def test_pack_then_dry_run_writes_scored_weights_with_their_records(tmp_path):
         assert state and all(torch.isfinite(v).all() for v in state.values())
         record = records[name][f"lrunet_cxr_x{variant['scale']}.pt"]
         assert record["sha256"] == training.sha256(weights)
-        assert "--time_limit_minutes 0.01" in record["command"]
+        assert "--time_limit_minutes 0.001" in record["command"]
         assert record["epochs_run"] == 1  # the time limit ended it after its first epoch (of 2)
         assert "JPEG" in record["data_pack"]
     assert "=== x2" in (out / "train_logs.txt").read_text()
