@@ -93,7 +93,7 @@ def _sr(args: argparse.Namespace) -> int:
         print(f"error: {printable(e)}", file=sys.stderr)
         return PARTIAL
     finally:
-        distributed.teardown()
+        distributed.teardown(wait=sys.exc_info()[0] is None)  # an exception on its way out: leave at once
     print(f"wrote {len(written)} image(s) to {args.output}")
     return 0
 

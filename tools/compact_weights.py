@@ -2,10 +2,10 @@
 for a GPU call to carry it (64 MiB with the training data), and most of it is weights.
 
 The stored weights and each smaller storage (``methods.compact_state``: int8 convolution weights with a scale
-per output channel, else fp16) super-resolve the first ``--images`` NIH validation images, clean and degraded
-(chest CT weights: validation slices of the CT split, clean), in the fp32 network (a sampled method with its
-default seed, so both draw the same noise). The smallest storage whose mean PSNR moves by at most
-``--tolerance`` dB (0.01) under every degradation replaces the file.
+per output channel, the thin layers at the ends in fp16; else fp16) super-resolve the first ``--images`` NIH
+validation images, clean and degraded (chest CT weights: validation slices of the CT split, clean), in the fp32
+network (a sampled method with its default seed, so both draw the same noise). The smallest storage whose
+mean PSNR moves by at most ``--tolerance`` dB (0.01) under every degradation replaces the file.
 Its ``weights.json`` record keeps the command and data of the training and gains the new sha256 and
 ``stored``: the check's figures, after those of the file it replaced.
 
