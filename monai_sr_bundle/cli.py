@@ -113,8 +113,9 @@ def demo_datalist(inputs: list[str] | None, limit: int) -> tuple[list[dict], str
 
 def _demo(args: argparse.Namespace) -> None:
     _loading()
-    from monai_sr_bundle.evaluation import evaluate, format_table
+    from monai_sr_bundle.evaluation import evaluate
     from monai_sr_bundle.imagenet import default_weights_path
+    from monai_sr_bundle.results import format_table
 
     datalist, source = demo_datalist(args.inputs, args.limit)
     predictors = {}
@@ -366,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--scale", type=int, default=4, help="SR factor of the weights (default 4)")
     export.add_argument("--modality", default="cxr", help="weights family (default cxr)")
     export.add_argument("--weights-url", default="", help="where models/model.pt is published (large_files.yml)")
-    export.add_argument("--results", help="benchmark table with the method's row (default: the repository's docs)")
+    export.add_argument(
+        "--results", help="benchmark results file (JSON) with the method's row (default: docs/results/)"
+    )
     export.add_argument("--check", metavar="ZOO_CI", help="then run the model zoo's CI from this folder on it")
     export.set_defaults(func=_export_zoo)
     return parser

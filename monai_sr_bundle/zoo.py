@@ -5,7 +5,8 @@ one model: ``models/model.pt``, configs that fix the method, and its code under 
 with the bundle folder on ``sys.path`` (as the zoo's CI and ``monai.bundle run`` put it) and no monai-sr
 installed. The export assembles, it does not fork: the code is this package's modules with the package
 name rewritten to ``scripts``, the configs are the development configs with a few keys fixed, the
-metadata and model card are the development ones narrowed to the method, with its benchmark row.
+metadata and model card are the development ones narrowed to the method, with its row of the benchmark
+results file (``docs/results/<benchmark>.json``) of its modality.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from pathlib import Path
 import torch
 
 import monai_sr_bundle
-from monai_sr_bundle import methods
-from monai_sr_bundle.data.paths import REPO_ROOT
+from monai_sr_bundle import methods, results
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.launch import safe_env
@@ -33,9 +33,8 @@ from monai_sr_bundle.transforms.presets import DEFAULT_PRESET
 NOT_EXPORTED = ("federated", "cli.py", "zoo.py")
 #: the zoo's pre-commit hook refuses committed files above this size: larger ones go in large_files.yml
 MAX_COMMITTED_BYTES = 1024 * 1024
-#: benchmark tables (method in the first column) whose rows become a bundle's eval_metrics
-RESULTS = {"cxr": REPO_ROOT / "docs" / "results.md", "ct": REPO_ROOT / "docs" / "results_ct.md"}
-RERUN = {"cxr": "python benchmarks/quality.py", "ct": "python benchmarks/ct_quality.py"}
+#: the benchmark of each modality whose results (``docs/results/<benchmark>.json``) give a bundle's eval_metrics
+BENCHMARKS = {"cxr": "quality", "ct": "ct_quality"}
 MODALITY_WORDS = {"cxr": ("xray", "chest X-ray"), "ct": ("ct", "chest CT")}
 TITLES = {"cxr": "Chest X-ray", "ct": "Chest CT"}
 
@@ -57,27 +56,15 @@ def json_text(content) -> str:
     return json.dumps(content, indent=4) + "\n"
 
 
-def benchmark_row(method: methods.Method, results: str | os.PathLike | None = None) -> dict[str, float]:
-    """The method's means in the benchmark table of its modality (``docs/results*.md``): metric -> value."""
-    table = Path(results) if results else RESULTS[method.modality]
-    if not table.is_file():
-        raise InputError(f"{table}: benchmark table not found; run {RERUN[method.modality]} or pass --results.")
-    header, rows = None, {}
-    for line in table.read_text(encoding="utf-8").splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
-        if not cells or set(cells[0]) <= set("-: "):
-            continue
-        if header is None and cells[0] == "method":
-            header = cells
-        elif header is not None:
-            rows.setdefault(cells[0], cells)
-    if header is None or method.name not in rows:
-        raise InputError(f"{table}: no row for {method.name!r} in a table whose first column is 'method'.")
-    metrics = {}
-    for name, cell in zip(header[1:], rows[method.name][1:]):
-        key = re.sub(r"[^a-z0-9]+", "_", re.sub(r"\(.*?\)|\[.*?\]|mean|[↑↓]", "", name.lower())).strip("_")
-        metrics[key] = float(cell.split()[0])
-    return metrics
+def benchmark(method: methods.Method, source: str | os.PathLike | None = None) -> dict:
+    """The results of the benchmark of the method's modality (or the results file ``source``), which must
+    have a row for the method."""
+    name = BENCHMARKS[method.modality]
+    if source is None and not results.path(name).is_file():
+        raise InputError(f"{results.path(name)}: not found; run python -m benchmarks.{name} or pass --results.")
+    record = results.read(source or results.path(name))
+    results.means(record, method.name)
+    return record
 
 
 def method_row(method: methods.Method) -> str:
@@ -93,7 +80,7 @@ def export(
     modality: str = "cxr",
     scale: int = 4,
     weights_url: str = "",
-    results: str | os.PathLike | None = None,
+    results_file: str | os.PathLike | None = None,
 ) -> Path:
     """Write the zoo bundle of method ``name`` into ``out/<bundle name>`` (written beside, then moved in
     place; an existing bundle there is refused) and return its folder."""
@@ -106,11 +93,11 @@ def export(
     target = Path(out) / bundle_name(method)
     if target.exists():
         raise InputError(f"{target} exists; remove it or export to another folder.")
-    metrics = benchmark_row(method, results)
+    scores = benchmark(method, results_file)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _assemble(method, staging, metrics, weights_url)
+        _assemble(method, staging, scores, weights_url)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,12 +105,12 @@ def export(
     return target
 
 
-def _assemble(method: methods.Method, root: Path, metrics: dict[str, float], weights_url: str) -> None:
+def _assemble(method: methods.Method, root: Path, scores: dict, weights_url: str) -> None:
     source = methods.BUNDLE_ROOT / "configs"
     dev = read_json_object(source / "metadata.json", f"the bundle's metadata {source / 'metadata.json'}")
     record = methods.weights_record(method.weights_path)
     _copy_code(root / "scripts")
-    _write_configs(method, root / "configs", _metadata(method, dev, metrics))
+    _write_configs(method, root / "configs", _metadata(method, dev, results.means(scores, method.name)))
     models = root / "models"
     models.mkdir()
     # a plain fp32 state dict, as the zoo's tools (ckpt_export) and users' own load_state_dict expect
@@ -147,7 +134,7 @@ def _assemble(method: methods.Method, root: Path, metrics: dict[str, float], wei
     shutil.copyfile(methods.BUNDLE_ROOT / "LICENSE", root / "LICENSE")
     docs = root / "docs"
     docs.mkdir()
-    (docs / "README.md").write_text(_model_card(method, metrics, record, dev["authors"], scriptable(root)))
+    (docs / "README.md").write_text(_model_card(method, scores, record, dev["authors"], scriptable(root)))
     (docs / "data_license.txt").write_text(DATA_LICENSE[method.modality])
 
 
@@ -255,13 +242,13 @@ DATA_LICENSE = {
 }
 
 
-def _model_card(method: methods.Method, metrics: dict[str, float], record: dict, authors: str, scripts: bool) -> str:
+def _model_card(method: methods.Method, scores: dict, record: dict, authors: str, scripts: bool) -> str:
     """The zoo template's sections for one method, from its registry entry, its weights record and its
-    benchmark row."""
+    row of the benchmark results ``scores``."""
     word, phrase = MODALITY_WORDS[method.modality]
     configs = "configs/inference.json"
     run = "python -m monai.bundle run --config_file"
-    scores = " | ".join(f"{v:g}" for v in metrics.values())
+    table = results.format_table({method.name: scores["tables"]["main"][method.name]})
     degradation = json.dumps(record.get("degradation", DEFAULT_PRESET))
     training = "\n".join(
         f'{run} "[{",".join(repr(f) for f in stage)}]" --dataset_dir <nih_cxr14 folder>' for stage in _stages(method)
@@ -326,14 +313,12 @@ written back in the input's units. Training LR images are made from the HR image
 `{degradation}` at x{method.scale} (`configs/degradations/`).
 
 ## **Performance**
-Test split of the data above (HR = the images, LR = their x{method.scale} degradation), mean over images:
+Test split of the data above (HR = the images, LR = their x{method.scale} degradation), over images:
 
-| method | {" | ".join(metrics)} |
-|---|{"---|" * len(metrics)}
-| {method.name} | {scores} |
+{table}
 
-The same figures are `eval_metrics` in `configs/metadata.json`. They come from the monai-sr repository's
-`{RERUN[method.modality]}`; this bundle's evaluate config computes the metrics per image on a datalist:
+The means are `eval_metrics` in `configs/metadata.json`. They come from the monai-sr repository's
+`{scores["command"]}`; this bundle's evaluate config computes the metrics per image on a datalist:
 
 ```
 {run} "['{configs}','configs/evaluate.json']" --dataset_dir <nih_cxr14 folder>

@@ -82,10 +82,12 @@ def test_export_refusals(tmp_path):
     (tmp_path / "chest_xray_sr_srcnn_x4").mkdir()
     with pytest.raises(InputError, match="exists"):
         zoo.export("srcnn", tmp_path)
-    table = tmp_path / "results.md"
-    table.write_text("| method | PSNR (dB) |\n|---|---|\n| vdsr | 35.0 |\n")
+    scores = tmp_path / "quality.json"
+    scores.write_text(json.dumps({"benchmark": "quality", "tables": {"main": {"vdsr": {"psnr": [35.0, 1.0]}}}}))
     with pytest.raises(InputError, match="no row for 'srcnn'"):
-        zoo.export("srcnn", tmp_path / "other", results=table)
+        zoo.export("srcnn", tmp_path / "other", results_file=scores)
+    with pytest.raises(InputError, match="not found"):
+        zoo.export("srcnn", tmp_path / "other", results_file=tmp_path / "missing.json")
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
     with pytest.raises(InputError, match="not the model zoo's CI"):
         zoo.check(tmp_path / "chest_xray_sr_srcnn_x4", tmp_path, tmp_path / "ci")
