@@ -11,12 +11,11 @@ ablations' overlays in ``benchmarks/adsr_protocol/configs/methods/``. ``--part t
 through the bundle's train config and prints each command (``weights.json`` records it); each (method, seed)
 evaluation is kept in out/adsr_protocol/eval, so the parts can run apart and resume.
 
-Run: .venv/bin/python benchmarks/adsr_protocol.py [--part train|evaluate|report|all] [--limit N] [--seeds 5]
+Run: .venv/bin/python -m benchmarks.adsr_protocol [--part train|evaluate|report|all] [--limit N] [--seeds 5]
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -26,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import harness
+from benchmarks.harness import REPO
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import load_datalist, write_nih_resized
 from monai_sr_bundle.evaluation import evaluate
@@ -34,7 +35,6 @@ from monai_sr_bundle.metrics import paired_t_test, summarize
 from monai_sr_bundle.metrics.catalogue import CATALOGUE
 from monai_sr_bundle.training import sha256, train_configs
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "monai_sr_bundle"
 ROOT = REPO / "benchmarks" / "adsr_protocol"
 WORK = REPO / "out" / "adsr_protocol"
@@ -87,7 +87,7 @@ seeds (their default sampler, dpmpp_sde, 20 steps); paired t-tests per image on 
 
 Produced by (from the repository root; it trains what is missing, then evaluates, on a 2-core CPU):
 
-    .venv/bin/python benchmarks/adsr_protocol.py{options}
+    .venv/bin/python -m benchmarks.adsr_protocol{options}
 
 {table}
 {missing}
@@ -316,11 +316,11 @@ def report(limit: int | None, seeds: int) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument("--part", default="all", choices=["train", "evaluate", "report", "all"])
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 116)")
     parser.add_argument("--seeds", type=int, default=5, help="sampling seeds per stochastic method")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     os.environ["MONAI_SR_METHODS"] = os.pathsep.join(
         [p for p in (os.environ.get("MONAI_SR_METHODS"), str(ROOT / "configs" / "methods")) if p]
     )

@@ -3,12 +3,11 @@ the sampler table, speed (PyTorch vs ONNX Runtime denoiser), and whether the unc
 something. Each part keeps its figures in out/benchmark_diffusion/<part>.json, so the parts can run apart
 (sampling on a CPU takes hours); docs/diffusion.md is rewritten from the parts measured so far.
 
-Run: .venv/bin/python benchmarks/diffusion.py --part residual|speed|samplers|quality|mean|ablation|all
+Run: .venv/bin/python -m benchmarks.diffusion --part residual|speed|samplers|quality|mean|ablation|all
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -17,9 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from speed import median_seconds
 from torch import nn
 
+from benchmarks import harness
+from benchmarks.harness import REPO, median_seconds
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.readers import read_image
@@ -30,7 +30,6 @@ from monai_sr_bundle.metrics import LPIPSMetric, PSNRMetric, SSIMMetric
 from monai_sr_bundle.onnx_runtime import export_denoiser, onnx_parts
 from monai_sr_bundle.transforms.degradation import downsample
 
-REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "out" / "benchmark_diffusion"
 METHOD = "sr3"
 #: (sampler, steps) rows of the sampler table; the first is the reference chain
@@ -431,14 +430,14 @@ def write_doc() -> None:
         "Each part is re-run with the command under its title (from the repository root, on this 2-core CPU).",
         "",
     ]
-    text, bars = render_sections(parts, SECTIONS, OPTIONS, "benchmarks/diffusion.py")
+    text, bars = render_sections(parts, SECTIONS, OPTIONS, "-m benchmarks.diffusion")
     out += [*text, "Bars of issue 12:", *bars, ""]
     (REPO / "docs" / "diffusion.md").write_text("\n".join(out))
     print("\n".join(bars))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument(
         "--part", choices=["residual", "speed", "samplers", "quality", "mean", "ablation", "all", "doc"], default="all"
     )
@@ -448,7 +447,7 @@ def main() -> int:
     )
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of each ablation variant")
     parser.add_argument("--sampler", choices=list(SAMPLERS), help="sampler of the quality parts (default: sr3's)")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     args.sampler = args.sampler or sr3_args()["sampler"]
     if args.part not in ("residual", "ablation", "doc") and not methods.get(METHOD, 4).weights_available:
         print(f"no shipped {METHOD} weights ({methods.get(METHOD, 4).weights_name}); train them first", file=sys.stderr)

@@ -3,12 +3,11 @@ reconstruction, quality against bicubic and VDSR, the sampler table, and speed a
 the whole sampler with its denoiser and decoder on ONNX Runtime). Each part keeps its figures in
 out/benchmark_ldm/<part>.json; docs/ldm.md is rewritten from the parts measured so far.
 
-Run: .venv/bin/python benchmarks/ldm.py --part autoencoder|quality|samplers|speed|all
+Run: .venv/bin/python -m benchmarks.ldm --part autoencoder|quality|samplers|speed|all
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -17,7 +16,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from diffusion import (
+from torch.nn.functional import pixel_shuffle, pixel_unshuffle
+
+from benchmarks import harness
+from benchmarks.diffusion import (
     CROP,
     CROPS,
     cells,
@@ -30,9 +32,7 @@ from diffusion import (
     table,
     verdict,
 )
-from speed import median_seconds
-from torch.nn.functional import pixel_shuffle, pixel_unshuffle
-
+from benchmarks.harness import REPO, median_seconds
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.readers import read_image
@@ -41,7 +41,6 @@ from monai_sr_bundle.metrics import PSNRMetric, SSIMMetric
 from monai_sr_bundle.networks.ldm import dct_basis
 from monai_sr_bundle.onnx_runtime import export_decoder, export_denoiser, onnx_parts
 
-REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "out" / "benchmark_ldm"
 METHOD, PIXEL_METHOD = "ldm", "sr3"
 STEPS = 20
@@ -249,7 +248,7 @@ def write_doc() -> None:
         " (from the repository root, on this 2-core CPU).",
         "",
     ]
-    text, bars = render_sections(parts, SECTIONS, OPTIONS, "benchmarks/ldm.py")
+    text, bars = render_sections(parts, SECTIONS, OPTIONS, "-m benchmarks.ldm")
     out += [
         *text,
         "## Your own site",
@@ -269,11 +268,11 @@ def write_doc() -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument("--part", choices=[*SECTIONS, "all", "doc"], default="all")
     parser.add_argument("--limit", type=int, default=116, help="test images of the quality part (default: all 116)")
     parser.add_argument("--sampler", default=None, help="sampler of the quality part (default: ldm's)")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     args.sampler = args.sampler or method().network_spec()["args"]["sampler"]
     needed = method().autoencoder_weights_path if args.part == "autoencoder" else method().weights_path
     if args.part != "doc" and not needed.is_file():

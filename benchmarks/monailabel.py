@@ -2,12 +2,11 @@
 inference in-process, 8 concurrent infer requests, and how fast ``/info/`` answers during a VDSR infer.
 Writes docs/monailabel_benchmark.md.
 
-Run: .venv/bin/python benchmarks/monailabel.py [--method NAME]
+Run: .venv/bin/python -m benchmarks.monailabel [--method NAME]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -20,15 +19,12 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from label_server import label_server  # noqa: E402
-from speed import REPEATS, median_seconds, publish  # noqa: E402
-
-from monai_sr_bundle import methods  # noqa: E402
-from monai_sr_bundle.batch import run_inference  # noqa: E402
-from monai_sr_bundle.data.datalist import nih_datalist  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import REPEATS, REPO, median_seconds, publish
+from monai_sr_bundle import methods
+from monai_sr_bundle.batch import run_inference
+from monai_sr_bundle.data.datalist import nih_datalist
+from tools.label_server import label_server
 
 CONCURRENT = 8
 INFO_PROBES = 20
@@ -67,9 +63,9 @@ def info_during_infer(url: str, image_id: str) -> tuple[list[float], float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument("--method", default=methods.default_name())
-    args = parser.parse_args()
+    args = harness.parse(parser)
     image = Path(nih_datalist("test", limit=1)[0]["label"])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -131,7 +127,7 @@ def main() -> int:
 
 Machine: {os.cpu_count()} CPU cores. Produced by (from the repository root):
 
-    .venv/bin/python benchmarks/monailabel.py --method {args.method}
+    .venv/bin/python -m benchmarks.monailabel --method {args.method}
 
 Input: `{image.name}` (512x512 NIH test radiograph) stored in the studies folder; x4 with `{args.method}`
 (2048x2048 PNG out). Median of {REPEATS} runs after a warm-up. The server is the real MONAI Label server on

@@ -9,7 +9,7 @@ mid lung (:func:`lung_patch`) is taken, native pixels, so that every method,
 the sampled ones included, runs on the same tissue in CPU time. Sampled methods run on the first
 ``--sampled-images`` images with ``--samples`` draws each. Writes docs/results_native.md and
 docs/figures/native_x<scale>.png.
-Run: .venv/bin/python benchmarks/native.py [--scales 2,4] [--crop 128] [--limit N] [--methods a,b]
+Run: .venv/bin/python -m benchmarks.native [--scales 2,4] [--crop 128] [--limit N] [--methods a,b]
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import REPO, cli, external_images
 
+from benchmarks import harness
+from benchmarks.harness import REPO
+from benchmarks.robustness import add_external, external_images
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.readers import read_image
@@ -112,7 +114,7 @@ def score(lr: torch.Tensor, draws: torch.Tensor, scale: int) -> tuple[dict, dict
     return row, maps
 
 
-def inputs(external: Path, limit: int | None) -> dict[str, list[Path]]:
+def inputs(external: str | None, limit: int | None) -> dict[str, list[Path]]:
     """The native images by source: the CR DICOMs and the external site's files."""
     dicoms = sorted((shared_data_dir() / "cxr_dicom").glob("*.dcm"))
     if not dicoms:
@@ -186,13 +188,14 @@ def run_scale(scale: int, wanted: list[str], sources: dict[str, list[Path]], arg
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, work=False, methods=True)
     parser.add_argument("--scales", default="2,4", help="SR factors; methods without weights there are left out")
     parser.add_argument("--crop", type=int, default=128, help="LR crop edge in px, centred on the right mid lung")
     parser.add_argument("--limit", type=int, default=None, help="first N images of each source (default: all)")
     parser.add_argument("--sampled-images", type=int, default=2, help="images per source for sampled methods")
     parser.add_argument("--samples", type=int, default=3, help="draws per image of a sampled method")
-    return cli(parser, run, argv)
+    add_external(parser)
+    return harness.main(parser, run, argv)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,16 +203,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             "--crop must be at least 16 px, --samples at least 2 (a spread needs two), --sampled-images not negative."
         )
-    sources = inputs(Path(args.external), args.limit)
+    sources = inputs(args.external, args.limit)
     wanted = args.methods.split(",") if args.methods else methods.names()
     for name in wanted:
         methods.get(name)  # an unknown name is one sentence before anything runs
     start = time.perf_counter()
     body = "\n".join(run_scale(int(s), wanted, sources, args) for s in args.scales.split(","))
     minutes = (time.perf_counter() - start) / 60
-    options = " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "external"
-    )
     doc = f"""# No-reference check on native radiographs
 
 No HR image exists for a radiograph as it was acquired, so PSNR cannot be measured on it. What can be: the
@@ -225,7 +225,7 @@ stored, a {args.crop} px crop centred on the right mid lung. Sampled methods on 
 
 Produced by (from the repository root, {minutes:.0f} min on a 2-core CPU):
 
-    .venv/bin/python benchmarks/native.py {options}
+    .venv/bin/{args.command}
 
 {body}"""
     (REPO / "docs" / "results_native.md").write_text(doc)

@@ -4,12 +4,11 @@ A real NIH radiograph (512x512) is the LR input of x4 SR (2048x2048 output); eac
 weights runs once whole and once in its own 256-px tiles (core-crop with the network's declared halo), and,
 for context, in tiles with the fixed 32-px margin of the former 25% overlap. Writes docs/tiling.md.
 
-Run: .venv/bin/python benchmarks/tiling.py [--repeats 3]
+Run: .venv/bin/python -m benchmarks.tiling [--repeats 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -17,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import harness
+from benchmarks.harness import REPO
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.tiling import SRInferer
 
-REPO = Path(__file__).resolve().parents[1]
 TILE = 256
 OLD_MARGIN = 32  # the former fixed overlap: 25% of a 256-px tile, halved on each side
 BAR = 1.25
@@ -42,9 +42,9 @@ def computed_pixels(inferer: SRInferer, shape: tuple[int, int]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each layout (median), alternating")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     image = nih_datalist("test", limit=1)[0]["label"]
     x = read_image(image)[None].as_tensor()  # (1, 1, 512, 512)
     rows, bars = [], []
@@ -92,7 +92,7 @@ method's own inferer with {TILE}-px tiles, each carrying the network's declared 
 (core-crop stitching, the same result to float rounding); the last ratio is the former layout, a fixed
 {OLD_MARGIN}-px margin, timed once. Median of {args.repeats} alternating runs. Produced by:
 
-    .venv/bin/python benchmarks/tiling.py --repeats {args.repeats}
+    .venv/bin/python -m benchmarks.tiling --repeats {args.repeats}
 
 {chr(10).join(table)}
 

@@ -5,7 +5,7 @@ For each (method, modality) with weights: ``monai-sr export-zoo``, then :func:`m
 :func:`monai_sr_bundle.zoo.check_workflows` (inference, evaluate and every training stage with MONAI's
 property check, monai-sr unimportable), and the exported inference against the development bundle's, bit
 for bit. Writes the table into docs/zoo.md (between its ``sweep`` markers) and prints it.
-Run: .venv/bin/python benchmarks/zoo.py   (about 12 min on a 2-core CPU)
+Run: .venv/bin/python -m benchmarks.zoo   (about 12 min on a 2-core CPU)
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from subprocess import CalledProcessError
 
 import numpy as np
 from PIL import Image
-from speed import write_block
 
+from benchmarks import harness
+from benchmarks.harness import REPO, write_block
 from monai_sr_bundle import methods, zoo
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "zoo.md"
 MARKERS = ("<!-- sweep: start -->", "<!-- sweep: end -->")
 ZOO_CI = REPO.parent / "shared" / "tools" / "model-zoo-ci"
@@ -38,7 +38,8 @@ def same_output(ours: Path, theirs: Path) -> bool:
     return np.array_equal(pydicom.dcmread(ours).pixel_array, pydicom.dcmread(theirs).pixel_array)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = harness.parse(harness.parser(__file__, __doc__, work=False), argv)
     data = shared_data_dir()
     rows = []
     for modality in methods.MODALITIES:
@@ -67,7 +68,7 @@ def main() -> int:
         "| method | modality | bundle | zoo CI steps | workflows | TorchScript | same output as dev | failure |\n"
         "|---|---|---|---|---|---|---|---|\n" + "\n".join("| " + " | ".join(row) + " |" for row in rows)
     )
-    command = ".venv/bin/python benchmarks/zoo.py"
+    command = f".venv/bin/{args.command}"
     block = f"{MARKERS[0]}\nProduced by `{command}` ({time.strftime('%Y-%m-%d')}, 2-core CPU):\n\n{table}\n{MARKERS[1]}"
     write_block(DOC, MARKERS, block)
     print(table)

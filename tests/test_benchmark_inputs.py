@@ -12,16 +12,15 @@ import pytest
 import torch
 from conftest import DATA, needs_data
 
+from benchmarks import native
 from monai_sr_bundle.networks.bicubic import upsample
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO / "benchmarks"))
-native = pytest.importorskip("native")
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / name), *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", f"benchmarks.{name}", *args], cwd=REPO, capture_output=True, text=True, timeout=300
     )
 
 
@@ -50,7 +49,7 @@ def test_robustness_refuses_an_external_folder_without_images_and_writes_nothing
     doc = REPO / "docs" / "results_robustness.md"
     before = doc.read_bytes()
     (tmp_path / "empty").mkdir()
-    done = _script("robustness.py", "--external", str(tmp_path / "empty"), "--work", str(tmp_path / "work"))
+    done = _script("robustness", "--external", str(tmp_path / "empty"), "--work", str(tmp_path / "work"))
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "--external" in done.stderr and "no images" in done.stderr
     assert doc.read_bytes() == before and not (tmp_path / "work").exists()
@@ -68,7 +67,7 @@ def test_robustness_refuses_an_external_folder_without_images_and_writes_nothing
     ],
 )
 def test_native_refuses_bad_input_in_one_sentence_and_writes_nothing(tmp_path, capsys, args, said):
-    """In this process, through the script's ``main`` (the script's own run is robustness.py's test above)."""
+    """In this process, through the script's ``main`` (the module's own run is robustness's test above)."""
     doc = REPO / "docs" / "results_native.md"
     before = doc.read_bytes() if doc.exists() else None
     (tmp_path / "empty").mkdir()

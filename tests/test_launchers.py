@@ -117,9 +117,9 @@ def monailabel_train(tmp_path: Path, monkeypatch) -> None:
     """MONAI Label's train subprocess (``python -m monailabel.interfaces.utils.app``), started by a server
     whose working folder is the planted one."""
     import requests
-    from label_server import label_server
 
     from monai_sr_bundle.batch import default_input
+    from tools.label_server import label_server
 
     studies = tmp_path / "studies"
     studies.mkdir()
