@@ -8,7 +8,6 @@ Run: .venv/bin/python -m benchmarks.diffusion --part residual|speed|samplers|qua
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -388,40 +387,9 @@ SECTIONS = {
     "ablation": ("What the denoiser predicts, and what it diffuses", _ablation),
 }
 
-#: part -> (its figure, the option that set it), ...: the command under each title is the one that was run
-OPTIONS = {
-    "quality": (("images", "--limit"), ("sampler", "--sampler")),
-    "mean": (("images", "--mean-limit"), ("sampler", "--sampler")),
-    "ablation": (("epochs", "--epochs"),),
-}
 
-
-def run_parts(selected: str, parts: dict, work: Path) -> None:
-    """Run ``selected`` (a part's name, ``all``, or ``doc`` for none) and keep each part's figures in
-    ``work/<part>.json``, from which the benchmark's doc is written."""
-    for name in parts if selected == "all" else [] if selected == "doc" else [selected]:
-        (work / f"{name}.json").write_text(json.dumps(parts[name](), indent=2))
-
-
-def render_sections(parts: dict, sections: dict, options: dict, script: str) -> tuple[list[str], list[str]]:
-    """The doc's sections (title, the command that measured the part, its text; "Not measured yet." for a
-    part without figures) and the bars they judge."""
-    out, bars = [], []
-    for name, (title, render) in sections.items():
-        out += [f"## {title}", ""]
-        if name not in parts:
-            out += ["Not measured yet.", ""]
-            continue
-        text, found = render(parts[name])
-        option = "".join(f" {flag} {parts[name][key]}" for key, flag in options.get(name, ()))
-        out += [f"    .venv/bin/python {script} --part {name}{option}", "", *text, ""]
-        bars += found
-    return out, bars
-
-
-def write_doc() -> None:
+def write_doc(parts: dict) -> None:
     """docs/diffusion.md from the parts measured so far; a part not measured yet says so."""
-    parts = {p.stem: json.loads(p.read_text()) for p in WORK.glob("*.json")}
     out = [
         "# Diffusion SR (sr3): quality, samplers, speed, uncertainty",
         "",
@@ -430,7 +398,7 @@ def write_doc() -> None:
         "Each part is re-run with the command under its title (from the repository root, on this 2-core CPU).",
         "",
     ]
-    text, bars = render_sections(parts, SECTIONS, OPTIONS, "-m benchmarks.diffusion")
+    text, bars = harness.render_parts(parts, SECTIONS)
     out += [*text, "Bars of issue 12:", *bars, ""]
     (REPO / "docs" / "diffusion.md").write_text("\n".join(out))
     print("\n".join(bars))
@@ -461,8 +429,8 @@ def main() -> int:
         "mean": lambda: part_mean(args.mean_limit, args.sampler),
         "ablation": lambda: part_ablation(args.epochs),
     }
-    run_parts(args.part, parts, WORK)
-    write_doc()
+    data = "NIH ChestX-ray14 test split, x4 (LR antialiased bicubic)"
+    write_doc(harness.run_parts(args, parts, data, [methods.get(METHOD, 4)]))
     return 0
 
 

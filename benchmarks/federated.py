@@ -27,10 +27,12 @@ from benchmarks import harness
 from benchmarks.harness import REPO
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
-from monai_sr_bundle.evaluation import evaluate, format_table
+from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.federated.client import SiteTrainer
 from monai_sr_bundle.federated.job import PRIVACY_DEFAULTS, load_job_config, run_simulation
 from monai_sr_bundle.federated.sites import SiteData, load_site
+from monai_sr_bundle.results import format_table
+from monai_sr_bundle.training import sha256
 
 JOB = REPO / "configs" / "federated" / "cxr_nih.json"
 BAR_DB = 0.3
@@ -95,6 +97,10 @@ def main() -> int:
     trained = methods.get(config["method"], config["scale"])
     predictors = {baseline.name: baseline.predictor(), **{n: trained.predictor(w) for n, w in weights.items()}}
     summary = evaluate(test, predictors, work / "eval", lpips=False)
+    trained_weights = {n: sha256(w) for n, w in weights.items()}
+    data = f"NIH ChestX-ray14 test split, first {len(test)} images; training: the job's sites ({', '.join(sites)})"
+    harness.record(args, data, [baseline], {"main": summary}, sum(minutes.values()), trained_weights=trained_weights,
+                   train_minutes=minutes)  # fmt: skip
     psnr = {n: summary[n]["psnr"][0] for n in summary}
     gap = psnr["centralized"] - psnr["federated"]
     command = args.command

@@ -20,6 +20,7 @@ import pydicom
 
 from benchmarks import harness
 from benchmarks.harness import REPO, write_block
+from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -55,7 +56,7 @@ def dciodvfy_errors(files: list[Path]) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = harness.parse(harness.parser(__file__, __doc__, work=False), argv)
     data = shared_data_dir()
-    rows = []
+    rows, begun = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, method, what) in enumerate(CASES):
             src, out = data / name, Path(tmp) / str(i)
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((method, what, size, exact, wall, rss, dciodvfy_errors(files)))
             print(rows[-1], flush=True)
     command = f".venv/bin/{args.command}"
+    keys = ("method", "output", "exactly_4x", "wall_s", "peak_rss_gb", "dciodvfy_errors")
+    measured = {what: dict(zip(keys, (m, *rest))) for m, what, *rest in rows}
+    used = [methods.get(method, 4) for _, method, _ in CASES]
+    harness.record(args, ", ".join(name for name, _, _ in CASES), used, {"main": measured},
+                   (time.perf_counter() - begun) / 60)  # fmt: skip
     header = (
         "| method | input (rows x columns) | output (DICOM) | exactly 4x | wall (s) | peak RSS (GB) | dciodvfy errors |"
     )

@@ -77,16 +77,15 @@ def median_seconds(fn, x, repeats: int = REPEATS, warm_up: bool = True) -> float
     return statistics.median(times)
 
 
-def weights(used: Iterable[methods.Method]) -> dict[str, dict[str, str]]:
-    """Each method's weights file (relative to the repository) and its sha256, for the methods that load one."""
+def weights(used: Iterable[methods.Method]) -> dict[str, str]:
+    """The weights file (relative to the repository) -> its sha256, of each method that loads one."""
     from monai_sr_bundle.training import sha256
 
     found = {}
     for method in used:
         if method.trainable and method.weights_available:
             path = Path(method.weights_path)
-            digest = methods.weights_record(path).get("sha256") or sha256(path)
-            found[method.name] = {"file": path.relative_to(REPO).as_posix(), "sha256": digest}
+            found[path.relative_to(REPO).as_posix()] = methods.weights_record(path).get("sha256") or sha256(path)
     return found
 
 
@@ -103,6 +102,38 @@ def record(
     content = {"benchmark": args.benchmark, "command": args.command, "data": data, "weights": weights(used)}
     content |= {"minutes": round(minutes, 1), **facts, "tables": tables}
     return results.write(content, results.path(args.benchmark))
+
+
+def run_parts(args: argparse.Namespace, parts: Mapping[str, Callable[[], dict]], data: str, used) -> dict:
+    """For a benchmark of parts (each minutes to hours): run ``args.part`` (a part's name, ``all``, or ``doc``
+    for none) and keep each part's result in the results file as soon as it is measured, under ``parts`` with
+    the command that measured it and its minutes; the parts measured by earlier runs stay. Returns them all."""
+    path = results.path(args.benchmark)
+    record = {"benchmark": args.benchmark, "parts": {}} | (results.read(path) if path.is_file() else {})
+    for name in parts if args.part == "all" else [] if args.part == "doc" else [args.part]:
+        start = time.perf_counter()
+        found = parts[name]()
+        record |= {"data": data, "weights": weights(used)}
+        record["parts"][name] = {"command": args.command, "minutes": round((time.perf_counter() - start) / 60, 1)}
+        record["parts"][name]["result"] = found
+        results.write(record, path)
+    return record["parts"]
+
+
+def render_parts(parts: Mapping[str, dict], sections: Mapping[str, tuple]) -> tuple[list[str], list[str]]:
+    """The page's sections of a benchmark of parts (title, the command that measured the part, its text;
+    "Not measured yet." for a part without a result), from ``sections``: part -> (title, render), where
+    ``render(result)`` gives the text and the bars it judges."""
+    out, bars = [], []
+    for name, (title, render) in sections.items():
+        out += [f"## {title}", ""]
+        if name not in parts:
+            out += ["Not measured yet.", ""]
+            continue
+        text, found = render(parts[name]["result"])
+        out += [f"    .venv/bin/{parts[name]['command']}", "", *text, ""]
+        bars += found
+    return out, bars
 
 
 def write_block(path: Path, markers: tuple[str, str], block: str) -> None:

@@ -8,7 +8,6 @@ Run: .venv/bin/python -m benchmarks.ldm --part autoencoder|quality|samplers|spee
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -19,19 +18,7 @@ import torch
 from torch.nn.functional import pixel_shuffle, pixel_unshuffle
 
 from benchmarks import harness
-from benchmarks.diffusion import (
-    CROP,
-    CROPS,
-    cells,
-    crops,
-    metric_fns,
-    render_sections,
-    run_parts,
-    sampler_table,
-    score_crops,
-    table,
-    verdict,
-)
+from benchmarks.diffusion import CROP, CROPS, cells, crops, metric_fns, sampler_table, score_crops, table, verdict
 from benchmarks.harness import REPO, median_seconds
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
@@ -226,13 +213,10 @@ SECTIONS = {
     "samplers": ("Samplers", _samplers),
     "speed": ("Speed", _speed),
 }
-#: part -> (its figure, the option that set it), ...: the command under each title is the one that was run
-OPTIONS = {"quality": (("images", "--limit"), ("sampler", "--sampler"))}
 
 
-def write_doc() -> None:
+def write_doc(parts: dict) -> None:
     """docs/ldm.md from the parts measured so far; a part not measured yet says so."""
-    parts = {p.stem: json.loads(p.read_text()) for p in WORK.glob("*.json")}
     args = method().network_spec()["args"]
     denoiser = sum(p.numel() for p in method().network().denoiser.parameters()) if method().weights_available else None
     out = [
@@ -248,7 +232,7 @@ def write_doc() -> None:
         " (from the repository root, on this 2-core CPU).",
         "",
     ]
-    text, bars = render_sections(parts, SECTIONS, OPTIONS, "-m benchmarks.ldm")
+    text, bars = harness.render_parts(parts, SECTIONS)
     out += [
         *text,
         "## Your own site",
@@ -285,8 +269,8 @@ def main() -> int:
         "samplers": part_samplers,
         "speed": part_speed,
     }
-    run_parts(args.part, parts, WORK)
-    write_doc()
+    data = "NIH ChestX-ray14 test split, x4 (LR antialiased bicubic)"
+    write_doc(harness.run_parts(args, parts, data, [methods.get(METHOD, 4)]))
     return 0
 
 

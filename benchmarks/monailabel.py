@@ -67,6 +67,7 @@ def main() -> int:
     parser.add_argument("--method", default=methods.default_name())
     args = harness.parse(parser)
     image = Path(nih_datalist("test", limit=1)[0]["label"])
+    begun = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         studies = tmp / "studies"
@@ -104,6 +105,11 @@ def main() -> int:
     errors = sum(r.status_code != 200 for r in results)
     different = sum(r.status_code == 200 and r.content != expected for r in results)
     overhead = served - local
+    measured = {"local_s": local, "served_s": served, "concurrent_wall_s": wall, "concurrent_errors": errors}
+    measured |= {"concurrent_differing": different, "vdsr_infer_s": vdsr_seconds, "info_latencies_s": latencies}
+    data = f"{image.name} (512 px NIH test radiograph), x4"
+    minutes = (time.perf_counter() - begun) / 60
+    harness.record(args, data, [methods.get(args.method, 4)], {"main": {args.method: measured}}, minutes)
     lines = [
         "| what | seconds |",
         "|---|---|",
@@ -127,7 +133,7 @@ def main() -> int:
 
 Machine: {os.cpu_count()} CPU cores. Produced by (from the repository root):
 
-    .venv/bin/python -m benchmarks.monailabel --method {args.method}
+    .venv/bin/{args.command}
 
 Input: `{image.name}` (512x512 NIH test radiograph) stored in the studies folder; x4 with `{args.method}`
 (2048x2048 PNG out). Median of {REPEATS} runs after a warm-up. The server is the real MONAI Label server on

@@ -92,24 +92,37 @@ def rows_of(folder: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def table(rows: list[dict], order: list[str], baseline: str) -> str:
-    """One row per method: its images, mean metrics, PSNR gain over the baseline on the same images with its
-    bootstrap 68% interval, and LPIPS as a share of the baseline's."""
-    head = ["method", "images", *(CATALOGUE[m].heading for m in SHOWN), "ΔPSNR vs " + baseline, "LPIPS / " + baseline]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def scores(rows: list[dict], order: list[str], baseline: str) -> dict[str, dict]:
+    """One row per method: its images, mean metrics and, beside the baseline, its PSNR gain over the baseline on
+    the same images with the bootstrap 68% interval (``psnr_gain``), and LPIPS as a share of the baseline's."""
+    found = {}
     for name in order:
         mine = {r["image"]: r for r in rows if r["method"] == name}
         if not mine:
             continue
         base = {r["image"]: r for r in rows if r["method"] == baseline and r["image"] in mine}
-        cells = [name, str(len(mine))]
-        for metric in SHOWN:
-            cells.append(CATALOGUE[metric].value(np.mean([float(r[metric]) for r in mine.values()])))
-        gains = [float(mine[i]["psnr"]) - float(base[i]["psnr"]) for i in base]
-        lo, hi = bootstrap_interval(gains)
-        cells.append(f"{np.mean(gains):+.2f} [{lo:+.2f}, {hi:+.2f}]" if name != baseline else "")
-        ratio = np.mean([float(mine[i]["lpips"]) for i in base]) / np.mean([float(r["lpips"]) for r in base.values()])
-        cells.append(f"{ratio:.2f}" if name != baseline else "")
+        row = {"images": len(mine)}
+        row |= {m: [float(np.mean([float(r[m]) for r in mine.values()]))] for m in SHOWN}
+        if name != baseline:
+            gains = [float(mine[i]["psnr"]) - float(base[i]["psnr"]) for i in base]
+            row["psnr_gain"] = [float(np.mean(gains)), *bootstrap_interval(gains)]
+            lpips = [float(mine[i]["lpips"]) for i in base], [float(r["lpips"]) for r in base.values()]
+            row["lpips_ratio"] = float(np.mean(lpips[0]) / np.mean(lpips[1]))
+        found[name] = row
+    return found
+
+
+def table(found: dict[str, dict], baseline: str) -> str:
+    """:func:`scores` as the page's table."""
+    head = ["method", "images", *(CATALOGUE[m].heading for m in SHOWN), "ΔPSNR vs " + baseline, "LPIPS / " + baseline]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in found.items():
+        cells = [name, str(row["images"]), *(CATALOGUE[m].value(row[m][0]) for m in SHOWN)]
+        if "psnr_gain" in row:
+            gain, lo, hi = row["psnr_gain"]
+            cells += [f"{gain:+.2f} [{lo:+.2f}, {hi:+.2f}]", f"{row['lpips_ratio']:.2f}"]
+        else:
+            cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -185,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     sections = []
     gains: dict[str, dict[str, float]] = {}
+    tables, used = {}, {}
     for c in conditions:
         usable = [methods.get(m, c.scale) for m in wanted if m != baseline]
         # the default first: its row under the baseline's, its panel on the figure's first page
@@ -211,10 +225,13 @@ def run(args: argparse.Namespace) -> int:
         if c.scale == 4 and c.images in RULE_IMAGES:
             for name in fast:
                 gains.setdefault(name, {})[c.name] = mean_gain(rows, name, baseline)
-        text = table(rows, [baseline, *fast, *sampled], baseline)
+        tables[c.name] = scores(rows, [baseline, *fast, *sampled], baseline)
+        used |= {m.weights_name: m for m in usable}
+        text = table(tables[c.name], baseline)
         print(f"\n{c.name}: {c.what}\n{text}", flush=True)
         picture = f"\n\n![{c.name}](figures/{figure.name})" if fast else ""
         sections.append(f"## {c.name}: {c.what}\n\n{text}{picture}\n")
+    rule_facts = {}
     if not args.no_timing and gains:
         image = Path(nih_datalist("test")[0]["label"])
         seconds = {name: network_seconds(methods.get(name, 4), image) for name in gains}
@@ -224,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             " (the same)." if chosen == marked else ": they differ, change the overlays' `default`."
         )
         print(f"\ndefault rule\n{rule}\n{verdict}", flush=True)
+        rule_facts = {"default_rule": {"seconds": seconds, "gains": gains, "picks": chosen, "marked": marked}}
         sections.append(
             f"## The default method, by rule\n\nAmong the deterministic methods whose network takes at most "
             f"{SPEED_BAR:g} s for a 512 px radiograph (2048 px out; this process, the first NIH test image, median "
@@ -231,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
             f"external site, clean and degraded.\n\n{rule}\n\n{verdict}\n"
         )
     minutes = (time.perf_counter() - start) / 60
+    data = "; ".join(f"{c.name}: {c.what}" for c in conditions if c.name in tables)
+    harness.record(args, data, used.values(), tables, minutes, sampled_images=args.sampled_images, **rule_facts)
     who = "The methods of the command below" if args.methods else "Every shipped method"
     doc = f"""# Robustness: radiographs as users have them
 

@@ -47,7 +47,8 @@ def main() -> int:
     args = harness.parse(parser)
     image = nih_datalist("test", limit=1)[0]["label"]
     x = read_image(image)[None].as_tensor()  # (1, 1, 512, 512)
-    rows, bars = [], []
+    rows, bars, measured, used = [], [], {}, []
+    start = time.perf_counter()
     for name in methods.names():
         method = methods.get(name, 4)
         if method.stochastic or (method.trainable and not method.weights_available):
@@ -68,9 +69,13 @@ def main() -> int:
         whole, tiled, old = (statistics.median(times[k]) for k in ("whole", "tiles", "old"))
         diff = (outputs["tiles"] - outputs["whole"]).abs().max().item()
         n_tiles = len(layouts["tiles"]._tiles(tuple(x.shape[-2:]))[1])
+        share = computed_pixels(layouts["tiles"], tuple(x.shape[-2:]))
+        measured[name] = {"halo": method.halo, "tiles": n_tiles, "computed_share": share, "one_pass_s": whole}
+        measured[name] |= {"tiled_s": tiled, "old_margin_s": old, "max_abs_diff": diff}
+        used.append(method)
         rows.append(
             f"| {name} | {method.halo} | {n_tiles} | "
-            f"{computed_pixels(layouts['tiles'], tuple(x.shape[-2:])):.3f} | {whole:.2f} | "
+            f"{share:.3f} | {whole:.2f} | "
             f"{tiled:.2f} | {tiled / whole:.3f} | {old / whole:.3f} | {diff:.1e} |"
         )
         bars.append(
@@ -84,6 +89,8 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
+    data = f"{Path(image).name} (512 px, the first NIH test image) as the LR input, x4"
+    harness.record(args, data, used, {"main": measured}, (time.perf_counter() - start) / 60, tile=TILE)
     doc = f"""# Tiling overhead
 
 x4 SR of `{Path(image).name}` (512x512, the first NIH test image) used as the LR input (2048x2048 output),
@@ -92,7 +99,7 @@ method's own inferer with {TILE}-px tiles, each carrying the network's declared 
 (core-crop stitching, the same result to float rounding); the last ratio is the former layout, a fixed
 {OLD_MARGIN}-px margin, timed once. Median of {args.repeats} alternating runs. Produced by:
 
-    .venv/bin/python -m benchmarks.tiling --repeats {args.repeats}
+    .venv/bin/{args.command}
 
 {chr(10).join(table)}
 
