@@ -155,6 +155,8 @@ def _demo(args: argparse.Namespace) -> None:
 def _methods(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(methods.describe_all(args.scale, args.modality), indent=2))
+    elif args.networks:
+        print(methods.networks_table(args.scale, args.modality))
     else:
         print(methods.markdown_table(args.scale, args.modality))
 
@@ -312,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("methods", help="list the methods: family, trainable, stochastic, ONNX export, weights")
     listing.add_argument("--json", action="store_true", help="as JSON, for programs (3D Slicer asks this)")
+    listing.add_argument("--networks", action="store_true", help="each method's network in words and its size")
     common(listing)
     listing.set_defaults(func=_methods)
 

@@ -68,10 +68,9 @@ def benchmark(method: methods.Method, source: str | os.PathLike | None = None) -
 
 
 def method_row(method: methods.Method) -> str:
-    """The network's description in the development model card's table of networks."""
-    card = (methods.BUNDLE_ROOT / "docs" / "README.md").read_text(encoding="utf-8")
-    found = re.search(rf"^\| `{re.escape(method.name)}` \| ([^|]+) \| ([^|]+) \|$", card, re.M)
-    return f"{found.group(1).strip()} ({found.group(2).strip()} parameters)" if found else method.family
+    """The network in words and its size, as the method's overlay says them."""
+    config = method.config
+    return f"{config['description']} ({config['parameters']} parameters)" if "description" in config else method.family
 
 
 def export(
