@@ -1,8 +1,8 @@
 """Every method with shipped weights as a MONAI model-zoo bundle, through the zoo's own CI.
 
-For each (method, modality) with weights: ``monai-sr export-zoo``, then :func:`monai_sr_bundle.zoo.check`
+For each (method, modality) with weights: ``monai-sr export-zoo``, then :func:`tools.zoo_ci.check`
 (``ci/verify_bundle.py -m full``, the pre-commit hooks, isort, black, flake8 with the zoo's settings) and
-:func:`monai_sr_bundle.zoo.check_workflows` (inference, evaluate and every training stage with MONAI's
+:func:`tools.zoo_ci.check_workflows` (inference, evaluate and every training stage with MONAI's
 property check, monai-sr unimportable), and the exported inference against the development bundle's, bit
 for bit. Writes the table into docs/zoo.md (between its ``sweep`` markers) and prints it.
 Run: .venv/bin/python -m benchmarks.zoo   (about 12 min on a 2-core CPU)
@@ -24,6 +24,7 @@ from benchmarks.harness import REPO, write_block
 from monai_sr_bundle import methods, zoo
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
+from tools import zoo_ci
 
 DOC = REPO / "docs" / "zoo.md"
 MARKERS = ("<!-- sweep: start -->", "<!-- sweep: end -->")
@@ -53,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     bundle = zoo.export(name, work / "dist", modality=modality)
                     torchscript = "scripted" if zoo.scriptable(bundle) else "excluded (not scriptable)"
-                    steps = zoo.check(bundle, ZOO_CI, work / "ci")
-                    image, nih = zoo.workflow_data(data / "nih_cxr14", work / "data", modality)
-                    runs = zoo.check_workflows(bundle, ZOO_CI, image, nih, work / "run", data / "weights")
+                    steps = zoo_ci.check(bundle, ZOO_CI, work / "ci")
+                    image, nih = zoo_ci.workflow_data(data / "nih_cxr14", work / "data", modality)
+                    runs = zoo_ci.check_workflows(bundle, ZOO_CI, image, nih, work / "run", data / "weights")
                     theirs = next((work / "run" / "infer").glob(f"{image.stem}_sr*"))
-                    ours = zoo.dev_inference(method, image, work / "dev", 2 if method.stochastic else None)
+                    ours = zoo_ci.dev_inference(method, image, work / "dev", 2 if method.stochastic else None)
                     same = same_output(ours, theirs)
                     result = ("yes" if same else "NO", f"{len(steps)} passed", f"{len(runs)} passed", "")
                 except (InputError, CalledProcessError) as e:
