@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     first = [d for d in datalist if Path(d["label"]).name == FIGURE_IMAGE]
     datalist = first + [d for d in datalist if d not in first]  # figure of the boxed image first
     baseline = methods.baseline_name()
-    usable = [methods.get(m, 4) for m in (args.methods.split(",") if args.methods else methods.names())]
+    names = args.methods.split(",") if args.methods else methods.names()
+    usable = [methods.get(m, 4) for m in names + ([] if baseline in names else [baseline])]  # gains need it
     usable = [m for m in usable if not m.trainable or m.weights_available]
     predictors = {m.name: m.predictor() for m in usable}
     if args.figure_only:
