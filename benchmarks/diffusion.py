@@ -1,7 +1,8 @@
 """Diffusion benchmark of the shipped sr3 weights on this machine's CPU: quality against bicubic and VDSR,
 the sampler table, speed (PyTorch vs ONNX Runtime denoiser), and whether the uncertainty map means
-something. Each part keeps its figures in out/benchmark_diffusion/<part>.json, so the parts can run apart
-(sampling on a CPU takes hours); docs/diffusion.md is rewritten from the parts measured so far.
+something. Each part keeps its figures, with the command that measured them, in docs/results/diffusion.json
+(``parts``), so the parts can run apart (sampling on a CPU takes hours); docs/diffusion.md is rewritten from
+the parts measured so far.
 
 Run: .venv/bin/python -m benchmarks.diffusion --part residual|speed|samplers|quality|mean|ablation|all
 """

@@ -1,7 +1,8 @@
 """Latent-diffusion benchmark of the shipped ldm weights on this machine's CPU: the autoencoder's
 reconstruction, quality against bicubic and VDSR, the sampler table, and speed against sr3 (PyTorch, and
-the whole sampler with its denoiser and decoder on ONNX Runtime). Each part keeps its figures in
-out/benchmark_ldm/<part>.json; docs/ldm.md is rewritten from the parts measured so far.
+the whole sampler with its denoiser and decoder on ONNX Runtime). Each part keeps its figures, with the
+command that measured them, in docs/results/ldm.json (``parts``); docs/ldm.md is rewritten from the parts
+measured so far.
 
 Run: .venv/bin/python -m benchmarks.ldm --part autoencoder|quality|samplers|speed|all
 """
