@@ -92,6 +92,7 @@ def test_export_refusals(tmp_path):
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
     with pytest.raises(InputError, match="not the model zoo's CI"):
         zoo_ci.check(tmp_path / "chest_xray_sr_srcnn_x4", tmp_path, tmp_path / "ci")
+    assert zoo_ci.main([str(tmp_path / "chest_xray_sr_srcnn_x4"), str(tmp_path)]) == 2  # python -m tools.zoo_ci
 
 
 @pytest.mark.skipif(not (ZOO_CI / "ci").is_dir(), reason=f"needs the model zoo's CI at {ZOO_CI}")
