@@ -39,8 +39,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not (slow or server or federated)"
 
 benchmark: $(STAMP)
-	$(PY) benchmarks/quality.py
-	$(PY) benchmarks/speed.py
+	$(PY) -m benchmarks.quality
+	$(PY) -m benchmarks.speed
 
 clean:
 	rm -rf out .pytest_cache

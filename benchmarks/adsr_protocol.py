@@ -11,12 +11,11 @@ ablations' overlays in ``benchmarks/adsr_protocol/configs/methods/``. ``--part t
 through the bundle's train config and prints each command (``weights.json`` records it); each (method, seed)
 evaluation is kept in out/adsr_protocol/eval, so the parts can run apart and resume.
 
-Run: .venv/bin/python benchmarks/adsr_protocol.py [--part train|evaluate|report|all] [--limit N] [--seeds 5]
+Run: .venv/bin/python -m benchmarks.adsr_protocol [--part train|evaluate|report|all] [--limit N] [--seeds 5]
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -26,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import harness
+from benchmarks.harness import REPO
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import load_datalist, write_nih_resized
 from monai_sr_bundle.evaluation import evaluate
@@ -34,7 +35,6 @@ from monai_sr_bundle.metrics import paired_t_test, summarize
 from monai_sr_bundle.metrics.catalogue import CATALOGUE
 from monai_sr_bundle.training import sha256, train_configs
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "monai_sr_bundle"
 ROOT = REPO / "benchmarks" / "adsr_protocol"
 WORK = REPO / "out" / "adsr_protocol"
@@ -87,7 +87,7 @@ seeds (their default sampler, dpmpp_sde, 20 steps); paired t-tests per image on 
 
 Produced by (from the repository root; it trains what is missing, then evaluates, on a 2-core CPU):
 
-    .venv/bin/python benchmarks/adsr_protocol.py{options}
+    .venv/bin/python -m benchmarks.adsr_protocol{options}
 
 {table}
 {missing}
@@ -257,18 +257,19 @@ def image_means(found: list[dict], metric: str, images: list[str]) -> list[float
     return [summarize([r[metric] for r in found if r["image"] == i])[0] for i in images]
 
 
-def report(limit: int | None, seeds: int) -> str:
-    """docs/adsr_protocol.md's text from the kept evaluations."""
+def report(limit: int | None, seeds: int) -> tuple[str, dict]:
+    """docs/adsr_protocol.md's text from the kept evaluations, and its tables as data: each method's mean ± sd
+    over seeds (``main``), ADSR's paired differences and their p values (``paired``)."""
     found = {n: read_rows(n, limit) for n in rows()}
     found = {n: f for n, f in found.items() if f}
     digits = {m: CATALOGUE[m].digits for m in SHOWN}
     head = " | ".join(CATALOGUE[m].heading for m in SHOWN)
     table = [f"| method | {head} | seeds | paper's PSNR (dB) |"]
     table.append("|---" * (len(SHOWN) + 3) + "|")
+    tables = {"main": {}, "paired": {}}
     for name, f in found.items():
-        cells = []
-        for m in SHOWN:
-            cells.append(CATALOGUE[m].value(*summarize(seed_means(f, m))))
+        tables["main"][name] = {m: list(summarize(seed_means(f, m))) for m in SHOWN}
+        cells = [CATALOGUE[m].value(*tables["main"][name][m]) for m in SHOWN]
         paper = f"{PAPER[name]:.2f}" if name in PAPER else "-"
         table.append(f"| {name} | " + " | ".join(cells) + f" | {len(seed_means(f, 'psnr'))} | {paper} |")
     images = sorted({r["image"] for f in found.values() for r in f})
@@ -279,6 +280,7 @@ def report(limit: int | None, seeds: int) -> str:
         for m in SHOWN:
             diff, p, n = paired_t_test(image_means(found[METHOD], m, images), image_means(found[other], m, images))
             paired[other, m] = (diff, p)
+            tables["paired"].setdefault(other, {})[m] = {"difference": diff, "p": p, "images": n}
             cells.append(f"{diff:+.{digits[m]}f} (p = {p:.2g}, n = {n})")
         tests.append(f"| {other} | " + " | ".join(cells) + " |")
     bars, baseline = [], methods.baseline_name()
@@ -307,20 +309,22 @@ def report(limit: int | None, seeds: int) -> str:
     options = (f" --limit {limit}" if limit else "") + (f" --seeds {seeds}" if seeds != 5 else "")
     boxed = sum(1 for d in load_datalist(datalist_file(), "test", limit=limit) if d["boxes"])
     drawn = sum(not math.isnan(v) for v in image_means(found.get(baseline, []), "artifact_psnr", images))
-    return DOC.format(
+    text = DOC.format(
         images=len(images), boxed=boxed, drawn=drawn, options=options, table="\n".join(table),
         tests="\n".join(tests), bars="\n".join(bars) or "- not measured yet",
         missing=f"\nNot trained or evaluated yet: {', '.join(missing)}.\n" if missing else "",
         train="\n".join(f"    {shell(['python', *train_command(n)[1:]])}" for n in TRAINED),
     )  # fmt: skip
+    return text, tables
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument("--part", default="all", choices=["train", "evaluate", "report", "all"])
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 116)")
     parser.add_argument("--seeds", type=int, default=5, help="sampling seeds per stochastic method")
-    args = parser.parse_args()
+    args = harness.parse(parser)
+    start = time.perf_counter()
     os.environ["MONAI_SR_METHODS"] = os.pathsep.join(
         [p for p in (os.environ.get("MONAI_SR_METHODS"), str(ROOT / "configs" / "methods")) if p]
     )
@@ -330,7 +334,10 @@ def main() -> int:
         part_evaluate(args.limit, args.seeds)
         part_figure(args.limit)
     if args.part in ("evaluate", "report", "all"):
-        text = report(args.limit, args.seeds)
+        text, tables = report(args.limit, args.seeds)
+        used = [method(n) for n in tables["main"] if method(n).trainable]
+        data = f"NIH ChestX-ray14 test split at 256 px{f', first {args.limit} images' if args.limit else ''}, x4"
+        harness.record(args, data, used, tables, (time.perf_counter() - start) / 60, seeds=args.seeds)
         (REPO / "docs" / "adsr_protocol.md").write_text(text)
         print(text)
     return 0

@@ -4,8 +4,9 @@ trained or selected on), scored in the HU window of the CT weights, mean with a 
 Rows: nearest-neighbour, bilinear and bicubic interpolation, then every method with chest CT weights
 (``models/<method>_ct_x4.pt``), then the ablations: ``benchmarks/ablations`` is laid out as a bundle root
 (``configs/methods/<name>.json``, ``models/<name>_ct_x4.pt``) whose variants are trained as site methods
-(``MONAI_SR_METHODS``) and scored here but not shipped. Writes docs/results_ct.md.
-Run: .venv/bin/python benchmarks/ct_quality.py
+(``MONAI_SR_METHODS``) and scored here but not shipped. Writes docs/results/ct_quality.json (the scores as
+data) and docs/results_ct.md.
+Run: .venv/bin/python -m benchmarks.ct_quality
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from monai_sr_bundle import methods
+from benchmarks import harness
+from benchmarks.harness import DOCS, REPO
+from monai_sr_bundle import methods, results
 from monai_sr_bundle.data.ct import CT_SPLIT, CT_WINDOW, write_ct_datalist
 from monai_sr_bundle.data.datalist import load_datalist
 from monai_sr_bundle.evaluation import evaluate
@@ -25,7 +28,6 @@ from monai_sr_bundle.metrics import bootstrap_interval
 from monai_sr_bundle.metrics.catalogue import CATALOGUE
 from monai_sr_bundle.networks import Bicubic
 
-REPO = Path(__file__).resolve().parents[1]
 ABLATIONS = REPO / "benchmarks" / "ablations"
 SCALE = 4
 #: the metrics of its table (their labels and digits: the catalogue's)
@@ -47,11 +49,11 @@ def compare(variant: methods.Method, method: methods.Method, rows: list[dict]) -
     return f"- {method.name} vs {variant.name} ({changed}): " + "; ".join(cells)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default=str(REPO / "out" / "benchmark_ct"), help="scratch folder")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    return harness.main(harness.parser(__file__, __doc__), run, argv)
 
+
+def run(args: argparse.Namespace) -> int:
     datalist = load_datalist(write_ct_datalist(Path(args.work) / "slices"), "test")
     baseline = methods.baseline_name()
     interpolation = methods.get(baseline, SCALE, "ct")
@@ -70,19 +72,17 @@ def main() -> int:
     minutes = (time.perf_counter() - start) / 60
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    header = "| method | " + " | ".join(f"{CATALOGUE[m].heading} mean [68% CI]" for m in SHOWN) + " |"
-    lines = [header, "|---" * (len(SHOWN) + 1) + "|"]
+    table = {}
     for name in predictors:
-        cells = []
+        table[name] = {}
         for metric in SHOWN:
-            digits = CATALOGUE[metric].digits
             values = [float(r[metric]) for r in rows if r["method"] == name]
-            lo, hi = bootstrap_interval(values)
-            cells.append(f"{sum(values) / len(values):.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    comparisons = "\n".join(compare(v, m, rows) for v in variants for m in shipped if m.family == v.family)
+            table[name][metric] = [sum(values) / len(values), *bootstrap_interval(values)]
     patients = sorted({d["patient"] for d in datalist})
+    data = f"{len(datalist)} held-out axial chest CT slices of {len(patients)} patients ({', '.join(patients)}), x4"
+    written = harness.record(args, data, ct, {"main": table}, minutes, slices=len(datalist))
+    table = results.format_table(results.read(written)["tables"]["main"])
+    comparisons = "\n".join(compare(v, m, rows) for v in variants for m in shipped if m.family == v.family)
     doc = f"""# Results: x4 super-resolution of chest CT slices
 
 Test set: the {len(datalist)} axial slices of {len(patients)} patients ({", ".join(patients)}) that no CT
@@ -95,7 +95,7 @@ independent, so the intervals are narrower than a patient-level spread would be.
 
 Produced by (from the repository root, {minutes:.1f} min on a 2-core CPU):
 
-    .venv/bin/python benchmarks/ct_quality.py
+    .venv/bin/{args.command}
 
 {table}
 
@@ -107,7 +107,7 @@ with its bootstrap 68% interval:
 
 {comparisons or "none"}
 """
-    (REPO / "docs" / "results_ct.md").write_text(doc)
+    (DOCS / "results_ct.md").write_text(doc)
     print(table)
     return 0
 

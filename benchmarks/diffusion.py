@@ -1,15 +1,14 @@
 """Diffusion benchmark of the shipped sr3 weights on this machine's CPU: quality against bicubic and VDSR,
 the sampler table, speed (PyTorch vs ONNX Runtime denoiser), and whether the uncertainty map means
-something. Each part keeps its figures in out/benchmark_diffusion/<part>.json, so the parts can run apart
-(sampling on a CPU takes hours); docs/diffusion.md is rewritten from the parts measured so far.
+something. Each part keeps its figures, with the command that measured them, in docs/results/diffusion.json
+(``parts``), so the parts can run apart (sampling on a CPU takes hours); docs/diffusion.md is rewritten from
+the parts measured so far.
 
-Run: .venv/bin/python benchmarks/diffusion.py --part residual|speed|samplers|quality|mean|ablation|all
+Run: .venv/bin/python -m benchmarks.diffusion --part residual|speed|samplers|quality|mean|ablation|all
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -17,9 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from speed import median_seconds
 from torch import nn
 
+from benchmarks import harness
+from benchmarks.harness import REPO, median_seconds
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.readers import read_image
@@ -30,7 +30,6 @@ from monai_sr_bundle.metrics import LPIPSMetric, PSNRMetric, SSIMMetric
 from monai_sr_bundle.onnx_runtime import export_denoiser, onnx_parts
 from monai_sr_bundle.transforms.degradation import downsample
 
-REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "out" / "benchmark_diffusion"
 METHOD = "sr3"
 #: (sampler, steps) rows of the sampler table; the first is the reference chain
@@ -389,40 +388,9 @@ SECTIONS = {
     "ablation": ("What the denoiser predicts, and what it diffuses", _ablation),
 }
 
-#: part -> (its figure, the option that set it), ...: the command under each title is the one that was run
-OPTIONS = {
-    "quality": (("images", "--limit"), ("sampler", "--sampler")),
-    "mean": (("images", "--mean-limit"), ("sampler", "--sampler")),
-    "ablation": (("epochs", "--epochs"),),
-}
 
-
-def run_parts(selected: str, parts: dict, work: Path) -> None:
-    """Run ``selected`` (a part's name, ``all``, or ``doc`` for none) and keep each part's figures in
-    ``work/<part>.json``, from which the benchmark's doc is written."""
-    for name in parts if selected == "all" else [] if selected == "doc" else [selected]:
-        (work / f"{name}.json").write_text(json.dumps(parts[name](), indent=2))
-
-
-def render_sections(parts: dict, sections: dict, options: dict, script: str) -> tuple[list[str], list[str]]:
-    """The doc's sections (title, the command that measured the part, its text; "Not measured yet." for a
-    part without figures) and the bars they judge."""
-    out, bars = [], []
-    for name, (title, render) in sections.items():
-        out += [f"## {title}", ""]
-        if name not in parts:
-            out += ["Not measured yet.", ""]
-            continue
-        text, found = render(parts[name])
-        option = "".join(f" {flag} {parts[name][key]}" for key, flag in options.get(name, ()))
-        out += [f"    .venv/bin/python {script} --part {name}{option}", "", *text, ""]
-        bars += found
-    return out, bars
-
-
-def write_doc() -> None:
+def write_doc(parts: dict) -> None:
     """docs/diffusion.md from the parts measured so far; a part not measured yet says so."""
-    parts = {p.stem: json.loads(p.read_text()) for p in WORK.glob("*.json")}
     out = [
         "# Diffusion SR (sr3): quality, samplers, speed, uncertainty",
         "",
@@ -431,14 +399,14 @@ def write_doc() -> None:
         "Each part is re-run with the command under its title (from the repository root, on this 2-core CPU).",
         "",
     ]
-    text, bars = render_sections(parts, SECTIONS, OPTIONS, "benchmarks/diffusion.py")
+    text, bars = harness.render_parts(parts, SECTIONS)
     out += [*text, "Bars of issue 12:", *bars, ""]
     (REPO / "docs" / "diffusion.md").write_text("\n".join(out))
     print("\n".join(bars))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument(
         "--part", choices=["residual", "speed", "samplers", "quality", "mean", "ablation", "all", "doc"], default="all"
     )
@@ -448,7 +416,7 @@ def main() -> int:
     )
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of each ablation variant")
     parser.add_argument("--sampler", choices=list(SAMPLERS), help="sampler of the quality parts (default: sr3's)")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     args.sampler = args.sampler or sr3_args()["sampler"]
     if args.part not in ("residual", "ablation", "doc") and not methods.get(METHOD, 4).weights_available:
         print(f"no shipped {METHOD} weights ({methods.get(METHOD, 4).weights_name}); train them first", file=sys.stderr)
@@ -462,8 +430,8 @@ def main() -> int:
         "mean": lambda: part_mean(args.mean_limit, args.sampler),
         "ablation": lambda: part_ablation(args.epochs),
     }
-    run_parts(args.part, parts, WORK)
-    write_doc()
+    data = "NIH ChestX-ray14 test split, x4 (LR antialiased bicubic)"
+    write_doc(harness.run_parts(args, parts, data, [methods.get(METHOD, 4)]))
     return 0
 
 

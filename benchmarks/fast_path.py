@@ -5,13 +5,12 @@ image (from the outputs' write times: (last - first) / (images - 1), so compilat
 of the SR images against the HR ones with its difference from fp32. Writes the CPU or the GPU block of
 docs/benchmarks.md.
 
-Run: .venv/bin/python benchmarks/fast_path.py [--device cuda] [--methods runet_real,sr3,ldm] [--images 8]
+Run: .venv/bin/python -m benchmarks.fast_path [--device cuda] [--methods runet_real,sr3,ldm] [--images 8]
      [--settings fp32,bf16,fp16,fp32+compile,bf16+compile]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -23,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from speed import write_block
 
+from benchmarks import harness
+from benchmarks.harness import REPO, write_block
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.transforms.degradation import downsample
 
-REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 
 
@@ -67,13 +66,13 @@ def run(method: str, inputs: Path, out: Path, device: str, precision: str, compi
 
 
 def main(argv=None) -> int:
-    cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cli.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    cli.add_argument("--methods", default=f"{methods.default_name()},sr3,ldm")
-    cli.add_argument("--images", type=int, default=8)
-    cli.add_argument("--settings", help="rows per method, e.g. fp32,bf16,fp32+compile (default: all the device has)")
-    args = cli.parse_args(argv)
-    names, rows = args.methods.split(","), []
+    parser = harness.parser(__file__, __doc__, work=False)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--methods", default=f"{methods.default_name()},sr3,ldm")
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--settings", help="rows per method, e.g. fp32,bf16,fp32+compile (default: all the device has)")
+    args = harness.parse(parser, argv)
+    names, rows, begun = args.methods.split(","), [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         inputs, hr = Path(tmp) / "in", {}
         inputs.mkdir()
@@ -95,6 +94,11 @@ def main(argv=None) -> int:
                 print(rows[-1], flush=True)
     gpu = torch.device(args.device).type == "cuda"
     device = torch.cuda.get_device_name() if gpu else f"CPU, {os.cpu_count()} cores"
+    keys = ("wall_s", "s_per_image", "psnr", "psnr_vs_fp32")
+    measured = {f"{m}, {p}, compile {c}": dict(zip(keys, rest)) for m, p, c, *rest in rows}
+    data = f"the first {args.images} NIH test images made 128 px (LR) -> 512 px, on {device}"
+    used = [methods.get(m, 4) for m in names]
+    harness.record(args, data, used, {"main": measured}, (time.perf_counter() - begun) / 60, device=device)
     table = "\n".join(
         [
             "| method | precision | compile | command wall (s) | s per image, steady | PSNR (dB) | vs fp32 (dB) |",
@@ -103,9 +107,8 @@ def main(argv=None) -> int:
         + [f"| {m} | {p} | {c} | {w:.1f} | {s:.2f} | {q:.3f} | {d:+.3f} |" for m, p, c, w, s, q, d in rows]
     )
     start, end = markers(args.device)
-    command = " ".join(["benchmarks/fast_path.py", *(sys.argv[1:] if argv is None else argv)])
     block = (
-        f"{start}\n### {device}\n\nProduced by `.venv/bin/python {command}` "
+        f"{start}\n### {device}\n\nProduced by `.venv/bin/{args.command}` "
         f"({time.strftime('%Y-%m-%d')}, torch {torch.__version__}): `monai-sr sr` of {args.images} NIH test images "
         f"made 128 -> 512, one command per row; stochastic methods with `--seed 0` and their default sampler and "
         f"steps.\n\n{table}\n{end}"

@@ -10,12 +10,11 @@ NVFlare's PercentilePrivacy filter, all scored on the NIH ChestX-ray14 test spli
 Every run starts from a fresh network and ends with its last weights (no model selection), and the
 centralized and single-site runs go through the federated client's own ``SiteTrainer``, so the only
 difference is where the data sits. Writes docs/federated_results.md.
-Run: .venv/bin/python benchmarks/federated.py [--rounds 8 --local_epochs 2 --batch_size B --limit N]
+Run: .venv/bin/python -m benchmarks.federated [--rounds 8 --local_epochs 2 --batch_size B --limit N]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -24,14 +23,17 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import harness
+from benchmarks.harness import REPO
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
-from monai_sr_bundle.evaluation import evaluate, format_table
+from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.federated.client import SiteTrainer
 from monai_sr_bundle.federated.job import PRIVACY_DEFAULTS, load_job_config, run_simulation
 from monai_sr_bundle.federated.sites import SiteData, load_site
+from monai_sr_bundle.results import format_table
+from monai_sr_bundle.training import sha256
 
-REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "configs" / "federated" / "cxr_nih.json"
 BAR_DB = 0.3
 
@@ -57,7 +59,7 @@ def train_locally(site: SiteData, config: dict, epochs: int, work: Path) -> Path
 
 def train_federated(name: str, config: dict, work: Path, privacy: bool) -> Path:
     config = {**config, "name": name, "privacy": dict(PRIVACY_DEFAULTS) if privacy else None}
-    app = run_simulation(config, work / "fl_workspace", command=f"benchmarks/federated.py ({name})")
+    app = run_simulation(config, work / "fl_workspace", command=f"python -m benchmarks.federated ({name})")
     target = work / f"{name}.pt"
     shutil.copyfile(app / "models" / f"{config['method']}_{config['modality']}_x{config['scale']}.pt", target)
     shutil.copyfile(app / "fl_report.json", work / f"{name}_report.json")
@@ -65,15 +67,14 @@ def train_federated(name: str, config: dict, work: Path, privacy: bool) -> Path:
 
 
 def main() -> int:
-    cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cli.add_argument("--rounds", type=int, default=8)
-    cli.add_argument("--local_epochs", type=int, default=2)
-    cli.add_argument(
+    parser = harness.parser(__file__, __doc__)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--local_epochs", type=int, default=2)
+    parser.add_argument(
         "--batch_size", type=int, default=None, help="federated local batch (default: the job config's, 3)"
     )
-    cli.add_argument("--limit", type=int, default=None, help="first N test images (default: all 116)")
-    cli.add_argument("--work", default=str(REPO / "out" / "benchmark_federated"))
-    args = cli.parse_args()
+    parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 116)")
+    args = harness.parse(parser)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     config = load_job_config(JOB, num_rounds=args.rounds, local_epochs=args.local_epochs, batch_size=args.batch_size)
@@ -96,13 +97,13 @@ def main() -> int:
     trained = methods.get(config["method"], config["scale"])
     predictors = {baseline.name: baseline.predictor(), **{n: trained.predictor(w) for n, w in weights.items()}}
     summary = evaluate(test, predictors, work / "eval", lpips=False)
+    trained_weights = {n: sha256(w) for n, w in weights.items()}
+    data = f"NIH ChestX-ray14 test split, first {len(test)} images; training: the job's sites ({', '.join(sites)})"
+    harness.record(args, data, [baseline], {"main": summary}, sum(minutes.values()), trained_weights=trained_weights,
+                   train_minutes=minutes)  # fmt: skip
     psnr = {n: summary[n]["psnr"][0] for n in summary}
     gap = psnr["centralized"] - psnr["federated"]
-    command = (
-        f"python benchmarks/federated.py --rounds {args.rounds} --local_epochs {args.local_epochs}"
-        + (f" --batch_size {args.batch_size}" if args.batch_size else "")
-        + (f" --limit {args.limit}" if args.limit else "")
-    )
+    command = args.command
     doc = (
         f"""# Federated training: results
 

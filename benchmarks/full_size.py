@@ -3,7 +3,7 @@
 time, its peak resident memory (the process's own, from wait4), the output's size and dciodvfy's error
 count. Writes the full-size block of docs/benchmarks.md.
 
-Run: .venv/bin/python benchmarks/full_size.py
+Run: .venv/bin/python -m benchmarks.full_size
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import pydicom
-from speed import write_block
 
+from benchmarks import harness
+from benchmarks.harness import REPO, write_block
+from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 MARKERS = ("<!-- full-size: start -->", "<!-- full-size: end -->")
 RSS_BAR_GB = 3.0
@@ -52,9 +53,10 @@ def dciodvfy_errors(files: list[Path]) -> int:
     return sum(line.startswith("Error") for r in run for line in (r.stdout + r.stderr).splitlines())
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = harness.parse(harness.parser(__file__, __doc__, work=False), argv)
     data = shared_data_dir()
-    rows = []
+    rows, begun = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, method, what) in enumerate(CASES):
             src, out = data / name, Path(tmp) / str(i)
@@ -67,7 +69,12 @@ def main() -> int:
             exact = (first.Columns, first.Rows) == (source.Columns * 4, source.Rows * 4)
             rows.append((method, what, size, exact, wall, rss, dciodvfy_errors(files)))
             print(rows[-1], flush=True)
-    command = ".venv/bin/python benchmarks/full_size.py"
+    command = f".venv/bin/{args.command}"
+    keys = ("method", "output", "exactly_4x", "wall_s", "peak_rss_gb", "dciodvfy_errors")
+    measured = {what: dict(zip(keys, (m, *rest))) for m, what, *rest in rows}
+    used = [methods.get(method, 4) for _, method, _ in CASES]
+    harness.record(args, ", ".join(name for name, _, _ in CASES), used, {"main": measured},
+                   (time.perf_counter() - begun) / 60)  # fmt: skip
     header = (
         "| method | input (rows x columns) | output (DICOM) | exactly 4x | wall (s) | peak RSS (GB) | dciodvfy errors |"
     )

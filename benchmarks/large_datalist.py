@@ -5,7 +5,7 @@ the config did before (``--cache_images 20000``). Reports, per setting, the seco
 iteration's log line, the wall time of 500 iterations and the process's peak RSS; the whole-set cache is
 stopped once it holds more than the 4 GB bar. Writes the large-datalist block of docs/benchmarks.md.
 
-Run: .venv/bin/python benchmarks/large_datalist.py
+Run: .venv/bin/python -m benchmarks.large_datalist
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import psutil
-from speed import write_block
 
+from benchmarks import harness
+from benchmarks.harness import REPO, write_block
 from monai_sr_bundle.data.datalist import nih_datalist
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "monai_sr_bundle"
 DOC = REPO / "docs" / "benchmarks.md"
 MARKERS = ("<!-- large-datalist: start -->", "<!-- large-datalist: end -->")
@@ -59,9 +59,10 @@ def run(datalist: Path, work: Path, cache_images: int) -> dict:
     return {"start": first, "wall": None if stopped else wall, "rss": peak / 1024**3, "stopped_after": wall}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = harness.parse(harness.parser(__file__, __doc__, work=False), argv)
     images = [item["label"] for item in nih_datalist("train")]
-    rows = {}
+    rows, begun = {}, time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         entries = [{"label": images[i % len(images)]} for i in range(ENTRIES)]
@@ -70,6 +71,9 @@ def main() -> int:
         for cache in (1000, ENTRIES):
             rows[cache] = run(datalist, work, cache)
             print(cache, rows[cache], flush=True)
+    data = f"a {ENTRIES}-entry datalist of the {len(images)} NIH training images (512 px), repeated"
+    measured = {f"cache_images {cache}": r for cache, r in rows.items()}
+    harness.record(args, data, [], {"main": measured}, (time.perf_counter() - begun) / 60, iterations=ITERATIONS)
     lines = [
         "| cache_images | start: launch to iteration 20 (s) | 500 iterations (s) | peak RSS (GB) |",
         "|---|---|---|---|",
@@ -88,7 +92,7 @@ def main() -> int:
     )
     block = (
         f"{MARKERS[0]}\n## Training over a large datalist (issue 40)\n\nProduced by "
-        f"`.venv/bin/python benchmarks/large_datalist.py` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU "
+        f"`.venv/bin/{args.command}` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU "
         f"cores): srresnet's train config over a {ENTRIES}-entry datalist (the 577 NIH training images at 512 px, "
         f"repeated), {ITERATIONS} iterations of batch 4 x 4 patches, no validation, `num_workers` 0. The train "
         "config decodes the first `cache_images` items once (`CacheDataset`'s `cache_num`) and reads the others "

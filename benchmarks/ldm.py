@@ -1,15 +1,14 @@
 """Latent-diffusion benchmark of the shipped ldm weights on this machine's CPU: the autoencoder's
 reconstruction, quality against bicubic and VDSR, the sampler table, and speed against sr3 (PyTorch, and
-the whole sampler with its denoiser and decoder on ONNX Runtime). Each part keeps its figures in
-out/benchmark_ldm/<part>.json; docs/ldm.md is rewritten from the parts measured so far.
+the whole sampler with its denoiser and decoder on ONNX Runtime). Each part keeps its figures, with the
+command that measured them, in docs/results/ldm.json (``parts``); docs/ldm.md is rewritten from the parts
+measured so far.
 
-Run: .venv/bin/python benchmarks/ldm.py --part autoencoder|quality|samplers|speed|all
+Run: .venv/bin/python -m benchmarks.ldm --part autoencoder|quality|samplers|speed|all
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -17,22 +16,11 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from diffusion import (
-    CROP,
-    CROPS,
-    cells,
-    crops,
-    metric_fns,
-    render_sections,
-    run_parts,
-    sampler_table,
-    score_crops,
-    table,
-    verdict,
-)
-from speed import median_seconds
 from torch.nn.functional import pixel_shuffle, pixel_unshuffle
 
+from benchmarks import harness
+from benchmarks.diffusion import CROP, CROPS, cells, crops, metric_fns, sampler_table, score_crops, table, verdict
+from benchmarks.harness import REPO, median_seconds
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.readers import read_image
@@ -41,7 +29,6 @@ from monai_sr_bundle.metrics import PSNRMetric, SSIMMetric
 from monai_sr_bundle.networks.ldm import dct_basis
 from monai_sr_bundle.onnx_runtime import export_decoder, export_denoiser, onnx_parts
 
-REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "out" / "benchmark_ldm"
 METHOD, PIXEL_METHOD = "ldm", "sr3"
 STEPS = 20
@@ -227,13 +214,10 @@ SECTIONS = {
     "samplers": ("Samplers", _samplers),
     "speed": ("Speed", _speed),
 }
-#: part -> (its figure, the option that set it), ...: the command under each title is the one that was run
-OPTIONS = {"quality": (("images", "--limit"), ("sampler", "--sampler"))}
 
 
-def write_doc() -> None:
+def write_doc(parts: dict) -> None:
     """docs/ldm.md from the parts measured so far; a part not measured yet says so."""
-    parts = {p.stem: json.loads(p.read_text()) for p in WORK.glob("*.json")}
     args = method().network_spec()["args"]
     denoiser = sum(p.numel() for p in method().network().denoiser.parameters()) if method().weights_available else None
     out = [
@@ -249,7 +233,7 @@ def write_doc() -> None:
         " (from the repository root, on this 2-core CPU).",
         "",
     ]
-    text, bars = render_sections(parts, SECTIONS, OPTIONS, "benchmarks/ldm.py")
+    text, bars = harness.render_parts(parts, SECTIONS)
     out += [
         *text,
         "## Your own site",
@@ -269,11 +253,11 @@ def write_doc() -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument("--part", choices=[*SECTIONS, "all", "doc"], default="all")
     parser.add_argument("--limit", type=int, default=116, help="test images of the quality part (default: all 116)")
     parser.add_argument("--sampler", default=None, help="sampler of the quality part (default: ldm's)")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     args.sampler = args.sampler or method().network_spec()["args"]["sampler"]
     needed = method().autoencoder_weights_path if args.part == "autoencoder" else method().weights_path
     if args.part != "doc" and not needed.is_file():
@@ -286,8 +270,8 @@ def main() -> int:
         "samplers": part_samplers,
         "speed": part_speed,
     }
-    run_parts(args.part, parts, WORK)
-    write_doc()
+    data = "NIH ChestX-ray14 test split, x4 (LR antialiased bicubic)"
+    write_doc(harness.run_parts(args, parts, data, [methods.get(METHOD, 4)]))
     return 0
 
 

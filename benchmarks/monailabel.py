@@ -2,12 +2,11 @@
 inference in-process, 8 concurrent infer requests, and how fast ``/info/`` answers during a VDSR infer.
 Writes docs/monailabel_benchmark.md.
 
-Run: .venv/bin/python benchmarks/monailabel.py [--method NAME]
+Run: .venv/bin/python -m benchmarks.monailabel [--method NAME]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -20,15 +19,12 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from label_server import label_server  # noqa: E402
-from speed import REPEATS, median_seconds, publish  # noqa: E402
-
-from monai_sr_bundle import methods  # noqa: E402
-from monai_sr_bundle.batch import run_inference  # noqa: E402
-from monai_sr_bundle.data.datalist import nih_datalist  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import REPEATS, REPO, median_seconds, publish
+from monai_sr_bundle import methods
+from monai_sr_bundle.batch import run_inference
+from monai_sr_bundle.data.datalist import nih_datalist
+from tools.label_server import label_server
 
 CONCURRENT = 8
 INFO_PROBES = 20
@@ -67,10 +63,11 @@ def info_during_infer(url: str, image_id: str) -> tuple[list[float], float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument("--method", default=methods.default_name())
-    args = parser.parse_args()
+    args = harness.parse(parser)
     image = Path(nih_datalist("test", limit=1)[0]["label"])
+    begun = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         studies = tmp / "studies"
@@ -108,6 +105,11 @@ def main() -> int:
     errors = sum(r.status_code != 200 for r in results)
     different = sum(r.status_code == 200 and r.content != expected for r in results)
     overhead = served - local
+    measured = {"local_s": local, "served_s": served, "concurrent_wall_s": wall, "concurrent_errors": errors}
+    measured |= {"concurrent_differing": different, "vdsr_infer_s": vdsr_seconds, "info_latencies_s": latencies}
+    data = f"{image.name} (512 px NIH test radiograph), x4"
+    minutes = (time.perf_counter() - begun) / 60
+    harness.record(args, data, [methods.get(args.method, 4)], {"main": {args.method: measured}}, minutes)
     lines = [
         "| what | seconds |",
         "|---|---|",
@@ -131,7 +133,7 @@ def main() -> int:
 
 Machine: {os.cpu_count()} CPU cores. Produced by (from the repository root):
 
-    .venv/bin/python benchmarks/monailabel.py --method {args.method}
+    .venv/bin/{args.command}
 
 Input: `{image.name}` (512x512 NIH test radiograph) stored in the studies folder; x4 with `{args.method}`
 (2048x2048 PNG out). Median of {REPEATS} runs after a warm-up. The server is the real MONAI Label server on

@@ -9,7 +9,7 @@ mid lung (:func:`lung_patch`) is taken, native pixels, so that every method,
 the sampled ones included, runs on the same tissue in CPU time. Sampled methods run on the first
 ``--sampled-images`` images with ``--samples`` draws each. Writes docs/results_native.md and
 docs/figures/native_x<scale>.png.
-Run: .venv/bin/python benchmarks/native.py [--scales 2,4] [--crop 128] [--limit N] [--methods a,b]
+Run: .venv/bin/python -m benchmarks.native [--scales 2,4] [--crop 128] [--limit N] [--methods a,b]
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import REPO, cli, external_images
 
+from benchmarks import harness
+from benchmarks.harness import REPO
+from benchmarks.robustness import add_external, external_images
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.readers import read_image
@@ -112,7 +114,7 @@ def score(lr: torch.Tensor, draws: torch.Tensor, scale: int) -> tuple[dict, dict
     return row, maps
 
 
-def inputs(external: Path, limit: int | None) -> dict[str, list[Path]]:
+def inputs(external: str | None, limit: int | None) -> dict[str, list[Path]]:
     """The native images by source: the CR DICOMs and the external site's files."""
     dicoms = sorted((shared_data_dir() / "cxr_dicom").glob("*.dcm"))
     if not dicoms:
@@ -121,31 +123,35 @@ def inputs(external: Path, limit: int | None) -> dict[str, list[Path]]:
     return {"CR DICOM": dicoms[:limit] if limit else dicoms, "external site": site[:limit] if limit else site}
 
 
-def table(rows: list[dict], order: list[str]) -> str:
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+def summary(rows: list[dict], order: list[str]) -> dict[str, dict]:
+    """Per method: its images and the means of its LR-consistency, gap, sample SD (sampled methods) and seconds."""
+    found = {}
     for name in order:
         mine = [r for r in rows if r["method"] == name]
-        if not mine:
-            continue
-        sds = [r["sd"] for r in mine if r["sd"] is not None]
-        cells = [
-            name,
-            str(len(mine)),
-            f"{np.mean([r['consistency_psnr'] for r in mine]):.2f}",
-            f"{np.mean([r['gap'] for r in mine]):.4f}",
-            f"{np.mean(sds):.4f}" if sds else "",
-            f"{np.mean([r['seconds'] for r in mine]):.2f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        if mine:
+            sds = [r["sd"] for r in mine if r["sd"] is not None]
+            found[name] = {"images": len(mine), "sd": float(np.mean(sds)) if sds else None}
+            found[name] |= {k: float(np.mean([r[k] for r in mine])) for k in ("consistency_psnr", "gap", "seconds")}
+    return found
+
+
+def table(found: dict[str, dict]) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    for name, row in found.items():
+        sd = "" if row["sd"] is None else f"{row['sd']:.4f}"
+        cells = [name, str(row["images"]), f"{row['consistency_psnr']:.2f}", f"{row['gap']:.4f}", sd]
+        lines.append("| " + " | ".join([*cells, f"{row['seconds']:.2f}"]) + " |")
     return "\n".join(lines)
 
 
-def run_scale(scale: int, wanted: list[str], sources: dict[str, list[Path]], args) -> str:
-    """The sections of one scale: a table per source and a figure of the first image."""
+def run_scale(scale: int, wanted: list[str], sources: dict[str, list[Path]], args, found: dict) -> str:
+    """The sections of one scale: a table per source and a figure of the first image; each table's
+    :func:`summary` and the methods' weights go into ``found``."""
     usable = [m for m in (methods.get(n, scale) for n in wanted) if m.weights_available or not m.trainable]
     if not usable:
         return ""
     predictors = {m.name: m.predictor() for m in usable}
+    found["used"] += usable
     sections, panels = [], {}
     for source, paths in sources.items():
         rows = []
@@ -173,7 +179,8 @@ def run_scale(scale: int, wanted: list[str], sources: dict[str, list[Path]], arg
                     panels[name] = maps["sr"][0]
                     if sampled:
                         panels[f"SD {name} (x10)"] = (maps["std"][0] * 10).clamp(0, 1)
-        text = table(rows, list(predictors))
+        found["tables"][f"x{scale}, {source}"] = summary(rows, list(predictors))
+        text = table(found["tables"][f"x{scale}, {source}"])
         print(f"\nx{scale}, {source}:\n{text}", flush=True)
         sections.append(f"## x{scale}, {source} ({len(paths)} images)\n\n{text}\n")
     figure = REPO / "docs" / "figures" / f"native_x{scale}.png"
@@ -186,13 +193,14 @@ def run_scale(scale: int, wanted: list[str], sources: dict[str, list[Path]], arg
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, work=False, methods=True)
     parser.add_argument("--scales", default="2,4", help="SR factors; methods without weights there are left out")
     parser.add_argument("--crop", type=int, default=128, help="LR crop edge in px, centred on the right mid lung")
     parser.add_argument("--limit", type=int, default=None, help="first N images of each source (default: all)")
     parser.add_argument("--sampled-images", type=int, default=2, help="images per source for sampled methods")
     parser.add_argument("--samples", type=int, default=3, help="draws per image of a sampled method")
-    return cli(parser, run, argv)
+    add_external(parser)
+    return harness.main(parser, run, argv)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,16 +208,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             "--crop must be at least 16 px, --samples at least 2 (a spread needs two), --sampled-images not negative."
         )
-    sources = inputs(Path(args.external), args.limit)
+    sources = inputs(args.external, args.limit)
     wanted = args.methods.split(",") if args.methods else methods.names()
     for name in wanted:
         methods.get(name)  # an unknown name is one sentence before anything runs
     start = time.perf_counter()
-    body = "\n".join(run_scale(int(s), wanted, sources, args) for s in args.scales.split(","))
+    found = {"tables": {}, "used": []}
+    body = "\n".join(run_scale(int(s), wanted, sources, args, found) for s in args.scales.split(","))
     minutes = (time.perf_counter() - start) / 60
-    options = " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "external"
-    )
+    data = ", ".join(f"{len(paths)} {source} images" for source, paths in sources.items())
+    data += f" as stored, a {args.crop} px LR crop of each on the right mid lung"
+    harness.record(args, data, found["used"], found["tables"], minutes, samples=args.samples,
+                   sampled_images=args.sampled_images)  # fmt: skip
     doc = f"""# No-reference check on native radiographs
 
 No HR image exists for a radiograph as it was acquired, so PSNR cannot be measured on it. What can be: the
@@ -225,7 +235,7 @@ stored, a {args.crop} px crop centred on the right mid lung. Sampled methods on 
 
 Produced by (from the repository root, {minutes:.0f} min on a 2-core CPU):
 
-    .venv/bin/python benchmarks/native.py {options}
+    .venv/bin/{args.command}
 
 {body}"""
     (REPO / "docs" / "results_native.md").write_text(doc)

@@ -1,10 +1,11 @@
 """Quality benchmark: every method with weights, against the interpolation baseline, on the NIH ChestX-ray14
 test split at x4.
 
-Writes docs/results.md (mean ± sd table with the command that made it) and docs/figures/comparison*.png;
+Writes docs/results/quality.json (the scores as data), docs/results.md (its mean ± sd table with the command
+that made it) and docs/figures/comparison*.png;
 ``--figure-only`` remakes just the figure (one image: minutes, not the whole split's hours) and its block of
 docs/results.md, the table left as its last full run wrote it.
-Run: .venv/bin/python benchmarks/quality.py [--limit N | --figure-only]
+Run: .venv/bin/python -m benchmarks.quality [--limit N] [--methods a,b | --figure-only]
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from monai_sr_bundle import methods
+from benchmarks import harness
+from benchmarks.harness import DOCS
+from monai_sr_bundle import methods, results
 from monai_sr_bundle.data.datalist import nih_datalist
-from monai_sr_bundle.evaluation import evaluate, format_table
+from monai_sr_bundle.evaluation import evaluate
 
-REPO = Path(__file__).resolve().parents[1]
 FIGURE_IMAGE = "00000344_003.png"  # a test image with an effusion box: the zoom row shows the boxed region
 #: where the figure's block of docs/results.md starts (``--figure-only`` replaces it)
 FIGURE_MARK = "<!-- figure: "
@@ -27,14 +29,14 @@ FIGURE_MARK = "<!-- figure: "
 
 def figure_block(work: Path, predictors: dict, command: str) -> str:
     """Copy the pages of FIGURE_IMAGE's figure from ``work`` to docs/figures/comparison*.png; their Markdown."""
-    (REPO / "docs" / "figures").mkdir(parents=True, exist_ok=True)
-    for stale in (REPO / "docs" / "figures").glob("comparison_*.png"):
+    (DOCS / "figures").mkdir(parents=True, exist_ok=True)
+    for stale in (DOCS / "figures").glob("comparison_*.png"):
         stale.unlink()
     pages = sorted(work.glob(f"figure_{Path(FIGURE_IMAGE).stem}*.png"))  # page 1, _2, ...
     figures = []
     for number, page in enumerate(pages, start=1):
         figures.append(f"comparison{'' if number == 1 else f'_{number}'}.png")
-        shutil.copyfile(page, REPO / "docs" / "figures" / figures[-1])
+        shutil.copyfile(page, DOCS / "figures" / figures[-1])
     return f"""{FIGURE_MARK}made by `.venv/bin/{command}` -->
 {chr(10).join(f"![LR | methods | HR: whole image, zoom, error](figures/{f})" for f in figures)}
 
@@ -45,32 +47,36 @@ Made by `.venv/bin/{command}`.
 """
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__file__, __doc__, methods=True)
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 116)")
-    parser.add_argument("--work", default=str(REPO / "out" / "benchmark_quality"), help="scratch folder")
     parser.add_argument("--figure-only", action="store_true", help=f"only the figure of {FIGURE_IMAGE}")
-    args = parser.parse_args()
+    return harness.main(parser, run, argv)
 
+
+def run(args: argparse.Namespace) -> int:
     datalist = nih_datalist("test", limit=args.limit)
     first = [d for d in datalist if Path(d["label"]).name == FIGURE_IMAGE]
     datalist = first + [d for d in datalist if d not in first]  # figure of the boxed image first
     baseline = methods.baseline_name()
-    usable = [methods.get(m, 4) for m in methods.names()]
+    names = args.methods.split(",") if args.methods else methods.names()
+    usable = [methods.get(m, 4) for m in names + ([] if baseline in names else [baseline])]  # gains need it
     usable = [m for m in usable if not m.trainable or m.weights_available]
     predictors = {m.name: m.predictor() for m in usable}
     if args.figure_only:
         work = Path(args.work) / "figure"
         evaluate(first, predictors, work, figures=1, lpips=False)
-        results = REPO / "docs" / "results.md"
-        text = results.read_text()
-        block = figure_block(work, predictors, "python benchmarks/quality.py --figure-only")
-        results.write_text(text[: text.index(FIGURE_MARK)] + block)
+        page = DOCS / "results.md"
+        text = page.read_text()
+        page.write_text(text[: text.index(FIGURE_MARK)] + figure_block(work, predictors, args.command))
         return 0
     start = time.perf_counter()
     summary = evaluate(datalist, predictors, args.work, figures=1)
     minutes = (time.perf_counter() - start) / 60
-    table = format_table(summary)
+    n, boxed = len(datalist), sum(1 for d in datalist if d["boxes"])
+    data = f"NIH ChestX-ray14 test split, first {n} images (512 px HR, LR antialiased bicubic x4); {boxed} with boxes"
+    written = harness.record(args, data, usable, {"main": summary}, minutes, images=n, boxed_images=boxed)
+    table = results.format_table(results.read(written)["tables"]["main"])
     psnr = {m: summary[m]["psnr"][0] for m in summary}
     ssim = {m: summary[m]["ssim"][0] for m in summary}
     bars = []
@@ -79,26 +85,24 @@ def main() -> int:
             continue
         gain = psnr[m.name] - psnr[baseline]
         bars.append(f"- {m.name} - {baseline}: PSNR {gain:+.2f} dB, SSIM {ssim[m.name]:.4f} vs {ssim[baseline]:.4f}")
-    n = len(datalist)
-    command = "python benchmarks/quality.py" + (f" --limit {args.limit}" if args.limit else "")
     doc = f"""# Results: x4 super-resolution of chest X-rays
 
 NIH ChestX-ray14 test split ({n} images of the fixed patient-level split in `images.csv`), HR = the
 512x512 PNGs, LR = antialiased bicubic x4 downsampling (128x128). Mean ± sd over images; in-box metrics
-over the {sum(1 for d in datalist if d["boxes"])} images that have official NIH abnormality boxes. Weights:
+over the {boxed} images that have official NIH abnormality boxes. Weights:
 `monai_sr_bundle/models/` (see `weights.json` for how each was trained).
 
 Produced by (from the repository root, {minutes:.0f} min on a 2-core CPU):
 
-    .venv/bin/{command}
+    .venv/bin/{args.command}
 
 {table}
 
 Gains over the baseline:
 {chr(10).join(bars)}
 
-{figure_block(Path(args.work), predictors, command)}"""
-    (REPO / "docs" / "results.md").write_text(doc)
+{figure_block(Path(args.work), predictors, args.command)}"""
+    (DOCS / "results.md").write_text(doc)
     print(table)
     print("\n".join(bars))
     return 0

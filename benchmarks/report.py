@@ -3,14 +3,13 @@ shows), the time headless Chromium takes to load it with every image, console er
 not load, and a screenshot for the README (docs/figures/report.png). Writes the report block of
 docs/benchmarks.md.
 
-Run: .venv/bin/python benchmarks/report.py [--report out/report8] (made first, if missing, by
+Run: .venv/bin/python -m benchmarks.report [--report out/report8] (made first, if missing, by
      .venv/bin/monai-sr demo --limit 8 --figures 8 --all -o out/report8: 8 NIH test images, every shipped
      method on each)
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import subprocess
@@ -18,20 +17,20 @@ import sys
 import time
 from pathlib import Path
 
-from browser import Browser
-from speed import write_block
+from benchmarks import harness
+from benchmarks.harness import REPO, write_block
+from tools.browser import Browser
 
-REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 MARKERS = ("<!-- report: start -->", "<!-- report: end -->")
 FIGURE = REPO / "docs" / "figures" / "report.png"
 
 
 def main(argv=None) -> int:
-    cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cli.add_argument("--report", default=str(REPO / "out" / "report8"))
-    args = cli.parse_args(argv)
-    folder = Path(args.report)
+    parser = harness.parser(__file__, __doc__, work=False)
+    parser.add_argument("--report", default=str(REPO / "out" / "report8"))
+    args = harness.parse(parser, argv)
+    folder, begun = Path(args.report), time.perf_counter()
     if not (folder / "report.html").is_file():
         demo = [
             sys.executable,
@@ -61,6 +60,10 @@ def main(argv=None) -> int:
         errors = list(browser.errors)
         browser.evaluate("window.scrollTo(0, 0)")
         browser.screenshot(FIGURE)
+    measured = {"methods": methods, "figure_images": images, "size_mb": size / 2**20, "load_s": loads}
+    measured |= {"console_errors": errors, "images_missing": missing, "narrowest_image_px": min(widths)}
+    data = "report.html of monai-sr demo --limit 8 --figures 8 --all, in headless Chromium at 1920 x 1080"
+    harness.record(args, data, [], {"main": {folder.name: measured}}, (time.perf_counter() - begun) / 60)
     table = "\n".join(
         [
             "| report | methods | figure images | size (MB) | load in Chromium (s, median of 3) | console errors "
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
         ]
     )
     block = (
-        f"{MARKERS[0]}\n## The HTML report (issue 41)\n\nProduced by `.venv/bin/python benchmarks/report.py` "
+        f"{MARKERS[0]}\n## The HTML report (issue 41)\n\nProduced by `.venv/bin/{args.command}` "
         f"({time.strftime('%Y-%m-%d')}): `report.html` of `monai-sr demo --limit 8 --figures 8` (every shipped "
         f"method), its size with every file it shows, loaded by headless Chromium at 1920 x 1080 with every image "
         f"(bars: under 25 MB, under 3 s, no console error, no missing image). The narrowest image on the page is "

@@ -10,7 +10,7 @@ gain is over the baseline on those same images. Then the rule that picks the def
 deterministic method's network time for a 512 px radiograph (2048 px out, in this process), and among those
 within :data:`SPEED_BAR` seconds, the best mean gain over the NIH and external x4 conditions. Writes
 docs/results_robustness.md and docs/figures/robustness_<condition>.png.
-Run: .venv/bin/python benchmarks/robustness.py [--limit N] [--sampled-images 8] [--methods a,b]
+Run: .venv/bin/python -m benchmarks.robustness [--limit N] [--sampled-images 8] [--methods a,b]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import harness
+from benchmarks.harness import REPO
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import image_datalist, load_datalist, nih_datalist, write_nih_resized
 from monai_sr_bundle.data.paths import shared_data_dir
@@ -33,7 +35,6 @@ from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.metrics import bootstrap_interval
 from monai_sr_bundle.metrics.catalogue import CATALOGUE
 
-REPO = Path(__file__).resolve().parents[1]
 #: the metrics of its tables (their labels and digits: the catalogue's)
 SHOWN = ("psnr", "ssim", "lpips")
 #: the default method's largest network time (s) for a 512 px radiograph to 2048 px on 2 CPU cores (issue 53)
@@ -64,8 +65,10 @@ CONDITIONS = [
 ]
 
 
-def external_images(folder: Path) -> list[dict]:
-    """The external site's images as evaluation items; a missing folder or one without images is one sentence."""
+def external_images(folder: str | None) -> list[dict]:
+    """The external site's images (``--external``, by default the data's) as evaluation items; a missing folder
+    or one without images is one sentence."""
+    folder = Path(folder) if folder else shared_data_dir() / "external_cxr_mhh" / "images"
     items = image_datalist(folder) if folder.is_dir() else []
     if not items or any(Path(i["label"]) == folder for i in items):
         raise InputError(f"--external {folder}: no images there; give the external site's folder of radiographs.")
@@ -89,24 +92,37 @@ def rows_of(folder: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def table(rows: list[dict], order: list[str], baseline: str) -> str:
-    """One row per method: its images, mean metrics, PSNR gain over the baseline on the same images with its
-    bootstrap 68% interval, and LPIPS as a share of the baseline's."""
-    head = ["method", "images", *(CATALOGUE[m].heading for m in SHOWN), "ΔPSNR vs " + baseline, "LPIPS / " + baseline]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def scores(rows: list[dict], order: list[str], baseline: str) -> dict[str, dict]:
+    """One row per method: its images, mean metrics and, beside the baseline, its PSNR gain over the baseline on
+    the same images with the bootstrap 68% interval (``psnr_gain``), and LPIPS as a share of the baseline's."""
+    found = {}
     for name in order:
         mine = {r["image"]: r for r in rows if r["method"] == name}
         if not mine:
             continue
         base = {r["image"]: r for r in rows if r["method"] == baseline and r["image"] in mine}
-        cells = [name, str(len(mine))]
-        for metric in SHOWN:
-            cells.append(CATALOGUE[metric].value(np.mean([float(r[metric]) for r in mine.values()])))
-        gains = [float(mine[i]["psnr"]) - float(base[i]["psnr"]) for i in base]
-        lo, hi = bootstrap_interval(gains)
-        cells.append(f"{np.mean(gains):+.2f} [{lo:+.2f}, {hi:+.2f}]" if name != baseline else "")
-        ratio = np.mean([float(mine[i]["lpips"]) for i in base]) / np.mean([float(r["lpips"]) for r in base.values()])
-        cells.append(f"{ratio:.2f}" if name != baseline else "")
+        row = {"images": len(mine)}
+        row |= {m: [float(np.mean([float(r[m]) for r in mine.values()]))] for m in SHOWN}
+        if name != baseline:
+            gains = [float(mine[i]["psnr"]) - float(base[i]["psnr"]) for i in base]
+            row["psnr_gain"] = [float(np.mean(gains)), *bootstrap_interval(gains)]
+            lpips = [float(mine[i]["lpips"]) for i in base], [float(r["lpips"]) for r in base.values()]
+            row["lpips_ratio"] = float(np.mean(lpips[0]) / np.mean(lpips[1]))
+        found[name] = row
+    return found
+
+
+def table(found: dict[str, dict], baseline: str) -> str:
+    """:func:`scores` as the page's table."""
+    head = ["method", "images", *(CATALOGUE[m].heading for m in SHOWN), "ΔPSNR vs " + baseline, "LPIPS / " + baseline]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in found.items():
+        cells = [name, str(row["images"]), *(CATALOGUE[m].value(row[m][0]) for m in SHOWN)]
+        if "psnr_gain" in row:
+            gain, lo, hi = row["psnr_gain"]
+            cells += [f"{gain:+.2f} [{lo:+.2f}, {hi:+.2f}]", f"{row['lpips_ratio']:.2f}"]
+        else:
+            cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -157,39 +173,32 @@ def default_rule(gains: dict[str, dict[str, float]], seconds: dict[str, float]) 
     return "\n".join(lines), (max(ranked, key=ranked.get) if ranked else None)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__file__, __doc__, methods=True)
     parser.add_argument("--limit", type=int, default=None, help="first N images of each condition (default: all)")
     parser.add_argument("--sampled-images", type=int, default=8, help="images per condition for sampled methods")
     parser.add_argument("--conditions", default=None, help="comma-separated conditions (default: all)")
-    parser.add_argument("--work", default=str(REPO / "out" / "benchmark_robustness"), help="scratch folder")
     parser.add_argument("--no-timing", action="store_true", help="leave out the network times and the default rule")
-    return cli(parser, run)
+    add_external(parser)
+    return harness.main(parser, run, argv)
 
 
-def cli(parser: argparse.ArgumentParser, run, argv: list[str] | None = None) -> int:
-    """Parse with the options every held-out benchmark takes (``--methods``, ``--external``) and ``run``; bad
-    input is one sentence and exit status 2."""
-    parser.add_argument("--methods", default=None, help="comma-separated methods (default: all with weights)")
-    parser.add_argument("--external", default=str(shared_data_dir() / "external_cxr_mhh" / "images"),
-                        help="the external site's images (evaluation only)")  # fmt: skip
-    try:
-        return run(parser.parse_args(argv))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def add_external(parser: argparse.ArgumentParser) -> None:
+    """The option of every held-out benchmark: the external site's images, for evaluation only."""
+    parser.add_argument("--external", help="the external site's images (default: <data>/external_cxr_mhh/images)")
 
 
 def run(args: argparse.Namespace) -> int:
     work = Path(args.work)
     nih_datalist("test")  # the data are there before anything is written
-    external = external_images(Path(args.external))
+    external = external_images(args.external)
     baseline = methods.baseline_name()
     wanted = args.methods.split(",") if args.methods else methods.names()
     conditions = [c for c in CONDITIONS if not args.conditions or c.name in args.conditions.split(",")]
     start = time.perf_counter()
     sections = []
     gains: dict[str, dict[str, float]] = {}
+    tables, used = {}, {}
     for c in conditions:
         usable = [methods.get(m, c.scale) for m in wanted if m != baseline]
         # the default first: its row under the baseline's, its panel on the figure's first page
@@ -216,10 +225,13 @@ def run(args: argparse.Namespace) -> int:
         if c.scale == 4 and c.images in RULE_IMAGES:
             for name in fast:
                 gains.setdefault(name, {})[c.name] = mean_gain(rows, name, baseline)
-        text = table(rows, [baseline, *fast, *sampled], baseline)
+        tables[c.name] = scores(rows, [baseline, *fast, *sampled], baseline)
+        used |= {m.weights_name: m for m in usable}
+        text = table(tables[c.name], baseline)
         print(f"\n{c.name}: {c.what}\n{text}", flush=True)
         picture = f"\n\n![{c.name}](figures/{figure.name})" if fast else ""
         sections.append(f"## {c.name}: {c.what}\n\n{text}{picture}\n")
+    rule_facts = {}
     if not args.no_timing and gains:
         image = Path(nih_datalist("test")[0]["label"])
         seconds = {name: network_seconds(methods.get(name, 4), image) for name in gains}
@@ -229,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             " (the same)." if chosen == marked else ": they differ, change the overlays' `default`."
         )
         print(f"\ndefault rule\n{rule}\n{verdict}", flush=True)
+        rule_facts = {"default_rule": {"seconds": seconds, "gains": gains, "picks": chosen, "marked": marked}}
         sections.append(
             f"## The default method, by rule\n\nAmong the deterministic methods whose network takes at most "
             f"{SPEED_BAR:g} s for a 512 px radiograph (2048 px out; this process, the first NIH test image, median "
@@ -236,9 +249,8 @@ def run(args: argparse.Namespace) -> int:
             f"external site, clean and degraded.\n\n{rule}\n\n{verdict}\n"
         )
     minutes = (time.perf_counter() - start) / 60
-    options = " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("work", "external")
-    )
+    data = "; ".join(f"{c.name}: {c.what}" for c in conditions if c.name in tables)
+    harness.record(args, data, used.values(), tables, minutes, sampled_images=args.sampled_images, **rule_facts)
     who = "The methods of the command below" if args.methods else "Every shipped method"
     doc = f"""# Robustness: radiographs as users have them
 
@@ -250,7 +262,7 @@ methods on the first {args.sampled_images} images of each condition. The externa
 
 Produced by (from the repository root, {minutes:.0f} min on a 2-core CPU):
 
-    .venv/bin/python benchmarks/robustness.py {options}
+    .venv/bin/{args.command}
 
 {chr(10).join(sections)}
 Figures: one image of each condition; LR, each deterministic method, HR, |last method - HR|; the bottom row

@@ -4,12 +4,11 @@ starts: process start-up included, as in the CLI) and its later ones (the worker
 how long until the network runs); and how long listing the methods and ``--help`` take. Writes
 docs/slicer_benchmark.md.
 
-Run: .venv/bin/python benchmarks/slicer_local.py [--method NAME]
+Run: .venv/bin/python -m benchmarks.slicer_local [--method NAME]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -20,13 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "slicer_extension" / "SuperResolution"))
+from benchmarks import harness
+from benchmarks.harness import REPO, publish
+from monai_sr_bundle import methods
+from monai_sr_bundle.data.datalist import nih_datalist
 
-from speed import publish  # noqa: E402
-
-from monai_sr_bundle import methods  # noqa: E402
-from monai_sr_bundle.data.datalist import nih_datalist  # noqa: E402
+sys.path.insert(0, str(REPO / "slicer_extension" / "SuperResolution"))  # the module's GUI-free library
 from SuperResolutionLib import SRRun, Worker, read_volume, write_volume  # noqa: E402
 
 RUNS = 3
@@ -53,10 +51,11 @@ def module_request(folder: str, pixels: np.ndarray, method: str, worker: Worker 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument("--method", default=methods.default_name())
-    args = parser.parse_args()
+    args = harness.parse(parser)
     image = Path(nih_datalist("test", limit=1)[0]["label"])
+    begun = time.perf_counter()
     pixels = np.asarray(Image.open(image))[None]  # (K=1, J=rows, I=cols), as Slicer holds a PNG
     cli_prefix = [sys.executable, "-m", "monai_sr_bundle.cli"]
     listing, help_ = median_wall([*cli_prefix, "methods", "--json"], 5), median_wall([*cli_prefix, "--help"], 5)
@@ -73,6 +72,11 @@ def main() -> int:
         later = [module_request(f"{tmp}/later{i}", pixels, args.method, worker) for i in range(RUNS)]
         worker.stop()
     c, (f, f_net), (w, w_net) = float(np.median(cli)), np.median(first, axis=0), np.median(later, axis=0)
+    measured = {"cli_s": c, "first_s": f, "first_network_s": f_net, "later_s": w, "later_network_s": w_net}
+    measured |= {"methods_listing_s": listing, "help_s": help_}
+    minutes = (time.perf_counter() - begun) / 60
+    harness.record(args, f"{image.name} (512 px NIH test radiograph), x4", [methods.get(args.method, 4)],
+                   {"main": {args.method: {k: float(v) for k, v in measured.items()}}}, minutes)  # fmt: skip
     lines = [
         "| path | seconds, whole request | seconds until the network runs |",
         "|---|---|---|",
@@ -93,7 +97,7 @@ def main() -> int:
 
 Machine: {os.cpu_count()} CPU cores. Produced by (from the repository root), on an otherwise idle machine:
 
-    .venv/bin/python benchmarks/slicer_local.py --method {args.method}
+    .venv/bin/{args.command}
 
 Input: `{image.name}` (512x512 NIH test radiograph), x4 with `{args.method}`; medians of {RUNS} (listing and
 help: of 5). The module sends each local request to one `monai-sr worker` process kept for the Slicer session: the first

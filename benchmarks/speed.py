@@ -1,15 +1,15 @@
 """Speed and memory benchmark on this machine's CPU: PyTorch vs ONNX Runtime, and peak memory of bundle
-inference on a full-size radiograph. Writes docs/benchmarks.md.
+inference on a full-size radiograph. Writes docs/results/speed.json and docs/benchmarks.md.
 
-Run: .venv/bin/python benchmarks/speed.py
+Run: .venv/bin/python -m benchmarks.speed
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,30 +18,16 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import harness
+from benchmarks.harness import DOCS, REPO, median_seconds, publish
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.onnx_runtime import OnnxNetwork
 
-REPO = Path(__file__).resolve().parents[1]
-REPEATS = 5
 #: the whole-radiograph case: a 512x512 LR image to a 2048x2048 output (what a Slicer user waits for), fewer
 #: repeats as VDSR takes over a minute for it
 LARGE, LARGE_REPEATS = 512, 4
-
-
-def median_seconds(fn, x: torch.Tensor, repeats: int = REPEATS, warm_up: bool = True) -> float:
-    """Median wall time of ``fn(x)`` over ``repeats`` runs, after one warm-up run unless ``warm_up`` is off
-    (a diffusion sample takes seconds: its first run's overhead is lost in the median of a few)."""
-    with torch.inference_mode():
-        if warm_up:
-            fn(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bundle(*args: str) -> None:
@@ -99,53 +85,42 @@ def peak_rss_of_bundle_inference(work: Path) -> tuple[float, str]:
     return peak_kb / 1024**2, image.name
 
 
-def write_block(path: Path, markers: tuple[str, str], block: str) -> None:
-    """Put ``block`` (which starts and ends with ``markers``) in the page at ``path``: in place of the one
-    there, or at its end; :func:`publish` keeps such blocks when it rewrites a page."""
-    doc = path.read_text()
-    if markers[0] in doc:
-        doc = doc[: doc.index(markers[0])] + block + doc[doc.index(markers[1]) + len(markers[1]) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
-def publish(path: Path, doc: str, lines: list[str], bars: list[str], issue: int) -> None:
-    """Write a benchmark page (``doc`` followed by the issue's bars, then the blocks other scripts keep there,
-    e.g. benchmarks/full_size.py's) and print its table and bars."""
-    old = path.read_text() if path.exists() else ""
-    kept = old[old.index("<!-- ") :] if "<!-- " in old else ""
-    path.write_text(f"{doc}\nBars of issue {issue}:\n" + "\n".join(bars) + "\n" + (f"\n{kept}" if kept else ""))
-    print("\n".join(lines + [""] + bars))
-
-
 def timed_in_fresh_process(method: str, winograd: bool = False, onnx: Path | None = None, large: bool = False) -> float:
     """Median seconds of one 512x512 output (``large``: 2048x2048), measured by this script in a new process
     (``--time``), so that no timing inherits another's thread pools, allocator state or ONNX Runtime's
     spinning threads: the situation of a user who runs one CLI command."""
     cmd = (
-        [sys.executable, __file__, "--time", method]
+        [sys.executable, "-m", "benchmarks.speed", "--time", method]
         + (["--winograd"] if winograd else [])
         + (["--onnx", str(onnx)] if onnx else [])
         + (["--large"] if large else [])
     )
-    return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
+    return float(subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
 def time_one(method: str, winograd: bool, onnx: str | None, large: bool) -> float:
     torch.manual_seed(0)
     sr = methods.get(method, 4)
     network, inferer = OnnxNetwork(onnx) if onnx else sr.load(winograd=winograd), sr.inferer()
-    size, repeats = (LARGE, LARGE_REPEATS) if large else (128, REPEATS)
+    size, repeats = (LARGE, LARGE_REPEATS) if large else (128, harness.REPEATS)
     return median_seconds(lambda x: inferer(x, network), torch.rand(1, 1, size, size), repeats)
 
 
-def main() -> int:
-    if "--time" in sys.argv:  # the child of timed_in_fresh_process
-        args = sys.argv[sys.argv.index("--time") + 1 :]
-        onnx = args[args.index("--onnx") + 1] if "--onnx" in args else None
-        print(time_one(args[0], "--winograd" in args, onnx, "--large" in args))
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__file__, __doc__, work=False)
+    # the child of timed_in_fresh_process
+    parser.add_argument("--time", metavar="METHOD", help=argparse.SUPPRESS)
+    parser.add_argument("--winograd", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--onnx", help=argparse.SUPPRESS)
+    parser.add_argument("--large", action="store_true", help=argparse.SUPPRESS)
+    return harness.main(parser, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.time:
+        print(time_one(args.time, args.winograd, args.onnx, args.large))
         return 0
+    start = time.perf_counter()
     torch.manual_seed(0)
     lr = torch.rand(1, 1, 128, 128)
     rows = []
@@ -209,10 +184,10 @@ def main() -> int:
 Machine: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} with {torch.get_num_threads()} threads.
 Produced by (from the repository root):
 
-    .venv/bin/python benchmarks/speed.py
+    .venv/bin/{args.command}
 
 One 128x128 LR image to a 512x512 output at x4 through each method's tiling inferer, median of
-{REPEATS} runs after a warm-up, each configuration timed in its own fresh process; ONNX models exported
+{harness.REPEATS} runs after a warm-up, each configuration timed in its own fresh process; ONNX models exported
 with the bundle's `onnx_export` command (see docs/deployment.md) and run by ONNX Runtime's CPU provider.
 
 {chr(10).join(lines)}
@@ -227,7 +202,15 @@ Memory: `python -m monai.bundle run --config_file configs/inference.json --metho
 values), peak resident set size of that process: {rss_gb:.2f} GB.
 
 """
-    publish(REPO / "docs" / "benchmarks.md", doc, lines + [""] + large_lines, bars, issue=2)
+    tables = {
+        "small": {m: {"pytorch_s": a, "onnx_s": b, "max_abs_diff": d} for m, a, b, d in rows},
+        "winograd": {m: {"pytorch_s": t, "max_abs_diff_vs_eager": diff_winograd[m]} for m, t in t_winograd.items()},
+        "large": {m: {"pytorch_s": t} for m, t in large.items()},
+    }
+    data = f"random 128 px and {LARGE} px LR tensors; peak memory on {image} at x2"
+    harness.record(args, data, [methods.get(m, 4) for m in trained], tables, (time.perf_counter() - start) / 60,
+                   peak_rss_gb=rss_gb, cpu_cores=os.cpu_count(), torch=torch.__version__)  # fmt: skip
+    publish(DOCS / "benchmarks.md", doc, lines + [""] + large_lines, bars, issue=2)
     return 0
 
 

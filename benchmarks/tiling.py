@@ -4,12 +4,11 @@ A real NIH radiograph (512x512) is the LR input of x4 SR (2048x2048 output); eac
 weights runs once whole and once in its own 256-px tiles (core-crop with the network's declared halo), and,
 for context, in tiles with the fixed 32-px margin of the former 25% overlap. Writes docs/tiling.md.
 
-Run: .venv/bin/python benchmarks/tiling.py [--repeats 3]
+Run: .venv/bin/python -m benchmarks.tiling [--repeats 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -17,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import harness
+from benchmarks.harness import REPO
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.tiling import SRInferer
 
-REPO = Path(__file__).resolve().parents[1]
 TILE = 256
 OLD_MARGIN = 32  # the former fixed overlap: 25% of a 256-px tile, halved on each side
 BAR = 1.25
@@ -42,12 +42,13 @@ def computed_pixels(inferer: SRInferer, shape: tuple[int, int]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__file__, __doc__, work=False)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each layout (median), alternating")
-    args = parser.parse_args()
+    args = harness.parse(parser)
     image = nih_datalist("test", limit=1)[0]["label"]
     x = read_image(image)[None].as_tensor()  # (1, 1, 512, 512)
-    rows, bars = [], []
+    rows, bars, measured, used = [], [], {}, []
+    start = time.perf_counter()
     for name in methods.names():
         method = methods.get(name, 4)
         if method.stochastic or (method.trainable and not method.weights_available):
@@ -68,9 +69,13 @@ def main() -> int:
         whole, tiled, old = (statistics.median(times[k]) for k in ("whole", "tiles", "old"))
         diff = (outputs["tiles"] - outputs["whole"]).abs().max().item()
         n_tiles = len(layouts["tiles"]._tiles(tuple(x.shape[-2:]))[1])
+        share = computed_pixels(layouts["tiles"], tuple(x.shape[-2:]))
+        measured[name] = {"halo": method.halo, "tiles": n_tiles, "computed_share": share, "one_pass_s": whole}
+        measured[name] |= {"tiled_s": tiled, "old_margin_s": old, "max_abs_diff": diff}
+        used.append(method)
         rows.append(
             f"| {name} | {method.halo} | {n_tiles} | "
-            f"{computed_pixels(layouts['tiles'], tuple(x.shape[-2:])):.3f} | {whole:.2f} | "
+            f"{share:.3f} | {whole:.2f} | "
             f"{tiled:.2f} | {tiled / whole:.3f} | {old / whole:.3f} | {diff:.1e} |"
         )
         bars.append(
@@ -84,6 +89,8 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
+    data = f"{Path(image).name} (512 px, the first NIH test image) as the LR input, x4"
+    harness.record(args, data, used, {"main": measured}, (time.perf_counter() - start) / 60, tile=TILE)
     doc = f"""# Tiling overhead
 
 x4 SR of `{Path(image).name}` (512x512, the first NIH test image) used as the LR input (2048x2048 output),
@@ -92,7 +99,7 @@ method's own inferer with {TILE}-px tiles, each carrying the network's declared 
 (core-crop stitching, the same result to float rounding); the last ratio is the former layout, a fixed
 {OLD_MARGIN}-px margin, timed once. Median of {args.repeats} alternating runs. Produced by:
 
-    .venv/bin/python benchmarks/tiling.py --repeats {args.repeats}
+    .venv/bin/{args.command}
 
 {chr(10).join(table)}
 

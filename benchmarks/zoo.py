@@ -1,11 +1,11 @@
 """Every method with shipped weights as a MONAI model-zoo bundle, through the zoo's own CI.
 
-For each (method, modality) with weights: ``monai-sr export-zoo``, then :func:`monai_sr_bundle.zoo.check`
+For each (method, modality) with weights: ``monai-sr export-zoo``, then :func:`tools.zoo_ci.check`
 (``ci/verify_bundle.py -m full``, the pre-commit hooks, isort, black, flake8 with the zoo's settings) and
-:func:`monai_sr_bundle.zoo.check_workflows` (inference, evaluate and every training stage with MONAI's
+:func:`tools.zoo_ci.check_workflows` (inference, evaluate and every training stage with MONAI's
 property check, monai-sr unimportable), and the exported inference against the development bundle's, bit
 for bit. Writes the table into docs/zoo.md (between its ``sweep`` markers) and prints it.
-Run: .venv/bin/python benchmarks/zoo.py   (about 12 min on a 2-core CPU)
+Run: .venv/bin/python -m benchmarks.zoo   (about 12 min on a 2-core CPU)
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from subprocess import CalledProcessError
 
 import numpy as np
 from PIL import Image
-from speed import write_block
 
+from benchmarks import harness
+from benchmarks.harness import REPO, write_block
 from monai_sr_bundle import methods, zoo
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
+from tools import zoo_ci
 
-REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "zoo.md"
 MARKERS = ("<!-- sweep: start -->", "<!-- sweep: end -->")
 ZOO_CI = REPO.parent / "shared" / "tools" / "model-zoo-ci"
@@ -38,9 +39,10 @@ def same_output(ours: Path, theirs: Path) -> bool:
     return np.array_equal(pydicom.dcmread(ours).pixel_array, pydicom.dcmread(theirs).pixel_array)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = harness.parse(harness.parser(__file__, __doc__, work=False), argv)
     data = shared_data_dir()
-    rows = []
+    rows, used, begun = [], [], time.perf_counter()
     for modality in methods.MODALITIES:
         for name in methods.names():
             method = methods.get(name, 4, modality)
@@ -52,22 +54,27 @@ def main() -> int:
                 try:
                     bundle = zoo.export(name, work / "dist", modality=modality)
                     torchscript = "scripted" if zoo.scriptable(bundle) else "excluded (not scriptable)"
-                    steps = zoo.check(bundle, ZOO_CI, work / "ci")
-                    image, nih = zoo.workflow_data(data / "nih_cxr14", work / "data", modality)
-                    runs = zoo.check_workflows(bundle, ZOO_CI, image, nih, work / "run", data / "weights")
+                    steps = zoo_ci.check(bundle, ZOO_CI, work / "ci")
+                    image, nih = zoo_ci.workflow_data(data / "nih_cxr14", work / "data", modality)
+                    runs = zoo_ci.check_workflows(bundle, ZOO_CI, image, nih, work / "run", data / "weights")
                     theirs = next((work / "run" / "infer").glob(f"{image.stem}_sr*"))
-                    ours = zoo.dev_inference(method, image, work / "dev", 2 if method.stochastic else None)
+                    ours = zoo_ci.dev_inference(method, image, work / "dev", 2 if method.stochastic else None)
                     same = same_output(ours, theirs)
                     result = ("yes" if same else "NO", f"{len(steps)} passed", f"{len(runs)} passed", "")
                 except (InputError, CalledProcessError) as e:
                     result, torchscript = ("-", "-", "-", str(e).splitlines()[0][:200]), "-"
                 rows.append((name, modality, zoo.bundle_name(method), *result[1:3], torchscript, result[0], result[3]))
+                used.append(method)
             print(rows[-1], f"{time.perf_counter() - start:.0f} s", flush=True)
     table = (
         "| method | modality | bundle | zoo CI steps | workflows | TorchScript | same output as dev | failure |\n"
         "|---|---|---|---|---|---|---|---|\n" + "\n".join("| " + " | ".join(row) + " |" for row in rows)
     )
-    command = ".venv/bin/python benchmarks/zoo.py"
+    keys = ("method", "modality", "zoo_ci_steps", "workflows", "torchscript", "same_output_as_dev", "failure")
+    bundles = {bundle: dict(zip(keys, (name, modality, *rest))) for name, modality, bundle, *rest in rows}
+    data = "every shipped weights file, exported; workflows on 2 NIH images per split made 128 px"
+    harness.record(args, data, used, {"main": bundles}, (time.perf_counter() - begun) / 60)
+    command = f".venv/bin/{args.command}"
     block = f"{MARKERS[0]}\nProduced by `{command}` ({time.strftime('%Y-%m-%d')}, 2-core CPU):\n\n{table}\n{MARKERS[1]}"
     write_block(DOC, MARKERS, block)
     print(table)

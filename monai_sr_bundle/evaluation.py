@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 from collections import defaultdict
@@ -48,6 +47,7 @@ from monai_sr_bundle.report import (
     write_report,
     zoom_crops,
 )
+from monai_sr_bundle.results import format_table
 from monai_sr_bundle.transforms.presets import ARTIFACT_MASK_KEY, lr_synthesis
 
 logger = logging.getLogger(__name__)
@@ -89,20 +89,6 @@ def _score(
     if region is not None:
         row["artifact_psnr"] = float(masked_psnr(sr, hr, region))
     return row
-
-
-def format_table(summary: Mapping[str, Mapping[str, Sequence[float]]], images: Mapping[str, int] | None = None) -> str:
-    """Markdown table of mean ± sd per method and metric; "n/a" where a metric has no value, the mean alone
-    where there is a single value; with ``images`` (method -> images scored) a column that says what each row
-    was computed on."""
-    metrics = [m for m in CATALOGUE if any(m in s for s in summary.values())]
-    labels = (["images"] if images is not None else []) + [CATALOGUE[m].heading for m in metrics]
-    lines = ["| method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    for method, stats in summary.items():
-        cells = [str(images.get(method, 0))] if images is not None else []
-        cells += [CATALOGUE[m].value(*stats.get(m, (math.nan, math.nan))) for m in metrics]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _counted(items, meter: Progress):

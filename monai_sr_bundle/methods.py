@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # torch and MONAI are imported where a network is built: list
 BUNDLE_ROOT = next(p for p in Path(__file__).resolve().parents[:2] if (p / "configs").is_dir())
 METHODS_DIR = BUNDLE_ROOT / "configs" / "methods"
 #: the overlay's own keys; any other key must be one the configs of its stages define
-OVERLAY_KEYS = ("network_def", "discriminator_def", "stages", "default")
+OVERLAY_KEYS = ("network_def", "discriminator_def", "stages", "default", "description", "parameters")
 #: options that only a stochastic method's sampler takes
 SAMPLING_OPTIONS = ("sampler", "steps", "seed", "samples")
 #: most draws per image for the uncertainty maps (each is a whole sampling run)
@@ -673,6 +673,16 @@ def weights_record(weights: str | os.PathLike) -> dict:
 
 def describe_all(scale: int = 4, modality: str = "cxr") -> list[dict]:
     return [get(name, scale, modality).describe() for name in names()]
+
+
+def networks_table(scale: int = 4, modality: str = "cxr") -> str:
+    """Each method's network in words and its size, as its overlay says them (``description``, ``parameters``):
+    the model card's table of networks and, for one method, the zoo bundle's."""
+    lines = ["| method | network | parameters |", "|---|---|---|"]
+    for name in names():
+        config = get(name, scale, modality).config
+        lines.append(f"| `{name}` | {config.get('description', '')} | {config.get('parameters', '')} |")
+    return "\n".join(lines)
 
 
 def markdown_table(scale: int = 4, modality: str = "cxr") -> str:

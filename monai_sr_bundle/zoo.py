@@ -5,7 +5,8 @@ one model: ``models/model.pt``, configs that fix the method, and its code under 
 with the bundle folder on ``sys.path`` (as the zoo's CI and ``monai.bundle run`` put it) and no monai-sr
 installed. The export assembles, it does not fork: the code is this package's modules with the package
 name rewritten to ``scripts``, the configs are the development configs with a few keys fixed, the
-metadata and model card are the development ones narrowed to the method, with its benchmark row.
+metadata and model card are the development ones narrowed to the method, with its row of the benchmark
+results file (``docs/results/<benchmark>.json``) of its modality.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from pathlib import Path
 import torch
 
 import monai_sr_bundle
-from monai_sr_bundle import methods
-from monai_sr_bundle.data.paths import REPO_ROOT
+from monai_sr_bundle import methods, results
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.launch import safe_env
-from monai_sr_bundle.training import CONFIGS, sha256, stage_configs
+from monai_sr_bundle.training import sha256, stage_configs
 from monai_sr_bundle.transforms.presets import DEFAULT_PRESET
 
 #: adapters and tools of the development bundle that a zoo bundle does not run (the NVFlare job, the
@@ -33,9 +33,8 @@ from monai_sr_bundle.transforms.presets import DEFAULT_PRESET
 NOT_EXPORTED = ("federated", "cli.py", "zoo.py")
 #: the zoo's pre-commit hook refuses committed files above this size: larger ones go in large_files.yml
 MAX_COMMITTED_BYTES = 1024 * 1024
-#: benchmark tables (method in the first column) whose rows become a bundle's eval_metrics
-RESULTS = {"cxr": REPO_ROOT / "docs" / "results.md", "ct": REPO_ROOT / "docs" / "results_ct.md"}
-RERUN = {"cxr": "python benchmarks/quality.py", "ct": "python benchmarks/ct_quality.py"}
+#: the benchmark of each modality whose results (``docs/results/<benchmark>.json``) give a bundle's eval_metrics
+BENCHMARKS = {"cxr": "quality", "ct": "ct_quality"}
 MODALITY_WORDS = {"cxr": ("xray", "chest X-ray"), "ct": ("ct", "chest CT")}
 TITLES = {"cxr": "Chest X-ray", "ct": "Chest CT"}
 
@@ -57,34 +56,21 @@ def json_text(content) -> str:
     return json.dumps(content, indent=4) + "\n"
 
 
-def benchmark_row(method: methods.Method, results: str | os.PathLike | None = None) -> dict[str, float]:
-    """The method's means in the benchmark table of its modality (``docs/results*.md``): metric -> value."""
-    table = Path(results) if results else RESULTS[method.modality]
-    if not table.is_file():
-        raise InputError(f"{table}: benchmark table not found; run {RERUN[method.modality]} or pass --results.")
-    header, rows = None, {}
-    for line in table.read_text(encoding="utf-8").splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
-        if not cells or set(cells[0]) <= set("-: "):
-            continue
-        if header is None and cells[0] == "method":
-            header = cells
-        elif header is not None:
-            rows.setdefault(cells[0], cells)
-    if header is None or method.name not in rows:
-        raise InputError(f"{table}: no row for {method.name!r} in a table whose first column is 'method'.")
-    metrics = {}
-    for name, cell in zip(header[1:], rows[method.name][1:]):
-        key = re.sub(r"[^a-z0-9]+", "_", re.sub(r"\(.*?\)|\[.*?\]|mean|[↑↓]", "", name.lower())).strip("_")
-        metrics[key] = float(cell.split()[0])
-    return metrics
+def benchmark(method: methods.Method, source: str | os.PathLike | None = None) -> dict:
+    """The results of the benchmark of the method's modality (or the results file ``source``), which must
+    have a row for the method."""
+    name = BENCHMARKS[method.modality]
+    if source is None and not results.path(name).is_file():
+        raise InputError(f"{results.path(name)}: not found; run python -m benchmarks.{name} or pass --results.")
+    record = results.read(source or results.path(name))
+    results.means(record, method.name)
+    return record
 
 
 def method_row(method: methods.Method) -> str:
-    """The network's description in the development model card's table of networks."""
-    card = (methods.BUNDLE_ROOT / "docs" / "README.md").read_text(encoding="utf-8")
-    found = re.search(rf"^\| `{re.escape(method.name)}` \| ([^|]+) \| ([^|]+) \|$", card, re.M)
-    return f"{found.group(1).strip()} ({found.group(2).strip()} parameters)" if found else method.family
+    """The network in words and its size, as the method's overlay says them."""
+    config = method.config
+    return f"{config['description']} ({config['parameters']} parameters)" if "description" in config else method.family
 
 
 def export(
@@ -93,7 +79,7 @@ def export(
     modality: str = "cxr",
     scale: int = 4,
     weights_url: str = "",
-    results: str | os.PathLike | None = None,
+    results_file: str | os.PathLike | None = None,
 ) -> Path:
     """Write the zoo bundle of method ``name`` into ``out/<bundle name>`` (written beside, then moved in
     place; an existing bundle there is refused) and return its folder."""
@@ -106,11 +92,11 @@ def export(
     target = Path(out) / bundle_name(method)
     if target.exists():
         raise InputError(f"{target} exists; remove it or export to another folder.")
-    metrics = benchmark_row(method, results)
+    scores = benchmark(method, results_file)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _assemble(method, staging, metrics, weights_url)
+        _assemble(method, staging, scores, weights_url)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,12 +104,12 @@ def export(
     return target
 
 
-def _assemble(method: methods.Method, root: Path, metrics: dict[str, float], weights_url: str) -> None:
+def _assemble(method: methods.Method, root: Path, scores: dict, weights_url: str) -> None:
     source = methods.BUNDLE_ROOT / "configs"
     dev = read_json_object(source / "metadata.json", f"the bundle's metadata {source / 'metadata.json'}")
     record = methods.weights_record(method.weights_path)
     _copy_code(root / "scripts")
-    _write_configs(method, root / "configs", _metadata(method, dev, metrics))
+    _write_configs(method, root / "configs", _metadata(method, dev, results.means(scores, method.name)))
     models = root / "models"
     models.mkdir()
     # a plain fp32 state dict, as the zoo's tools (ckpt_export) and users' own load_state_dict expect
@@ -147,7 +133,7 @@ def _assemble(method: methods.Method, root: Path, metrics: dict[str, float], wei
     shutil.copyfile(methods.BUNDLE_ROOT / "LICENSE", root / "LICENSE")
     docs = root / "docs"
     docs.mkdir()
-    (docs / "README.md").write_text(_model_card(method, metrics, record, dev["authors"], scriptable(root)))
+    (docs / "README.md").write_text(_model_card(method, scores, record, dev["authors"], scriptable(root)))
     (docs / "data_license.txt").write_text(DATA_LICENSE[method.modality])
 
 
@@ -172,7 +158,7 @@ def _write_configs(method: methods.Method, configs: Path, metadata: dict) -> Non
     """The development configs of the method's stages, its overlay and the degradation presets, with this
     package's name rewritten; inference.json with :func:`_fixed_keys`; ``metadata`` as metadata.json."""
     source = methods.BUNDLE_ROOT / "configs"
-    stages = {Path(f).name for stage in _stages(method) for f in stage}
+    stages = {Path(f).name for stage in stage_files(method) for f in stage}
     (configs / "degradations").mkdir(parents=True)
     for path in sorted(source.glob("*.json")):
         if path.name == "metadata.json" or (path.name.startswith("train") and path.name not in stages):
@@ -194,7 +180,7 @@ def _copy_json(source: Path, dest: Path, updates: dict | None = None) -> None:
     dest.write_text(json_text({**content, **(updates or {})}))
 
 
-def _stages(method: methods.Method) -> list[list[str]]:
+def stage_files(method: methods.Method) -> list[list[str]]:
     """Each training stage's config files, in the order the method's overlay declares them."""
     return [stage_configs(method, stage) for stage in method.stages]
 
@@ -255,16 +241,17 @@ DATA_LICENSE = {
 }
 
 
-def _model_card(method: methods.Method, metrics: dict[str, float], record: dict, authors: str, scripts: bool) -> str:
+def _model_card(method: methods.Method, scores: dict, record: dict, authors: str, scripts: bool) -> str:
     """The zoo template's sections for one method, from its registry entry, its weights record and its
-    benchmark row."""
+    row of the benchmark results ``scores``."""
     word, phrase = MODALITY_WORDS[method.modality]
     configs = "configs/inference.json"
     run = "python -m monai.bundle run --config_file"
-    scores = " | ".join(f"{v:g}" for v in metrics.values())
+    table = results.format_table({method.name: scores["tables"]["main"][method.name]})
     degradation = json.dumps(record.get("degradation", DEFAULT_PRESET))
     training = "\n".join(
-        f'{run} "[{",".join(repr(f) for f in stage)}]" --dataset_dir <nih_cxr14 folder>' for stage in _stages(method)
+        f'{run} "[{",".join(repr(f) for f in stage)}]" --dataset_dir <nih_cxr14 folder>'
+        for stage in stage_files(method)
     )
     tags = ", ".join(
         ["Super-resolution", "X-ray" if word == "xray" else "CT", "Chest", method.family]
@@ -326,14 +313,12 @@ written back in the input's units. Training LR images are made from the HR image
 `{degradation}` at x{method.scale} (`configs/degradations/`).
 
 ## **Performance**
-Test split of the data above (HR = the images, LR = their x{method.scale} degradation), mean over images:
+Test split of the data above (HR = the images, LR = their x{method.scale} degradation), over images:
 
-| method | {" | ".join(metrics)} |
-|---|{"---|" * len(metrics)}
-| {method.name} | {scores} |
+{table}
 
-The same figures are `eval_metrics` in `configs/metadata.json`. They come from the monai-sr repository's
-`{RERUN[method.modality]}`; this bundle's evaluate config computes the metrics per image on a datalist:
+The means are `eval_metrics` in `configs/metadata.json`. They come from the monai-sr repository's
+`{scores["command"]}`; this bundle's evaluate config computes the metrics per image on a datalist:
 
 ```
 {run} "['{configs}','configs/evaluate.json']" --dataset_dir <nih_cxr14 folder>
@@ -382,231 +367,21 @@ Cite the data as `docs/data_license.txt` asks, and the method's paper (Reference
 """
 
 
-#: runs a zoo CI script as ``python <script> args`` would (its folder first on ``sys.path``)
-_LAUNCH = (
-    "import os, runpy; script = sys.argv[1]; sys.path.insert(0, os.path.dirname(os.path.abspath(script))); "
-    "sys.argv = sys.argv[1:]; runpy.run_path(script, run_name='__main__')"
-)
-
-
-def _without_package(code: str, *args: str) -> list[str]:
-    """The command that runs ``code`` (with ``args``) in this Python with monai_sr_bundle unimportable:
-    what the zoo's CI and a zoo user see is the bundle alone."""
-    import sys
-
-    return [sys.executable, "-c", "import sys; sys.modules['monai_sr_bundle'] = None\n" + code, *args]
-
-
-#: the zoo's pre-commit hooks (``.pre-commit-config.yaml``) as the pre-commit-hooks package installs them,
-#: each with the files pre-commit would give it (its ``types``)
-HOOKS = (
-    (["check-yaml"], (".yml", ".yaml")),
-    (["check-docstring-first"], (".py",)),
-    (["check-executables-have-shebangs"], "executable"),
-    (["check-toml"], (".toml",)),
-    (["check-case-conflict"], "all"),
-    (["check-added-large-files", "--maxkb=1024"], "all"),
-    (["detect-private-key"], "text"),
-    (["pretty-format-json", "--no-sort-keys", "--indent=4"], (".json",)),
-    (["trailing-whitespace-fixer"], "text"),
-    (["end-of-file-fixer"], "text"),
-    (["mixed-line-ending"], "text"),
-)
-
-
-def _hook_files(files: list[Path], kind) -> list[Path]:
-    if kind == "all":
-        return files
-    if kind == "executable":
-        return [f for f in files if os.access(f, os.X_OK)]
-    if kind == "text":
-        return [f for f in files if b"\0" not in f.read_bytes()[:8192]]
-    return [f for f in files if f.name.endswith(kind)]
-
-
-def check(bundle: str | os.PathLike, zoo_ci: str | os.PathLike, workdir: str | os.PathLike) -> list[str]:
-    """Run the model zoo's own CI on an exported ``bundle`` in a scratch zoo tree under ``workdir``:
-    ``ci/verify_bundle.py -m full`` (files, version, schema, ``verify_net_in_out``, ``ckpt_export``; a bundle
-    that does not script goes on the zoo's TorchScript exclusion list first, as its pull request would),
-    the pre-commit hooks, isort, black and flake8 with the zoo's settings. Returns the names of the steps
-    that passed; the first failure raises an :class:`InputError` with the tool's output."""
-    import subprocess
-    import sys
-
-    bundle, zoo_ci, tree = Path(bundle), Path(zoo_ci), Path(workdir) / "model-zoo"
-    if not (zoo_ci / "ci" / "verify_bundle.py").is_file():
-        raise InputError(f"{zoo_ci}: not the model zoo's CI folder (no ci/verify_bundle.py).")
-    name = bundle.name
-    shutil.copytree(zoo_ci, tree, dirs_exist_ok=True)
-    shutil.copytree(bundle, tree / "models" / name)
-    meta = read_json_object(bundle / "configs" / "metadata.json", f"{bundle}: configs/metadata.json")
-    schema = zoo_ci / meta["schema"].rsplit("/", 1)[-1]
-    (tree / "models" / name / "eval").mkdir()
-    shutil.copyfile(schema, tree / "models" / name / "eval" / "schema.json")  # ci/prepare_schema.py's download
-    if not scriptable(tree / "models" / name):
-        with open(tree / "ci" / "bundle_custom_data.py", "a") as f:
-            f.write(f"\nexclude_verify_torchscript_list.append({name!r})\n")
-
-    def run(step: str, *args: str, cwd: Path = tree) -> None:
-        done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=safe_env())
-        if done.returncode != 0:
-            raise InputError(f"{name}: zoo check '{step}' failed:\n{(done.stdout + done.stderr)[-4000:]}")
-        passed.append(step)
-
-    passed: list[str] = []
-    run("verify_bundle (full)", *_without_package(_LAUNCH, "ci/verify_bundle.py", "-b", name, "-m", "full"))
-    shutil.rmtree(tree / "models" / name / "eval")  # made by the CI, not part of a pull request
-    for leftover in (tree / "models" / name / "models").glob("verify_model.ts"):
-        leftover.unlink()
-    git = ["git", "-c", "user.name=zoo", "-c", "user.email=zoo@localhost"]
-    run("git init", *git, "init", "-q")
-    large = _large_files(tree / "models" / name)
-    committed = [
-        p.relative_to(tree).as_posix()
-        for p in sorted((tree / "models" / name).rglob("*"))
-        if p.is_file() and p.relative_to(tree / "models" / name).as_posix() not in large
-    ]
-    run("git add", *git, "add", "--", *committed)
-    bindir = Path(sys.executable).parent
-    for hook, kind in HOOKS:
-        files = [f.as_posix() for f in _hook_files([tree / f for f in committed], kind)]
-        if files:
-            run(hook[0], str(bindir / hook[0]), *hook[1:], *files)
-    code = f"models/{name}"
-    run("isort", sys.executable, "-m", "isort", "--check", code)
-    run("black", sys.executable, "-m", "black", "--skip-magic-trailing-comma", "--check", code)
-    run("flake8", sys.executable, "-m", "flake8", code, "--count", "--statistics")
-    return passed
-
-
 def scriptable(bundle: str | os.PathLike) -> bool:
-    """Whether the bundle's network compiles with ``torch.jit.script`` (the zoo's ``ckpt_export`` check),
-    asked of the bundle's own code. The others go on the zoo's TorchScript exclusion list (a sampler's loop
-    or MONAI's attention blocks do not script) and export by tracing or to ONNX instead."""
-    import subprocess
-
-    code = (
-        "import torch; sys.path.insert(0, sys.argv[1]); from monai.bundle import ConfigParser; p = ConfigParser(); "
-        "p.read_config(sys.argv[1] + '/configs/inference.json'); p['bundle_root'] = sys.argv[1]; "
-        "torch.jit.script(p.get_parsed_content('network_def'))"
-    )
-    command = _without_package(code, str(Path(bundle)))
-    return subprocess.run(command, capture_output=True, env=safe_env()).returncode == 0
-
-
-def _large_files(bundle: Path) -> set[str]:
-    listing = bundle / "large_files.yml"
-    if not listing.is_file():
-        return set()
-    return set(re.findall(r'^\s*-\s*path:\s*"([^"]+)"', listing.read_text(encoding="utf-8"), re.M))
-
-
-_WORKFLOWS = """
-import json, os
-bundle, zoo_ci, stages = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-sys.path[:0] = [bundle, os.path.join(zoo_ci, "ci", "unit_tests")]
-from monai.bundle import ConfigWorkflow
-from utils import check_workflow
-for kind, files, override in stages:
-    configs = [os.path.join(bundle, "configs", f) for f in files]
-    workflow = ConfigWorkflow(
-        workflow_type=kind, config_file=configs, logging_file=os.path.join(bundle, "configs", "logging.conf"),
-        meta_file=os.path.join(bundle, "configs", "metadata.json"), bundle_root=bundle, **override,
-    )
-    check_workflow(workflow, check_properties=True)
-"""
-
-
-def workflow_data(nih_dir: str | os.PathLike, root: str | os.PathLike, modality: str = "cxr") -> tuple[Path, Path]:
-    """Small real inputs for :func:`check_workflows` under ``root``: an image to super-resolve (a 96 px crop
-    of a NIH radiograph; for CT, pydicom's CT slice) and a NIH-shaped folder of two images per split made
-    128 px (``images.csv``, ``boxes.csv``, ``images_512/``), as the zoo's unit tests run on small data."""
-    import csv
-
-    from PIL import Image
-
-    from monai_sr_bundle.batch import default_input
-
-    nih_dir, small = Path(nih_dir), Path(root) / "nih_cxr14"
-    (small / "images_512").mkdir(parents=True)
-    with open(nih_dir / "images.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    keep = [r for split in ("train", "val", "test") for r in [r for r in rows if r["split"] == split][:2]]
-    with open(small / "images.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(keep)
-    (small / "boxes.csv").write_text("image,label,x,y,w,h\n")
-    for r in keep:
-        with Image.open(nih_dir / "images_512" / r["image"]) as img:
-            img.resize((128, 128), Image.BICUBIC).save(small / "images_512" / r["image"])
-    if modality == "ct":
-        return Path(default_input()), small
-    image = Path(root) / "cxr.png"
-    with Image.open(nih_dir / "images_512" / keep[-1]["image"]) as img:
-        img.crop((160, 160, 256, 256)).save(image)
-    return image, small
-
-
-def check_workflows(
-    bundle: str | os.PathLike,
-    zoo_ci: str | os.PathLike,
-    image: str | os.PathLike,
-    nih_dir: str | os.PathLike,
-    workdir: str | os.PathLike,
-    weights_dir: str | os.PathLike | None = None,
-) -> list[str]:
-    """Run the bundle's inference, evaluate and train workflows as the zoo's unit tests do
-    (``ci/unit_tests/utils.py::check_workflow``: MONAI's property check for the workflow type, then run),
-    with this package unimportable: inference of ``image``, evaluation of two NIH test images, one epoch on
-    two training images (every stage of the method). ``weights_dir`` holds the LPIPS archives (AlexNet,
-    VGG16) that evaluation and the perceptual losses load. Returns the stages that passed."""
-    import subprocess
-
-    bundle, work = Path(bundle), Path(workdir)
-    lpips_weights = vgg_weights = None
-    if weights_dir:  # the LPIPS archives: AlexNet for the metric and loss, VGG16 for the perceptual loss
-        lpips_weights, vgg_weights = (str(Path(weights_dir) / f"lpips_{n}_full_v0.1.npz") for n in ("alex", "vgg16"))
-    meta = read_json_object(bundle / "configs" / "inference.json", f"{bundle}: configs/inference.json")
-    method = methods.get(meta["method"], meta["scale"], meta["modality"], bundle)
-    quick = {"steps": 2} if method.stochastic else {}
-    train = {"train_limit": 2, "val_limit": 1, "max_epochs": 1, "batch_size": 2, "samples_per_image": 1}
-    train |= {"patch_size": 64, "dataset_dir": str(nih_dir), "val_interval": 1, "lpips_weights": lpips_weights}
-    train |= {"vgg_weights": vgg_weights}
-    stages = [
-        ("infer", ["inference.json"], {"dataset_dir": str(image), "output_dir": str(work / "infer"), **quick}),
-        (
-            "infer",
-            ["inference.json", "evaluate.json"],
-            {"dataset_dir": str(nih_dir), "limit": 2, "output_dir": str(work / "eval"), "figures": 0, **quick}
-            | ({"lpips_weights": str(lpips_weights)} if lpips_weights else {"lpips": False}),
-        ),
-    ]
-    for stage in _stages(method):
-        files = [f.split(f"{CONFIGS.name}/", 1)[-1] for f in stage]  # relative to configs/ (methods/<name>.json)
-        where = work / Path(files[-1]).stem
-        stages.append(("train", files, train | {"run_dir": str(where), "ckpt_path": str(where / "model.pt")}))
-        if "train_autoencoder.json" in files:
-            train |= {"autoencoder_weights": str(where / "model.pt")}
-    command = _without_package(_WORKFLOWS, str(bundle), str(zoo_ci), json.dumps(stages))
-    done = subprocess.run(command, capture_output=True, text=True, env=safe_env())
-    if done.returncode != 0:
-        raise InputError(f"{bundle.name}: zoo workflow check failed:\n{(done.stdout + done.stderr)[-4000:]}")
-    return [f"{kind} {'+'.join(files)}" for kind, files, _ in stages]
-
-
-def dev_inference(method: methods.Method, image: str | os.PathLike, out: str | os.PathLike, steps: int | None = None):
-    """The development bundle's inference of ``image`` into ``out`` (its inference.json, run as its docs run
-    it): what an exported bundle's inference must reproduce. Returns the written SR file."""
+    """Whether the bundle's network compiles with ``torch.jit.script``, asked as the zoo's CI asks it: MONAI's
+    ``ckpt_export`` of the bundle's ``network_def`` with its weights, the bundle's own code on ``PYTHONPATH``.
+    The others go on the zoo's TorchScript exclusion list (a sampler's loop or MONAI's attention blocks do not
+    script) and export by tracing or to ONNX instead."""
     import subprocess
     import sys
 
-    subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-        + ["--method", method.name, "--modality", method.modality, "--input", str(image), "--output_dir", str(out)]
-        + (["--steps", str(steps)] if steps else []),
-        cwd=methods.BUNDLE_ROOT,
-        check=True,
-        capture_output=True,
-    )
-    return next(Path(out).glob(f"{Path(image).stem}_sr*"))
+    bundle = Path(bundle).resolve()
+    with tempfile.TemporaryDirectory() as work:
+        command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", f"{work}/m.ts"]
+        command += ["--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json"]
+        command += ["--config_file", "configs/inference.json", "--bundle_root", str(bundle)]
+        env = safe_env({**os.environ, "PYTHONPATH": str(bundle)})
+        return (
+            subprocess.run(command, cwd=bundle if bundle.is_dir() else work, capture_output=True, env=env).returncode
+            == 0
+        )

@@ -235,9 +235,8 @@ def ct_label_server(tmp_path_factory):
     by the session's tests that only read from it; yields (URL, studies folder)."""
     import shutil
 
-    from label_server import label_server
-
     from monai_sr_bundle.batch import default_input
+    from tools.label_server import label_server
 
     root = tmp_path_factory.mktemp("ct_server")
     studies = root / "studies"

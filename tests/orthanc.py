@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from label_server import free_port
+
+from tools.label_server import free_port
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 

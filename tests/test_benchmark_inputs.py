@@ -1,9 +1,11 @@
-"""The robustness and native-image benchmarks: their measures on small tensors, and their bad input (an external
-folder without images, an unusable crop, an unknown method) refused in one sentence before anything is
-written. Their full runs are the benchmarks themselves."""
+"""The benchmarks' harness (the results file, the options, benchmarks of parts), and the robustness and
+native-image benchmarks: their measures on small tensors, and their bad input (an external folder without
+images, an unusable crop, an unknown method) refused in one sentence before anything is written. Their full
+runs are the benchmarks themselves."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +14,17 @@ import pytest
 import torch
 from conftest import DATA, needs_data
 
+from benchmarks import harness, native
+from monai_sr_bundle import methods, results
+from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import upsample
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO / "benchmarks"))
-native = pytest.importorskip("native")
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / name), *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", f"benchmarks.{name}", *args], cwd=REPO, capture_output=True, text=True, timeout=300
     )
 
 
@@ -50,7 +53,7 @@ def test_robustness_refuses_an_external_folder_without_images_and_writes_nothing
     doc = REPO / "docs" / "results_robustness.md"
     before = doc.read_bytes()
     (tmp_path / "empty").mkdir()
-    done = _script("robustness.py", "--external", str(tmp_path / "empty"), "--work", str(tmp_path / "work"))
+    done = _script("robustness", "--external", str(tmp_path / "empty"), "--work", str(tmp_path / "work"))
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "--external" in done.stderr and "no images" in done.stderr
     assert doc.read_bytes() == before and not (tmp_path / "work").exists()
@@ -68,7 +71,7 @@ def test_robustness_refuses_an_external_folder_without_images_and_writes_nothing
     ],
 )
 def test_native_refuses_bad_input_in_one_sentence_and_writes_nothing(tmp_path, capsys, args, said):
-    """In this process, through the script's ``main`` (the script's own run is robustness.py's test above)."""
+    """In this process, through the script's ``main`` (the module's own run is robustness's test above)."""
     doc = REPO / "docs" / "results_native.md"
     before = doc.read_bytes() if doc.exists() else None
     (tmp_path / "empty").mkdir()
@@ -78,3 +81,35 @@ def test_native_refuses_bad_input_in_one_sentence_and_writes_nothing(tmp_path, c
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and said in err, err
     assert (doc.read_bytes() if doc.exists() else None) == before
+
+
+def test_the_harness_records_command_data_and_weights_and_keeps_earlier_parts(tmp_path, monkeypatch, capsys):
+    """A benchmark's results file says what ran (its command as typed), on what, with which weights (sha256);
+    a benchmark of parts keeps those measured by earlier runs; bad input is one sentence and exit status 2."""
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    monkeypatch.setenv("MONAI_SR_DATA", os.environ.get("MONAI_SR_DATA", str(DATA)))  # restored afterwards
+    parser = harness.parser("benchmarks/example.py", "Example.\n\nMore.", methods=True)
+    parser.add_argument("--part", default="all")
+    used = [methods.get("srcnn", 4), methods.get("bicubic", 4)]
+
+    def run(args):
+        if args.methods == "nosuch":
+            raise InputError("unknown method 'nosuch'")
+        harness.record(args, "words", used, {"main": {"srcnn": {"psnr": [30.0, 1.0]}}}, 0.25, images=3)
+        return 0
+
+    assert harness.main(parser, run, ["--methods", "srcnn", "--data", str(tmp_path / "d")]) == 0
+    record = results.read(tmp_path / "example.json")
+    assert record["command"] == f"python -m benchmarks.example --methods srcnn --data {tmp_path / 'd'}"
+    assert os.environ["MONAI_SR_DATA"] == str(tmp_path / "d") and record["images"] == 3
+    srcnn = methods.get("srcnn", 4)
+    expected = methods.weights_record(srcnn.weights_path)["sha256"]
+    assert record["weights"] == {f"monai_sr_bundle/models/{srcnn.weights_name}": expected}  # bicubic has none
+    assert harness.main(parser, run, ["--methods", "nosuch"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown method 'nosuch'"
+
+    parts = {"a": lambda: {"x": 1}, "b": lambda: {"y": 2}}
+    harness.run_parts(harness.parse(parser, ["--part", "a"]), parts, "words", used)
+    found = harness.run_parts(harness.parse(parser, ["--part", "b"]), parts, "words", used)
+    assert found["a"]["result"] == {"x": 1} and found["a"]["command"] == "python -m benchmarks.example --part a"
+    assert found["b"]["result"] == {"y": 2} and results.read(tmp_path / "example.json")["parts"] == found

@@ -17,7 +17,7 @@ from PIL import Image
 from monai_sr_bundle import methods
 from monai_sr_bundle.cli import demo_datalist, main
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.evaluation import _outputs, _sr_path, evaluate, format_table, input_labels
+from monai_sr_bundle.evaluation import _outputs, _sr_path, evaluate, input_labels
 from monai_sr_bundle.networks.bicubic import upsample
 from monai_sr_bundle.report import PANEL, TITLE
 from monai_sr_bundle.transforms.degradation import downsample
@@ -256,30 +256,6 @@ def test_evaluate_scores_ct_in_its_hu_window(tmp_path, bicubic):
     squashed = evaluate([nifti("s.nii.gz", outlier)], ct, tmp_path / "s", lpips=False, intensity="minmax")
     assert windowed["bicubic"]["psnr"][0] == pytest.approx(clipped["bicubic"]["psnr"][0], abs=0.05)
     assert abs(squashed["bicubic"]["psnr"][0] - clipped["bicubic"]["psnr"][0]) > 1.0
-
-
-# --------------------------------------------------------------------------------------- format_table
-
-
-def test_format_table():
-    summary = {
-        "bicubic": {
-            "psnr": (30.123, 1.234),
-            "ssim": (0.9, 0.01),
-            "lpips": (0.25, 0.05),
-            "inbox_psnr": (math.nan, math.nan),
-        },
-        "vdsr": {"psnr": (32.0, 1.0), "ssim": (0.95, 0.02)},
-        "one": {"psnr": (28.0, math.nan), "ssim": (0.5, math.nan), "inbox_psnr": (math.inf, math.nan)},
-    }
-    lines = format_table(summary).splitlines()
-    assert lines == [
-        "| method | PSNR (dB) ↑ | SSIM ↑ | LPIPS ↓ | in-box PSNR (dB) ↑ |",
-        "|---|---|---|---|---|",
-        "| bicubic | 30.12 ± 1.23 | 0.9000 ± 0.0100 | 0.2500 ± 0.0500 | n/a |",
-        "| vdsr | 32.00 ± 1.00 | 0.9500 ± 0.0200 | n/a | n/a |",
-        "| one | 28.00 | 0.5000 | n/a | inf |",  # a single image: no "± nan"
-    ]
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -623,9 +623,7 @@ def poc_deployment(work: Path) -> SimpleNamespace:
     - then ``restart`` (site-a, 3 rounds): the server killed once round 0 is published, and started again.
     """
     from monai_sr_bundle.federated.poc import LocalPoc
-
-    sys.path.append(str(REPO / "benchmarks"))
-    from federated_faults import copied_kit, poison, server_restart
+    from tools.poc_faults import copied_kit, poison, server_restart
 
     (work / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
     corrupt = [{"label": str(work / "corrupt.png")}]
@@ -809,8 +807,7 @@ def test_poisoned_updates_are_refused_naming_the_site_and_never_published(federa
     averaging would broadcast over a layer and site-q an extra key: each refused, named with the reason, while
     the honest sites make the rounds, site-b among them in round 1 with honest weights but claiming 10^9 training
     images, so capped at 4x the median. The published model is finite and loads into the network."""
-    sys.path.append(str(REPO / "benchmarks"))
-    from federated_faults import finite_model  # the fault table's check of a published model
+    from tools.poc_faults import finite_model  # the fault table's check of a published model
 
     assert federated_poc.crash_status == "FINISHED:COMPLETED"
     first, second = _report(federated_poc.crash)["rounds"]

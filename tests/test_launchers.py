@@ -107,7 +107,8 @@ def site_torchrun(tmp_path: Path, monkeypatch) -> None:
 
 
 def zoo_check(tmp_path: Path, monkeypatch) -> None:
-    """The zoo export's TorchScript check (``monai-sr export-zoo --check``), run without the package."""
+    """The zoo export's TorchScript check (MONAI's ``ckpt_export`` of the bundle), which must not import from
+    the folder it runs from."""
     from monai_sr_bundle import zoo
 
     assert not zoo.scriptable(tmp_path / "no_bundle")
@@ -117,9 +118,9 @@ def monailabel_train(tmp_path: Path, monkeypatch) -> None:
     """MONAI Label's train subprocess (``python -m monailabel.interfaces.utils.app``), started by a server
     whose working folder is the planted one."""
     import requests
-    from label_server import label_server
 
     from monai_sr_bundle.batch import default_input
+    from tools.label_server import label_server
 
     studies = tmp_path / "studies"
     studies.mkdir()

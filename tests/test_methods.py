@@ -297,6 +297,8 @@ def test_cli_lists_the_registry(capsys):
     assert json.loads(capsys.readouterr().out) == methods.describe_all()
     assert cli(["methods"]) == 0
     assert capsys.readouterr().out.strip() == methods.markdown_table()
+    assert cli(["methods", "--networks"]) == 0
+    assert capsys.readouterr().out.strip() == methods.networks_table()
 
 
 def test_cli_refuses_sampling_options_for_deterministic_methods(tmp_path, capsys):
@@ -330,6 +332,7 @@ def test_inference_reads_images_as_the_weights_were_trained(tmp_path):
 def test_model_card_lists_the_registry():
     card = (methods.BUNDLE_ROOT / "docs" / "README.md").read_text()
     assert methods.markdown_table() in card, "regenerate the table with: monai-sr methods"
+    assert methods.networks_table() in card, "regenerate the table with: monai-sr methods --networks"
 
 
 # ----------------------------------------------------------------------------------------- a new method

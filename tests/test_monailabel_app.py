@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA, needs_data
-from label_server import APP, label_server
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.batch import default_input, run_inference
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.markups import boxes_to_markups, markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
+from tools.label_server import APP, label_server
 
 requests = pytest.importorskip("requests", reason="requests comes with monailabel (pip install -e '.[test]')")
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")

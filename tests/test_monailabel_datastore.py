@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import DATA, needs_data
-from label_server import APP, label_server
 from PIL import Image
 
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.markups import boxes_to_markups
 from monai_sr_bundle.data.readers import read_image
+from tools.label_server import APP, label_server
 
 requests = pytest.importorskip("requests", reason="requests comes with monailabel (pip install -e '.[test]')")
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")

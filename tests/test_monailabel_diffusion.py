@@ -12,7 +12,6 @@ import psutil
 import pytest
 import SimpleITK as sitk
 import torch
-from label_server import label_server
 from PIL import Image
 from test_diffusion import NAME, OVERLAY
 from test_monailabel_app import NIH, infer, response_image, with_boxes
@@ -20,6 +19,7 @@ from test_monailabel_app import NIH, infer, response_image, with_boxes
 from monai_sr_bundle import methods
 from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.data.readers import read_image
+from tools.label_server import label_server
 
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
 pytestmark = [

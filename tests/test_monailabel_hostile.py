@@ -20,11 +20,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import DATA, needs_data, png_declaring
-from label_server import label_server
 from PIL import Image
 
 from monai_sr_bundle.batch import default_input
 from monai_sr_bundle.data.datalist import nih_datalist
+from tools.label_server import label_server
 
 requests = pytest.importorskip("requests", reason="requests comes with monailabel (pip install -e '.[test]')")
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")

@@ -16,7 +16,6 @@ import pytest
 import requests
 import SimpleITK as sitk
 from conftest import DATA, make_dicom, needs_data
-from label_server import free_port, label_server
 from orthanc import REFUSED_PATIENT, orthanc
 from test_derived_dicom import dciodvfy_errors
 
@@ -24,6 +23,7 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.data.markups import boxes_to_markups
 from monai_sr_bundle.data.readers import read_image
+from tools.label_server import free_port, label_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" / "SuperResolution"))
 from SuperResolutionLib.client import ClientError, MonaiLabelClient  # noqa: E402

@@ -3,9 +3,6 @@ evaluation as headless Chromium renders it."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,10 +11,7 @@ from PIL import Image
 
 from monai_sr_bundle.cli import main
 from monai_sr_bundle.report import PANEL, PER_PAGE, TITLE, comparison_pages, spread_region, square, window
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO / "benchmarks"))
-from browser import Browser, chromium  # noqa: E402
+from tools.browser import Browser, chromium
 
 
 def test_figure_pages_fit_a_screen_zoom_the_region_and_share_one_window(tmp_path):

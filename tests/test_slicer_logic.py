@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import ct_slice_volume
-from label_server import label_server
 from test_slicer_lib import NAME, crop, tiny_diffusion
 
 from monai_sr_bundle import methods
@@ -26,6 +25,7 @@ from monai_sr_bundle.batch import default_input
 from monai_sr_bundle.data.markups import markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.transforms.degradation import downsample
+from tools.label_server import label_server
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "slicer_extension" / "SuperResolution"
 

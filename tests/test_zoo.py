@@ -1,6 +1,6 @@
 """Zoo bundles (``monai-sr export-zoo``): each passes the MONAI model zoo's own CI (its scripts, run from
-``../shared/tools/model-zoo-ci`` in a scratch zoo tree) and reproduces the development bundle's output with
-no monai-sr importable. The sweep over every method is ``benchmarks/zoo.py``."""
+``../shared/tools/model-zoo-ci`` in a scratch zoo tree by ``tools/zoo_ci.py``) and reproduces the development
+bundle's output with no monai-sr importable. The sweep over every method is ``python -m benchmarks.zoo``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from monai_sr_bundle import methods, zoo
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
+from tools import zoo_ci
 
 ZOO_CI = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "model-zoo-ci"
 NIH = shared_data_dir() / "nih_cxr14"
@@ -28,7 +29,7 @@ WEIGHTS = shared_data_dir() / "weights"
 def zoo_inputs(tmp_path_factory):
     if not (ZOO_CI / "ci" / "verify_bundle.py").is_file() or not (NIH / "images.csv").is_file():
         pytest.skip(f"needs the model zoo's CI ({ZOO_CI}) and the NIH data ({NIH})")
-    return zoo.workflow_data(NIH, tmp_path_factory.mktemp("zoo_inputs"))
+    return zoo_ci.workflow_data(NIH, tmp_path_factory.mktemp("zoo_inputs"))
 
 
 @pytest.mark.parametrize("method, modality", [("vdsr", "cxr"), ("ldm", "cxr")])
@@ -37,14 +38,14 @@ def test_exported_bundle_passes_the_zoo_ci_and_matches_the_dev_bundle(method, mo
     image, nih = zoo_inputs
     bundle = zoo.export(method, tmp_path / "dist", modality=modality)
     assert (bundle / "models" / "model.pt").is_file() and (bundle / "docs" / "data_license.txt").is_file()
-    passed = zoo.check(bundle, ZOO_CI, tmp_path / "ci")
+    passed = zoo_ci.check(bundle, ZOO_CI, tmp_path / "ci")
     assert passed[0] == "verify_bundle (full)" and passed[-3:] == ["isort", "black", "flake8"]
     assert {"pretty-format-json", "end-of-file-fixer", "check-added-large-files"} <= set(passed)
-    stages = zoo.check_workflows(bundle, ZOO_CI, image, nih, tmp_path / "run", weights_dir=WEIGHTS)
+    stages = zoo_ci.check_workflows(bundle, ZOO_CI, image, nih, tmp_path / "run", weights_dir=WEIGHTS)
     assert stages[:2] == ["infer inference.json", "infer inference.json+evaluate.json"]
     assert any(s.startswith("train") for s in stages)
     steps = 2 if method == "ldm" else None
-    reference = zoo.dev_inference(methods.get(method, 4, modality), image, tmp_path / "dev", steps)
+    reference = zoo_ci.dev_inference(methods.get(method, 4, modality), image, tmp_path / "dev", steps)
     ours = np.asarray(Image.open(reference))
     theirs = np.asarray(Image.open(tmp_path / "run" / "infer" / f"{image.stem}_sr.png"))
     assert ours.shape == (4 * 96, 4 * 96) and np.array_equal(ours, theirs)
@@ -82,13 +83,16 @@ def test_export_refusals(tmp_path):
     (tmp_path / "chest_xray_sr_srcnn_x4").mkdir()
     with pytest.raises(InputError, match="exists"):
         zoo.export("srcnn", tmp_path)
-    table = tmp_path / "results.md"
-    table.write_text("| method | PSNR (dB) |\n|---|---|\n| vdsr | 35.0 |\n")
+    scores = tmp_path / "quality.json"
+    scores.write_text(json.dumps({"benchmark": "quality", "tables": {"main": {"vdsr": {"psnr": [35.0, 1.0]}}}}))
     with pytest.raises(InputError, match="no row for 'srcnn'"):
-        zoo.export("srcnn", tmp_path / "other", results=table)
+        zoo.export("srcnn", tmp_path / "other", results_file=scores)
+    with pytest.raises(InputError, match="not found"):
+        zoo.export("srcnn", tmp_path / "other", results_file=tmp_path / "missing.json")
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
     with pytest.raises(InputError, match="not the model zoo's CI"):
-        zoo.check(tmp_path / "chest_xray_sr_srcnn_x4", tmp_path, tmp_path / "ci")
+        zoo_ci.check(tmp_path / "chest_xray_sr_srcnn_x4", tmp_path, tmp_path / "ci")
+    assert zoo_ci.main([str(tmp_path / "chest_xray_sr_srcnn_x4"), str(tmp_path)]) == 2  # python -m tools.zoo_ci
 
 
 @pytest.mark.skipif(not (ZOO_CI / "ci").is_dir(), reason=f"needs the model zoo's CI at {ZOO_CI}")
