@@ -127,9 +127,10 @@ def pack(args: argparse.Namespace) -> int:
         )
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     tree = tracked_bytes()
-    print(f"pack: {len(rows)} images in {out} ({size / 2**20:.1f} MiB; with the tracked tree {tree / 2**20:.1f} MiB)")
+    together = f"{(size + tree) / 2**20:.1f} of the {CARRY_LIMIT / 2**20:.0f} MiB a GPU call carries"
+    print(f"pack: {len(rows)} images in {out}, {size / 2**20:.1f} MiB; with the tracked tree: {together}")
     if size + tree > CARRY_LIMIT:
-        print(f"pack and tree together exceed the {CARRY_LIMIT / 2**20:.0f} MiB a GPU call carries", file=sys.stderr)
+        print("pack: too much to carry: store weights compactly or pack fewer images", file=sys.stderr)
         return 1
     return 0
 
