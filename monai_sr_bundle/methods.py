@@ -132,6 +132,25 @@ def get(name: str, scale: int = 4, modality: str = "cxr", bundle_root: str | os.
     return _resolved(name, str(found[name]), found[name].stat().st_mtime_ns, scale, modality, str(bundle_root or ""))
 
 
+def default_weights(method: Method) -> str | None:
+    """The weights a run of ``method`` reads or publishes unless told others (``ckpt_path``): its shipped
+    file; None for a method without parameters."""
+    return str(method.weights_path) if method.trainable else None
+
+
+def output_folder(root: str, kind: str, method: Method, weights: str | os.PathLike | None = None) -> str:
+    """``<root>/<kind>/<stem of weights>`` (the method's own weights unless ``weights`` names others): a
+    training run's or an evaluation's folder, named after the weights it makes or scores, so that two
+    methods, scales, modalities or stages never share one."""
+    return f"{root}/{kind}/{Path(weights if weights is not None else method.weights_path).stem}"
+
+
+def compiled_parts(method: Method) -> list[str] | None:
+    """What an engine compiler (TensorRT) may take of ``method``'s network: the whole network (None) when it
+    exports, else the parts its class names (a sampler's loop does not export; its denoiser does)."""
+    return None if method.exportable else list(method.network_class.export_parts)
+
+
 @lru_cache(maxsize=128)
 def _resolved(name: str, overlay: str, version: int, scale: int, modality: str, bundle_root: str) -> Method:
     return Method(name, Path(overlay), scale, modality, bundle_root or None)
