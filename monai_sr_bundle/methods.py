@@ -32,6 +32,7 @@ import ast
 import copy
 import os
 import pickle
+import re
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -211,10 +212,13 @@ class Method:
         return {stage: list(files) for stage, files in stages.items()}
 
     def _check_settings(self) -> None:
-        """Refuse an overlay key that none of the configs its stages train with defines (a typo would
-        otherwise add a key nothing reads, and the setting would silently stay at its default)."""
+        """Refuse an overlay key that none of the configs its stages train with defines or reads (a typo would
+        otherwise add a key nothing reads, and the setting would silently stay at its default), and a stage
+        setting the overlay leaves unset: a stage file reads its own settings (``adversarial_weight``,
+        ``autoencoder_learning_rate``, ...) from the overlay, which declares them, since it comes after the
+        base ``train.json`` and before the stage's files."""
         files = {"inference.json", *(f for stage in self.stages.values() for f in stage)}
-        known = set(OVERLAY_KEYS).union(*(_config_keys(f) for f in files))
+        known = set(OVERLAY_KEYS).union(*(_config_keys(f) | _config_refs(f) for f in files))
         unknown = sorted(k for k in self.config if k.lstrip("+").split("#", 1)[0] not in known)
         if unknown:
             raise InputError(
@@ -222,6 +226,16 @@ class Method:
                 f"{'is no key' if len(unknown) == 1 else 'are no keys'} of the configs its stages train with "
                 f"({', '.join(sorted(files))}); see configs/train.json for the settings there are."
             )
+        own = {k.lstrip("+").split("#", 1)[0] for k in self.config}
+        for stage, stage_files in self.stages.items():
+            stage_files = ["inference.json", *stage_files]
+            read = set().union(*(_config_refs(f) for f in stage_files))
+            unset = sorted(read - own - set().union(*(_config_keys(f) for f in stage_files)))
+            if unset:
+                raise InputError(
+                    f"method {self.name!r}: its {stage!r} stage ({', '.join(stage_files[1:])}) reads "
+                    f"{', '.join(unset)}, which its overlay {self.overlay} must set."
+                )
 
     def _parser(self):
         """The overlay's network definitions with ``@scale`` and ``@modality`` defined, as a MONAI
@@ -539,6 +553,11 @@ class Method:
 def _config_keys(name: str) -> frozenset[str]:
     """The top-level keys (``+`` and ``#`` paths at their root) of the bundle config ``configs/<name>``."""
     return frozenset(k.lstrip("+").split("#", 1)[0] for k in read_json_object(BUNDLE_ROOT / "configs" / name, name))
+
+
+def _config_refs(name: str) -> frozenset[str]:
+    """The keys (at their root) that the bundle config ``configs/<name>`` reads with ``@`` references."""
+    return frozenset(re.findall(r"@([A-Za-z_]\w*)", (BUNDLE_ROOT / "configs" / name).read_text(encoding="utf-8")))
 
 
 #: what a surface reads of a network class without running it, with the value when the class says nothing
