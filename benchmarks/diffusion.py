@@ -182,7 +182,7 @@ def part_ablation(epochs: int) -> dict:
                 config_file=train_configs(METHOD),
                 bundle_root=str(bundle),
                 method=METHOD,
-                network=f"$monai_sr_bundle.networks.SR3(**{ {**args, **choice}!r}).to(@device)",
+                network=f"$@sr_method.network_class(**{ {**args, **choice}!r}).to(@device)",
                 run_dir=str(folder / "run"),
                 ckpt_path=str(ckpt),
                 max_epochs=epochs,

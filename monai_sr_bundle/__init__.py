@@ -19,3 +19,9 @@ def flag(value: bool | str) -> bool:
     from monai_sr_bundle.errors import InputError
 
     raise InputError(f"{value!r} is not a true/false setting; use True or False.")
+
+
+def off(value: bool | str) -> bool:
+    """``not flag(value)``: a config component's ``_disabled_`` from the switch that turns it on
+    (``"_disabled_": {"_target_": "monai_sr_bundle.off", "value": "@progress_bar"}``)."""
+    return not flag(value)

@@ -130,8 +130,11 @@ def _one_series(files: list[Path]) -> bool:
     return len(uids) == 1
 
 
-def default_input() -> str:
-    """The real chest CT slice that pydicom ships: an input that exists on every machine."""
+def default_input(given: str | os.PathLike | None = None) -> str | os.PathLike:
+    """``given`` when there is one, else the real chest CT slice that pydicom ships: an input that exists on
+    every machine (the bundle's inference with no ``dataset_dir``)."""
+    if given is not None:
+        return given
     from pydicom.data import get_testdata_file
 
     return get_testdata_file("CT_small.dcm")

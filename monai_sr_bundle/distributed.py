@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import weakref
+from collections.abc import Sized
 
 import torch
 
@@ -141,13 +142,21 @@ def this_process_handlers(handlers: list | None) -> list:
     return [h for h in handlers if not isinstance(h, (StatsHandler, ProgressBar, CheckpointSaver))]
 
 
-def check_shards(items: int, what: str) -> None:
+def check_shards(items: Sized, what: str) -> None:
     """Refuse more processes than ``items`` (a process with no data would wait for the others for ever)."""
-    if items < world_size():
+    if len(items) < world_size():
         raise InputError(
-            f"{world_size()} processes but {items} {what}: every process needs at least one; give "
-            f"--nproc_per_node at most {items}."
+            f"{world_size()} processes but {len(items)} {what}: every process needs at least one; give "
+            f"--nproc_per_node at most {len(items)}."
         )
+
+
+def set_determinism(seed: int) -> None:
+    """MONAI's ``set_determinism`` with ``seed`` offset by this process's rank: each process draws its own
+    patches and augmentations, and a run with the same seed and process count repeats."""
+    from monai.utils import set_determinism
+
+    set_determinism(seed=seed + rank())
 
 
 def shard(items: list) -> list:

@@ -177,7 +177,7 @@ def evaluate(
     labels = input_labels([str(item["label"]) for item in datalist], 1 + len(predictors))
     writers.check_replaceable(_outputs(datalist, labels, list(predictors), out, save_images, figures))
     out.mkdir(parents=True, exist_ok=True)
-    distributed.check_shards(len(datalist), "images to evaluate")
+    distributed.check_shards(datalist, "images to evaluate")
     fns = {name: _metric_fns(lpips, lpips_weights) for name in predictors}
     rows, failures, shown = [], [], []  # (image index, row / message / figure): every process's, in one order
     mine = distributed.shard(range(len(datalist)))

@@ -32,6 +32,7 @@ import ast
 import copy
 import os
 import pickle
+import re
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,6 +133,25 @@ def get(name: str, scale: int = 4, modality: str = "cxr", bundle_root: str | os.
     return _resolved(name, str(found[name]), found[name].stat().st_mtime_ns, scale, modality, str(bundle_root or ""))
 
 
+def default_weights(method: Method) -> str | None:
+    """The weights a run of ``method`` reads or publishes unless told others (``ckpt_path``): its shipped
+    file; None for a method without parameters."""
+    return str(method.weights_path) if method.trainable else None
+
+
+def output_folder(root: str, kind: str, method: Method, weights: str | os.PathLike | None = None) -> str:
+    """``<root>/<kind>/<stem of weights>`` (the method's own weights unless ``weights`` names others): a
+    training run's or an evaluation's folder, named after the weights it makes or scores, so that two
+    methods, scales, modalities or stages never share one."""
+    return f"{root}/{kind}/{Path(weights if weights is not None else method.weights_path).stem}"
+
+
+def compiled_parts(method: Method) -> list[str] | None:
+    """What an engine compiler (TensorRT) may take of ``method``'s network: the whole network (None) when it
+    exports, else the parts its class names (a sampler's loop does not export; its denoiser does)."""
+    return None if method.exportable else list(method.network_class.export_parts)
+
+
 @lru_cache(maxsize=128)
 def _resolved(name: str, overlay: str, version: int, scale: int, modality: str, bundle_root: str) -> Method:
     return Method(name, Path(overlay), scale, modality, bundle_root or None)
@@ -192,10 +212,13 @@ class Method:
         return {stage: list(files) for stage, files in stages.items()}
 
     def _check_settings(self) -> None:
-        """Refuse an overlay key that none of the configs its stages train with defines (a typo would
-        otherwise add a key nothing reads, and the setting would silently stay at its default)."""
+        """Refuse an overlay key that none of the configs its stages train with defines or reads (a typo would
+        otherwise add a key nothing reads, and the setting would silently stay at its default), and a stage
+        setting the overlay leaves unset: a stage file reads its own settings (``adversarial_weight``,
+        ``autoencoder_learning_rate``, ...) from the overlay, which declares them, since it comes after the
+        base ``train.json`` and before the stage's files."""
         files = {"inference.json", *(f for stage in self.stages.values() for f in stage)}
-        known = set(OVERLAY_KEYS).union(*(_config_keys(f) for f in files))
+        known = set(OVERLAY_KEYS).union(*(_config_keys(f) | _config_refs(f) for f in files))
         unknown = sorted(k for k in self.config if k.lstrip("+").split("#", 1)[0] not in known)
         if unknown:
             raise InputError(
@@ -203,6 +226,16 @@ class Method:
                 f"{'is no key' if len(unknown) == 1 else 'are no keys'} of the configs its stages train with "
                 f"({', '.join(sorted(files))}); see configs/train.json for the settings there are."
             )
+        own = {k.lstrip("+").split("#", 1)[0] for k in self.config}
+        for stage, stage_files in self.stages.items():
+            stage_files = ["inference.json", *stage_files]
+            read = set().union(*(_config_refs(f) for f in stage_files))
+            unset = sorted(read - own - set().union(*(_config_keys(f) for f in stage_files)))
+            if unset:
+                raise InputError(
+                    f"method {self.name!r}: its {stage!r} stage ({', '.join(stage_files[1:])}) reads "
+                    f"{', '.join(unset)}, which its overlay {self.overlay} must set."
+                )
 
     def _parser(self):
         """The overlay's network definitions with ``@scale`` and ``@modality`` defined, as a MONAI
@@ -520,6 +553,11 @@ class Method:
 def _config_keys(name: str) -> frozenset[str]:
     """The top-level keys (``+`` and ``#`` paths at their root) of the bundle config ``configs/<name>``."""
     return frozenset(k.lstrip("+").split("#", 1)[0] for k in read_json_object(BUNDLE_ROOT / "configs" / name, name))
+
+
+def _config_refs(name: str) -> frozenset[str]:
+    """The keys (at their root) that the bundle config ``configs/<name>`` reads with ``@`` references."""
+    return frozenset(re.findall(r"@([A-Za-z_]\w*)", (BUNDLE_ROOT / "configs" / name).read_text(encoding="utf-8")))
 
 
 #: what a surface reads of a network class without running it, with the value when the class says nothing

@@ -119,6 +119,24 @@ def _export_checked(
     return path
 
 
+def onnx_path(method, weights: str | os.PathLike | None = None) -> str:
+    """Where the ONNX export of ``weights`` (default: the method's own) lies: beside them, ``.onnx``."""
+    return str(Path(weights if weights is not None else method.weights_path).with_suffix(".onnx"))
+
+
+def decoder_path(onnx_file: str | os.PathLike) -> str:
+    """Where a latent method's exported decoder lies: beside its denoiser's ``onnx_file``."""
+    return str(Path(onnx_file).with_name(Path(onnx_file).stem + "_decoder.onnx"))
+
+
+def export_parts(method, network: nn.Module, denoiser_path: str | os.PathLike, decoder_path: str | os.PathLike) -> list:
+    """Export what of a sampling ``method`` ONNX Runtime runs: its denoiser, and a latent method's decoder."""
+    exported = [export_denoiser(network, denoiser_path)]
+    if method.latent:
+        exported.append(export_decoder(network, decoder_path))
+    return exported
+
+
 def export_denoiser(network: nn.Module, path: str | os.PathLike) -> Path:
     """Export a diffusion method's denoiser to ``path`` with dynamic batch and sides, checked against torch."""
     denoiser = network.denoiser.eval()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from monai.engines.utils import PrepareBatch
 
-from monai_sr_bundle import methods
+from monai_sr_bundle import flag, methods
 from monai_sr_bundle.distributed import is_distributed, is_main_process, world_size
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.methods import BUNDLE_ROOT
@@ -93,6 +93,61 @@ def train_parser(method: str | None = None, multi_gpu: bool = False):
     return parser
 
 
+def training_data(datalist_file: str | os.PathLike | None, dataset_dir: str | None, hr_only: bool = False) -> str:
+    """What a run trains and selects on, as ``weights.json`` records it: NIH ChestX-ray14's patient-level
+    train split (its size counted) or the datalist file's items. ``hr_only``: a stage that sees only the HR
+    patches (the autoencoder reconstructs them)."""
+    if datalist_file is None:
+        from monai_sr_bundle.data.datalist import nih_datalist
+
+        count = len(nih_datalist("train", dataset_dir))
+        use = ": HR patches only (the autoencoder reconstructs them)" if hr_only else ""
+        return (
+            "NIH ChestX-ray14 (../shared/data/nih_cxr14 or $MONAI_SR_DATA): images_512, split=train of images.csv "
+            f"({count} images, patient-level){use}; first val_limit images of split=val for model selection"
+        )
+    items = "HR patches of its training items" if hr_only else "its training items"
+    return f"datalist file {datalist_file}: {items}; the first val_limit validation items for model selection"
+
+
+def loss_source(method: methods.Method) -> str:
+    """Where a stage's loss blocks are set, for the loss's error messages."""
+    return f"the stage configs or {method.overlay}"
+
+
+def key_metric(metrics: dict, key: str) -> dict:
+    """The validation metric that selects the best checkpoint (``key_metric``), as the evaluator takes it."""
+    return {key: metrics[key]}
+
+
+def other_metrics(metrics: dict, key: str) -> dict:
+    """The validation metrics that are only reported: all but ``key_metric``."""
+    return {k: m for k, m in metrics.items() if k != key}
+
+
+def metric_cmp(lower_is_better: bool | str):
+    """How the evaluator ranks a new score against the best so far: lower wins for a distance (LPIPS)."""
+    import operator
+
+    return operator.lt if flag(lower_is_better) else operator.gt
+
+
+def every(n: int):
+    """A ``StatsHandler`` ``iteration_log`` that logs every ``n``-th iteration."""
+    return lambda engine, iteration: iteration % int(n) == 0
+
+
+def named_outputs(names: dict[str, str]):
+    """An ``output_transform`` that logs the trainer's outputs under shorter names (``{name: output key}``),
+    of the first item of a decollated batch."""
+
+    def named(output) -> dict:
+        item = output[0] if isinstance(output, list) else output
+        return {name: item[key] for name, key in names.items()}
+
+    return named
+
+
 def check_stage(method: methods.Method, stage: str | None) -> None:
     """Refuse a stage the method does not declare (a GAN trained without its discriminator, a latent method's
     denoiser on an untrained latent), naming the config files of the stages it has."""
@@ -149,6 +204,17 @@ def frozen_autoencoder(network, weights: str | os.PathLike | None):
             ) from e
     network.autoencoder.requires_grad_(False)
     return network
+
+
+def autoencoder_weights(method: methods.Method, init_weights: str | os.PathLike | None) -> str | None:
+    """The autoencoder a latent stage freezes: the autoencoder stage's published weights, or none to load when
+    training goes on from ``init_weights`` (a latent method's full weights hold its autoencoder)."""
+    return str(method.autoencoder_weights_path) if init_weights is None else None
+
+
+def file_record(path: str | os.PathLike | None) -> dict | None:
+    """A weights file a run builds on, as its provenance names it: file name and sha256 (None: no file)."""
+    return None if path is None else {"weights": os.path.basename(path), "sha256": sha256(path)}
 
 
 def stop_on_nan(trainer, run_dir: str | os.PathLike) -> None:

@@ -98,6 +98,7 @@ TINY_GAN_OVERLAY = {
         "weight": 1.0,
         "layers": {"relu1_2": 1.0},
     },
+    "adversarial_weight": 0.001,
     "relativistic": True,
 }
 

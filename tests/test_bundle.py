@@ -181,6 +181,20 @@ def srcnn_out(work, inputs, ckpts) -> Path:
 # ------------------------------------------------------------------------------------------- inference.json
 
 
+def test_configs_hold_values_and_call_named_functions():
+    """Issue 55: a decision in a bundle config is a named package function it calls (``_target_``), not Python
+    in a string: at most 50 lines with a ``$`` expression, none with a lambda, a conditional or slicing."""
+    configs = methods.BUNDLE_ROOT / "configs"
+    lines = [
+        line
+        for path in [*configs.glob("*.json"), *(configs / "methods").glob("*.json")]
+        for line in path.read_text().splitlines()
+        if "$" in line
+    ]
+    assert len(lines) <= 50
+    assert not [line for line in lines if "lambda" in line or " if " in line or "[:" in line]
+
+
 @pytest.mark.slow
 def test_run_bicubic(work, inputs):
     out = work / "out_bicubic"

@@ -150,6 +150,18 @@ def _tiny_overlay(tmp_path, monkeypatch, autoencoder: dict = AUTOENCODER) -> str
         **{"patch_size": 32, "batch_size": 2, "samples_per_image": 1},
         "losses#lpips": {"_target_": "monai_sr_bundle.losses.LPIPSLoss", "_mode_": "callable", "weight": 0.1},
         **{"autoencoder_patch_size": 32, "autoencoder_batch_size": 2, "autoencoder_samples_per_image": 1},
+        **{"autoencoder_learning_rate": 0.0001, "autoencoder_max_epochs": 10, "autoencoder_val_interval": 1},
+        "autoencoder_losses": {
+            "pixel": {"_target_": "monai_sr_bundle.losses.PixelLoss", "_mode_": "callable", "weight": 1.0},
+            "lpips": {"_target_": "monai_sr_bundle.losses.LPIPSLoss", "_mode_": "callable", "weight": 0.1},
+            "kl": {
+                "_target_": "monai_sr_bundle.losses.TrainingTermsLoss",
+                "_mode_": "callable",
+                "weight": 1e-06,
+                "module": "@network",
+                "terms": ["kl"],
+            },
+        },
     }
     (tmp_path / "overlays").mkdir(exist_ok=True)
     (tmp_path / "overlays" / "tiny_ldm.json").write_text(json.dumps(overlay))

@@ -160,18 +160,24 @@ def test_sampling_options(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_overlay_settings_are_keys_of_the_configs_that_train_it(name, tmp_path, monkeypatch):
-    """Every key of an overlay is one the configs of its stages define (checked when the overlay is read),
-    and a key nothing defines (a typo) is refused in one sentence naming the overlay and the key."""
+    """Every key of an overlay is one the configs of its stages define or read (checked when the overlay is
+    read), and a key nothing defines (a typo) is refused in one sentence naming the overlay and the key; so is
+    an overlay that leaves a setting its stage reads unset (a GAN stage's ``adversarial_weight``)."""
     from monai_sr_bundle.training import train_configs
 
     method = methods.get(name)
     files = {f for stage in method.stages for f in train_configs(name, stage) if f != str(method.overlay)}
-    keys = set().union(*(json.loads(Path(f).read_text()) for f in files | {train_configs("vdsr")[0]}))
+    texts = [Path(f).read_text() for f in files | {train_configs("vdsr")[0]}]
+    keys = set().union(*(json.loads(t) for t in texts), *(re.findall(r"@(\w+)", t) for t in texts))
     assert {k.split("#")[0] for k in method.config} <= keys | set(methods.OVERLAY_KEYS)
     typo = {**method.config, "learning_rat": 0.1}
-    monkeypatch.setenv("MONAI_SR_METHODS", str(_overlay_dir(tmp_path, {f"typo_{name}": typo})))
+    unset = {k: v for k, v in method.config.items() if k != "adversarial_weight"}
+    monkeypatch.setenv("MONAI_SR_METHODS", str(_overlay_dir(tmp_path, {f"typo_{name}": typo, f"unset_{name}": unset})))
     with pytest.raises(InputError, match=f"method 'typo_{name}': learning_rat in its overlay .* is no key of the"):
         methods.get(f"typo_{name}")
+    if method.adversarial:
+        with pytest.raises(InputError, match="'gan' stage .* reads adversarial_weight, which its overlay"):
+            methods.get(f"unset_{name}")
 
 
 # ----------------------------------------------------------------------------------------- the registry

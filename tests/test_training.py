@@ -347,7 +347,7 @@ def test_train_config_reads_a_degradation_preset():
     artifacts on the LR key ``image`` only, after the degradation."""
     parser = train_parser()
     parser["degradation"] = "adsr_artifacts_x4"
-    load, synthesis = parser.get_parsed_content("pairs")
+    load, synthesis = parser.get_parsed_content("load_hr"), parser.get_parsed_content("lr_synthesis")
     copy, degrade, artifacts = synthesis.transforms
     assert type(load).__name__ == "LoadSRImaged" and type(degrade).__name__ == "Resized"
     assert type(artifacts).__name__ == "RandArtifactsd" and list(artifacts.keys) == ["image"]
@@ -375,7 +375,7 @@ def test_training_and_evaluation_make_the_same_lr_bytes_from_a_json_only_preset(
     Image.fromarray((np.random.default_rng(0).random((128, 128)) * 255).astype(np.uint8)).save(image)
     parser = train_parser("vdsr")
     parser["degradation"] = str(tmp_path / "throwaway.json")
-    load, synthesis = parser.get_parsed_content("pairs")
+    load, synthesis = parser.get_parsed_content("load_hr"), parser.get_parsed_content("lr_synthesis")
     trained_on = synthesis.set_random_state(7)(load({"label": str(image)}))["image"]
     seen = []
     monkeypatch.setattr(Predictor, "__call__", lambda self, lr: seen.append(lr) or lr.repeat(1, 4, 4))
@@ -428,7 +428,7 @@ def test_validation_degrades_as_training_unless_val_degradation_says_otherwise()
     parser = train_parser("srcnn")
     parser.update({"degradation": "real_train", "val_degradation": "real_eval_x4"})
     synthesis = parser.get_parsed_content("validate#preprocessing").transforms[1]
-    assert "real_eval_x4" in synthesis.what and "real_train" in parser.get_parsed_content("pairs")[1].what
+    assert "real_eval_x4" in synthesis.what and "real_train" in parser.get_parsed_content("lr_synthesis").what
     assert parser.get_parsed_content("provenance#val_degradation") == "real_eval_x4"
     parser["scale"] = 2  # an x2 training's command reruns at x2
     assert "--scale 2 " in parser.get_parsed_content("provenance#command")
@@ -525,6 +525,13 @@ class DistillationLoss(nn.Module):
         with torch.no_grad():
             wanted = self.teacher[0](self.lr)
         return F.mse_loss(pred, wanted)
+
+
+def shipped(name: str, scale: int, modality: str, device) -> nn.Module:
+    """A shipped method, loaded: the teacher."""
+    from monai_sr_bundle import methods
+
+    return methods.get(name, scale, modality).load(device=device)
 '''
 
 
@@ -550,7 +557,10 @@ def test_a_throwaway_teacher_student_stage_trains_from_an_overlay_and_a_loss_mod
                 "_target_": "distillation.DistillationLoss",
                 "_mode_": "callable",
                 "weight": 1.0,
-                "teacher": "$monai_sr_bundle.methods.get('srcnn', @scale, @modality).load(device=@device)",
+                "teacher": {
+                    "_target_": "distillation.shipped",
+                    **{"name": "srcnn", "scale": "@scale", "modality": "@modality", "device": "@device"},
+                },
                 "student": "@network",
             }
         },

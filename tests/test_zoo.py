@@ -67,7 +67,8 @@ def test_exported_metadata_is_the_methods_own(tmp_path):
     assert "monai_sr_bundle" not in "".join(p.read_text() for p in (bundle / "configs").rglob("*.json"))
     assert "monai_sr_bundle" not in "".join(p.read_text() for p in (bundle / "scripts").rglob("*.py"))
     multi_gpu = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())  # the zoo's convention
-    assert "$import scripts.distributed" in multi_gpu["+imports"] and (bundle / "scripts" / "distributed.py").is_file()
+    assert multi_gpu["+initialize"][1]["_target_"] == "scripts.distributed.setup"
+    assert (bundle / "scripts" / "distributed.py").is_file()
     assert (bundle / "configs" / "multi_gpu_evaluate.json").is_file()
     card = (bundle / "docs" / "README.md").read_text()
     for heading in ("### **Authors**", "### **Tags**", "## **Performance**", "## **System Configuration**"):

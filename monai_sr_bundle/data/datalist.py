@@ -131,6 +131,25 @@ def load_datalist(
     return items
 
 
+def split_items(
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    datalist_file: str | os.PathLike | None = None,
+    key: str | None = None,
+    limit: int | None = None,
+    base_dir: str | os.PathLike | None = None,
+    images: str | os.PathLike | list | None = None,
+) -> list[dict]:
+    """The items a config's ``split`` reads: ``images`` of one's own when given (:func:`image_datalist`), else
+    the ``key`` list (default: ``split``) of ``datalist_file`` (its relative paths under ``base_dir``), else
+    NIH ChestX-ray14's ``split`` in ``data_dir``; the first ``limit`` of them."""
+    if images is not None:
+        return image_datalist(images, limit)
+    if datalist_file is None:
+        return nih_datalist(split, data_dir, limit=limit)
+    return load_datalist(datalist_file, key or split, limit=limit, base_dir=base_dir)
+
+
 def image_datalist(inputs: str | os.PathLike | list, limit: int | None = None) -> list[dict]:
     """HR images of one's own (files, or folders of them) as evaluation items without boxes: how a site
     scores a model on its own data (``evaluate.json --input``)."""

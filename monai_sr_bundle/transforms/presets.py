@@ -102,6 +102,19 @@ def _checked(preset: dict, what: str) -> dict:
     return preset
 
 
+def pipeline(steps: list) -> Compose:
+    """One flat ``Compose`` of the train config's steps, where a step may be a list of steps (a method's
+    ``conditioning``, the patch augmentations, an optional content scale): flat, so that ``CacheDataset``
+    caches every deterministic step before the first random one."""
+    return Compose([t for step in steps for t in (step if isinstance(step, (list, tuple)) else [step])])
+
+
+def validation_degradation(val_degradation: str | os.PathLike | Mapping | None, degradation):
+    """The degradation validation images get: ``val_degradation`` when the method sets one (a fixed preset
+    beside a random training mix, so model selection is not at the mercy of the draw), else the training one."""
+    return val_degradation or degradation
+
+
 def lr_synthesis(
     degradation: str | os.PathLike | Mapping | None, scale: int, hr_key: str = "label", lr_key: str = "image"
 ) -> LRSynthesis:
