@@ -137,26 +137,32 @@ def test_load_weights_not_a_state_dict(tmp_path):
         load_weights(SRCNN(4), path)
 
 
-@pytest.mark.parametrize("storage", ["fp16", "int8"])
+@pytest.mark.parametrize("storage", methods.STORAGES)
 def test_compact_storage_loads_back_as_the_fp32_weights_within_its_precision(storage, tmp_path):
     torch.manual_seed(0)
     net, x = VDSR(2, depth=4, channels=48).eval(), torch.rand(1, 1, 12, 12)
     full, small = tmp_path / "fp32.pt", tmp_path / f"{storage}.pt"
     torch.save(net.state_dict(), full)
     torch.save(methods.compact_state(net.state_dict(), storage), small)
-    assert small.stat().st_size < full.stat().st_size * (0.6 if storage == "fp16" else 0.35)
+    assert small.stat().st_size < full.stat().st_size * {"fp16": 0.6, "int8": 0.35, "int8_kernel": 0.42}[storage]
     loaded = load_weights(VDSR(2, depth=4, channels=48), small).eval()
     for key, value in net.state_dict().items():
-        # int8: half a step of the output channel's scale (its largest weight / 127); fp16: its rounding
-        step = value.abs().flatten(1).amax(1).view(-1, *[1] * (value.ndim - 1)) / 127 if value.ndim > 1 else 0
-        bound = (step / 2 if storage == "int8" else 0) + value.abs() * 2**-10 + 1e-7
+        # int8: half a step of the scale (the output channel's or the kernel's largest weight / 127); fp16: its
+        # rounding
+        dims = 2 if storage == "int8_kernel" else 1
+        step = 0
+        if value.ndim > 1 and storage != "fp16":
+            step = value.abs().flatten(dims).amax(-1).view(*value.shape[:dims], *[1] * (value.ndim - dims)) / 127
+        bound = step / 2 + value.abs() * 2**-10 + 1e-7
         assert ((loaded.state_dict()[key] - value).abs() <= bound * 1.01).all(), key
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0.01)
     # a scale that does not fit its weight is refused like any other foreign file
     state = methods.compact_state(net.state_dict(), "int8")
-    if storage == "int8":  # the thin first and last layers stay fp16 (fewer than INT8_MIN_SIZE weights)
-        assert state["body.0.weight"].dtype == torch.float16 and state["body.2.weight"].dtype == torch.int8
+    if storage != "fp16":  # the thin first and last layers stay fp16 (fewer than INT8_MIN_SIZE weights)
+        stored = methods.compact_state(net.state_dict(), storage)
+        assert stored["body.0.weight"].dtype == torch.float16 and stored["body.2.weight"].dtype == torch.int8
+        assert stored["body.2.weight" + methods.INT8_SCALE].shape == (48, 48)[: 2 if storage == "int8_kernel" else 1]
     state["body.2.weight" + methods.INT8_SCALE] = torch.ones(3, dtype=torch.float16)
     torch.save(state, small)
     with pytest.raises(InputError, match="do not fit"):

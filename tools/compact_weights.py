@@ -20,22 +20,24 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: smallest first
-STORAGES = ("int8", "fp16")
 
 
 def storage_of(state: dict) -> str:
-    """How a state dict is stored: ``int8``, ``fp16`` or ``fp32`` (the widest of its float tensors)."""
+    """How a state dict is stored: one of ``methods.STORAGES``, or ``fp32`` (the widest of its float tensors)."""
     import torch
 
     from monai_sr_bundle import methods
 
-    if any(k.endswith(methods.INT8_SCALE) for k in state):
-        return "int8"
+    scales = [v for k, v in state.items() if k.endswith(methods.INT8_SCALE)]
+    if scales:
+        return "int8_kernel" if any(s.ndim > 1 for s in scales) else "int8"
     return "fp32" if any(v.dtype == torch.float32 for v in state.values()) else "fp16"
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(REPO))
+    from monai_sr_bundle import methods
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("method")
     parser.add_argument("--scale", type=int, default=4)
@@ -43,13 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8, help="NIH validation images to compare on")
     parser.add_argument("--degradations", nargs="+", help="default: bicubic and real_eval_x<scale> (CT: bicubic)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="largest PSNR change allowed (dB)")
-    parser.add_argument("--storage", choices=STORAGES, help="try only this one (default: smallest that passes)")
+    parser.add_argument("--storage", choices=methods.STORAGES, help="try only this one (default: smallest that passes)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO))
 
     import torch
 
-    from monai_sr_bundle import methods, training
+    from monai_sr_bundle import training
     from monai_sr_bundle.data.ct import write_ct_datalist
     from monai_sr_bundle.data.datalist import load_datalist, nih_datalist
     from monai_sr_bundle.evaluation import evaluate
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     record = methods.weights_record(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     before = storage_of(state)
-    tried = [s for s in STORAGES if s == (args.storage or s)]
+    tried = [s for s in methods.STORAGES if s == (args.storage or s)]
     tried = tried[: tried.index(before)] if before in tried else tried
     if not tried:
         print(f"{path.name}: already stored in {before}")
