@@ -87,3 +87,16 @@ def test_timed_cosine_follows_the_clock_and_resumes(monkeypatch):
     assert isinstance(epochs, torch.optim.lr_scheduler.CosineAnnealingLR) and epochs.T_max == 10
     with pytest.raises(InputError, match="time_limit_minutes"):
         training.lr_schedule(optimizer, 10, minutes=0)
+
+
+def test_the_tracked_tree_leaves_room_for_the_training_pack():
+    """A lent GPU receives the tracked tree and the pack a call carries, 64 MiB in all: the tree stays within
+    40,000 KiB (``git ls-files -z | xargs -0 du -ck``, issue 53's measure) so that the pack (the training split
+    as JPEG, the validation images and the wheels, ~25 MiB) fits beside it. Weights are stored compactly
+    (``tools/compact_weights.py``) and benchmark-only weights stay out of git."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: the tracked tree is what a GPU call carries")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    du = subprocess.run(["xargs", "-0", "du", "-ck"], cwd=REPO, input=files, capture_output=True, check=True)
+    total_kib = int(du.stdout.decode().splitlines()[-1].split()[0])
+    assert total_kib <= 40_000, f"the tracked tree is {total_kib} KiB: store weights compactly or keep them out of git"
