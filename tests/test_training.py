@@ -17,8 +17,10 @@ from conftest import needs_data
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.losses import SRBatch
 from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.training import (
+    SRPrepareBatch,
     interpolate_weights,
     latest_checkpoint,
     publish_weights,
@@ -264,8 +266,8 @@ def test_weights_check_fails_without_entry_or_on_mismatch(tmp_path):
 
 def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
     """The train config's preprocessing on a datalist file: the box mask is its own item, cut and flipped
-    with the HR image; the prepare-batch joins it to the target, and the configured loss weights exactly
-    those pixels."""
+    with the HR image; the prepare-batch hands it to the loss by name, and the configured loss weights
+    exactly those pixels."""
     from PIL import Image
 
     from monai_sr_bundle.data.readers import read_image
@@ -302,26 +304,27 @@ def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
         window = whole[i : i + 32, j : j + 32]
         assert torch.equal(torch.as_tensor(s["box_mask"][0]), window.flip(0) if f else window)
     batch = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in samples[0]}
-    lr, target = parser.get_parsed_content("prepare_batch")(batch)
-    assert torch.equal(lr, batch["image"]) and torch.equal(target, torch.cat([batch["label"], batch["box_mask"]], 1))
+    lr, named = parser.get_parsed_content("prepare_batch")(batch)
+    assert torch.equal(lr, batch["image"]) and torch.equal(named.lr, lr) and torch.equal(named.hr, batch["label"])
+    assert torch.equal(named.mask, batch["box_mask"]) and named.target is named.hr
     loss = parser.get_parsed_content("loss")  # pixel term only: no perceptual term is built by default
     assert list(loss.terms) == ["pixel"] and isinstance(loss.terms["pixel"], PixelLoss)
     assert loss.terms["pixel"].box_weight == 3.0
     pred = torch.zeros_like(batch["label"])
     err = batch["label"].abs()
-    torch.testing.assert_close(loss(pred, target), (err * (1 + 3.0 * batch["box_mask"])).mean())
+    torch.testing.assert_close(loss(pred, named), (err * (1 + 3.0 * batch["box_mask"])).mean())
 
 
 @needs_data(shared_data_dir() / "weights")
 def test_train_stage_adds_a_perceptual_term_when_a_method_asks():
     """Any method, not only a GAN, can train with pixel + perceptual loss (RUNet does) by a loss block in its
-    overlay or on the command line; the box-mask channel of the target reaches both terms."""
+    overlay or on the command line; both terms see the same named batch."""
     parser = train_parser("srcnn")
     block = {"_target_": "monai_sr_bundle.losses.PerceptualLoss", "_mode_": "callable", "weight": 0.5}
     parser["losses#perceptual"] = {**block, "layers": {"relu2_2": 1.0}}
     loss = parser.get_parsed_content("loss")
     assert [type(t).__name__ for t in loss.terms.values()] == ["PixelLoss", "PerceptualLoss"]
-    pred, target = torch.rand(2, 1, 32, 32), torch.rand(2, 2, 32, 32)
+    pred, target = torch.rand(2, 1, 32, 32), SRBatch(hr=torch.rand(2, 1, 32, 32), mask=torch.rand(2, 1, 32, 32))
     expected = loss.terms["pixel"](pred, target) + 0.5 * loss.terms["perceptual"](pred, target)
     torch.testing.assert_close(loss(pred, target), expected)
     recorded = parser.get_parsed_content("provenance#losses")["perceptual"]
@@ -500,6 +503,34 @@ def test_lower_is_better_given_as_text_on_the_command_line_is_read_as_a_switch()
     assert parser.get_parsed_content("best_saver#key_metric_negative_sign") is False
     parser = train_parser("srgan")  # the GAN stage: LPIPS, lower is better
     assert parser.get_parsed_content("best_saver#key_metric_negative_sign") is True
+
+
+# ------------------------------------------------------------------------------------- the named batch
+
+
+def test_the_box_weighted_loss_through_the_named_batch_is_the_old_mask_channel_value():
+    """The loss blocks read the mask by name now, where they once split it off the target's last channel: on
+    a fixed batch the box-weighted pixel, squared and box terms give the value that path gave
+    (0.6203651428222656, computed by the mask-channel code before it was removed)."""
+    from functools import partial
+
+    from monai_sr_bundle.losses import BoxLoss, PixelLoss, WeightedSumLoss
+
+    g = torch.Generator().manual_seed(55)
+    hr, pred = torch.rand(3, 1, 16, 16, generator=g), torch.rand(3, 1, 16, 16, generator=g)
+    mask = torch.zeros(3, 1, 16, 16)
+    mask[0, :, 2:9, 4:12], mask[2, :, 10:16, 0:5] = 1, 1
+    loss = WeightedSumLoss(
+        {
+            "pixel": partial(PixelLoss, weight=1.0, box_weight=3.0),
+            "mse": partial(PixelLoss, weight=0.4, distance="mse", box_weight=2.0),
+            "box": partial(BoxLoss, weight=0.3),
+        }
+    )
+    lr, named = SRPrepareBatch()({"image": hr[..., ::4, ::4], "label": hr, "box_mask": mask})
+    assert loss(pred, named).item() == 0.6203651428222656
+    with pytest.raises(InputError, match=r"target \(3, 1, 16, 16\) must have the prediction's shape"):
+        loss(pred[:, :, :8], named)
 
 
 # ------------------------------------------------------------------------- a new two-network stage

@@ -1,4 +1,5 @@
 from monai_sr_bundle.losses.adversarial import AdversarialLoss
+from monai_sr_bundle.losses.batch import SRBatch
 from monai_sr_bundle.losses.box import BoxLoss
 from monai_sr_bundle.losses.lpips_loss import LPIPSLoss
 from monai_sr_bundle.losses.perceptual import PerceptualLoss
@@ -12,6 +13,7 @@ __all__ = [
     "LPIPSLoss",
     "PerceptualLoss",
     "PixelLoss",
+    "SRBatch",
     "TrainingTermsLoss",
     "WeightedSumLoss",
 ]
