@@ -61,6 +61,16 @@ class SRPrepareBatch(PrepareBatch):
         return batch.lr, batch, (), {"noise_level": level}
 
 
+def auxiliary_network(
+    method: str, scale: int, modality: str, weights: str | os.PathLike | None = None, device="cpu"
+) -> torch.nn.Module:
+    """A network a stage declares under ``auxiliary`` (a teacher) for the loss blocks that name it
+    (``"teacher": "@auxiliary#teacher"``): ``method`` loaded with its shipped weights (or ``weights``), in eval
+    mode and without gradients. The config builds it once; it is in no optimizer, checkpoint or published
+    weights, which hold the config's ``network`` alone."""
+    return methods.get(method, scale, modality).load(weights, device).requires_grad_(False)
+
+
 def stage_configs(method: methods.Method, stage: str | None = None) -> list[str]:
     """The config files of ``method``'s ``stage`` (default: its last, which publishes the method's weights),
     relative to the bundle root as a recorded command names them: ``inference.json``, the stage's base

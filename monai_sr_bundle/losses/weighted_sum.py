@@ -23,7 +23,8 @@ class WeightedSumLoss(nn.Module):
     """``sum_b weight_b * loss_b(pred, batch)`` over the blocks, in their order; a block with weight 0 (or
     ``null``) is never built, so a perceptual term switched off loads no VGG16 weights. ``batch`` is the
     prepare-batch's :class:`~monai_sr_bundle.losses.batch.SRBatch` (the engine's label), so every term may read
-    the LR image, the box mask or any other item by name.
+    the LR image, the box mask or any other item by name; a term that needs a network besides the one trained
+    (a teacher) takes it as an argument of its block, a reference to the stage's ``auxiliary`` networks.
 
     Args:
         losses: block name -> the loss class bound to its arguments (a ``"_mode_": "callable"`` config
