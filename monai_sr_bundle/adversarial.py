@@ -19,8 +19,8 @@ from monai_sr_bundle.losses.adversarial import AdversarialLoss
 class SRAdversarialTrainer(AdversarialTrainer):
     """``AdversarialTrainer`` whose real samples are the HR targets.
 
-    Once the generator has run, ``REALS`` becomes the target without its box-mask channel (the train config
-    joins the mask to the target as its last channel); the generator's loss is the content loss
+    Once the generator has run, ``REALS`` becomes the HR target of the named batch that the prepare-batch
+    made the label (:class:`~monai_sr_bundle.losses.batch.SRBatch`); the generator's loss is the content loss
     (``recon_loss_function``, e.g. pixel + perceptual) plus ``adversarial_loss.generator``, given the
     discriminator's logits of the reals when the game is relativistic; ``loss`` in the output is that total,
     as ``SupervisedTrainer`` reports it, so the train config's handlers log and guard it unchanged.
@@ -62,7 +62,7 @@ class SRAdversarialTrainer(AdversarialTrainer):
     @staticmethod
     def _reals_are_targets(engine: SRAdversarialTrainer) -> None:
         out = engine.state.output
-        out[AdversarialKeys.REALS] = out[Keys.LABEL][:, : out[AdversarialKeys.FAKES].shape[1]]
+        out[AdversarialKeys.REALS] = out[Keys.LABEL].target
 
     def _generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
         real_logits = None

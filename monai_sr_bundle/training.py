@@ -23,36 +23,52 @@ from monai.engines.utils import PrepareBatch
 from monai_sr_bundle import flag, methods
 from monai_sr_bundle.distributed import is_distributed, is_main_process, world_size
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.losses.batch import SRBatch
 from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.transforms.noise import NOISE_LEVEL_KEY
 
 CONFIGS = BUNDLE_ROOT / "configs"
 #: the key of the abnormality-box mask on the HR grid (``BoxesToMaskd`` in the train config), its own item
-#: through the transforms until the prepare-batch joins it to the target
+#: through the transforms; the loss terms read it as the named batch's ``mask``
 BOX_MASK_KEY = "box_mask"
+#: the batch's keys under the names a loss term reads them by (:class:`~monai_sr_bundle.losses.batch.SRBatch`)
+BATCH_NAMES = {"image": "lr", "label": "hr", BOX_MASK_KEY: "mask"}
+
+
+def named_batch(batchdata: dict, device=None, non_blocking: bool = False) -> SRBatch:
+    """The collated batch by name (``lr``, ``hr``, ``mask``; every other item under its own key), its tensors
+    on ``device`` without MONAI's metadata (a loss needs none, and the engine strips it from its label only
+    when the label is a tensor). Every prepare-batch of a stage builds its label here."""
+    named = SRBatch()
+    for key, value in batchdata.items():
+        if isinstance(value, torch.Tensor):
+            value = value.as_subclass(torch.Tensor).to(device=device, non_blocking=non_blocking)
+        named[BATCH_NAMES.get(key, key)] = value
+    return named
 
 
 class SRPrepareBatch(PrepareBatch):
-    """``(LR image, target)`` from an SR batch: the target is the HR image (``label``) with the box mask
-    (:data:`BOX_MASK_KEY`, when the batch has one) as its last channel, the one place the two meet: the
-    trainer hands a loss only the prediction and the target, and the loss blocks read the mask there
-    (:func:`~monai_sr_bundle.losses.pixel.split_target`). A batch that carries each image's noise level (a
-    degradation-aware method's ``conditioning`` step) hands it to the network as ``noise_level``."""
+    """``(LR image, named batch)`` from an SR batch: the engine takes the
+    :class:`~monai_sr_bundle.losses.batch.SRBatch` as its label and hands it to the loss, whose terms read the
+    HR image, the box mask or the LR image by name. A batch that carries each image's noise level (a
+    degradation-aware method's ``conditioning`` step) hands it to the network as ``noise_level`` too."""
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
-        lr = batchdata["image"].to(device=device, non_blocking=non_blocking)
-        target = self.target(batchdata, device, non_blocking)
-        if NOISE_LEVEL_KEY not in batchdata:
-            return lr, target
-        level = torch.as_tensor(batchdata[NOISE_LEVEL_KEY]).to(device=device, dtype=lr.dtype)
-        return lr, target, (), {"noise_level": level}
+        batch = named_batch(batchdata, device, non_blocking)
+        if NOISE_LEVEL_KEY not in batch:
+            return batch.lr, batch
+        level = torch.as_tensor(batch[NOISE_LEVEL_KEY]).to(device=device, dtype=batch.lr.dtype)
+        return batch.lr, batch, (), {"noise_level": level}
 
-    @staticmethod
-    def target(batchdata: dict, device=None, non_blocking: bool = False) -> torch.Tensor:
-        label = batchdata["label"].to(device=device, non_blocking=non_blocking)
-        if BOX_MASK_KEY not in batchdata:
-            return label
-        return torch.cat([label, batchdata[BOX_MASK_KEY].to(device=device, non_blocking=non_blocking)], dim=1)
+
+def auxiliary_network(
+    method: str, scale: int, modality: str, weights: str | os.PathLike | None = None, device="cpu"
+) -> torch.nn.Module:
+    """A network a stage declares under ``auxiliary`` (a teacher) for the loss blocks that name it
+    (``"teacher": "@auxiliary#teacher"``): ``method`` loaded with its shipped weights (or ``weights``), in eval
+    mode and without gradients. The config builds it once; it is in no optimizer, checkpoint or published
+    weights, which hold the config's ``network`` alone."""
+    return methods.get(method, scale, modality).load(weights, device).requires_grad_(False)
 
 
 def stage_configs(method: methods.Method, stage: str | None = None) -> list[str]:

@@ -13,7 +13,7 @@ from test_bundle import _ok, run_config, train_files
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.losses import BoxLoss, PixelLoss, TrainingTermsLoss, WeightedSumLoss
+from monai_sr_bundle.losses import BoxLoss, PixelLoss, SRBatch, TrainingTermsLoss, WeightedSumLoss
 from monai_sr_bundle.networks.adsr import ADSR
 from monai_sr_bundle.networks.sr3 import SR3
 
@@ -82,7 +82,7 @@ def test_without_the_vae_branch_it_is_sr3s_network_with_the_rest_of_the_loss():
     )
     pred, hr, mask = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
     pred[0, 0, 0, 0], mask[0, 0, :2, :2] = 2.0, 1
-    torch.testing.assert_close(loss(pred, torch.cat([hr, mask], 1)), torch.tensor(4 / 16 + 10.0 * 4 / 4))
+    torch.testing.assert_close(loss(pred, SRBatch(hr=hr, mask=mask)), torch.tensor(4 / 16 + 10.0 * 4 / 4))
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -109,9 +109,10 @@ def test_training_pairs_the_implied_image_with_the_clean_hr_and_its_boxes():
 
     torch.manual_seed(0)
     adsr = ADSR(latent_channels=4, **TINY)
-    label = torch.cat([torch.rand(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)], dim=1)
-    noisy, target, _, kwargs = DiffusionPrepareBatch(adsr)({"image": torch.rand(2, 1, 8, 8), "label": label})
-    torch.testing.assert_close(target, label)  # the clean HR and the box mask, not the noise
+    hr, mask = torch.rand(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)
+    batch = {"image": torch.rand(2, 1, 8, 8), "label": hr, "box_mask": mask}
+    noisy, named, _, kwargs = DiffusionPrepareBatch(adsr)(batch)
+    assert torch.equal(named.target, hr) and torch.equal(named.mask, mask)  # the clean HR and its boxes, not noise
     assert DenoisingStep(adsr)(noisy, **kwargs).shape == (2, 1, 32, 32)
 
 
@@ -142,16 +143,16 @@ def test_the_loss_is_the_papers_sum_and_skips_images_without_boxes():
     mask = torch.zeros(2, 1, 4, 4)
     mask[0, 0, :2, :2] = 1  # a 4-pixel box in the first image, none in the second
     expected = 1.0 * 4 / 32 + 10.0 * 4 / 4 + 0.5 * 3.0
-    torch.testing.assert_close(loss(pred, torch.cat([hr, mask], 1)), torch.tensor(expected))
-    no_boxes = loss(pred, torch.cat([hr, torch.zeros_like(mask)], 1))
+    torch.testing.assert_close(loss(pred, SRBatch(hr=hr, mask=mask)), torch.tensor(expected))
+    no_boxes = loss(pred, SRBatch(hr=hr, mask=torch.zeros_like(mask)))
     assert torch.isfinite(no_boxes) and no_boxes.item() == pytest.approx(4 / 32 + 1.5)
-    assert loss(pred, hr).item() == pytest.approx(4 / 32 + 1.5)  # no mask channel at all
+    assert loss(pred, SRBatch(hr=hr)).item() == pytest.approx(4 / 32 + 1.5)  # no mask at all
 
 
 def test_a_vae_block_on_a_network_without_the_branch_is_one_sentence():
     loss = WeightedSumLoss({"vae": partial(TrainingTermsLoss, module=ADSR(vae=False, **TINY), weight=0.3)})
     with pytest.raises(InputError, match="ADSR left no kl from its forward"):
-        loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+        loss(torch.zeros(1, 1, 4, 4), SRBatch(hr=torch.zeros(1, 1, 4, 4)))
 
 
 @needs_data(DATA)

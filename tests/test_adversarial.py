@@ -19,11 +19,11 @@ from test_bundle import _configs, _ok, run_config, train_files
 from monai_sr_bundle import methods
 from monai_sr_bundle.adversarial import SRAdversarialTrainer
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.losses import AdversarialLoss, PixelLoss, WeightedSumLoss
+from monai_sr_bundle.losses import AdversarialLoss, PixelLoss, SRBatch, WeightedSumLoss
 from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.networks import SRResNet
 from monai_sr_bundle.networks.discriminator import SRGANDiscriminator
-from monai_sr_bundle.training import attach_resume, stop_on_nan, train_configs
+from monai_sr_bundle.training import SRPrepareBatch, attach_resume, stop_on_nan, train_configs
 
 GAN = _configs("inference.json", "train.json", "train_gan.json")
 TRAIN = _configs("inference.json", "train.json")
@@ -64,8 +64,8 @@ def _never_built(**kwargs):
 
 
 def test_weighted_sum_of_loss_blocks_skips_switched_off_terms():
-    pred, target = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
-    blocks = {"pixel": partial(PixelLoss, weight=0.5), "mse": partial(torch.nn.MSELoss, weight=2.0)}
+    pred, target = torch.zeros(1, 1, 4, 4), SRBatch(hr=torch.ones(1, 1, 4, 4))
+    blocks = {"pixel": partial(PixelLoss, weight=0.5), "mse": partial(PixelLoss, distance="mse", weight=2.0)}
     loss = WeightedSumLoss(blocks)
     assert loss(pred, target).item() == pytest.approx(2.5) and list(loss.terms) == ["pixel", "mse"]
     only = WeightedSumLoss({**blocks, "mse": None, "vgg": partial(_never_built, weight=0.0)})
@@ -123,7 +123,7 @@ def _batches(n: int = 2):
     g = torch.Generator().manual_seed(0)
     hr = torch.rand(n, 2, 1, 32, 32, generator=g)
     mask = torch.zeros(n, 2, 1, 32, 32)
-    return [{"image": F.avg_pool2d(h, 4), "label": torch.cat([h, m], 1)} for h, m in zip(hr, mask)]
+    return [{"image": F.avg_pool2d(h, 4), "label": h, "box_mask": m} for h, m in zip(hr, mask)]
 
 
 def _gan_trainer(relativistic: bool, max_epochs: int = 1) -> SRAdversarialTrainer:
@@ -137,6 +137,7 @@ def _gan_trainer(relativistic: bool, max_epochs: int = 1) -> SRAdversarialTraine
         g_network=g,
         g_optimizer=torch.optim.Adam(g.parameters(), 1e-3),
         recon_loss_function=PixelLoss(),
+        prepare_batch=SRPrepareBatch(),
         d_network=d,
         d_optimizer=torch.optim.Adam(d.parameters(), 1e-3),
     )
@@ -152,11 +153,11 @@ def test_the_real_sample_is_the_hr_target(relativistic):
     trainer.run()
     out = trainer.state.output[0] if isinstance(trainer.state.output, list) else trainer.state.output
     label = _batches()[-1]["label"]
-    assert torch.equal(out[AdversarialKeys.REALS], label[:, :1])  # the HR without its box-mask channel
+    assert torch.equal(out[AdversarialKeys.REALS], label)  # the named batch's HR target
     # the discriminator saw HR-sized images only, the reals among them (not the 8 x 8 LR input, as MONAI's
     # trainer would give it); the relativistic generator step also asks it about the reals
     assert all(x.shape[-2:] == (32, 32) for x in seen)
-    reals = [b["label"][:, :1] for b in _batches()]
+    reals = [b["label"] for b in _batches()]
     assert sum(any(torch.equal(x, r) for r in reals) for x in seen) == (4 if relativistic else 2)  # 2 iterations
     loss = out["loss"]
     assert torch.isclose(loss, out[AdversarialKeys.RECONSTRUCTION_LOSS] + out[AdversarialKeys.GENERATOR_LOSS])
@@ -180,7 +181,7 @@ def test_gan_checkpoints_are_state_dicts_that_resume(tmp_path):
 
 def test_a_checkpoint_of_another_network_is_refused_in_one_sentence(tmp_path):
     """A run folder left by an earlier network (an overlay changed since) is not resumed into this one."""
-    data = [{"image": b["label"][:, :1], "label": b["label"][:, :1]} for b in _batches()]
+    data = [{"image": b["label"], "label": b["label"]} for b in _batches()]
 
     def trainer(kernel: int) -> SupervisedTrainer:
         net = torch.nn.Conv2d(1, 1, kernel, padding=kernel // 2)
@@ -202,9 +203,9 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
     def loss(pred, target):  # finite for the first epoch (2 iterations), then NaN
         calls.append(1)
-        return F.l1_loss(pred, target[:, :1]) * (float("nan") if len(calls) > 3 else 1.0)
+        return F.l1_loss(pred, target) * (float("nan") if len(calls) > 3 else 1.0)
 
-    data = [{"image": b["label"][:, :1], "label": b["label"]} for b in _batches()]
+    data = [{"image": b["label"], "label": b["label"]} for b in _batches()]
     trainer = SupervisedTrainer("cpu", 3, data, net, torch.optim.SGD(net.parameters(), 0.1), loss)
     attach_resume(trainer, tmp_path, None, _checkpoint(trainer))
     stop_on_nan(trainer, tmp_path)

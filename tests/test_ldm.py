@@ -55,7 +55,7 @@ def test_the_diffused_sample_is_the_hr_latent_and_decodes_back_through_the_autoe
     sr = LDM(**TINY).eval()
     lr, hr = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 32, 32)
     noisy, target, _, kwargs = DiffusionPrepareBatch(sr)({"image": lr, "label": hr})
-    assert noisy.shape == kwargs["condition"].shape == (2, 3, 8, 8) and torch.equal(target, hr)
+    assert noisy.shape == kwargs["condition"].shape == (2, 3, 8, 8) and torch.equal(target.target, hr)
     assert sr.estimate_image(noisy, kwargs["condition"], kwargs["timesteps"]).shape == hr.shape
     with torch.no_grad():
         sample = sr.sample_of(hr, kwargs["condition"])

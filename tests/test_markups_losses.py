@@ -13,7 +13,7 @@ from monai_sr_bundle.batch import default_input
 from monai_sr_bundle.data.markups import MAX_BOXES, boxes_to_markups, markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.losses import PixelLoss
+from monai_sr_bundle.losses import PixelLoss, SRBatch
 from monai_sr_bundle.transforms.boxes import BoxesToMask
 
 BOXES = [[10.0, 20.0, 40.0, 60.0], [0.0, 0.0, 128.0, 5.5]]
@@ -111,13 +111,13 @@ def test_box_weighted_loss_against_direct_computation():
     torch.manual_seed(0)
     pred, hr = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
     mask = torch.cat([BoxesToMask((16, 16))([[2, 3, 9, 12]]), BoxesToMask((16, 16))([])])[:, None]
-    target = torch.cat([hr, mask], dim=1)
+    target = SRBatch(hr=hr, mask=mask)
     err = (pred - hr).abs()
     expected = err.mean() + 2.5 * (err * mask).sum() / err.numel()
     assert torch.allclose(PixelLoss("l1", 2.5)(pred, target), expected)
     l1 = torch.nn.L1Loss()(pred, hr)
     assert torch.allclose(PixelLoss("l1", 0.0)(pred, target), l1)  # weight 0: plain L1
-    assert torch.allclose(PixelLoss("l1", 2.5)(pred, hr), l1)  # no mask channel: plain L1
+    assert torch.allclose(PixelLoss("l1", 2.5)(pred, SRBatch(hr=hr)), l1)  # no mask: plain L1
     mse = torch.nn.MSELoss()(pred, hr)
     assert torch.equal(PixelLoss("mse")(pred, target), mse)  # ADSR's reconstruction term
     squared = (pred - hr).square()
@@ -130,5 +130,3 @@ def test_box_weighted_loss_refuses_bad_input():
             PixelLoss(box_weight=bad)
     with pytest.raises(InputError, match="the pixel distance must be one of l1, mse, got 'l2'"):
         PixelLoss("l2")
-    with pytest.raises(InputError, match="extra channel"):
-        PixelLoss(box_weight=1)(torch.rand(1, 1, 8, 8), torch.rand(1, 3, 8, 8))

@@ -7,7 +7,7 @@ import torch
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.imagenet import ImageNetFeatures, default_weights_path, layer_names
-from monai_sr_bundle.losses import PerceptualLoss
+from monai_sr_bundle.losses import PerceptualLoss, SRBatch
 from monai_sr_bundle.metrics import load_lpips
 
 needs_vgg = pytest.mark.skipif(
@@ -47,20 +47,20 @@ def test_perceptual_loss_values_and_gradients():
     sr, hr = _pair()
     sr.requires_grad_(True)
     loss = PerceptualLoss({"relu2_2": 1.0, "conv5_3": 0.5})
-    value = loss(sr, hr)
-    assert value.item() > 0 and loss(hr, hr).item() == 0
+    value = loss(sr, SRBatch(hr=hr))
+    assert value.item() > 0 and loss(hr, SRBatch(hr=hr)).item() == 0
     value.backward()
     assert sr.grad is not None and sr.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in loss.parameters())  # the backbone does not train
-    # weights scale the terms; grey equals its RGB replica; a box-mask channel on the target is dropped
+    # weights scale the terms; grey equals its RGB replica; the batch's box mask plays no part
     with torch.no_grad():
-        single = PerceptualLoss({"relu2_2": 2.0})(sr, hr)
-        assert single.item() == pytest.approx(2 * PerceptualLoss({"relu2_2": 1.0})(sr, hr).item(), rel=1e-6)
-        rgb = PerceptualLoss({"relu2_2": 2.0})(sr.expand(-1, 3, -1, -1), hr.expand(-1, 3, -1, -1))
+        single = PerceptualLoss({"relu2_2": 2.0})(sr, SRBatch(hr=hr))
+        assert single.item() == pytest.approx(2 * PerceptualLoss({"relu2_2": 1.0})(sr, SRBatch(hr=hr)).item(), rel=1e-6)
+        rgb = PerceptualLoss({"relu2_2": 2.0})(sr.expand(-1, 3, -1, -1), SRBatch(hr=hr.expand(-1, 3, -1, -1)))
         assert rgb.item() == pytest.approx(single.item(), rel=1e-6)
-        masked = PerceptualLoss({"relu2_2": 2.0})(sr, torch.cat([hr, torch.ones_like(hr)], dim=1))
+        masked = PerceptualLoss({"relu2_2": 2.0})(sr, SRBatch(hr=hr, mask=torch.ones_like(hr)))
         assert masked.item() == pytest.approx(single.item(), rel=1e-6)
-        l1 = PerceptualLoss({"relu2_2": 1.0}, distance="l1")(sr, hr)
+        l1 = PerceptualLoss({"relu2_2": 1.0}, distance="l1")(sr, SRBatch(hr=hr))
         assert l1.item() > 0 and l1.item() != pytest.approx(single.item() / 2)
 
 
@@ -83,9 +83,9 @@ def test_perceptual_loss_bad_config(kwargs, message):
 def test_perceptual_loss_bad_shapes():
     loss = PerceptualLoss({"relu1_2": 1.0})
     with pytest.raises(InputError, match="perceptual loss needs"):
-        loss(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 20))
+        loss(torch.rand(1, 1, 16, 16), SRBatch(hr=torch.rand(1, 1, 16, 20)))
     with pytest.raises(InputError, match="perceptual loss needs"):
-        loss(torch.rand(1, 2, 16, 16), torch.rand(1, 2, 16, 16))
+        loss(torch.rand(1, 2, 16, 16), SRBatch(hr=torch.rand(1, 2, 16, 16)))
 
 
 def test_missing_or_corrupt_weights_are_one_sentence(tmp_path, monkeypatch):

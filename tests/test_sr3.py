@@ -124,7 +124,7 @@ def test_the_training_target_is_what_the_denoiser_predicts(prediction):
     torch.manual_seed(1)
     noisy, target, _, kwargs = DiffusionPrepareBatch(net)({"image": lr, "label": hr})
     want = ideal(prediction, noisy, net.sample_of(hr, kwargs["condition"]), kwargs["timesteps"])
-    assert target.shape == (2, 1, 16, 16) and torch.allclose(target, want, atol=1e-4)
+    assert target.target.shape == (2, 1, 16, 16) and torch.allclose(target.target, want, atol=1e-4)
 
 
 def test_an_unknown_prediction_is_refused():

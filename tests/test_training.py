@@ -17,8 +17,11 @@ from conftest import needs_data
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.losses import SRBatch
 from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.training import (
+    SRPrepareBatch,
+    auxiliary_network,
     interpolate_weights,
     latest_checkpoint,
     publish_weights,
@@ -264,8 +267,8 @@ def test_weights_check_fails_without_entry_or_on_mismatch(tmp_path):
 
 def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
     """The train config's preprocessing on a datalist file: the box mask is its own item, cut and flipped
-    with the HR image; the prepare-batch joins it to the target, and the configured loss weights exactly
-    those pixels."""
+    with the HR image; the prepare-batch hands it to the loss by name, and the configured loss weights
+    exactly those pixels."""
     from PIL import Image
 
     from monai_sr_bundle.data.readers import read_image
@@ -302,26 +305,27 @@ def test_train_config_carries_box_masks_through_crops_and_loss(tmp_path):
         window = whole[i : i + 32, j : j + 32]
         assert torch.equal(torch.as_tensor(s["box_mask"][0]), window.flip(0) if f else window)
     batch = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in samples[0]}
-    lr, target = parser.get_parsed_content("prepare_batch")(batch)
-    assert torch.equal(lr, batch["image"]) and torch.equal(target, torch.cat([batch["label"], batch["box_mask"]], 1))
+    lr, named = parser.get_parsed_content("prepare_batch")(batch)
+    assert torch.equal(lr, batch["image"]) and torch.equal(named.lr, lr) and torch.equal(named.hr, batch["label"])
+    assert torch.equal(named.mask, batch["box_mask"]) and named.target is named.hr
     loss = parser.get_parsed_content("loss")  # pixel term only: no perceptual term is built by default
     assert list(loss.terms) == ["pixel"] and isinstance(loss.terms["pixel"], PixelLoss)
     assert loss.terms["pixel"].box_weight == 3.0
     pred = torch.zeros_like(batch["label"])
     err = batch["label"].abs()
-    torch.testing.assert_close(loss(pred, target), (err * (1 + 3.0 * batch["box_mask"])).mean())
+    torch.testing.assert_close(loss(pred, named), (err * (1 + 3.0 * batch["box_mask"])).mean())
 
 
 @needs_data(shared_data_dir() / "weights")
 def test_train_stage_adds_a_perceptual_term_when_a_method_asks():
     """Any method, not only a GAN, can train with pixel + perceptual loss (RUNet does) by a loss block in its
-    overlay or on the command line; the box-mask channel of the target reaches both terms."""
+    overlay or on the command line; both terms see the same named batch."""
     parser = train_parser("srcnn")
     block = {"_target_": "monai_sr_bundle.losses.PerceptualLoss", "_mode_": "callable", "weight": 0.5}
     parser["losses#perceptual"] = {**block, "layers": {"relu2_2": 1.0}}
     loss = parser.get_parsed_content("loss")
     assert [type(t).__name__ for t in loss.terms.values()] == ["PixelLoss", "PerceptualLoss"]
-    pred, target = torch.rand(2, 1, 32, 32), torch.rand(2, 2, 32, 32)
+    pred, target = torch.rand(2, 1, 32, 32), SRBatch(hr=torch.rand(2, 1, 32, 32), mask=torch.rand(2, 1, 32, 32))
     expected = loss.terms["pixel"](pred, target) + 0.5 * loss.terms["perceptual"](pred, target)
     torch.testing.assert_close(loss(pred, target), expected)
     recorded = parser.get_parsed_content("provenance#losses")["perceptual"]
@@ -502,66 +506,83 @@ def test_lower_is_better_given_as_text_on_the_command_line_is_read_as_a_switch()
     assert parser.get_parsed_content("best_saver#key_metric_negative_sign") is True
 
 
-# ------------------------------------------------------------------------- a new two-network stage
+# ------------------------------------------------------------------------- the named batch, a teacher
 
 
-DISTILLATION = '''
-import torch
-import torch.nn.functional as F
-from torch import nn
+def test_the_box_weighted_loss_through_the_named_batch_is_the_old_mask_channel_value():
+    """The loss blocks read the mask by name now, where they once split it off the target's last channel: on
+    a fixed batch the box-weighted pixel, squared and box terms give the value that path gave
+    (0.6203651428222656, computed by the mask-channel code before it was removed)."""
+    from functools import partial
+
+    from monai_sr_bundle.losses import BoxLoss, PixelLoss, WeightedSumLoss
+
+    g = torch.Generator().manual_seed(55)
+    hr, pred = torch.rand(3, 1, 16, 16, generator=g), torch.rand(3, 1, 16, 16, generator=g)
+    mask = torch.zeros(3, 1, 16, 16)
+    mask[0, :, 2:9, 4:12], mask[2, :, 10:16, 0:5] = 1, 1
+    loss = WeightedSumLoss(
+        {
+            "pixel": partial(PixelLoss, weight=1.0, box_weight=3.0),
+            "mse": partial(PixelLoss, weight=0.4, distance="mse", box_weight=2.0),
+            "box": partial(BoxLoss, weight=0.3),
+        }
+    )
+    lr, named = SRPrepareBatch()({"image": hr[..., ::4, ::4], "label": hr, "box_mask": mask})
+    assert loss(pred, named).item() == 0.6203651428222656
+    with pytest.raises(InputError, match=r"target \(3, 1, 16, 16\) must have the prediction's shape"):
+        loss(pred[:, :, :8], named)
 
 
-class DistillationLoss(nn.Module):
-    """MSE between the student's SR and a frozen teacher's SR of the same LR batch (the student's input,
-    seen through a forward pre-hook: the trainer hands a loss only the prediction and the target)."""
+def test_a_declared_teacher_is_frozen_and_the_distillation_term_reads_the_lr_image_by_name():
+    """``auxiliary_network`` loads a shipped method once, frozen; ``DistillationLoss`` compares the student's
+    SR with the teacher's SR of the batch's ``lr``, with gradients to the student's prediction only."""
+    from monai_sr_bundle.losses import DistillationLoss
 
-    def __init__(self, teacher: nn.Module, student: nn.Module) -> None:
-        super().__init__()
-        self.teacher = [teacher.eval().requires_grad_(False)]  # a reference: not trained, not saved
-        self.lr = None
-        student.register_forward_pre_hook(lambda module, args: setattr(self, "lr", args[0]))
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            wanted = self.teacher[0](self.lr)
-        return F.mse_loss(pred, wanted)
-
-
-def shipped(name: str, scale: int, modality: str, device) -> nn.Module:
-    """A shipped method, loaded: the teacher."""
-    from monai_sr_bundle import methods
-
-    return methods.get(name, scale, modality).load(device=device)
-'''
+    teacher = auxiliary_network("srcnn", 4, "cxr")
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    loss = DistillationLoss(teacher, distance="mse")
+    assert loss.state_dict() == {} and list(loss.parameters()) == []  # held by reference: never saved
+    lr = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        wanted = teacher(lr)
+    pred = torch.zeros_like(wanted, requires_grad=True)
+    value = loss(pred, SRBatch(lr=lr, hr=torch.rand_like(wanted)))
+    torch.testing.assert_close(value, wanted.square().mean())
+    value.backward()
+    assert pred.grad is not None and all(p.grad is None for p in teacher.parameters())
+    assert loss(wanted, SRBatch(lr=lr, hr=torch.rand_like(wanted))).item() == 0
 
 
 @needs_data(shared_data_dir() / "nih_cxr14")
 @pytest.mark.slow
-def test_a_throwaway_teacher_student_stage_trains_from_an_overlay_and_a_loss_module(tmp_path, monkeypatch):
-    """A new multi-network stage needs no edit to training.py or the stage configs: an overlay declares the
-    stage and replaces the loss blocks with a distillation loss (a module outside the package) that holds the
-    shipped SRCNN as a frozen teacher; ``monai.bundle run`` trains a student SRCNN without its residual
-    bicubic path toward it, publishes the student alone, and records the stage and the loss."""
+def test_a_student_trains_toward_the_teacher_its_stage_declares(tmp_path, monkeypatch):
+    """A distillation stage is a config: an overlay declares an ``auxiliary`` teacher and a ``DistillationLoss``
+    block that names it; ``monai.bundle run`` trains a student toward it, and the checkpoints and published
+    weights hold the student alone. The teacher is a network of the student's method made to answer -0.2
+    everywhere, far from the HR images: a student that learnt from the HR, not from the teacher, would move
+    away from it."""
     from test_bundle import _ok, run_config, train_files
 
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "distillation.py").write_text(DISTILLATION)
-    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
     overlay = {
         "network_def": {"_target_": "monai_sr_bundle.networks.SRCNN", "scale": "@scale", "residual": False},
         "stages": {"distill": ["train.json"]},
         "stage": "distill",
         **{"patch_size": 32, "batch_size": 2, "samples_per_image": 2, "learning_rate": 0.001},
+        "auxiliary": {
+            "teacher": {
+                "_target_": "monai_sr_bundle.training.auxiliary_network",
+                **{"method": "tiny_student", "weights": str(tmp_path / "teacher.pt")},
+                **{"scale": "@scale", "modality": "@modality", "device": "@device"},
+            }
+        },
         "losses": {
             "distill": {
-                "_target_": "distillation.DistillationLoss",
+                "_target_": "monai_sr_bundle.losses.DistillationLoss",
                 "_mode_": "callable",
                 "weight": 1.0,
-                "teacher": {
-                    "_target_": "distillation.shipped",
-                    **{"name": "srcnn", "scale": "@scale", "modality": "@modality", "device": "@device"},
-                },
-                "student": "@network",
+                "teacher": "@auxiliary#teacher",
+                "distance": "mse",
             }
         },
     }
@@ -569,21 +590,27 @@ def test_a_throwaway_teacher_student_stage_trains_from_an_overlay_and_a_loss_mod
     (tmp_path / "overlays" / "tiny_student.json").write_text(json.dumps(overlay))
     monkeypatch.setenv("MONAI_SR_METHODS", str(tmp_path / "overlays"))
     student = methods.get("tiny_student")
-    assert list(student.stages) == ["distill"]
-    args = ("--train_limit", "2", "--val_limit", "1", "--max_epochs", "2", "--run_dir", tmp_path / "run")
+    teacher = student.network()
+    last = teacher.body[-1]
+    torch.nn.init.zeros_(last.weight), torch.nn.init.constant_(last.bias, -0.2)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    args = ("--train_limit", "2", "--val_limit", "1", "--max_epochs", "4", "--run_dir", tmp_path / "run")
     _ok(run_config(train_files("tiny_student"), "tiny_student", *args, "--ckpt_path", tmp_path / "w.pt"))
 
     record = json.loads((tmp_path / "weights.json").read_text())["w.pt"]
-    assert record["stage"] == "distill" and record["losses"] == {"distill": {"loss": "DistillationLoss", "weight": 1.0}}
-    assert "tiny_student.json" in record["command"]
+    assert record["stage"] == "distill"
+    assert record["losses"] == {"distill": {"loss": "DistillationLoss", "weight": 1.0, "distance": "mse"}}
+    fresh_keys = set(student.network().state_dict())
+    saved = torch.load(tmp_path / "run" / "checkpoint_epoch=4.pt", weights_only=True)
+    assert set(saved["network"]) == fresh_keys  # no teacher tensors in the checkpoint
     trained = student.network(tmp_path / "w.pt").eval()  # strict: the student alone, no teacher tensors
-    teacher = methods.get("srcnn").load()
+    teacher = student.load(tmp_path / "teacher.pt")
     torch.manual_seed(0)
     fresh = student.network().eval()
     lr = torch.rand(2, 1, 24, 24)
     with torch.no_grad():
         wanted = teacher(lr)
-        assert F.mse_loss(trained(lr), wanted) < 0.5 * F.mse_loss(fresh(lr), wanted)
+        assert F.mse_loss(trained(lr), wanted) < 0.25 * F.mse_loss(fresh(lr), wanted)
 
 
 def test_a_noise_aware_method_trains_told_each_images_level_estimated_on_the_whole_lr(tmp_path):

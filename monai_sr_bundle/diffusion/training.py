@@ -4,8 +4,8 @@ the prepare-batch noises the HR target at random timesteps and conditions on the
 it) for the denoiser's estimate, and the train config's loss compares it with what it should have found (the
 noise drawn, the clean sample or the velocity, as the network's ``prediction`` says), or, for a method whose
 loss is on the image (``loss_space``), the SR image it implies with the clean HR. The batch is the one every
-method trains on (``image`` LR, ``label`` HR, the box mask joined to the target by ``SRPrepareBatch``), so the CLI, the
-MONAI Label trainer and the NVFlare client train a diffusion method unchanged."""
+method trains on, by name (``training.named_batch``: its ``target`` the denoiser's, its ``mask`` the box mask), so the
+CLI, the MONAI Label trainer and the NVFlare client train a diffusion method unchanged."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import torch
 from monai.engines.utils import PrepareBatch
 from torch import nn
 
-from monai_sr_bundle.training import SRPrepareBatch
+from monai_sr_bundle.training import named_batch
 
 
 class DiffusionPrepareBatch(PrepareBatch):
-    """``(noisy sample, target [+ box mask]), kwargs {condition, timesteps}`` from an SR batch.
+    """``(noisy sample, named batch), kwargs {condition, timesteps}`` from an SR batch, the batch's ``target``
+    what the denoiser should find.
 
     The sample is the network's (``network.sample_of(hr, condition)``), so a method that diffuses a residual
     or a latent says so in one place; timesteps are uniform over the training schedule, drawn from torch's
@@ -33,24 +34,23 @@ class DiffusionPrepareBatch(PrepareBatch):
         self.schedule = network.schedule
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
-        lr = batchdata["image"].to(device=device, non_blocking=non_blocking)
-        label = SRPrepareBatch.target(batchdata, device, non_blocking)
-        hr, mask = label[:, :1], label[:, 1:]
+        batch = named_batch(batchdata, device, non_blocking)
+        hr = batch.hr
         with torch.no_grad():
-            condition = self.network.condition(lr)
+            condition = self.network.condition(batch.lr)
             sample = self.network.sample_of(hr, condition)
         noise = torch.randn_like(sample)
         t = torch.randint(0, self.network.train_steps, (len(sample),), device=sample.device)
         noisy = self.schedule.add_noise(original_samples=sample, noise=noise, timesteps=t)
         if self.network.loss_space == "image":
-            target = hr
+            batch["target"] = hr
         elif self.network.prediction == "sample":
-            target = sample
+            batch["target"] = sample
         elif self.network.prediction == "v_prediction":
-            target = self.schedule.get_velocity(sample, noise, t)
+            batch["target"] = self.schedule.get_velocity(sample, noise, t)
         else:
-            target = noise
-        return noisy, torch.cat([target, mask], dim=1), (), {"condition": condition, "timesteps": t}
+            batch["target"] = noise
+        return noisy, batch, (), {"condition": condition, "timesteps": t}
 
 
 class DenoisingStep(nn.Module):
@@ -73,9 +73,19 @@ class DenoisingStep(nn.Module):
 
 
 class AutoencoderPrepareBatch(PrepareBatch):
-    """``(HR image, target [+ box mask])`` from an SR batch: a latent method's autoencoder stage reconstructs
-    the HR image it will later encode; the LR image is not used."""
+    """``(HR image, named batch)`` from an SR batch: a latent method's autoencoder stage reconstructs the HR
+    image it will later encode, the batch's ``target``; the LR image is not used."""
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
-        label = SRPrepareBatch.target(batchdata, device, non_blocking)
-        return label[:, :1], label
+        batch = named_batch(batchdata, device, non_blocking)
+        return batch.hr, batch
+
+
+class ReconstructionPrepareBatch(PrepareBatch):
+    """``(HR image, HR image)``: the autoencoder stage's validation, whose metrics compare the reconstruction
+    with the HR image as tensors (an evaluator's metrics read its label; only a trainer's loss takes the
+    named batch)."""
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        hr = batchdata["label"].to(device=device, non_blocking=non_blocking)
+        return hr, hr

@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_sr_bundle.losses.pixel import split_target
+from monai_sr_bundle.losses.batch import SRBatch
 
 
 class BoxLoss(nn.Module):
-    """The MSE inside the boxes (the mask in the target's last channel), per image over its box pixels,
-    averaged over the images that have boxes: an image without boxes adds nothing, and a batch without any
-    (or a target without the mask channel) gives zero, never a NaN."""
+    """The MSE between the prediction and the batch's ``target`` inside the boxes (the batch's ``mask``), per
+    image over its box pixels, averaged over the images that have boxes: an image without boxes adds nothing,
+    and a batch without any (or without a mask) gives zero, never a NaN."""
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        hr, mask = split_target(pred, target)
+    def forward(self, pred: torch.Tensor, batch: SRBatch) -> torch.Tensor:
+        hr, mask = batch.target, batch.mask
         if mask is None:
             return pred.new_zeros(())
         area = mask.flatten(1).sum(1)

@@ -8,12 +8,12 @@ import os
 import torch
 from torch import nn
 
-from monai_sr_bundle.losses.pixel import split_target
+from monai_sr_bundle.losses.batch import SRBatch
 from monai_sr_bundle.metrics.lpips import load_lpips
 
 
 class LPIPSLoss(nn.Module):
-    """The mean over the batch of LPIPS(pred, hr); the target's box-mask channel, if any, is dropped.
+    """The mean over the batch of LPIPS(pred, target), the batch's ``target`` (the HR image).
 
     Args:
         net: ``"alex"`` (the LPIPS default, the network the benchmarks report) or ``"vgg"``.
@@ -27,6 +27,5 @@ class LPIPSLoss(nn.Module):
         super().__init__()
         self.lpips = load_lpips(net, weights_path)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        hr, _ = split_target(pred, target)
-        return self.lpips(pred, hr).mean()
+    def forward(self, pred: torch.Tensor, batch: SRBatch) -> torch.Tensor:
+        return self.lpips(pred, batch.target).mean()

@@ -17,6 +17,7 @@ from torch import nn
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.imagenet import ImageNetFeatures
+from monai_sr_bundle.losses.batch import SRBatch
 
 # ImageNet statistics of the RGB channels, for images in [0, 1]
 _MEAN = (0.485, 0.456, 0.406)
@@ -36,8 +37,7 @@ class PerceptualLoss(nn.Module):
         distance: ``"mse"`` (SRGAN) or ``"l1"`` (ESRGAN).
         weights_path: the LPIPS VGG16 archive; default ``$MONAI_SR_DATA/weights/lpips_vgg16_full_v0.1.npz``.
 
-    Inputs are (B, C, X, Y) in [0, 1] with C = 1 or 3; a target with one extra channel (the box mask of the
-    train config) has it dropped.
+    The prediction and the batch's ``target`` are (B, C, X, Y) in [0, 1] with C = 1 or 3.
 
     Raises:
         InputError: a missing weights file, an unknown layer or distance, a negative weight.
@@ -68,15 +68,15 @@ class PerceptualLoss(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         return self.vgg((x - self.mean) / self.std, list(self.layers))
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        c = pred.shape[1]
-        if c not in (1, 3) or target.shape[1] not in (c, c + 1) or target.shape[2:] != pred.shape[2:]:
+    def forward(self, pred: torch.Tensor, batch: SRBatch) -> torch.Tensor:
+        target = batch.target
+        if pred.shape[1] not in (1, 3) or target.shape != pred.shape:
             raise InputError(
-                f"the perceptual loss needs a prediction (B, 1 or 3, X, Y) and a target of its shape "
-                f"(optionally with a box-mask channel), got {tuple(pred.shape)} and {tuple(target.shape)}."
+                f"the perceptual loss needs a prediction (B, 1 or 3, X, Y) and a target of its shape, "
+                f"got {tuple(pred.shape)} and {tuple(target.shape)}."
             )
         with torch.no_grad():
-            wanted = self._features(target[:, :c])
+            wanted = self._features(target)
         total = pred.new_zeros(())
         for weight, got, ref in zip(self.layers.values(), self._features(pred), wanted):
             total = total + weight * self.distance(got, ref)

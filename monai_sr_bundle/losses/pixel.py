@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.losses.batch import SRBatch
 
 _DISTANCES = {"l1": lambda d: d.abs(), "mse": lambda d: d.square()}
 
@@ -16,10 +17,9 @@ class PixelLoss(nn.Module):
     """``mean(dist(pred - hr)) + box_weight * mean(mask * dist(pred - hr))`` over all pixels, ``dist`` the
     absolute (``l1``) or squared (``mse``) difference.
 
-    The box mask travels through the transforms as its own item (``box_mask``, cropped and flipped with the
-    HR image) and reaches the loss as the target's last channel (``training.SRPrepareBatch``).
-    With ``box_weight=0``, or a target without the mask channel, this is exactly ``nn.L1Loss()`` /
-    ``nn.MSELoss()``.
+    ``hr`` is the batch's ``target`` and ``mask`` its box mask (:class:`~monai_sr_bundle.losses.batch.SRBatch`:
+    the mask travels through the transforms as its own item, cropped and flipped with the HR image). With
+    ``box_weight=0``, or a batch without a mask, this is exactly ``nn.L1Loss()`` / ``nn.MSELoss()``.
 
     Args:
         distance: ``"l1"`` (the CNN methods) or ``"mse"`` (ADSR's reconstruction term).
@@ -34,21 +34,8 @@ class PixelLoss(nn.Module):
             raise InputError(f"box_weight must be a number >= 0, got {box_weight!r}.")
         self.distance, self.box_weight = distance, float(box_weight)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        hr, mask = split_target(pred, target)
-        err = _DISTANCES[self.distance](pred - hr)
+    def forward(self, pred: torch.Tensor, batch: SRBatch) -> torch.Tensor:
+        err, mask = _DISTANCES[self.distance](pred - batch.target), batch.mask
         if mask is None or self.box_weight == 0:
             return err.mean()
         return (err * (1 + self.box_weight * mask)).mean()
-
-
-def split_target(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The HR image and the box mask (``None`` when the target carries none) of a training target, whose
-    last channel may hold the mask; a target of another shape is one sentence."""
-    c = pred.shape[1]
-    if target.shape[1] not in (c, c + 1) or target.shape[2:] != pred.shape[2:]:
-        raise InputError(
-            f"target {tuple(target.shape)} must be the prediction's shape {tuple(pred.shape)}, "
-            "optionally with one extra channel holding the box mask."
-        )
-    return target[:, :c], (target[:, c:] if target.shape[1] == c + 1 else None)

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.losses.batch import SRBatch
 
 
 class TrainingTermsLoss(nn.Module):
     """The sum of the tensors ``module``'s last training forward left in its attributes ``terms`` (e.g.
-    ``LatentAutoencoder.kl``; ADSR's VAE branch ``reconstruction`` and ``kl``); the prediction and the target
+    ``LatentAutoencoder.kl``; ADSR's VAE branch ``reconstruction`` and ``kl``); the prediction and the batch
     are not used, so the term sits beside the pixel and LPIPS blocks.
 
     The module is the unwrapped one the train config builds, so the term reads the same tensors whether the
@@ -32,7 +33,7 @@ class TrainingTermsLoss(nn.Module):
             raise InputError(f"terms must list the attribute names of the module's loss terms, got {terms!r}.")
         self.source, self.terms = [module], list(terms)  # a reference, not a submodule: no parameters of its own
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, pred: torch.Tensor, batch: SRBatch) -> torch.Tensor:
         module = self.source[0]
         found = [getattr(module, t, None) for t in self.terms]
         missing = [t for t, v in zip(self.terms, found) if not isinstance(v, torch.Tensor)]

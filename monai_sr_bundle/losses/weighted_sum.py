@@ -16,11 +16,15 @@ import torch
 from torch import nn
 
 from monai_sr_bundle.errors import InputError, first_line
+from monai_sr_bundle.losses.batch import SRBatch
 
 
 class WeightedSumLoss(nn.Module):
-    """``sum_b weight_b * loss_b(pred, target)`` over the blocks, in their order; a block with weight 0 (or
-    ``null``) is never built, so a perceptual term switched off loads no VGG16 weights.
+    """``sum_b weight_b * loss_b(pred, batch)`` over the blocks, in their order; a block with weight 0 (or
+    ``null``) is never built, so a perceptual term switched off loads no VGG16 weights. ``batch`` is the
+    prepare-batch's :class:`~monai_sr_bundle.losses.batch.SRBatch` (the engine's label), so every term may read
+    the LR image, the box mask or any other item by name; a term that needs a network besides the one trained
+    (a teacher) takes it as an argument of its block, a reference to the stage's ``auxiliary`` networks.
 
     Args:
         losses: block name -> the loss class bound to its arguments (a ``"_mode_": "callable"`` config
@@ -30,7 +34,7 @@ class WeightedSumLoss(nn.Module):
 
     Raises:
         InputError: a block without a number ``weight`` >= 0, with an argument its class does not take, or
-            that builds no torch module; every weight 0.
+            that builds no torch module; every weight 0; a prediction not of its target's shape.
     """
 
     def __init__(
@@ -70,8 +74,12 @@ class WeightedSumLoss(nn.Module):
             raise InputError(f"every loss block in {source} has weight 0: nothing would be trained.")
         self.terms = nn.ModuleDict(terms).to(device)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return sum(self.weights[name] * term(pred, target) for name, term in self.terms.items())
+    def forward(self, pred: torch.Tensor, batch: SRBatch) -> torch.Tensor:
+        if batch.target.shape != pred.shape:
+            raise InputError(
+                f"the training target {tuple(batch.target.shape)} must have the prediction's shape {tuple(pred.shape)}."
+            )
+        return sum(self.weights[name] * term(pred, batch) for name, term in self.terms.items())
 
 
 def _plain(args: dict) -> dict:
