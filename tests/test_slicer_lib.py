@@ -285,6 +285,23 @@ def test_failing_run_reports_the_cli_sentence(tmp_path):
         job.start().wait(120)
 
 
+def test_a_process_that_ended_before_its_request_was_written_is_reported_not_a_broken_pipe(tmp_path):
+    """The race behind an intermittent CI failure: a worker that dies at start (a missing module) may end before
+    its request reaches it; the request then sits in the pipe's buffer, and closing the pipe raised
+    BrokenPipeError instead of the worker's own sentence. Made certain here: the request is buffered after the
+    process has ended."""
+    worker = Worker()
+    worker.cmd = [sys.executable, "-c", "import sys; sys.exit('No module named torch')"]
+    worker.log = open(tmp_path / "log", "w+b")
+    worker.process = subprocess.Popen(worker.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=worker.log)
+    worker.process.wait(30)
+    worker.process.stdin.write(b"{}\n" * 10)  # buffered: not yet sent
+    with pytest.raises(RunError, match="exit code 1.*No module named torch"):
+        raise RunError(worker.failure())
+    assert worker.process is None
+    worker.log.close()
+
+
 def test_missing_dependency_is_reported(tmp_path):
     bare = tmp_path / "bare"
     subprocess.run(

@@ -164,10 +164,13 @@ class Worker:
         return f"the SR process ended (exit code {code})" + (f": {lines[-1]}" if lines else ".")
 
     def stop(self) -> None:
-        """End the process and everything it started (its stdin closed first: it exits between requests)."""
+        """End the process and everything it started (its stdin closed first: it exits between requests). A
+        request still buffered for a process that has ended cannot be delivered: closing its pipe says so with a
+        BrokenPipeError, which would hide why the process ended (a process that dies at start, as one missing a
+        module does, ends before or after the request is written, by chance)."""
         if self.process is not None:
             if self.process.poll() is None:
-                self.process.stdin.close()
+                _close(self.process.stdin)
                 try:
                     self.process.wait(0 if self.busy else 5)
                 except subprocess.TimeoutExpired:
@@ -178,8 +181,16 @@ class Worker:
                         os.killpg(self.process.pid, signal.SIGKILL)
                         self.process.wait()
             for pipe in (self.process.stdin, self.process.stdout):
-                pipe.close()
+                _close(pipe)
             self.process, self._pending, self.busy = None, b"", False
+
+
+def _close(pipe) -> None:
+    """Close ``pipe`` even when the bytes it still buffers cannot reach a process that has ended."""
+    try:
+        pipe.close()
+    except BrokenPipeError:
+        pass  # the file is closed all the same; what it held was for a process that is gone
 
 
 class SRRun:
