@@ -33,10 +33,10 @@ test: $(STAMP) system-tools
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=30
 
-# the fast tier for each edit: no slow, server or federated tests (markers: tests/conftest.py)
+# the fast tier for each edit: no slow, server or federated tests (markers: tests/conftest.py), on both cores
 test-fast: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not (slow or server or federated)"
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10 -m "not (slow or server or federated)"
 
 benchmark: $(STAMP)
 	$(PY) -m benchmarks.quality

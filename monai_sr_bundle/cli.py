@@ -22,7 +22,7 @@ from monai_sr_bundle.errors import InputError, printable
 
 DEMO_LIMIT = 6
 #: images the demo's diffusion methods sample (each image costs them seconds of CPU per sampler step)
-DEMO_SAMPLED = 2
+DEMO_SAMPLED = 1
 
 
 def _interactive() -> bool:

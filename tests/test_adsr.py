@@ -195,6 +195,7 @@ def test_an_artifact_preset_with_unknown_kinds_stops_training_before_anything_is
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
 
 
+@pytest.mark.slow
 @needs_data(DATA / "nih_cxr14")
 def test_monai_sr_sr_with_adsr_removes_a_burnt_in_artifact(tmp_path):
     """The user-facing artifact-removal mode with the shipped weights: ``monai-sr sr --method adsr`` on a real

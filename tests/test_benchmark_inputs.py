@@ -48,6 +48,7 @@ def test_consistency_tells_an_sr_that_keeps_the_input_from_one_that_moves_it_and
     assert 0.03 < two["sd"] <= 0.05
 
 
+@pytest.mark.slow
 @needs_data(DATA / "nih_cxr14")
 def test_robustness_refuses_an_external_folder_without_images_and_writes_nothing(tmp_path):
     doc = REPO / "docs" / "results_robustness.md"

@@ -35,8 +35,9 @@ NIH = DATA / "nih_cxr14"
 SCALE = 4
 
 
-def bundle(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle <args>`` from the bundle root; stdout and stderr together in ``.stdout``."""
+def bundle_process(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle <args>`` as a process from the bundle root, stdout and stderr together in
+    ``.stdout``: for the tests of what a user's process prints last and exits with."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     return subprocess.run(
         [sys.executable, "-m", "monai.bundle", *map(str, args)],
@@ -50,11 +51,16 @@ def bundle(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def run_config(config: str, method: str, *args: str) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` of ``config`` (one file or a merged list) for ``method``, in this process:
-    the command line parsed by fire as the CLI parses it, from the bundle root, with what a process would
-    print (stdout, stderr, every logger's stream handlers, warnings) together in ``.stdout``; an error is exit
-    status 1 with its traceback there (fire's usage errors: 2). A process per run cost seconds of imports and
-    proved nothing more."""
+    """``python -m monai.bundle run`` of ``config`` (one file or a merged list) for ``method``, in this process
+    (:func:`monai_bundle`)."""
+    return monai_bundle("run", "--config_file", config, "--method", method, *args)
+
+
+def monai_bundle(command: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle <command> <args>`` in this process: the command line parsed by fire as the CLI
+    parses it, from the bundle root, with what a process would print (stdout, stderr, every logger's stream
+    handlers, warnings) together in ``.stdout``; an error is exit status 1 with its traceback there (fire's
+    usage errors: 2). A process per command cost seconds of imports and proved nothing more."""
     import contextlib
     import io
     import logging
@@ -62,7 +68,7 @@ def run_config(config: str, method: str, *args: str) -> subprocess.CompletedProc
     import warnings
 
     import fire
-    from monai.bundle import run
+    from monai.bundle import scripts
 
     def stream_handlers() -> list[logging.StreamHandler]:
         loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
@@ -70,7 +76,7 @@ def run_config(config: str, method: str, *args: str) -> subprocess.CompletedProc
         # a handler left on a stream that is gone (an earlier test's captured stderr) cannot be redirected
         return [h for h in handlers if type(h) is logging.StreamHandler and not getattr(h.stream, "closed", False)]
 
-    command = ["run", "--config_file", str(config), "--method", method, *map(str, args)]
+    command = [command, *map(str, args)]
     out, code, cwd = io.StringIO(), 0, os.getcwd()
     root = logging.getLogger()
     root_state = list(root.handlers), root.level  # the run's logging.conf replaces the root's handlers
@@ -81,7 +87,7 @@ def run_config(config: str, method: str, *args: str) -> subprocess.CompletedProc
             warnings.simplefilter("always")
             warnings.showwarning = lambda msg, cat, f, n, *_: out.write(warnings.formatwarning(msg, cat, f, n))
             try:
-                fire.Fire({"run": run}, command=command)
+                fire.Fire({command[0]: getattr(scripts, command[0])}, command=command)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
             except Exception:
@@ -263,11 +269,12 @@ def _folder_of_a_and_b(folder: Path, inputs: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_run_corrupt_among_good(work, inputs):
     d = _folder_of_a_and_b(work / "with_corrupt", inputs)
     (d / "broken.png").write_bytes((inputs / "a.png").read_bytes()[:300])  # cut short
     out = work / "out_corrupt"
-    proc = bundle(
+    proc = bundle_process(
         "run", "--config_file", "configs/inference.json", "--method", "bicubic", "--input", d, "--output_dir", out
     )
     assert proc.returncode != 0
@@ -281,7 +288,7 @@ def test_run_into_the_input_folder_keeps_every_input_and_says_why_in_one_sentenc
     d = _folder_of_a_and_b(work / "in_is_out", inputs)
     (d / "b_sr.png").write_bytes((inputs / "a.png").read_bytes())  # another image, named like b's output
     before = {p.name: p.read_bytes() for p in d.iterdir()}
-    proc = bundle(
+    proc = bundle_process(
         "run", "--config_file", "configs/inference.json", "--method", "bicubic", "--input", d, "--output_dir", d
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
@@ -326,7 +333,7 @@ def test_trt_overlay_falls_back_on_cpu(work, inputs, ckpts, srcnn_out):
 @pytest.mark.slow
 def test_verify_net_in_out(method):
     proc = _ok(
-        bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", *_method_args(method))
+        monai_bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", *_method_args(method))
     )
     assert "data shape of network is verified with no error" in proc.stdout
 
@@ -338,7 +345,7 @@ def test_ckpt_export_torchscript(method, work, ckpts):
     the spatial size dynamic."""
     ts = work / f"{method}.ts"
     _ok(
-        bundle(
+        monai_bundle(
             "ckpt_export",
             "network_def",
             "--filepath",
@@ -379,7 +386,7 @@ def onnx_models(work, ckpts) -> dict[str, Path]:
     for method in ("srcnn", "vdsr"):
         out[method] = work / f"{method}.onnx"
         _ok(
-            bundle(
+            monai_bundle(
                 "onnx_export",
                 "network_def",
                 "--filepath",

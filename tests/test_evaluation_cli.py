@@ -457,6 +457,7 @@ def test_cli_demo_fallback_without_shared_data(tmp_path, monkeypatch, capsys, ca
     assert "CT_small" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @needs_data(DATA / "nih_cxr14")
 def test_cli_demo_default_uses_nih_test_images_and_shipped_weights(tmp_path, capsys):
     out = tmp_path / "demo"

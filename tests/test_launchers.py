@@ -140,10 +140,10 @@ def monailabel_train(tmp_path: Path, monkeypatch) -> None:
     "launch",
     [
         pytest.param(slicer, marks=pytest.mark.slow, id="slicer"),
-        pytest.param(archive, id="archive-workers"),
-        pytest.param(site_worker, id="federated-site-worker"),
+        pytest.param(archive, marks=pytest.mark.slow, id="archive-workers"),
+        pytest.param(site_worker, marks=pytest.mark.slow, id="federated-site-worker"),
         pytest.param(site_torchrun, marks=pytest.mark.slow, id="federated-torchrun"),
-        pytest.param(zoo_check, id="zoo-check"),
+        pytest.param(zoo_check, marks=pytest.mark.slow, id="zoo-check"),
         pytest.param(monailabel_train, marks=[pytest.mark.slow, pytest.mark.server], id="monailabel-train"),
     ],
 )

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -393,13 +391,22 @@ def test_server_still_serves_after_hostile_requests(server):
     assert infer(server, "ct_small").status_code == 200
 
 
-def run_import(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(APP / "import_boxes.py"), *args], capture_output=True, text=True, timeout=120
-    )
+@pytest.fixture
+def run_import(monkeypatch, capsys):
+    """``import_boxes.py`` run in this process with the app folder first on ``sys.path``, as Python puts it for
+    the script: its ``main`` is the whole command, and a process per run added only seconds of imports."""
+    monkeypatch.syspath_prepend(str(APP))
+    import import_boxes
+
+    def run(*args: str) -> SimpleNamespace:
+        code = import_boxes.main(list(args))
+        printed = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+    return run
 
 
-def test_import_boxes_csv_matches_the_datalist(tmp_path):
+def test_import_boxes_csv_matches_the_datalist(tmp_path, run_import):
     studies = tmp_path / "studies"
     studies.mkdir()
     items = with_boxes(3)
@@ -417,7 +424,7 @@ def test_import_boxes_csv_matches_the_datalist(tmp_path):
     assert f"skipped_existing: {len(items)}" in again.stdout  # saved boxes are not replaced unless asked
 
 
-def test_import_boxes_refuses_bad_csv(tmp_path):
+def test_import_boxes_refuses_bad_csv(tmp_path, run_import):
     (tmp_path / "studies").mkdir()
     bad = tmp_path / "bad.csv"
     bad.write_text("image,label,x,y\n00000001_000.png,Mass,1,2\n")

@@ -225,6 +225,7 @@ def test_a_worker_killed_mid_run_fails_that_run_and_the_next_starts_another(tmp_
     worker.stop()
 
 
+@pytest.mark.slow
 def test_the_worker_answers_every_hostile_request_line_and_ends_with_its_input(tmp_path):
     lines = [
         "not json",

@@ -111,7 +111,7 @@ COMMANDS = {
     "evaluate_report": (_evaluate, ()),
 }
 #: each spawns two worker processes that load PyTorch (tens of seconds each here)
-SLOW = {"sr_skip_existing_workers"}
+SLOW = {"sr_skip_existing_workers", "demo", "evaluate_report"}
 
 
 # ------------------------------------------------------------------------------------------- helpers
