@@ -116,7 +116,10 @@ def crop() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_local_run_matches_the_cli_and_divides_spacing(tmp_path):
+def test_local_run_matches_the_cli_and_divides_spacing(tmp_path, capsys):
+    """The worker's output equals the CLI's (run in this process: its process boundary is tested elsewhere)."""
+    from monai_sr_bundle.cli import main
+
     array, m = ct_slice_volume()
     result = run(tmp_path, array, m).start().wait(300)
     assert list(result) == ["sr"]
@@ -126,17 +129,10 @@ def test_local_run_matches_the_cli_and_divides_spacing(tmp_path):
     assert np.allclose(m_sr[:3, :3] / np.linalg.norm(m_sr[:3, :3], axis=0), np.sign(m[:3, :3]))  # direction kept
     # same physical extent: the first SR voxel centre sits (1 - 1/4) / 2 of an LR voxel before the LR one
     assert np.allclose(m_sr[:3, 3], m[:3, 3] + m[:3, :2] @ [-3 / 8, -3 / 8], atol=1e-4)
-    command = [
-        sys.executable,
-        "-m",
-        "monai_sr_bundle.cli",
-        "sr",
-        str(tmp_path / "in.nii.gz"),
-        "-o",
-        str(tmp_path / "cli"),
-    ]
-    cli = subprocess.run([*command, "-m", "srcnn", "--slice-by-slice"], capture_output=True, text=True, check=True)
-    assert "wrote 1 image" in cli.stdout
+    assert (
+        main(["sr", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "cli"), "-m", "srcnn", "--slice-by-slice"]) == 0
+    )
+    assert "wrote 1 image" in capsys.readouterr().out
     assert np.array_equal(read_volume(str(next((tmp_path / "cli").iterdir())))[0], sr)
 
 
