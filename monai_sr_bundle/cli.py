@@ -133,7 +133,8 @@ def _demo(args: argparse.Namespace) -> None:
     sampled = None if args.all else args.sampled_images
     print(f"demo: x{args.scale} SR of {source}, LR made by {how}")
     if sampled is not None and any(p.method.stochastic for p in predictors.values()):
-        print(f"demo: the diffusion methods on the first {sampled} image(s) only (--all: on every one)")
+        first = "image" if sampled == 1 else f"{sampled} images"
+        print(f"demo: the diffusion methods on the first {first} only (--all: on every one)")
     evaluate(
         datalist,
         predictors,

@@ -268,6 +268,9 @@ def test_local_stochastic_run_adds_the_maps_beside_the_sr(module, tiny):
 
 
 def test_cancelled_stochastic_run_leaves_no_output_and_no_temp_files(module, tiny, tmp_path, monkeypatch):
+    from SuperResolutionLib.runner import private_launch
+
+    private_launch()  # the session's private working folder, made by its first run and kept: not this run's file
     temp = tmp_path / "temp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
