@@ -50,7 +50,7 @@ def bundle_run(files: str, method: str, *args, processes: int = 1, timeout: floa
 
 
 def ok(done: subprocess.CompletedProcess) -> str:
-    log = done.stdout + (done.stderr or "")  # in this process (run_config): all in stdout
+    log = done.stdout + (done.stderr or "")  # run_config (in this process) has it all in stdout
     assert done.returncode == 0, log[-4000:]
     return log
 
@@ -281,7 +281,7 @@ def test_more_processes_than_training_images_is_one_sentence(tmp_path):
     done = bundle_run(
         multi(train_files("srcnn")), "srcnn", "--train_limit", 1, "--run_dir", tmp_path / "run", processes=2
     )
-    log = done.stdout + (done.stderr or "")  # in this process (run_config): all in stdout
+    log = done.stdout + done.stderr
     assert done.returncode != 0
     assert "2 processes but 1 training images: every process needs at least one; give --nproc_per_node at most 1" in log
     assert not (tmp_path / "run").exists()
