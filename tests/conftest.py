@@ -248,6 +248,17 @@ def ct_label_server(tmp_path_factory):
 
 
 @pytest.fixture
+def torch_threads():
+    """This process's torch thread count, given back after a test that changes it (the worker's next tests and
+    their timings keep theirs)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield threads
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_gan(tmp_path, monkeypatch):
     """The tiny GAN as a throwaway method (``$MONAI_SR_METHODS``, inherited by subprocesses)."""
     folder = tmp_path / "overlays"

@@ -56,13 +56,10 @@ def ok(done: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(torch_threads):
     """This process with one torch thread, as :data:`ENV` gives each process of a run: the one-process baseline
     runs here, and equal thread counts give equal sums."""
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -519,7 +519,7 @@ def test_the_demos_default_command_shows_progress_on_a_terminal_from_start_to_en
         assert f"| {name} | {DEMO_SAMPLED if stochastic else DEMO_LIMIT} |" in text, name
 
 
-def test_the_cli_takes_as_many_torch_threads_as_other_programs_leave_cores(monkeypatch, capsys):
+def test_the_cli_takes_as_many_torch_threads_as_other_programs_leave_cores(monkeypatch, capsys, torch_threads):
     """While the libraries loaded (10 s), other programs used 1 core of CPU time each second: one thread fewer,
     said once; nothing changes where OMP_NUM_THREADS chose, or on an idle machine."""
     import os
@@ -528,21 +528,18 @@ def test_the_cli_takes_as_many_torch_threads_as_other_programs_leave_cores(monke
 
     from monai_sr_bundle import cli
 
-    threads, cores = torch.get_num_threads(), len(os.sched_getaffinity(0))
+    threads, cores = torch_threads, len(os.sched_getaffinity(0))
     if cores < 2:
         pytest.skip("one core: there is no thread to give up")
     start, end = (100.0, 500.0, 1.0), (110.0, 519.5, 10.5)  # 19.5 CPU s in 10 s, 9.5 of them this process's
     monkeypatch.setattr(cli, "_cpu_use", lambda: end)
     monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
-    try:
-        cli._fit_threads(start)
-        assert torch.get_num_threads() == threads and not capsys.readouterr().err
-        monkeypatch.delenv("OMP_NUM_THREADS")
-        cli._fit_threads((100.0, 510.0, 1.0))  # only this process used CPU: every core free
-        assert torch.get_num_threads() == threads and not capsys.readouterr().err
-        torch.set_num_threads(cores)
-        cli._fit_threads(start)
-        assert torch.get_num_threads() == max(1, cores - 1)
-        assert f"running on {max(1, cores - 1)} thread(s)" in capsys.readouterr().err
-    finally:
-        torch.set_num_threads(threads)
+    cli._fit_threads(start)
+    assert torch.get_num_threads() == threads and not capsys.readouterr().err
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    cli._fit_threads((100.0, 510.0, 1.0))  # only this process used CPU: every core free
+    assert torch.get_num_threads() == threads and not capsys.readouterr().err
+    torch.set_num_threads(cores)
+    cli._fit_threads(start)
+    assert torch.get_num_threads() == max(1, cores - 1)
+    assert f"running on {max(1, cores - 1)} thread(s)" in capsys.readouterr().err

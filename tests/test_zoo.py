@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_bundle import run_config
+from test_bundle import monai_bundle
 
 from monai_sr_bundle import methods, zoo
 from monai_sr_bundle.data.paths import shared_data_dir
@@ -45,10 +45,11 @@ def test_exported_bundle_passes_the_zoo_ci_and_matches_the_dev_bundle(method, mo
     stages = zoo_ci.check_workflows(bundle, ZOO_CI, image, nih, tmp_path / "run", weights_dir=WEIGHTS)
     assert stages[:2] == ["infer inference.json", "infer inference.json+evaluate.json"]
     assert any(s.startswith("train") for s in stages)
-    # the development bundle's inference in this process (benchmarks.zoo runs it as a process: zoo_ci.dev_inference)
-    steps = ("--steps", 2) if methods.get(method).stochastic else ()
-    dev = run_config("configs/inference.json", method, "--modality", modality, "--input", image, "--output_dir",
-                     tmp_path / "dev", *steps)  # fmt: skip
+    # the development bundle's inference in this process (benchmarks.zoo runs it as a process)
+    dev_method = methods.get(method, modality=modality)
+    dev = monai_bundle(
+        *zoo_ci.dev_inference_args(dev_method, image, tmp_path / "dev", 2 if dev_method.stochastic else None)
+    )
     assert dev.returncode == 0, dev.stdout[-3000:]
     ours = np.asarray(Image.open(tmp_path / "dev" / f"{image.stem}_sr.png"))
     theirs = np.asarray(Image.open(tmp_path / "run" / "infer" / f"{image.stem}_sr.png"))

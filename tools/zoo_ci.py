@@ -194,18 +194,23 @@ def check_workflows(
     return [f"{kind} {'+'.join(files)}" for kind, files, _ in stages]
 
 
-def dev_inference(method: methods.Method, image: str | os.PathLike, out: str | os.PathLike, steps: int | None = None):
-    """The development bundle's inference of ``image`` into ``out`` (its inference.json, run as its docs run
-    it): what an exported bundle's inference must reproduce. Returns the written SR file."""
-
-    subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-        + ["--method", method.name, "--modality", method.modality, "--input", str(image), "--output_dir", str(out)]
-        + (["--steps", str(steps)] if steps else []),
-        cwd=methods.BUNDLE_ROOT,
-        check=True,
-        capture_output=True,
+def dev_inference_args(
+    method: methods.Method, image: str | os.PathLike, out: str | os.PathLike, steps: int | None = None
+) -> list[str]:
+    """The development bundle's inference of ``image`` into ``out`` as ``python -m monai.bundle`` arguments, run
+    from :data:`methods.BUNDLE_ROOT` (its inference.json, as its docs run it): what an exported bundle's inference
+    must reproduce. The tests run them in their own process, :func:`dev_inference` as a process."""
+    return (
+        ["run", "--config_file", "configs/inference.json", "--method", method.name, "--modality", method.modality]
+        + ["--input", str(image), "--output_dir", str(out)]
+        + (["--steps", str(steps)] if steps else [])
     )
+
+
+def dev_inference(method: methods.Method, image: str | os.PathLike, out: str | os.PathLike, steps: int | None = None):
+    """:func:`dev_inference_args` run as a process. Returns the written SR file."""
+    command = [sys.executable, "-m", "monai.bundle", *dev_inference_args(method, image, out, steps)]
+    subprocess.run(command, cwd=methods.BUNDLE_ROOT, check=True, capture_output=True)
     return next(Path(out).glob(f"{Path(image).stem}_sr*"))
 
 
