@@ -73,6 +73,10 @@ class SuperResolutionApp(MONAILabelApp):
     def init_trainers(self) -> dict:
         return {TASK: self.task.trainer()}
 
+    def check_train(self, model: str, request: dict) -> None:
+        """Refuses (:class:`InputError`) a train request that trainer ``model`` would refuse."""
+        self._trainers[model].checked(request)
+
     def init_strategies(self) -> dict:
         return {**self.task.strategy(), "random": Random()}
 

@@ -306,18 +306,19 @@ def test_requests_beyond_the_queue_are_turned_away_not_held(server):
 
 
 def test_a_train_request_cannot_hold_the_server(server):
-    """MONAI Label's ``run_sync`` would train inside the request; the train task always runs in the background."""
+    """MONAI Label's ``run_sync`` would train inside the request; the train task always runs in the background,
+    and its status names no server path."""
     started = time.monotonic()
     r = requests.post(
-        f"{server.url}/train/super_resolution", params={"run_sync": "true"}, json={"max_epochs": "many"}, timeout=60
+        f"{server.url}/train/super_resolution", params={"run_sync": "true"}, json={"max_epochs": 1}, timeout=60
     )
     assert r.status_code == 200 and time.monotonic() - started < 10
-    for _ in range(120):
+    for _ in range(480):
         status = requests.get(f"{server.url}/train/", timeout=30).json()
         if status["status"] in ("DONE", "ERROR"):
             break
         time.sleep(0.5)
-    assert status["status"] == "ERROR" and "must be numbers" in "\n".join(status["details"])
+    assert status["status"] == "DONE", status
     no_leak(server, json.dumps(status))
 
 

@@ -39,6 +39,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from lib.datastore import BOX_TAG, EXTENSIONS, MAX_BOXES_FILE, check_name, known_suffix
 from monai_sr_bundle.cancel import Token, WorkCancelledError
+from monai_sr_bundle.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -248,8 +249,12 @@ def own_api(max_upload: int, queue: InferQueue) -> FastAPI:
 
     @api.post("/train/{model}")
     async def train(model: str, params: dict | None = Body(None), user: User = Depends(admin_role)):
-        """MONAI Label's train request, always in the background (its ``run_sync`` would hold the server)."""
-        known(model, "trainers")
+        """MONAI Label's train request, always in the background (its ``run_sync`` would hold the server), checked
+        first: a request the task would refuse is a 422 now, not an error status after a train process started."""
+        try:
+            known(model, "trainers").check_train(model, params or {})
+        except InputError as e:
+            raise HTTPException(422, str(e)) from e
         return train_endpoint.run_model(model, params, run_sync=False, enqueue=False)
 
     @api.post("/activelearning/{strategy}")

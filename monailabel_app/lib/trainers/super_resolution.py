@@ -91,7 +91,10 @@ class SuperResolutionTrainer(TrainTask):
         manifest = self.model_dir / "weights.json"
         return json.loads(manifest.read_text()) if manifest.is_file() else {}
 
-    def __call__(self, request: dict, datastore: SRDatastore) -> dict:
+    def checked(self, request: dict) -> tuple[dict, Path]:
+        """The request over :meth:`config`'s defaults with its numbers parsed, and the weights it starts from; an
+        :class:`InputError` says what is wrong, a 404 names a version to start from that does not exist. The
+        gateway asks before MONAI Label starts the train process, which takes seconds of imports to find out."""
         params = {**self.config(), **request}
         method = str(params["method"])
         if method not in methods.trainable_names():
@@ -107,6 +110,13 @@ class SuperResolutionTrainer(TrainTask):
                 f"{epochs}, {box_weight}, {learning_rate}."
             )
         init = versions.resolve(self.model_dir, method, self.scale, self.modality, params["init"])
+        parsed = {"method": method, "max_epochs": epochs, "box_weight": box_weight, "learning_rate": learning_rate}
+        return {**params, **parsed}, init
+
+    def __call__(self, request: dict, datastore: SRDatastore) -> dict:
+        params, init = self.checked(request)
+        method, epochs, box_weight = params["method"], params["max_epochs"], params["box_weight"]
+        learning_rate = params["learning_rate"]
         target = versions.next_version(self.model_dir, method, self.scale, self.modality)
         settings = train_parser(method)
         settings.update({"scale": self.scale, "modality": self.modality})
