@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from conftest import DATA, needs_data
 
 from monai_sr_bundle import training
 from monai_sr_bundle.errors import InputError
+from tools import gpu_train
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "gpu_train.py"
@@ -22,30 +22,28 @@ SCRIPT = REPO / "tools" / "gpu_train.py"
 
 @pytest.mark.slow
 @needs_data(DATA / "nih_cxr14")
-def test_pack_then_dry_run_writes_scored_weights_with_their_records(tmp_path):
+def test_pack_then_dry_run_writes_scored_weights_with_their_records(tmp_path, monkeypatch, capsys):
     """``pack`` writes the training images as JPEG and the validation images as they are; ``train --dry-run``
     trains every variant on them, and writes each one's weights (loadable with ``weights_only``), its record
-    (the bundle command with the time limit, the epochs actually run, the pack) and a score per degradation."""
+    (the bundle command with the time limit, the epochs actually run, the pack) and a score per degradation.
+    The script's commands run in this process (its training processes are processes)."""
     pack = tmp_path / "pack"
-    subprocess.run([sys.executable, SCRIPT, "pack", "--pack", pack, "--limit", "2"], check=True, timeout=120)
+    assert gpu_train.main(["pack", "--pack", str(pack), "--limit", "2"]) == 0
     rows = list(csv.DictReader(open(pack / "images.csv")))
     assert [r["split"] for r in rows] == ["train", "train", "val"]
     assert sorted(p.suffix for p in (pack / "images").iterdir()) == [".jpg", ".jpg", ".png"]
 
     out = tmp_path / "out"
-    command = [sys.executable, SCRIPT, "train", "--pack", pack, "--out", out, "--work", tmp_path / "work"]
-    done = subprocess.run([*command, "--minutes", "0.001", "--dry-run"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    sys.path.insert(0, str(SCRIPT.parent))
-    from gpu_train import SCORED, VARIANTS
+    monkeypatch.setenv("MONAI_SR_DATA", str(DATA))  # given back after train points it at its pack
+    command = ["train", "--pack", str(pack), "--out", str(out), "--work", str(tmp_path / "work")]
+    assert gpu_train.main([*command, "--minutes", "0.001", "--dry-run"]) == 0, capsys.readouterr().out[-3000:]
 
     results = json.loads((out / "results.json").read_text())
     assert results["failed"] == []
-    expected = {(name, d) for name, v in VARIANTS.items() for d in SCORED[v["scale"]]}
+    expected = {(name, d) for name, v in gpu_train.VARIANTS.items() for d in gpu_train.SCORED[v["scale"]]}
     assert {(r["variant"], r["degradation"]) for r in results["rows"]} == expected
     records = json.loads((out / "weights.json").read_text())
-    for name, variant in VARIANTS.items():
+    for name, variant in gpu_train.VARIANTS.items():
         weights = out / f"{name}_lrunet_cxr_x{variant['scale']}.pt"
         state = torch.load(weights, map_location="cpu", weights_only=True)
         assert state and all(torch.isfinite(v).all() for v in state.values())

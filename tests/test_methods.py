@@ -385,9 +385,10 @@ class NoisySR(nn.Module):
 
 
 @pytest.mark.slow
-def test_a_new_method_gets_the_contract_tests(tmp_path):
+def test_a_new_method_gets_the_contract_tests(tmp_path, monkeypatch, capsys):
     """An overlay and a network file, outside the package: the registry lists the methods and this file's
-    contract tests run on them (and pass)."""
+    contract tests run on them (and pass). The contract tests run in a pytest process of their own, which
+    collects them for the new registry; the listing runs here."""
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "dummy_networks.py").write_text(DUMMY_NETWORKS)
@@ -424,9 +425,10 @@ def test_a_new_method_gets_the_contract_tests(tmp_path):
     ]
     # every contract test on both methods; the one skip: the stochastic method's ONNX export, which it declines
     assert re.search(rf"\b{2 * len(contract) - 1} passed, 1 skipped\b", done.stdout), done.stdout[-2000:]
-    listed = subprocess.run(
-        [sys.executable, "-m", "monai_sr_bundle.cli", "methods", "--json"], env=env, capture_output=True, text=True
-    )
-    described = {m["name"]: m for m in json.loads(listed.stdout)}
+    monkeypatch.setenv("MONAI_SR_METHODS", str(overlays))
+    monkeypatch.syspath_prepend(str(package))
+    capsys.readouterr()
+    assert cli(["methods", "--json"]) == 0
+    described = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert described["dummy_noisy"]["stochastic"] and described["dummy_noisy"]["family"] == "dummy_networks"
     assert described["dummy_tiny"]["trainable"] and not described["dummy_tiny"]["weights_available"]
