@@ -3,6 +3,7 @@ Generative Adversarial Network", CVPR 2017."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -55,20 +56,25 @@ def subpixel_upsampler(channels: int, factors: list[int]) -> nn.Sequential:
     return nn.Sequential(*up)
 
 
-def _fold_index(kernel: int, factor: int) -> tuple[torch.Tensor, int]:
+@functools.lru_cache(maxsize=None)
+def _fold_index(kernel: int, factor: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """Where each tap of :func:`fold_after_shuffle`'s kernel comes from in the flattened original kernel
-    (``kernel * kernel`` = a zero tap), and the folded kernel's radius."""
+    (``kernel * kernel`` = a zero tap), flattened, with its shape and the folded kernel's radius. Plain ints,
+    made once: written into a tensor element by element at every pass, they were 2,000 graph nodes to trace
+    (an ONNX export of srgan took 47 s, of which the fold was all but 3)."""
     k, reach = kernel // 2, -(-(kernel // 2) // factor)
     m = 2 * reach + 1
-    index = torch.full((factor, factor, factor, factor, m, m), kernel * kernel, dtype=torch.long)
+    shape = (factor, factor, factor, factor, m, m)
+    index = [kernel * kernel] * math.prod(shape)
     for a in range(factor):  # output row phase: HR row r*i + a
         for u in range(-k, k + 1):  # the original kernel's row offset, in HR pixels
             s, di = (a + u) % factor, (a + u) // factor  # the shuffled channel's row phase, the LR row offset
             for b in range(factor):
                 for v in range(-k, k + 1):
                     t, dj = (b + v) % factor, (b + v) // factor
-                    index[a, b, s, t, di + reach, dj + reach] = (u + k) * kernel + (v + k)
-    return index, reach
+                    flat = ((((a * factor + b) * factor + s) * factor + t) * m + di + reach) * m + dj + reach
+                    index[flat] = (u + k) * kernel + (v + k)
+    return tuple(index), shape, reach
 
 
 def fold_after_shuffle(weight: torch.Tensor, factor: int) -> tuple[torch.Tensor, int]:
@@ -78,9 +84,10 @@ def fold_after_shuffle(weight: torch.Tensor, factor: int) -> tuple[torch.Tensor,
     original convolution's output. A 9x9 kernel after a x2 shuffle becomes a 5x5 one with four times the
     outputs on a quarter of the pixels; exact up to the order of the float sums."""
     out_channels, in_channels, kernel, _ = weight.shape
-    index, reach = _fold_index(kernel, factor)
+    index, shape, reach = _fold_index(kernel, factor)
     taps = torch.cat([weight.flatten(2), weight.new_zeros(out_channels, in_channels, 1)], 2)
-    folded = taps[:, :, index.flatten()].reshape(out_channels, in_channels, *index.shape)  # (O, C, a, b, s, t, m, m)
+    index = torch.tensor(index, device=weight.device)
+    folded = taps[:, :, index].reshape(out_channels, in_channels, *shape)  # (O, C, a, b, s, t, m, m)
     folded = folded.permute(0, 2, 3, 1, 4, 5, 6, 7)  # (O, a, b, C, s, t, m, m)
     m = 2 * reach + 1
     return folded.reshape(out_channels * factor * factor, in_channels * factor * factor, m, m), reach
