@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -158,42 +156,19 @@ def test_onnx_denoiser_matches_torch_and_drives_the_sampler(tiny, tmp_path):
     assert a.shape == (1, 1, 36, 44) and (a - b).abs().max() < 1e-4
 
 
-def _cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "monai_sr_bundle.cli", *map(str, args)], capture_output=True, text=True, env=env
-    )
-
-
 @pytest.mark.slow
 def test_cli_sampling_flags(tiny, png, tmp_path, capsys):
     _, weights = tiny
     out = tmp_path / "cli"
-    proc = _cli(
-        "sr",
-        png,
-        "-o",
-        out,
-        "-m",
-        NAME,
-        "--weights",
-        weights,
-        "--sampler",
-        "ddim",
-        "--steps",
-        "2",
-        "--samples",
-        "2",
-        "--seed",
-        "1",
-    )
-    assert proc.returncode == 0, proc.stderr
+    args = ["-m", NAME, "--weights", weights, "--sampler", "ddim", "--steps", 2, "--samples", 2, "--seed", 1]
+    assert main(["sr", str(png), "-o", str(out), *map(str, args)]) == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["cxr_sr.png", "cxr_sr_lr_consistency.nii.gz", "cxr_sr_std.nii.gz"]
     for bad, message in [
         (("-m", NAME, "--weights", weights, "--steps", "21"), "from 1 to 20"),
         (("-m", NAME, "--weights", weights, "--samples", "0"), "samples must be a whole number >= 1"),
         (("-m", NAME, "--weights", weights, "--sampler", "euler"), "unknown sampler 'euler'"),
         (("-m", "bicubic", "--samples", "2"), "deterministic and has no sampler: drop samples"),
-    ]:  # refused by the CLI's own entry point, in this process: a process each proves nothing more
+    ]:  # refused by the CLI's own entry point; in this process, as the run above: a process proves nothing more
         capsys.readouterr()
         assert main(["sr", str(png), "-o", str(tmp_path / "bad"), *map(str, bad)]) == 2
         err = capsys.readouterr().err
