@@ -102,7 +102,7 @@ class SuperResolutionTrainer(TrainTask):
         try:
             epochs, box_weight = int(params["max_epochs"]), float(params["box_weight"])
             learning_rate = None if params["learning_rate"] is None else float(params["learning_rate"])
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:  # OverflowError: JSON's 1e400 is infinity
             raise InputError(f"max_epochs, box_weight and learning_rate must be numbers ({e}).") from e
         if not (1 <= epochs <= 10_000 and 0 <= box_weight <= 1e3 and (learning_rate is None or 0 < learning_rate < 1)):
             raise InputError(
