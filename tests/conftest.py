@@ -38,6 +38,20 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_temporary_folder(tmp_path_factory):
+    """This pytest process's own temporary folder (``TMPDIR``, inherited by the processes its tests start): a
+    test that checks the temporary folder for files a server left sees its own process's, not those another
+    pytest-xdist worker's tests are using at the time."""
+    import tempfile
+
+    folder = tmp_path_factory.mktemp("tmp")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(folder))
+        mp.setattr(tempfile, "tempdir", str(folder))
+        yield folder
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Mark the tests that use a server fixture ``server``; skip ``gpu`` tests on a machine without CUDA; put
