@@ -17,7 +17,6 @@ from monai_sr_bundle.errors import InputError
 from tools import gpu_train
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "tools" / "gpu_train.py"
 
 
 @pytest.mark.slow
