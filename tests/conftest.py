@@ -30,21 +30,12 @@ SERVER_FIXTURES = frozenset({"ct_label_server", "server", "diffusion_server", "p
 
 
 def pytest_configure(config):
-    """A pytest-xdist worker (``make test`` runs two) gives torch one thread: two workers share the cores. It
-    also has a temporary folder of its own (``TMPDIR``, for the processes its tests start too), so that a test
-    that checks the temporary folder for files a server left sees its own worker's, not those the other
-    worker's tests are using at the time."""
+    """A pytest-xdist worker (``make test`` runs two) gives torch one thread: two workers share the cores."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        import shutil
-        import tempfile
-
         import torch
 
         os.environ["OMP_NUM_THREADS"] = "1"  # the bundle, server and federated subprocesses too
         torch.set_num_threads(1)
-        folder = tempfile.mkdtemp(prefix=f"monai_sr_tests_{os.environ['PYTEST_XDIST_WORKER']}_")
-        os.environ["TMPDIR"] = tempfile.tempdir = folder
-        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -43,8 +43,13 @@ def server(tmp_path_factory):
         shutil.copy(d["label"], studies)
     shutil.copy(default_input(), studies / "ct_small.dcm")
     conf = {"method": "srcnn", "max_upload_mb": 2, "max_pending": 2, "model_dir": root / "model"}
-    with label_server(root, studies, conf, options=("--cors_origin", ORIGIN)) as url:
-        yield SimpleNamespace(url=url, root=root, studies=studies, tmp=root / "app" / "tmp", ids=ids(studies))
+    shared_tmp = root / "shared_tmp"  # the temporary folder the server is started with (its own is app/tmp)
+    shared_tmp.mkdir()
+    env = {"TMPDIR": str(shared_tmp)}
+    with label_server(root, studies, conf, options=("--cors_origin", ORIGIN), env=env) as url:
+        yield SimpleNamespace(
+            url=url, root=root, studies=studies, tmp=root / "app" / "tmp", shared_tmp=shared_tmp, ids=ids(studies)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +71,9 @@ def ids(studies: Path) -> list[str]:
 
 def snapshot(server) -> dict:
     """What a request must not change: the studies folder (labels too), the server's private temp folder and
-    the shared temp folder's ``tmp*`` entries."""
-    shared = {p.name for p in Path(tempfile.gettempdir()).glob("tmp*")}
+    the ``tmp*`` entries of the temporary folder it was started with (its own, not the machine's, where the
+    other pytest-xdist worker's tests come and go)."""
+    shared = {p.name for p in server.shared_tmp.glob("tmp*")}
     return {
         "studies": sorted(
             str(p.relative_to(server.studies)) for p in server.studies.rglob("*") if ".lock" not in p.name
@@ -88,7 +94,7 @@ def unchanged(server, before: dict, wait: float = 3.0) -> None:
         if time.monotonic() > deadline:
             assert after["studies"] == before["studies"]
             assert after["private_tmp"] == before["private_tmp"], "temp files left in the server's folder"
-            assert not new_shared, f"temp files left in {tempfile.gettempdir()}: {new_shared}"
+            assert not new_shared, f"temp files left in {server.shared_tmp}: {new_shared}"
         time.sleep(0.2)
 
 
@@ -177,7 +183,7 @@ def test_cors_answers_only_the_configured_origin(server):
 
 def test_infer_cannot_read_the_servers_files(server):
     """Only datastore ids and the request's own upload are read: not a temp file, not by params."""
-    planted = [Path(tempfile.gettempdir()) / "tmp_planted.png", server.tmp / "tmp_planted.png"]
+    planted = [server.shared_tmp / "tmp_planted.png", server.tmp / "tmp_planted.png"]
     for p in planted:
         p.write_bytes(png(64, 64))
     before = snapshot(server)
