@@ -38,9 +38,11 @@ PARTIAL = 3
 def _loading() -> tuple[float, float, float] | None:
     """Say once that the libraries are loading, before the commands that need them import them: PyTorch and
     MONAI take seconds (a quarter of a minute on a busy machine), which would otherwise pass in silence.
-    Returns :func:`_cpu_use` now, for :func:`_fit_threads` once they are loaded."""
-    if "monai" not in sys.modules:
-        print("monai-sr: loading PyTorch and MONAI ...", file=sys.stderr, flush=True)
+    Returns :func:`_cpu_use` now, for :func:`_fit_threads` once they are loaded; None when they are loaded
+    already (a call in a process that has them: nothing to wait for, nothing to measure)."""
+    if "monai" in sys.modules:
+        return None
+    print("monai-sr: loading PyTorch and MONAI ...", file=sys.stderr, flush=True)
     return _cpu_use()
 
 
