@@ -14,6 +14,7 @@ import io
 import json
 import os
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 
 DATA = shared_data_dir()
+#: the Python of a user's install, which runs the user's commands (monai-sr, monai.bundle, torchrun, nvflare) in
+#: the tests: ``make test`` builds it without the test and MONAI Label packages (.venv-user, Makefile); else this one
+USER_PYTHON = os.environ.get("MONAI_SR_USER_PYTHON") or sys.executable
 #: fixtures that start a real server: a test using one is a ``server`` test
 SERVER_FIXTURES = frozenset({"ct_label_server", "server", "diffusion_server", "pacs"})
 

@@ -8,14 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_dicom
+from conftest import USER_PYTHON, make_dicom
 from PIL import Image
 from test_bundle import REPO
 
@@ -76,7 +75,7 @@ def outputs(out: Path) -> dict[str, int]:
 
 
 def sr(*args) -> list[str]:
-    return [sys.executable, "-m", "monai_sr_bundle.cli", "sr", "-m", "bicubic", *map(str, args)]
+    return [USER_PYTHON, "-m", "monai_sr_bundle.cli", "sr", "-m", "bicubic", *map(str, args)]
 
 
 @pytest.mark.slow
@@ -148,7 +147,7 @@ def test_two_torchrun_processes_share_an_archive(tmp_path):
     """Each process takes every second input; the first writes failed.csv with both processes' failures."""
     archive(tmp_path / "in", count=12)
     out = tmp_path / "out"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    launch = [USER_PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command = [*launch, "-m", "monai_sr_bundle.cli", "sr", str(tmp_path / "in"), "-o", str(out), "-m", "bicubic"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*command, "--recursive"], env=env, capture_output=True, text=True, timeout=300)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import DATA, needs_data
+from conftest import DATA, USER_PYTHON, needs_data
 from PIL import Image
 
 import monai_sr_bundle
@@ -40,7 +40,7 @@ def bundle_process(*args: str, timeout: int = 300) -> subprocess.CompletedProces
     ``.stdout``: for the tests of what a user's process prints last and exits with."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *map(str, args)],
+        [USER_PYTHON, "-m", "monai.bundle", *map(str, args)],
         cwd=BUNDLE,
         env=env,
         stdout=subprocess.PIPE,

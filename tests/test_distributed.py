@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from conftest import DATA, TINY_GAN, TINY_GAN_OVERLAY, needs_data
+from conftest import DATA, TINY_GAN, TINY_GAN_OVERLAY, USER_PYTHON, needs_data
 from PIL import Image
 from test_bundle import BUNDLE, REPO, _configs, run_config, train_files
 from test_diffusion import NAME as TINY_DIFFUSION
@@ -40,7 +39,7 @@ def multi(files: str, config: str = MULTI_TRAIN) -> str:
 
 def bundle_run(files: str, method: str, *args, processes: int = 1, timeout: float = 300, env: dict | None = None):
     """``python -m monai.bundle run`` in a process of its own (``processes`` > 1: under torchrun)."""
-    launch = [sys.executable]
+    launch = [USER_PYTHON]
     if processes > 1:
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     command = [*launch, "-m", "monai.bundle", "run", "--config_file", files, "--method", method, *map(str, args)]
@@ -211,7 +210,7 @@ def test_a_killed_process_ends_the_run_and_the_same_command_resumes(tmp_path):
     args = (*SMALL, "--train_limit", 4, "--batch_size", 2, "--run_dir", run, "--ckpt_path", weights)
     manifest = tmp_path / "weights.json"
     manifest.write_text('{"other.pt": {"sha256": "0"}}\n')
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
+    launch = [USER_PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
     command = [*launch, "run", "--config_file", multi(train_files("srcnn")), "--method", "srcnn", *map(str, args)]
     with open(tmp_path / "log", "w") as log:
         launcher = subprocess.Popen(

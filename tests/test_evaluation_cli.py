@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, needs_data
+from conftest import DATA, USER_PYTHON, needs_data
 from PIL import Image
 
 from monai_sr_bundle import methods
@@ -485,13 +485,12 @@ def test_the_demos_default_command_shows_progress_on_a_terminal_from_start_to_en
     import pty
     import select
     import subprocess
-    import sys
     import time
 
     from monai_sr_bundle.cli import DEMO_LIMIT, DEMO_SAMPLED
 
     terminal, side = pty.openpty()
-    command = [sys.executable, "-m", "monai_sr_bundle.cli", "demo", "-o", str(tmp_path / "demo")]
+    command = [USER_PYTHON, "-m", "monai_sr_bundle.cli", "demo", "-o", str(tmp_path / "demo")]
     start = time.monotonic()
     process = subprocess.Popen(command, stdin=side, stdout=side, stderr=side, close_fds=True)
     os.close(side)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, TINY_GAN, needs_data
+from conftest import DATA, TINY_GAN, USER_PYTHON, needs_data
 from PIL import Image
 
 from monai_sr_bundle import methods
@@ -429,7 +429,7 @@ def test_an_exported_job_runs_in_the_nvflare_simulator_and_publishes_its_model(t
         job_file(tmp_path, "one", {"site-a": str(site)}, min_clients=1, num_rounds=1, initial_weights="shipped")
     )
     export_job(config, tmp_path / "job")
-    command = [str(Path(sys.executable).with_name("nvflare")), "simulator", str(tmp_path / "job" / "one")]
+    command = [str(Path(USER_PYTHON).with_name("nvflare")), "simulator", str(tmp_path / "job" / "one")]
     command += ["-w", str(tmp_path / "ws"), "-c", "site-a", "-t", "1"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -529,7 +529,7 @@ def test_production_project_provisions_the_example_sites(tmp_path):
     the chest X-ray job, under the same names."""
     subprocess.run(
         [
-            str(Path(sys.executable).with_name("nvflare")),
+            str(Path(USER_PYTHON).with_name("nvflare")),
             "provision",
             "-p",
             str(FED_CONFIGS / "project.yml"),
@@ -551,7 +551,7 @@ def test_deploy_kit_sets_up_provisioned_kits_for_the_job(tmp_path):
     classes beside NVFlare's at the sites), the server on the given address, this Python first on PATH; run
     twice, it changes nothing more. A folder that is no kit is refused in one sentence."""
     subprocess.run(
-        [str(Path(sys.executable).with_name("nvflare")), "provision", "-p", str(FED_CONFIGS / "project.yml"),
+        [str(Path(USER_PYTHON).with_name("nvflare")), "provision", "-p", str(FED_CONFIGS / "project.yml"),
          "-w", str(tmp_path)],
         check=True, capture_output=True, cwd=tmp_path,
     )  # fmt: skip
@@ -648,7 +648,7 @@ def poc_deployment(work: Path) -> SimpleNamespace:
         return export_job(config, work / "jobs")
 
     found = SimpleNamespace(work=work, sites=sites, killed_worker=[], killed_rank=[])
-    with LocalPoc(poc_config, work / "ws") as poc:
+    with LocalPoc(poc_config, work / "ws", USER_PYTHON) as poc:
         found.kits = poc.kits
         for name in ("server", *sites):
             poc.start(name)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import USER_PYTHON
 from monai.bundle import ConfigParser
 
 from monai_sr_bundle import methods
@@ -275,7 +276,7 @@ def test_listing_methods_and_help_import_neither_torch_nor_monai():
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n    main(['sr', '--help'])\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'numpy'}), file=sys.stderr)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run([USER_PYTHON, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(done.stdout) == methods.describe_all() and done.stderr.strip() == "[]"
 
 

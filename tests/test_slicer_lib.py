@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import ct_slice_volume
+from conftest import USER_PYTHON, ct_slice_volume
 from test_diffusion import NAME, OVERLAY
 
 from monai_sr_bundle import methods
@@ -81,6 +81,7 @@ def test_bad_volumes_are_refused(array, message):
 def run(folder: Path, array: np.ndarray, m: np.ndarray, method: str = "srcnn", **kw) -> SRRun:
     (folder / "out").mkdir(parents=True)
     write_volume(array, m, str(folder / "in.nii.gz"))
+    kw.setdefault("python", USER_PYTHON)  # the Python the module's settings name: a user's monai-sr install
     return SRRun(str(folder / "in.nii.gz"), str(folder / "out"), method=method, **kw)
 
 
@@ -163,7 +164,7 @@ def test_bad_sampling_options_are_the_cli_sentence_and_write_nothing(tiny, tmp_p
         (NAME, {"samples": 65}, "samples must be at most 64"),
         ("bicubic", {"sampler": "ddim", "steps": 2, "seed": 1, "samples": 2}, "is deterministic and has no sampler"),
     ]
-    worker = Worker()  # one for all: a refused request leaves it running
+    worker = Worker(USER_PYTHON)  # one for all: a refused request leaves it running
     for i, (method, options, message) in enumerate(cases):
         job = run(tmp_path / str(i), *crop(), method=method, weights=tiny if method == NAME else None, **options)
         with pytest.raises(RunError, match=re.escape(message)) as refused:
@@ -184,7 +185,7 @@ def job_args(job: SRRun) -> dict:
 def test_the_worker_keeps_the_method_loaded_and_outlives_bad_input(tmp_path):
     """The Slicer session's warm path: the second request of a method does not load it again, a bad input
     is its sentence and the worker stays, another method is loaded in its place, stop() ends the process."""
-    worker = Worker()
+    worker = Worker(USER_PYTHON)
     first = run(tmp_path / "a", *crop())
     worker.submit(first.request)
     assert worker.reply(300)["loaded"] is True
@@ -206,7 +207,7 @@ def test_the_worker_keeps_the_method_loaded_and_outlives_bad_input(tmp_path):
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_fails_that_run_and_the_next_starts_another(tmp_path):
-    worker = Worker()
+    worker = Worker(USER_PYTHON)
     array, m = ct_slice_volume()
     job = SRRun(**job_args(run(tmp_path / "a", np.repeat(array, 6, axis=0), m, method="vdsr")), worker=worker)
     job.start()
@@ -242,7 +243,7 @@ def test_the_worker_answers_every_hostile_request_line_and_ends_with_its_input(t
         json.dumps({"input": "a" * 2_000_000, "output": str(tmp_path)}),
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "monai_sr_bundle.cli", "worker"],
+        [USER_PYTHON, "-m", "monai_sr_bundle.cli", "worker"],
         input="\n".join(lines) + "\n\n",
         capture_output=True,
         text=True,
@@ -287,7 +288,7 @@ def test_a_process_that_ended_before_its_request_was_written_is_reported_not_a_b
     its request reaches it; the request then sits in the pipe's buffer, and closing the pipe raised
     BrokenPipeError instead of the worker's own sentence. Made certain here: the request is buffered after the
     process has ended."""
-    worker = Worker()
+    worker = Worker(USER_PYTHON)
     worker.cmd = [sys.executable, "-c", "import sys; sys.exit('No module named torch')"]
     worker.log = open(tmp_path / "log", "w+b")
     worker.process = subprocess.Popen(worker.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=worker.log)
@@ -305,7 +306,7 @@ def test_missing_dependency_is_reported(tmp_path):
     )
     python = str(bare / "bin" / "python")
     assert missing_dependencies(python) == ["torch", "monai", "monai_sr_bundle"]
-    assert missing_dependencies() == []
+    assert missing_dependencies(USER_PYTHON) == []
     array, m = ct_slice_volume()
     with pytest.raises(RunError, match="No module named"):
         run(tmp_path, array, m, python=python).start().wait(60)
@@ -317,7 +318,7 @@ def test_missing_dependency_is_reported(tmp_path):
 
 @pytest.mark.slow
 def test_list_methods_asks_the_installed_cli():
-    found = list_methods()
+    found = list_methods(USER_PYTHON)
     assert [m["name"] for m in found] == methods.names()
     assert found == methods.describe_all()
     assert [m["name"] for m in found if m["default"]] == [methods.default_name()]

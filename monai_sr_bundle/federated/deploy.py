@@ -46,10 +46,10 @@ WATCHERS = {
 }
 
 
-def python_first(env: dict | None = None) -> dict:
-    """``env`` (default: this process's) with this Python's folder first on ``PATH``, once."""
+def python_first(env: dict | None = None, python: str = sys.executable) -> dict:
+    """``env`` (default: this process's) with the folder of ``python`` (default: this one) first on ``PATH``, once."""
     env = dict(os.environ if env is None else env)
-    folder = str(Path(sys.executable).parent)
+    folder = str(Path(python).parent)
     parts = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != folder]
     env["PATH"] = os.pathsep.join([folder, *parts])
     return env
@@ -101,9 +101,16 @@ def _is_server(kit: Path) -> bool:
     return (kit / "startup" / "fed_server.json").is_file()
 
 
-def prepare_kit(kit: str | os.PathLike, classes: dict[str, list[str]], host: str, port: int | None = None) -> Path:
+def prepare_kit(
+    kit: str | os.PathLike,
+    classes: dict[str, list[str]],
+    host: str,
+    port: int | None = None,
+    python: str = sys.executable,
+) -> Path:
     """Set up one startup kit (server, site or admin) for the job whose classes are ``classes``; the
-    server listens on ``host`` (and ``port`` when given), the others connect there."""
+    server listens on ``host`` (and ``port`` when given), the others connect there; the kit's processes run
+    in the environment of ``python`` (default: this one), which has monai_sr_bundle."""
     kit = Path(kit)
     startup = kit / "startup"
     if (startup / "fed_admin.json").is_file():
@@ -132,27 +139,33 @@ def prepare_kit(kit: str | os.PathLike, classes: dict[str, list[str]], host: str
     _write_json(startup / config_name, config)
     script = startup / "sub_start.sh"
     lines = script.read_text().splitlines(keepends=True)
-    put_first = f'export PATH="{Path(sys.executable).parent}:$PATH"  # monai-sr: the Python that has monai_sr_bundle\n'
+    put_first = f'export PATH="{Path(python).parent}:$PATH"  # monai-sr: the Python that has monai_sr_bundle\n'
     if put_first not in lines:
         script.write_text("".join(lines[:1] + [put_first] + lines[1:]))
     return kit
 
 
 def prepare_poc(
-    config: dict, workspace: str | os.PathLike, host: str = "127.0.0.1", port: int = 8002, env: dict | None = None
+    config: dict,
+    workspace: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8002,
+    env: dict | None = None,
+    python: str = sys.executable,
 ) -> Path:
-    """``nvflare poc prepare`` for the job's sites in ``workspace``, then every kit set up for the job;
-    returns the folder that holds the kits (``server``, the sites, ``admin@nvidia.com``)."""
+    """``nvflare poc prepare`` for the job's sites in ``workspace``, then every kit set up for the job (its
+    processes in the environment of ``python``); returns the folder that holds the kits (``server``, the
+    sites, ``admin@nvidia.com``)."""
     workspace = Path(workspace).resolve()
-    env = {**python_first(env), "NVFLARE_POC_WORKSPACE": str(workspace)}
-    command = [str(Path(sys.executable).with_name("nvflare")), "poc", "prepare", "--force", "-c", *config["sites"]]
+    env = {**python_first(env, python), "NVFLARE_POC_WORKSPACE": str(workspace)}
+    command = [str(Path(python).with_name("nvflare")), "poc", "prepare", "--force", "-c", *config["sites"]]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if run.returncode:
         raise InputError(f"nvflare poc prepare failed in {workspace}: {(run.stderr or run.stdout).strip()[-500:]}")
     kits = workspace / POC_PROJECT
     classes = job_classes(config)
     for kit in [SERVER_KIT, ADMIN_KIT, *config["sites"]]:
-        prepare_kit(kits / kit, classes, host, port)
+        prepare_kit(kits / kit, classes, host, port, python)
     return kits
 
 

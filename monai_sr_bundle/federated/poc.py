@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,13 +32,15 @@ class LocalPoc:
     Args:
         config: a checked job config; its ``sites`` map each site to the site config it is started with.
         workspace: the POC workspace (kits, job store, each site's run folders).
+        python: the Python whose environment runs the server and the sites (default: this one).
     """
 
-    def __init__(self, config: dict, workspace: str | os.PathLike) -> None:
+    def __init__(self, config: dict, workspace: str | os.PathLike, python: str = sys.executable) -> None:
         self.config = config
         self.workspace = Path(workspace).resolve()
         self.port = free_port()
-        self.kits = prepare_poc(config, self.workspace, port=self.port)
+        self.python = python
+        self.kits = prepare_poc(config, self.workspace, port=self.port, python=python)
         self.processes: dict[str, subprocess.Popen] = {}
         self.session = None
 
@@ -45,7 +48,7 @@ class LocalPoc:
         """Start the server or one site (``sub_start.sh --once``: no restart loop), in its own process group;
         a site gets its site config from the job config as its ``MONAI_SR_SITE_CONFIG``. The kit's ``python3 -m``
         runs in the kit folder, which must not be on its path (:mod:`monai_sr_bundle.launch`)."""
-        env = safe_env(python_first())
+        env = safe_env(python_first(python=self.python))
         site_config = self.config["sites"].get(name)
         if site_config:
             env[SITE_CONFIG_ENV] = str(site_config)
