@@ -271,11 +271,17 @@ def explain_a_lost_process(run_dir: str | os.PathLike) -> None:
     """When another process of a distributed run dies, torchrun ends this one (SIGTERM), or this one's next
     exchange with it fails first (a gloo or NCCL connection error): either way say, in place of a traceback,
     which checkpoint training can resume from, beside torchrun's report of the process that failed. Epoch
-    checkpoints are written atomically, so the newest one on disk is whole."""
+    checkpoints are written atomically, so the newest one on disk is whole. Said once: torchrun's SIGTERM can
+    come while the process exits after a failed exchange."""
     import signal
     import sys
 
+    said = []
+
     def say() -> None:
+        if said:
+            return
+        said.append(True)
         last = latest_checkpoint(run_dir) or "none (no epoch finished)"
         print(
             f"error: process {os.environ.get('RANK', '?')} stopped: another process of this run ended (torchrun's "

@@ -33,6 +33,7 @@ from monai_sr_bundle.metrics import (
     paired_t_test,
     summarize,
 )
+from monai_sr_bundle.metrics.summary import student_t_p
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MONAI_SR_DATA") or REPO.parent / "shared" / "data")
@@ -355,6 +356,21 @@ def test_paired_t_test_known_answer():
     assert math.isnan(paired_t_test([1.0], [0.0])[1]) and paired_t_test([1.0], [0.0])[2] == 1
     with pytest.raises(ValueError, match="as many values"):
         paired_t_test([1.0, 2.0], [1.0])
+    assert paired_t_test([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])[1:] == (0.0, 3)  # one difference, not 0: certain
+    assert math.isnan(paired_t_test([1.0, 2.0], [1.0, 2.0])[1])  # no difference at all: no test
+
+
+def test_student_t_p_matches_closed_forms_and_scipy():
+    """The package's own Student's t (a user's install has no SciPy): the closed forms at 1 and 2 degrees of
+    freedom, SciPy's survival function at the others, from t = 0 to far in the tail."""
+    from scipy.stats import t as student_t
+
+    for t in (0.0, 1e-8, 0.3, 1.0, 2.5, 40.0, 1e6):
+        assert student_t_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-9, abs=1e-12)
+        assert student_t_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9, abs=1e-12)
+        for df in (3, 7, 30, 577, 10_000):
+            assert student_t_p(t, df) == pytest.approx(2 * student_t.sf(t, df), rel=1e-8, abs=1e-300), (t, df)
+    assert student_t_p(float("inf"), 5) == 0 and student_t_p(-2.0, 4) == student_t_p(2.0, 4)
 
 
 # ---------------------------------------------------------------- bad input
