@@ -280,6 +280,22 @@ def test_listing_methods_and_help_import_neither_torch_nor_monai():
     assert json.loads(done.stdout) == methods.describe_all() and done.stderr.strip() == "[]"
 
 
+@pytest.mark.slow
+def test_a_users_install_imports_every_module_and_loads_every_method():
+    """A user's install (``USER_PYTHON``; under ``make test``, monai-sr[federated,zoo] alone) imports every module
+    of the package and loads every shipped method with its weights: a dependency that only the test or MONAI
+    Label packages bring in fails here (einops did: MONAI's attention blocks import it when the diffusion
+    U-Nets are built)."""
+    code = (
+        "import importlib, pkgutil, monai_sr_bundle\nfrom monai_sr_bundle import methods\n"
+        "for module in pkgutil.walk_packages(monai_sr_bundle.__path__, 'monai_sr_bundle.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "for name in methods.names():\n    methods.get(name).load()\nprint(len(methods.names()))"
+    )
+    done = subprocess.run([USER_PYTHON, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == [str(len(methods.names()))], done.stderr[-3000:]
+
+
 def test_a_name_defined_twice_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv(
         "MONAI_SR_METHODS", str(_overlay_dir(tmp_path, {NAMES[0]: {"network_def": {"_target_": "torch.nn.Identity"}}}))
