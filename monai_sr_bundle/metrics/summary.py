@@ -65,6 +65,8 @@ def student_t_p(t: float, df: int) -> float:
     """Two-sided p-value of ``t`` under Student's t with ``df`` degrees of freedom: the regularized incomplete
     beta I_x(df/2, 1/2) at x = df / (df + t^2). Computed here so that the package needs no SciPy, which MONAI
     imports at start-up wherever it is installed (about a second of CPU in every process here)."""
+    if math.isinf(t):
+        return 0.0
     return _incomplete_beta(df / 2, 0.5, df / (df + t * t), t * t / (df + t * t))
 
 
