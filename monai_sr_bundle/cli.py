@@ -21,7 +21,7 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.data.public import BUILDERS, VAL_FRACTION
 from monai_sr_bundle.errors import InputError, printable
 
-DEMO_LIMIT = 4
+DEMO_LIMIT = 3
 #: images the demo's diffusion methods sample (each image costs them seconds of CPU per sampler step)
 DEMO_SAMPLED = 1
 

@@ -263,6 +263,7 @@ class Method:
     def network(self, weights: str | os.PathLike | None = None) -> nn.Module:
         """A new network of this method (fresh parameters, or ``weights`` loaded), in train mode."""
         network = self._build("network_def")
+        self.__dict__.setdefault("_probe", network)  # what the probe is read for is the same in every build
         if weights is not None:
             if not self.trainable:
                 raise InputError(
@@ -311,6 +312,8 @@ class Method:
 
     @cached_property
     def _probe(self) -> nn.Module:
+        """A network of this method, read for what its architecture declares (halo, tiles, an autoencoder):
+        the first one built (:meth:`network`), else one built for this."""
         return self.network()
 
     @property

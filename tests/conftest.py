@@ -31,6 +31,8 @@ DATA = shared_data_dir()
 USER_PYTHON = os.environ.get("MONAI_SR_USER_PYTHON") or sys.executable
 #: fixtures that start a real server: a test using one is a ``server`` test
 SERVER_FIXTURES = frozenset({"ct_label_server", "server", "diffusion_server", "pacs"})
+#: session fixtures that each test process builds for itself at little cost: they group no tests (_xdist_groups)
+PER_PROCESS_FIXTURES = frozenset({"preloaded"})
 
 
 def pytest_configure(config):
@@ -69,7 +71,7 @@ def _xdist_groups(items) -> dict:
         for name in getattr(item, "fixturenames", ()):
             for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):
                 ours = Path(fixturedef.func.__code__.co_filename).parent == here
-                if ours and fixturedef.scope in ("module", "session"):
+                if ours and fixturedef.scope in ("module", "session") and name not in PER_PROCESS_FIXTURES:
                     shared.setdefault(item.module.__name__, set()).add(f"{fixturedef.scope}:{name}")
     group = {module: module for module in shared}
     for fixture in {f for used in shared.values() for f in used if f.startswith("session:")}:
@@ -235,7 +237,17 @@ def ct_slice_volume() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def ct_label_server(tmp_path_factory):
+def preloaded():
+    """A Python that has imported torch and MONAI, from which this test process forks its MONAI Label servers
+    (tools/preloaded.py): about 1 s of CPU a start instead of 12-20. test_launchers starts one as a user does."""
+    from tools.preloaded import Preloaded
+
+    with Preloaded() as python:
+        yield python
+
+
+@pytest.fixture(scope="session")
+def ct_label_server(tmp_path_factory, preloaded):
     """A real MONAI Label server running the app (srcnn) on a studies folder holding ``ct_small.dcm``, shared
     by the session's tests that only read from it; yields (URL, studies folder)."""
     import shutil
@@ -247,7 +259,7 @@ def ct_label_server(tmp_path_factory):
     studies = root / "studies"
     studies.mkdir()
     shutil.copy(default_input(), studies / "ct_small.dcm")
-    with label_server(root, studies, {"method": "srcnn", "model_dir": root / "model"}) as url:
+    with label_server(root, studies, {"method": "srcnn", "model_dir": root / "model"}, preloaded=preloaded) as url:
         yield url, studies
 
 

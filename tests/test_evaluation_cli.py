@@ -479,8 +479,8 @@ def test_the_demos_default_command_shows_progress_on_a_terminal_from_start_to_en
     under a pseudo-terminal. It says what it loads at once, its first line comes within 30 s, the bar never
     stays still for more than 15 s (+5 s of slack for a loaded machine) once it is up, and the table it ends
     with has every shipped method with the images each was scored on (the diffusion methods on fewer).
-    End to end because the demo's default is what is tested: this is the demo's whole run, 1.9 min alone here
-    (4 images, the diffusion methods on 1) and more in the suite, where it gets one thread beside the other worker."""
+    End to end because the demo's default is what is tested: this is the demo's whole run, 1.8 min alone here
+    (3 images, the diffusion methods on 1) and more in the suite, where it gets one thread beside the other worker."""
     import os
     import pty
     import select

@@ -39,7 +39,7 @@ def with_boxes(n: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, preloaded):
     root = tmp_path_factory.mktemp("monailabel")
     studies = root / "studies"
     studies.mkdir()
@@ -48,7 +48,7 @@ def server(tmp_path_factory):
         shutil.copy(d["label"], studies)
     shutil.copy(default_input(), studies / "ct_small.dcm")
     conf = {"method": "srcnn", "max_upload_mb": MAX_UPLOAD_MB, "model_dir": root / "model"}
-    with label_server(root, studies, conf) as url:
+    with label_server(root, studies, conf, preloaded=preloaded) as url:
         yield SimpleNamespace(url=url, studies=studies, model=root / "model", items=items, root=root)
 
 
@@ -318,7 +318,7 @@ def test_label_info_cannot_rewrite_what_the_label_says(server):
     assert findings() == before == server.items[0]["findings"]
 
 
-def test_a_server_with_bf16_and_compile_serves_what_fp32_serves_to_a_grey_level(tmp_path):
+def test_a_server_with_bf16_and_compile_serves_what_fp32_serves_to_a_grey_level(tmp_path, preloaded):
     """``--conf precision bf16 --conf compile true``: the SR of a radiograph (the network compiled in the
     server's worker thread; a 128 px image, one tile, one compilation) within 2 grey levels of fp32 in
     process, nearly all pixels equal."""
@@ -328,7 +328,7 @@ def test_a_server_with_bf16_and_compile_serves_what_fp32_serves_to_a_grey_level(
     studies.mkdir()
     Image.open(with_boxes(1)[0]["label"]).resize((128, 128)).save(studies / "a.png")  # one tile
     conf = {"method": "srcnn", "precision": "bf16", "compile": "true", "model_dir": tmp_path / "model"}
-    with label_server(tmp_path, studies, conf) as url:
+    with label_server(tmp_path, studies, conf, preloaded=preloaded) as url:
         r = requests.post(f"{url}/infer/super_resolution", params={"image": "a", "output": "image"}, timeout=600)
     assert r.status_code == 200, r.text
     served, local = response_image(r, tmp_path, ".png"), in_process(studies / "a.png", tmp_path)

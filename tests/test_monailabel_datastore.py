@@ -61,10 +61,10 @@ def studies(tmp_path_factory) -> tuple[Path, list[Path], list[Path], Path]:
     return folder, [folder / p.name for p in images[:SAVES]], [folder / p.name for p in images[SAVES:]], table
 
 
-def test_saves_during_an_import_survive_restart_and_rebuild(studies, tmp_path):
+def test_saves_during_an_import_survive_restart_and_rebuild(studies, tmp_path, preloaded):
     folder, saved, imported, table = studies
     expected = {p.stem: _doc(p, k) for k, p in enumerate(saved)}
-    with label_server(tmp_path / "first", folder, {"method": "bicubic"}) as url:
+    with label_server(tmp_path / "first", folder, {"method": "bicubic"}, preloaded=preloaded) as url:
         upper = (folder / "stored_as.PNG").name  # uploads named in upper case, and an id that looks like a file
         shutil.copy(saved[0], tmp_path / upper)
         put = requests.put(f"{url}/datastore/", files={"file": (upper, (tmp_path / upper).read_bytes())}, timeout=60)
@@ -122,10 +122,10 @@ def test_saves_during_an_import_survive_restart_and_rebuild(studies, tmp_path):
         for p in imported:
             assert _boxes(url, p.stem).status_code == 200, p.stem
 
-    with label_server(tmp_path / "restarted", folder, {"method": "bicubic"}) as url:
+    with label_server(tmp_path / "restarted", folder, {"method": "bicubic"}, preloaded=preloaded) as url:
         all_there(url)
     (folder / "datastore_v2.json").unlink()  # lost, or deleted by hand: the index is rebuilt from the files
-    with label_server(tmp_path / "rebuilt", folder, {"method": "bicubic"}) as url:
+    with label_server(tmp_path / "rebuilt", folder, {"method": "bicubic"}, preloaded=preloaded) as url:
         all_there(url)
 
 
@@ -133,7 +133,7 @@ CR_DICOM = DATA / "cxr_dicom" / "pydicom-data_RG1_J2KI_CR_chest.dcm"  # 1955x184
 
 
 @needs_data(CR_DICOM.parent)
-def test_images_training_cannot_use_are_left_out_not_failing_every_train(tmp_path):
+def test_images_training_cannot_use_are_left_out_not_failing_every_train(tmp_path, preloaded):
     """A CT volume and a real CR whose size is not a multiple of the scale are accepted as uploads (infer
     serves them); a 7x7 radiograph is refused as infer refuses it, and when put in the studies folder by
     hand, training leaves it out by name, as it leaves out the volume and a truncated file; it crops the CR,
@@ -149,7 +149,9 @@ def test_images_training_cannot_use_are_left_out_not_failing_every_train(tmp_pat
     tiny = tmp_path / "tiny.png"
     shutil.copy(DATA / "nih_cxr14" / "images_512" / Path(nih_datalist("train")[2]["label"]).name, tiny)
     Image.open(tiny).resize((7, 7)).save(tiny)
-    with label_server(tmp_path / "server", folder, {"method": "srcnn", "model_dir": tmp_path / "model"}) as url:
+    with label_server(
+        tmp_path / "server", folder, {"method": "srcnn", "model_dir": tmp_path / "model"}, preloaded=preloaded
+    ) as url:
         for path, image_id, status in ((volume, "volume", 200), (tiny, "tiny", 422), (CR_DICOM, "cr", 200)):
             put = requests.put(
                 f"{url}/datastore/", params={"image": image_id}, files={"file": (path.name, path.read_bytes())}

@@ -19,7 +19,7 @@ from test_monailabel_app import NIH, infer, response_image, with_boxes
 from monai_sr_bundle import methods
 from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.data.readers import read_image
-from tools.label_server import label_server
+from tools.label_server import label_server, listening_pid
 
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
 pytestmark = [
@@ -30,7 +30,7 @@ SAMPLING = {"method": NAME, "weights": "v1", "sampler": "ddim", "steps": 2, "see
 
 
 @pytest.fixture(scope="module")
-def diffusion_server(tmp_path_factory):
+def diffusion_server(tmp_path_factory, preloaded):
     root = tmp_path_factory.mktemp("monailabel_diffusion")
     overlays, studies, model = root / "overlays", root / "studies", root / "model"
     for folder in (overlays, studies, model):
@@ -47,7 +47,7 @@ def diffusion_server(tmp_path_factory):
             for p in network.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
         torch.save(network.state_dict(), model / f"{NAME}_cxr_x4_v1.pt")
-    with label_server(root, studies, {"method": "srcnn", "model_dir": model}, env=env) as url:
+    with label_server(root, studies, {"method": "srcnn", "model_dir": model}, env=env, preloaded=preloaded) as url:
         yield type("Server", (), {"url": url, "studies": studies, "model": model, "overlays": overlays})
 
 
@@ -93,11 +93,7 @@ def test_new_sampling_values_do_not_grow_the_server(diffusion_server):
     add 160 MB; the allocator's own swings here are under 60 MB, hence the highest warm-up reading against the
     lowest of the last four)."""
     port = int(diffusion_server.url.rsplit(":", 1)[1])
-    (server,) = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "serve.py" in " ".join(p.cmdline()) and str(port) in p.cmdline()
-    ]
+    server = psutil.Process(listening_pid(port))
     samplers = ("ddpm", "ddim", "dpmpp", "dpmpp_sde")
 
     def rss_after(sampler: str, steps: int) -> float:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from monai_sr_bundle.batch import default_input
 from monai_sr_bundle.data.datalist import nih_datalist
-from tools.label_server import label_server
+from tools.label_server import label_server, listening_pid
 
 requests = pytest.importorskip("requests", reason="requests comes with monailabel (pip install -e '.[test]')")
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
@@ -35,7 +35,7 @@ ORIGIN = "https://viewer.hospital.example"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, preloaded):
     root = tmp_path_factory.mktemp("hostile")
     studies = root / "studies"
     studies.mkdir()
@@ -46,14 +46,14 @@ def server(tmp_path_factory):
     shared_tmp = root / "shared_tmp"  # the temporary folder the server is started with (its own is app/tmp)
     shared_tmp.mkdir()
     env = {"TMPDIR": str(shared_tmp)}
-    with label_server(root, studies, conf, options=("--cors_origin", ORIGIN), env=env) as url:
+    with label_server(root, studies, conf, options=("--cors_origin", ORIGIN), env=env, preloaded=preloaded) as url:
         yield SimpleNamespace(
             url=url, root=root, studies=studies, tmp=root / "app" / "tmp", shared_tmp=shared_tmp, ids=ids(studies)
         )
 
 
 @pytest.fixture(scope="module")
-def realm_down(tmp_path_factory):
+def realm_down(tmp_path_factory, preloaded):
     """A server with MONAI Label's auth on whose realm cannot be reached (nothing listens on port 9); the
     tests that use it only send refused requests."""
     root = tmp_path_factory.mktemp("realm_down")
@@ -61,7 +61,7 @@ def realm_down(tmp_path_factory):
     studies.mkdir()
     shutil.copy(default_input(), studies / "ct_small.dcm")
     env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": "http://127.0.0.1:9/realms/none"}
-    with label_server(root, studies, {"method": "bicubic"}, env=env, ready_status=401) as url:
+    with label_server(root, studies, {"method": "bicubic"}, env=env, ready_status=401, preloaded=preloaded) as url:
         yield SimpleNamespace(url=url, studies=studies)
 
 
@@ -409,14 +409,16 @@ def test_with_the_realm_down_a_bad_token_is_a_401_and_no_token_is_accepted(realm
     assert ids(realm_down.studies) == ["ct_small"] and not list((realm_down.studies / "labels").rglob("*.json"))
 
 
-def test_deletes_when_allowed_refuse_unknown_ids_and_remove_the_files(tmp_path):
+def test_deletes_when_allowed_refuse_unknown_ids_and_remove_the_files(tmp_path, preloaded):
     """``--allow_delete`` opens MONAI Label's DELETE endpoints; an unknown image or label is a 404 (MONAI
     Label answered 500) and a known image goes with its boxes."""
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(default_input(), studies / "ct_small.dcm")
     shutil.copy(default_input(), studies / "other.dcm")
-    with label_server(tmp_path, studies, {"method": "bicubic"}, options=("--allow_delete",)) as url:
+    with label_server(
+        tmp_path, studies, {"method": "bicubic"}, options=("--allow_delete",), preloaded=preloaded
+    ) as url:
         saved = requests.put(
             f"{url}/datastore/label",
             params={"image": "ct_small", "tag": "boxes"},
@@ -473,10 +475,7 @@ def test_a_deflated_dicom_bomb_is_refused_before_it_is_inflated(server, tmp_path
 
 def _server_memory(server) -> dict[str, int]:
     """VmRSS and VmHWM (its peak since the last reset) of the server process, in bytes."""
-    import psutil
-
-    serve = str(server.root / "app" / "serve.py")
-    pid = next(p.pid for p in psutil.process_iter(["cmdline"]) if serve in (p.info["cmdline"] or []))
+    pid = listening_pid(int(server.url.rsplit(":", 1)[1]))
     with open(f"/proc/{pid}/status") as f:
         fields = dict(line.split(":", 1) for line in f)
     return {"pid": pid, **{k: int(fields[k].split()[0]) << 10 for k in ("VmRSS", "VmHWM")}}
@@ -528,14 +527,14 @@ def test_an_upload_is_read_only_from_its_own_bytes(server, what):
     unchanged(server, before)
 
 
-def test_deep_info_is_refused_and_an_unreadable_index_does_not_stop_the_server(tmp_path):
+def test_deep_info_is_refused_and_an_unreadable_index_does_not_stop_the_server(tmp_path, preloaded):
     """Image info nested 300 deep is a 422; an index left unreadable by hand is set aside at the next start,
     with the images still served and uploads working."""
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(default_input(), studies / "ct_small.dcm")
     deep = "[" * 300 + "]" * 300
-    with label_server(tmp_path, studies, {"method": "bicubic"}) as url:
+    with label_server(tmp_path, studies, {"method": "bicubic"}, preloaded=preloaded) as url:
         info = {"info": '{"a": ' + deep + "}"}
         r = requests.put(f"{url}/datastore/image/info", params={"image": "ct_small"}, data=info, timeout=30)
         assert r.status_code == 422 and "nested more than" in r.json()["detail"], r.text
@@ -544,7 +543,7 @@ def test_deep_info_is_refused_and_an_unreadable_index_does_not_stop_the_server(t
     index = studies / "datastore_v2.json"
     index.write_text(index.read_text().replace('"site": "A"', '"site": ' + deep))
     (tmp_path / "restart").mkdir()
-    with label_server(tmp_path / "restart", studies, {"method": "bicubic"}) as url:
+    with label_server(tmp_path / "restart", studies, {"method": "bicubic"}, preloaded=preloaded) as url:
         assert requests.get(f"{url}/datastore/image", params={"image": "ct_small"}, timeout=30).status_code == 200
         up = requests.put(f"{url}/datastore/", params={"image": "new"}, files={"file": ("n.png", png(64, 64))})
         assert up.status_code == 200, up.text
@@ -571,14 +570,14 @@ def test_concurrent_uploads_under_one_new_id_store_one_and_refuse_the_others(ser
         (server.studies / "raced.png").unlink()
 
 
-def test_symlinks_in_the_studies_folder_are_not_followed(tmp_path):
+def test_symlinks_in_the_studies_folder_are_not_followed(tmp_path, preloaded):
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(default_input(), studies / "ct_small.dcm")
     (studies / "passwd.png").symlink_to("/etc/passwd")
     outside = tmp_path / "outside.png"
     (studies / "dangling.png").symlink_to(outside)
-    with label_server(tmp_path, studies, {"method": "bicubic"}) as url:
+    with label_server(tmp_path, studies, {"method": "bicubic"}, preloaded=preloaded) as url:
         listing = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30)
         assert listing.status_code == 200 and "passwd" not in listing.text and "outside" not in listing.text
         served = requests.get(f"{url}/datastore/image", params={"image": "passwd"}, timeout=30)
@@ -706,7 +705,7 @@ def test_half_sent_requests_are_closed_and_the_server_keeps_answering(server):
         stalled_body.close()
 
 
-def test_a_realm_token_is_accepted_and_a_realm_that_is_down_is_a_503(tmp_path, realm_down):
+def test_a_realm_token_is_accepted_and_a_realm_that_is_down_is_a_503(tmp_path, realm_down, preloaded):
     """With auth on, a token the realm signed (RS256) opens the routes its roles allow (MONAI Label 0.8.5
     refused every one: it called jwt.decode without algorithms); a token signed by another key, or an HS256
     token keyed with the realm's public key, is a 401; when the realm cannot be reached, a 503, not a 500."""
@@ -755,7 +754,9 @@ def test_a_realm_token_is_accepted_and_a_realm_that_is_down_is_a_503(tmp_path, r
     threading.Thread(target=realm.serve_forever, daemon=True).start()
     env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": f"http://127.0.0.1:{realm.server_port}/r"}
     try:
-        with label_server(tmp_path, studies, {"method": "bicubic"}, env=env, ready_status=401) as url:
+        with label_server(
+            tmp_path, studies, {"method": "bicubic"}, env=env, ready_status=401, preloaded=preloaded
+        ) as url:
 
             def get(t):
                 return requests.get(f"{url}/info/", headers={"Authorization": f"Bearer {t}"}, timeout=30)

@@ -59,7 +59,7 @@ def _ct_series(folder: Path, patient: str, series_uid: str) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
+def pacs(tmp_path_factory, preloaded):
     root = tmp_path_factory.mktemp("pacs")
     with orthanc(root / "orthanc") as url:
         web = DICOMwebClient(url=f"{url}/dicom-web")
@@ -74,7 +74,7 @@ def pacs(tmp_path_factory):
         cache = root / "cache"
         env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(cache)}
         conf = {"method": METHOD, "model_dir": root / "model"}
-        with label_server(root, f"{url}/dicom-web", conf, env=env) as app:
+        with label_server(root, f"{url}/dicom-web", conf, env=env, preloaded=preloaded) as app:
             yield SimpleNamespace(
                 url=url,
                 web=web,
@@ -241,16 +241,18 @@ def test_bad_requests_are_one_sentence(pacs):
     assert len(pacs.web.search_for_series(STUDY)) == before  # nothing stored for it
 
 
-def test_an_unreachable_or_failing_pacs_is_one_sentence(pacs, tmp_path):
+def test_an_unreachable_or_failing_pacs_is_one_sentence(pacs, tmp_path, preloaded):
     env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp_path / "cache")}
     conf = {"method": METHOD, "model_dir": tmp_path / "model"}
     # /info/ reports the datastore, so it is the PACS's error too: the server is up when /info/ says 502
-    with label_server(tmp_path / "wrong", f"{pacs.url}/no-dicom-web", conf, env=env, ready_status=502) as app:
+    with label_server(
+        tmp_path / "wrong", f"{pacs.url}/no-dicom-web", conf, env=env, ready_status=502, preloaded=preloaded
+    ) as app:
         assert "the PACS at <studies> answered 404" in requests.get(f"{app}/info/", timeout=30).text
         r = infer(app, "1.2.826.0.1.3680043.8.498.10")
         assert r.status_code == 502 and "the PACS at <studies> answered 404" in r.json()["detail"]
     dead = f"http://127.0.0.1:{free_port()}/dicom-web"
-    with label_server(tmp_path / "dead", dead, conf, env=env, ready_status=502) as app:
+    with label_server(tmp_path / "dead", dead, conf, env=env, ready_status=502, preloaded=preloaded) as app:
         r = infer(app, "1.2.826.0.1.3680043.8.498.10")
         assert r.status_code == 502 and "the PACS at <studies> cannot be reached" in r.json()["detail"]
 

@@ -121,7 +121,7 @@ def module(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, preloaded):
     """A real MONAI Label server running the app (srcnn by default, the newest trained version of a method
     else its shipped weights) on a studies folder holding ``ct_small.dcm``, with the tiny SR3 registered and
     trained once; yields (URL, studies folder)."""
@@ -133,7 +133,7 @@ def server(tmp_path_factory):
     overlays, weights = tiny_diffusion(root / "tiny")
     shutil.copy(weights, model / f"{NAME}_cxr_x4_v1.pt")
     conf = {"method": "srcnn", "model_dir": model, "weights": "latest"}
-    with label_server(root, studies, conf, env={"MONAI_SR_METHODS": overlays}) as url:
+    with label_server(root, studies, conf, env={"MONAI_SR_METHODS": overlays}, preloaded=preloaded) as url:
         yield url, studies
 
 

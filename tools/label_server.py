@@ -17,7 +17,17 @@ from pathlib import Path
 
 import requests
 
+from tools.preloaded import Preloaded
+
 APP = Path(__file__).resolve().parents[1] / "monailabel_app"
+
+
+def listening_pid(port: int) -> int:
+    """The id of the process listening on ``port`` of this machine (a forked server's command line is its
+    preloaded interpreter's, not ``serve.py``)."""
+    import psutil
+
+    return next(c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port)
 
 
 def free_port() -> int:
@@ -36,10 +46,12 @@ def label_server(
     ready_status: int = 200,
     timeout: float = 90,
     cwd: Path | None = None,
+    preloaded: Preloaded | None = None,
 ) -> Iterator[str]:
     """Run the app through its launcher on ``studies`` with ``--conf`` pairs ``conf``, other launcher
     ``options`` and extra environment ``env``; yields its URL once ``/info/`` answers ``ready_status``.
-    ``root`` receives the app copy and the server log; ``cwd``: the server's working folder (default: this one)."""
+    ``root`` receives the app copy and the server log; ``cwd``: the server's working folder (default: this one);
+    ``preloaded``: fork the server from that interpreter (torch and MONAI imported) rather than start one."""
     app = root / "app"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "model", "bin", "tmp", "__pycache__"))
     port, log_path = free_port(), root / "server.log"
@@ -49,7 +61,10 @@ def label_server(
     env = {**os.environ, **(env or {})}
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        if preloaded is None:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        else:
+            proc = preloaded.run(cmd[1:], env, cwd or os.getcwd(), log_path)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -67,7 +82,10 @@ def label_server(
                 time.sleep(0.5)
             yield url
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:  # it exited, and nothing it started is left: what it said is raised
+                pass
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
