@@ -29,13 +29,7 @@ from monai_sr_bundle.federated.controller import FAILED_AT_SITE, REPORT_NAME
 from monai_sr_bundle.federated.deploy import main as deploy_main
 from monai_sr_bundle.federated.deploy import python_first
 from monai_sr_bundle.federated.job import SERVER_APP, client_args, export_job, load_job_config, run_simulation
-from monai_sr_bundle.federated.sites import (
-    SITE_CONFIG_ENV,
-    balanced_patient_split,
-    load_site,
-    site_processes,
-    write_example_sites,
-)
+from monai_sr_bundle.federated.sites import SITE_CONFIG_ENV, balanced_patient_split, load_site, write_example_sites
 from monai_sr_bundle.training import sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,12 +125,14 @@ def test_site_config_errors_name_the_site(tmp_path, monkeypatch):
     for bad in (0, "2", True, 65):
         (tmp_path / "p.json").write_text(json.dumps({"datalist": "empty_datalist.json", "processes": bad}))
         with pytest.raises(InputError, match="site h5: 'processes' in .* must be a whole number from 1 to 64"):
-            site_processes("h5", tmp_path / "p.json")
+            load_site("h5", tmp_path / "p.json")
     many = make_site(tmp_path, "many", nih_items("train", 0, 3), nih_items("val", 0, 1))
     many.write_text(json.dumps({**json.loads(many.read_text()), "processes": 2}))
-    assert site_processes("h6", many) == 2
     with pytest.raises(InputError, match="site h6: 'processes' 2 in .* but 1 validation image.*at most 1"):
         load_site("h6", many)
+    two = make_site(tmp_path, "two", nih_items("train", 0, 2), nih_items("val", 0, 2))
+    two.write_text(json.dumps({**json.loads(two.read_text()), "processes": 2}))
+    assert load_site("h7", two).processes == 2
 
 
 def test_site_config_from_the_site_environment(tmp_path, monkeypatch):
@@ -469,7 +465,7 @@ def _bundle_inference_size(ckpt: Path, work: Path) -> tuple[int, int]:
 def test_a_round_without_a_site_that_trained_stops_the_job_naming_them_and_publishes_nothing(tmp_path):
     """min_clients 1, and neither site can train: one has an empty datalist, the other a corrupt image. The job
     stops; its error names both sites, each site's own log says why, the report lists both as failed, and
-    no global model is published."""
+    no global model is published. The empty datalist is refused before a worker process is started."""
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
     sites = {
         "site-e": str(make_site(tmp_path / "e", "site-e", [], nih_items("val", 30, 1))),
@@ -483,6 +479,8 @@ def test_a_round_without_a_site_that_trained_stops_the_job_naming_them_and_publi
     logs = {s: (tmp_path / "ws" / "allfail" / s / "log.txt").read_text() for s in sites}
     assert "site site-e: " in logs["site-e"] and "'training' list must hold items" in logs["site-e"]
     assert "site site-f: cannot load its images" in logs["site-f"]
+    workers = {p.parent.name for p in (tmp_path / "ws" / "allfail").rglob("worker.pid")}
+    assert workers == {"site-f"}  # site-e's datalist was refused before a worker process was started
     app = tmp_path / "ws" / "allfail" / SERVER_APP
     assert _report(app)["rounds"][0]["failed"] == {s: FAILED_AT_SITE for s in sites}
     assert not (app / "models").exists()

@@ -42,7 +42,7 @@ import torch
 from monai_sr_bundle import distributed
 from monai_sr_bundle.errors import InputError, first_line
 from monai_sr_bundle.federated import aggregation
-from monai_sr_bundle.federated.sites import SiteData, load_site, site_processes
+from monai_sr_bundle.federated.sites import SiteData, load_site
 from monai_sr_bundle.launch import safe_children, safe_env
 from monai_sr_bundle.training import stop_on_nan, train_parser
 
@@ -304,8 +304,8 @@ class SiteWorker:
     def run_round(self, params: dict, epochs: int):
         """``(state, metrics, steps, training images)`` of one round, or :class:`InputError` /
         :class:`WorkerFailed`."""
-        if not self.alive():
-            self._start(site_processes(self.site_name, self.args.site_config))
+        if not self.alive():  # a site config or datalist it refuses fails the round before a process starts
+            self._start(load_site(self.site_name, self.args.site_config).processes)
         try:
             self.conn.send(({k: v.numpy() if torch.is_tensor(v) else v for k, v in dict(params or {}).items()}, epochs))
             while not self.conn.poll(1.0):

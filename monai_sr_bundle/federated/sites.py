@@ -70,11 +70,6 @@ def _config(site: str, config_path: str | os.PathLike | None) -> tuple[Path, dic
     return path, config
 
 
-def site_processes(site: str, config_path: str | os.PathLike | None = None) -> int:
-    """How many processes train at ``site`` each round (its config's ``processes``, default 1)."""
-    return _config(site, config_path)[1].get("processes", 1)
-
-
 def _expand(value: str) -> str:
     """``$VARS`` and ``~`` expanded; ``MONAI_SR_DATA`` defaults to the shared data folder."""
     return os.path.expanduser(Template(value).safe_substitute({"MONAI_SR_DATA": str(shared_data_dir()), **os.environ}))
