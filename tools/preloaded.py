@@ -24,7 +24,6 @@ class Preloaded:
     """The client: starts the preloaded interpreter (this file, run by ``python``) and asks it to run scripts."""
 
     def __init__(self, python: str = sys.executable) -> None:
-        self.python = python
         self._zygote = subprocess.Popen([python, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self._reply() != {"ready": True}:
             raise RuntimeError(f"the preloaded Python ({python} {__file__}) did not start")
