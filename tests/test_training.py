@@ -506,6 +506,26 @@ def test_lower_is_better_given_as_text_on_the_command_line_is_read_as_a_switch()
     assert parser.get_parsed_content("best_saver#key_metric_negative_sign") is True
 
 
+@pytest.mark.parametrize(
+    ("method", "switch", "read", "when_false"),
+    [
+        ("srcnn", "validate_in_training", "train#handlers#{validation}#_disabled_", True),
+        ("srcnn", "compile", "predictor#compile", False),
+        ("esrgan", "relativistic", "adversarial_loss#relativistic", False),
+        ("esrgan", "relativistic", "provenance#adversarial#relativistic", False),
+    ],
+)
+def test_every_switch_given_as_text_on_the_command_line_is_read_as_a_switch(method, switch, read, when_false):
+    """``--validate_in_training false``, ``--compile false`` and ``--relativistic false`` arrive as text too:
+    read as truthy strings they once validated, compiled and played the relativistic game all the same."""
+    parser = train_parser(method)
+    handlers = parser["train"]["handlers"]
+    read = read.format(validation=next(i for i, h in enumerate(handlers) if h["_target_"] == "ValidationHandler"))
+    for text, value in (("false", when_false), ("true", not when_false), ("False", when_false)):
+        parser[switch] = text
+        assert parser.get_parsed_content(read) is value, (switch, text)
+
+
 # ------------------------------------------------------------------------- the named batch, a teacher
 
 
