@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 USER_VENV ?= .venv-user
 USER_PY := $(USER_VENV)/bin/python
 USER_STAMP := $(USER_VENV)/.installed
+# pip says nothing for 45 s while it unpacks MONAI's dependencies: a line every 10 s of silence says it works
+HEARTBEAT := $(PYTHON) tools/heartbeat.py
 
 .PHONY: demo test test-fast benchmark clean system-tools
 
@@ -22,17 +24,19 @@ system-tools:
 	@if command -v dciodvfy >/dev/null && { command -v Orthanc || test -x /usr/sbin/Orthanc; } >/dev/null \
 		&& test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so && command -v chromium >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			$(DEBIAN_TOOLS) >/dev/null; } || echo "*** apt could not install $(DEBIAN_TOOLS); the DICOM, PACS and report tests will fail ***"; \
+		$(HEARTBEAT) "installing $(DEBIAN_TOOLS) with apt" -- sh -c "apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_TOOLS) >/dev/null" || echo "*** apt could not install $(DEBIAN_TOOLS); the DICOM, PACS and report tests will fail ***"; \
 	else echo "*** missing Debian packages $(DEBIAN_TOOLS): install them (sudo apt-get install $(DEBIAN_TOOLS)); the DICOM, PACS and report tests fail without them ***"; fi
 
 $(STAMP): EXTRAS := test
 $(USER_STAMP): EXTRAS := federated,zoo
 $(STAMP) $(USER_STAMP): pyproject.toml constraints.txt
 	test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)
-	$(@D)/bin/python -m pip install -q --upgrade pip
-	$(@D)/bin/python -c "import torch" 2>/dev/null || $(@D)/bin/python -m pip install -q torch==2.13.0
-	$(@D)/bin/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(HEARTBEAT) "updating pip in $(@D)" -- $(@D)/bin/python -m pip install -q --upgrade pip
+	$(@D)/bin/python -c "import torch" 2>/dev/null || \
+		$(HEARTBEAT) "installing PyTorch into $(@D)" -- $(@D)/bin/python -m pip install -q torch==2.13.0
+	$(HEARTBEAT) "installing monai-sr[$(EXTRAS)] and MONAI into $(@D) (1-2 min)" -- \
+		$(@D)/bin/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
 demo: $(STAMP)

@@ -29,7 +29,7 @@ class Progress:
         self,
         total: int,
         bar: bool,
-        every: float = 15.0,
+        every: float = 10.0,
         desc: str = "super-resolving",
         unit: str = "image",
         quiet: bool = False,
