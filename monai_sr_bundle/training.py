@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from monai.engines.utils import PrepareBatch
 
-from monai_sr_bundle import flag, methods
+from monai_sr_bundle import methods
 from monai_sr_bundle.distributed import is_distributed, is_main_process, world_size
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.losses.batch import SRBatch
@@ -141,11 +141,11 @@ def other_metrics(metrics: dict, key: str) -> dict:
     return {k: m for k, m in metrics.items() if k != key}
 
 
-def metric_cmp(lower_is_better: bool | str):
+def metric_cmp(lower_is_better: bool):
     """How the evaluator ranks a new score against the best so far: lower wins for a distance (LPIPS)."""
     import operator
 
-    return operator.lt if flag(lower_is_better) else operator.gt
+    return operator.lt if lower_is_better else operator.gt
 
 
 def every(n: int):

@@ -201,6 +201,37 @@ def test_configs_hold_values_and_call_named_functions():
     assert not [line for line in lines if "lambda" in line or " if " in line or "[:" in line]
 
 
+def test_every_switch_is_read_through_flag():
+    """``python -m monai.bundle run --x false`` passes the text "false", which Python reads as true
+    (``--validate_in_training false`` once validated all the same): a config's true/false setting (a key whose
+    default is a bool) reaches Python only as the ``value`` of ``monai_sr_bundle.flag`` or ``off``, never as a
+    bare ``@x`` or inside a ``$`` expression."""
+    import re
+
+    configs = methods.BUNDLE_ROOT / "configs"
+    files = [*configs.glob("*.json"), *(configs / "methods").glob("*.json")]
+    trees = {path.name: json.loads(path.read_text()) for path in files}
+    switches = {k for tree in trees.values() for k, v in tree.items() if isinstance(v, bool) and "#" not in k}
+    assert switches >= {"validate_in_training", "compile", "relativistic", "lower_is_better", "lpips", "resume"}
+    bare = []
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, dict):
+            read_as_switch = node.get("_target_") in ("monai_sr_bundle.flag", "monai_sr_bundle.off")
+            for key, value in node.items():
+                if not (read_as_switch and key == "value"):
+                    walk(value, f"{where}#{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}#{i}")
+        elif isinstance(node, str) and any(re.search(rf"@{s}\b", node) for s in switches):
+            bare.append(f"{where}: {node}")
+
+    for name, tree in trees.items():
+        walk(tree, name)
+    assert not bare
+
+
 @pytest.mark.slow
 def test_run_bicubic(work, inputs):
     out = work / "out_bicubic"
