@@ -477,10 +477,11 @@ def test_cli_demo_default_uses_nih_test_images_and_shipped_weights(tmp_path, cap
 def test_the_demos_default_command_shows_progress_on_a_terminal_from_start_to_end(tmp_path):
     """Issue 54, as a newcomer runs it: ``monai-sr demo -o DIR`` (``make demo``'s command, every default kept)
     under a pseudo-terminal. It says what it loads at once, its first line comes within 30 s, the bar never
-    stays still for more than 15 s (+5 s of slack for a loaded machine) once it is up, and the table it ends
+    stays still for more than 10 s (+5 s of slack for a loaded machine) once it is up, and the table it ends
     with has every shipped method with the images each was scored on (the diffusion methods on fewer).
-    End to end because the demo's default is what is tested: this is the demo's whole run, 1.8 min alone here
-    (3 images, the diffusion methods on 1) and more in the suite, where it gets one thread beside the other worker."""
+    End to end because the demo's default is what is tested: this is the demo's whole run, 37 s alone here
+    (3 images, the diffusion methods on 1; 1.5-1.8 min on the slower machine of earlier sessions) and 98 s in
+    the suite, where it gets one thread beside the other worker."""
     import os
     import pty
     import select
@@ -511,7 +512,7 @@ def test_the_demos_default_command_shows_progress_on_a_terminal_from_start_to_en
     assert chunks[0][0] < 30 and "loading" in chunks[0][1], chunks[:2]
     bar = next(i for i, (_, t) in enumerate(chunks) if "evaluating" in t)
     times = [when for when, _ in chunks[bar:]]
-    assert max(b - a for a, b in zip(times, times[1:])) < 20, "the bar stood still for 20 s or more"
+    assert max(b - a for a, b in zip(times, times[1:])) < 15, "the bar stood still for 15 s or more"
     assert "the diffusion methods on the first " in text  # how many: the table's images column below
     for name in methods.names():
         stochastic = methods.get(name).stochastic
