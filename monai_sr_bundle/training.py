@@ -579,13 +579,14 @@ class TimedCosineLR(torch.optim.lr_scheduler.LRScheduler):
         super().load_state_dict({**state_dict, "seconds": self.seconds, "_mark": time.perf_counter()})
 
 
-def validate_at_end(trainer, evaluator, interval: int) -> None:
-    """Validate after the last epoch as well when ``interval`` skips it, so that every run has a best
-    checkpoint to publish (a diffusion method validates rarely: each validation image is a sampling run)."""
+def validate_at_end(trainer, evaluator, interval: int, in_training: bool = True) -> None:
+    """Validate after the last epoch as well when validation in training skips it (``interval`` does, or
+    ``in_training`` is off: ``--validate_in_training false``), so that every run has a best checkpoint to
+    publish (a diffusion method validates rarely: each validation image is a sampling run)."""
     from ignite.engine import Events
 
     def last(engine) -> None:
-        if engine.state.epoch % interval:
+        if not in_training or engine.state.epoch % interval:
             evaluator.run(engine.state.epoch)
 
     trainer.add_event_handler(Events.COMPLETED, last)

@@ -137,11 +137,15 @@ def test_two_processes_with_half_the_batch_reach_the_weights_of_one(tmp_path, on
     args += ("--learning_rate", 1e-3, "--validate_in_training", "false", "--init_weights", "models/srcnn_cxr_x4.pt")
     one = train_files("srcnn")[:-1] + f",'{fixed}']"
     # the one process is this one (one_thread): a process of its own cost seconds of imports and proved nothing more
-    ok(
+    log = ok(
         run_config(
             one, "srcnn", *args, "--batch_size", 4, "--run_dir", tmp_path / "one", "--ckpt_path", tmp_path / "1.pt"
         )
     )
+    # --validate_in_training false: validated once, after the last epoch (the trainer's and the evaluator's
+    # Epoch[2]), so the run still has a best checkpoint and publishes
+    assert log.count("Epoch[1] Complete") == 1 and log.count("Epoch[2] Complete") == 2, log[-3000:]
+    assert (tmp_path / "1.pt").is_file()
     two = multi(train_files("srcnn"))[:-1] + f",'{fixed}','{in_order}']"
     ok(
         bundle_run(
