@@ -206,7 +206,7 @@ def _workers(launcher: subprocess.Popen) -> list[psutil.Process]:
 @needs_data(NIH)
 @pytest.mark.slow
 def test_a_killed_process_ends_the_run_and_the_same_command_resumes(tmp_path):
-    """One of two processes SIGKILLed after the first epoch's checkpoint: the run ends with torchrun's report
+    """One of two processes SIGKILLed once an epoch's checkpoint is there: the run ends with torchrun's report
     naming the process and the signal and one sentence of the first process saying where to resume from,
     ``weights.json`` is untouched (nothing published), the checkpoint is whole; the same command then resumes
     from it and publishes."""
@@ -226,9 +226,10 @@ def test_a_killed_process_ends_the_run_and_the_same_command_resumes(tmp_path):
         )
         try:
             deadline = time.monotonic() + 240
-            while not (run / "checkpoint_epoch=1.pt").is_file() and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert (run / "checkpoint_epoch=1.pt").is_file(), (tmp_path / "log").read_text()[-3000:]
+            # any epoch's: each replaces the one before (n_saved=1), and an epoch here can take less than a poll
+            while not list(run.glob("checkpoint_epoch=*.pt")) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert list(run.glob("checkpoint_epoch=*.pt")), (tmp_path / "log").read_text()[-3000:]
             victim = max(_workers(launcher), key=lambda p: p.pid)
             victim.send_signal(signal.SIGKILL)
             code = launcher.wait(timeout=120)
