@@ -18,14 +18,21 @@ def test_a_silence_gets_a_line_and_the_commands_output_and_exit_code_pass_throug
         "import sys, time; print('first', flush=True); time.sleep(1.5); print('last', file=sys.stderr); sys.exit(3)"
     )
     lines = done.stdout.splitlines()
-    assert done.returncode == 3 and lines[0] == "first" and lines[-1] == "last", done.stdout
-    beats = [line for line in lines if line.startswith("working: ")]
+    said = [line for line in lines if not line.startswith("working: ")]
+    assert done.returncode == 3 and said == ["first", "last"], done.stdout
+    beats = lines[lines.index("first") + 1 : lines.index("last")]  # in the 1.5 s of silence
     assert 2 <= len(beats) <= 4 and beats[0].endswith(" s ..."), lines
 
 
 def test_a_command_that_talks_gets_no_extra_line():
-    done = _heartbeat("import time\nfor i in range(12): print(i, flush=True); time.sleep(0.1)")
-    assert done.returncode == 0 and done.stdout.split() == [str(i) for i in range(12)]
+    """2.5 s of a line every 0.1 s: longer than a beat's 1 s of silence, which each line starts again."""
+    done = _heartbeat("import time\nfor i in range(25): print(i, flush=True); time.sleep(0.1)", every=1.0)
+    assert done.returncode == 0 and done.stdout.split() == [str(i) for i in range(25)]
+
+
+def test_a_command_killed_by_a_signal_exits_as_a_shell_says_it():
+    done = _heartbeat("import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    assert done.returncode == 128 + 15
 
 
 def test_a_command_that_cannot_start_is_one_sentence():

@@ -18,7 +18,7 @@ def run(command: list[str], doing: str, every: float = 10.0) -> int:
     """``command``'s exit code; its stdout and stderr, merged, go to stdout line by line as they come, and a
     ``doing: N s ...`` line after each ``every`` seconds in which it printed nothing."""
     start = time.monotonic()
-    last = [start]
+    last, speaking = [start], threading.Lock()  # one writer at a time: no line cut into another
     try:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as e:
@@ -27,9 +27,10 @@ def run(command: list[str], doing: str, every: float = 10.0) -> int:
 
     def relay() -> None:
         for line in process.stdout:
-            sys.stdout.buffer.write(line)
-            sys.stdout.flush()
-            last[0] = time.monotonic()
+            with speaking:
+                sys.stdout.buffer.write(line)
+                sys.stdout.buffer.flush()
+                last[0] = time.monotonic()
 
     reader = threading.Thread(target=relay, daemon=True)
     reader.start()
@@ -38,14 +39,17 @@ def run(command: list[str], doing: str, every: float = 10.0) -> int:
             try:
                 process.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
-                now = time.monotonic()
-                if now - last[0] >= every:
-                    print(f"{doing}: {now - start:.0f} s ...", flush=True)
-                    last[0] = now
+                with speaking:
+                    now = time.monotonic()
+                    if now - last[0] >= every:
+                        sys.stdout.buffer.write(f"{doing}: {now - start:.0f} s ...\n".encode())
+                        sys.stdout.buffer.flush()
+                        last[0] = now
     except KeyboardInterrupt:  # Ctrl-C reached the command too (one process group): wait for it to stop
         process.wait()
     reader.join()
-    return process.returncode
+    code = process.returncode
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's 128 + its number
 
 
 def main(argv: list[str] | None = None) -> int:
