@@ -480,7 +480,7 @@ def test_the_demos_default_command_shows_progress_on_a_terminal_from_start_to_en
     stays still for more than 10 s (+5 s of slack for a loaded machine) once it is up, and the table it ends
     with has every shipped method with the images each was scored on (the diffusion methods on fewer).
     End to end because the demo's default is what is tested: this is the demo's whole run, 37 s alone here
-    (3 images, the diffusion methods on 1; 1.5-1.8 min on the slower machine of earlier sessions) and 98 s in
+    (3 images, the diffusion methods on 1; 1.5-1.8 min on the slower machine of earlier sessions) and 56-98 s in
     the suite, where it gets one thread beside the other worker."""
     import os
     import pty
