@@ -496,12 +496,7 @@ def test_cli_interpolates(tmp_path, capsys):
     assert "alpha" in capsys.readouterr().err and not (tmp_path / "c.pt").exists()
 
 
-def test_lower_is_better_given_as_text_on_the_command_line_is_read_as_a_switch():
-    """``--lower_is_better false`` arrives as the text "false": ranking by it as a truthy string once
-    published the worst epoch of a PSNR pre-training."""
-    parser = train_parser("srcnn")
-    parser["lower_is_better"] = "false"
-    assert parser.get_parsed_content("best_saver#key_metric_negative_sign") is False
+def test_the_gan_stage_ranks_checkpoints_lower_is_better():
     parser = train_parser("srgan")  # the GAN stage: LPIPS, lower is better
     assert parser.get_parsed_content("best_saver#key_metric_negative_sign") is True
 
@@ -509,6 +504,7 @@ def test_lower_is_better_given_as_text_on_the_command_line_is_read_as_a_switch()
 @pytest.mark.parametrize(
     ("method", "switch", "read", "when_false"),
     [
+        ("srcnn", "lower_is_better", "best_saver#key_metric_negative_sign", False),
         ("srcnn", "validate_in_training", "train#handlers#{validation}#_disabled_", True),
         ("srcnn", "compile", "predictor#compile", False),
         ("esrgan", "relativistic", "adversarial_loss#relativistic", False),
@@ -516,8 +512,9 @@ def test_lower_is_better_given_as_text_on_the_command_line_is_read_as_a_switch()
     ],
 )
 def test_every_switch_given_as_text_on_the_command_line_is_read_as_a_switch(method, switch, read, when_false):
-    """``--validate_in_training false``, ``--compile false`` and ``--relativistic false`` arrive as text too:
-    read as truthy strings they once validated, compiled and played the relativistic game all the same."""
+    """``--lower_is_better false``, ``--validate_in_training false``, ``--compile false`` and ``--relativistic
+    false`` arrive as text: read as truthy strings they once published the worst epoch of a PSNR pre-training,
+    validated, compiled and played the relativistic game all the same."""
     parser = train_parser(method)
     handlers = parser["train"]["handlers"]
     read = read.format(validation=next(i for i, h in enumerate(handlers) if h["_target_"] == "ValidationHandler"))
