@@ -112,7 +112,14 @@ def _sr(args: argparse.Namespace) -> int:
     device = distributed.local_device() if torchrun and args.device == "cuda" else args.device  # a GPU per process
     try:
         predictor = method.predictor(
-            args.weights, device, args.winograd, args.tile_size, args.precision, args.compile, args.noise_level
+            args.weights,
+            device,
+            args.winograd,
+            args.tile_size,
+            args.precision,
+            args.compile,
+            args.noise_level,
+            args.runtime,
         )
         written = run_inference(
             args.inputs,
@@ -164,7 +171,8 @@ def _demo(args: argparse.Namespace) -> None:
     predictors = {}
     for name in args.methods.split(",") if args.methods else methods.names():
         try:
-            predictors[name] = methods.get(name, args.scale, args.modality).predictor(device=args.device)
+            method = methods.get(name, args.scale, args.modality)
+            predictors[name] = method.predictor(device=args.device, runtime=args.runtime)
         except InputError as e:
             logging.warning("skipping %s: %s", name, e)
     if not predictors:
@@ -261,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--modality", default="cxr", help="weights family: models/<method>_<modality>_x<scale>.pt")
         p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
 
+    def runtime(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--runtime",
+            default="auto",
+            help="what runs the networks: auto (the fastest installed: OpenVINO, then ONNX Runtime on a CPU; "
+            "PyTorch on a GPU), torch, openvino or onnxruntime (exported once, cached in ~/.cache/monai-sr)",
+        )
+
     sr = sub.add_parser("sr", help="super-resolve images (PNG/JPEG, DICOM, NIfTI/NRRD/MHA) into a folder")
     sr.add_argument(
         "inputs",
@@ -304,9 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sr.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="the network's arithmetic: bf16 or fp16 (GPU only) under autocast, faster on tensor cores (default fp32)",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="the network's arithmetic: auto (bf16 on an engine where the CPU has native bf16, else fp32), fp32, "
+        "bf16 (OpenVINO, or PyTorch autocast) or fp16 (GPU only)",
     )
     sr.add_argument(
         "--compile",
@@ -322,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="processes that super-resolve at once, sharing the cores (default 1)"
     )
     common(sr)
+    runtime(sr)
     sr.set_defaults(func=_sr)
 
     demo = sub.add_parser("demo", help="degrade real HR images, super-resolve them with each method, compare")
@@ -354,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the LR to show artifact removal (default: antialiased bicubic)",
     )
     common(demo)
+    runtime(demo)
     demo.set_defaults(func=_demo)
 
     listing = sub.add_parser("methods", help="list the methods: family, trainable, stochastic, ONNX export, weights")

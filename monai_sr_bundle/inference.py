@@ -19,6 +19,8 @@ import torch
 from monai.data import MetaTensor
 from torch import nn
 
+from monai_sr_bundle import engine
+from monai_sr_bundle.engine import PRECISIONS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.tiling import SRInferer
 from monai_sr_bundle.transforms.degradation import zoom_geometry
@@ -51,31 +53,6 @@ def validate_input(img: torch.Tensor, name: str, scale: int, allow_volume: bool 
         raise InputError(f"{name}: the image is constant (no detail to super-resolve); check the file.")
 
 
-#: ``--precision`` -> the autocast type (fp32: none)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(precision: str, device: str | torch.device) -> None:
-    """Refuse an unknown precision, and fp16 off a GPU (CPU autocast computes in bfloat16 only)."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-    if precision == "fp16" and torch.device(device).type != "cuda":
-        raise InputError(
-            f"precision fp16 runs on a GPU only, and the device is {device}; use bf16 (CPU autocast) or fp32."
-        )
-    if precision == "bf16" and torch.device(device).type == "cpu" and not _cpu_has_bf16():
-        logger.warning(
-            "precision bf16 on a CPU without bf16 instructions is emulated: expect it tens of times slower than "
-            "fp32 (srcnn here: 155 s instead of 0.65 s for a 512 px output); bf16 is for GPUs."
-        )
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); torch's own private probe, when it has it."""
-    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return any(probe() for probe in probes if probe is not None)
-
-
 def _busiest_part(network: nn.Module) -> nn.Module:
     """What :meth:`Predictor.compile` compiles: a sampler's denoiser (it runs once per step), else the network."""
     return getattr(network, "denoiser", network)
@@ -98,8 +75,12 @@ class Predictor:
         intensity: the reader's map to [0, 1] (default: the one recorded with the weights, else the
             modality's, :meth:`~monai_sr_bundle.methods.Method.intensity_of`).
         sampler, steps, seed: a stochastic method's defaults (refused for a deterministic one).
-        precision: ``fp32``, or ``bf16`` / ``fp16`` to run the network under autocast in that type (faster on
-            GPUs with tensor cores; fp16 only on a GPU); images and results stay float32.
+        precision: ``auto`` (bf16 on an engine where the CPU computes it natively and the method keeps its
+            quality, else fp32), ``fp32``, or ``bf16`` / ``fp16`` (autocast in PyTorch: faster on GPUs with
+            tensor cores; fp16 only on a GPU); images and results stay float32.
+        runtime: what runs the network (:data:`~monai_sr_bundle.engine.RUNTIMES`): ``auto`` (the fastest engine
+            installed for the device, :func:`~monai_sr_bundle.engine.resolve`), ``torch``, ``openvino`` or
+            ``onnxruntime`` (its graph exported once and cached).
         compile: ``torch.compile`` the network (:meth:`compile`); the first call of each tile shape compiles.
         noise_level: a degradation-aware method's default noise level (grey levels of 255; None or ``"auto"``:
             estimated from each whole image, :func:`~monai_sr_bundle.transforms.noise.estimate_noise_level`),
@@ -117,19 +98,30 @@ class Predictor:
         sampler: str | None = None,
         steps: int | None = None,
         seed: int | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         compile: bool = False,
         noise_level: float | str | None = None,
+        runtime: str = "auto",
     ) -> None:
-        check_precision(precision, device)
+        if weights is None and method.trainable:
+            weights = method.weights_path
+        ready = engine.runtime_of(network)
+        if ready:  # the bundle's inference_onnx.json hands over the method already on ONNX Runtime
+            self.runtime, precision = ready, "fp32" if precision == "auto" else precision
+        else:
+            self.runtime, precision = engine.resolve(method, runtime, device, precision)
+        if compile and self.runtime != "torch":
+            raise InputError(f"compile speeds up PyTorch, and this network runs on {self.runtime}: drop compile.")
+        if not ready:
+            network = engine.accelerate(method, network, weights, self.runtime, precision)
+        if method.trainable:
+            logger.info("%s runs on %s in %s", method.name, self.runtime, precision)
         self.method, self.network, self.device = method, network, device
         self.tile_size = method.tile_size if tile_size is None else int(tile_size)
         self.noise_level = method.check_noise_level(noise_level)
         self.precision, self.compiled = precision, bool(compile)
         if compile:
             self.compile()
-        if weights is None and method.trainable:
-            weights = method.weights_path
         self.weights = None if weights is None else Path(weights)
         self.intensity = method.intensity_of(self.weights) if intensity is None else intensity
         self.sampling = self._checked(sampler=sampler, steps=steps, seed=seed)
@@ -148,7 +140,7 @@ class Predictor:
             self.compile()
 
     def __repr__(self) -> str:
-        return f"Predictor({self.method!r}, weights={self.weights}, sampling={self.sampling})"
+        return f"Predictor({self.method!r}, weights={self.weights}, runtime={self.runtime}, sampling={self.sampling})"
 
     @property
     def scale(self) -> int:
@@ -206,20 +198,17 @@ class Predictor:
     def compile(self) -> None:
         """``torch.compile`` the part that runs most, in place (the weights' keys stay): a sampler's denoiser,
         which runs once per step with the same shapes, so on a GPU as CUDA graphs (``reduce-overhead``);
-        else the whole network. A network on ONNX Runtime is refused: it is compiled already."""
-        from monai_sr_bundle.onnx_runtime import OnnxNetwork
-
-        if any(isinstance(m, OnnxNetwork) for m in self.network.modules()):
-            raise InputError("compile speeds up the torch network, and this one runs on ONNX Runtime: drop compile.")
+        else the whole network."""
         part = _busiest_part(self.network)
         graphs = part is not self.network and torch.device(self.device).type == "cuda"
         part.compile(mode="reduce-overhead" if graphs else None)
 
     def autocast(self):
-        """The context the network runs in: autocast to the predictor's precision, or nothing for fp32."""
+        """The context the network runs in: autocast to the predictor's precision in PyTorch, or nothing for
+        fp32 and on an engine (which computes in its own precision)."""
         import contextlib
 
-        if self.precision == "fp32":
+        if self.precision == "fp32" or self.runtime != "torch":
             return contextlib.nullcontext()
         return torch.autocast(torch.device(self.device).type, dtype=PRECISIONS[self.precision])
 

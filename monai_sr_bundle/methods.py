@@ -438,17 +438,19 @@ class Method:
         device: str | torch.device = "cpu",
         winograd: bool = False,
         tile_size: int | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         compile: bool = False,
         noise_level: float | str | None = None,
+        runtime: str = "auto",
         **sampling,
     ):
         """The method loaded once (:meth:`load`) as the :class:`~monai_sr_bundle.inference.Predictor` every
-        surface calls; ``sampling`` (``sampler``, ``steps``, ``seed``) and ``noise_level`` are its defaults, a
-        call may change them."""
-        from monai_sr_bundle.inference import Predictor, check_precision
+        surface calls, its network on ``runtime`` (:mod:`monai_sr_bundle.engine`); ``sampling`` (``sampler``,
+        ``steps``, ``seed``) and ``noise_level`` are its defaults, a call may change them."""
+        from monai_sr_bundle import engine
+        from monai_sr_bundle.inference import Predictor
 
-        check_precision(precision, device)  # before the weights are loaded
+        runtime, precision = engine.resolve(self, runtime, device, precision, winograd)  # before loading weights
         self.check_noise_level(noise_level)
         network = self.load(weights, device, winograd)
         return Predictor(
@@ -460,6 +462,7 @@ class Method:
             precision=precision,
             compile=compile,
             noise_level=noise_level,
+            runtime=runtime,
             **sampling,
         )
 

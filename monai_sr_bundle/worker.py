@@ -5,10 +5,12 @@ request pays for importing torch and MONAI and loading the weights (seconds); la
 A request names one image and what ``monai-sr sr --slice-by-slice`` would take for it::
 
     {"input": "in.nii.gz", "output": "out/", "method": "srcnn", "scale": 4, "modality": "cxr",
-     "weights": null, "sampler": null, "steps": null, "seed": null, "samples": null}
+     "weights": null, "runtime": "auto", "precision": "auto",
+     "sampler": null, "steps": null, "seed": null, "samples": null}
 
 The reply is ``{"written": [files], "loaded": whether this request loaded the method, "network_started":
-time.time() of the network's first call}`` or ``{"error": one sentence}``. Bad input (an unreadable image,
+time.time() of the network's first call, "runtime": what ran the network, "precision": its arithmetic}`` or
+``{"error": one sentence}``. Bad input (an unreadable image,
 an unknown method, bad options) is an error reply and the worker stays; any other failure is replied and ends
 the worker, so that the next request starts a clean one; the end of stdin (its client closed the pipe,
 quit or died) ends it too.
@@ -27,7 +29,18 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError, printable
 
 #: what a request may say: where, and the options of ``monai-sr sr`` (left out: their defaults there)
-REQUEST = ("input", "output", "method", "scale", "modality", "weights", "noise_level", *methods.SAMPLING_OPTIONS)
+REQUEST = (
+    "input",
+    "output",
+    "method",
+    "scale",
+    "modality",
+    "weights",
+    "noise_level",
+    "runtime",
+    "precision",
+    *methods.SAMPLING_OPTIONS,
+)
 #: the longest request line answered (a request is a few paths and numbers; a longer line is refused unread,
 #: and its reply does not echo it)
 MAX_REQUEST = 1 << 16
@@ -58,7 +71,7 @@ class Worker:
         options = {k: v for k, v in request.items() if k in ("scale", "modality", *methods.SAMPLING_OPTIONS)}
         method = methods.for_request(request.get("method"), **options)
         noise_level = method.check_noise_level(request.get("noise_level"))
-        loaded = self._load(method, request.get("weights"))
+        loaded = self._load(method, request.get("weights"), request.get("runtime"), request.get("precision"))
         self.predictor.noise_level = noise_level
         from monai_sr_bundle.batch import run_inference
 
@@ -71,7 +84,13 @@ class Worker:
             progress=False,
             **{k: v for k, v in options.items() if k in methods.SAMPLING_OPTIONS},
         )
-        return {"written": written, "loaded": loaded, "network_started": self.network_started}
+        return {
+            "written": written,
+            "loaded": loaded,
+            "network_started": self.network_started,
+            "runtime": self.predictor.runtime,
+            "precision": self.predictor.precision,
+        }
 
     @staticmethod
     def _parsed(line: str) -> dict:
@@ -92,19 +111,23 @@ class Worker:
         for key in ("input", "output"):
             if not isinstance(request.get(key), str) or not request[key]:
                 raise InputError(f'a request needs "{key}", a path.')
-        if not isinstance(request.get("weights", ""), (str, type(None))):
-            raise InputError(f'"weights" must be a path or null, got {request["weights"]!r}.')
+        for key in ("weights", "runtime", "precision"):
+            if not isinstance(request.get(key, ""), (str, type(None))):
+                raise InputError(f'"{key}" must be a text or null, got {request[key]!r}.')
         return request
 
-    def _load(self, method: methods.Method, weights: str | None) -> bool:
-        """Load ``method`` with ``weights`` unless it is the one loaded (same overlay, same weights file
-        unchanged); returns whether it was loaded now."""
+    def _load(self, method: methods.Method, weights: str | None, runtime: str | None, precision: str | None) -> bool:
+        """Load ``method`` with ``weights`` on ``runtime`` in ``precision`` unless it is the one loaded (same
+        overlay, same weights file unchanged, same runtime and precision); returns whether it was loaded now."""
+        from monai_sr_bundle.engine import check_runtime
+
         path = Path(weights) if weights else method.weights_path
-        key = (method, str(path), path.stat().st_mtime_ns if path.is_file() else None)
+        runtime, precision = check_runtime(runtime), precision or "auto"
+        key = (method, str(path), path.stat().st_mtime_ns if path.is_file() else None, runtime, precision)
         if key == self.key:
             return False
         self.key, self.predictor = None, None  # the old one is freed before the new one is loaded
-        self.predictor = method.predictor(weights)
+        self.predictor = method.predictor(weights, runtime=runtime, precision=precision)
         self.predictor.network.register_forward_pre_hook(self._started)
         self.key = key
         return True

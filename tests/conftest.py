@@ -36,7 +36,24 @@ PER_PROCESS_FIXTURES = frozenset({"preloaded"})
 
 
 def pytest_configure(config):
-    """A pytest-xdist worker (``make test`` runs two) gives torch one thread: two workers share the cores."""
+    """Every surface runs PyTorch unless a test names an engine (``$MONAI_SR_RUNTIME``; the engine tests say
+    ``runtime=`` and export into a cache of the test process's own, ``$MONAI_SR_CACHE``), so that tests of
+    files, servers and training do not pay an export per weights file; a pytest-xdist worker (``make test``
+    runs two) gives torch one thread: two workers share the cores."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from monai_sr_bundle.engine import CACHE_ENV, RUNTIME_ENV
+
+    os.environ[RUNTIME_ENV] = "torch"  # subprocesses (bundle commands, servers, workers) too
+    # torch's ONNX exporter imports absl, whose log handler takes the sys.stderr of that moment (pytest's capture)
+    # and closes it when a bundle run's logging.conf closes every handler: give it the process's own stderr
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+    os.environ[CACHE_ENV] = cache = tempfile.mkdtemp(prefix="monai-sr-engines-")
+    atexit.register(shutil.rmtree, cache, True)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 

@@ -6,7 +6,7 @@ from monai_sr_bundle.networks.bicubic import Bicubic
 from monai_sr_bundle.networks.ldm import LDM
 from monai_sr_bundle.networks.lrunet import LRUNet
 from monai_sr_bundle.networks.rrdb import RRDBNet
-from monai_sr_bundle.networks.runet import RUNet
+from monai_sr_bundle.networks.runet import NoiseAwareRUNet, RUNet
 from monai_sr_bundle.networks.sr3 import SR3
 from monai_sr_bundle.networks.srcnn import SRCNN
 from monai_sr_bundle.networks.srgan_vdsr import SRGANVDSR
@@ -19,6 +19,7 @@ __all__ = [
     "Bicubic",
     "LDM",
     "LRUNet",
+    "NoiseAwareRUNet",
     "RRDBNet",
     "RUNet",
     "SR3",

@@ -21,10 +21,7 @@ from torch import nn
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import UPSAMPLE_HALO, upsample
-from monai_sr_bundle.transforms.noise import estimate_noise_level
-
-#: grey levels (of 255) that map to 1 in the noise-map channel: radiographs' levels sit around 0-10
-NOISE_MAP_UNIT = 10.0
+from monai_sr_bundle.transforms.noise import noise_map
 
 
 class _ResBlock(nn.Module):
@@ -51,12 +48,12 @@ class LRUNet(nn.Module):
     """A U-Net on the LR image and its noise map, ending in a pixel shuffle, predicting the residual over the
     bicubic interpolant.
 
-    The LR image and a constant map of its noise level (grey levels / :data:`NOISE_MAP_UNIT`) enter a 3x3 head
-    convolution; each level runs ``blocks[k]`` residual blocks; a 3x3 stride-2 convolution leads to the next,
-    wider level, and on the way up a 1x1 convolution and a x2 pixel shuffle come back, added to the level's
-    skip, followed by ``blocks[k]`` more residual blocks (none at the deepest level, whose blocks run once).
-    A 3x3 convolution makes ``scale**2`` sub-pixels per LR pixel, shuffled to the output grid and added to the
-    bicubic interpolant; it starts at zero, so training starts at bicubic.
+    The LR image and a constant map of its noise level (:func:`~monai_sr_bundle.transforms.noise.noise_map`)
+    enter a 3x3 head convolution; each level runs ``blocks[k]`` residual blocks; a 3x3 stride-2 convolution
+    leads to the next, wider level, and on the way up a 1x1 convolution and a x2 pixel shuffle come back, added
+    to the level's skip, followed by ``blocks[k]`` more residual blocks (none at the deepest level, whose blocks
+    run once). A 3x3 convolution makes ``scale**2`` sub-pixels per LR pixel, shuffled to the output grid and
+    added to the bicubic interpolant; it starts at zero, so training starts at bicubic.
 
     The noise level comes from ``forward``'s ``noise_level`` (one number or one per image, grey levels of
     255); when it is None the network estimates it from its input
@@ -123,23 +120,14 @@ class LRUNet(nn.Module):
         self.halo = max(reach, UPSAMPLE_HALO)
         self.to(memory_format=torch.channels_last)
 
-    def levels(self, x: torch.Tensor, noise_level=None) -> torch.Tensor:
-        """The (B,) noise levels of a batch: those given (one for all, or one per image), else estimated."""
-        if noise_level is None:
-            return estimate_noise_level(x)
-        level = torch.as_tensor(noise_level, dtype=x.dtype, device=x.device).reshape(-1)
-        if level.numel() not in (1, x.shape[0]):
-            raise InputError(f"{level.numel()} noise levels for a batch of {x.shape[0]} images.")
-        return level.expand(x.shape[0])
-
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor | float | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         base = upsample(x, self.scale)
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
-        # replicate, not reflect: reflect needs the pad to be smaller than the side, a tiny tile may not be
-        y = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
-        level = self.levels(x, noise_level).to(y) / NOISE_MAP_UNIT
-        y = torch.cat([y, level[:, None, None, None].expand(-1, 1, *y.shape[-2:])], 1)
+        # replicate, not reflect: reflect needs the pad to be smaller than the side, a tiny tile may not be;
+        # padded even by nothing, so that an exported graph (monai_sr_bundle.engine) pads any size as torch does
+        y = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        y = torch.cat([y, noise_map(x, noise_level, y.shape[-2:]).to(y)], 1)
         y = self.head(y)
         skips = []
         for k, level in enumerate(self.encode):

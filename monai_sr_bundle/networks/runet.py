@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_sr_bundle.networks.bicubic import pre_upsampled_halo, upsample
+from monai_sr_bundle.transforms.noise import noise_map
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -65,6 +66,10 @@ class RUNet(nn.Module):
         channels: width of each level, top to bottom; its length is the number of levels.
         res_blocks: residual blocks per level on the way down.
         pre_upsample: interpolation used for pre-upsampling (``bicubic``, ``bilinear``, ``nearest``).
+        conditions: extra input maps beside the image (what the image says about itself, e.g. its noise
+            level: :class:`NoiseAwareRUNet`); their head weights start at zero, and a state dict with fewer
+            head inputs loads with the missing ones at zero, so a network grown from trained weights starts
+            as the network it was.
     """
 
     #: ``--winograd`` is refused: it made this network slower, not faster (0.60 s against 0.34 s eager for a
@@ -78,6 +83,7 @@ class RUNet(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256),
         res_blocks: int = 2,
         pre_upsample: str = "bicubic",
+        conditions: int = 0,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -86,7 +92,8 @@ class RUNet(nn.Module):
         self.scale = int(scale)
         self.pre_upsample = pre_upsample
         self.multiple = 2 ** (len(channels) - 1)  # the HR side must be a multiple of it for the pooled levels
-        self.head = nn.Sequential(*_conv_bn_relu(in_channels, channels[0]))
+        self.head = nn.Sequential(*_conv_bn_relu(in_channels + conditions, channels[0]))
+        nn.init.zeros_(self.head[0].weight[:, in_channels:])
         self.down = nn.ModuleList()
         width = channels[0]
         for c in channels:
@@ -111,12 +118,27 @@ class RUNet(nn.Module):
         # oneDNN's fast convolutions on the CPU want channels-last weights, as in SRResNet
         self.to(memory_format=torch.channels_last)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = f"{prefix}head.0.weight"
+        have, want = state_dict.get(key), self.head[0].weight
+        if have is not None and have.ndim == 4 and have.shape[1] < want.shape[1] and have.shape[0] == want.shape[0]:
+            grown = have.new_zeros(have.shape[0], want.shape[1], *have.shape[2:])
+            grown[:, : have.shape[1]] = have
+            state_dict[key] = grown
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.restore(x)
+
+    def restore(self, x: torch.Tensor, conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """The SR image of ``x``, with the (B, conditions, H, W) maps at the output size as extra inputs."""
         up = upsample(x, self.scale, self.pre_upsample)
         h, w = up.shape[-2:]
+        y = up if conditions is None else torch.cat([up, conditions.to(up)], 1)
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
-        # replicate, not reflect: reflect needs the pad to be smaller than the side, a tiny tile may not be
-        y = F.pad(up, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else up
+        # replicate, not reflect: reflect needs the pad to be smaller than the side, a tiny tile may not be;
+        # padded even by nothing, so that an exported graph (monai_sr_bundle.engine) pads any size as torch does
+        y = F.pad(y, (0, pad_w, 0, pad_h), mode="replicate")
         y = self.head(y)
         skips = []
         for k, level in enumerate(self.down):
@@ -125,3 +147,32 @@ class RUNet(nn.Module):
         for k in reversed(range(len(self.up))):
             y = self.decode[k](torch.cat([skips[k], self.up[k](y)], 1))
         return up + self.last(y)[..., :h, :w]
+
+
+class NoiseAwareRUNet(RUNet):
+    """RUNet told how noisy its input is: a constant map of the noise level (grey levels /
+    :data:`~monai_sr_bundle.transforms.noise.NOISE_MAP_UNIT`, as :class:`~monai_sr_bundle.networks.LRUNet`
+    takes it, after FFDNet / SRMD) enters the head beside the interpolated image. Grown from a trained RUNet (its
+    state dict loads with the map's weights at zero) and fine-tuned on clean to degraded LR, one network serves
+    a clean detector image and a noisy bedside film, which two RUNets trained apart each served half of.
+
+    ``forward(lr, noise_level)``: one level for the batch or one per image (grey levels of 255); None
+    estimates it from ``lr`` (tiles of one image must share the whole image's level: the predictor passes it).
+    Args as :class:`RUNet`'s."""
+
+    #: takes ``noise_level`` (every surface offers it: ``--noise-level``, the Slicer module, MONAI Label)
+    noise_aware = True
+
+    def __init__(
+        self,
+        scale: int = 4,
+        in_channels: int = 1,
+        channels: Sequence[int] = (32, 64, 128),
+        res_blocks: int = 2,
+        pre_upsample: str = "bicubic",
+    ) -> None:
+        super().__init__(scale, in_channels, channels, res_blocks, pre_upsample, conditions=1)
+
+    def forward(self, x: torch.Tensor, noise_level: torch.Tensor | float | None = None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return self.restore(x, noise_map(x, noise_level, (h * self.scale, w * self.scale)))

@@ -69,6 +69,25 @@ def estimate_noise_level(x: torch.Tensor) -> torch.Tensor:
     return level.reshape(b, c).mean(dim=1)
 
 
+#: grey levels (of 255) that map to 1 in a network's noise-map channel: radiographs' levels sit around 0-10
+NOISE_MAP_UNIT = 10.0
+
+
+def noise_map(x: torch.Tensor, noise_level=None, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The (B, 1, *size) constant map of each image's noise level / :data:`NOISE_MAP_UNIT` that a
+    degradation-aware network takes as an extra input channel: the levels given (one for the batch, or one per
+    image), else estimated from ``x``; ``size`` defaults to ``x``'s."""
+    if noise_level is None:
+        level = estimate_noise_level(x)
+    else:
+        level = torch.as_tensor(noise_level, dtype=x.dtype, device=x.device).reshape(-1)
+        if level.numel() not in (1, x.shape[0]):
+            raise InputError(f"{level.numel()} noise levels for a batch of {x.shape[0]} images.")
+        level = level.expand(x.shape[0])
+    size = tuple(size or x.shape[-2:])
+    return (level.to(x) / NOISE_MAP_UNIT)[:, None, None, None].expand(-1, 1, *size)
+
+
 def checked_noise_level(value, source: str = "noise level") -> float | None:
     """A level a user gave (None or ``"auto"``: estimate it), refused in one sentence unless a finite number in
     [0, :data:`MAX_NOISE_LEVEL`]."""

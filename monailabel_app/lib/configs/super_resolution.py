@@ -10,9 +10,8 @@ from lib import versions
 from lib.activelearning import ImagesWithoutBoxesFirst
 from lib.infers import SuperResolutionInfer
 from lib.trainers import SuperResolutionTrainer
-from monai_sr_bundle import methods
+from monai_sr_bundle import engine, methods
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.inference import check_precision
 from monai_sr_bundle.transforms.noise import checked_noise_level
 
 #: ``--conf`` keys and their defaults
@@ -25,7 +24,8 @@ DEFAULTS = {
     "noise_level": "auto",
     "max_output_mp": "64",
     "device": "auto",
-    "precision": "fp32",
+    "precision": "auto",
+    "runtime": "auto",
     "compile": "false",
 }
 
@@ -63,8 +63,9 @@ class SuperResolution(TaskConfig):
         except InputError as e:
             raise ValueError(str(e)) from e
         self.settings["device"] = _device(str(self.settings["device"]))
-        try:
-            check_precision(self.settings["precision"], self.settings["device"])
+        try:  # the default method's runtime and precision, as its first request will resolve them
+            method = methods.get(self.settings["method"], int(self.settings["scale"]), self.settings["modality"])
+            engine.resolve(method, self.settings["runtime"], self.settings["device"], self.settings["precision"])
         except InputError as e:
             raise ValueError(f"--conf {e}") from e
         compiled = str(self.settings["compile"]).lower()
@@ -87,6 +88,7 @@ class SuperResolution(TaskConfig):
                 s["precision"],
                 s["compile"],
                 s["noise_level"],
+                s["runtime"],
             )
         }
 

@@ -65,7 +65,8 @@ class SuperResolutionInfer(InferTask):
         method, scale, modality, weights: defaults of every request.
         tile_size: LR tile edge of the inferer (bounds memory on large radiographs); None: each method's.
         max_output_mp: largest SR result in megapixels; a larger request is refused from the image's header.
-        device, precision, compile: where and how the networks run (:class:`~monai_sr_bundle.inference.Predictor`).
+        device, precision, compile, runtime: where and how the networks run
+            (:class:`~monai_sr_bundle.inference.Predictor`; runtime ``auto``: the fastest engine installed).
         noise_level: a degradation-aware method's level when a request names none (None: estimated per image).
     """
 
@@ -79,9 +80,10 @@ class SuperResolutionInfer(InferTask):
         tile_size: int | None = None,
         max_output_mp: int = 64,
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
         compile: bool = False,
         noise_level: float | None = None,
+        runtime: str = "auto",
     ) -> None:
         super().__init__(
             type=InferType.OTHERS,
@@ -93,7 +95,7 @@ class SuperResolutionInfer(InferTask):
         self.model_dir, self.modality, self.tile_size = model_dir, modality, tile_size
         self.noise_level = noise_level
         self.max_output_mp = max_output_mp
-        self.predictor_options = {"device": device, "precision": precision, "compile": compile}
+        self.predictor_options = {"device": device, "precision": precision, "compile": compile, "runtime": runtime}
         self._predictors: dict[tuple, Predictor] = {}
         self._lock = threading.Lock()
 
