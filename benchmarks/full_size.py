@@ -36,13 +36,7 @@ def run_cli(src: Path, method: str, out: Path) -> tuple[float, float]:
     """(wall seconds, peak RSS in GB) of one CLI run in a fresh process."""
     cmd = [sys.executable, "-m", "monai_sr_bundle.cli", "sr", str(src), "-o", str(out), "-m", method]
     cmd += ["--scale", "4"] + (["--slice-by-slice"] if src.is_dir() else [])
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024**2
+    return harness.timed_process(cmd)
 
 
 def dciodvfy_errors(files: list[Path]) -> int:

@@ -77,6 +77,19 @@ def median_seconds(fn, x, repeats: int = REPEATS, warm_up: bool = True) -> float
     return statistics.median(times)
 
 
+def timed_process(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in GB: the process's own, from wait4) of one command; its stderr on failure."""
+    import subprocess
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024**2
+
+
 def weights(used: Iterable[methods.Method]) -> dict[str, str]:
     """The weights file (relative to the repository) -> its sha256, of each method that loads one."""
     from monai_sr_bundle.training import sha256

@@ -1,9 +1,10 @@
 """Robustness benchmark: every shipped method on radiographs as users have them, against the interpolation
 baseline: the NIH test split clean, with the ``real_eval_x4`` degradation (blur, quantum and electronic
-noise, JPEG) and with ``jpeg50_x4``, at 256, 512 and 1024 px, and an external hospital (Hannover,
-``external_cxr_mhh``: evaluation only, never trained, tuned or selected on) clean and with ``real_eval_x4``;
-then the methods with x2 weights at x2. PSNR, SSIM, LPIPS, the PSNR gain over the baseline on the same
-images with a bootstrap 68% interval, and a figure per condition with a zoomed crop.
+noise, JPEG), with ``jpeg50_x4`` and with light degradations (no antialiasing, area, a slight blur, low
+noise, JPEG at quality 90: fixed points outside the training ranges), at 256, 512 and 1024 px, and an
+external hospital (Hannover, ``external_cxr_mhh``: evaluation only, never trained, tuned or selected on)
+clean and with ``real_eval_x4``; then the methods with x2 weights at x2. PSNR, SSIM, LPIPS, the PSNR gain over
+the baseline on the same images with a bootstrap 68% interval, and a figure per condition with a zoomed crop.
 
 Sampled (diffusion) methods run on the first ``--sampled-images`` images of each condition (CPU time); their
 gain is over the baseline on those same images. Then the rule that picks the default method: each
@@ -56,6 +57,12 @@ CONDITIONS = [
     Condition("nih_clean", "NIH test split, 512 px, clean LR (antialiased bicubic)", "nih_512", "bicubic"),
     Condition("nih_real_eval", "NIH test split, 512 px, `real_eval_x4`", "nih_512", "real_eval_x4"),
     Condition("nih_jpeg50", "NIH test split, 512 px, `jpeg50_x4`", "nih_512", "jpeg50_x4"),
+    Condition("nih_noaa", "NIH test split, 512 px, light: bicubic without antialiasing", "nih_512", "bicubic_noaa_x4"),
+    Condition("nih_area", "NIH test split, 512 px, light: area (box-average) downsampling", "nih_512", "area_x4"),
+    Condition("nih_light_bilinear", "NIH test split, 512 px, `light_bilinear_x4`", "nih_512", "light_bilinear_x4"),
+    Condition("nih_light_blur", "NIH test split, 512 px, `light_blur_x4`", "nih_512", "light_blur_x4"),
+    Condition("nih_light_noise", "NIH test split, 512 px, `light_noise_x4`", "nih_512", "light_noise_x4"),
+    Condition("nih_jpeg90", "NIH test split, 512 px, `jpeg90_x4`", "nih_512", "jpeg90_x4"),
     Condition("nih_256", "NIH test split at 256 px (another pixel size), clean LR", "nih_256", "bicubic"),
     Condition("nih_1024", "NIH test images at 1024 px (the 20 of `images_1024`), clean LR", "nih_1024", "bicubic"),
     Condition("external_clean", "external site (Hannover CR/DX), clean LR", "external", "bicubic"),

@@ -111,9 +111,9 @@ class Worker:
         for key in ("input", "output"):
             if not isinstance(request.get(key), str) or not request[key]:
                 raise InputError(f'a request needs "{key}", a path.')
-        for key in ("weights", "runtime", "precision"):
+        for key, what in (("weights", "a path"), ("runtime", "a runtime's name"), ("precision", "a precision")):
             if not isinstance(request.get(key, ""), (str, type(None))):
-                raise InputError(f'"{key}" must be a text or null, got {request[key]!r}.')
+                raise InputError(f'"{key}" must be {what} or null, got {request[key]!r}.')
         return request
 
     def _load(self, method: methods.Method, weights: str | None, runtime: str | None, precision: str | None) -> bool:

@@ -118,12 +118,14 @@ def crop() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.slow
 def test_local_run_matches_the_cli_and_divides_spacing(tmp_path, capsys):
-    """The worker's output equals the CLI's (run in this process: its process boundary is tested elsewhere)."""
+    """The worker's output equals the CLI's (run in this process: its process boundary is tested elsewhere), and
+    its reply names what ran the network (the module's status line)."""
     from monai_sr_bundle.cli import main
 
     array, m = ct_slice_volume()
-    result = run(tmp_path, array, m).start().wait(300)
-    assert list(result) == ["sr"]
+    job = run(tmp_path, array, m, runtime="torch")
+    result = job.start().wait(300)
+    assert list(result) == ["sr"] and (job.runtime, job.precision) == ("torch", "fp32")
     sr, m_sr = read_volume(result["sr"])
     assert sr.shape == (1, 512, 512)
     assert np.allclose(np.linalg.norm(m_sr[:3, :3], axis=0), np.linalg.norm(m[:3, :3], axis=0) / [4, 4, 1])

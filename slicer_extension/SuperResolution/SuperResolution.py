@@ -308,7 +308,8 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
             if not method:
                 self.list_methods()
                 method = self.ui.methodCombo.currentText
-            self.run = self.logic.start_local(node, method, scale, **self.sampling())
+            runtime = self.ui.runtimeCombo.currentText if self.ui.runtimeCombo.currentIndex > 0 else None
+            self.run = self.logic.start_local(node, method, scale, runtime=runtime, **self.sampling())
         except (VolumeError, RunError, ClientError) as e:
             slicer.util.errorDisplay(str(e))
             return
@@ -337,6 +338,7 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
             self.show_result(
                 self.logic.collect(run, self.ui.inputSelector.currentNode(), self.ui.outputSelector.currentNode())
             )
+            self.ui.statusLabel.text = f"{run.request['method']}: ran on {run.runtime} ({run.precision})"
         except (RunError, VolumeError) as e:
             slicer.util.errorDisplay(str(e))
 

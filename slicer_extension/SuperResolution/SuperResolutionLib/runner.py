@@ -208,6 +208,8 @@ class SRRun:
             worker refuses bad values and any of them for a deterministic method, as the CLI does).
         noise_level: a degradation-aware method's noise level (None: estimated from the image), refused by the
             worker for other methods.
+        runtime: what runs the network (``auto``, ``torch``, ``openvino``, ``onnxruntime``; None: auto); the
+            reply's ``runtime`` and ``precision`` say what did.
         worker: the session's idle :class:`Worker` to run on (kept running after the run); None: a worker
             of the run's own, stopped when the run ends.
     """
@@ -226,10 +228,11 @@ class SRRun:
         samples: int | None = None,
         worker: Worker | None = None,
         noise_level: float | None = None,
+        runtime: str | None = None,
     ) -> None:
         self.input_path, self.output_dir = os.path.abspath(input_path), Path(output_dir).absolute()
         options = {"weights": weights, "sampler": sampler, "steps": steps, "seed": seed, "samples": samples,
-                   "noise_level": noise_level}  # fmt: skip
+                   "noise_level": noise_level, "runtime": runtime}  # fmt: skip
         self.request = {"input": self.input_path, "output": str(self.output_dir), "method": method,
                         "scale": int(scale), **{k: v for k, v in options.items() if v is not None}}  # fmt: skip
         self.own_worker = worker is None
@@ -237,6 +240,8 @@ class SRRun:
         self.stem = Path(input_path).name.split(".")[0]
         self.started = self.cancelled = False
         self.network_started: float | None = None  # from the reply: when the network's first call began
+        self.runtime: str | None = None  # from the reply: what ran the network, and in which precision
+        self.precision: str | None = None
 
     def start(self) -> SRRun:
         self.worker.submit(self.request)
@@ -286,6 +291,7 @@ class SRRun:
         if "error" in reply:
             raise self._fail(str(reply["error"]))
         self.network_started = reply.get("network_started")
+        self.runtime, self.precision = reply.get("runtime"), reply.get("precision")
         prefix = f"{self.stem}_sr"
         results = {p.name.split(".")[0].removeprefix(prefix).lstrip("_") or "sr": str(p) for p in self._written()}
         if "sr" not in results:

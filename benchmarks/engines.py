@@ -1,0 +1,212 @@
+"""Inference engines (monai_sr_bundle/engine.py) against PyTorch eager on this CPU: per deterministic method,
+the network's seconds for one 512 px radiograph to 2048 px (the whole image, no tiles) in PyTorch fp32 and
+bf16 autocast, ONNX Runtime fp32 and OpenVINO fp32 and bf16 (median of 3 after a warm-up); its GFLOP per
+radiograph (torch's FLOP counter) and the effective GFLOP/s beside a 4096 GEMM's (measured in the same run);
+the first use's export; the PSNR change of each engine precision against PyTorch fp32 on NIH test images and
+the external site (x4, clean LR), which decides where ``auto`` may use bf16. Then the default's whole request:
+``monai-sr sr`` of one 512 px PNG in a fresh process (median of 3), a Slicer worker's later request, and the
+1955x1841 CR at x4 (wall time and peak RSS). Writes the engines block of docs/benchmarks.md.
+
+Run: .venv/bin/python -m benchmarks.engines [--methods a,b] [--images 20]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import harness
+from benchmarks.harness import REPO, write_block
+from benchmarks.robustness import external_images
+from monai_sr_bundle import engine, methods
+from monai_sr_bundle.data.datalist import nih_datalist
+from monai_sr_bundle.data.paths import shared_data_dir
+
+DOC = REPO / "docs" / "benchmarks.md"
+MARKERS = ("<!-- engines: start -->", "<!-- engines: end -->")
+#: (runtime, precision) columns, PyTorch fp32 first: the reference
+COLUMNS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+#: bf16 may serve by default where the PSNR moves by at most this (dB), on NIH and on the external site
+BF16_TOLERANCE = 0.05
+CR = "cxr_dicom/pydicom-data_RG1_J2KI_CR_chest.dcm"
+
+
+def gemm_gflops(dtype) -> float:
+    """GFLOP/s of a 4096 x 4096 matrix product in ``dtype`` (median of 5 after a warm-up)."""
+    import torch
+
+    a, b = torch.rand(4096, 4096, dtype=dtype), torch.rand(4096, 4096, dtype=dtype)
+    return 2 * 4096**3 / harness.median_seconds(lambda _: a @ b, None) / 1e9
+
+
+def gflop(network, noise_aware: bool) -> float:
+    """GFLOP of one 512 -> 2048 radiograph: counted at 128 px and scaled by the pixels (convolutions' cost is
+    per pixel)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(1, 1, 128, 128)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        network(x, 2.0) if noise_aware else network(x)
+    return counter.get_total_flops() * 16 / 1e9
+
+
+def served(method, runtime: str, precision: str):
+    """The method's network as the predictor runs it on ``runtime`` in ``precision``, and the autocast it
+    needs (PyTorch bf16)."""
+    predictor = method.predictor(runtime=runtime, precision=precision)
+    return predictor.network, predictor.autocast
+
+
+def network_seconds(network, context, noise_aware: bool, size: int = 512) -> float:
+    import torch
+
+    x = torch.rand(1, 1, size, size)
+    kwargs = {"noise_level": 2.0} if noise_aware else {}
+
+    def once(_):
+        with context():
+            network(x, **kwargs)
+
+    return harness.median_seconds(once, None, repeats=3)
+
+
+def psnr_change(method, runtime: str, precision: str, items: list[dict]) -> float:
+    """Mean PSNR (against HR) of ``runtime`` / ``precision`` less PyTorch fp32's, on ``items`` at x4, clean LR."""
+    from monai_sr_bundle.evaluation import evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        predictors = {"ref": method.predictor(runtime="torch", precision="fp32")}
+        predictors["test"] = method.predictor(runtime=runtime, precision=precision)
+        evaluate(items, predictors, tmp, "bicubic", lpips=False, figures=0, progress=False)
+        with open(Path(tmp) / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    psnr = {name: np.mean([float(r["psnr"]) for r in rows if r["method"] == name]) for name in predictors}
+    return float(psnr["test"] - psnr["ref"])
+
+
+def cli_request(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS GB) of one ``monai-sr sr`` process."""
+    return harness.timed_process([sys.executable, "-m", "monai_sr_bundle.cli", "sr", *args])
+
+
+def worker_request(src: Path, out: Path) -> dict:
+    """A Slicer worker's second request of the default method: seconds until its network starts, and in all."""
+    from monai_sr_bundle.worker import Worker
+
+    worker = Worker()
+    worker.handle(json.dumps({"input": str(src), "output": str(out / "first")}))
+    start = time.time()
+    reply = worker.handle(json.dumps({"input": str(src), "output": str(out / "second")}))
+    return {
+        "to_network_s": reply["network_started"] - start,
+        "total_s": time.time() - start,
+        "runtime": reply["runtime"],
+        "precision": reply["precision"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__file__, __doc__, methods=True)
+    parser.add_argument("--images", type=int, default=20, help="NIH test and external images for the PSNR check")
+    parser.add_argument("--external", help="the external site's images (default: <data>/external_cxr_mhh/images)")
+    return harness.main(parser, run, argv)
+
+
+def run(args) -> int:
+    import torch
+
+    begun = time.perf_counter()
+    names = args.methods.split(",") if args.methods else methods.names()
+    chosen = [methods.get(n) for n in names]
+    chosen = [m for m in chosen if m.trainable and m.exportable and m.weights_available]
+    nih = nih_datalist("test")[: args.images]
+    external = external_images(args.external)[: args.images]
+    peak = {"fp32": gemm_gflops(torch.float32), "bf16": gemm_gflops(torch.bfloat16)}
+    print(f"4096 GEMM: {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} bf16", flush=True)
+    table = {}
+    cache = Path(tempfile.mkdtemp(prefix="engines-cache-"))
+    os.environ[engine.CACHE_ENV] = str(cache)
+    try:
+        for method in chosen:
+            row = {"gflop": gflop(method.load(), method.noise_aware)}
+            for runtime in ("onnxruntime", "openvino"):
+                shutil.rmtree(cache, ignore_errors=True)
+                start = time.perf_counter()
+                method.predictor(runtime=runtime, precision="fp32")
+                row[f"export_{runtime}_s"] = time.perf_counter() - start
+            for runtime, precision in COLUMNS:
+                network, context = served(method, runtime, precision)
+                row[f"{runtime}_{precision}_s"] = network_seconds(network, context, method.noise_aware)
+            for runtime, precision in COLUMNS[1:]:
+                for where, items in (("nih", nih), ("external", external)):
+                    row[f"{runtime}_{precision}_dpsnr_{where}"] = psnr_change(method, runtime, precision, items)
+            table[method.name] = row
+            print(method.name, {k: round(v, 3) for k, v in row.items()}, flush=True)
+        default = methods.get(methods.default_name())
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(nih_datalist("test")[0]["label"])
+            requests = [cli_request([str(src), "-o", f"{tmp}/cli{i}"])[0] for i in range(3)]
+            worker = worker_request(src, Path(tmp))
+            cr_wall, cr_rss = cli_request([str(shared_data_dir() / CR), "-o", f"{tmp}/cr"])
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    request = {
+        "default": default.name,
+        "threads": torch.get_num_threads(),
+        "cli_512_median_s": float(np.median(requests)),
+        "worker": worker,
+        "cr_1955x1841_wall_s": cr_wall,
+        "cr_1955x1841_peak_rss_gb": cr_rss,
+    }
+    print(request, flush=True)
+    minutes = (time.perf_counter() - begun) / 60
+    data = f"NIH test images 1-{args.images} and {args.images} external-site images (x4, clean LR); {CR}"
+    harness.record(args, data, chosen, {"engines": table}, minutes, gemm_gflops=peak, request=request)
+    write_block(DOC, MARKERS, render(table, peak, request, args.command, args.images))
+    return 0
+
+
+def render(table: dict, peak: dict, request: dict, command: str, images: int) -> str:
+    cols = [f"{r} {p} (s)" for r, p in COLUMNS]
+    head = ["method", "GFLOP", *cols, "best GFLOP/s", "export ORT / OV (s)", "ΔPSNR OV bf16 NIH / ext"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in table.items():
+        times = [row[f"{r}_{p}_s"] for r, p in COLUMNS]
+        cells = [name, f"{row['gflop']:.0f}", *(f"{t:.2f}" for t in times)]
+        cells.append(f"{row['gflop'] / min(times):.0f}")
+        cells.append(f"{row['export_onnxruntime_s']:.1f} / {row['export_openvino_s']:.1f}")
+        cells.append(f"{row['openvino_bf16_dpsnr_nih']:+.3f} / {row['openvino_bf16_dpsnr_external']:+.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    worker, threads = request["worker"], request["threads"]
+    return f"""{MARKERS[0]}
+## Inference engines (issue 69)
+
+Produced by `.venv/bin/{command}` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, torch
+{threads} threads). One 512 px radiograph to 2048 px, the whole image in one call,
+median of 3 after a warm-up; a 4096 GEMM reaches {peak['fp32']:.0f} GFLOP/s fp32 and {peak['bf16']:.0f} bf16
+here. GFLOP: torch's FLOP counter at 128 px x 16. Export: the first use of a weights file (dynamo exporter,
+then the known-answer check). ΔPSNR: OpenVINO bf16 against PyTorch fp32, mean over the first {images} NIH test
+images and {images} external-site images (x4, clean LR); `auto` runs bf16 where it stays within
+{BF16_TOLERANCE} dB.
+
+{chr(10).join(lines)}
+
+The default request (`{request['default']}`, `--runtime auto`): `monai-sr sr` of one 512 px PNG in a fresh
+process, median of 3: **{request['cli_512_median_s']:.1f} s**; a Slicer worker's later request reaches the
+network after {worker['to_network_s']:.2f} s and returns the 2048 px result in {worker['total_s']:.2f} s
+({worker['runtime']}, {worker['precision']}); the 1955x1841 CR (JPEG 2000 DICOM) at x4:
+{request['cr_1955x1841_wall_s']:.0f} s, peak RSS {request['cr_1955x1841_peak_rss_gb']:.2f} GB.
+{MARKERS[1]}"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
