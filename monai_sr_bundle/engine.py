@@ -262,7 +262,13 @@ def accelerate(
     engine = _checked(path, runtime, network) if path.is_file() else None
     if engine is None:
         logger.info("exporting %s for %s to %s (once for these weights)", method.name, runtime, path)
-        export(network, path)
+        try:
+            export(network, path)
+        except OSError as e:
+            raise InputError(
+                f"the engine's cache {path.parent} cannot be written ({e.strerror or e}); set {CACHE_ENV} to a "
+                "writable folder or use --runtime torch."
+            ) from e
         engine = _checked(path, runtime, network, cached=False)
     return engine if precision == "fp32" else EngineNetwork(path, runtime, precision, engine.noise_aware)
 

@@ -24,6 +24,13 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
 
 
+def shown(value, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a refusal names what it got without echoing a 400-digit
+    number or a 60 KB string back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 def brief_errors() -> None:
     """Make an uncaught error caused by bad input print one sentence (``error: ...``) instead of a traceback:
     the bundle configs call this first in ``run``, as ``python -m monai.bundle`` has no hook of its own. Any

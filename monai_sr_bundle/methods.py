@@ -37,7 +37,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.errors import InputError, shown
 from monai_sr_bundle.jsonfile import read_json_object
 
 if TYPE_CHECKING:  # torch and MONAI are imported where a network is built: listing methods needs neither
@@ -122,6 +122,10 @@ def baseline_name() -> str:
     return untrained[0]
 
 
+#: the largest SR factor any surface takes (weights exist for x2 and x4; interpolation serves any)
+MAX_SCALE = 8
+
+
 def get(name: str, scale: int = 4, modality: str = "cxr", bundle_root: str | os.PathLike | None = None) -> Method:
     """The method ``name`` at ``scale`` for ``modality``; an unknown name or modality is refused with the list.
     Resolved once per overlay version: a server asks for every request, and the capabilities build a network."""
@@ -177,7 +181,9 @@ class Method:
         bundle_root: str | os.PathLike | None = None,
     ) -> None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or int(scale) != scale or scale < 1:
-            raise InputError(f"method {name!r}: scale must be a positive whole number, got {scale!r}.")
+            raise InputError(f"method {name!r}: scale must be a positive whole number, got {shown(scale)}.")
+        if scale > MAX_SCALE:
+            raise InputError(f"method {name!r}: scale must be at most {MAX_SCALE}, got {shown(scale)}.")
         self.name, self.overlay, self.scale, self.modality = name, Path(overlay), int(scale), str(modality)
         self.bundle_root = Path(bundle_root or BUNDLE_ROOT)
         self.config = read_json_object(self.overlay, f"method {name!r}: its overlay {self.overlay}")

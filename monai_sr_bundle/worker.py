@@ -112,7 +112,7 @@ class Worker:
             if not isinstance(request.get(key), str) or not request[key]:
                 raise InputError(f'a request needs "{key}", a path.')
         for key, what in (("weights", "a path"), ("runtime", "a runtime's name"), ("precision", "a precision")):
-            if not isinstance(request.get(key, ""), (str, type(None))):
+            if key in request and not (request[key] is None or (isinstance(request[key], str) and request[key])):
                 raise InputError(f'"{key}" must be {what} or null, got {request[key]!r}.')
         return request
 

@@ -190,6 +190,14 @@ def test_a_request_no_runtime_can_serve_is_refused_in_one_sentence(runtime, prec
         methods.get(name).predictor(runtime=runtime, precision=precision)
 
 
+def test_a_cache_that_cannot_be_written_is_one_sentence(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(engine.CACHE_ENV, str(blocker / "cache"))
+    with pytest.raises(InputError, match="cannot be written"):
+        methods.get("srcnn").predictor(runtime=ENGINES[0])
+
+
 def test_compile_is_refused_on_an_engine():
     with pytest.raises(InputError, match="compile speeds up PyTorch"):
         methods.get("srcnn").predictor(runtime=ENGINES[0], compile=True)

@@ -243,6 +243,10 @@ def test_the_worker_answers_every_hostile_request_line_and_ends_with_its_input(t
         "[" * 50_000,
         json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "weights": "/etc/passwd"}),
         json.dumps({"input": "a" * 2_000_000, "output": str(tmp_path)}),
+        # issue 71, findings 6 and 13: an integer too large for a float ended the worker; "" named the folder "."
+        '{"input": "x.png", "output": "%s", "method": "lrunet", "noise_level": %s}' % (tmp_path, "9" * 401),
+        '{"input": "x.png", "output": "%s", "scale": %s}' % (tmp_path, "9" * 401),
+        json.dumps({"input": str(tmp_path / "missing.png"), "output": str(tmp_path), "weights": ""}),
     ]
     done = subprocess.run(
         [USER_PYTHON, "-m", "monai_sr_bundle.cli", "worker"],
@@ -263,6 +267,8 @@ def test_the_worker_answers_every_hostile_request_line_and_ends_with_its_input(t
     assert "NaN is not a finite number" in messages[10] and "1e999 is not a finite number" in messages[11]
     assert "one JSON object per line" in messages[12] and "weights do not fit this network" in messages[13]
     assert "a request line is at most" in messages[14] and max(len(m) for m in messages) < 1000
+    assert "noise level must be 'auto' or a number" in messages[15] and "scale must be at most 8" in messages[16]
+    assert messages[17] == "\"weights\" must be a path or null, got ''."
     assert list(tmp_path.iterdir()) == []
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.errors import InputError, shown
 
 #: the largest level any surface accepts (grey levels of 255): far beyond any radiograph's noise
 MAX_NOISE_LEVEL = 50.0
@@ -95,12 +95,12 @@ def checked_noise_level(value, source: str = "noise level") -> float | None:
         return None
     try:
         level = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
         level = math.nan
     if not 0 <= level <= MAX_NOISE_LEVEL:  # also refuses NaN
         raise InputError(
             f"{source} must be 'auto' or a number of grey levels (of 255) from 0 (clean) to "
-            f"{MAX_NOISE_LEVEL:g}, got {value!r}."
+            f"{MAX_NOISE_LEVEL:g}, got {shown(value)}."
         )
     return level
 

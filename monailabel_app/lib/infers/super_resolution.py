@@ -23,16 +23,14 @@ from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import Predictor
 
-MAX_SCALE = 8
-
 
 def _scale(value: object) -> int:
     try:
         scale = int(value)
     except (TypeError, ValueError):
         scale = 0
-    if not 1 < scale <= MAX_SCALE or str(value).strip() != str(scale):
-        raise HTTPException(422, f"scale {value!r} must be a whole number from 2 to {MAX_SCALE}.")
+    if not 1 < scale <= methods.MAX_SCALE or str(value).strip() != str(scale):
+        raise HTTPException(422, f"scale {value!r} must be a whole number from 2 to {methods.MAX_SCALE}.")
     return scale
 
 
