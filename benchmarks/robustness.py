@@ -186,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampled-images", type=int, default=8, help="images per condition for sampled methods")
     parser.add_argument("--conditions", default=None, help="comma-separated conditions (default: all)")
     parser.add_argument("--no-timing", action="store_true", help="leave out the network times and the default rule")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        help="the deterministic networks' arithmetic (default fp32: scores that do not depend on the processor; "
+        "auto: bf16 on an engine where the CPU has it, as users get)",
+    )
     add_external(parser)
     return harness.main(parser, run, argv)
 
@@ -213,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         if not usable:
             continue
         items = datalist(c.images, work, external, args.limit)
-        fast = {m.name: m.predictor() for m in usable if not m.stochastic}
+        fast = {m.name: m.predictor(precision=args.precision) for m in usable if not m.stochastic}
         sampled = {m.name: m.predictor() for m in usable if m.stochastic}
         base = methods.get(baseline, c.scale).predictor()
         folder = work / c.name
