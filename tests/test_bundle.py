@@ -511,7 +511,7 @@ def test_inference_onnx_refuses_compile(work, inputs, onnx_models):
         "--compile", "True", "--input", inputs, "--output_dir", out,
     )  # fmt: skip
     assert (
-        proc.returncode != 0 and "compile speeds up the torch network, and this one runs on ONNX Runtime" in proc.stdout
+        proc.returncode != 0 and "compile speeds up PyTorch, and this network runs on onnxruntime" in proc.stdout
     )
     assert not out.exists()
 

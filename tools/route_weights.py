@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         "assembled_from": {
             key: {"file": p.weights_name, "sha256": sha256(p.weights_path)} for key, p in parts.items()
         },
+        "data": f"none of its own: its networks' ({', '.join(p.weights_name for p in parts.values())})",
         "scale": args.scale,
         "modality": args.modality,
         "intensity": parts["clean"].intensity,
