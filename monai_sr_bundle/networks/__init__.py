@@ -5,7 +5,6 @@ from monai_sr_bundle.networks.adsr import ADSR
 from monai_sr_bundle.networks.bicubic import Bicubic
 from monai_sr_bundle.networks.ldm import LDM
 from monai_sr_bundle.networks.lrunet import LRUNet
-from monai_sr_bundle.networks.router import NoiseRouter
 from monai_sr_bundle.networks.rrdb import RRDBNet
 from monai_sr_bundle.networks.runet import NoiseAwareRUNet, RUNet
 from monai_sr_bundle.networks.sr3 import SR3
@@ -21,7 +20,6 @@ __all__ = [
     "LDM",
     "LRUNet",
     "NoiseAwareRUNet",
-    "NoiseRouter",
     "RRDBNet",
     "RUNet",
     "SR3",
