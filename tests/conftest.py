@@ -49,9 +49,12 @@ def pytest_configure(config):
     os.environ[RUNTIME_ENV] = "torch"  # subprocesses (bundle commands, servers, workers) too
     # torch's ONNX exporter imports absl, whose log handler takes the sys.stderr of that moment (pytest's capture)
     # and closes it when a bundle run's logging.conf closes every handler: give it the process's own stderr
-    from absl import logging as absl_logging
-
-    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # no absl here: nothing to point elsewhere
+        pass
+    else:
+        absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
     os.environ[CACHE_ENV] = cache = tempfile.mkdtemp(prefix="monai-sr-engines-")
     atexit.register(shutil.rmtree, cache, True)
     if os.environ.get("PYTEST_XDIST_WORKER"):
