@@ -30,10 +30,11 @@ from benchmarks.harness import REPO
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import load_datalist, write_nih_resized
 from monai_sr_bundle.evaluation import evaluate
+from monai_sr_bundle.hashing import sha256
 from monai_sr_bundle.inference import Predictor
 from monai_sr_bundle.metrics import paired_t_test, summarize
 from monai_sr_bundle.metrics.catalogue import CATALOGUE
-from monai_sr_bundle.training import sha256, train_configs
+from monai_sr_bundle.training import train_configs
 
 BUNDLE = REPO / "monai_sr_bundle"
 ROOT = REPO / "benchmarks" / "adsr_protocol"

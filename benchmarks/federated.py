@@ -31,8 +31,8 @@ from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.federated.client import SiteTrainer
 from monai_sr_bundle.federated.job import PRIVACY_DEFAULTS, load_job_config, run_simulation
 from monai_sr_bundle.federated.sites import SiteData, load_site
+from monai_sr_bundle.hashing import sha256
 from monai_sr_bundle.results import format_table
-from monai_sr_bundle.training import sha256
 
 JOB = REPO / "configs" / "federated" / "cxr_nih.json"
 BAR_DB = 0.3

@@ -102,7 +102,7 @@ def timed_process(cmd: list[str]) -> tuple[float, float]:
 
 def weights(used: Iterable[methods.Method]) -> dict[str, str]:
     """The weights file (relative to the repository) -> its sha256, of each method that loads one."""
-    from monai_sr_bundle.training import sha256
+    from monai_sr_bundle.hashing import sha256
 
     found = {}
     for method in used:

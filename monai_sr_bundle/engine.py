@@ -234,14 +234,12 @@ class EngineNetwork(nn.Module):
         self._open()
 
     def forward(self, x: torch.Tensor, noise_level=None) -> torch.Tensor:
-        feed = {"image": np.ascontiguousarray(x.detach().float().cpu().numpy())}
+        image = x.detach().float().cpu()
+        feed = {"image": np.ascontiguousarray(image.numpy())}
         if self.noise_aware:
-            if noise_level is None:
-                from monai_sr_bundle.transforms.noise import estimate_noise_level
+            from monai_sr_bundle.transforms.noise import noise_levels
 
-                noise_level = estimate_noise_level(x.detach().float().cpu())
-            level = torch.as_tensor(noise_level, dtype=torch.float32).reshape(-1).expand(x.shape[0])
-            feed["noise_level"] = np.ascontiguousarray(level.numpy())
+            feed["noise_level"] = np.ascontiguousarray(noise_levels(image, noise_level).numpy())
         return torch.from_numpy(np.asarray(self._run(feed), dtype=np.float32)).to(x.device)
 
 

@@ -185,7 +185,8 @@ def convert(
     (``weights.json`` beside it records the source files' sha256 and :data:`REALESRGAN_ATTRIBUTION`). Returns the
     new file's sha256."""
     from monai_sr_bundle import methods
-    from monai_sr_bundle.training import sha256, write_weights
+    from monai_sr_bundle.hashing import sha256
+    from monai_sr_bundle.training import write_weights
 
     source = Path(source)
     if source.suffix == ".param":

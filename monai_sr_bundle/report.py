@@ -357,7 +357,7 @@ def write_report(
     (:func:`page_names`) is refused before any is written, and of an earlier, longer report's pages only
     ours are removed (a user's ``report_final.html`` stays)."""
     from monai_sr_bundle.data.writers import check_replaceable, write_text, written_by_monai_sr
-    from monai_sr_bundle.training import sha256
+    from monai_sr_bundle.hashing import sha256
 
     out = Path(out)
     metrics = [m for m in CATALOGUE if any(m in s for s in summary.values())]

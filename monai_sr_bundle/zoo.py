@@ -23,9 +23,10 @@ import torch
 import monai_sr_bundle
 from monai_sr_bundle import methods, results
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.hashing import sha256
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.launch import safe_env
-from monai_sr_bundle.training import sha256, stage_configs
+from monai_sr_bundle.training import stage_configs
 from monai_sr_bundle.transforms.presets import DEFAULT_PRESET
 
 #: adapters and tools of the development bundle that a zoo bundle does not run (the NVFlare job, the

@@ -36,8 +36,8 @@ from monai_sr_bundle.data.readers import is_intensity
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.aggregation import RULES
 from monai_sr_bundle.federated.controller import INITIAL_MODEL, REPORT_NAME, SRFedAvg
+from monai_sr_bundle.hashing import sha256
 from monai_sr_bundle.jsonfile import read_json_object
-from monai_sr_bundle.training import sha256
 
 CLIENT_SCRIPT = Path(__file__).with_name("client.py")
 #: the server's app folder inside a simulator job workspace

@@ -73,19 +73,22 @@ def estimate_noise_level(x: torch.Tensor) -> torch.Tensor:
 NOISE_MAP_UNIT = 10.0
 
 
-def noise_map(x: torch.Tensor, noise_level=None, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """The (B, 1, *size) constant map of each image's noise level / :data:`NOISE_MAP_UNIT` that a
-    degradation-aware network takes as an extra input channel: the levels given (one for the batch, or one per
-    image), else estimated from ``x``; ``size`` defaults to ``x``'s."""
+def noise_levels(x: torch.Tensor, noise_level=None) -> torch.Tensor:
+    """The (B,) noise levels of a batch ``x``: those given (one for the batch, or one per image), else estimated
+    from ``x``: what a degradation-aware network, or the engine that runs its graph, is told."""
     if noise_level is None:
-        level = estimate_noise_level(x)
-    else:
-        level = torch.as_tensor(noise_level, dtype=x.dtype, device=x.device).reshape(-1)
-        if level.numel() not in (1, x.shape[0]):
-            raise InputError(f"{level.numel()} noise levels for a batch of {x.shape[0]} images.")
-        level = level.expand(x.shape[0])
+        return estimate_noise_level(x)
+    level = torch.as_tensor(noise_level, dtype=x.dtype, device=x.device).reshape(-1)
+    if level.numel() not in (1, x.shape[0]):
+        raise InputError(f"{level.numel()} noise levels for a batch of {x.shape[0]} images.")
+    return level.expand(x.shape[0])
+
+
+def noise_map(x: torch.Tensor, noise_level=None, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The (B, 1, *size) constant map of each image's noise level (:func:`noise_levels`) / :data:`NOISE_MAP_UNIT`
+    that a degradation-aware network takes as an extra input channel; ``size`` defaults to ``x``'s."""
     size = tuple(size or x.shape[-2:])
-    return (level.to(x) / NOISE_MAP_UNIT)[:, None, None, None].expand(-1, 1, *size)
+    return (noise_levels(x, noise_level).to(x) / NOISE_MAP_UNIT)[:, None, None, None].expand(-1, 1, *size)
 
 
 def checked_noise_level(value, source: str = "noise level") -> float | None:
