@@ -45,6 +45,9 @@ CACHE_ENV = "MONAI_SR_CACHE"
 EXPORT_FORMAT = 1
 #: how far an fp32 engine may stray from PyTorch on the known-answer check before its graph is rebuilt
 CHECK_TOLERANCE = 1e-3
+#: an engine's default LR tile for a network that stitches exactly: a 512 px radiograph in PyTorch's 256 px tiles
+#: is 9 windows with their halos, 1.9x its pixels, while an engine holds RUNet's 512 px window at x4 in < 2 GB
+TILE_SIZE = 512
 #: the ONNX module (the import name of each runtime's package)
 _PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 
@@ -130,6 +133,14 @@ def resolve(method, runtime: str | None, device, precision: str = "auto", winogr
     if chosen == "torch":
         check_precision(precision, device)
     return chosen, precision
+
+
+def tile_size(method, runtime: str) -> int:
+    """The LR tile edge ``method`` runs at when a caller names none: its own on PyTorch and for a sampler
+    (blended tiles change with their size), else at least :data:`TILE_SIZE`."""
+    if runtime == "torch" or method.stochastic:
+        return method.tile_size
+    return max(method.tile_size, TILE_SIZE)
 
 
 def cache_dir() -> Path:

@@ -71,7 +71,7 @@ class Predictor:
         weights: the file ``network`` was loaded from (None: the shipped weights; none for interpolation).
         device: where images go.
         tile_size: LR tile edge; memory grows with its square (None: the method's,
-            :attr:`~monai_sr_bundle.methods.Method.tile_size`).
+            :attr:`~monai_sr_bundle.methods.Method.tile_size`, larger on an engine: :func:`engine.tile_size`).
         intensity: the reader's map to [0, 1] (default: the one recorded with the weights, else the
             modality's, :meth:`~monai_sr_bundle.methods.Method.intensity_of`).
         sampler, steps, seed: a stochastic method's defaults (refused for a deterministic one).
@@ -117,7 +117,7 @@ class Predictor:
         if method.trainable:
             logger.info("%s runs on %s in %s", method.name, self.runtime, precision)
         self.method, self.network, self.device = method, network, device
-        self.tile_size = method.tile_size if tile_size is None else int(tile_size)
+        self.tile_size = engine.tile_size(method, self.runtime) if tile_size is None else int(tile_size)
         self.noise_level = method.check_noise_level(noise_level)
         self.precision, self.compiled = precision, bool(compile)
         if compile:
