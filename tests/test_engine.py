@@ -179,7 +179,8 @@ def test_auto_picks_the_fastest_engine_installed_and_pytorch_where_none_serves(m
 
 def test_an_engine_takes_larger_exact_tiles_and_pytorch_and_samplers_keep_theirs():
     assert engine.tile_size(methods.get("runet_real"), ENGINES[0]) == engine.TILE_SIZE
-    assert engine.tile_size(methods.get("runet_real"), "torch") == methods.get("runet_real").tile_size < engine.TILE_SIZE
+    runet_real = methods.get("runet_real")
+    assert engine.tile_size(runet_real, "torch") == runet_real.tile_size < engine.TILE_SIZE
     assert engine.tile_size(methods.get("sr3"), ENGINES[0]) == methods.get("sr3").tile_size
 
 

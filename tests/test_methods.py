@@ -250,6 +250,20 @@ def test_a_stage_the_method_does_not_declare_is_refused_with_the_ones_it_has():
     assert methods.get("vdsr").stages == {"train": ["train.json"]} and methods.get("bicubic").stages == {}
 
 
+def test_config_prints_a_stage_merged_and_its_plain_references_resolved(capsys):
+    from monai_sr_bundle.cli import main as cli
+
+    assert cli(["config", "runet_aware", "--stage", "train", "--scale", "2"]) in (None, 0)
+    config = json.loads(capsys.readouterr().out)
+    assert config["learning_rate"] == 1e-4  # the overlay's, over train.json's
+    assert config["degradation"] == "continuum_train" and config["network_def"]["scale"] == 2
+    assert config["network"].startswith("$@sr_method")  # code stays as written
+    assert cli(["config", "srcnn"]) in (None, 0)
+    assert "optimizer" not in json.loads(capsys.readouterr().out)  # inference: no training keys
+    assert cli(["config", "srcnn", "--stage", "gan"]) == 2
+    assert "method 'srcnn' has no 'gan' stage" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_broken_overlays_name_the_method(case, tmp_path, monkeypatch):
     overlay, message = BROKEN[case]
