@@ -213,6 +213,15 @@ def _methods(args: argparse.Namespace) -> None:
         print(methods.markdown_table(args.scale, args.modality))
 
 
+def _config(args: argparse.Namespace) -> None:
+    from monai_sr_bundle.training import check_stage, resolved_config
+
+    method = methods.get(args.method, args.scale, args.modality)
+    if args.stage != "inference":
+        check_stage(method, args.stage)
+    print(json.dumps(resolved_config(method, args.stage), indent=2))
+
+
 def _worker(args: argparse.Namespace) -> int:
     from monai_sr_bundle.worker import serve
 
@@ -292,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: the input's family (a DICOM input gives a derived DICOM series of its study)",
     )
     sr.add_argument(
-        "--tile-size", type=int, help="LR tile edge for bounded memory (default: the method's, 256 for most)"
+        "--tile-size",
+        type=int,
+        help="LR tile edge for bounded memory (default: the method's, 256 for most; 512 on an engine)",
     )
     sr.add_argument(
         "--noise-level",
@@ -380,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--networks", action="store_true", help="each method's network in words and its size")
     common(listing)
     listing.set_defaults(func=_methods)
+
+    config = sub.add_parser("config", help="a method's config for one stage, merged from its files, as a run uses it")
+    config.add_argument("method", help=f"one of {', '.join(methods.names())}")
+    config.add_argument("--stage", default="inference", help="inference (default) or a training stage of the method")
+    common(config)
+    config.set_defaults(func=_config)
 
     worker = sub.add_parser(
         "worker", help="answer SR requests (JSON lines on stdin) keeping the method loaded: 3D Slicer's local mode"

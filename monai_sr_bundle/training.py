@@ -114,6 +114,42 @@ def train_configs(method: str, stage: str | None = None) -> list[str]:
     return [str(BUNDLE_ROOT / f) for f in stage_configs(methods.get(method), stage)]
 
 
+def resolved_config(method: methods.Method, stage: str = "inference") -> dict:
+    """``method``'s config for ``stage`` (``inference`` or one of its training stages) merged as ``monai.bundle
+    run`` merges its files, with every reference to a plain value replaced by that value: what a run uses, at a
+    glance, instead of three or four files read side by side. Expressions (``$``) and objects (``_target_``)
+    stay as written: they are code, built when the run starts."""
+    from monai.bundle import ConfigParser
+
+    if stage == "inference":
+        files = [str(CONFIGS / "inference.json"), str(method.overlay)]
+    else:
+        files = [str(BUNDLE_ROOT / f) for f in stage_configs(method, stage)]
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "method": method.name, "scale": method.scale})
+    parser["modality"] = method.modality
+
+    def plain(value) -> bool:
+        if isinstance(value, dict):
+            return "_target_" not in value and all(map(plain, value.values()))
+        if isinstance(value, list):
+            return all(map(plain, value))
+        return not (isinstance(value, str) and value[:1] in "@$%")
+
+    def resolve(value, depth: int = 0):
+        if isinstance(value, dict):
+            return {k: resolve(v, depth) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, depth) for v in value]
+        if isinstance(value, str) and value.startswith("@") and depth < 16:
+            target = resolve(parser.get(value[1:], value), depth + 1)
+            return target if plain(target) else value
+        return value
+
+    return resolve(parser.get())
+
+
 def train_parser(method: str | None = None, multi_gpu: bool = False):
     """The bundle's train config for ``method`` (default: the default method), parsed lazily, with
     ``bundle_root`` at this package and the ``method`` key set, as ``--method`` does on the command line;
