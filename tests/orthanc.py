@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tools.label_server import free_port
+from monai_sr_bundle.launch import free_port
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 

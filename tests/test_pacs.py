@@ -23,7 +23,8 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.data.markups import boxes_to_markups
 from monai_sr_bundle.data.readers import read_image
-from tools.label_server import free_port, label_server
+from monai_sr_bundle.launch import free_port
+from tools.label_server import label_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_extension" / "SuperResolution"))
 from SuperResolutionLib.client import ClientError, MonaiLabelClient  # noqa: E402

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from monai_sr_bundle.launch import free_port
 from tools.preloaded import Preloaded
 
 APP = Path(__file__).resolve().parents[1] / "monailabel_app"
@@ -28,12 +28,6 @@ def listening_pid(port: int) -> int:
     import psutil
 
     return next(c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

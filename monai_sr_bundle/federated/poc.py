@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,7 @@ from pathlib import Path
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.deploy import ADMIN_KIT, SERVER_KIT, prepare_poc, python_first
 from monai_sr_bundle.federated.sites import SITE_CONFIG_ENV
-from monai_sr_bundle.launch import safe_env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from monai_sr_bundle.launch import free_port, safe_env
 
 
 class LocalPoc:
