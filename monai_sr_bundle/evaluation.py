@@ -24,17 +24,8 @@ from monai_sr_bundle.data.readers import image_format, read_image
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import Predictor, validate_input
-from monai_sr_bundle.metrics import (
-    InBoxMetric,
-    LPIPSMetric,
-    MultiScaleSSIMMetric,
-    PSNRMetric,
-    SSIMMetric,
-    UQIMetric,
-    masked_psnr,
-    summarize,
-)
-from monai_sr_bundle.metrics.catalogue import CATALOGUE
+from monai_sr_bundle.metrics import summarize
+from monai_sr_bundle.metrics.catalogue import CATALOGUE, scorers
 from monai_sr_bundle.progress import Progress
 from monai_sr_bundle.report import (
     LR_COLUMN,
@@ -53,20 +44,6 @@ from monai_sr_bundle.transforms.presets import ARTIFACT_MASK_KEY, lr_synthesis
 logger = logging.getLogger(__name__)
 
 
-def _metric_fns(lpips: bool, lpips_weights: str | os.PathLike | None = None) -> dict:
-    fns = {
-        "psnr": PSNRMetric(),
-        "ssim": SSIMMetric(),
-        "ms_ssim": MultiScaleSSIMMetric(),
-        "uqi": UQIMetric(),
-        "inbox_psnr": InBoxMetric(PSNRMetric()),
-        "inbox_ssim": InBoxMetric(SSIMMetric()),
-    }
-    if lpips:
-        fns["lpips"] = LPIPSMetric(weights_path=lpips_weights)
-    return fns
-
-
 def _plain(img: torch.Tensor) -> torch.Tensor:
     return img.as_tensor() if isinstance(img, MetaTensor) else img
 
@@ -74,20 +51,14 @@ def _plain(img: torch.Tensor) -> torch.Tensor:
 def _score(
     fns: dict, sr: torch.Tensor, hr: torch.Tensor, boxes: torch.Tensor, region: torch.Tensor | None = None
 ) -> dict[str, float]:
-    """The metrics of one SR image; with ``region`` (where artifacts were drawn, at HR size) also the PSNR
-    there, which says whether a method removed the artifacts or enlarged them."""
+    """The metrics of one SR image (:func:`~monai_sr_bundle.metrics.catalogue.scorers`); with ``region`` (where
+    artifacts were drawn, at HR size) also the PSNR there."""
     sr, hr = _plain(sr)[None], _plain(hr)[None]
     row = {}
     for name, fn in fns.items():
-        if name.startswith("inbox_"):
-            value = fn(sr, hr, boxes=[boxes])
-        elif name == "ms_ssim" and min(sr.shape[-2:]) < fn.min_size:
-            value = torch.tensor(float("nan"))  # too small for 5 scales: reported as missing, not as a score
-        else:
-            value = fn(sr, hr)
-        row[name] = float(torch.as_tensor(value).flatten()[0])
-    if region is not None:
-        row["artifact_psnr"] = float(masked_psnr(sr, hr, region))
+        value = fn(sr, hr, boxes, region)
+        if value is not None:
+            row[name] = float(torch.as_tensor(value).flatten()[0])
     return row
 
 
@@ -178,7 +149,7 @@ def evaluate(
     writers.check_replaceable(_outputs(datalist, labels, list(predictors), out, save_images, figures))
     out.mkdir(parents=True, exist_ok=True)
     distributed.check_shards(datalist, "images to evaluate")
-    fns = {name: _metric_fns(lpips, lpips_weights) for name in predictors}
+    fns = {name: scorers(lpips, lpips_weights) for name in predictors}
     rows, failures, shown = [], [], []  # (image index, row / message / figure): every process's, in one order
     mine = distributed.shard(range(len(datalist)))
     meter = Progress(len(mine), progress, desc="evaluating", quiet=not distributed.is_main_process())
