@@ -694,17 +694,70 @@ def expand_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a plain state dict (``torch.load(..., weights_only=True)``; fp32 or :func:`compact_state`'s) into
-    ``network``."""
+#: bytes of a weights file beyond its tensors' (the pickle of their names, the zip's headers)
+STORED_OVERHEAD = 1 << 20
+
+
+def stored_limit(network: nn.Module, copies: int = 1) -> int:
+    """The most bytes a file of ``copies`` copies of ``network``'s weights can take, every element in float64:
+    what a weights file of it may hold before it is read."""
+    return copies * 8 * sum(v.numel() for v in network.state_dict().values()) + STORED_OVERHEAD
+
+
+def open_bounded(path: str | os.PathLike, limit: int, what: str):
+    """``path`` opened for reading in binary, when it is a regular file of at most ``limit`` bytes; else one
+    sentence that names ``what`` it should be. Opened without blocking (a FIFO would wait for a writer forever)
+    and checked on the open file, so the file checked is the file read: a device (/dev/zero) never ends, and a
+    file far larger than its network needs would be read whole."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror}); give {what}.") from e
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_size <= limit:
+        return os.fdopen(fd, "rb")
+    os.close(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: not a regular file (a folder, device or pipe); give {what}.")
+    raise InputError(f"{path}: {info.st_size} bytes, above the {limit} allowed for {what}; check the file.")
+
+
+def read_state(path: str | os.PathLike, limit: int, what: str):
+    """``torch.load(path, weights_only=True)`` of a regular file of at most ``limit`` bytes (:func:`open_bounded`)
+    whose zip entries inflate to at most ``limit`` bytes: torch.load inflates each storage whole, so a few MB of
+    deflated zeros could declare gigabytes; the zip's directory says their sizes first. A file that is no zip
+    (the legacy format declares its sizes inside its pickle) raises ValueError, for the caller's sentence."""
+    import zipfile
+
     import torch
 
+    with open_bounded(path, limit, what) as f:
+        try:
+            inflated = sum(entry.file_size for entry in zipfile.ZipFile(f).infolist())
+        except zipfile.BadZipFile as e:
+            raise ValueError("not a zip archive, the format torch.save writes") from e
+        if inflated > limit:
+            raise InputError(
+                f"{path}: its zip entries inflate to {inflated} bytes, above the {limit} allowed for {what} (a zip "
+                "bomb?); check the file."
+            )
+        f.seek(0)
+        return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a plain state dict (``torch.load(..., weights_only=True)``; fp32 or :func:`compact_state`'s) into
+    ``network``, reading no more than a file of its weights can hold (:func:`read_state`)."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.exists(path):
         raise InputError(f"{path}: weights file not found; train the method first or pass --weights.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state(path, stored_limit(network), "weights that fit this network")
         network.load_state_dict(expand_state(state))
+    except InputError:
+        raise
     except NOT_WEIGHTS as e:
         # torch's own first line only names the network ("Error(s) in loading state_dict for X:"); the next says what
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
@@ -715,14 +768,32 @@ def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     return network
 
 
+#: the manifest beside weights files: each file's name -> its sha256 and provenance (:func:`read_manifest`)
+MANIFEST = "weights.json"
+#: the most bytes a manifest may take (the shipped one, of every method: about 30 KB)
+MANIFEST_LIMIT = 16 << 20
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, dict]:
+    """The entries of the ``weights.json`` in ``folder`` (``{}`` when there is none): a regular file holding a JSON
+    object of objects, or one sentence. Writers of weights rewrite it, so they read it before their first byte."""
+    manifest = Path(folder) / MANIFEST
+    if not os.path.lexists(manifest):
+        return {}
+    what = f"the weights manifest {manifest}"
+    open_bounded(manifest, MANIFEST_LIMIT, "a weights manifest (a JSON object)").close()
+    entries = read_json_object(manifest, what)
+    broken = next((name for name, entry in entries.items() if not isinstance(entry, dict)), None)
+    if broken is not None:
+        raise InputError(f"{what}: the entry of {shown(broken)} must be a JSON object; repair or remove it.")
+    return entries
+
+
 def weights_record(weights: str | os.PathLike) -> dict:
     """The entry of ``weights`` in the ``weights.json`` beside it (command, data, intensity, ...), or ``{}``
     when there is no manifest or no entry for it."""
     weights = Path(weights)
-    manifest = weights.parent / "weights.json"
-    if not manifest.is_file():
-        return {}
-    return read_json_object(manifest, f"the weights manifest {manifest}").get(weights.name, {})
+    return read_manifest(weights.parent).get(weights.name, {})
 
 
 def describe_all(scale: int = 4, modality: str = "cxr") -> list[dict]:

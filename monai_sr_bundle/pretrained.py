@@ -23,16 +23,23 @@ Every converted file records where its weights came from and their licence (``we
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from monai_sr_bundle.errors import InputError
+from monai_sr_bundle import methods
+from monai_sr_bundle.errors import InputError, shown
 
 NCNN_MAGIC = "7767517"
 _FP16_TAG, _FP32_TAG = 0x01306B47, 0
+#: the most bytes an ncnn ``.param`` may take: a compact network's, a line per layer, takes about 5 KB
+PARAM_LIMIT = 1 << 20
+#: copies of the one-channel network's weights a source file may hold: a BasicSR file holds two (``params``,
+#: ``params_ema``) of an RGB network, whose first and last layers are three times the one-channel network's
+SOURCE_COPIES = 6
 #: what a weights file made from Real-ESRGAN's compact model must say of itself
 REALESRGAN_ATTRIBUTION = {
     "source": "Real-ESRGAN realesr-general-x4v3 (SRVGGNetCompact), ncnn export",
@@ -56,8 +63,10 @@ def read_ncnn_param(path: str | os.PathLike) -> list[tuple[str, dict[int, str]]]
     """The layers of an ncnn ``.param`` file as (type, options), in order; a file that is not one is refused in
     one sentence."""
     path = Path(path)
+    with methods.open_bounded(path, PARAM_LIMIT, "an ncnn network description (.param)") as f:
+        text = f.read()
     try:
-        lines = [line.split() for line in path.read_text(encoding="ascii").splitlines() if line.strip()]
+        lines = [line.split() for line in text.decode("ascii").splitlines() if line.strip()]
         if not lines or lines[0] != [NCNN_MAGIC]:
             raise ValueError("magic")
         count = int(lines[1][0])
@@ -67,31 +76,60 @@ def read_ncnn_param(path: str | os.PathLike) -> list[tuple[str, dict[int, str]]]
             layers.append((fields[0], _options(fields[4 + n_in + n_out :])))
         if len(layers) != count:
             raise ValueError("count")
-    except (OSError, ValueError, IndexError) as e:  # a UnicodeDecodeError is a ValueError
+    except (ValueError, IndexError) as e:  # a UnicodeDecodeError is a ValueError
         raise InputError(f"{path}: not an ncnn network description (.param) this reader understands ({e}).") from e
     return layers
 
 
-class _Bin:
-    """Sequential reader of an ncnn ``.bin`` file."""
+def _whole(options: dict[int, str], key: int, layer: str) -> int:
+    """Option ``key`` of ``layer`` as the positive whole number it must be (ValueError otherwise)."""
+    value = options.get(key)
+    if value is None or not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise ValueError(f"{layer} has {key}={shown(value)}, not a positive whole number")
+    return int(value)
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.data, self.at = path, path.read_bytes(), 0
+
+def _conv_shapes(layers: list[tuple[str, dict[int, str]]], shuffle: int) -> list[tuple[int, int]]:
+    """(outputs, inputs) of each 3x3 convolution, from its outputs (``0``) and weight count (``6``), which must
+    chain: the first takes a grey or RGB image, each other what the one before gives, and the last gives the
+    image's channels times the shuffle squared (ValueError otherwise)."""
+    shapes = []
+    for i, options in enumerate(o for t, o in layers if t == "Convolution"):
+        layer = f"Convolution {i}"
+        outputs, count = _whole(options, 0, layer), _whole(options, 6, layer)
+        inputs = shapes[-1][0] if shapes else count // (9 * outputs)
+        if count != 9 * outputs * inputs or (not shapes and inputs not in (1, 3)):
+            raise ValueError(f"{layer}'s weight count 6={count} is not its 0={outputs} outputs x 9 x its inputs")
+        shapes.append((outputs, inputs))
+    if shapes[-1][0] != shapes[0][1] * shuffle**2:
+        raise ValueError(f"its last convolution gives {shapes[-1][0]} channels, not the image's times {shuffle}^2")
+    return shapes
+
+
+class _Bin:
+    """Sequential reader of an ncnn ``.bin`` file of at most ``limit`` bytes."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        with methods.open_bounded(path, limit, "the ncnn weights (.bin) of this method's network") as f:
+            self.path, self.data, self.at = path, f.read(), 0
+
+    def _advance(self, size: int) -> int:
+        """Where the next ``size`` bytes start, which must be in the file."""
+        start = self.at
+        if start + size > len(self.data):
+            raise InputError(f"{self.path}: ends before the weights its .param file describes (truncated?).")
+        self.at += size
+        return start
 
     def take(self, count: int, dtype: str) -> np.ndarray:
-        size = np.dtype(dtype).itemsize * count
-        if self.at + size > len(self.data):
-            raise InputError(f"{self.path}: ends before the weights its .param file describes (truncated?).")
-        out = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.at).astype(np.float32)
-        self.at += size
-        return out
+        start = self._advance(np.dtype(dtype).itemsize * count)
+        return np.frombuffer(self.data, dtype=dtype, count=count, offset=start).astype(np.float32)
 
     def tagged(self, count: int) -> np.ndarray:
-        (tag,) = struct.unpack("<I", self.data[self.at : self.at + 4] or b"\xff\xff\xff\xff")
-        self.at += 4
+        (tag,) = struct.unpack_from("<I", self.data, self._advance(4))
         if tag == _FP16_TAG:
             out = self.take(count, "<f2")
-            self.at += (-2 * count) % 4
+            self._advance((-2 * count) % 4)
             return out
         if tag == _FP32_TAG:
             return self.take(count, "<f4")
@@ -100,10 +138,24 @@ class _Bin:
         )
 
 
-def srvgg_from_ncnn(param: str | os.PathLike, weights: str | os.PathLike) -> tuple[dict, dict]:
+def _check_values(state: dict, path: Path) -> None:
+    """Refuse weights that are not dense tensors of finite real numbers, naming the first: a NaN, a complex or
+    a boolean weight would otherwise be folded and written as if it were one."""
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+            what = f"a {type(value).__name__}" if not isinstance(value, torch.Tensor) else f"a {value.layout} tensor"
+            raise InputError(f"{path}: {shown(name)} holds {what}, not a dense tensor of weights.")
+        if not value.is_floating_point():
+            raise InputError(f"{path}: {shown(name)} holds {value.dtype} values, not real floating-point weights.")
+        if not bool(torch.isfinite(value).all()):
+            raise InputError(f"{path}: {shown(name)} holds values that are not finite (NaN or infinity).")
+
+
+def srvgg_from_ncnn(param: str | os.PathLike, weights: str | os.PathLike, limit: int) -> tuple[dict, dict]:
     """An ncnn SRVGGNetCompact (Real-ESRGAN's compact models) -> (a one-channel state dict for
     :class:`~monai_sr_bundle.networks.srvgg.SRVGGNetCompact`, its arguments ``scale``, ``channels``, ``convs``).
-    A file of another architecture is refused in one sentence naming what it holds."""
+    A file of another architecture is refused in one sentence naming what it holds; a ``.bin`` above ``limit``
+    bytes is not read."""
     param, weights = Path(param), Path(weights)
     layers = read_ncnn_param(param)
     kinds = [t for t, _ in layers if t not in ("Input", "Split")]
@@ -121,54 +173,66 @@ def srvgg_from_ncnn(param: str | os.PathLike, weights: str | os.PathLike) -> tup
             f"{param}: not a Real-ESRGAN compact network (SRVGGNetCompact: 3x3 convolutions with PReLUs, a pixel "
             f"shuffle and an interpolated input); it holds {counts}."
         )
-    shuffle = int(dict(layers)["PixelShuffle"].get(0, "1"))
-    width = int(convs[0][0])
-    rgb = int(convs[0][6]) // (width * 9)
-    state, conv_i = {}, 0
-    reader = _Bin(weights)
-    body_index = 0
-    for kind, opts in layers:
-        if kind == "Convolution":
-            c_out = int(opts[0])
-            w = reader.tagged(int(opts[6])).reshape(c_out, -1, 3, 3)
-            b = reader.take(c_out, "<f4") if opts.get(5, "0") == "1" else np.zeros(c_out, np.float32)
-            if conv_i == 0:
-                w = w.sum(axis=1, keepdims=True)  # grey repeated to RGB: the filters' sum
-            if conv_i == len(convs) - 1:
-                w = w.reshape(rgb, -1, *w.shape[1:]).mean(axis=0)  # the colours' mean, per sub-pixel
-                b = b.reshape(rgb, -1).mean(axis=0)
-            state[f"body.{body_index}.weight"], state[f"body.{body_index}.bias"] = w, b
-            conv_i, body_index = conv_i + 1, body_index + 1
-        elif kind == "PReLU":
-            state[f"body.{body_index}.weight"] = reader.take(int(opts.get(0, "1")), "<f4")
-            body_index += 1
+    try:
+        shuffle = _whole({0: "1", **dict(layers)["PixelShuffle"]}, 0, "PixelShuffle")
+        conv_shapes = _conv_shapes(layers, shuffle)
+        slopes = [_whole({0: "1", **o}, 0, "PReLU") for t, o in layers if t == "PReLU"]
+    except ValueError as e:
+        raise InputError(f"{param}: not a compact network this reader understands: {e}.") from e
+    rgb, width = conv_shapes[0][1], conv_shapes[0][0]
+    state = {}
+    reader = _Bin(weights, limit)
+    for i, (c_out, c_in) in enumerate(conv_shapes):
+        w = reader.tagged(c_out * c_in * 9).reshape(c_out, c_in, 3, 3)
+        b = reader.take(c_out, "<f4") if convs[i].get(5, "0") == "1" else np.zeros(c_out, np.float32)
+        if i == 0:
+            w = w.sum(axis=1, keepdims=True)  # grey repeated to RGB: the filters' sum
+        if i == len(conv_shapes) - 1:
+            w = w.reshape(rgb, -1, *w.shape[1:]).mean(axis=0)  # the colours' mean, per sub-pixel
+            b = b.reshape(rgb, -1).mean(axis=0)
+        state[f"body.{2 * i}.weight"], state[f"body.{2 * i}.bias"] = w, b
+        if i < len(slopes):
+            state[f"body.{2 * i + 1}.weight"] = reader.take(slopes[i], "<f4")
     if reader.at != len(reader.data):
         raise InputError(
             f"{weights}: {len(reader.data) - reader.at} bytes left over after the weights {param} describes."
         )
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    _check_values(tensors, weights)
     return tensors, {"scale": shuffle, "channels": width, "convs": len(convs) - 2}
 
 
-def srvgg_from_basicsr(path: str | os.PathLike) -> tuple[dict, dict]:
+def srvgg_from_basicsr(path: str | os.PathLike, limit: int) -> tuple[dict, dict]:
     """A BasicSR / Real-ESRGAN ``.pth`` of SRVGGNetCompact (``params_ema`` or ``params``; keys ``body.{i}``)
-    -> (one-channel state dict, arguments), as :func:`srvgg_from_ncnn`."""
+    of at most ``limit`` bytes -> (one-channel state dict, arguments), as :func:`srvgg_from_ncnn`."""
     path = Path(path)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = methods.read_state(path, limit, "a BasicSR file of this method's network")
+    except InputError:
+        raise
     except Exception as e:  # pickle, zip and torch's own errors: one sentence
         raise InputError(f"{path}: not a PyTorch weights file torch.load(weights_only=True) can read ({e}).") from e
     state = loaded.get("params_ema", loaded.get("params", loaded)) if isinstance(loaded, dict) else None
-    keys = sorted((k for k in (state or {}) if k.startswith("body.")), key=lambda k: int(k.split(".")[1]))
-    convs = [k for k in keys if k.endswith(".weight") and state[k].ndim == 4]
-    if not state or len(convs) < 2 or any(state[k].shape[-2:] != (3, 3) for k in convs):
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise InputError(f"{path}: not a state dict (names of weights -> tensors) in params_ema or params.")
+    body = {k: v for k, v in state.items() if re.fullmatch(r"body\.\d+\.(weight|bias)", k)}
+    _check_values(body, path)
+    keys = sorted(body, key=lambda k: int(k.split(".")[1]))
+    convs = [k for k in keys if k.endswith(".weight") and body[k].ndim == 4]
+    if len(convs) < 2 or any(body[k].shape[-2:] != (3, 3) for k in convs):
         raise InputError(f"{path}: not a Real-ESRGAN compact network (SRVGGNetCompact, keys body.N.weight).")
-    first, last = state[convs[0]], state[convs[-1]]
+    first, last = body[convs[0]], body[convs[-1]]
     rgb, width = first.shape[1], first.shape[0]
-    scale = int(round((last.shape[0] / rgb) ** 0.5))
+    scale = int(round((last.shape[0] / rgb) ** 0.5)) if rgb in (1, 3) else 0
+    bias = body.get(convs[-1].replace("weight", "bias"))
+    if scale < 1 or last.shape[0] != rgb * scale**2 or (bias is not None and bias.shape != last.shape[:1]):
+        raise InputError(
+            f"{path}: its first convolution takes {rgb} channels and its last gives {last.shape[0]}: not a grey or "
+            "RGB compact network (the last gives the image's channels times the scale squared)."
+        )
     out = {}
     for k in keys:
-        v = state[k].float()
+        v = body[k].float()
         if k == convs[0]:
             v = v.sum(dim=1, keepdim=True)
         elif k in (convs[-1], convs[-1].replace("weight", "bias")):
@@ -183,20 +247,17 @@ def convert(
     """Read a published SRVGGNetCompact file (``source``: an ncnn ``.param`` with its ``weights_bin``, or a
     BasicSR ``.pth``), check it fits ``method``'s network, and write it to ``output`` as this package's weights
     (``weights.json`` beside it records the source files' sha256 and :data:`REALESRGAN_ATTRIBUTION`). Returns the
-    new file's sha256."""
-    from monai_sr_bundle import methods
+    new file's sha256. The output is checked before anything is read (:func:`~monai_sr_bundle.training.
+    check_weights_output`), and no source is read beyond what ``method``'s network could hold."""
     from monai_sr_bundle.hashing import sha256
-    from monai_sr_bundle.training import write_weights
+    from monai_sr_bundle.training import check_weights_output, write_weights
 
     source = Path(source)
-    if source.suffix == ".param":
-        if weights_bin is None:
-            weights_bin = source.with_suffix(".bin")
-        state, args = srvgg_from_ncnn(source, weights_bin)
-        files = [source, Path(weights_bin)]
-    else:
-        state, args = srvgg_from_basicsr(source)
-        files = [source]
+    ncnn = source.suffix == ".param"
+    files = [source, Path(weights_bin if weights_bin is not None else source.with_suffix(".bin"))] if ncnn else [source]
+    check_weights_output(output, files)
+    limit = methods.stored_limit(methods.get(method).network(), SOURCE_COPIES)
+    state, args = srvgg_from_ncnn(*files, limit) if ncnn else srvgg_from_basicsr(source, limit)
     target = methods.get(method, args["scale"])
     network = target.network()
     try:

@@ -434,27 +434,56 @@ def publish_weights(
 def write_weights(state: dict, weights_path: str | os.PathLike, provenance: dict) -> str:
     """Save a plain state dict to ``weights_path`` atomically and record its sha256 and ``provenance`` in the
     ``weights.json`` beside it; returns the sha256. Every published weight file goes through here; the
-    manifest is rewritten under a lock and atomically, so two trainings that publish at once keep both."""
+    manifest is read (and a broken one refused) before the first byte is written, and rewritten under a lock
+    and atomically, so two trainings that publish at once keep both. No temporary file outlives a failure."""
     import fcntl
 
     weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights_path.with_name(f".{weights_path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, weights_path)
-    digest = sha256(weights_path)
-    manifest = weights_path.parent / "weights.json"
+    manifest = weights_path.parent / methods.MANIFEST
+    temporaries = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in (weights_path, manifest)]
     folder = os.open(weights_path.parent, os.O_RDONLY)  # the lock is on the folder: no lock file left behind
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
-        entries = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        entries = methods.read_manifest(weights_path.parent)
+        torch.save(state, temporaries[0])
+        os.replace(temporaries[0], weights_path)
+        digest = sha256(weights_path)
         entries[weights_path.name] = {"sha256": digest, **provenance}
-        tmp = manifest.with_name(f".weights.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
-        os.replace(tmp, manifest)
+        temporaries[1].write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
+        os.replace(temporaries[1], manifest)
     finally:
+        for tmp in temporaries:
+            tmp.unlink(missing_ok=True)
         os.close(folder)  # closing releases the lock
     return digest
+
+
+def check_weights_output(output: str | os.PathLike, sources: list[Path]) -> Path:
+    """Refuse, before anything is read or written, the ``-o`` of a weights converter (``pretrained``,
+    ``interpolate``) that it must not write: ``''``; an existing path that is not a regular file (a device would
+    become a file, a folder keep a temporary); one of ``sources``; a file monai-sr did not write (its sha256 not
+    in the manifest beside it, nor a note :func:`~monai_sr_bundle.data.writers.check_replaceable` reads); a name
+    below a file; or a place whose manifest :func:`write_weights` could not update. Returns ``output``."""
+    import stat
+
+    from monai_sr_bundle.data.writers import check_replaceable
+
+    if not os.fspath(output):
+        raise InputError("-o '': give the weights file to write, e.g. models/<method>_cxr_x4.pt.")
+    output = Path(output)
+    if output.name == methods.MANIFEST:
+        raise InputError(f"{output}: the name of the manifest beside weights files; give another name.")
+    if os.path.lexists(output) and not stat.S_ISREG(os.lstat(output).st_mode):
+        raise InputError(
+            f"{output}: exists and is not a regular file (a folder, link or device); give a new file name."
+        )
+    if any(output.resolve() == p.resolve() for p in sources):
+        raise InputError(f"{output}: the output would overwrite a file it is made from; choose another.")
+    recorded = methods.read_manifest(output.parent).get(output.name, {}).get("sha256")
+    if not (recorded and output.is_file() and sha256(output) == recorded):
+        check_replaceable([output])
+    return output
 
 
 def interpolate_weights(
@@ -474,9 +503,7 @@ def interpolate_weights(
     if not 0.0 <= float(alpha) <= 1.0:
         raise InputError(f"alpha must be between 0 (the GAN weights) and 1 (the PSNR weights), got {alpha!r}.")
     sources = {"psnr": Path(psnr_weights), "gan": Path(gan_weights)}
-    output = Path(output)
-    if any(output.resolve() == p.resolve() for p in sources.values()):
-        raise InputError(f"{output}: the output would overwrite one of the weights it is made from; choose another.")
+    output = check_weights_output(output, list(sources.values()))
     sr_method = methods.get(method, scale, modality)
     states = {k: sr_method.network(p).state_dict() for k, p in sources.items()}  # refuses foreign weights
     state = {

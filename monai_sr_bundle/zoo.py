@@ -83,16 +83,22 @@ def export(
     results_file: str | os.PathLike | None = None,
 ) -> Path:
     """Write the zoo bundle of method ``name`` into ``out/<bundle name>`` (written beside, then moved in
-    place; an existing bundle there is refused) and return its folder."""
+    place) and return its folder. Anything at that name (a bundle, a link) is refused, and so is an ``out``
+    that is no folder (a file, a link to one, a device), before anything is written."""
+    from monai_sr_bundle.data.writers import check_replaceable
+
     method = methods.get(name, scale, modality)
     if not method.weights_available:
         raise InputError(
             f"method {name!r} has no {modality} x{scale} weights ({method.weights_name}); a zoo bundle is one "
             "trained model: export a method with weights ('monai-sr methods' lists them)."
         )
+    if not os.fspath(out):
+        raise InputError("-o '': give the folder that receives the bundle folder.")
     target = Path(out) / bundle_name(method)
-    if target.exists():
+    if os.path.lexists(target):
         raise InputError(f"{target} exists; remove it or export to another folder.")
+    check_replaceable([target])  # here: a file where its folder would be
     scores = benchmark(method, results_file)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

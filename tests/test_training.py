@@ -474,7 +474,7 @@ def test_interpolate_weights_refuses_bad_alpha_foreign_weights_and_overwriting_a
     torch.save(methods.get("vdsr").network().state_dict(), tmp_path / "vdsr.pt")
     cases = [
         (("srcnn", tmp_path / "a.pt", tmp_path / "a.pt", 1.5, tmp_path / "o.pt"), "between 0"),
-        (("srcnn", tmp_path / "a.pt", tmp_path / "vdsr.pt", 0.5, tmp_path / "o.pt"), "do not fit"),
+        (("srcnn", tmp_path / "a.pt", tmp_path / "vdsr.pt", 0.5, tmp_path / "o.pt"), "fit this network"),
         (("srcnn", tmp_path / "a.pt", tmp_path / "a.pt", 0.5, tmp_path / "a.pt"), "overwrite"),
     ]
     before = (tmp_path / "a.pt").read_bytes()
