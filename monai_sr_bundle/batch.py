@@ -11,14 +11,16 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from math import inf
 from pathlib import Path
 
 import torch
 
 from monai_sr_bundle.diffusion.uncertainty import MAPS
-from monai_sr_bundle.errors import InputError, printable
+from monai_sr_bundle.errors import InputError, printable, shown
 from monai_sr_bundle.inference import Predictor, validate_input
 from monai_sr_bundle.launch import safe_children
+from monai_sr_bundle.limits import MAX_OUTPUT_MP, check_output_size
 from monai_sr_bundle.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     out: list[str] = []
     for p in map(Path, paths):
-        if not p.is_dir():
+        if not os.path.isdir(p):  # False for a name too long: the reader reports it
             out.append(str(p))
             continue
         kinds = _image_kinds(p)
@@ -46,7 +48,11 @@ def _image_kinds(folder: str | os.PathLike) -> dict[Path, str]:
     from monai_sr_bundle.data.readers import folder_files, image_format
 
     kinds = {}
-    for c in folder_files(folder):
+    try:
+        children = folder_files(folder)
+    except InputError:  # unreadable: the folder stays an input, for the reader to report
+        return kinds
+    for c in children:
         try:
             kinds[c] = image_format(c)
         except InputError:
@@ -55,16 +61,20 @@ def _image_kinds(folder: str | os.PathLike) -> dict[Path, str]:
 
 
 def check_output_dir(output_dir: str | os.PathLike) -> None:
-    """Refuse, before any work, an output folder that is a file, lies under a file, or cannot be written."""
+    """Refuse, before any work, an output folder that is a file, lies under a file, cannot be written, or has a
+    name longer than the file system takes (the OS would refuse it at the first write, mid-run)."""
     out = Path(output_dir)
     existing = out
-    while not existing.exists() and existing != existing.parent:  # the nearest existing ancestor
+    while not os.path.exists(existing) and existing != existing.parent:  # the nearest existing ancestor
         existing = existing.parent
     if not existing.is_dir():
         where = "is a file" if existing == out else f"lies under the file {existing}"
         raise InputError(f"{output_dir}: the output folder {where}; give a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{output_dir}: no permission to write in {existing}; give another output folder.")
+    name_max = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if any(len(os.fsencode(name)) > name_max for name in out.relative_to(existing).parts):
+        raise InputError(f"{output_dir}: file name too long (at most {name_max} bytes a name); give a shorter one.")
 
 
 def output_paths(
@@ -93,7 +103,8 @@ def check_outputs(
     from monai_sr_bundle.data.writers import check_replaceable
 
     inputs = {os.path.realpath(f) for f in files}
-    inputs |= {os.path.realpath(c) for f in files if os.path.isdir(f) for c in Path(f).iterdir()}
+    listable = [f for f in files if os.path.isdir(f) and os.access(f, os.R_OK | os.X_OK)]  # else: the reader's
+    inputs |= {os.path.realpath(c) for f in listable for c in Path(f).iterdir()}
     claimed: dict[str, str] = {}
     for src in files:
         try:
@@ -153,6 +164,7 @@ def run_inference(
     workers: int = 1,
     datalist: str | os.PathLike | None = None,
     noise_level: float | str | None = None,
+    max_output_mp: float = MAX_OUTPUT_MP,
     **sampling,
 ) -> list[str]:
     """Super-resolve every input and write each result to ``output_dir`` in its input's format family, or in
@@ -166,6 +178,9 @@ def run_inference(
     Images are read with the predictor's intensity map, the one its weights were trained with: ``"minmax"``
     or a (lo, hi) window in modality units, e.g. HU for a CT model. ``sampling`` (``sampler``, ``steps``,
     ``seed``) and ``noise_level`` (a degradation-aware method's) change the predictor's defaults for this run.
+
+    An input whose SR would exceed ``max_output_mp`` megapixels is refused from its header, before its pixels
+    are decoded (:func:`~monai_sr_bundle.limits.check_output_size`): memory stays bounded.
 
     An archive: ``recursive`` walks folder inputs and writes each image under the same subfolder of
     ``output_dir`` (an ``output_dir`` inside the tree is not walked: outputs are not inputs), as a ``datalist``
@@ -191,6 +206,8 @@ def run_inference(
     predictor.method.check_noise_level(noise_level)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"workers must be a whole number of processes, at least 1, got {workers!r}.")
+    if isinstance(max_output_mp, bool) or not isinstance(max_output_mp, (int, float)) or not 0 < max_output_mp < inf:
+        raise InputError(f"max_output_mp must be a positive number of megapixels, got {shown(max_output_mp)}.")
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     for path in [output_dir, *paths]:  # a datalist file, a service's request: the OS would raise ValueError
         if "\0" in str(path):
@@ -219,6 +236,7 @@ def run_inference(
         "output_format": output_format,
         "sampling": sampling,
         "noise_level": noise_level,
+        "max_output_mp": max_output_mp,
     }
     mine = distributed.shard(jobs)
     results = dict(_run_jobs(mine, predictor, task, workers, progress and distributed.is_main_process()))
@@ -258,7 +276,7 @@ def input_jobs(
     outputs = _identity(out)
     jobs = []
     for path in map(Path, paths):
-        if not (recursive and path.is_dir()):
+        if not (recursive and os.path.isdir(path)):
             jobs += [(src, out) for src in expand_inputs(path)]
             continue
         for folder, subfolders, _ in os.walk(path):
@@ -324,10 +342,11 @@ def _targets(job: tuple[str, Path], output_format: str | None, maps: Sequence[st
 def super_resolve_file(src: str, folder: Path, predictor: Predictor, task: dict, progress: bool = False) -> list[str]:
     """Read, check, super-resolve and write one input (``task``: :func:`run_inference`'s options); returns the
     written paths."""
-    from monai_sr_bundle.data.readers import read_image
+    from monai_sr_bundle.data.readers import image_shape, read_image
     from monai_sr_bundle.data.writers import output_format_for, write_image
 
     samples, output_format, sampling = task["samples"], task["output_format"], task["sampling"]
+    check_output_size(image_shape(src), src, predictor.scale, task["max_output_mp"])
     img = read_image(src, predictor.intensity)
     validate_input(img, src, predictor.scale, task["allow_volume"])
     family = img.meta["source_format"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from monai_sr_bundle import methods
 from monai_sr_bundle.data.public import BUILDERS, VAL_FRACTION
 from monai_sr_bundle.errors import InputError, printable
+from monai_sr_bundle.limits import MAX_OUTPUT_MP
 
 DEMO_LIMIT = 3
 #: images the demo's diffusion methods sample (each image costs them seconds of CPU per sampler step)
@@ -85,12 +86,13 @@ def _sr(args: argparse.Namespace) -> int:
     from monai_sr_bundle import distributed
     from monai_sr_bundle.batch import PartialFailure, run_inference
     from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES
+    from monai_sr_bundle.inference import check_device
 
     _fit_threads(since)
 
     # an output named like an image (``-o x.png``, or argparse reading ``-o.png`` as ``-o .png``) is a mistake
     out = Path(args.output)
-    if out.name.lower().endswith(PNG_SUFFIXES + ITK_SUFFIXES + (".dcm", ".dicom")) and not out.is_dir():
+    if out.name.lower().endswith(PNG_SUFFIXES + ITK_SUFFIXES + (".dcm", ".dicom")) and not os.path.isdir(out):
         raise InputError(
             f"{args.output}: -o takes an output folder, not an image file name; for an input named like '-o.png', "
             "put it after '--' or write it as './-o.png'."
@@ -106,10 +108,11 @@ def _sr(args: argparse.Namespace) -> int:
         seed=args.seed,
         samples=args.samples,
     )
+    device = check_device(args.device)
     torchrun = distributed.launched_processes() > 1  # each process takes every N-th input
     if torchrun:
         distributed.setup()
-    device = distributed.local_device() if torchrun and args.device == "cuda" else args.device  # a GPU per process
+    device = distributed.local_device() if torchrun and device == "cuda" else device  # a GPU per process
     try:
         predictor = method.predictor(
             args.weights,
@@ -136,6 +139,7 @@ def _sr(args: argparse.Namespace) -> int:
             sampler=args.sampler,
             steps=args.steps,
             seed=args.seed,
+            max_output_mp=args.max_output_mp,
         )
     except PartialFailure as e:
         print(f"error: {printable(e)}", file=sys.stderr)
@@ -163,16 +167,18 @@ def _demo(args: argparse.Namespace) -> None:
     since = _loading()
     from monai_sr_bundle.evaluation import evaluate
     from monai_sr_bundle.imagenet import default_weights_path
+    from monai_sr_bundle.inference import check_device
     from monai_sr_bundle.results import format_table
 
     _fit_threads(since)
 
+    device = check_device(args.device)
     datalist, source = demo_datalist(args.inputs, args.limit)
     predictors = {}
     for name in args.methods.split(",") if args.methods else methods.names():
         try:
             method = methods.get(name, args.scale, args.modality)
-            predictors[name] = method.predictor(device=args.device, runtime=args.runtime)
+            predictors[name] = method.predictor(device=device, runtime=args.runtime)
         except InputError as e:
             logging.warning("skipping %s: %s", name, e)
     if not predictors:
@@ -276,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--scale", type=int, default=4, help="SR factor (default 4)")
         p.add_argument("--modality", default="cxr", help="weights family: models/<method>_<modality>_x<scale>.pt")
-        p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (a GPU if there is one)")
 
     def runtime(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -348,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sr.add_argument(
         "--workers", type=int, default=1, help="processes that super-resolve at once, sharing the cores (default 1)"
+    )
+    sr.add_argument(
+        "--max-output-mp",
+        type=float,
+        default=MAX_OUTPUT_MP,
+        help=f"largest SR image in megapixels (default {MAX_OUTPUT_MP}: about 2.4 GB of memory), checked from each "
+        "input's header; a larger one is refused",
     )
     common(sr)
     runtime(sr)

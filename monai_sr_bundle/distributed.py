@@ -143,7 +143,10 @@ def this_process_handlers(handlers: list | None) -> list:
 
 
 def check_shards(items: Sized, what: str) -> None:
-    """Refuse more processes than ``items`` (a process with no data would wait for the others for ever)."""
+    """Refuse no ``items`` at all, or more processes than ``items`` (a process with no data would wait for the
+    others for ever)."""
+    if not items:
+        raise InputError(f"no {what}: give at least one.")
     if len(items) < world_size():
         raise InputError(
             f"{world_size()} processes but {len(items)} {what}: every process needs at least one; give "

@@ -28,6 +28,23 @@ from monai_sr_bundle.transforms.degradation import zoom_geometry
 logger = logging.getLogger(__name__)
 
 
+def check_device(value: str) -> str:
+    """``value`` as a device of this machine: ``auto`` (the first GPU if there is one, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``; else one sentence, before anything loads (torch's own errors for a missing GPU, an
+    unknown name or ``meta``, whose tensors hold no data, come mid-run as tracebacks)."""
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise InputError(f"device {value!r} must be auto, cpu, cuda or cuda:N.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"device {value!r}: this machine has {torch.cuda.device_count()} GPU(s).")
+    return value
+
+
 def check_size(shape: Sequence[int], name: str, scale: int) -> None:
     """Refuse an image too small to super-resolve at ``scale``; ``shape`` is spatial (X, Y[, Z]), so a header's
     shape can be checked before any pixel is decoded."""

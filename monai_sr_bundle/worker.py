@@ -5,7 +5,7 @@ request pays for importing torch and MONAI and loading the weights (seconds); la
 A request names one image and what ``monai-sr sr --slice-by-slice`` would take for it::
 
     {"input": "in.nii.gz", "output": "out/", "method": "srcnn", "scale": 4, "modality": "cxr",
-     "weights": null, "runtime": "auto", "precision": "auto",
+     "weights": null, "runtime": "auto", "precision": "auto", "max_output_mp": 64,
      "sampler": null, "steps": null, "seed": null, "samples": null}
 
 The reply is ``{"written": [files], "loaded": whether this request loaded the method, "network_started":
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError, printable
+from monai_sr_bundle.limits import MAX_OUTPUT_MP
 
 #: what a request may say: where, and the options of ``monai-sr sr`` (left out: their defaults there)
 REQUEST = (
@@ -39,6 +40,7 @@ REQUEST = (
     "noise_level",
     "runtime",
     "precision",
+    "max_output_mp",
     *methods.SAMPLING_OPTIONS,
 )
 #: the longest request line answered (a request is a few paths and numbers; a longer line is refused unread,
@@ -82,6 +84,7 @@ class Worker:
             request["output"],
             allow_volume=True,
             progress=False,
+            max_output_mp=request.get("max_output_mp", MAX_OUTPUT_MP),
             **{k: v for k, v in options.items() if k in methods.SAMPLING_OPTIONS},
         )
         return {

@@ -114,3 +114,24 @@ def test_the_harness_records_command_data_and_weights_and_keeps_earlier_parts(tm
     found = harness.run_parts(harness.parse(parser, ["--part", "b"]), parts, "words", used)
     assert found["a"]["result"] == {"x": 1} and found["a"]["command"] == "python -m benchmarks.example --part a"
     assert found["b"]["result"] == {"y": 2} and results.read(tmp_path / "example.json")["parts"] == found
+
+
+@needs_data(DATA / "nih_cxr14")
+def test_the_quality_figure_is_made_whatever_limit_and_no_images_is_a_sentence(tmp_path, monkeypatch, capsys):
+    """Issue 71, finding 14: ``--figure-only --limit 2`` said ``--nproc_per_node at most 0`` (the limit left out
+    the figure's image, and no image at all read as too many processes). The figure is of one image, whatever
+    the limit; no images to evaluate says so."""
+    from benchmarks import quality
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text(f"# Results\n\ntable\n\n{quality.FIGURE_MARK}made by x -->\n")
+    monkeypatch.setattr(quality, "DOCS", docs)
+    monkeypatch.setenv("MONAI_SR_DATA", os.environ.get("MONAI_SR_DATA", str(DATA)))  # restored afterwards
+    args = ["--methods", "bicubic", "--work", str(tmp_path / "work")]
+    assert quality.main(["--figure-only", "--limit", "2", *args]) == 0, capsys.readouterr().err
+    assert [p.name for p in (docs / "figures").iterdir()] == ["comparison.png"]
+    assert (docs / "results.md").read_text().startswith("# Results\n\ntable\n\n")
+    assert "](figures/comparison.png)" in (docs / "results.md").read_text()
+    with pytest.raises(InputError, match="^no images to evaluate: give at least one.$"):
+        quality.evaluate([], {"bicubic": methods.get("bicubic", 4).predictor()}, tmp_path / "none")

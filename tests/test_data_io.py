@@ -639,3 +639,23 @@ def test_image_shape_refuses_what_read_image_refuses(tmp_path, case):
     with pytest.raises(InputError, match=re.escape(f"{path}: ")):
         image_shape(path)
     _raises_naming(path)
+
+
+@pytest.mark.parametrize("orientation, turn", [(1, 0), (3, 2), (6, -1), (8, 1)])
+def test_a_jpeg_is_read_as_its_exif_orientation_shows_it(tmp_path, orientation, turn):
+    """Issue 71, finding 11: a camera or phone JPEG stores its pixels as the sensor read them and says in its
+    EXIF Orientation tag how to turn them (6: 90 degrees clockwise); viewers show it turned, and so is it read,
+    by read_image and image_shape alike (``turn``: np.rot90's quarter turns, counter-clockwise)."""
+    stored = np.random.default_rng(0).integers(0, 256, (40, 64), dtype=np.uint8)  # 64 wide, 40 high
+    stored[:8, :8] = 255  # a bright corner, top left as stored
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # the Orientation tag
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    with Image.open(path) as img:
+        assert img.getexif()[0x0112] == orientation
+        decoded = np.asarray(img)  # as stored, JPEG-rounded
+    shown = np.rot90(decoded, turn)  # (height, width) as a viewer shows it
+    image = read_image(path)
+    assert image.shape == (1, *shown.shape[::-1]) == (1, *image_shape(path))
+    assert np.array_equal(image[0].numpy().T, shown / np.float32(255))

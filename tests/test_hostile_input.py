@@ -9,14 +9,19 @@ lying header claims. Names with spaces, unicode or a leading dash must work (on 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK  # noqa: F401  (imported up front, not under memory_cap)
+import torch
 from conftest import deflated_dicom, make_dicom, png_declaring, save_dicom
 from PIL import Image
 
@@ -110,8 +115,13 @@ def _snapshot(folder: Path) -> dict:
     }
 
 
+#: an output limit that lets every hostile header of HOSTILE through to the readers' own defences (the limit
+#: itself is tested with an image it refuses, below)
+UNLIMITED = 1e6
+
+
 def _run(inputs, out) -> list[str]:
-    return run_inference(inputs, BICUBIC, out, progress=False)
+    return run_inference(inputs, BICUBIC, out, progress=False, max_output_mp=UNLIMITED)
 
 
 # --------------------------------------------------------------------- hostile inputs, one at a time
@@ -235,7 +245,8 @@ def test_cli_hostile_batch(tmp_path, capsys):
     before = _snapshot(d)
     out = tmp_path / "out"
     with memory_cap():
-        assert main(["sr", "-o", str(out), "-m", "bicubic", "--", *map(str, bad), str(d / "good.png")]) == 3
+        args = ["-o", str(out), "-m", "bicubic", "--max-output-mp", str(UNLIMITED)]
+        assert main(["sr", *args, "--", *map(str, bad), str(d / "good.png")]) == 3
     err = capsys.readouterr().err
     line = [ln for ln in err.splitlines() if ln.startswith("error: ")]
     assert len(line) == 1 and line[0].startswith(f"error: {len(bad)} of {len(bad) + 1} inputs failed: "), err
@@ -533,3 +544,131 @@ def test_a_deflated_dicom_is_bounded_before_it_is_inflated(tmp_path, monkeypatch
     with pytest.raises(InputError, match=r"bomb.dcm: the deflated DICOM data set inflates to more than 1 MiB from"):
         _run(bomb, tmp_path / "out")
     assert read_image(small).shape == (1, 64, 64)
+
+
+# --------------------------------------------------------------------- issue 71: devices, names, permissions, size
+
+
+@pytest.mark.parametrize("command", ["sr", "demo"])
+@pytest.mark.parametrize("device", ["cuda", "bogus", "meta"])
+def test_a_device_the_cli_cannot_use_is_one_sentence(device, command, tmp_path, capsys):
+    """Finding 7: torch's tracebacks for a missing GPU, an unknown device or ``meta`` (no data) come mid-run."""
+    if device == "cuda" and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.device_count()}"  # a GPU this machine does not have
+    src, out = _png(tmp_path / "a.png"), tmp_path / "out"
+    given = [str(src), "-m", "srcnn"] if command == "sr" else ["--input", str(src), "--methods", "srcnn"]
+    assert main([command, *given, "-o", str(out), "--device", device]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: device {device!r}") and not out.exists(), err
+
+
+def test_a_name_too_long_for_the_file_system_is_one_sentence(tmp_path, capsys):
+    """Finding 7: a 300-character input name (the file system's limit is 255) or output folder name."""
+    good, out = _png(tmp_path / "good.png"), tmp_path / "out"
+    long = tmp_path / ("n" * 300 + ".png")
+    assert main(["sr", str(long), str(good), "-o", str(out), "-m", "bicubic"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"{long}: file name too long." in err[-1]
+    assert sorted(p.name for p in out.iterdir()) == ["failed.csv", "good_sr.png"]
+    assert main(["sr", str(good), "-o", str(tmp_path / ("o" * 300)), "-m", "bicubic"]) == 2
+    assert "file name too long" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.png", "out"]
+
+
+def _without_root_powers(cmd: list[str]) -> list[str]:
+    """``cmd`` run without the power to read any file: as it is for a user; for root, under ``setpriv`` with the
+    capabilities that override file permissions dropped (skipped where setpriv cannot drop them)."""
+    if os.geteuid() != 0:
+        return cmd
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    if not shutil.which("setpriv") or subprocess.run([*drop, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root, which reads any file, and setpriv cannot drop that power here")
+    return [*drop, *cmd]
+
+
+@pytest.mark.slow
+def test_an_input_the_user_may_not_read_is_one_sentence(tmp_path):
+    """Finding 7: a file and a folder without read permission (listing the folder was a traceback)."""
+    locked_file, locked_folder, out = _png(tmp_path / "locked.png"), tmp_path / "series", tmp_path / "out"
+    locked_folder.mkdir()
+    _png(locked_folder / "a.png")
+    cmd = _without_root_powers([sys.executable, "-m", "monai_sr_bundle.cli", "sr", str(locked_file),
+                                str(locked_folder), "-o", str(out), "-m", "bicubic"])  # fmt: skip
+    locked_file.chmod(0)
+    locked_folder.chmod(0)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    finally:
+        locked_file.chmod(0o600)
+        locked_folder.chmod(0o700)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 2 of 2 inputs failed: ") and last.count(": no permission to read it") == 2, last
+    assert not out.exists()
+
+
+@pytest.fixture(scope="session")
+def big_png(tmp_path_factory) -> Path:
+    """A legal 9400 x 9400 8-bit PNG of about 100 KB, just under PIL's decompression-bomb limit (one bright
+    square, so it is no constant image): x4 it is a 1414-megapixel SR, 6 GB to compute."""
+    pixels = np.full((9400, 9400), 7, np.uint8)
+    pixels[:64, :64] = 200
+    path = tmp_path_factory.mktemp("big") / "big.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _peak_gb(cmd: list[str], stdin: str = "") -> tuple[subprocess.CompletedProcess, float]:
+    """``cmd`` run to its end and its peak RSS in GB, measured from a small parent of its own: wait4 would also
+    count what this test process holds at the fork."""
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "code = subprocess.run(sys.argv[1:]).returncode\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(code)"
+    )
+    argv = [sys.executable, "-c", wrapper, *cmd]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen(argv, text=True, start_new_session=True, **pipes)
+    try:
+        out, err = proc.communicate(stdin, timeout=300)
+    finally:  # a test that times out leaves no 6 GB process behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    *rest, peak = err.strip().splitlines()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "\n".join(rest)), int(peak) / 1024**2
+
+
+@pytest.mark.slow
+def test_an_sr_too_large_is_refused_from_the_header_in_bounded_memory(big_png, tmp_path):
+    """Finding 8: ``sr`` of a 100 KB 9400 x 9400 PNG at x4 took 6 GB; it is refused before its pixels are
+    decoded, naming the option that lifts the limit."""
+    out = tmp_path / "out"
+    done, peak = _peak_gb([sys.executable, "-m", "monai_sr_bundle.cli", "sr", str(big_png), "-o", str(out),
+                           "-m", "bicubic"])  # fmt: skip
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "9400x9400 at x4 would be 1414 megapixels" in last, done.stderr
+    assert "--max-output-mp" in last and peak < 1.0 and not out.exists(), (peak, last)
+
+
+def test_max_output_mp_sets_the_limit_of_sr(tmp_path, capsys):
+    src, out = _png(tmp_path / "a.png"), tmp_path / "out"  # 40 x 36 at x4: 0.023 megapixels
+    assert main(["sr", str(src), "-o", str(out), "-m", "bicubic", "--max-output-mp", "0.02"]) == 2
+    assert "would be 0.023 megapixels" in capsys.readouterr().err and not out.exists()
+    assert main(["sr", str(src), "-o", str(out), "-m", "bicubic", "--max-output-mp", "0.03"]) == 0
+    with pytest.raises(InputError, match="max_output_mp must be a positive number of megapixels, got 0"):
+        run_inference(src, BICUBIC, tmp_path / "out2", max_output_mp=0)
+
+
+@pytest.mark.slow
+def test_the_worker_refuses_an_sr_too_large_in_bounded_memory_and_answers_the_next(big_png, tmp_path):
+    """Finding 8, the Slicer worker: refused from the header, and the worker stays to answer a valid request."""
+    small, out = _png(tmp_path / "a.png"), tmp_path / "out"
+    requests = [{"input": str(big_png), "output": str(out), "method": "bicubic"},
+                {"input": str(small), "output": str(out), "method": "bicubic"}]  # fmt: skip
+    done, peak = _peak_gb([sys.executable, "-m", "monai_sr_bundle.cli", "worker"],
+                          "".join(json.dumps(r) + "\n" for r in requests))  # fmt: skip
+    replies = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and len(replies) == 2, done.stderr
+    assert "would be 1414 megapixels" in replies[0]["error"] and "max_output_mp" in replies[0]["error"]
+    assert [Path(p).name for p in replies[1]["written"]] == ["a_sr.png"] and peak < 1.0, (peak, replies)

@@ -275,3 +275,32 @@ def test_no_user_file_is_deleted_or_overwritten(command, tmp_path, capsys, monke
     # only the names the project cleans and the near misses: it runs, and leaves them
     attempt("beside", {**cleaned, **near}, "ran")
     attempt("rerun", {**cleaned, **near}, "ran", ours=True)
+
+
+def test_the_quality_benchmark_replaces_only_the_figure_pages_it_wrote(tmp_path, monkeypatch):
+    """Issue 71, finding 9: the figure of ``benchmarks.quality`` removed every ``docs/figures/comparison_*.png``,
+    a user's too. Now it replaces its pages, removes those of its last figure that this one has not (the ones
+    docs/results.md links), keeps every other file, and links only pages that are there."""
+    from benchmarks import quality
+
+    figures = tmp_path / "docs" / "figures"
+    figures.mkdir(parents=True)
+    linked = ["comparison.png", "comparison_2.png", "comparison_3.png"]  # the last run's three pages
+    for name in linked:
+        (figures / name).write_bytes(b"last run")
+    users = {"comparison_mine.png": b"a user's", "comparison_9.png": b"a user's too"}
+    for name, data in users.items():
+        (figures / name).write_bytes(data)
+    links = "".join(f"![LR | methods | HR](figures/{name})\n" for name in linked)
+    (tmp_path / "docs" / "results.md").write_text(f"# Results\n\n{quality.FIGURE_MARK}made by x -->\n{links}")
+    work = tmp_path / "work"
+    work.mkdir()
+    stem = Path(quality.FIGURE_IMAGE).stem
+    for page in (f"figure_{stem}.png", f"figure_{stem}_2.png"):  # this run's two pages
+        (work / page).write_bytes(page.encode())
+    monkeypatch.setattr(quality, "DOCS", tmp_path / "docs")
+    block = quality.figure_block(work, {"bicubic": None}, "python -m benchmarks.quality")
+    assert {name: (figures / name).read_bytes() for name in users} == users
+    assert sorted(p.name for p in figures.iterdir()) == sorted(["comparison.png", "comparison_2.png", *users])
+    assert (figures / "comparison_2.png").read_bytes() == f"figure_{stem}_2.png".encode()
+    assert re.findall(r"\]\(figures/([^)]*)\)", block) == ["comparison.png", "comparison_2.png"]

@@ -11,6 +11,7 @@ lays out 2D images.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
@@ -44,7 +45,7 @@ def image_format(path: str | os.PathLike) -> str:
     name, falling back to the DICOM magic bytes for extension-less files."""
     p = Path(path)
     name = p.name.lower()
-    if p.is_dir():
+    if os.path.isdir(p):  # False for a name too long, which the reader reports
         return "dicom"
     if name.endswith(PNG_SUFFIXES):
         return "png"
@@ -138,8 +139,18 @@ def _meta_tensor(
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(arr[None])), affine=affine, meta=meta)
 
 
+def _quarter_turned(img) -> bool:
+    """Whether ``img``'s EXIF orientation (5 to 8) turns it a quarter, so that it is shown with width and height
+    swapped; read from what PIL parsed at opening (a PNG's EXIF after its pixel data would need them decoded)."""
+    from PIL import ExifTags
+
+    if img.format == "PNG" and "exif" not in img.info:
+        return False
+    return img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+
+
 def _read_png(path: str, intensity) -> MetaTensor:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with warnings.catch_warnings():
@@ -155,6 +166,7 @@ def _read_png(path: str, intensity) -> MetaTensor:
     try:
         with img:
             img.load()  # PIL opens lazily; decoding here surfaces truncated or corrupt files
+            ImageOps.exif_transpose(img, in_place=True)  # as viewers show a camera's JPEG, not as it was stored
             mode = img.mode
             if mode == "P":  # palette: look up the colours (a gray palette becomes exact gray below)
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -461,7 +473,9 @@ def folder_files(folder: str | os.PathLike) -> list[Path]:
     """The files of a folder that may be images, sorted: not hidden, and not a ``DICOMDIR`` (the index of a
     DICOM medium, which names the images but holds none)."""
     return sorted(
-        p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
+        p
+        for p in Path(_existing(folder)).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
     )
 
 
@@ -577,7 +591,7 @@ def _raster_size(path: str) -> tuple[int, int]:
                 fp.seek(0)
                 try:
                     with factory(fp, path) as img:
-                        return img.size
+                        return img.size[::-1] if _quarter_turned(img) else img.size
                 except (SyntaxError, IndexError, TypeError, struct.error):
                     continue  # not this format after all, as Image.open decides
     except Exception as e:
@@ -586,11 +600,18 @@ def _raster_size(path: str) -> tuple[int, int]:
 
 
 def _existing(path: str | os.PathLike) -> str:
+    """``path`` if it is a regular file or folder this process may read; else one sentence (a name too long for the
+    file system, a file or folder without read permission: the OS's errors would be tracebacks)."""
     path = str(path)
-    if not os.path.exists(path):
-        raise InputError(f"{path}: file not found.")
+    try:
+        os.stat(path)
+    except OSError as e:
+        missing = e.errno in (errno.ENOENT, errno.ENOTDIR)
+        raise InputError(f"{path}: {'file not found' if missing else (e.strerror or str(e)).lower()}.") from e
     if not (os.path.isfile(path) or os.path.isdir(path)):  # a FIFO would block forever, a device never end
         raise InputError(f"{path}: not a regular file or folder (a pipe, socket or device); give an image file.")
+    if not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0)):
+        raise InputError(f"{path}: no permission to read it; give a file or folder this user may read.")
     return path
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from monai_sr_bundle.data.markups import markups_to_boxes
 from monai_sr_bundle.data.readers import deflated_start, detached_data, image_shape, read_image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import check_size
+from monai_sr_bundle.limits import MAX_OUTPUT_MP, check_output_size
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +83,10 @@ def check_image(path: str, name: str, scale: int, max_output_mp: float) -> tuple
         check_size(shape, name, scale)
     except InputError as e:
         raise HTTPException(422, str(e)) from e
-    megapixels = math.prod(shape) * scale**2 / 1e6
-    if megapixels > max_output_mp:
-        size = "x".join(map(str, shape))
-        raise HTTPException(
-            413,
-            f"{name}: {size} at x{scale} would be {megapixels:.0f} megapixels; this server's limit is "
-            f"{max_output_mp:g} (--conf max_output_mp).",
-        )
+    try:
+        check_output_size(shape, name, scale, max_output_mp, "this server's --conf max_output_mp")
+    except InputError as e:
+        raise HTTPException(413, str(e)) from e
     return shape
 
 
@@ -142,7 +138,9 @@ class SRDatastore(LocalDatastore):
         auto_reload: watch the folder for files added by hand.
     """
 
-    def __init__(self, studies: str, scale: int = 4, max_output_mp: float = 64, auto_reload: bool = True) -> None:
+    def __init__(
+        self, studies: str, scale: int = 4, max_output_mp: float = MAX_OUTPUT_MP, auto_reload: bool = True
+    ) -> None:
         self.studies, self.scale, self.max_output_mp = studies, scale, max_output_mp
         # the label patterns go in too, so that MONAI Label's folder watcher sees boxes written by another process
         super().__init__(studies, extensions=EXTENSIONS + LABEL_EXTENSIONS, auto_reload=auto_reload)

@@ -3,7 +3,6 @@ infer task, the train task and the next-sample strategy."""
 
 from __future__ import annotations
 
-import torch
 from monailabel.interfaces.config import TaskConfig
 
 from lib import versions
@@ -12,6 +11,8 @@ from lib.infers import SuperResolutionInfer
 from lib.trainers import SuperResolutionTrainer
 from monai_sr_bundle import engine, methods
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.inference import check_device
+from monai_sr_bundle.limits import MAX_OUTPUT_MP
 from monai_sr_bundle.transforms.noise import checked_noise_level
 
 #: ``--conf`` keys and their defaults
@@ -22,27 +23,12 @@ DEFAULTS = {
     "weights": versions.SHIPPED,
     "tile_size": "auto",
     "noise_level": "auto",
-    "max_output_mp": "64",
+    "max_output_mp": str(MAX_OUTPUT_MP),
     "device": "auto",
     "precision": "auto",
     "runtime": "auto",
     "compile": "false",
 }
-
-
-def _device(value: str) -> str:
-    """``auto`` (the first GPU if there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` of this machine."""
-    if value == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(value)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--conf device {value!r} must be auto, cpu, cuda or cuda:N.")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--conf device {value!r}: this machine has {torch.cuda.device_count()} GPU(s).")
-    return value
 
 
 class SuperResolution(TaskConfig):
@@ -62,7 +48,10 @@ class SuperResolution(TaskConfig):
             self.settings["noise_level"] = checked_noise_level(self.settings["noise_level"], "--conf noise_level")
         except InputError as e:
             raise ValueError(str(e)) from e
-        self.settings["device"] = _device(str(self.settings["device"]))
+        try:
+            self.settings["device"] = check_device(str(self.settings["device"]))
+        except InputError as e:
+            raise ValueError(f"--conf {e}") from e
         try:  # the default method's runtime and precision, as its first request will resolve them
             method = methods.get(self.settings["method"], int(self.settings["scale"]), self.settings["modality"])
             engine.resolve(method, self.settings["runtime"], self.settings["device"], self.settings["precision"])

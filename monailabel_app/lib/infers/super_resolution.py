@@ -22,6 +22,7 @@ from monai_sr_bundle.data.writers import write_image
 from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import Predictor
+from monai_sr_bundle.limits import MAX_OUTPUT_MP
 
 
 def _scale(value: object) -> int:
@@ -76,7 +77,7 @@ class SuperResolutionInfer(InferTask):
         modality: str = "cxr",
         weights: str = versions.SHIPPED,
         tile_size: int | None = None,
-        max_output_mp: int = 64,
+        max_output_mp: float = MAX_OUTPUT_MP,
         device: str = "cpu",
         precision: str = "auto",
         compile: bool = False,
@@ -152,6 +153,7 @@ class SuperResolutionInfer(InferTask):
                     progress=False,
                     output_format="dicom" if pacs else "nifti" if dicom else None,  # clients load NIfTI
                     noise_level=noise_level,
+                    max_output_mp=self.max_output_mp,  # checked by check_image above, in the server's words
                     **sampling,
                 )
                 if pacs:  # the reply is what the PACS now holds, as NIfTI
