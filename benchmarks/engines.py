@@ -80,6 +80,32 @@ def network_seconds(network, context, noise_aware: bool, size: int = 512) -> flo
     return harness.median_seconds(once, None, repeats=3)
 
 
+def denoiser_step_seconds(method) -> dict:
+    """A sampler's denoiser, one step at the shape its default tile gives (a 128 px LR image, seen by a hook),
+    in PyTorch fp32, ONNX Runtime and OpenVINO fp32 and bf16: whether the engine pays per step."""
+    import torch
+    from monai.data import MetaTensor
+
+    from monai_sr_bundle.onnx_runtime import export_denoiser
+
+    predictor, seen = method.predictor(runtime="torch", steps=2), []
+    network = predictor.network
+    hook = network.denoiser.register_forward_pre_hook(lambda m, args, kw: seen.append(args[0].shape), with_kwargs=True)
+    with torch.inference_mode():
+        predictor(MetaTensor(torch.rand(1, 128, 128)))
+    hook.remove()
+    x, t = torch.randn(seen[0]), torch.full((seen[0][0],), network.train_steps // 2)
+    with torch.inference_mode():
+        row = {"shape": list(seen[0]), "torch_fp32_s": harness.median_seconds(lambda _: network.denoiser(x, t), None)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_denoiser(network, Path(tmp) / "denoiser.onnx")
+        feed = {"sample": x.numpy(), "timesteps": t.numpy()}
+        for runtime, precision in COLUMNS[2:]:  # the engines
+            graph = engine.EngineNetwork(path, runtime, precision)
+            row[f"{runtime}_{precision}_s"] = harness.median_seconds(lambda _: graph._run(feed), None)
+    return row
+
+
 def psnr_change(method, runtime: str, precision: str, items: list[dict]) -> float:
     """Mean PSNR (against HR) of ``runtime`` / ``precision`` less PyTorch fp32's, on ``items`` at x4, clean LR."""
     from monai_sr_bundle.evaluation import evaluate
@@ -153,6 +179,10 @@ def run(args) -> int:
                 row[f"openvino_bf16_dpsnr_{where}"] = psnr_change(method, "openvino", "bf16", items)
             table[method.name] = row
             print(method.name, {k: round(v, 3) for k, v in row.items()}, flush=True)
+        samplers = [m for m in map(methods.get, names) if m.stochastic and m.weights_available]
+        steps = {m.name: denoiser_step_seconds(m) for m in samplers}
+        for name, row in steps.items():
+            print(name, "denoiser step", row, flush=True)
         default = methods.get(methods.default_name())
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(nih_datalist("test")[0]["label"])
@@ -172,12 +202,13 @@ def run(args) -> int:
     print(request, flush=True)
     minutes = (time.perf_counter() - begun) / 60
     data = f"NIH test images 1-{args.images} and {args.images} external-site images (x4, clean LR); {CR}"
-    harness.record(args, data, chosen, {"engines": table}, minutes, gemm_gflops=peak, request=request)
-    write_block(DOC, MARKERS, render(table, peak, request, args.command, args.images))
+    results = {"engines": table, "denoiser_step": steps}
+    harness.record(args, data, chosen, results, minutes, gemm_gflops=peak, request=request)
+    write_block(DOC, MARKERS, render(table, steps, peak, request, args.command, args.images))
     return 0
 
 
-def render(table: dict, peak: dict, request: dict, command: str, images: int) -> str:
+def render(table: dict, steps: dict, peak: dict, request: dict, command: str, images: int) -> str:
     cols = [f"{r} {p} (s)" for r, p in COLUMNS]
     head = ["method", "GFLOP", *cols, "torch fp32 --winograd (s)", "best GFLOP/s", "export ORT / OV (s)"]
     head.append("ΔPSNR OV bf16 NIH / ext")
@@ -192,6 +223,12 @@ def render(table: dict, peak: dict, request: dict, command: str, images: int) ->
         lines.append("| " + " | ".join(cells) + " |")
     winograd = {n: r["winograd_s"] / r["openvino_fp32_s"] for n, r in table.items() if "winograd_s" in r}
     verdict = ", ".join(f"{n} {x:.1f}x" for n, x in winograd.items())
+    stepped = [c for c in COLUMNS if c != ("torch", "bf16")]
+    step_lines = ["| method | denoiser input | " + " | ".join(f"{r} {p} (s)" for r, p in stepped) + " |"]
+    step_lines.append("|" + "---|" * (2 + len(stepped)))
+    for name, row in steps.items():
+        cells = [name, "x".join(map(str, row["shape"])), *(f"{row[f'{r}_{p}_s']:.3f}" for r, p in stepped)]
+        step_lines.append("| " + " | ".join(cells) + " |")
     worker, threads = request["worker"], request["threads"]
     return f"""{MARKERS[0]}
 ## Inference engines (issue 69)
@@ -208,6 +245,11 @@ images and {images} external-site images (x4, clean LR); `auto` runs bf16 where 
 
 `--winograd` (PyTorch's hand-written Winograd convolution, fp32) against OpenVINO fp32 on the methods it serves:
 OpenVINO is {verdict or "(none measured)"} faster.
+
+The samplers' denoiser, one step at the shape a 128 px LR tile gives (the sampler loop itself stays in PyTorch:
+it does not export); the denoiser exported as `configs/export_denoiser.json` exports it:
+
+{chr(10).join(step_lines)}
 
 The default request (`{request['default']}`, `--runtime auto`): `monai-sr sr` of one 512 px PNG in a fresh
 process, median of 3: **{request['cli_512_median_s']:.1f} s**; a Slicer worker's later request reaches the
