@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -230,7 +229,7 @@ def part_figure(limit: int | None) -> Path:
     evaluate([datalist[index]], predictors, out, degradation=PRESET, seed=index, figures=1, lpips=False, progress=False)
     figure = REPO / "docs" / "figures" / "adsr_protocol.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / f"figure_{Path(datalist[index]['label']).stem}.png", figure)
+    harness.docs_figure(out / f"figure_{Path(datalist[index]['label']).stem}.png", figure)
     return figure
 
 

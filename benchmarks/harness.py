@@ -159,6 +159,16 @@ def render_parts(parts: Mapping[str, dict], sections: Mapping[str, tuple]) -> tu
     return out, bars
 
 
+def docs_figure(source: Path, target: Path, colours: int = 128) -> None:
+    """Store a benchmark's figure in docs/ with a palette of ``colours``: a comparison page of grey panels loses
+    nothing a reader sees, and the tracked tree keeps room for a GPU call's pack (tests/test_gpu_train.py)."""
+    from PIL import Image
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        image.convert("RGB").quantize(colours).save(target, optimize=True)
+
+
 def write_block(path: Path, markers: tuple[str, str], block: str) -> None:
     """Put ``block`` (which starts and ends with ``markers``) in the page at ``path``: in place of the one
     there, or at its end; :func:`publish` keeps such blocks when it rewrites a page."""

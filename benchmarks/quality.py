@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ def figure_block(work: Path, predictors: dict, command: str) -> str:
     stale = set(linked_pages()) - set(figures)
     (DOCS / "figures").mkdir(parents=True, exist_ok=True)
     for page, name in zip(pages, figures):
-        shutil.copyfile(page, DOCS / "figures" / name)
+        harness.docs_figure(page, DOCS / "figures" / name)
     for name in stale:
         (DOCS / "figures" / name).unlink(missing_ok=True)
     return f"""{FIGURE_MARK}made by `.venv/bin/{command}` -->

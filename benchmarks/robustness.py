@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -88,8 +87,10 @@ CONDITIONS = [
     Condition("nih_1024", "NIH test images at 1024 px (the 20 of `images_1024`), clean LR", "nih_1024", "bicubic"),
     Condition("external_clean", "external site (Hannover CR/DX), clean LR", "external", "bicubic"),
     Condition("external_real_eval", "external site (Hannover CR/DX), `real_eval_x4`", "external", "real_eval_x4"),
-    Condition("nih_clean_x2", "NIH test split, 512 px, clean LR, x2", "nih_512", "bicubic", 2),
-    Condition("nih_real_eval_x2", "NIH test split, 512 px, `real_eval_x2`, x2", "nih_512", "real_eval_x2", 2),
+    Condition("nih_clean_x2", "NIH test split, 512 px, clean LR, x2", "nih_512", "bicubic", 2, figure=False),
+    Condition(
+        "nih_real_eval_x2", "NIH test split, 512 px, `real_eval_x2`, x2", "nih_512", "real_eval_x2", 2, figure=False
+    ),
 ]
 
 
@@ -319,8 +320,7 @@ def run(args: argparse.Namespace) -> int:
             rows += [r for r in rows_of(folder / "sampled") if r["method"] != baseline or not fast]
         figure = REPO / "docs" / "figures" / f"robustness_{c.name}.png"
         if fast and c.figure:
-            figure.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(sorted(folder.glob("figure_*.png"))[0], figure)  # the first page: the default's
+            harness.docs_figure(sorted(folder.glob("figure_*.png"))[0], figure)  # the first page: the default's
         if c.scale == 4 and c.images in RULE_IMAGES:
             for name in fast:
                 gains.setdefault(name, {})[c.name] = mean_gain(rows, name, baseline)
