@@ -33,7 +33,7 @@ from monai_sr_bundle.hashing import sha256
 from monai_sr_bundle.inference import Predictor
 from monai_sr_bundle.metrics import paired_t_test, summarize
 from monai_sr_bundle.metrics.catalogue import CATALOGUE
-from monai_sr_bundle.training import train_configs
+from monai_sr_bundle.stages import train_configs
 
 BUNDLE = REPO / "monai_sr_bundle"
 ROOT = REPO / "benchmarks" / "adsr_protocol"

@@ -24,11 +24,11 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.diffusion.samplers import SAMPLERS, make_sampler
-from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
 from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.metrics import LPIPSMetric, PSNRMetric, SSIMMetric
 from monai_sr_bundle.onnx_runtime import export_denoiser, onnx_parts
 from monai_sr_bundle.transforms.degradation import downsample
+from monai_sr_bundle.uncertainty import uncertainty_maps
 
 WORK = REPO / "out" / "benchmark_diffusion"
 METHOD = "sr3"
@@ -166,7 +166,7 @@ def part_ablation(epochs: int) -> dict:
     denoiser's own average (the variants differ in the denoiser, not in the draw)."""
     from monai.bundle import run
 
-    from monai_sr_bundle.training import train_configs
+    from monai_sr_bundle.stages import train_configs
 
     bundle, method, args = REPO / "monai_sr_bundle", methods.get(METHOD, 4), sr3_args()
     inputs, fns, rows = crops("val"), metric_fns(), {}

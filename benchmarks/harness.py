@@ -18,6 +18,7 @@ from pathlib import Path
 from monai_sr_bundle import methods, results
 from monai_sr_bundle.data.paths import REPO_ROOT
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.weights import weights_record
 
 REPO = REPO_ROOT
 DOCS = REPO / "docs"
@@ -108,7 +109,7 @@ def weights(used: Iterable[methods.Method]) -> dict[str, str]:
     for method in used:
         if method.trainable and method.weights_available:
             path = Path(method.weights_path)
-            found[path.relative_to(REPO).as_posix()] = methods.weights_record(path).get("sha256") or sha256(path)
+            found[path.relative_to(REPO).as_posix()] = weights_record(path).get("sha256") or sha256(path)
     return found
 
 

@@ -28,6 +28,7 @@ from monai_sr_bundle.evaluation import evaluate
 from monai_sr_bundle.metrics import PSNRMetric, SSIMMetric
 from monai_sr_bundle.networks.ldm import dct_basis
 from monai_sr_bundle.onnx_runtime import export_decoder, export_denoiser, onnx_parts
+from monai_sr_bundle.weights import load_weights
 
 WORK = REPO / "out" / "benchmark_ldm"
 METHOD, PIXEL_METHOD = "ldm", "sr3"
@@ -71,7 +72,7 @@ def _block_code(image: torch.Tensor, factor: int, channels: int) -> torch.Tensor
 def part_autoencoder() -> dict:
     """PSNR and SSIM of the autoencoder's reconstruction (posterior mean, decoded) of every test image, and of
     the linear DCT block codes of BLOCK_CODES."""
-    autoencoder = methods.load_weights(method().network().autoencoder, method().autoencoder_weights_path).eval()
+    autoencoder = load_weights(method().network().autoencoder, method().autoencoder_weights_path).eval()
     codes = {"ldm autoencoder": lambda hr: autoencoder.decode(autoencoder.encode(hr))}
     for factor, channels in BLOCK_CODES:
         codes[f"linear DCT code, factor {factor}, {channels} channels (untrained)"] = partial(

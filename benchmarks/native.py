@@ -31,9 +31,9 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import write_figure
-from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.report import PANEL
+from monai_sr_bundle.uncertainty import uncertainty_maps
 
 HEAD = ["method", "images", "LR-consistency PSNR (dB) ↑", "mean abs(↓SR - LR) ↓", "sample SD ↓", "s/image"]
 

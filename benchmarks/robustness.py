@@ -233,7 +233,7 @@ def noise_control(method: methods.Method, items: list[dict], work: Path, precisi
     import torch
 
     from monai_sr_bundle.data.readers import read_image
-    from monai_sr_bundle.transforms.noise import estimate_noise_level
+    from monai_sr_bundle.networks.noise import estimate_noise_level
     from monai_sr_bundle.transforms.presets import lr_synthesis
 
     predictors = {"estimated": method.predictor(precision=precision)}

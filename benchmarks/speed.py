@@ -21,8 +21,8 @@ import torch
 from benchmarks import harness
 from benchmarks.harness import DOCS, REPO, median_seconds, publish
 from monai_sr_bundle import methods
+from monai_sr_bundle.constants import BUNDLE_ROOT
 from monai_sr_bundle.data.paths import shared_data_dir
-from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.onnx_runtime import OnnxNetwork
 
 #: the whole-radiograph case: a 512x512 LR image to a 2048x2048 output (what a Slicer user waits for), fewer

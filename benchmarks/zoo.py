@@ -22,6 +22,7 @@ from PIL import Image
 from benchmarks import harness
 from benchmarks.harness import REPO, write_block
 from monai_sr_bundle import methods, zoo
+from monai_sr_bundle.constants import MODALITIES
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
 from tools import zoo_ci
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = harness.parse(harness.parser(__file__, __doc__, work=False), argv)
     data = shared_data_dir()
     rows, used, begun = [], [], time.perf_counter()
-    for modality in methods.MODALITIES:
+    for modality in MODALITIES:
         for name in methods.names():
             method = methods.get(name, 4, modality)
             if not method.weights_available:

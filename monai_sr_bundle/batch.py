@@ -11,53 +11,20 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from math import inf
 from pathlib import Path
 
 import torch
 
-from monai_sr_bundle.diffusion.uncertainty import MAPS
-from monai_sr_bundle.errors import InputError, printable, shown
+from monai_sr_bundle.data.readers import expand_inputs, image_kinds, one_series
+from monai_sr_bundle.errors import InputError, printable
 from monai_sr_bundle.inference import Predictor, validate_input
 from monai_sr_bundle.launch import safe_children
-from monai_sr_bundle.limits import MAX_OUTPUT_MP, check_output_size
+from monai_sr_bundle.limits import check_output_size
 from monai_sr_bundle.progress import Progress
+from monai_sr_bundle.request import SRRequest
+from monai_sr_bundle.uncertainty import MAPS
 
 logger = logging.getLogger(__name__)
-
-
-def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Files to super-resolve: each file as given; a folder of images gives its image files; a folder that
-    holds only DICOM files of one series (a CT) stays one input, read as a volume."""
-    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    out: list[str] = []
-    for p in map(Path, paths):
-        if not os.path.isdir(p):  # False for a name too long: the reader reports it
-            out.append(str(p))
-            continue
-        kinds = _image_kinds(p)
-        if not kinds or (set(kinds.values()) == {"dicom"} and _one_series(list(kinds))):
-            out.append(str(p))  # a folder without images stays an input too, so that the reader reports it
-        else:
-            out.extend(str(c) for c in kinds)
-    return out
-
-
-def _image_kinds(folder: str | os.PathLike) -> dict[Path, str]:
-    """The image files of a folder and their format families (files of no known format left out)."""
-    from monai_sr_bundle.data.readers import folder_files, image_format
-
-    kinds = {}
-    try:
-        children = folder_files(folder)
-    except InputError:  # unreadable: the folder stays an input, for the reader to report
-        return kinds
-    for c in children:
-        try:
-            kinds[c] = image_format(c)
-        except InputError:
-            continue
-    return kinds
 
 
 def check_output_dir(output_dir: str | os.PathLike) -> None:
@@ -127,20 +94,6 @@ def check_outputs(
             check_replaceable([target])
 
 
-def _one_series(files: list[Path]) -> bool:
-    from monai_sr_bundle.data.readers import dcmread
-
-    if len(files) < 2:
-        return False
-    uids = set()
-    for f in files:
-        try:  # the readers' dcmread: a deflated file is bounded before it is inflated
-            uids.add(str(dcmread(f, stop_before_pixels=True).get("SeriesInstanceUID", "")))
-        except InputError:
-            return False
-    return len(uids) == 1
-
-
 def default_input(given: str | os.PathLike | None = None) -> str | os.PathLike:
     """``given`` when there is one, else the real chest CT slice that pydicom ships: an input that exists on
     every machine (the bundle's inference with no ``dataset_dir``)."""
@@ -157,30 +110,28 @@ def run_inference(
     output_dir: str | os.PathLike,
     allow_volume: bool = False,
     progress: bool = True,
-    samples: int | None = None,
     output_format: str | None = None,
     recursive: bool = False,
     skip_existing: bool = False,
     workers: int = 1,
     datalist: str | os.PathLike | None = None,
-    noise_level: float | str | None = None,
-    max_output_mp: float = MAX_OUTPUT_MP,
-    **sampling,
+    request: SRRequest | None = None,
 ) -> list[str]:
     """Super-resolve every input and write each result to ``output_dir`` in its input's format family, or in
     ``output_format`` (``png``, ``nifti``, ``nrrd``, ``mha``, ``dicom``). A DICOM input gives a derived DICOM
     series of its study by default (``<stem>_sr.dcm``, or a folder for a series), naming the method.
 
-    With ``samples`` > 1 (stochastic methods; None is one draw) the SR image is the mean of that many draws, and the
-    uncertainty maps are written beside it as ``<stem>_sr_std`` and ``<stem>_sr_lr_consistency`` (NIfTI
-    for PNG and DICOM inputs, else the input's family), with the SR's geometry.
+    ``request`` (:class:`~monai_sr_bundle.request.SRRequest`) holds the run's options, over the predictor's
+    defaults, checked before any file is read (:meth:`Predictor.request`). With its ``samples`` > 1 (stochastic
+    methods; None is one draw) the SR image is the mean of that many draws, and the uncertainty maps are written
+    beside it as ``<stem>_sr_std`` and ``<stem>_sr_lr_consistency`` (NIfTI for PNG and DICOM inputs, else the
+    input's family), with the SR's geometry.
 
     Images are read with the predictor's intensity map, the one its weights were trained with: ``"minmax"``
-    or a (lo, hi) window in modality units, e.g. HU for a CT model. ``sampling`` (``sampler``, ``steps``,
-    ``seed``) and ``noise_level`` (a degradation-aware method's) change the predictor's defaults for this run.
+    or a (lo, hi) window in modality units, e.g. HU for a CT model.
 
-    An input whose SR would exceed ``max_output_mp`` megapixels is refused from its header, before its pixels
-    are decoded (:func:`~monai_sr_bundle.limits.check_output_size`): memory stays bounded.
+    An input whose SR would exceed the request's ``max_output_mp`` megapixels is refused from its header, before
+    its pixels are decoded (:func:`~monai_sr_bundle.limits.check_output_size`): memory stays bounded.
 
     An archive: ``recursive`` walks folder inputs and writes each image under the same subfolder of
     ``output_dir`` (an ``output_dir`` inside the tree is not walked: outputs are not inputs), as a ``datalist``
@@ -200,14 +151,10 @@ def run_inference(
     from monai_sr_bundle import distributed
     from monai_sr_bundle.data.writers import check_replaceable, complete_output, remove_interrupted_writes
 
-    predictor.method.check_sampling(samples=samples)
-    samples = samples or 1
-    predictor.inferer(**sampling)  # bad sampling options: refused before any file is read
-    predictor.method.check_noise_level(noise_level)
+    request = predictor.request(request)  # bad options: refused before any file is read
+    samples = request.samples or 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"workers must be a whole number of processes, at least 1, got {workers!r}.")
-    if isinstance(max_output_mp, bool) or not isinstance(max_output_mp, (int, float)) or not 0 < max_output_mp < inf:
-        raise InputError(f"max_output_mp must be a positive number of megapixels, got {shown(max_output_mp)}.")
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     for path in [output_dir, *paths]:  # a datalist file, a service's request: the OS would raise ValueError
         if "\0" in str(path):
@@ -230,14 +177,7 @@ def run_inference(
         if distributed.is_main_process():
             remove_interrupted_writes(t for job in jobs for t in targets[job])
             logger.info(f"{total - len(jobs)} of {total} inputs skipped: their outputs are complete")
-    task = {
-        "allow_volume": allow_volume,
-        "samples": samples,
-        "output_format": output_format,
-        "sampling": sampling,
-        "noise_level": noise_level,
-        "max_output_mp": max_output_mp,
-    }
+    task = {"allow_volume": allow_volume, "output_format": output_format, "request": request}
     mine = distributed.shard(jobs)
     results = dict(_run_jobs(mine, predictor, task, workers, progress and distributed.is_main_process()))
     written = [path for job in mine if results.get(job) and results[job][0] for path in results[job][0]]
@@ -267,7 +207,7 @@ class PartialFailure(InputError):
 def input_jobs(
     inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike, recursive: bool = False
 ) -> list[tuple[str, Path]]:
-    """(input, the folder its output goes to) for every input (:func:`expand_inputs`); with ``recursive``, a
+    """(input, the folder its output goes to) for every input (``data.readers.expand_inputs``); with ``recursive``, a
     folder's subfolders too, each written under the same subfolder of ``output_dir`` as it has in the folder.
     A subfolder that is ``output_dir`` is not walked, nor what is under it, so that a rerun with the outputs inside
     the tree does not take them for inputs (``out/out/a_sr_sr.png``)."""
@@ -285,10 +225,10 @@ def input_jobs(
                 for d in subfolders
                 if not d.startswith(".") and (outputs is None or _identity(Path(folder, d)) != outputs)
             )
-            kinds = _image_kinds(folder)
+            kinds = image_kinds(folder)
             if not kinds:
                 continue  # a folder of folders, or of no images
-            if set(kinds.values()) == {"dicom"} and _one_series(list(kinds)):  # one input, beside its siblings
+            if set(kinds.values()) == {"dicom"} and one_series(list(kinds)):  # one input, beside its siblings
                 subfolders[:] = []
                 jobs.append((folder, out / Path(folder).parent.relative_to(path) if Path(folder) != path else out))
             else:
@@ -345,17 +285,18 @@ def super_resolve_file(src: str, folder: Path, predictor: Predictor, task: dict,
     from monai_sr_bundle.data.readers import image_shape, read_image
     from monai_sr_bundle.data.writers import output_format_for, write_image
 
-    samples, output_format, sampling = task["samples"], task["output_format"], task["sampling"]
-    check_output_size(image_shape(src), src, predictor.scale, task["max_output_mp"])
+    output_format, request = task["output_format"], task["request"]
+    samples = request.samples or 1
+    check_output_size(image_shape(src), src, predictor.scale, request.max_output_mp)
     img = read_image(src, predictor.intensity)
     validate_input(img, src, predictor.scale, task["allow_volume"])
     family = img.meta["source_format"]
     targets = output_paths(src, family, folder, output_format, MAPS if samples > 1 else ())
     fmt, method = output_format_for(family, output_format), predictor.method.name
     if samples == 1:
-        sr = predictor(img, progress, noise_level=task.get("noise_level"), **sampling)
+        sr = predictor(img, progress, request)
         return [str(write_image(sr, targets["sr"], fmt, method=method))]
-    maps = predictor.maps(img, samples, progress, **sampling)
+    maps = predictor.maps(img, progress, request)
     written = [str(write_image(maps.pop("sr"), targets.pop("sr"), fmt, method=method))]
     return written + [str(write_image(maps[key], target, method=method)) for key, target in targets.items()]
 

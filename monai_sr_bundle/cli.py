@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from monai_sr_bundle import methods
+from monai_sr_bundle import card, methods
 from monai_sr_bundle.data.public import BUILDERS, VAL_FRACTION
 from monai_sr_bundle.errors import InputError, printable
 from monai_sr_bundle.limits import MAX_OUTPUT_MP
@@ -86,7 +86,8 @@ def _sr(args: argparse.Namespace) -> int:
     from monai_sr_bundle import distributed
     from monai_sr_bundle.batch import PartialFailure, run_inference
     from monai_sr_bundle.data.readers import ITK_SUFFIXES, PNG_SUFFIXES
-    from monai_sr_bundle.inference import check_device
+    from monai_sr_bundle.inference import Predictor, check_device
+    from monai_sr_bundle.request import SRRequest
 
     _fit_threads(since)
 
@@ -99,15 +100,8 @@ def _sr(args: argparse.Namespace) -> int:
         )
     if not args.inputs and not args.datalist:
         raise InputError("give input images, folders or --datalist FILE to super-resolve.")
-    method = methods.for_request(
-        args.method,
-        args.scale,
-        args.modality,
-        sampler=args.sampler,
-        steps=args.steps,
-        seed=args.seed,
-        samples=args.samples,
-    )
+    method = methods.for_request(args.method, args.scale, args.modality)
+    request = Predictor.check(method, SRRequest.of(vars(args)))  # before the weights load
     device = check_device(args.device)
     torchrun = distributed.launched_processes() > 1  # each process takes every N-th input
     if torchrun:
@@ -119,10 +113,9 @@ def _sr(args: argparse.Namespace) -> int:
             device,
             args.winograd,
             args.tile_size,
-            args.precision,
+            request.precision,
             args.compile,
-            args.noise_level,
-            args.runtime,
+            runtime=request.runtime,
         )
         written = run_inference(
             args.inputs,
@@ -130,16 +123,12 @@ def _sr(args: argparse.Namespace) -> int:
             args.output,
             allow_volume=args.slice_by_slice,
             progress=_interactive(),
-            samples=args.samples,
             output_format=args.output_format,
             recursive=args.recursive,
             skip_existing=args.skip_existing,
             workers=args.workers,
             datalist=args.datalist,
-            sampler=args.sampler,
-            steps=args.steps,
-            seed=args.seed,
-            max_output_mp=args.max_output_mp,
+            request=request,
         )
     except PartialFailure as e:
         print(f"error: {printable(e)}", file=sys.stderr)
@@ -152,9 +141,10 @@ def _sr(args: argparse.Namespace) -> int:
 
 def demo_datalist(inputs: list[str] | None, limit: int) -> tuple[list[dict], str]:
     """The demo's HR references: the user's files, else the NIH test split, else pydicom's chest CT slice."""
-    from monai_sr_bundle.batch import default_input, expand_inputs
+    from monai_sr_bundle.batch import default_input
     from monai_sr_bundle.data.datalist import nih_datalist
     from monai_sr_bundle.data.paths import shared_data_dir
+    from monai_sr_bundle.data.readers import expand_inputs
 
     if inputs:
         return [{"label": p} for p in expand_inputs(inputs)], "your files"
@@ -212,15 +202,15 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _methods(args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps(methods.describe_all(args.scale, args.modality), indent=2))
+        print(json.dumps(card.describe_all(args.scale, args.modality), indent=2))
     elif args.networks:
-        print(methods.networks_table(args.scale, args.modality))
+        print(card.networks_table(args.scale, args.modality))
     else:
-        print(methods.markdown_table(args.scale, args.modality))
+        print(card.markdown_table(args.scale, args.modality))
 
 
 def _config(args: argparse.Namespace) -> None:
-    from monai_sr_bundle.training import check_stage, resolved_config
+    from monai_sr_bundle.stages import check_stage, resolved_config
 
     method = methods.get(args.method, args.scale, args.modality)
     if args.stage != "inference":
@@ -267,7 +257,7 @@ def _datalist(args: argparse.Namespace) -> None:
 
 
 def _interpolate(args: argparse.Namespace) -> None:
-    from monai_sr_bundle.training import interpolate_weights
+    from monai_sr_bundle.pretrained import interpolate_weights
 
     digest = interpolate_weights(
         args.method, args.psnr_weights, args.gan_weights, args.alpha, args.output, args.scale, args.modality

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import weakref
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 
 import torch
 
@@ -176,3 +176,50 @@ def gather(items: list) -> list:
     parts = [None] * world_size()
     dist.all_gather_object(parts, items)
     return [x for part in parts for x in part]
+
+
+def explain_a_lost_process(last_checkpoint: Callable[[], str | None]) -> None:
+    """When another process of a distributed run dies, torchrun ends this one (SIGTERM), or this one's next
+    exchange with it fails first (a gloo or NCCL connection error): either way say, in place of a traceback,
+    which checkpoint training can resume from (``last_checkpoint()``: the run's newest, which the config binds to
+    :func:`~monai_sr_bundle.training.loop.latest_checkpoint`), beside torchrun's report of the process that failed.
+    Epoch checkpoints are written atomically, so the newest one on disk is whole. Said once: torchrun's SIGTERM can
+    come while the process exits after a failed exchange."""
+    import signal
+    import sys
+
+    said = []
+
+    def say() -> None:
+        if said:
+            return
+        said.append(True)
+        last = last_checkpoint() or "none (no epoch finished)"
+        print(
+            f"error: process {os.environ.get('RANK', '?')} stopped: another process of this run ended (torchrun's "
+            f"report names which); the last checkpoint is {last}; run the same command again to resume from it.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def terminated(signum, frame) -> None:
+        say()
+        os._exit(128 + signum)
+
+    previous = sys.excepthook
+
+    def hook(kind, value, tb) -> None:
+        e, seen = value, set()
+        while e is not None and id(e) not in seen:
+            if isinstance(e, RuntimeError) and any(m in str(e) for m in LOST_PEER):
+                return say()
+            seen.add(id(e))
+            e = e.__cause__ or e.__context__
+        previous(kind, value, tb)
+
+    signal.signal(signal.SIGTERM, terminated)
+    sys.excepthook = hook
+
+
+#: what gloo and NCCL say when the other end of a collective is gone
+LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted")

@@ -248,7 +248,7 @@ class EngineNetwork(nn.Module):
         image = x.detach().float().cpu()
         feed = {"image": np.ascontiguousarray(image.numpy())}
         if self.noise_aware:
-            from monai_sr_bundle.transforms.noise import noise_levels
+            from monai_sr_bundle.networks.noise import noise_levels
 
             feed["noise_level"] = np.ascontiguousarray(noise_levels(image, noise_level).numpy())
         return torch.from_numpy(np.asarray(self._run(feed), dtype=np.float32)).to(x.device)

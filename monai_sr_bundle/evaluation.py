@@ -21,7 +21,6 @@ from monai.data import MetaTensor
 from monai_sr_bundle import distributed
 from monai_sr_bundle.data import writers
 from monai_sr_bundle.data.readers import image_format, read_image
-from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import Predictor, validate_input
 from monai_sr_bundle.metrics import summarize
@@ -40,6 +39,7 @@ from monai_sr_bundle.report import (
 )
 from monai_sr_bundle.results import format_table
 from monai_sr_bundle.transforms.presets import ARTIFACT_MASK_KEY, lr_synthesis
+from monai_sr_bundle.uncertainty import MAPS
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def evaluate(
         intensity = next(iter(predictors.values())).intensity
     for predictor in predictors.values():  # a bad number of samples: one sentence before anything is read
         if predictor.method.stochastic:
-            predictor.method.check_sampling(samples=samples)
+            predictor.request(samples=samples)
     if sampled_images is not None and sampled_images < 1:
         raise InputError(f"sampled_images must be at least 1, got {sampled_images}.")
     synthesis = lr_synthesis(degradation, scale)
@@ -180,7 +180,7 @@ def evaluate(
             meter.status(f"{name} on {label.image}")
             try:
                 if predictor.method.stochastic and (samples or 1) > 1:
-                    drawn = predictor.maps(lr, samples)
+                    drawn = predictor.maps(lr, samples=samples)
                     sr, guards[name] = drawn["sr"], {k: _plain(drawn[k]) for k in MAPS}
                 else:
                     sr = predictor(lr)

@@ -13,6 +13,8 @@ import copy
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
+from math import inf
 from pathlib import Path
 
 import torch
@@ -21,7 +23,8 @@ from torch import nn
 
 from monai_sr_bundle import engine
 from monai_sr_bundle.engine import PRECISIONS
-from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.errors import InputError, shown
+from monai_sr_bundle.request import SRRequest
 from monai_sr_bundle.tiling import SRInferer
 from monai_sr_bundle.transforms.degradation import zoom_geometry
 
@@ -78,8 +81,9 @@ def _busiest_part(network: nn.Module) -> nn.Module:
 class Predictor:
     """A method loaded once, what every surface calls for SR (the CLI, the bundle, MONAI Label, evaluation, the
     benchmarks): its network on ``device`` in eval mode, the weights it came from, the reader's intensity map
-    they were trained with and the tiling the method needs. Sampling options are defaults that each call may
-    change; the network is never changed by a call, so one predictor serves every request.
+    they were trained with and the tiling the method needs. Sampling options and the noise level are defaults
+    that each call's :class:`~monai_sr_bundle.request.SRRequest` may change, checked in one place
+    (:meth:`check`); the network is never changed by a call, so one predictor serves every request.
 
     Args:
         method: the method (:func:`monai_sr_bundle.methods.get`).
@@ -100,7 +104,7 @@ class Predictor:
             ``onnxruntime`` (its graph exported once and cached).
         compile: ``torch.compile`` the network (:meth:`compile`); the first call of each tile shape compiles.
         noise_level: a degradation-aware method's default noise level (grey levels of 255; None or ``"auto"``:
-            estimated from each whole image, :func:`~monai_sr_bundle.transforms.noise.estimate_noise_level`),
+            estimated from each whole image, :func:`~monai_sr_bundle.networks.noise.estimate_noise_level`),
             which each call may change; refused for other methods.
     """
 
@@ -135,13 +139,12 @@ class Predictor:
             logger.info("%s runs on %s in %s", method.name, self.runtime, precision)
         self.method, self.network, self.device = method, network, device
         self.tile_size = engine.tile_size(method, self.runtime) if tile_size is None else int(tile_size)
-        self.noise_level = method.check_noise_level(noise_level)
         self.precision, self.compiled = precision, bool(compile)
         if compile:
             self.compile()
         self.weights = None if weights is None else Path(weights)
         self.intensity = method.intensity_of(self.weights) if intensity is None else intensity
-        self.sampling = self._checked(sampler=sampler, steps=steps, seed=seed)
+        self.defaults = self._checked(SRRequest(noise_level=noise_level, sampler=sampler, steps=steps, seed=seed))
 
     def __getstate__(self) -> dict:
         """A compiled call cannot be pickled: a worker process gets the network uncompiled and compiles its own."""
@@ -163,34 +166,56 @@ class Predictor:
     def scale(self) -> int:
         return self.method.scale
 
-    def _checked(self, **options) -> dict:
-        """The options given (not None), refused in one sentence when the method takes none, a sampler is
-        unknown or there are more steps than the network was trained with."""
-        given = {k: v for k, v in options.items() if v is not None}
-        self.method.check_sampling(**given)
-        if given.keys() & {"sampler", "steps"}:
-            self.network.make_sampler(given.get("sampler"), given.get("steps"))
-        return given
+    @property
+    def sampling(self) -> dict:
+        """The sampling options each call starts from."""
+        return self.defaults.sampling
 
-    def inferer(self, progress: bool = False, **sampling) -> SRInferer:
-        """The tiling inferer of one call: the defaults with ``sampling`` over them; ``progress`` shows a
-        stochastic method's steps."""
-        options = {**self.sampling, **self._checked(**sampling)}
+    @staticmethod
+    def check(method, request: SRRequest) -> SRRequest:
+        """The one check of a request's options for ``method``, each refusal one sentence, so that the CLI, the
+        Slicer worker, MONAI Label and the bundle say the same: sampling options only for a stochastic method
+        (:meth:`~monai_sr_bundle.methods.Method.check_sampling`), a noise level only for a degradation-aware one
+        (returned as a number, None to estimate it), a positive output limit. Static, so a surface asks it
+        before any weights load; each call asks it again through :meth:`request`. Precision and runtime are
+        checked where they choose what loads (:func:`~monai_sr_bundle.engine.resolve`)."""
+        method.check_sampling(**request.sampling, samples=request.samples)
+        limit = request.max_output_mp
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < inf:
+            raise InputError(f"max_output_mp must be a positive number of megapixels, got {shown(limit)}.")
+        return replace(request, noise_level=method.check_noise_level(request.noise_level))
+
+    def _checked(self, request: SRRequest) -> SRRequest:
+        """:meth:`check`, and a sampler's steps against those the network was trained with."""
+        request = self.check(self.method, request)
+        if request.sampler is not None or request.steps is not None:
+            self.network.make_sampler(request.sampler, request.steps)
+        return request
+
+    def request(self, given: SRRequest | None = None, **options) -> SRRequest:
+        """What one call runs with: ``given`` (else an :class:`~monai_sr_bundle.request.SRRequest` of
+        ``options``) over this predictor's defaults, checked."""
+        given = SRRequest(**options) if given is None else given
+        defaults = {k: getattr(self.defaults, k) for k in ("noise_level", "sampler", "steps", "seed")}
+        return self._checked(replace(given, **{k: v for k, v in defaults.items() if getattr(given, k) is None}))
+
+    def inferer(self, request: SRRequest | None = None, progress: bool = False) -> SRInferer:
+        """The tiling inferer of a call's checked ``request`` (:meth:`request`; None: the defaults); ``progress``
+        shows a stochastic method's steps."""
+        options = dict((request or self.defaults).sampling)
         seed = options.pop("seed", None)
         if self.method.stochastic and progress:
             options["progress"] = True
         return self.method.inferer(self.tile_size, seed=seed, **options)
 
-    def noise_level_of(self, image: torch.Tensor, noise_level: float | str | None = None) -> float | None:
-        """The noise level a degradation-aware network gets for a loaded image (C, X, Y[, Z]): ``noise_level``,
-        else the predictor's default, else estimated on the whole image (the mean over a volume's slices), so
-        every tile gets the same; None for other methods."""
-        given = self.method.check_noise_level(noise_level)
+    def _noise_level(self, image: torch.Tensor, level: float | None) -> float | None:
+        """The noise level a degradation-aware network gets for a loaded image (C, X, Y[, Z]): the checked
+        ``level``, else estimated on the whole image (the mean over a volume's slices), so every tile gets the
+        same; None for other methods."""
         if not self.method.noise_aware:
             return None
-        level = self.noise_level if given is None else given
         if level is None:
-            from monai_sr_bundle.transforms.noise import estimate_noise_level
+            from monai_sr_bundle.networks.noise import estimate_noise_level
 
             x = torch.as_tensor(image, dtype=torch.float32)
             x = x[None] if x.ndim == 3 else x.permute(3, 0, 1, 2)
@@ -198,12 +223,14 @@ class Predictor:
         return level
 
     def __call__(
-        self, image: MetaTensor, progress: bool = False, noise_level: float | str | None = None, **sampling
+        self, image: MetaTensor, progress: bool = False, request: SRRequest | None = None, **options
     ) -> MetaTensor:
-        """SR of one loaded image (C, X, Y[, Z]) -> MetaTensor with geometry and intensity map carried over; a
-        degradation-aware method's noise level used is in its ``meta["noise_level"]``."""
-        level = self.noise_level_of(image, noise_level)
-        inferer = self.inferer(progress, **sampling)
+        """SR of one loaded image (C, X, Y[, Z]) as ``request`` (or ``options``, its fields) asks
+        (:meth:`request`) -> MetaTensor with geometry and intensity map carried over; a degradation-aware
+        method's noise level used is in its ``meta["noise_level"]``."""
+        request = self.request(request, **options)
+        level = self._noise_level(image, request.noise_level)
+        inferer = self.inferer(request, progress)
         if level is not None:
             inferer.network_kwargs["noise_level"] = level
         with torch.inference_mode(), self.autocast():
@@ -229,17 +256,20 @@ class Predictor:
             return contextlib.nullcontext()
         return torch.autocast(torch.device(self.device).type, dtype=PRECISIONS[self.precision])
 
-    def maps(self, image: MetaTensor, samples: int, progress: bool = False, **sampling) -> dict[str, MetaTensor]:
-        """``samples`` SR draws of one loaded image -> the mean SR image (``"sr"``) and the uncertainty maps of
-        :mod:`monai_sr_bundle.diffusion.uncertainty`, each with the SR's geometry. A map's ``intensity_range``
-        is (0, the image's range), so it is written as a spread in the input's units."""
-        from monai_sr_bundle.diffusion.uncertainty import uncertainty_maps
+    def maps(
+        self, image: MetaTensor, progress: bool = False, request: SRRequest | None = None, **options
+    ) -> dict[str, MetaTensor]:
+        """``samples`` SR draws of one loaded image (``request``'s, or ``options``': :meth:`request`) -> the mean
+        SR image (``"sr"``) and the uncertainty maps of :mod:`monai_sr_bundle.uncertainty`, each with
+        the SR's geometry. A map's ``intensity_range`` is (0, the image's range), so it is written as a spread in
+        the input's units."""
+        from monai_sr_bundle.uncertainty import uncertainty_maps
 
-        self.method.check_sampling(samples=samples)
-        inferer = self.inferer(progress, **sampling)
+        request = self.request(request, **options)
+        inferer = self.inferer(request, progress)
         batch = image[None].to(self.device)
         with torch.inference_mode(), self.autocast():
-            maps = uncertainty_maps(batch, inferer.draw(batch, self.network, samples).float(), self.scale)
+            maps = uncertainty_maps(batch, inferer.draw(batch, self.network, request.samples or 1).float(), self.scale)
         out = {}
         for key, value in maps.items():
             result = zoom_geometry(image, value[0].cpu(), self.scale)

@@ -1,5 +1,6 @@
-"""Pretrained weights as an input like data: readers of published SR weight files that map them onto this
-package's networks, for a baseline row, a pretrained start or a teacher.
+"""Weights made without training here: readers of published SR weight files that map them onto this package's
+networks, for a baseline row, a pretrained start or a teacher; and ESRGAN's interpolation of two trained files
+(:func:`interpolate_weights`).
 
 Formats:
 
@@ -32,6 +33,15 @@ import torch
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError, shown
+from monai_sr_bundle.hashing import sha256
+from monai_sr_bundle.weights import (
+    check_weights_output,
+    open_bounded,
+    read_state,
+    stored_limit,
+    weights_record,
+    write_weights,
+)
 
 NCNN_MAGIC = "7767517"
 _FP16_TAG, _FP32_TAG = 0x01306B47, 0
@@ -63,7 +73,7 @@ def read_ncnn_param(path: str | os.PathLike) -> list[tuple[str, dict[int, str]]]
     """The layers of an ncnn ``.param`` file as (type, options), in order; a file that is not one is refused in
     one sentence."""
     path = Path(path)
-    with methods.open_bounded(path, PARAM_LIMIT, "an ncnn network description (.param)") as f:
+    with open_bounded(path, PARAM_LIMIT, "an ncnn network description (.param)") as f:
         text = f.read()
     try:
         lines = [line.split() for line in text.decode("ascii").splitlines() if line.strip()]
@@ -110,7 +120,7 @@ class _Bin:
     """Sequential reader of an ncnn ``.bin`` file of at most ``limit`` bytes."""
 
     def __init__(self, path: Path, limit: int) -> None:
-        with methods.open_bounded(path, limit, "the ncnn weights (.bin) of this method's network") as f:
+        with open_bounded(path, limit, "the ncnn weights (.bin) of this method's network") as f:
             self.path, self.data, self.at = path, f.read(), 0
 
     def _advance(self, size: int) -> int:
@@ -207,7 +217,7 @@ def srvgg_from_basicsr(path: str | os.PathLike, limit: int) -> tuple[dict, dict]
     of at most ``limit`` bytes -> (one-channel state dict, arguments), as :func:`srvgg_from_ncnn`."""
     path = Path(path)
     try:
-        loaded = methods.read_state(path, limit, "a BasicSR file of this method's network")
+        loaded = read_state(path, limit, "a BasicSR file of this method's network")
     except InputError:
         raise
     except Exception as e:  # pickle, zip and torch's own errors: one sentence
@@ -247,16 +257,14 @@ def convert(
     """Read a published SRVGGNetCompact file (``source``: an ncnn ``.param`` with its ``weights_bin``, or a
     BasicSR ``.pth``), check it fits ``method``'s network, and write it to ``output`` as this package's weights
     (``weights.json`` beside it records the source files' sha256 and :data:`REALESRGAN_ATTRIBUTION`). Returns the
-    new file's sha256. The output is checked before anything is read (:func:`~monai_sr_bundle.training.
+    new file's sha256. The output is checked before anything is read (:func:`~monai_sr_bundle.weights.
     check_weights_output`), and no source is read beyond what ``method``'s network could hold."""
-    from monai_sr_bundle.hashing import sha256
-    from monai_sr_bundle.training import check_weights_output, write_weights
 
     source = Path(source)
     ncnn = source.suffix == ".param"
     files = [source, Path(weights_bin if weights_bin is not None else source.with_suffix(".bin"))] if ncnn else [source]
     check_weights_output(output, files)
-    limit = methods.stored_limit(methods.get(method).network(), SOURCE_COPIES)
+    limit = stored_limit(methods.get(method).network(), SOURCE_COPIES)
     state, args = srvgg_from_ncnn(*files, limit) if ncnn else srvgg_from_basicsr(source, limit)
     target = methods.get(method, args["scale"])
     network = target.network()
@@ -279,3 +287,38 @@ def convert(
     }
     # float16 as published (ncnn stores them so): half the file; they load into the float32 network
     return write_weights({k: v.half() for k, v in network.state_dict().items()}, output, provenance)
+
+
+def interpolate_weights(
+    method: str,
+    psnr_weights: str | os.PathLike,
+    gan_weights: str | os.PathLike,
+    alpha: float,
+    output: str | os.PathLike,
+    scale: int = 4,
+    modality: str = "cxr",
+) -> str:
+    """ESRGAN's network interpolation (Wang et al. 2018, section 3.4): every parameter is ``alpha`` times the
+    PSNR-trained network's plus ``1 - alpha`` times the GAN-trained one's, which trades GAN texture (and its
+    artefacts) for fidelity smoothly, with no retraining. Both files must be weights of ``method``; the result
+    is written through ``write_weights`` with both sources' sha256 (and their ``weights.json`` entries, when
+    there are any) as its provenance; returns its sha256."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise InputError(f"alpha must be between 0 (the GAN weights) and 1 (the PSNR weights), got {alpha!r}.")
+    sources = {"psnr": Path(psnr_weights), "gan": Path(gan_weights)}
+    output = check_weights_output(output, list(sources.values()))
+    sr_method = methods.get(method, scale, modality)
+    states = {k: sr_method.network(p).state_dict() for k, p in sources.items()}  # refuses foreign weights
+    state = {
+        k: alpha * v + (1 - alpha) * states["gan"][k] if v.is_floating_point() else states["gan"][k]
+        for k, v in states["psnr"].items()
+    }
+    origin = {k: {"file": p.name, "sha256": sha256(p), **weights_record(p)} for k, p in sources.items()}
+    command = (
+        f"monai-sr interpolate -m {method} --scale {scale} --modality {modality} --alpha {alpha:g} "
+        f"{sources['psnr']} {sources['gan']} -o {output}"
+    )
+    # the blend reads images as its sources were trained to (a HU window for CT weights) and on their data
+    inherited = {k: origin["gan"][k] for k in ("data", "intensity") if k in origin["gan"]}
+    provenance = {"command": command, **inherited, "scale": sr_method.scale, "modality": sr_method.modality}
+    return write_weights(state, output, {**provenance, "alpha": alpha, "interpolated_from": origin})

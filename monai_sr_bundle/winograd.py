@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
+from monai_sr_bundle.errors import InputError
+
 # Lavin & Gray F(4,3) with interpolation points 0, 1, -1, 2, -2, inf:  y = A^T [(G g) * (B^T d)].
 BT = torch.tensor(
     [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -185,6 +187,19 @@ class WinogradSequential(nn.Module):
         if src is not None:
             x = _to_nchw(src, h, w)
         return x
+
+
+def winograd_network(network: nn.Module, device: str | torch.device, method: str) -> nn.Module:
+    """``network`` of ``method`` as ``--winograd`` asks (:func:`winograd_inference`), refused in one sentence on a
+    GPU and for a network that says it gains nothing (``winograd_speedup = False``: not a VDSR-style stack)."""
+    if torch.device(device).type != "cpu":
+        raise InputError("--winograd is a CPU speed-up; drop it on a GPU.")
+    if not getattr(network, "winograd_speedup", True):
+        raise InputError(
+            f"--winograd speeds up VDSR-style stacks of 3x3 convolutions; method {method!r} gains nothing from it: "
+            "drop --winograd."
+        )
+    return winograd_inference(network)
 
 
 def winograd_inference(model: nn.Module, compile: bool = True) -> nn.Module:

@@ -23,26 +23,27 @@ import logging
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError, printable
-from monai_sr_bundle.limits import MAX_OUTPUT_MP
+from monai_sr_bundle.jsonfile import SINGLE, check_object, text
+from monai_sr_bundle.request import SRRequest
 
-#: what a request may say: where, and the options of ``monai-sr sr`` (left out: their defaults there)
-REQUEST = (
-    "input",
-    "output",
-    "method",
-    "scale",
-    "modality",
-    "weights",
-    "noise_level",
-    "runtime",
-    "precision",
-    "max_output_mp",
-    *methods.SAMPLING_OPTIONS,
-)
+#: what a request may say (:func:`~monai_sr_bundle.jsonfile.check_object`'s schema): where, the method, and the
+#: options of ``monai-sr sr`` (an :class:`~monai_sr_bundle.request.SRRequest`; left out: their defaults there)
+REQUEST = {
+    "input": text("a path"),
+    "output": text("a path"),
+    "method": SINGLE,
+    "scale": SINGLE,
+    "modality": SINGLE,
+    "weights": text("a path").or_null(),
+    **{f.name: SINGLE for f in fields(SRRequest)},
+    "runtime": text("a runtime's name").or_null(),
+    "precision": text("a precision").or_null(),
+}
 #: the longest request line answered (a request is a few paths and numbers; a longer line is refused unread,
 #: and its reply does not echo it)
 MAX_REQUEST = 1 << 16
@@ -70,22 +71,16 @@ class Worker:
     def handle(self, line: str) -> dict:
         """The reply to one request line."""
         request = self._parsed(line)
-        options = {k: v for k, v in request.items() if k in ("scale", "modality", *methods.SAMPLING_OPTIONS)}
-        method = methods.for_request(request.get("method"), **options)
-        noise_level = method.check_noise_level(request.get("noise_level"))
-        loaded = self._load(method, request.get("weights"), request.get("runtime"), request.get("precision"))
-        self.predictor.noise_level = noise_level
+        where = {k: request[k] for k in ("scale", "modality") if k in request}
+        method = methods.for_request(request.get("method"), **where)
         from monai_sr_bundle.batch import run_inference
+        from monai_sr_bundle.inference import Predictor
 
+        options = Predictor.check(method, SRRequest.of(request))  # before the weights load
+        loaded = self._load(method, request.get("weights"), options.runtime, options.precision)
         self.network_started = None
         written = run_inference(
-            [request["input"]],
-            self.predictor,
-            request["output"],
-            allow_volume=True,
-            progress=False,
-            max_output_mp=request.get("max_output_mp", MAX_OUTPUT_MP),
-            **{k: v for k, v in options.items() if k in methods.SAMPLING_OPTIONS},
+            [request["input"]], self.predictor, request["output"], allow_volume=True, progress=False, request=options
         )
         return {
             "written": written,
@@ -103,29 +98,15 @@ class Worker:
             request = json.loads(line, parse_constant=_not_finite, parse_float=_finite)
         except (ValueError, RecursionError) as e:
             raise InputError(f"a request must be one JSON object per line ({printable(e)[:200]}).") from e
-        if not isinstance(request, dict):
-            raise InputError(f"a request must be a JSON object, got {type(request).__name__}.")
-        unknown = sorted(set(request) - set(REQUEST))
-        if unknown:
-            raise InputError(f"unknown request key(s) {', '.join(unknown)}; a request takes {', '.join(REQUEST)}.")
-        nested = sorted(k for k, v in request.items() if isinstance(v, (list, dict)))
-        if nested:
-            raise InputError(f"request key(s) {', '.join(nested)} must each be a single value, not a list or object.")
-        for key in ("input", "output"):
-            if not isinstance(request.get(key), str) or not request[key]:
-                raise InputError(f'a request needs "{key}", a path.')
-        for key, what in (("weights", "a path"), ("runtime", "a runtime's name"), ("precision", "a precision")):
-            if key in request and not (request[key] is None or (isinstance(request[key], str) and request[key])):
-                raise InputError(f'"{key}" must be {what} or null, got {request[key]!r}.')
-        return request
+        return check_object(request, "a request", REQUEST, required=("input", "output"))
 
-    def _load(self, method: methods.Method, weights: str | None, runtime: str | None, precision: str | None) -> bool:
+    def _load(self, method: methods.Method, weights: str | None, runtime: str, precision: str) -> bool:
         """Load ``method`` with ``weights`` on ``runtime`` in ``precision`` unless it is the one loaded (same
         overlay, same weights file unchanged, same runtime and precision); returns whether it was loaded now."""
         from monai_sr_bundle.engine import check_runtime
 
         path = Path(weights) if weights else method.weights_path
-        runtime, precision = check_runtime(runtime), precision or "auto"
+        runtime = check_runtime(runtime)
         key = (method, str(path), path.stat().st_mtime_ns if path.is_file() else None, runtime, precision)
         if key == self.key:
             return False

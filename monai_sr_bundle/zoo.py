@@ -22,12 +22,14 @@ import torch
 
 import monai_sr_bundle
 from monai_sr_bundle import methods, results
+from monai_sr_bundle.constants import BUNDLE_ROOT
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.hashing import sha256
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.launch import safe_env
-from monai_sr_bundle.training import stage_configs
+from monai_sr_bundle.stages import stage_configs
 from monai_sr_bundle.transforms.presets import DEFAULT_PRESET
+from monai_sr_bundle.weights import expand_state, weights_record
 
 #: adapters and tools of the development bundle that a zoo bundle does not run (the NVFlare job, the
 #: command line, this exporter)
@@ -112,16 +114,16 @@ def export(
 
 
 def _assemble(method: methods.Method, root: Path, scores: dict, weights_url: str) -> None:
-    source = methods.BUNDLE_ROOT / "configs"
+    source = BUNDLE_ROOT / "configs"
     dev = read_json_object(source / "metadata.json", f"the bundle's metadata {source / 'metadata.json'}")
-    record = methods.weights_record(method.weights_path)
+    record = weights_record(method.weights_path)
     _copy_code(root / "scripts")
     _write_configs(method, root / "configs", _metadata(method, dev, results.means(scores, method.name)))
     models = root / "models"
     models.mkdir()
     # a plain fp32 state dict, as the zoo's tools (ckpt_export) and users' own load_state_dict expect
     state = torch.load(method.weights_path, map_location="cpu", weights_only=True)
-    torch.save(methods.expand_state(state), models / "model.pt")
+    torch.save(expand_state(state), models / "model.pt")
     digest = sha256(models / "model.pt")
     trained_in = f"monai-sr {monai_sr_bundle.__version__}: its development bundle, where the command ran"
     entry = {"sha256": digest, **{k: v for k, v in record.items() if k != "sha256"}, "trained_in": trained_in}
@@ -137,7 +139,7 @@ def _assemble(method: methods.Method, root: Path, scores: dict, weights_url: str
             f'    hash_val: "{digest}"\n'
             '    hash_type: "sha256"\n'
         )
-    shutil.copyfile(methods.BUNDLE_ROOT / "LICENSE", root / "LICENSE")
+    shutil.copyfile(BUNDLE_ROOT / "LICENSE", root / "LICENSE")
     docs = root / "docs"
     docs.mkdir()
     (docs / "README.md").write_text(_model_card(method, scores, record, dev["authors"], scriptable(root)))
@@ -151,8 +153,8 @@ def _copy_code(scripts: Path) -> None:
         import isort
     except ImportError as e:
         raise InputError("export-zoo sorts the bundle's imports with isort: pip install isort.") from e
-    for path in sorted(methods.BUNDLE_ROOT.rglob("*.py")):  # the development bundle is the package
-        rel = path.relative_to(methods.BUNDLE_ROOT)
+    for path in sorted(BUNDLE_ROOT.rglob("*.py")):  # the development bundle is the package
+        rel = path.relative_to(BUNDLE_ROOT)
         if rel.parts[0] in NOT_EXPORTED or rel.parts[0] in ("configs", "models", "docs"):
             continue
         dest = scripts / rel
@@ -164,7 +166,7 @@ def _copy_code(scripts: Path) -> None:
 def _write_configs(method: methods.Method, configs: Path, metadata: dict) -> None:
     """The development configs of the method's stages, its overlay and the degradation presets, with this
     package's name rewritten; inference.json with :func:`_fixed_keys`; ``metadata`` as metadata.json."""
-    source = methods.BUNDLE_ROOT / "configs"
+    source = BUNDLE_ROOT / "configs"
     stages = {Path(f).name for stage in stage_files(method) for f in stage}
     (configs / "degradations").mkdir(parents=True)
     for path in sorted(source.glob("*.json")):

@@ -17,7 +17,7 @@ from monailabel.tasks.activelearning.random import Random
 import monai_sr_bundle
 from lib.configs import SuperResolution
 from lib.datastore import SRDatastore, image_path
-from monai_sr_bundle import methods
+from monai_sr_bundle import card
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class SuperResolutionApp(MONAILabelApp):
         """MONAI Label's info plus ``methods``: each method this server can run, as ``monai-sr methods --json``
         describes it, so that a client (the 3D Slicer module) offers exactly these."""
         settings = self.task.settings
-        return {**super().info(), "methods": methods.describe_all(int(settings["scale"]), settings["modality"])}
+        return {**super().info(), "methods": card.describe_all(int(settings["scale"]), settings["modality"])}
 
     def server_mode(self, mode: bool) -> None:
         """Refuse to serve without the gateway: MONAI Label's own server exposes endpoints that delete studies,

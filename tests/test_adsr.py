@@ -105,7 +105,7 @@ def test_the_image_estimate_inverts_the_noising_for_every_prediction(prediction,
 
 
 def test_training_pairs_the_implied_image_with_the_clean_hr_and_its_boxes():
-    from monai_sr_bundle.diffusion.training import DenoisingStep, DiffusionPrepareBatch
+    from monai_sr_bundle.training.diffusion import DenoisingStep, DiffusionPrepareBatch
 
     torch.manual_seed(0)
     adsr = ADSR(latent_channels=4, **TINY)

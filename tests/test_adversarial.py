@@ -16,14 +16,15 @@ from monai.engines import SupervisedTrainer
 from monai.utils import AdversarialKeys
 from test_bundle import _configs, _ok, run_config, train_files
 
-from monai_sr_bundle import methods
-from monai_sr_bundle.adversarial import SRAdversarialTrainer
+from monai_sr_bundle import card, methods
+from monai_sr_bundle.constants import BUNDLE_ROOT
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.losses import AdversarialLoss, PixelLoss, SRBatch, WeightedSumLoss
-from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.networks import SRResNet
 from monai_sr_bundle.networks.discriminator import SRGANDiscriminator
-from monai_sr_bundle.training import SRPrepareBatch, attach_resume, stop_on_nan, train_configs
+from monai_sr_bundle.stages import train_configs
+from monai_sr_bundle.training.gan import SRAdversarialTrainer
+from monai_sr_bundle.training.loop import SRPrepareBatch, attach_resume, stop_on_nan
 
 GAN = _configs("inference.json", "train.json", "train_gan.json")
 TRAIN = _configs("inference.json", "train.json")
@@ -225,7 +226,7 @@ def test_the_gan_stage_goes_with_the_methods_that_have_a_discriminator(tiny_gan)
     files = train_configs(TINY_GAN)
     assert files == [str(configs / "inference.json"), str(configs / "train.json"), str(tiny_gan.overlay), files[-1]]
     assert files[-1] == str(configs / "train_gan.json")
-    assert tiny_gan.adversarial and tiny_gan.describe()["adversarial"]
+    assert tiny_gan.adversarial and card.describe(tiny_gan)["adversarial"]
     for name in methods.names():
         files = {f for stage in methods.get(name).stages.values() for f in stage}
         assert ("train_gan.json" in files) == methods.get(name).adversarial, name

@@ -18,6 +18,7 @@ from benchmarks import harness, native
 from monai_sr_bundle import methods, results
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import upsample
+from monai_sr_bundle.weights import weights_record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +105,7 @@ def test_the_harness_records_command_data_and_weights_and_keeps_earlier_parts(tm
     assert record["command"] == f"python -m benchmarks.example --methods srcnn --data {tmp_path / 'd'}"
     assert os.environ["MONAI_SR_DATA"] == str(tmp_path / "d") and record["images"] == 3
     srcnn = methods.get("srcnn", 4)
-    expected = methods.weights_record(srcnn.weights_path)["sha256"]
+    expected = weights_record(srcnn.weights_path)["sha256"]
     assert record["weights"] == {f"monai_sr_bundle/models/{srcnn.weights_name}": expected}  # bicubic has none
     assert harness.main(parser, run, ["--methods", "nosuch"]) == 2
     assert capsys.readouterr().err.strip() == "error: unknown method 'nosuch'"

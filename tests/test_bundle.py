@@ -25,9 +25,10 @@ from PIL import Image
 import monai_sr_bundle
 from monai_sr_bundle import methods
 from monai_sr_bundle.batch import run_inference
+from monai_sr_bundle.constants import BUNDLE_ROOT
 from monai_sr_bundle.data.datalist import nih_datalist
-from monai_sr_bundle.methods import load_weights
-from monai_sr_bundle.training import stage_configs
+from monai_sr_bundle.stages import stage_configs
+from monai_sr_bundle.weights import load_weights
 
 BUNDLE = Path(monai_sr_bundle.__file__).resolve().parent
 REPO = BUNDLE.parent
@@ -190,7 +191,7 @@ def srcnn_out(work, inputs, ckpts) -> Path:
 def test_configs_hold_values_and_call_named_functions():
     """Issue 55: a decision in a bundle config is a named package function it calls (``_target_``), not Python
     in a string: at most 50 lines with a ``$`` expression, none with a lambda, a conditional or slicing."""
-    configs = methods.BUNDLE_ROOT / "configs"
+    configs = BUNDLE_ROOT / "configs"
     lines = [
         line
         for path in [*configs.glob("*.json"), *(configs / "methods").glob("*.json")]
@@ -208,7 +209,7 @@ def test_every_switch_is_read_through_flag():
     bare ``@x`` or inside a ``$`` expression."""
     import re
 
-    configs = methods.BUNDLE_ROOT / "configs"
+    configs = BUNDLE_ROOT / "configs"
     files = [*configs.glob("*.json"), *(configs / "methods").glob("*.json")]
     trees = {path.name: json.loads(path.read_text()) for path in files}
     switches = {k for tree in trees.values() for k, v in tree.items() if isinstance(v, bool) and "#" not in k}
@@ -267,6 +268,18 @@ def test_dicom_input_gives_a_derived_series_or_the_format_asked(tmp_path):
     assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] and ds.Rows == 128 * SCALE
     _ok(run_config("configs/inference.json", "bicubic", "--output_dir", tmp_path / "nii", "--output_format", "nifti"))
     assert [p.name for p in (tmp_path / "nii").iterdir()] == ["CT_small_sr.nii.gz"]
+
+
+@pytest.mark.slow
+def test_max_output_mp_is_the_bundles_limit_too(tmp_path):
+    """``max_output_mp`` of inference.json (the CLI's default) reaches ``run_inference``: the default input at x4
+    (0.26 megapixels) is refused under 0.1, from its header, in one sentence."""
+    from monai_sr_bundle.limits import MAX_OUTPUT_MP
+
+    assert json.loads((BUNDLE / "configs" / "inference.json").read_text())["max_output_mp"] == MAX_OUTPUT_MP
+    proc = run_config("configs/inference.json", "bicubic", "--output_dir", tmp_path / "out", "--max_output_mp", 0.1)
+    assert proc.returncode != 0 and "would be 0.26 megapixels, more than the limit of 0.1 " in proc.stdout
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -18,10 +18,12 @@ from test_bundle import _configs, _ok, run_config, train_files
 from monai_sr_bundle import methods
 from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.cli import main
-from monai_sr_bundle.diffusion.uncertainty import MAPS, uncertainty_maps
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.onnx_runtime import export_denoiser, onnx_network
+from monai_sr_bundle.request import SRRequest
 from monai_sr_bundle.transforms.degradation import downsample
+from monai_sr_bundle.uncertainty import MAPS, uncertainty_maps
+from monai_sr_bundle.weights import load_weights
 
 NAME = "tiny_diffusion"
 OVERLAY = {
@@ -86,7 +88,7 @@ def test_several_samples_write_the_mean_and_the_maps_reproducibly(tiny, png, tmp
     predictor = method.predictor(weights, sampler="dpmpp", steps=3, seed=5)
     outs = []
     for run in ("a", "b"):
-        written = run_inference(png, predictor, tmp_path / run, progress=False, samples=3)
+        written = run_inference(png, predictor, tmp_path / run, progress=False, request=SRRequest(samples=3))
         assert [p.split("/")[-1] for p in written] == [
             "cxr_sr.png",
             "cxr_sr_std.nii.gz",
@@ -132,9 +134,9 @@ def test_sampling_options_go_with_each_call_and_leave_the_network_as_it_is(tiny,
     predictor = method.predictor(weights, seed=1)
     before = (predictor.network.sampler, predictor.network.steps)
     with pytest.raises(InputError, match="from 1 to 20"):
-        run_inference(png, predictor, tmp_path / "none", progress=False, steps=21)
+        run_inference(png, predictor, tmp_path / "none", progress=False, request=SRRequest(steps=21))
     with pytest.raises(InputError, match="samples must be a whole number >= 1, got 0"):  # the bundle's --samples 0
-        run_inference(png, predictor, tmp_path / "none", progress=False, samples=0)
+        run_inference(png, predictor, tmp_path / "none", progress=False, request=SRRequest(samples=0))
     assert not (tmp_path / "none").exists()
     lr = torch.rand(1, 9, 11)
     ddpm = predictor(lr, sampler="ddpm", steps=20)
@@ -186,7 +188,7 @@ def test_diffusion_trains_and_samples_through_the_bundle(tiny, png, tmp_path):
     )  # fmt: skip
     _ok(train)
     assert "Epoch[1] Complete" in train.stdout and "val_psnr" in train.stdout  # validated at the end (interval 5)
-    methods.load_weights(methods.get(NAME).network(), run / "w.pt")
+    load_weights(methods.get(NAME).network(), run / "w.pt")
     infer = run_config(
         "configs/inference.json", NAME, "--ckpt_path", run / "w.pt", "--input", png, "--output_dir", tmp_path / "out",
         "--sampler", "dpmpp", "--steps", "2", "--samples", "2", "--seed", "4",

@@ -22,6 +22,7 @@ from conftest import DATA, TINY_GAN, USER_PYTHON, needs_data
 from PIL import Image
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.constants import MODALITIES
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.federated.client import SiteTrainer, parse_args
@@ -30,7 +31,7 @@ from monai_sr_bundle.federated.deploy import main as deploy_main
 from monai_sr_bundle.federated.deploy import python_first
 from monai_sr_bundle.federated.job import SERVER_APP, client_args, export_job, load_job_config, run_simulation
 from monai_sr_bundle.federated.sites import SITE_CONFIG_ENV, balanced_patient_split, load_site, write_example_sites
-from monai_sr_bundle.training import sha256
+from monai_sr_bundle.hashing import sha256
 
 REPO = Path(__file__).resolve().parents[1]
 FED_CONFIGS = REPO / "configs" / "federated"
@@ -111,7 +112,7 @@ def test_site_config_errors_name_the_site(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="site h1: its site config .* is not readable JSON"):
         load_site("h1", tmp_path / "bad.json")
     (tmp_path / "nolist.json").write_text(json.dumps({"data_dir": "/x"}))
-    with pytest.raises(InputError, match="site h1: .* 'datalist'"):
+    with pytest.raises(InputError, match='site h1: .* needs "datalist", a path'):
         load_site("h1", tmp_path / "nolist.json")
     with pytest.raises(InputError, match="site h2: .*'training' list must hold items"):
         load_site("h2", make_site(tmp_path, "empty", [], nih_items("val", 0, 1)))
@@ -124,7 +125,7 @@ def test_site_config_errors_name_the_site(tmp_path, monkeypatch):
         load_site("h4", tmp_path / "y.json")
     for bad in (0, "2", True, 65):
         (tmp_path / "p.json").write_text(json.dumps({"datalist": "empty_datalist.json", "processes": bad}))
-        with pytest.raises(InputError, match="site h5: 'processes' in .* must be a whole number from 1 to 64"):
+        with pytest.raises(InputError, match='site h5: .*"processes" must be a whole number from 1 to 64'):
             load_site("h5", tmp_path / "p.json")
     many = make_site(tmp_path, "many", nih_items("train", 0, 3), nih_items("val", 0, 1))
     many.write_text(json.dumps({**json.loads(many.read_text()), "processes": 2}))
@@ -163,7 +164,7 @@ def test_job_config_checks(tmp_path):
     # without one, a job reads images as the method's weights were trained, else as its modality says
     assert config["intensity"] == "minmax"
     ct = load_job_config(job_file(tmp_path, "ct_default", sites, modality="ct"))
-    assert ct["intensity"] == methods.MODALITIES["ct"] == (-1000, 400)
+    assert ct["intensity"] == MODALITIES["ct"] == (-1000, 400)
     torch.save(methods.get("srcnn").network().state_dict(), tmp_path / "w.pt")
     assert load_job_config(job_file(tmp_path, "w", sites, initial_weights="w.pt"))["initial_weights"] == str(
         tmp_path / "w.pt"

@@ -12,8 +12,9 @@ import pytest
 import torch
 from conftest import DATA, needs_data
 
-from monai_sr_bundle import training
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.hashing import sha256
+from monai_sr_bundle.training import loop
 from tools import gpu_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def test_pack_then_dry_run_writes_scored_weights_with_their_records(tmp_path, mo
         state = torch.load(weights, map_location="cpu", weights_only=True)
         assert state and all(torch.isfinite(v).all() for v in state.values())
         record = records[name][f"lrunet_cxr_x{variant['scale']}.pt"]
-        assert record["sha256"] == training.sha256(weights)
+        assert record["sha256"] == sha256(weights)
         assert "--time_limit_minutes 0.001" in record["command"]
         assert record["epochs_run"] == 1  # the time limit ended it after its first epoch (of 2)
         assert "JPEG" in record["data_pack"]
@@ -60,7 +61,7 @@ def test_timed_cosine_follows_the_clock_and_resumes(monkeypatch):
     clock = {"now": 0.0}
     monkeypatch.setattr("time.perf_counter", lambda: clock["now"])
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = training.lr_schedule(optimizer, epochs=1000, minutes=1.0, eta_min=0.0)
+    schedule = loop.lr_schedule(optimizer, epochs=1000, minutes=1.0, eta_min=0.0)
     assert optimizer.param_groups[0]["lr"] == 1.0
     clock["now"] = 30.0
     optimizer.step()
@@ -70,7 +71,7 @@ def test_timed_cosine_follows_the_clock_and_resumes(monkeypatch):
 
     clock["now"] = 1000.0  # another process, later: the time between runs is not training time
     resumed = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    again = training.lr_schedule(resumed, 1000, 1.0, 0.0)
+    again = loop.lr_schedule(resumed, 1000, 1.0, 0.0)
     again.load_state_dict(state)
     clock["now"] = 1015.0
     resumed.step()
@@ -80,10 +81,10 @@ def test_timed_cosine_follows_the_clock_and_resumes(monkeypatch):
     again.step()
     assert again.get_last_lr()[0] == pytest.approx(0.0)
 
-    epochs = training.lr_schedule(optimizer, epochs=10, minutes=None)
+    epochs = loop.lr_schedule(optimizer, epochs=10, minutes=None)
     assert isinstance(epochs, torch.optim.lr_scheduler.CosineAnnealingLR) and epochs.T_max == 10
     with pytest.raises(InputError, match="time_limit_minutes"):
-        training.lr_schedule(optimizer, 10, minutes=0)
+        loop.lr_schedule(optimizer, 10, minutes=0)
 
 
 def test_the_tracked_tree_leaves_room_for_the_training_pack():

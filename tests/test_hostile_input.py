@@ -30,6 +30,7 @@ from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.cli import main
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.request import SRRequest
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
@@ -121,7 +122,7 @@ UNLIMITED = 1e6
 
 
 def _run(inputs, out) -> list[str]:
-    return run_inference(inputs, BICUBIC, out, progress=False, max_output_mp=UNLIMITED)
+    return run_inference(inputs, BICUBIC, out, progress=False, request=SRRequest(max_output_mp=UNLIMITED))
 
 
 # --------------------------------------------------------------------- hostile inputs, one at a time
@@ -657,7 +658,7 @@ def test_max_output_mp_sets_the_limit_of_sr(tmp_path, capsys):
     assert "would be 0.023 megapixels" in capsys.readouterr().err and not out.exists()
     assert main(["sr", str(src), "-o", str(out), "-m", "bicubic", "--max-output-mp", "0.03"]) == 0
     with pytest.raises(InputError, match="max_output_mp must be a positive number of megapixels, got 0"):
-        run_inference(src, BICUBIC, tmp_path / "out2", max_output_mp=0)
+        run_inference(src, BICUBIC, tmp_path / "out2", request=SRRequest(max_output_mp=0))
 
 
 @pytest.mark.slow

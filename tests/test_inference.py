@@ -15,9 +15,9 @@ from monai.data import MetaTensor
 from PIL import Image
 
 from monai_sr_bundle import methods
-from monai_sr_bundle.batch import expand_inputs, run_inference
+from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.cli import main
-from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.data.readers import expand_inputs, read_image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import validate_input
 from monai_sr_bundle.networks import Bicubic

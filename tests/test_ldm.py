@@ -14,10 +14,10 @@ from PIL import Image
 from test_bundle import _configs, _ok, run_config, train_files
 from torch.nn.functional import pixel_shuffle
 
-from monai_sr_bundle.diffusion.training import DiffusionPrepareBatch
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.hashing import sha256
 from monai_sr_bundle.networks.ldm import LDM, LatentAutoencoder
-from monai_sr_bundle.training import sha256
+from monai_sr_bundle.training.diffusion import DiffusionPrepareBatch
 
 AUTOENCODER = {"block": 2, "channels": (8, 16), "latent_channels": 3, "norm_num_groups": 8}
 TINY = {"autoencoder": AUTOENCODER, "channels": (16, 32), "norm_num_groups": 8, "sampler": "ddim", "steps": 2}
@@ -243,7 +243,7 @@ def test_a_latent_method_without_its_stages_or_autoencoder_is_refused_and_nothin
 
 def test_the_surfaces_train_a_latent_method_through_its_diffusion_stage(tmp_path, monkeypatch):
     """The CLI, the MONAI Label trainer and the NVFlare client ask ``train_configs``: the denoiser stage."""
-    from monai_sr_bundle.training import train_configs
+    from monai_sr_bundle.stages import train_configs
 
     name = _tiny_overlay(tmp_path, monkeypatch)
     names = [Path(f).name for f in train_configs(name)]

@@ -17,8 +17,9 @@ import torch
 from conftest import USER_PYTHON
 from monai.bundle import ConfigParser
 
-from monai_sr_bundle import methods
+from monai_sr_bundle import card, methods, overlays, traits
 from monai_sr_bundle.cli import main as cli
+from monai_sr_bundle.constants import BUNDLE_ROOT, MODALITIES
 from monai_sr_bundle.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,10 +60,10 @@ def _run(net: torch.nn.Module, method: methods.Method, x: torch.Tensor, seed: in
 def test_builds_and_describes_itself(name):
     method = methods.get(name, SCALE)
     assert isinstance(method.network(), torch.nn.Module)
-    described = method.describe()
+    described = card.describe(method)
     # what the listing reads from the network's source is what the built network has
     assert described["name"] == name
-    assert {k: described[k] for k in ("family", *methods.TRAITS)} == methods.built_traits(method.network())
+    assert {k: described[k] for k in ("family", *traits.TRAITS)} == traits.built_traits(method.network())
     assert json.loads(json.dumps(described)) == described
     assert method.weights_name == f"{name}_cxr_x{SCALE}.pt" and method.halo >= 0
 
@@ -168,13 +169,13 @@ def test_overlay_settings_are_keys_of_the_configs_that_train_it(name, tmp_path, 
     """Every key of an overlay is one the configs of its stages define or read (checked when the overlay is
     read), and a key nothing defines (a typo) is refused in one sentence naming the overlay and the key; so is
     an overlay that leaves a setting its stage reads unset (a GAN stage's ``adversarial_weight``)."""
-    from monai_sr_bundle.training import train_configs
+    from monai_sr_bundle.stages import train_configs
 
     method = methods.get(name)
     files = {f for stage in method.stages for f in train_configs(name, stage) if f != str(method.overlay)}
     texts = [Path(f).read_text() for f in files | {train_configs("vdsr")[0]}]
     keys = set().union(*(json.loads(t) for t in texts), *(re.findall(r"@(\w+)", t) for t in texts))
-    assert {k.split("#")[0] for k in method.config} <= keys | set(methods.OVERLAY_KEYS)
+    assert {k.split("#")[0] for k in method.config} <= keys | set(overlays.OVERLAY_KEYS)
     typo = {**method.config, "learning_rat": 0.1}
     unset = {k: v for k, v in method.config.items() if k != "adversarial_weight"}
     monkeypatch.setenv("MONAI_SR_METHODS", str(_overlay_dir(tmp_path, {f"typo_{name}": typo, f"unset_{name}": unset})))
@@ -190,7 +191,7 @@ def test_overlay_settings_are_keys_of_the_configs_that_train_it(name, tmp_path, 
 
 def test_one_default_method():
     assert methods.default_name() in NAMES
-    assert sum(methods.get(n).describe()["default"] for n in NAMES) == 1
+    assert sum(card.describe(methods.get(n))["default"] for n in NAMES) == 1
 
 
 def test_unknown_method_lists_the_others():
@@ -229,7 +230,7 @@ BROKEN = {
 
 
 def test_a_stage_the_method_does_not_declare_is_refused_with_the_ones_it_has():
-    from monai_sr_bundle.training import check_stage, stage_configs
+    from monai_sr_bundle.stages import check_stage, stage_configs
 
     ldm = methods.get("ldm")
     assert list(ldm.stages) == ["autoencoder", "diffusion"]
@@ -278,13 +279,13 @@ def test_broken_overlays_name_the_method(case, tmp_path, monkeypatch):
 
 
 def test_declared_traits_follow_re_exports_and_bases_and_give_up_outside_the_package():
-    assert methods.declared_traits("monai_sr_bundle.networks.ADSR") == {
+    assert traits.declared_traits("monai_sr_bundle.networks.ADSR") == {
         "family": "adsr", "trainable": True, "stochastic": True, "exportable": False, "noise_aware": False
     }  # fmt: skip  # re-exported by networks/__init__.py, stochastic and exportable inherited from SR3
-    assert methods.declared_traits("monai_sr_bundle.networks.bicubic.Bicubic")["trainable"] is False
-    assert methods.declared_traits("monai_sr_bundle.networks.LRUNet")["noise_aware"] is True
+    assert traits.declared_traits("monai_sr_bundle.networks.bicubic.Bicubic")["trainable"] is False
+    assert traits.declared_traits("monai_sr_bundle.networks.LRUNet")["noise_aware"] is True
     for target in ("torch.nn.Identity", "monai_sr_bundle.networks.NoSuchNet", "monai_sr_bundle.nowhere.Net"):
-        assert methods.declared_traits(target) is None  # then the network is built to describe it
+        assert traits.declared_traits(target) is None  # then the network is built to describe it
 
 
 def test_listing_methods_and_help_import_neither_torch_nor_monai():
@@ -295,7 +296,7 @@ def test_listing_methods_and_help_import_neither_torch_nor_monai():
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'numpy'}), file=sys.stderr)"
     )
     done = subprocess.run([USER_PYTHON, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert json.loads(done.stdout) == methods.describe_all() and done.stderr.strip() == "[]"
+    assert json.loads(done.stdout) == card.describe_all() and done.stderr.strip() == "[]"
 
 
 @pytest.mark.slow
@@ -335,11 +336,11 @@ def test_no_weights_for_a_method_without_parameters_or_without_training(tmp_path
 
 def test_cli_lists_the_registry(capsys):
     assert cli(["methods", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == methods.describe_all()
+    assert json.loads(capsys.readouterr().out) == card.describe_all()
     assert cli(["methods"]) == 0
-    assert capsys.readouterr().out.strip() == methods.markdown_table()
+    assert capsys.readouterr().out.strip() == card.markdown_table()
     assert cli(["methods", "--networks"]) == 0
-    assert capsys.readouterr().out.strip() == methods.networks_table()
+    assert capsys.readouterr().out.strip() == card.networks_table()
 
 
 def test_cli_refuses_sampling_options_for_deterministic_methods(tmp_path, capsys):
@@ -353,27 +354,27 @@ def test_cli_refuses_sampling_options_for_deterministic_methods(tmp_path, capsys
 def test_inference_reads_images_as_the_weights_were_trained(tmp_path):
     """CT weights trained in a HU window are read in it by default (``models/weights.json``'s ``intensity``);
     weights without a record, and methods without weights, read as their modality says (``MODALITIES``)."""
-    overlay = methods.overlays()["srcnn"]
+    overlay = overlays.overlays()["srcnn"]
     (tmp_path / "models").mkdir()
     record = {"srcnn_ct_x4.pt": {"intensity": [-1000, 400]}, "srcnn_cxr_x4.pt": {"command": "c"}}
     (tmp_path / "models" / "weights.json").write_text(json.dumps(record))
     assert methods.Method("srcnn", overlay, 4, "ct", tmp_path).intensity == [-1000, 400]
     assert methods.Method("srcnn", overlay, 4, "cxr", tmp_path).intensity == "minmax"
-    assert methods.Method("srcnn", overlay, 2, "ct", tmp_path).intensity == methods.MODALITIES["ct"] == (-1000, 400)
+    assert methods.Method("srcnn", overlay, 2, "ct", tmp_path).intensity == MODALITIES["ct"] == (-1000, 400)
     cxr = methods.Method("srcnn", overlay, 4, "cxr", tmp_path)
     assert cxr.intensity_of(tmp_path / "models" / "srcnn_ct_x4.pt") == [-1000, 400]  # what the file's record says
     assert cxr.intensity_of(tmp_path / "elsewhere.pt") == "minmax"  # no manifest beside it: the modality's
     assert methods.get("bicubic", 4, "ct").predictor().intensity == (-1000, 400)
     parser = ConfigParser()
-    parser.read_config(str(methods.BUNDLE_ROOT / "configs" / "inference.json"))
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.json"))
     parser.update({"bundle_root": str(tmp_path), "method": "srcnn", "modality": "ct"})
     assert parser.get_parsed_content("intensity") == [-1000, 400]
 
 
 def test_model_card_lists_the_registry():
-    card = (methods.BUNDLE_ROOT / "docs" / "README.md").read_text()
-    assert methods.markdown_table() in card, "regenerate the table with: monai-sr methods"
-    assert methods.networks_table() in card, "regenerate the table with: monai-sr methods --networks"
+    text = (BUNDLE_ROOT / "docs" / "README.md").read_text()
+    assert card.markdown_table() in text, "regenerate the table with: monai-sr methods"
+    assert card.networks_table() in text, "regenerate the table with: monai-sr methods --networks"
 
 
 # ----------------------------------------------------------------------------------------- a new method

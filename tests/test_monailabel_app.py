@@ -18,11 +18,14 @@ import pytest
 import torch
 from conftest import DATA, needs_data
 
-from monai_sr_bundle import methods
+from monai_sr_bundle import card, methods
 from monai_sr_bundle.batch import default_input, run_inference
+from monai_sr_bundle.cli import main
 from monai_sr_bundle.data.datalist import nih_datalist
 from monai_sr_bundle.data.markups import boxes_to_markups, markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.worker import Worker
 from tools.label_server import APP, label_server
 
 requests = pytest.importorskip("requests", reason="requests comes with monailabel (pip install -e '.[test]')")
@@ -83,7 +86,7 @@ def test_info_lists_the_task_and_strategy(server):
     assert info["models"]["super_resolution"]["config"]["method"] == "srcnn"
     assert "super_resolution" in info["trainers"] and "boxes_first" in info["strategies"]
     assert [m["name"] for m in info["methods"]] == methods.names()
-    assert info["methods"] == methods.describe_all(4, "cxr")
+    assert info["methods"] == card.describe_all(4, "cxr")
 
 
 @pytest.mark.parametrize("option", [{"seed": 1}, {"steps": 10}])
@@ -105,6 +108,28 @@ def test_a_noise_level_the_method_cannot_take_is_refused(server, params, message
     """A request's ``noise_level`` is for degradation-aware methods only, and a number of grey levels."""
     r = infer(server, "ct_small", params)
     assert r.status_code == 422 and message in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "method, option",
+    [("lrunet", {"noise_level": "loud"}), ("vdsr", {"noise_level": 3}), ("vdsr", {"steps": 2}),
+     ("sr3", {"sampler": "euler"}), ("sr3", {"samples": 65})],
+)  # fmt: skip
+def test_a_bad_option_is_one_sentence_on_every_surface(server, tmp_path, capsys, method, option):
+    """One validation path (:meth:`~monai_sr_bundle.inference.Predictor.check`): the same bad noise level or
+    sampling option sent through MONAI Label, the Slicer worker (in this process; its process boundary is
+    test_slicer_lib's) and the CLI is refused with the same sentence, before any weights load."""
+    r = infer(server, "ct_small", {"method": method, **option})
+    assert r.status_code == 422
+    sentence = r.json()["detail"]
+    line = json.dumps({"input": str(default_input()), "output": str(tmp_path / "worker"), "method": method, **option})
+    with pytest.raises(InputError) as refused:
+        Worker().handle(line)
+    assert str(refused.value) == sentence
+    (key, value), out = next(iter(option.items())), tmp_path / "cli"
+    flag = f"--{key.replace('_', '-')}"
+    assert main(["sr", str(default_input()), "-o", str(out), "-m", method, flag, str(value)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {sentence}" and not out.exists()
 
 
 def test_sr_of_a_radiograph_equals_in_process_inference(server, tmp_path):

@@ -19,6 +19,7 @@ from test_monailabel_app import NIH, infer, response_image, with_boxes
 from monai_sr_bundle import methods
 from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.data.readers import read_image
+from monai_sr_bundle.request import SRRequest
 from tools.label_server import label_server, listening_pid
 
 pytest.importorskip("monailabel", reason="monailabel is a test dependency (pip install -e '.[test]')")
@@ -60,7 +61,11 @@ def test_several_samples_and_their_maps(diffusion_server, tmp_path, monkeypatch)
     method = methods.get(NAME)
     predictor = method.predictor(diffusion_server.model / f"{NAME}_cxr_x4_v1.pt", sampler="ddim", steps=2, seed=3)
     local = run_inference(
-        diffusion_server.studies / "cxr.png", predictor, tmp_path / "local", progress=False, samples=2
+        diffusion_server.studies / "cxr.png",
+        predictor,
+        tmp_path / "local",
+        progress=False,
+        request=SRRequest(samples=2),
     )
     assert np.array_equal(served, read_image(local[0]).numpy())
     for k, key in enumerate(("std", "lr_consistency"), start=1):

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.methods import load_weights
 from monai_sr_bundle.networks import SRCNN, SRGANVDSR, VDSR, Bicubic, RRDBNet, RUNet, SRResNet
 from monai_sr_bundle.networks.srresnet import fold_after_shuffle, upsampling_factors
 from monai_sr_bundle.tiling import SRInferer
+from monai_sr_bundle.weights import INT8_SCALE, STORAGES, compact_state, load_weights
 
 NETWORKS = {"bicubic": Bicubic, "srcnn": SRCNN, "vdsr": VDSR}
 
@@ -137,13 +137,13 @@ def test_load_weights_not_a_state_dict(tmp_path):
         load_weights(SRCNN(4), path)
 
 
-@pytest.mark.parametrize("storage", methods.STORAGES)
+@pytest.mark.parametrize("storage", STORAGES)
 def test_compact_storage_loads_back_as_the_fp32_weights_within_its_precision(storage, tmp_path):
     torch.manual_seed(0)
     net, x = VDSR(2, depth=4, channels=48).eval(), torch.rand(1, 1, 12, 12)
     full, small = tmp_path / "fp32.pt", tmp_path / f"{storage}.pt"
     torch.save(net.state_dict(), full)
-    torch.save(methods.compact_state(net.state_dict(), storage), small)
+    torch.save(compact_state(net.state_dict(), storage), small)
     assert small.stat().st_size < full.stat().st_size * {"fp16": 0.6, "int8": 0.35, "int8_kernel": 0.42}[storage]
     loaded = load_weights(VDSR(2, depth=4, channels=48), small).eval()
     for key, value in net.state_dict().items():
@@ -158,12 +158,12 @@ def test_compact_storage_loads_back_as_the_fp32_weights_within_its_precision(sto
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0.01)
     # a scale that does not fit its weight is refused like any other foreign file
-    state = methods.compact_state(net.state_dict(), "int8")
+    state = compact_state(net.state_dict(), "int8")
     if storage != "fp16":  # the thin first and last layers stay fp16 (fewer than INT8_MIN_SIZE weights)
-        stored = methods.compact_state(net.state_dict(), storage)
+        stored = compact_state(net.state_dict(), storage)
         assert stored["body.0.weight"].dtype == torch.float16 and stored["body.2.weight"].dtype == torch.int8
-        assert stored["body.2.weight" + methods.INT8_SCALE].shape == (48, 48)[: 2 if storage == "int8_kernel" else 1]
-    state["body.2.weight" + methods.INT8_SCALE] = torch.ones(3, dtype=torch.float16)
+        assert stored["body.2.weight" + INT8_SCALE].shape == (48, 48)[: 2 if storage == "int8_kernel" else 1]
+    state["body.2.weight" + INT8_SCALE] = torch.ones(3, dtype=torch.float16)
     torch.save(state, small)
     with pytest.raises(InputError, match="do not fit"):
         load_weights(VDSR(2, depth=4, channels=48), small)

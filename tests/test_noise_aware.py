@@ -16,13 +16,9 @@ from monai_sr_bundle import methods
 from monai_sr_bundle.cli import main as cli
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.lrunet import LRUNet
+from monai_sr_bundle.networks.noise import estimate_noise_level
 from monai_sr_bundle.tiling import SRInferer
-from monai_sr_bundle.transforms.noise import (
-    EstimateNoised,
-    RandNoiseLevelScaled,
-    checked_noise_level,
-    estimate_noise_level,
-)
+from monai_sr_bundle.transforms.noise import EstimateNoised, RandNoiseLevelScaled, checked_noise_level
 from monai_sr_bundle.transforms.presets import lr_synthesis
 from monai_sr_bundle.transforms.processing import RandGammad, RandMultiScaleContrastd, RandSigmoidLUTd, RandUnsharpMaskd
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_sr_bundle.methods import BUNDLE_ROOT
+from monai_sr_bundle.constants import BUNDLE_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,15 +76,19 @@ def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
     return found
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """Each module of the package -> the package's modules it imports (:func:`_imports`)."""
+    paths = {}
+    for path in (REPO / "monai_sr_bundle").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return {m: _imports(p, m, set(paths)) for m, p in paths.items()}
+
+
 def test_no_import_circle_in_the_package():
     """Issue 55: no module of the package imports, directly or through others, a module that imports it back,
     imports inside functions included (evaluation <-> report was the last)."""
-    root = REPO / "monai_sr_bundle"
-    paths = {}
-    for path in root.rglob("*.py"):
-        parts = path.relative_to(REPO).with_suffix("").parts
-        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    graph = {m: _imports(p, m, set(paths)) for m, p in paths.items()}
+    graph = _import_graph()
     circles = []
     for start in graph:  # every path back to ``start``, depth first
         stack, seen = [(start, (start,))], set()
@@ -97,3 +101,61 @@ def test_no_import_circle_in_the_package():
                     seen.add(nxt)
                     stack.append((nxt, trail + (nxt,)))
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles[:5])
+
+
+#: The package's layers, bottom first, the one declaration of their order: a module imports (inside functions
+#: too) only from its own layer and those below. An entry is a module or a package (all its modules) relative to
+#: ``monai_sr_bundle`` (``__init__``: the package's own module); the longest entry that names a module places it.
+#: docs/architecture.md shows this table as it is (:func:`test_architecture_shows_the_layers`).
+LAYERS = {
+    "foundations": (
+        "__init__", "constants", "errors", "jsonfile", "hashing", "cancel", "progress", "launch", "limits",
+        "distributed", "winograd", "onnx_runtime",
+    ),
+    "samplers": ("diffusion",),
+    "networks": ("networks",),
+    "transforms": ("transforms",),
+    "data": ("data", "weights", "imagenet", "losses", "metrics"),
+    "inference": ("request", "tiling", "engine", "inference", "uncertainty"),
+    "registry": ("overlays", "traits", "methods", "stages"),
+    "runs": ("training", "pretrained", "batch", "evaluation", "report", "results", "card"),
+    "surfaces": ("worker", "zoo", "federated", "cli"),
+}  # fmt: skip
+
+
+def _layer(module: str) -> int | None:
+    """The index in :data:`LAYERS` of ``module`` (a dotted name of the package); None when no entry names it."""
+    name = module.partition(".")[2] or "__init__"
+    placed = [
+        (len(entry), i)
+        for i, entries in enumerate(LAYERS.values())
+        for entry in entries
+        if name == entry or name.startswith(entry + ".")
+    ]
+    return max(placed)[1] if placed else None
+
+
+def _upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of ``graph`` from a module to one of a higher layer, as ``a (runs) -> b (surfaces)``."""
+    names = list(LAYERS)
+    return sorted(
+        f"{m} ({names[_layer(m)]}) -> {n} ({names[_layer(n)]})"
+        for m, imported in graph.items()
+        for n in imported
+        if _layer(n) > _layer(m)
+    )
+
+
+def test_layers_import_only_downward():
+    """Issue 72: every module of the package has a layer, and no import, inside a function or not, points up
+    (:data:`LAYERS`); a lazy import keeps a module light, it does not make a loop or an upward arrow right."""
+    graph = _import_graph()
+    unplaced = sorted(m for m in graph if _layer(m) is None)
+    assert not unplaced, f"place these modules in a layer of LAYERS: {', '.join(unplaced)}"
+    upward = _upward_imports(graph)
+    assert not upward, "imports up a layer: " + "; ".join(upward)
+
+
+def test_architecture_shows_the_layers():
+    shown = "\n".join(f"    {i} {name:<12} {' '.join(entries)}" for i, (name, entries) in enumerate(LAYERS.items()))
+    assert shown in (REPO / "docs" / "architecture.md").read_text(), f"docs/architecture.md must show:\n{shown}"

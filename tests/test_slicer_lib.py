@@ -21,7 +21,7 @@ import torch
 from conftest import USER_PYTHON, ct_slice_volume
 from test_diffusion import NAME, OVERLAY
 
-from monai_sr_bundle import methods
+from monai_sr_bundle import card, methods
 from monai_sr_bundle.data.markups import boxes_to_markups, markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
 
@@ -258,17 +258,17 @@ def test_the_worker_answers_every_hostile_request_line_and_ends_with_its_input(t
     replies = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 0 and [sorted(r) for r in replies] == [["error"]] * len(lines)
     messages = [r["error"] for r in replies]
-    assert "one JSON object per line" in messages[0] and "must be a JSON object, got list" in messages[1]
-    assert "unknown request key(s) shell" in messages[2] and 'needs "input"' in messages[3]
+    assert "one JSON object per line" in messages[0] and "must be a JSON object, not a JSON array" in messages[1]
+    assert "has unknown key(s) shell" in messages[2] and 'needs "input"' in messages[3]
     assert "unknown method 'no_such'" in messages[4] and "is deterministic and has no sampler" in messages[5]
     assert "scale must be a positive whole number, got '4; rm -rf /'" in messages[6]
-    assert "modality must each be a single value" in messages[7] and '"weights" must be a path' in messages[8]
+    assert '"modality" must be a single value' in messages[7] and '"weights" must be a path' in messages[8]
     assert "a path cannot contain a NUL character" in messages[9]
     assert "NaN is not a finite number" in messages[10] and "1e999 is not a finite number" in messages[11]
     assert "one JSON object per line" in messages[12] and "weights do not fit this network" in messages[13]
     assert "a request line is at most" in messages[14] and max(len(m) for m in messages) < 1000
     assert "noise level must be 'auto' or a number" in messages[15] and "scale must be at most 8" in messages[16]
-    assert messages[17] == "\"weights\" must be a path or null, got ''."
+    assert messages[17] == "a request: \"weights\" must be a path or null, got ''."
     assert list(tmp_path.iterdir()) == []
 
 
@@ -328,7 +328,7 @@ def test_missing_dependency_is_reported(tmp_path):
 def test_list_methods_asks_the_installed_cli():
     found = list_methods(USER_PYTHON)
     assert [m["name"] for m in found] == methods.names()
-    assert found == methods.describe_all()
+    assert found == card.describe_all()
     assert [m["name"] for m in found if m["default"]] == [methods.default_name()]
 
 

@@ -187,6 +187,20 @@ def test_failing_local_run_is_a_message(module):
 
 
 @pytest.mark.slow
+def test_local_run_takes_the_largest_output_setting(module):
+    """``max_output_mp`` reaches the worker: the CT slice at x4 (0.26 megapixels) is refused under a lower limit,
+    in the worker's sentence, before it is read."""
+    node = ct_node()
+    logic = module.SuperResolutionLogic()
+    run = logic.start_local(node, "bicubic", 4, max_output_mp=0.1)
+    assert run.request["max_output_mp"] == 0.1
+    with pytest.raises(module.RunError, match="would be 0.26 megapixels, more than the limit of 0.1 "):
+        logic.collect(run, node, timeout=120)
+    assert module.scene.nodes == [] and not Path(run.workdir).exists()
+    logic.close()
+
+
+@pytest.mark.slow
 def test_methods_local_and_remote_list_the_registry_default_first(module, server):
     url, _ = server
     logic = module.SuperResolutionLogic()

@@ -115,3 +115,14 @@ def test_noise_reduction_matches_the_project_and_starts_at_auto():
     assert spin.findtext("property[@name='specialValueText']/string") == "auto"
     assert spin.findtext("property[@name='enabled']/bool") == "false"
     assert "'noise_aware'" in ast.unparse(tree())
+
+
+def test_largest_output_starts_at_the_projects_limit_and_reaches_the_worker():
+    """Local runs send the *Largest output* setting as the worker's ``max_output_mp`` (a CT volume of more than
+    ~16 slices at x4 needs more than the default); it starts at the limit every other surface has."""
+    from monai_sr_bundle.limits import MAX_OUTPUT_MP
+
+    spin = {w.get("name"): w for w in ET.parse(UI).iter("widget")}["maxOutputSpin"]
+    assert float(spin.findtext("property[@name='value']/double")) == MAX_OUTPUT_MP
+    assert float(spin.findtext("property[@name='minimum']/double")) > 0
+    assert '"max_output_mp": self.ui.maxOutputSpin.value' in MODULE.read_text()

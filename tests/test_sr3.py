@@ -117,7 +117,7 @@ def test_an_oracle_denoiser_recovers_the_hr_image_for_every_prediction(predictio
 
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
 def test_the_training_target_is_what_the_denoiser_predicts(prediction):
-    from monai_sr_bundle.diffusion.training import DiffusionPrepareBatch
+    from monai_sr_bundle.training.diffusion import DiffusionPrepareBatch
 
     net, hr = tiny(prediction=prediction), torch.rand(2, 1, 16, 16)
     lr = torch.nn.functional.avg_pool2d(hr, 4)

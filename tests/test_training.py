@@ -15,20 +15,16 @@ import torch.nn.functional as F
 from conftest import needs_data
 
 from monai_sr_bundle import methods
+from monai_sr_bundle.constants import BUNDLE_ROOT
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.hashing import sha256
 from monai_sr_bundle.losses import SRBatch
-from monai_sr_bundle.methods import BUNDLE_ROOT
-from monai_sr_bundle.training import (
-    SRPrepareBatch,
-    auxiliary_network,
-    interpolate_weights,
-    latest_checkpoint,
-    publish_weights,
-    sha256,
-    train_command,
-    train_parser,
-)
+from monai_sr_bundle.pretrained import interpolate_weights
+from monai_sr_bundle.stages import train_parser
+from monai_sr_bundle.training.loop import SRPrepareBatch, auxiliary_network, latest_checkpoint
+from monai_sr_bundle.training.publish import publish_weights, train_command
+from monai_sr_bundle.weights import expand_state, load_weights
 
 MODELS = BUNDLE_ROOT / "models"
 WEIGHT_NAME = re.compile(r"(?P<method>[a-z0-9_]+?)_(?P<modality>[a-z0-9]+)_x(?P<scale>\d+)\.pt")
@@ -196,7 +192,7 @@ def check_weights_folder(models: Path) -> list[str]:
             assert a["method"] in methods.names(), f"{path.name}: no configs/methods/{a['method']}.json"
             method = methods.get(a["method"], modality=a["modality"])
             assert method.latent, f"{path.name}: {a['method']} is not a latent method"
-            methods.load_weights(method.network().autoencoder, path)  # strict
+            load_weights(method.network().autoencoder, path)  # strict
             continue
         m = WEIGHT_NAME.fullmatch(path.name)
         assert m, f"{path.name} is not named <method>_<modality>_x<scale>.pt (or <method>_<modality>_autoencoder.pt)"
@@ -208,7 +204,7 @@ def check_weights_folder(models: Path) -> list[str]:
         state = torch.load(path, map_location="cpu", weights_only=True)
         assert isinstance(state, dict) and "checkpointer" not in state, f"{path.name}: not a plain state dict"
         network = methods.get(method, scale, modality).load(path)  # load_state_dict is strict
-        stored = methods.expand_state(state)  # int8 / fp16 storage as the fp32 tensors it stands for
+        stored = expand_state(state)  # int8 / fp16 storage as the fp32 tensors it stands for
         for k, v in network.state_dict().items():
             assert torch.equal(v, stored[k]), f"{path.name}: {k} differs after loading"
     return [p.name for p in files]
@@ -588,7 +584,7 @@ def test_a_student_trains_toward_the_teacher_its_stage_declares(tmp_path, monkey
         **{"patch_size": 32, "batch_size": 2, "samples_per_image": 2, "learning_rate": 0.001},
         "auxiliary": {
             "teacher": {
-                "_target_": "monai_sr_bundle.training.auxiliary_network",
+                "_target_": "monai_sr_bundle.training.loop.auxiliary_network",
                 **{"method": "tiny_student", "weights": str(tmp_path / "teacher.pt")},
                 **{"scale": "@scale", "modality": "@modality", "device": "@device"},
             }
@@ -636,7 +632,7 @@ def test_a_noise_aware_method_trains_told_each_images_level_estimated_on_the_who
     levels to the network as ``noise_level``, and the noisier image gets the higher level."""
     from PIL import Image
 
-    from monai_sr_bundle.transforms.noise import estimate_noise_level
+    from monai_sr_bundle.networks.noise import estimate_noise_level
 
     rng = np.random.default_rng(2)
     smooth = np.add.outer(np.arange(96), np.arange(96)).astype(np.float32) / 190 * 200 + 20

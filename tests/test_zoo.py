@@ -16,9 +16,9 @@ from PIL import Image
 from test_bundle import monai_bundle
 
 from monai_sr_bundle import methods, zoo
+from monai_sr_bundle.constants import BUNDLE_ROOT
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.methods import BUNDLE_ROOT
 from tools import zoo_ci
 
 ZOO_CI = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "model-zoo-ci"

@@ -1,7 +1,7 @@
 """Store a method's shipped weights as compactly as no result notices: the tracked tree must stay small enough
 for a GPU call to carry it (64 MiB with the training data), and most of it is weights.
 
-The stored weights and each smaller storage (``methods.compact_state``: int8 convolution weights with a scale
+The stored weights and each smaller storage (``weights.compact_state``: int8 convolution weights with a scale
 per output channel, the thin layers at the ends in fp16; else fp16) super-resolve the first ``--images`` NIH
 validation images, clean and degraded (chest CT weights: validation slices of the CT split, clean), in the fp32
 network (a sampled method with its default seed, so both draw the same noise). The smallest storage whose
@@ -23,12 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def storage_of(state: dict) -> str:
-    """How a state dict is stored: one of ``methods.STORAGES``, or ``fp32`` (the widest of its float tensors)."""
+    """How a state dict is stored: one of ``weights.STORAGES``, or ``fp32`` (the widest of its float tensors)."""
     import torch
 
-    from monai_sr_bundle import methods
+    from monai_sr_bundle.weights import INT8_SCALE
 
-    scales = [v for k, v in state.items() if k.endswith(methods.INT8_SCALE)]
+    scales = [v for k, v in state.items() if k.endswith(INT8_SCALE)]
     if scales:
         return "int8_kernel" if any(s.ndim > 1 for s in scales) else "int8"
     return "fp32" if any(v.dtype == torch.float32 for v in state.values()) else "fp16"
@@ -37,6 +37,7 @@ def storage_of(state: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from monai_sr_bundle import methods
+    from monai_sr_bundle.weights import STORAGES, compact_state, expand_state, weights_record
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("method")
@@ -45,22 +46,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8, help="NIH validation images to compare on")
     parser.add_argument("--degradations", nargs="+", help="default: bicubic and real_eval_x<scale> (CT: bicubic)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="largest PSNR change allowed (dB)")
-    parser.add_argument("--storage", choices=methods.STORAGES, help="try only this one (default: smallest that passes)")
+    parser.add_argument("--storage", choices=STORAGES, help="try only this one (default: smallest that passes)")
     args = parser.parse_args(argv)
 
     import torch
 
-    from monai_sr_bundle import training
     from monai_sr_bundle.data.ct import write_ct_datalist
     from monai_sr_bundle.data.datalist import load_datalist, nih_datalist
     from monai_sr_bundle.evaluation import evaluate
+    from monai_sr_bundle.weights import write_weights
 
     method = methods.get(args.method, args.scale, args.modality)
     path = method.weights_path
-    record = methods.weights_record(path)
+    record = weights_record(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     before = storage_of(state)
-    tried = [s for s in methods.STORAGES if s == (args.storage or s)]
+    tried = [s for s in STORAGES if s == (args.storage or s)]
     tried = tried[: tried.index(before)] if before in tried else tried
     if not tried:
         print(f"{path.name}: already stored in {before}")
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             items = nih_datalist("val", limit=args.images)
         data = "chest CT validation slices" if ct else "NIH validation images"
         for storage in tried:
-            compact = methods.compact_state(methods.expand_state(state), storage)
+            compact = compact_state(expand_state(state), storage)
             candidate = Path(work) / f"{storage}_{path.name}"
             torch.save(compact, candidate)
             predictors = {before: method.predictor(path), storage: method.predictor(candidate)}
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             if record.get("stored"):
                 stored += f" (that file: {record['stored']})"
             provenance = {k: v for k, v in record.items() if k != "sha256"}
-            training.write_weights(compact, path, {**provenance, "stored": stored})
+            write_weights(compact, path, {**provenance, "stored": stored})
             print(f"{path.name}: stored in {storage} ({path.stat().st_size / 2**20:.1f} MiB)")
             return 0
     print(f"{path.name}: kept in {before}")

@@ -159,10 +159,10 @@ def unpack(packed: Path, data: Path) -> None:
 
 
 def train_command(name: str, variant: dict, settings: dict, work: Path, workers: int, minutes: float) -> list[str]:
-    from monai_sr_bundle import methods, training
+    from monai_sr_bundle import methods, stages
 
     method = methods.get(METHOD, variant["scale"])
-    files = ",".join(f"'{f}'" for f in training.stage_configs(method))
+    files = ",".join(f"'{f}'" for f in stages.stage_configs(method))
     overrides = {
         "method": METHOD,
         "modality": "cxr",

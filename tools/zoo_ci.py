@@ -24,10 +24,11 @@ from PIL import Image
 
 from monai_sr_bundle import methods, zoo
 from monai_sr_bundle.batch import default_input
+from monai_sr_bundle.constants import BUNDLE_ROOT
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.jsonfile import read_json_object
 from monai_sr_bundle.launch import safe_env
-from monai_sr_bundle.training import CONFIGS
+from monai_sr_bundle.stages import CONFIGS
 
 
 def isolated(mode: str, *args: str) -> list[str]:
@@ -198,7 +199,7 @@ def dev_inference_args(
     method: methods.Method, image: str | os.PathLike, out: str | os.PathLike, steps: int | None = None
 ) -> list[str]:
     """The development bundle's inference of ``image`` into ``out`` as ``python -m monai.bundle`` arguments, run
-    from :data:`methods.BUNDLE_ROOT` (its inference.json, as its docs run it): what an exported bundle's inference
+    from :data:`constants.BUNDLE_ROOT` (its inference.json, as its docs run it): what an exported bundle's inference
     must reproduce. The tests run them in their own process, :func:`dev_inference` as a process."""
     return (
         ["run", "--config_file", "configs/inference.json", "--method", method.name, "--modality", method.modality]
@@ -210,7 +211,7 @@ def dev_inference_args(
 def dev_inference(method: methods.Method, image: str | os.PathLike, out: str | os.PathLike, steps: int | None = None):
     """:func:`dev_inference_args` run as a process. Returns the written SR file."""
     command = [sys.executable, "-m", "monai.bundle", *dev_inference_args(method, image, out, steps)]
-    subprocess.run(command, cwd=methods.BUNDLE_ROOT, check=True, capture_output=True)
+    subprocess.run(command, cwd=BUNDLE_ROOT, check=True, capture_output=True)
     return next(Path(out).glob(f"{Path(image).stem}_sr*"))
 
 

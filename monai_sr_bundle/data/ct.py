@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from monai.data import MetaTensor
 
+from monai_sr_bundle.constants import MODALITIES
 from monai_sr_bundle.data.datalist import write_datalist
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.data.writers import write_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.methods import MODALITIES
 
 #: HU window of the chest CT weights (lung to soft tissue and contrast), the CT modality's map
 CT_WINDOW = MODALITIES["ct"]

@@ -14,6 +14,7 @@ from monai.data import load_decathlon_datalist
 
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.data.public import present
+from monai_sr_bundle.data.readers import expand_inputs
 from monai_sr_bundle.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -153,8 +154,6 @@ def split_items(
 def image_datalist(inputs: str | os.PathLike | list, limit: int | None = None) -> list[dict]:
     """HR images of one's own (files, or folders of them) as evaluation items without boxes: how a site
     scores a model on its own data (``evaluate.json --input``)."""
-    from monai_sr_bundle.batch import expand_inputs
-
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:

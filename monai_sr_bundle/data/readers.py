@@ -479,6 +479,51 @@ def folder_files(folder: str | os.PathLike) -> list[Path]:
     )
 
 
+def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Files to super-resolve: each file as given; a folder of images gives its image files; a folder that
+    holds only DICOM files of one series (a CT) stays one input, read as a volume."""
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    out: list[str] = []
+    for p in map(Path, paths):
+        if not os.path.isdir(p):  # False for a name too long: the reader reports it
+            out.append(str(p))
+            continue
+        kinds = image_kinds(p)
+        if not kinds or (set(kinds.values()) == {"dicom"} and one_series(list(kinds))):
+            out.append(str(p))  # a folder without images stays an input too, so that the reader reports it
+        else:
+            out.extend(str(c) for c in kinds)
+    return out
+
+
+def image_kinds(folder: str | os.PathLike) -> dict[Path, str]:
+    """The image files of a folder and their format families (files of no known format left out)."""
+    kinds = {}
+    try:
+        children = folder_files(folder)
+    except InputError:  # unreadable: the folder stays an input, for the reader to report
+        return kinds
+    for c in children:
+        try:
+            kinds[c] = image_format(c)
+        except InputError:
+            continue
+    return kinds
+
+
+def one_series(files: list[Path]) -> bool:
+    """Whether ``files`` are two or more DICOM images of one series (a volume), each read only to its header."""
+    if len(files) < 2:
+        return False
+    uids = set()
+    for f in files:
+        try:  # dcmread: a deflated file is bounded before it is inflated
+            uids.add(str(dcmread(f, stop_before_pixels=True).get("SeriesInstanceUID", "")))
+        except InputError:
+            return False
+    return len(uids) == 1
+
+
 def _dicom_series(folder: str, stop_before_pixels: bool = False) -> list[tuple[Path, object]]:
     """(file, dataset) of each image of a one-series folder, unsorted; all slices the same size. Without
     pixel data (``stop_before_pixels``) an image is told by its Rows instead of its PixelData."""

@@ -44,7 +44,8 @@ from monai_sr_bundle.errors import InputError, first_line
 from monai_sr_bundle.federated import aggregation
 from monai_sr_bundle.federated.sites import SiteData, load_site
 from monai_sr_bundle.launch import safe_children, safe_env
-from monai_sr_bundle.training import stop_on_nan, train_parser
+from monai_sr_bundle.stages import train_parser
+from monai_sr_bundle.training.loop import stop_on_nan
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.fedavg import FedAvg
 
 from monai_sr_bundle.federated import aggregation
-from monai_sr_bundle.training import write_weights
+from monai_sr_bundle.weights import write_weights
 
 #: the task property in which NVFlare's broadcast keeps the answers it waits for. NVFlare names it only in a
 #: private constant; tests/test_aggregation.py checks that a broadcast still keeps its minimum there, so an

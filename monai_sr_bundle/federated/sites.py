@@ -32,7 +32,7 @@ from string import Template
 from monai_sr_bundle.data.datalist import load_datalist, nih_datalist
 from monai_sr_bundle.data.paths import shared_data_dir
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.jsonfile import read_json_object
+from monai_sr_bundle.jsonfile import Kind, check_object, read_json_object, text, whole
 
 SITE_CONFIG_ENV = "MONAI_SR_SITE_CONFIG"
 
@@ -51,6 +51,12 @@ class SiteData:
 
 #: the most training processes a site config may ask for (one per GPU of the site's machine)
 MAX_PROCESSES = 64
+#: what a site config says (:func:`~monai_sr_bundle.jsonfile.check_object`'s schema; other keys are the site's)
+SITE_CONFIG = {
+    "datalist": text("a path"),
+    "data_dir": Kind("a folder's path", lambda v: isinstance(v, str)).or_null(),  # empty: the datalist's folder
+    "processes": whole(1, MAX_PROCESSES, "one per GPU"),
+}
 
 
 def _config(site: str, config_path: str | os.PathLike | None) -> tuple[Path, dict]:
@@ -60,14 +66,8 @@ def _config(site: str, config_path: str | os.PathLike | None) -> tuple[Path, dic
             f"site {site}: no site config; pass --site_config or set {SITE_CONFIG_ENV} on the site's machine."
         )
     path = Path(path)
-    config = read_json_object(path, f"site {site}: its site config {path}")
-    processes = config.get("processes", 1)
-    if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= MAX_PROCESSES:
-        raise InputError(
-            f"site {site}: 'processes' in {path} must be a whole number from 1 to {MAX_PROCESSES} (one per GPU), "
-            f"not {processes!r}."
-        )
-    return path, config
+    what = f"site {site}: its site config {path}"
+    return path, check_object(read_json_object(path, what), what, SITE_CONFIG, ("datalist",), others=True)
 
 
 def _expand(value: str) -> str:
@@ -80,8 +80,6 @@ def load_site(site: str, config_path: str | os.PathLike | None = None) -> SiteDa
     hold at least one item, every image must be a readable file and ``processes`` a whole number. Every error
     names the site."""
     path, config = _config(site, config_path)
-    if not isinstance(config.get("datalist"), str):
-        raise InputError(f"site {site}: {path} must be a JSON object with a 'datalist' path.")
     datalist = (path.parent / _expand(config["datalist"])).resolve()
     data_dir = Path(_expand(config["data_dir"])) if config.get("data_dir") else datalist.parent
     lists = {}

@@ -1,4 +1,5 @@
-"""The batch a loss term sees: the training batch by name, beside the prediction."""
+"""The batch a loss term sees: the training batch by name, beside the prediction; every prepare-batch of a
+stage names it with :func:`named_batch`."""
 
 from __future__ import annotations
 
@@ -33,3 +34,22 @@ class SRBatch(dict):
     @property
     def target(self) -> torch.Tensor:
         return self["target"] if "target" in self else self["hr"]
+
+
+#: the key of the abnormality-box mask on the HR grid (``BoxesToMaskd`` in the train config), its own item
+#: through the transforms; the loss terms read it as the named batch's ``mask``
+BOX_MASK_KEY = "box_mask"
+#: the batch's keys under the names a loss term reads them by (:class:`~monai_sr_bundle.losses.batch.SRBatch`)
+BATCH_NAMES = {"image": "lr", "label": "hr", BOX_MASK_KEY: "mask"}
+
+
+def named_batch(batchdata: dict, device=None, non_blocking: bool = False) -> SRBatch:
+    """The collated batch by name (``lr``, ``hr``, ``mask``; every other item under its own key), its tensors
+    on ``device`` without MONAI's metadata (a loss needs none, and the engine strips it from its label only
+    when the label is a tensor). Every prepare-batch of a stage builds its label here."""
+    named = SRBatch()
+    for key, value in batchdata.items():
+        if isinstance(value, torch.Tensor):
+            value = value.as_subclass(torch.Tensor).to(device=device, non_blocking=non_blocking)
+        named[BATCH_NAMES.get(key, key)] = value
+    return named

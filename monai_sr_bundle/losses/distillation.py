@@ -17,7 +17,7 @@ class DistillationLoss(nn.Module):
 
     Args:
         teacher: the stage's auxiliary network (``"teacher": "@auxiliary#teacher"`` in the block; built frozen
-            by :func:`~monai_sr_bundle.training.auxiliary_network`); kept as a reference, not a submodule, so
+            by :func:`~monai_sr_bundle.training.loop.auxiliary_network`); kept as a reference, not a submodule, so
             it is in no state dict of the loss and stays in eval mode.
         distance: ``"l1"`` or ``"mse"``.
     """

@@ -39,7 +39,7 @@ class Bicubic(nn.Module):
         mode: ``bicubic`` (default), ``bilinear`` or ``nearest``.
     """
 
-    #: no parameters; declared so that describing the method needs no build (:func:`methods.declared_traits`)
+    #: no parameters; declared so that describing the method needs no build (:mod:`monai_sr_bundle.traits`)
     trainable = False
 
     def __init__(self, scale: int = 4, mode: str = "bicubic") -> None:

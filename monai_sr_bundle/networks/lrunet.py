@@ -21,7 +21,7 @@ from torch import nn
 
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.networks.bicubic import UPSAMPLE_HALO, upsample
-from monai_sr_bundle.transforms.noise import noise_map
+from monai_sr_bundle.networks.noise import noise_map
 
 
 class _ResBlock(nn.Module):
@@ -48,7 +48,7 @@ class LRUNet(nn.Module):
     """A U-Net on the LR image and its noise map, ending in a pixel shuffle, predicting the residual over the
     bicubic interpolant.
 
-    The LR image and a constant map of its noise level (:func:`~monai_sr_bundle.transforms.noise.noise_map`)
+    The LR image and a constant map of its noise level (:func:`~monai_sr_bundle.networks.noise.noise_map`)
     enter a 3x3 head convolution; each level runs ``blocks[k]`` residual blocks; a 3x3 stride-2 convolution
     leads to the next, wider level, and on the way up a 1x1 convolution and a x2 pixel shuffle come back, added
     to the level's skip, followed by ``blocks[k]`` more residual blocks (none at the deepest level, whose blocks
@@ -57,7 +57,7 @@ class LRUNet(nn.Module):
 
     The noise level comes from ``forward``'s ``noise_level`` (one number or one per image, grey levels of
     255); when it is None the network estimates it from its input
-    (:func:`~monai_sr_bundle.transforms.noise.estimate_noise_level`). Tiles of one image must share one level:
+    (:func:`~monai_sr_bundle.networks.noise.estimate_noise_level`). Tiles of one image must share one level:
     the predictor estimates it on the whole image and passes it to every tile.
 
     Each halving needs an even side: ``forward`` pads at the far edges by replication to a multiple of

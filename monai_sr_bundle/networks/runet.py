@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_sr_bundle.networks.bicubic import pre_upsampled_halo, upsample
-from monai_sr_bundle.transforms.noise import noise_map
+from monai_sr_bundle.networks.noise import noise_map
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -151,7 +151,7 @@ class RUNet(nn.Module):
 
 class NoiseAwareRUNet(RUNet):
     """RUNet told how noisy its input is: a constant map of the noise level (grey levels /
-    :data:`~monai_sr_bundle.transforms.noise.NOISE_MAP_UNIT`, as :class:`~monai_sr_bundle.networks.LRUNet`
+    :data:`~monai_sr_bundle.networks.noise.NOISE_MAP_UNIT`, as :class:`~monai_sr_bundle.networks.LRUNet`
     takes it, after FFDNet / SRMD) enters the head beside the interpolated image. Grown from a trained RUNet (its
     state dict loads with the map's weights at zero) and fine-tuned on clean to degraded LR, one network serves
     a clean detector image and a noisy bedside film, which two RUNets trained apart each served half of.

@@ -38,9 +38,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, CopyItemsd, MapTransform, apply_transform
 
+from monai_sr_bundle.constants import BUNDLE_ROOT
 from monai_sr_bundle.errors import InputError, first_line, innermost
 from monai_sr_bundle.jsonfile import read_json_object
-from monai_sr_bundle.methods import BUNDLE_ROOT
 from monai_sr_bundle.transforms.degradation import CropToScaled
 
 __all__ = [

@@ -40,6 +40,7 @@ from starlette.middleware.cors import CORSMiddleware
 from lib.datastore import BOX_TAG, EXTENSIONS, MAX_BOXES_FILE, check_name, known_suffix
 from monai_sr_bundle.cancel import Token, WorkCancelledError
 from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.jsonfile import check_object
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +108,10 @@ def json_object(text: object, what: str) -> dict:
         value = json.loads(text)
     except (ValueError, RecursionError):
         raise HTTPException(422, f"{what} must be a JSON object; this is not JSON.") from None
-    if not isinstance(value, dict):
-        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
-        raise HTTPException(422, f"{what} must be a JSON object, not a JSON {kind}.")
+    try:
+        check_object(value, what)
+    except InputError as e:
+        raise HTTPException(422, str(e)) from None
     level, depth = [value], 1
     while level:
         level = [v for item in level for v in (item.values() if isinstance(item, dict) else item)]

@@ -96,7 +96,7 @@ class SuperResolutionLogic(ScriptedLoadableModuleLogic):
         """Start the SR process on the volume; poll ``run.running()``, then call :meth:`collect` (or
         :meth:`discard`). ``weights`` replaces the method's shipped ones; ``sampling`` holds a stochastic
         method's ``sampler``, ``steps``, ``seed`` and ``samples``, a degradation-aware one's ``noise_level``
-        (None: the method's default)."""
+        (None: the method's default), and the run's ``runtime`` and ``max_output_mp`` (:class:`SRRun`)."""
         folder = tempfile.mkdtemp(prefix="monai_sr_")
         try:
             path = self.write_input(volume_node, folder)
@@ -308,8 +308,12 @@ class SuperResolutionWidget(ScriptedLoadableModuleWidget):
             if not method:
                 self.list_methods()
                 method = self.ui.methodCombo.currentText
-            runtime = self.ui.runtimeCombo.currentText if self.ui.runtimeCombo.currentIndex > 0 else None
-            self.run = self.logic.start_local(node, method, scale, runtime=runtime, **self.sampling())
+            options = {
+                "runtime": self.ui.runtimeCombo.currentText if self.ui.runtimeCombo.currentIndex > 0 else None,
+                "max_output_mp": self.ui.maxOutputSpin.value,  # a CT volume of many slices needs more than 64
+                **self.sampling(),
+            }
+            self.run = self.logic.start_local(node, method, scale, **options)
         except (VolumeError, RunError, ClientError) as e:
             slicer.util.errorDisplay(str(e))
             return

@@ -17,12 +17,14 @@ from lib import versions
 from lib.datastore import check_image
 from monai_sr_bundle import cancel, methods
 from monai_sr_bundle.batch import run_inference
+from monai_sr_bundle.constants import MAX_SCALE
 from monai_sr_bundle.data.readers import image_format, read_image
 from monai_sr_bundle.data.writers import write_image
-from monai_sr_bundle.diffusion.uncertainty import MAPS
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import Predictor
 from monai_sr_bundle.limits import MAX_OUTPUT_MP
+from monai_sr_bundle.request import SRRequest
+from monai_sr_bundle.uncertainty import MAPS
 
 
 def _scale(value: object) -> int:
@@ -30,8 +32,8 @@ def _scale(value: object) -> int:
         scale = int(value)
     except (TypeError, ValueError):
         scale = 0
-    if not 1 < scale <= methods.MAX_SCALE or str(value).strip() != str(scale):
-        raise HTTPException(422, f"scale {value!r} must be a whole number from 2 to {methods.MAX_SCALE}.")
+    if not 1 < scale <= MAX_SCALE or str(value).strip() != str(scale):
+        raise HTTPException(422, f"scale {value!r} must be a whole number from 2 to {MAX_SCALE}.")
     return scale
 
 
@@ -125,15 +127,15 @@ class SuperResolutionInfer(InferTask):
     def __call__(self, request: dict) -> tuple[str, dict]:
         config = self.config()
         scale = _scale(request.get("scale", config["scale"]))
-        sampling = {k: request[k] for k in methods.SAMPLING_OPTIONS if k in request}
         try:
             method = methods.get(str(request.get("method", config["method"])), scale, self.modality)
-            method.check_sampling(**sampling)
-            default_level = self.noise_level if method.noise_aware else None
-            noise_level = method.check_noise_level(request.get("noise_level", default_level))
+            default = {"noise_level": self.noise_level if method.noise_aware else None}
+            server = {k: self.predictor_options[k] for k in ("precision", "runtime")}  # not the client's to choose
+            options = SRRequest.of({**default, **request, **server, "max_output_mp": self.max_output_mp})
+            options = Predictor.check(method, options)
         except InputError as e:
             raise HTTPException(422, str(e)) from e
-        samples, chosen = sampling.get("samples", 1), request.get("map")
+        samples, chosen = options.samples or 1, request.get("map")
         if chosen is not None and (samples < 2 or chosen not in MAPS):
             raise HTTPException(
                 422, f"map {chosen!r}: ask for one of {', '.join(MAPS)} together with samples of 2 or more."
@@ -152,9 +154,7 @@ class SuperResolutionInfer(InferTask):
                     allow_volume=True,
                     progress=False,
                     output_format="dicom" if pacs else "nifti" if dicom else None,  # clients load NIfTI
-                    noise_level=noise_level,
-                    max_output_mp=self.max_output_mp,  # checked by check_image above, in the server's words
-                    **sampling,
+                    request=options,  # its max_output_mp checked by check_image above, in the server's words
                 )
                 if pacs:  # the reply is what the PACS now holds, as NIfTI
                     stored = pacs.store_series(written[0])

@@ -17,11 +17,11 @@ from monailabel.interfaces.tasks.train import TrainTask
 from lib import versions
 from lib.datastore import BOX_TAG, SRDatastore
 from monai_sr_bundle import methods
+from monai_sr_bundle.constants import BUNDLE_ROOT
 from monai_sr_bundle.data.markups import markups_to_boxes
 from monai_sr_bundle.data.readers import read_image
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.methods import BUNDLE_ROOT
-from monai_sr_bundle.training import train_configs, train_parser
+from monai_sr_bundle.stages import train_configs, train_parser
 
 logger = logging.getLogger(__name__)
 

@@ -210,6 +210,8 @@ class SRRun:
             worker for other methods.
         runtime: what runs the network (``auto``, ``torch``, ``openvino``, ``onnxruntime``; None: auto); the
             reply's ``runtime`` and ``precision`` say what did.
+        max_output_mp: the largest SR result in megapixels, a volume's slices together (None: the worker's
+            default, 64: a CT volume of more than ~16 slices at x4 is refused before it is read).
         worker: the session's idle :class:`Worker` to run on (kept running after the run); None: a worker
             of the run's own, stopped when the run ends.
     """
@@ -229,10 +231,11 @@ class SRRun:
         worker: Worker | None = None,
         noise_level: float | None = None,
         runtime: str | None = None,
+        max_output_mp: float | None = None,
     ) -> None:
         self.input_path, self.output_dir = os.path.abspath(input_path), Path(output_dir).absolute()
         options = {"weights": weights, "sampler": sampler, "steps": steps, "seed": seed, "samples": samples,
-                   "noise_level": noise_level, "runtime": runtime}  # fmt: skip
+                   "noise_level": noise_level, "runtime": runtime, "max_output_mp": max_output_mp}  # fmt: skip
         self.request = {"input": self.input_path, "output": str(self.output_dir), "method": method,
                         "scale": int(scale), **{k: v for k, v in options.items() if v is not None}}  # fmt: skip
         self.own_worker = worker is None

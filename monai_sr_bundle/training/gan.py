@@ -1,4 +1,4 @@
-"""GAN training of an SR generator on MONAI's ``AdversarialTrainer`` (``configs/train_gan.json``).
+"""The GAN stage: training of an SR generator on MONAI's ``AdversarialTrainer`` (``configs/train_gan.json``).
 
 MONAI's trainer was written for generators of images from noise: it takes the generator's input as the real
 sample (``REALS = inputs``) and hands the generator's adversarial loss the fake logits only. For SR the input

@@ -1,19 +1,27 @@
-"""One training step of a diffusion SR method on MONAI's ``SupervisedTrainer`` (``configs/train_diffusion.json``):
-the prepare-batch noises the HR target at random timesteps and conditions on the LR image, the trainer runs
+"""The diffusion stages (``configs/train_diffusion.json``; a latent method trains ``configs/train_autoencoder.json``
+first, then ``configs/train_latent.json`` on its frozen autoencoder) on MONAI's ``SupervisedTrainer``: the
+prepare-batch noises the HR target at random timesteps and conditions on the LR image, the trainer runs
 :class:`DenoisingStep` (the module it trains, through its ``forward``, so ``DistributedDataParallel`` can wrap
 it) for the denoiser's estimate, and the train config's loss compares it with what it should have found (the
 noise drawn, the clean sample or the velocity, as the network's ``prediction`` says), or, for a method whose
 loss is on the image (``loss_space``), the SR image it implies with the clean HR. The batch is the one every
-method trains on, by name (``training.named_batch``: its ``target`` the denoiser's, its ``mask`` the box mask), so the
-CLI, the MONAI Label trainer and the NVFlare client train a diffusion method unchanged."""
+method trains on, by name (:func:`~monai_sr_bundle.losses.batch.named_batch`: its ``target`` the denoiser's, its
+``mask`` the box mask), so the CLI, the MONAI Label trainer and the NVFlare client train a diffusion method
+unchanged."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 from monai.engines.utils import PrepareBatch
 from torch import nn
 
-from monai_sr_bundle.training import named_batch
+from monai_sr_bundle import methods
+from monai_sr_bundle.errors import InputError
+from monai_sr_bundle.losses.batch import named_batch
+from monai_sr_bundle.weights import load_weights
 
 
 class DiffusionPrepareBatch(PrepareBatch):
@@ -89,3 +97,29 @@ class ReconstructionPrepareBatch(PrepareBatch):
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         hr = batchdata["label"].to(device=device, non_blocking=non_blocking)
         return hr, hr
+
+
+def frozen_autoencoder(network, weights: str | os.PathLike | None):
+    """``network`` with its autoencoder frozen, first loaded from ``weights`` (the autoencoder stage's; None
+    keeps the one ``network`` holds, e.g. from its full weights when training goes on)."""
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise InputError(
+                f"{weights}: no autoencoder weights; train the autoencoder first (configs/train_autoencoder.json "
+                "after configs/train.json) or pass --autoencoder_weights."
+            )
+        try:
+            load_weights(network.autoencoder, weights)
+        except InputError as e:
+            raise InputError(
+                f"{str(e).rstrip('.')}; the autoencoder stage and the method's overlay must agree on its channels, "
+                "block and latent_channels."
+            ) from e
+    network.autoencoder.requires_grad_(False)
+    return network
+
+
+def autoencoder_weights(method: methods.Method, init_weights: str | os.PathLike | None) -> str | None:
+    """The autoencoder a latent stage freezes: the autoencoder stage's published weights, or none to load when
+    training goes on from ``init_weights`` (a latent method's full weights hold its autoencoder)."""
+    return str(method.autoencoder_weights_path) if init_weights is None else None
