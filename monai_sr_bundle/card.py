@@ -1,6 +1,6 @@
 """The registry as its readers list it: each method described as data (``monai-sr methods --json``, which 3D
 Slicer reads, and MONAI Label's ``/info``) and the model card's tables of them
-(``monai_sr_bundle/docs/README.md``, which a test holds to :func:`markdown_table` and :func:`networks_table`)."""
+(the bundle's ``docs/README.md``, which a test holds to :func:`markdown_table` and :func:`networks_table`)."""
 
 from __future__ import annotations
 

@@ -16,3 +16,5 @@ BUNDLE_ROOT = next(p for p in Path(__file__).resolve().parents[:2] if (p / "conf
 MODALITIES: dict[str, str | tuple[float, float]] = {"cxr": "minmax", "ct": (-1000.0, 400.0)}
 #: the largest SR factor any surface takes (weights exist for x2 and x4; interpolation serves any)
 MAX_SCALE = 8
+#: the LR tile edge when neither the caller nor the network names one (memory grows with its square)
+DEFAULT_TILE_SIZE = 256

@@ -143,6 +143,12 @@ def tile_size(method, runtime: str) -> int:
     return max(method.tile_size, TILE_SIZE)
 
 
+def compiled_parts(method) -> list[str] | None:
+    """What an engine compiler (TensorRT) may take of ``method``'s network: the whole network (None) when it
+    exports, else the parts its class names (a sampler's loop does not export; its denoiser does)."""
+    return None if method.exportable else list(method.network_class.export_parts)
+
+
 def cache_dir() -> Path:
     """Where exported graphs are kept: ``$MONAI_SR_CACHE``, else ``~/.cache/monai-sr``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "monai-sr").expanduser()

@@ -24,7 +24,7 @@ from torch import nn
 from monai_sr_bundle import engine
 from monai_sr_bundle.engine import PRECISIONS
 from monai_sr_bundle.errors import InputError, shown
-from monai_sr_bundle.request import SRRequest
+from monai_sr_bundle.request import SRRequest, check_noise_level, check_sampling
 from monai_sr_bundle.tiling import SRInferer
 from monai_sr_bundle.transforms.degradation import zoom_geometry
 
@@ -175,15 +175,15 @@ class Predictor:
     def check(method, request: SRRequest) -> SRRequest:
         """The one check of a request's options for ``method``, each refusal one sentence, so that the CLI, the
         Slicer worker, MONAI Label and the bundle say the same: sampling options only for a stochastic method
-        (:meth:`~monai_sr_bundle.methods.Method.check_sampling`), a noise level only for a degradation-aware one
+        (:func:`~monai_sr_bundle.request.check_sampling`), a noise level only for a degradation-aware one
         (returned as a number, None to estimate it), a positive output limit. Static, so a surface asks it
         before any weights load; each call asks it again through :meth:`request`. Precision and runtime are
         checked where they choose what loads (:func:`~monai_sr_bundle.engine.resolve`)."""
-        method.check_sampling(**request.sampling, samples=request.samples)
+        check_sampling(method, **request.sampling, samples=request.samples)
         limit = request.max_output_mp
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < inf:
             raise InputError(f"max_output_mp must be a positive number of megapixels, got {shown(limit)}.")
-        return replace(request, noise_level=method.check_noise_level(request.noise_level))
+        return replace(request, noise_level=check_noise_level(method, request.noise_level))
 
     def _checked(self, request: SRRequest) -> SRRequest:
         """:meth:`check`, and a sampler's steps against those the network was trained with."""

@@ -20,24 +20,16 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from monai_sr_bundle.constants import BUNDLE_ROOT, MAX_SCALE, MODALITIES
-from monai_sr_bundle.errors import InputError, shown
+from monai_sr_bundle.constants import BUNDLE_ROOT, DEFAULT_TILE_SIZE, MODALITIES
+from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.overlays import overlays, read_overlay
+from monai_sr_bundle.request import check_scale
 from monai_sr_bundle.traits import built_traits, declared_traits
 from monai_sr_bundle.weights import load_weights, weights_record
 
 if TYPE_CHECKING:  # torch and MONAI are imported where a network is built: listing methods needs neither
     import torch
     from torch import nn
-
-#: options that only a stochastic method's sampler takes
-SAMPLING_OPTIONS = ("sampler", "steps", "seed", "samples")
-#: most draws per image for the uncertainty maps (each is a whole sampling run)
-MAX_SAMPLES = 64
-#: the largest seed a sampler takes (torch's generators hold 64 bits)
-MAX_SEED = 2**63 - 1
-#: the LR tile edge when neither the caller nor the network names one (memory grows with its square)
-DEFAULT_TILE_SIZE = 256
 
 
 def names() -> list[str]:
@@ -85,25 +77,6 @@ def get(name: str, scale: int = 4, modality: str = "cxr", bundle_root: str | os.
     return _resolved(name, str(found[name]), found[name].stat().st_mtime_ns, scale, modality, str(bundle_root or ""))
 
 
-def default_weights(method: Method) -> str | None:
-    """The weights a run of ``method`` reads or publishes unless told others (``ckpt_path``): its shipped
-    file; None for a method without parameters."""
-    return str(method.weights_path) if method.trainable else None
-
-
-def output_folder(root: str, kind: str, method: Method, weights: str | os.PathLike | None = None) -> str:
-    """``<root>/<kind>/<stem of weights>`` (the method's own weights unless ``weights`` names others): a
-    training run's or an evaluation's folder, named after the weights it makes or scores, so that two
-    methods, scales, modalities or stages never share one."""
-    return f"{root}/{kind}/{Path(weights if weights is not None else method.weights_path).stem}"
-
-
-def compiled_parts(method: Method) -> list[str] | None:
-    """What an engine compiler (TensorRT) may take of ``method``'s network: the whole network (None) when it
-    exports, else the parts its class names (a sampler's loop does not export; its denoiser does)."""
-    return None if method.exportable else list(method.network_class.export_parts)
-
-
 @lru_cache(maxsize=128)
 def _resolved(name: str, overlay: str, version: int, scale: int, modality: str, bundle_root: str) -> Method:
     return Method(name, Path(overlay), scale, modality, bundle_root or None)
@@ -128,11 +101,8 @@ class Method:
         modality: str = "cxr",
         bundle_root: str | os.PathLike | None = None,
     ) -> None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or int(scale) != scale or scale < 1:
-            raise InputError(f"method {name!r}: scale must be a positive whole number, got {shown(scale)}.")
-        if scale > MAX_SCALE:
-            raise InputError(f"method {name!r}: scale must be at most {MAX_SCALE}, got {shown(scale)}.")
-        self.name, self.overlay, self.scale, self.modality = name, Path(overlay), int(scale), str(modality)
+        self.name, self.overlay, self.modality = name, Path(overlay), str(modality)
+        self.scale = check_scale(name, scale)
         self.bundle_root = Path(bundle_root or BUNDLE_ROOT)
         self.config, self.stages = read_overlay(name, self.overlay)
 
@@ -258,7 +228,7 @@ class Method:
     def tile_size(self) -> int:
         """The LR tile edge used when a caller names none: the network's ``tile_size`` (an LR-size network with a
         wide context wants large tiles, or most of its time goes to the context), else
-        :data:`DEFAULT_TILE_SIZE`."""
+        :data:`~monai_sr_bundle.constants.DEFAULT_TILE_SIZE`."""
         return int(getattr(self._probe, "tile_size", DEFAULT_TILE_SIZE))
 
     @property
@@ -310,16 +280,14 @@ class Method:
         ones (a method without parameters takes none). ``winograd`` swaps VDSR-style 3x3 convolutions for
         Winograd F(4x4, 3x3) on the CPU (same output to ~1e-5, about 2x faster after a compile per image
         size). Sampling options are not the network's: they go with each call (:meth:`predictor`)."""
-        if self.trainable:
-            if weights is None and not self.weights_path.is_file():
+        if self.trainable and weights is None:
+            if not self.weights_path.is_file():
                 raise InputError(
                     f"method {self.name!r} has no {self.modality} x{self.scale} weights "
                     f"({self.weights_name}); train it first or pass weights."
                 )
-            network = self.network(weights if weights is not None else self.weights_path)
-        else:
-            network = self.network(weights)
-        network = network.to(device).eval()
+            weights = self.weights_path
+        network = self.network(weights).to(device).eval()
         if winograd:
             from monai_sr_bundle.winograd import winograd_network
 
@@ -359,63 +327,14 @@ class Method:
             **sampling,
         )
 
-    def check_noise_level(self, noise_level) -> float | None:
-        """A noise level a user gave, as a number (None: estimate it from each image), refused in one sentence
-        when it is no level (:func:`~monai_sr_bundle.transforms.noise.checked_noise_level`) or this method's
-        network takes none."""
-        from monai_sr_bundle.transforms.noise import checked_noise_level
-
-        level = checked_noise_level(noise_level, f"method {self.name!r}: the noise level")
-        if level is not None and not self.noise_aware:
-            raise InputError(
-                f"method {self.name!r} is not told how noisy its input is: drop the noise level (options of "
-                "degradation-aware methods only)."
-            )
-        return level
-
-    def check_sampling(self, **options) -> None:
-        """Refuse sampler options (``sampler``, ``steps``, ``seed``, ``samples``) for a deterministic method,
-        an unknown sampler, and numbers that are not positive whole numbers (``seed`` may be 0, ``samples``
-        is at most ``MAX_SAMPLES``)."""
-        given = {k: v for k, v in options.items() if v is not None}
-        unknown = sorted(set(given) - set(SAMPLING_OPTIONS))
-        if unknown:
-            raise InputError(f"unknown sampling option(s) {', '.join(unknown)}; use {', '.join(SAMPLING_OPTIONS)}.")
-        if given and not self.stochastic:
-            raise InputError(
-                f"method {self.name!r} is deterministic and has no sampler: drop {', '.join(given)} "
-                "(options of stochastic methods only)."
-            )
-        sampler = given.pop("sampler", None)
-        if sampler is not None:
-            from monai_sr_bundle.diffusion.samplers import SAMPLERS
-
-            if not isinstance(sampler, str) or sampler not in SAMPLERS:
-                raise InputError(
-                    f"method {self.name!r}: unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}."
-                )
-        for key, value in given.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1):
-                raise InputError(
-                    f"method {self.name!r}: {key} must be a whole "
-                    f"number{' >= 0' if key == 'seed' else ' >= 1'}, got {value!r}."
-                )
-        if given.get("seed", 0) > MAX_SEED:
-            raise InputError(f"method {self.name!r}: seed must be at most 2**63 - 1 (torch's), got {given['seed']}.")
-        if given.get("samples", 1) > MAX_SAMPLES:
-            raise InputError(
-                f"method {self.name!r}: samples must be at most {MAX_SAMPLES} (each is a whole sampling run), "
-                f"got {given['samples']}."
-            )
-
     def inferer(self, tile_size: int | None = None, seed: int | None = None, progress: bool = False, **network_kwargs):
         """The tiling inferer this method needs: exact core-crop with its halo (tiles starting where the network's
         ``tile_align`` says), or seeded blending; tiles of ``tile_size`` (None: :attr:`tile_size`), no larger
         than the network's ``max_tile`` when it declares one; ``network_kwargs`` go with every network call (a
-        diffusion method's ``sampler``, ``steps``, ``progress``; a noise-aware one's ``noise_level``)."""
+        diffusion method's ``sampler``, ``steps``, ``progress``; a noise-aware one's ``noise_level``), checked
+        before (:meth:`~monai_sr_bundle.inference.Predictor.check`)."""
         from monai_sr_bundle.tiling import SRInferer
 
-        self.check_sampling(seed=seed)
         merge = "blend" if self.stochastic else "crop"
         tile_size = self.tile_size if tile_size is None else int(tile_size)
         tile_size = min(tile_size, int(getattr(self._probe, "max_tile", tile_size)))

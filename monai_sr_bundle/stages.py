@@ -1,15 +1,32 @@
 """A method's training stages as the bundle configs that train them (its overlay's ``stages``,
 :attr:`~monai_sr_bundle.methods.Method.stages`): the files of a stage as a recorded command names them, the
-train config parsed for the surfaces that train in process (the MONAI Label trainer, the NVFlare client), and a
-stage's config merged and resolved, as ``monai-sr config`` prints it."""
+train config parsed for the surfaces that train in process (the MONAI Label trainer, the NVFlare client), a
+stage's config merged and resolved, as ``monai-sr config`` prints it, and the paths the configs ask of a method
+(:func:`default_weights`, :func:`output_folder`)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from monai_sr_bundle import methods
 from monai_sr_bundle.constants import BUNDLE_ROOT
 from monai_sr_bundle.errors import InputError
 
 CONFIGS = BUNDLE_ROOT / "configs"
+
+
+def default_weights(method: methods.Method) -> str | None:
+    """The weights a run of ``method`` reads or publishes unless told others (``ckpt_path``): its shipped
+    file; None for a method without parameters."""
+    return str(method.weights_path) if method.trainable else None
+
+
+def output_folder(root: str, kind: str, method: methods.Method, weights: str | os.PathLike | None = None) -> str:
+    """``<root>/<kind>/<stem of weights>`` (the method's own weights unless ``weights`` names others): a
+    training run's or an evaluation's folder, named after the weights it makes or scores, so that two
+    methods, scales, modalities or stages never share one."""
+    return f"{root}/{kind}/{Path(weights if weights is not None else method.weights_path).stem}"
 
 
 def stage_configs(method: methods.Method, stage: str | None = None) -> list[str]:

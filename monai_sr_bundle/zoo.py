@@ -148,11 +148,14 @@ def _assemble(method: methods.Method, root: Path, scores: dict, weights_url: str
 
 def _copy_code(scripts: Path) -> None:
     """This package's modules as ``scripts``, imports sorted as the zoo's isort settings sort them (there,
-    ``scripts`` is a third-party name: it stands beside torch, not in a first-party block of its own)."""
+    ``scripts`` is a third-party name: it stands beside torch, not in a first-party block of its own). An import
+    wrapped here because ``monai_sr_bundle`` made it too long is joined when ``scripts`` fits it in a line, as
+    the zoo's black (``--skip-magic-trailing-comma``) wants, so its trailing comma does not keep it wrapped."""
     try:
         import isort
     except ImportError as e:
         raise InputError("export-zoo sorts the bundle's imports with isort: pip install isort.") from e
+    settings = dict(profile="black", line_length=120, known_first_party=["models"], split_on_trailing_comma=False)
     for path in sorted(BUNDLE_ROOT.rglob("*.py")):  # the development bundle is the package
         rel = path.relative_to(BUNDLE_ROOT)
         if rel.parts[0] in NOT_EXPORTED or rel.parts[0] in ("configs", "models", "docs"):
@@ -160,7 +163,7 @@ def _copy_code(scripts: Path) -> None:
         dest = scripts / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         code = rewrite_package(path.read_text(encoding="utf-8"))
-        dest.write_text(isort.code(code, profile="black", line_length=120, known_first_party=["models"]))
+        dest.write_text(isort.code(code, **settings))
 
 
 def _write_configs(method: methods.Method, configs: Path, metadata: dict) -> None:

@@ -20,7 +20,7 @@ from monai_sr_bundle.batch import run_inference
 from monai_sr_bundle.cli import main
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.onnx_runtime import export_denoiser, onnx_network
-from monai_sr_bundle.request import SRRequest
+from monai_sr_bundle.request import SRRequest, check_sampling
 from monai_sr_bundle.transforms.degradation import downsample
 from monai_sr_bundle.uncertainty import MAPS, uncertainty_maps
 from monai_sr_bundle.weights import load_weights
@@ -122,7 +122,7 @@ def test_several_samples_write_the_mean_and_the_maps_reproducibly(tiny, png, tmp
 def test_bad_sampling_options_are_refused(tiny, options, message):
     method, _ = tiny
     with pytest.raises(InputError, match=message):
-        method.check_sampling(**options)
+        check_sampling(method, **options)
 
 
 def test_sampling_options_go_with_each_call_and_leave_the_network_as_it_is(tiny, png, tmp_path):

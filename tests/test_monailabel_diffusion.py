@@ -82,9 +82,10 @@ def test_several_samples_and_their_maps(diffusion_server, tmp_path, monkeypatch)
     "params, message",
     [({"steps": 0}, "steps must be"), ({"steps": -1}, "steps must be"), ({"steps": 21}, "from 1 to 20"),
      ({"steps": "5"}, "steps must be"), ({"steps": 2.5}, "steps must be"), ({"sampler": "euler"}, "unknown sampler"),
-     ({"sampler": ["ddim"]}, "unknown sampler"), ({"map": ["std"], "samples": 2}, "map ['std']"),
+     ({"sampler": ["ddim"]}, "unknown sampler"),
+     ({"map": ["std"], "samples": 2}, "\"map\" must be one of std, lr_consistency or null, got ['std']"),
      ({"seed": "a"}, "seed must be"), ({"seed": 1.5}, "seed must be"), ({"samples": 0}, "samples must be"),
-     ({"samples": 65}, "at most 64"), ({"samples": 2, "map": "foo"}, "map 'foo'"), ({"map": "std"}, "samples of 2"),
+     ({"samples": 65}, "at most 64"), ({"samples": 2, "map": "foo"}, "got 'foo'"), ({"map": "std"}, "samples of 2"),
      ({"method": "vdsr", "sampler": "ddim", "weights": "shipped"}, "deterministic")],
 )  # fmt: skip
 def test_bad_sampling_options_are_refused_and_the_server_keeps_serving(diffusion_server, params, message):

@@ -92,7 +92,7 @@ def test_sampling_options_match_the_project_and_start_disabled():
     """The UI holds the samplers and the most samples (data the Widget reads, no names in its code); they are
     the project's, and the options stay off until a stochastic method is picked."""
     from monai_sr_bundle.diffusion.samplers import SAMPLERS
-    from monai_sr_bundle.methods import MAX_SAMPLES
+    from monai_sr_bundle.request import MAX_SAMPLES
 
     widgets = {w.get("name"): w for w in ET.parse(UI).iter("widget")}
     sampler = [item.findtext("property/string") for item in widgets["samplerCombo"].findall("item")]

@@ -40,7 +40,7 @@ from starlette.middleware.cors import CORSMiddleware
 from lib.datastore import BOX_TAG, EXTENSIONS, MAX_BOXES_FILE, check_name, known_suffix
 from monai_sr_bundle.cancel import Token, WorkCancelledError
 from monai_sr_bundle.errors import InputError
-from monai_sr_bundle.jsonfile import check_object
+from monai_sr_bundle.jsonfile import Kind, check_object
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,12 @@ FORM_OVERHEAD = 64 << 10
 INFER_OUTPUTS = ("image", "json", "all")
 #: the digests MONAI Label's image check (``check_sum=ALGO:hex``) computes; another one was a 500
 CHECK_SUMS = ("SHA256", "SHA512", "MD5")
-#: request params a client may not set: the image comes from the URL or the upload, never from params
-RESERVED_PARAMS = ("image", "image_name", "model", "session", "save_label", "label_tag", "cancel")
+#: request params a client may not set (the server sets them): the image comes from the URL or the upload, never
+#: from params; as a schema of :func:`~monai_sr_bundle.jsonfile.check_object`, a key no value passes
+RESERVED_PARAMS = dict.fromkeys(
+    ("image", "image_name", "model", "session", "save_label", "label_tag", "cancel"),
+    Kind("left out (the server sets it: give the image in the URL or upload it)", lambda v: False),
+)
 
 
 @dataclass(frozen=True)
@@ -99,9 +103,10 @@ def mb(n: int) -> str:
     return f"{n / (1 << 20):.4g} MB"
 
 
-def json_object(text: object, what: str) -> dict:
-    """``text`` parsed as a JSON object nested at most MAX_JSON_DEPTH deep, else a 422 naming ``what``: what
-    is stored goes into the datastore index, which a deeper document would leave unreadable."""
+def json_object(text: object, what: str, schema: dict[str, Kind] | None = None) -> dict:
+    """``text`` parsed as a JSON object nested at most MAX_JSON_DEPTH deep, its keys of ``schema``'s kinds (other
+    keys too), else a 422 naming ``what``: what is stored goes into the datastore index, which a deeper document
+    would leave unreadable."""
     try:
         if not isinstance(text, str):  # a file sent in a text field's place
             raise ValueError(text)
@@ -109,7 +114,7 @@ def json_object(text: object, what: str) -> dict:
     except (ValueError, RecursionError):
         raise HTTPException(422, f"{what} must be a JSON object; this is not JSON.") from None
     try:
-        check_object(value, what)
+        check_object(value, what, schema, others=True)
     except InputError as e:
         raise HTTPException(422, str(e)) from None
     level, depth = [value], 1
@@ -225,12 +230,7 @@ def own_api(max_upload: int, queue: InferQueue) -> FastAPI:
         if output not in INFER_OUTPUTS:
             raise HTTPException(422, f"output {output[:40]!r} is not one of {', '.join(INFER_OUTPUTS)}.")
         async with request.form(max_files=1, max_fields=4, max_part_size=SMALL_BODY) as form:
-            params = json_object(form.get("params") or "{}", "params")
-            reserved = sorted(set(params) & set(RESERVED_PARAMS))
-            if reserved:
-                raise HTTPException(
-                    422, f"params may not set {', '.join(reserved)}; give the image in the URL or upload it."
-                )
+            params = json_object(form.get("params") or "{}", "params", RESERVED_PARAMS)
             file = form.get("file")
             if "label" in form:
                 raise HTTPException(422, "the super_resolution task takes no label upload.")

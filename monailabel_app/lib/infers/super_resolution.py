@@ -22,27 +22,28 @@ from monai_sr_bundle.data.readers import image_format, read_image
 from monai_sr_bundle.data.writers import write_image
 from monai_sr_bundle.errors import InputError
 from monai_sr_bundle.inference import Predictor
+from monai_sr_bundle.jsonfile import Kind, check_object
 from monai_sr_bundle.limits import MAX_OUTPUT_MP
 from monai_sr_bundle.request import SRRequest
 from monai_sr_bundle.uncertainty import MAPS
 
+#: this task's params that an SRRequest does not hold (:func:`~monai_sr_bundle.jsonfile.check_object`'s schema;
+#: Predictor.check checks the SRRequest's, other keys are the client's or the server's); a scale may also come as
+#: its text ("4"), and a null map asks for the SR image
+PARAMS = {
+    "scale": Kind(
+        f"a whole number from 2 to {MAX_SCALE}",
+        lambda v: not isinstance(v, bool) and str(v).strip() in {str(s) for s in range(2, MAX_SCALE + 1)},
+    ),
+    "store_in_pacs": Kind("true or false", lambda v: isinstance(v, bool)),
+    "map": Kind(f"one of {', '.join(MAPS)}", lambda v: isinstance(v, str) and v in MAPS).or_null(),
+}
 
-def _scale(value: object) -> int:
-    try:
-        scale = int(value)
-    except (TypeError, ValueError):
-        scale = 0
-    if not 1 < scale <= MAX_SCALE or str(value).strip() != str(scale):
-        raise HTTPException(422, f"scale {value!r} must be a whole number from 2 to {MAX_SCALE}.")
-    return scale
 
-
-def _pacs(store: object):
+def _pacs(store: bool):
     """The datastore to store the SR series in when a request asks for it (``store_in_pacs``: true), else None."""
-    if store is False:
+    if not store:
         return None
-    if store is not True:
-        raise HTTPException(422, f"store_in_pacs must be true or false, not {str(store)[:40]!r}.")
     from monailabel.interfaces.utils.app import app_instance
 
     datastore = app_instance().datastore()
@@ -126,8 +127,9 @@ class SuperResolutionInfer(InferTask):
 
     def __call__(self, request: dict) -> tuple[str, dict]:
         config = self.config()
-        scale = _scale(request.get("scale", config["scale"]))
         try:
+            check_object(request, "params", PARAMS, others=True)
+            scale = int(request.get("scale", config["scale"]))
             method = methods.get(str(request.get("method", config["method"])), scale, self.modality)
             default = {"noise_level": self.noise_level if method.noise_aware else None}
             server = {k: self.predictor_options[k] for k in ("precision", "runtime")}  # not the client's to choose
@@ -136,10 +138,8 @@ class SuperResolutionInfer(InferTask):
         except InputError as e:
             raise HTTPException(422, str(e)) from e
         samples, chosen = options.samples or 1, request.get("map")
-        if chosen is not None and (samples < 2 or chosen not in MAPS):
-            raise HTTPException(
-                422, f"map {chosen!r}: ask for one of {', '.join(MAPS)} together with samples of 2 or more."
-            )
+        if chosen is not None and samples < 2:
+            raise HTTPException(422, f"map {chosen!r} needs several draws: ask for it with samples of 2 or more.")
         image, name = request["image"], str(request.get("image_name", "the image"))
         pacs = _pacs(request.get("store_in_pacs", False))
         check_image(image, name, scale, self.max_output_mp)
