@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument(
         "--tile-size",
         type=int,
-        help="LR tile edge for bounded memory (default: the method's, 256 for most; 512 on an engine)",
+        help="LR tile edge for bounded memory (default: the method's, 256 for most; on an engine an image up to "
+        "512 px runs whole)",
     )
     sr.add_argument(
         "--noise-level",

@@ -17,12 +17,14 @@ overlay then says ``"engine_bf16": true``), fp32 elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +47,14 @@ CACHE_ENV = "MONAI_SR_CACHE"
 EXPORT_FORMAT = 1
 #: how far an fp32 engine may stray from PyTorch on the known-answer check before its graph is rebuilt
 CHECK_TOLERANCE = 1e-3
-#: an engine's default LR tile for a network that stitches exactly: a 512 px radiograph in PyTorch's 256 px tiles
-#: is 9 windows with their halos, 1.9x its pixels, while an engine holds RUNet's 512 px window at x4 in < 2 GB
-TILE_SIZE = 512
+#: on an engine, a network that stitches exactly takes an image whole up to this many LR pixels a side: a 512 px
+#: radiograph in 256 px tiles is 9 windows with their halos, 1.9x its pixels, and an engine holds RUNet's whole
+#: 512 px image at x4 in < 2 GB; larger images keep the method's tiles (512 px tiles took a 1955 x 1841 CR from
+#: 2.5 to 3.1 GB at the same speed: benchmarks/engines.py)
+WHOLE_SIZE = 512
+#: loggers of the ONNX exporter whose progress notes and warnings (optimizer passes, packages it does not need)
+#: say nothing a user can act on
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 #: the ONNX module (the import name of each runtime's package)
 _PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 
@@ -135,12 +142,26 @@ def resolve(method, runtime: str | None, device, precision: str = "auto", winogr
     return chosen, precision
 
 
-def tile_size(method, runtime: str) -> int:
-    """The LR tile edge ``method`` runs at when a caller names none: its own on PyTorch and for a sampler
-    (blended tiles change with their size), else at least :data:`TILE_SIZE`."""
-    if runtime == "torch" or method.stochastic:
-        return method.tile_size
-    return max(method.tile_size, TILE_SIZE)
+def whole_size(method, runtime: str) -> int:
+    """Up to how many LR pixels a side ``method`` takes an image in one call on ``runtime`` when the caller names
+    no tile size: :data:`WHOLE_SIZE` on an engine, 0 (its tiles) on PyTorch and for a sampler (blended tiles
+    change with their size)."""
+    return 0 if runtime == "torch" or method.stochastic else WHOLE_SIZE
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def compiled_parts(method) -> list[str] | None:
@@ -183,17 +204,18 @@ def export(network: nn.Module, path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
     os.close(fd)
     try:
-        torch.onnx.export(
-            network,
-            example,
-            tmp,
-            input_names=["image", "noise_level"][: len(example)],
-            output_names=["pred"],
-            dynamic_shapes=dynamic,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+        with _quiet_exporter():
+            torch.onnx.export(
+                network,
+                example,
+                tmp,
+                input_names=["image", "noise_level"][: len(example)],
+                output_names=["pred"],
+                dynamic_shapes=dynamic,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -92,7 +92,8 @@ class Predictor:
         weights: the file ``network`` was loaded from (None: the shipped weights; none for interpolation).
         device: where images go.
         tile_size: LR tile edge; memory grows with its square (None: the method's,
-            :attr:`~monai_sr_bundle.methods.Method.tile_size`, larger on an engine: :func:`engine.tile_size`).
+            :attr:`~monai_sr_bundle.methods.Method.tile_size`; on an engine an image up to
+            :func:`engine.whole_size` a side runs whole).
         intensity: the reader's map to [0, 1] (default: the one recorded with the weights, else the
             modality's, :meth:`~monai_sr_bundle.methods.Method.intensity_of`).
         sampler, steps, seed: a stochastic method's defaults (refused for a deterministic one).
@@ -138,7 +139,8 @@ class Predictor:
         if method.trainable:
             logger.info("%s runs on %s in %s", method.name, self.runtime, precision)
         self.method, self.network, self.device = method, network, device
-        self.tile_size = engine.tile_size(method, self.runtime) if tile_size is None else int(tile_size)
+        self.tile_size = method.tile_size if tile_size is None else int(tile_size)
+        self.whole_size = engine.whole_size(method, self.runtime) if tile_size is None else 0
         self.precision, self.compiled = precision, bool(compile)
         if compile:
             self.compile()
@@ -206,7 +208,9 @@ class Predictor:
         seed = options.pop("seed", None)
         if self.method.stochastic and progress:
             options["progress"] = True
-        return self.method.inferer(self.tile_size, seed=seed, **options)
+        inferer = self.method.inferer(self.tile_size, seed=seed, **options)
+        inferer.whole_size = self.whole_size
+        return inferer
 
     def _noise_level(self, image: torch.Tensor, level: float | None) -> float | None:
         """The noise level a degradation-aware network gets for a loaded image (C, X, Y[, Z]): the checked

@@ -83,6 +83,8 @@ class SRInferer(Inferer):
         seed: seed of the generator that a ``blend`` network draws its noise from, once per call.
         sw_batch_size: tiles per forward pass.
         align: window starts are multiples of it, for ``crop`` (the network's ``tile_align``).
+        whole_size: for ``crop``, an image up to this many LR pixels a side runs in one call whatever the tile
+            size (an engine's: no halos to compute twice, :func:`~monai_sr_bundle.engine.whole_size`).
         progress: show a progress bar over the tiles.
         network_kwargs: keyword arguments of every network call (a diffusion method's ``sampler``, ``steps``).
     """
@@ -99,6 +101,7 @@ class SRInferer(Inferer):
         progress: bool = False,
         network_kwargs: dict | None = None,
         align: int = 1,
+        whole_size: int = 0,
     ) -> None:
         super().__init__()
         if merge not in MERGE_MODES:
@@ -109,6 +112,7 @@ class SRInferer(Inferer):
         self.merge, self.overlap, self.seed = merge, float(overlap), int(seed)
         self.sw_batch_size, self.progress, self.align = int(sw_batch_size), progress, max(1, int(align))
         self.network_kwargs = dict(network_kwargs or {})
+        self.whole_size = int(whole_size)
 
     def _tiles(
         self, shape: tuple[int, int]
@@ -116,7 +120,8 @@ class SRInferer(Inferer):
         """Window size and, per tile, ((row start, core start, core stop), (col ...)) in LR pixels; for
         ``blend`` the core is the whole window."""
         if self.merge == "crop":
-            (th, rows), (tw, cols) = (crop_windows(n, self.tile_size, self.halo, self.align) for n in shape)
+            tile = self.whole_size if max(shape) <= self.whole_size else self.tile_size
+            (th, rows), (tw, cols) = (crop_windows(n, tile, self.halo, self.align) for n in shape)
         else:
             ov = int(round(self.overlap * self.tile_size))
             (th, rows), (tw, cols) = (blend_windows(n, self.tile_size, ov) for n in shape)

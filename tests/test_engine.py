@@ -177,11 +177,22 @@ def test_auto_picks_the_fastest_engine_installed_and_pytorch_where_none_serves(m
     assert engine.resolve(methods.get("srcnn"), "auto", "cpu")[0] == ENGINES[0]
 
 
-def test_an_engine_takes_larger_exact_tiles_and_pytorch_and_samplers_keep_theirs():
-    assert engine.tile_size(methods.get("runet_real"), ENGINES[0]) == engine.TILE_SIZE
+def test_an_engine_takes_an_image_up_to_its_whole_size_in_one_call_and_larger_ones_in_tiles():
     runet_real = methods.get("runet_real")
-    assert engine.tile_size(runet_real, "torch") == runet_real.tile_size < engine.TILE_SIZE
-    assert engine.tile_size(methods.get("sr3"), ENGINES[0]) == methods.get("sr3").tile_size
+    assert engine.whole_size(runet_real, ENGINES[0]) == engine.WHOLE_SIZE > runet_real.tile_size
+    assert engine.whole_size(runet_real, "torch") == engine.whole_size(methods.get("sr3"), ENGINES[0]) == 0
+    calls = []
+
+    def network(x):
+        calls.append(x.shape)
+        return x.repeat_interleave(4, -1).repeat_interleave(4, -2)
+
+    for side, windows in ((engine.WHOLE_SIZE, 1), (engine.WHOLE_SIZE + 1, 3)):  # 3 tiles of 256 with halos
+        inferer = runet_real.inferer()
+        inferer.whole_size = engine.WHOLE_SIZE
+        inferer(torch.zeros(1, 1, side, 40), network)
+        assert len(calls) == windows, (side, calls)
+        calls.clear()
 
 
 @pytest.mark.parametrize(
