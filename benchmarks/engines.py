@@ -12,7 +12,6 @@ Run: .venv/bin/python -m benchmarks.engines [--methods a,b] [--images 20]
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -183,8 +182,6 @@ def run(args) -> int:
             for runtime, precision in COLUMNS:
                 network, context = served(method, runtime, precision)
                 row[f"{runtime}_{precision}_s"] = network_seconds(network, context, method.noise_aware)
-            if getattr(method.network(), "winograd_speedup", True):  # what --winograd serves, against the engines
-                row["winograd_s"] = network_seconds(method.load(winograd=True), contextlib.nullcontext, False)
             for where, items in (("nih", nih), ("external", external)):  # the others are fp32, or not served
                 row[f"openvino_bf16_dpsnr_{where}"] = psnr_change(method, "openvino", "bf16", items)
             table[method.name] = row
@@ -223,19 +220,16 @@ def run(args) -> int:
 
 def render(table: dict, steps: dict, peak: dict, request: dict, command: str, images: int) -> str:
     cols = [f"{r} {p} (s)" for r, p in COLUMNS]
-    head = ["method", "GFLOP", *cols, "torch fp32 --winograd (s)", "best GFLOP/s", "export ORT / OV (s)"]
+    head = ["method", "GFLOP", *cols, "best GFLOP/s", "export ORT / OV (s)"]
     head.append("ΔPSNR OV bf16 NIH / ext")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in table.items():
         times = [row[f"{r}_{p}_s"] for r, p in COLUMNS]
         cells = [name, f"{row['gflop']:.0f}", *(f"{t:.2f}" for t in times)]
-        cells.append(f"{row['winograd_s']:.2f}" if "winograd_s" in row else "")
         cells.append(f"{row['gflop'] / min(times):.0f}")
         cells.append(f"{row['export_onnxruntime_s']:.1f} / {row['export_openvino_s']:.1f}")
         cells.append(f"{row['openvino_bf16_dpsnr_nih']:+.3f} / {row['openvino_bf16_dpsnr_external']:+.3f}")
         lines.append("| " + " | ".join(cells) + " |")
-    winograd = {n: r["winograd_s"] / r["openvino_fp32_s"] for n, r in table.items() if "winograd_s" in r}
-    verdict = ", ".join(f"{n} {x:.1f}x" for n, x in winograd.items())
     stepped = [c for c in COLUMNS if c != ("torch", "bf16")]
     step_lines = ["| method | denoiser input | " + " | ".join(f"{r} {p} (s)" for r, p in stepped) + " |"]
     step_lines.append("|" + "---|" * (2 + len(stepped)))
@@ -257,9 +251,6 @@ images and {images} external-site images (x4, clean LR); `auto` runs bf16 where 
 {BF16_TOLERANCE} dB.
 
 {chr(10).join(lines)}
-
-`--winograd` (PyTorch's hand-written Winograd convolution, fp32) against OpenVINO fp32 on the methods it serves:
-OpenVINO is {verdict or "(none measured)"} faster.
 
 The samplers' denoiser, one step at the shape a 128 px LR tile gives (the sampler loop itself stays in PyTorch:
 it does not export); the denoiser exported as `configs/export_denoiser.json` exports it:

@@ -85,23 +85,22 @@ def peak_rss_of_bundle_inference(work: Path) -> tuple[float, str]:
     return peak_kb / 1024**2, image.name
 
 
-def timed_in_fresh_process(method: str, winograd: bool = False, onnx: Path | None = None, large: bool = False) -> float:
+def timed_in_fresh_process(method: str, onnx: Path | None = None, large: bool = False) -> float:
     """Median seconds of one 512x512 output (``large``: 2048x2048), measured by this script in a new process
     (``--time``), so that no timing inherits another's thread pools, allocator state or ONNX Runtime's
     spinning threads: the situation of a user who runs one CLI command."""
     cmd = (
         [sys.executable, "-m", "benchmarks.speed", "--time", method]
-        + (["--winograd"] if winograd else [])
         + (["--onnx", str(onnx)] if onnx else [])
         + (["--large"] if large else [])
     )
     return float(subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout.split()[-1])
 
 
-def time_one(method: str, winograd: bool, onnx: str | None, large: bool) -> float:
+def time_one(method: str, onnx: str | None, large: bool) -> float:
     torch.manual_seed(0)
     sr = methods.get(method, 4)
-    network, inferer = OnnxNetwork(onnx) if onnx else sr.load(winograd=winograd), sr.inferer()
+    network, inferer = OnnxNetwork(onnx) if onnx else sr.load(), sr.inferer()
     size, repeats = (LARGE, LARGE_REPEATS) if large else (128, harness.REPEATS)
     return median_seconds(lambda x: inferer(x, network), torch.rand(1, 1, size, size), repeats)
 
@@ -110,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__file__, __doc__, work=False)
     # the child of timed_in_fresh_process
     parser.add_argument("--time", metavar="METHOD", help=argparse.SUPPRESS)
-    parser.add_argument("--winograd", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--onnx", help=argparse.SUPPRESS)
     parser.add_argument("--large", action="store_true", help=argparse.SUPPRESS)
     return harness.main(parser, run, argv)
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.time:
-        print(time_one(args.time, args.winograd, args.onnx, args.large))
+        print(time_one(args.time, args.onnx, args.large))
         return 0
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -128,20 +126,11 @@ def run(args: argparse.Namespace) -> int:
     trained = [
         m for m in methods.trainable_names() if methods.get(m, 4).weights_available and methods.get(m, 4).exportable
     ]
-    # the methods that --winograd serves (the others refuse it)
-    winograd = [m for m in trained if getattr(methods.get(m, 4).network(), "winograd_speedup", True)]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # first, while no other child process has run: RUSAGE_CHILDREN keeps the largest peak of any child
         rss_gb, image = peak_rss_of_bundle_inference(work)
-        t_winograd = {m: timed_in_fresh_process(m, winograd=True) for m in winograd}
         networks = {m: methods.get(m, 4).load() for m in trained}
-        diff_winograd = {}
-        with torch.inference_mode():
-            for m in winograd:
-                own = methods.get(m, 4).inferer()
-                fast = methods.get(m, 4).load(winograd=True)
-                diff_winograd[m] = (own(lr, fast) - own(lr, networks[m])).abs().max().item()
         onnx_paths = {m: work / f"{m}.onnx" for m in networks}
         for method, path in onnx_paths.items():
             export_onnx(method, path)
@@ -153,27 +142,19 @@ def run(args: argparse.Namespace) -> int:
                 own = methods.get(method, 4).inferer()
                 diff = (own(lr, network) - own(lr, OnnxNetwork(onnx_paths[method]))).abs().max().item()
             rows.append((method, *times[method], diff))
-        t_torch = {m: t for m, (t, _) in times.items()}
     cpu = platform.processor() or platform.machine()
     lines = [
         "| method | PyTorch eager (s) | ONNX Runtime (s) | PyTorch / ONNX | max abs diff |",
         "|---|---|---|---|---|",
     ] + [f"| {m} | {a:.3f} | {b:.3f} | {a / b:.2f}x | {d:.1e} |" for m, a, b, d in rows]
-    lines += [
-        f"| {m}, `--winograd` (PyTorch, Winograd F(4x4,3x3)) | {t:.3f} | | {t_torch[m] / t:.2f}x faster than eager "
-        f"| {diff_winograd[m]:.1e} vs eager |"
-        for m, t in t_winograd.items()
-    ]
     slowest = max(large, key=large.get)
     large_lines = [f"| method | PyTorch eager (s) | speed-up over {slowest} |", "|---|---|---|"] + [
         f"| {m} | {t:.1f} | {large[slowest] / t:.1f}x |" for m, t in large.items()
     ]
     top = next(r for r in rows if r[0] == default)
-    best = min(top[1], t_winograd.get(default, top[1]))
-    with_winograd = f" with `--winograd` ({top[1]:.2f} s eager)" if default in t_winograd else " eager"
     bars = [
-        f"- {default} (the default method), one 512x512 output in PyTorch: {best:.2f} s{with_winograd} "
-        f"(bar: <= 2 s) -> {'met' if best <= 2 else 'NOT met'}",
+        f"- {default} (the default method), one 512x512 output in PyTorch: {top[1]:.2f} s eager "
+        f"(bar: <= 2 s) -> {'met' if top[1] <= 2 else 'NOT met'}",
         f"- ONNX Runtime vs PyTorch eager for {default}: {top[1] / top[2]:.2f}x (bar: ONNX faster) -> "
         f"{'met' if top[2] < top[1] else 'NOT met'}",
         f"- peak RSS of bundle inference, one 1024x1024 image at x2 (2048x2048 output, {default}): {rss_gb:.2f} GB "
@@ -204,7 +185,6 @@ values), peak resident set size of that process: {rss_gb:.2f} GB.
 """
     tables = {
         "small": {m: {"pytorch_s": a, "onnx_s": b, "max_abs_diff": d} for m, a, b, d in rows},
-        "winograd": {m: {"pytorch_s": t, "max_abs_diff_vs_eager": diff_winograd[m]} for m, t in t_winograd.items()},
         "large": {m: {"pytorch_s": t} for m, t in large.items()},
     }
     data = f"random 128 px and {LARGE} px LR tensors; peak memory on {image} at x2"

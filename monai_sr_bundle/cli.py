@@ -109,13 +109,7 @@ def _sr(args: argparse.Namespace) -> int:
     device = distributed.local_device() if torchrun and device == "cuda" else device  # a GPU per process
     try:
         predictor = method.predictor(
-            args.weights,
-            device,
-            args.winograd,
-            args.tile_size,
-            request.precision,
-            args.compile,
-            runtime=request.runtime,
+            args.weights, device, args.tile_size, request.precision, args.compile, runtime=request.runtime
         )
         written = run_inference(
             args.inputs,
@@ -306,9 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise-level",
         help="degradation-aware methods: the input's noise in grey levels of 255, 0 (clean: keep every detail) to "
         "50 (smooth hard); default 'auto', estimated from each image",
-    )
-    sr.add_argument(
-        "--winograd", action="store_true", help="CPU speed-up of 3x3 convolution stacks (Winograd; compiles first)"
     )
     sr.add_argument(
         "--slice-by-slice", action="store_true", help="accept CT volumes and super-resolve each axial slice"

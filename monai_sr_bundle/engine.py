@@ -97,16 +97,16 @@ def check_runtime(runtime: str | None) -> str:
     return runtime
 
 
-def resolve(method, runtime: str | None, device, precision: str = "auto", winograd: bool = False) -> tuple[str, str]:
+def resolve(method, runtime: str | None, device, precision: str = "auto") -> tuple[str, str]:
     """The runtime and precision that serve ``method`` on ``device``: ``auto`` is ``$MONAI_SR_RUNTIME`` when
-    set, else the fastest engine installed on a CPU for a method whose network exports (PyTorch on a GPU, for
-    a sampling method and with ``--winograd``); a runtime named explicitly that cannot serve is refused in one
-    sentence. Precision ``auto`` is bf16 on an engine where the CPU has native bf16 and the method keeps its
-    quality in it, else fp32."""
+    set, else the fastest engine installed on a CPU for a method whose network exports (PyTorch on a GPU and
+    for a sampling method); a runtime named explicitly that cannot serve is refused in one sentence. Precision
+    ``auto`` is bf16 on an engine where the CPU has native bf16 and the method keeps its quality in it, else
+    fp32."""
     asked = check_runtime(runtime)
     chosen = check_runtime(os.environ.get(RUNTIME_ENV) or "auto") if asked == "auto" else asked
     on_cpu = torch.device(device).type == "cpu"
-    servable = method.trainable and method.exportable and not winograd
+    servable = method.trainable and method.exportable
     if chosen == "auto":
         engines = [r for r in CPU_ENGINES if installed(r)] if on_cpu and servable else []
         chosen = engines[0] if engines else "torch"
@@ -116,8 +116,6 @@ def resolve(method, runtime: str | None, device, precision: str = "auto", winogr
         why = None
         if not on_cpu:
             why = f"it runs on the CPU and the device is {device}; use --runtime torch (or inference_trt.json)"
-        elif winograd:
-            why = "--winograd is a PyTorch speed-up; drop it"
         elif not method.trainable:
             why = f"method {method.name!r} has no network to run"
         elif not method.exportable:

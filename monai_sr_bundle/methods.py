@@ -273,13 +273,10 @@ class Method:
             raise InputError(f"method {self.name!r} has nothing to train; train one of {', '.join(trainable_names())}.")
         return self.network(weights)
 
-    def load(
-        self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", winograd: bool = False
-    ) -> nn.Module:
+    def load(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
         """The network in eval mode on ``device`` with its weights: ``weights`` if given, else the shipped
-        ones (a method without parameters takes none). ``winograd`` swaps VDSR-style 3x3 convolutions for
-        Winograd F(4x4, 3x3) on the CPU (same output to ~1e-5, about 2x faster after a compile per image
-        size). Sampling options are not the network's: they go with each call (:meth:`predictor`)."""
+        ones (a method without parameters takes none). Sampling options are not the network's: they go with
+        each call (:meth:`predictor`)."""
         if self.trainable and weights is None:
             if not self.weights_path.is_file():
                 raise InputError(
@@ -287,18 +284,12 @@ class Method:
                     f"({self.weights_name}); train it first or pass weights."
                 )
             weights = self.weights_path
-        network = self.network(weights).to(device).eval()
-        if winograd:
-            from monai_sr_bundle.winograd import winograd_network
-
-            network = winograd_network(network, device, self.name)
-        return network
+        return self.network(weights).to(device).eval()
 
     def predictor(
         self,
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
-        winograd: bool = False,
         tile_size: int | None = None,
         precision: str = "auto",
         compile: bool = False,
@@ -312,8 +303,8 @@ class Method:
         from monai_sr_bundle import engine
         from monai_sr_bundle.inference import Predictor
 
-        runtime, precision = engine.resolve(self, runtime, device, precision, winograd)  # before loading weights
-        network = self.load(weights, device, winograd)
+        runtime, precision = engine.resolve(self, runtime, device, precision)  # before loading weights
+        network = self.load(weights, device)
         return Predictor(
             self,
             network,

@@ -169,7 +169,6 @@ def test_auto_picks_the_fastest_engine_installed_and_pytorch_where_none_serves(m
     assert engine.resolve(methods.get("srcnn"), "auto", "cpu")[0] == ENGINES[0]
     assert engine.resolve(methods.get("bicubic"), "auto", "cpu") == ("torch", "fp32")
     assert engine.resolve(methods.get("sr3"), "auto", "cpu") == ("torch", "fp32")
-    assert engine.resolve(methods.get("vdsr"), "auto", "cpu", winograd=True)[0] == "torch"
     monkeypatch.setenv(engine.RUNTIME_ENV, "torch")
     assert engine.resolve(methods.get("srcnn"), "auto", "cpu")[0] == "torch"
     monkeypatch.setenv(engine.RUNTIME_ENV, ENGINES[0])  # a deployment's default: what it cannot serve runs PyTorch

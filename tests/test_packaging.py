@@ -110,7 +110,7 @@ def test_no_import_circle_in_the_package():
 LAYERS = {
     "foundations": (
         "__init__", "constants", "errors", "jsonfile", "hashing", "cancel", "progress", "launch", "limits",
-        "distributed", "winograd", "onnx_runtime",
+        "distributed", "onnx_runtime",
     ),
     "samplers": ("diffusion",),
     "networks": ("networks",),

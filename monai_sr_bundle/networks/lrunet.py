@@ -74,8 +74,6 @@ class LRUNet(nn.Module):
     #: takes ``noise_level`` (every surface offers it: ``--noise-level``, the Slicer module, MONAI Label)
     noise_aware = True
 
-    #: ``--winograd`` is for output-size networks with wide 3x3 stacks; this one's cost is spread over levels
-    winograd_speedup = False
     #: LR tile edge by default: the context (``halo``, 48 pixels at the default depth) is wide, so 256-pixel tiles
     #: would spend most of their time on it (a 512-pixel image: 4 x 4 tiles of 228 pixels instead of one)
     tile_size = 512

@@ -68,11 +68,6 @@ class RRDBNet(nn.Module):
             (not in the paper). The last layer then starts at zero: training starts at bicubic quality.
     """
 
-    #: ``--winograd`` is refused: it made this network slower, not faster (0.21 s against 0.16 s eager for a
-    #: 512x512 output, benchmarks/speed.py before this flag): its dense blocks are narrow convolutions over
-    #: concatenations
-    winograd_speedup = False
-
     def __init__(
         self,
         scale: int = 4,

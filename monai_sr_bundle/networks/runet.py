@@ -72,10 +72,6 @@ class RUNet(nn.Module):
             as the network it was.
     """
 
-    #: ``--winograd`` is refused: it made this network slower, not faster (0.60 s against 0.34 s eager for a
-    #: 512x512 output, benchmarks/speed.py before this flag): most of its convolutions run on small pooled maps
-    winograd_speedup = False
-
     def __init__(
         self,
         scale: int = 4,

@@ -41,10 +41,6 @@ class SRGANVDSR(nn.Module):
             starts at bicubic quality.
     """
 
-    #: ``--winograd`` is refused: the body's convolutions are no faster as Winograd here (measured on
-    #: srresnet), and the folded tail needs the upsampler's layers as they are
-    winograd_speedup = False
-
     def __init__(
         self,
         scale: int = 4,

@@ -141,10 +141,6 @@ class SRResNet(nn.Module):
             and with small CPU batches their running statistics differ from the batch ones seen in training.
     """
 
-    #: ``--winograd`` is refused: the body's convolutions are no faster as Winograd here (measured on
-    #: srresnet), and the folded tail needs the upsampler's layers as they are
-    winograd_speedup = False
-
     def __init__(
         self,
         scale: int = 4,
