@@ -297,8 +297,7 @@ def run(args: argparse.Namespace) -> int:
     conditions = [c for c in CONDITIONS if not args.conditions or c.name in args.conditions.split(",")]
     start = time.perf_counter()
     sections = []
-    gains: dict[str, dict[str, float]] = {}
-    tables, used, everywhere = {}, {}, {}
+    tables, used, everywhere = {}, {}, {}  # everywhere: {condition: {deterministic method: mean gain}}
     for c in conditions:
         usable = [methods.get(m, c.scale) for m in wanted if m != baseline]
         # the default first: its row under the baseline's, its panel on the figure's first page
@@ -321,9 +320,6 @@ def run(args: argparse.Namespace) -> int:
         figure = REPO / "docs" / "figures" / f"robustness_{c.name}.png"
         if fast and c.figure:
             harness.docs_figure(sorted(folder.glob("figure_*.png"))[0], figure)  # the first page: the default's
-        if c.scale == 4 and c.images in RULE_IMAGES:
-            for name in fast:
-                gains.setdefault(name, {})[c.name] = mean_gain(rows, name, baseline)
         everywhere[c.name] = {name: mean_gain(rows, name, baseline) for name in fast}
         tables[c.name] = scores(rows, [baseline, *fast, *sampled], baseline)
         used |= {m.weights_name: m for m in usable}
@@ -359,6 +355,11 @@ def run(args: argparse.Namespace) -> int:
             noise_table(noise),
         )
     rule_facts = {"envelope": everywhere, "noise_control": noise}
+    gains: dict[str, dict[str, float]] = {}  # the rule's: {method: {x4 condition at 512 px: mean gain}}
+    for c in conditions:
+        if c.scale == 4 and c.images in RULE_IMAGES:
+            for name, gain in everywhere.get(c.name, {}).items():
+                gains.setdefault(name, {})[c.name] = gain
     if not args.no_timing and gains:
         image = Path(nih_datalist("test")[0]["label"])
         seconds = {name: network_seconds(methods.get(name, 4), image) for name in gains}
