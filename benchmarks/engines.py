@@ -5,9 +5,11 @@ radiograph (torch's FLOP counter) and the effective GFLOP/s beside a 4096 GEMM's
 the first use's export; the PSNR change of each engine precision against PyTorch fp32 on NIH test images and
 the external site (x4, clean LR), which decides where ``auto`` may use bf16. Then the default's whole request:
 ``monai-sr sr`` of one 512 px PNG in a fresh process (median of 3), a Slicer worker's later request, and the
-1955x1841 CR at x4 (wall time and peak RSS). Writes the engines block of docs/benchmarks.md.
+1955x1841 CR at x4 (wall time and peak RSS). Per sampling method: its denoiser's seconds per step on each
+runtime, one whole 128 -> 512 px sample in PyTorch fp32 and with its parts on OpenVINO bf16, and the PSNR change
+of that at the same seed. Writes the engines block of docs/benchmarks.md.
 
-Run: .venv/bin/python -m benchmarks.engines [--methods a,b] [--images 20]
+Run: .venv/bin/python -m benchmarks.engines [--methods a,b] [--images 20] [--sampled-images 8]
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ MARKERS = ("<!-- engines: start -->", "<!-- engines: end -->")
 COLUMNS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
 #: bf16 may serve by default where the PSNR moves by at most this (dB), on NIH and on the external site
 BF16_TOLERANCE = 0.05
+#: a sampling method's whole sample: PyTorch fp32 against its parts on the engine where ``auto`` puts them
+SAMPLE_COLUMNS = [("torch", "fp32"), ("openvino", "bf16")]
 CR = "cxr_dicom/pydicom-data_RG1_J2KI_CR_chest.dcm"
 
 
@@ -106,17 +110,28 @@ def denoiser_step_seconds(method) -> dict:
 
 
 def psnr_change(method, runtime: str, precision: str, items: list[dict]) -> float:
-    """Mean PSNR (against HR) of ``runtime`` / ``precision`` less PyTorch fp32's, on ``items`` at x4, clean LR."""
+    """Mean PSNR (against HR) of ``runtime`` / ``precision`` less PyTorch fp32's, on ``items`` at x4, clean LR
+    (a sampling method at the same seed)."""
     from monai_sr_bundle.evaluation import evaluate
 
+    seed = {"seed": 0} if method.stochastic else {}
     with tempfile.TemporaryDirectory() as tmp:
-        predictors = {"ref": method.predictor(runtime="torch", precision="fp32")}
-        predictors["test"] = method.predictor(runtime=runtime, precision=precision)
+        predictors = {"ref": method.predictor(runtime="torch", precision="fp32", **seed)}
+        predictors["test"] = method.predictor(runtime=runtime, precision=precision, **seed)
         evaluate(items, predictors, tmp, "bicubic", lpips=False, figures=0, progress=False)
         with open(Path(tmp) / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
     psnr = {name: np.mean([float(r["psnr"]) for r in rows if r["method"] == name]) for name in predictors}
     return float(psnr["test"] - psnr["ref"])
+
+
+def sample_seconds(method, runtime: str, precision: str) -> float:
+    """One sample of a 128 px LR image (512 px out) with the method's own sampler and steps, median of 3."""
+    import torch
+    from monai.data import MetaTensor
+
+    predictor, x = method.predictor(runtime=runtime, precision=precision, seed=0), MetaTensor(torch.rand(1, 128, 128))
+    return harness.median_seconds(lambda _: predictor(x), None, repeats=3)
 
 
 #: a user's install (make's, without the test and MONAI Label packages that MONAI imports when it finds them,
@@ -148,6 +163,7 @@ def worker_request(src: Path, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__file__, __doc__, methods=True)
     parser.add_argument("--images", type=int, default=20, help="NIH test and external images for the PSNR check")
+    parser.add_argument("--sampled-images", type=int, default=8, help="of those, for a sampling method's PSNR check")
     parser.add_argument("--external", help="the external site's images (default: <data>/external_cxr_mhh/images)")
     parser.add_argument(
         "--python",
@@ -187,9 +203,14 @@ def run(args) -> int:
             table[method.name] = row
             print(method.name, {k: round(v, 3) for k, v in row.items()}, flush=True)
         samplers = [m for m in map(methods.get, names) if m.stochastic and m.weights_available]
-        steps = {m.name: denoiser_step_seconds(m) for m in samplers}
-        for name, row in steps.items():
-            print(name, "denoiser step", row, flush=True)
+        steps = {}
+        for m in samplers:
+            row = steps[m.name] = denoiser_step_seconds(m)
+            for runtime, precision in SAMPLE_COLUMNS:
+                row[f"sample_{runtime}_{precision}_s"] = sample_seconds(m, runtime, precision)
+            for where, items in (("nih", nih), ("external", external)):
+                row[f"openvino_bf16_dpsnr_{where}"] = psnr_change(m, "openvino", "bf16", items[: args.sampled_images])
+            print(m.name, "denoiser step", row, flush=True)
         default = methods.get(methods.default_name())
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(nih_datalist("test")[0]["label"])
@@ -211,14 +232,17 @@ def run(args) -> int:
     }
     print(request, flush=True)
     minutes = (time.perf_counter() - begun) / 60
-    data = f"NIH test images 1-{args.images} and {args.images} external-site images (x4, clean LR); {CR}"
+    data = (
+        f"NIH test images 1-{args.images} and {args.images} external-site images (x4, clean LR; sampling methods: "
+        f"the first {args.sampled_images} of each); {CR}"
+    )
     results = {"engines": table, "denoiser_step": steps}
     harness.record(args, data, chosen, results, minutes, gemm_gflops=peak, request=request)
-    write_block(DOC, MARKERS, render(table, steps, peak, request, args.command, args.images))
+    write_block(DOC, MARKERS, render(table, steps, peak, request, args.command, args.images, args.sampled_images))
     return 0
 
 
-def render(table: dict, steps: dict, peak: dict, request: dict, command: str, images: int) -> str:
+def render(table: dict, steps: dict, peak: dict, request: dict, command: str, images: int, sampled: int) -> str:
     cols = [f"{r} {p} (s)" for r, p in COLUMNS]
     head = ["method", "GFLOP", *cols, "best GFLOP/s", "export ORT / OV (s)"]
     head.append("ΔPSNR OV bf16 NIH / ext")
@@ -231,10 +255,13 @@ def render(table: dict, steps: dict, peak: dict, request: dict, command: str, im
         cells.append(f"{row['openvino_bf16_dpsnr_nih']:+.3f} / {row['openvino_bf16_dpsnr_external']:+.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     stepped = [c for c in COLUMNS if c != ("torch", "bf16")]
-    step_lines = ["| method | denoiser input | " + " | ".join(f"{r} {p} (s)" for r, p in stepped) + " |"]
-    step_lines.append("|" + "---|" * (2 + len(stepped)))
+    step_head = ["method", "denoiser input", *(f"step {r} {p} (s)" for r, p in stepped)]
+    step_head += [*(f"sample {r} {p} (s)" for r, p in SAMPLE_COLUMNS), "ΔPSNR OV bf16 NIH / ext"]
+    step_lines = ["| " + " | ".join(step_head) + " |", "|" + "---|" * len(step_head)]
     for name, row in steps.items():
         cells = [name, "x".join(map(str, row["shape"])), *(f"{row[f'{r}_{p}_s']:.3f}" for r, p in stepped)]
+        cells += [f"{row[f'sample_{r}_{p}_s']:.2f}" for r, p in SAMPLE_COLUMNS]
+        cells.append(f"{row['openvino_bf16_dpsnr_nih']:+.3f} / {row['openvino_bf16_dpsnr_external']:+.3f}")
         step_lines.append("| " + " | ".join(cells) + " |")
     worker, threads = request["worker"], request["threads"]
     python = Path(request["python"])
@@ -242,9 +269,9 @@ def render(table: dict, steps: dict, peak: dict, request: dict, command: str, im
     return f"""{MARKERS[0]}
 ## Inference engines (issue 69)
 
-Produced by `.venv/bin/{command}` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, torch
+Produced by `.venv/bin/{command}` ({time.strftime("%Y-%m-%d")}, {os.cpu_count()} CPU cores, torch
 {threads} threads). One 512 px radiograph to 2048 px, the whole image in one call,
-median of 3 after a warm-up; a 4096 GEMM reaches {peak['fp32']:.0f} GFLOP/s fp32 and {peak['bf16']:.0f} bf16
+median of 3 after a warm-up; a 4096 GEMM reaches {peak["fp32"]:.0f} GFLOP/s fp32 and {peak["bf16"]:.0f} bf16
 here. GFLOP: torch's FLOP counter at 128 px x 16. Export: the first use of a weights file (dynamo exporter,
 then the known-answer check). ΔPSNR: OpenVINO bf16 against PyTorch fp32, mean over the first {images} NIH test
 images and {images} external-site images (x4, clean LR); `auto` runs bf16 where it stays within
@@ -252,17 +279,21 @@ images and {images} external-site images (x4, clean LR); `auto` runs bf16 where 
 
 {chr(10).join(lines)}
 
-The samplers' denoiser, one step at the shape a 128 px LR tile gives (the sampler loop itself stays in PyTorch:
-it does not export); the denoiser exported as `configs/export_denoiser.json` exports it:
+The sampling methods: their denoiser, one step at the shape a 128 px LR tile gives, on each runtime (the
+sampler loop itself stays in PyTorch: it does not export; the denoiser and a latent method's decoder do); one
+whole sample of a 128 px LR image (512 px out, the method's own sampler and steps, median of 3) in PyTorch fp32
+and with those parts on OpenVINO bf16; and that sample's PSNR change at the same seed (first {sampled} NIH test
+and {sampled} external images, x4, clean LR). `auto` puts a sampler's parts on the engine in bf16 only, where its
+overlay says `"engine_bf16": true`: in fp32 an engine's step gains little or nothing on PyTorch's.
 
 {chr(10).join(step_lines)}
 
-The default request (`{request['default']}`, `--runtime auto`): `monai-sr sr` of one 512 px PNG in a fresh
-process of a user's install (`{python}`), median of 3 with the graph cached: **{request['cli_512_median_s']:.1f} s**
-(the first use, exporting it: {request['cli_512_first_s']:.1f} s); a Slicer worker's later request reaches the
-network after {worker['to_network_s']:.2f} s and returns the 2048 px result in {worker['total_s']:.2f} s
-({worker['runtime']}, {worker['precision']}); the 1955x1841 CR (JPEG 2000 DICOM) at x4:
-{request['cr_1955x1841_wall_s']:.0f} s, peak RSS {request['cr_1955x1841_peak_rss_gb']:.2f} GB.
+The default request (`{request["default"]}`, `--runtime auto`): `monai-sr sr` of one 512 px PNG in a fresh
+process of a user's install (`{python}`), median of 3 with the graph cached: **{request["cli_512_median_s"]:.1f} s**
+(the first use, exporting it: {request["cli_512_first_s"]:.1f} s); a Slicer worker's later request reaches the
+network after {worker["to_network_s"]:.2f} s and returns the 2048 px result in {worker["total_s"]:.2f} s
+({worker["runtime"]}, {worker["precision"]}); the 1955x1841 CR (JPEG 2000 DICOM) at x4:
+{request["cr_1955x1841_wall_s"]:.0f} s, peak RSS {request["cr_1955x1841_peak_rss_gb"]:.2f} GB.
 {MARKERS[1]}"""
 
 

@@ -8,7 +8,8 @@ what made it: the weights' sha256, the method, scale and modality, and the versi
 module's export format, so new weights or a new version export anew and the next session reuses the file. A
 cached graph is trusted only after it reproduces PyTorch on a small known input (a corrupt, truncated or
 foreign file is rebuilt with one warning, never run); it is written to a temporary file and renamed, so two
-processes filling the cache at once leave one good file.
+processes filling the cache at once leave one good file. A sampling method's loop stays PyTorch's; its denoiser
+(and a latent method's decoder) is exported and cached the same way and runs on the engine at every step.
 
 Precision: on a CPU with native bf16 (AVX-512 BF16 or AMX), ``auto`` runs OpenVINO in bf16 where the method's
 PSNR stays within 0.05 dB of fp32, measured by benchmarks/engines.py on NIH and external images (the method's
@@ -99,18 +100,22 @@ def check_runtime(runtime: str | None) -> str:
 
 def resolve(method, runtime: str | None, device, precision: str = "auto") -> tuple[str, str]:
     """The runtime and precision that serve ``method`` on ``device``: ``auto`` is ``$MONAI_SR_RUNTIME`` when
-    set, else the fastest engine installed on a CPU for a method whose network exports (PyTorch on a GPU and
-    for a sampling method); a runtime named explicitly that cannot serve is refused in one sentence. Precision
-    ``auto`` is bf16 on an engine where the CPU has native bf16 and the method keeps its quality in it, else
-    fp32."""
+    set, else the fastest engine installed on a CPU for a method whose network exports, and PyTorch on a GPU.
+    A sampling method's exported parts (its denoiser, a latent method's decoder) go to the engine under ``auto``
+    only where it pays: in bf16, on OpenVINO (about 2x PyTorch per step; in fp32 an engine's step gains little
+    or nothing: docs/benchmarks.md). A runtime named explicitly that cannot serve is refused in one
+    sentence. Precision ``auto`` is bf16 on OpenVINO where the CPU has native bf16 and the method keeps its
+    quality in it (its overlay's ``engine_bf16``), else fp32."""
     asked = check_runtime(runtime)
     chosen = check_runtime(os.environ.get(RUNTIME_ENV) or "auto") if asked == "auto" else asked
     on_cpu = torch.device(device).type == "cpu"
-    servable = method.trainable and method.exportable
+    native = on_cpu and cpu_has_bf16() and method.config.get("engine_bf16") is True  # benchmarks/engines.py
     if chosen == "auto":
-        engines = [r for r in CPU_ENGINES if installed(r)] if on_cpu and servable else []
+        engines = [r for r in CPU_ENGINES if installed(r)] if on_cpu and method.trainable else []
+        if method.stochastic:  # its steps pay on an engine in bf16 only
+            engines = [r for r in engines if r == "openvino" and native and precision in ("auto", "bf16")]
         chosen = engines[0] if engines else "torch"
-        if on_cpu and servable and not engines:
+        if on_cpu and method.exportable and method.trainable and not engines:
             logger.warning("no inference engine installed (pip install openvino): running PyTorch eager")
     elif chosen != "torch":
         why = None
@@ -118,17 +123,13 @@ def resolve(method, runtime: str | None, device, precision: str = "auto") -> tup
             why = f"it runs on the CPU and the device is {device}; use --runtime torch (or inference_trt.json)"
         elif not method.trainable:
             why = f"method {method.name!r} has no network to run"
-        elif not method.exportable:
-            why = f"method {method.name!r} samples with a loop that does not export; use --runtime torch"
         elif not installed(chosen):
             why = f"it is not installed here (pip install {_PACKAGES[chosen]})"
         if why and asked != "auto":
             raise InputError(f"runtime {chosen!r} cannot serve this request: {why}.")
         chosen = "torch" if why else chosen  # the environment's default serves what it can
     if precision == "auto":
-        native = on_cpu and cpu_has_bf16()
-        keeps = method.config.get("engine_bf16") is True  # measured within 0.05 dB: benchmarks/engines.py
-        precision = "bf16" if chosen == "openvino" and native and keeps else "fp32"
+        precision = "bf16" if chosen == "openvino" and native else "fp32"
     elif precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS)}.")
     elif chosen == "onnxruntime" and precision != "fp32":
@@ -244,6 +245,7 @@ class EngineNetwork(nn.Module):
             self._compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
             self._local = threading.local()
             self._run = self._run_openvino
+            self._names = [port.get_any_name() for port in self._compiled.inputs]
         else:
             import onnxruntime as ort
 
@@ -251,6 +253,7 @@ class EngineNetwork(nn.Module):
             options.intra_op_num_threads = threads
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             self._run = self._run_onnxruntime
+            self._names = [port.name for port in self._session.get_inputs()]
 
     def _run_openvino(self, feed: dict) -> np.ndarray:
         # one request per thread, kept: a request per call held its buffers past the call (a 1955 x 1841 CR at x4
@@ -270,14 +273,30 @@ class EngineNetwork(nn.Module):
         self.__dict__.update(state)
         self._open()
 
-    def forward(self, x: torch.Tensor, noise_level=None) -> torch.Tensor:
-        image = x.detach().float().cpu()
-        feed = {"image": np.ascontiguousarray(image.numpy())}
-        if self.noise_aware:
-            from monai_sr_bundle.networks.noise import noise_levels
+    def run(self, *inputs: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        """The graph on its inputs, given in its order or by name; floats go in as float32, integers as they are."""
+        given = dict(zip(self._names, inputs)) | named
+        feed = {}
+        for name, value in given.items():
+            value = value.detach().cpu()
+            feed[name] = np.ascontiguousarray((value if not value.is_floating_point() else value.float()).numpy())
+        return torch.from_numpy(np.asarray(self._run(feed), dtype=np.float32)).to(inputs[0].device)
 
-            feed["noise_level"] = np.ascontiguousarray(noise_levels(image, noise_level).numpy())
-        return torch.from_numpy(np.asarray(self._run(feed), dtype=np.float32)).to(x.device)
+    def forward(self, x: torch.Tensor, noise_level=None) -> torch.Tensor:
+        if not self.noise_aware:
+            return self.run(x)
+        from monai_sr_bundle.networks.noise import noise_levels
+
+        return self.run(x, noise_levels(x.detach().float().cpu(), noise_level))
+
+
+class EnginePart(EngineNetwork):
+    """A sampling method's exported part (:func:`~monai_sr_bundle.onnx_runtime.sampler_parts`) on the engine, called
+    as the torch part it replaces: the denoiser ``(sample, timesteps=t)`` once per step, a latent method's decoding
+    ``(latent)``; the sampler loop around it stays PyTorch's."""
+
+    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        return self.run(*inputs, **named)
 
 
 def runtime_of(network: nn.Module) -> str | None:
@@ -296,35 +315,61 @@ def accelerate(
     method, network: nn.Module, weights: str | os.PathLike | None, runtime: str, precision: str
 ) -> nn.Module:
     """``network`` (loaded, eval mode) served by ``runtime`` (resolved by :func:`resolve`): itself for torch,
-    else its cached graph on the engine, exported first when the cache has no good one."""
+    else its cached graph on the engine, exported first when the cache has no good one; for a sampling method,
+    the network with its exported parts (denoiser, a latent method's decoder) on the engine."""
     if runtime == "torch":
         return network
-    weights = Path(weights if weights is not None else method.weights_path)
-    path = cache_dir() / f"{graph_key(method, weights)}.onnx"
+    stem = cache_dir() / graph_key(method, Path(weights if weights is not None else method.weights_path))
     network = network.cpu().eval()
-    engine = _checked(path, runtime, network) if path.is_file() else None
+    if method.exportable:
+        noise_aware = bool(getattr(network, "noise_aware", False))
+        path = Path(f"{stem}.onnx")
+        return _served(
+            path, runtime, precision, network, _inputs(network, 1, 21, 18, seed=1), lambda p: export(network, p),
+            lambda prec: EngineNetwork(path, runtime, prec, noise_aware),
+        )  # fmt: skip
+    from monai_sr_bundle import onnx_runtime
+
+    for part in onnx_runtime.sampler_parts(method, network):
+        path = Path(f"{stem}_{part.name}.onnx")
+
+        def export_part(p: Path, part=part) -> Path:
+            with _quiet_exporter():
+                return onnx_runtime.export_part(part, p)
+
+        served = _served(
+            path, runtime, precision, part.module, part.check, export_part,
+            lambda prec, path=path: EnginePart(path, runtime, prec),
+        )  # fmt: skip
+        onnx_runtime.put_part(network, part.name, served)
+    return network
+
+
+def _served(path: Path, runtime: str, precision: str, module: nn.Module, check: tuple, export_to, opener) -> nn.Module:
+    """The graph at ``path`` on ``runtime`` in ``precision`` (``opener(precision)``), reused when it reproduces
+    ``module`` on ``check``, else exported anew (``export_to(path)``) and checked."""
+    engine = _checked(path, runtime, module, check, opener) if path.is_file() else None
     if engine is None:
-        logger.info("exporting %s for %s to %s (once for these weights)", method.name, runtime, path)
+        logger.info("exporting %s for %s (once for these weights)", path.name, runtime)
         try:
-            export(network, path)
+            export_to(path)
         except OSError as e:
             raise InputError(
                 f"the engine's cache {path.parent} cannot be written ({e.strerror or e}); set {CACHE_ENV} to a "
                 "writable folder or use --runtime torch."
             ) from e
-        engine = _checked(path, runtime, network, cached=False)
-    return engine if precision == "fp32" else EngineNetwork(path, runtime, precision, engine.noise_aware)
+        engine = _checked(path, runtime, module, check, opener, cached=False)
+    return engine if precision == "fp32" else opener(precision)
 
 
-def _checked(path: Path, runtime: str, network: nn.Module, cached: bool = True) -> EngineNetwork | None:
-    """The graph at ``path`` on ``runtime`` in fp32 if it passes the known-answer check against ``network``;
+def _checked(path: Path, runtime: str, module: nn.Module, check: tuple, opener, cached: bool = True):
+    """The graph at ``path`` on ``runtime`` in fp32 if it reproduces ``module`` on ``check`` (the known answer);
     a cached one that does not (unreadable, truncated, foreign) is None with one warning, a fresh export that
     does not is refused."""
     try:
-        engine = EngineNetwork(path, runtime, "fp32", bool(getattr(network, "noise_aware", False)))
-        inputs = _inputs(network, 1, 21, 18, seed=1)
+        engine = opener("fp32")
         with torch.inference_mode():
-            expected, got = network(*inputs), engine(*inputs)
+            expected, got = module(*check), engine(*check)
         gap = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
         if not gap < CHECK_TOLERANCE:
             raise ValueError(f"its output differs from PyTorch's by {gap:.2g}")

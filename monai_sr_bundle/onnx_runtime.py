@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,12 +67,12 @@ class OnnxDenoiser(nn.Module):
 
 
 class OnnxAutoencoder(nn.Module):
-    """A latent method's autoencoder with its exported decoder (``latent`` -> ``image``) on ONNX Runtime; the
-    encoder, which runs once per image rather than once per sampler call, stays in torch."""
+    """A latent method's autoencoder with its exported decoder (``latent`` -> ``image``, on ONNX Runtime or an
+    engine); the encoder, which runs once per image rather than once per sampler call, stays in torch."""
 
-    def __init__(self, autoencoder: nn.Module, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, autoencoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
-        self.torch_autoencoder, self.decoder = autoencoder, OnnxNetwork(path, threads)
+        self.torch_autoencoder, self.decoder = autoencoder, decoder
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         return self.torch_autoencoder.encode(image)
@@ -90,32 +92,97 @@ class _Decoding(nn.Module):
         return self.autoencoder.decode(latent)
 
 
-def _export_checked(
-    module: nn.Module, example: tuple, check: tuple, names: list[str], dynamic_shapes: dict, path: Path, what: str
-) -> Path:
-    """Export ``module`` (torch's dynamo exporter) and keep it at ``path`` only if ONNX Runtime matches torch
-    to 1e-4 on ``check``, an input of other sizes than the traced ``example``."""
+@dataclass(frozen=True)
+class Part:
+    """What of a sampling method exports as one graph (its sampler loop does not): ``name`` (``denoiser``, or a
+    latent method's ``decoder``), the ``module`` traced, an ``example`` input to trace, a ``check`` input of
+    other sizes that the graph must reproduce, the graph's input ``names`` and the ``dynamic`` axes."""
+
+    name: str
+    module: nn.Module
+    example: tuple
+    check: tuple
+    names: tuple[str, ...]
+    dynamic: dict
+
+
+def denoiser_part(network: nn.Module) -> Part:
+    """A diffusion method's denoiser (``sample``, ``timesteps`` -> its estimate), with dynamic batch and sides."""
+    denoiser = network.denoiser.eval()
+    step = network.multiple // network.unshuffle  # what the U-Net's halvings need of each side
+    batch, h, w = torch.export.Dim("batch"), torch.export.Dim("h", min=1) * step, torch.export.Dim("w", min=1) * step
+    g, c = torch.Generator().manual_seed(0), denoiser.in_channels
+    return Part(
+        "denoiser",
+        denoiser,
+        (torch.randn(2, c, 8 * step, 6 * step, generator=g), torch.tensor([10, network.train_steps - 1])),
+        (torch.randn(1, c, 5 * step, 7 * step, generator=g), torch.tensor([network.train_steps // 2])),
+        ("sample", "timesteps"),
+        {"x": {0: batch, 2: h, 3: w}, "timesteps": {0: batch}},
+    )
+
+
+def decoder_part(network: nn.Module) -> Part:
+    """A latent method's decoder (latent -> image in [0, 1]), with dynamic batch and sides."""
+    channels = network.autoencoder.latent_channels
+    batch, h, w = torch.export.Dim("batch"), torch.export.Dim("h", min=2), torch.export.Dim("w", min=2)
+    g = torch.Generator().manual_seed(0)
+    return Part(
+        "decoder",
+        _Decoding(network.autoencoder).eval(),
+        (torch.randn(2, channels, 12, 8, generator=g),),
+        (torch.randn(1, channels, 7, 10, generator=g),),
+        ("latent",),
+        {"latent": {0: batch, 2: h, 3: w}},
+    )
+
+
+def sampler_parts(method, network: nn.Module) -> list[Part]:
+    """The parts of a sampling ``method`` that run on an engine: its denoiser, and a latent method's decoder."""
+    return [denoiser_part(network), *([decoder_part(network)] if method.latent else [])]
+
+
+def put_part(network: nn.Module, name: str, served: nn.Module) -> None:
+    """Put ``served`` (the exported part ``name`` on a runtime) in place of the torch part, so the method's own
+    sampler loop runs it."""
+    if name == "decoder":
+        network.autoencoder = OnnxAutoencoder(network.autoencoder, served)
+    else:
+        network.denoiser = served
+
+
+def export_part(part: Part, path: str | os.PathLike) -> Path:
+    """Export ``part`` (torch's dynamo exporter) and keep it at ``path`` only if ONNX Runtime matches torch to
+    1e-4 on its check input; written to a temporary file in the same folder and renamed into place, so two
+    processes exporting at once leave one good file."""
     import numpy as np
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        module,
-        example,
-        str(tmp),
-        input_names=names,
-        output_names=["output"],
-        dynamic_shapes=dynamic_shapes,
-        dynamo=True,
-    )
-    with torch.inference_mode():
-        expected = module(*check).numpy()
-    (got,) = OnnxNetwork(tmp).session.run(None, {name: value.numpy() for name, value in zip(names, check)})
-    gap = float(np.abs(got - expected).max())
-    if gap >= 1e-4:
-        tmp.unlink()
-        raise InputError(f"{path}: the exported {what} differs from torch by {gap:.2e} (>= 1e-4); not written.")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.onnx.export(
+            part.module,
+            part.example,
+            tmp,
+            input_names=list(part.names),
+            output_names=["output"],
+            dynamic_shapes=part.dynamic,
+            dynamo=True,
+            verbose=False,
+        )
+        with torch.inference_mode():
+            expected = part.module(*part.check).numpy()
+        (got,) = OnnxNetwork(tmp).session.run(None, {n: v.numpy() for n, v in zip(part.names, part.check)})
+        gap = float(np.abs(got - expected).max())
+        if gap >= 1e-4:
+            raise InputError(
+                f"{path}: the exported {part.name} differs from torch by {gap:.2e} (>= 1e-4); not written."
+            )
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -131,43 +198,18 @@ def decoder_path(onnx_file: str | os.PathLike) -> str:
 
 def export_parts(method, network: nn.Module, denoiser_path: str | os.PathLike, decoder_path: str | os.PathLike) -> list:
     """Export what of a sampling ``method`` ONNX Runtime runs: its denoiser, and a latent method's decoder."""
-    exported = [export_denoiser(network, denoiser_path)]
-    if method.latent:
-        exported.append(export_decoder(network, decoder_path))
-    return exported
+    paths = {"denoiser": denoiser_path, "decoder": decoder_path}
+    return [export_part(part, paths[part.name]) for part in sampler_parts(method, network)]
 
 
 def export_denoiser(network: nn.Module, path: str | os.PathLike) -> Path:
-    """Export a diffusion method's denoiser to ``path`` with dynamic batch and sides, checked against torch."""
-    denoiser = network.denoiser.eval()
-    step = network.multiple // network.unshuffle  # what the U-Net's halvings need of each side
-    batch, h, w = torch.export.Dim("batch"), torch.export.Dim("h", min=1) * step, torch.export.Dim("w", min=1) * step
-    return _export_checked(
-        denoiser,
-        (torch.randn(2, denoiser.in_channels, 8 * step, 6 * step), torch.tensor([10, network.train_steps - 1])),
-        (torch.randn(1, denoiser.in_channels, 5 * step, 7 * step), torch.tensor([network.train_steps // 2])),
-        ["sample", "timesteps"],
-        {"x": {0: batch, 2: h, 3: w}, "timesteps": {0: batch}},
-        Path(path),
-        "denoiser",
-    )
+    """Export a diffusion method's denoiser to ``path``, checked against torch."""
+    return export_part(denoiser_part(network), path)
 
 
 def export_decoder(network: nn.Module, path: str | os.PathLike) -> Path:
-    """Export a latent method's decoder (latent -> image in [0, 1]) to ``path`` with dynamic batch and sides,
-    checked against torch."""
-    decoding = _Decoding(network.autoencoder).eval()
-    channels = network.autoencoder.latent_channels
-    batch, h, w = torch.export.Dim("batch"), torch.export.Dim("h", min=2), torch.export.Dim("w", min=2)
-    return _export_checked(
-        decoding,
-        (torch.randn(2, channels, 12, 8),),
-        (torch.randn(1, channels, 7, 10),),
-        ["latent"],
-        {"latent": {0: batch, 2: h, 3: w}},
-        Path(path),
-        "decoder",
-    )
+    """Export a latent method's decoder to ``path``, checked against torch."""
+    return export_part(decoder_part(network), path)
 
 
 def onnx_network(
@@ -189,7 +231,7 @@ def onnx_parts(
 ) -> nn.Module:
     """A loaded diffusion method with its exported denoiser, and a latent method's exported decoder
     (``decoder_path``), put in place of the torch ones, so its own sampler loop runs them on ONNX Runtime."""
-    network.denoiser = OnnxDenoiser(denoiser_path)
+    put_part(network, "denoiser", OnnxDenoiser(denoiser_path))
     if decoder_path is not None:
-        network.autoencoder = OnnxAutoencoder(network.autoencoder, decoder_path)
+        put_part(network, "decoder", OnnxNetwork(decoder_path))
     return network
