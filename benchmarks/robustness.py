@@ -44,6 +44,10 @@ RULE_IMAGES = ("nih_512", "external")
 #: a method within this much (dB) of the best deterministic method on every condition, and never below the
 #: baseline, is as good as the best specialist everywhere: the envelope (issue 70)
 ENVELOPE_DB = 0.25
+#: the baseline a condition-aware network must beat (issue 70): each image routed to the clean specialist or to
+#: the degraded one by its LR's estimated noise level (:func:`router_threshold`); both networks unchanged
+ROUTED = ("runet", "runet_real")
+ROUTER = "router (runet / runet_real by noise estimate)"
 #: electronic noise sd (intensities in [0, 1]) added to clean LR to check that a noise-aware method's estimate
 #: grows with the noise
 NOISE_STEPS = (0.0, 0.002, 0.005, 0.01, 0.02)
@@ -202,19 +206,24 @@ def default_rule(gains: dict[str, dict[str, float]], seconds: dict[str, float]) 
     return "\n".join(lines), (max(ranked, key=ranked.get) if ranked else None)
 
 
-def envelope(gains: dict[str, dict[str, float]]) -> str:
+def envelope(gains: dict[str, dict[str, float]], routed: dict[str, float] | None = None) -> str:
     """Each deterministic method's PSNR gain over the baseline per condition (``{condition: {method: gain}}``),
     how far it is behind the best there, and whether it is in the envelope: within :data:`ENVELOPE_DB` of the
-    best on every condition and never below the baseline (a method without weights for a condition is not)."""
+    best on every condition and never below the baseline (a method without weights for a condition is not).
+    ``routed`` (``{condition: gain}``): the :data:`ROUTER` baseline's row, measured against the shipped methods'
+    best but not counted in it."""
     conditions = list(gains)
     names = sorted({n for g in gains.values() for n in g})
     best = {c: max(g.values()) for c, g in gains.items()}
     head = ["method", *conditions, f"within {ENVELOPE_DB:g} dB everywhere"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in names:
+    rows = {name: {c: gains[c].get(name) for c in conditions} for name in names}
+    if routed:
+        rows[ROUTER] = {c: routed.get(c) for c in conditions}
+    for name, mine in rows.items():
         cells, inside = [name], 0
         for c in conditions:
-            gain = gains[c].get(name)
+            gain = mine[c]
             if gain is None:
                 cells.append("")
                 continue
@@ -224,6 +233,42 @@ def envelope(gains: dict[str, dict[str, float]]) -> str:
         cells.append(f"{'yes' if inside == len(conditions) else 'no'} ({inside}/{len(conditions)})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def lr_levels(items: list[dict], degradation: str, scale: int, intensity) -> list[float]:
+    """The estimated noise level of each item's LR, synthesized as :func:`evaluate` makes it (image ``i`` seeded
+    ``i``)."""
+    import torch
+
+    from monai_sr_bundle.data.readers import read_image
+    from monai_sr_bundle.networks.noise import estimate_noise_level
+    from monai_sr_bundle.transforms.presets import lr_synthesis
+
+    synthesis, levels = lr_synthesis(degradation, scale), []
+    for i, item in enumerate(items):
+        lr = synthesis.set_random_state(i)({"label": read_image(str(item["label"]), intensity)})["image"]
+        levels.append(float(estimate_noise_level(torch.as_tensor(lr)[None])[0]))
+    return levels
+
+
+def router_threshold(intensity, limit: int | None) -> float:
+    """The :data:`ROUTER`'s level: halfway between the median estimates of clean and `real_eval_x4` LR of the
+    first ``limit`` NIH validation images (never the test split)."""
+    items = nih_datalist("val")[:limit]
+    return float(np.mean([np.median(lr_levels(items, d, 4, intensity)) for d in ("bicubic", "real_eval_x4")]))
+
+
+def routed_gain(rows: list[dict], levels: list[float], items: list[dict], threshold: float, baseline: str) -> float:
+    """The :data:`ROUTER`'s mean PSNR gain over ``baseline``: per image, the clean specialist's row where the LR's
+    level is at most ``threshold``, else the degraded one's."""
+    psnr = {(r["image"], r["method"]): float(r["psnr"]) for r in rows}
+    gains = []
+    for item, level in zip(items, levels):
+        image = Path(item["label"]).name
+        chosen = ROUTED[0] if level <= threshold else ROUTED[1]
+        if (image, chosen) in psnr and (image, baseline) in psnr:
+            gains.append(psnr[image, chosen] - psnr[image, baseline])
+    return float(np.mean(gains))
 
 
 def noise_control(method: methods.Method, items: list[dict], work: Path, precision: str) -> dict:
@@ -298,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     sections = []
     tables, used, everywhere = {}, {}, {}  # everywhere: {condition: {deterministic method: mean gain}}
+    routed, threshold = {}, None  # the router baseline's gain per condition, and its level
     for c in conditions:
         usable = [methods.get(m, c.scale) for m in wanted if m != baseline]
         # the default first: its row under the baseline's, its panel on the figure's first page
@@ -321,6 +367,11 @@ def run(args: argparse.Namespace) -> int:
         if fast and c.figure:
             harness.docs_figure(sorted(folder.glob("figure_*.png"))[0], figure)  # the first page: the default's
         everywhere[c.name] = {name: mean_gain(rows, name, baseline) for name in fast}
+        if all(name in fast for name in ROUTED):
+            intensity = fast[ROUTED[0]].intensity
+            threshold = router_threshold(intensity, args.limit) if threshold is None else threshold
+            levels = lr_levels(items, c.degradation, c.scale, intensity)
+            routed[c.name] = routed_gain(rows, levels, items, threshold, baseline)
         tables[c.name] = scores(rows, [baseline, *fast, *sampled], baseline)
         used |= {m.weights_name: m for m in usable}
         text = table(tables[c.name], baseline)
@@ -337,8 +388,16 @@ def run(args: argparse.Namespace) -> int:
             "The envelope",
             f"Each deterministic method's ΔPSNR over {baseline} on every condition above (in brackets: how far "
             f"behind the best method there; bold: the best). In the envelope: within {ENVELOPE_DB:g} dB of the "
-            f"best on every condition and never below {baseline}.",
-            envelope(everywhere),
+            f"best on every condition and never below {baseline}."
+            + (
+                f" The {ROUTER} row is the baseline a condition-aware network must beat: each image to "
+                f"`{ROUTED[0]}` where its LR's estimated noise level is at most {threshold:.2f} grey levels (halfway "
+                f"between the medians of clean and `real_eval_x4` LR of NIH validation images), else to "
+                f"`{ROUTED[1]}`; it is not a shipped method and does not count as the best."
+                if routed
+                else ""
+            ),
+            envelope(everywhere, routed),
         )
     aware = [methods.get(m) for m in wanted if m != baseline and methods.get(m).noise_aware]
     aware = [m for m in aware if m.weights_available]
@@ -354,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
             "in [0, 1]) added.",
             noise_table(noise),
         )
-    rule_facts = {"envelope": everywhere, "noise_control": noise}
+    rule_facts = {"envelope": everywhere, "router": {"threshold": threshold, "gains": routed}, "noise_control": noise}
     gains: dict[str, dict[str, float]] = {}  # the rule's: {method: {x4 condition at 512 px: mean gain}}
     for c in conditions:
         if c.scale == 4 and c.images in RULE_IMAGES:

@@ -136,3 +136,24 @@ def test_the_quality_figure_is_made_whatever_limit_and_no_images_is_a_sentence(t
     assert "](figures/comparison.png)" in (docs / "results.md").read_text()
     with pytest.raises(InputError, match="^no images to evaluate: give at least one.$"):
         quality.evaluate([], {"bicubic": methods.get("bicubic", 4).predictor()}, tmp_path / "none")
+
+
+def test_the_envelope_marks_each_method_against_the_best_and_the_router_counts_in_no_best():
+    """The envelope's cells: the best in bold, the others with how far behind; a method below the baseline or more
+    than ENVELOPE_DB behind anywhere is outside. The router picks each image's specialist by its LR's level."""
+    from benchmarks.robustness import ENVELOPE_DB, ROUTED, ROUTER, envelope, routed_gain
+
+    gains = {"clean": {"a": 2.0, "b": 2.0 - ENVELOPE_DB / 2}, "noisy": {"a": -0.1, "b": 1.0}}
+    text = envelope(gains, {"clean": 3.0, "noisy": 0.5})
+    row = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()[2:]}
+    assert "**+2.00**" in row["a"] and "-0.10 (-1.10)" in row["a"] and row["a"].endswith("no (1/2) |")
+    assert row["b"].endswith("yes (2/2) |") and "**+1.00**" in row["b"]
+    assert "+3.00 (+1.00)" in row[ROUTER] and "+0.50 (-0.50)" in row[ROUTER]  # above the best: not the best
+    rows = [
+        {"image": f"{i}.png", "method": m, "psnr": str(p)}
+        for i, ps in enumerate([(30, 31, 35), (30, 33, 32)])
+        for m, p in zip(("bicubic", *ROUTED), ps)
+    ]
+    items = [{"label": f"/x/{i}.png"} for i in range(2)]
+    assert routed_gain(rows, [1.0, 9.0], items, 2.4, "bicubic") == pytest.approx((1 + 2) / 2)
+    assert routed_gain(rows, [9.0, 1.0], items, 2.4, "bicubic") == pytest.approx((5 + 3) / 2)
