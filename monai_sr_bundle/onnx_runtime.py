@@ -170,6 +170,7 @@ def export_part(part: Part, path: str | os.PathLike) -> Path:
             output_names=["output"],
             dynamic_shapes=part.dynamic,
             dynamo=True,
+            external_data=False,  # one file: renamed into place whole, no data file left beside it
             verbose=False,
         )
         with torch.inference_mode():

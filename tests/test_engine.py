@@ -93,6 +93,7 @@ def test_a_samplers_parts_on_the_engine_reproduce_pytorch_at_the_same_seed(tmp_p
         assert float((served(image) - reference).abs().max()) < 1e-3
     parts = sorted(p.name.rsplit("_", 1)[1] for p in own_cache.glob("*.onnx"))
     assert parts == (["decoder.onnx", "denoiser.onnx"] if method.latent else ["denoiser.onnx"])
+    assert not [p for p in own_cache.iterdir() if ".tmp" in p.name]  # each graph one file, renamed into place
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="monai_sr_bundle.engine"):
         again = pickle.loads(pickle.dumps(method.predictor(runtime=ENGINES[0], precision="fp32", seed=5, steps=4)))
@@ -195,11 +196,12 @@ def test_auto_picks_the_fastest_engine_installed_and_pytorch_where_none_serves(m
     monkeypatch.delenv(engine.RUNTIME_ENV)
     assert engine.resolve(methods.get("srcnn"), "auto", "cpu")[0] == ENGINES[0]
     assert engine.resolve(methods.get("bicubic"), "auto", "cpu") == ("torch", "fp32")
-    assert engine.resolve(methods.get("sr3"), "auto", "cpu") == ("torch", "fp32")  # in fp32 its steps do not pay
-    if "openvino" in ENGINES and engine.cpu_has_bf16():  # in bf16 they do, where its quality holds
-        monkeypatch.setitem(methods.get("sr3").config, "engine_bf16", True)
-        assert engine.resolve(methods.get("sr3"), "auto", "cpu") == ("openvino", "bf16")
-        assert engine.resolve(methods.get("sr3"), "auto", "cpu", "fp32") == ("torch", "fp32")
+    bf16 = "openvino" in ENGINES and engine.cpu_has_bf16()
+    sampler = ("openvino", "bf16") if bf16 else ("torch", "fp32")  # a sampler's steps pay in bf16 only
+    assert engine.resolve(methods.get("sr3"), "auto", "cpu") == sampler
+    assert engine.resolve(methods.get("sr3"), "auto", "cpu", "fp32") == ("torch", "fp32")
+    monkeypatch.setitem(methods.get("sr3").config, "engine_bf16", False)  # where its quality would not hold
+    assert engine.resolve(methods.get("sr3"), "auto", "cpu") == ("torch", "fp32")
     monkeypatch.setenv(engine.RUNTIME_ENV, "torch")
     assert engine.resolve(methods.get("srcnn"), "auto", "cpu")[0] == "torch"
     monkeypatch.setenv(engine.RUNTIME_ENV, ENGINES[0])  # a deployment's default: what it cannot serve runs PyTorch
