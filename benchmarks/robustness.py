@@ -235,20 +235,25 @@ def envelope(gains: dict[str, dict[str, float]], routed: dict[str, float] | None
     return "\n".join(lines)
 
 
-def lr_levels(items: list[dict], degradation: str, scale: int, intensity) -> list[float]:
-    """The estimated noise level of each item's LR, synthesized as :func:`evaluate` makes it (image ``i`` seeded
-    ``i``)."""
+def synthesized_lr(items: list[dict], degradation: str, scale: int, intensity):
+    """Each item's LR, (1, C, H, W), synthesized as :func:`evaluate` makes it (image ``i`` seeded ``i``)."""
     import torch
 
     from monai_sr_bundle.data.readers import read_image
-    from monai_sr_bundle.networks.noise import estimate_noise_level
     from monai_sr_bundle.transforms.presets import lr_synthesis
 
-    synthesis, levels = lr_synthesis(degradation, scale), []
+    synthesis = lr_synthesis(degradation, scale)
     for i, item in enumerate(items):
-        lr = synthesis.set_random_state(i)({"label": read_image(str(item["label"]), intensity)})["image"]
-        levels.append(float(estimate_noise_level(torch.as_tensor(lr)[None])[0]))
-    return levels
+        yield torch.as_tensor(
+            synthesis.set_random_state(i)({"label": read_image(str(item["label"]), intensity)})["image"]
+        )[None]
+
+
+def lr_levels(items: list[dict], degradation: str, scale: int, intensity) -> list[float]:
+    """The estimated noise level of each item's LR."""
+    from monai_sr_bundle.networks.noise import estimate_noise_level
+
+    return [float(estimate_noise_level(lr)[0]) for lr in synthesized_lr(items, degradation, scale, intensity)]
 
 
 def router_threshold(intensity, limit: int | None) -> float:
@@ -277,9 +282,7 @@ def noise_control(method: methods.Method, items: list[dict], work: Path, precisi
     LR with each of :data:`NOISE_STEPS` of electronic noise added (it should grow with the noise)."""
     import torch
 
-    from monai_sr_bundle.data.readers import read_image
     from monai_sr_bundle.networks.noise import estimate_noise_level
-    from monai_sr_bundle.transforms.presets import lr_synthesis
 
     predictors = {"estimated": method.predictor(precision=precision)}
     predictors["zero"] = method.predictor(precision=precision, noise_level=0)
@@ -287,11 +290,9 @@ def noise_control(method: methods.Method, items: list[dict], work: Path, precisi
     evaluate(items, predictors, folder, "bicubic", lpips=False, progress=False)
     rows = rows_of(folder)
     psnr = {k: float(np.mean([float(r["psnr"]) for r in rows if r["method"] == k])) for k in predictors}
-    synthesis, generator = lr_synthesis("bicubic", method.scale), torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     estimates = {sd: [] for sd in NOISE_STEPS}
-    for i, item in enumerate(items):
-        lr = synthesis.set_random_state(i)({"label": read_image(str(item["label"]), method.intensity)})["image"]
-        lr = torch.as_tensor(lr)[None]
+    for lr in synthesized_lr(items, "bicubic", method.scale, method.intensity):
         for sd in NOISE_STEPS:
             noisy = (lr + sd * torch.randn(lr.shape, generator=generator)).clamp(0, 1)
             estimates[sd].append(float(estimate_noise_level(noisy)[0]))
