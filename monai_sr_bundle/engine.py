@@ -350,7 +350,7 @@ def _served(path: Path, runtime: str, precision: str, module: nn.Module, check: 
     ``module`` on ``check``, else exported anew (``export_to(path)``) and checked."""
     engine = _checked(path, runtime, module, check, opener) if path.is_file() else None
     if engine is None:
-        logger.info("exporting %s for %s (once for these weights)", path.name, runtime)
+        logger.info("exporting %s for %s (once for these weights)", path, runtime)
         try:
             export_to(path)
         except OSError as e:
