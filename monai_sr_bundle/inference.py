@@ -208,9 +208,7 @@ class Predictor:
         seed = options.pop("seed", None)
         if self.method.stochastic and progress:
             options["progress"] = True
-        inferer = self.method.inferer(self.tile_size, seed=seed, **options)
-        inferer.whole_size = self.whole_size
-        return inferer
+        return self.method.inferer(self.tile_size, seed=seed, whole_size=self.whole_size, **options)
 
     def _noise_level(self, image: torch.Tensor, level: float | None) -> float | None:
         """The noise level a degradation-aware network gets for a loaded image (C, X, Y[, Z]): the checked

@@ -318,10 +318,14 @@ class Method:
             **sampling,
         )
 
-    def inferer(self, tile_size: int | None = None, seed: int | None = None, progress: bool = False, **network_kwargs):
+    def inferer(
+        self, tile_size: int | None = None, seed: int | None = None, progress: bool = False, whole_size: int = 0,
+        **network_kwargs,
+    ):  # fmt: skip
         """The tiling inferer this method needs: exact core-crop with its halo (tiles starting where the network's
         ``tile_align`` says), or seeded blending; tiles of ``tile_size`` (None: :attr:`tile_size`), no larger
-        than the network's ``max_tile`` when it declares one; ``network_kwargs`` go with every network call (a
+        than the network's ``max_tile`` when it declares one, an image up to ``whole_size`` a side in one call
+        (:func:`~monai_sr_bundle.engine.whole_size`); ``network_kwargs`` go with every network call (a
         diffusion method's ``sampler``, ``steps``, ``progress``; a noise-aware one's ``noise_level``), checked
         before (:meth:`~monai_sr_bundle.inference.Predictor.check`)."""
         from monai_sr_bundle.tiling import SRInferer
@@ -338,4 +342,5 @@ class Method:
             progress=progress,
             network_kwargs=network_kwargs,
             align=int(getattr(self._probe, "tile_align", 1)),
+            whole_size=whole_size,
         )

@@ -221,9 +221,7 @@ def test_an_engine_takes_an_image_up_to_its_whole_size_in_one_call_and_larger_on
         return x.repeat_interleave(4, -1).repeat_interleave(4, -2)
 
     for side, windows in ((engine.WHOLE_SIZE, 1), (engine.WHOLE_SIZE + 1, 3)):  # 3 tiles of 256 with halos
-        inferer = runet_real.inferer()
-        inferer.whole_size = engine.WHOLE_SIZE
-        inferer(torch.zeros(1, 1, side, 40), network)
+        runet_real.inferer(whole_size=engine.WHOLE_SIZE)(torch.zeros(1, 1, side, 40), network)
         assert len(calls) == windows, (side, calls)
         calls.clear()
 
