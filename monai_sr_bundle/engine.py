@@ -23,7 +23,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from monai_sr_bundle import onnx_runtime
 from monai_sr_bundle.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -193,32 +193,16 @@ def _inputs(network: nn.Module, batch: int, h: int, w: int, seed: int = 0) -> tu
 
 
 def export(network: nn.Module, path: Path) -> Path:
-    """Export ``network`` (eval mode, CPU) to ONNX at ``path`` with dynamic batch and sides, through a
-    temporary file in the same folder renamed into place."""
+    """Export ``network`` (eval mode, CPU) to ONNX at ``path`` with dynamic batch and sides (checked afterwards,
+    on the runtime that serves it: :func:`_checked`)."""
     example = _inputs(network, 2, 24, 20)
     batch = torch.export.Dim("batch", min=1, max=256)
     h, w = torch.export.Dim("h", min=4, max=16384), torch.export.Dim("w", min=4, max=16384)
     dynamic = ({0: batch, 2: h, 3: w}, {0: batch})[: len(example)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        with _quiet_exporter():
-            torch.onnx.export(
-                network,
-                example,
-                tmp,
-                input_names=["image", "noise_level"][: len(example)],
-                output_names=["pred"],
-                dynamic_shapes=dynamic,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    with _quiet_exporter():
+        return onnx_runtime.write_graph(
+            network, example, path, ["image", "noise_level"][: len(example)], "pred", dynamic
+        )
 
 
 class EngineNetwork(nn.Module):
@@ -301,12 +285,10 @@ class EnginePart(EngineNetwork):
 
 def runtime_of(network: nn.Module) -> str | None:
     """The engine a network already runs on (an exported graph, or a sampler's exported parts), else None."""
-    from monai_sr_bundle.onnx_runtime import OnnxNetwork
-
     for module in network.modules():
         if isinstance(module, EngineNetwork):
             return module.runtime
-        if isinstance(module, OnnxNetwork):
+        if isinstance(module, onnx_runtime.OnnxNetwork):
             return "onnxruntime"
     return None
 
@@ -328,8 +310,6 @@ def accelerate(
             path, runtime, precision, network, _inputs(network, 1, 21, 18, seed=1), lambda p: export(network, p),
             lambda prec: EngineNetwork(path, runtime, prec, noise_aware),
         )  # fmt: skip
-    from monai_sr_bundle import onnx_runtime
-
     for part in onnx_runtime.sampler_parts(method, network):
         path = Path(f"{stem}_{part.name}.onnx")
 

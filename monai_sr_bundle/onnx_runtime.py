@@ -151,28 +151,41 @@ def put_part(network: nn.Module, name: str, served: nn.Module) -> None:
         network.denoiser = served
 
 
-def export_part(part: Part, path: str | os.PathLike) -> Path:
-    """Export ``part`` (torch's dynamo exporter) and keep it at ``path`` only if ONNX Runtime matches torch to
-    1e-4 on its check input; written to a temporary file in the same folder and renamed into place, so two
-    processes exporting at once leave one good file."""
-    import numpy as np
-
+def write_graph(
+    module: nn.Module, example: tuple, path: str | os.PathLike, names, output: str, dynamic, check=None
+) -> Path:
+    """Export ``module`` (torch's dynamo exporter, inputs ``names``, one ``output``, ``dynamic`` shapes) to
+    ``path`` as one file: written to a temporary file in the same folder, given to ``check`` (which raises to
+    keep it out) and renamed into place, so two processes exporting at once leave one good file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
     os.close(fd)
     try:
         torch.onnx.export(
-            part.module,
-            part.example,
+            module,
+            example,
             tmp,
-            input_names=list(part.names),
-            output_names=["output"],
-            dynamic_shapes=part.dynamic,
+            input_names=list(names),
+            output_names=[output],
+            dynamic_shapes=dynamic,
             dynamo=True,
             external_data=False,  # one file: renamed into place whole, no data file left beside it
             verbose=False,
         )
+        if check is not None:
+            check(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def export_part(part: Part, path: str | os.PathLike) -> Path:
+    """Export ``part`` and keep it at ``path`` only if ONNX Runtime matches torch to 1e-4 on its check input."""
+    import numpy as np
+
+    def check(tmp: str) -> None:
         with torch.inference_mode():
             expected = part.module(*part.check).numpy()
         (got,) = OnnxNetwork(tmp).session.run(None, {n: v.numpy() for n, v in zip(part.names, part.check)})
@@ -181,10 +194,8 @@ def export_part(part: Part, path: str | os.PathLike) -> Path:
             raise InputError(
                 f"{path}: the exported {part.name} differs from torch by {gap:.2e} (>= 1e-4); not written."
             )
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+
+    return write_graph(part.module, part.example, path, part.names, "output", part.dynamic, check)
 
 
 def onnx_path(method, weights: str | os.PathLike | None = None) -> str:
