@@ -265,6 +265,7 @@ def render(table: dict, steps: dict, peak: dict, request: dict, command: str, im
         step_lines.append("| " + " | ".join(cells) + " |")
     worker, threads = request["worker"], request["threads"]
     python = Path(request["python"])
+    where = "a user's install" if python == USER_PYTHON else "the environment"  # an honest label off make's install
     python = python.relative_to(REPO) if python.is_relative_to(REPO) else python
     return f"""{MARKERS[0]}
 ## Inference engines (issue 69)
@@ -289,7 +290,7 @@ overlay says `"engine_bf16": true`: in fp32 an engine's step gains little or not
 {chr(10).join(step_lines)}
 
 The default request (`{request["default"]}`, `--runtime auto`): `monai-sr sr` of one 512 px PNG in a fresh
-process of a user's install (`{python}`), median of 3 with the graph cached: **{request["cli_512_median_s"]:.1f} s**
+process of {where} (`{python}`), median of 3 with the graph cached: **{request["cli_512_median_s"]:.1f} s**
 (the first use, exporting it: {request["cli_512_first_s"]:.1f} s); a Slicer worker's later request reaches the
 network after {worker["to_network_s"]:.2f} s and returns the 2048 px result in {worker["total_s"]:.2f} s
 ({worker["runtime"]}, {worker["precision"]}); the 1955x1841 CR (JPEG 2000 DICOM) at x4:
