@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,7 +153,13 @@ def put_part(network: nn.Module, name: str, served: nn.Module) -> None:
 
 
 def write_graph(
-    module: nn.Module, example: tuple, path: str | os.PathLike, names, output: str, dynamic, check=None
+    module: nn.Module,
+    example: tuple,
+    path: str | os.PathLike,
+    names: Sequence[str],
+    output: str,
+    dynamic: dict | tuple,
+    check: Callable[[str], None] | None = None,
 ) -> Path:
     """Export ``module`` (torch's dynamo exporter, inputs ``names``, one ``output``, ``dynamic`` shapes) to
     ``path`` as one file: written to a temporary file in the same folder, given to ``check`` (which raises to
